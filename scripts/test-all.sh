@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Runs every test: unit, integration, doc tests, fuzz corpora, and the loom
+# models. Installs redis-server (Debian) when it is missing, since the Redis
+# tests start their own private servers on free loopback ports.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "redis-server not found; installing it (Debian package redis-server)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+echo "== cargo test (all features)"
+cargo test --all-features --all-targets
+echo "== doc tests"
+cargo test --all-features --doc
+
+if grep -q lockyard_loom src/loom.rs 2>/dev/null; then
+  echo "== loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:=2})"
+  LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS RUSTFLAGS="--cfg lockyard_loom" \
+    CARGO_TARGET_DIR=target/loom cargo test --release --lib -- loom
+fi

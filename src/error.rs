@@ -1,0 +1,323 @@
+//! [`LockError`], the one error type every backend returns.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::owner::Owner;
+
+/// A boxed error from a backend library (redis, bb8, …).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong taking, holding or releasing a lock.
+///
+/// Every variant says which resource (or path) it is about. Contention
+/// ([`Timeout`](Self::Timeout), [`WouldBlock`](Self::WouldBlock)) is kept
+/// apart from outage ([`Unavailable`](Self::Unavailable), [`Io`](Self::Io))
+/// so callers can tell "someone else has it" from "the backend is broken":
+///
+/// ```
+/// use std::time::Duration;
+/// use lockyard::LockError;
+///
+/// let err = LockError::Timeout { resource: "db".into(), waited: Duration::from_secs(1), holder: None };
+/// assert!(err.is_timeout() && err.is_contended() && !err.is_unavailable());
+/// assert_eq!(err.resource(), Some("db"));
+/// ```
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LockError {
+    /// The lock was held by someone else for the whole timeout.
+    #[error("timed out after {} waiting for lock `{resource}`{}", Waited(*waited), HolderSuffix(holder.as_deref()))]
+    Timeout {
+        /// The resource name.
+        resource: String,
+        /// How long the caller waited.
+        waited: Duration,
+        /// Who held it when we gave up, when known.
+        holder: Option<Box<Owner>>,
+    },
+    /// A non-blocking attempt found the lock held.
+    #[error("lock `{resource}` is held{}", HolderSuffix(holder.as_deref()))]
+    WouldBlock {
+        /// The resource name.
+        resource: String,
+        /// Who holds it, when known.
+        holder: Option<Box<Owner>>,
+    },
+    /// The resource name cannot be used.
+    #[error("invalid lock name {name:?}: {reason}")]
+    InvalidName {
+        /// The name as given.
+        name: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// An argument (duration, URL, count, …) is out of range or malformed.
+    #[error("invalid {what}: {reason}")]
+    InvalidArgument {
+        /// What was invalid.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The backend cannot do what was asked (for example a shared mode).
+    #[error("`{resource}`: {what} is not supported by this backend")]
+    Unsupported {
+        /// The resource name.
+        resource: String,
+        /// What is unsupported.
+        what: &'static str,
+    },
+    /// The OS refused access to a lock file or directory.
+    #[error("permission denied to {op} {}", path.display())]
+    PermissionDenied {
+        /// What we were doing (`"open"`, `"create directory"`, …).
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// A path was refused for safety: a symlinked lock file, a lock directory
+    /// that is a symlink or owned by another user, a non-regular file.
+    #[error("refusing {}: {reason}", path.display())]
+    UnsafePath {
+        /// The path concerned.
+        path: PathBuf,
+        /// Why it was refused.
+        reason: String,
+    },
+    /// The file system does not support `flock`-style locks (some network
+    /// file systems).
+    #[error("the file system holding {} does not support file locks", path.display())]
+    UnsupportedFilesystem {
+        /// The lock file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// Any other I/O error on a lock file or directory.
+    #[error("I/O error while trying to {op} {}", path.display())]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The backend could not be reached or did not answer in time
+    /// (connection refused or reset, pool timeout, server loading).
+    #[error("backend unavailable while trying to {op} `{resource}`")]
+    Unavailable {
+        /// The resource name.
+        resource: String,
+        /// What we were doing.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend answered with an error (authentication, script error,
+    /// permissions) that retrying will not fix.
+    #[error("backend refused to {op} `{resource}`")]
+    Backend {
+        /// The resource name.
+        resource: String,
+        /// What we were doing.
+        op: &'static str,
+        /// The underlying error.
+        #[source]
+        source: BoxError,
+    },
+    /// The backend answered something we did not expect (wrong type, bad value).
+    #[error("unexpected reply while trying to {op} `{resource}`: {detail}")]
+    Protocol {
+        /// The resource name.
+        resource: String,
+        /// What we were doing.
+        op: &'static str,
+        /// What was wrong with the reply.
+        detail: String,
+    },
+    /// Too few of several independent servers granted the lock (Redlock).
+    #[error("`{resource}`: only {granted} of {total} servers granted the lock ({needed} needed)")]
+    NoQuorum {
+        /// The resource name.
+        resource: String,
+        /// How many servers granted it.
+        granted: usize,
+        /// How many are needed.
+        needed: usize,
+        /// How many there are.
+        total: usize,
+        /// The errors of the servers that failed, if any failed (rather than
+        /// refused because of contention).
+        errors: Vec<LockError>,
+    },
+    /// The holder can no longer be sure it holds the lock (expired, taken
+    /// over, renewal failed past validity).
+    #[error("lock `{resource}` was lost")]
+    Lost {
+        /// The resource name.
+        resource: String,
+    },
+    /// An operation that needs ownership (release, extend) found the lock
+    /// held by someone else or by nobody.
+    #[error("lock `{resource}` is not held by this owner")]
+    NotHeld {
+        /// The resource name.
+        resource: String,
+    },
+    /// The lock or semaphore was closed.
+    #[error("`{resource}` is closed")]
+    Closed {
+        /// The resource name.
+        resource: String,
+    },
+}
+
+impl LockError {
+    /// The acquisition timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, LockError::Timeout { .. })
+    }
+
+    /// A non-blocking attempt found the lock held.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, LockError::WouldBlock { .. })
+    }
+
+    /// Someone else holds the lock ([`Timeout`](Self::Timeout) or
+    /// [`WouldBlock`](Self::WouldBlock)): an expected outcome, not a fault.
+    pub fn is_contended(&self) -> bool {
+        self.is_timeout() || self.is_would_block()
+    }
+
+    /// The backend is down or unreachable; retrying later may help.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, LockError::Unavailable { .. })
+    }
+
+    /// The lock was lost while held.
+    pub fn is_lost(&self) -> bool {
+        matches!(self, LockError::Lost { .. })
+    }
+
+    /// The caller's input (name, argument) was refused.
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(
+            self,
+            LockError::InvalidName { .. } | LockError::InvalidArgument { .. }
+        )
+    }
+
+    /// The resource the error is about, where there is one.
+    pub fn resource(&self) -> Option<&str> {
+        match self {
+            LockError::Timeout { resource, .. }
+            | LockError::WouldBlock { resource, .. }
+            | LockError::Unsupported { resource, .. }
+            | LockError::Unavailable { resource, .. }
+            | LockError::Backend { resource, .. }
+            | LockError::Protocol { resource, .. }
+            | LockError::NoQuorum { resource, .. }
+            | LockError::Lost { resource }
+            | LockError::NotHeld { resource }
+            | LockError::Closed { resource } => Some(resource),
+            LockError::InvalidName { name, .. } => Some(name),
+            _ => None,
+        }
+    }
+
+    /// Who held the lock, for contention errors that know it.
+    pub fn holder(&self) -> Option<&Owner> {
+        match self {
+            LockError::Timeout { holder, .. } | LockError::WouldBlock { holder, .. } => {
+                holder.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// Maps an `io::Error` on `path` to the most specific variant.
+    pub(crate) fn from_io(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        let path = path.into();
+        match source.kind() {
+            io::ErrorKind::PermissionDenied | io::ErrorKind::ReadOnlyFilesystem => {
+                LockError::PermissionDenied { op, path, source }
+            }
+            io::ErrorKind::Unsupported => LockError::UnsupportedFilesystem { path, source },
+            _ if is_nolock_errno(&source) => LockError::UnsupportedFilesystem { path, source },
+            _ => LockError::Io { op, path, source },
+        }
+    }
+}
+
+fn is_nolock_errno(e: &io::Error) -> bool {
+    #[cfg(unix)]
+    {
+        matches!(e.raw_os_error(), Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = e;
+        false
+    }
+}
+
+/// Formats a wait like `1.502s`.
+struct Waited(Duration);
+
+impl fmt::Display for Waited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:.3}s", self.0.as_secs_f64())
+    }
+}
+
+struct HolderSuffix<'a>(Option<&'a Owner>);
+
+impl fmt::Display for HolderSuffix<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(owner) => write!(f, " (held by {owner})"),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::options::Mode;
+
+    #[test]
+    fn messages_name_resource_and_holder() {
+        let err = LockError::Timeout {
+            resource: "db".into(),
+            waited: Duration::from_millis(1500),
+            holder: Some(Box::new(Owner::current(Mode::Exclusive))),
+        };
+        let msg = err.to_string();
+        assert!(msg.contains("`db`") && msg.contains("1.500s"), "{msg}");
+        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(err.holder().is_some());
+    }
+
+    #[test]
+    fn io_errors_are_classified() {
+        let e = LockError::from_io(
+            "open",
+            "/x",
+            io::Error::from(io::ErrorKind::PermissionDenied),
+        );
+        assert!(matches!(e, LockError::PermissionDenied { .. }));
+        let e = LockError::from_io("open", "/x", io::Error::from(io::ErrorKind::NotFound));
+        assert!(matches!(e, LockError::Io { .. }));
+    }
+}

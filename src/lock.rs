@@ -1,0 +1,61 @@
+//! The object-safe [`Lock`] trait every backend implements.
+
+use std::fmt;
+
+use async_trait::async_trait;
+
+use crate::error::LockError;
+use crate::guard::LockGuard;
+use crate::options::{AcquireOptions, Mode};
+
+/// A handle to one named lock of any backend: a file lock, a Redis lock, an
+/// in-process semaphore or RW lock.
+///
+/// The trait is object safe, so locks of different kinds can sit side by
+/// side as `Arc<dyn Lock>` (as the manager holds them).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::sync::Arc;
+/// use lockyard::{AcquireOptions, FileLockManager, Lock, Mode};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let files = FileLockManager::new(dir.path())?;
+/// let lock: Arc<dyn Lock> = Arc::new(files.lock("nightly")?);
+/// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+/// assert!(lock.try_lock(Mode::Exclusive).await.unwrap_err().is_would_block());
+/// drop(guard);
+/// # Ok(())
+/// # }
+/// ```
+#[async_trait]
+pub trait Lock: Send + Sync + fmt::Debug {
+    /// The resource name.
+    fn name(&self) -> &str;
+
+    /// Acquires the lock, waiting up to `options.timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Implementations are cancel safe: dropping the future leaves nothing
+    /// held and nothing queued (a backend may still clean up in the
+    /// background, as its own docs say).
+    async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError>;
+
+    /// Acquires the lock if it is free right now; otherwise fails with
+    /// [`LockError::WouldBlock`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`lock`](Self::lock).
+    async fn try_lock(&self, mode: Mode) -> Result<LockGuard, LockError>;
+
+    /// Whether anyone (this process included) holds the lock now. The answer
+    /// may be stale by the time it is read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only looks.
+    async fn is_locked(&self) -> Result<bool, LockError>;
+}
