@@ -14,7 +14,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 echo "== cargo test (all features)"
-cargo test --all-features --all-targets
+cargo test --all-features --lib --bins --tests --examples
 echo "== doc tests"
 cargo test --all-features --doc
 
