@@ -262,7 +262,10 @@ impl LockError {
 fn is_nolock_errno(e: &io::Error) -> bool {
     #[cfg(unix)]
     {
-        matches!(e.raw_os_error(), Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP))
+        matches!(
+            e.raw_os_error(),
+            Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP)
+        )
     }
     #[cfg(not(unix))]
     {
@@ -305,7 +308,10 @@ mod tests {
         };
         let msg = err.to_string();
         assert!(msg.contains("`db`") && msg.contains("1.500s"), "{msg}");
-        assert!(msg.contains(&format!("pid {}", std::process::id())), "{msg}");
+        assert!(
+            msg.contains(&format!("pid {}", std::process::id())),
+            "{msg}"
+        );
         assert!(err.holder().is_some());
     }
 

@@ -216,7 +216,9 @@ mod tests {
         assert!(!lost.is_lost());
         token.cancel();
         assert!(copy.is_lost());
-        tokio::time::timeout(Duration::from_secs(5), lost).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), lost)
+            .await
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]

@@ -25,6 +25,28 @@ pub use owner::{Liveness, Owner, OwnerParseError, host_name};
 // ---- in-process primitives (issue 3) ----
 
 // ---- file locks (issue 2) ----
+pub mod file;
+pub use file::{FileLock, FileLockGuard, FileLockInfo, FileLockManager, FileLockOptions};
+
+#[doc(hidden)]
+pub mod __fuzz {
+    //! Not public API: the functions the fuzz targets (and the corpus tests
+    //! that replay their seeds) call. Each panics on a broken property.
+
+    /// Checks the name → file name mapping for the UTF-8 (lossy) of `data`.
+    pub fn name_mapping(data: &[u8]) {
+        crate::file::fuzz::check_mapping(&String::from_utf8_lossy(data));
+    }
+
+    /// Parses `data` as owner metadata; whatever parses must round-trip.
+    pub fn owner_parse(data: &[u8]) {
+        let text = String::from_utf8_lossy(data);
+        if let Ok(owner) = crate::Owner::parse(&text) {
+            let again = crate::Owner::parse(&owner.to_text());
+            assert_eq!(again.as_ref(), Ok(&owner), "round trip changed {text:?}");
+        }
+    }
+}
 
 // ---- redis (issue 4) ----
 

@@ -11,7 +11,13 @@
 //! host=build-07
 //! since=2026-11-22T20:57:34.123456789Z
 //! mode=exclusive
+//! end
 //! ```
+//!
+//! A line `end` ends the record: whatever follows it is ignored, so a shorter
+//! record written over a longer one (file locks overwrite in place) reads
+//! back cleanly. [`Owner::to_text`] does not write `end`; the lock file
+//! writer appends it after any lines of its own (such as `name=`).
 //!
 //! Anything else — a file written by another tool, truncated, binary — is a
 //! [`OwnerParseError`], never a panic.
@@ -28,6 +34,19 @@ const MAX_LINE: usize = 512;
 const MAX_LINES: usize = 64;
 
 /// Metadata about the holder of a lock.
+///
+/// Its text format is line based, forgiving of unknown keys (so newer
+/// versions can add fields), and ends at an optional `end` line:
+///
+/// ```text
+/// lockyard-owner 1
+/// pid=4242
+/// start=1763800000
+/// host=build-07
+/// since=2026-11-22T20:57:34.123456789Z
+/// mode=exclusive
+/// end
+/// ```
 ///
 /// ```
 /// use lockyard::{Mode, Owner};
@@ -93,7 +112,7 @@ impl Owner {
         }
     }
 
-    /// Serializes to the text format shown in the [module docs](self).
+    /// Serializes to the text format shown on [`Owner`].
     pub fn to_text(&self) -> String {
         let mut s = String::with_capacity(128);
         s.push_str(MAGIC);
@@ -113,9 +132,9 @@ impl Owner {
         s
     }
 
-    /// Parses the text format. Unknown keys are ignored; missing required
-    /// keys (`pid`, `host`, `since`), duplicates, or malformed values are
-    /// errors.
+    /// Parses the text format. Unknown keys are ignored and a line `end`
+    /// stops parsing; missing required keys (`pid`, `host`, `since`),
+    /// duplicates, or malformed values are errors.
     pub fn parse(text: &str) -> Result<Self, OwnerParseError> {
         let mut lines = text.lines();
         match lines.next() {
@@ -129,6 +148,9 @@ impl Owner {
             }
             if line.len() > MAX_LINE {
                 return Err(OwnerParseError::new("line too long"));
+            }
+            if line == "end" {
+                break;
             }
             if line.trim().is_empty() {
                 continue;
@@ -284,6 +306,13 @@ mod tests {
         assert_eq!(o.pid, 7);
         assert_eq!(o.mode, Mode::Exclusive);
         assert_eq!(o.liveness(), Liveness::Unknown);
+    }
+
+    #[test]
+    fn end_line_stops_parsing() {
+        let text =
+            "lockyard-owner 1\npid=7\nhost=a\nsince=2026-01-01T00:00:00Z\nend\npid=8\nnonsense\n";
+        assert_eq!(Owner::parse(text).unwrap().pid, 7);
     }
 
     #[test]

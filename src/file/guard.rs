@@ -1,0 +1,241 @@
+//! [`FileLockGuard`] and the [`FileLock`] handle.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
+
+use super::kernel::{HeldFd, Slot};
+use super::manager::FileLockManager;
+use crate::error::LockError;
+use crate::guard::{LockGuard, RawGuard};
+use crate::lock::Lock;
+use crate::options::{AcquireOptions, Mode};
+use crate::owner::Owner;
+
+/// This task's place in the in-process queue.
+#[derive(Debug)]
+pub(crate) enum LocalGuard {
+    Shared(#[allow(dead_code)] OwnedRwLockReadGuard<()>),
+    Exclusive(#[allow(dead_code)] OwnedRwLockWriteGuard<()>),
+}
+
+/// A held file lock. Dropping it releases the lock; so does
+/// [`release`](Self::release), which also reports errors.
+///
+/// The kernel releases the lock if the process dies, so a crashed holder
+/// never blocks anyone. The lock file itself stays (removing it is
+/// [`FileLockManager::cleanup_stale_locks`]'s job).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::time::Duration;
+/// use lockyard::{FileLockManager, Mode};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let locks = FileLockManager::new(dir.path())?;
+/// let guard = locks.acquire("db-migrate", Duration::from_secs(5)).await?;
+/// assert_eq!(guard.name(), "db-migrate");
+/// assert_eq!(guard.mode(), Mode::Exclusive);
+/// assert_eq!(guard.owner().pid, std::process::id());
+/// assert!(guard.path().ends_with("db-migrate.lock"));
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "if unused the lock will immediately unlock"]
+#[clippy::has_significant_drop]
+pub struct FileLockGuard {
+    /// Dropped before `local` (see `Drop`): the kernel lock goes first.
+    held: Option<Arc<HeldFd>>,
+    local: Option<LocalGuard>,
+    slot: Arc<Slot>,
+    name: Arc<str>,
+    mode: Mode,
+    owner: Owner,
+}
+
+impl FileLockGuard {
+    pub(crate) fn new(
+        held: Arc<HeldFd>,
+        local: LocalGuard,
+        slot: Arc<Slot>,
+        name: Arc<str>,
+        mode: Mode,
+        owner: Owner,
+    ) -> Self {
+        Self {
+            held: Some(held),
+            local: Some(local),
+            slot,
+            name,
+            mode,
+            owner,
+        }
+    }
+
+    /// The resource name, as given to the manager.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.slot.path
+    }
+
+    /// How the lock is held (as asked for).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The owner metadata describing this holder (this process, the time of
+    /// acquisition, the mode).
+    pub fn owner(&self) -> &Owner {
+        &self.owner
+    }
+
+    /// Releases the lock now and reports an error from the kernel, if any.
+    ///
+    /// Shared holders of one process share one kernel lock: releasing one of
+    /// them only releases the kernel lock when it is the last.
+    ///
+    /// # Cancel safety
+    ///
+    /// The release happens before the first poll returns; there is nothing
+    /// left to cancel.
+    pub async fn release(mut self) -> Result<(), LockError> {
+        let result = match self.held.take().and_then(Arc::into_inner) {
+            Some(held) => held.release(),
+            None => Ok(()),
+        };
+        self.local.take();
+        result
+    }
+}
+
+impl Drop for FileLockGuard {
+    fn drop(&mut self) {
+        // Order matters: the kernel lock, then the place in the local queue.
+        self.held.take();
+        self.local.take();
+    }
+}
+
+impl fmt::Debug for FileLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLockGuard")
+            .field("name", &self.name)
+            .field("path", &self.slot.path)
+            .field("mode", &self.mode)
+            .field("kernel_mode", &self.held.as_ref().map(|h| h.mode))
+            .finish()
+    }
+}
+
+#[async_trait]
+impl RawGuard for FileLockGuard {
+    fn resource(&self) -> &str {
+        &self.name
+    }
+
+    fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    async fn release(self: Box<Self>) -> Result<(), LockError> {
+        FileLockGuard::release(*self).await
+    }
+}
+
+impl From<FileLockGuard> for LockGuard {
+    fn from(guard: FileLockGuard) -> Self {
+        LockGuard::new(guard)
+    }
+}
+
+/// A handle to one named file lock, implementing [`Lock`] so it can sit
+/// beside other backends as `Arc<dyn Lock>`. Made by
+/// [`FileLockManager::lock`].
+///
+/// It keeps the name's in-process state alive, so repeated acquisitions
+/// through one handle skip the manager's name lookup.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use lockyard::{AcquireOptions, FileLockManager, Lock, Mode};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let lock = FileLockManager::new(dir.path())?.lock("cache")?;
+/// let a = lock.lock(&AcquireOptions::shared()).await?;
+/// let b = lock.try_lock(Mode::Shared).await?; // shared holders coexist
+/// assert!(lock.try_lock(Mode::Exclusive).await.unwrap_err().is_would_block());
+/// drop((a, b));
+/// assert!(!lock.is_locked().await?);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FileLock {
+    manager: FileLockManager,
+    name: Arc<str>,
+    slot: Arc<Slot>,
+}
+
+impl FileLock {
+    pub(crate) fn new(manager: FileLockManager, name: Arc<str>, slot: Arc<Slot>) -> Self {
+        Self {
+            manager,
+            name,
+            slot,
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &Path {
+        &self.slot.path
+    }
+
+    /// Acquires as [`FileLockManager::acquire_with`] does, returning the
+    /// concrete guard.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`FileLockManager::acquire_with`].
+    pub async fn acquire(&self, options: &AcquireOptions) -> Result<FileLockGuard, LockError> {
+        self.manager
+            .acquire_slot(&self.name, self.slot.clone(), options, false)
+            .await
+    }
+}
+
+#[async_trait]
+impl Lock for FileLock {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
+        self.acquire(options).await.map(LockGuard::from)
+    }
+
+    async fn try_lock(&self, mode: Mode) -> Result<LockGuard, LockError> {
+        self.manager
+            .acquire_slot(
+                &self.name,
+                self.slot.clone(),
+                &AcquireOptions::new().mode(mode),
+                true,
+            )
+            .await
+            .map(LockGuard::from)
+    }
+
+    async fn is_locked(&self) -> Result<bool, LockError> {
+        self.manager.is_locked_path(&self.slot.path)
+    }
+}

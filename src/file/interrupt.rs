@@ -1,0 +1,218 @@
+//! Interrupting a thread blocked in `flock`.
+//!
+//! A blocking `flock` cannot be cancelled from outside, except by a signal:
+//! a handler installed *without* `SA_RESTART` makes the call fail with
+//! `EINTR`. On Linux we reserve one real-time signal for that (`SIGRTMAX - 3`,
+//! installed only if nobody else has a handler for it) and send it with
+//! `pthread_kill` to our own dedicated waiter threads — never to a thread that
+//! runs anybody else's code.
+//!
+//! Why a separate interrupter thread: between the waiter's last look at its
+//! cancel flag and its entry into `flock` there is a window in which a signal
+//! would be lost. The interrupter re-sends every few milliseconds until the
+//! waiter has either left or been handed new work, so a lost signal costs at
+//! most that delay. It parks on a condition variable when there is nothing to
+//! interrupt.
+//!
+//! Where no signal can be used (other systems, or the signal is taken), the
+//! waiter falls back to polling with `LOCK_NB` at a short backoff: see
+//! [`super::kernel`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// A waiter thread as seen by whoever may want to interrupt it.
+#[derive(Debug, Default)]
+pub(crate) struct ThreadCtl {
+    /// Set when no local waiter wants the lock any more; cleared when one
+    /// arrives again. Read by the waiter after each interruption.
+    cancel: AtomicBool,
+    /// The waiter's `pthread_t`, `Some` from when it starts until it is about
+    /// to exit. The interrupter signals only while holding this lock, so it
+    /// never signals a thread that has exited.
+    #[cfg(target_os = "linux")]
+    thread: Mutex<Option<libc::pthread_t>>,
+}
+
+impl ThreadCtl {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Acquire)
+    }
+
+    /// Asks the waiter to stop waiting (it re-checks whether anyone still
+    /// wants the lock). Idempotent.
+    pub(crate) fn cancel(self: &Arc<Self>) {
+        if !self.cancel.swap(true, Ordering::AcqRel) {
+            request(self);
+        }
+    }
+
+    /// A local waiter arrived again: keep waiting.
+    pub(crate) fn revoke_cancel(&self) {
+        self.cancel.store(false, Ordering::Release);
+    }
+
+    /// Called by the waiter thread itself when it starts: records its handle
+    /// and makes sure the interrupt signal is not blocked in it.
+    pub(crate) fn bind_current_thread(&self) {
+        #[cfg(target_os = "linux")]
+        if let Some(sig) = signal() {
+            // SAFETY: pthread_self has no preconditions. sigemptyset /
+            // sigaddset initialise the local set we pass by pointer, and
+            // pthread_sigmask only reads it; all pointers are valid for the
+            // duration of the calls.
+            unsafe {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, sig);
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                *lock(&self.thread) = Some(libc::pthread_self());
+            }
+        }
+    }
+
+    /// Called by the waiter thread just before it exits.
+    pub(crate) fn unbind(&self) {
+        #[cfg(target_os = "linux")]
+        {
+            *lock(&self.thread) = None;
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn interrupt(&self) -> bool {
+        let Some(sig) = signal() else { return false };
+        let guard = lock(&self.thread);
+        match *guard {
+            Some(t) => {
+                // SAFETY: `t` is the pthread_t of a live thread: it is reset to
+                // None (under this lock) before that thread exits, and we hold
+                // the lock while signalling.
+                unsafe { libc::pthread_kill(t, sig) };
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Whether blocked waits can be interrupted here (otherwise waiters poll).
+pub(crate) fn available() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        signal().is_some()
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(target_os = "linux")]
+fn signal() -> Option<libc::c_int> {
+    use std::sync::OnceLock;
+    static SIGNAL: OnceLock<Option<libc::c_int>> = OnceLock::new();
+    *SIGNAL.get_or_init(install_handler)
+}
+
+#[cfg(target_os = "linux")]
+extern "C" fn on_interrupt(_: libc::c_int) {}
+
+#[cfg(target_os = "linux")]
+fn install_handler() -> Option<libc::c_int> {
+    let sig = libc::SIGRTMAX() - 3;
+    // SAFETY: sigaction is called with a valid signal number and pointers to
+    // properly initialised (zeroed, then filled) sigaction structs that live
+    // across the calls. The handler does nothing, so it is async-signal-safe.
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
+            return None;
+        }
+        let ours = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        if old.sa_sigaction == ours {
+            return Some(sig);
+        }
+        if old.sa_sigaction != libc::SIG_DFL {
+            tracing::debug!(
+                signal = sig,
+                "interrupt signal already in use; blocked file-lock waits will poll"
+            );
+            return None;
+        }
+        let mut new: libc::sigaction = std::mem::zeroed();
+        new.sa_sigaction = ours;
+        new.sa_flags = 0; // no SA_RESTART: flock must fail with EINTR
+        libc::sigemptyset(&mut new.sa_mask);
+        if libc::sigaction(sig, &new, std::ptr::null_mut()) != 0 {
+            return None;
+        }
+    }
+    Some(sig)
+}
+
+/// Hands `ctl` to the interrupter thread (started on first use).
+fn request(ctl: &Arc<ThreadCtl>) {
+    #[cfg(target_os = "linux")]
+    if signal().is_some() {
+        let it = interrupter();
+        lock(&it.pending).push(ctl.clone());
+        it.wake.notify_one();
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = ctl;
+}
+
+#[cfg(target_os = "linux")]
+struct Interrupter {
+    pending: Mutex<Vec<Arc<ThreadCtl>>>,
+    wake: std::sync::Condvar,
+}
+
+#[cfg(target_os = "linux")]
+fn interrupter() -> &'static Interrupter {
+    use std::sync::OnceLock;
+    static IT: OnceLock<&'static Interrupter> = OnceLock::new();
+    IT.get_or_init(|| {
+        let it: &'static Interrupter = Box::leak(Box::new(Interrupter {
+            pending: Mutex::new(Vec::new()),
+            wake: std::sync::Condvar::new(),
+        }));
+        let spawned = std::thread::Builder::new()
+            .name("lockyard-interrupt".into())
+            .spawn(move || run_interrupter(it));
+        if let Err(e) = spawned {
+            // Waiters then stay blocked until the lock frees (they give it
+            // back at once when nobody wants it): degraded, not wrong.
+            tracing::warn!(error = %e, "could not start the file-lock interrupter thread");
+        }
+        it
+    })
+}
+
+#[cfg(target_os = "linux")]
+fn run_interrupter(it: &'static Interrupter) {
+    use std::time::Duration;
+    let mut pending = lock(&it.pending);
+    loop {
+        pending.retain(|c| c.is_cancelled() && c.interrupt());
+        pending = if pending.is_empty() {
+            it.wake.wait(pending).unwrap_or_else(|p| p.into_inner())
+        } else {
+            // Re-send until the waiter has left or been revoked: the first
+            // signal may land just before the waiter enters flock.
+            it.wake
+                .wait_timeout(pending, Duration::from_millis(2))
+                .unwrap_or_else(|p| p.into_inner())
+                .0
+        };
+    }
+}

@@ -1,0 +1,532 @@
+//! The per-name state of one process: the in-process queue and the kernel
+//! lock behind it.
+//!
+//! # Two levels
+//!
+//! Tasks of this process first queue on `local`, a fair (FIFO) tokio
+//! `RwLock`: an exclusive acquirer takes it for writing, a shared one for
+//! reading, so tasks contend exactly as separate processes do. Only a task
+//! that has passed that queue touches the kernel lock:
+//!
+//! * fast path — open the file and `try_lock` it inline (a few syscalls, no
+//!   thread hop);
+//! * shared holders of this process share one kernel lock (one descriptor,
+//!   [`HeldFd`], reference counted);
+//! * slow path — the lock is held by another process: the task registers as
+//!   a *wanter* and one dedicated thread per name (the *waiter*) blocks in
+//!   `flock`. When it gets the lock it hands it to the wanters still there;
+//!   if none is left, it unlocks at once. When the last wanter leaves, the
+//!   waiter is interrupted ([`super::interrupt`]) and exits unless someone
+//!   registered again meanwhile.
+//!
+//! So at most one thread per contended name of this process blocks in the
+//! kernel, whatever the number of waiting tasks, and a lock is never left
+//! held with nobody to release it.
+//!
+//! # Invariants
+//!
+//! * `state.waiter` is `Some` exactly while a waiter thread runs for this
+//!   name; that thread alone sets it back to `None`, in the same critical
+//!   section in which it decides to exit.
+//! * A [`HeldFd`] unlocks when its last `Arc` is dropped; it is only ever
+//!   created holding the kernel lock on the file currently at the path.
+//! * Holders drop their `HeldFd` before their place in `local`, so a task
+//!   that passes the local queue never finds the kernel lock still held by
+//!   the previous local holder (if it did, it would merely wait for it).
+//!
+//! # Deadlock safety
+//!
+//! `state` is a std mutex held only for short, non-blocking sections (no
+//! await, no blocking `flock`; the inline `try_lock` is non-blocking). The
+//! only nested lock is the waiter's [`ThreadCtl`] inside `state`; the
+//! interrupter takes `ThreadCtl` locks but never `state`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use tokio::sync::{RwLock, oneshot};
+
+use super::interrupt::{self, ThreadCtl};
+use super::lockfile::{Access, LockFile};
+use crate::error::LockError;
+use crate::options::Mode;
+
+/// Threads currently waiting in the kernel, over all managers.
+static WAITER_THREADS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many times an acquisition retries when the file it locked was
+/// replaced (removed by a cleanup) before giving up.
+const MAX_REPLACED: usize = 1000;
+
+pub(crate) fn waiter_threads() -> usize {
+    WAITER_THREADS.load(Ordering::Acquire)
+}
+
+/// One name's state in this process.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    pub(crate) path: PathBuf,
+    pub(crate) file_mode: u32,
+    /// The in-process FIFO queue.
+    pub(crate) local: Arc<RwLock<()>>,
+    state: Mutex<KernelState>,
+}
+
+#[derive(Debug, Default)]
+struct KernelState {
+    /// The kernel lock held by this process's holders, if any.
+    held: Weak<HeldFd>,
+    waiter: Option<Waiter>,
+}
+
+#[derive(Debug)]
+struct Waiter {
+    ctl: Arc<ThreadCtl>,
+    wanters: Vec<Wanter>,
+}
+
+#[derive(Debug)]
+struct Wanter {
+    mode: Mode,
+    tx: oneshot::Sender<Result<Arc<HeldFd>, SharedError>>,
+}
+
+/// A kernel lock held by this process: unlocked when the last `Arc` goes.
+#[derive(Debug)]
+pub(crate) struct HeldFd {
+    pub(crate) file: LockFile,
+    /// The kernel mode (may be exclusive for shared holders that inherited an
+    /// exclusive wait).
+    pub(crate) mode: Mode,
+    unlocked: bool,
+    /// Set by the first holder that writes the owner record.
+    recorded: std::sync::atomic::AtomicBool,
+}
+
+impl HeldFd {
+    fn new(file: LockFile, mode: Mode) -> Self {
+        Self {
+            file,
+            mode,
+            unlocked: false,
+            recorded: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// `true` exactly once: for the holder that writes the owner record.
+    pub(crate) fn claim_record(&self) -> bool {
+        !self.recorded.swap(true, Ordering::AcqRel)
+    }
+
+    /// Unlocks now, reporting errors (the descriptor is closed afterwards).
+    pub(crate) fn release(mut self) -> Result<(), LockError> {
+        self.unlocked = true;
+        self.file
+            .unlock()
+            .map_err(|e| LockError::from_io("unlock", &self.file.path, e))
+    }
+}
+
+impl Drop for HeldFd {
+    fn drop(&mut self) {
+        if !self.unlocked {
+            // Closing the descriptor releases the lock anyway; unlocking first
+            // just makes it explicit.
+            let _ = self.file.unlock();
+        }
+    }
+}
+
+/// An error the waiter thread reports to every wanter.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedError(Arc<LockError>);
+
+impl SharedError {
+    pub(crate) fn to_lock_error(&self) -> LockError {
+        duplicate(&self.0)
+    }
+}
+
+/// What a non-blocking attempt found.
+#[derive(Debug)]
+pub(crate) enum TryOutcome {
+    Acquired(Arc<HeldFd>),
+    Busy,
+}
+
+impl Slot {
+    pub(crate) fn new(path: PathBuf, file_mode: u32) -> Self {
+        Self {
+            path,
+            file_mode,
+            local: Arc::new(RwLock::new(())),
+            state: Mutex::new(KernelState::default()),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, KernelState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Non-blocking kernel acquisition for a task that passed the local queue.
+    pub(crate) fn try_kernel(self: &Arc<Self>, mode: Mode) -> Result<TryOutcome, LockError> {
+        let mut st = self.state();
+        if let Some(h) = join_shared(&st, mode) {
+            return Ok(TryOutcome::Acquired(h));
+        }
+        match self.try_inline(&mut st, mode)? {
+            Ok(h) => Ok(TryOutcome::Acquired(h)),
+            Err(_) => Ok(TryOutcome::Busy),
+        }
+    }
+
+    /// Starts a kernel acquisition that may wait: either the lock is had at
+    /// once, or the caller gets a [`KernelWait`] to await.
+    pub(crate) fn start_kernel(self: &Arc<Self>, mode: Mode) -> Result<Start, LockError> {
+        let mut st = self.state();
+        if let Some(h) = join_shared(&st, mode) {
+            return Ok(Start::Acquired(h));
+        }
+        if st.waiter.is_none() {
+            match self.try_inline(&mut st, mode)? {
+                Ok(h) => return Ok(Start::Acquired(h)),
+                Err(file) => {
+                    let ctl = ThreadCtl::new();
+                    let (tx, rx) = oneshot::channel();
+                    st.waiter = Some(Waiter {
+                        ctl: ctl.clone(),
+                        wanters: vec![Wanter { mode, tx }],
+                    });
+                    let slot = self.clone();
+                    // Counted before the thread exists so a reader of the
+                    // counter never misses a thread that is starting.
+                    WAITER_THREADS.fetch_add(1, Ordering::AcqRel);
+                    let spawned = std::thread::Builder::new()
+                        .name("lockyard-flock".into())
+                        .stack_size(256 * 1024)
+                        .spawn(move || run_waiter(slot, ctl, mode, file));
+                    if let Err(e) = spawned {
+                        WAITER_THREADS.fetch_sub(1, Ordering::AcqRel);
+                        st.waiter = None;
+                        return Err(LockError::Io {
+                            op: "start a waiter thread for",
+                            path: self.path.clone(),
+                            source: e,
+                        });
+                    }
+                    return Ok(Start::Wait(KernelWait {
+                        slot: self.clone(),
+                        rx: Some(rx),
+                    }));
+                }
+            }
+        }
+        let Some(waiter) = st.waiter.as_mut() else {
+            unreachable!("checked above under the same lock")
+        };
+        let (tx, rx) = oneshot::channel();
+        waiter.wanters.push(Wanter { mode, tx });
+        waiter.ctl.revoke_cancel();
+        Ok(Start::Wait(KernelWait {
+            slot: self.clone(),
+            rx: Some(rx),
+        }))
+    }
+
+    /// Opens and `try_lock`s inline. `Ok(Err(file))` hands back the open
+    /// file when the lock is busy.
+    fn try_inline(
+        &self,
+        st: &mut KernelState,
+        mode: Mode,
+    ) -> Result<Result<Arc<HeldFd>, LockFile>, LockError> {
+        for _ in 0..MAX_REPLACED {
+            let Some(file) = LockFile::open(&self.path, Access::Create, self.file_mode)? else {
+                unreachable!("Access::Create never returns None")
+            };
+            if !file.try_lock(mode)? {
+                return Ok(Err(file));
+            }
+            if file.still_at_path()? {
+                let held = Arc::new(HeldFd::new(file, mode));
+                st.held = Arc::downgrade(&held);
+                return Ok(Ok(held));
+            }
+            tracing::debug!(path = %self.path.display(), "lock file was replaced while locking; retrying");
+        }
+        Err(replaced_too_often(&self.path))
+    }
+}
+
+/// The result of [`Slot::start_kernel`].
+#[derive(Debug)]
+pub(crate) enum Start {
+    Acquired(Arc<HeldFd>),
+    Wait(KernelWait),
+}
+
+/// A registered wanter. Dropping it leaves the queue; the last one to leave
+/// interrupts the waiter thread.
+#[derive(Debug)]
+pub(crate) struct KernelWait {
+    slot: Arc<Slot>,
+    rx: Option<oneshot::Receiver<Result<Arc<HeldFd>, SharedError>>>,
+}
+
+impl KernelWait {
+    /// Waits for the waiter thread's hand-off.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future (or `self`) leaves the queue, and a
+    /// lock handed over meanwhile is released.
+    pub(crate) async fn wait(&mut self) -> Result<Arc<HeldFd>, LockError> {
+        let Some(rx) = self.rx.as_mut() else {
+            return Err(LockError::Closed {
+                resource: self.slot.path.display().to_string(),
+            });
+        };
+        let r = rx.await;
+        self.rx = None;
+        match r {
+            Ok(Ok(held)) => Ok(held),
+            Ok(Err(e)) => Err(e.to_lock_error()),
+            Err(_) => Err(LockError::Io {
+                op: "wait for",
+                path: self.slot.path.clone(),
+                source: std::io::Error::other("the waiter thread ended without an answer"),
+            }),
+        }
+    }
+}
+
+impl Drop for KernelWait {
+    fn drop(&mut self) {
+        let Some(rx) = self.rx.take() else { return };
+        // Dropped first and outside the state lock: a lock handed to us but
+        // not yet taken is released here.
+        drop(rx);
+        let mut st = self.slot.state();
+        if let Some(w) = st.waiter.as_mut() {
+            w.wanters.retain(|w| !w.tx.is_closed());
+            if w.wanters.is_empty() {
+                w.ctl.cancel();
+            }
+        }
+    }
+}
+
+fn join_shared(st: &KernelState, mode: Mode) -> Option<Arc<HeldFd>> {
+    if mode == Mode::Shared {
+        st.held.upgrade()
+    } else {
+        None
+    }
+}
+
+/// Decrements [`WAITER_THREADS`] when the waiter thread ends, however it ends.
+struct WaiterCount;
+
+impl Drop for WaiterCount {
+    fn drop(&mut self) {
+        WAITER_THREADS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the waiter decides after an interruption or an acquisition.
+enum Next {
+    Continue(Mode, Option<LockFile>),
+    Exit,
+}
+
+/// The body of the dedicated waiter thread of one name.
+fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockFile) {
+    let _count = WaiterCount;
+    ctl.bind_current_thread();
+    let interruptible = interrupt::available();
+    let mut file = Some(first);
+    let mut replaced = 0;
+    loop {
+        let f = match file.take() {
+            Some(f) => f,
+            None => match LockFile::open(&slot.path, Access::Create, slot.file_mode) {
+                Ok(Some(f)) => f,
+                Ok(None) => unreachable!("Access::Create never returns None"),
+                Err(e) => return fail(&slot, &ctl, e),
+            },
+        };
+        let locked = if interruptible {
+            match f.lock_blocking(mode) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
+                Err(e) => return fail(&slot, &ctl, LockError::from_io("lock", &slot.path, e)),
+            }
+        } else {
+            match poll_lock(&f, mode, &ctl) {
+                Ok(locked) => locked,
+                Err(e) => return fail(&slot, &ctl, e),
+            }
+        };
+        if !locked {
+            match after_interrupt(&slot, &ctl, mode) {
+                Next::Continue(m, _) => {
+                    mode = m;
+                    file = Some(f);
+                    continue;
+                }
+                Next::Exit => return,
+            }
+        }
+        match f.still_at_path() {
+            Ok(true) => {}
+            Ok(false) => {
+                replaced += 1;
+                if replaced >= MAX_REPLACED {
+                    return fail(&slot, &ctl, replaced_too_often(&slot.path));
+                }
+                tracing::debug!(path = %slot.path.display(), "lock file was replaced while waiting; retrying");
+                continue; // drops `f`, which unlocks it
+            }
+            Err(e) => return fail(&slot, &ctl, e),
+        }
+        match deliver(&slot, &ctl, mode, f) {
+            Next::Continue(m, f) => {
+                mode = m;
+                file = f;
+            }
+            Next::Exit => return,
+        }
+    }
+}
+
+/// After an interruption: exit if nobody wants the lock any more.
+fn after_interrupt(slot: &Slot, ctl: &ThreadCtl, mode: Mode) -> Next {
+    let mut st = slot.state();
+    let Some(w) = st.waiter.as_mut() else {
+        unreachable!("the waiter's state lives as long as its thread")
+    };
+    w.wanters.retain(|w| !w.tx.is_closed());
+    if w.wanters.is_empty() {
+        st.waiter = None;
+        ctl.unbind();
+        return Next::Exit;
+    }
+    ctl.revoke_cancel();
+    Next::Continue(needed_mode(&w.wanters, mode), None)
+}
+
+/// Holding the lock: hand it to the wanters still there, or give it back.
+fn deliver(slot: &Slot, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
+    let mut st = slot.state();
+    let Some(w) = st.waiter.as_mut() else {
+        unreachable!("the waiter's state lives as long as its thread")
+    };
+    w.wanters.retain(|w| !w.tx.is_closed());
+    if w.wanters.is_empty() {
+        st.waiter = None;
+        ctl.unbind();
+        drop(st);
+        // Nobody wants it any more: give it back at once.
+        let _ = f.unlock();
+        return Next::Exit;
+    }
+    let need = needed_mode(&w.wanters, mode);
+    if need != mode {
+        // Held shared, but an exclusive wanter arrived: start over exclusive.
+        drop(st);
+        let _ = f.unlock();
+        return Next::Continue(need, Some(f));
+    }
+    let wanters = std::mem::take(&mut w.wanters);
+    let held = Arc::new(HeldFd::new(f, mode));
+    st.held = Arc::downgrade(&held);
+    st.waiter = None;
+    ctl.unbind();
+    drop(st);
+    for w in wanters {
+        // A wanter that left just now drops its share with the receiver.
+        let _ = w.tx.send(Ok(held.clone()));
+    }
+    Next::Exit
+}
+
+fn fail(slot: &Slot, ctl: &ThreadCtl, e: LockError) {
+    let e = SharedError(Arc::new(e));
+    let mut st = slot.state();
+    let wanters = st.waiter.take().map(|w| w.wanters).unwrap_or_default();
+    ctl.unbind();
+    drop(st);
+    for w in wanters {
+        let _ = w.tx.send(Err(e.clone()));
+    }
+}
+
+fn needed_mode(wanters: &[Wanter], current: Mode) -> Mode {
+    if wanters.iter().any(|w| w.mode == Mode::Exclusive) {
+        Mode::Exclusive
+    } else {
+        current
+    }
+}
+
+/// The fallback where a blocked `flock` cannot be interrupted: poll with
+/// `LOCK_NB` at a backoff from 1 ms to 50 ms. `Ok(false)` when cancelled.
+fn poll_lock(f: &LockFile, mode: Mode, ctl: &ThreadCtl) -> Result<bool, LockError> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if f.try_lock(mode)? {
+            return Ok(true);
+        }
+        if ctl.is_cancelled() {
+            return Ok(false);
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+fn replaced_too_often(path: &std::path::Path) -> LockError {
+    LockError::Io {
+        op: "lock",
+        path: path.to_owned(),
+        source: std::io::Error::other("the lock file keeps being replaced"),
+    }
+}
+
+/// A copy of an error for each of several wanters (`LockError` is not
+/// `Clone` because `io::Error` is not).
+fn duplicate(e: &LockError) -> LockError {
+    fn io(e: &std::io::Error) -> std::io::Error {
+        match e.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(e.kind(), e.to_string()),
+        }
+    }
+    match e {
+        LockError::UnsafePath { path, reason } => LockError::UnsafePath {
+            path: path.clone(),
+            reason: reason.clone(),
+        },
+        LockError::PermissionDenied { op, path, source } => LockError::PermissionDenied {
+            op,
+            path: path.clone(),
+            source: io(source),
+        },
+        LockError::UnsupportedFilesystem { path, source } => LockError::UnsupportedFilesystem {
+            path: path.clone(),
+            source: io(source),
+        },
+        LockError::Io { op, path, source } => LockError::Io {
+            op,
+            path: path.clone(),
+            source: io(source),
+        },
+        other => LockError::Io {
+            op: "lock",
+            path: PathBuf::new(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}

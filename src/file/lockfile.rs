@@ -1,0 +1,364 @@
+//! One lock file on disk: opening it safely, locking it, checking that the
+//! locked file is still the one at the path, and the owner record inside it.
+//!
+//! Opening never follows a symbolic link (`O_NOFOLLOW`; std sets
+//! `O_CLOEXEC`), refuses anything but a regular file, and never blocks on a
+//! FIFO planted under a lock file's name. A file this user may not write (in
+//! a directory shared between users) is still locked through a read-only
+//! descriptor — `flock` does not need write access — but then no owner
+//! record is written.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::error::LockError;
+use crate::options::Mode;
+use crate::owner::{Owner, OwnerParseError};
+
+/// How much of a lock file is read when looking for the owner record.
+const MAX_RECORD: usize = 4096;
+/// Longest escaped resource name kept in the record (`Owner::parse` refuses
+/// lines over 512 bytes).
+const MAX_NAME_LINE: usize = 480;
+
+/// How a lock file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Access {
+    /// Read-write, created when missing (acquiring).
+    Create,
+    /// Read-write if allowed, never created (cleanup).
+    Existing,
+    /// Read-only, never created (status probes).
+    Probe,
+}
+
+/// An open lock file and what `fstat` said about it when it was opened.
+#[derive(Debug)]
+pub(crate) struct LockFile {
+    pub(crate) file: File,
+    pub(crate) path: PathBuf,
+    /// Whether the descriptor may write the owner record.
+    pub(crate) writable: bool,
+    id: FileId,
+    len: u64,
+}
+
+/// `(device, inode)` on Unix; nothing elsewhere (the identity check is skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+impl FileId {
+    fn of(meta: &fs::Metadata) -> Self {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            FileId(meta.dev(), meta.ino())
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = meta;
+            FileId(0, 0)
+        }
+    }
+}
+
+impl LockFile {
+    /// Opens the lock file at `path`. `Ok(None)` when it does not exist and
+    /// `access` does not create it.
+    pub(crate) fn open(
+        path: &Path,
+        access: Access,
+        file_mode: u32,
+    ) -> Result<Option<Self>, LockError> {
+        let first = open_with(path, access, file_mode, access != Access::Probe);
+        let (file, writable) = match first {
+            Ok(f) => (f, access != Access::Probe),
+            // A file another user created in a shared directory: lock it
+            // read-only (flock needs no write access), write no record.
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied && access != Access::Probe => {
+                match open_with(path, Access::Probe, file_mode, false) {
+                    Ok(f) => (f, false),
+                    Err(e2) if e2.kind() == io::ErrorKind::NotFound => {
+                        return Err(LockError::from_io("open", path, e));
+                    }
+                    Err(e2) => return Err(open_error(path, e2)),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound && access != Access::Create => {
+                return Ok(None);
+            }
+            Err(e) => return Err(open_error(path, e)),
+        };
+        let meta = file
+            .metadata()
+            .map_err(|e| LockError::from_io("inspect", path, e))?;
+        if !meta.is_file() {
+            return Err(LockError::UnsafePath {
+                path: path.to_owned(),
+                reason: "the lock file is not a regular file".into(),
+            });
+        }
+        Ok(Some(Self {
+            file,
+            path: path.to_owned(),
+            writable,
+            id: FileId::of(&meta),
+            len: meta.len(),
+        }))
+    }
+
+    /// Tries to take the kernel lock without blocking: `Ok(false)` when
+    /// someone else holds it.
+    pub(crate) fn try_lock(&self, mode: Mode) -> Result<bool, LockError> {
+        let r = match mode {
+            Mode::Shared => self.file.try_lock_shared(),
+            _ => self.file.try_lock(),
+        };
+        match r {
+            Ok(()) => Ok(true),
+            Err(TryLockError::WouldBlock) => Ok(false),
+            Err(TryLockError::Error(e)) => Err(LockError::from_io("lock", &self.path, e)),
+        }
+    }
+
+    /// Blocks until the kernel lock is taken. Returns the raw `io::Error` so
+    /// that the caller can tell `Interrupted` apart.
+    pub(crate) fn lock_blocking(&self, mode: Mode) -> io::Result<()> {
+        match mode {
+            Mode::Shared => self.file.lock_shared(),
+            _ => self.file.lock(),
+        }
+    }
+
+    /// Releases the kernel lock.
+    pub(crate) fn unlock(&self) -> io::Result<()> {
+        self.file.unlock()
+    }
+
+    /// Whether the file we opened (and locked) is still the one at the path.
+    /// A lock taken on an unlinked or replaced file protects nothing: the
+    /// caller drops it and starts over.
+    pub(crate) fn still_at_path(&self) -> Result<bool, LockError> {
+        if !cfg!(unix) {
+            return Ok(true);
+        }
+        match fs::symlink_metadata(&self.path) {
+            Ok(meta) => Ok(FileId::of(&meta) == self.id),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(LockError::from_io("inspect", &self.path, e)),
+        }
+    }
+
+    /// Writes the owner record at offset 0 (while holding the lock).
+    ///
+    /// The record ends with an `end` line, so leftovers of a longer earlier
+    /// record (or of a concurrent shared holder's) after it are ignored. An
+    /// exclusive holder trims such leftovers; a shared holder never
+    /// truncates, since other shared holders may be writing too.
+    pub(crate) fn write_record(&self, owner: &Owner, name: &str, mode: Mode) -> io::Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        let text = record_text(owner, name);
+        write_all_at(&self.file, text.as_bytes())?;
+        if mode == Mode::Exclusive && self.len > text.len() as u64 {
+            self.file.set_len(text.len() as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Reads and parses the owner record.
+    pub(crate) fn read_record(&self) -> io::Result<Record> {
+        let mut buf = vec![0u8; MAX_RECORD];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match read_at(&self.file, &mut buf[filled..], filled as u64) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        buf.truncate(filled);
+        Ok(Record::parse(&buf))
+    }
+}
+
+/// What a lock file says about its holder.
+#[derive(Debug, Clone)]
+pub(crate) struct Record {
+    pub(crate) owner: Result<Owner, OwnerParseError>,
+    /// The resource name as recorded (needed to show escaped names).
+    pub(crate) name: Option<String>,
+}
+
+impl Record {
+    pub(crate) fn parse(bytes: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(bytes);
+        let owner = Owner::parse(&text);
+        let name = text
+            .lines()
+            .take_while(|l| *l != "end")
+            .find_map(|l| l.strip_prefix("name="))
+            .and_then(unescape_name);
+        Record { owner, name }
+    }
+}
+
+/// The full record: the owner lines, the escaped resource name (when short
+/// enough), and `end`.
+pub(crate) fn record_text(owner: &Owner, name: &str) -> String {
+    let mut text = owner.to_text();
+    let escaped = escape_name(name);
+    if escaped.len() <= MAX_NAME_LINE {
+        text.push_str("name=");
+        text.push_str(&escaped);
+        text.push('\n');
+    }
+    text.push_str("end\n");
+    text
+}
+
+/// Percent-escapes `%` and control characters so the name fits on one line.
+fn escape_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if c == '%' || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn unescape_name(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok().filter(|n| !n.is_empty())
+}
+
+fn open_with(path: &Path, access: Access, file_mode: u32, write: bool) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.read(true);
+    if write {
+        opts.write(true);
+    }
+    if access == Access::Create && write {
+        opts.create(true);
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // O_NONBLOCK: opening a FIFO planted under a lock file's name must
+        // not hang (it is refused just after, as not a regular file). It has
+        // no effect on regular files, nor on flock.
+        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+        opts.mode(file_mode);
+    }
+    #[cfg(not(unix))]
+    let _ = file_mode;
+    opts.open(path)
+}
+
+fn open_error(path: &Path, e: io::Error) -> LockError {
+    #[cfg(unix)]
+    if e.raw_os_error() == Some(libc::ELOOP) {
+        return LockError::UnsafePath {
+            path: path.to_owned(),
+            reason: "the lock file is a symbolic link".into(),
+        };
+    }
+    LockError::from_io("open", path, e)
+}
+
+#[cfg(unix)]
+fn write_all_at(file: &File, buf: &[u8]) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    file.write_all_at(buf, 0)
+}
+
+#[cfg(windows)]
+fn write_all_at(file: &File, mut buf: &[u8]) -> io::Result<()> {
+    use std::os::windows::fs::FileExt;
+    let mut off = 0u64;
+    while !buf.is_empty() {
+        let n = file.seek_write(buf, off)?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+        off += n as u64;
+    }
+    Ok(())
+}
+
+#[cfg(unix)]
+fn read_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    file.read_at(buf, off)
+}
+
+#[cfg(windows)]
+fn read_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    use std::os::windows::fs::FileExt;
+    file.seek_read(buf, off)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn record_round_trips_with_name() {
+        let me = Owner::current(Mode::Exclusive);
+        for name in ["plain", "a/b\nc%d", "模型"] {
+            let r = Record::parse(record_text(&me, name).as_bytes());
+            assert_eq!(r.owner.unwrap(), me);
+            assert_eq!(r.name.as_deref(), Some(name));
+        }
+        let long = "x".repeat(1000);
+        let r = Record::parse(record_text(&me, &long).as_bytes());
+        assert!(r.owner.is_ok());
+        assert_eq!(r.name, None);
+    }
+
+    #[test]
+    fn leftovers_after_end_are_ignored() {
+        let me = Owner::current(Mode::Shared);
+        let mut text = record_text(&me, "n");
+        text.push_str("pid=1\nname=other\ngarbage without equals\n");
+        let r = Record::parse(text.as_bytes());
+        assert_eq!(r.owner.unwrap(), me);
+        assert_eq!(r.name.as_deref(), Some("n"));
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        for bytes in [
+            &b""[..],
+            b"\xff\xfe",
+            b"name=%zz\nend\n",
+            b"lockyard-owner 1\nend\n",
+        ] {
+            let r = Record::parse(bytes);
+            assert!(r.owner.is_err());
+            assert_eq!(r.name, None);
+        }
+    }
+}

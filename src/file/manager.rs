@@ -1,0 +1,717 @@
+//! [`FileLockManager`]: named cross-process locks in one directory.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use super::guard::{FileLock, FileLockGuard, LocalGuard};
+use super::kernel::{self, HeldFd, Slot, Start, TryOutcome};
+use super::lockfile::{Access, LockFile};
+use super::name;
+use super::scan::{self, FileLockInfo};
+use crate::error::LockError;
+use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::owner::Owner;
+
+/// How often a waiter logs that it is still waiting.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+
+/// Options for a [`FileLockManager`].
+///
+/// ```
+/// use lockyard::FileLockOptions;
+///
+/// // A cache directory shared by the members of a group.
+/// let opts = FileLockOptions::default().dir_mode(0o2770).allow_foreign_dir(true);
+/// assert_eq!(opts.dir_mode, 0o2770);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileLockOptions {
+    /// Permissions of the lock directory when the manager creates it
+    /// (default `0o700`). Lock files get the read/write bits of it
+    /// (`0o600` by default). Parent directories it creates get the usual
+    /// `0o777` minus the umask.
+    pub dir_mode: u32,
+    /// Accept a lock directory that is a symbolic link or is owned by
+    /// another user (default `false`: such a directory is refused with
+    /// [`LockError::UnsafePath`], because whoever controls it can swap lock
+    /// files under us).
+    pub allow_foreign_dir: bool,
+}
+
+impl Default for FileLockOptions {
+    fn default() -> Self {
+        Self {
+            dir_mode: 0o700,
+            allow_foreign_dir: false,
+        }
+    }
+}
+
+impl FileLockOptions {
+    /// Sets [`dir_mode`](Self::dir_mode).
+    pub fn dir_mode(mut self, mode: u32) -> Self {
+        self.dir_mode = mode;
+        self
+    }
+
+    /// Sets [`allow_foreign_dir`](Self::allow_foreign_dir).
+    pub fn allow_foreign_dir(mut self, allow: bool) -> Self {
+        self.allow_foreign_dir = allow;
+        self
+    }
+
+    fn file_mode(&self) -> u32 {
+        self.dir_mode & 0o666
+    }
+}
+
+/// Named cross-process locks, one lock file per name in one directory.
+///
+/// Cheap to clone (an `Arc` inside); dropping the manager never breaks a live
+/// guard. Names map to files as described in the [module docs](crate::file):
+/// any non-empty string is a valid name and none reaches outside the
+/// directory.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::time::Duration;
+/// use lockyard::FileLockManager;
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let locks = FileLockManager::new(dir.path().join("locks"))?;
+/// let guard = locks.acquire("nightly-report", Duration::from_secs(10)).await?;
+/// assert!(locks.is_locked("nightly-report").await?);
+/// assert!(locks.try_acquire("nightly-report").await.unwrap_err().is_would_block());
+/// let owner = locks.owner("nightly-report").await?.expect("recorded");
+/// assert_eq!(owner.pid, std::process::id());
+/// drop(guard);
+/// assert!(!locks.is_locked("nightly-report").await?);
+/// # Ok(())
+/// # }
+/// ```
+///
+/// # Invariants
+///
+/// * Tasks of one process queue in a fair FIFO queue per name before they
+///   touch the kernel lock, so they contend with each other exactly as
+///   separate processes do (shared holders coexist, an exclusive holder
+///   excludes everyone), and at most one thread per contended name blocks in
+///   the kernel.
+/// * A lock file is only ever removed by someone holding its lock, and every
+///   acquisition checks afterwards that the file it locked is still the one
+///   at the path (retrying if not), so removing files never breaks mutual
+///   exclusion.
+///
+/// # Deadlock safety
+///
+/// Acquiring a second name while holding a first can deadlock against a
+/// process (or task) that takes them in the other order, exactly as with any
+/// locks: take several names in one global order (sorted), or use timeouts.
+/// Acquiring a name exclusively that this task already holds waits for
+/// itself; `flock` does not detect deadlocks.
+#[derive(Clone)]
+pub struct FileLockManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    dir: PathBuf,
+    options: FileLockOptions,
+    slots: Mutex<Slots>,
+}
+
+#[derive(Default)]
+struct Slots {
+    map: HashMap<String, Weak<Slot>>,
+    /// Dead entries are purged when the map grows past this.
+    purge_at: usize,
+}
+
+impl FileLockManager {
+    /// A manager for the lock directory `dir`, created (mode `0o700`) if
+    /// missing.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::UnsafePath`] if `dir` is a symbolic link, is owned by
+    /// another user, or is not a directory; [`LockError::PermissionDenied`]
+    /// or [`LockError::Io`] if it cannot be created or inspected.
+    pub fn new(dir: impl AsRef<Path>) -> Result<Self, LockError> {
+        Self::with_options(dir, FileLockOptions::default())
+    }
+
+    /// A manager with explicit [`FileLockOptions`].
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new); a foreign or symlinked directory is accepted
+    /// when [`FileLockOptions::allow_foreign_dir`] is set.
+    pub fn with_options(
+        dir: impl AsRef<Path>,
+        options: FileLockOptions,
+    ) -> Result<Self, LockError> {
+        let dir = dir.as_ref().to_owned();
+        prepare_dir(&dir, &options)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                dir,
+                options,
+                slots: Mutex::new(Slots::default()),
+            }),
+        })
+    }
+
+    /// The lock directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The options the manager was made with.
+    pub fn options(&self) -> &FileLockOptions {
+        &self.inner.options
+    }
+
+    /// The lock file that stands for `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for the empty name.
+    pub fn path_for(&self, name: &str) -> Result<PathBuf, LockError> {
+        Ok(self.inner.dir.join(name::file_name(name)?))
+    }
+
+    /// Acquires `name` exclusively, waiting up to `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Timeout`] (with the holder, when its record could be
+    /// read) if the lock stayed held; [`LockError::InvalidName`],
+    /// [`LockError::UnsafePath`], [`LockError::PermissionDenied`],
+    /// [`LockError::UnsupportedFilesystem`] or [`LockError::Io`] for what
+    /// stops it from being taken at all.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future at any `.await` leaves nothing held
+    /// and nothing queued. If this task was the last of its process waiting
+    /// for `name` in the kernel, the thread blocked there is interrupted (on
+    /// Linux within milliseconds); should the kernel grant the lock in that
+    /// instant, the thread releases it at once.
+    pub async fn acquire(&self, name: &str, timeout: Duration) -> Result<FileLockGuard, LockError> {
+        self.acquire_with(name, &AcquireOptions::exclusive().timeout(timeout))
+            .await
+    }
+
+    /// Acquires `name` shared, waiting up to `timeout`. Shared holders (of
+    /// any process) coexist; they exclude exclusive holders.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    pub async fn acquire_shared(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<FileLockGuard, LockError> {
+        self.acquire_with(name, &AcquireOptions::shared().timeout(timeout))
+            .await
+    }
+
+    /// Acquires `name` in `options.mode`, waiting up to `options.timeout`
+    /// (`None`: until it is free; `Some(ZERO)`: one attempt, failing with
+    /// [`LockError::Timeout`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let reader = locks.acquire_with("index", &AcquireOptions::shared()).await?;
+    /// # drop(reader);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    pub async fn acquire_with(
+        &self,
+        name: &str,
+        options: &AcquireOptions,
+    ) -> Result<FileLockGuard, LockError> {
+        let slot = self.slot(name)?;
+        self.acquire_slot(name, slot, options, false).await
+    }
+
+    /// Acquires `name` exclusively if it is free now; otherwise fails with
+    /// [`LockError::WouldBlock`] naming the holder.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`], or as [`acquire`](Self::acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it never waits.
+    pub async fn try_acquire(&self, name: &str) -> Result<FileLockGuard, LockError> {
+        let slot = self.slot(name)?;
+        self.acquire_slot(name, slot, &AcquireOptions::exclusive(), true)
+            .await
+    }
+
+    /// Acquires `name` shared if no exclusive holder has it now; otherwise
+    /// fails with [`LockError::WouldBlock`].
+    ///
+    /// # Errors
+    ///
+    /// As [`try_acquire`](Self::try_acquire).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it never waits.
+    pub async fn try_acquire_shared(&self, name: &str) -> Result<FileLockGuard, LockError> {
+        let slot = self.slot(name)?;
+        self.acquire_slot(name, slot, &AcquireOptions::shared(), true)
+            .await
+    }
+
+    /// Whether anyone — another process, or a task of this one — holds
+    /// `name` now, in either mode. The answer may be stale by the time it is
+    /// read.
+    ///
+    /// To find out, it tries the kernel lock on its own descriptor; if the
+    /// lock is free it holds it for the few microseconds of that probe.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`], [`LockError::UnsafePath`] (the lock file
+    /// is a symbolic link or not a regular file), or an I/O error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only looks.
+    pub async fn is_locked(&self, name: &str) -> Result<bool, LockError> {
+        let path = self.path_for(name)?;
+        self.is_locked_path(&path)
+    }
+
+    /// The owner recorded in `name`'s lock file: the current holder while
+    /// the lock is held, else the last one (see [`list`](Self::list) for
+    /// both at once). `None` when there is no lock file, or when its content
+    /// is not a record this crate wrote (a foreign or damaged file).
+    ///
+    /// For a lock held shared by several processes, the record names the one
+    /// that took it most recently.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`], [`LockError::UnsafePath`], or an I/O error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn owner(&self, name: &str) -> Result<Option<Owner>, LockError> {
+        let path = self.path_for(name)?;
+        read_owner(&path)
+    }
+
+    /// Every lock file in the directory, sorted by name: whether it is held
+    /// (probed as in [`is_locked`](Self::is_locked)), how, and the recorded
+    /// owner. Files that are not lock files of this crate, symbolic links
+    /// and other non-regular files are skipped.
+    ///
+    /// # Errors
+    ///
+    /// An I/O error if the directory cannot be read.
+    ///
+    /// # Cancel safety
+    ///
+    /// The scan runs on tokio's blocking pool; dropping the future lets it
+    /// finish unobserved (it changes nothing).
+    pub async fn list(&self) -> Result<Vec<FileLockInfo>, LockError> {
+        let dir = self.inner.dir.clone();
+        blocking(move || scan::list(&dir)).await
+    }
+
+    /// What [`cleanup_stale_locks`](Self::cleanup_stale_locks) would remove,
+    /// without removing anything.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`list`](Self::list).
+    pub async fn stale_locks(
+        &self,
+        max_age: Option<Duration>,
+    ) -> Result<Vec<FileLockInfo>, LockError> {
+        let dir = self.inner.dir.clone();
+        blocking(move || scan::stale(&dir, max_age, true)).await
+    }
+
+    /// Removes stale lock files and returns how many it removed.
+    ///
+    /// A lock file is stale when its lock is free (a held lock is never
+    /// removed, whatever its age) and
+    /// - its owner is provably gone: the recorded pid does not run on this
+    ///   host, or runs with another start time (a reused pid); or
+    /// - its record is not one this crate can read (damaged, or written by
+    ///   another tool); or
+    /// - `max_age` is `Some` and the record is older than that.
+    ///
+    /// (`max_age` is an `Option` so that `None` removes only provably dead
+    /// owners' files: a superset of the issue's `cleanup_stale_locks(max_age)`.)
+    ///
+    /// Each file is removed while holding its lock, and only if it is still
+    /// the file that was locked, so a concurrent acquirer is never left
+    /// holding a lock on a removed file without noticing.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list). A file that cannot be removed is skipped with
+    /// a `tracing` warning.
+    ///
+    /// # Cancel safety
+    ///
+    /// The cleanup runs on tokio's blocking pool; dropping the future lets it
+    /// finish (files may still be removed), unreported.
+    pub async fn cleanup_stale_locks(&self, max_age: Option<Duration>) -> Result<usize, LockError> {
+        let dir = self.inner.dir.clone();
+        blocking(move || scan::stale(&dir, max_age, false).map(|v| v.len())).await
+    }
+
+    /// A [`FileLock`] handle for `name`, implementing [`crate::Lock`].
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for the empty name.
+    pub fn lock(&self, name: &str) -> Result<FileLock, LockError> {
+        let slot = self.slot(name)?;
+        Ok(FileLock::new(self.clone(), Arc::from(name), slot))
+    }
+
+    /// How many threads of this process are blocked in the kernel waiting
+    /// for a file lock, over all managers: at most one per contended name,
+    /// whatever the number of waiting tasks. For diagnostics and tests.
+    pub fn kernel_waiter_threads() -> usize {
+        kernel::waiter_threads()
+    }
+
+    /// The name's shared in-process state.
+    fn slot(&self, name: &str) -> Result<Arc<Slot>, LockError> {
+        let file = name::file_name(name)?;
+        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(slot) = slots.map.get(&file).and_then(Weak::upgrade) {
+            return Ok(slot);
+        }
+        let slot = Arc::new(Slot::new(
+            self.inner.dir.join(&file),
+            self.inner.options.file_mode(),
+        ));
+        slots.map.insert(file, Arc::downgrade(&slot));
+        if slots.map.len() > slots.purge_at {
+            slots.map.retain(|_, w| w.strong_count() > 0);
+            slots.purge_at = 64.max(slots.map.len() * 2);
+        }
+        Ok(slot)
+    }
+
+    pub(crate) async fn acquire_slot(
+        &self,
+        name: &str,
+        slot: Arc<Slot>,
+        options: &AcquireOptions,
+        try_only: bool,
+    ) -> Result<FileLockGuard, LockError> {
+        let mode = options.mode;
+        let deadline = Deadline::after(options.timeout);
+        let once = try_only || options.timeout == Some(Duration::ZERO);
+        let busy = |slot: &Slot| contended(name, &slot.path, try_only, &deadline);
+
+        // Level 1: the in-process queue.
+        let local = match try_local(&slot, mode) {
+            Some(local) => local,
+            None if once => return Err(busy(&slot)),
+            None => {
+                tracing::debug!(
+                    resource = name,
+                    "waiting behind another task of this process"
+                );
+                let wait = async {
+                    match mode {
+                        Mode::Shared => LocalGuard::Shared(slot.local.clone().read_owned().await),
+                        _ => LocalGuard::Exclusive(slot.local.clone().write_owned().await),
+                    }
+                };
+                match deadline.instant() {
+                    Some(at) => match tokio::time::timeout_at(at, wait).await {
+                        Ok(local) => local,
+                        Err(_) => return Err(busy(&slot)),
+                    },
+                    None => wait.await,
+                }
+            }
+        };
+
+        // Level 2: the kernel lock. If the local queue used up the time, the
+        // kernel still gets one non-blocking attempt.
+        let held = if once || deadline.expired() {
+            match slot.try_kernel(mode)? {
+                TryOutcome::Acquired(held) => held,
+                TryOutcome::Busy => return Err(busy(&slot)),
+            }
+        } else {
+            match slot.start_kernel(mode)? {
+                Start::Acquired(held) => held,
+                Start::Wait(mut wait) => {
+                    let holder = read_owner(&slot.path).ok().flatten();
+                    tracing::debug!(
+                        resource = name,
+                        path = %slot.path.display(),
+                        holder = %HolderDisplay(holder.as_ref()),
+                        timeout = ?deadline.remaining(),
+                        "lock is held by another process; waiting"
+                    );
+                    let mut report = tokio::time::Instant::now() + REPORT_EVERY;
+                    loop {
+                        tokio::select! {
+                            biased;
+                            r = wait.wait() => break r?,
+                            () = deadline.sleep() => {
+                                drop(wait);
+                                return Err(busy(&slot));
+                            }
+                            () = tokio::time::sleep_until(report) => {
+                                report += REPORT_EVERY;
+                                let holder = read_owner(&slot.path).ok().flatten();
+                                tracing::info!(
+                                    resource = name,
+                                    waited = %humantime::format_duration(round_ms(deadline.elapsed())),
+                                    holder = %HolderDisplay(holder.as_ref()),
+                                    "still waiting for lock"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        let owner = Owner::current(mode);
+        record(&held, &owner, name, mode);
+        Ok(FileLockGuard::new(
+            held,
+            local,
+            slot,
+            Arc::from(name),
+            mode,
+            owner,
+        ))
+    }
+
+    pub(crate) fn is_locked_path(&self, path: &Path) -> Result<bool, LockError> {
+        match LockFile::open(path, Access::Probe, 0)? {
+            Some(file) => Ok(scan::probe_mode(&file)?.is_some()),
+            None => Ok(false),
+        }
+    }
+}
+
+impl fmt::Debug for FileLockManager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLockManager")
+            .field("dir", &self.inner.dir)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+fn try_local(slot: &Slot, mode: Mode) -> Option<LocalGuard> {
+    match mode {
+        Mode::Shared => slot
+            .local
+            .clone()
+            .try_read_owned()
+            .ok()
+            .map(LocalGuard::Shared),
+        _ => slot
+            .local
+            .clone()
+            .try_write_owned()
+            .ok()
+            .map(LocalGuard::Exclusive),
+    }
+}
+
+/// Writes the owner record once per kernel acquisition. A failure to write
+/// it does not fail the acquisition (the lock is held; the record is only
+/// informational): it is logged.
+fn record(held: &HeldFd, owner: &Owner, name: &str, mode: Mode) {
+    if !held.claim_record() {
+        return;
+    }
+    if let Err(e) = held.file.write_record(owner, name, mode) {
+        tracing::warn!(
+            resource = name,
+            path = %held.file.path.display(),
+            error = %e,
+            "could not write the owner record into the lock file"
+        );
+    }
+}
+
+fn contended(name: &str, path: &Path, would_block: bool, deadline: &Deadline) -> LockError {
+    let holder = read_owner(path).ok().flatten().map(Box::new);
+    if would_block {
+        LockError::WouldBlock {
+            resource: name.to_owned(),
+            holder,
+        }
+    } else {
+        tracing::debug!(resource = name, waited = ?deadline.elapsed(), "gave up waiting for lock");
+        LockError::Timeout {
+            resource: name.to_owned(),
+            waited: deadline.elapsed(),
+            holder,
+        }
+    }
+}
+
+/// The owner recorded in the lock file at `path`, if it exists and parses.
+pub(crate) fn read_owner(path: &Path) -> Result<Option<Owner>, LockError> {
+    let Some(file) = LockFile::open(path, Access::Probe, 0)? else {
+        return Ok(None);
+    };
+    let record = file
+        .read_record()
+        .map_err(|e| LockError::from_io("read", path, e))?;
+    Ok(record.owner.ok())
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
+}
+
+struct HolderDisplay<'a>(Option<&'a Owner>);
+
+impl fmt::Display for HolderDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(o) => fmt::Display::fmt(o, f),
+            None => f.write_str("unknown"),
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, LockError> + Send + 'static,
+) -> Result<T, LockError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(LockError::Io {
+            op: "scan",
+            path: PathBuf::new(),
+            source: io::Error::other(e.to_string()),
+        }),
+    }
+}
+
+/// Checks (and creates, when missing) the lock directory.
+fn prepare_dir(dir: &Path, options: &FileLockOptions) -> Result<(), LockError> {
+    for _ in 0..2 {
+        match std::fs::symlink_metadata(dir) {
+            Ok(meta) => return check_dir(dir, &meta, options),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => match create_dir(dir, options) {
+                Ok(()) => return Ok(()),
+                // Created by someone else meanwhile: check theirs.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(LockError::from_io("create lock directory", dir, e)),
+            },
+            Err(e) => return Err(LockError::from_io("inspect lock directory", dir, e)),
+        }
+    }
+    Err(LockError::Io {
+        op: "create lock directory",
+        path: dir.to_owned(),
+        source: io::Error::other("it keeps appearing and disappearing"),
+    })
+}
+
+fn check_dir(
+    dir: &Path,
+    meta: &std::fs::Metadata,
+    options: &FileLockOptions,
+) -> Result<(), LockError> {
+    let unsafe_path = |reason: String| LockError::UnsafePath {
+        path: dir.to_owned(),
+        reason,
+    };
+    let meta = if meta.file_type().is_symlink() {
+        if !options.allow_foreign_dir {
+            return Err(unsafe_path(
+                "the lock directory is a symbolic link (set allow_foreign_dir to accept it)".into(),
+            ));
+        }
+        std::fs::metadata(dir).map_err(|e| LockError::from_io("inspect lock directory", dir, e))?
+    } else {
+        meta.clone()
+    };
+    if !meta.is_dir() {
+        return Err(unsafe_path("not a directory".into()));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        if meta.uid() != me && !options.allow_foreign_dir {
+            return Err(unsafe_path(format!(
+                "the lock directory is owned by uid {}, not by this user (uid {me}); \
+                 set allow_foreign_dir to accept it",
+                meta.uid()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn create_dir(dir: &Path, options: &FileLockOptions) -> io::Result<()> {
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .mode(options.dir_mode & 0o7777)
+            .create(dir)?;
+        // The umask may have removed bits the caller asked for.
+        std::fs::set_permissions(
+            dir,
+            std::fs::Permissions::from_mode(options.dir_mode & 0o7777),
+        )
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = options;
+        std::fs::create_dir(dir)
+    }
+}

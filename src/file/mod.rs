@@ -1,0 +1,91 @@
+//! Cross-process file locks: [`FileLockManager`].
+//!
+//! # Advisory locks
+//!
+//! These locks are *advisory*: they only exclude processes that take them
+//! too. Any process can still read, write or delete a lock file — or the data
+//! it protects — without asking. Use them to coordinate cooperating programs
+//! (several copies of a job, a cache shared by workers), not to keep out
+//! hostile ones.
+//!
+//! They are `flock(2)` locks on Unix and `LockFileEx` on Windows, through
+//! [`std::fs::File::lock`] and friends. The kernel releases a lock when its
+//! holder exits or crashes, so a dead holder never blocks anyone and nothing
+//! needs to expire. On network file systems `flock` may not be supported or
+//! may not be shared between machines: an acquisition there fails with
+//! [`LockError::UnsupportedFilesystem`](crate::LockError::UnsupportedFilesystem)
+//! when the kernel says so, but silent local-only locking cannot be detected.
+//!
+//! # Names and files
+//!
+//! Each name is one file in the manager's directory. A name of
+//! `[A-Za-z0-9._-]`, not starting with `.` and at most 100 bytes long, is the
+//! file `<name>.lock`. Any other non-empty name (with `/`, `..`, spaces,
+//! non-ASCII, NUL, or too long) is the file `~<readable prefix>-<hash>.lock`;
+//! the full name is recorded inside the file so that listings show it. No
+//! name can reach outside the directory; the empty name is
+//! [`LockError::InvalidName`](crate::LockError::InvalidName).
+//!
+//! # Owner records
+//!
+//! A holder writes who it is into the lock file (see [`Owner`](crate::Owner):
+//! pid, process start time, host, since, mode, plus the resource name), so
+//! that waiters can log who they wait for, `status` can show it, and cleanup
+//! can tell a dead owner from a live one. Shared holders of several
+//! processes cannot coordinate writes: the record names the process that
+//! took the shared lock most recently.
+//!
+//! # Shared directories
+//!
+//! Lock files are opened with `O_NOFOLLOW` and `O_CLOEXEC`: a lock file that
+//! is a symbolic link is refused with
+//! [`LockError::UnsafePath`](crate::LockError::UnsafePath) and its target is
+//! never touched; the descriptor is not inherited by programs the holder
+//! runs. A directory the manager creates is `0o700` unless
+//! [`FileLockOptions::dir_mode`] says otherwise; an existing directory that
+//! is a symbolic link or owned by another user is refused unless
+//! [`FileLockOptions::allow_foreign_dir`] is set.
+//!
+//! # How waiting works
+//!
+//! Tasks of one process queue fairly in-process and only the head of the
+//! queue touches the kernel lock; an uncontended acquisition is a few inline
+//! syscalls, and while another process holds the lock a single dedicated
+//! thread per name blocks in the kernel, interrupted when nobody waits any
+//! more. See the [`FileLockManager`] docs for the guarantees.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lockyard::LockError> {
+//! use std::time::Duration;
+//! use lockyard::FileLockManager;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let locks = FileLockManager::new(dir.path())?;
+//! {
+//!     let _guard = locks.acquire("models/llama-7b", Duration::from_secs(30)).await?;
+//!     // ... download the model; other processes asking for it wait ...
+//! }
+//! let infos = locks.list().await?;
+//! assert_eq!(infos[0].name, "models/llama-7b");
+//! assert!(!infos[0].held);
+//! # Ok(())
+//! # }
+//! ```
+
+mod guard;
+mod interrupt;
+mod kernel;
+mod lockfile;
+mod manager;
+mod name;
+mod scan;
+
+pub use guard::{FileLock, FileLockGuard};
+pub use manager::{FileLockManager, FileLockOptions};
+pub use scan::FileLockInfo;
+
+/// Entry points for the fuzz targets and their corpus tests.
+pub(crate) mod fuzz {
+    pub(crate) use super::name::check_mapping;
+}
