@@ -50,4 +50,8 @@ pub mod __fuzz {
 
 // ---- redis (issue 4) ----
 
+// ---- manager ----
+mod manager;
+pub use manager::{AsyncLockManager, LockSet, LockStat, LockStats};
+
 // ---- end of modules ----
