@@ -49,6 +49,12 @@ pub mod __fuzz {
 }
 
 // ---- redis (issue 4) ----
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "redis")]
+pub use crate::redis::{
+    RedisLock, RedisLockGuard, RedisLockInfo, RedisLocks, RedisOptions, RedisStats,
+};
 
 // ---- manager ----
 mod manager;

@@ -1,0 +1,135 @@
+//! Mapping `redis` and `bb8` errors to [`LockError`], so that callers can
+//! tell contention from outage from misconfiguration.
+//!
+//! | what happened                                            | `LockError`     |
+//! |----------------------------------------------------------|-----------------|
+//! | connection refused / reset / dropped, I/O timeout,       | `Unavailable`   |
+//! | pool timeout, `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`,      |                 |
+//! | `MASTERDOWN`, `READONLY` (a fail-over in progress)       |                 |
+//! | authentication failure, `NOPERM`, script errors, other   | `Backend`       |
+//! | server errors retrying will not fix                      |                 |
+//! | a reply of the wrong type, `WRONGTYPE` (a key holding    | `Protocol`      |
+//! | something lockyard did not write), parse errors          |                 |
+
+use std::io;
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use crate::error::LockError;
+
+/// Maps a redis error met while doing `op` on `resource`.
+pub(crate) fn map_redis(err: RedisError, resource: &str, op: &'static str) -> LockError {
+    let resource = resource.to_owned();
+    if err.code() == Some("WRONGTYPE") {
+        return LockError::Protocol {
+            resource,
+            op,
+            detail: err.to_string(),
+        };
+    }
+    match err.kind() {
+        ErrorKind::Io
+        | ErrorKind::ClusterConnectionNotFound
+        | ErrorKind::Server(
+            ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly,
+        ) => LockError::Unavailable {
+            resource,
+            op,
+            source: Box::new(err),
+        },
+        ErrorKind::UnexpectedReturnType | ErrorKind::Parse => LockError::Protocol {
+            resource,
+            op,
+            detail: err.to_string(),
+        },
+        _ if err.is_timeout() || err.is_connection_dropped() || err.is_connection_refusal() => {
+            LockError::Unavailable {
+                resource,
+                op,
+                source: Box::new(err),
+            }
+        }
+        _ => LockError::Backend {
+            resource,
+            op,
+            source: Box::new(err),
+        },
+    }
+}
+
+/// Maps a pool error (`bb8` timed out, or the connect itself failed).
+pub(crate) fn map_pool(
+    err: bb8::RunError<RedisError>,
+    resource: &str,
+    op: &'static str,
+) -> LockError {
+    match err {
+        bb8::RunError::User(e) => map_redis(e, resource, op),
+        bb8::RunError::TimedOut => LockError::Unavailable {
+            resource: resource.to_owned(),
+            op,
+            source: Box::new(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "timed out waiting for a Redis connection from the pool",
+            )),
+        },
+    }
+}
+
+/// A reply that does not have the shape a script promises.
+pub(crate) fn protocol(resource: &str, op: &'static str, detail: impl Into<String>) -> LockError {
+    LockError::Protocol {
+        resource: resource.to_owned(),
+        op,
+        detail: detail.into(),
+    }
+}
+
+/// An operation that did not answer within the client's `op_timeout`.
+pub(crate) fn timed_out(resource: &str, op: &'static str) -> LockError {
+    LockError::Unavailable {
+        resource: resource.to_owned(),
+        op,
+        source: Box::new(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "Redis did not answer in time",
+        )),
+    }
+}
+
+/// Whether an error means the connection it came from is unusable and must
+/// be replaced (as opposed to a server error on a healthy connection).
+pub(crate) fn breaks_connection(err: &RedisError) -> bool {
+    err.is_connection_dropped()
+        || err.is_unrecoverable_error()
+        || (err.kind() == ErrorKind::Io && !err.is_timeout())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let refused = RedisError::from(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert!(map_redis(refused, "r", "acquire").is_unavailable());
+        let reset = RedisError::from(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(breaks_connection(&reset));
+        assert!(map_redis(reset, "r", "acquire").is_unavailable());
+        let auth = RedisError::from((ErrorKind::AuthenticationFailed, "bad password"));
+        assert!(matches!(
+            map_redis(auth, "r", "acquire"),
+            LockError::Backend { .. }
+        ));
+        let ty = RedisError::from((ErrorKind::UnexpectedReturnType, "not an int"));
+        assert!(matches!(
+            map_redis(ty, "r", "acquire"),
+            LockError::Protocol { .. }
+        ));
+        assert!(map_pool(bb8::RunError::TimedOut, "r", "acquire").is_unavailable());
+    }
+}

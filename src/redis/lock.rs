@@ -1,0 +1,461 @@
+//! [`RedisLock`]: a handle to one exclusive lock, and the acquisition loop.
+//!
+//! Acquisition, in order:
+//! 1. take this task's turn in the in-process FIFO queue of the name (only
+//!    the head of the queue talks to Redis);
+//! 2. run the acquire script (`SET NX PX` + `INCR fence`); if it answers
+//!    "held", subscribe to the release channel, *then* retry once (so a
+//!    release between the first attempt and the subscription is not missed);
+//! 3. wait for a release message, the holder's remaining TTL, or the
+//!    deadline, whichever comes first, and retry. Without pub/sub the wait is
+//!    a backoff (5 ms doubling to 1 s) bounded by the holder's TTL.
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Value;
+use tokio::time::Instant;
+
+use super::client::{RedisLocks, bad_reply};
+use super::guard::{Held, RedisLockGuard};
+use super::keys::{LockKeys, validate_name};
+use super::pool::Conn;
+use super::scripts;
+use crate::error::LockError;
+use crate::guard::LockGuard;
+use crate::lock::Lock;
+use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::owner::Owner;
+
+/// A handle to one named exclusive lock on Redis; see
+/// [`RedisLocks::lock`]. Cheap to clone; holds nothing by itself.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use lockyard::{AcquireOptions, Lock};
+/// use lockyard::redis::RedisLocks;
+///
+/// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+/// let lock: Arc<dyn Lock> = Arc::new(locks.lock("billing")?);
+/// let guard = lock.lock(&AcquireOptions::exclusive().timeout(Duration::from_secs(5))).await?;
+/// assert_eq!(guard.resource(), "billing");
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisLock {
+    client: RedisLocks,
+    name: String,
+}
+
+impl RedisLock {
+    pub(crate) fn new(client: RedisLocks, name: &str) -> Self {
+        Self {
+            client,
+            name: name.to_owned(),
+        }
+    }
+
+    /// The resource name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Acquires the lock, waiting at most `timeout`; see
+    /// [`RedisLocks::acquire`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`RedisLocks::acquire`].
+    pub async fn acquire(&self, timeout: Duration) -> Result<RedisLockGuard, LockError> {
+        self.client.acquire(&self.name, timeout).await
+    }
+
+    /// Acquires the lock under `options`; see [`RedisLocks::acquire_with`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`RedisLocks::acquire`].
+    pub async fn acquire_with(
+        &self,
+        options: &AcquireOptions,
+    ) -> Result<RedisLockGuard, LockError> {
+        self.client.acquire_with(&self.name, options).await
+    }
+
+    /// Acquires the lock if it is free now; see [`RedisLocks::try_acquire`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`RedisLocks::acquire`].
+    pub async fn try_acquire(&self) -> Result<RedisLockGuard, LockError> {
+        self.client.try_acquire(&self.name).await
+    }
+
+    /// Whether anyone holds the lock now.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only looks.
+    pub async fn is_locked(&self) -> Result<bool, LockError> {
+        self.client.is_locked(&self.name).await
+    }
+}
+
+impl fmt::Debug for RedisLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLock")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Lock for RedisLock {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// # Cancel safety
+    ///
+    /// As [`RedisLocks::acquire`].
+    async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
+        Ok(self.client.acquire_with(&self.name, options).await?.into())
+    }
+
+    /// # Cancel safety
+    ///
+    /// As [`RedisLocks::acquire`].
+    async fn try_lock(&self, mode: Mode) -> Result<LockGuard, LockError> {
+        unsupported_mode(&self.name, mode)?;
+        Ok(self.client.try_acquire(&self.name).await?.into())
+    }
+
+    async fn is_locked(&self) -> Result<bool, LockError> {
+        self.client.is_locked(&self.name).await
+    }
+}
+
+fn unsupported_mode(name: &str, mode: Mode) -> Result<(), LockError> {
+    match mode {
+        Mode::Exclusive => Ok(()),
+        _ => Err(LockError::Unsupported {
+            resource: name.to_owned(),
+            what: "a shared mode (use the Redis RW lock)",
+        }),
+    }
+}
+
+/// The outcome of one run of the acquire script.
+#[derive(Debug)]
+pub(crate) enum Attempt {
+    /// We hold it; the fencing token.
+    Acquired(u64),
+    /// Someone else does.
+    Held {
+        /// Remaining lease in ms; `None` if the key has no expiry.
+        pttl: Option<u64>,
+        /// The holder's owner value (token line + owner metadata).
+        holder: Vec<u8>,
+    },
+}
+
+impl Attempt {
+    pub(crate) fn from_reply(name: &str, reply: Value) -> Result<Self, LockError> {
+        if let Value::Array(items) = &reply {
+            match items.as_slice() {
+                [Value::Int(1), Value::Int(fence)] if *fence > 0 => {
+                    return Ok(Attempt::Acquired(*fence as u64));
+                }
+                [Value::Int(0), Value::Int(pttl), Value::BulkString(holder)] => {
+                    return Ok(Attempt::Held {
+                        pttl: u64::try_from(*pttl).ok(),
+                        holder: holder.clone(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Err(bad_reply(name, "acquire", &reply))
+    }
+}
+
+/// Parses the owner metadata stored after the token line; `None` for a value
+/// lockyard did not write.
+pub(crate) fn parse_holder(value: &[u8]) -> Option<Owner> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (_token, meta) = text.split_once('\n')?;
+    Owner::parse(meta).ok()
+}
+
+/// A random owner token: 128 bits from the OS CSPRNG, hex.
+pub(crate) fn new_token(name: &str) -> Result<String, LockError> {
+    let mut buf = [0u8; 16];
+    getrandom::fill(&mut buf).map_err(|e| LockError::Backend {
+        resource: name.to_owned(),
+        op: "generate an owner token",
+        source: Box::new(std::io::Error::other(e.to_string())),
+    })?;
+    let mut s = String::with_capacity(32);
+    for b in buf {
+        use std::fmt::Write;
+        let _ = write!(s, "{b:02x}");
+    }
+    Ok(s)
+}
+
+/// The stored owner value: `token\n` + owner metadata (so waiters can say
+/// who holds the lock).
+pub(crate) fn owner_value(token: &str, mode: Mode) -> String {
+    let meta = Owner::current(mode).to_text();
+    let mut v = String::with_capacity(token.len() + 1 + meta.len());
+    v.push_str(token);
+    v.push('\n');
+    v.push_str(&meta);
+    v
+}
+
+/// An acquire script in flight. If dropped armed (the acquiring future was
+/// cancelled while the script may have reached Redis), a background task
+/// deletes the key if it holds our value, on the same connection so it runs
+/// after the script.
+struct InFlight<'a> {
+    client: &'a RedisLocks,
+    name: &'a str,
+    keys: &'a LockKeys,
+    value: &'a str,
+    conn: Conn,
+    armed: bool,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.client.spawn_release(
+                self.name.to_owned(),
+                &scripts::RELEASE,
+                vec![self.keys.lock.clone()],
+                vec![self.value.to_owned(), self.keys.channel.clone()],
+                Some(self.conn.clone()),
+                (),
+            );
+        }
+    }
+}
+
+/// The acquisition loop behind every acquire method. `would_block`: report
+/// contention as `WouldBlock` (try_acquire) rather than `Timeout`.
+pub(crate) async fn acquire(
+    client: &RedisLocks,
+    name: &str,
+    options: &AcquireOptions,
+    would_block: bool,
+) -> Result<RedisLockGuard, LockError> {
+    validate_name(name)?;
+    unsupported_mode(name, options.mode)?;
+    let deadline = Deadline::after(options.timeout);
+    let try_once = options.timeout == Some(Duration::ZERO);
+    let contended = |holder: Option<Owner>| {
+        let holder = holder.map(Box::new);
+        if would_block {
+            LockError::WouldBlock {
+                resource: name.to_owned(),
+                holder,
+            }
+        } else {
+            LockError::Timeout {
+                resource: name.to_owned(),
+                waited: deadline.elapsed(),
+                holder,
+            }
+        }
+    };
+    let inner = &client.inner;
+
+    // 1. This task's turn among local waiters.
+    let queue = inner.local.get(name);
+    let turn = if try_once {
+        let hint = inner.local.get(name);
+        match queue.try_turn() {
+            Some(t) => t,
+            None => return Err(contended(hint.last_holder())),
+        }
+    } else {
+        tokio::select! {
+            t = queue.turn() => t,
+            () = deadline.sleep() => {
+                let hint = inner.local.get(name);
+                tracing::debug!(resource = name, waited = ?deadline.elapsed(), "timed out in the local queue");
+                return Err(contended(hint.last_holder()));
+            }
+        }
+    };
+
+    // 2. and 3. The head of the local queue talks to Redis.
+    let ttl = inner.opts.ttl;
+    let keys = LockKeys::new(&inner.opts.key_prefix, name);
+    let token = new_token(name)?;
+    let value = owner_value(&token, Mode::Exclusive);
+    let mut sub = None;
+    let mut backoff = Duration::from_millis(5);
+    let mut last_holder: Option<Owner>;
+    let mut conn = client.conn(name, "acquire").await?;
+    loop {
+        let sent_at = Instant::now();
+        let mut in_flight = InFlight {
+            client,
+            name,
+            keys: &keys,
+            value: &value,
+            conn: conn.clone(),
+            armed: true,
+        };
+        let attempt = client
+            .acquire_once(&mut conn, name, &keys, &value, ttl)
+            .await;
+        in_flight.armed = false;
+        drop(in_flight);
+        let (pttl, holder) = match attempt {
+            Ok(Attempt::Acquired(fence)) => {
+                turn.set_holder(Some(Owner::current(Mode::Exclusive)));
+                let lease = client.register_lease(client.lease(
+                    name,
+                    &scripts::EXTEND,
+                    vec![keys.lock.clone()],
+                    vec![value.clone()],
+                    ttl,
+                    sent_at,
+                ));
+                if sub.is_some() {
+                    tracing::debug!(resource = name, waited = ?deadline.elapsed(), fence, "acquired Redis lock after waiting");
+                }
+                return Ok(RedisLockGuard::new(
+                    name.to_owned(),
+                    fence,
+                    Held {
+                        client: client.clone(),
+                        keys,
+                        value,
+                        lease,
+                        turn,
+                    },
+                ));
+            }
+            Ok(Attempt::Held { pttl, holder }) => (pttl, holder),
+            Err(e) => {
+                // An outage with our key possibly set: clean up (best effort).
+                if e.is_unavailable() {
+                    client.spawn_release(
+                        name.to_owned(),
+                        &scripts::RELEASE,
+                        vec![keys.lock.clone()],
+                        vec![value.clone(), keys.channel.clone()],
+                        None,
+                        (),
+                    );
+                }
+                return Err(e);
+            }
+        };
+        last_holder = parse_holder(&holder);
+        turn.set_holder(last_holder.clone());
+        let who = Who(last_holder.as_ref(), &holder);
+        if try_once || deadline.expired() {
+            tracing::debug!(resource = name, holder = %who, waited = ?deadline.elapsed(), "Redis lock held; giving up");
+            return Err(contended(last_holder));
+        }
+        let Some(sub) = sub.as_mut() else {
+            tracing::debug!(resource = name, holder = %who, "Redis lock held; waiting");
+            let mut s = tokio::select! {
+                s = client.subscribe(&keys.channel) => s,
+                () = deadline.sleep() => return Err(contended(last_holder)),
+            };
+            s.mark_seen();
+            sub = Some(s);
+            // Subscribed: retry once before waiting.
+            continue;
+        };
+        let holder_left = pttl.map(|ms| Duration::from_millis(ms + 1));
+        let wait = if sub.is_reliable() {
+            // A key without expiry is foreign or broken: look once a second.
+            holder_left.unwrap_or(Duration::from_secs(1))
+        } else {
+            let w = holder_left.map_or(backoff, |h| h.min(backoff));
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            w
+        };
+        tokio::select! {
+            () = sub.changed() => {}
+            () = tokio::time::sleep(wait) => {}
+            () = deadline.sleep() => {
+                tracing::debug!(resource = name, holder = %who, waited = ?deadline.elapsed(), "timed out waiting for Redis lock");
+                return Err(contended(last_holder));
+            }
+        }
+        sub.mark_seen();
+        tracing::trace!(resource = name, holder = %who, waited = ?deadline.elapsed(), "retrying Redis lock");
+    }
+}
+
+/// Displays a holder for logs: its metadata, or the raw value if foreign.
+struct Who<'a>(Option<&'a Owner>, &'a [u8]);
+
+impl fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(o) => write!(f, "{o}"),
+            None => {
+                let raw = String::from_utf8_lossy(&self.1[..self.1.len().min(64)]);
+                write!(f, "unknown owner {raw:?}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_random_hex() {
+        let a = new_token("x").unwrap();
+        let b = new_token("x").unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn holder_round_trips() {
+        let v = owner_value("abc", Mode::Exclusive);
+        let o = parse_holder(v.as_bytes()).unwrap();
+        assert_eq!(o.pid, std::process::id());
+        assert!(parse_holder(b"foreign").is_none());
+    }
+
+    #[test]
+    fn replies() {
+        let ok = Value::Array(vec![Value::Int(1), Value::Int(7)]);
+        assert!(matches!(
+            Attempt::from_reply("n", ok),
+            Ok(Attempt::Acquired(7))
+        ));
+        let held = Value::Array(vec![
+            Value::Int(0),
+            Value::Int(-1),
+            Value::BulkString(b"x".to_vec()),
+        ]);
+        assert!(matches!(
+            Attempt::from_reply("n", held),
+            Ok(Attempt::Held { pttl: None, .. })
+        ));
+        assert!(matches!(
+            Attempt::from_reply("n", Value::Okay),
+            Err(LockError::Protocol { .. })
+        ));
+    }
+}

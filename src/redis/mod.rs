@@ -1,0 +1,119 @@
+//! Distributed locks on Redis (feature `redis`, on by default).
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lockyard::LockError> {
+//! use std::time::Duration;
+//! use lockyard::redis::{RedisLocks, RedisOptions};
+//!
+//! let locks = RedisLocks::connect_with(
+//!     "redis://127.0.0.1:6380/",
+//!     RedisOptions::default().ttl(Duration::from_secs(10)),
+//! ).await?;
+//! let guard = locks.acquire("nightly-report", Duration::from_secs(60)).await?;
+//! // Pass the fencing token to the storage you write to, so that it can
+//! // refuse a stale holder.
+//! let token = guard.fencing_token();
+//! // Stop working if the lock is lost (Redis unreachable for a whole lease,
+//! // or the key taken over).
+//! guard.run_until_lost(async { /* the work */ }).await?;
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # When to use it
+//!
+//! When processes on *several machines* must take turns and a Redis server
+//! they all reach is already part of the system. On one machine, prefer the
+//! file locks: the kernel releases them when a holder dies, with no lease to
+//! tune. Within one process, prefer the in-process primitives.
+//!
+//! # What is guaranteed, and what is not
+//!
+//! - **Mutual exclusion while Redis keeps its data and clocks behave.** The
+//!   lock is a key `SET NX PX ttl` with a random 128-bit owner token;
+//!   release and extend compare the token in a Lua script, so nobody but the
+//!   owner releases or extends it.
+//! - **A lease, not a promise.** A holder that stalls (GC pause, swapped out,
+//!   partitioned) for longer than the lease loses the lock *without knowing
+//!   it at that instant*. Two defences: the holder's [`lost`] signal fires
+//!   when no renewal has been confirmed within *TTL − drift* (measured on the
+//!   monotonic clock from the *send* time of the last confirmed renewal, so
+//!   it fires before the key can expire on the server), and **fencing tokens**:
+//!   [`RedisLockGuard::fencing_token`] strictly increases across holders of a
+//!   resource (an `INCR` inside the acquire script), so storage that checks it
+//!   can refuse a stale holder's writes. Use both for anything that matters.
+//! - **One Redis server is one point of failure.** If it restarts without
+//!   persistence, every lock is gone (holders see `lost` at the next renewal)
+//!   and fencing counters start again from 1. With replication, a fail-over
+//!   can lose a lock that was not yet replicated. If that matters, use AOF
+//!   with `appendfsync always`, or Redlock over independent servers (which
+//!   has its own caveats; see its docs), or a consensus system.
+//! - **Liveness**: a crashed holder's lock comes back after its TTL.
+//!
+//! # How it works
+//!
+//! - Keys: `{prefix}{<name>}:lock` (owner value), `{prefix}{<name>}:fence`
+//!   (fencing counter, never expires: one small key per resource ever
+//!   locked), release channel `{prefix}{<name>}:released`. The name is the
+//!   `{hash tag}`, so one resource's keys share a Redis Cluster slot.
+//! - Scripts are built once and sent with `EVALSHA` (falling back to loading
+//!   them on `NOSCRIPT`).
+//! - Waiting is not polling: a waiter subscribes to the release channel over
+//!   the client's one pub/sub connection, then retries; it wakes on a release
+//!   message, at the holder's remaining TTL (a crashed holder is taken over on
+//!   time), or at its deadline. If pub/sub is down it falls back to backoff
+//!   polling (5 ms doubling to 1 s) bounded by the holder's TTL. Tasks of one
+//!   process waiting for one name queue in-process (FIFO) behind a single
+//!   waiter on Redis.
+//! - One watchdog task per client renews every held lease at about TTL / 3,
+//!   batched into one pipelined round trip per period (see
+//!   [`RedisLocks::stats`]).
+//! - Waiting and timeouts are logged with `tracing` (at `debug`), naming the
+//!   holder (pid, host, since) and the time waited; a lost lock is a
+//!   `warn`.
+//!
+//! # Cancel safety
+//!
+//! Every acquisition is cancel safe: dropping the future leaves the local
+//! queue at once, and if the acquire script may already have reached Redis, a
+//! background task deletes the key if it holds *this acquisition's* token (on
+//! the same connection, so after the script). Dropping a guard stops its
+//! renewal at once and releases from a background task; nothing ever blocks
+//! the runtime. Whatever happens, no lock outlives its TTL once its holder
+//! is gone. Without a tokio runtime (a guard dropped after the runtime shut
+//! down) the background release cannot run and the lock expires by its TTL.
+//!
+//! # Errors
+//!
+//! Contention ([`LockError::Timeout`], [`LockError::WouldBlock`], naming the
+//! holder) is kept apart from outage ([`LockError::Unavailable`]: refused,
+//! reset, timed out, pool exhausted, loading), refusal
+//! ([`LockError::Backend`]: authentication, ACL, script errors) and garbage
+//! ([`LockError::Protocol`]: a reply of the wrong type, a key of the wrong
+//! type).
+//!
+//! [`lost`]: RedisLockGuard::lost
+//! [`LockError::Timeout`]: crate::LockError::Timeout
+//! [`LockError::WouldBlock`]: crate::LockError::WouldBlock
+//! [`LockError::Unavailable`]: crate::LockError::Unavailable
+//! [`LockError::Backend`]: crate::LockError::Backend
+//! [`LockError::Protocol`]: crate::LockError::Protocol
+
+mod client;
+mod errors;
+mod guard;
+mod keys;
+mod local;
+mod lock;
+mod options;
+mod pool;
+mod scripts;
+mod wakeups;
+mod watchdog;
+
+pub use client::{RedisLockInfo, RedisLocks, RedisStats};
+pub use guard::RedisLockGuard;
+pub use lock::RedisLock;
+pub use options::RedisOptions;

@@ -1,0 +1,214 @@
+//! [`RedisOptions`]: the knobs of a [`RedisLocks`](super::RedisLocks) client.
+
+use std::time::Duration;
+
+use crate::error::LockError;
+
+/// Configuration of a [`RedisLocks`](super::RedisLocks) client.
+///
+/// ```
+/// use std::time::Duration;
+/// use lockyard::redis::RedisOptions;
+///
+/// let opts = RedisOptions::default()
+///     .key_prefix("myapp:locks:")
+///     .ttl(Duration::from_secs(9))
+///     .op_timeout(Duration::from_secs(1));
+/// assert_eq!(opts.renew_interval_for(opts.ttl), Duration::from_secs(3));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// Prefix of every key and channel (default `"lockyard:"`). It must not
+    /// contain `{` or `}`: the resource name is the `{hash tag}`.
+    pub key_prefix: String,
+    /// The lease: how long a lock outlives a holder that stops renewing it,
+    /// for example because it crashed (default 30 s).
+    pub ttl: Duration,
+    /// How often the watchdog renews held leases; `None` (the default) means
+    /// a third of the lease's TTL.
+    pub renew_interval: Option<Duration>,
+    /// Clock-drift margin: a holder considers its lock lost at *last
+    /// confirmed renewal + TTL − drift*. `None` (the default) means 1 % of the
+    /// TTL plus 2 ms, as the Redlock description suggests.
+    pub drift: Option<Duration>,
+    /// Number of pooled connections (default 4). Each is multiplexed, so this
+    /// bounds sockets, not concurrency.
+    pub pool_size: u32,
+    /// How long to wait for a connection from the pool, including connecting
+    /// (default 5 s).
+    pub connect_timeout: Duration,
+    /// How long to wait for the answer to one request (default 2 s).
+    pub op_timeout: Duration,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        Self {
+            key_prefix: "lockyard:".to_owned(),
+            ttl: Duration::from_secs(30),
+            renew_interval: None,
+            drift: None,
+            pool_size: 4,
+            connect_timeout: Duration::from_secs(5),
+            op_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+impl RedisOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the key prefix.
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets the lease TTL.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Sets the renewal interval (default: TTL / 3).
+    pub fn renew_interval(mut self, interval: Duration) -> Self {
+        self.renew_interval = Some(interval);
+        self
+    }
+
+    /// Sets the clock-drift margin (default: TTL / 100 + 2 ms).
+    pub fn drift(mut self, drift: Duration) -> Self {
+        self.drift = Some(drift);
+        self
+    }
+
+    /// Sets the number of pooled connections.
+    pub fn pool_size(mut self, size: u32) -> Self {
+        self.pool_size = size;
+        self
+    }
+
+    /// Sets the connect (and pool checkout) timeout.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Sets the per-request timeout.
+    pub fn op_timeout(mut self, timeout: Duration) -> Self {
+        self.op_timeout = timeout;
+        self
+    }
+
+    /// The renewal interval used for a lease of `ttl`: the configured
+    /// interval scaled to `ttl` (or `ttl / 3`).
+    pub fn renew_interval_for(&self, ttl: Duration) -> Duration {
+        match self.renew_interval {
+            Some(every) if !self.ttl.is_zero() => {
+                every.mul_f64(ttl.as_secs_f64() / self.ttl.as_secs_f64())
+            }
+            _ => ttl / 3,
+        }
+    }
+
+    /// The drift margin used for a lease of `ttl`.
+    pub fn drift_for(&self, ttl: Duration) -> Duration {
+        match self.drift {
+            Some(d) if !self.ttl.is_zero() => d.mul_f64(ttl.as_secs_f64() / self.ttl.as_secs_f64()),
+            _ => ttl / 100 + Duration::from_millis(2),
+        }
+    }
+
+    /// Checks the options; every client validates them at connect time.
+    pub(crate) fn validate(&self) -> Result<(), LockError> {
+        let bad =
+            |what: &'static str, reason: String| Err(LockError::InvalidArgument { what, reason });
+        if self.key_prefix.len() > 256
+            || self
+                .key_prefix
+                .chars()
+                .any(|c| c == '{' || c == '}' || c.is_control())
+        {
+            return bad(
+                "key prefix",
+                format!(
+                    "{:?} must be at most 256 bytes without `{{`, `}}` or control characters",
+                    self.key_prefix
+                ),
+            );
+        }
+        validate_ttl(self.ttl)?;
+        if self.drift_for(self.ttl) >= self.ttl / 2 {
+            return bad(
+                "drift",
+                format!("{:?} must be under half the TTL", self.drift_for(self.ttl)),
+            );
+        }
+        if let Some(every) = self.renew_interval
+            && (every.is_zero() || every >= self.ttl - self.drift_for(self.ttl))
+        {
+            return bad(
+                "renew interval",
+                format!("{every:?} must be positive and shorter than the TTL minus the drift"),
+            );
+        }
+        if self.pool_size == 0 {
+            return bad("pool size", "must be at least 1".to_owned());
+        }
+        if self.connect_timeout.is_zero() || self.op_timeout.is_zero() {
+            return bad(
+                "timeout",
+                "connect and op timeouts must be positive".to_owned(),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Leases are whole milliseconds on the server, between 10 ms and ~49 days.
+pub(crate) fn validate_ttl(ttl: Duration) -> Result<(), LockError> {
+    if ttl < Duration::from_millis(10) || ttl.as_millis() > u128::from(u32::MAX) {
+        return Err(LockError::InvalidArgument {
+            what: "ttl",
+            reason: format!("{ttl:?} must be between 10 ms and {} ms", u32::MAX),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_derived() {
+        let o = RedisOptions::default();
+        o.validate().unwrap();
+        assert_eq!(
+            o.renew_interval_for(Duration::from_secs(3)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            o.drift_for(Duration::from_secs(1)),
+            Duration::from_millis(12)
+        );
+    }
+
+    #[test]
+    fn bad_options_are_refused() {
+        for o in [
+            RedisOptions::default().key_prefix("a{b"),
+            RedisOptions::default().ttl(Duration::from_millis(1)),
+            RedisOptions::default().renew_interval(Duration::from_secs(31)),
+            RedisOptions::default().drift(Duration::from_secs(20)),
+            RedisOptions::default().pool_size(0),
+            RedisOptions::default().op_timeout(Duration::ZERO),
+        ] {
+            assert!(o.validate().unwrap_err().is_invalid_input(), "{o:?}");
+        }
+    }
+}

@@ -1,0 +1,372 @@
+//! Release wakeups over one shared pub/sub connection per client.
+//!
+//! A waiter [`subscribe`](Wakeups::subscribe)s to a resource's release
+//! channel *before* it retries the acquire script, so a release published
+//! after that retry cannot be missed; it then waits for
+//! [`Subscription::changed`] (or the holder's remaining TTL, or its deadline).
+//!
+//! One background task owns the pub/sub connection. Channels are subscribed
+//! on demand and reference-counted: the first waiter of a channel subscribes
+//! it, the last one to leave unsubscribes it. Each channel has a
+//! `watch::Sender<u64>` counting the messages seen, so a waiter that marked
+//! the current count as seen wakes on any later message, however many other
+//! waiters share the channel.
+//!
+//! When the connection drops the task reconnects with backoff and
+//! resubscribes every live channel; meanwhile (and whenever a subscription is
+//! not confirmed within the client's `op_timeout`) subscriptions report
+//! [`is_reliable`](Subscription::is_reliable) `false` and waiters fall back to
+//! backoff polling bounded by the holder's TTL. Every channel is also bumped
+//! on disconnect and on reconnect, since messages may have been lost.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+/// The subscription state of one channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubState {
+    /// `SUBSCRIBE` sent, not yet confirmed.
+    Pending,
+    /// Confirmed: a `PUBLISH` from now on reaches us.
+    Active,
+    /// The pub/sub connection is down.
+    Down,
+}
+
+struct Channel {
+    /// Count of messages (and disconnects) seen on the channel.
+    messages: watch::Sender<u64>,
+    state: watch::Sender<SubState>,
+    refs: usize,
+}
+
+enum Command {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+struct Shared {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Channel>> {
+        self.channels.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks every channel with `state` and wakes all its waiters.
+    fn set_all(&self, state: SubState) {
+        for ch in self.lock().values() {
+            ch.state.send_replace(state);
+            ch.messages.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn set(&self, name: &str, state: SubState) {
+        if let Some(ch) = self.lock().get(name) {
+            ch.state.send_replace(state);
+        }
+    }
+}
+
+/// The client's wakeup service. Cloning shares it.
+#[derive(Clone)]
+pub(crate) struct Wakeups {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedSender<Command>,
+    op_timeout: Duration,
+}
+
+impl fmt::Debug for Wakeups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Wakeups")
+            .field("channels", &self.shared.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Wakeups {
+    /// Starts the pub/sub task; it connects lazily (on the first
+    /// subscription) and stops when `shutdown` is cancelled.
+    pub(crate) fn start(
+        client: redis::Client,
+        op_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let shared = Arc::new(Shared {
+            channels: Mutex::new(HashMap::new()),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(client, shared.clone(), rx, op_timeout, shutdown));
+        Self {
+            shared,
+            commands: tx,
+            op_timeout,
+        }
+    }
+
+    /// Subscribes to `channel` and waits (at most the client's `op_timeout`)
+    /// until Redis confirms, so that every later `PUBLISH` is seen.
+    ///
+    /// Never fails: if pub/sub is unavailable the subscription says so
+    /// through [`Subscription::is_reliable`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future drops the subscription (the channel
+    /// is unsubscribed when nobody else uses it).
+    pub(crate) async fn subscribe(&self, channel: &str) -> Subscription {
+        let (messages, mut state, new) = {
+            let mut map = self.shared.lock();
+            match map.get_mut(channel) {
+                Some(ch) => {
+                    ch.refs += 1;
+                    (ch.messages.subscribe(), ch.state.subscribe(), false)
+                }
+                None => {
+                    let (messages, rx) = watch::channel(0);
+                    let (state, state_rx) = watch::channel(SubState::Pending);
+                    map.insert(
+                        channel.to_owned(),
+                        Channel {
+                            messages,
+                            state,
+                            refs: 1,
+                        },
+                    );
+                    (rx, state_rx, true)
+                }
+            }
+        };
+        let sub = Subscription {
+            wakeups: self.clone(),
+            channel: channel.to_owned(),
+            messages,
+            state: state.clone(),
+        };
+        if new
+            && self
+                .commands
+                .send(Command::Subscribe(channel.to_owned()))
+                .is_err()
+        {
+            // The task is gone (client shutting down): unreliable.
+            self.shared.set(channel, SubState::Down);
+        }
+        let _ = tokio::time::timeout(self.op_timeout, state.wait_for(|s| *s != SubState::Pending))
+            .await;
+        sub
+    }
+}
+
+/// One waiter's interest in one channel. Dropping it unsubscribes the
+/// channel when it was the last.
+pub(crate) struct Subscription {
+    wakeups: Wakeups,
+    channel: String,
+    messages: watch::Receiver<u64>,
+    state: watch::Receiver<SubState>,
+}
+
+impl Subscription {
+    /// Whether a `PUBLISH` on the channel is known to reach us now. When
+    /// `false`, waiters must poll (with backoff bounded by the holder's TTL).
+    pub(crate) fn is_reliable(&self) -> bool {
+        *self.state.borrow() == SubState::Active
+    }
+
+    /// Marks every message so far as seen; [`changed`](Self::changed) then
+    /// waits for a later one. Call it before each retry of the acquire
+    /// script.
+    pub(crate) fn mark_seen(&mut self) {
+        self.messages.borrow_and_update();
+    }
+
+    /// Completes on the first message after the last
+    /// [`mark_seen`](Self::mark_seen) (or at once if one already came), and
+    /// when the pub/sub connection drops or comes back.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a message that arrives while nobody waits is kept until
+    /// the next call or `mark_seen`.
+    pub(crate) async fn changed(&mut self) {
+        if self.messages.changed().await.is_err() {
+            // The channel entry is gone (client shut down): never again.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .field("reliable", &self.is_reliable())
+            .finish()
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut map = self.wakeups.shared.lock();
+        let last = match map.get_mut(&self.channel) {
+            Some(ch) => {
+                ch.refs -= 1;
+                ch.refs == 0
+            }
+            None => false,
+        };
+        if last {
+            map.remove(&self.channel);
+            drop(map);
+            let _ = self
+                .wakeups
+                .commands
+                .send(Command::Unsubscribe(std::mem::take(&mut self.channel)));
+        }
+    }
+}
+
+/// The pub/sub task: connect, subscribe what is wanted, dispatch messages,
+/// reconnect on loss.
+async fn run(
+    client: redis::Client,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    op_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        // Connect only when someone waits.
+        if shared.lock().is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                cmd = commands.recv() => match cmd {
+                    None => return,
+                    // Unsubscribe of a removed channel: nothing to do.
+                    Some(Command::Unsubscribe(_)) => continue,
+                    Some(Command::Subscribe(_)) => {}
+                },
+            }
+        }
+        let connected = tokio::select! {
+            () = shutdown.cancelled() => return,
+            r = tokio::time::timeout(op_timeout, client.get_async_pubsub()) => r,
+        };
+        let pubsub = match connected {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "pub/sub connection failed; waiters poll until it is back");
+                shared.set_all(SubState::Down);
+                if !sleep_draining(&shutdown, &mut commands, &shared, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("pub/sub connection timed out; waiters poll until it is back");
+                shared.set_all(SubState::Down);
+                if !sleep_draining(&shutdown, &mut commands, &shared, backoff).await {
+                    return;
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        let (mut sink, mut stream) = pubsub.split();
+        // Subscribe everything wanted now, in one command.
+        let wanted: Vec<String> = shared.lock().keys().cloned().collect();
+        if !wanted.is_empty() {
+            match tokio::time::timeout(op_timeout, sink.subscribe(&wanted)).await {
+                Ok(Ok(())) => {
+                    backoff = Duration::from_millis(50);
+                    // Messages may have been missed while down: wake all.
+                    shared.set_all(SubState::Active);
+                }
+                _ => {
+                    shared.set_all(SubState::Down);
+                    if !sleep_draining(&shutdown, &mut commands, &shared, backoff).await {
+                        return;
+                    }
+                    continue;
+                }
+            }
+        }
+        // Serve until the connection drops.
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                cmd = commands.recv() => {
+                    let ok = match cmd {
+                        None => return,
+                        Some(Command::Subscribe(ch)) => {
+                            match tokio::time::timeout(op_timeout, sink.subscribe(&ch)).await {
+                                Ok(Ok(())) => {
+                                    shared.set(&ch, SubState::Active);
+                                    true
+                                }
+                                _ => false,
+                            }
+                        }
+                        Some(Command::Unsubscribe(ch)) => {
+                            // A waiter may have re-subscribed it meanwhile.
+                            if shared.lock().contains_key(&ch) {
+                                true
+                            } else {
+                                matches!(
+                                    tokio::time::timeout(op_timeout, sink.unsubscribe(&ch)).await,
+                                    Ok(Ok(()))
+                                )
+                            }
+                        }
+                    };
+                    if !ok {
+                        break;
+                    }
+                }
+                msg = stream.next() => match msg {
+                    Some(msg) => {
+                        if let Some(ch) = shared.lock().get(msg.get_channel_name()) {
+                            ch.messages.send_modify(|n| *n += 1);
+                        }
+                    }
+                    None => break,
+                },
+            }
+        }
+        tracing::debug!("pub/sub connection lost; reconnecting");
+        shared.set_all(SubState::Down);
+    }
+}
+
+/// Sleeps `delay` while answering subscriptions with "down". Returns `false`
+/// on shutdown.
+async fn sleep_draining(
+    shutdown: &CancellationToken,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    shared: &Shared,
+    delay: Duration,
+) -> bool {
+    let sleep = tokio::time::sleep(delay);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = &mut sleep => return true,
+            cmd = commands.recv() => match cmd {
+                None => return false,
+                Some(Command::Subscribe(ch)) => shared.set(&ch, SubState::Down),
+                Some(Command::Unsubscribe(_)) => {}
+            },
+        }
+    }
+}

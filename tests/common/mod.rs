@@ -1,0 +1,5 @@
+//! Helpers shared by the integration tests. Each test binary includes this
+//! module with `mod common;` and uses what it needs.
+#![allow(dead_code)]
+
+pub mod redis;

@@ -1,0 +1,187 @@
+//! Private `redis-server` processes for tests and benches.
+//!
+//! [`RedisServer::start`] picks a free loopback port (never 6379), starts
+//! `redis-server` on it without persistence, and waits (bounded) until it
+//! answers `PING`. The server is killed when the value is dropped. Faults:
+//! [`stop`](RedisServer::stop) / [`restart`](RedisServer::restart) on the
+//! same port, [`pause`](RedisServer::pause) (`CLIENT PAUSE`), and raw
+//! commands with [`command`](RedisServer::command) (e.g. `DEBUG SLEEP`).
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a server may take to answer its first `PING`.
+const STARTUP: Duration = Duration::from_secs(10);
+
+/// A private redis-server on 127.0.0.1.
+#[derive(Debug)]
+pub struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// Starts a server on a free port (retrying on a port clash).
+    pub fn start() -> Self {
+        let mut last_err = String::new();
+        for _ in 0..10 {
+            let port = free_port();
+            let mut server = RedisServer {
+                port,
+                child: None,
+                dir: scratch_dir(port),
+            };
+            match server.spawn() {
+                Ok(()) => return server,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start redis-server: {last_err}");
+    }
+
+    /// `redis://127.0.0.1:<port>/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (abruptly: SIGKILL, as a crash).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a fresh, empty server on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            match self.spawn() {
+                Ok(()) => return,
+                Err(e) if Instant::now() > deadline => {
+                    panic!("could not restart redis-server on {}: {e}", self.port)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// `CLIENT PAUSE <ms> ALL`: the server answers nobody for `pause`.
+    pub fn pause(&self, pause: Duration) {
+        let reply = self.command(&["CLIENT", "PAUSE", &pause.as_millis().to_string(), "ALL"]);
+        assert_eq!(reply, "+OK", "CLIENT PAUSE failed: {reply}");
+    }
+
+    /// Sends one command and returns the first line of the reply (for
+    /// integers `:n`, simple strings `+OK`, errors `-ERR ...`; for bulk
+    /// strings the payload line).
+    pub fn command(&self, args: &[&str]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to test redis");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let line = line.trim_end().to_owned();
+        if let Some(len) = line.strip_prefix('$') {
+            let Ok(len) = len.parse::<usize>() else {
+                return line; // $-1: nil
+            };
+            let mut buf = vec![0; len + 2];
+            r.read_exact(&mut buf).unwrap();
+            return String::from_utf8_lossy(&buf[..len]).into_owned();
+        }
+        line
+    }
+
+    /// Whether the server answers `PING` now.
+    pub fn is_up(&self) -> bool {
+        ping(self.port)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--protected-mode", "yes"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("spawn redis-server (is it installed?): {e}"))?;
+        let deadline = Instant::now() + STARTUP;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "redis-server exited early ({status}); port {} taken?",
+                    self.port
+                ));
+            }
+            if ping(self.port) {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("redis-server did not answer PING in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ping(port: u16) -> bool {
+    let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+    let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+/// A loopback port that was free a moment ago (never 6379).
+fn free_port() -> u16 {
+    loop {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = l.local_addr().unwrap().port();
+        if port != 6379 {
+            return port;
+        }
+    }
+}
+
+fn scratch_dir(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("lockyard-test-redis-{}-{port}", std::process::id()))
+}

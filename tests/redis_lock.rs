@@ -1,0 +1,423 @@
+//! The Redis lock against a private redis-server: exclusion across tasks and
+//! processes, fencing, wakeups, renewal, the guard contract.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use lockyard::redis::{RedisLocks, RedisOptions};
+use lockyard::{AcquireOptions, Lock, LockError, Mode};
+
+/// Bound on every await in these tests.
+const LIMIT: Duration = Duration::from_secs(20);
+
+async fn client(server: &RedisServer, ttl: Duration) -> RedisLocks {
+    RedisLocks::connect_with(&server.url(), RedisOptions::default().ttl(ttl))
+        .await
+        .expect("connect")
+}
+
+async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(LIMIT, f).await.expect("bounded wait")
+}
+
+#[tokio::test]
+async fn acquire_release_and_contention() {
+    let server = RedisServer::start();
+    let a = client(&server, Duration::from_secs(10)).await;
+    let b = client(&server, Duration::from_secs(10)).await;
+
+    let g = bounded(a.acquire("res", Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(g.resource(), "res");
+    assert!(!g.is_lost());
+    assert!(b.is_locked("res").await.unwrap());
+
+    // Another client (as another process would) sees it held, and by whom.
+    let err = b.try_acquire("res").await.unwrap_err();
+    assert!(err.is_would_block(), "{err}");
+    let holder = err.holder().expect("holder named");
+    assert_eq!(holder.pid, std::process::id());
+    assert_eq!(holder.mode, Mode::Exclusive);
+    let err = b
+        .acquire("res", Duration::from_millis(100))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout() && err.holder().is_some(), "{err}");
+    // The same client: the local queue answers.
+    assert!(a.try_acquire("res").await.unwrap_err().is_would_block());
+
+    let first = g.fencing_token();
+    bounded(g.release()).await.unwrap();
+    assert!(!a.is_locked("res").await.unwrap());
+    let g2 = bounded(b.acquire("res", Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert!(g2.fencing_token() > first);
+
+    let listed = a.list().await.unwrap();
+    let info = listed.iter().find(|i| i.name == "res").expect("listed");
+    assert_eq!(info.kind, "lock");
+    assert_eq!(info.fencing_token, Some(g2.fencing_token()));
+    assert!(info.ttl.is_some_and(|t| t <= Duration::from_secs(10)));
+    drop(g2);
+    // Drop releases in the background.
+    bounded(async {
+        while a.is_locked("res").await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lock_trait_and_bad_input() {
+    let server = RedisServer::start();
+    let locks = client(&server, Duration::from_secs(5)).await;
+    let lock: Arc<dyn Lock> = Arc::new(locks.lock("trait").unwrap());
+    let g = bounded(lock.lock(&AcquireOptions::exclusive().timeout(Duration::from_secs(1))))
+        .await
+        .unwrap();
+    assert!(g.fencing_token().is_some());
+    assert!(lock.is_locked().await.unwrap());
+    assert!(
+        lock.try_lock(Mode::Exclusive)
+            .await
+            .unwrap_err()
+            .is_would_block()
+    );
+    // Try-once through options is a timeout, not WouldBlock.
+    let e = lock
+        .lock(&AcquireOptions::exclusive().timeout(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    assert!(matches!(
+        lock.lock(&AcquireOptions::shared()).await.unwrap_err(),
+        LockError::Unsupported { .. }
+    ));
+    bounded(g.release()).await.unwrap();
+
+    for bad in ["", "a{b}", "x\n"] {
+        assert!(locks.lock(bad).unwrap_err().is_invalid_input());
+        assert!(locks.try_acquire(bad).await.unwrap_err().is_invalid_input());
+    }
+    let e = RedisLocks::connect("not a url").await.unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+    let e = RedisLocks::connect_with(&server.url(), RedisOptions::default().pool_size(0))
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+}
+
+/// A counter updated with a deliberate read-yield-write race: only mutual
+/// exclusion keeps every update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_exclusion_across_tasks_and_clients() {
+    let server = RedisServer::start();
+    let counter = Arc::new(AtomicU64::new(0));
+    let last_fence = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for c in 0..3 {
+        let locks = client(&server, Duration::from_secs(5)).await;
+        for _ in 0..6 {
+            let (locks, counter, last_fence) = (locks.clone(), counter.clone(), last_fence.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..15 {
+                    let g = locks
+                        .acquire("counter", Duration::from_secs(15))
+                        .await
+                        .unwrap();
+                    let fence = g.fencing_token();
+                    assert!(last_fence.swap(fence, Ordering::SeqCst) < fence);
+                    let v = counter.load(Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                    counter.store(v + 1, Ordering::SeqCst);
+                    if c == 0 {
+                        g.release().await.unwrap();
+                    } else {
+                        drop(g);
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        bounded(t).await.unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 3 * 6 * 15);
+}
+
+const CHILD_ENV: &str = "LOCKYARD_TEST_REDIS_CHILD";
+
+/// Child role of `mutual_exclusion_across_processes` (does nothing when run
+/// by the test harness directly).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_process_worker() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut parts = spec.splitn(3, '|');
+    let url = parts.next().unwrap();
+    let rounds: u32 = parts.next().unwrap().parse().unwrap();
+    let dir = std::path::PathBuf::from(parts.next().unwrap());
+    let locks = RedisLocks::connect_with(url, RedisOptions::default().ttl(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    for _ in 0..rounds {
+        let g = bounded(locks.acquire("xproc", Duration::from_secs(15)))
+            .await
+            .unwrap();
+        let path = dir.join("counter");
+        let v: u64 = std::fs::read_to_string(&path)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_micros(200)).await;
+        std::fs::write(&path, (v + 1).to_string()).unwrap();
+        use std::io::Write;
+        let mut log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.join("fences"))
+            .unwrap();
+        writeln!(log, "{}", g.fencing_token()).unwrap();
+        drop(log);
+        g.release().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn mutual_exclusion_across_processes() {
+    let server = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("counter"), "0").unwrap();
+    std::fs::write(dir.path().join("fences"), "").unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let (procs, rounds) = (4, 25);
+    let mut children = Vec::new();
+    for _ in 0..procs {
+        children.push(
+            tokio::process::Command::new(&exe)
+                .args([
+                    "--exact",
+                    "child_process_worker",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(
+                    CHILD_ENV,
+                    format!("{}|{rounds}|{}", server.url(), dir.path().display()),
+                )
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut c in children {
+        let status = tokio::time::timeout(Duration::from_secs(60), c.wait())
+            .await
+            .expect("child finished in time")
+            .unwrap();
+        assert!(status.success());
+    }
+    let count: u64 = std::fs::read_to_string(dir.path().join("counter"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(count, procs * rounds, "lost updates");
+    let fences: Vec<u64> = std::fs::read_to_string(dir.path().join("fences"))
+        .unwrap()
+        .lines()
+        .map(|l| l.parse().unwrap())
+        .collect();
+    assert_eq!(fences.len() as u64, procs * rounds);
+    assert!(
+        fences.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens must strictly increase across processes: {fences:?}"
+    );
+}
+
+/// With a 30 s lease, a waiter can only get the lock quickly if the release
+/// woke it (backoff polling would be up to 1 s late after a long wait).
+#[tokio::test]
+async fn release_wakes_a_waiter_on_another_client() {
+    let server = RedisServer::start();
+    let holder = client(&server, Duration::from_secs(30)).await;
+    let waiter = client(&server, Duration::from_secs(30)).await;
+    let g = holder
+        .acquire("handoff", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let w = tokio::spawn(async move {
+        let g = waiter
+            .acquire("handoff", Duration::from_secs(20))
+            .await
+            .unwrap();
+        (Instant::now(), g)
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert!(!w.is_finished());
+    let released = Instant::now();
+    g.release().await.unwrap();
+    let (acquired, g2) = bounded(w).await.unwrap();
+    let handoff = acquired - released;
+    assert!(
+        handoff < Duration::from_millis(300),
+        "hand-off took {handoff:?}: not woken by the release message"
+    );
+    drop(g2);
+}
+
+/// A holder that vanished without releasing (simulated: a foreign key with a
+/// lease) is taken over when its lease ends, not later.
+#[tokio::test]
+async fn waiter_takes_over_at_the_holders_ttl() {
+    let server = RedisServer::start();
+    let locks = client(&server, Duration::from_secs(5)).await;
+    assert_eq!(
+        server.command(&["SET", "lockyard:{crashed}:lock", "someone", "PX", "700"]),
+        "+OK"
+    );
+    let start = Instant::now();
+    let g = bounded(locks.acquire("crashed", Duration::from_secs(10)))
+        .await
+        .unwrap();
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(600),
+        "took over too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_millis(1500),
+        "took over late: {took:?}"
+    );
+    drop(g);
+}
+
+#[tokio::test]
+async fn local_waiters_queue_in_process() {
+    let server = RedisServer::start();
+    let locks = client(&server, Duration::from_secs(10)).await;
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = locks.acquire("fifo", Duration::from_secs(1)).await.unwrap();
+    let evals_before = evalsha_calls(&server);
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (locks, order) = (locks.clone(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let g = locks
+                .acquire("fifo", Duration::from_secs(15))
+                .await
+                .unwrap();
+            order.lock().unwrap().push(i);
+            g.release().await.unwrap();
+        }));
+        // Let each one join the queue in turn.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Only the head of the local queue tried Redis (once, and once more
+    // after subscribing); the others wait in-process.
+    let evals = evalsha_calls(&server) - evals_before;
+    assert!(evals <= 3, "{evals} acquire attempts reached Redis");
+    g.release().await.unwrap();
+    for t in tasks {
+        bounded(t).await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4], "FIFO");
+}
+
+fn evalsha_calls(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test]
+async fn watchdog_renews_in_batches_and_stops_on_drop() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(600);
+    let locks = client(&server, ttl).await;
+    let mut guards = Vec::new();
+    for i in 0..300 {
+        guards.push(
+            locks
+                .acquire(&format!("held-{i}"), Duration::from_secs(1))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(locks.stats().held, 300);
+    let before = locks.stats();
+    // Five TTLs: every lease must survive, renewed in few round trips.
+    tokio::time::sleep(ttl * 5).await;
+    assert!(guards.iter().all(|g| !g.is_lost()));
+    for i in [0, 150, 299] {
+        assert!(locks.is_locked(&format!("held-{i}")).await.unwrap());
+    }
+    let after = locks.stats();
+    let periods = 15; // 5 TTLs / (TTL / 3)
+    let trips = after.renewal_round_trips - before.renewal_round_trips;
+    let renewals = after.renewals - before.renewals;
+    assert!(renewals >= 300 * (periods - 3), "renewals {renewals}");
+    // One round trip per period once aligned, plus a few while aligning.
+    assert!(
+        trips <= periods + 6,
+        "{trips} round trips for 300 leases over {periods} periods"
+    );
+    assert_eq!(after.lost, 0);
+
+    // Dropping stops renewal and releases.
+    guards.truncate(0);
+    bounded(async {
+        while locks.stats().held > 0 || locks.is_locked("held-299").await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn extend_and_not_held() {
+    let server = RedisServer::start();
+    let locks = client(&server, Duration::from_secs(2)).await;
+    let g = locks.acquire("ext", Duration::from_secs(1)).await.unwrap();
+    g.extend(Duration::from_secs(60)).await.unwrap();
+    let pttl: i64 = server.command(&["PTTL", "lockyard:{ext}:lock"])[1..]
+        .parse()
+        .unwrap();
+    assert!(pttl > 50_000, "pttl {pttl}");
+    assert!(
+        g.extend(Duration::from_millis(1))
+            .await
+            .unwrap_err()
+            .is_invalid_input()
+    );
+
+    // Someone deletes the key (an operator, a bug): extend says NotHeld and
+    // the lost signal fires.
+    server.command(&["DEL", "lockyard:{ext}:lock"]);
+    let e = g.extend(Duration::from_secs(5)).await.unwrap_err();
+    assert!(matches!(e, LockError::NotHeld { .. }), "{e}");
+    assert!(g.is_lost());
+    let e = g.release().await.unwrap_err();
+    assert!(matches!(e, LockError::NotHeld { .. }), "{e}");
+
+    // Taken over under our feet: the renewal notices and fires `lost`.
+    let g = locks.acquire("ext", Duration::from_secs(1)).await.unwrap();
+    server.command(&["SET", "lockyard:{ext}:lock", "thief", "PX", "60000"]);
+    bounded(g.lost()).await;
+    let e = g
+        .run_until_lost(std::future::pending::<()>())
+        .await
+        .unwrap_err();
+    assert!(e.is_lost());
+}
