@@ -27,11 +27,21 @@ pub(crate) struct ThreadCtl {
     /// Set when no local waiter wants the lock any more; cleared when one
     /// arrives again. Read by the waiter after each interruption.
     cancel: AtomicBool,
-    /// The waiter's `pthread_t`, `Some` from when it starts until it is about
-    /// to exit. The interrupter signals only while holding this lock, so it
-    /// never signals a thread that has exited.
+    /// The waiter's `pthread_t` while it runs. The interrupter signals only
+    /// while holding this lock, so it never signals a thread that has exited.
     #[cfg(target_os = "linux")]
-    thread: Mutex<Option<libc::pthread_t>>,
+    thread: Mutex<ThreadState>,
+}
+
+#[cfg(target_os = "linux")]
+#[derive(Debug, Default)]
+enum ThreadState {
+    /// Spawned but not yet running: a cancel request must be kept until it
+    /// can be delivered.
+    #[default]
+    Starting,
+    Running(libc::pthread_t),
+    Exited,
 }
 
 impl ThreadCtl {
@@ -70,7 +80,7 @@ impl ThreadCtl {
                 libc::sigemptyset(&mut set);
                 libc::sigaddset(&mut set, sig);
                 libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                *lock(&self.thread) = Some(libc::pthread_self());
+                *lock(&self.thread) = ThreadState::Running(libc::pthread_self());
             }
         }
     }
@@ -79,23 +89,26 @@ impl ThreadCtl {
     pub(crate) fn unbind(&self) {
         #[cfg(target_os = "linux")]
         {
-            *lock(&self.thread) = None;
+            *lock(&self.thread) = ThreadState::Exited;
         }
     }
 
+    /// Signals the waiter if it runs. `false` once it has exited (nothing
+    /// more to do); `true` while it may still need interrupting.
     #[cfg(target_os = "linux")]
     fn interrupt(&self) -> bool {
         let Some(sig) = signal() else { return false };
         let guard = lock(&self.thread);
         match *guard {
-            Some(t) => {
-                // SAFETY: `t` is the pthread_t of a live thread: it is reset to
-                // None (under this lock) before that thread exits, and we hold
-                // the lock while signalling.
+            ThreadState::Starting => true,
+            ThreadState::Running(t) => {
+                // SAFETY: `t` is the pthread_t of a live thread: the state
+                // becomes Exited (under this lock) before that thread exits,
+                // and we hold the lock while signalling.
                 unsafe { libc::pthread_kill(t, sig) };
                 true
             }
-            None => false,
+            ThreadState::Exited => false,
         }
     }
 }

@@ -53,16 +53,9 @@ use super::lockfile::{Access, LockFile};
 use crate::error::LockError;
 use crate::options::Mode;
 
-/// Threads currently waiting in the kernel, over all managers.
-static WAITER_THREADS: AtomicUsize = AtomicUsize::new(0);
-
 /// How many times an acquisition retries when the file it locked was
 /// replaced (removed by a cleanup) before giving up.
 const MAX_REPLACED: usize = 1000;
-
-pub(crate) fn waiter_threads() -> usize {
-    WAITER_THREADS.load(Ordering::Acquire)
-}
 
 /// One name's state in this process.
 #[derive(Debug)]
@@ -72,6 +65,8 @@ pub(crate) struct Slot {
     /// The in-process FIFO queue.
     pub(crate) local: Arc<RwLock<()>>,
     state: Mutex<KernelState>,
+    /// The manager's count of running waiter threads.
+    waiter_threads: Arc<AtomicUsize>,
 }
 
 #[derive(Debug, Default)]
@@ -157,12 +152,13 @@ pub(crate) enum TryOutcome {
 }
 
 impl Slot {
-    pub(crate) fn new(path: PathBuf, file_mode: u32) -> Self {
+    pub(crate) fn new(path: PathBuf, file_mode: u32, waiter_threads: Arc<AtomicUsize>) -> Self {
         Self {
             path,
             file_mode,
             local: Arc::new(RwLock::new(())),
             state: Mutex::new(KernelState::default()),
+            waiter_threads,
         }
     }
 
@@ -202,13 +198,13 @@ impl Slot {
                     let slot = self.clone();
                     // Counted before the thread exists so a reader of the
                     // counter never misses a thread that is starting.
-                    WAITER_THREADS.fetch_add(1, Ordering::AcqRel);
+                    self.waiter_threads.fetch_add(1, Ordering::AcqRel);
                     let spawned = std::thread::Builder::new()
                         .name("lockyard-flock".into())
                         .stack_size(256 * 1024)
                         .spawn(move || run_waiter(slot, ctl, mode, file));
                     if let Err(e) = spawned {
-                        WAITER_THREADS.fetch_sub(1, Ordering::AcqRel);
+                        self.waiter_threads.fetch_sub(1, Ordering::AcqRel);
                         st.waiter = None;
                         return Err(LockError::Io {
                             op: "start a waiter thread for",
@@ -326,13 +322,13 @@ fn join_shared(st: &KernelState, mode: Mode) -> Option<Arc<HeldFd>> {
     }
 }
 
-/// Decrements [`WAITER_THREADS`] when the waiter thread ends, however it ends.
-struct WaiterCount;
-
-impl Drop for WaiterCount {
-    fn drop(&mut self) {
-        WAITER_THREADS.fetch_sub(1, Ordering::AcqRel);
-    }
+/// The waiter thread leaves its post: called under the state lock, in the
+/// critical section that decides it, so a new waiter thread can only be
+/// started (and counted) after this one stopped counting.
+fn retire(slot: &Slot, st: &mut KernelState, ctl: &ThreadCtl) -> Option<Waiter> {
+    slot.waiter_threads.fetch_sub(1, Ordering::AcqRel);
+    ctl.unbind();
+    st.waiter.take()
 }
 
 /// What the waiter decides after an interruption or an acquisition.
@@ -343,7 +339,6 @@ enum Next {
 
 /// The body of the dedicated waiter thread of one name.
 fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockFile) {
-    let _count = WaiterCount;
     ctl.bind_current_thread();
     let interruptible = interrupt::available();
     let mut file = Some(first);
@@ -357,7 +352,9 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
                 Err(e) => return fail(&slot, &ctl, e),
             },
         };
-        let locked = if interruptible {
+        let locked = if ctl.is_cancelled() {
+            false // everyone left before we blocked: re-check below
+        } else if interruptible {
             match f.lock_blocking(mode) {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
@@ -409,8 +406,7 @@ fn after_interrupt(slot: &Slot, ctl: &ThreadCtl, mode: Mode) -> Next {
     };
     w.wanters.retain(|w| !w.tx.is_closed());
     if w.wanters.is_empty() {
-        st.waiter = None;
-        ctl.unbind();
+        retire(slot, &mut st, ctl);
         return Next::Exit;
     }
     ctl.revoke_cancel();
@@ -425,8 +421,7 @@ fn deliver(slot: &Slot, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
     };
     w.wanters.retain(|w| !w.tx.is_closed());
     if w.wanters.is_empty() {
-        st.waiter = None;
-        ctl.unbind();
+        retire(slot, &mut st, ctl);
         drop(st);
         // Nobody wants it any more: give it back at once.
         let _ = f.unlock();
@@ -442,8 +437,7 @@ fn deliver(slot: &Slot, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
     let wanters = std::mem::take(&mut w.wanters);
     let held = Arc::new(HeldFd::new(f, mode));
     st.held = Arc::downgrade(&held);
-    st.waiter = None;
-    ctl.unbind();
+    retire(slot, &mut st, ctl);
     drop(st);
     for w in wanters {
         // A wanter that left just now drops its share with the receiver.
@@ -455,8 +449,9 @@ fn deliver(slot: &Slot, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
 fn fail(slot: &Slot, ctl: &ThreadCtl, e: LockError) {
     let e = SharedError(Arc::new(e));
     let mut st = slot.state();
-    let wanters = st.waiter.take().map(|w| w.wanters).unwrap_or_default();
-    ctl.unbind();
+    let wanters = retire(slot, &mut st, ctl)
+        .map(|w| w.wanters)
+        .unwrap_or_default();
     drop(st);
     for w in wanters {
         let _ = w.tx.send(Err(e.clone()));

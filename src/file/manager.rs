@@ -4,11 +4,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use super::guard::{FileLock, FileLockGuard, LocalGuard};
-use super::kernel::{self, HeldFd, Slot, Start, TryOutcome};
+use super::kernel::{HeldFd, Slot, Start, TryOutcome};
 use super::lockfile::{Access, LockFile};
 use super::name;
 use super::scan::{self, FileLockInfo};
@@ -124,6 +125,8 @@ struct Inner {
     dir: PathBuf,
     options: FileLockOptions,
     slots: Mutex<Slots>,
+    /// Waiter threads running for this manager's names.
+    waiter_threads: Arc<AtomicUsize>,
 }
 
 #[derive(Default)]
@@ -163,6 +166,7 @@ impl FileLockManager {
                 dir,
                 options,
                 slots: Mutex::new(Slots::default()),
+                waiter_threads: Arc::new(AtomicUsize::new(0)),
             }),
         })
     }
@@ -409,11 +413,13 @@ impl FileLockManager {
         Ok(FileLock::new(self.clone(), Arc::from(name), slot))
     }
 
-    /// How many threads of this process are blocked in the kernel waiting
-    /// for a file lock, over all managers: at most one per contended name,
-    /// whatever the number of waiting tasks. For diagnostics and tests.
-    pub fn kernel_waiter_threads() -> usize {
-        kernel::waiter_threads()
+    /// How many threads wait in the kernel for this manager's locks (and its
+    /// clones'): at most one per contended name, whatever the number of
+    /// waiting tasks. A thread stops counting when it gives up its post (its
+    /// last microseconds of exiting are not counted). For diagnostics and
+    /// tests.
+    pub fn kernel_waiter_threads(&self) -> usize {
+        self.inner.waiter_threads.load(Ordering::Acquire)
     }
 
     /// The name's shared in-process state.
@@ -426,6 +432,7 @@ impl FileLockManager {
         let slot = Arc::new(Slot::new(
             self.inner.dir.join(&file),
             self.inner.options.file_mode(),
+            self.inner.waiter_threads.clone(),
         ));
         slots.map.insert(file, Arc::downgrade(&slot));
         if slots.map.len() > slots.purge_at {

@@ -1,0 +1,305 @@
+//! Child processes for the file-lock tests.
+//!
+//! A test binary re-executes itself (`current_exe()`), running only its
+//! `child_process_entry` test with `LOCKYARD_FILE_CHILD=<role>`; that entry
+//! calls [`child_main`], which performs the role and exits the process.
+//! Roles talk to the parent through stdout lines (`HELD`, `RELEASED`, …) and
+//! take orders from stdin (a line, or EOF, means "release and exit").
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use lockyard::{AcquireOptions, FileLockManager, Mode};
+
+const ROLE: &str = "LOCKYARD_FILE_CHILD";
+
+/// A child process running one role.
+pub struct Child {
+    child: std::process::Child,
+    lines: mpsc::Receiver<String>,
+}
+
+/// Starts a child running `role` with `envs`, in the test binary's entry.
+pub fn spawn(role: &str, envs: &[(&str, String)]) -> Child {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "child_process_entry",
+        "--exact",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(ROLE, role)
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn child");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    Child { child, lines }
+}
+
+impl Child {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for a stdout line containing `prefix` (the test harness may
+    /// print its own text first on the same line); returns it from `prefix`.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(prefix) => {
+                    let at = line.find(prefix).unwrap_or(0);
+                    return line[at..].to_owned();
+                }
+                Ok(_) => {}
+                Err(e) => panic!("child {} never printed {prefix:?}: {e}", self.pid()),
+            }
+        }
+    }
+
+    /// Tells a holding child to release (it then prints `RELEASED` and exits).
+    pub fn release(&mut self) {
+        if let Some(stdin) = self.child.stdin.as_mut() {
+            let _ = stdin.write_all(b"release\n");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Waits for the child to exit successfully.
+    pub fn wait_success(mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "child {} failed: {status}", self.pid());
+                return;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("child {} did not finish in {timeout:?}", self.pid());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn env(key: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| panic!("child needs {key}"))
+}
+
+fn env_num(key: &str) -> usize {
+    env(key).parse().unwrap()
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}").unwrap();
+    out.flush().unwrap();
+}
+
+/// The body of a child process; returns at once in the parent.
+pub fn child_main() {
+    let Ok(role) = std::env::var(ROLE) else {
+        return;
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        match role.as_str() {
+            "hold" => hold().await,
+            "count" => count().await,
+            "rw" => rw().await,
+            "flap" => flap().await,
+            other => panic!("unknown role {other}"),
+        }
+    });
+    std::process::exit(0);
+}
+
+fn manager() -> FileLockManager {
+    FileLockManager::new(env("DIR")).unwrap()
+}
+
+/// Holds `NAME` in `MODE` until told to release.
+async fn hold() {
+    let m = manager();
+    let mode: Mode = env("MODE").parse().unwrap();
+    let g = m
+        .acquire_with(
+            &env("NAME"),
+            &AcquireOptions::new()
+                .mode(mode)
+                .timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    say("HELD");
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    })
+    .await;
+    g.release().await.unwrap();
+    say("RELEASED");
+}
+
+/// `TASKS` tasks × `ITERS` increments of the number in `COUNTER`, under the
+/// exclusive lock; a `COUNTER.busy` marker catches overlaps. With `CLEANUP`
+/// set, one more task keeps removing the (free) lock file meanwhile.
+async fn count() {
+    let m = manager();
+    let (tasks, iters) = (env_num("TASKS"), env_num("ITERS"));
+    let counter = env("COUNTER");
+    let name = env("NAME");
+    let cleaning = std::env::var("CLEANUP").is_ok();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let cleaner = cleaning.then(|| {
+        let (m, done) = (m.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut removed = 0;
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                removed += m.cleanup_stale_locks(Some(Duration::ZERO)).await.unwrap();
+                tokio::time::sleep(Duration::from_micros(300)).await;
+            }
+            removed + m.cleanup_stale_locks(Some(Duration::ZERO)).await.unwrap()
+        })
+    });
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (m, counter, name) = (m.clone(), counter.clone(), name.clone());
+        handles.push(tokio::spawn(async move {
+            for _ in 0..iters {
+                let g = m.acquire(&name, Duration::from_secs(60)).await.unwrap();
+                increment(Path::new(&counter));
+                drop(g);
+            }
+        }));
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::Release);
+    if let Some(c) = cleaner {
+        say(&format!("REMOVED {}", c.await.unwrap()));
+    }
+    say("DONE");
+}
+
+fn increment(counter: &Path) {
+    let busy = counter.with_extension("busy");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&busy)
+        .unwrap_or_else(|e| panic!("overlap: {} exists ({e})", busy.display()));
+    let n: u64 = std::fs::read_to_string(counter)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    std::thread::yield_now();
+    std::fs::write(counter, format!("{}\n", n + 1)).unwrap();
+    std::fs::remove_file(&busy).unwrap();
+}
+
+/// Readers (shared) and one writer (exclusive) per process over `STATE`: a
+/// writer marks the state `busy` while it works; a reader must never see it.
+async fn rw() {
+    let m = manager();
+    let (iters, state, name) = (env_num("ITERS"), env("STATE"), env("NAME"));
+    let mut handles = Vec::new();
+    for i in 0..3 {
+        let (m, state, name) = (m.clone(), state.clone(), name.clone());
+        handles.push(tokio::spawn(async move {
+            let mut reads = 0usize;
+            for _ in 0..iters {
+                if i == 0 {
+                    let _g = m.acquire(&name, Duration::from_secs(60)).await.unwrap();
+                    let n: u64 = std::fs::read_to_string(&state)
+                        .ok()
+                        .and_then(|s| s.trim().parse().ok())
+                        .unwrap_or(0);
+                    std::fs::write(&state, "busy").unwrap();
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                    std::fs::write(&state, format!("{}", n + 1)).unwrap();
+                } else {
+                    let _g = m
+                        .acquire_shared(&name, Duration::from_secs(60))
+                        .await
+                        .unwrap();
+                    let s = std::fs::read_to_string(&state).unwrap_or_default();
+                    assert_ne!(s, "busy", "a reader saw a writer at work");
+                    tokio::time::sleep(Duration::from_micros(300)).await;
+                    let again = std::fs::read_to_string(&state).unwrap_or_default();
+                    assert_eq!(s, again, "the state changed under a shared lock");
+                    reads += 1;
+                }
+            }
+            reads
+        }));
+    }
+    let mut reads = 0;
+    for h in handles {
+        reads += h.await.unwrap();
+    }
+    say(&format!("READS {reads}"));
+    say("DONE");
+}
+
+/// Takes and releases `NAME` exclusively in a loop until told to stop.
+async fn flap() {
+    let m = manager();
+    let name = env("NAME");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let s = stop.clone();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+        s.store(true, std::sync::atomic::Ordering::Release);
+    });
+    say("HELD");
+    let mut rounds = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+        let g = m.acquire(&name, Duration::from_secs(30)).await.unwrap();
+        tokio::time::sleep(Duration::from_micros(700)).await;
+        drop(g);
+        tokio::time::sleep(Duration::from_micros(500)).await;
+        rounds += 1;
+    }
+    say(&format!("RELEASED {rounds}"));
+}
