@@ -117,3 +117,15 @@ pub use client::{RedisLockInfo, RedisLocks, RedisStats};
 pub use guard::RedisLockGuard;
 pub use lock::RedisLock;
 pub use options::RedisOptions;
+
+// ---- redis extras: semaphore, RW lock, Redlock ----
+mod held;
+mod ops;
+mod redlock;
+mod rwlock;
+mod semaphore;
+mod waiting;
+
+pub use redlock::{Redlock, RedlockGuard, RedlockLock, RedlockOptions};
+pub use rwlock::{RedisReadGuard, RedisRwLock, RedisWriteGuard};
+pub use semaphore::{RedisPermitGuard, RedisSemaphore};

@@ -1,0 +1,213 @@
+//! The inside of a held semaphore permit or RW lock: what the public guards
+//! ([`RedisPermitGuard`](super::RedisPermitGuard),
+//! [`RedisReadGuard`](super::RedisReadGuard),
+//! [`RedisWriteGuard`](super::RedisWriteGuard)) share.
+//!
+//! It owns the watchdog lease (dropping it stops renewal) and the release
+//! operation, and runs that operation exactly once: now in
+//! [`Hold::release`], or in a background task from `Drop`.
+
+use std::fmt;
+
+use tokio_util::sync::CancellationToken;
+
+use super::client::RedisLocks;
+use super::ops::invoke;
+use super::waiting::ScriptCall;
+use super::watchdog::LeaseHandle;
+use crate::error::LockError;
+use crate::guard::Lost;
+use crate::options::Mode;
+
+/// A held permit or lock.
+pub(crate) struct Hold {
+    client: RedisLocks,
+    resource: String,
+    mode: Mode,
+    fencing: u64,
+    lost: CancellationToken,
+    /// Renewal runs while this is `Some`.
+    lease: Option<LeaseHandle>,
+    /// `None` once released (by `release` or `Drop`).
+    release: Option<ScriptCall>,
+}
+
+impl Hold {
+    pub(crate) fn new(
+        client: &RedisLocks,
+        resource: &str,
+        mode: Mode,
+        fencing: u64,
+        lease: LeaseHandle,
+        release: ScriptCall,
+    ) -> Self {
+        Self {
+            client: client.clone(),
+            resource: resource.to_owned(),
+            mode,
+            fencing,
+            lost: lease.lost_token().clone(),
+            lease: Some(lease),
+            release: Some(release),
+        }
+    }
+
+    pub(crate) fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    pub(crate) fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    pub(crate) fn fencing_token(&self) -> u64 {
+        self.fencing
+    }
+
+    pub(crate) fn lost(&self) -> Lost {
+        Lost::from_token(self.lost.clone())
+    }
+
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Stops renewal and releases now.
+    ///
+    /// `Ok` when the server confirmed it held our token; [`LockError::NotHeld`]
+    /// when it did not (the lease had expired or was taken over).
+    pub(crate) async fn release(&mut self) -> Result<(), LockError> {
+        self.lease = None;
+        let Some(op) = self.release.as_ref() else {
+            return Ok(());
+        };
+        // The op stays in place until the reply is in: if this future is
+        // dropped mid-flight, `Drop` releases again in the background (the
+        // script compares tokens, so a second release is harmless).
+        let keys: Vec<&str> = op.keys.iter().map(String::as_str).collect();
+        let args: Vec<&str> = op.args.iter().map(String::as_str).collect();
+        let result: Result<i64, LockError> =
+            invoke(&self.client, &self.resource, "release", op.script, &keys, &args).await;
+        self.release = None;
+        match result? {
+            1 => Ok(()),
+            _ => Err(LockError::NotHeld {
+                resource: self.resource.clone(),
+            }),
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.lease = None;
+        if let Some(op) = self.release.take() {
+            self.client.spawn_release(
+                self.resource.clone(),
+                op.script,
+                op.keys,
+                op.args,
+                None,
+                (),
+            );
+        }
+    }
+}
+
+impl fmt::Debug for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hold")
+            .field("resource", &self.resource)
+            .field("mode", &self.mode)
+            .field("fencing_token", &self.fencing)
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+/// The guard surface shared by the permit and RW-lock guards: inherent
+/// `resource`/`fencing_token`/`lost`/`is_lost`/`release`, `Debug`,
+/// [`RawGuard`](crate::RawGuard) and `From<_> for LockGuard`. The type must
+/// be a struct with a single field `held: Hold`.
+macro_rules! held_guard {
+    ($guard:ident, $what:literal) => {
+        impl $guard {
+            #[doc = concat!("The name of the ", $what, ".")]
+            pub fn resource(&self) -> &str {
+                self.held.resource()
+            }
+
+            /// The fencing token: strictly increases across successive
+            /// holders of this resource (the counter is shared by the
+            /// semaphore, RW lock and lock of one name on one server).
+            pub fn fencing_token(&self) -> u64 {
+                self.held.fencing_token()
+            }
+
+            /// Completes when the hold is lost: renewal found it gone or
+            /// taken over, or could not confirm it before its TTL (minus the
+            /// drift margin) ran out.
+            pub fn lost(&self) -> $crate::Lost {
+                self.held.lost()
+            }
+
+            /// Whether the hold is already known to be lost.
+            pub fn is_lost(&self) -> bool {
+                self.held.is_lost()
+            }
+
+            /// Gives it back now and reports errors;
+            /// [`LockError::NotHeld`](crate::LockError::NotHeld) if the
+            /// server no longer had it.
+            ///
+            /// # Cancel safety
+            ///
+            /// If the future is dropped before it completes, the release is
+            /// retried in the background; its outcome is not reported.
+            pub async fn release(mut self) -> Result<(), $crate::LockError> {
+                self.held.release().await
+            }
+        }
+
+        impl ::std::fmt::Debug for $guard {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($guard))
+                    .field("resource", &self.held.resource())
+                    .field("mode", &self.held.mode())
+                    .field("fencing_token", &self.held.fencing_token())
+                    .field("lost", &self.held.is_lost())
+                    .finish()
+            }
+        }
+
+        #[::async_trait::async_trait]
+        impl $crate::RawGuard for $guard {
+            fn resource(&self) -> &str {
+                self.held.resource()
+            }
+
+            fn mode(&self) -> $crate::Mode {
+                self.held.mode()
+            }
+
+            fn fencing_token(&self) -> Option<u64> {
+                Some(self.held.fencing_token())
+            }
+
+            fn lost(&self) -> $crate::Lost {
+                self.held.lost()
+            }
+
+            async fn release(mut self: Box<Self>) -> Result<(), $crate::LockError> {
+                self.held.release().await
+            }
+        }
+
+        impl From<$guard> for $crate::LockGuard {
+            fn from(guard: $guard) -> Self {
+                $crate::LockGuard::new(guard)
+            }
+        }
+    };
+}
+pub(crate) use held_guard;

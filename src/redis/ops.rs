@@ -1,0 +1,145 @@
+//! Small crate-private helpers the semaphore, RW lock and Redlock use on top
+//! of the client's internals: one script call with errors mapped and the
+//! per-request timeout applied, owner tokens, and the plain-lock operations
+//! Redlock runs on each server.
+
+use std::time::Duration;
+
+use redis::{FromRedisValue, Script};
+
+use super::client::{RedisLocks, ttl_ms};
+use super::errors::{map_redis, timed_out};
+use super::keys::LockKeys;
+use super::pool::Conn;
+use super::lock::{Attempt, new_token, owner_value};
+use super::scripts;
+use crate::error::LockError;
+use crate::options::Mode;
+
+/// Runs `script` once on a pooled connection, bounded by the client's
+/// `op_timeout`; errors are mapped for `resource`/`op`.
+///
+/// # Cancel safety
+///
+/// If the future is dropped after the request was written, the script may
+/// still run on the server.
+pub(crate) async fn invoke<T: FromRedisValue>(
+    client: &RedisLocks,
+    resource: &str,
+    op: &'static str,
+    script: &Script,
+    keys: &[&str],
+    args: &[&str],
+) -> Result<T, LockError> {
+    let call = async {
+        let mut conn = client.conn(resource, op).await?;
+        invoke_on(&mut conn, resource, op, script, keys, args).await
+    };
+    tokio::time::timeout(client.options().op_timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(resource, op)))
+}
+
+/// Runs `script` once on `conn` (requests on one connection and its clones
+/// run in order: a cleanup sent after an attempt runs after it). No
+/// timeout of its own: the caller bounds it.
+pub(crate) async fn invoke_on<T: FromRedisValue>(
+    conn: &mut Conn,
+    resource: &str,
+    op: &'static str,
+    script: &Script,
+    keys: &[&str],
+    args: &[&str],
+) -> Result<T, LockError> {
+    let mut inv = script.prepare_invoke();
+    for k in keys {
+        inv.key(*k);
+    }
+    for a in args {
+        inv.arg(*a);
+    }
+    inv.invoke_async::<T>(conn)
+        .await
+        .map_err(|e| map_redis(e, resource, op))
+}
+
+/// A fresh random owner token (128 bits from the OS CSPRNG, hex).
+pub(crate) fn token(resource: &str) -> Result<String, LockError> {
+    new_token(resource)
+}
+
+/// Milliseconds as the scripts take them.
+pub(crate) fn ms(d: Duration) -> String {
+    ttl_ms(d).to_string()
+}
+
+/// One Redlock participant's view of a plain exclusive lock: the core's
+/// acquire / extend / release scripts on one server, with the same owner
+/// value on every server.
+pub(crate) struct PlainLock<'a> {
+    pub(crate) server: &'a RedisLocks,
+    pub(crate) name: &'a str,
+    pub(crate) keys: LockKeys,
+    pub(crate) value: &'a str,
+}
+
+impl<'a> PlainLock<'a> {
+    pub(crate) fn new(server: &'a RedisLocks, name: &'a str, value: &'a str) -> Self {
+        Self {
+            keys: LockKeys::new(&server.options().key_prefix, name),
+            server,
+            name,
+            value,
+        }
+    }
+
+    /// The owner value for a Redlock token: token + this process's metadata.
+    pub(crate) fn owner_value(token: &str) -> String {
+        owner_value(token, Mode::Exclusive)
+    }
+
+    /// `SET NX PX` + `INCR fence`: `Some(fence)` when granted, `None` when
+    /// someone else holds it.
+    pub(crate) async fn acquire(&self, ttl: Duration) -> Result<Option<u64>, LockError> {
+        let call = async {
+            let mut conn = self.server.conn(self.name, "acquire").await?;
+            self.server
+                .acquire_once(&mut conn, self.name, &self.keys, self.value, ttl)
+                .await
+        };
+        match tokio::time::timeout(self.server.options().op_timeout, call).await {
+            Ok(Ok(Attempt::Acquired(fence))) => Ok(Some(fence)),
+            Ok(Ok(Attempt::Held { .. })) => Ok(None),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(timed_out(self.name, "acquire")),
+        }
+    }
+
+    /// Compare-and-`PEXPIRE`: `true` when still ours.
+    pub(crate) async fn extend(&self, ttl: Duration) -> Result<bool, LockError> {
+        let n: i64 = invoke(
+            self.server,
+            self.name,
+            "extend",
+            &scripts::EXTEND,
+            &[&self.keys.lock],
+            &[self.value, &ms(ttl)],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+
+    /// Compare-and-delete + `PUBLISH`: `true` when it was ours.
+    pub(crate) async fn release(&self) -> Result<bool, LockError> {
+        let n: i64 = invoke(
+            self.server,
+            self.name,
+            "release",
+            &scripts::RELEASE,
+            &[&self.keys.lock],
+            &[self.value, &self.keys.channel],
+        )
+        .await?;
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,981 @@
+//! [`Redlock`]: one lock over N independent Redis servers, held when a
+//! majority granted it (the Redlock algorithm as described at
+//! <https://redis.io/docs/latest/develop/use/patterns/distributed-locks/>).
+//!
+//! # When to use it, and what it cannot promise
+//!
+//! Use Redlock when the lock must survive the loss of a minority of Redis
+//! servers *and* you can live with the lock being an efficiency measure
+//! (avoiding duplicate work), not a correctness guarantee. Read Martin
+//! Kleppmann's critique, "How to do distributed locking" (2016), and the
+//! reply by Redis' author before relying on it:
+//!
+//! - **Timing assumptions.** Redlock is safe only if processes pause, and
+//!   clocks drift, by much less than the TTL. A GC pause, swap or `SIGSTOP`
+//!   longer than the validity lets two holders overlap; [`lost`] fires as
+//!   soon as this client can tell, which may be after the fact.
+//! - **No true fencing token.** Each server has its own counter, and the
+//!   majorities of two successive holders need not overlap on the server
+//!   with the highest counter, so the maximum over the granting servers
+//!   (offered as [`best_effort_fencing_token`]) can *go backwards*. A
+//!   storage layer that must reject stale writers needs a token from a
+//!   consensus system (etcd, ZooKeeper), not from Redlock. For that reason
+//!   the type-erased [`LockGuard`]'s `fencing_token()` is `None` here.
+//! - **Restarts without persistence.** A server that restarts empty forgets
+//!   the lock; if that server was part of the majority, a second client can
+//!   get a majority. Run the servers with `appendfsync always`, or keep a
+//!   restarted server out for one TTL ("delayed restart").
+//! - **No semaphores or RW locks.** Counting holders needs one source of
+//!   truth; lockyard offers [`RedisSemaphore`](super::RedisSemaphore) and
+//!   [`RedisRwLock`](super::RedisRwLock) on a single server only.
+//!
+//! If one Redis server (with a replica and failover) is enough for you, use
+//! a plain [`RedisLock`](super::RedisLocks): it is simpler, faster, and its
+//! fencing tokens do increase strictly while the server keeps its data.
+//!
+//! # The algorithm
+//!
+//! An attempt sends the core's plain acquire script (`SET NX PX` + the
+//! per-server fencing `INCR`) with one fresh token to every server at once
+//! and waits for all answers (each bounded by a short per-server timeout).
+//! It holds the lock when at least `N/2 + 1` servers granted it *and* the
+//! validity `ttl − elapsed − drift` is still positive, where
+//! `drift = ttl/100 + 2 ms` (configurable). Otherwise it releases on every
+//! server (a grant whose reply was lost included) and, if the servers were
+//! merely busy, retries after a random delay until the deadline
+//! ([`LockError::Timeout`]). If so many servers failed that a majority is
+//! out of reach, it stops at once with [`LockError::NoQuorum`], which
+//! carries the servers' errors.
+//!
+//! While the guard lives, a task extends the lock on the granting servers
+//! every `ttl/3`; each time a majority confirms, the validity restarts from
+//! the moment the extension was sent. [`lost`] fires when the validity runs
+//! out without a confirmed majority, or at once when too many servers say
+//! the token is no longer theirs. Release (and drop, in the background)
+//! deletes the key on every server.
+//!
+//! [`lost`]: RedlockGuard::lost
+//! [`best_effort_fencing_token`]: RedlockGuard::best_effort_fencing_token
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::join_all;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::client::RedisLocks;
+use super::keys::validate_name;
+use super::ops::{self, PlainLock};
+use super::options::RedisOptions;
+use crate::error::LockError;
+use crate::guard::{LockGuard, Lost, RawGuard};
+use crate::lock::Lock;
+use crate::options::{AcquireOptions, Deadline, Mode};
+
+/// Options of a [`Redlock`]: the per-server client options and the
+/// algorithm's knobs.
+///
+/// ```
+/// use std::time::Duration;
+/// use lockyard::redis::{RedisOptions, RedlockOptions};
+///
+/// let opts = RedlockOptions::new()
+///     .redis(RedisOptions::default())
+///     .drift(Duration::from_millis(50))
+///     .retry_delay(Duration::from_millis(100));
+/// assert_eq!(opts.drift, Some(Duration::from_millis(50)));
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RedlockOptions {
+    /// Options for each server's client (TTL, key prefix, timeouts). The
+    /// TTL is the lock's TTL.
+    pub redis: RedisOptions,
+    /// The clock-drift allowance subtracted from the validity; `None`
+    /// (default): `ttl/100 + 2 ms`, as the Redlock description suggests.
+    pub drift: Option<Duration>,
+    /// Mean random delay between attempts while the lock is busy (default
+    /// 100 ms); each delay is uniform in `[delay/2, 3·delay/2]` so that
+    /// competing clients do not retry in lockstep.
+    pub retry_delay: Duration,
+}
+
+impl Default for RedlockOptions {
+    fn default() -> Self {
+        Self {
+            redis: RedisOptions::default(),
+            drift: None,
+            retry_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+impl RedlockOptions {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the per-server client options.
+    pub fn redis(mut self, redis: RedisOptions) -> Self {
+        self.redis = redis;
+        self
+    }
+
+    /// Sets the clock-drift allowance.
+    pub fn drift(mut self, drift: Duration) -> Self {
+        self.drift = Some(drift);
+        self
+    }
+
+    /// Sets the mean delay between attempts.
+    pub fn retry_delay(mut self, delay: Duration) -> Self {
+        self.retry_delay = delay;
+        self
+    }
+}
+
+/// A lock held on a majority of N independent Redis servers.
+///
+/// Read the [module docs](self) for when (not) to use it. Cloning is cheap.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::time::Duration;
+/// use lockyard::redis::{RedisOptions, Redlock};
+///
+/// let redlock = Redlock::connect(
+///     &["redis://10.0.0.1:6379", "redis://10.0.0.2:6379", "redis://10.0.0.3:6379"],
+///     RedisOptions::default(),
+/// )
+/// .await?;
+/// let guard = redlock.acquire("nightly-report", Duration::from_secs(5)).await?;
+/// guard.run_until_lost(async { /* work */ }).await?;
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Redlock {
+    inner: Arc<RedlockInner>,
+}
+
+struct RedlockInner {
+    servers: Vec<RedisLocks>,
+    /// Servers configured, including any that could not be reached at
+    /// connect time (they count as failed in every attempt).
+    total: usize,
+    quorum: usize,
+    ttl: Duration,
+    drift: Duration,
+    retry_delay: Duration,
+}
+
+/// What one acquisition attempt got.
+struct Outcome {
+    /// Per server: `Some(fencing)` if it granted the lock.
+    grants: Vec<Option<u64>>,
+    /// Errors of the servers that failed (not merely busy).
+    errors: Vec<LockError>,
+    /// When the attempt was sent.
+    started: Instant,
+}
+
+impl Redlock {
+    /// Connects to every server in `urls` (at least one; three or five
+    /// recommended; no URL twice), with one client per server.
+    ///
+    /// Fails with [`LockError::InvalidArgument`] for an empty list, a
+    /// duplicate or a malformed URL. Servers that are down do not make this
+    /// fail as long as a majority is reachable: acquisitions find out.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future drops the clients made so far.
+    pub async fn connect<S: AsRef<str>>(
+        urls: &[S],
+        options: RedisOptions,
+    ) -> Result<Redlock, LockError> {
+        Self::connect_with(urls, RedlockOptions::new().redis(options)).await
+    }
+
+    /// As [`connect`](Self::connect), with Redlock options.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`connect`](Self::connect).
+    pub async fn connect_with<S: AsRef<str>>(
+        urls: &[S],
+        options: RedlockOptions,
+    ) -> Result<Redlock, LockError> {
+        let mut seen = std::collections::HashSet::new();
+        for url in urls {
+            let url = url.as_ref().trim_end_matches('/');
+            if !seen.insert(url.to_owned()) {
+                return Err(LockError::InvalidArgument {
+                    what: "Redlock server list",
+                    reason: format!(
+                        "{url} is listed twice; the servers must be independent or a \
+                         majority means nothing"
+                    ),
+                });
+            }
+        }
+        let connects = urls
+            .iter()
+            .map(|url| RedisLocks::connect_with(url.as_ref(), options.redis.clone()));
+        let mut servers = Vec::with_capacity(urls.len());
+        let mut errors = Vec::new();
+        for result in join_all(connects).await {
+            match result {
+                Ok(client) => servers.push(client),
+                Err(e) if e.is_invalid_input() => return Err(e),
+                Err(e) => errors.push(e),
+            }
+        }
+        let total = urls.len();
+        if total > 0 && servers.len() < total / 2 + 1 {
+            return Err(LockError::NoQuorum {
+                resource: String::new(),
+                granted: servers.len(),
+                needed: total / 2 + 1,
+                total,
+                errors,
+            });
+        }
+        Self::from_clients_counting(servers, total, options)
+    }
+
+    /// A Redlock over clients you built (one per independent server; the
+    /// same server twice would fake a majority). Their TTL is the lock's;
+    /// `options.redis` is not used.
+    pub fn from_clients(
+        servers: Vec<RedisLocks>,
+        options: RedlockOptions,
+    ) -> Result<Redlock, LockError> {
+        let total = servers.len();
+        Self::from_clients_counting(servers, total, options)
+    }
+
+    fn from_clients_counting(
+        servers: Vec<RedisLocks>,
+        total: usize,
+        options: RedlockOptions,
+    ) -> Result<Redlock, LockError> {
+        if total == 0 {
+            return Err(LockError::InvalidArgument {
+                what: "Redlock server list",
+                reason: "at least one server is needed".to_owned(),
+            });
+        }
+        let ttl = servers
+            .first()
+            .map_or(options.redis.ttl, |s| s.options().ttl);
+        let drift = options.drift.unwrap_or_else(|| default_drift(ttl));
+        if drift >= ttl {
+            return Err(LockError::InvalidArgument {
+                what: "Redlock drift",
+                reason: format!("drift {drift:?} leaves no validity out of a TTL of {ttl:?}"),
+            });
+        }
+        Ok(Redlock {
+            inner: Arc::new(RedlockInner {
+                servers,
+                total,
+                quorum: total / 2 + 1,
+                ttl,
+                drift,
+                retry_delay: options.retry_delay,
+            }),
+        })
+    }
+
+    /// How many servers must grant the lock: `N/2 + 1`.
+    pub fn quorum(&self) -> usize {
+        self.inner.quorum
+    }
+
+    /// How many servers there are (reachable or not at connect time).
+    pub fn servers(&self) -> usize {
+        self.inner.total
+    }
+
+    /// A [`Lock`] handle to `name` (exclusive only:
+    /// [`Mode::Shared`] fails with [`LockError::Unsupported`]).
+    pub fn lock(&self, name: &str) -> Result<RedlockLock, LockError> {
+        self.check_name(name)?;
+        Ok(RedlockLock {
+            redlock: self.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Acquires `name` on a majority, retrying while it is busy until
+    /// `timeout` ([`LockError::Timeout`]); [`LockError::NoQuorum`] as soon
+    /// as too many servers fail for a majority to be possible.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in the guard-contract sense: if the future is dropped
+    /// during an attempt, the attempt's `SET`s may still land on servers
+    /// after the drop; a background task deletes them with the attempt's own
+    /// token (and they expire after the TTL if that fails).
+    pub async fn acquire(&self, name: &str, timeout: Duration) -> Result<RedlockGuard, LockError> {
+        self.acquire_until(name, &Deadline::after(Some(timeout)), false)
+            .await
+    }
+
+    /// Acquires `name`, waiting as `options.timeout` says (`None`: for
+    /// ever). [`Mode::Shared`] fails with [`LockError::Unsupported`].
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    pub async fn acquire_with(
+        &self,
+        name: &str,
+        options: &AcquireOptions,
+    ) -> Result<RedlockGuard, LockError> {
+        if options.mode == Mode::Shared {
+            return Err(LockError::Unsupported {
+                resource: name.to_owned(),
+                what: "a shared Redlock",
+            });
+        }
+        self.acquire_until(name, &Deadline::after(options.timeout), false)
+            .await
+    }
+
+    /// One attempt: the lock or [`LockError::WouldBlock`] (or
+    /// [`LockError::NoQuorum`] when too many servers fail).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    pub async fn try_acquire(&self, name: &str) -> Result<RedlockGuard, LockError> {
+        self.acquire_until(name, &Deadline::after(Some(Duration::ZERO)), true)
+            .await
+    }
+
+    /// Whether a majority of the servers say `name` is held. Fails with
+    /// [`LockError::NoQuorum`] when too few servers answer to say.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn is_locked(&self, name: &str) -> Result<bool, LockError> {
+        self.check_name(name)?;
+        let i = &self.inner;
+        let answers = join_all(i.servers.iter().map(|s| s.is_locked(name))).await;
+        let mut held = 0;
+        let mut free = 0;
+        let mut errors = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok(true) => held += 1,
+                Ok(false) => free += 1,
+                Err(e) => errors.push(e),
+            }
+        }
+        if held >= i.quorum {
+            Ok(true)
+        } else if held + free >= i.quorum {
+            Ok(false)
+        } else {
+            Err(LockError::NoQuorum {
+                resource: name.to_owned(),
+                granted: held + free,
+                needed: i.quorum,
+                total: i.total,
+                errors,
+            })
+        }
+    }
+
+    fn check_name(&self, name: &str) -> Result<(), LockError> {
+        validate_name(name)
+    }
+
+    async fn acquire_until(
+        &self,
+        name: &str,
+        deadline: &Deadline,
+        try_once: bool,
+    ) -> Result<RedlockGuard, LockError> {
+        self.check_name(name)?;
+        let i = &self.inner;
+        let total = i.total;
+        let missing = total - i.servers.len();
+        let mut logged = false;
+        loop {
+            let token = PlainLock::owner_value(&ops::token(name)?);
+            // Armed until the attempt's outcome is known: a dropped future
+            // still deletes whatever its SETs took.
+            let mut cleanup = Cleanup::new(&self.inner, name, &token);
+            let outcome = self.attempt(name, &token).await;
+            let granted = outcome.grants.iter().flatten().count();
+            let validity = outcome.validity(i.ttl, i.drift);
+            if granted >= i.quorum && !validity.is_zero() {
+                cleanup.disarm();
+                return Ok(RedlockGuard::new(self, name, token, outcome, validity));
+            }
+            // Release everywhere now, including servers whose reply was
+            // lost, before deciding what to tell the caller.
+            cleanup.disarm();
+            release_all(&self.inner, name, &token).await;
+            let failed = outcome.errors.len() + missing;
+            if failed > total - i.quorum {
+                tracing::warn!(
+                    resource = name, granted, failed, total,
+                    "Redlock: too many servers failed for a majority"
+                );
+                return Err(LockError::NoQuorum {
+                    resource: name.to_owned(),
+                    granted,
+                    needed: i.quorum,
+                    total,
+                    errors: outcome.errors,
+                });
+            }
+            if try_once {
+                return Err(LockError::WouldBlock {
+                    resource: name.to_owned(),
+                    holder: None,
+                });
+            }
+            if deadline.expired() {
+                tracing::info!(resource = name, waited = ?deadline.elapsed(), "Redlock: gave up waiting");
+                return Err(LockError::Timeout {
+                    resource: name.to_owned(),
+                    waited: deadline.elapsed(),
+                    holder: None,
+                });
+            }
+            if !logged {
+                tracing::debug!(resource = name, granted, failed, total, "Redlock: busy, retrying");
+                logged = true;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(jitter(i.retry_delay)) => {}
+                () = deadline.sleep() => {}
+            }
+        }
+    }
+
+    /// Sends the acquire script to every server at once.
+    async fn attempt(&self, name: &str, token: &str) -> Outcome {
+        let i = &self.inner;
+        let started = Instant::now();
+        let per_server = per_server_timeout(i.ttl);
+        let answers = join_all(i.servers.iter().map(|server| async move {
+            match tokio::time::timeout(per_server, async {
+                PlainLock::new(server, name, token).acquire(i.ttl).await
+            })
+                .await
+            {
+                Ok(answer) => answer,
+                Err(_) => Err(server_timeout(name, "acquire", per_server)),
+            }
+        }))
+        .await;
+        let mut grants = Vec::with_capacity(answers.len());
+        let mut errors = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok(grant) => grants.push(grant),
+                Err(e) => {
+                    grants.push(None);
+                    errors.push(e);
+                }
+            }
+        }
+        Outcome {
+            grants,
+            errors,
+            started,
+        }
+    }
+}
+
+impl Outcome {
+    /// `ttl − elapsed − drift`, zero when nothing is left.
+    fn validity(&self, ttl: Duration, drift: Duration) -> Duration {
+        ttl.saturating_sub(self.started.elapsed())
+            .saturating_sub(drift)
+    }
+}
+
+/// The Redlock description's drift allowance: 1 % of the TTL plus 2 ms.
+fn default_drift(ttl: Duration) -> Duration {
+    ttl / 100 + Duration::from_millis(2)
+}
+
+/// How long one server may take to answer: a slow server must not eat the
+/// validity (the description suggests a timeout much smaller than the TTL).
+fn per_server_timeout(ttl: Duration) -> Duration {
+    (ttl / 10).max(Duration::from_millis(5))
+}
+
+fn server_timeout(name: &str, op: &'static str, after: Duration) -> LockError {
+    LockError::Unavailable {
+        resource: name.to_owned(),
+        op,
+        source: Box::new(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer within {after:?}"),
+        )),
+    }
+}
+
+/// A uniformly random delay in `[mean/2, 3·mean/2]`.
+fn jitter(mean: Duration) -> Duration {
+    let mut bytes = [0u8; 8];
+    // Without randomness the delay is just the mean: still correct.
+    let r = match getrandom::fill(&mut bytes) {
+        Ok(()) => u64::from_le_bytes(bytes) as f64 / u64::MAX as f64,
+        Err(_) => 0.5,
+    };
+    mean.mul_f64(0.5 + r)
+}
+
+/// Deletes `token`'s key on every server (each bounded by the per-server
+/// timeout); outcomes are ignored.
+async fn release_all(inner: &RedlockInner, name: &str, token: &str) {
+    let per_server = per_server_timeout(inner.ttl);
+    join_all(inner.servers.iter().map(|server| {
+        tokio::time::timeout(per_server, async move {
+            PlainLock::new(server, name, token).release().await
+        })
+    }))
+    .await;
+}
+
+/// Releases an attempt's token everywhere in the background if dropped
+/// armed.
+struct Cleanup {
+    inner: Option<Arc<RedlockInner>>,
+    name: String,
+    token: String,
+}
+
+impl Cleanup {
+    fn new(inner: &Arc<RedlockInner>, name: &str, token: &str) -> Self {
+        Self {
+            inner: Some(inner.clone()),
+            name: name.to_owned(),
+            token: token.to_owned(),
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.inner = None;
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            spawn_release_all(inner, std::mem::take(&mut self.name), std::mem::take(&mut self.token));
+        }
+    }
+}
+
+/// Background release on every server; without a runtime the keys expire by
+/// their TTL.
+fn spawn_release_all(inner: Arc<RedlockInner>, name: String, token: String) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(async move { release_all(&inner, &name, &token).await });
+        }
+        Err(_) => tracing::debug!(
+            resource = %name,
+            "no tokio runtime to release a Redlock; it expires by its TTL"
+        ),
+    }
+}
+
+impl fmt::Debug for Redlock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redlock")
+            .field("servers", &self.inner.servers.len())
+            .field("quorum", &self.inner.quorum)
+            .field("ttl", &self.inner.ttl)
+            .field("drift", &self.inner.drift)
+            .finish()
+    }
+}
+
+/// A [`Lock`] handle to one name on a [`Redlock`]; from [`Redlock::lock`].
+#[derive(Clone, Debug)]
+pub struct RedlockLock {
+    redlock: Redlock,
+    name: String,
+}
+
+#[async_trait]
+impl Lock for RedlockLock {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
+        Ok(self.redlock.acquire_with(&self.name, options).await?.into())
+    }
+
+    async fn try_lock(&self, mode: Mode) -> Result<LockGuard, LockError> {
+        if mode == Mode::Shared {
+            return Err(LockError::Unsupported {
+                resource: self.name.clone(),
+                what: "a shared Redlock",
+            });
+        }
+        Ok(self.redlock.try_acquire(&self.name).await?.into())
+    }
+
+    async fn is_locked(&self) -> Result<bool, LockError> {
+        self.redlock.is_locked(&self.name).await
+    }
+}
+
+/// A lock held on a majority of a [`Redlock`]'s servers. Extended in the
+/// background while it lives; released on every server when dropped (in a
+/// background task) or by [`release`](Self::release).
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// # use lockyard::redis::{RedisOptions, Redlock};
+/// # let redlock = Redlock::connect(&["redis://127.0.0.1:7001"], RedisOptions::default()).await?;
+/// let guard = redlock.try_acquire("compaction").await?;
+/// println!("valid for at least {:?}", guard.validity());
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "if unused the lock will immediately unlock"]
+#[clippy::has_significant_drop]
+pub struct RedlockGuard {
+    inner: Arc<RedlockInner>,
+    name: String,
+    token: String,
+    fencing: u64,
+    valid_until: Arc<std::sync::Mutex<Instant>>,
+    lost: CancellationToken,
+    /// Stops the renewal task when dropped.
+    renewal: Option<DropGuard>,
+    released: bool,
+}
+
+impl RedlockGuard {
+    fn new(
+        redlock: &Redlock,
+        name: &str,
+        token: String,
+        outcome: Outcome,
+        validity: Duration,
+    ) -> Self {
+        let inner = redlock.inner.clone();
+        let granted: Vec<bool> = outcome.grants.iter().map(Option::is_some).collect();
+        let fencing = outcome.grants.iter().flatten().copied().max().unwrap_or(0);
+        let valid_until = Arc::new(std::sync::Mutex::new(Instant::now() + validity));
+        let lost = CancellationToken::new();
+        let stop = CancellationToken::new();
+        tokio::spawn(renew(
+            inner.clone(),
+            name.to_owned(),
+            token.clone(),
+            granted,
+            valid_until.clone(),
+            lost.clone(),
+            stop.clone(),
+        ));
+        Self {
+            inner,
+            name: name.to_owned(),
+            token,
+            fencing,
+            valid_until,
+            lost,
+            renewal: Some(stop.drop_guard()),
+            released: false,
+        }
+    }
+
+    /// The resource name.
+    pub fn resource(&self) -> &str {
+        &self.name
+    }
+
+    /// The highest of the granting servers' fencing counters.
+    ///
+    /// **Best effort only: it can go backwards** between successive holders
+    /// (their majorities need not share the server with the highest
+    /// counter), and a server restarted without persistence restarts its
+    /// counter. Do not use it to reject stale writers; see the
+    /// [module docs](self).
+    pub fn best_effort_fencing_token(&self) -> u64 {
+        self.fencing
+    }
+
+    /// How long the lock is still certainly held if no further extension
+    /// succeeds (zero once it is not).
+    pub fn validity(&self) -> Duration {
+        let until = *self.valid_until.lock().unwrap_or_else(|e| e.into_inner());
+        until.saturating_duration_since(Instant::now())
+    }
+
+    /// Completes when the lock is lost: no majority confirmed an extension
+    /// within the validity, or too many servers say the key is no longer
+    /// ours.
+    pub fn lost(&self) -> Lost {
+        Lost::from_token(self.lost.clone())
+    }
+
+    /// Whether the lock is already known to be lost.
+    pub fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// Runs `fut` while the lock is held; if it is lost first, `fut` is
+    /// dropped and [`LockError::Lost`] returned.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future drops `fut`; the lock stays held.
+    pub async fn run_until_lost<F: std::future::Future>(
+        &self,
+        fut: F,
+    ) -> Result<F::Output, LockError> {
+        tokio::select! {
+            biased;
+            () = self.lost() => Err(LockError::Lost { resource: self.name.clone() }),
+            out = fut => Ok(out),
+        }
+    }
+
+    /// Releases on every server now. `Ok` when a majority confirmed the
+    /// key was ours and is gone; [`LockError::NoQuorum`] (with the errors)
+    /// when too few servers answered; [`LockError::NotHeld`] when they
+    /// answered but too few still had our key (it had expired).
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped before it completes, the release is retried
+    /// on every server in the background; its outcome is not reported.
+    pub async fn release(mut self) -> Result<(), LockError> {
+        self.release_now().await
+    }
+
+    async fn release_now(&mut self) -> Result<(), LockError> {
+        self.renewal = None;
+        let i = self.inner.clone();
+        let per_server = per_server_timeout(i.ttl);
+        let (name, token) = (&self.name, &self.token);
+        let answers = join_all(i.servers.iter().map(|server| async move {
+            match tokio::time::timeout(per_server, async move {
+            PlainLock::new(server, name, token).release().await
+        })
+                .await
+            {
+                Ok(answer) => answer,
+                Err(_) => Err(server_timeout(name, "release", per_server)),
+            }
+        }))
+        .await;
+        self.released = true;
+        let mut confirmed = 0;
+        let mut errors = Vec::new();
+        for answer in answers {
+            match answer {
+                Ok(true) => confirmed += 1,
+                Ok(false) => {}
+                Err(e) => errors.push(e),
+            }
+        }
+        let total = i.total;
+        let answered = i.servers.len() - errors.len();
+        if confirmed >= i.quorum {
+            Ok(())
+        } else if answered >= i.quorum {
+            Err(LockError::NotHeld {
+                resource: self.name.clone(),
+            })
+        } else {
+            Err(LockError::NoQuorum {
+                resource: self.name.clone(),
+                granted: confirmed,
+                needed: i.quorum,
+                total,
+                errors,
+            })
+        }
+    }
+}
+
+/// Extends the lock on the granting servers every `ttl/3` until stopped or
+/// lost.
+async fn renew(
+    inner: Arc<RedlockInner>,
+    name: String,
+    token: String,
+    mut granted: Vec<bool>,
+    valid_until: Arc<std::sync::Mutex<Instant>>,
+    lost: CancellationToken,
+    stop: CancellationToken,
+) {
+    let period = inner.ttl / 3;
+    let per_server = per_server_timeout(inner.ttl);
+    let until = || *valid_until.lock().unwrap_or_else(|e| e.into_inner());
+    let mark_lost = |why: &str| {
+        tracing::warn!(resource = %name, "Redlock lost: {why}");
+        lost.cancel();
+    };
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+            () = tokio::time::sleep_until(until()) => {
+                return mark_lost("no majority confirmed an extension within the validity");
+            }
+        }
+        let started = Instant::now();
+        let extend = join_all(inner.servers.iter().zip(&granted).map(|(server, &held)| {
+            let (name, token, ttl) = (&name, &token, inner.ttl);
+            async move {
+                if !held {
+                    return None;
+                }
+                match tokio::time::timeout(per_server, async move {
+                    PlainLock::new(server, name, token).extend(ttl).await
+                })
+                    .await
+                {
+                    Ok(Ok(still_ours)) => Some(still_ours),
+                    Ok(Err(e)) => {
+                        tracing::debug!(resource = %name, error = %e, "Redlock: a server failed to extend");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+        }));
+        let answers = tokio::select! {
+            () = stop.cancelled() => return,
+            answers = extend => answers,
+        };
+        let mut confirmed = 0;
+        for (answer, held) in answers.iter().zip(granted.iter_mut()) {
+            match answer {
+                Some(true) => confirmed += 1,
+                // The key is gone or someone else's: never ours again.
+                Some(false) => *held = false,
+                None => {}
+            }
+        }
+        if confirmed >= inner.quorum {
+            let validity = inner.ttl.saturating_sub(inner.drift);
+            *valid_until.lock().unwrap_or_else(|e| e.into_inner()) = started + validity;
+        } else if granted.iter().filter(|&&h| h).count() < inner.quorum {
+            return mark_lost("too many servers no longer hold our key");
+        } else if Instant::now() >= until() {
+            return mark_lost("no majority confirmed an extension within the validity");
+        }
+    }
+}
+
+impl Drop for RedlockGuard {
+    fn drop(&mut self) {
+        self.renewal = None;
+        if !self.released {
+            spawn_release_all(
+                self.inner.clone(),
+                std::mem::take(&mut self.name),
+                std::mem::take(&mut self.token),
+            );
+        }
+    }
+}
+
+impl fmt::Debug for RedlockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedlockGuard")
+            .field("resource", &self.name)
+            .field("best_effort_fencing_token", &self.fencing)
+            .field("validity", &self.validity())
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+#[async_trait]
+impl RawGuard for RedlockGuard {
+    fn resource(&self) -> &str {
+        &self.name
+    }
+
+    fn mode(&self) -> Mode {
+        Mode::Exclusive
+    }
+
+    /// `None`: Redlock cannot issue a strictly increasing token (see
+    /// [`RedlockGuard::best_effort_fencing_token`]).
+    fn fencing_token(&self) -> Option<u64> {
+        None
+    }
+
+    fn lost(&self) -> Lost {
+        RedlockGuard::lost(self)
+    }
+
+    async fn release(mut self: Box<Self>) -> Result<(), LockError> {
+        self.release_now().await
+    }
+}
+
+impl From<RedlockGuard> for LockGuard {
+    fn from(guard: RedlockGuard) -> Self {
+        LockGuard::new(guard)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drift_follows_the_description() {
+        assert_eq!(
+            default_drift(Duration::from_secs(10)),
+            Duration::from_millis(102)
+        );
+    }
+
+    #[test]
+    fn jitter_stays_in_range() {
+        let mean = Duration::from_millis(100);
+        for _ in 0..1000 {
+            let d = jitter(mean);
+            assert!(d >= mean / 2 && d <= mean * 3 / 2, "{d:?}");
+        }
+    }
+
+    #[test]
+    fn validity_subtracts_elapsed_and_drift() {
+        let outcome = Outcome {
+            grants: vec![Some(1)],
+            errors: vec![],
+            started: Instant::now() - Duration::from_millis(300),
+        };
+        let v = outcome.validity(Duration::from_secs(1), Duration::from_millis(12));
+        assert!(v <= Duration::from_millis(688), "{v:?}");
+        assert!(v > Duration::from_millis(500), "{v:?}");
+        assert_eq!(
+            outcome.validity(Duration::from_millis(200), Duration::ZERO),
+            Duration::ZERO
+        );
+    }
+}

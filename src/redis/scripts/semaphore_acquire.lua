@@ -1,0 +1,24 @@
+-- Take one permit of a semaphore.
+-- KEYS[1] permits ZSET (member = holder token, score = expiry in ms, server clock)
+-- KEYS[2] fencing counter
+-- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] permits
+-- Returns {1, fencing_token} on success,
+--         {0, ms_until_earliest_expiry, holders} when all permits are taken.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local permits = tonumber(ARGV[3])
+-- Expired permits (crashed holders) come back here.
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local holders = redis.call('ZCARD', KEYS[1])
+-- A retry of an attempt whose reply was lost finds its own token: take it
+-- again with a fresh fencing token rather than a second permit.
+if holders < permits or redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  if redis.call('PTTL', KEYS[1]) < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
+  return {1, redis.call('INCR', KEYS[2])}
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+return {0, math.max(tonumber(first[2]) - now, 0), holders}

@@ -1,0 +1,16 @@
+-- Renew a held permit.
+-- KEYS[1] permits ZSET; ARGV[1] token, ARGV[2] ttl ms
+-- Returns 1 when renewed, 0 when the permit is gone or already expired
+-- (someone may have taken it over: the holder has lost it).
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not expiry or tonumber(expiry) <= now then
+  return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1

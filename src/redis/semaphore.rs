@@ -1,0 +1,358 @@
+//! [`RedisSemaphore`]: a distributed counting semaphore with expiring,
+//! renewed permits.
+//!
+//! # How it works
+//!
+//! The permits of a semaphore are a sorted set
+//! (`{prefix}{<name>}:sem`): one member per holder, its token, scored by the
+//! permit's expiry in milliseconds on the *Redis server's* clock (the scripts
+//! read `TIME`, so client clocks do not matter). The acquire script first
+//! drops expired members — a crashed holder's permit comes back by itself
+//! after its TTL — then adds ours if fewer than `permits` remain, and
+//! `INCR`s the resource's fencing counter, all atomically. The client's
+//! watchdog renews live permits (batched with every other lease of the
+//! client); a permit found gone or expired on renewal fires the guard's
+//! [`lost`](RedisPermitGuard::lost) signal at once. Release removes the
+//! member and publishes on the release channel, which wakes waiters.
+//!
+//! A busy acquire reply says when the earliest permit expires, so a waiter
+//! sleeps until the first of: a release message, that expiry, its deadline.
+//! Tasks of one process queue in a fair in-process FIFO in front of one
+//! remote waiter per resource (see `waiting.rs`).
+//!
+//! # What it does not promise
+//!
+//! - The permit count is the caller's: every process must use the same
+//!   `permits` for a name (each acquire checks against its own value).
+//! - Fairness is FIFO among the tasks of one process; across processes the
+//!   next permit goes to whichever waiter asks first after a release.
+//! - Like every lease-based lock, a holder paused longer than its TTL (GC,
+//!   swap, `SIGSTOP`) may still run while another process got its permit:
+//!   watch [`lost`](RedisPermitGuard::lost) and use the fencing token where
+//!   the protected resource can check it.
+//! - There is deliberately no semaphore over several independent servers
+//!   ([`Redlock`](super::Redlock)): counting permits needs one source of
+//!   truth.
+
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Script;
+use tokio::time::Instant;
+
+use super::client::RedisLocks;
+use super::held::{Hold, held_guard};
+use super::keys::validate_name;
+use super::ops::{self, invoke};
+use super::waiting::{self, Attempt, Pending, ScriptCall, WaitFor};
+use crate::error::LockError;
+use crate::guard::LockGuard;
+use crate::lock::Lock;
+use crate::options::{AcquireOptions, Deadline, Mode};
+
+static ACQUIRE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_acquire.lua")));
+/// Also renews RW-lock readers: both are "token scored by expiry" sets.
+pub(crate) static RENEW_MEMBER: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_renew.lua")));
+static RELEASE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_release.lua")));
+/// Counts unexpired members of a "token scored by expiry" set.
+pub(crate) static COUNT_LIVE: LazyLock<Script> =
+    LazyLock::new(|| Script::new(include_str!("scripts/count_live.lua")));
+
+/// A distributed counting semaphore on Redis: at most `permits` holders at
+/// a time across every process using the same name, prefix and server.
+///
+/// Get one from [`RedisLocks::semaphore`]. Cloning is cheap and clones share
+/// the in-process wait queue (so do separate handles to the same name on
+/// the same client).
+///
+/// As a [`Lock`], both [`Mode::Exclusive`] and [`Mode::Shared`] take one
+/// permit: a semaphore has no exclusive mode (use [`RedisRwLock`] for
+/// readers/writer).
+///
+/// [`RedisRwLock`]: super::RedisRwLock
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::time::Duration;
+/// use lockyard::redis::RedisLocks;
+///
+/// let locks = RedisLocks::connect("redis://127.0.0.1:7777").await?;
+/// let gpus = locks.semaphore("gpus", 4)?;
+/// let permit = gpus.acquire(Duration::from_secs(10)).await?;
+/// println!("got a GPU, fencing token {}", permit.fencing_token());
+/// permit.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisSemaphore {
+    inner: Arc<SemaphoreInner>,
+}
+
+struct SemaphoreInner {
+    client: RedisLocks,
+    name: String,
+    permits: u32,
+    /// `{prefix}{<name>}:sem`
+    set_key: String,
+    /// `{prefix}{<name>}:fence`
+    fence_key: String,
+    /// `{prefix}{<name>}:sem:released`
+    channel: String,
+    /// The in-process queue's name: `{sem}<name>`, which no lock name can be.
+    queue: String,
+}
+
+impl RedisLocks {
+    /// A handle to the semaphore `name` with `permits` permits.
+    ///
+    /// Every process must use the same `permits` for one name. Fails with
+    /// [`LockError::InvalidArgument`] for zero permits and
+    /// [`LockError::InvalidName`] for a name the client refuses.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:7777").await?;
+    /// let sem = locks.semaphore("downloads", 3)?;
+    /// assert_eq!(sem.permits(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn semaphore(&self, name: &str, permits: u32) -> Result<RedisSemaphore, LockError> {
+        validate_name(name)?;
+        if permits == 0 {
+            return Err(LockError::InvalidArgument {
+                what: "permits",
+                reason: "a semaphore needs at least one permit".to_owned(),
+            });
+        }
+        Ok(RedisSemaphore {
+            inner: Arc::new(SemaphoreInner {
+                client: self.clone(),
+                name: name.to_owned(),
+                permits,
+                set_key: self.key(name, "sem"),
+                fence_key: self.key(name, "fence"),
+                channel: self.key(name, "sem:released"),
+                queue: format!("{{sem}}{name}"),
+            }),
+        })
+    }
+}
+
+impl RedisSemaphore {
+    /// The semaphore's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// How many permits it has.
+    pub fn permits(&self) -> u32 {
+        self.inner.permits
+    }
+
+    /// Takes a permit, waiting up to `timeout` ([`LockError::Timeout`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe in the guard-contract sense: if the future is dropped,
+    /// no permit stays taken beyond a moment. The caller leaves the
+    /// in-process queue at once; if an acquire script call was in flight, it
+    /// may still run on the server after the drop and take a permit, which
+    /// a background task then gives back with the attempt's own token (and
+    /// which expires by its TTL anyway if that fails).
+    pub async fn acquire(&self, timeout: Duration) -> Result<RedisPermitGuard, LockError> {
+        self.acquire_until(&Deadline::after(Some(timeout)), Mode::Shared)
+            .await
+    }
+
+    /// Takes a permit, waiting as `options.timeout` says (`None`: for
+    /// ever). `options.mode` is ignored: every permit is alike.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    pub async fn acquire_with(
+        &self,
+        options: &AcquireOptions,
+    ) -> Result<RedisPermitGuard, LockError> {
+        self.acquire_until(&Deadline::after(options.timeout), options.mode)
+            .await
+    }
+
+    /// Takes a permit if one is free right now, else fails with
+    /// [`LockError::WouldBlock`]. It does not wait for this process's other
+    /// waiters either.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`acquire`](Self::acquire).
+    pub async fn try_acquire(&self) -> Result<RedisPermitGuard, LockError> {
+        self.try_acquire_mode(Mode::Shared).await
+    }
+
+    async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
+        let i = &self.inner;
+        let token = ops::token(&i.name)?;
+        let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token)).await?;
+        match pending.attempt(&self.acquire_call(&token), "acquire permit").await? {
+            (Attempt::Granted { fencing }, sent_at) => {
+                pending.done();
+                Ok(self.guard(token, fencing, sent_at, mode))
+            }
+            (Attempt::Busy { .. }, _) => Err(LockError::WouldBlock {
+                resource: i.name.clone(),
+                holder: None,
+            }),
+        }
+    }
+
+    /// How many permits are held now (expired ones not counted). The answer
+    /// may be stale by the time it is read.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn holders(&self) -> Result<u32, LockError> {
+        let i = &self.inner;
+        let n: i64 = invoke(&i.client, &i.name, "count permits", &COUNT_LIVE, &[&i.set_key], &[]).await?;
+        u32::try_from(n).map_err(|_| LockError::Protocol {
+            resource: i.name.clone(),
+            op: "count permits",
+            detail: format!("count {n} out of range"),
+        })
+    }
+
+    async fn acquire_until(
+        &self,
+        deadline: &Deadline,
+        mode: Mode,
+    ) -> Result<RedisPermitGuard, LockError> {
+        let i = &self.inner;
+        let turn = waiting::local_turn(&i.client, &i.queue, &i.name, deadline).await?;
+        let token = ops::token(&i.name)?;
+        let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token)).await?;
+        let wait = WaitFor {
+            client: &i.client,
+            resource: &i.name,
+            channel: &i.channel,
+            what: "semaphore permit",
+            max_nap: i.client.options().ttl,
+        };
+        let (fencing, sent_at) = waiting::wait_until_granted(
+            wait,
+            deadline,
+            &mut pending,
+            &self.acquire_call(&token),
+            |_| false,
+        )
+        .await?;
+        pending.done();
+        drop(turn);
+        Ok(self.guard(token, fencing, sent_at, mode))
+    }
+
+    fn acquire_call(&self, token: &str) -> ScriptCall {
+        let i = &self.inner;
+        ScriptCall {
+            script: &ACQUIRE,
+            keys: vec![i.set_key.clone(), i.fence_key.clone()],
+            args: vec![
+                token.to_owned(),
+                ops::ms(i.client.options().ttl),
+                i.permits.to_string(),
+            ],
+        }
+    }
+
+    fn release_call(&self, token: &str) -> ScriptCall {
+        let i = &self.inner;
+        ScriptCall {
+            script: &RELEASE,
+            keys: vec![i.set_key.clone(), i.channel.clone()],
+            args: vec![token.to_owned()],
+        }
+    }
+
+    fn guard(&self, token: String, fencing: u64, sent_at: Instant, mode: Mode) -> RedisPermitGuard {
+        let i = &self.inner;
+        let ttl = i.client.options().ttl;
+        // The watchdog appends the TTL as the renewal script's last argument.
+        let lease = i.client.register_lease(i.client.lease(
+            &i.name,
+            &RENEW_MEMBER,
+            vec![i.set_key.clone()],
+            vec![token.clone()],
+            ttl,
+            sent_at,
+        ));
+        RedisPermitGuard {
+            held: Hold::new(&i.client, &i.name, mode, fencing, lease, self.release_call(&token)),
+        }
+    }
+}
+
+impl fmt::Debug for RedisSemaphore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSemaphore")
+            .field("name", &self.inner.name)
+            .field("permits", &self.inner.permits)
+            .field("key", &self.inner.set_key)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl Lock for RedisSemaphore {
+    fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// Takes one permit, whatever the mode.
+    async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
+        Ok(self.acquire_with(options).await?.into())
+    }
+
+    /// Takes one permit if one is free, whatever the mode.
+    async fn try_lock(&self, mode: Mode) -> Result<LockGuard, LockError> {
+        Ok(self.try_acquire_mode(mode).await?.into())
+    }
+
+    /// Whether any permit is held.
+    async fn is_locked(&self) -> Result<bool, LockError> {
+        Ok(self.holders().await? > 0)
+    }
+}
+
+/// One permit of a [`RedisSemaphore`]. Renewed in the background while it
+/// lives; given back when dropped (in a background task) or by
+/// [`release`](Self::release).
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// # let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:7777").await?;
+/// let permit = locks.semaphore("jobs", 2)?.try_acquire().await?;
+/// // Stop the work if the permit cannot be renewed any more.
+/// let out = tokio::select! {
+///     () = permit.lost() => None,
+///     out = async { 42 } => Some(out),
+/// };
+/// assert_eq!(out, Some(42));
+/// # Ok(())
+/// # }
+/// ```
+#[must_use = "if unused the lock will immediately unlock"]
+#[clippy::has_significant_drop]
+pub struct RedisPermitGuard {
+    held: Hold,
+}
+
+held_guard!(RedisPermitGuard, "semaphore");

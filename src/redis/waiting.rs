@@ -1,0 +1,414 @@
+//! Acquiring a Redis semaphore permit or RW lock without blind polling,
+//! shared by [`RedisSemaphore`](super::RedisSemaphore) and
+//! [`RedisRwLock`](super::RedisRwLock).
+//!
+//! Two levels, as for the exclusive lock: tasks of one process queue in the
+//! client's fair in-process FIFO for the resource ([`local_turn`]), and only
+//! the head of that queue talks to Redis. The head runs the acquire script;
+//! when the script says "busy" it subscribes to the resource's release
+//! channel (once), marks the messages so far as seen, retries, and then
+//! sleeps until the first of
+//! - a message on the release channel (every release that frees something
+//!   publishes),
+//! - the moment the script said the blocking lease ends (so a crashed
+//!   holder's permit is taken over on time),
+//! - the caller's deadline,
+//!
+//! and tries again. Without a working pub/sub connection the sleep is a
+//! backoff (5 ms doubling to 1 s) bounded by the same lease end.
+//!
+//! Every attempt of one acquisition goes over one connection, and
+//! [`Pending`] undoes whatever the attempts may have taken (with the
+//! acquisition's own token, on that same connection, so the undo runs after
+//! any attempt still in flight) unless the acquisition ends in a guard.
+
+use std::fmt;
+use std::time::Duration;
+
+use redis::{Script, Value};
+use tokio::time::Instant;
+
+use super::client::RedisLocks;
+use super::errors::timed_out;
+use super::local::LocalTurn;
+use super::ops::invoke_on;
+use super::pool::Conn;
+use super::wakeups::Subscription;
+use crate::error::LockError;
+use crate::options::Deadline;
+
+/// Without any message, re-check Redis at least this often (a safety net for
+/// a release message lost while pub/sub reconnects; not the wake-up path).
+const MAX_NAP: Duration = Duration::from_secs(5);
+
+/// While still waiting, log again at `info` this often.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
+/// What one run of an acquire script answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// Acquired, with this fencing token.
+    Granted {
+        /// The fencing token (the resource's `INCR` counter).
+        fencing: u64,
+    },
+    /// Not acquired.
+    Busy {
+        /// When the blocking lease ends if nobody renews it.
+        retry_in: Duration,
+        /// Script-specific reason code (see the `.lua` files).
+        reason: i64,
+        /// How many holders block us, when the script says.
+        holders: i64,
+    },
+}
+
+impl Attempt {
+    /// Parses `{1, fencing}` or `{0, ms[, reason[, holders]]}`.
+    pub(crate) fn parse(value: &Value, resource: &str, op: &'static str) -> Result<Self, LockError> {
+        let protocol = |detail: String| LockError::Protocol {
+            resource: resource.to_owned(),
+            op,
+            detail,
+        };
+        let Value::Array(items) = value else {
+            return Err(protocol(format!("expected an array, got {value:?}")));
+        };
+        let int = |i: usize| -> Result<i64, LockError> {
+            match items.get(i) {
+                Some(Value::Int(n)) => Ok(*n),
+                other => Err(protocol(format!(
+                    "element {i}: expected an integer, got {other:?}"
+                ))),
+            }
+        };
+        match int(0)? {
+            1 => {
+                let fencing = u64::try_from(int(1)?)
+                    .map_err(|_| protocol("negative fencing token".to_owned()))?;
+                Ok(Attempt::Granted { fencing })
+            }
+            0 => {
+                let ms = u64::try_from(int(1)?).unwrap_or(0);
+                let reason = if items.len() > 2 { int(2)? } else { 0 };
+                let holders = if items.len() > 3 { int(3)? } else { 0 };
+                Ok(Attempt::Busy {
+                    retry_in: Duration::from_millis(ms),
+                    reason,
+                    holders,
+                })
+            }
+            other => Err(protocol(format!("unknown status {other}"))),
+        }
+    }
+}
+
+/// A script call with its keys and arguments.
+#[derive(Clone)]
+pub(crate) struct ScriptCall {
+    pub(crate) script: &'static Script,
+    pub(crate) keys: Vec<String>,
+    pub(crate) args: Vec<String>,
+}
+
+impl ScriptCall {
+    /// Runs it once on `conn`.
+    pub(crate) async fn run_on(
+        &self,
+        conn: &mut Conn,
+        resource: &str,
+        op: &'static str,
+    ) -> Result<Value, LockError> {
+        let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        invoke_on(conn, resource, op, self.script, &keys, &args).await
+    }
+}
+
+impl fmt::Debug for ScriptCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScriptCall")
+            .field("keys", &self.keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One acquisition in progress: the connection its attempts use, and the
+/// release that undoes them, run in the background if dropped while armed.
+pub(crate) struct Pending {
+    client: RedisLocks,
+    resource: String,
+    conn: Conn,
+    undo: Option<ScriptCall>,
+    armed: bool,
+}
+
+impl Pending {
+    /// Checks out the acquisition's connection.
+    pub(crate) async fn new(
+        client: &RedisLocks,
+        resource: &str,
+        undo: ScriptCall,
+    ) -> Result<Self, LockError> {
+        let conn = client.conn(resource, "acquire").await?;
+        Ok(Self {
+            client: client.clone(),
+            resource: resource.to_owned(),
+            conn,
+            undo: Some(undo),
+            armed: false,
+        })
+    }
+
+    /// Runs one attempt (armed while in flight), bounded by the client's
+    /// `op_timeout`. Returns the answer and when it was sent.
+    pub(crate) async fn attempt(
+        &mut self,
+        call: &ScriptCall,
+        op: &'static str,
+    ) -> Result<(Attempt, Instant), LockError> {
+        self.armed = true;
+        let sent_at = Instant::now();
+        let op_timeout = self.client.options().op_timeout;
+        let reply = tokio::time::timeout(op_timeout, call.run_on(&mut self.conn, &self.resource, op))
+            .await
+            .unwrap_or_else(|_| Err(timed_out(&self.resource, op)))?;
+        let attempt = Attempt::parse(&reply, &self.resource, op)?;
+        // A busy answer took nothing (callers re-arm for a writer intent).
+        self.armed = matches!(attempt, Attempt::Granted { .. });
+        Ok((attempt, sent_at))
+    }
+
+    /// Keeps the undo armed (the server holds a claim of ours, such as a
+    /// waiting writer's intent) or not.
+    pub(crate) fn set_armed(&mut self, armed: bool) {
+        self.armed = armed;
+    }
+
+    /// Undoes now, on the acquisition's connection, ignoring the outcome
+    /// (bounded by `op_timeout`).
+    pub(crate) async fn undo_now(&mut self) {
+        self.armed = false;
+        if let Some(undo) = &self.undo {
+            let op_timeout = self.client.options().op_timeout;
+            let _ = tokio::time::timeout(op_timeout, undo.run_on(&mut self.conn, &self.resource, "undo"))
+                .await;
+        }
+    }
+
+    /// The acquisition succeeded: a guard takes over.
+    pub(crate) fn done(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Some(undo) = self.undo.take() {
+            tracing::debug!(resource = %self.resource, "undoing an abandoned acquisition");
+            self.client.spawn_release(
+                self.resource.clone(),
+                undo.script,
+                undo.keys,
+                undo.args,
+                Some(self.conn.clone()),
+                (),
+            );
+        }
+    }
+}
+
+impl fmt::Debug for Pending {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pending")
+            .field("resource", &self.resource)
+            .field("armed", &self.armed)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What to wait for, for logs and wake-ups.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WaitFor<'a> {
+    pub(crate) client: &'a RedisLocks,
+    pub(crate) resource: &'a str,
+    /// The release channel to listen on.
+    pub(crate) channel: &'a str,
+    /// "semaphore permit", "read lock", "write lock" (for logs and errors).
+    pub(crate) what: &'static str,
+    /// Re-run the attempt at least this often while busy (a waiting writer
+    /// refreshes its intent this way).
+    pub(crate) max_nap: Duration,
+}
+
+/// Runs `call` until granted or `deadline` passes. Returns the fencing token
+/// and when the granting attempt was sent.
+///
+/// `claims(reason)` says whether a busy answer with that reason left a claim
+/// on the server that `pending` must undo if we give up.
+///
+/// # Cancel safety
+///
+/// Dropping the future leaves `pending` (owned by the caller) to undo what
+/// an in-flight attempt may take.
+pub(crate) async fn wait_until_granted(
+    w: WaitFor<'_>,
+    deadline: &Deadline,
+    pending: &mut Pending,
+    call: &ScriptCall,
+    claims: impl Fn(i64) -> bool,
+) -> Result<(u64, Instant), LockError> {
+    let mut sub: Option<Subscription> = None;
+    let mut backoff = Duration::from_millis(5);
+    let mut last_log: Option<Duration> = None;
+    loop {
+        if let Some(s) = sub.as_mut() {
+            s.mark_seen();
+        }
+        let (attempt, sent_at) = pending.attempt(call, w.what).await?;
+        let (retry_in, reason, holders) = match attempt {
+            Attempt::Granted { fencing } => {
+                if last_log.is_some() {
+                    tracing::debug!(resource = %w.resource, waited = ?deadline.elapsed(), fencing, "acquired {} after waiting", w.what);
+                }
+                return Ok((fencing, sent_at));
+            }
+            Attempt::Busy {
+                retry_in,
+                reason,
+                holders,
+            } => (retry_in, reason, holders),
+        };
+        pending.set_armed(claims(reason));
+        let waited = deadline.elapsed();
+        if deadline.expired() {
+            tracing::debug!(
+                resource = %w.resource, waited = ?waited, holders, reason,
+                "gave up waiting for {}", w.what
+            );
+            return Err(timeout(w.resource, deadline));
+        }
+        match last_log {
+            None => tracing::debug!(
+                resource = %w.resource, holders, reason, retry_in = ?retry_in,
+                "{} busy; waiting", w.what
+            ),
+            Some(at) if waited.saturating_sub(at) >= LOG_EVERY => tracing::info!(
+                resource = %w.resource, holders, reason, waited = ?waited,
+                "still waiting for {}", w.what
+            ),
+            Some(_) => {}
+        }
+        if last_log.is_none_or(|at| waited.saturating_sub(at) >= LOG_EVERY) {
+            last_log = Some(waited);
+        }
+        let Some(s) = sub.as_mut() else {
+            // First busy answer: subscribe, then retry at once so that a
+            // release between the attempt and the subscription is not missed.
+            tokio::select! {
+                s = w.client.subscribe(w.channel) => sub = Some(s),
+                () = deadline.sleep() => return Err(timeout(w.resource, deadline)),
+            }
+            continue;
+        };
+        // +1 ms: the scripts treat a lease ending exactly now as live.
+        let lease_end = retry_in + Duration::from_millis(1);
+        let nap = if s.is_reliable() {
+            lease_end
+        } else {
+            let nap = lease_end.min(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            nap
+        };
+        let nap = nap.min(w.max_nap).min(MAX_NAP);
+        tokio::select! {
+            biased;
+            () = s.changed() => {}
+            () = tokio::time::sleep(nap) => {}
+            // One last attempt at the deadline: it may have been freed just now.
+            () = deadline.sleep() => {}
+        }
+    }
+}
+
+/// The error for a deadline that passed while the resource was busy.
+pub(crate) fn timeout(resource: &str, deadline: &Deadline) -> LockError {
+    LockError::Timeout {
+        resource: resource.to_owned(),
+        waited: deadline.elapsed(),
+        holder: None,
+    }
+}
+
+/// Waits for this task's turn in the client's in-process FIFO for `queue`
+/// (a name no lock can have, so it never shares a queue with one), until
+/// `deadline`. The turn is held while this task talks to Redis and dropped
+/// once it holds the permit or lock, so the next local waiter goes.
+///
+/// # Cancel safety
+///
+/// Cancel safe: a dropped waiter leaves the queue.
+pub(crate) async fn local_turn(
+    client: &RedisLocks,
+    queue: &str,
+    resource: &str,
+    deadline: &Deadline,
+) -> Result<LocalTurn, LockError> {
+    let q = client.inner.local.get(queue);
+    tokio::select! {
+        biased;
+        turn = q.turn() => Ok(turn),
+        () = deadline.sleep() => {
+            tracing::debug!(resource, waited = ?deadline.elapsed(), "timed out in the local queue");
+            Err(timeout(resource, deadline))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arr(v: &[i64]) -> Value {
+        Value::Array(v.iter().map(|n| Value::Int(*n)).collect())
+    }
+
+    #[test]
+    fn parses_replies() {
+        assert_eq!(
+            Attempt::parse(&arr(&[1, 7]), "r", "acquire").unwrap(),
+            Attempt::Granted { fencing: 7 }
+        );
+        assert_eq!(
+            Attempt::parse(&arr(&[0, 250, 3, 2]), "r", "acquire").unwrap(),
+            Attempt::Busy {
+                retry_in: Duration::from_millis(250),
+                reason: 3,
+                holders: 2,
+            }
+        );
+        assert!(matches!(
+            Attempt::parse(&arr(&[0, -5]), "r", "acquire").unwrap(),
+            Attempt::Busy { retry_in, .. } if retry_in == Duration::ZERO
+        ));
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error() {
+        for bad in [
+            Value::Nil,
+            Value::Int(1),
+            arr(&[]),
+            arr(&[2, 1]),
+            arr(&[1, -1]),
+            Value::Array(vec![Value::Int(1), Value::Nil]),
+            Value::Array(vec![Value::Int(0), Value::SimpleString("x".into())]),
+        ] {
+            let err = Attempt::parse(&bad, "r", "acquire").unwrap_err();
+            assert!(matches!(err, LockError::Protocol { .. }), "{bad:?}: {err:?}");
+        }
+    }
+}
