@@ -55,6 +55,11 @@ pub mod redis;
 pub use crate::redis::{
     RedisLock, RedisLockGuard, RedisLockInfo, RedisLocks, RedisOptions, RedisStats,
 };
+#[cfg(feature = "redis")]
+pub use crate::redis::{
+    RedisPermitGuard, RedisReadGuard, RedisRwLock, RedisSemaphore, RedisWriteGuard, Redlock,
+    RedlockGuard, RedlockLock, RedlockOptions,
+};
 
 // ---- manager ----
 mod manager;

@@ -51,3 +51,44 @@ mod redis {
         send(lockyard::redis::RedisLocks::connect("redis://127.0.0.1:1/"));
     }
 }
+
+#[cfg(feature = "redis")]
+mod redis_extras {
+    use super::*;
+
+    assert_send_sync!(
+        lockyard::redis::RedisSemaphore,
+        lockyard::redis::RedisPermitGuard,
+        lockyard::redis::RedisRwLock,
+        lockyard::redis::RedisReadGuard,
+        lockyard::redis::RedisWriteGuard,
+        lockyard::redis::Redlock,
+        lockyard::redis::RedlockOptions,
+        lockyard::redis::RedlockLock,
+        lockyard::redis::RedlockGuard,
+    );
+
+    /// The futures of the semaphore, RW lock and Redlock are `Send`.
+    fn futures_are_send(
+        sem: lockyard::redis::RedisSemaphore,
+        rw: lockyard::redis::RedisRwLock,
+        redlock: lockyard::redis::Redlock,
+    ) {
+        fn send<F: std::future::Future + Send>(_: F) {}
+        let t = std::time::Duration::ZERO;
+        send(sem.acquire(t));
+        send(sem.try_acquire());
+        send(sem.holders());
+        send(rw.read(t));
+        send(rw.write(t));
+        send(rw.try_read());
+        send(rw.try_write());
+        send(redlock.acquire("x", t));
+        send(redlock.try_acquire("x"));
+        send(redlock.is_locked("x"));
+        send(lockyard::redis::Redlock::connect(
+            &["redis://127.0.0.1:1/"],
+            lockyard::redis::RedisOptions::default(),
+        ));
+    }
+}

@@ -73,7 +73,12 @@ async fn lock_trait_shared_reads_exclusive_writes() {
     let r1 = bounded(rw.lock(&AcquireOptions::shared())).await.unwrap();
     let r2 = bounded(rw.try_lock(Mode::Shared)).await.unwrap();
     assert_eq!(r1.mode(), Mode::Shared);
-    assert!(rw.try_lock(Mode::Exclusive).await.unwrap_err().is_would_block());
+    assert!(
+        rw.try_lock(Mode::Exclusive)
+            .await
+            .unwrap_err()
+            .is_would_block()
+    );
     drop((r1, r2));
     let w = bounded(rw.lock(&AcquireOptions::exclusive().timeout(Duration::from_secs(5))))
         .await
@@ -104,8 +109,11 @@ async fn a_waiting_writer_is_not_starved_by_a_stream_of_readers() {
             client(&server.url(), Duration::from_secs(10)).await
         };
         let rw = locks.rwlock("starve").unwrap();
-        let (stop, writer_done, reads_after_writer) =
-            (stop.clone(), writer_done.clone(), reads_after_writer.clone());
+        let (stop, writer_done, reads_after_writer) = (
+            stop.clone(),
+            writer_done.clone(),
+            reads_after_writer.clone(),
+        );
         readers.push(tokio::spawn(async move {
             let mut held = None;
             while !stop.load(Ordering::SeqCst) {
@@ -179,11 +187,25 @@ async fn counter_has_no_lost_updates() {
                         continue;
                     }
                     let g = rw.write(Duration::from_secs(20)).await.unwrap();
-                    let a: Option<i64> = redis::cmd("GET").arg("a").query_async(&mut conn).await.unwrap();
+                    let a: Option<i64> = redis::cmd("GET")
+                        .arg("a")
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
                     let a = a.unwrap_or(0);
-                    let _: () = redis::cmd("SET").arg("a").arg(a + 1).query_async(&mut conn).await.unwrap();
+                    let _: () = redis::cmd("SET")
+                        .arg("a")
+                        .arg(a + 1)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
                     tokio::time::sleep(Duration::from_millis(1)).await;
-                    let _: () = redis::cmd("SET").arg("b").arg(a + 1).query_async(&mut conn).await.unwrap();
+                    let _: () = redis::cmd("SET")
+                        .arg("b")
+                        .arg(a + 1)
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
                     g.release().await.unwrap();
                 }
             }));
@@ -207,16 +229,31 @@ async fn a_crashed_readers_lease_runs_out() {
     let rw = a.rwlock("crash").unwrap();
     // A reader that crashed right after its last renewal: a member of the
     // readers set that nobody renews, ending 500 ms from now (server clock).
-    let time = server.command(&["EVAL", "local t = redis.call('TIME') return t[1] * 1000 + math.floor(t[2] / 1000)", "0"]);
+    let time = server.command(&[
+        "EVAL",
+        "local t = redis.call('TIME') return t[1] * 1000 + math.floor(t[2] / 1000)",
+        "0",
+    ]);
     let now: u64 = time.trim_start_matches(':').parse().unwrap();
-    let reply = server.command(&["ZADD", "lockyard:{crash}:rw:readers", &(now + 500).to_string(), "dead-reader"]);
+    let reply = server.command(&[
+        "ZADD",
+        "lockyard:{crash}:rw:readers",
+        &(now + 500).to_string(),
+        "dead-reader",
+    ]);
     assert_eq!(reply, ":1");
     assert!(rw.try_write().await.unwrap_err().is_would_block());
     let asked = Instant::now();
     let w = bounded(rw.write(Duration::from_secs(10))).await.unwrap();
     let waited = asked.elapsed();
-    assert!(waited >= Duration::from_millis(300), "writer got in after {waited:?}");
-    assert!(waited < Duration::from_secs(3), "writer got in after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(300),
+        "writer got in after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(3),
+        "writer got in after {waited:?}"
+    );
     w.release().await.unwrap();
 }
 
@@ -231,12 +268,24 @@ async fn lost_fires_when_the_write_lock_is_taken_away() {
     // Renewal keeps both past their TTL.
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(!w.is_lost() && !r.is_lost());
-    assert_eq!(server.command(&["SET", "lockyard:{lose}:rw:writer", "someone-else"]), "+OK");
-    assert_eq!(server.command(&["DEL", "lockyard:{lose2}:rw:readers"]), ":1");
+    assert_eq!(
+        server.command(&["SET", "lockyard:{lose}:rw:writer", "someone-else"]),
+        "+OK"
+    );
+    assert_eq!(
+        server.command(&["DEL", "lockyard:{lose2}:rw:readers"]),
+        ":1"
+    );
     bounded(w.lost()).await;
     bounded(r.lost()).await;
-    assert!(matches!(w.release().await.unwrap_err(), LockError::NotHeld { .. }));
-    assert!(matches!(r.release().await.unwrap_err(), LockError::NotHeld { .. }));
+    assert!(matches!(
+        w.release().await.unwrap_err(),
+        LockError::NotHeld { .. }
+    ));
+    assert!(matches!(
+        r.release().await.unwrap_err(),
+        LockError::NotHeld { .. }
+    ));
 }
 
 /// Write acquisitions cancelled at random moments (queued, in flight, or
@@ -286,7 +335,10 @@ async fn cancellation_at_random_moments_leaks_nothing() {
         if (intent.as_str(), writer.as_str(), readers.as_str()) == (":0", ":0", ":0") {
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(5), "left behind: intent {intent} writer {writer} readers {readers}");
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "left behind: intent {intent} writer {writer} readers {readers}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let w = bounded(other.try_write()).await.unwrap();

@@ -68,9 +68,11 @@ async fn basics_and_bad_input() {
     bounded(p1.release()).await.unwrap();
     assert_eq!(sem.holders().await.unwrap(), 1);
     drop(p2); // released by a background task
-    eventually("dropped permit released", Duration::from_secs(5), || async {
-        sem.holders().await.unwrap() == 0
-    })
+    eventually(
+        "dropped permit released",
+        Duration::from_secs(5),
+        || async { sem.holders().await.unwrap() == 0 },
+    )
     .await;
 }
 
@@ -81,13 +83,20 @@ async fn lock_trait_takes_one_permit_in_either_mode() {
     let sem: Arc<dyn Lock> = Arc::new(a.semaphore("t", 2).unwrap());
     assert_eq!(sem.name(), "t");
     assert!(!sem.is_locked().await.unwrap());
-    let g1 = bounded(sem.lock(&AcquireOptions::exclusive())).await.unwrap();
+    let g1 = bounded(sem.lock(&AcquireOptions::exclusive()))
+        .await
+        .unwrap();
     assert_eq!(g1.mode(), Mode::Exclusive);
     let g2 = bounded(sem.try_lock(Mode::Shared)).await.unwrap();
     assert_eq!(g2.mode(), Mode::Shared);
     assert!(g2.fencing_token().unwrap() > g1.fencing_token().unwrap());
     assert!(sem.is_locked().await.unwrap());
-    assert!(sem.try_lock(Mode::Exclusive).await.unwrap_err().is_would_block());
+    assert!(
+        sem.try_lock(Mode::Exclusive)
+            .await
+            .unwrap_err()
+            .is_would_block()
+    );
     g1.release().await.unwrap();
     g2.release().await.unwrap();
     assert!(!sem.is_locked().await.unwrap());
@@ -112,7 +121,10 @@ async fn bound_never_exceeded_across_tasks_and_clients() {
                     let p = sem.acquire(Duration::from_secs(20)).await.unwrap();
                     let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
                     max_seen.fetch_max(now, Ordering::SeqCst);
-                    assert!(now <= permits as usize, "{now} holders of {permits} permits");
+                    assert!(
+                        now <= permits as usize,
+                        "{now} holders of {permits} permits"
+                    );
                     tokio::time::sleep(Duration::from_millis(2 + (i + c) % 3)).await;
                     inside.fetch_sub(1, Ordering::SeqCst);
                     p.release().await.unwrap();
@@ -193,9 +205,14 @@ async fn child_process_role() {
 fn child(spec: String) -> tokio::process::Command {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.args(["--exact", "child_process_role", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, spec)
-        .kill_on_drop(true);
+    cmd.args([
+        "--exact",
+        "child_process_role",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CHILD_ENV, spec)
+    .kill_on_drop(true);
     cmd
 }
 
@@ -205,7 +222,11 @@ async fn bound_never_exceeded_across_processes() {
     let rounds = 15;
     let mut children = Vec::new();
     for _ in 0..3 {
-        children.push(child(format!("bound|{}|{rounds}", server.url())).spawn().unwrap());
+        children.push(
+            child(format!("bound|{}|{rounds}", server.url()))
+                .spawn()
+                .unwrap(),
+        );
     }
     for mut c in children {
         let status = tokio::time::timeout(Duration::from_secs(60), c.wait())
@@ -214,7 +235,10 @@ async fn bound_never_exceeded_across_processes() {
             .unwrap();
         assert!(status.success(), "a child saw the bound exceeded or failed");
     }
-    assert_eq!(server.command(&["GET", "total"]), (3 * 3 * rounds).to_string());
+    assert_eq!(
+        server.command(&["GET", "total"]),
+        (3 * 3 * rounds).to_string()
+    );
     assert_eq!(server.command(&["GET", "inside"]), "0");
 }
 
@@ -230,7 +254,10 @@ async fn crashed_holders_permit_comes_back_after_its_ttl() {
         .unwrap();
     let mut lines = tokio::io::BufReader::new(holder.stdout.take().unwrap()).lines();
     let fence: u64 = loop {
-        let line = bounded(lines.next_line()).await.unwrap().expect("child output");
+        let line = bounded(lines.next_line())
+            .await
+            .unwrap()
+            .expect("child output");
         // The harness prints `test child_process_role ... ` before it.
         if let Some((_, f)) = line.split_once("HOLDING ") {
             break f.trim().parse().unwrap();
@@ -273,7 +300,10 @@ async fn release_wakes_a_waiter_on_another_client() {
     held.release().await.unwrap();
     let (got, _) = bounded(waiter).await.unwrap();
     let lag = got.duration_since(released);
-    assert!(lag < Duration::from_secs(2), "woken {lag:?} after the release");
+    assert!(
+        lag < Duration::from_secs(2),
+        "woken {lag:?} after the release"
+    );
 }
 
 #[tokio::test]
@@ -300,7 +330,10 @@ async fn lost_fires_when_redis_goes_away_and_release_reports_it() {
     server.stop();
     let stopped = Instant::now();
     bounded(p.lost()).await;
-    assert!(stopped.elapsed() < Duration::from_millis(600), "lost fired after the TTL");
+    assert!(
+        stopped.elapsed() < Duration::from_millis(600),
+        "lost fired after the TTL"
+    );
     let err = bounded(p.release()).await.unwrap_err();
     assert!(err.is_unavailable(), "{err}");
     let err = bounded(sem.try_acquire()).await.unwrap_err();
@@ -351,8 +384,12 @@ async fn cancellation_at_random_moments_leaks_no_permit() {
             // (Background releases of the last round may still be on
             // their way: wait for them.)
             vec![
-                bounded(other.acquire(Duration::from_secs(5))).await.unwrap(),
-                bounded(other.acquire(Duration::from_secs(5))).await.unwrap(),
+                bounded(other.acquire(Duration::from_secs(5)))
+                    .await
+                    .unwrap(),
+                bounded(other.acquire(Duration::from_secs(5)))
+                    .await
+                    .unwrap(),
             ]
         } else {
             Vec::new()

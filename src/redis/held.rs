@@ -86,8 +86,15 @@ impl Hold {
         // script compares tokens, so a second release is harmless).
         let keys: Vec<&str> = op.keys.iter().map(String::as_str).collect();
         let args: Vec<&str> = op.args.iter().map(String::as_str).collect();
-        let result: Result<i64, LockError> =
-            invoke(&self.client, &self.resource, "release", op.script, &keys, &args).await;
+        let result: Result<i64, LockError> = invoke(
+            &self.client,
+            &self.resource,
+            "release",
+            op.script,
+            &keys,
+            &args,
+        )
+        .await;
         self.release = None;
         match result? {
             1 => Ok(()),
@@ -102,14 +109,8 @@ impl Drop for Hold {
     fn drop(&mut self) {
         self.lease = None;
         if let Some(op) = self.release.take() {
-            self.client.spawn_release(
-                self.resource.clone(),
-                op.script,
-                op.keys,
-                op.args,
-                None,
-                (),
-            );
+            self.client
+                .spawn_release(self.resource.clone(), op.script, op.keys, op.args, None, ());
         }
     }
 }

@@ -2,60 +2,7 @@
 //! majority granted it (the Redlock algorithm as described at
 //! <https://redis.io/docs/latest/develop/use/patterns/distributed-locks/>).
 //!
-//! # When to use it, and what it cannot promise
-//!
-//! Use Redlock when the lock must survive the loss of a minority of Redis
-//! servers *and* you can live with the lock being an efficiency measure
-//! (avoiding duplicate work), not a correctness guarantee. Read Martin
-//! Kleppmann's critique, "How to do distributed locking" (2016), and the
-//! reply by Redis' author before relying on it:
-//!
-//! - **Timing assumptions.** Redlock is safe only if processes pause, and
-//!   clocks drift, by much less than the TTL. A GC pause, swap or `SIGSTOP`
-//!   longer than the validity lets two holders overlap; [`lost`] fires as
-//!   soon as this client can tell, which may be after the fact.
-//! - **No true fencing token.** Each server has its own counter, and the
-//!   majorities of two successive holders need not overlap on the server
-//!   with the highest counter, so the maximum over the granting servers
-//!   (offered as [`best_effort_fencing_token`]) can *go backwards*. A
-//!   storage layer that must reject stale writers needs a token from a
-//!   consensus system (etcd, ZooKeeper), not from Redlock. For that reason
-//!   the type-erased [`LockGuard`]'s `fencing_token()` is `None` here.
-//! - **Restarts without persistence.** A server that restarts empty forgets
-//!   the lock; if that server was part of the majority, a second client can
-//!   get a majority. Run the servers with `appendfsync always`, or keep a
-//!   restarted server out for one TTL ("delayed restart").
-//! - **No semaphores or RW locks.** Counting holders needs one source of
-//!   truth; lockyard offers [`RedisSemaphore`](super::RedisSemaphore) and
-//!   [`RedisRwLock`](super::RedisRwLock) on a single server only.
-//!
-//! If one Redis server (with a replica and failover) is enough for you, use
-//! a plain [`RedisLock`](super::RedisLocks): it is simpler, faster, and its
-//! fencing tokens do increase strictly while the server keeps its data.
-//!
-//! # The algorithm
-//!
-//! An attempt sends the core's plain acquire script (`SET NX PX` + the
-//! per-server fencing `INCR`) with one fresh token to every server at once
-//! and waits for all answers (each bounded by a short per-server timeout).
-//! It holds the lock when at least `N/2 + 1` servers granted it *and* the
-//! validity `ttl − elapsed − drift` is still positive, where
-//! `drift = ttl/100 + 2 ms` (configurable). Otherwise it releases on every
-//! server (a grant whose reply was lost included) and, if the servers were
-//! merely busy, retries after a random delay until the deadline
-//! ([`LockError::Timeout`]). If so many servers failed that a majority is
-//! out of reach, it stops at once with [`LockError::NoQuorum`], which
-//! carries the servers' errors.
-//!
-//! While the guard lives, a task extends the lock on the granting servers
-//! every `ttl/3`; each time a majority confirms, the validity restarts from
-//! the moment the extension was sent. [`lost`] fires when the validity runs
-//! out without a confirmed majority, or at once when too many servers say
-//! the token is no longer theirs. Release (and drop, in the background)
-//! deletes the key on every server.
-//!
-//! [`lost`]: RedlockGuard::lost
-//! [`best_effort_fencing_token`]: RedlockGuard::best_effort_fencing_token
+//! The type's docs say how it works and what it promises.
 
 use std::fmt;
 use std::sync::Arc;
@@ -140,7 +87,7 @@ impl RedlockOptions {
 
 /// A lock held on a majority of N independent Redis servers.
 ///
-/// Read the [module docs](self) for when (not) to use it. Cloning is cheap.
+/// Read on for when (not) to use it. Cloning is cheap.
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
@@ -159,6 +106,61 @@ impl RedlockOptions {
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # When to use it, and what it cannot promise
+///
+/// Use Redlock when the lock must survive the loss of a minority of Redis
+/// servers *and* you can live with the lock being an efficiency measure
+/// (avoiding duplicate work), not a correctness guarantee. Read Martin
+/// Kleppmann's critique, "How to do distributed locking" (2016), and the
+/// reply by Redis' author before relying on it:
+///
+/// - **Timing assumptions.** Redlock is safe only if processes pause, and
+///   clocks drift, by much less than the TTL. A GC pause, swap or `SIGSTOP`
+///   longer than the validity lets two holders overlap; [`lost`] fires as
+///   soon as this client can tell, which may be after the fact.
+/// - **No true fencing token.** Each server has its own counter, and the
+///   majorities of two successive holders need not overlap on the server
+///   with the highest counter, so the maximum over the granting servers
+///   (offered as [`best_effort_fencing_token`]) can *go backwards*. A
+///   storage layer that must reject stale writers needs a token from a
+///   consensus system (etcd, ZooKeeper), not from Redlock. For that reason
+///   the type-erased [`LockGuard`]'s `fencing_token()` is `None` here.
+/// - **Restarts without persistence.** A server that restarts empty forgets
+///   the lock; if that server was part of the majority, a second client can
+///   get a majority. Run the servers with `appendfsync always`, or keep a
+///   restarted server out for one TTL ("delayed restart").
+/// - **No semaphores or RW locks.** Counting holders needs one source of
+///   truth; lockyard offers [`RedisSemaphore`](super::RedisSemaphore) and
+///   [`RedisRwLock`](super::RedisRwLock) on a single server only.
+///
+/// If one Redis server (with a replica and failover) is enough for you, use
+/// a plain [`RedisLock`](super::RedisLock): it is simpler, faster, and its
+/// fencing tokens do increase strictly while the server keeps its data.
+///
+/// # The algorithm
+///
+/// An attempt sends the core's plain acquire script (`SET NX PX` + the
+/// per-server fencing `INCR`) with one fresh token to every server at once
+/// and waits for all answers (each bounded by a short per-server timeout).
+/// It holds the lock when at least `N/2 + 1` servers granted it *and* the
+/// validity `ttl − elapsed − drift` is still positive, where
+/// `drift = ttl/100 + 2 ms` (configurable). Otherwise it releases on every
+/// server (a grant whose reply was lost included) and, if the servers were
+/// merely busy, retries after a random delay until the deadline
+/// ([`LockError::Timeout`]). If so many servers failed that a majority is
+/// out of reach, it stops at once with [`LockError::NoQuorum`], which
+/// carries the servers' errors.
+///
+/// While the guard lives, a task extends the lock on the granting servers
+/// every `ttl/3`; each time a majority confirms, the validity restarts from
+/// the moment the extension was sent. [`lost`] fires when the validity runs
+/// out without a confirmed majority, or at once when too many servers say
+/// the token is no longer theirs. Release (and drop, in the background)
+/// deletes the key on every server.
+///
+/// [`lost`]: RedlockGuard::lost
+/// [`best_effort_fencing_token`]: RedlockGuard::best_effort_fencing_token
 #[derive(Clone)]
 pub struct Redlock {
     inner: Arc<RedlockInner>,
@@ -430,7 +432,10 @@ impl Redlock {
             let failed = outcome.errors.len() + missing;
             if failed > total - i.quorum {
                 tracing::warn!(
-                    resource = name, granted, failed, total,
+                    resource = name,
+                    granted,
+                    failed,
+                    total,
                     "Redlock: too many servers failed for a majority"
                 );
                 return Err(LockError::NoQuorum {
@@ -456,7 +461,13 @@ impl Redlock {
                 });
             }
             if !logged {
-                tracing::debug!(resource = name, granted, failed, total, "Redlock: busy, retrying");
+                tracing::debug!(
+                    resource = name,
+                    granted,
+                    failed,
+                    total,
+                    "Redlock: busy, retrying"
+                );
                 logged = true;
             }
             tokio::select! {
@@ -475,7 +486,7 @@ impl Redlock {
             match tokio::time::timeout(per_server, async {
                 PlainLock::new(server, name, token).acquire(i.ttl).await
             })
-                .await
+            .await
             {
                 Ok(answer) => answer,
                 Err(_) => Err(server_timeout(name, "acquire", per_server)),
@@ -579,7 +590,11 @@ impl Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
-            spawn_release_all(inner, std::mem::take(&mut self.name), std::mem::take(&mut self.token));
+            spawn_release_all(
+                inner,
+                std::mem::take(&mut self.name),
+                std::mem::take(&mut self.token),
+            );
         }
     }
 }
@@ -716,7 +731,7 @@ impl RedlockGuard {
     /// (their majorities need not share the server with the highest
     /// counter), and a server restarted without persistence restarts its
     /// counter. Do not use it to reject stale writers; see the
-    /// [module docs](self).
+    /// [`Redlock`] docs.
     pub fn best_effort_fencing_token(&self) -> u64 {
         self.fencing
     }
@@ -777,9 +792,9 @@ impl RedlockGuard {
         let (name, token) = (&self.name, &self.token);
         let answers = join_all(i.servers.iter().map(|server| async move {
             match tokio::time::timeout(per_server, async move {
-            PlainLock::new(server, name, token).release().await
-        })
-                .await
+                PlainLock::new(server, name, token).release().await
+            })
+            .await
             {
                 Ok(answer) => answer,
                 Err(_) => Err(server_timeout(name, "release", per_server)),

@@ -1,37 +1,7 @@
 //! [`RedisRwLock`]: a distributed readers/writer lock whose waiting writer
 //! is not starved.
 //!
-//! # How it works
-//!
-//! Three keys per resource, all under one hash tag:
-//! - `{prefix}{<name>}:rw:readers`: a sorted set of reader tokens scored by
-//!   expiry (ms, Redis server clock), like the semaphore's permits;
-//! - `{prefix}{<name>}:rw:writer`: the writer's token, `PX ttl`;
-//! - `{prefix}{<name>}:rw:intent`: the token of the first *waiting* writer,
-//!   with a short `PX` it refreshes on every attempt while it waits.
-//!
-//! A reader gets in when there is neither a writer nor a writer intent. A
-//! writer gets in when there is no other writer, no other writer's intent,
-//! and no live reader; when only readers stand in its way it sets its
-//! intent, which keeps new readers out, so the readers drain and the writer
-//! goes next: a stream of readers cannot starve it. Writers queue behind
-//! the first waiting writer. Every acquisition `INCR`s the resource's
-//! fencing counter. Releases publish on the release channel; the writer's
-//! release and the last reader's release wake waiters, and a busy reply
-//! says when the blocking lease ends, so waiters never poll blindly.
-//!
-//! A crashed reader or writer comes back by itself after its TTL; a crashed
-//! *waiting* writer's intent after the intent TTL (the lock TTL).
-//!
-//! # What it does not promise
-//!
-//! - Reader-to-writer upgrade is not supported: a task holding a read lock
-//!   that asks for the write lock waits for itself until its timeout.
-//! - Fairness is FIFO among one process's tasks (readers and writers share
-//!   one in-process queue); across processes, writers come first once one
-//!   waits, and otherwise whoever asks first after a release wins.
-//! - Like every lease, a holder paused past its TTL may overlap the next
-//!   holder: watch [`lost`](RedisWriteGuard::lost) and use fencing tokens.
+//! The type's docs say how it works and what it promises.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -93,6 +63,38 @@ const REASON_INTENT_SET: i64 = 3;
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # How it works
+///
+/// Three keys per resource, all under one hash tag:
+/// - `{prefix}{<name>}:rw:readers`: a sorted set of reader tokens scored by
+///   expiry (ms, Redis server clock), like the semaphore's permits;
+/// - `{prefix}{<name>}:rw:writer`: the writer's token, `PX ttl`;
+/// - `{prefix}{<name>}:rw:intent`: the token of the first *waiting* writer,
+///   with a short `PX` it refreshes on every attempt while it waits.
+///
+/// A reader gets in when there is neither a writer nor a writer intent. A
+/// writer gets in when there is no other writer, no other writer's intent,
+/// and no live reader; when only readers stand in its way it sets its
+/// intent, which keeps new readers out, so the readers drain and the writer
+/// goes next: a stream of readers cannot starve it. Writers queue behind
+/// the first waiting writer. Every acquisition `INCR`s the resource's
+/// fencing counter. Releases publish on the release channel; the writer's
+/// release and the last reader's release wake waiters, and a busy reply
+/// says when the blocking lease ends, so waiters never poll blindly.
+///
+/// A crashed reader or writer comes back by itself after its TTL; a crashed
+/// *waiting* writer's intent after the intent TTL (the lock TTL).
+///
+/// # What it does not promise
+///
+/// - Reader-to-writer upgrade is not supported: a task holding a read lock
+///   that asks for the write lock waits for itself until its timeout.
+/// - Fairness is FIFO among one process's tasks (readers and writers share
+///   one in-process queue); across processes, writers come first once one
+///   waits, and otherwise whoever asks first after a release wins.
+/// - Like every lease, a holder paused past its TTL may overlap the next
+///   holder: watch [`lost`](RedisWriteGuard::lost) and use fencing tokens.
 #[derive(Clone)]
 pub struct RedisRwLock {
     inner: Arc<RwInner>,
@@ -186,7 +188,10 @@ impl RedisRwLock {
         let i = &self.inner;
         let token = ops::token(&i.name)?;
         let mut pending = Pending::new(&i.client, &i.name, self.read_release(&token)).await?;
-        match pending.attempt(&self.read_call(&token), "read lock").await? {
+        match pending
+            .attempt(&self.read_call(&token), "read lock")
+            .await?
+        {
             (Attempt::Granted { fencing }, sent_at) => {
                 pending.done();
                 Ok(self.read_guard(token, fencing, sent_at))
@@ -205,7 +210,10 @@ impl RedisRwLock {
         let i = &self.inner;
         let token = ops::token(&i.name)?;
         let mut pending = Pending::new(&i.client, &i.name, self.write_release(&token)).await?;
-        match pending.attempt(&self.write_call(&token, false), "write lock").await? {
+        match pending
+            .attempt(&self.write_call(&token, false), "write lock")
+            .await?
+        {
             (Attempt::Granted { fencing }, sent_at) => {
                 pending.done();
                 Ok(self.write_guard(token, fencing, sent_at))
@@ -222,13 +230,27 @@ impl RedisRwLock {
     /// Cancel safe: it only reads.
     pub async fn is_locked(&self) -> Result<bool, LockError> {
         let i = &self.inner;
-        let readers: i64 =
-            invoke(&i.client, &i.name, "count readers", &COUNT_LIVE, &[&i.readers_key], &[]).await?;
+        let readers: i64 = invoke(
+            &i.client,
+            &i.name,
+            "count readers",
+            &COUNT_LIVE,
+            &[&i.readers_key],
+            &[],
+        )
+        .await?;
         if readers > 0 {
             return Ok(true);
         }
-        let writer: i64 =
-            invoke(&i.client, &i.name, "check writer", &EXISTS, &[&i.writer_key], &[]).await?;
+        let writer: i64 = invoke(
+            &i.client,
+            &i.name,
+            "check writer",
+            &EXISTS,
+            &[&i.writer_key],
+            &[],
+        )
+        .await?;
         Ok(writer > 0)
     }
 
@@ -272,7 +294,7 @@ impl RedisRwLock {
         };
         let result = waiting::wait_until_granted(
             wait,
-            &deadline,
+            deadline,
             &mut pending,
             &self.write_call(&token, true),
             |reason| reason == REASON_INTENT_SET,
@@ -363,7 +385,14 @@ impl RedisRwLock {
             sent_at,
         ));
         RedisReadGuard {
-            held: Hold::new(&i.client, &i.name, Mode::Shared, fencing, lease, self.read_release(&token)),
+            held: Hold::new(
+                &i.client,
+                &i.name,
+                Mode::Shared,
+                fencing,
+                lease,
+                self.read_release(&token),
+            ),
         }
     }
 
@@ -378,7 +407,14 @@ impl RedisRwLock {
             sent_at,
         ));
         RedisWriteGuard {
-            held: Hold::new(&i.client, &i.name, Mode::Exclusive, fencing, lease, self.write_release(&token)),
+            held: Hold::new(
+                &i.client,
+                &i.name,
+                Mode::Exclusive,
+                fencing,
+                lease,
+                self.write_release(&token),
+            ),
         }
     }
 

@@ -1,38 +1,7 @@
 //! [`RedisSemaphore`]: a distributed counting semaphore with expiring,
 //! renewed permits.
 //!
-//! # How it works
-//!
-//! The permits of a semaphore are a sorted set
-//! (`{prefix}{<name>}:sem`): one member per holder, its token, scored by the
-//! permit's expiry in milliseconds on the *Redis server's* clock (the scripts
-//! read `TIME`, so client clocks do not matter). The acquire script first
-//! drops expired members — a crashed holder's permit comes back by itself
-//! after its TTL — then adds ours if fewer than `permits` remain, and
-//! `INCR`s the resource's fencing counter, all atomically. The client's
-//! watchdog renews live permits (batched with every other lease of the
-//! client); a permit found gone or expired on renewal fires the guard's
-//! [`lost`](RedisPermitGuard::lost) signal at once. Release removes the
-//! member and publishes on the release channel, which wakes waiters.
-//!
-//! A busy acquire reply says when the earliest permit expires, so a waiter
-//! sleeps until the first of: a release message, that expiry, its deadline.
-//! Tasks of one process queue in a fair in-process FIFO in front of one
-//! remote waiter per resource (see `waiting.rs`).
-//!
-//! # What it does not promise
-//!
-//! - The permit count is the caller's: every process must use the same
-//!   `permits` for a name (each acquire checks against its own value).
-//! - Fairness is FIFO among the tasks of one process; across processes the
-//!   next permit goes to whichever waiter asks first after a release.
-//! - Like every lease-based lock, a holder paused longer than its TTL (GC,
-//!   swap, `SIGSTOP`) may still run while another process got its permit:
-//!   watch [`lost`](RedisPermitGuard::lost) and use the fencing token where
-//!   the protected resource can check it.
-//! - There is deliberately no semaphore over several independent servers
-//!   ([`Redlock`](super::Redlock)): counting permits needs one source of
-//!   truth.
+//! The type's docs say how it works and what it promises.
 
 use std::fmt;
 use std::sync::{Arc, LazyLock};
@@ -90,6 +59,39 @@ pub(crate) static COUNT_LIVE: LazyLock<Script> =
 /// # Ok(())
 /// # }
 /// ```
+///
+/// # How it works
+///
+/// The permits of a semaphore are a sorted set
+/// (`{prefix}{<name>}:sem`): one member per holder, its token, scored by the
+/// permit's expiry in milliseconds on the *Redis server's* clock (the scripts
+/// read `TIME`, so client clocks do not matter). The acquire script first
+/// drops expired members — a crashed holder's permit comes back by itself
+/// after its TTL — then adds ours if fewer than `permits` remain, and
+/// `INCR`s the resource's fencing counter, all atomically. The client's
+/// watchdog renews live permits (batched with every other lease of the
+/// client); a permit found gone or expired on renewal fires the guard's
+/// [`lost`](RedisPermitGuard::lost) signal at once. Release removes the
+/// member and publishes on the release channel, which wakes waiters.
+///
+/// A busy acquire reply says when the earliest permit expires, so a waiter
+/// sleeps until the first of: a release message, that expiry, its deadline.
+/// Tasks of one process queue in a fair in-process FIFO in front of one
+/// remote waiter per resource.
+///
+/// # What it does not promise
+///
+/// - The permit count is the caller's: every process must use the same
+///   `permits` for a name (each acquire checks against its own value).
+/// - Fairness is FIFO among the tasks of one process; across processes the
+///   next permit goes to whichever waiter asks first after a release.
+/// - Like every lease-based lock, a holder paused longer than its TTL (GC,
+///   swap, `SIGSTOP`) may still run while another process got its permit:
+///   watch [`lost`](RedisPermitGuard::lost) and use the fencing token where
+///   the protected resource can check it.
+/// - There is deliberately no semaphore over several independent servers
+///   ([`Redlock`](super::Redlock)): counting permits needs one source of
+///   truth.
 #[derive(Clone)]
 pub struct RedisSemaphore {
     inner: Arc<SemaphoreInner>,
@@ -202,7 +204,10 @@ impl RedisSemaphore {
         let i = &self.inner;
         let token = ops::token(&i.name)?;
         let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token)).await?;
-        match pending.attempt(&self.acquire_call(&token), "acquire permit").await? {
+        match pending
+            .attempt(&self.acquire_call(&token), "acquire permit")
+            .await?
+        {
             (Attempt::Granted { fencing }, sent_at) => {
                 pending.done();
                 Ok(self.guard(token, fencing, sent_at, mode))
@@ -222,7 +227,15 @@ impl RedisSemaphore {
     /// Cancel safe: it only reads.
     pub async fn holders(&self) -> Result<u32, LockError> {
         let i = &self.inner;
-        let n: i64 = invoke(&i.client, &i.name, "count permits", &COUNT_LIVE, &[&i.set_key], &[]).await?;
+        let n: i64 = invoke(
+            &i.client,
+            &i.name,
+            "count permits",
+            &COUNT_LIVE,
+            &[&i.set_key],
+            &[],
+        )
+        .await?;
         u32::try_from(n).map_err(|_| LockError::Protocol {
             resource: i.name.clone(),
             op: "count permits",
@@ -294,7 +307,14 @@ impl RedisSemaphore {
             sent_at,
         ));
         RedisPermitGuard {
-            held: Hold::new(&i.client, &i.name, mode, fencing, lease, self.release_call(&token)),
+            held: Hold::new(
+                &i.client,
+                &i.name,
+                mode,
+                fencing,
+                lease,
+                self.release_call(&token),
+            ),
         }
     }
 }

@@ -65,7 +65,11 @@ pub(crate) enum Attempt {
 
 impl Attempt {
     /// Parses `{1, fencing}` or `{0, ms[, reason[, holders]]}`.
-    pub(crate) fn parse(value: &Value, resource: &str, op: &'static str) -> Result<Self, LockError> {
+    pub(crate) fn parse(
+        value: &Value,
+        resource: &str,
+        op: &'static str,
+    ) -> Result<Self, LockError> {
         let protocol = |detail: String| LockError::Protocol {
             resource: resource.to_owned(),
             op,
@@ -170,9 +174,10 @@ impl Pending {
         self.armed = true;
         let sent_at = Instant::now();
         let op_timeout = self.client.options().op_timeout;
-        let reply = tokio::time::timeout(op_timeout, call.run_on(&mut self.conn, &self.resource, op))
-            .await
-            .unwrap_or_else(|_| Err(timed_out(&self.resource, op)))?;
+        let reply =
+            tokio::time::timeout(op_timeout, call.run_on(&mut self.conn, &self.resource, op))
+                .await
+                .unwrap_or_else(|_| Err(timed_out(&self.resource, op)))?;
         let attempt = Attempt::parse(&reply, &self.resource, op)?;
         // A busy answer took nothing (callers re-arm for a writer intent).
         self.armed = matches!(attempt, Attempt::Granted { .. });
@@ -191,8 +196,11 @@ impl Pending {
         self.armed = false;
         if let Some(undo) = &self.undo {
             let op_timeout = self.client.options().op_timeout;
-            let _ = tokio::time::timeout(op_timeout, undo.run_on(&mut self.conn, &self.resource, "undo"))
-                .await;
+            let _ = tokio::time::timeout(
+                op_timeout,
+                undo.run_on(&mut self.conn, &self.resource, "undo"),
+            )
+            .await;
         }
     }
 
@@ -408,7 +416,10 @@ mod tests {
             Value::Array(vec![Value::Int(0), Value::SimpleString("x".into())]),
         ] {
             let err = Attempt::parse(&bad, "r", "acquire").unwrap_err();
-            assert!(matches!(err, LockError::Protocol { .. }), "{bad:?}: {err:?}");
+            assert!(
+                matches!(err, LockError::Protocol { .. }),
+                "{bad:?}: {err:?}"
+            );
         }
     }
 }
