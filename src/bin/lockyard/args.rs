@@ -1,0 +1,166 @@
+//! The command line, declared with clap.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand};
+
+use crate::duration::parse_duration;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  N        exec: COMMAND's own exit code (128+S if it was killed by signal S)
+  1        exec: the lock is held (-n, or -w ran out); -E N changes it
+  64       usage error (bad option, DUR, name, or combination)
+  66       status/cleanup: the lock directory does not exist
+  69       the backend (Redis) is unavailable or refused us
+  70       internal error
+  71       COMMAND could not be started (OS error)
+  73       the lock directory or a lock file cannot be created
+  74       other I/O error
+  75       exec --redis: the lock was lost while COMMAND ran; COMMAND got SIGTERM,
+           then SIGKILL 5 s later
+  76       the backend answered something unexpected
+  77       permission denied, or an unsafe path (symlinked lock file, foreign directory)
+  126/127  COMMAND cannot be executed / was not found";
+
+/// Run commands under cross-process (file) or distributed (Redis) locks.
+#[derive(Debug, Parser)]
+#[command(name = "lockyard", version, after_long_help = EXIT_CODES)]
+pub(crate) struct Cli {
+    /// Print what lockyard does to stderr: who holds the lock and how long
+    /// the wait has taken (-vv, -vvv: more detail).
+    #[arg(short, long, action = ArgAction::Count, global = true)]
+    pub(crate) verbose: u8,
+
+    /// Do not print why the lock could not be had.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub(crate) quiet: bool,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run COMMAND while holding the lock NAME; exit with COMMAND's exit code.
+    #[command(after_long_help = EXIT_CODES)]
+    Exec(ExecArgs),
+    /// List lock files (or, with --redis, held Redis locks).
+    Status(StatusArgs),
+    /// Remove stale lock files (free, and whose owner is gone or older than --max-age).
+    Cleanup(CleanupArgs),
+}
+
+/// Where the lock files live.
+#[derive(Debug, Args)]
+pub(crate) struct DirArg {
+    /// Lock directory [default: $XDG_RUNTIME_DIR/lockyard, else <temp dir>/lockyard-<uid>].
+    #[arg(long, env = "LOCKYARD_DIR", value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ExecArgs {
+    #[command(flatten)]
+    pub(crate) dir: DirArg,
+
+    /// Take a shared lock (readers share, an exclusive holder excludes them).
+    #[arg(short, long)]
+    pub(crate) shared: bool,
+
+    /// Fail at once if the lock is held (same as -w 0).
+    #[arg(short, long)]
+    pub(crate) nonblock: bool,
+
+    /// Give up after DUR (2.5, 500ms, 30s, 2m, 1h); the default waits for ever.
+    #[arg(short = 'w', long, value_name = "DUR", value_parser = parse_duration,
+          allow_negative_numbers = true)]
+    pub(crate) timeout: Option<Duration>,
+
+    /// Exit code when the lock cannot be had [default: 1].
+    #[arg(short = 'E', long, value_name = "N")]
+    pub(crate) conflict_exit_code: Option<u8>,
+
+    /// Lock on Redis instead of a file (a lock, a semaphore with --permits, a
+    /// read lock with --shared); give several independent servers for Redlock.
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Vec<String>,
+
+    /// Redis lock time-to-live; renewed about every TTL/3 while COMMAND runs.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "redis")]
+    pub(crate) ttl: Option<Duration>,
+
+    /// Redis semaphore: let up to N holders run at once.
+    #[arg(long, value_name = "N", requires = "redis", conflicts_with = "shared",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) permits: Option<u32>,
+
+    /// The lock's name ([A-Za-z0-9._-] maps to <DIR>/<NAME>.lock; anything else is escaped).
+    pub(crate) name: String,
+
+    /// The command to run, and its arguments (after `--`, or directly).
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub(crate) command: Vec<OsString>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    pub(crate) dir: DirArg,
+
+    /// Print one JSON array of {name, held, mode, pid, host, since}.
+    #[arg(long)]
+    pub(crate) json: bool,
+
+    /// List the locks held on this Redis server instead of lock files.
+    #[arg(long, value_name = "URL")]
+    pub(crate) redis: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CleanupArgs {
+    #[command(flatten)]
+    pub(crate) dir: DirArg,
+
+    /// Also remove free lock files older than DUR, even if their owner may live.
+    #[arg(long, value_name = "DUR", value_parser = parse_duration)]
+    pub(crate) max_age: Option<Duration>,
+
+    /// List what would be removed; remove nothing.
+    #[arg(long)]
+    pub(crate) dry_run: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn command_with_and_without_double_dash() {
+        for argv in [
+            &["lockyard", "exec", "-n", "job", "--", "echo", "-n", "x"][..],
+            &["lockyard", "exec", "-n", "job", "echo", "-n", "x"][..],
+        ] {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Exec(e) = cli.command else {
+                panic!("not exec")
+            };
+            assert!(e.nonblock);
+            assert_eq!(e.name, "job");
+            assert_eq!(e.command, ["echo", "-n", "x"]);
+        }
+    }
+}

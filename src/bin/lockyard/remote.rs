@@ -1,0 +1,154 @@
+//! `exec --redis` and `status --redis`: distributed locks.
+//!
+//! One URL: a [`RedisLocks`] lock, a semaphore (`--permits N`) or the read
+//! side of a RW lock (`--shared`). Several URLs: Redlock over independent
+//! servers (exclusive only). The library's watchdog renews the lease every
+//! TTL/3 while COMMAND runs; if the lock is lost COMMAND gets SIGTERM, then
+//! SIGKILL after [`LOST_GRACE`](crate::child::LOST_GRACE), and lockyard exits
+//! with [`LOCK_LOST`](crate::exit::LOCK_LOST). COMMAND sees its fencing token
+//! in `LOCKYARD_FENCING_TOKEN`.
+
+use std::time::Duration;
+
+use lockyard::redis::{RedisLockInfo, RedisLocks, RedisOptions, Redlock};
+use lockyard::{AcquireOptions, Lock, LockError, LockGuard, Mode};
+
+use crate::args::{ExecArgs, StatusArgs};
+use crate::child::Signals;
+use crate::exit::{self, CliError};
+use crate::files::signal_exit;
+use crate::{Ctx, run_locked, waiting};
+
+/// The lease when `--ttl` is not given.
+const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// The environment variable COMMAND finds its fencing token in.
+const FENCING_ENV: &str = "LOCKYARD_FENCING_TOKEN";
+
+pub(crate) async fn exec(
+    ctx: &Ctx,
+    args: &ExecArgs,
+    signals: &mut Signals,
+) -> Result<u8, CliError> {
+    let name = args.name.as_str();
+    let opts = RedisOptions::new().ttl(args.ttl.unwrap_or(DEFAULT_TTL));
+    let timeout = ctx.timeout(args);
+    let acquired = tokio::select! {
+        res = acquire(args, opts, timeout) => res,
+        sig = signals.recv() => return Ok(signal_exit(sig)),
+    };
+    let guard = match acquired {
+        Ok(guard) => guard,
+        Err(err) if err.is_contended() => {
+            return Err(ctx.conflict(args, name, None, &err));
+        }
+        Err(err) => return Err(err.into()),
+    };
+    let token = guard.fencing_token();
+    tracing::info!("holding `{name}` on Redis (fencing token {token:?})");
+    let envs: Vec<(&str, String)> = token
+        .map(|t| (FENCING_ENV, t.to_string()))
+        .into_iter()
+        .collect();
+    let code = run_locked(&args.command, &envs, guard.lost(), signals).await;
+    match guard.release().await {
+        Ok(()) => {}
+        // Already reported as exit 75; the lease is gone anyway.
+        Err(_) if code.as_ref().is_err_and(|e| e.code == exit::LOCK_LOST) => {}
+        Err(e) if !ctx.quiet => eprintln!(
+            "lockyard: warning: could not release `{name}` (it expires by itself within its TTL): {}",
+            exit::error_chain(&e)
+        ),
+        Err(_) => {}
+    }
+    code
+}
+
+/// Connects and acquires according to the flags.
+async fn acquire(
+    args: &ExecArgs,
+    opts: RedisOptions,
+    timeout: Option<Duration>,
+) -> Result<LockGuard, LockError> {
+    let name = args.name.as_str();
+    let nonblock = timeout.is_some_and(|t| t.is_zero());
+    if let [url] = args.redis.as_slice() {
+        let locks = RedisLocks::connect_with(url, opts).await?;
+        let (lock, mode): (Box<dyn Lock>, Mode) = match (args.permits, args.shared) {
+            (Some(permits), _) => (Box::new(locks.semaphore(name, permits)?), Mode::Exclusive),
+            (None, true) => (Box::new(locks.rwlock(name)?), Mode::Shared),
+            (None, false) => (Box::new(locks.lock(name)?), Mode::Exclusive),
+        };
+        let acquire = async {
+            if nonblock {
+                lock.try_lock(mode).await
+            } else {
+                let mut o = AcquireOptions::new().mode(mode);
+                o.timeout = timeout;
+                lock.lock(&o).await
+            }
+        };
+        return waiting::acquire_reporting(name, acquire, || async { None }).await;
+    }
+    if args.permits.is_some() || args.shared {
+        return Err(LockError::InvalidArgument {
+            what: "--permits/--shared",
+            reason: "Redlock (several --redis URLs) offers exclusive locks only".to_owned(),
+        });
+    }
+    let urls: Vec<&str> = args.redis.iter().map(String::as_str).collect();
+    let redlock = Redlock::connect(&urls, opts).await?;
+    let acquire = async {
+        let guard = if nonblock {
+            redlock.try_acquire(name).await?
+        } else {
+            redlock
+                .acquire(name, timeout.unwrap_or(Duration::MAX))
+                .await?
+        };
+        Ok(LockGuard::from(guard))
+    };
+    waiting::acquire_reporting(name, acquire, || async { None }).await
+}
+
+pub(crate) async fn status(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
+    let locks = RedisLocks::connect(url).await?;
+    let held = locks.list().await?;
+    let text = if args.json {
+        let rows: Vec<serde_json::Value> = held.iter().map(json_row).collect();
+        serde_json::Value::Array(rows).to_string() + "\n"
+    } else {
+        let mut rows = vec![["NAME", "KIND", "HOLDERS", "TTL", "FENCING"].map(str::to_owned)];
+        for info in &held {
+            rows.push([
+                info.name.clone(),
+                info.kind.to_owned(),
+                info.holders.to_string(),
+                info.ttl
+                    .map_or_else(|| "-".to_owned(), |t| format!("{:.1}s", t.as_secs_f64())),
+                info.fencing_token
+                    .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+            ]);
+        }
+        crate::format_table(&rows)
+    };
+    crate::print(&text)?;
+    Ok(0)
+}
+
+/// The same keys as the file listing (`pid`, `host`, `since` are unknown on
+/// Redis: null) plus `kind`, `holders`, `ttl_ms`, `fencing_token`.
+fn json_row(info: &RedisLockInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": info.name,
+        "held": info.holders > 0,
+        "mode": (info.kind == "lock").then_some("exclusive"),
+        "pid": null,
+        "host": null,
+        "since": null,
+        "kind": info.kind,
+        "holders": info.holders,
+        "ttl_ms": info.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        "fencing_token": info.fencing_token,
+    })
+}

@@ -1,0 +1,88 @@
+//! Waiting for a lock while telling the user why (`--verbose`), and the
+//! one-line conflict message.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use lockyard::{LockError, Owner};
+
+/// How often `--verbose` repeats who holds the lock while waiting.
+const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// `pid 42 on build-07 since 2026-11-22T21:03:26Z (exclusive)`.
+pub(crate) fn describe_owner(owner: &Owner) -> String {
+    format!(
+        "pid {} on {} since {} ({})",
+        owner.pid,
+        owner.host,
+        humantime::format_rfc3339_seconds(owner.since),
+        owner.mode
+    )
+}
+
+/// Drives `acquire` to completion; while it is pending and INFO events are
+/// enabled, logs who holds the lock (from `holder`) and how long the wait has
+/// taken, at once and then every [`REPORT_EVERY`].
+///
+/// The holder query runs beside the acquisition, never in front of it, so it
+/// cannot delay a hand-off or a timeout.
+pub(crate) async fn acquire_reporting<T, A, H, HF>(
+    name: &str,
+    acquire: A,
+    holder: H,
+) -> Result<T, LockError>
+where
+    A: Future<Output = Result<T, LockError>>,
+    H: Fn() -> HF,
+    HF: Future<Output = Option<String>>,
+{
+    let start = Instant::now();
+    let verbose = tracing::enabled!(tracing::Level::INFO);
+    let report = async {
+        if !verbose {
+            return std::future::pending::<Result<T, LockError>>().await;
+        }
+        let mut tick = tokio::time::interval(REPORT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let who = holder().await;
+            let who = who.as_deref().unwrap_or("an unknown holder");
+            tracing::info!(
+                "waiting for lock `{name}`: held by {who}; waited {:.3}s",
+                start.elapsed().as_secs_f64()
+            );
+        }
+    };
+    let result = tokio::select! {
+        biased;
+        result = acquire => result,
+        never = report => never,
+    };
+    match &result {
+        Ok(_) => tracing::info!(
+            "acquired lock `{name}` after {:.3}s",
+            start.elapsed().as_secs_f64()
+        ),
+        Err(e) => tracing::info!(
+            "gave up on lock `{name}` after {:.3}s: {e}",
+            start.elapsed().as_secs_f64()
+        ),
+    }
+    result
+}
+
+/// The line printed when the lock cannot be had.
+pub(crate) fn conflict_message(name: &str, holder: Option<String>, err: &LockError) -> String {
+    let who = holder.map_or_else(
+        || "held by another process".to_owned(),
+        |h| format!("held by {h}"),
+    );
+    match err {
+        LockError::Timeout { waited, .. } => format!(
+            "lock `{name}` is {who}; gave up after {:.3}s",
+            waited.as_secs_f64()
+        ),
+        _ => format!("lock `{name}` is {who}; not waiting (-n)"),
+    }
+}
