@@ -188,11 +188,9 @@ fn bad_lock_dir_is_a_clean_error() {
 }
 
 #[test]
-fn closed_stdout_is_an_error_not_a_panic() {
+fn failing_stdout_is_an_error_not_a_panic() {
     let env = Env::new();
     let _h = env.hold("x", &[]);
-    let mut cmd = env.cmd(&["status", "--json"]);
-    cmd.stdout(std::process::Stdio::null());
     // Writing to /dev/full fails with ENOSPC.
     let full = std::fs::OpenOptions::new()
         .write(true)
@@ -202,4 +200,45 @@ fn closed_stdout_is_an_error_not_a_panic() {
     cmd.stdout(full).stderr(std::process::Stdio::piped());
     let out = cmd.output().unwrap();
     assert_clean_failure(&out, 74);
+}
+
+#[test]
+fn lock_dir_precedence() {
+    let env = Env::new();
+    let list = |dir: &std::path::Path| format!("ls '{}'", dir.display());
+    // --dir beats $LOCKYARD_DIR.
+    let chosen = env.path("chosen");
+    let out = env.run(&[
+        "exec",
+        "--dir",
+        chosen.to_str().unwrap(),
+        "a",
+        "--",
+        "sh",
+        "-c",
+        &list(&chosen),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("a.lock"), "{}", stdout(&out));
+    // No (or an empty) $LOCKYARD_DIR: $XDG_RUNTIME_DIR/lockyard ...
+    let xdg = env.path("xdg");
+    std::fs::create_dir(&xdg).unwrap();
+    let mut cmd = env.cmd(&["exec", "b", "--", "sh", "-c", &list(&xdg.join("lockyard"))]);
+    cmd.env("LOCKYARD_DIR", "").env("XDG_RUNTIME_DIR", &xdg);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("b.lock"), "{}", stdout(&out));
+    // ... else <temp dir>/lockyard-<uid>.
+    let tmp = env.path("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    // SAFETY: getuid has no preconditions.
+    let uid = unsafe { libc::getuid() };
+    let expected = tmp.join(format!("lockyard-{uid}"));
+    let mut cmd = env.cmd(&["exec", "c", "--", "sh", "-c", &list(&expected)]);
+    cmd.env_remove("LOCKYARD_DIR")
+        .env_remove("XDG_RUNTIME_DIR")
+        .env("TMPDIR", &tmp);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("c.lock"), "{}", stdout(&out));
 }

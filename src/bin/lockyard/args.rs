@@ -56,8 +56,9 @@ pub(crate) enum Command {
 /// Where the lock files live.
 #[derive(Debug, Args)]
 pub(crate) struct DirArg {
-    /// Lock directory [default: $XDG_RUNTIME_DIR/lockyard, else <temp dir>/lockyard-<uid>].
-    #[arg(long, env = "LOCKYARD_DIR", value_name = "DIR")]
+    /// Lock directory [default: $LOCKYARD_DIR, else $XDG_RUNTIME_DIR/lockyard,
+    /// else <temp dir>/lockyard-<uid>].
+    #[arg(long, value_name = "DIR")]
     pub(crate) dir: Option<PathBuf>,
 }
 

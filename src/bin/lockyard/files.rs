@@ -9,11 +9,12 @@ use crate::child::Signals;
 use crate::exit::{self, CliError};
 use crate::{Ctx, run_locked, waiting};
 
-/// `--dir`, else `$LOCKYARD_DIR`, else a per-user directory; and whether the
-/// user chose it.
+/// `--dir`, else `$LOCKYARD_DIR` (unless empty), else a per-user directory;
+/// and whether the user chose it.
 fn resolve_dir(arg: &DirArg) -> (PathBuf, bool) {
-    match &arg.dir {
-        Some(dir) => (dir.clone(), true),
+    let env = std::env::var_os("LOCKYARD_DIR").filter(|d| !d.is_empty());
+    match arg.dir.clone().or_else(|| env.map(PathBuf::from)) {
+        Some(dir) => (dir, true),
         None => (default_dir(), false),
     }
 }
