@@ -32,10 +32,12 @@ fn killed_command_gives_128_plus_signal() {
 }
 
 #[test]
-fn missing_command_is_127() {
+fn missing_or_unrunnable_command_is_127_or_126() {
     let env = Env::new();
     let out = env.run(&["exec", "job", "--", "/nonexistent/command"]);
     assert_clean_failure(&out, 127);
+    let out = env.run(&["exec", "job", "--", "/"]);
+    assert_clean_failure(&out, 126);
 }
 
 #[test]

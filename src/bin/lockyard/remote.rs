@@ -25,16 +25,18 @@ const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// The environment variable COMMAND finds its fencing token in.
 const FENCING_ENV: &str = "LOCKYARD_FENCING_TOKEN";
 
-pub(crate) async fn exec(
-    ctx: &Ctx,
-    args: &ExecArgs,
-    signals: &mut Signals,
-) -> Result<u8, CliError> {
+pub(crate) async fn exec(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, CliError> {
     let name = args.name.as_str();
     let opts = RedisOptions::new().ttl(args.ttl.unwrap_or(DEFAULT_TTL));
     let timeout = ctx.timeout(args);
+    // The client (and lock handle) live until the guard is released: the
+    // client owns the watchdog that renews the lease.
+    let backend = tokio::select! {
+        res = Backend::connect(args, opts) => res?,
+        sig = signals.recv() => return Ok(signal_exit(sig)),
+    };
     let acquired = tokio::select! {
-        res = acquire(args, opts, timeout) => res,
+        res = backend.acquire(name, timeout) => res,
         sig = signals.recv() => return Ok(signal_exit(sig)),
     };
     let guard = match acquired {
@@ -61,54 +63,69 @@ pub(crate) async fn exec(
         ),
         Err(_) => {}
     }
+    drop(backend);
     code
 }
 
-/// Connects and acquires according to the flags.
-async fn acquire(
-    args: &ExecArgs,
-    opts: RedisOptions,
-    timeout: Option<Duration>,
-) -> Result<LockGuard, LockError> {
-    let name = args.name.as_str();
-    let nonblock = timeout.is_some_and(|t| t.is_zero());
-    if let [url] = args.redis.as_slice() {
-        let locks = RedisLocks::connect_with(url, opts).await?;
-        let (lock, mode): (Box<dyn Lock>, Mode) = match (args.permits, args.shared) {
-            (Some(permits), _) => (Box::new(locks.semaphore(name, permits)?), Mode::Exclusive),
-            (None, true) => (Box::new(locks.rwlock(name)?), Mode::Shared),
-            (None, false) => (Box::new(locks.lock(name)?), Mode::Exclusive),
-        };
+/// What `exec --redis` locks with.
+enum Backend {
+    /// One server: a lock, a semaphore or a RW lock (read side), by flags.
+    Single {
+        _client: RedisLocks,
+        lock: Box<dyn Lock>,
+        mode: Mode,
+    },
+    /// Several independent servers: Redlock.
+    Quorum(Redlock),
+}
+
+impl Backend {
+    async fn connect(args: &ExecArgs, opts: RedisOptions) -> Result<Self, LockError> {
+        let name = args.name.as_str();
+        if let [url] = args.redis.as_slice() {
+            let client = RedisLocks::connect_with(url, opts).await?;
+            let (lock, mode): (Box<dyn Lock>, Mode) = match (args.permits, args.shared) {
+                (Some(permits), _) => (Box::new(client.semaphore(name, permits)?), Mode::Exclusive),
+                (None, true) => (Box::new(client.rwlock(name)?), Mode::Shared),
+                (None, false) => (Box::new(client.lock(name)?), Mode::Exclusive),
+            };
+            return Ok(Backend::Single {
+                _client: client,
+                lock,
+                mode,
+            });
+        }
+        if args.permits.is_some() || args.shared {
+            return Err(LockError::InvalidArgument {
+                what: "--permits/--shared",
+                reason: "Redlock (several --redis URLs) offers exclusive locks only".to_owned(),
+            });
+        }
+        let urls: Vec<&str> = args.redis.iter().map(String::as_str).collect();
+        Ok(Backend::Quorum(Redlock::connect(&urls, opts).await?))
+    }
+
+    /// `timeout`: `None` waits for ever, `Some(ZERO)` tries once.
+    async fn acquire(&self, name: &str, timeout: Option<Duration>) -> Result<LockGuard, LockError> {
+        let nonblock = timeout.is_some_and(|t| t.is_zero());
         let acquire = async {
-            if nonblock {
-                lock.try_lock(mode).await
-            } else {
-                let mut o = AcquireOptions::new().mode(mode);
-                o.timeout = timeout;
-                lock.lock(&o).await
+            match self {
+                Backend::Single { lock, mode, .. } if nonblock => lock.try_lock(*mode).await,
+                Backend::Single { lock, mode, .. } => {
+                    let mut o = AcquireOptions::new().mode(*mode);
+                    o.timeout = timeout;
+                    lock.lock(&o).await
+                }
+                Backend::Quorum(redlock) if nonblock => {
+                    Ok(LockGuard::from(redlock.try_acquire(name).await?))
+                }
+                Backend::Quorum(redlock) => Ok(LockGuard::from(
+                    redlock.acquire(name, timeout.unwrap_or(Duration::MAX)).await?,
+                )),
             }
         };
-        return waiting::acquire_reporting(name, acquire, || async { None }).await;
+        waiting::acquire_reporting(name, acquire, || async { None }).await
     }
-    if args.permits.is_some() || args.shared {
-        return Err(LockError::InvalidArgument {
-            what: "--permits/--shared",
-            reason: "Redlock (several --redis URLs) offers exclusive locks only".to_owned(),
-        });
-    }
-    let urls: Vec<&str> = args.redis.iter().map(String::as_str).collect();
-    let redlock = Redlock::connect(&urls, opts).await?;
-    let acquire = async {
-        let guard = if nonblock {
-            redlock.try_acquire(name).await?
-        } else {
-            redlock
-                .acquire(name, timeout.unwrap_or(Duration::MAX))
-                .await?
-        };
-        Ok(LockGuard::from(guard))
-    };
-    waiting::acquire_reporting(name, acquire, || async { None }).await
 }
 
 pub(crate) async fn status(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
