@@ -2,8 +2,8 @@
 //! (Redis) locks, list locks, clean up stale lock files.
 //!
 //! ```text
-//! lockyard exec [--dir DIR] [-s] [-n] [-w DUR] [-E N] [-v] [--redis URL ...] [--ttl DUR]
-//!               [--permits N] NAME -- COMMAND [ARGS...]
+//! lockyard exec [--dir DIR] [-s] [-n] [-w DUR] [-E N] [-v] [--redis URL] [--ttl DUR]
+//!               NAME -- COMMAND [ARGS...]
 //! lockyard status  [--dir DIR] [--json] [--redis URL]
 //! lockyard cleanup [--dir DIR] [--max-age DUR] [--dry-run]
 //! ```
@@ -74,7 +74,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
     match &cli.command {
         Command::Exec(args) => {
             let mut signals = Signals::install()?;
-            if args.redis.is_empty() {
+            if args.redis.is_none() {
                 files::exec(&ctx, args, &mut signals).await
             } else {
                 redis_exec(&ctx, args, &mut signals).await
@@ -146,9 +146,10 @@ impl Ctx {
     }
 }
 
-/// Runs COMMAND (the lock is held by the caller) and returns lockyard's exit
-/// code: COMMAND's, 128+signal, or [`exit::LOCK_LOST`] when `lost` fired.
+/// Runs COMMAND while the caller holds lock `name` and returns lockyard's
+/// exit code: COMMAND's, 128+signal, or [`exit::LOCK_LOST`] when `lost` fired.
 pub(crate) async fn run_locked(
+    name: &str,
     command: &[OsString],
     envs: &[(&str, String)],
     lost: impl Future<Output = ()>,
@@ -163,7 +164,7 @@ pub(crate) async fn run_locked(
         }
         End::LockLost => Err(CliError::new(
             exit::LOCK_LOST,
-            "the lock was lost while COMMAND ran; COMMAND was terminated",
+            format!("lock `{name}` was lost while COMMAND ran; COMMAND was terminated"),
         )),
     }
 }

@@ -84,19 +84,15 @@ pub(crate) struct ExecArgs {
     #[arg(short = 'E', long, value_name = "N")]
     pub(crate) conflict_exit_code: Option<u8>,
 
-    /// Lock on Redis instead of a file (a lock, a semaphore with --permits, a
-    /// read lock with --shared); give several independent servers for Redlock.
+    /// Lock on the Redis server at URL instead of a file; the lease is
+    /// renewed while COMMAND runs (exit 75 if it is lost anyway).
     #[arg(long, value_name = "URL")]
-    pub(crate) redis: Vec<String>,
+    pub(crate) redis: Option<String>,
 
-    /// Redis lock time-to-live; renewed about every TTL/3 while COMMAND runs.
+    /// Redis lock time-to-live; renewed about every TTL/3 while COMMAND runs
+    /// [default: 30s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "redis")]
     pub(crate) ttl: Option<Duration>,
-
-    /// Redis semaphore: let up to N holders run at once.
-    #[arg(long, value_name = "N", requires = "redis", conflicts_with = "shared",
-          value_parser = clap::value_parser!(u32).range(1..))]
-    pub(crate) permits: Option<u32>,
 
     /// The lock's name ([A-Za-z0-9._-] maps to <DIR>/<NAME>.lock; anything else is escaped).
     pub(crate) name: String,

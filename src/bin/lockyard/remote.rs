@@ -1,8 +1,6 @@
 //! `exec --redis` and `status --redis`: distributed locks.
 //!
-//! One URL: a [`RedisLocks`] lock, a semaphore (`--permits N`) or the read
-//! side of a RW lock (`--shared`). Several URLs: Redlock over independent
-//! servers (exclusive only). The library's watchdog renews the lease every
+//! An exclusive [`RedisLocks`] lock on one server. The library's watchdog renews the lease every
 //! TTL/3 while COMMAND runs; if the lock is lost COMMAND gets SIGTERM, then
 //! SIGKILL after [`LOST_GRACE`](crate::child::LOST_GRACE), and lockyard exits
 //! with [`LOCK_LOST`](crate::exit::LOCK_LOST). COMMAND sees its fencing token
@@ -10,8 +8,8 @@
 
 use std::time::Duration;
 
-use lockyard::redis::{RedisLockInfo, RedisLocks, RedisOptions, Redlock};
-use lockyard::{AcquireOptions, Lock, LockError, LockGuard, Mode};
+use lockyard::redis::{RedisLock, RedisLockInfo, RedisLocks, RedisOptions};
+use lockyard::{AcquireOptions, LockError, LockGuard};
 
 use crate::args::{ExecArgs, StatusArgs};
 use crate::child::Signals;
@@ -25,7 +23,11 @@ const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// The environment variable COMMAND finds its fencing token in.
 const FENCING_ENV: &str = "LOCKYARD_FENCING_TOKEN";
 
-pub(crate) async fn exec(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, CliError> {
+pub(crate) async fn exec(
+    ctx: &Ctx,
+    args: &ExecArgs,
+    signals: &mut Signals,
+) -> Result<u8, CliError> {
     let name = args.name.as_str();
     let opts = RedisOptions::new().ttl(args.ttl.unwrap_or(DEFAULT_TTL));
     let timeout = ctx.timeout(args);
@@ -42,7 +44,8 @@ pub(crate) async fn exec(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> R
     let guard = match acquired {
         Ok(guard) => guard,
         Err(err) if err.is_contended() => {
-            return Err(ctx.conflict(args, name, None, &err));
+            let who = Some("another Redis client".to_owned());
+            return Err(ctx.conflict(args, name, who, &err));
         }
         Err(err) => return Err(err.into()),
     };
@@ -52,77 +55,58 @@ pub(crate) async fn exec(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> R
         .map(|t| (FENCING_ENV, t.to_string()))
         .into_iter()
         .collect();
-    let code = run_locked(&args.command, &envs, guard.lost(), signals).await;
-    match guard.release().await {
-        Ok(()) => {}
-        // Already reported as exit 75; the lease is gone anyway.
-        Err(_) if code.as_ref().is_err_and(|e| e.code == exit::LOCK_LOST) => {}
-        Err(e) if !ctx.quiet => eprintln!(
+    let code = run_locked(name, &args.command, &envs, guard.lost(), signals).await;
+    if code.as_ref().is_err_and(|e| e.code == exit::LOCK_LOST) {
+        // The lease is gone; releasing would only wait on a Redis that may be down.
+        drop(guard);
+    } else if let Err(e) = guard.release().await
+        && !ctx.quiet
+    {
+        eprintln!(
             "lockyard: warning: could not release `{name}` (it expires by itself within its TTL): {}",
             exit::error_chain(&e)
-        ),
-        Err(_) => {}
+        );
     }
     drop(backend);
     code
 }
 
-/// What `exec --redis` locks with.
-enum Backend {
-    /// One server: a lock, a semaphore or a RW lock (read side), by flags.
-    Single {
-        _client: RedisLocks,
-        lock: Box<dyn Lock>,
-        mode: Mode,
-    },
-    /// Several independent servers: Redlock.
-    Quorum(Redlock),
+/// What `exec --redis` locks with: one server, an exclusive lock.
+struct Backend {
+    /// Owns the watchdog that renews the lease.
+    _client: RedisLocks,
+    lock: RedisLock,
 }
 
 impl Backend {
     async fn connect(args: &ExecArgs, opts: RedisOptions) -> Result<Self, LockError> {
-        let name = args.name.as_str();
-        if let [url] = args.redis.as_slice() {
-            let client = RedisLocks::connect_with(url, opts).await?;
-            let (lock, mode): (Box<dyn Lock>, Mode) = match (args.permits, args.shared) {
-                (Some(permits), _) => (Box::new(client.semaphore(name, permits)?), Mode::Exclusive),
-                (None, true) => (Box::new(client.rwlock(name)?), Mode::Shared),
-                (None, false) => (Box::new(client.lock(name)?), Mode::Exclusive),
-            };
-            return Ok(Backend::Single {
-                _client: client,
-                lock,
-                mode,
+        let url = args.redis.as_deref().unwrap_or_default();
+        if args.shared {
+            return Err(LockError::Unsupported {
+                resource: args.name.clone(),
+                what: "a shared Redis lock (--shared with --redis)",
             });
         }
-        if args.permits.is_some() || args.shared {
-            return Err(LockError::InvalidArgument {
-                what: "--permits/--shared",
-                reason: "Redlock (several --redis URLs) offers exclusive locks only".to_owned(),
-            });
-        }
-        let urls: Vec<&str> = args.redis.iter().map(String::as_str).collect();
-        Ok(Backend::Quorum(Redlock::connect(&urls, opts).await?))
+        let client = RedisLocks::connect_with(url, opts).await?;
+        let lock = client.lock(&args.name)?;
+        Ok(Backend {
+            _client: client,
+            lock,
+        })
     }
 
     /// `timeout`: `None` waits for ever, `Some(ZERO)` tries once.
     async fn acquire(&self, name: &str, timeout: Option<Duration>) -> Result<LockGuard, LockError> {
-        let nonblock = timeout.is_some_and(|t| t.is_zero());
         let acquire = async {
-            match self {
-                Backend::Single { lock, mode, .. } if nonblock => lock.try_lock(*mode).await,
-                Backend::Single { lock, mode, .. } => {
-                    let mut o = AcquireOptions::new().mode(*mode);
+            let guard = match timeout {
+                Some(t) if t.is_zero() => self.lock.try_acquire().await?,
+                _ => {
+                    let mut o = AcquireOptions::new();
                     o.timeout = timeout;
-                    lock.lock(&o).await
+                    self.lock.acquire_with(&o).await?
                 }
-                Backend::Quorum(redlock) if nonblock => {
-                    Ok(LockGuard::from(redlock.try_acquire(name).await?))
-                }
-                Backend::Quorum(redlock) => Ok(LockGuard::from(
-                    redlock.acquire(name, timeout.unwrap_or(Duration::MAX)).await?,
-                )),
-            }
+            };
+            Ok(LockGuard::from(guard))
         };
         waiting::acquire_reporting(name, acquire, || async { None }).await
     }

@@ -1,0 +1,187 @@
+//! `lockyard exec --redis` and `status --redis` against private
+//! redis-servers: renewal past the TTL, lost lock → COMMAND terminated and
+//! exit 75, fencing tokens, outage → exit 69.
+#![cfg(all(feature = "cli", feature = "redis", unix))]
+
+mod cli_support;
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cli_support::*;
+use common::redis::RedisServer;
+
+/// `lockyard exec --redis URL --ttl TTL NAME -- sh -c SCRIPT` in the background.
+fn spawn_exec(env: &Env, url: &str, ttl: &str, script: &str) -> Holder {
+    let child = env
+        .cmd(&[
+            "exec", "--redis", url, "--ttl", ttl, "job", "--", "sh", "-c", script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lockyard");
+    Holder { child }
+}
+
+fn stderr_of(h: &mut Holder) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = h.child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut e, &mut s);
+    }
+    s
+}
+
+#[test]
+fn lease_is_renewed_while_command_runs_and_tokens_increase() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let (tok, ready) = (env.path("tok"), env.path("ready"));
+    let script = format!(
+        "echo $LOCKYARD_FENCING_TOKEN > '{}'; touch '{}'; sleep 2.5",
+        tok.display(),
+        ready.display()
+    );
+    let mut holder = spawn_exec(&env, &url, "1s", &script);
+    assert!(wait_until(PATIENCE, || ready.exists()));
+    // Well past the 1 s TTL the lock must still be held (renewed).
+    std::thread::sleep(Duration::from_millis(1800));
+    let out = env.run(&["exec", "-n", "--redis", &url, "job", "--", "true"]);
+    assert_clean_failure(&out, 1);
+    assert!(
+        stderr(&out).contains("held by another Redis client"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(holder.wait().code(), Some(0), "{}", stderr_of(&mut holder));
+    let first: u64 = read(&tok).trim().parse().expect("fencing token");
+
+    let out = env.run(&[
+        "exec",
+        "--redis",
+        &url,
+        "job",
+        "--",
+        "sh",
+        "-c",
+        "echo $LOCKYARD_FENCING_TOKEN",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let second: u64 = stdout(&out).trim().parse().expect("fencing token");
+    assert!(second > first, "fencing tokens {first} then {second}");
+}
+
+#[test]
+fn lost_lock_terminates_command_with_exit_75() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let (ready, got) = (env.path("ready"), env.path("got"));
+    let script = format!(
+        "trap 'echo term > \"{}\"; exit 0' TERM; touch '{}'; i=0; \
+         while [ $i -lt 3000 ]; do i=$((i+1)); sleep 0.01; done",
+        got.display(),
+        ready.display()
+    );
+    let mut holder = spawn_exec(&env, &url, "1500ms", &script);
+    assert!(wait_until(PATIENCE, || ready.exists()));
+    // Someone else's hand wipes the lease: the next renewal finds it gone.
+    let start = Instant::now();
+    assert_eq!(server.command(&["FLUSHALL"]), "+OK");
+    let status = holder.wait();
+    println!("lockyard ended {:?} after FLUSHALL", start.elapsed());
+    let err = stderr_of(&mut holder);
+    assert_eq!(status.code(), Some(75), "{err}");
+    assert!(err.contains("lost"), "{err}");
+    assert_eq!(read(&got).trim(), "term", "COMMAND got no SIGTERM");
+}
+
+#[test]
+fn redis_down_while_held_kills_a_stubborn_command() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let ready = env.path("ready");
+    // COMMAND ignores SIGTERM: lockyard must SIGKILL it after the grace period.
+    let script = format!(
+        "trap '' TERM; touch '{}'; i=0; while [ $i -lt 3000 ]; do i=$((i+1)); sleep 0.01; done",
+        ready.display()
+    );
+    let mut holder = spawn_exec(&env, &url, "1s", &script);
+    assert!(wait_until(PATIENCE, || ready.exists()));
+    let start = Instant::now();
+    server.stop();
+    let status = holder.wait();
+    let took = start.elapsed();
+    println!("lockyard ended {took:?} after redis-server died");
+    let err = stderr_of(&mut holder);
+    assert_eq!(status.code(), Some(75), "{err}");
+    // Lost within the TTL, then 5 s of grace before SIGKILL.
+    assert!(took >= Duration::from_secs(5), "{took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[test]
+fn unavailable_redis_is_69_and_bad_url_64() {
+    let env = Env::new();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let url = format!("redis://127.0.0.1:{port}/");
+    let out = env.run(&["exec", "--redis", &url, "job", "--", "true"]);
+    println!("{}", stderr(&out).trim_end());
+    assert_clean_failure(&out, 69);
+    let out = env.run(&["status", "--redis", &url]);
+    assert_clean_failure(&out, 69);
+    let out = env.run(&["exec", "--redis", "not a url", "job", "--", "true"]);
+    println!("{}", stderr(&out).trim_end());
+    assert_clean_failure(&out, 64);
+}
+
+#[test]
+fn status_lists_held_redis_locks() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let ready = env.path("ready");
+    let script = format!("touch '{}'; sleep 30", ready.display());
+    let _holder = spawn_exec(&env, &url, "5s", &script);
+    assert!(wait_until(PATIENCE, || ready.exists()));
+    let out = env.run(&["status", "--redis", &url, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let rows = v.as_array().expect("array");
+    let row = rows
+        .iter()
+        .find(|r| r["name"] == "job")
+        .unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(row["held"], true);
+    assert_eq!(row["kind"], "lock");
+    assert!(row["fencing_token"].as_u64().is_some(), "{row}");
+    assert!(row["ttl_ms"].as_u64().is_some_and(|t| t <= 5000), "{row}");
+    let text = stdout(&env.run(&["status", "--redis", &url]));
+    assert!(text.lines().any(|l| l.starts_with("job")), "{text}");
+}
+
+#[test]
+fn redis_timeout_is_honoured() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let ready = env.path("ready");
+    let script = format!("touch '{}'; sleep 30", ready.display());
+    let _holder = spawn_exec(&env, &url, "5s", &script);
+    assert!(wait_until(PATIENCE, || ready.exists()));
+    let start = Instant::now();
+    let out = env.run(&["exec", "-w", "0.5", "--redis", &url, "job", "--", "true"]);
+    let took = start.elapsed();
+    println!("--redis -w 0.5 returned after {:.3}s", took.as_secs_f64());
+    assert_clean_failure(&out, 1);
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_millis(1500),
+        "{took:?}"
+    );
+}
