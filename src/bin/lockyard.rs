@@ -2,8 +2,8 @@
 //! (Redis) locks, list locks, clean up stale lock files.
 //!
 //! ```text
-//! lockyard exec [--dir DIR] [-s] [-n] [-w DUR] [-E N] [-v] [--redis URL] [--ttl DUR]
-//!               NAME -- COMMAND [ARGS...]
+//! lockyard exec [--dir DIR] [-s] [-n] [-w DUR] [-E N] [-v] [--redis URL ...] [--ttl DUR]
+//!               [--permits N | --rw] NAME -- COMMAND [ARGS...]
 //! lockyard status  [--dir DIR] [--json] [--redis URL]
 //! lockyard cleanup [--dir DIR] [--max-age DUR] [--dry-run]
 //! ```
@@ -74,7 +74,7 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
     match &cli.command {
         Command::Exec(args) => {
             let mut signals = Signals::install()?;
-            if args.redis.is_none() {
+            if args.redis.is_empty() {
                 files::exec(&ctx, args, &mut signals).await
             } else {
                 redis_exec(&ctx, args, &mut signals).await

@@ -67,7 +67,8 @@ pub(crate) struct ExecArgs {
     #[command(flatten)]
     pub(crate) dir: DirArg,
 
-    /// Take a shared lock (readers share, an exclusive holder excludes them).
+    /// Take a shared lock (readers share, an exclusive holder excludes them;
+    /// with --redis: a reader of the Redis RW lock, see --rw).
     #[arg(short, long)]
     pub(crate) shared: bool,
 
@@ -85,14 +86,26 @@ pub(crate) struct ExecArgs {
     pub(crate) conflict_exit_code: Option<u8>,
 
     /// Lock on the Redis server at URL instead of a file; the lease is
-    /// renewed while COMMAND runs (exit 75 if it is lost anyway).
+    /// renewed while COMMAND runs (exit 75 if it is lost anyway). Give it
+    /// several times (independent servers, 3 or 5) for Redlock.
     #[arg(long, value_name = "URL")]
-    pub(crate) redis: Option<String>,
+    pub(crate) redis: Vec<String>,
 
-    /// Redis lock time-to-live; renewed about every TTL/3 while COMMAND runs
+    /// Redis lease time-to-live; renewed about every TTL/3 while COMMAND runs
     /// [default: 30s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "redis")]
     pub(crate) ttl: Option<Duration>,
+
+    /// Redis semaphore NAME: up to N holders run at once.
+    #[arg(long, value_name = "N", requires = "redis", conflicts_with_all = ["shared", "rw"],
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) permits: Option<u32>,
+
+    /// Use the Redis RW lock NAME (-s: a reader; without -s: the writer).
+    /// `--redis -s` always means a reader of it, so its writers need --rw;
+    /// a plain `--redis` lock is a different lock.
+    #[arg(long, requires = "redis")]
+    pub(crate) rw: bool,
 
     /// The lock's name ([A-Za-z0-9._-] maps to <DIR>/<NAME>.lock; anything else is escaped).
     pub(crate) name: String,

@@ -64,7 +64,26 @@ impl CliError {
 impl From<LockError> for CliError {
     fn from(err: LockError) -> Self {
         let code = lock_error_code(&err);
-        CliError::new(code, error_chain(&err))
+        match &err {
+            // Redlock refuses to start without a reachable majority.
+            LockError::NoQuorum {
+                resource,
+                granted,
+                needed,
+                total,
+                errors,
+            } if resource.is_empty() => {
+                let why = errors.first().map(|e| format!(": {}", error_chain(e)));
+                CliError::new(
+                    code,
+                    format!(
+                        "only {granted} of {total} Redis servers are reachable ({needed} needed){}",
+                        why.unwrap_or_default()
+                    ),
+                )
+            }
+            _ => CliError::new(code, error_chain(&err)),
+        }
     }
 }
 

@@ -1,6 +1,9 @@
 //! `exec --redis` and `status --redis`: distributed locks.
 //!
-//! An exclusive [`RedisLocks`] lock on one server. The library's watchdog renews the lease every
+//! One URL: a [`RedisLocks`] lock, a semaphore (`--permits N`), or a RW
+//! lock (`--rw`; `--shared` reads). Several URLs: Redlock over independent
+//! servers (exclusive only; no fencing token, as Redlock cannot issue a
+//! strictly increasing one). The library's watchdog renews the lease every
 //! TTL/3 while COMMAND runs; if the lock is lost COMMAND gets SIGTERM, then
 //! SIGKILL after [`LOST_GRACE`](crate::child::LOST_GRACE), and lockyard exits
 //! with [`LOCK_LOST`](crate::exit::LOCK_LOST). COMMAND sees its fencing token
@@ -8,8 +11,8 @@
 
 use std::time::Duration;
 
-use lockyard::redis::{RedisLock, RedisLockInfo, RedisLocks, RedisOptions};
-use lockyard::{AcquireOptions, LockError, LockGuard};
+use lockyard::redis::{RedisLockInfo, RedisLocks, RedisOptions, Redlock};
+use lockyard::{AcquireOptions, Lock, LockError, LockGuard, Mode};
 
 use crate::args::{ExecArgs, StatusArgs};
 use crate::child::Signals;
@@ -71,42 +74,57 @@ pub(crate) async fn exec(
     code
 }
 
-/// What `exec --redis` locks with: one server, an exclusive lock.
+/// What `exec --redis` locks with.
 struct Backend {
-    /// Owns the watchdog that renews the lease.
-    _client: RedisLocks,
-    lock: RedisLock,
+    /// The handle holds its client(s), whose watchdog renews the lease: it
+    /// lives until the guard is released.
+    lock: Box<dyn Lock>,
+    mode: Mode,
 }
 
 impl Backend {
+    /// One URL: a lock, a semaphore (`--permits`) or a RW lock (`--rw`,
+    /// `--shared`). Several: Redlock (exclusive only).
     async fn connect(args: &ExecArgs, opts: RedisOptions) -> Result<Self, LockError> {
-        let url = args.redis.as_deref().unwrap_or_default();
-        if args.shared {
-            return Err(LockError::Unsupported {
-                resource: args.name.clone(),
-                what: "a shared Redis lock (--shared with --redis)",
+        let name = args.name.as_str();
+        let mode = if args.shared {
+            Mode::Shared
+        } else {
+            Mode::Exclusive
+        };
+        if let [url] = args.redis.as_slice() {
+            let client = RedisLocks::connect_with(url, opts).await?;
+            let lock: Box<dyn Lock> = match args.permits {
+                Some(permits) => Box::new(client.semaphore(name, permits)?),
+                None if args.rw || args.shared => Box::new(client.rwlock(name)?),
+                None => Box::new(client.lock(name)?),
+            };
+            return Ok(Backend { lock, mode });
+        }
+        if args.permits.is_some() || args.shared || args.rw {
+            return Err(LockError::InvalidArgument {
+                what: "--permits/--shared/--rw",
+                reason: "Redlock (several --redis URLs) offers exclusive locks only".to_owned(),
             });
         }
-        let client = RedisLocks::connect_with(url, opts).await?;
-        let lock = client.lock(&args.name)?;
+        let redlock = Redlock::connect(&args.redis, opts).await?;
         Ok(Backend {
-            _client: client,
-            lock,
+            lock: Box::new(redlock.lock(name)?),
+            mode,
         })
     }
 
     /// `timeout`: `None` waits for ever, `Some(ZERO)` tries once.
     async fn acquire(&self, name: &str, timeout: Option<Duration>) -> Result<LockGuard, LockError> {
         let acquire = async {
-            let guard = match timeout {
-                Some(t) if t.is_zero() => self.lock.try_acquire().await?,
+            match timeout {
+                Some(t) if t.is_zero() => self.lock.try_lock(self.mode).await,
                 _ => {
-                    let mut o = AcquireOptions::new();
+                    let mut o = AcquireOptions::new().mode(self.mode);
                     o.timeout = timeout;
-                    self.lock.acquire_with(&o).await?
+                    self.lock.lock(&o).await
                 }
-            };
-            Ok(LockGuard::from(guard))
+            }
         };
         waiting::acquire_reporting(name, acquire, || async { None }).await
     }

@@ -1,0 +1,102 @@
+//! `lockyard exec --redis` with a semaphore (`--permits`), a RW lock (`--rw`,
+//! `--shared`) and Redlock (several `--redis`), on private redis-servers.
+#![cfg(all(feature = "cli", feature = "redis", unix))]
+
+mod cli_support;
+mod common;
+
+use cli_support::*;
+use common::redis::RedisServer;
+
+#[test]
+fn semaphore_admits_n_holders() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let sem = ["--redis", url.as_str(), "--permits", "2", "--ttl", "1s"];
+    let mut first = env.hold("jobs", &sem);
+    let _second = env.hold("jobs", &sem);
+    let mut args = vec!["exec", "-n"];
+    args.extend_from_slice(&sem);
+    args.extend_from_slice(&["jobs", "--", "sh", "-c", "echo $LOCKYARD_FENCING_TOKEN"]);
+    let out = env.run(&args);
+    assert_clean_failure(&out, 1);
+    // A killed holder's permit comes back by itself after its TTL.
+    first.kill();
+    args[1] = "-w5";
+    let out = env.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let token: u64 = stdout(&out).trim().parse().expect("fencing token");
+    assert!(token >= 3, "token {token}");
+}
+
+#[test]
+fn rw_lock_readers_share_and_exclude_the_writer() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let read = ["--redis", url.as_str(), "-s", "--ttl", "2s"];
+    let _r1 = env.hold("cfg", &read);
+    let _r2 = env.hold("cfg", &read);
+    let out = env.run(&["exec", "-n", "--redis", &url, "--rw", "cfg", "--", "true"]);
+    assert_clean_failure(&out, 1);
+    let out = env.run(&["exec", "-n", "--redis", &url, "-s", "cfg", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "third reader: {}", stderr(&out));
+    drop((_r1, _r2));
+    // Once the killed readers' leases run out, the writer gets in.
+    let out = env.run(&[
+        "exec", "-w", "6", "--redis", &url, "--rw", "cfg", "--", "true",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn redlock_over_three_servers() {
+    let mut servers = [
+        RedisServer::start(),
+        RedisServer::start(),
+        RedisServer::start(),
+    ];
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let env = Env::new();
+    let with = |extra: &[&str], script: &str| {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(extra);
+        for u in &urls {
+            args.extend_from_slice(&["--redis", u]);
+        }
+        args.extend_from_slice(&["job", "--", "sh", "-c", script]);
+        env.run(&args)
+    };
+    // No strictly increasing token exists on Redlock: the variable is unset.
+    let out = with(&[], "echo \"[${LOCKYARD_FENCING_TOKEN-unset}]\"");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out).trim(), "[unset]");
+
+    let mut redlock_args = vec!["--ttl", "5s"];
+    for u in &urls {
+        redlock_args.extend_from_slice(&["--redis", u]);
+    }
+    let holder = env.hold("job", &redlock_args);
+    let out = with(&["-n"], "true");
+    assert_clean_failure(&out, 1);
+    drop(holder);
+
+    servers[0].stop();
+    let out = with(&["-w", "10"], "true");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "one of three down: {}",
+        stderr(&out)
+    );
+    servers[1].stop();
+    let out = with(&["-w", "2"], "true");
+    println!("{}", stderr(&out).trim_end());
+    assert_clean_failure(&out, 69);
+
+    let out = env.run(&[
+        "exec", "--redis", &urls[0], "--redis", &urls[1], "-s", "job", "true",
+    ]);
+    assert_clean_failure(&out, 64);
+}
