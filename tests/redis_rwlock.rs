@@ -43,9 +43,11 @@ async fn readers_share_and_a_writer_excludes() {
     let r2 = bounded(rw_b.try_read()).await.unwrap();
     assert!(r2.fencing_token() > r1.fencing_token());
     assert!(rw_b.is_locked().await.unwrap());
-    assert!(rw_b.try_write().await.unwrap_err().is_would_block());
+    let err = rw_b.try_write().await.unwrap_err();
+    assert!(err.is_would_block(), "{err}");
+    assert_eq!(err.holder().expect("a reader named").mode, Mode::Shared);
     let err = rw_b.write(Duration::from_millis(100)).await.unwrap_err();
-    assert!(err.is_timeout(), "{err}");
+    assert!(err.is_timeout() && err.holder().is_some(), "{err}");
     // The timed-out writer withdrew its intent: readers still get in.
     let r3 = bounded(rw_b.try_read()).await.unwrap();
     drop(r3);
@@ -53,7 +55,12 @@ async fn readers_share_and_a_writer_excludes() {
     bounded(r2.release()).await.unwrap();
 
     let w = bounded(rw_b.write(Duration::from_secs(1))).await.unwrap();
-    assert!(rw_a.try_read().await.unwrap_err().is_would_block());
+    let err = rw_a.try_read().await.unwrap_err();
+    assert!(err.is_would_block(), "{err}");
+    assert_eq!(
+        err.holder().expect("the writer named").mode,
+        Mode::Exclusive
+    );
     assert!(rw_a.try_write().await.unwrap_err().is_would_block());
     let err = rw_a.read(Duration::from_millis(100)).await.unwrap_err();
     assert!(err.is_timeout(), "{err}");

@@ -55,9 +55,13 @@ async fn basics_and_bad_input() {
     let p2 = bounded(sem.acquire(Duration::from_secs(1))).await.unwrap();
     assert!(p2.fencing_token() > p1.fencing_token());
     assert_eq!(sem.holders().await.unwrap(), 2);
-    assert!(sem.try_acquire().await.unwrap_err().is_would_block());
+    let err = sem.try_acquire().await.unwrap_err();
+    assert!(err.is_would_block(), "{err}");
+    // Waiters are told who holds it (the permit that expires first).
+    let holder = err.holder().expect("holder named");
+    assert_eq!(holder.pid, std::process::id());
     let err = sem.acquire(Duration::from_millis(50)).await.unwrap_err();
-    assert!(err.is_timeout(), "{err}");
+    assert!(err.is_timeout() && err.holder().is_some(), "{err}");
     // Some(ZERO) tries once and times out.
     let err = sem
         .acquire_with(&AcquireOptions::new().timeout(Duration::ZERO))

@@ -10,7 +10,7 @@ use redis::{FromRedisValue, Script};
 use super::client::{RedisLocks, ttl_ms};
 use super::errors::{map_redis, timed_out};
 use super::keys::LockKeys;
-use super::lock::{Attempt, new_token, owner_value};
+use super::lock::{self, Attempt, new_token};
 use super::pool::Conn;
 use super::scripts;
 use crate::error::LockError;
@@ -63,9 +63,11 @@ pub(crate) async fn invoke_on<T: FromRedisValue>(
         .map_err(|e| map_redis(e, resource, op))
 }
 
-/// A fresh random owner token (128 bits from the OS CSPRNG, hex).
-pub(crate) fn token(resource: &str) -> Result<String, LockError> {
-    new_token(resource)
+/// A fresh owner value: a random token (128 bits from the OS CSPRNG, hex),
+/// a newline, and this process's owner metadata (so waiters can say who
+/// holds what). Every compare in the scripts is on the whole value.
+pub(crate) fn owner_value(resource: &str, mode: Mode) -> Result<String, LockError> {
+    Ok(lock::owner_value(&new_token(resource)?, mode))
 }
 
 /// Milliseconds as the scripts take them.
@@ -91,11 +93,6 @@ impl<'a> PlainLock<'a> {
             name,
             value,
         }
-    }
-
-    /// The owner value for a Redlock token: token + this process's metadata.
-    pub(crate) fn owner_value(token: &str) -> String {
-        owner_value(token, Mode::Exclusive)
     }
 
     /// `SET NX PX` + `INCR fence`: `Some(fence)` when granted, `None` when

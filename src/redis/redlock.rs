@@ -414,7 +414,7 @@ impl Redlock {
         let missing = total - i.servers.len();
         let mut logged = false;
         loop {
-            let token = PlainLock::owner_value(&ops::token(name)?);
+            let token = ops::owner_value(name, Mode::Exclusive)?;
             // Armed until the attempt's outcome is known: a dropped future
             // still deletes whatever its SETs took.
             let mut cleanup = Cleanup::new(&self.inner, name, &token);

@@ -186,7 +186,7 @@ impl RedisRwLock {
     /// As [`read`](Self::read).
     pub async fn try_read(&self) -> Result<RedisReadGuard, LockError> {
         let i = &self.inner;
-        let token = ops::token(&i.name)?;
+        let token = ops::owner_value(&i.name, Mode::Shared)?;
         let mut pending = Pending::new(&i.client, &i.name, self.read_release(&token)).await?;
         match pending
             .attempt(&self.read_call(&token), "read lock")
@@ -196,7 +196,7 @@ impl RedisRwLock {
                 pending.done();
                 Ok(self.read_guard(token, fencing, sent_at))
             }
-            (Attempt::Busy { .. }, _) => Err(self.would_block()),
+            (busy, _) => Err(waiting::would_block(&i.name, busy)),
         }
     }
 
@@ -208,7 +208,7 @@ impl RedisRwLock {
     /// As [`write`](Self::write).
     pub async fn try_write(&self) -> Result<RedisWriteGuard, LockError> {
         let i = &self.inner;
-        let token = ops::token(&i.name)?;
+        let token = ops::owner_value(&i.name, Mode::Exclusive)?;
         let mut pending = Pending::new(&i.client, &i.name, self.write_release(&token)).await?;
         match pending
             .attempt(&self.write_call(&token, false), "write lock")
@@ -218,7 +218,7 @@ impl RedisRwLock {
                 pending.done();
                 Ok(self.write_guard(token, fencing, sent_at))
             }
-            (Attempt::Busy { .. }, _) => Err(self.would_block()),
+            (busy, _) => Err(waiting::would_block(&i.name, busy)),
         }
     }
 
@@ -257,7 +257,7 @@ impl RedisRwLock {
     async fn read_until(&self, deadline: &Deadline) -> Result<RedisReadGuard, LockError> {
         let i = &self.inner;
         let turn = waiting::local_turn(&i.client, &i.queue, &i.name, deadline).await?;
-        let token = ops::token(&i.name)?;
+        let token = ops::owner_value(&i.name, Mode::Shared)?;
         let mut pending = Pending::new(&i.client, &i.name, self.read_release(&token)).await?;
         let wait = WaitFor {
             client: &i.client,
@@ -282,7 +282,7 @@ impl RedisRwLock {
     async fn write_until(&self, deadline: &Deadline) -> Result<RedisWriteGuard, LockError> {
         let i = &self.inner;
         let turn = waiting::local_turn(&i.client, &i.queue, &i.name, deadline).await?;
-        let token = ops::token(&i.name)?;
+        let token = ops::owner_value(&i.name, Mode::Exclusive)?;
         let mut pending = Pending::new(&i.client, &i.name, self.write_release(&token)).await?;
         let wait = WaitFor {
             client: &i.client,
@@ -415,13 +415,6 @@ impl RedisRwLock {
                 lease,
                 self.write_release(&token),
             ),
-        }
-    }
-
-    fn would_block(&self) -> LockError {
-        LockError::WouldBlock {
-            resource: self.inner.name.clone(),
-            holder: None,
         }
     }
 }

@@ -202,7 +202,7 @@ impl RedisSemaphore {
 
     async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
-        let token = ops::token(&i.name)?;
+        let token = ops::owner_value(&i.name, mode)?;
         let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token)).await?;
         match pending
             .attempt(&self.acquire_call(&token), "acquire permit")
@@ -212,10 +212,7 @@ impl RedisSemaphore {
                 pending.done();
                 Ok(self.guard(token, fencing, sent_at, mode))
             }
-            (Attempt::Busy { .. }, _) => Err(LockError::WouldBlock {
-                resource: i.name.clone(),
-                holder: None,
-            }),
+            (busy, _) => Err(waiting::would_block(&i.name, busy)),
         }
     }
 
@@ -250,7 +247,7 @@ impl RedisSemaphore {
     ) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
         let turn = waiting::local_turn(&i.client, &i.queue, &i.name, deadline).await?;
-        let token = ops::token(&i.name)?;
+        let token = ops::owner_value(&i.name, mode)?;
         let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token)).await?;
         let wait = WaitFor {
             client: &i.client,

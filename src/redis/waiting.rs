@@ -31,11 +31,13 @@ use tokio::time::Instant;
 use super::client::RedisLocks;
 use super::errors::timed_out;
 use super::local::LocalTurn;
+use super::lock::parse_holder;
 use super::ops::invoke_on;
 use super::pool::Conn;
 use super::wakeups::Subscription;
 use crate::error::LockError;
 use crate::options::Deadline;
+use crate::owner::Owner;
 
 /// Without any message, re-check Redis at least this often (a safety net for
 /// a release message lost while pub/sub reconnects; not the wake-up path).
@@ -45,7 +47,7 @@ const MAX_NAP: Duration = Duration::from_secs(5);
 const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// What one run of an acquire script answered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Attempt {
     /// Acquired, with this fencing token.
     Granted {
@@ -60,11 +62,14 @@ pub(crate) enum Attempt {
         reason: i64,
         /// How many holders block us, when the script says.
         holders: i64,
+        /// Who blocks us (the earliest-expiring holder, or the writer), when
+        /// the script says and the value parses.
+        holder: Option<Owner>,
     },
 }
 
 impl Attempt {
-    /// Parses `{1, fencing}` or `{0, ms[, reason[, holders]]}`.
+    /// Parses `{1, fencing}` or `{0, ms[, reason[, holders[, holder value]]]}`.
     pub(crate) fn parse(
         value: &Value,
         resource: &str,
@@ -96,10 +101,15 @@ impl Attempt {
                 let ms = u64::try_from(int(1)?).unwrap_or(0);
                 let reason = if items.len() > 2 { int(2)? } else { 0 };
                 let holders = if items.len() > 3 { int(3)? } else { 0 };
+                let holder = match items.get(4) {
+                    Some(Value::BulkString(v)) => parse_holder(v),
+                    _ => None,
+                };
                 Ok(Attempt::Busy {
                     retry_in: Duration::from_millis(ms),
                     reason,
                     holders,
+                    holder,
                 })
             }
             other => Err(protocol(format!("unknown status {other}"))),
@@ -277,7 +287,7 @@ pub(crate) async fn wait_until_granted(
             s.mark_seen();
         }
         let (attempt, sent_at) = pending.attempt(call, w.what).await?;
-        let (retry_in, reason, holders) = match attempt {
+        let (retry_in, reason, holders, holder) = match attempt {
             Attempt::Granted { fencing } => {
                 if last_log.is_some() {
                     tracing::debug!(resource = %w.resource, waited = ?deadline.elapsed(), fencing, "acquired {} after waiting", w.what);
@@ -288,24 +298,26 @@ pub(crate) async fn wait_until_granted(
                 retry_in,
                 reason,
                 holders,
-            } => (retry_in, reason, holders),
+                holder,
+            } => (retry_in, reason, holders, holder),
         };
+        let who = Who(holder.as_ref());
         pending.set_armed(claims(reason));
         let waited = deadline.elapsed();
         if deadline.expired() {
             tracing::debug!(
-                resource = %w.resource, waited = ?waited, holders, reason,
+                resource = %w.resource, holder = %who, holders, reason, waited = ?waited,
                 "gave up waiting for {}", w.what
             );
-            return Err(timeout(w.resource, deadline));
+            return Err(timeout(w.resource, deadline, holder));
         }
         match last_log {
             None => tracing::debug!(
-                resource = %w.resource, holders, reason, retry_in = ?retry_in,
+                resource = %w.resource, holder = %who, holders, reason, retry_in = ?retry_in,
                 "{} busy; waiting", w.what
             ),
             Some(at) if waited.saturating_sub(at) >= LOG_EVERY => tracing::info!(
-                resource = %w.resource, holders, reason, waited = ?waited,
+                resource = %w.resource, holder = %who, holders, reason, waited = ?waited,
                 "still waiting for {}", w.what
             ),
             Some(_) => {}
@@ -318,7 +330,7 @@ pub(crate) async fn wait_until_granted(
             // release between the attempt and the subscription is not missed.
             tokio::select! {
                 s = w.client.subscribe(w.channel) => sub = Some(s),
-                () = deadline.sleep() => return Err(timeout(w.resource, deadline)),
+                () = deadline.sleep() => return Err(timeout(w.resource, deadline, holder)),
             }
             continue;
         };
@@ -343,11 +355,35 @@ pub(crate) async fn wait_until_granted(
 }
 
 /// The error for a deadline that passed while the resource was busy.
-pub(crate) fn timeout(resource: &str, deadline: &Deadline) -> LockError {
+pub(crate) fn timeout(resource: &str, deadline: &Deadline, holder: Option<Owner>) -> LockError {
     LockError::Timeout {
         resource: resource.to_owned(),
         waited: deadline.elapsed(),
-        holder: None,
+        holder: holder.map(Box::new),
+    }
+}
+
+/// The error for a non-blocking attempt that found the resource busy.
+pub(crate) fn would_block(resource: &str, attempt: Attempt) -> LockError {
+    let holder = match attempt {
+        Attempt::Busy { holder, .. } => holder,
+        Attempt::Granted { .. } => None,
+    };
+    LockError::WouldBlock {
+        resource: resource.to_owned(),
+        holder: holder.map(Box::new),
+    }
+}
+
+/// Displays a holder for logs.
+struct Who<'a>(Option<&'a Owner>);
+
+impl fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Some(owner) => write!(f, "{owner}"),
+            None => f.write_str("unknown"),
+        }
     }
 }
 
@@ -371,7 +407,7 @@ pub(crate) async fn local_turn(
         turn = q.turn() => Ok(turn),
         () = deadline.sleep() => {
             tracing::debug!(resource, waited = ?deadline.elapsed(), "timed out in the local queue");
-            Err(timeout(resource, deadline))
+            Err(timeout(resource, deadline, None))
         }
     }
 }
@@ -396,8 +432,22 @@ mod tests {
                 retry_in: Duration::from_millis(250),
                 reason: 3,
                 holders: 2,
+                holder: None,
             }
         );
+        let owner = Owner::current(crate::Mode::Shared);
+        let value = format!("0123abcd\n{}", owner.to_text());
+        let reply = Value::Array(vec![
+            Value::Int(0),
+            Value::Int(10),
+            Value::Int(0),
+            Value::Int(1),
+            Value::BulkString(value.into_bytes()),
+        ]);
+        assert!(matches!(
+            Attempt::parse(&reply, "r", "acquire").unwrap(),
+            Attempt::Busy { holder: Some(o), .. } if o == owner
+        ));
         assert!(matches!(
             Attempt::parse(&arr(&[0, -5]), "r", "acquire").unwrap(),
             Attempt::Busy { retry_in, .. } if retry_in == Duration::ZERO

@@ -1,7 +1,7 @@
 -- Give the write lock back, or withdraw a waiting writer's intent, and wake
 -- waiters.
 -- KEYS[1] writer key, KEYS[2] writer-intent key, KEYS[3] release channel
--- ARGV[1] token
+-- ARGV[1] owner value
 -- Returns 1 when the write lock was held by the token, 0 otherwise.
 local held = 0
 local changed = false

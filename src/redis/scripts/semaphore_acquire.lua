@@ -1,9 +1,11 @@
 -- Take one permit of a semaphore.
 -- KEYS[1] permits ZSET (member = holder token, score = expiry in ms, server clock)
 -- KEYS[2] fencing counter
--- ARGV[1] token, ARGV[2] ttl ms, ARGV[3] permits
+-- ARGV[1] owner value (random token, newline, owner metadata), ARGV[2] ttl
+-- ms, ARGV[3] permits
 -- Returns {1, fencing_token} on success,
---         {0, ms_until_earliest_expiry, holders} when all permits are taken.
+--         {0, ms_until_earliest_expiry, 0, holders, earliest holder's value}
+--         when all permits are taken.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -21,4 +23,4 @@ if holders < permits or redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   return {1, redis.call('INCR', KEYS[2])}
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-return {0, math.max(tonumber(first[2]) - now, 0), holders}
+return {0, math.max(tonumber(first[2]) - now, 0), 0, holders, first[1]}

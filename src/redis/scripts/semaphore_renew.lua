@@ -1,5 +1,5 @@
 -- Renew a held permit.
--- KEYS[1] permits ZSET; ARGV[1] token, ARGV[2] ttl ms
+-- KEYS[1] permits ZSET; ARGV[1] owner value, ARGV[2] ttl ms
 -- Returns 1 when renewed, 0 when the permit is gone or already expired
 -- (someone may have taken it over: the holder has lost it).
 local t = redis.call('TIME')
