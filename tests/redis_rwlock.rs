@@ -43,6 +43,10 @@ async fn readers_share_and_a_writer_excludes() {
     let r2 = bounded(rw_b.try_read()).await.unwrap();
     assert!(r2.fencing_token() > r1.fencing_token());
     assert!(rw_b.is_locked().await.unwrap());
+    let listed = a.list().await.unwrap();
+    let info = listed.iter().find(|i| i.name == "cfg").expect("listed");
+    assert_eq!((info.kind, info.holders), ("rwlock", 2));
+    assert_eq!(info.fencing_token, Some(r2.fencing_token()));
     let err = rw_b.try_write().await.unwrap_err();
     assert!(err.is_would_block(), "{err}");
     assert_eq!(err.holder().expect("a reader named").mode, Mode::Shared);
@@ -65,6 +69,10 @@ async fn readers_share_and_a_writer_excludes() {
     let err = rw_a.read(Duration::from_millis(100)).await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
     let fence = w.fencing_token();
+    let listed = a.list().await.unwrap();
+    let info = listed.iter().find(|i| i.name == "cfg").expect("listed");
+    assert_eq!((info.kind, info.holders), ("rwlock", 1));
+    assert_eq!(listed.iter().filter(|i| i.name == "cfg").count(), 1);
     bounded(w.release()).await.unwrap();
     let r = bounded(rw_a.try_read()).await.unwrap();
     assert!(r.fencing_token() > fence);

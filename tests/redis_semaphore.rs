@@ -55,6 +55,11 @@ async fn basics_and_bad_input() {
     let p2 = bounded(sem.acquire(Duration::from_secs(1))).await.unwrap();
     assert!(p2.fencing_token() > p1.fencing_token());
     assert_eq!(sem.holders().await.unwrap(), 2);
+    let listed = a.list().await.unwrap();
+    let info = listed.iter().find(|i| i.name == "s").expect("listed");
+    assert_eq!((info.kind, info.holders), ("semaphore", 2));
+    assert_eq!(info.fencing_token, Some(p2.fencing_token()));
+    assert!(info.ttl.is_some_and(|t| t <= Duration::from_secs(10)));
     let err = sem.try_acquire().await.unwrap_err();
     assert!(err.is_would_block(), "{err}");
     // Waiters are told who holds it (the permit that expires first).

@@ -337,8 +337,16 @@ impl RedisLocks {
                 .await
                 .map_err(|e| map_redis(e, &what, "list"))?;
             for key in batch {
-                if let Some((name, "lock")) = keys::parse_key(prefix, &key) {
-                    found.push(name.to_owned());
+                if let Some((name, suffix)) = keys::parse_key(prefix, &key) {
+                    let kind = match suffix {
+                        "lock" => "lock",
+                        // Semaphores and RW locks: see `super::listing`.
+                        other => match super::listing::kind_of(other) {
+                            Some(kind) => kind,
+                            None => continue,
+                        },
+                    };
+                    found.push((name.to_owned(), kind));
                 }
             }
             if next == 0 {
@@ -349,7 +357,11 @@ impl RedisLocks {
         found.sort();
         found.dedup();
         let mut out = Vec::with_capacity(found.len());
-        for name in found {
+        for (name, kind) in found {
+            if kind != "lock" {
+                out.extend(super::listing::info(self, &mut conn, &name, kind).await?);
+                continue;
+            }
             let k = LockKeys::new(prefix, &name);
             let (pttl, fence): (i64, Option<String>) = redis::pipe()
                 .cmd("PTTL")

@@ -120,6 +120,7 @@ pub use options::RedisOptions;
 
 // ---- redis extras: semaphore, RW lock, Redlock ----
 mod held;
+mod listing;
 mod ops;
 mod redlock;
 mod rwlock;
