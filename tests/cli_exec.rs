@@ -292,3 +292,45 @@ fn command_dies_with_lockyard() {
         Some(0)
     );
 }
+
+/// A Ctrl-C typed at the terminal reaches COMMAND (same foreground process
+/// group) once, not a second time through lockyard's forwarding. Runs
+/// lockyard on a pseudo-terminal with util-linux `script`.
+#[cfg(target_os = "linux")]
+#[test]
+fn ctrl_c_at_a_terminal_reaches_command_once() {
+    use std::io::Write;
+    let env = Env::new();
+    let (ready, got) = (env.path("ready"), env.path("got"));
+    let inner = format!(
+        "trap \"echo INT >> {got}\" INT; touch {ready}; i=0; \
+         while [ $i -lt 300 ]; do i=$((i+1)); sleep 0.01; done",
+        got = got.display(),
+        ready = ready.display()
+    );
+    let line = format!("{} exec job -- sh -c '{inner}'", bin());
+    let mut cmd = std::process::Command::new("script");
+    cmd.args(["-qfec", &line, "/dev/null"])
+        .env("LOCKYARD_DIR", env.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let Ok(child) = cmd.spawn() else {
+        panic!("util-linux `script` is needed for this test");
+    };
+    let mut h = Holder { child };
+    assert!(
+        wait_until(PATIENCE, || ready.exists()),
+        "COMMAND never started"
+    );
+    let mut stdin = h.child.stdin.take().unwrap();
+    stdin.write_all(b"\x03").unwrap();
+    stdin.flush().unwrap();
+    h.wait();
+    drop(stdin);
+    assert_eq!(
+        read(&got),
+        "INT\n",
+        "COMMAND saw Ctrl-C a wrong number of times"
+    );
+}

@@ -8,7 +8,10 @@ use clap::{ArgAction, Args, Parser, Subcommand};
 
 use crate::duration::parse_duration;
 
-const EXIT_CODES: &str = "\
+/// The exit-code table, shared by `--help` and `exec --help`.
+macro_rules! exit_codes {
+    () => {
+        "\
 Exit codes:
   N        exec: COMMAND's own exit code (128+S if it was killed by signal S)
   1        exec: the lock is held (-n, or -w ran out); -E N changes it
@@ -23,7 +26,30 @@ Exit codes:
            then SIGKILL 5 s later
   76       the backend answered something unexpected
   77       permission denied, or an unsafe path (symlinked lock file, foreign directory)
-  126/127  COMMAND cannot be executed / was not found";
+  126/127  COMMAND cannot be executed / was not found"
+    };
+}
+
+const EXIT_CODES: &str = exit_codes!();
+
+const EXEC_HELP: &str = concat!(
+    "\
+COMMAND runs with lockyard's stdio and environment; the lock's file descriptor
+is not inherited. SIGINT, SIGTERM and SIGHUP sent to lockyard are forwarded to
+COMMAND (a Ctrl-C typed at the terminal already reaches COMMAND and is not sent
+twice); received while waiting for the lock, they end the wait: exit 128+S.
+If lockyard itself is killed, COMMAND gets SIGKILL (Linux parent-death signal),
+since the lock is released at that moment. With --redis, COMMAND finds its
+fencing token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which has none).
+
+Examples:
+  lockyard exec nightly-report -- ./report.sh
+  lockyard exec -n -E 0 backup -- rsync -a src/ dst/     # skip if one runs
+  lockyard exec -w 30s --redis redis://10.0.0.5/ deploy -- ./deploy.sh
+
+",
+    exit_codes!()
+);
 
 /// Run commands under cross-process (file) or distributed (Redis) locks.
 #[derive(Debug, Parser)]
@@ -45,7 +71,7 @@ pub(crate) struct Cli {
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
     /// Run COMMAND while holding the lock NAME; exit with COMMAND's exit code.
-    #[command(after_long_help = EXIT_CODES)]
+    #[command(after_long_help = EXEC_HELP)]
     Exec(ExecArgs),
     /// List lock files (or, with --redis, held Redis locks).
     Status(StatusArgs),

@@ -160,10 +160,7 @@ pub(crate) async fn supervise(
     loop {
         tokio::select! {
             status = child.wait() => return Ok(End::Exited(status.map_err(wait_error)?)),
-            sig = signals.recv() => {
-                tracing::info!("forwarding signal {sig} to COMMAND");
-                send(child, sig);
-            }
+            sig = signals.recv() => forward(child, sig),
             () = &mut lost => break,
         }
     }
@@ -181,7 +178,7 @@ async fn terminate(child: &mut Child, signals: &mut Signals) -> Result<(), CliEr
     loop {
         tokio::select! {
             status = child.wait() => { status.map_err(wait_error)?; return Ok(()); }
-            sig = signals.recv() => send(child, sig),
+            sig = signals.recv() => forward(child, sig),
             () = &mut grace => break,
         }
     }
@@ -193,6 +190,33 @@ async fn terminate(child: &mut Child, signals: &mut Signals) -> Result<(), CliEr
     let _ = child.start_kill();
     child.wait().await.map_err(wait_error)?;
     Ok(())
+}
+
+/// Passes a signal lockyard received on to COMMAND, except a SIGINT the
+/// terminal sent to its whole foreground process group, COMMAND included: a
+/// second copy would turn one Ctrl-C into two.
+fn forward(child: &Child, sig: i32) {
+    #[cfg(unix)]
+    if sig == libc::SIGINT && in_terminal_foreground() {
+        tracing::info!("SIGINT came from the terminal, which sent it to COMMAND too");
+        return;
+    }
+    tracing::info!("forwarding signal {sig} to COMMAND");
+    send(child, sig);
+}
+
+/// Whether lockyard's process group (which COMMAND shares) is the
+/// foreground group of the terminal on stdin, stderr or stdout.
+#[cfg(unix)]
+fn in_terminal_foreground() -> bool {
+    // SAFETY: getpgrp has no preconditions and cannot fail.
+    let own = unsafe { libc::getpgrp() };
+    [0, 2, 1].into_iter().any(|fd| {
+        // SAFETY: tcgetpgrp only queries `fd`; a descriptor that is closed or
+        // not a terminal gives -1.
+        let fg = unsafe { libc::tcgetpgrp(fd) };
+        fg != -1 && fg == own
+    })
 }
 
 /// Sends `sig` to COMMAND if it has not been reaped yet.

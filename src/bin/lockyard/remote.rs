@@ -126,7 +126,10 @@ impl Backend {
                 }
             }
         };
-        waiting::acquire_reporting(name, acquire, || async { None }).await
+        waiting::acquire_reporting(name, acquire, || async {
+            Some("another Redis client".to_owned())
+        })
+        .await
     }
 }
 
