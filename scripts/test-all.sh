@@ -19,7 +19,7 @@ echo "== doc tests"
 cargo test --all-features --doc
 
 if grep -q lockyard_loom src/loom.rs 2>/dev/null; then
-  echo "== loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:=2})"
+  echo "== loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:=3})"
   LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS RUSTFLAGS="--cfg lockyard_loom" \
     CARGO_TARGET_DIR=target/loom cargo test --release --lib -- loom
 fi

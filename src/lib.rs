@@ -23,6 +23,9 @@ pub use options::{AcquireOptions, Mode};
 pub use owner::{Liveness, Owner, OwnerParseError, host_name};
 
 // ---- in-process primitives (issue 3) ----
+pub mod local;
+mod loom;
+pub use local::{NamedRwLock, NamedSemaphore, RwLock, Semaphore};
 
 // ---- file locks (issue 2) ----
 pub mod file;

@@ -1,0 +1,212 @@
+//! In-process primitives, side by side with their floors in the same run:
+//! `tokio::sync::{Semaphore, RwLock}`, `async_lock::Semaphore`, and
+//! `std::sync::Mutex` for scale.
+//!
+//! ```text
+//! cargo bench --bench local -- --warm-up-time 1 --measurement-time 3
+//! ```
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime")
+}
+
+fn uncontended(c: &mut Criterion) {
+    let rt = current_thread();
+    let mut g = c.benchmark_group("semaphore_uncontended_acquire_release");
+
+    let ours = lockyard::local::Semaphore::new(1);
+    g.bench_function("lockyard", |b| {
+        b.to_async(&rt)
+            .iter(|| async { drop(black_box(ours.acquire().await.unwrap())) })
+    });
+    let tokio_sem = tokio::sync::Semaphore::new(1);
+    g.bench_function("tokio", |b| {
+        b.to_async(&rt)
+            .iter(|| async { drop(black_box(tokio_sem.acquire().await.unwrap())) })
+    });
+    let async_lock_sem = async_lock::Semaphore::new(1);
+    g.bench_function("async_lock", |b| {
+        b.to_async(&rt)
+            .iter(|| async { drop(black_box(async_lock_sem.acquire().await)) })
+    });
+    let mutex = std::sync::Mutex::new(0u64);
+    g.bench_function("std_mutex", |b| {
+        b.iter(|| *black_box(&mutex).lock().unwrap() += 1)
+    });
+    g.bench_function("lockyard_try_acquire", |b| {
+        b.iter(|| drop(black_box(ours.try_acquire().unwrap())))
+    });
+    g.bench_function("tokio_try_acquire", |b| {
+        b.iter(|| drop(black_box(tokio_sem.try_acquire().unwrap())))
+    });
+    g.finish();
+}
+
+fn rwlock_uncontended(c: &mut Criterion) {
+    let rt = current_thread();
+    let mut g = c.benchmark_group("rwlock_uncontended");
+
+    let ours = lockyard::local::RwLock::new(1u64);
+    let theirs = tokio::sync::RwLock::new(1u64);
+    g.bench_function("read/lockyard", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(*ours.read().await) })
+    });
+    g.bench_function("read/tokio", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(*theirs.read().await) })
+    });
+    g.bench_function("write/lockyard", |b| {
+        b.to_async(&rt).iter(|| async { *ours.write().await += 1 })
+    });
+    g.bench_function("write/tokio", |b| {
+        b.to_async(&rt)
+            .iter(|| async { *theirs.write().await += 1 })
+    });
+    g.finish();
+}
+
+/// Tasks and rounds per contended measurement.
+const TASKS: usize = 64;
+const ROUNDS: usize = 100;
+const PERMITS: usize = 2;
+
+/// Runs `TASKS` tasks on `rt`, each acquiring and releasing `ROUNDS` times
+/// through `acquire_release`; returns the wall time.
+fn contended_run<S, F, Fut>(rt: &tokio::runtime::Runtime, sem: &Arc<S>, f: F) -> Duration
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    rt.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let sem = Arc::clone(sem);
+                tokio::spawn(async move {
+                    for _ in 0..ROUNDS {
+                        f(Arc::clone(&sem)).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        start.elapsed()
+    })
+}
+
+/// A little work inside the critical section.
+fn work() {
+    let mut x = 0u64;
+    for i in 0..50 {
+        x = black_box(x.wrapping_add(i));
+    }
+    black_box(x);
+}
+
+fn contended(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let mut g = c.benchmark_group("semaphore_contended_64_tasks_2_permits_2_workers");
+    g.throughput(criterion::Throughput::Elements((TASKS * ROUNDS) as u64));
+
+    let ours = Arc::new(lockyard::local::Semaphore::new(PERMITS));
+    g.bench_function("lockyard", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    contended_run(&rt, &ours, |s| async move {
+                        let _p = s.acquire().await.unwrap();
+                        work();
+                    })
+                })
+                .sum()
+        })
+    });
+    let tokio_sem = Arc::new(tokio::sync::Semaphore::new(PERMITS));
+    g.bench_function("tokio", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    contended_run(&rt, &tokio_sem, |s| async move {
+                        let _p = s.acquire().await.unwrap();
+                        work();
+                    })
+                })
+                .sum()
+        })
+    });
+    let async_lock_sem = Arc::new(async_lock::Semaphore::new(PERMITS));
+    g.bench_function("async_lock", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    contended_run(&rt, &async_lock_sem, |s| async move {
+                        let _p = s.acquire().await;
+                        work();
+                    })
+                })
+                .sum()
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("rwlock_contended_64_tasks_1_in_8_writes_2_workers");
+    g.throughput(criterion::Throughput::Elements((TASKS * ROUNDS) as u64));
+    let ours = Arc::new(lockyard::local::RwLock::new(0u64));
+    g.bench_function("lockyard", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    contended_run(&rt, &ours, |l| async move {
+                        if rand_write() {
+                            *l.write().await += 1;
+                        } else {
+                            black_box(*l.read().await);
+                            work();
+                        }
+                    })
+                })
+                .sum()
+        })
+    });
+    let theirs = Arc::new(tokio::sync::RwLock::new(0u64));
+    g.bench_function("tokio", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    contended_run(&rt, &theirs, |l| async move {
+                        if rand_write() {
+                            *l.write().await += 1;
+                        } else {
+                            black_box(*l.read().await);
+                            work();
+                        }
+                    })
+                })
+                .sum()
+        })
+    });
+    g.finish();
+}
+
+/// One write in eight.
+fn rand_write() -> bool {
+    rand::random::<u8>() < 32
+}
+
+criterion_group!(benches, uncontended, rwlock_uncontended, contended);
+criterion_main!(benches);

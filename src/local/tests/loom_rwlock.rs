@@ -1,0 +1,151 @@
+//! Loom models of [`RwLock`].
+
+use std::pin::pin;
+
+use loom::future::block_on;
+// std `Arc`: the owned guards take `std::sync::Arc<RwLock>`. Its count is not
+// modelled, but every access it guards goes through the modelled semaphore.
+use loom::sync::atomic::AtomicUsize;
+use loom::sync::atomic::Ordering::SeqCst;
+use loom::thread;
+use std::sync::Arc;
+
+use super::poll_once;
+use crate::local::RwLock;
+
+/// Who is inside, to catch overlaps.
+#[derive(Default)]
+struct Inside {
+    readers: AtomicUsize,
+    writers: AtomicUsize,
+}
+
+impl Inside {
+    fn read(&self) {
+        self.readers.fetch_add(1, SeqCst);
+        assert_eq!(self.writers.load(SeqCst), 0, "a reader overlaps a writer");
+        self.readers.fetch_sub(1, SeqCst);
+    }
+
+    fn write(&self) {
+        assert_eq!(self.writers.fetch_add(1, SeqCst), 0, "two writers overlap");
+        assert_eq!(self.readers.load(SeqCst), 0, "a writer overlaps a reader");
+        self.writers.fetch_sub(1, SeqCst);
+    }
+}
+
+/// Two writers and a reader: a writer never overlaps anyone; the data sees
+/// both writes.
+#[test]
+fn writer_never_overlaps() {
+    loom::model(|| {
+        let lock = Arc::new(RwLock::new(0usize));
+        let inside = Arc::new(Inside::default());
+        let writers: Vec<_> = (0..2)
+            .map(|_| {
+                let (lock, inside) = (lock.clone(), inside.clone());
+                thread::spawn(move || {
+                    let mut guard = block_on(lock.write());
+                    inside.write();
+                    *guard += 1;
+                })
+            })
+            .collect();
+        {
+            let guard = block_on(lock.read());
+            inside.read();
+            assert!(*guard <= 2);
+        }
+        for t in writers {
+            t.join().unwrap();
+        }
+        assert_eq!(*block_on(lock.read()), 2);
+    });
+}
+
+/// Two readers and a writer with blocking and async callers mixed.
+#[test]
+fn readers_share_writer_excludes_blocking_mix() {
+    loom::model(|| {
+        let lock = Arc::new(RwLock::new(()));
+        let inside = Arc::new(Inside::default());
+        let reader = {
+            let (lock, inside) = (lock.clone(), inside.clone());
+            thread::spawn(move || {
+                let _guard = lock.blocking_read();
+                inside.read();
+            })
+        };
+        let writer = {
+            let (lock, inside) = (lock.clone(), inside.clone());
+            thread::spawn(move || {
+                let _guard = lock.clone().blocking_write_owned();
+                inside.write();
+            })
+        };
+        {
+            let _guard = block_on(lock.clone().read_owned());
+            inside.read();
+        }
+        reader.join().unwrap();
+        writer.join().unwrap();
+        assert!(!lock.is_locked());
+    });
+}
+
+/// A queued writer is granted once the reader leaves, and a reader that
+/// comes after it does not overtake it.
+#[test]
+fn waiting_writer_is_granted_before_later_readers() {
+    loom::model(|| {
+        let lock = Arc::new(RwLock::new(0usize));
+        let first_reader = lock.clone().try_read_owned().unwrap();
+        let mut write = pin!(lock.write());
+        assert!(poll_once(&mut write).is_pending());
+        // The writer is queued: newcomers wait behind it.
+        assert!(lock.try_read().is_err());
+        let late_reader = {
+            let lock = lock.clone();
+            thread::spawn(move || *block_on(lock.read()))
+        };
+        let leaving = thread::spawn(move || drop(first_reader));
+        {
+            let mut guard = block_on(write);
+            *guard = 1;
+        }
+        leaving.join().unwrap();
+        assert_eq!(
+            late_reader.join().unwrap(),
+            1,
+            "a later reader overtook the writer"
+        );
+    });
+}
+
+/// A queued writer that is cancelled lets the readers behind it in.
+#[test]
+fn cancelled_writer_lets_readers_in() {
+    loom::model(|| {
+        let lock = Arc::new(RwLock::new(()));
+        let reader = lock.clone().try_read_owned().unwrap();
+        let (queued_tx, queued_rx) = loom::sync::mpsc::channel::<()>();
+        let writer = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                let mut write = pin!(lock.write());
+                assert!(poll_once(&mut write).is_pending());
+                queued_tx.send(()).unwrap();
+                // Dropped here: cancelled while queued (maybe partly served).
+            })
+        };
+        queued_rx.recv().unwrap();
+        let late_reader = {
+            let lock = lock.clone();
+            thread::spawn(move || drop(block_on(lock.read())))
+        };
+        late_reader.join().unwrap();
+        writer.join().unwrap();
+        drop(reader);
+        assert!(lock.try_write().is_ok());
+    });
+}

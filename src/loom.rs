@@ -1,0 +1,80 @@
+//! The one std-or-loom shim.
+//!
+//! Library code that shares state between threads imports its atomics and
+//! mutexes from here, never from `std` directly, so that
+//! `RUSTFLAGS="--cfg lockyard_loom" cargo test --release --lib -- loom`
+//! model-checks it with [loom](https://docs.rs/loom). The cfg is
+//! crate-specific on purpose: `--cfg loom` would also switch tokio's own
+//! cfgs and remove `tokio::net`, which the Redis backend needs.
+//!
+//! The [`Mutex`](sync::Mutex) here never reports poisoning: the code that
+//! holds it keeps the protected data consistent before anything that could
+//! panic, so a poisoned lock is recovered rather than propagated.
+
+#[cfg(not(lockyard_loom))]
+mod imp {
+    pub(crate) mod sync {
+        pub(crate) use std::sync::MutexGuard;
+
+        pub(crate) mod atomic {
+            pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
+        }
+
+        /// `std::sync::Mutex` whose `lock` ignores poisoning.
+        #[derive(Debug, Default)]
+        pub(crate) struct Mutex<T>(std::sync::Mutex<T>);
+
+        impl<T> Mutex<T> {
+            #[inline]
+            pub(crate) fn new(value: T) -> Self {
+                Self(std::sync::Mutex::new(value))
+            }
+
+            #[inline]
+            pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            }
+        }
+    }
+
+    /// Runs a future to completion on the current thread, parking it while
+    /// the future is pending.
+    pub(crate) fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        futures::executor::block_on(future)
+    }
+}
+
+#[cfg(lockyard_loom)]
+mod imp {
+    pub(crate) mod sync {
+        pub(crate) use loom::sync::MutexGuard;
+
+        pub(crate) mod atomic {
+            pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
+        }
+
+        /// `loom::sync::Mutex` whose `lock` ignores poisoning.
+        #[derive(Debug, Default)]
+        pub(crate) struct Mutex<T>(loom::sync::Mutex<T>);
+
+        impl<T> Mutex<T> {
+            #[inline]
+            pub(crate) fn new(value: T) -> Self {
+                Self(loom::sync::Mutex::new(value))
+            }
+
+            #[inline]
+            pub(crate) fn lock(&self) -> MutexGuard<'_, T> {
+                self.0
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+            }
+        }
+    }
+
+    pub(crate) use loom::future::block_on;
+}
+
+pub(crate) use imp::*;

@@ -1,0 +1,470 @@
+//! In-process Semaphore and RwLock: behaviour, fairness, and cancellation of
+//! every waiting method at awkward moments (before its first poll, while
+//! queued, partly served, served but not yet polled).
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use lockyard::local::{
+    AcquireTimeoutError, NamedRwLock, NamedSemaphore, RwLock, Semaphore, TryAcquireError,
+};
+use lockyard::{AcquireOptions, Lock, LockError, Mode};
+
+/// Polls once with a no-op waker.
+fn poll_once<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
+    future.poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// Bounds every wait.
+async fn bounded<F: Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(10), f)
+        .await
+        .expect("test hung")
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One way of waiting for `n` permits of a semaphore; resolves to whether it
+/// got them (and forgets them).
+type AcquireFn = fn(Arc<Semaphore>, u32) -> BoxFuture<bool>;
+
+fn long() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn semaphore_waiters() -> Vec<(&'static str, u32, AcquireFn)> {
+    vec![
+        ("acquire", 1, |s, _| {
+            Box::pin(async move { s.acquire().await.map(|p| p.forget()).is_ok() })
+        }),
+        ("acquire_many", 2, |s, n| {
+            Box::pin(async move { s.acquire_many(n).await.map(|p| p.forget()).is_ok() })
+        }),
+        ("acquire_timeout", 1, |s, _| {
+            Box::pin(async move { s.acquire_timeout(long()).await.map(|p| p.forget()).is_ok() })
+        }),
+        ("acquire_many_timeout", 2, |s, n| {
+            Box::pin(async move {
+                s.acquire_many_timeout(n, long())
+                    .await
+                    .map(|p| p.forget())
+                    .is_ok()
+            })
+        }),
+        ("acquire_owned", 1, |s, _| {
+            Box::pin(async move { s.acquire_owned().await.map(|p| p.forget()).is_ok() })
+        }),
+        ("acquire_many_owned", 2, |s, n| {
+            Box::pin(async move { s.acquire_many_owned(n).await.map(|p| p.forget()).is_ok() })
+        }),
+        ("acquire_many_owned_timeout", 2, |s, n| {
+            Box::pin(async move {
+                s.acquire_many_owned_timeout(n, long())
+                    .await
+                    .map(|p| p.forget())
+                    .is_ok()
+            })
+        }),
+        ("NamedSemaphore::lock", 1, |s, _| {
+            Box::pin(async move {
+                let named = NamedSemaphore::from_arc("x", s);
+                let opts = AcquireOptions::exclusive().timeout(long());
+                named.lock(&opts).await.map(std::mem::forget).is_ok()
+            })
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn cancel_every_semaphore_waiter_at_awkward_moments() {
+    for (name, n, make) in semaphore_waiters() {
+        let permits = n as usize;
+
+        // Dropped before its first poll.
+        let s = Arc::new(Semaphore::new(0));
+        drop(make(Arc::clone(&s), n));
+        s.add_permits(permits);
+        assert_eq!(s.available_permits(), permits, "{name}: never polled");
+
+        // Dropped while queued with nothing assigned.
+        let s = Arc::new(Semaphore::new(0));
+        let mut fut = make(Arc::clone(&s), n);
+        assert!(poll_once(fut.as_mut()).is_pending(), "{name}");
+        drop(fut);
+        s.add_permits(permits);
+        assert_eq!(s.available_permits(), permits, "{name}: queued");
+
+        // Dropped after being served but before being polled again.
+        let s = Arc::new(Semaphore::new(0));
+        let mut fut = make(Arc::clone(&s), n);
+        assert!(poll_once(fut.as_mut()).is_pending(), "{name}");
+        s.add_permits(permits);
+        assert_eq!(
+            s.available_permits(),
+            0,
+            "{name}: permits went to the waiter"
+        );
+        drop(fut);
+        assert_eq!(s.available_permits(), permits, "{name}: served, unpolled");
+
+        // Served, unpolled, with another waiter behind: the permits go on to
+        // it rather than to the counter.
+        let s = Arc::new(Semaphore::new(0));
+        let mut first = make(Arc::clone(&s), n);
+        assert!(poll_once(first.as_mut()).is_pending());
+        let mut second = pin!(Arc::clone(&s).acquire_many_owned(n));
+        assert!(poll_once(second.as_mut()).is_pending());
+        s.add_permits(permits);
+        drop(first);
+        assert_eq!(s.available_permits(), 0, "{name}: handed on");
+        assert!(matches!(poll_once(second.as_mut()), Poll::Ready(Ok(_))));
+
+        // Weighted: partly served at the front, then dropped; the waiter
+        // behind gets the share.
+        if n == 2 {
+            let s = Arc::new(Semaphore::new(1));
+            let mut fut = make(Arc::clone(&s), n);
+            // Takes the one free permit and waits for the other.
+            assert!(poll_once(fut.as_mut()).is_pending());
+            assert_eq!(s.available_permits(), 0, "{name}: partly served");
+            let mut behind = pin!(s.acquire());
+            assert!(
+                poll_once(behind.as_mut()).is_pending(),
+                "{name}: no overtaking"
+            );
+            drop(fut);
+            assert!(
+                matches!(poll_once(behind.as_mut()), Poll::Ready(Ok(_))),
+                "{name}: share handed on"
+            );
+        }
+
+        // And it does complete when not cancelled.
+        let s = Arc::new(Semaphore::new(0));
+        let waiter = tokio::spawn(make(Arc::clone(&s), n));
+        tokio::task::yield_now().await;
+        s.add_permits(permits);
+        assert!(bounded(waiter).await.unwrap(), "{name}: completes");
+    }
+}
+
+/// One way of waiting for an RwLock.
+type LockFn = fn(Arc<RwLock>) -> BoxFuture<()>;
+
+fn rwlock_waiters() -> Vec<(&'static str, bool, LockFn)> {
+    vec![
+        ("read", false, |l| {
+            Box::pin(async move { drop(l.read().await) })
+        }),
+        ("write", true, |l| {
+            Box::pin(async move { drop(l.write().await) })
+        }),
+        ("read_owned", false, |l| {
+            Box::pin(async move { drop(l.read_owned().await) })
+        }),
+        ("write_owned", true, |l| {
+            Box::pin(async move { drop(l.write_owned().await) })
+        }),
+        ("NamedRwLock::lock(shared)", false, |l| {
+            Box::pin(async move {
+                let named = NamedRwLock::from_arc("x", l);
+                drop(named.lock(&AcquireOptions::shared()).await.unwrap())
+            })
+        }),
+        ("NamedRwLock::lock(exclusive)", true, |l| {
+            Box::pin(async move {
+                let named = NamedRwLock::from_arc("x", l);
+                drop(named.lock(&AcquireOptions::exclusive()).await.unwrap())
+            })
+        }),
+    ]
+}
+
+#[tokio::test]
+async fn cancel_every_rwlock_waiter_at_awkward_moments() {
+    for (name, is_write, make) in rwlock_waiters() {
+        // Never polled.
+        let l = Arc::new(RwLock::new(()));
+        drop(make(Arc::clone(&l)));
+        assert!(!l.is_locked(), "{name}");
+
+        // Queued behind a writer, then dropped.
+        let l = Arc::new(RwLock::new(()));
+        let w = Arc::clone(&l).try_write_owned().unwrap();
+        let mut fut = make(Arc::clone(&l));
+        assert!(poll_once(fut.as_mut()).is_pending(), "{name}");
+        drop(fut);
+        drop(w);
+        assert!(!l.is_locked(), "{name}: queued then dropped");
+        assert!(l.try_write().is_ok());
+
+        // Served but not yet polled, then dropped.
+        let l = Arc::new(RwLock::new(()));
+        let w = Arc::clone(&l).try_write_owned().unwrap();
+        let mut fut = make(Arc::clone(&l));
+        assert!(poll_once(fut.as_mut()).is_pending());
+        drop(w);
+        assert!(l.is_locked(), "{name}: handed to the waiter");
+        drop(fut);
+        assert!(!l.is_locked(), "{name}: served, unpolled, dropped");
+
+        if is_write {
+            // Partly served (a reader inside), then dropped: the reader
+            // queued behind it gets in.
+            let l = Arc::new(RwLock::new(()));
+            let r = Arc::clone(&l).try_read_owned().unwrap();
+            let mut fut = make(Arc::clone(&l));
+            assert!(poll_once(fut.as_mut()).is_pending());
+            let mut late = pin!(l.read());
+            assert!(
+                poll_once(late.as_mut()).is_pending(),
+                "{name}: reader waits behind writer"
+            );
+            drop(fut);
+            assert!(poll_once(late.as_mut()).is_ready(), "{name}: reader let in");
+            drop(r);
+        }
+    }
+}
+
+#[tokio::test]
+async fn fifo_no_overtaking() {
+    let s = Semaphore::new(1);
+    let held = s.try_acquire().unwrap();
+    let mut big = pin!(s.acquire_many(2));
+    assert!(poll_once(big.as_mut()).is_pending());
+    s.add_permits(1);
+    // One permit is free in total, but it is set aside for `big`: a
+    // newcomer asking for one waits.
+    assert_eq!(s.try_acquire().unwrap_err(), TryAcquireError::NoPermits);
+    let mut small = pin!(s.acquire());
+    assert!(poll_once(small.as_mut()).is_pending());
+    drop(held);
+    let big = poll_once(big.as_mut());
+    assert!(matches!(big, Poll::Ready(Ok(ref p)) if p.num_permits() == 2));
+    assert!(poll_once(small.as_mut()).is_pending());
+    drop(big);
+    assert!(poll_once(small.as_mut()).is_ready());
+}
+
+#[tokio::test]
+async fn waiters_are_served_in_order() {
+    let s = Arc::new(Semaphore::new(0));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let (s, tx) = (Arc::clone(&s), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let p = s.acquire().await.unwrap();
+            tx.send(i).unwrap();
+            drop(p);
+        }));
+        // Let it queue before the next one starts.
+        tokio::task::yield_now().await;
+    }
+    s.add_permits(1);
+    for t in tasks {
+        bounded(t).await.unwrap();
+    }
+    let order: Vec<i32> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    assert_eq!(order, (0..20).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn close_fails_waiters_and_keeps_holders() {
+    let s = Arc::new(Semaphore::new(1));
+    let held = s.try_acquire().unwrap();
+    let waiters: Vec<_> = (0..5)
+        .map(|_| {
+            let s = Arc::clone(&s);
+            tokio::spawn(async move { s.acquire_many(1).await.is_err() })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    s.close();
+    for w in waiters {
+        assert!(bounded(w).await.unwrap());
+    }
+    assert!(s.acquire().await.is_err());
+    assert_eq!(
+        s.acquire_timeout(Duration::from_secs(1)).await.unwrap_err(),
+        AcquireTimeoutError::Closed
+    );
+    assert!(s.try_acquire().unwrap_err().is_closed());
+    drop(held);
+    assert_eq!(s.available_permits(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_leave_nothing_behind() {
+    let s = Arc::new(Semaphore::new(1));
+    let held = s.try_acquire().unwrap();
+    let err = s
+        .acquire_timeout(Duration::from_millis(50))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    let err = Arc::clone(&s)
+        .acquire_many_owned_timeout(1, Duration::ZERO)
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout());
+    drop(held);
+    assert_eq!(s.available_permits(), 1);
+    // A free permit is taken even with a zero timeout.
+    assert!(s.acquire_timeout(Duration::ZERO).await.is_ok());
+}
+
+#[test]
+fn blocking_acquirers_on_threads() {
+    let s = Semaphore::new(2);
+    let inside = AtomicUsize::new(0);
+    let max = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for i in 0..8 {
+            let (s, inside, max) = (&s, &inside, &max);
+            scope.spawn(move || {
+                for _ in 0..200 {
+                    let p = if i % 2 == 0 {
+                        s.acquire_blocking().unwrap()
+                    } else {
+                        s.acquire_many_blocking(1).unwrap()
+                    };
+                    let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                    max.fetch_max(now, Ordering::SeqCst);
+                    inside.fetch_sub(1, Ordering::SeqCst);
+                    drop(p);
+                }
+            });
+        }
+    });
+    assert!(max.load(Ordering::SeqCst) <= 2);
+    assert_eq!(s.available_permits(), 2);
+}
+
+#[test]
+fn rwlock_blocking_threads_keep_data_consistent() {
+    let lock = RwLock::new((0u64, 0u64));
+    std::thread::scope(|scope| {
+        for i in 0..6 {
+            let lock = &lock;
+            scope.spawn(move || {
+                for _ in 0..300 {
+                    if i % 3 == 0 {
+                        let mut g = lock.blocking_write();
+                        g.0 += 1;
+                        g.1 += 1;
+                    } else {
+                        let g = lock.blocking_read();
+                        assert_eq!(g.0, g.1, "torn read");
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(*lock.blocking_read(), (600, 600));
+}
+
+#[tokio::test]
+async fn rwlock_downgrade_lets_readers_in_not_writers() {
+    let l = RwLock::new(1);
+    let mut w = l.write().await;
+    *w = 2;
+    let r = w.downgrade();
+    assert!(l.try_write().is_err());
+    assert_eq!(*l.try_read().unwrap(), 2);
+    drop(r);
+    assert!(l.try_write().is_ok());
+}
+
+#[tokio::test]
+async fn named_semaphore_through_the_lock_trait() {
+    let lock: Arc<dyn Lock> = Arc::new(NamedSemaphore::new("gpu", 2));
+    assert_eq!(lock.name(), "gpu");
+    let a = lock.lock(&AcquireOptions::exclusive()).await.unwrap();
+    let b = lock.try_lock(Mode::Shared).await.unwrap();
+    assert_eq!(
+        (a.resource(), a.mode(), a.fencing_token()),
+        ("gpu", Mode::Exclusive, None)
+    );
+    assert!(lock.is_locked().await.unwrap());
+    let err = lock.try_lock(Mode::Exclusive).await.unwrap_err();
+    assert!(matches!(err, LockError::WouldBlock { ref resource, .. } if resource == "gpu"));
+    let opts = AcquireOptions::exclusive().timeout(Duration::from_millis(20));
+    let err = lock.lock(&opts).await.unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    let zero = AcquireOptions::exclusive().timeout(Duration::ZERO);
+    let err = lock.lock(&zero).await.unwrap_err();
+    assert!(err.is_timeout(), "zero timeout tries once: {err}");
+    a.release().await.unwrap();
+    drop(b);
+    assert!(!lock.is_locked().await.unwrap());
+
+    let named = NamedSemaphore::new("closed", 1);
+    named.semaphore().close();
+    assert!(matches!(
+        named.lock(&AcquireOptions::new()).await,
+        Err(LockError::Closed { .. })
+    ));
+    assert!(matches!(
+        named.try_lock(Mode::Exclusive).await,
+        Err(LockError::Closed { .. })
+    ));
+}
+
+#[tokio::test]
+async fn named_rwlock_through_the_lock_trait() {
+    let lock = NamedRwLock::new("index");
+    let r1 = lock.lock(&AcquireOptions::shared()).await.unwrap();
+    let r2 = lock.lock(&AcquireOptions::shared()).await.unwrap();
+    assert_eq!(r1.mode(), Mode::Shared);
+    assert!(lock.is_locked().await.unwrap());
+    let opts = AcquireOptions::exclusive().timeout(Duration::from_millis(20));
+    assert!(lock.lock(&opts).await.unwrap_err().is_timeout());
+    // The timed-out writer left; readers still get in.
+    let r3 = lock.try_lock(Mode::Shared).await.unwrap();
+    drop((r1, r2, r3));
+    let w = lock.lock(&AcquireOptions::exclusive()).await.unwrap();
+    assert_eq!(w.mode(), Mode::Exclusive);
+    assert!(
+        lock.try_lock(Mode::Shared)
+            .await
+            .unwrap_err()
+            .is_would_block()
+    );
+    w.release().await.unwrap();
+    assert!(!lock.is_locked().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_writer_not_starved_by_reader_stream() {
+    let lock = Arc::new(RwLock::new(0u64));
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<_> = (0..8)
+        .map(|_| {
+            let (lock, stop) = (Arc::clone(&lock), Arc::clone(&stop));
+            tokio::spawn(async move {
+                let mut reads = 0u64;
+                while !stop.load(Ordering::Relaxed) && reads < 1_000_000 {
+                    let g = lock.read().await;
+                    tokio::task::yield_now().await;
+                    drop(g);
+                    reads += 1;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for _ in 0..10 {
+        *bounded(lock.write()).await += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        bounded(r).await.unwrap();
+    }
+    assert_eq!(*lock.read().await, 10);
+}
