@@ -7,11 +7,15 @@
 //! crate-specific on purpose: `--cfg loom` would also switch tokio's own
 //! cfgs and remove `tokio::net`, which the Redis backend needs.
 //!
+//! loom is a dev-dependency, so it is swapped in for unit-test builds only
+//! (`cfg(all(test, lockyard_loom))`, as tokio does with `cfg(all(test,
+//! loom))`); any other build under the cfg keeps std.
+//!
 //! The [`Mutex`](sync::Mutex) here never reports poisoning: the code that
 //! holds it keeps the protected data consistent before anything that could
 //! panic, so a poisoned lock is recovered rather than propagated.
 
-#[cfg(not(lockyard_loom))]
+#[cfg(not(all(test, lockyard_loom)))]
 mod imp {
     pub(crate) mod sync {
         pub(crate) use std::sync::MutexGuard;
@@ -46,13 +50,13 @@ mod imp {
     }
 }
 
-#[cfg(lockyard_loom)]
+#[cfg(all(test, lockyard_loom))]
 mod imp {
     pub(crate) mod sync {
-        pub(crate) use loom::sync::MutexGuard;
+        pub(crate) use ::loom::sync::MutexGuard;
 
         pub(crate) mod atomic {
-            pub(crate) use loom::sync::atomic::{AtomicUsize, Ordering};
+            pub(crate) use ::loom::sync::atomic::{AtomicUsize, Ordering};
         }
 
         /// `loom::sync::Mutex` whose `lock` ignores poisoning.
@@ -62,7 +66,7 @@ mod imp {
         impl<T> Mutex<T> {
             #[inline]
             pub(crate) fn new(value: T) -> Self {
-                Self(loom::sync::Mutex::new(value))
+                Self(::loom::sync::Mutex::new(value))
             }
 
             #[inline]
@@ -74,7 +78,7 @@ mod imp {
         }
     }
 
-    pub(crate) use loom::future::block_on;
+    pub(crate) use ::loom::future::block_on;
 }
 
 pub(crate) use imp::*;

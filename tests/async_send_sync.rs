@@ -92,3 +92,69 @@ mod redis_extras {
         ));
     }
 }
+
+// ---- in-process primitives (issue 3) ----
+
+mod local {
+    use super::*;
+    use lockyard::local::*;
+    use std::sync::Arc;
+
+    assert_send_sync!(
+        Semaphore,
+        SemaphorePermit<'static>,
+        OwnedSemaphorePermit,
+        RwLock<Vec<u8>>,
+        RwLock,
+        RwLockReadGuard<'static, Vec<u8>>,
+        RwLockWriteGuard<'static, Vec<u8>>,
+        OwnedRwLockReadGuard<Vec<u8>>,
+        OwnedRwLockWriteGuard<Vec<u8>>,
+        NamedSemaphore,
+        NamedRwLock,
+        TryAcquireError,
+        AcquireError,
+        AcquireTimeoutError,
+        TryLockError,
+    );
+
+    const _: fn() = || {
+        require_unpin::<SemaphorePermit<'static>>();
+        require_unpin::<OwnedSemaphorePermit>();
+        require_unpin::<OwnedRwLockWriteGuard<Vec<u8>>>();
+    };
+
+    fn send_sync<F: Send + Sync>(_: &F) {}
+
+    /// The futures of the acquiring methods are `Send + Sync`, so they can
+    /// be spawned and held across `.await` in `Sync` futures; the `Lock`
+    /// trait's (async-trait) futures are `Send`.
+    fn futures_are_send_sync(
+        s: &'static Semaphore,
+        a: Arc<Semaphore>,
+        l: &'static RwLock<Vec<u8>>,
+        al: Arc<RwLock<Vec<u8>>>,
+        ns: &'static NamedSemaphore,
+        nl: &'static NamedRwLock,
+        o: &'static lockyard::AcquireOptions,
+    ) {
+        use lockyard::{Lock, Mode};
+        fn send<F: std::future::Future + Send>(_: F) {}
+        let t = std::time::Duration::ZERO;
+        send_sync(&s.acquire());
+        send_sync(&s.acquire_many(2));
+        send_sync(&s.acquire_timeout(t));
+        send_sync(&s.acquire_many_timeout(2, t));
+        send_sync(&a.clone().acquire_owned());
+        send_sync(&a.clone().acquire_many_owned(2));
+        send_sync(&a.acquire_many_owned_timeout(2, t));
+        send_sync(&l.read());
+        send_sync(&l.write());
+        send_sync(&al.clone().read_owned());
+        send_sync(&al.write_owned());
+        send(ns.lock(o));
+        send(ns.try_lock(Mode::Shared));
+        send(nl.lock(o));
+        send(nl.try_lock(Mode::Exclusive));
+    }
+}
