@@ -3,8 +3,12 @@
 //!
 //! Both are built on one crate-private FIFO core (a waiter queue with
 //! weighted requests, in the manner of tokio's `batch_semaphore`), written
-//! against the crate's loom shim and model-checked with loom: see the
-//! README's "Testing" section for how to run the models.
+//! against the crate's loom shim and model-checked with loom:
+//!
+//! ```text
+//! LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg lockyard_loom" \
+//!     CARGO_TARGET_DIR=target/loom cargo test --release --lib -- loom
+//! ```
 //!
 //! [`NamedSemaphore`] and [`NamedRwLock`] put them behind the crate's
 //! [`Lock`](crate::Lock) trait, beside file and Redis locks.
