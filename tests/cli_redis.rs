@@ -51,7 +51,7 @@ fn lease_is_renewed_while_command_runs_and_tokens_increase() {
     let out = env.run(&["exec", "-n", "--redis", &url, "job", "--", "true"]);
     assert_clean_failure(&out, 1);
     assert!(
-        stderr(&out).contains("held by another Redis client"),
+        stderr(&out).contains(&format!("held by pid {} on", holder.pid())),
         "{}",
         stderr(&out)
     );

@@ -47,7 +47,11 @@ pub(crate) async fn exec(
     let guard = match acquired {
         Ok(guard) => guard,
         Err(err) if err.is_contended() => {
-            let who = Some("another Redis client".to_owned());
+            let who = err.holder().map_or_else(
+                || "another Redis client".to_owned(),
+                waiting::describe_owner,
+            );
+            let who = Some(who);
             return Err(ctx.conflict(args, name, who, &err));
         }
         Err(err) => return Err(err.into()),
