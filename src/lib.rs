@@ -1,6 +1,110 @@
-//! lockyard: async-first locks for tokio.
+//! Async-first locks for tokio: cross-process file locks, distributed Redis
+//! locks, fair in-process primitives, and a manager that takes several of
+//! them without deadlock.
 //!
-//! (The crate tour is written once the backends land.)
+//! Every acquisition is a future: dropping it at any `.await` leaves nothing
+//! held and nothing queued. Every guard releases on drop. Every method that
+//! waits says what a cancelled caller loses under `# Cancel safety`.
+//!
+//! # A tour
+//!
+//! **File locks** coordinate processes on one machine (and tasks inside
+//! them, which contend exactly as separate processes do). The kernel
+//! releases them when a holder dies, so a crash never leaves a lock behind:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lockyard::LockError> {
+//! use std::time::Duration;
+//! use lockyard::FileLockManager;
+//!
+//! let dir = tempfile::tempdir().unwrap();
+//! let locks = FileLockManager::new(dir.path())?;
+//!
+//! let guard = locks.acquire("nightly-report", Duration::from_secs(10)).await?;
+//! // Someone else (another task or process) cannot have it now:
+//! let busy = locks.try_acquire("nightly-report").await.unwrap_err();
+//! assert!(busy.is_would_block());
+//! // ... and is told who holds it: pid, host, since.
+//! assert_eq!(busy.holder().map(|o| o.pid), Some(std::process::id()));
+//! drop(guard);
+//! assert!(!locks.is_locked("nightly-report").await?);
+//!
+//! // Readers share, a writer excludes.
+//! let r1 = locks.acquire_shared("cache", Duration::from_secs(1)).await?;
+//! let r2 = locks.acquire_shared("cache", Duration::from_secs(1)).await?;
+//! let w = locks.acquire("cache", Duration::from_millis(20)).await;
+//! assert!(w.unwrap_err().is_timeout());
+//! # drop((r1, r2));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! **Redis locks** coordinate machines. The lock's TTL is renewed in the
+//! background while the guard lives; `lost()` tells the holder when it can no
+//! longer be sure it holds it, and fencing tokens let storage reject a stale
+//! holder. [`RedisLocks`] also makes semaphores and read-write locks, and
+//! [`Redlock`] spreads one lock over several independent servers:
+//!
+//! ```no_run
+//! # #[cfg(feature = "redis")]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lockyard::LockError> {
+//! use std::time::Duration;
+//! use lockyard::RedisLocks;
+//!
+//! let redis = RedisLocks::connect("redis://127.0.0.1:6379").await?;
+//! let guard = redis.acquire("invoice-42", Duration::from_secs(5)).await?;
+//! let token = guard.fencing_token(); // pass it along to storage
+//! # let _ = token;
+//! // Stop working the moment the lock is lost:
+//! let outcome = guard.run_until_lost(async { /* the work */ }).await;
+//! outcome?;
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "redis"))]
+//! # fn main() {}
+//! ```
+//!
+//! **In-process primitives**: a fair (FIFO) async [`Semaphore`], usable from
+//! plain threads too, and an [`RwLock`] whose waiting writer is never starved.
+//! Their waiter queue is model-checked with loom.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! use lockyard::Semaphore;
+//!
+//! let downloads = Semaphore::new(2);
+//! let a = downloads.acquire().await.unwrap();
+//! let b = downloads.acquire().await.unwrap();
+//! assert!(downloads.try_acquire().is_err());
+//! drop(a);
+//! assert_eq!(downloads.available_permits(), 1);
+//! # drop(b);
+//! # }
+//! ```
+//!
+//! **Several locks at once**: [`AsyncLockManager`] holds named locks of any
+//! kind behind the object-safe [`Lock`] trait and takes sets of them in
+//! sorted order under one deadline, all or nothing, keeping [`LockStats`].
+//!
+//! # When not to use lockyard
+//!
+//! - To guard data inside one process with no `.await` while locked,
+//!   `std::sync::Mutex` is simpler and faster; for plain async data locks
+//!   `tokio::sync` is enough. lockyard's in-process primitives are for when
+//!   you need them behind the [`Lock`] trait, from threads and tasks alike,
+//!   or with its fairness guarantees.
+//! - File locks are advisory and local: processes that do not take them are
+//!   not stopped, and on network file systems `flock` may not reach other
+//!   machines. Use Redis (or a database) to coordinate hosts.
+//! - A Redis lock is a lease, not a mutex in the strict sense: a paused or
+//!   partitioned holder can outlive its TTL. `lost()` narrows that window and
+//!   fencing tokens close it only where the protected storage checks them.
+//!   For correctness that must survive any timing, use a consensus system
+//!   (etcd, ZooKeeper) and fencing.
 #![warn(
     missing_debug_implementations,
     missing_docs,
