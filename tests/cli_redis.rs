@@ -40,14 +40,14 @@ fn lease_is_renewed_while_command_runs_and_tokens_increase() {
     let env = Env::new();
     let (tok, ready) = (env.path("tok"), env.path("ready"));
     let script = format!(
-        "echo $LOCKYARD_FENCING_TOKEN > '{}'; touch '{}'; sleep 2.5",
+        "echo $LOCKYARD_FENCING_TOKEN > '{}'; touch '{}'; sleep 3",
         tok.display(),
         ready.display()
     );
-    let mut holder = spawn_exec(&env, &url, "1s", &script);
+    let mut holder = spawn_exec(&env, &url, "1200ms", &script);
     assert!(wait_until(PATIENCE, || ready.exists()));
-    // Well past the 1 s TTL the lock must still be held (renewed).
-    std::thread::sleep(Duration::from_millis(1800));
+    // Well past the 1.2 s TTL the lock must still be held (renewed).
+    std::thread::sleep(Duration::from_millis(2200));
     let out = env.run(&["exec", "-n", "--redis", &url, "job", "--", "true"]);
     assert_clean_failure(&out, 1);
     assert!(
