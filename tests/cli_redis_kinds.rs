@@ -66,7 +66,10 @@ fn redlock_over_three_servers() {
             args.extend_from_slice(&["--redis", u]);
         }
         args.extend_from_slice(&["job", "--", "sh", "-c", script]);
-        env.run(&args)
+        // An outer lockyard's token must not leak through.
+        let mut cmd = env.cmd(&args);
+        cmd.env("LOCKYARD_FENCING_TOKEN", "999");
+        output(cmd)
     };
     // No strictly increasing token exists on Redlock: the variable is unset.
     let out = with(&[], "echo \"[${LOCKYARD_FENCING_TOKEN-unset}]\"");

@@ -151,7 +151,7 @@ impl Ctx {
 pub(crate) async fn run_locked(
     name: &str,
     command: &[OsString],
-    envs: &[(&str, String)],
+    envs: &[(&str, Option<String>)],
     lost: impl Future<Output = ()>,
     signals: &mut Signals,
 ) -> Result<u8, CliError> {

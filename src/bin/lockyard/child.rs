@@ -68,19 +68,26 @@ impl Signals {
     }
 }
 
-/// Starts COMMAND with inherited stdio and the extra environment `envs`.
+/// Starts COMMAND with inherited stdio and environment, where `envs` sets
+/// (`Some`) or removes (`None`) variables.
 ///
 /// Must be called on the thread that lives as long as lockyard (the main
 /// thread): Linux delivers the parent-death signal when the *thread* that
 /// forked the child exits.
-pub(crate) fn spawn(command: &[OsString], envs: &[(&str, String)]) -> Result<Child, CliError> {
+pub(crate) fn spawn(
+    command: &[OsString],
+    envs: &[(&str, Option<String>)],
+) -> Result<Child, CliError> {
     let (program, args) = command
         .split_first()
         .ok_or_else(|| CliError::usage("no COMMAND given"))?;
     let mut cmd = Command::new(program);
     cmd.args(args);
     for (key, value) in envs {
-        cmd.env(key, value);
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
     }
     #[cfg(target_os = "linux")]
     set_parent_death_signal(&mut cmd);

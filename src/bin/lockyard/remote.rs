@@ -58,10 +58,8 @@ pub(crate) async fn exec(
     };
     let token = guard.fencing_token();
     tracing::info!("holding `{name}` on Redis (fencing token {token:?})");
-    let envs: Vec<(&str, String)> = token
-        .map(|t| (FENCING_ENV, t.to_string()))
-        .into_iter()
-        .collect();
+    // Unset rather than inherited from an outer lockyard when there is none.
+    let envs = [(FENCING_ENV, token.map(|t| t.to_string()))];
     let code = run_locked(name, &args.command, &envs, guard.lost(), signals).await;
     if code.as_ref().is_err_and(|e| e.code == exit::LOCK_LOST) {
         // The lease is gone; releasing would only wait on a Redis that may be down.
