@@ -121,6 +121,7 @@ fn contended(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let mut g = c.benchmark_group("semaphore_contended_64_tasks_2_permits_2_workers");
+    g.sample_size(30);
     g.throughput(criterion::Throughput::Elements((TASKS * ROUNDS) as u64));
 
     let ours = Arc::new(lockyard::local::Semaphore::new(PERMITS));
@@ -165,6 +166,7 @@ fn contended(c: &mut Criterion) {
     g.finish();
 
     let mut g = c.benchmark_group("rwlock_contended_64_tasks_1_in_8_writes_2_workers");
+    g.sample_size(30);
     g.throughput(criterion::Throughput::Elements((TASKS * ROUNDS) as u64));
     let ours = Arc::new(lockyard::local::RwLock::new(0u64));
     g.bench_function("lockyard", |b| {

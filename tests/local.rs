@@ -468,3 +468,42 @@ async fn waiting_writer_not_starved_by_reader_stream() {
     }
     assert_eq!(*lock.read().await, 10);
 }
+
+#[tokio::test]
+async fn held_by_the_manager_beside_other_locks() {
+    use lockyard::AsyncLockManager;
+
+    let manager = AsyncLockManager::new();
+    manager
+        .register("gpu", Arc::new(NamedSemaphore::new("gpu", 1)))
+        .unwrap();
+    manager
+        .register("index", Arc::new(NamedRwLock::new("index")))
+        .unwrap();
+    let set = manager
+        .acquire_all(&["index", "gpu"], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(set.len(), 2);
+    let busy = manager
+        .acquire(
+            "gpu",
+            &AcquireOptions::exclusive().timeout(Duration::from_millis(10)),
+        )
+        .await
+        .unwrap_err();
+    assert!(busy.is_timeout(), "{busy}");
+    let shared = AcquireOptions::shared().timeout(Duration::from_millis(10));
+    assert!(
+        manager
+            .acquire("index", &shared)
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
+    set.release().await.unwrap();
+    let r1 = manager.acquire("index", &shared).await.unwrap();
+    let r2 = manager.acquire("index", &shared).await.unwrap();
+    drop((r1, r2));
+    assert!(!manager.get("gpu").unwrap().is_locked().await.unwrap());
+}

@@ -248,7 +248,10 @@ impl Semaphore {
     /// Waits for `n` permits, taken together.
     ///
     /// While it waits at the front of the queue, permits are set aside for
-    /// it as they are released, and nobody behind it is served.
+    /// it as they are released, and nobody behind it is served. So a request
+    /// for more permits than the semaphore will ever hold waits until the
+    /// semaphore is closed or the future dropped, and holds back everyone
+    /// queued after it meanwhile.
     ///
     /// # Cancel safety
     ///
