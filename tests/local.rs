@@ -507,3 +507,53 @@ async fn held_by_the_manager_beside_other_locks() {
     drop((r1, r2));
     assert!(!manager.get("gpu").unwrap().is_locked().await.unwrap());
 }
+
+/// Counts its wakes.
+struct CountingWaker(AtomicUsize);
+
+impl std::task::Wake for CountingWaker {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// More waiters than one wake batch (32): `add_permits` and `close` go
+/// round the lock again until every waiter is woken, served or failed.
+#[tokio::test]
+async fn wake_batches_larger_than_one_round() {
+    let counter = Arc::new(CountingWaker(AtomicUsize::new(0)));
+    let waker = Waker::from(Arc::clone(&counter));
+    let mut cx = Context::from_waker(&waker);
+    let s = Arc::new(Semaphore::new(0));
+    let mut waiters: Vec<_> = (0..100).map(|_| Box::pin(s.acquire())).collect();
+    for w in &mut waiters {
+        assert!(w.as_mut().poll(&mut cx).is_pending());
+    }
+    s.add_permits(70);
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        70,
+        "every served waiter woken"
+    );
+    let mut served = 0;
+    for w in &mut waiters {
+        if let Poll::Ready(p) = w.as_mut().poll(&mut cx) {
+            p.unwrap().forget();
+            served += 1;
+        }
+    }
+    assert_eq!(served, 70);
+    s.close();
+    assert_eq!(
+        counter.0.load(Ordering::SeqCst),
+        100,
+        "every waiter woken by close"
+    );
+    let failed = waiters
+        .iter_mut()
+        .skip(70)
+        .map(|w| poll_once(w.as_mut()))
+        .filter(|p| matches!(p, Poll::Ready(Err(_))))
+        .count();
+    assert_eq!(failed, 30);
+}
