@@ -50,6 +50,7 @@ use tokio::sync::{RwLock, oneshot};
 
 use super::interrupt::{self, ThreadCtl};
 use super::lockfile::{Access, LockFile};
+use super::pool;
 use crate::error::LockError;
 use crate::options::Mode;
 
@@ -74,6 +75,10 @@ struct KernelState {
     /// The kernel lock held by this process's holders, if any.
     held: Weak<HeldFd>,
     waiter: Option<Waiter>,
+    /// The descriptor of the last released lock, kept open (unlocked) so the
+    /// next acquisition skips `open`. It may point to a file a cleanup has
+    /// removed since: the identity check after locking catches that.
+    idle: Option<LockFile>,
 }
 
 #[derive(Debug)]
@@ -88,10 +93,16 @@ struct Wanter {
     tx: oneshot::Sender<Result<Arc<HeldFd>, SharedError>>,
 }
 
-/// A kernel lock held by this process: unlocked when the last `Arc` goes.
+/// A kernel lock held by this process: unlocked when the last `Arc` goes,
+/// its descriptor then parked in the slot for reuse.
+///
+/// It must never be dropped while the slot's state lock is held (dropping
+/// takes that lock).
 #[derive(Debug)]
 pub(crate) struct HeldFd {
-    pub(crate) file: LockFile,
+    /// `Some` until released.
+    file: Option<LockFile>,
+    slot: Weak<Slot>,
     /// The kernel mode (may be exclusive for shared holders that inherited an
     /// exclusive wait).
     pub(crate) mode: Mode,
@@ -101,9 +112,10 @@ pub(crate) struct HeldFd {
 }
 
 impl HeldFd {
-    fn new(file: LockFile, mode: Mode) -> Self {
+    fn new(file: LockFile, mode: Mode, slot: &Arc<Slot>) -> Self {
         Self {
-            file,
+            file: Some(file),
+            slot: Arc::downgrade(slot),
             mode,
             unlocked: false,
             recorded: std::sync::atomic::AtomicBool::new(false),
@@ -115,21 +127,43 @@ impl HeldFd {
         !self.recorded.swap(true, Ordering::AcqRel)
     }
 
-    /// Unlocks now, reporting errors (the descriptor is closed afterwards).
+    /// The locked file.
+    pub(crate) fn file(&self) -> Option<&LockFile> {
+        self.file.as_ref()
+    }
+
+    /// Unlocks now, reporting errors.
     pub(crate) fn release(mut self) -> Result<(), LockError> {
         self.unlocked = true;
-        self.file
-            .unlock()
-            .map_err(|e| LockError::from_io("unlock", &self.file.path, e))
+        let Some(file) = self.file.take() else {
+            return Ok(());
+        };
+        match file.unlock() {
+            Ok(()) => {
+                self.park(file);
+                Ok(())
+            }
+            // Closing the descriptor (dropping `file`) releases it anyway.
+            Err(e) => Err(LockError::from_io("unlock", &file.path, e)),
+        }
+    }
+
+    /// Keeps an unlocked descriptor for the slot's next acquisition.
+    fn park(&self, file: LockFile) {
+        if let Some(slot) = self.slot.upgrade() {
+            let old = slot.state().idle.replace(file);
+            drop(old); // closed outside the lock
+        }
     }
 }
 
 impl Drop for HeldFd {
     fn drop(&mut self) {
-        if !self.unlocked {
-            // Closing the descriptor releases the lock anyway; unlocking first
-            // just makes it explicit.
-            let _ = self.file.unlock();
+        // If unlocking fails, closing the descriptor releases the lock.
+        if let Some(file) = self.file.take()
+            && (self.unlocked || file.unlock().is_ok())
+        {
+            self.park(file);
         }
     }
 }
@@ -199,10 +233,8 @@ impl Slot {
                     // Counted before the thread exists so a reader of the
                     // counter never misses a thread that is starting.
                     self.waiter_threads.fetch_add(1, Ordering::AcqRel);
-                    let spawned = std::thread::Builder::new()
-                        .name("lockyard-flock".into())
-                        .stack_size(256 * 1024)
-                        .spawn(move || run_waiter(slot, ctl, mode, file));
+                    let spawned =
+                        pool::execute(Box::new(move || run_waiter(slot, ctl, mode, file)));
                     if let Err(e) = spawned {
                         self.waiter_threads.fetch_sub(1, Ordering::AcqRel);
                         st.waiter = None;
@@ -234,19 +266,23 @@ impl Slot {
     /// Opens and `try_lock`s inline. `Ok(Err(file))` hands back the open
     /// file when the lock is busy.
     fn try_inline(
-        &self,
+        self: &Arc<Self>,
         st: &mut KernelState,
         mode: Mode,
     ) -> Result<Result<Arc<HeldFd>, LockFile>, LockError> {
         for _ in 0..MAX_REPLACED {
-            let Some(file) = LockFile::open(&self.path, Access::Create, self.file_mode)? else {
-                unreachable!("Access::Create never returns None")
+            let file = match st.idle.take() {
+                Some(file) => file,
+                None => match LockFile::open(&self.path, Access::Create, self.file_mode)? {
+                    Some(file) => file,
+                    None => unreachable!("Access::Create never returns None"),
+                },
             };
             if !file.try_lock(mode)? {
                 return Ok(Err(file));
             }
             if file.still_at_path()? {
-                let held = Arc::new(HeldFd::new(file, mode));
+                let held = Arc::new(HeldFd::new(file, mode, self));
                 st.held = Arc::downgrade(&held);
                 return Ok(Ok(held));
             }
@@ -414,7 +450,7 @@ fn after_interrupt(slot: &Slot, ctl: &ThreadCtl, mode: Mode) -> Next {
 }
 
 /// Holding the lock: hand it to the wanters still there, or give it back.
-fn deliver(slot: &Slot, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
+fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
     let mut st = slot.state();
     let Some(w) = st.waiter.as_mut() else {
         unreachable!("the waiter's state lives as long as its thread")
@@ -435,7 +471,7 @@ fn deliver(slot: &Slot, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
         return Next::Continue(need, Some(f));
     }
     let wanters = std::mem::take(&mut w.wanters);
-    let held = Arc::new(HeldFd::new(f, mode));
+    let held = Arc::new(HeldFd::new(f, mode, slot));
     st.held = Arc::downgrade(&held);
     retire(slot, &mut st, ctl);
     drop(st);

@@ -11,6 +11,7 @@
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::LockError;
 use crate::options::Mode;
@@ -41,7 +42,8 @@ pub(crate) struct LockFile {
     /// Whether the descriptor may write the owner record.
     pub(crate) writable: bool,
     id: FileId,
-    len: u64,
+    /// The file's length as last seen or written (to trim leftovers).
+    len: AtomicU64,
 }
 
 /// `(device, inode)` on Unix; nothing elsewhere (the identity check is skipped).
@@ -104,7 +106,7 @@ impl LockFile {
             path: path.to_owned(),
             writable,
             id: FileId::of(&meta),
-            len: meta.len(),
+            len: AtomicU64::new(meta.len()),
         }))
     }
 
@@ -162,8 +164,13 @@ impl LockFile {
         }
         let text = record_text(owner, name);
         write_all_at(&self.file, text.as_bytes())?;
-        if mode == Mode::Exclusive && self.len > text.len() as u64 {
-            self.file.set_len(text.len() as u64)?;
+        let len = text.len() as u64;
+        let before = self
+            .len
+            .swap(len.max(self.len.load(Ordering::Relaxed)), Ordering::Relaxed);
+        if mode == Mode::Exclusive && before > len {
+            self.file.set_len(len)?;
+            self.len.store(len, Ordering::Relaxed);
         }
         Ok(())
     }

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::guard::{FileLock, FileLockGuard, LocalGuard};
@@ -129,12 +129,17 @@ struct Inner {
     waiter_threads: Arc<AtomicUsize>,
 }
 
+/// The names in use. Entries are kept while idle (with their descriptor
+/// parked open), so re-acquiring a name skips `open`; when the map grows past
+/// `purge_at`, idle entries are dropped.
 #[derive(Default)]
 struct Slots {
-    map: HashMap<String, Weak<Slot>>,
-    /// Dead entries are purged when the map grows past this.
+    map: HashMap<String, Arc<Slot>>,
     purge_at: usize,
 }
+
+/// How many names the map may hold before idle ones are dropped.
+const KEEP_IDLE: usize = 64;
 
 impl FileLockManager {
     /// A manager for the lock directory `dir`, created (mode `0o700`) if
@@ -426,19 +431,34 @@ impl FileLockManager {
     fn slot(&self, name: &str) -> Result<Arc<Slot>, LockError> {
         let file = name::file_name(name)?;
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots.map.get(&file).and_then(Weak::upgrade) {
-            return Ok(slot);
+        if let Some(slot) = slots.map.get(&file) {
+            return Ok(slot.clone());
         }
         let slot = Arc::new(Slot::new(
             self.inner.dir.join(&file),
             self.inner.options.file_mode(),
             self.inner.waiter_threads.clone(),
         ));
-        slots.map.insert(file, Arc::downgrade(&slot));
-        if slots.map.len() > slots.purge_at {
-            slots.map.retain(|_, w| w.strong_count() > 0);
-            slots.purge_at = 64.max(slots.map.len() * 2);
+        if slots.map.len() >= slots.purge_at.max(KEEP_IDLE) {
+            // Idle: nobody but the map refers to it. No one can take a new
+            // reference meanwhile: that happens only under this lock.
+            let idle: Vec<Arc<Slot>> = {
+                let mut idle = Vec::new();
+                slots.map.retain(|_, s| {
+                    let keep = Arc::strong_count(s) > 1;
+                    if !keep {
+                        idle.push(s.clone());
+                    }
+                    keep
+                });
+                idle
+            };
+            slots.purge_at = KEEP_IDLE.max(slots.map.len() * 2);
+            drop(slots);
+            drop(idle); // closes their descriptors outside the lock
+            return self.slot(name);
         }
+        slots.map.insert(file, slot.clone());
         Ok(slot)
     }
 
@@ -575,10 +595,11 @@ fn record(held: &HeldFd, owner: &Owner, name: &str, mode: Mode) {
     if !held.claim_record() {
         return;
     }
-    if let Err(e) = held.file.write_record(owner, name, mode) {
+    let Some(file) = held.file() else { return };
+    if let Err(e) = file.write_record(owner, name, mode) {
         tracing::warn!(
             resource = name,
-            path = %held.file.path.display(),
+            path = %file.path.display(),
             error = %e,
             "could not write the owner record into the lock file"
         );

@@ -79,6 +79,7 @@ mod kernel;
 mod lockfile;
 mod manager;
 mod name;
+mod pool;
 mod scan;
 
 pub use guard::{FileLock, FileLockGuard};

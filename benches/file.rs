@@ -1,0 +1,335 @@
+//! File locks against their floors, in the same run.
+//!
+//! 1. `uncontended/*`: one acquire + release of a free lock. Floor: raw
+//!    `open + flock + unlock + close` with `std::fs::File` on a fresh open
+//!    each iteration (what a careful hand-written lock does).
+//! 2. `handoff/*`: cross-process hand-off latency. The bench process holds
+//!    the lock; a child process (this binary re-executed, see `child`) is
+//!    told to acquire it and blocks; the parent waits until `/proc/locks`
+//!    shows the child blocked in the kernel, then releases at `t0`. The child, as soon
+//!    as it has the lock, writes one byte to a pipe; the parent reads it at
+//!    `t1`. `t1 - t0` is measured; it includes one pipe wake-up, the same in
+//!    both variants. Floor: both sides raw `flock` on descriptors kept open
+//!    (the kernel's own hand-off). A sample where the child was not yet
+//!    blocked when the lock was released (it found the lock free) is
+//!    discarded in both variants. Besides criterion's mean-based figures, the
+//!    p50 of individual hand-offs is printed with the ratio.
+//!
+//! Run: `cargo bench --bench file -- --warm-up-time 1 --measurement-time 3`
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use criterion::Criterion;
+use lockyard::{AcquireOptions, FileLockManager, Mode};
+use std::hint::black_box;
+
+const CHILD: &str = "LOCKYARD_BENCH_CHILD";
+const T: Duration = Duration::from_secs(10);
+
+fn main() {
+    if let Ok(role) = std::env::var(CHILD) {
+        child(&role);
+        return;
+    }
+    let mut c = Criterion::default().configure_from_args();
+    uncontended(&mut c);
+    handoff(&mut c);
+    c.final_summary();
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn open(path: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap()
+}
+
+fn uncontended(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let m = FileLockManager::new(dir.path().join("locks")).unwrap();
+    let raw_path = m.dir().join("raw.lock");
+    let mut g = c.benchmark_group("uncontended");
+    g.bench_function("raw_open_flock_unlock_close", |b| {
+        b.iter(|| {
+            let f = open(&raw_path);
+            f.lock().unwrap();
+            f.unlock().unwrap();
+            drop(black_box(f));
+        })
+    });
+    g.bench_function("lockyard_acquire_release", |b| {
+        b.to_async(&rt).iter(|| async {
+            let guard = m.acquire("bench", T).await.unwrap();
+            drop(black_box(guard));
+        })
+    });
+    g.bench_function("lockyard_try_acquire_release", |b| {
+        b.to_async(&rt).iter(|| async {
+            let guard = m.try_acquire("bench").await.unwrap();
+            drop(black_box(guard));
+        })
+    });
+    let handle = m.lock("bench").unwrap();
+    g.bench_function("lockyard_handle_acquire_release", |b| {
+        b.to_async(&rt).iter(|| async {
+            let guard = handle.acquire(&AcquireOptions::exclusive()).await.unwrap();
+            drop(black_box(guard));
+        })
+    });
+    g.bench_function("lockyard_acquire_shared_release", |b| {
+        b.to_async(&rt).iter(|| async {
+            let guard = m.acquire_shared("bench", T).await.unwrap();
+            drop(black_box(guard));
+        })
+    });
+    g.finish();
+}
+
+/// One side of the hand-off: how the parent and the child lock.
+trait Side {
+    fn hold(&mut self);
+    fn release(&mut self);
+}
+
+struct RawSide(File);
+
+impl Side for RawSide {
+    fn hold(&mut self) {
+        self.0.lock().unwrap();
+    }
+    fn release(&mut self) {
+        self.0.unlock().unwrap();
+    }
+}
+
+struct LockyardSide {
+    rt: tokio::runtime::Runtime,
+    m: FileLockManager,
+    guard: Option<lockyard::FileLockGuard>,
+}
+
+impl Side for LockyardSide {
+    fn hold(&mut self) {
+        let g = self.rt.block_on(self.m.acquire("handoff", T)).unwrap();
+        self.guard = Some(g);
+    }
+    fn release(&mut self) {
+        drop(self.guard.take());
+    }
+}
+
+struct Peer {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+}
+
+impl Peer {
+    fn spawn(role: &str, dir: &Path) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(CHILD, role)
+            .env("DIR", dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// One measured hand-off; `None` if the child was not blocked in time.
+    fn handoff(&mut self, me: &mut dyn Side, lock_file: &Path) -> Option<Duration> {
+        self.stdin.write_all(b"g").unwrap();
+        self.stdin.flush().unwrap();
+        wait_until_blocked(lock_file);
+        let t0 = Instant::now();
+        me.release();
+        let mut b = [0u8; 1];
+        self.stdout.read_exact(&mut b).unwrap();
+        let t1 = Instant::now();
+        me.hold(); // the child releases right after answering
+        (b[0] == b'a').then(|| t1 - t0)
+    }
+}
+
+/// Waits until some process is blocked in `flock` on `lock_file`: on Linux,
+/// until `/proc/locks` shows a waiter (`->`) for its inode (at most 200 ms);
+/// elsewhere, 1 ms.
+fn wait_until_blocked(lock_file: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let ino = std::fs::metadata(lock_file).unwrap().ino();
+        let needle = format!(":{ino} ");
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_millis(200) {
+            let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+            if locks
+                .lines()
+                .any(|l| l.contains("->") && l.contains(&needle))
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = lock_file;
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn handoff(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let locks = dir.path().join("locks");
+    let m = FileLockManager::new(&locks).unwrap();
+    let raw_path = m.dir().join("handoff-raw.lock");
+    let samples: Mutex<Vec<(&str, Duration)>> = Mutex::new(Vec::new());
+
+    let mut g = c.benchmark_group("handoff");
+    g.sample_size(20);
+    g.measurement_time(Duration::from_millis(400));
+    g.warm_up_time(Duration::from_millis(100));
+
+    let mut raw = RawSide(open(&raw_path));
+    raw.hold();
+    let mut peer = Peer::spawn("raw", &locks);
+    g.bench_function("raw_flock", |b| {
+        b.iter_custom(|iters| measure(iters, &mut peer, &mut raw, &raw_path, "raw", &samples))
+    });
+    drop(peer);
+    raw.release();
+
+    let ly_path = m.path_for("handoff").unwrap();
+    let mut ly = LockyardSide {
+        rt: runtime(),
+        m: m.clone(),
+        guard: None,
+    };
+    ly.hold();
+    let mut peer = Peer::spawn("lockyard", &locks);
+    g.bench_function("lockyard", |b| {
+        b.iter_custom(|iters| measure(iters, &mut peer, &mut ly, &ly_path, "lockyard", &samples))
+    });
+    drop(peer);
+    ly.release();
+    g.finish();
+
+    let samples = samples.into_inner().unwrap();
+    let p = |who: &str, q: f64| {
+        let mut v: Vec<Duration> = samples.iter().filter(|s| s.0 == who).map(|s| s.1).collect();
+        v.sort();
+        v.get(((v.len() as f64 - 1.0) * q) as usize)
+            .copied()
+            .unwrap_or_default()
+    };
+    let (raw50, ly50) = (p("raw", 0.5), p("lockyard", 0.5));
+    println!(
+        "hand-off p50: raw flock {raw50:?}, lockyard {ly50:?}, ratio {:.2} \
+         (p90: raw {:?}, lockyard {:?}; {} samples)",
+        ly50.as_secs_f64() / raw50.as_secs_f64(),
+        p("raw", 0.9),
+        p("lockyard", 0.9),
+        samples.len()
+    );
+}
+
+fn measure(
+    iters: u64,
+    peer: &mut Peer,
+    me: &mut dyn Side,
+    lock_file: &Path,
+    who: &'static str,
+    samples: &Mutex<Vec<(&'static str, Duration)>>,
+) -> Duration {
+    let mut total = Duration::ZERO;
+    let mut done = 0;
+    let mut misses = 0;
+    while done < iters {
+        match peer.handoff(me, lock_file) {
+            Some(d) => {
+                total += d;
+                done += 1;
+                samples.lock().unwrap().push((who, d));
+            }
+            None => {
+                misses += 1;
+                assert!(misses < 1000 + iters, "the child is never blocked in time");
+            }
+        }
+    }
+    total
+}
+
+/// The child: on each `g` from stdin, acquire (reporting `a` if it had to
+/// block, `u` if the lock was already free), answer, release.
+fn child(role: &str) {
+    let dir = PathBuf::from(std::env::var("DIR").unwrap());
+    let mut stdin = std::io::stdin().lock();
+    let mut stdout = std::io::stdout().lock();
+    let mut go = [0u8; 1];
+    match role {
+        "raw" => {
+            let f = open(&dir.join("handoff-raw.lock"));
+            while stdin.read_exact(&mut go).is_ok() {
+                let answer = match f.try_lock() {
+                    Ok(()) => b'u',
+                    Err(_) => {
+                        f.lock().unwrap();
+                        b'a'
+                    }
+                };
+                stdout.write_all(&[answer]).unwrap();
+                stdout.flush().unwrap();
+                f.unlock().unwrap();
+            }
+        }
+        "lockyard" => {
+            let rt = runtime();
+            let m = FileLockManager::new(&dir).unwrap();
+            let lock = m.lock("handoff").unwrap();
+            let opts = AcquireOptions::new().mode(Mode::Exclusive);
+            while stdin.read_exact(&mut go).is_ok() {
+                let (guard, answer) = rt.block_on(async {
+                    match m.try_acquire("handoff").await {
+                        Ok(g) => (g, b'u'),
+                        Err(_) => (lock.acquire(&opts).await.unwrap(), b'a'),
+                    }
+                });
+                stdout.write_all(&[answer]).unwrap();
+                stdout.flush().unwrap();
+                drop(guard);
+            }
+        }
+        other => panic!("unknown role {other}"),
+    }
+}
