@@ -1,0 +1,343 @@
+//! Semaphore, RW lock and Redlock benchmarks, side by side with the
+//! hand-written floor in one run, against private redis-servers on loopback.
+//!
+//! The floor: `SET key token NX PX ttl` + an `EVALSHA` compare-and-delete on
+//! one multiplexed connection — the least a correct Redis lock can do. The
+//! semaphore and RW lock do more per operation (a sorted set, `TIME`, the
+//! fencing `INCR`, and the lease registration with the watchdog), so the
+//! ratios say what that costs.
+//!
+//! Run: `cargo bench --bench redis_extras` (add `-- --quick` for a short
+//! run). Prints criterion's figures for
+//! - `redis_extras_uncontended/{floor,semaphore,rw_read,rw_write,redlock_3}`:
+//!   sequential acquire + release (Redlock over three servers);
+//! - `redis_extras_64_tasks/{floor,semaphore}`: 64 concurrent tasks, each
+//!   taking and releasing a permit of its own semaphore (elements/s);
+//! - `redis_extras_handoff/semaphore`: a one-permit semaphore handed from a
+//!   holder on one client to a waiter on another;
+//!
+//! then the ratios against the floor.
+
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use lockyard::redis::{RedisLocks, RedisOptions, RedisSemaphore, Redlock, RedlockOptions};
+use redis_server::RedisServer;
+use tokio::runtime::Runtime;
+
+const TTL: Duration = Duration::from_secs(30);
+const TASKS: usize = 64;
+const OPS_PER_TASK: usize = 20;
+
+/// The hand-written floor on one multiplexed connection.
+#[derive(Clone)]
+struct Floor {
+    conn: redis::aio::MultiplexedConnection,
+    release: Arc<redis::Script>,
+}
+
+impl Floor {
+    async fn connect(url: &str) -> Self {
+        let client = redis::Client::open(url).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let release = Arc::new(redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        ));
+        Self { conn, release }
+    }
+
+    async fn acquire_release(&mut self, key: &str, token: &str) {
+        let opts = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .with_expiration(redis::SetExpiry::PX(TTL.as_millis() as u64));
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg(&opts)
+            .query_async(&mut self.conn)
+            .await
+            .unwrap();
+        assert!(ok.is_some(), "floor lock {key} unexpectedly held");
+        let n: i64 = self
+            .release
+            .key(key)
+            .arg(token)
+            .invoke_async(&mut self.conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}
+
+fn main() {
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (floor, locks, other, redlock) = rt.block_on(async {
+        let opts = RedisOptions::default().ttl(TTL);
+        (
+            Floor::connect(&urls[0]).await,
+            RedisLocks::connect_with(&urls[0], opts.clone())
+                .await
+                .unwrap(),
+            RedisLocks::connect_with(&urls[0], opts.clone())
+                .await
+                .unwrap(),
+            Redlock::connect_with(&urls, RedlockOptions::new().redis(opts))
+                .await
+                .unwrap(),
+        )
+    });
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+
+    uncontended(&mut c, &rt, &floor, &locks, &redlock);
+    throughput(&mut c, &rt, &floor, &locks);
+    handoff(&mut c, &rt, &locks, &other);
+    c.final_summary();
+
+    println!();
+    report_ratios();
+    drop(servers);
+}
+
+fn uncontended(
+    c: &mut Criterion,
+    rt: &Runtime,
+    floor: &Floor,
+    locks: &RedisLocks,
+    redlock: &Redlock,
+) {
+    let mut g = c.benchmark_group("redis_extras_uncontended");
+    g.bench_function("floor", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut f = floor.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    f.acquire_release("bench:floor:seq", "0123456789abcdef0123456789abcdef")
+                        .await;
+                }
+                start.elapsed()
+            }
+        })
+    });
+    let sem = locks.semaphore("bench-sem", 4).unwrap();
+    g.bench_function("semaphore", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let sem = sem.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let p = sem.acquire(TTL).await.unwrap();
+                    p.release().await.unwrap();
+                }
+                start.elapsed()
+            }
+        })
+    });
+    let rw = locks.rwlock("bench-rw").unwrap();
+    g.bench_function("rw_read", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let rw = rw.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let r = rw.read(TTL).await.unwrap();
+                    r.release().await.unwrap();
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.bench_function("rw_write", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let rw = rw.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let w = rw.write(TTL).await.unwrap();
+                    w.release().await.unwrap();
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.bench_function("redlock_3", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let redlock = redlock.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let l = redlock.acquire("bench-redlock", TTL).await.unwrap();
+                    l.release().await.unwrap();
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+}
+
+fn throughput(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
+    let mut g = c.benchmark_group("redis_extras_64_tasks");
+    g.throughput(Throughput::Elements((TASKS * OPS_PER_TASK) as u64));
+    g.bench_function("floor", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let floor = floor.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let tasks: Vec<_> = (0..TASKS)
+                        .map(|t| {
+                            let mut f = floor.clone();
+                            tokio::spawn(async move {
+                                let key = format!("bench:floor:{t}");
+                                for _ in 0..OPS_PER_TASK {
+                                    f.acquire_release(&key, "0123456789abcdef0123456789abcdef")
+                                        .await;
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                }
+                start.elapsed()
+            }
+        })
+    });
+    let sems: Vec<RedisSemaphore> = (0..TASKS)
+        .map(|t| locks.semaphore(&format!("bench-sem-{t}"), 1).unwrap())
+        .collect();
+    g.bench_function("semaphore", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let sems = sems.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let tasks: Vec<_> = sems
+                        .iter()
+                        .cloned()
+                        .map(|sem| {
+                            tokio::spawn(async move {
+                                for _ in 0..OPS_PER_TASK {
+                                    let p = sem.acquire(TTL).await.unwrap();
+                                    p.release().await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+}
+
+/// From the holder's `release()` call to the waiter (on another client, as
+/// another process) holding the permit.
+async fn one_handoff(holder: &RedisSemaphore, waiter: &RedisSemaphore) -> Duration {
+    let p = holder.acquire(TTL).await.unwrap();
+    let w = waiter.clone();
+    let got = tokio::spawn(async move {
+        let p = w.acquire(TTL).await.unwrap();
+        let at = Instant::now();
+        p.release().await.unwrap();
+        at
+    });
+    // Let the waiter find it busy and subscribe.
+    tokio::time::sleep(Duration::from_millis(2)).await;
+    let released = Instant::now();
+    p.release().await.unwrap();
+    got.await.unwrap().duration_since(released)
+}
+
+fn handoff(c: &mut Criterion, rt: &Runtime, locks: &RedisLocks, other: &RedisLocks) {
+    let a = locks.semaphore("bench-handoff", 1).unwrap();
+    let b = other.semaphore("bench-handoff", 1).unwrap();
+    let mut g = c.benchmark_group("redis_extras_handoff");
+    g.bench_function("semaphore", |bench| {
+        bench.to_async(rt).iter_custom(|iters| {
+            let (a, b) = (a.clone(), b.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += one_handoff(&a, &b).await;
+                }
+                total
+            }
+        })
+    });
+    g.finish();
+}
+
+/// Median point estimate (ns) criterion saved for `group/bench`.
+fn median_ns(group: &str, bench: &str) -> Option<f64> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let path = dir
+        .join("criterion")
+        .join(group)
+        .join(bench)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let median = &text[text.find("\"median\"")?..];
+    let pe = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
+    let end = pe.find([',', '}'])?;
+    pe[..end].trim().parse().ok()
+}
+
+fn report_ratios() {
+    let group = "redis_extras_uncontended";
+    match median_ns(group, "floor") {
+        Some(floor) => {
+            println!("uncontended acquire+release, floor {:.1} µs:", floor / 1e3);
+            for bench in ["semaphore", "rw_read", "rw_write", "redlock_3"] {
+                if let Some(ours) = median_ns(group, bench) {
+                    println!(
+                        "  {bench:<10} {:>7.1} µs  ratio {:.3}",
+                        ours / 1e3,
+                        ours / floor
+                    );
+                }
+            }
+        }
+        None => println!("uncontended: no criterion estimates found (filtered out?)"),
+    }
+    let group = "redis_extras_64_tasks";
+    match (median_ns(group, "floor"), median_ns(group, "semaphore")) {
+        (Some(floor), Some(ours)) => {
+            let n = (TASKS * OPS_PER_TASK) as f64;
+            println!(
+                "64 tasks throughput: floor {:.0}/s, semaphore {:.0}/s, ratio {:.3}",
+                n / (floor / 1e9),
+                n / (ours / 1e9),
+                floor / ours
+            );
+        }
+        _ => println!("64 tasks: no criterion estimates found (filtered out?)"),
+    }
+    if let Some(h) = median_ns("redis_extras_handoff", "semaphore") {
+        println!(
+            "semaphore hand-off across clients: median {:.3} ms",
+            h / 1e6
+        );
+    }
+}
