@@ -322,9 +322,14 @@ async fn lost_fires_when_the_permit_is_taken_away() {
     let sem = a.semaphore("lose", 1).unwrap();
     let p = bounded(sem.try_acquire()).await.unwrap();
     assert!(!p.is_lost());
+    assert_eq!(p.run_until_lost(async { 7 }).await.unwrap(), 7);
     // Someone removes our permit (as an expiry and takeover would).
     assert_eq!(server.command(&["DEL", "lockyard:{lose}:sem"]), ":1");
-    bounded(p.lost()).await;
+    // Work under the permit is cut short when it is lost.
+    let err = bounded(p.run_until_lost(std::future::pending::<()>()))
+        .await
+        .unwrap_err();
+    assert!(err.is_lost(), "{err}");
     assert!(p.is_lost());
     let err = p.release().await.unwrap_err();
     assert!(matches!(err, LockError::NotHeld { .. }), "{err}");

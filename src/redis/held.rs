@@ -157,6 +157,27 @@ macro_rules! held_guard {
                 self.held.is_lost()
             }
 
+            /// Runs `fut` while held; if the hold is lost first, `fut` is
+            /// dropped and [`LockError::Lost`](crate::LockError::Lost)
+            /// returned.
+            ///
+            /// # Cancel safety
+            ///
+            /// Dropping the returned future drops `fut`; the hold stays.
+            pub async fn run_until_lost<F: ::std::future::Future>(
+                &self,
+                fut: F,
+            ) -> Result<F::Output, $crate::LockError> {
+                let lost = self.held.lost();
+                ::tokio::select! {
+                    biased;
+                    () = lost => Err($crate::LockError::Lost {
+                        resource: self.held.resource().to_owned(),
+                    }),
+                    out = fut => Ok(out),
+                }
+            }
+
             /// Gives it back now and reports errors;
             /// [`LockError::NotHeld`](crate::LockError::NotHeld) if the
             /// server no longer had it.

@@ -89,7 +89,10 @@ const REASON_INTENT_SET: i64 = 3;
 /// # What it does not promise
 ///
 /// - Reader-to-writer upgrade is not supported: a task holding a read lock
-///   that asks for the write lock waits for itself until its timeout.
+///   that asks for the write lock waits for itself until its timeout. For
+///   the same reason, taking a second read lock while holding one can wait
+///   for a writer that itself waits for the first read lock (writers come
+///   first); do not nest read locks.
 /// - Fairness is FIFO among one process's tasks (readers and writers share
 ///   one in-process queue); across processes, writers come first once one
 ///   waits, and otherwise whoever asks first after a release wins.

@@ -282,6 +282,10 @@ pub(crate) async fn wait_until_granted(
     let mut sub: Option<Subscription> = None;
     let mut backoff = Duration::from_millis(5);
     let mut last_log: Option<Duration> = None;
+    // Once an attempt left a claim (a writer intent), keep undoing it on
+    // failure even if a later answer does not say so: the undo compares
+    // our value, so it never touches anyone else's.
+    let mut claimed = false;
     loop {
         if let Some(s) = sub.as_mut() {
             s.mark_seen();
@@ -302,7 +306,8 @@ pub(crate) async fn wait_until_granted(
             } => (retry_in, reason, holders, holder),
         };
         let who = Who(holder.as_ref());
-        pending.set_armed(claims(reason));
+        claimed |= claims(reason);
+        pending.set_armed(claimed);
         let waited = deadline.elapsed();
         if deadline.expired() {
             tracing::debug!(
