@@ -277,16 +277,17 @@ impl BatchSemaphore {
     /// Adds permits to the counter. Called with the wait list locked and
     /// empty, which is what keeps the counter zero while anyone waits.
     fn add_to_counter(&self, n: usize) {
-        let added = n << Self::PERMIT_SHIFT;
-        let prev = self.permits.fetch_add(added, Ordering::Release);
-        if (prev >> Self::PERMIT_SHIFT) + n > Self::MAX_PERMITS {
-            // Undo before panicking so the counter stays meaningful.
-            self.permits.fetch_sub(added, Ordering::Relaxed);
-            panic!(
-                "adding {n} permits would exceed the maximum of {} permits",
-                Self::MAX_PERMITS
-            );
-        }
+        // Checked before adding: with the lock held the counter can only
+        // shrink meanwhile (lock-free acquirers), so the check is safe, and
+        // nobody ever sees permits that do not exist.
+        let available = self.permits.load(Ordering::Acquire) >> Self::PERMIT_SHIFT;
+        assert!(
+            n <= Self::MAX_PERMITS - available,
+            "adding {n} permits would exceed the maximum of {} permits",
+            Self::MAX_PERMITS
+        );
+        self.permits
+            .fetch_add(n << Self::PERMIT_SHIFT, Ordering::Release);
     }
 
     /// First poll of an [`Acquire`]: the lock-free fast path, else queue.

@@ -149,3 +149,41 @@ fn cancelled_writer_lets_readers_in() {
         assert!(lock.try_write().is_ok());
     });
 }
+
+/// A downgraded writer lets readers in but not writers, and the write it
+/// made before downgrading is what everyone after it sees.
+#[test]
+fn downgrade_keeps_writers_out() {
+    loom::model(|| {
+        let lock = Arc::new(RwLock::new(0usize));
+        let inside = Arc::new(Inside::default());
+        let mut guard = lock.try_write().unwrap();
+        *guard = 1;
+        let other_writer = {
+            let (lock, inside) = (lock.clone(), inside.clone());
+            thread::spawn(move || {
+                let mut guard = lock.blocking_write();
+                inside.write();
+                assert_eq!(*guard, 1);
+                *guard = 2;
+            })
+        };
+        let reader = {
+            let (lock, inside) = (lock.clone(), inside.clone());
+            thread::spawn(move || {
+                let guard = block_on(lock.read());
+                inside.read();
+                assert!(*guard >= 1);
+            })
+        };
+        let read = guard.downgrade();
+        inside.readers.fetch_add(1, SeqCst);
+        assert_eq!(inside.writers.load(SeqCst), 0);
+        assert_eq!(*read, 1);
+        inside.readers.fetch_sub(1, SeqCst);
+        drop(read);
+        other_writer.join().unwrap();
+        reader.join().unwrap();
+        assert_eq!(*lock.try_read().unwrap(), 2);
+    });
+}
