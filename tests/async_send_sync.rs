@@ -158,3 +158,37 @@ mod local {
         send(nl.try_lock(Mode::Exclusive));
     }
 }
+
+mod file {
+    use super::*;
+
+    assert_send_sync!(
+        lockyard::FileLockManager,
+        lockyard::FileLockOptions,
+        lockyard::FileLockGuard,
+        lockyard::FileLock,
+        lockyard::FileLockInfo,
+    );
+
+    /// The futures of the file-lock API are `Send`, so they can be spawned.
+    fn futures_are_send(
+        m: lockyard::FileLockManager,
+        lock: lockyard::FileLock,
+        g: lockyard::FileLockGuard,
+    ) {
+        fn send<F: std::future::Future + Send>(_: F) {}
+        let t = std::time::Duration::ZERO;
+        send(m.acquire("x", t));
+        send(m.acquire_shared("x", t));
+        send(m.acquire_with("x", &lockyard::AcquireOptions::new()));
+        send(m.try_acquire("x"));
+        send(m.try_acquire_shared("x"));
+        send(m.is_locked("x"));
+        send(m.owner("x"));
+        send(m.list());
+        send(m.stale_locks(None));
+        send(m.cleanup_stale_locks(None));
+        send(lock.acquire(&lockyard::AcquireOptions::new()));
+        send(g.release());
+    }
+}

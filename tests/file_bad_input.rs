@@ -25,7 +25,11 @@ fn only_inside(d: &tempfile::TempDir) {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["locks"], "something was created outside the lock dir");
+    assert_eq!(
+        names,
+        ["locks"],
+        "something was created outside the lock dir"
+    );
 }
 
 #[tokio::test]
@@ -49,7 +53,10 @@ async fn odd_names_stay_inside_and_round_trip() {
     ];
     let mut guards = Vec::new();
     for name in names {
-        let g = m.acquire(name, T).await.unwrap_or_else(|e| panic!("{name:?}: {e}"));
+        let g = m
+            .acquire(name, T)
+            .await
+            .unwrap_or_else(|e| panic!("{name:?}: {e}"));
         assert_eq!(g.path().parent(), Some(m.dir()), "{name:?} escaped");
         assert_eq!(g.name(), name);
         assert!(m.is_locked(name).await.unwrap());
@@ -114,7 +121,10 @@ async fn symlinked_lock_file_is_refused_and_target_untouched() {
     drop(f);
     // Status skips it, cleanup leaves it alone.
     assert!(m.list().await.unwrap().is_empty());
-    assert_eq!(m.cleanup_stale_locks(Some(Duration::ZERO)).await.unwrap(), 0);
+    assert_eq!(
+        m.cleanup_stale_locks(Some(Duration::ZERO)).await.unwrap(),
+        0
+    );
     assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "do not touch");
 }
@@ -129,12 +139,17 @@ async fn fifo_or_directory_under_a_lock_name_is_refused_without_hanging() {
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     std::fs::create_dir(m.path_for("dir").unwrap()).unwrap();
     for name in ["fifo", "dir"] {
-        let err = tokio::time::timeout(T, m.acquire(name, T)).await.expect("hung").unwrap_err();
+        let err = tokio::time::timeout(T, m.acquire(name, T))
+            .await
+            .expect("hung")
+            .unwrap_err();
         assert!(
             matches!(err, LockError::UnsafePath { .. } | LockError::Io { .. }),
             "{name}: {err}"
         );
-        let r = tokio::time::timeout(T, m.is_locked(name)).await.expect("hung");
+        let r = tokio::time::timeout(T, m.is_locked(name))
+            .await
+            .expect("hung");
         assert!(r.is_err(), "{name}: {r:?}");
     }
     assert!(m.list().await.unwrap().is_empty());
@@ -150,8 +165,9 @@ async fn symlinked_or_foreign_dir_needs_opt_in() {
     std::os::unix::fs::symlink(&real, &link).unwrap();
     let err = FileLockManager::new(&link).unwrap_err();
     assert!(matches!(err, LockError::UnsafePath { .. }), "{err}");
-    let m = FileLockManager::with_options(&link, FileLockOptions::default().allow_foreign_dir(true))
-        .unwrap();
+    let m =
+        FileLockManager::with_options(&link, FileLockOptions::default().allow_foreign_dir(true))
+            .unwrap();
     drop(m.acquire("x", T).await.unwrap());
     assert!(real.join("x.lock").exists());
 
@@ -176,14 +192,18 @@ async fn symlinked_or_foreign_dir_needs_opt_in() {
 async fn missing_dir_is_created_with_the_chosen_mode() {
     let d = tempfile::tempdir().unwrap();
     let deep = d.path().join("a/b/c");
-    let m = FileLockManager::with_options(&deep, FileLockOptions::default().dir_mode(0o2770)).unwrap();
+    let m =
+        FileLockManager::with_options(&deep, FileLockOptions::default().dir_mode(0o2770)).unwrap();
     drop(m.acquire("x", T).await.unwrap());
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&deep).unwrap().permissions().mode();
         assert_eq!(mode & 0o7777, 0o2770, "{mode:o}");
-        let fmode = std::fs::metadata(deep.join("x.lock")).unwrap().permissions().mode();
+        let fmode = std::fs::metadata(deep.join("x.lock"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(fmode & 0o777 & !0o022, 0o660 & !0o022, "{fmode:o}");
     }
 }
@@ -196,12 +216,21 @@ async fn uncreatable_or_non_directory_dir_is_an_error() {
     let err = FileLockManager::new(&file).unwrap_err();
     assert!(matches!(err, LockError::UnsafePath { .. }), "{err}");
     let err = FileLockManager::new(file.join("below")).unwrap_err();
-    assert!(matches!(err, LockError::Io { .. } | LockError::PermissionDenied { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            LockError::Io { .. } | LockError::PermissionDenied { .. }
+        ),
+        "{err}"
+    );
     #[cfg(target_os = "linux")]
     {
         let err = FileLockManager::new("/proc/lockyard-cannot-exist").unwrap_err();
         assert!(
-            matches!(err, LockError::Io { .. } | LockError::PermissionDenied { .. }),
+            matches!(
+                err,
+                LockError::Io { .. } | LockError::PermissionDenied { .. }
+            ),
             "{err}"
         );
     }
@@ -254,7 +283,10 @@ async fn garbage_in_a_lock_file_is_survived_and_overwritten() {
         assert_eq!(owner.pid, std::process::id());
         assert_eq!(owner.mode, Mode::Exclusive);
         drop(g);
-        assert!(std::fs::metadata(&path).unwrap().len() < 4096, "case {i}: not trimmed");
+        assert!(
+            std::fs::metadata(&path).unwrap().len() < 4096,
+            "case {i}: not trimmed"
+        );
         // Garbage again, free: stale.
         std::fs::write(&path, garbage).unwrap();
     }
@@ -271,7 +303,13 @@ async fn other_files_in_the_dir_are_ignored() {
     std::fs::write(m.dir().join(".hidden.lock"), "x").unwrap();
     std::fs::write(m.dir().join("~bogus.lock"), "x").unwrap();
     drop(m.acquire("real", T).await.unwrap());
-    let names: Vec<_> = m.list().await.unwrap().into_iter().map(|i| i.name).collect();
+    let names: Vec<_> = m
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
     assert_eq!(names, ["real"]);
     m.cleanup_stale_locks(Some(Duration::ZERO)).await.unwrap();
     assert!(m.dir().join("notes.txt").exists());

@@ -81,21 +81,42 @@ async fn cleanup_rules() {
     // Dry run: provably dead or unreadable only; nothing removed.
     let stale = names(m.stale_locks(None).await.unwrap());
     assert_eq!(stale, ["dead-owner", "garbage", "reused-pid"]);
-    assert_eq!(names(m.stale_locks(None).await.unwrap()), stale, "dry run removed files");
+    assert_eq!(
+        names(m.stale_locks(None).await.unwrap()),
+        stale,
+        "dry run removed files"
+    );
     // With max_age, old records too (whatever the host), never held ones.
     let stale = names(m.stale_locks(Some(Duration::from_secs(600))).await.unwrap());
-    assert_eq!(stale, ["dead-owner", "garbage", "old-alive", "other-host", "reused-pid"]);
+    assert_eq!(
+        stale,
+        [
+            "dead-owner",
+            "garbage",
+            "old-alive",
+            "other-host",
+            "reused-pid"
+        ]
+    );
 
     assert_eq!(m.cleanup_stale_locks(None).await.unwrap(), 3);
     for gone in ["dead-owner", "garbage", "reused-pid"] {
         assert!(!m.path_for(gone).unwrap().exists(), "{gone} kept");
     }
-    assert_eq!(m.cleanup_stale_locks(Some(Duration::from_secs(600))).await.unwrap(), 2);
+    assert_eq!(
+        m.cleanup_stale_locks(Some(Duration::from_secs(600)))
+            .await
+            .unwrap(),
+        2
+    );
     let left = names(m.list().await.unwrap());
     assert_eq!(left, ["alive-free", "held-here", "held-there"]);
 
     // Even max_age zero removes only free locks.
-    assert_eq!(m.cleanup_stale_locks(Some(Duration::ZERO)).await.unwrap(), 1);
+    assert_eq!(
+        m.cleanup_stale_locks(Some(Duration::ZERO)).await.unwrap(),
+        1
+    );
     let left = m.list().await.unwrap();
     assert_eq!(names(left.clone()), ["held-here", "held-there"]);
     assert!(left.iter().all(|i| i.held));
@@ -117,7 +138,10 @@ async fn a_cleaned_name_can_be_locked_again() {
     let dir = tempfile::tempdir().unwrap();
     let m = FileLockManager::new(dir.path()).unwrap();
     drop(m.acquire("x", T).await.unwrap());
-    assert_eq!(m.cleanup_stale_locks(Some(Duration::ZERO)).await.unwrap(), 1);
+    assert_eq!(
+        m.cleanup_stale_locks(Some(Duration::ZERO)).await.unwrap(),
+        1
+    );
     // The manager still has the removed file's descriptor open; the identity
     // check makes it take the new file.
     let g = m.acquire("x", T).await.unwrap();
