@@ -237,3 +237,56 @@ async fn timeout_against_another_process() {
     let g = m.try_acquire("busy").await.unwrap();
     drop(g);
 }
+
+/// Waiters are told why: the `tracing` event names the holder.
+#[test]
+fn waiting_logs_the_holder() {
+    use std::io::Write;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+    impl Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let (_d, locks) = dir();
+    let mut child = holder(&locks, "logged", Mode::Exclusive);
+    let buf = Buf::default();
+    let writer = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let m = FileLockManager::new(&locks).unwrap();
+            let err = m
+                .acquire("logged", Duration::from_millis(100))
+                .await
+                .unwrap_err();
+            assert!(err.is_timeout());
+        });
+    });
+    let log = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    println!("{log}");
+    assert!(log.contains("waiting"), "{log}");
+    assert!(
+        log.contains(&format!("pid {}", child.pid())),
+        "holder not named: {log}"
+    );
+    assert!(log.contains("gave up"), "{log}");
+    child.release();
+    child.wait_success(T);
+}
