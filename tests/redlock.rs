@@ -171,6 +171,14 @@ async fn one_server_down_still_works() {
         .await
         .unwrap();
     g.release().await.unwrap();
+    // ... and rejoins once it is back.
+    s[2].restart();
+    let g = bounded(r2.acquire("one-down", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(holders(&s, "one-down"), 3);
+    g.release().await.unwrap();
+    assert_eq!(holders(&s, "one-down"), 0);
 }
 
 #[tokio::test]

@@ -97,13 +97,15 @@ impl<'a> PlainLock<'a> {
 
     /// `SET NX PX` + `INCR fence`: `Some(fence)` when granted, `None` when
     /// someone else holds it.
-    pub(crate) async fn acquire(&self, ttl: Duration) -> Result<Option<u64>, LockError> {
-        let call = async {
-            let mut conn = self.server.conn(self.name, "acquire").await?;
-            self.server
-                .acquire_once(&mut conn, self.name, &self.keys, self.value, ttl)
-                .await
-        };
+    /// (On `conn`, so that a cleanup sent later on it runs after.)
+    pub(crate) async fn acquire_on(
+        &self,
+        conn: &mut Conn,
+        ttl: Duration,
+    ) -> Result<Option<u64>, LockError> {
+        let call = self
+            .server
+            .acquire_once(conn, self.name, &self.keys, self.value, ttl);
         match tokio::time::timeout(self.server.options().op_timeout, call).await {
             Ok(Ok(Attempt::Acquired(fence))) => Ok(Some(fence)),
             Ok(Ok(Attempt::Held { .. })) => Ok(None),
@@ -124,6 +126,17 @@ impl<'a> PlainLock<'a> {
         )
         .await?;
         Ok(n == 1)
+    }
+
+    /// As [`release`](Self::release), on `conn` (after whatever was sent on
+    /// it before), bounded by the client's `op_timeout`.
+    pub(crate) async fn release_on(&self, conn: &mut Conn) -> Result<bool, LockError> {
+        let (keys, args) = ([self.keys.lock.as_str()], [self.value, &self.keys.channel]);
+        let call = invoke_on::<i64>(conn, self.name, "release", &scripts::RELEASE, &keys, &args);
+        match tokio::time::timeout(self.server.options().op_timeout, call).await {
+            Ok(n) => Ok(n? == 1),
+            Err(_) => Err(timed_out(self.name, "release")),
+        }
     }
 
     /// Compare-and-delete + `PUBLISH`: `true` when it was ours.

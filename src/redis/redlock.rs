@@ -17,6 +17,7 @@ use super::client::RedisLocks;
 use super::keys::validate_name;
 use super::ops::{self, PlainLock};
 use super::options::RedisOptions;
+use super::pool::Conn;
 use crate::error::LockError;
 use crate::guard::{LockGuard, Lost, RawGuard};
 use crate::lock::Lock;
@@ -167,14 +168,56 @@ pub struct Redlock {
 }
 
 struct RedlockInner {
-    servers: Vec<RedisLocks>,
-    /// Servers configured, including any that could not be reached at
-    /// connect time (they count as failed in every attempt).
-    total: usize,
+    servers: Vec<Server>,
+    /// Options for connecting a server that was down at connect time.
+    redis: RedisOptions,
     quorum: usize,
     ttl: Duration,
     drift: Duration,
     retry_delay: Duration,
+}
+
+/// One of the servers. A server that was down when the [`Redlock`] was
+/// built is connected on first use (each attempt tries again), so it rejoins
+/// when it comes back.
+struct Server {
+    url: Option<String>,
+    client: tokio::sync::OnceCell<RedisLocks>,
+}
+
+impl Server {
+    fn connected(client: RedisLocks) -> Self {
+        Self {
+            url: None,
+            client: tokio::sync::OnceCell::new_with(Some(client)),
+        }
+    }
+}
+
+impl RedlockInner {
+    /// Server `s`'s client, connecting it first if it was down so far.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: a cancelled connect is retried next time.
+    async fn client<'a>(&self, s: &'a Server) -> Result<&'a RedisLocks, LockError> {
+        match &s.url {
+            Some(url) => {
+                s.client
+                    .get_or_try_init(|| RedisLocks::connect_with(url, self.redis.clone()))
+                    .await
+            }
+            None => s.client.get().ok_or_else(|| LockError::InvalidArgument {
+                what: "Redlock server",
+                reason: "a server without a client or URL".to_owned(),
+            }),
+        }
+    }
+
+    /// How many servers there are.
+    fn total(&self) -> usize {
+        self.servers.len()
+    }
 }
 
 /// What one acquisition attempt got.
@@ -192,8 +235,11 @@ impl Redlock {
     /// recommended; no URL twice), with one client per server.
     ///
     /// Fails with [`LockError::InvalidArgument`] for an empty list, a
-    /// duplicate or a malformed URL. Servers that are down do not make this
-    /// fail as long as a majority is reachable: acquisitions find out.
+    /// duplicate or a malformed URL, and with [`LockError::NoQuorum`] when
+    /// fewer than a majority can be reached. A server that is down does not
+    /// make it fail otherwise: every later attempt tries to connect it again
+    /// (bounded by the per-server timeout, a tenth of the TTL), so it
+    /// rejoins when it comes back.
     ///
     /// # Cancel safety
     ///
@@ -232,24 +278,32 @@ impl Redlock {
             .map(|url| RedisLocks::connect_with(url.as_ref(), options.redis.clone()));
         let mut servers = Vec::with_capacity(urls.len());
         let mut errors = Vec::new();
-        for result in join_all(connects).await {
+        for (result, url) in join_all(connects).await.into_iter().zip(urls) {
+            let client = tokio::sync::OnceCell::new();
             match result {
-                Ok(client) => servers.push(client),
+                Ok(c) => {
+                    let _ = client.set(c);
+                }
                 Err(e) if e.is_invalid_input() => return Err(e),
                 Err(e) => errors.push(e),
             }
+            servers.push(Server {
+                url: Some(url.as_ref().to_owned()),
+                client,
+            });
         }
         let total = urls.len();
-        if total > 0 && servers.len() < total / 2 + 1 {
+        let up = total - errors.len();
+        if total > 0 && up < total / 2 + 1 {
             return Err(LockError::NoQuorum {
                 resource: String::new(),
-                granted: servers.len(),
+                granted: up,
                 needed: total / 2 + 1,
                 total,
                 errors,
             });
         }
-        Self::from_clients_counting(servers, total, options)
+        Self::build(servers, options)
     }
 
     /// A Redlock over clients you built (one per independent server; the
@@ -257,26 +311,26 @@ impl Redlock {
     /// `options.redis` is not used.
     pub fn from_clients(
         servers: Vec<RedisLocks>,
-        options: RedlockOptions,
+        mut options: RedlockOptions,
     ) -> Result<Redlock, LockError> {
-        let total = servers.len();
-        Self::from_clients_counting(servers, total, options)
+        if let Some(first) = servers.first() {
+            options.redis = first.options().clone();
+        }
+        Self::build(
+            servers.into_iter().map(Server::connected).collect(),
+            options,
+        )
     }
 
-    fn from_clients_counting(
-        servers: Vec<RedisLocks>,
-        total: usize,
-        options: RedlockOptions,
-    ) -> Result<Redlock, LockError> {
+    fn build(servers: Vec<Server>, options: RedlockOptions) -> Result<Redlock, LockError> {
+        let total = servers.len();
         if total == 0 {
             return Err(LockError::InvalidArgument {
                 what: "Redlock server list",
                 reason: "at least one server is needed".to_owned(),
             });
         }
-        let ttl = servers
-            .first()
-            .map_or(options.redis.ttl, |s| s.options().ttl);
+        let ttl = options.redis.ttl;
         let drift = options.drift.unwrap_or_else(|| default_drift(ttl));
         if drift >= ttl {
             return Err(LockError::InvalidArgument {
@@ -287,7 +341,7 @@ impl Redlock {
         Ok(Redlock {
             inner: Arc::new(RedlockInner {
                 servers,
-                total,
+                redis: options.redis,
                 quorum: total / 2 + 1,
                 ttl,
                 drift,
@@ -303,7 +357,7 @@ impl Redlock {
 
     /// How many servers there are (reachable or not at connect time).
     pub fn servers(&self) -> usize {
-        self.inner.total
+        self.inner.total()
     }
 
     /// A [`Lock`] handle to `name` (exclusive only:
@@ -372,7 +426,15 @@ impl Redlock {
     pub async fn is_locked(&self, name: &str) -> Result<bool, LockError> {
         self.check_name(name)?;
         let i = &self.inner;
-        let answers = join_all(i.servers.iter().map(|s| s.is_locked(name))).await;
+        let per_server = per_server_timeout(i.ttl);
+        let answers = join_all(i.servers.iter().map(|s| async move {
+            tokio::time::timeout(per_server, async move {
+                i.client(s).await?.is_locked(name).await
+            })
+            .await
+            .unwrap_or_else(|_| Err(server_timeout(name, "check", per_server)))
+        }))
+        .await;
         let mut held = 0;
         let mut free = 0;
         let mut errors = Vec::new();
@@ -392,7 +454,7 @@ impl Redlock {
                 resource: name.to_owned(),
                 granted: held + free,
                 needed: i.quorum,
-                total: i.total,
+                total: i.total(),
                 errors,
             })
         }
@@ -410,15 +472,14 @@ impl Redlock {
     ) -> Result<RedlockGuard, LockError> {
         self.check_name(name)?;
         let i = &self.inner;
-        let total = i.total;
-        let missing = total - i.servers.len();
+        let total = i.total();
         let mut logged = false;
         loop {
             let token = ops::owner_value(name, Mode::Exclusive)?;
             // Armed until the attempt's outcome is known: a dropped future
             // still deletes whatever its SETs took.
             let mut cleanup = Cleanup::new(&self.inner, name, &token);
-            let outcome = self.attempt(name, &token).await;
+            let outcome = self.attempt(name, &token, &cleanup.conns).await;
             let granted = outcome.grants.iter().flatten().count();
             let validity = outcome.validity(i.ttl, i.drift);
             if granted >= i.quorum && !validity.is_zero() {
@@ -428,8 +489,9 @@ impl Redlock {
             // Release everywhere now, including servers whose reply was
             // lost, before deciding what to tell the caller.
             cleanup.disarm();
-            release_all(&self.inner, name, &token).await;
-            let failed = outcome.errors.len() + missing;
+            let conns = cleanup.take_conns();
+            release_all(&self.inner, name, &token, conns).await;
+            let failed = outcome.errors.len();
             if failed > total - i.quorum {
                 tracing::warn!(
                     resource = name,
@@ -478,13 +540,22 @@ impl Redlock {
     }
 
     /// Sends the acquire script to every server at once.
-    async fn attempt(&self, name: &str, token: &str) -> Outcome {
+    ///
+    /// Each server's connection is recorded in `conns` before its request
+    /// is sent, so that a cleanup goes over the same connection and runs
+    /// after the request even if this future is dropped mid-flight.
+    async fn attempt(&self, name: &str, token: &str, conns: &AttemptConns) -> Outcome {
         let i = &self.inner;
         let started = Instant::now();
         let per_server = per_server_timeout(i.ttl);
-        let answers = join_all(i.servers.iter().map(|server| async move {
+        let answers = join_all(i.servers.iter().enumerate().map(|(n, server)| async move {
             match tokio::time::timeout(per_server, async {
-                PlainLock::new(server, name, token).acquire(i.ttl).await
+                let client = i.client(server).await?;
+                let mut conn = client.conn(name, "acquire").await?;
+                conns.lock().unwrap_or_else(|e| e.into_inner())[n] = Some(conn.clone());
+                PlainLock::new(client, name, token)
+                    .acquire_on(&mut conn, i.ttl)
+                    .await
             })
             .await
             {
@@ -553,13 +624,23 @@ fn jitter(mean: Duration) -> Duration {
     mean.mul_f64(0.5 + r)
 }
 
+/// Per server, the connection an attempt's request went over (if it got
+/// that far).
+type AttemptConns = std::sync::Mutex<Vec<Option<Conn>>>;
+
 /// Deletes `token`'s key on every server (each bounded by the per-server
-/// timeout); outcomes are ignored.
-async fn release_all(inner: &RedlockInner, name: &str, token: &str) {
+/// timeout), on the attempt's connection where there is one; outcomes are
+/// ignored.
+async fn release_all(inner: &RedlockInner, name: &str, token: &str, conns: Vec<Option<Conn>>) {
     let per_server = per_server_timeout(inner.ttl);
-    join_all(inner.servers.iter().map(|server| {
+    join_all(inner.servers.iter().zip(conns).map(|(server, conn)| {
         tokio::time::timeout(per_server, async move {
-            PlainLock::new(server, name, token).release().await
+            let client = inner.client(server).await?;
+            let lock = PlainLock::new(client, name, token);
+            match conn {
+                Some(mut conn) => lock.release_on(&mut conn).await,
+                None => lock.release().await,
+            }
         })
     }))
     .await;
@@ -571,11 +652,13 @@ struct Cleanup {
     inner: Option<Arc<RedlockInner>>,
     name: String,
     token: String,
+    conns: AttemptConns,
 }
 
 impl Cleanup {
     fn new(inner: &Arc<RedlockInner>, name: &str, token: &str) -> Self {
         Self {
+            conns: std::sync::Mutex::new(vec![None; inner.total()]),
             inner: Some(inner.clone()),
             name: name.to_owned(),
             token: token.to_owned(),
@@ -585,15 +668,21 @@ impl Cleanup {
     fn disarm(&mut self) {
         self.inner = None;
     }
+
+    fn take_conns(&mut self) -> Vec<Option<Conn>> {
+        std::mem::take(&mut *self.conns.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
         if let Some(inner) = self.inner.take() {
+            let conns = self.take_conns();
             spawn_release_all(
                 inner,
                 std::mem::take(&mut self.name),
                 std::mem::take(&mut self.token),
+                conns,
             );
         }
     }
@@ -601,10 +690,15 @@ impl Drop for Cleanup {
 
 /// Background release on every server; without a runtime the keys expire by
 /// their TTL.
-fn spawn_release_all(inner: Arc<RedlockInner>, name: String, token: String) {
+fn spawn_release_all(
+    inner: Arc<RedlockInner>,
+    name: String,
+    token: String,
+    conns: Vec<Option<Conn>>,
+) {
     match tokio::runtime::Handle::try_current() {
         Ok(rt) => {
-            rt.spawn(async move { release_all(&inner, &name, &token).await });
+            rt.spawn(async move { release_all(&inner, &name, &token, conns).await });
         }
         Err(_) => tracing::debug!(
             resource = %name,
@@ -616,7 +710,7 @@ fn spawn_release_all(inner: Arc<RedlockInner>, name: String, token: String) {
 impl fmt::Debug for Redlock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Redlock")
-            .field("servers", &self.inner.servers.len())
+            .field("servers", &self.inner.total())
             .field("quorum", &self.inner.quorum)
             .field("ttl", &self.inner.ttl)
             .field("drift", &self.inner.drift)
@@ -787,12 +881,14 @@ impl RedlockGuard {
 
     async fn release_now(&mut self) -> Result<(), LockError> {
         self.renewal = None;
-        let i = self.inner.clone();
+        let inner = self.inner.clone();
+        let i = &*inner;
         let per_server = per_server_timeout(i.ttl);
         let (name, token) = (&self.name, &self.token);
         let answers = join_all(i.servers.iter().map(|server| async move {
-            match tokio::time::timeout(per_server, async move {
-                PlainLock::new(server, name, token).release().await
+            match tokio::time::timeout(per_server, async {
+                let client = i.client(server).await?;
+                PlainLock::new(client, name, token).release().await
             })
             .await
             {
@@ -811,8 +907,8 @@ impl RedlockGuard {
                 Err(e) => errors.push(e),
             }
         }
-        let total = i.total;
-        let answered = i.servers.len() - errors.len();
+        let total = i.total();
+        let answered = total - errors.len();
         if confirmed >= i.quorum {
             Ok(())
         } else if answered >= i.quorum {
@@ -859,13 +955,14 @@ async fn renew(
         }
         let started = Instant::now();
         let extend = join_all(inner.servers.iter().zip(&granted).map(|(server, &held)| {
-            let (name, token, ttl) = (&name, &token, inner.ttl);
+            let (inner, name, token, ttl) = (&inner, &name, &token, inner.ttl);
             async move {
                 if !held {
                     return None;
                 }
                 match tokio::time::timeout(per_server, async move {
-                    PlainLock::new(server, name, token).extend(ttl).await
+                    let client = inner.client(server).await?;
+                    PlainLock::new(client, name, token).extend(ttl).await
                 })
                     .await
                 {
@@ -910,6 +1007,7 @@ impl Drop for RedlockGuard {
                 self.inner.clone(),
                 std::mem::take(&mut self.name),
                 std::mem::take(&mut self.token),
+                vec![None; self.inner.total()],
             );
         }
     }
