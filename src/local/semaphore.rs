@@ -29,6 +29,10 @@ use super::error::{AcquireError, AcquireTimeoutError, TryAcquireError};
 /// Both kinds wait in the same queue. The `*_timeout` methods use
 /// [`tokio::time`] and so need a tokio runtime with the time driver.
 ///
+/// Unlike tokio's semaphore, acquiring does not take part in tokio's
+/// cooperative-scheduling budget: a task that acquires free permits in a
+/// loop is not forced to yield (as with `async_lock` or a `std` mutex).
+///
 /// # Memory ordering
 ///
 /// Releasing a permit *happens before* the acquisition that obtains it,
