@@ -65,7 +65,17 @@ async fn restarted_server_leaves_no_stale_holder() {
         .await
         .unwrap();
     let g = locks.acquire("r", Duration::from_secs(1)).await.unwrap();
+    let idle = RedisLocks::connect_with(&server.url(), opts(ttl))
+        .await
+        .unwrap();
     server.restart(); // empty: the key and the scripts are gone
+    // A client whose connection died unnoticed reconnects on its first
+    // request (and reloads the scripts).
+    let g0 = bounded(idle.acquire("r0", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(idle.is_locked("r0").await.unwrap());
+    g0.release().await.unwrap();
     // The next renewal reconnects, reloads its script, finds the key gone
     // and fires at once (well before the TTL would).
     let start = Instant::now();

@@ -368,10 +368,11 @@ async fn watchdog_renews_in_batches_and_stops_on_drop() {
     let trips = after.renewal_round_trips - before.renewal_round_trips;
     let renewals = after.renewals - before.renewals;
     assert!(renewals >= 300 * (periods - 3), "renewals {renewals}");
-    // One round trip per period once aligned, plus a few while aligning.
+    // Batched: about one round trip per period once aligned (a few more
+    // while aligning or on a loaded machine), not one per lease.
     assert!(
-        trips <= periods + 6,
-        "{trips} round trips for 300 leases over {periods} periods"
+        trips * 50 <= renewals && trips <= 3 * periods,
+        "{trips} round trips for {renewals} renewals of 300 leases over {periods} periods"
     );
     assert_eq!(after.lost, 0);
 

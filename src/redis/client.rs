@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use redis::{AsyncConnectionConfig, Script, Value};
@@ -14,7 +15,7 @@ use super::keys::{self, LockKeys, validate_name};
 use super::local::LocalQueues;
 use super::lock::{Attempt, RedisLock};
 use super::options::RedisOptions;
-use super::pool::{Conn, Manager, Pool, PoolConn, checkout};
+use super::pool::{Conn, Connections, Manager, PoolConn};
 use super::scripts;
 use super::wakeups::Wakeups;
 use super::watchdog::{Lease, LeaseHandle, Watchdog};
@@ -53,8 +54,8 @@ pub struct RedisLocks {
 pub(crate) struct Inner {
     /// The options the client was built with (validated).
     pub(crate) opts: RedisOptions,
-    /// The pool (see [`checkout`]).
-    pub(crate) pool: Pool,
+    /// The connections (see [`Connections`]).
+    pub(crate) conns: Arc<Connections>,
     /// Release wakeups over the shared pub/sub connection.
     pub(crate) wakeups: Wakeups,
     /// The one renewal task of this client.
@@ -179,7 +180,8 @@ impl RedisLocks {
         .await
         .map_err(|_| super::errors::timed_out(&what, "connect"))?
         .map_err(|e| map_redis(e, &what, "connect"))?;
-        let first = PoolConn::new(first);
+        let epoch = Arc::new(AtomicU64::new(0));
+        let first = PoolConn::new(first, epoch.clone());
         let mut conn = first.conn();
         for script in scripts::all() {
             script
@@ -188,21 +190,22 @@ impl RedisLocks {
                 .map_err(|e| map_redis(e, &what, "load scripts"))?;
         }
 
+        // `pool_size` connections for operations, one for the watchdog.
         let pool = bb8::Pool::builder()
-            .max_size(opts.pool_size)
+            .max_size(opts.pool_size + 1)
             .test_on_check_out(false)
             .connection_timeout(opts.connect_timeout)
-            .build_unchecked(Manager::new(manager, opts.op_timeout));
-        // The pool is empty, so this cannot fail for lack of room.
-        let _ = pool.add(first);
+            .build_unchecked(Manager::new(manager, opts.op_timeout, epoch.clone()));
+        let conns = Arc::new(Connections::new(pool, opts.pool_size as usize, epoch));
+        conns.seed(first).await;
 
         let shutdown = CancellationToken::new();
         let wakeups = Wakeups::start(client, opts.op_timeout, shutdown.clone());
-        let watchdog = Watchdog::start(pool.clone(), opts.op_timeout, shutdown.clone());
+        let watchdog = Watchdog::start(conns.clone(), opts.op_timeout, shutdown.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 opts,
-                pool,
+                conns,
                 wakeups,
                 watchdog,
                 local: Arc::new(LocalQueues::default()),
@@ -303,12 +306,12 @@ impl RedisLocks {
     pub async fn is_locked(&self, name: &str) -> Result<bool, LockError> {
         validate_name(name)?;
         let key = self.key(name, "lock");
-        let mut conn = self.conn(name, "check").await?;
-        let n: i64 = redis::cmd("EXISTS")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| map_redis(e, name, "check"))?;
+        let n: i64 = self
+            .retry_once(name, "check", |mut conn| {
+                let key = &key;
+                async move { redis::cmd("EXISTS").arg(key).query_async(&mut conn).await }
+            })
+            .await?;
         Ok(n > 0)
     }
 
@@ -410,7 +413,36 @@ impl RedisLocks {
     /// `resource`/`op`. Clone-cheap; requests on it may run concurrently, and
     /// requests sent on one `Conn` (or its clones) run in order.
     pub(crate) async fn conn(&self, resource: &str, op: &'static str) -> Result<Conn, LockError> {
-        checkout(&self.inner.pool, resource, op).await
+        self.inner.conns.get(resource, op).await
+    }
+
+    /// Runs `f` on a connection; if it fails because that connection broke
+    /// (the server restarted, say), runs it once more on a fresh one. Only
+    /// for requests that are safe to repeat (compare-and-delete,
+    /// compare-and-expire, reads).
+    pub(crate) async fn retry_once<T, F, Fut>(
+        &self,
+        resource: &str,
+        op: &'static str,
+        mut f: F,
+    ) -> Result<T, LockError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let mut retried = false;
+        loop {
+            let conn = self.conn(resource, op).await?;
+            let probe = conn.clone();
+            match f(conn).await {
+                Ok(v) => return Ok(v),
+                Err(e) if !retried && probe.is_broken() => {
+                    tracing::debug!(resource, op, error = %e, "connection broke; retrying once on a fresh one");
+                    retried = true;
+                }
+                Err(e) => return Err(map_redis(e, resource, op)),
+            }
+        }
     }
 
     /// `{prefix}{<name>}:<suffix>` (validate `name` first).

@@ -10,7 +10,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{RedisLocks, bad_reply, ttl_ms};
-use super::errors::map_redis;
 use super::keys::LockKeys;
 use super::local::LocalTurn;
 use super::options::validate_ttl;
@@ -131,15 +130,22 @@ impl RedisLockGuard {
     pub async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
         validate_ttl(ttl)?;
         let held = self.held()?;
-        let mut conn = held.client.conn(&self.name, "extend").await?;
-        let sent_at = Instant::now();
-        let reply: Value = scripts::EXTEND
-            .key(&held.keys.lock)
-            .arg(&held.value)
-            .arg(ttl_ms(ttl))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| map_redis(e, &self.name, "extend"))?;
+        let mut sent_at = Instant::now();
+        let reply: Value = held
+            .client
+            .retry_once(&self.name, "extend", |mut conn| {
+                sent_at = Instant::now();
+                let held = &held;
+                async move {
+                    scripts::EXTEND
+                        .key(&held.keys.lock)
+                        .arg(&held.value)
+                        .arg(ttl_ms(ttl))
+                        .invoke_async(&mut conn)
+                        .await
+                }
+            })
+            .await?;
         match reply {
             Value::Int(1) => {
                 let opts = held.client.options();
@@ -221,16 +227,21 @@ struct PendingRelease<'a> {
 
 impl PendingRelease<'_> {
     async fn run(&mut self) -> Result<(), LockError> {
-        let mut conn = self.client.conn(self.name, "release").await?;
-        let reply: Result<Value, _> = scripts::RELEASE
-            .key(&self.keys.lock)
-            .arg(self.value)
-            .arg(&self.keys.channel)
-            .invoke_async(&mut conn)
+        let (keys, value) = (self.keys, self.value);
+        let reply = self
+            .client
+            .retry_once(self.name, "release", |mut conn| async move {
+                scripts::RELEASE
+                    .key(&keys.lock)
+                    .arg(value)
+                    .arg(&keys.channel)
+                    .invoke_async::<Value>(&mut conn)
+                    .await
+            })
             .await;
-        // Answered (or failed): nothing left for Drop to do.
+        // Answered (or failed for good): nothing left for Drop to do.
         drop(self.turn.take());
-        match reply.map_err(|e| map_redis(e, self.name, "release"))? {
+        match reply? {
             Value::Int(1) => Ok(()),
             Value::Int(0) => Err(LockError::NotHeld {
                 resource: self.name.to_owned(),

@@ -96,14 +96,15 @@ impl QueueRef {
         }
     }
 
-    /// Takes the turn if nobody holds or waits for it.
-    pub(crate) fn try_turn(self) -> Option<LocalTurn> {
+    /// Takes the turn if nobody holds or waits for it; otherwise gives the
+    /// reference back.
+    pub(crate) fn try_turn(self) -> Result<LocalTurn, QueueRef> {
         match self.entry().turn.clone().try_acquire_owned() {
-            Ok(permit) => Some(LocalTurn {
+            Ok(permit) => Ok(LocalTurn {
                 _permit: Some(permit),
                 queue: self,
             }),
-            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => None,
+            Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => Err(self),
         }
     }
 
@@ -167,7 +168,7 @@ mod tests {
     async fn fifo_and_cleanup() {
         let q = Arc::new(LocalQueues::default());
         let first = q.get("a").turn().await;
-        assert!(q.get("a").try_turn().is_none());
+        assert!(q.get("a").try_turn().is_err());
         let waiter = tokio::spawn({
             let q = q.clone();
             async move { q.get("a").turn().await }

@@ -10,8 +10,9 @@
 //!    deadline, whichever comes first, and retry. Without pub/sub the wait is
 //!    a backoff (5 ms doubling to 1 s) bounded by the holder's TTL.
 
-use std::fmt;
-use std::time::Duration;
+use std::fmt::{self, Write as _};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use redis::Value;
@@ -200,22 +201,34 @@ pub(crate) fn new_token(name: &str) -> Result<String, LockError> {
         op: "generate an owner token",
         source: Box::new(std::io::Error::other(e.to_string())),
     })?;
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(32);
     for b in buf {
-        use std::fmt::Write;
-        let _ = write!(s, "{b:02x}");
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
     }
     Ok(s)
 }
 
 /// The stored owner value: `token\n` + owner metadata (so waiters can say
-/// who holds the lock).
+/// who holds the lock), in [`Owner::to_text`]'s format.
 pub(crate) fn owner_value(token: &str, mode: Mode) -> String {
-    let meta = Owner::current(mode).to_text();
-    let mut v = String::with_capacity(token.len() + 1 + meta.len());
+    // The lines before `since=` (header, pid, start, host) never change in
+    // a process: format them once.
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    let prefix = PREFIX.get_or_init(|| {
+        let text = Owner::current(mode).to_text();
+        match text.find("\nsince=") {
+            Some(i) => text[..=i].to_owned(),
+            None => text,
+        }
+    });
+    let since = humantime::format_rfc3339_nanos(SystemTime::now());
+    let mut v = String::with_capacity(token.len() + prefix.len() + 80);
     v.push_str(token);
     v.push('\n');
-    v.push_str(&meta);
+    v.push_str(prefix);
+    let _ = write!(v, "since={since}\nmode={mode}\n");
     v
 }
 
@@ -277,20 +290,19 @@ pub(crate) async fn acquire(
     let inner = &client.inner;
 
     // 1. This task's turn among local waiters.
-    let queue = inner.local.get(name);
-    let turn = if try_once {
-        let hint = inner.local.get(name);
-        match queue.try_turn() {
-            Some(t) => t,
-            None => return Err(contended(hint.last_holder())),
-        }
-    } else {
-        tokio::select! {
-            t = queue.turn() => t,
-            () = deadline.sleep() => {
-                let hint = inner.local.get(name);
-                tracing::debug!(resource = name, waited = ?deadline.elapsed(), "timed out in the local queue");
-                return Err(contended(hint.last_holder()));
+    // (Uncontended, take it without arming a timer: registering one can
+    // cost a wakeup of the runtime's driver.)
+    let turn = match inner.local.get(name).try_turn() {
+        Ok(t) => t,
+        Err(queue) if try_once => return Err(contended(local_holder(&queue))),
+        Err(queue) => {
+            let hint = inner.local.get(name);
+            tokio::select! {
+                t = queue.turn() => t,
+                () = deadline.sleep() => {
+                    tracing::debug!(resource = name, waited = ?deadline.elapsed(), "timed out in the local queue");
+                    return Err(contended(local_holder(&hint)));
+                }
             }
         }
     };
@@ -298,8 +310,8 @@ pub(crate) async fn acquire(
     // 2. and 3. The head of the local queue talks to Redis.
     let ttl = inner.opts.ttl;
     let keys = LockKeys::new(&inner.opts.key_prefix, name);
-    let token = new_token(name)?;
-    let value = owner_value(&token, Mode::Exclusive);
+    let mut value = owner_value(&new_token(name)?, Mode::Exclusive);
+    let mut reconnected = false;
     let mut sub = None;
     let mut backoff = Duration::from_millis(5);
     let mut last_holder: Option<Owner>;
@@ -321,7 +333,10 @@ pub(crate) async fn acquire(
         drop(in_flight);
         let (pttl, holder) = match attempt {
             Ok(Attempt::Acquired(fence)) => {
-                turn.set_holder(Some(Owner::current(Mode::Exclusive)));
+                if sub.is_some() {
+                    // Local waiters behind us: the holder is now this process.
+                    turn.set_holder(None);
+                }
                 let lease = client.register_lease(client.lease(
                     name,
                     &scripts::EXTEND,
@@ -357,6 +372,16 @@ pub(crate) async fn acquire(
                         None,
                         (),
                     );
+                }
+                // The connection broke (a restarted server, say): once, try
+                // again on a fresh one, with a fresh token (the cleanup above
+                // runs after anything sent on the dead connection).
+                if conn.is_broken() && !reconnected {
+                    reconnected = true;
+                    tracing::debug!(resource = name, error = %e, "connection broke; retrying on a fresh one");
+                    value = owner_value(&new_token(name)?, Mode::Exclusive);
+                    conn = client.conn(name, "acquire").await?;
+                    continue;
                 }
                 return Err(e);
             }
@@ -401,6 +426,15 @@ pub(crate) async fn acquire(
     }
 }
 
+/// Who holds a lock that a task of this process is queued for: the remote
+/// holder the head of the queue last saw, else (the usual case) this
+/// process.
+fn local_holder(queue: &super::local::QueueRef) -> Option<Owner> {
+    queue
+        .last_holder()
+        .or_else(|| Some(Owner::current(Mode::Exclusive)))
+}
+
 /// Displays a holder for logs: its metadata, or the raw value if foreign.
 struct Who<'a>(Option<&'a Owner>, &'a [u8]);
 
@@ -434,6 +468,10 @@ mod tests {
         let v = owner_value("abc", Mode::Exclusive);
         let o = parse_holder(v.as_bytes()).unwrap();
         assert_eq!(o.pid, std::process::id());
+        assert_eq!(o.mode, Mode::Exclusive);
+        let mut me = Owner::current(Mode::Exclusive);
+        me.since = o.since;
+        assert_eq!(o, me);
         assert!(parse_holder(b"foreign").is_none());
     }
 

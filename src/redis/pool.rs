@@ -1,5 +1,5 @@
-//! The connection pool: `bb8` over `bb8-redis`, with multiplexed
-//! connections that are checked out only long enough to clone them.
+//! The connection pool: `bb8` over `bb8-redis`, whose multiplexed
+//! connections a client keeps checked out and shares (see [`Connections`]).
 //!
 //! Why `bb8` + `bb8-redis` rather than the redis crate's own `bb8` feature:
 //! both hand out the same `MultiplexedConnection`; `bb8-redis` is the
@@ -9,12 +9,12 @@
 //! connection died (`has_broken` is always `false`), and testing every
 //! checkout with a `PING` would double the cost of a lock. So [`Conn`]
 //! watches the results of the requests sent through it and flags the
-//! connection as broken on I/O errors; the next checkout drops flagged
-//! connections and the pool opens fresh ones.
+//! connection as broken on I/O errors; [`Connections`] then hands it back
+//! (the pool discards it) and checks out a fresh one.
 
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -30,11 +30,22 @@ pub(crate) type Pool = bb8::Pool<Manager>;
 pub(crate) struct Manager {
     inner: bb8_redis::RedisConnectionManager,
     op_timeout: Duration,
+    epoch: Arc<AtomicU64>,
 }
 
 impl Manager {
-    pub(crate) fn new(inner: bb8_redis::RedisConnectionManager, op_timeout: Duration) -> Self {
-        Self { inner, op_timeout }
+    /// `epoch` is the client-wide count of broken connections (see
+    /// [`Connections`]).
+    pub(crate) fn new(
+        inner: bb8_redis::RedisConnectionManager,
+        op_timeout: Duration,
+        epoch: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            inner,
+            op_timeout,
+            epoch,
+        }
     }
 }
 
@@ -50,14 +61,16 @@ impl fmt::Debug for Manager {
 pub(crate) struct PoolConn {
     conn: MultiplexedConnection,
     broken: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
 }
 
 impl PoolConn {
     /// Wraps a connection opened outside the pool (see `Pool::add`).
-    pub(crate) fn new(conn: MultiplexedConnection) -> Self {
+    pub(crate) fn new(conn: MultiplexedConnection, epoch: Arc<AtomicU64>) -> Self {
         Self {
             conn,
             broken: Arc::new(AtomicBool::new(false)),
+            epoch,
         }
     }
 
@@ -66,6 +79,7 @@ impl PoolConn {
         Conn {
             conn: self.conn.clone(),
             broken: self.broken.clone(),
+            epoch: self.epoch.clone(),
         }
     }
 }
@@ -77,7 +91,7 @@ impl bb8::ManageConnection for Manager {
     async fn connect(&self) -> Result<PoolConn, redis::RedisError> {
         let mut conn = self.inner.connect().await?;
         conn.set_response_timeout(self.op_timeout);
-        Ok(PoolConn::new(conn))
+        Ok(PoolConn::new(conn, self.epoch.clone()))
     }
 
     async fn is_valid(&self, conn: &mut PoolConn) -> Result<(), redis::RedisError> {
@@ -89,31 +103,120 @@ impl bb8::ManageConnection for Manager {
     }
 }
 
-/// Checks a connection out of `pool` and hands back a clone of it (the
-/// pooled slot is returned at once: a multiplexed connection serves any
-/// number of concurrent requests).
+/// The connections of one client: `slots` multiplexed connections checked
+/// out of the `bb8` pool for good, handed out round-robin, plus one for the
+/// watchdog (so that a large renewal pipeline does not delay lock
+/// operations).
 ///
-/// Connections flagged broken are dropped here, so the pool reconnects.
-pub(crate) async fn checkout(
-    pool: &Pool,
-    resource: &str,
-    op: &'static str,
-) -> Result<Conn, LockError> {
-    // Each broken connection is dropped from the pool; a pool of n slots can
-    // hold at most n broken ones.
-    let attempts = pool.state().connections as usize + 1;
-    for _ in 0..attempts {
-        let pooled = pool.get().await.map_err(|e| map_pool(e, resource, op))?;
-        if pooled.broken.load(Ordering::Relaxed) {
-            // Dropping it puts it back, where `has_broken` discards it.
-            continue;
+/// A slot whose connection was flagged broken gives it back (the pool
+/// discards it) and checks out a fresh one: `bb8` does the connecting, with
+/// its timeout, and bounds the number of sockets. A broken connection also
+/// bumps the client-wide `epoch`, and every slot filled in an earlier epoch
+/// is refreshed on its next use: when the server restarts, every connection
+/// to it is dead, and one failed request is enough to learn it.
+pub(crate) struct Connections {
+    pool: Pool,
+    slots: Vec<Mutex<Option<Slot>>>,
+    watchdog: Mutex<Option<Slot>>,
+    next: AtomicUsize,
+    epoch: Arc<AtomicU64>,
+}
+
+struct Slot {
+    conn: Conn,
+    /// The epoch when the slot was filled.
+    epoch: u64,
+    /// Kept checked out; dropping it returns (or, if broken, discards) it.
+    _pooled: bb8::PooledConnection<'static, Manager>,
+}
+
+impl Connections {
+    /// `slots` connections for operations; `pool` must allow `slots + 1`.
+    pub(crate) fn new(pool: Pool, slots: usize, epoch: Arc<AtomicU64>) -> Self {
+        Self {
+            pool,
+            slots: (0..slots.max(1)).map(|_| Mutex::new(None)).collect(),
+            watchdog: Mutex::new(None),
+            next: AtomicUsize::new(0),
+            epoch,
         }
-        return Ok(pooled.conn());
     }
-    // Every connection was broken; the pool is reconnecting. One more wait
-    // gives a fresh connection or the pool's own timeout error.
-    let pooled = pool.get().await.map_err(|e| map_pool(e, resource, op))?;
-    Ok(pooled.conn())
+
+    fn usable(&self, slot: &Option<Slot>) -> Option<Conn> {
+        match slot {
+            Some(held)
+                if !held.conn.is_broken() && held.epoch == self.epoch.load(Ordering::Acquire) =>
+            {
+                Some(held.conn.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// A connection for an operation on `resource` (errors mapped for
+    /// `op`).
+    pub(crate) async fn get(&self, resource: &str, op: &'static str) -> Result<Conn, LockError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        self.slot_conn(&self.slots[i], resource, op).await
+    }
+
+    /// The watchdog's connection.
+    pub(crate) async fn watchdog(&self) -> Result<Conn, LockError> {
+        self.slot_conn(&self.watchdog, "(watchdog)", "renew").await
+    }
+
+    async fn slot_conn(
+        &self,
+        slot: &Mutex<Option<Slot>>,
+        resource: &str,
+        op: &'static str,
+    ) -> Result<Conn, LockError> {
+        let stale = {
+            let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(conn) = self.usable(&s) {
+                return Ok(conn);
+            }
+            s.take()
+        };
+        // Give a broken connection back first, so the pool has room.
+        drop(stale);
+        let pooled = self
+            .pool
+            .get_owned()
+            .await
+            .map_err(|e| map_pool(e, resource, op))?;
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let conn = pooled.conn();
+        let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        // Another task may have refilled the slot meanwhile: use theirs, give
+        // ours back to the pool.
+        if let Some(theirs) = self.usable(&s) {
+            return Ok(theirs);
+        }
+        *s = Some(Slot {
+            conn: conn.clone(),
+            epoch,
+            _pooled: pooled,
+        });
+        Ok(conn)
+    }
+
+    /// Adds a connection opened outside the pool (at connect time) to the
+    /// first slot.
+    pub(crate) async fn seed(&self, conn: PoolConn) {
+        if self.pool.add(conn).is_ok() {
+            let _ = self.get("(connect)", "connect").await;
+        }
+    }
+}
+
+impl fmt::Debug for Connections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connections")
+            .field("slots", &self.slots.len())
+            .field("pool", &self.pool.state())
+            .finish()
+    }
 }
 
 /// A multiplexed connection that flags itself broken when a request on it
@@ -123,14 +226,21 @@ pub(crate) async fn checkout(
 pub(crate) struct Conn {
     conn: MultiplexedConnection,
     broken: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
 }
 
 impl Conn {
-    fn note<T>(broken: &AtomicBool, r: &RedisResult<T>) {
+    /// Whether a request on this connection failed with an I/O error.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    fn note<T>(&self, r: &RedisResult<T>) {
         if let Err(e) = r
             && breaks_connection(e)
+            && !self.broken.swap(true, Ordering::AcqRel)
         {
-            broken.store(true, Ordering::Relaxed);
+            self.epoch.fetch_add(1, Ordering::AcqRel);
         }
     }
 }
@@ -147,7 +257,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let r = self.conn.req_packed_command(cmd).await;
-            Self::note(&self.broken, &r);
+            self.note(&r);
             r
         })
     }
@@ -160,7 +270,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let r = self.conn.req_packed_commands(pipeline, offset, count).await;
-            Self::note(&self.broken, &r);
+            self.note(&r);
             r
         })
     }

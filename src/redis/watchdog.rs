@@ -25,8 +25,8 @@
 //!
 //! # Stopping
 //!
-//! A [`LeaseHandle`] owns a child of the client's shutdown token through a
-//! `DropGuard`: dropping the handle (the guard is dropped or released)
+//! A [`LeaseHandle`] owns a child of the lease's lost token (so a lost
+//! lease stops renewing too) through a `DropGuard`: dropping the handle (the guard is dropped or released)
 //! removes the lease at once, and a renewal reply that arrives later is
 //! ignored.
 
@@ -41,7 +41,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::pool::{Pool, checkout};
+use super::pool::Connections;
 
 /// Most renewal commands per pipeline.
 pub(crate) const MAX_BATCH: usize = 4096;
@@ -147,7 +147,11 @@ impl fmt::Debug for Watchdog {
 
 impl Watchdog {
     /// Starts the task; it stops when `shutdown` is cancelled.
-    pub(crate) fn start(pool: Pool, op_timeout: Duration, shutdown: CancellationToken) -> Self {
+    pub(crate) fn start(
+        pool: Arc<Connections>,
+        op_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 entries: HashMap::new(),
@@ -168,7 +172,9 @@ impl Watchdog {
     /// `lease.acquired_at` (the send time of the acquiring request).
     pub(crate) fn register(&self, lease: Lease) -> LeaseHandle {
         let lost = CancellationToken::new();
-        let stop = self.shared.shutdown.child_token();
+        // A child of `lost`, not of a client-wide token: creating and
+        // dropping it then touches no lock shared with other leases.
+        let stop = lost.child_token();
         let due = lease.acquired_at + lease.interval;
         let deadline = lease.acquired_at + lease.ttl.saturating_sub(lease.drift);
         let wake = due.min(deadline);
@@ -289,7 +295,7 @@ fn warn_lost(resource: &str, why: &str) {
 }
 
 /// The watchdog task.
-async fn run(shared: Arc<Shared>, pool: Pool, op_timeout: Duration) {
+async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) {
     loop {
         let now = Instant::now();
         let mut batch: Vec<(u64, Lease)> = Vec::new();
@@ -361,7 +367,12 @@ enum Outcome {
 }
 
 /// One pipelined round trip renewing `batch`; then records the outcomes.
-async fn renew(shared: Arc<Shared>, pool: Pool, batch: Vec<(u64, Lease)>, op_timeout: Duration) {
+async fn renew(
+    shared: Arc<Shared>,
+    pool: Arc<Connections>,
+    batch: Vec<(u64, Lease)>,
+    op_timeout: Duration,
+) {
     let sent_at = Instant::now();
     let results = tokio::time::timeout(op_timeout, send(&shared, &pool, &batch)).await;
     let outcomes: Vec<Outcome> = match results {
@@ -428,10 +439,10 @@ fn outcome(v: &Value) -> Outcome {
 /// server) loads the scripts and sends the affected renewals once more.
 async fn send(
     shared: &Shared,
-    pool: &Pool,
+    pool: &Connections,
     batch: &[(u64, Lease)],
 ) -> Result<Vec<Value>, crate::error::LockError> {
-    let mut conn = checkout(pool, "(watchdog)", "renew").await?;
+    let mut conn = pool.watchdog().await?;
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for (_, lease) in batch {

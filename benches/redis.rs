@@ -1,0 +1,429 @@
+//! Redis lock benchmarks, side by side with a hand-written floor in one run,
+//! against a private redis-server on loopback.
+//!
+//! The floor: `SET key token NX PX ttl` + an `EVALSHA` compare-and-delete on
+//! one multiplexed connection — the least a correct Redis lock can do.
+//!
+//! Run: `cargo bench --bench redis` (add `-- --quick` for a short run). Prints
+//! criterion's figures for
+//! - `redis_uncontended/{floor,lockyard}`: sequential acquire + release;
+//! - `redis_64_tasks/{floor,lockyard}`: 64 concurrent tasks, each taking
+//!   and releasing its own lock (throughput in elements/s);
+//! - `redis_handoff/lockyard`: contended hand-off between two clients (as two
+//!   processes would), from the holder's `release()` call to the waiter
+//!   holding the lock;
+//!
+//! then the ratios against the floor, the hand-off p50/p90 over individual
+//! hand-offs, and the watchdog's cost for 10,000 held locks in round trips
+//! per renewal period.
+
+#[path = "../tests/common/redis.rs"]
+mod redis_server;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use lockyard::redis::{RedisLocks, RedisOptions};
+use redis_server::RedisServer;
+use tokio::runtime::Runtime;
+
+const TTL: Duration = Duration::from_secs(30);
+const TASKS: usize = 64;
+const OPS_PER_TASK: usize = 20;
+
+/// The hand-written floor on one multiplexed connection.
+#[derive(Clone)]
+struct Floor {
+    conn: redis::aio::MultiplexedConnection,
+    release: Arc<redis::Script>,
+}
+
+impl Floor {
+    async fn connect(url: &str) -> Self {
+        let client = redis::Client::open(url).unwrap();
+        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        let release = Arc::new(redis::Script::new(
+            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
+        ));
+        Self { conn, release }
+    }
+
+    async fn acquire_release(&mut self, key: &str, token: &str) {
+        let opts = redis::SetOptions::default()
+            .conditional_set(redis::ExistenceCheck::NX)
+            .with_expiration(redis::SetExpiry::PX(TTL.as_millis() as u64));
+        let ok: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(token)
+            .arg(&opts)
+            .query_async(&mut self.conn)
+            .await
+            .unwrap();
+        assert!(ok.is_some(), "floor lock {key} unexpectedly held");
+        let n: i64 = self
+            .release
+            .key(key)
+            .arg(token)
+            .invoke_async(&mut self.conn)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+    }
+}
+
+fn main() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (floor, locks, other) = rt.block_on(async {
+        let opts = RedisOptions::default()
+            .ttl(TTL)
+            .pool_size(std::env::var("POOL").map_or(1, |v| v.parse().unwrap()));
+        (
+            Floor::connect(&url).await,
+            RedisLocks::connect_with(&url, opts.clone()).await.unwrap(),
+            RedisLocks::connect_with(&url, opts).await.unwrap(),
+        )
+    });
+    let mut c = Criterion::default()
+        .configure_from_args()
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1));
+
+    uncontended(&mut c, &rt, &floor, &locks);
+    throughput(&mut c, &rt, &floor, &locks);
+    handoff(&mut c, &rt, &locks, &other);
+    c.final_summary();
+
+    println!();
+    report_ratios();
+    report_interleaved(&rt, &floor, &locks);
+    report_handoff_percentiles(&rt, &locks, &other);
+    report_renewal_cost(&rt, &url);
+}
+
+fn uncontended(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
+    let mut g = c.benchmark_group("redis_uncontended");
+    g.bench_function("floor", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let mut f = floor.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    f.acquire_release("bench:floor:seq", "0123456789abcdef0123456789abcdef")
+                        .await;
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.bench_function("lockyard", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let locks = locks.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let g = locks.acquire("bench-seq", TTL).await.unwrap();
+                    g.release().await.unwrap();
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+}
+
+fn throughput(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
+    let mut g = c.benchmark_group("redis_64_tasks");
+    g.throughput(Throughput::Elements((TASKS * OPS_PER_TASK) as u64));
+    g.bench_function("floor", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let floor = floor.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let tasks: Vec<_> = (0..TASKS)
+                        .map(|t| {
+                            let mut f = floor.clone();
+                            tokio::spawn(async move {
+                                let key = format!("bench:floor:t{t}");
+                                for _ in 0..OPS_PER_TASK {
+                                    f.acquire_release(&key, "0123456789abcdef0123456789abcdef")
+                                        .await;
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.bench_function("lockyard", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let locks = locks.clone();
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let tasks: Vec<_> = (0..TASKS)
+                        .map(|t| {
+                            let locks = locks.clone();
+                            tokio::spawn(async move {
+                                let name = format!("bench-t{t}");
+                                for _ in 0..OPS_PER_TASK {
+                                    let g = locks.acquire(&name, TTL).await.unwrap();
+                                    g.release().await.unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                }
+                start.elapsed()
+            }
+        })
+    });
+    g.finish();
+}
+
+/// One hand-off: `holder` holds, `waiter` (another client, as another
+/// process) waits; returns the time from the release call to the waiter
+/// holding the lock.
+async fn one_handoff(holder: &RedisLocks, waiter: &RedisLocks) -> Duration {
+    let g = holder.acquire("bench-handoff", TTL).await.unwrap();
+    let w = waiter.clone();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let g = w.acquire("bench-handoff", TTL).await.unwrap();
+        let at = Instant::now();
+        let _ = tx.send(at);
+        g.release().await.unwrap();
+    });
+    // Let the waiter reach its wait (subscribed, retried, sleeping).
+    tokio::time::sleep(Duration::from_millis(3)).await;
+    let released = Instant::now();
+    g.release().await.unwrap();
+    let acquired = rx.await.unwrap();
+    task.await.unwrap();
+    acquired.saturating_duration_since(released)
+}
+
+fn handoff(c: &mut Criterion, rt: &Runtime, locks: &RedisLocks, other: &RedisLocks) {
+    let mut g = c.benchmark_group("redis_handoff");
+    g.bench_function("lockyard", |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let (a, b2) = (locks.clone(), other.clone());
+            async move {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    total += one_handoff(&a, &b2).await;
+                }
+                total
+            }
+        })
+    });
+    g.finish();
+}
+
+/// Median point estimate (ns) criterion saved for `group/bench`.
+fn median_ns(group: &str, bench: &str) -> Option<f64> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
+    let path = dir
+        .join("criterion")
+        .join(group)
+        .join(bench)
+        .join("new/estimates.json");
+    let text = std::fs::read_to_string(path).ok()?;
+    let median = &text[text.find("\"median\"")?..];
+    let pe = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
+    let end = pe.find([',', '}'])?;
+    pe[..end].trim().parse().ok()
+}
+
+fn report_ratios() {
+    let pair = |group: &str| Some((median_ns(group, "floor")?, median_ns(group, "lockyard")?));
+    match pair("redis_uncontended") {
+        Some((floor, ours)) => println!(
+            "uncontended acquire+release: floor {:.1} µs, lockyard {:.1} µs, ratio {:.3} (bar <= 1.25)",
+            floor / 1e3,
+            ours / 1e3,
+            ours / floor
+        ),
+        None => println!("uncontended: no criterion estimates found (filtered out?)"),
+    }
+    match pair("redis_64_tasks") {
+        Some((floor, ours)) => {
+            let n = (TASKS * OPS_PER_TASK) as f64;
+            println!(
+                "64 tasks throughput: floor {:.0}/s, lockyard {:.0}/s, ratio {:.3} (bar >= 0.8)",
+                n / (floor / 1e9),
+                n / (ours / 1e9),
+                floor / ours
+            );
+        }
+        None => println!("64 tasks: no criterion estimates found (filtered out?)"),
+    }
+}
+
+/// The same comparisons, alternating floor and lockyard in short rounds so
+/// that load from other processes hits both alike; median of the per-round
+/// ratios.
+fn report_interleaved(rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
+    const ROUNDS: usize = 9;
+    const SEQ: usize = 1000;
+    const PAR: usize = 10;
+    let (mut seq, mut par) = (Vec::new(), Vec::new());
+    rt.block_on(async {
+        for _ in 0..ROUNDS {
+            let mut f = floor.clone();
+            let t = Instant::now();
+            for _ in 0..SEQ {
+                f.acquire_release("bench:floor:seq", "0123456789abcdef0123456789abcdef")
+                    .await;
+            }
+            let floor_seq = t.elapsed();
+            let t = Instant::now();
+            for _ in 0..SEQ {
+                locks
+                    .acquire("bench-seq", TTL)
+                    .await
+                    .unwrap()
+                    .release()
+                    .await
+                    .unwrap();
+            }
+            seq.push(t.elapsed().as_secs_f64() / floor_seq.as_secs_f64());
+
+            let t = Instant::now();
+            for _ in 0..PAR {
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|i| {
+                        let mut f = floor.clone();
+                        tokio::spawn(async move {
+                            let key = format!("bench:floor:t{i}");
+                            for _ in 0..OPS_PER_TASK {
+                                f.acquire_release(&key, "0123456789abcdef0123456789abcdef")
+                                    .await;
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+            let floor_par = t.elapsed();
+            let t = Instant::now();
+            for _ in 0..PAR {
+                let tasks: Vec<_> = (0..TASKS)
+                    .map(|i| {
+                        let locks = locks.clone();
+                        tokio::spawn(async move {
+                            let name = format!("bench-t{i}");
+                            for _ in 0..OPS_PER_TASK {
+                                locks
+                                    .acquire(&name, TTL)
+                                    .await
+                                    .unwrap()
+                                    .release()
+                                    .await
+                                    .unwrap();
+                            }
+                        })
+                    })
+                    .collect();
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            }
+            // Throughput ratio: floor time / our time.
+            par.push(floor_par.as_secs_f64() / t.elapsed().as_secs_f64());
+        }
+    });
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "interleaved over {ROUNDS} rounds (median): uncontended latency ratio {:.3} (bar <= 1.25), 64-task throughput ratio {:.3} (bar >= 0.8)",
+        median(&mut seq),
+        median(&mut par)
+    );
+}
+
+fn report_handoff_percentiles(rt: &Runtime, a: &RedisLocks, b: &RedisLocks) {
+    let mut samples: Vec<Duration> = rt.block_on(async {
+        let mut v = Vec::new();
+        for _ in 0..300 {
+            v.push(one_handoff(a, b).await);
+        }
+        v
+    });
+    samples.sort();
+    let p = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    println!(
+        "contended hand-off over {} hand-offs: p50 {:?}, p90 {:?}, max {:?} (bar p50 <= 0.5 ms)",
+        samples.len(),
+        p(0.5),
+        p(0.9),
+        samples[samples.len() - 1]
+    );
+}
+
+fn report_renewal_cost(rt: &Runtime, url: &str) {
+    const HELD: usize = 10_000;
+    let ttl = Duration::from_secs(3);
+    rt.block_on(async {
+        let locks = RedisLocks::connect_with(url, RedisOptions::default().ttl(ttl))
+            .await
+            .unwrap();
+        let mut guards = Vec::with_capacity(HELD);
+        let tasks: Vec<_> = (0..64)
+            .map(|t| {
+                let locks = locks.clone();
+                tokio::spawn(async move {
+                    let mut v = Vec::new();
+                    for i in (t..HELD).step_by(64) {
+                        v.push(locks.acquire(&format!("held-{i}"), ttl).await.unwrap());
+                    }
+                    v
+                })
+            })
+            .collect();
+        for t in tasks {
+            guards.extend(t.await.unwrap());
+        }
+        // One period to align the schedules, then measure three.
+        let period = ttl / 3;
+        tokio::time::sleep(period + period / 2).await;
+        let before = locks.stats();
+        let t0 = Instant::now();
+        tokio::time::sleep(period * 3).await;
+        let after = locks.stats();
+        let periods = t0.elapsed().as_secs_f64() / period.as_secs_f64();
+        let trips = (after.renewal_round_trips - before.renewal_round_trips) as f64;
+        let renewals = (after.renewals - before.renewals) as f64;
+        println!(
+            "renewal of {HELD} held locks (ttl {ttl:?}, period {period:?}): {:.2} round trips and {:.0} renewals per period, lost {}",
+            trips / periods,
+            renewals / periods,
+            after.lost
+        );
+        assert!(guards.iter().all(|g| !g.is_lost()));
+        for g in guards {
+            drop(g);
+        }
+    });
+}
