@@ -173,3 +173,8 @@ mod manager;
 pub use manager::{AsyncLockManager, LockSet, LockStat, LockStats};
 
 // ---- end of modules ----
+
+/// The README's examples, compiled as doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
