@@ -437,3 +437,22 @@ async fn cancellation_at_random_moments_leaks_no_permit() {
     // nothing.
     assert!(got < 180, "no acquisition was ever cancelled");
 }
+
+/// A Redis restarted empty forgets every permit: holders learn it at the
+/// next renewal, and nobody keeps believing it holds one.
+#[tokio::test]
+async fn restarted_redis_makes_holders_lost() {
+    let mut server = RedisServer::start();
+    let a = client(&server.url(), Duration::from_millis(900)).await;
+    let sem = a.semaphore("restart", 2).unwrap();
+    let p = bounded(sem.try_acquire()).await.unwrap();
+    let rw = a.rwlock("restart-rw").unwrap();
+    let r = bounded(rw.try_read()).await.unwrap();
+    server.restart();
+    bounded(p.lost()).await;
+    bounded(r.lost()).await;
+    // The server works again for new holders.
+    let p2 = bounded(sem.acquire(Duration::from_secs(5))).await.unwrap();
+    assert!(!p2.is_lost());
+    p2.release().await.unwrap();
+}
