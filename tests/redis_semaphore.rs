@@ -184,6 +184,12 @@ async fn child_process_role() {
                             .query_async(&mut conn)
                             .await
                             .unwrap();
+                        let _: i64 = redis::cmd("RPUSH")
+                            .arg("fences")
+                            .arg(p.fencing_token())
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         let _: i64 = redis::cmd("DECR")
                             .arg("inside")
@@ -249,6 +255,26 @@ async fn bound_never_exceeded_across_processes() {
         (3 * 3 * rounds).to_string()
     );
     assert_eq!(server.command(&["GET", "inside"]), "0");
+    // Every holder across the processes got its own fencing token (one
+    // `INCR` per acquisition): no two holders share one.
+    let raw = redis::Client::open(server.url()).unwrap();
+    let mut conn = raw.get_multiplexed_async_connection().await.unwrap();
+    let fences: Vec<u64> = redis::cmd("LRANGE")
+        .arg("fences")
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut unique = fences.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    assert_eq!(fences.len(), 3 * 3 * rounds as usize);
+    assert_eq!(
+        unique.len(),
+        fences.len(),
+        "a fencing token was issued twice"
+    );
 }
 
 /// A holder killed with SIGKILL cannot release or renew: its permit comes
