@@ -50,9 +50,20 @@
 //!
 //! Tasks of one process queue fairly in-process and only the head of the
 //! queue touches the kernel lock; an uncontended acquisition is a few inline
-//! syscalls, and while another process holds the lock a single dedicated
-//! thread per name blocks in the kernel, interrupted when nobody waits any
-//! more. See the [`FileLockManager`] docs for the guarantees.
+//! syscalls (the descriptors of recently used lock files stay open, unlocked,
+//! to save the `open`), and while another process holds the lock a single
+//! thread per name blocks in the kernel. See the [`FileLockManager`] docs
+//! for the guarantees.
+//!
+//! Those threads come from a small pool of lockyard's own (parked threads
+//! exit after two seconds without work). When no task waits any more — all
+//! timed out or were cancelled — the blocked thread is interrupted: on Linux
+//! with a real-time signal, `SIGRTMAX - 3`, sent only to that thread, whose
+//! no-op handler lockyard installs on first use unless the signal already has
+//! a handler. Where no such signal is available (other systems, or the signal
+//! is taken) the thread polls the lock with `LOCK_NB` at 1–50 ms instead of
+//! blocking. Should the kernel grant the lock to a thread nobody waits for
+//! any more, it releases it at once.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
