@@ -56,14 +56,12 @@ pub(crate) fn execute(job: Job) -> io::Result<()> {
         p.wake.notify_one();
         return Ok(());
     }
-    drop(st);
+    // Spawned under the lock, so that on failure the newest job is ours.
     let spawned = std::thread::Builder::new()
         .name("lockyard-flock".into())
         .stack_size(256 * 1024)
         .spawn(|| worker(pool()));
     if let Err(e) = spawned {
-        // Take our job back out (it is the newest one nobody claimed).
-        let mut st = lock(p);
         st.jobs.pop_back();
         return Err(e);
     }
