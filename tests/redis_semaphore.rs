@@ -482,3 +482,23 @@ async fn restarted_redis_makes_holders_lost() {
     assert!(!p2.is_lost());
     p2.release().await.unwrap();
 }
+
+/// A `release()` dropped before it completes still releases (in the
+/// background), wherever it was cut short.
+#[tokio::test]
+async fn cancelled_release_still_releases() {
+    let server = RedisServer::start();
+    let a = client(&server.url(), Duration::from_secs(10)).await;
+    let sem = a.semaphore("cancel-release", 1).unwrap();
+    for i in 0..20u64 {
+        let p = bounded(sem.acquire(Duration::from_secs(5))).await.unwrap();
+        let cut = Duration::from_micros(i * 50);
+        let _ = tokio::time::timeout(cut, p.release()).await;
+        eventually(
+            "released after a cancelled release",
+            Duration::from_secs(5),
+            || async { sem.holders().await.unwrap() == 0 },
+        )
+        .await;
+    }
+}
