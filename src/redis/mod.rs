@@ -51,6 +51,15 @@
 //!   with `appendfsync always`, or Redlock over independent servers (which
 //!   has its own caveats; see its docs), or a consensus system.
 //! - **Liveness**: a crashed holder's lock comes back after its TTL.
+//! - **Faults, as tested**: Redis killed while a lock is held → `lost` fires
+//!   before the lease can end on the server; Redis restarted empty → the next
+//!   renewal finds the key gone and fires `lost` at once (a client's first
+//!   request after a restart reconnects and reloads its scripts); Redis paused
+//!   (`CLIENT PAUSE`, `DEBUG SLEEP`) → renewals wait, and catch up if the
+//!   pause ends within the validity left (nothing is lost), otherwise `lost`
+//!   fires while the server is still paused; Redis down → operations fail
+//!   with [`LockError::Unavailable`] after at most `connect_timeout` /
+//!   `op_timeout`.
 //!
 //! # How it works
 //!
