@@ -62,6 +62,8 @@ pub(crate) struct PoolConn {
     conn: MultiplexedConnection,
     broken: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
+    /// The epoch when it was opened.
+    born: u64,
 }
 
 impl PoolConn {
@@ -70,6 +72,7 @@ impl PoolConn {
         Self {
             conn,
             broken: Arc::new(AtomicBool::new(false)),
+            born: epoch.load(Ordering::Acquire),
             epoch,
         }
     }
@@ -113,7 +116,9 @@ impl bb8::ManageConnection for Manager {
 /// its timeout, and bounds the number of sockets. A broken connection also
 /// bumps the client-wide `epoch`, and every slot filled in an earlier epoch
 /// is refreshed on its next use: when the server restarts, every connection
-/// to it is dead, and one failed request is enough to learn it.
+/// to it is dead, and one failed request is enough to learn it. A `NOSCRIPT`
+/// reply (the server forgot our scripts: it restarted) bumps the epoch too,
+/// since a connection opened after the restart does not fail.
 pub(crate) struct Connections {
     pool: Pool,
     slots: Vec<Mutex<Option<Slot>>>,
@@ -178,13 +183,28 @@ impl Connections {
             }
             s.take()
         };
-        // Give a broken connection back first, so the pool has room.
-        drop(stale);
-        let pooled = self
-            .pool
-            .get_owned()
-            .await
-            .map_err(|e| map_pool(e, resource, op))?;
+        // A connection from an earlier epoch may be dead without knowing it
+        // (it was idle when the server went away): never give it back to
+        // the pool as healthy.
+        if let Some(stale) = stale {
+            stale.conn.broken.store(true, Ordering::Release);
+        }
+        let mut attempts = self.pool.state().connections as usize + 1;
+        let pooled = loop {
+            let pooled = self
+                .pool
+                .get_owned()
+                .await
+                .map_err(|e| map_pool(e, resource, op))?;
+            attempts -= 1;
+            let fresh = pooled.born >= self.epoch.load(Ordering::Acquire)
+                && !pooled.broken.load(Ordering::Acquire);
+            if fresh || attempts == 0 {
+                break pooled;
+            }
+            // An idle connection from before a failure: discard it.
+            pooled.broken.store(true, Ordering::Release);
+        };
         let epoch = self.epoch.load(Ordering::Acquire);
         let conn = pooled.conn();
         let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
@@ -235,12 +255,24 @@ impl Conn {
         self.broken.load(Ordering::Relaxed)
     }
 
+    /// Records that the server forgot our scripts (`NOSCRIPT`): it most
+    /// likely restarted, so every connection opened before may be dead
+    /// without knowing it yet. Bumps the epoch, so that every slot
+    /// reconnects on its next use.
+    pub(crate) fn note_server_restart(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
     fn note<T>(&self, r: &RedisResult<T>) {
-        if let Err(e) = r
-            && breaks_connection(e)
-            && !self.broken.swap(true, Ordering::AcqRel)
-        {
-            self.epoch.fetch_add(1, Ordering::AcqRel);
+        let Err(e) = r else {
+            return;
+        };
+        if breaks_connection(e) {
+            if !self.broken.swap(true, Ordering::AcqRel) {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+            self.note_server_restart();
         }
     }
 }

@@ -466,6 +466,7 @@ async fn send(
     if missing.is_empty() {
         return Ok(values);
     }
+    conn.note_server_restart();
     let mut loaded: Vec<&'static Script> = Vec::new();
     for &i in &missing {
         let script = batch[i].1.script;
