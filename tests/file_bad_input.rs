@@ -14,6 +14,7 @@ fn manager() -> (tempfile::TempDir, FileLockManager) {
     (dir, m)
 }
 
+#[cfg(unix)]
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }

@@ -18,6 +18,8 @@
 //! waiter falls back to polling with `LOCK_NB` at a short backoff: see
 //! [`super::kernel`].
 
+#![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 

@@ -44,7 +44,9 @@
 //! runs. A directory the manager creates is `0o700` unless
 //! [`FileLockOptions::dir_mode`] says otherwise; an existing directory that
 //! is a symbolic link or owned by another user is refused unless
-//! [`FileLockOptions::allow_foreign_dir`] is set.
+//! [`FileLockOptions::allow_foreign_dir`] is set. (On Windows, where there is
+//! no `O_NOFOLLOW`, symbolic links are not detected, and the (device, inode)
+//! check after locking is skipped.)
 //!
 //! # How waiting works
 //!
