@@ -115,8 +115,18 @@ impl ThreadCtl {
     }
 }
 
+/// Set by tests to exercise the polling fallback on Linux.
+static FORCE_POLLING: AtomicBool = AtomicBool::new(false);
+
+pub(crate) fn force_polling(on: bool) {
+    FORCE_POLLING.store(on, Ordering::Release);
+}
+
 /// Whether blocked waits can be interrupted here (otherwise waiters poll).
 pub(crate) fn available() -> bool {
+    if FORCE_POLLING.load(Ordering::Acquire) {
+        return false;
+    }
     #[cfg(target_os = "linux")]
     {
         signal().is_some()
@@ -177,7 +187,7 @@ fn install_handler() -> Option<libc::c_int> {
 /// Hands `ctl` to the interrupter thread (started on first use).
 fn request(ctl: &Arc<ThreadCtl>) {
     #[cfg(target_os = "linux")]
-    if signal().is_some() {
+    if available() {
         let it = interrupter();
         lock(&it.pending).push(ctl.clone());
         it.wake.notify_one();

@@ -99,6 +99,13 @@ pub use guard::{FileLock, FileLockGuard};
 pub use manager::{FileLockManager, FileLockOptions};
 pub use scan::FileLockInfo;
 
+/// Not public API: makes this process's kernel waits poll (the fallback for
+/// systems without an interrupt signal), so tests can exercise it on Linux.
+#[doc(hidden)]
+pub fn __force_polling_waits(on: bool) {
+    interrupt::force_polling(on);
+}
+
 /// Entry points for the fuzz targets and their corpus tests.
 pub(crate) mod fuzz {
     pub(crate) use super::name::check_mapping;
