@@ -73,7 +73,15 @@ async fn polling_waits_time_out_cancel_and_hand_over() {
         tokio::spawn(async move { m.acquire("p", T).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(m.kernel_waiter_threads(), 1);
+    // The waiter is blocked in the kernel (bounded wait for a loaded machine).
+    let start = Instant::now();
+    while m.kernel_waiter_threads() != 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "no kernel waiter"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     child.release();
     let g = tokio::time::timeout(T, waiter)
         .await
