@@ -283,6 +283,17 @@ async fn lost_fires_when_the_write_lock_is_taken_away() {
     // Renewal keeps both past their TTL.
     tokio::time::sleep(Duration::from_millis(900)).await;
     assert!(!w.is_lost() && !r.is_lost());
+    bounded(w.extend(Duration::from_secs(2))).await.unwrap();
+    bounded(r.extend(Duration::from_secs(2))).await.unwrap();
+    let pttl: i64 = server
+        .command(&["PTTL", "lockyard:{lose}:rw:writer"])
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(
+        pttl > 1_000,
+        "extend did not lengthen the write lease: {pttl} ms"
+    );
     assert_eq!(
         server.command(&["SET", "lockyard:{lose}:rw:writer", "someone-else"]),
         "+OK"

@@ -349,6 +349,21 @@ async fn lost_fires_when_the_permit_is_taken_away() {
     let p = bounded(sem.try_acquire()).await.unwrap();
     assert!(!p.is_lost());
     assert_eq!(p.run_until_lost(async { 7 }).await.unwrap(), 7);
+    // extend: a longer lease now, renewed with it from then on.
+    assert!(
+        p.extend(Duration::from_millis(1))
+            .await
+            .unwrap_err()
+            .is_invalid_input()
+    );
+    bounded(p.extend(Duration::from_secs(2))).await.unwrap();
+    let pttl: i64 = server
+        .command(&["PTTL", "lockyard:{lose}:sem"])
+        .trim_start_matches(':')
+        .parse()
+        .unwrap();
+    assert!(pttl > 1_000, "extend did not lengthen the lease: {pttl} ms");
+    assert!(!p.is_lost());
     // Someone removes our permit (as an expiry and takeover would).
     assert_eq!(server.command(&["DEL", "lockyard:{lose}:sem"]), ":1");
     // Work under the permit is cut short when it is lost.
@@ -356,6 +371,8 @@ async fn lost_fires_when_the_permit_is_taken_away() {
         .await
         .unwrap_err();
     assert!(err.is_lost(), "{err}");
+    let err = p.extend(Duration::from_secs(1)).await.unwrap_err();
+    assert!(matches!(err, LockError::NotHeld { .. }), "{err}");
     assert!(p.is_lost());
     let err = p.release().await.unwrap_err();
     assert!(matches!(err, LockError::NotHeld { .. }), "{err}");

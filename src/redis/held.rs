@@ -8,11 +8,15 @@
 //! [`Hold::release`], or in a background task from `Drop`.
 
 use std::fmt;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
 use super::client::RedisLocks;
-use super::ops::invoke;
+use super::ops::{self, invoke};
+use super::options::validate_ttl;
 use super::waiting::ScriptCall;
 use super::watchdog::LeaseHandle;
 use crate::error::LockError;
@@ -28,6 +32,9 @@ pub(crate) struct Hold {
     lost: CancellationToken,
     /// Renewal runs while this is `Some`.
     lease: Option<LeaseHandle>,
+    /// The renewal call, without the TTL the watchdog appends (for
+    /// `extend`).
+    renew: ScriptCall,
     /// `None` once released (by `release` or `Drop`).
     release: Option<ScriptCall>,
 }
@@ -38,9 +45,19 @@ impl Hold {
         resource: &str,
         mode: Mode,
         fencing: u64,
-        lease: LeaseHandle,
+        sent_at: Instant,
+        renew: ScriptCall,
         release: ScriptCall,
     ) -> Self {
+        // The watchdog appends the TTL as the renewal script's last argument.
+        let lease = client.register_lease(client.lease(
+            resource,
+            renew.script,
+            renew.keys.clone(),
+            renew.args.clone(),
+            client.options().ttl,
+            sent_at,
+        ));
         Self {
             client: client.clone(),
             resource: resource.to_owned(),
@@ -48,7 +65,47 @@ impl Hold {
             fencing,
             lost: lease.lost_token().clone(),
             lease: Some(lease),
+            renew,
             release: Some(release),
+        }
+    }
+
+    /// Sets the lease to `ttl` from now if still held; the watchdog renews
+    /// with `ttl` from then on.
+    pub(crate) async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
+        validate_ttl(ttl)?;
+        let not_held = || LockError::NotHeld {
+            resource: self.resource.clone(),
+        };
+        let Some(lease) = &self.lease else {
+            return Err(not_held());
+        };
+        let ms = ops::ms(ttl);
+        let keys: Vec<&str> = self.renew.keys.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = self.renew.args.iter().map(String::as_str).collect();
+        args.push(&ms);
+        let sent_at = Instant::now();
+        let renewed: i64 = ops::invoke(
+            &self.client,
+            &self.resource,
+            "extend",
+            self.renew.script,
+            &keys,
+            &args,
+        )
+        .await?;
+        if renewed == 1 {
+            let opts = self.client.options();
+            lease.renewed(
+                ttl,
+                opts.renew_interval_for(ttl),
+                opts.drift_for(ttl),
+                sent_at,
+            );
+            Ok(())
+        } else {
+            lease.fire_lost("extend found it gone or taken over");
+            Err(not_held())
         }
     }
 
@@ -176,6 +233,24 @@ macro_rules! held_guard {
                     }),
                     out = fut => Ok(out),
                 }
+            }
+
+            /// Sets the lease to `ttl` from now (if still held); the
+            /// watchdog renews with `ttl` from then on.
+            /// [`LockError::NotHeld`](crate::LockError::NotHeld) (and the
+            /// lost signal fires) if it is no longer held;
+            /// [`LockError::InvalidArgument`](crate::LockError::InvalidArgument)
+            /// for a TTL the client refuses.
+            ///
+            /// # Cancel safety
+            ///
+            /// If the future is dropped the extension may or may not have
+            /// reached Redis; the watchdog keeps renewing either way.
+            pub async fn extend(
+                &self,
+                ttl: ::std::time::Duration,
+            ) -> Result<(), $crate::LockError> {
+                self.held.extend(ttl).await
             }
 
             /// Gives it back now and reports errors;

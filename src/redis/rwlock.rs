@@ -378,22 +378,18 @@ impl RedisRwLock {
 
     fn read_guard(&self, token: String, fencing: u64, sent_at: Instant) -> RedisReadGuard {
         let i = &self.inner;
-        // The watchdog appends the TTL as the renewal script's last argument.
-        let lease = i.client.register_lease(i.client.lease(
-            &i.name,
-            &RENEW_MEMBER,
-            vec![i.readers_key.clone()],
-            vec![token.clone()],
-            i.client.options().ttl,
-            sent_at,
-        ));
         RedisReadGuard {
             held: Hold::new(
                 &i.client,
                 &i.name,
                 Mode::Shared,
                 fencing,
-                lease,
+                sent_at,
+                ScriptCall {
+                    script: &RENEW_MEMBER,
+                    keys: vec![i.readers_key.clone()],
+                    args: vec![token.clone()],
+                },
                 self.read_release(&token),
             ),
         }
@@ -401,21 +397,18 @@ impl RedisRwLock {
 
     fn write_guard(&self, token: String, fencing: u64, sent_at: Instant) -> RedisWriteGuard {
         let i = &self.inner;
-        let lease = i.client.register_lease(i.client.lease(
-            &i.name,
-            &WRITE_RENEW,
-            vec![i.writer_key.clone()],
-            vec![token.clone()],
-            i.client.options().ttl,
-            sent_at,
-        ));
         RedisWriteGuard {
             held: Hold::new(
                 &i.client,
                 &i.name,
                 Mode::Exclusive,
                 fencing,
-                lease,
+                sent_at,
+                ScriptCall {
+                    script: &WRITE_RENEW,
+                    keys: vec![i.writer_key.clone()],
+                    args: vec![token.clone()],
+                },
                 self.write_release(&token),
             ),
         }

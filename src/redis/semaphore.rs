@@ -293,23 +293,18 @@ impl RedisSemaphore {
 
     fn guard(&self, token: String, fencing: u64, sent_at: Instant, mode: Mode) -> RedisPermitGuard {
         let i = &self.inner;
-        let ttl = i.client.options().ttl;
-        // The watchdog appends the TTL as the renewal script's last argument.
-        let lease = i.client.register_lease(i.client.lease(
-            &i.name,
-            &RENEW_MEMBER,
-            vec![i.set_key.clone()],
-            vec![token.clone()],
-            ttl,
-            sent_at,
-        ));
         RedisPermitGuard {
             held: Hold::new(
                 &i.client,
                 &i.name,
                 mode,
                 fencing,
-                lease,
+                sent_at,
+                ScriptCall {
+                    script: &RENEW_MEMBER,
+                    keys: vec![i.set_key.clone()],
+                    args: vec![token.clone()],
+                },
                 self.release_call(&token),
             ),
         }

@@ -155,6 +155,10 @@ pub(crate) struct Pending {
     conn: Conn,
     undo: Option<ScriptCall>,
     armed: bool,
+    /// An attempt's outcome was lost with a broken connection: keep the undo
+    /// armed whatever later answers say (it compares our value, so it never
+    /// touches anyone else's).
+    always_undo: bool,
 }
 
 impl Pending {
@@ -171,6 +175,7 @@ impl Pending {
             conn,
             undo: Some(undo),
             armed: false,
+            always_undo: false,
         })
     }
 
@@ -182,22 +187,36 @@ impl Pending {
         op: &'static str,
     ) -> Result<(Attempt, Instant), LockError> {
         self.armed = true;
-        let sent_at = Instant::now();
         let op_timeout = self.client.options().op_timeout;
-        let reply =
+        let mut sent_at = Instant::now();
+        let mut reply =
             tokio::time::timeout(op_timeout, call.run_on(&mut self.conn, &self.resource, op))
                 .await
-                .unwrap_or_else(|_| Err(timed_out(&self.resource, op)))?;
+                .unwrap_or_else(|_| Err(timed_out(&self.resource, op)));
+        if reply.is_err() && self.conn.is_broken() {
+            // The connection broke (a restarted server, say): once more on
+            // a fresh one. Safe: every acquire script is idempotent for the
+            // same owner value (a second run finds our own entry).
+            tracing::debug!(resource = %self.resource, op, "connection broke; retrying once on a fresh one");
+            self.always_undo = true;
+            self.conn = self.client.conn(&self.resource, op).await?;
+            sent_at = Instant::now();
+            reply =
+                tokio::time::timeout(op_timeout, call.run_on(&mut self.conn, &self.resource, op))
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out(&self.resource, op)));
+        }
+        let reply = reply?;
         let attempt = Attempt::parse(&reply, &self.resource, op)?;
         // A busy answer took nothing (callers re-arm for a writer intent).
-        self.armed = matches!(attempt, Attempt::Granted { .. });
+        self.armed = matches!(attempt, Attempt::Granted { .. }) || self.always_undo;
         Ok((attempt, sent_at))
     }
 
     /// Keeps the undo armed (the server holds a claim of ours, such as a
     /// waiting writer's intent) or not.
     pub(crate) fn set_armed(&mut self, armed: bool) {
-        self.armed = armed;
+        self.armed = armed || self.always_undo;
     }
 
     /// Undoes now, on the acquisition's connection, ignoring the outcome
