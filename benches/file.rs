@@ -16,6 +16,7 @@
 //!    p50 of individual hand-offs is printed with the ratio.
 //!
 //! Run: `cargo bench --bench file -- --warm-up-time 1 --measurement-time 3`
+//! (and with `LOCKYARD_BENCH_PIN=1` to pin everything to one CPU).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -32,6 +33,7 @@ const CHILD: &str = "LOCKYARD_BENCH_CHILD";
 const T: Duration = Duration::from_secs(10);
 
 fn main() {
+    pin_if_asked();
     if let Ok(role) = std::env::var(CHILD) {
         child(&role);
         return;
@@ -40,6 +42,24 @@ fn main() {
     uncontended(&mut c);
     handoff(&mut c);
     c.final_summary();
+}
+
+/// With `LOCKYARD_BENCH_PIN=1` (Linux), the bench and its children all run
+/// on CPU 0: hand-offs then cost context switches only, without the
+/// cross-CPU wake-ups whose price varies a lot on virtual machines. Both
+/// variants are pinned alike; the default (unpinned) run is the headline.
+fn pin_if_asked() {
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("LOCKYARD_BENCH_PIN").is_some() {
+        // SAFETY: the cpu_set_t is zero-initialised and only manipulated by
+        // the libc macros; sched_setaffinity(0, ..) applies to this thread,
+        // before any other thread exists, so later threads inherit it.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {
