@@ -264,6 +264,9 @@ async fn release_wakes_a_waiter_on_another_client() {
     });
     tokio::time::sleep(Duration::from_millis(2500)).await;
     assert!(!w.is_finished());
+    // The waiter listens on the release channel (one subscription).
+    let subs = server.command(&["PUBSUB", "NUMSUB", "lockyard:{handoff}:released"]);
+    assert!(subs.ends_with("\n:1"), "{subs:?}");
     let released = Instant::now();
     g.release().await.unwrap();
     let (acquired, g2) = bounded(w).await.unwrap();
@@ -273,6 +276,18 @@ async fn release_wakes_a_waiter_on_another_client() {
         "hand-off took {handoff:?}: not woken by the release message"
     );
     drop(g2);
+    // The waiter's subscription was dropped with its wait: nobody listens on
+    // the channel any more.
+    bounded(async {
+        loop {
+            let n = server.command(&["PUBSUB", "NUMSUB", "lockyard:{handoff}:released"]);
+            if n.ends_with("\n:0") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 }
 
 /// A holder that vanished without releasing (simulated: a foreign key with a

@@ -83,9 +83,10 @@ impl RedisServer {
         assert_eq!(reply, "+OK", "CLIENT PAUSE failed: {reply}");
     }
 
-    /// Sends one command and returns the first line of the reply (for
-    /// integers `:n`, simple strings `+OK`, errors `-ERR ...`; for bulk
-    /// strings the payload line).
+    /// Sends one command and returns the reply as text: integers `:n`,
+    /// simple strings `+OK`, errors `-ERR ...`, bulk strings their payload
+    /// (`$-1` for nil), flat arrays their elements (rendered as above) one
+    /// per line.
     pub fn command(&self, args: &[&str]) -> String {
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to test redis");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -95,18 +96,18 @@ impl RedisServer {
         }
         s.write_all(req.as_bytes()).unwrap();
         let mut r = BufReader::new(s);
-        let mut line = String::new();
-        r.read_line(&mut line).unwrap();
-        let line = line.trim_end().to_owned();
-        if let Some(len) = line.strip_prefix('$') {
-            let Ok(len) = len.parse::<usize>() else {
-                return line; // $-1: nil
-            };
-            let mut buf = vec![0; len + 2];
-            r.read_exact(&mut buf).unwrap();
-            return String::from_utf8_lossy(&buf[..len]).into_owned();
+        let line = read_line(&mut r);
+        if let Some(n) = line.strip_prefix('*') {
+            let n: usize = n.parse().unwrap_or(0);
+            let items: Vec<String> = (0..n)
+                .map(|_| {
+                    let l = read_line(&mut r);
+                    read_value(&mut r, l)
+                })
+                .collect();
+            return items.join("\n");
         }
-        line
+        read_value(&mut r, line)
     }
 
     /// Whether the server answers `PING` now.
@@ -156,6 +157,26 @@ impl Drop for RedisServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn read_line(r: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    line.trim_end().to_owned()
+}
+
+/// The value whose first line is `line`: the payload of a bulk string, else
+/// the line itself.
+fn read_value(r: &mut impl BufRead, line: String) -> String {
+    if let Some(len) = line.strip_prefix('$') {
+        let Ok(len) = len.parse::<usize>() else {
+            return line; // $-1: nil
+        };
+        let mut buf = vec![0; len + 2];
+        r.read_exact(&mut buf).unwrap();
+        return String::from_utf8_lossy(&buf[..len]).into_owned();
+    }
+    line
 }
 
 fn ping(port: u16) -> bool {
