@@ -437,3 +437,47 @@ async fn extend_and_not_held() {
         .unwrap_err();
     assert!(e.is_lost());
 }
+
+/// More leases than one renewal pipeline carries: the watchdog sends several
+/// pipelines at once over its connection, and none of them is lost, even
+/// when the connection drops and they all reconnect at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_leases_take_several_pipelines() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(1500);
+    let locks = client(&server, ttl).await;
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let locks = locks.clone();
+            tokio::spawn(async move {
+                let mut v = Vec::new();
+                for i in (t..4500).step_by(32) {
+                    v.push(
+                        locks
+                            .acquire(&format!("many-{i}"), Duration::from_secs(5))
+                            .await
+                            .unwrap(),
+                    );
+                }
+                v
+            })
+        })
+        .collect();
+    let mut guards = Vec::new();
+    for t in tasks {
+        guards.extend(bounded(t).await.unwrap());
+    }
+    // Past the lease: only renewals keep them.
+    tokio::time::sleep(ttl + ttl / 2).await;
+    // Every connection dropped at once: the renewal pipelines fail together
+    // and retry together on a fresh connection.
+    let killed = server.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+    assert!(killed.starts_with(':'), "{killed}");
+    tokio::time::sleep(ttl * 2).await;
+    let stats = locks.stats();
+    assert_eq!(stats.lost, 0, "{stats:?}");
+    assert!(guards.iter().all(|g| !g.is_lost()));
+    assert!(locks.is_locked("many-4499").await.unwrap());
+    assert!(stats.renewals >= 4500, "{stats:?}");
+    drop(guards);
+}

@@ -121,10 +121,20 @@ impl bb8::ManageConnection for Manager {
 /// since a connection opened after the restart does not fail.
 pub(crate) struct Connections {
     pool: Pool,
-    slots: Vec<Mutex<Option<Slot>>>,
-    watchdog: Mutex<Option<Slot>>,
+    slots: Vec<SlotCell>,
+    watchdog: SlotCell,
     next: AtomicUsize,
     epoch: Arc<AtomicU64>,
+}
+
+/// One slot: the connection (behind a std mutex, held only to clone it) and
+/// an async mutex that serializes refills, so that a slot never holds more
+/// than one checkout (concurrent refills could otherwise wait on each other
+/// for a pool sized exactly to the slots).
+#[derive(Default)]
+struct SlotCell {
+    current: Mutex<Option<Slot>>,
+    refill: tokio::sync::Mutex<()>,
 }
 
 struct Slot {
@@ -140,8 +150,8 @@ impl Connections {
     pub(crate) fn new(pool: Pool, slots: usize, epoch: Arc<AtomicU64>) -> Self {
         Self {
             pool,
-            slots: (0..slots.max(1)).map(|_| Mutex::new(None)).collect(),
-            watchdog: Mutex::new(None),
+            slots: (0..slots.max(1)).map(|_| SlotCell::default()).collect(),
+            watchdog: SlotCell::default(),
             next: AtomicUsize::new(0),
             epoch,
         }
@@ -172,10 +182,16 @@ impl Connections {
 
     async fn slot_conn(
         &self,
-        slot: &Mutex<Option<Slot>>,
+        cell: &SlotCell,
         resource: &str,
         op: &'static str,
     ) -> Result<Conn, LockError> {
+        let slot = &cell.current;
+        if let Some(conn) = self.usable(&slot.lock().unwrap_or_else(PoisonError::into_inner)) {
+            return Ok(conn);
+        }
+        // One refill at a time; whoever waited here may find it done.
+        let _refilling = cell.refill.lock().await;
         let stale = {
             let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(conn) = self.usable(&s) {
@@ -208,11 +224,6 @@ impl Connections {
         let epoch = self.epoch.load(Ordering::Acquire);
         let conn = pooled.conn();
         let mut s = slot.lock().unwrap_or_else(PoisonError::into_inner);
-        // Another task may have refilled the slot meanwhile: use theirs, give
-        // ours back to the pool.
-        if let Some(theirs) = self.usable(&s) {
-            return Ok(theirs);
-        }
         *s = Some(Slot {
             conn: conn.clone(),
             epoch,
