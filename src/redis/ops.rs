@@ -16,8 +16,12 @@ use super::scripts;
 use crate::error::LockError;
 use crate::options::Mode;
 
-/// Runs `script` once on a pooled connection, bounded by the client's
-/// `op_timeout`; errors are mapped for `resource`/`op`.
+/// Runs `script` on a pooled connection, bounded by the client's
+/// `op_timeout`; errors are mapped for `resource`/`op`. If the connection
+/// turns out to be broken (the server restarted while it sat idle), runs it
+/// once more on a fresh one, as the plain lock's operations do
+/// ([`RedisLocks::retry_once`]): only for scripts that are safe to repeat
+/// (reads, compare-and-delete, compare-and-expire).
 ///
 /// # Cancel safety
 ///
@@ -31,10 +35,16 @@ pub(crate) async fn invoke<T: FromRedisValue>(
     keys: &[&str],
     args: &[&str],
 ) -> Result<T, LockError> {
-    let call = async {
-        let mut conn = client.conn(resource, op).await?;
-        invoke_on(&mut conn, resource, op, script, keys, args).await
-    };
+    let call = client.retry_once(resource, op, |mut conn| async move {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        inv.invoke_async::<T>(&mut conn).await
+    });
     tokio::time::timeout(client.options().op_timeout, call)
         .await
         .unwrap_or_else(|_| Err(timed_out(resource, op)))
