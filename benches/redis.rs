@@ -17,13 +17,15 @@
 //! hand-offs, and the watchdog's cost for 10,000 held locks in round trips
 //! per renewal period.
 
+#[path = "support/floor.rs"]
+mod floor;
 #[path = "../tests/common/redis.rs"]
 mod redis_server;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use floor::{Floor, TOKEN, median_ns};
 use lockyard::redis::{RedisLocks, RedisOptions};
 use redis_server::RedisServer;
 use tokio::runtime::Runtime;
@@ -31,46 +33,6 @@ use tokio::runtime::Runtime;
 const TTL: Duration = Duration::from_secs(30);
 const TASKS: usize = 64;
 const OPS_PER_TASK: usize = 20;
-
-/// The hand-written floor on one multiplexed connection.
-#[derive(Clone)]
-struct Floor {
-    conn: redis::aio::MultiplexedConnection,
-    release: Arc<redis::Script>,
-}
-
-impl Floor {
-    async fn connect(url: &str) -> Self {
-        let client = redis::Client::open(url).unwrap();
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
-        let release = Arc::new(redis::Script::new(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
-        ));
-        Self { conn, release }
-    }
-
-    async fn acquire_release(&mut self, key: &str, token: &str) {
-        let opts = redis::SetOptions::default()
-            .conditional_set(redis::ExistenceCheck::NX)
-            .with_expiration(redis::SetExpiry::PX(TTL.as_millis() as u64));
-        let ok: Option<String> = redis::cmd("SET")
-            .arg(key)
-            .arg(token)
-            .arg(&opts)
-            .query_async(&mut self.conn)
-            .await
-            .unwrap();
-        assert!(ok.is_some(), "floor lock {key} unexpectedly held");
-        let n: i64 = self
-            .release
-            .key(key)
-            .arg(token)
-            .invoke_async(&mut self.conn)
-            .await
-            .unwrap();
-        assert_eq!(n, 1);
-    }
-}
 
 fn main() {
     let server = RedisServer::start();
@@ -85,7 +47,7 @@ fn main() {
             .ttl(TTL)
             .pool_size(std::env::var("POOL").map_or(1, |v| v.parse().unwrap()));
         (
-            Floor::connect(&url).await,
+            Floor::connect(&url, TTL).await,
             RedisLocks::connect_with(&url, opts.clone()).await.unwrap(),
             RedisLocks::connect_with(&url, opts).await.unwrap(),
         )
@@ -115,8 +77,7 @@ fn uncontended(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLock
             async move {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    f.acquire_release("bench:floor:seq", "0123456789abcdef0123456789abcdef")
-                        .await;
+                    f.acquire_release("bench:floor:seq", TOKEN).await;
                 }
                 start.elapsed()
             }
@@ -147,21 +108,7 @@ fn throughput(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLocks
             async move {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let tasks: Vec<_> = (0..TASKS)
-                        .map(|t| {
-                            let mut f = floor.clone();
-                            tokio::spawn(async move {
-                                let key = format!("bench:floor:t{t}");
-                                for _ in 0..OPS_PER_TASK {
-                                    f.acquire_release(&key, "0123456789abcdef0123456789abcdef")
-                                        .await;
-                                }
-                            })
-                        })
-                        .collect();
-                    for t in tasks {
-                        t.await.unwrap();
-                    }
+                    floor.tasks_round(TASKS, OPS_PER_TASK, floor_key).await;
                 }
                 start.elapsed()
             }
@@ -235,21 +182,9 @@ fn handoff(c: &mut Criterion, rt: &Runtime, locks: &RedisLocks, other: &RedisLoc
     g.finish();
 }
 
-/// Median point estimate (ns) criterion saved for `group/bench`.
-fn median_ns(group: &str, bench: &str) -> Option<f64> {
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    let path = dir
-        .join("criterion")
-        .join(group)
-        .join(bench)
-        .join("new/estimates.json");
-    let text = std::fs::read_to_string(path).ok()?;
-    let median = &text[text.find("\"median\"")?..];
-    let pe = &median[median.find("\"point_estimate\":")? + "\"point_estimate\":".len()..];
-    let end = pe.find([',', '}'])?;
-    pe[..end].trim().parse().ok()
+/// The floor's key for task `t` of the 64-task benches.
+fn floor_key(t: usize) -> String {
+    format!("bench:floor:t{t}")
 }
 
 fn report_ratios() {
@@ -290,8 +225,7 @@ fn report_interleaved(rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
             let mut f = floor.clone();
             let t = Instant::now();
             for _ in 0..SEQ {
-                f.acquire_release("bench:floor:seq", "0123456789abcdef0123456789abcdef")
-                    .await;
+                f.acquire_release("bench:floor:seq", TOKEN).await;
             }
             let floor_seq = t.elapsed();
             let t = Instant::now();
@@ -308,21 +242,7 @@ fn report_interleaved(rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
 
             let t = Instant::now();
             for _ in 0..PAR {
-                let tasks: Vec<_> = (0..TASKS)
-                    .map(|i| {
-                        let mut f = floor.clone();
-                        tokio::spawn(async move {
-                            let key = format!("bench:floor:t{i}");
-                            for _ in 0..OPS_PER_TASK {
-                                f.acquire_release(&key, "0123456789abcdef0123456789abcdef")
-                                    .await;
-                            }
-                        })
-                    })
-                    .collect();
-                for t in tasks {
-                    t.await.unwrap();
-                }
+                floor.tasks_round(TASKS, OPS_PER_TASK, floor_key).await;
             }
             let floor_par = t.elapsed();
             let t = Instant::now();
