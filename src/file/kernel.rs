@@ -475,9 +475,17 @@ fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
     st.held = Arc::downgrade(&held);
     retire(slot, &mut st, ctl);
     drop(st);
-    for w in wanters {
-        // A wanter that left just now drops its share with the receiver.
-        let _ = w.tx.send(Ok(held.clone()));
+    // One share per wanter and none kept here: the last wanter gets `held`
+    // itself. Were this thread to keep a share until it returned, a holder
+    // that dropped its guard at once would leave the kernel lock held for
+    // a moment longer (by this thread), and a `try_acquire` right after its
+    // drop could fail with `WouldBlock`.
+    let mut shares: Vec<Arc<HeldFd>> = (1..wanters.len()).map(|_| held.clone()).collect();
+    shares.push(held);
+    for (w, share) in wanters.into_iter().zip(shares) {
+        // A wanter that left just now drops its share with the receiver
+        // (or, if the send fails, here).
+        let _ = w.tx.send(Ok(share));
     }
     Next::Exit
 }
