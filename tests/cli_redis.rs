@@ -148,7 +148,7 @@ fn status_lists_held_redis_locks() {
     let env = Env::new();
     let ready = env.path("ready");
     let script = format!("touch '{}'; sleep 30", ready.display());
-    let _holder = spawn_exec(&env, &url, "5s", &script);
+    let holder = spawn_exec(&env, &url, "5s", &script);
     assert!(wait_until(PATIENCE, || ready.exists()));
     let out = env.run(&["status", "--redis", &url, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -162,8 +162,60 @@ fn status_lists_held_redis_locks() {
     assert_eq!(row["kind"], "lock");
     assert!(row["fencing_token"].as_u64().is_some(), "{row}");
     assert!(row["ttl_ms"].as_u64().is_some_and(|t| t <= 5000), "{row}");
+    // Who holds it, as for lock files.
+    assert_eq!(row["pid"], holder.pid(), "{row}");
+    assert_eq!(row["mode"], "exclusive", "{row}");
+    assert!(row["host"].as_str().is_some_and(|h| !h.is_empty()), "{row}");
+    let since = row["since"].as_str().unwrap_or_else(|| panic!("{row}"));
+    let age = humantime::parse_rfc3339(since)
+        .ok()
+        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok());
+    assert!(age.is_some_and(|a| a < PATIENCE), "{row}");
+    assert_eq!(row["owners"][0]["pid"], holder.pid(), "{row}");
     let text = stdout(&env.run(&["status", "--redis", &url]));
-    assert!(text.lines().any(|l| l.starts_with("job")), "{text}");
+    let header = text.lines().next().unwrap_or_default();
+    assert!(header.contains("PID") && header.contains("SINCE"), "{text}");
+    let line = text.lines().find(|l| l.starts_with("job"));
+    assert!(
+        line.is_some_and(|l| l.contains(&format!(" {} ", holder.pid()))),
+        "{text}"
+    );
+}
+
+#[test]
+fn verbose_wait_on_redis_names_the_holder() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let ready = env.path("ready");
+    let script = format!("touch '{}'; sleep 30", ready.display());
+    let holder = spawn_exec(&env, &url, "5s", &script);
+    assert!(wait_until(PATIENCE, || ready.exists()));
+    let out = env.run(&[
+        "exec", "-v", "-w", "2.5", "--redis", &url, "job", "--", "true",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let waiting: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("waiting for lock `job`"))
+        .collect();
+    assert!(waiting.len() >= 2, "no periodic report: {err}");
+    let who = format!("held by pid {} on ", holder.pid());
+    assert!(
+        waiting
+            .iter()
+            .all(|l| l.contains(&who) && l.contains(" since ")),
+        "{err}"
+    );
+    assert!(
+        waiting
+            .iter()
+            .any(|l| l.contains("waited 1.") || l.contains("waited 2.")),
+        "{err}"
+    );
+    // The one-line conflict message names the holder too.
+    assert!(err.contains(&format!("is {who}")), "{err}");
 }
 
 #[test]

@@ -103,3 +103,67 @@ fn redlock_over_three_servers() {
     ]);
     assert_clean_failure(&out, 64);
 }
+
+#[test]
+fn status_and_verbose_name_semaphore_and_rw_holders() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let sem = ["--redis", url.as_str(), "--permits", "2", "--ttl", "5s"];
+    let first = env.hold("jobs", &sem);
+    let second = env.hold("jobs", &sem);
+    let reader = env.hold("cfg", &["--redis", url.as_str(), "-s", "--ttl", "5s"]);
+
+    let out = env.run(&["status", "--redis", &url, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let row = |name: &str| {
+        v.as_array()
+            .and_then(|rows| rows.iter().find(|r| r["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} missing: {v}"))
+    };
+    let jobs = row("jobs");
+    assert_eq!(jobs["holders"], 2, "{jobs}");
+    let mut pids: Vec<u64> = jobs["owners"]
+        .as_array()
+        .expect("owners")
+        .iter()
+        .filter_map(|o| o["pid"].as_u64())
+        .collect();
+    pids.sort_unstable();
+    let mut want = vec![u64::from(first.pid()), u64::from(second.pid())];
+    want.sort_unstable();
+    assert_eq!(pids, want, "{jobs}");
+    assert_eq!(jobs["pid"], first.pid(), "longest holder first: {jobs}");
+    let cfg = row("cfg");
+    assert_eq!(cfg["pid"], reader.pid(), "{cfg}");
+    assert_eq!(cfg["mode"], "shared", "{cfg}");
+
+    // A waiting writer is told which reader it waits for.
+    let out = env.run(&[
+        "exec", "-v", "-w", "1.5", "--redis", &url, "--rw", "cfg", "--", "true",
+    ]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let who = format!("held by pid {} on ", reader.pid());
+    assert!(
+        err.lines()
+            .any(|l| l.contains("waiting for lock `cfg`") && l.contains(&who)),
+        "{err}"
+    );
+    // A semaphore waiter: the longest holder and how many more.
+    let mut args = vec!["exec", "-v", "-w", "1.5"];
+    args.extend_from_slice(&sem);
+    args.extend_from_slice(&["jobs", "--", "true"]);
+    let out = env.run(&args);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let who = format!("held by pid {} on ", first.pid());
+    assert!(
+        err.lines().any(|l| l.contains("waiting for lock `jobs`")
+            && l.contains(&who)
+            && l.contains("and 1 more")),
+        "{err}"
+    );
+}

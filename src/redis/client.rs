@@ -13,7 +13,7 @@ use super::RedisLockGuard;
 use super::errors::{map_redis, protocol};
 use super::keys::{self, LockKeys, validate_name};
 use super::local::LocalQueues;
-use super::lock::{Attempt, RedisLock};
+use super::lock::{Attempt, RedisLock, parse_holder};
 use super::options::RedisOptions;
 use super::pool::{Conn, Connections, Manager, PoolConn};
 use super::scripts;
@@ -21,6 +21,7 @@ use super::wakeups::Wakeups;
 use super::watchdog::{Lease, LeaseHandle, Watchdog};
 use crate::error::LockError;
 use crate::options::AcquireOptions;
+use crate::owner::Owner;
 
 /// A client for distributed locks on one Redis server (or one Redis Cluster
 /// node set reached through one URL: every key of a resource shares a hash
@@ -79,6 +80,9 @@ impl Drop for Inner {
 /// ```
 /// # fn show(info: &lockyard::redis::RedisLockInfo) {
 /// println!("{} ({}): {} holder(s), expires in {:?}", info.name, info.kind, info.holders, info.ttl);
+/// for owner in &info.owners {
+///     println!("  held by pid {} on {} since {:?}", owner.pid, owner.host, owner.since);
+/// }
 /// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +98,12 @@ pub struct RedisLockInfo {
     pub fencing_token: Option<u64>,
     /// How many holders it has now.
     pub holders: usize,
+    /// Who holds it, longest-held first: the lock's holder, a RW lock's
+    /// writer or readers, a semaphore's permit holders (at most 100 of
+    /// them). Holders whose value lockyard did not write (another program's
+    /// key) are left out, so this may be shorter than
+    /// [`holders`](Self::holders).
+    pub owners: Vec<Owner>,
 }
 
 /// Counters of a client's watchdog (see [`RedisLocks::stats`]).
@@ -315,6 +325,55 @@ impl RedisLocks {
         Ok(n > 0)
     }
 
+    /// Who holds the lock `name` now (pid, start time, host, since when):
+    /// `None` if it is free, or if the value at its key was not written by
+    /// lockyard (another program's key; logged at `debug`). The answer may be
+    /// stale by the time it is read.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// match locks.owner("nightly-report").await? {
+    ///     Some(owner) => println!("held by pid {} on {}", owner.pid, owner.host),
+    ///     None => println!("free"),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`]; [`LockError::Protocol`] if the key holds
+    /// something other than a string (another program's data);
+    /// [`LockError::Unavailable`] or [`LockError::Backend`] if Redis failed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only looks.
+    pub async fn owner(&self, name: &str) -> Result<Option<Owner>, LockError> {
+        validate_name(name)?;
+        let key = self.key(name, "lock");
+        let value: Option<Vec<u8>> = self
+            .retry_once(name, "read owner", |mut conn| {
+                let key = &key;
+                async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
+            })
+            .await?;
+        let Some(value) = value else {
+            return Ok(None);
+        };
+        let owner = parse_holder(&value);
+        if owner.is_none() {
+            tracing::debug!(
+                resource = name,
+                value = %String::from_utf8_lossy(&value[..value.len().min(64)]),
+                "the lock's value was not written by lockyard; owner unknown"
+            );
+        }
+        Ok(owner)
+    }
+
     /// Lists the locks under this client's key prefix (with `SCAN`, so it is
     /// safe on a large database, and not a consistent snapshot). Used by
     /// `lockyard status --redis`.
@@ -366,14 +425,27 @@ impl RedisLocks {
                 continue;
             }
             let k = LockKeys::new(prefix, &name);
-            let (pttl, fence): (i64, Option<String>) = redis::pipe()
+            // A key holding another program's data (not a string) fails
+            // only its own GET: its owner is then unknown.
+            type Reply = (
+                redis::RedisResult<i64>,
+                redis::RedisResult<Option<String>>,
+                redis::RedisResult<Option<Vec<u8>>>,
+            );
+            let (pttl, fence, value): Reply = redis::pipe()
+                .ignore_errors()
                 .cmd("PTTL")
                 .arg(&k.lock)
                 .cmd("GET")
                 .arg(&k.fence)
+                .cmd("GET")
+                .arg(&k.lock)
                 .query_async(&mut conn)
                 .await
                 .map_err(|e| map_redis(e, &name, "list"))?;
+            let pttl = pttl.map_err(|e| map_redis(e, &name, "list"))?;
+            let fence = fence.ok().flatten();
+            let value = value.ok().flatten();
             if pttl == -2 {
                 continue; // released meanwhile
             }
@@ -382,6 +454,11 @@ impl RedisLocks {
                 ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
                 kind: "lock",
                 holders: 1,
+                owners: value
+                    .as_deref()
+                    .and_then(parse_holder)
+                    .into_iter()
+                    .collect(),
                 name,
             });
         }

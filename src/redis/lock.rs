@@ -105,6 +105,19 @@ impl RedisLock {
     pub async fn is_locked(&self) -> Result<bool, LockError> {
         self.client.is_locked(&self.name).await
     }
+
+    /// Who holds the lock now; see [`RedisLocks::owner`].
+    ///
+    /// # Errors
+    ///
+    /// As [`RedisLocks::owner`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only looks.
+    pub async fn owner(&self) -> Result<Option<Owner>, LockError> {
+        self.client.owner(&self.name).await
+    }
 }
 
 impl fmt::Debug for RedisLock {
@@ -346,6 +359,8 @@ pub(crate) async fn acquire(
     let mut sub = None;
     let mut backoff = Duration::from_millis(5);
     let mut last_holder: Option<Owner>;
+    // When the last `info` "still waiting" event went out (as time waited).
+    let mut last_log = Duration::ZERO;
     let mut conn = client.conn(name, "acquire").await?;
     loop {
         let sent_at = Instant::now();
@@ -425,7 +440,7 @@ pub(crate) async fn acquire(
             return Err(contended(last_holder));
         }
         let Some(sub) = sub.as_mut() else {
-            tracing::debug!(resource = name, holder = %who, "Redis lock held; waiting");
+            tracing::debug!(resource = name, holder = %who, waited = ?deadline.elapsed(), "Redis lock held; waiting");
             let mut s = tokio::select! {
                 s = client.subscribe(&keys.channel) => s,
                 () = deadline.sleep() => return Err(contended(last_holder)),
@@ -444,6 +459,9 @@ pub(crate) async fn acquire(
             backoff = (backoff * 2).min(Duration::from_secs(1));
             w
         };
+        // Look again at least every LOG_EVERY, so that the periodic event
+        // below names the current holder.
+        let wait = wait.min(LOG_EVERY);
         tokio::select! {
             () = sub.changed() => {}
             () = tokio::time::sleep(wait) => {}
@@ -453,9 +471,18 @@ pub(crate) async fn acquire(
             }
         }
         sub.mark_seen();
-        tracing::trace!(resource = name, holder = %who, waited = ?deadline.elapsed(), "retrying Redis lock");
+        let waited = deadline.elapsed();
+        if waited.saturating_sub(last_log) >= LOG_EVERY {
+            last_log = waited;
+            tracing::info!(resource = name, holder = %who, waited = ?waited, "still waiting for Redis lock");
+        } else {
+            tracing::trace!(resource = name, holder = %who, waited = ?waited, "retrying Redis lock");
+        }
     }
 }
+
+/// While still waiting, log who holds the lock at `info` this often.
+const LOG_EVERY: Duration = Duration::from_secs(5);
 
 /// Who holds a lock that a task of this process is queued for: the remote
 /// holder the head of the queue last saw, else (the usual case) this

@@ -257,6 +257,34 @@ impl RedisRwLock {
         Ok(writer > 0)
     }
 
+    /// Who holds the lock now: the writer, or the readers longest-held first
+    /// (at most 100 of them; holders whose value lockyard did not write are
+    /// left out). Each [`Owner`](crate::Owner)'s `mode` says which. The
+    /// answer may be stale by the time it is read.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:7777").await?;
+    /// for owner in locks.rwlock("config")?.owners().await? {
+    ///     println!("{} by pid {} on {}", owner.mode, owner.pid, owner.host);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`], [`LockError::Backend`] or
+    /// [`LockError::Protocol`] if Redis failed or answered garbage.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn owners(&self) -> Result<Vec<crate::Owner>, LockError> {
+        super::listing::owners(&self.inner.client, &self.inner.name, "rwlock").await
+    }
+
     async fn read_until(&self, deadline: &Deadline) -> Result<RedisReadGuard, LockError> {
         let i = &self.inner;
         let turn = waiting::local_turn(&i.client, &i.queue, &i.name, deadline).await?;

@@ -240,6 +240,33 @@ impl RedisSemaphore {
         })
     }
 
+    /// Who holds permits now, longest-held first (at most 100 of them;
+    /// holders whose value lockyard did not write are left out). The answer
+    /// may be stale by the time it is read.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:7777").await?;
+    /// for owner in locks.semaphore("gpus", 4)?.owners().await? {
+    ///     println!("pid {} on {} since {:?}", owner.pid, owner.host, owner.since);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`], [`LockError::Backend`] or
+    /// [`LockError::Protocol`] if Redis failed or answered garbage.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub async fn owners(&self) -> Result<Vec<crate::Owner>, LockError> {
+        super::listing::owners(&self.inner.client, &self.inner.name, "semaphore").await
+    }
+
     async fn acquire_until(
         &self,
         deadline: &Deadline,

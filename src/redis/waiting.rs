@@ -338,7 +338,7 @@ pub(crate) async fn wait_until_granted(
         match last_log {
             None => tracing::debug!(
                 resource = %w.resource, holder = %who, holders, reason, retry_in = ?retry_in,
-                "{} busy; waiting", w.what
+                waited = ?waited, "{} busy; waiting", w.what
             ),
             Some(at) if waited.saturating_sub(at) >= LOG_EVERY => tracing::info!(
                 resource = %w.resource, holder = %who, holders, reason, waited = ?waited,

@@ -11,8 +11,10 @@
 
 use std::time::Duration;
 
-use lockyard::redis::{RedisLockInfo, RedisLocks, RedisOptions, Redlock};
-use lockyard::{AcquireOptions, Lock, LockError, LockGuard, Mode};
+use lockyard::redis::{
+    RedisLock, RedisLockInfo, RedisLocks, RedisOptions, RedisRwLock, RedisSemaphore, Redlock,
+};
+use lockyard::{AcquireOptions, Lock, LockError, LockGuard, Mode, Owner};
 
 use crate::args::{ExecArgs, StatusArgs};
 use crate::child::Signals;
@@ -47,12 +49,11 @@ pub(crate) async fn exec(
     let guard = match acquired {
         Ok(guard) => guard,
         Err(err) if err.is_contended() => {
-            let who = err.holder().map_or_else(
-                || "another Redis client".to_owned(),
-                waiting::describe_owner,
-            );
-            let who = Some(who);
-            return Err(ctx.conflict(args, name, who, &err));
+            let who = match err.holder() {
+                Some(owner) => waiting::describe_owner(owner),
+                None => backend.holder().await,
+            };
+            return Err(ctx.conflict(args, name, Some(who), &err));
         }
         Err(err) => return Err(err.into()),
     };
@@ -82,6 +83,17 @@ struct Backend {
     /// lives until the guard is released.
     lock: Box<dyn Lock>,
     mode: Mode,
+    /// The same lock, to ask who holds it (one server only).
+    who: Who,
+}
+
+/// What `-v` asks who holds the lock.
+enum Who {
+    Lock(RedisLock),
+    Semaphore(RedisSemaphore),
+    RwLock(RedisRwLock),
+    /// Redlock: several servers, each may name a different holder.
+    Unknown,
 }
 
 impl Backend {
@@ -96,12 +108,21 @@ impl Backend {
         };
         if let [url] = args.redis.as_slice() {
             let client = RedisLocks::connect_with(url, opts).await?;
-            let lock: Box<dyn Lock> = match args.permits {
-                Some(permits) => Box::new(client.semaphore(name, permits)?),
-                None if args.rw || args.shared => Box::new(client.rwlock(name)?),
-                None => Box::new(client.lock(name)?),
+            let (lock, who): (Box<dyn Lock>, Who) = match args.permits {
+                Some(permits) => {
+                    let sem = client.semaphore(name, permits)?;
+                    (Box::new(sem.clone()), Who::Semaphore(sem))
+                }
+                None if args.rw || args.shared => {
+                    let rw = client.rwlock(name)?;
+                    (Box::new(rw.clone()), Who::RwLock(rw))
+                }
+                None => {
+                    let lock = client.lock(name)?;
+                    (Box::new(lock.clone()), Who::Lock(lock))
+                }
             };
-            return Ok(Backend { lock, mode });
+            return Ok(Backend { lock, mode, who });
         }
         if args.permits.is_some() || args.shared || args.rw {
             return Err(LockError::InvalidArgument {
@@ -113,7 +134,21 @@ impl Backend {
         Ok(Backend {
             lock: Box::new(redlock.lock(name)?),
             mode,
+            who: Who::Unknown,
         })
+    }
+
+    /// Who holds the lock, for messages: `pid 42 on host since ... (mode)`,
+    /// with `and N more` for several holders; "another Redis client" when
+    /// it cannot be told (Redlock, a foreign value, an error).
+    async fn holder(&self) -> String {
+        let owners: Vec<Owner> = match &self.who {
+            Who::Lock(lock) => lock.owner().await.ok().flatten().into_iter().collect(),
+            Who::Semaphore(sem) => sem.owners().await.unwrap_or_default(),
+            Who::RwLock(rw) => rw.owners().await.unwrap_or_default(),
+            Who::Unknown => Vec::new(),
+        };
+        describe_owners(&owners).unwrap_or_else(|| "another Redis client".to_owned())
     }
 
     /// `timeout`: `None` waits for ever, `Some(ZERO)` tries once.
@@ -128,10 +163,7 @@ impl Backend {
                 }
             }
         };
-        waiting::acquire_reporting(name, acquire, || async {
-            Some("another Redis client".to_owned())
-        })
-        .await
+        waiting::acquire_reporting(name, acquire, || async { Some(self.holder().await) }).await
     }
 }
 
@@ -142,16 +174,28 @@ pub(crate) async fn status(url: &str, args: &StatusArgs) -> Result<u8, CliError>
         let rows: Vec<serde_json::Value> = held.iter().map(json_row).collect();
         serde_json::Value::Array(rows).to_string() + "\n"
     } else {
-        let mut rows = vec![["NAME", "KIND", "HOLDERS", "TTL", "FENCING"].map(str::to_owned)];
+        let mut rows = vec![
+            [
+                "NAME", "KIND", "HOLDERS", "TTL", "FENCING", "PID", "HOST", "SINCE",
+            ]
+            .map(str::to_owned),
+        ];
+        let dash = || "-".to_owned();
         for info in &held {
+            // The longest holder; `--json` lists them all.
+            let owner = info.owners.first();
             rows.push([
                 info.name.clone(),
                 info.kind.to_owned(),
                 info.holders.to_string(),
                 info.ttl
-                    .map_or_else(|| "-".to_owned(), |t| format!("{:.1}s", t.as_secs_f64())),
-                info.fencing_token
-                    .map_or_else(|| "-".to_owned(), |t| t.to_string()),
+                    .map_or_else(dash, |t| format!("{:.1}s", t.as_secs_f64())),
+                info.fencing_token.map_or_else(dash, |t| t.to_string()),
+                owner.map_or_else(dash, |o| o.pid.to_string()),
+                owner.map_or_else(dash, |o| o.host.clone()),
+                owner.map_or_else(dash, |o| {
+                    humantime::format_rfc3339_seconds(o.since).to_string()
+                }),
             ]);
         }
         crate::format_table(&rows)
@@ -160,18 +204,48 @@ pub(crate) async fn status(url: &str, args: &StatusArgs) -> Result<u8, CliError>
     Ok(0)
 }
 
-/// The same keys as the file listing (`pid`, `host`, `since` are unknown on
-/// Redis: null) plus `kind`, `holders`, `ttl_ms`, `fencing_token`.
+/// `pid 42 on host since ... (mode)`, plus `and N more` for several.
+fn describe_owners(owners: &[Owner]) -> Option<String> {
+    let first = waiting::describe_owner(owners.first()?);
+    Some(match owners.len() {
+        1 => first,
+        n => format!("{first} and {} more", n - 1),
+    })
+}
+
+/// The same keys as the file listing (`pid`, `host`, `since` of the
+/// longest holder, null when unknown) plus `kind`, `holders`, `ttl_ms`,
+/// `fencing_token`, and `owners` (every holder lockyard can identify).
 fn json_row(info: &RedisLockInfo) -> serde_json::Value {
+    let owner = info.owners.first();
+    let since = |o: &Owner| humantime::format_rfc3339_millis(o.since).to_string();
+    let mode = match info.kind {
+        "lock" => Some("exclusive"),
+        "rwlock" => owner.map(|o| o.mode.as_str()),
+        _ => None,
+    };
+    let owners: Vec<serde_json::Value> = info
+        .owners
+        .iter()
+        .map(|o| {
+            serde_json::json!({
+                "pid": o.pid,
+                "host": o.host,
+                "since": since(o),
+                "mode": o.mode.as_str(),
+            })
+        })
+        .collect();
     serde_json::json!({
         "name": info.name,
         "held": info.holders > 0,
-        "mode": (info.kind == "lock").then_some("exclusive"),
-        "pid": null,
-        "host": null,
-        "since": null,
+        "mode": mode,
+        "pid": owner.map(|o| o.pid),
+        "host": owner.map(|o| o.host.as_str()),
+        "since": owner.map(since),
         "kind": info.kind,
         "holders": info.holders,
+        "owners": owners,
         "ttl_ms": info.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         "fencing_token": info.fencing_token,
     })
