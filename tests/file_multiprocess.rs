@@ -47,6 +47,12 @@ async fn no_kernel_waiters(m: &FileLockManager) {
     }
 }
 
+/// Bound on each wait of the counter runs. They take about a second, but
+/// 480 hand-overs between processes are slow on an overloaded machine (30 s
+/// to over 60 s measured at a load average of 16–24 on 2 cores): this only
+/// catches a hang.
+const COUNTERS: Duration = Duration::from_secs(240);
+
 fn run_counters(cleanup: bool) {
     let (d, locks) = dir();
     let counter = d.path().join("counter");
@@ -65,13 +71,13 @@ fn run_counters(cleanup: bool) {
     let mut removed = 0;
     for c in &mut children {
         if cleanup {
-            let line = c.wait_line("REMOVED", T);
+            let line = c.wait_line("REMOVED", COUNTERS);
             removed += line["REMOVED ".len()..].parse::<usize>().unwrap();
         }
-        c.wait_line("DONE", T);
+        c.wait_line("DONE", COUNTERS);
     }
     for c in children {
-        c.wait_success(T);
+        c.wait_success(COUNTERS);
     }
     let n: usize = std::fs::read_to_string(&counter)
         .unwrap()
@@ -266,6 +272,14 @@ fn waiting_logs_the_holder() {
 
     let (_d, locks) = dir();
     let mut child = holder(&locks, "logged", Mode::Exclusive);
+    // tracing-core 0.1.36 bug (tokio-rs/tracing#3611): while exactly one
+    // `Dispatch` exists in the process, a callsite first hit by another
+    // thread (another test here, e.g. the "gave up" event of
+    // `timeout_against_another_process`) caches `Interest::never` from that
+    // thread's (empty) default, and our scoped subscriber misses the event.
+    // A second live `Dispatch` makes tracing combine the interest of all
+    // of them instead.
+    let _second_dispatch = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let buf = Buf::default();
     let writer = buf.clone();
     let subscriber = tracing_subscriber::fmt()

@@ -205,7 +205,7 @@ async fn count() {
         let (m, counter, name) = (m.clone(), counter.clone(), name.clone());
         handles.push(tokio::spawn(async move {
             for _ in 0..iters {
-                let g = m.acquire(&name, Duration::from_secs(60)).await.unwrap();
+                let g = m.acquire(&name, Duration::from_secs(240)).await.unwrap();
                 increment(Path::new(&counter));
                 drop(g);
             }
