@@ -192,3 +192,87 @@ async fn cancelled_owner_queries_leave_the_client_usable() {
     assert_eq!(bounded(sem.owners()).await.unwrap().len(), 1);
     bounded(g.release()).await.unwrap();
 }
+
+/// Captures what `tracing` writes, for the checks below.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[test]
+fn waiters_log_who_holds_it_and_how_long_they_waited() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _default = tracing::subscriber::set_default(subscriber);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = RedisServer::start();
+        let holder = bounded(RedisLocks::connect(&server.url())).await.unwrap();
+        let waiter = bounded(RedisLocks::connect(&server.url())).await.unwrap();
+        let _g = bounded(holder.acquire("res", Duration::from_secs(1)))
+            .await
+            .unwrap();
+        // Past the 5 s mark, so that the periodic `info` event goes out.
+        let err = bounded(waiter.acquire("res", Duration::from_millis(5600)))
+            .await
+            .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+
+        let sem = holder.semaphore("s", 1).unwrap();
+        let _p = bounded(sem.acquire(Duration::from_secs(1))).await.unwrap();
+        let err = bounded(
+            waiter
+                .semaphore("s", 1)
+                .unwrap()
+                .acquire(Duration::from_millis(300)),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.is_timeout(), "{err}");
+    });
+    let text = out.text();
+    let me = format!("pid {} on {} since ", std::process::id(), host_name());
+    let line = |what: &str| {
+        text.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no {what:?} event in:\n{text}"))
+            .to_owned()
+    };
+    for what in [
+        "Redis lock held; waiting",
+        "still waiting for Redis lock",
+        "timed out waiting for Redis lock",
+        "semaphore permit busy; waiting",
+        "gave up waiting for semaphore permit",
+    ] {
+        let l = line(what);
+        assert!(l.contains(&me) && l.contains("waited="), "{l}");
+    }
+    let still = line("still waiting for Redis lock");
+    assert!(
+        still.contains(" INFO ") && still.contains("waited=5."),
+        "{still}"
+    );
+}
