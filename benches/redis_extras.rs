@@ -58,10 +58,12 @@ fn main() {
                 .unwrap(),
         )
     });
+    // Defaults first, so that `--measurement-time` etc. on the command
+    // line override them.
     let mut c = Criterion::default()
-        .configure_from_args()
         .measurement_time(Duration::from_secs(3))
-        .warm_up_time(Duration::from_secs(1));
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
 
     uncontended(&mut c, &rt, &floor, &locks, &redlock);
     throughput(&mut c, &rt, &floor, &locks);
