@@ -381,7 +381,16 @@ async fn lost_fires_when_the_permit_is_taken_away() {
 #[tokio::test]
 async fn lost_fires_when_redis_goes_away_and_release_reports_it() {
     let mut server = RedisServer::start();
-    let a = client(&server.url(), Duration::from_millis(600)).await;
+    // A drift margin of TTL / 4 rather than the default 8 ms: the check
+    // below is "before the TTL", and a timer on a loaded 2-core CI box can
+    // fire tens of ms late (the margin exists to absorb that).
+    let ttl = Duration::from_millis(600);
+    let a = RedisLocks::connect_with(
+        &server.url(),
+        RedisOptions::default().ttl(ttl).drift(ttl / 4),
+    )
+    .await
+    .expect("connect");
     let sem = a.semaphore("down", 2).unwrap();
     let p = bounded(sem.try_acquire()).await.unwrap();
     server.stop();

@@ -254,7 +254,22 @@ async fn renewal_and_loss() {
 #[tokio::test]
 async fn lost_fires_when_a_majority_becomes_unreachable() {
     let mut s = servers(3);
-    let r = redlock(&s, Duration::from_millis(600)).await;
+    // A drift margin of TTL / 4 rather than the default 8 ms: the check
+    // below is "within the validity", and a timer on a loaded 2-core CI box
+    // can fire tens of ms late (the margin exists to absorb that).
+    let ttl = Duration::from_millis(600);
+    let opts = RedlockOptions::new()
+        .redis(
+            RedisOptions::default()
+                .ttl(ttl)
+                .connect_timeout(Duration::from_millis(500))
+                .op_timeout(Duration::from_millis(500)),
+        )
+        .retry_delay(Duration::from_millis(20))
+        .drift(ttl / 4);
+    let r = bounded(Redlock::connect_with(&urls(&s), opts))
+        .await
+        .expect("connect");
     let g = bounded(r.acquire("unreach", Duration::from_secs(2)))
         .await
         .unwrap();
