@@ -215,6 +215,13 @@ impl Captured {
 
 #[test]
 fn waiters_log_who_holds_it_and_how_long_they_waited() {
+    // tracing-core 0.1.36 bug (tokio-rs/tracing#3611): while exactly one
+    // `Dispatch` exists in the process, a callsite first hit by another
+    // thread (another test of this binary waiting for a lock) caches
+    // `Interest::never` from that thread's (empty) default, and the scoped
+    // subscriber below would miss the event. A second live `Dispatch`
+    // makes tracing combine the interests of all of them instead.
+    let _second_dispatch = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
     let out = Captured::default();
     let writer = out.clone();
     let subscriber = tracing_subscriber::fmt()
