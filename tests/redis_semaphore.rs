@@ -385,9 +385,15 @@ async fn lost_fires_when_redis_goes_away_and_release_reports_it() {
     // below is "before the TTL", and a timer on a loaded 2-core CI box can
     // fire tens of ms late (the margin exists to absorb that).
     let ttl = Duration::from_millis(600);
+    // Short connect/op timeouts: the outage is reported within them (the
+    // defaults, 5 s and 2 s, made this the slowest test of the binary).
     let a = RedisLocks::connect_with(
         &server.url(),
-        RedisOptions::default().ttl(ttl).drift(ttl / 4),
+        RedisOptions::default()
+            .ttl(ttl)
+            .drift(ttl / 4)
+            .connect_timeout(Duration::from_secs(1))
+            .op_timeout(Duration::from_secs(1)),
     )
     .await
     .expect("connect");
