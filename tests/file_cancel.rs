@@ -3,9 +3,9 @@
 
 mod file_support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use file_support::{child_main, spawn};
+use file_support::{child_main, no_kernel_waiters, spawn};
 use lockyard::{AcquireOptions, FileLockManager, Mode};
 use rand::Rng;
 
@@ -24,18 +24,6 @@ fn os_threads() -> Option<usize> {
         .lines()
         .find_map(|l| l.strip_prefix("Threads:"))
         .and_then(|v| v.trim().parse().ok())
-}
-
-async fn no_kernel_waiters(m: &FileLockManager) {
-    let start = Instant::now();
-    while m.kernel_waiter_threads() != 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{} kernel waiter threads left behind",
-            m.kernel_waiter_threads()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Fires `n` acquisitions of `name`, each cancelled after a random delay

@@ -5,7 +5,7 @@ mod file_support;
 
 use std::time::{Duration, Instant};
 
-use file_support::{Child, child_main, spawn};
+use file_support::{Child, child_main, no_kernel_waiters, one_kernel_waiter, spawn};
 use lockyard::{FileLockManager, LockError, Mode};
 
 const T: Duration = Duration::from_secs(60);
@@ -32,19 +32,6 @@ fn holder(locks: &str, name: &str, mode: Mode) -> Child {
     );
     c.wait_line("HELD", Duration::from_secs(30));
     c
-}
-
-/// Waits (bounded) until no thread of this process waits in the kernel.
-async fn no_kernel_waiters(m: &FileLockManager) {
-    let start = Instant::now();
-    while m.kernel_waiter_threads() != 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "{} kernel waiter threads left behind",
-            m.kernel_waiter_threads()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 /// Bound on each wait of the counter runs. They take about a second, but
@@ -174,15 +161,8 @@ async fn killed_holder_hands_over_at_once() {
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // The waiter is blocked in the kernel (bounded wait for a loaded machine).
-    let start = Instant::now();
-    while m.kernel_waiter_threads() != 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no kernel waiter"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // The waiter is blocked in the kernel.
+    one_kernel_waiter(&m).await;
     let killed = Instant::now();
     child.kill9();
     let (g, got) = tokio::time::timeout(Duration::from_secs(10), waiter)

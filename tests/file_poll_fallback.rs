@@ -6,7 +6,7 @@ mod file_support;
 
 use std::time::{Duration, Instant};
 
-use file_support::{Child, child_main, spawn};
+use file_support::{Child, child_main, no_kernel_waiters, one_kernel_waiter, spawn};
 use lockyard::{FileLockManager, Mode};
 
 const T: Duration = Duration::from_secs(30);
@@ -31,17 +31,6 @@ fn setup() -> (tempfile::TempDir, FileLockManager, Child) {
     );
     c.wait_line("HELD", T);
     (d, m, c)
-}
-
-async fn no_kernel_waiters(m: &FileLockManager) {
-    let start = Instant::now();
-    while m.kernel_waiter_threads() != 0 {
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "waiter left behind"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -73,15 +62,8 @@ async fn polling_waits_time_out_cancel_and_hand_over() {
         tokio::spawn(async move { m.acquire("p", T).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    // The waiter is blocked in the kernel (bounded wait for a loaded machine).
-    let start = Instant::now();
-    while m.kernel_waiter_threads() != 1 {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no kernel waiter"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // The waiter is blocked in the kernel.
+    one_kernel_waiter(&m).await;
     child.release();
     let g = tokio::time::timeout(T, waiter)
         .await

@@ -303,3 +303,28 @@ async fn flap() {
     }
     say(&format!("RELEASED {rounds}"));
 }
+
+/// Waits (bounded, for a loaded machine) until exactly `n` threads of `m`
+/// wait in the kernel.
+async fn kernel_waiters_reach(m: &FileLockManager, n: usize, limit: Duration) {
+    let start = Instant::now();
+    while m.kernel_waiter_threads() != n {
+        assert!(
+            start.elapsed() < limit,
+            "{} kernel waiter threads, want {n}",
+            m.kernel_waiter_threads()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Waits (bounded) until no thread of `m` waits in the kernel: nothing was
+/// left behind.
+pub async fn no_kernel_waiters(m: &FileLockManager) {
+    kernel_waiters_reach(m, 0, Duration::from_secs(5)).await;
+}
+
+/// Waits (bounded) until the one waiter thread of `m` blocks in the kernel.
+pub async fn one_kernel_waiter(m: &FileLockManager) {
+    kernel_waiters_reach(m, 1, Duration::from_secs(10)).await;
+}
