@@ -128,6 +128,12 @@ impl Drop for QueueRef {
         if Arc::strong_count(&entry) == 2 {
             map.remove(&self.name);
         }
+        // Give up our reference while the map is still locked: another
+        // reference dropped concurrently then sees the true count (dropping
+        // it after the unlock let two last drops each see the other's
+        // reference, and the entry outlived its name).
+        drop(entry);
+        drop(map);
     }
 }
 
@@ -193,5 +199,34 @@ mod tests {
         );
         drop(held);
         assert_eq!(q.len(), 0);
+    }
+
+    #[test]
+    fn concurrent_last_drops_remove_the_entry() {
+        // Two references dropped at once must not both miss being the last
+        // (each seeing the other's reference): the name would stay forever.
+        let q = Arc::new(LocalQueues::default());
+        let threads = 4;
+        let rounds = 20_000;
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (q, barrier) = (q.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    for _ in 0..rounds {
+                        barrier.wait();
+                        drop(q.get("x"));
+                        barrier.wait();
+                        if q.len() != 0 {
+                            return false;
+                        }
+                        barrier.wait();
+                    }
+                    true
+                })
+            })
+            .collect();
+        let clean = handles.into_iter().all(|h| h.join().unwrap());
+        assert!(clean, "an entry outlived every reference to its name");
     }
 }

@@ -2,4 +2,5 @@
 //! module with `mod common;` and uses what it needs.
 #![allow(dead_code)]
 
+pub mod proxy;
 pub mod redis;

@@ -1,0 +1,189 @@
+//! The lease rules under attack, through a fault proxy between the client
+//! and its private redis-server: a renewal that lands after an extend, a
+//! grant whose reply arrives after its validity, an extend after the lease
+//! was lost. In each case the holder must learn it may have lost the lock
+//! before anybody else can be granted it.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::proxy::{FaultProxy, Rule, Then};
+use common::redis::RedisServer;
+use lockyard::LockError;
+use lockyard::redis::{RedisLocks, RedisOptions};
+use tokio::time::Instant;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// A RESP bulk string: how one argument looks on the wire.
+fn bulk(arg: &str) -> Vec<u8> {
+    format!("${}\r\n{arg}\r\n", arg.len()).into_bytes()
+}
+
+/// Polls `other` until it is granted `name` (bounded), then returns when.
+async fn taken_over_at(other: &RedisLocks, name: &str, limit: Duration) -> Option<Instant> {
+    let end = Instant::now() + limit;
+    while Instant::now() < end {
+        match other.try_acquire(name).await {
+            Ok(g) => {
+                let at = Instant::now();
+                g.release().await.ok();
+                return Some(at);
+            }
+            Err(e) if e.is_would_block() => {}
+            Err(e) => panic!("unexpected error from the other client: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_landing_after_an_extend_cannot_outlive_the_holders_deadline() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let ttl = Duration::from_secs(3);
+    let opts = RedisOptions::default()
+        .ttl(ttl)
+        .connect_timeout(Duration::from_secs(1))
+        .op_timeout(Duration::from_millis(1400));
+    let holder = RedisLocks::connect_with(&proxy.url(), opts.clone())
+        .await
+        .unwrap();
+    let other = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
+    let g = holder.acquire("job", Duration::from_secs(1)).await.unwrap();
+    // The watchdog's first renewal carries the 3 s TTL: hold it back 1 s,
+    // and from then on the server never hears from the watchdog again.
+    proxy.on_request(Rule {
+        pattern: bulk("3000"),
+        hold: Duration::from_secs(1),
+        then: Then::DropRequests,
+    });
+    proxy.wait_matched(1, Duration::from_secs(5)).await;
+    // While that renewal is in flight, extend to 9 s on another connection.
+    g.extend(Duration::from_secs(9)).await.unwrap();
+    // The held renewal lands after the extend: the server's lease is 3 s
+    // again. Whoever takes the lock next must find the holder told.
+    let at = taken_over_at(&other, "job", Duration::from_secs(12))
+        .await
+        .expect("the key expires once renewals stop");
+    assert!(
+        g.is_lost(),
+        "another client was granted the lock at {:?} while the holder still believed it held it",
+        at.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_grant_whose_reply_arrives_after_its_validity_is_never_returned_as_held() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let ttl = Duration::from_secs(1);
+    let opts = RedisOptions::default()
+        .ttl(ttl)
+        .connect_timeout(Duration::from_secs(1))
+        .op_timeout(Duration::from_millis(400));
+    let holder = RedisLocks::connect_with(&proxy.url(), opts.clone())
+        .await
+        .unwrap();
+    let other = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
+    // Warm the connection, then slow replies a little.
+    holder.is_locked("job").await.unwrap();
+    proxy.delay_replies(Duration::from_millis(150));
+    // While the acquire's reply is on its way, this (current-thread)
+    // runtime stalls for longer than the lease: a GC-pause-like stall of
+    // the holder's process.
+    let stall = tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        std::thread::sleep(Duration::from_millis(1300));
+    });
+    let started = Instant::now();
+    let result = tokio::time::timeout(LIMIT, holder.acquire("job", Duration::from_secs(5)))
+        .await
+        .expect("bounded");
+    stall.await.unwrap();
+    proxy.delay_replies(Duration::ZERO);
+    let g = result.unwrap();
+    let lost_at_return = g.is_lost();
+    assert!(
+        started.elapsed() > ttl,
+        "the stall did not happen during the acquire"
+    );
+    let taken = other.try_acquire("job").await;
+    assert!(
+        !(taken.is_ok() && !lost_at_return),
+        "acquire returned a guard that was not lost while another client could take the lock"
+    );
+}
+
+#[tokio::test]
+async fn options_refuse_an_op_timeout_not_well_below_the_lease() {
+    let server = RedisServer::start();
+    let opts = RedisOptions::default()
+        .ttl(Duration::from_secs(1))
+        .op_timeout(Duration::from_secs(3));
+    let e = RedisLocks::connect_with(&server.url(), opts)
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+}
+
+#[tokio::test]
+async fn extend_after_lost_is_an_error_and_lost_stays_fired() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let ttl = Duration::from_millis(1500);
+    let opts = RedisOptions::default()
+        .ttl(ttl)
+        .connect_timeout(Duration::from_secs(1))
+        .op_timeout(Duration::from_millis(400));
+    let holder = RedisLocks::connect_with(&proxy.url(), opts).await.unwrap();
+    let g = holder.acquire("job", Duration::from_secs(1)).await.unwrap();
+    // Renewals reach the server (the key stays ours there) but their
+    // answers never come back: the holder cannot confirm, so it is lost.
+    proxy.on_request(Rule {
+        pattern: bulk("1500"),
+        hold: Duration::ZERO,
+        then: Then::HoldReplies,
+    });
+    tokio::time::timeout(LIMIT, g.lost()).await.expect("lost fires");
+    let e = g.extend(Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(e, LockError::Lost { .. } | LockError::NotHeld { .. }),
+        "extend after lost: {e}"
+    );
+    assert!(g.is_lost(), "lost never un-fires");
+    let e = g.release().await.unwrap_err();
+    assert!(
+        matches!(e, LockError::Lost { .. } | LockError::NotHeld { .. }),
+        "release after lost: {e}"
+    );
+}
+
+#[tokio::test]
+async fn semaphore_extend_after_lost_is_an_error() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let ttl = Duration::from_millis(1500);
+    let opts = RedisOptions::default()
+        .ttl(ttl)
+        .connect_timeout(Duration::from_secs(1))
+        .op_timeout(Duration::from_millis(400));
+    let holder = RedisLocks::connect_with(&proxy.url(), opts).await.unwrap();
+    let sem = holder.semaphore("slots", 2).unwrap();
+    let g = sem.acquire(Duration::from_secs(1)).await.unwrap();
+    proxy.on_request(Rule {
+        pattern: bulk("1500"),
+        hold: Duration::ZERO,
+        then: Then::HoldReplies,
+    });
+    tokio::time::timeout(LIMIT, g.lost()).await.expect("lost fires");
+    let e = g.extend(Duration::from_secs(5)).await.unwrap_err();
+    assert!(
+        matches!(e, LockError::Lost { .. } | LockError::NotHeld { .. }),
+        "extend after lost: {e}"
+    );
+    assert!(g.is_lost());
+}
