@@ -89,24 +89,48 @@ async fn a_grant_whose_reply_arrives_after_its_validity_is_never_returned_as_hel
         .await
         .unwrap();
     let other = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
-    // Warm the connection, then slow replies a little.
-    holder.is_locked("job").await.unwrap();
+    // Warm the connection and load the scripts, then slow replies a little.
+    holder
+        .acquire("job", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
     proxy.delay_replies(Duration::from_millis(150));
-    // While the acquire's reply is on its way, this (current-thread)
-    // runtime stalls for longer than the lease: a GC-pause-like stall of
-    // the holder's process.
-    let stall = tokio::spawn(async {
-        tokio::time::sleep(Duration::from_millis(40)).await;
-        std::thread::sleep(Duration::from_millis(1300));
+    // A GC-pause-like stall of the holder's (current-thread) runtime at the
+    // worst moment: after the acquire's reply reached the client, before
+    // the acquiring task looks at it. A request on the same multiplexed
+    // connection, sent just before the acquire, gets its reply just before
+    // it; the task that made it then blocks the thread for longer than the
+    // lease.
+    let stall = tokio::spawn({
+        let holder = holder.clone();
+        async move {
+            holder.is_locked("elsewhere").await.unwrap();
+            std::thread::sleep(Duration::from_millis(1300));
+        }
+    });
+    // Spawned right after the stall task, so its request follows at once.
+    let acquire = tokio::spawn({
+        let holder = holder.clone();
+        async move {
+            // Whether it is known lost at the moment it is handed over.
+            let g = holder.acquire("job", Duration::from_secs(5)).await;
+            g.map(|g| {
+                let lost = g.is_lost();
+                (g, lost)
+            })
+        }
     });
     let started = Instant::now();
-    let result = tokio::time::timeout(LIMIT, holder.acquire("job", Duration::from_secs(5)))
+    let result = tokio::time::timeout(LIMIT, acquire)
         .await
-        .expect("bounded");
+        .expect("bounded")
+        .unwrap();
     stall.await.unwrap();
     proxy.delay_replies(Duration::ZERO);
-    let g = result.unwrap();
-    let lost_at_return = g.is_lost();
+    let (g, lost_at_return) = result.unwrap();
     assert!(
         started.elapsed() > ttl,
         "the stall did not happen during the acquire"

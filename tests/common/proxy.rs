@@ -53,8 +53,8 @@ pub struct Rule {
     pub then: Then,
 }
 
-#[derive(Default)]
 struct Faults {
+    epoch: Instant,
     reply_delay: Mutex<Duration>,
     request_delay: Mutex<Duration>,
     rules: Mutex<Vec<Rule>>,
@@ -75,7 +75,15 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy to `127.0.0.1:<target>`.
     pub fn start(target: u16) -> Self {
-        let faults = Arc::new(Faults::default());
+        let faults = Arc::new(Faults {
+            epoch: Instant::now(),
+            reply_delay: Mutex::default(),
+            request_delay: Mutex::default(),
+            rules: Mutex::default(),
+            drop_requests: AtomicBool::default(),
+            matched: AtomicU64::default(),
+            accepted: AtomicU64::default(),
+        });
         let (cut, cut_rx) = watch::channel(0u64);
         let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (port_tx, port_rx) = std::sync::mpsc::channel();
@@ -259,7 +267,17 @@ async fn pump(
                 if conn.hold_replies.load(Ordering::SeqCst) {
                     continue;
                 }
-                now + *f.reply_delay.lock().unwrap()
+                let delay = *f.reply_delay.lock().unwrap();
+                if delay.is_zero() {
+                    now
+                } else {
+                    // Delayed replies go out on 50 ms ticks, so replies the
+                    // server sent moments apart reach the client in one write.
+                    let tick = Duration::from_millis(50).as_nanos();
+                    let since = (now + delay - f.epoch).as_nanos();
+                    let rounded = since.div_ceil(tick) * tick;
+                    f.epoch + Duration::from_nanos(rounded as u64)
+                }
             };
             if tx.send((at, chunk)).is_err() {
                 return;
@@ -267,11 +285,27 @@ async fn pump(
         }
     };
     let writer = async {
-        while let Some((at, chunk)) = rx.recv().await {
+        while let Some((at, mut chunk)) = rx.recv().await {
             tokio::time::sleep_until(at).await;
             if !upstream && conn_w.hold_replies.load(Ordering::SeqCst) {
                 continue;
             }
+            // Everything else due by now goes in the same write.
+            let mut later = None;
+            while let Ok((at, more)) = rx.try_recv() {
+                if at > Instant::now() {
+                    later = Some((at, more));
+                    break;
+                }
+                chunk.extend_from_slice(&more);
+            }
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+            let Some((at, chunk)) = later else {
+                continue;
+            };
+            tokio::time::sleep_until(at).await;
             if to.write_all(&chunk).await.is_err() {
                 return;
             }
