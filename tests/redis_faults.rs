@@ -109,10 +109,12 @@ async fn restarted_server_leaves_no_stale_holder() {
 async fn paused_server() {
     let server = RedisServer::start();
     let ttl = Duration::from_millis(1500);
-    let locks =
-        RedisLocks::connect_with(&server.url(), opts(ttl).op_timeout(Duration::from_secs(5)))
-            .await
-            .unwrap();
+    let locks = RedisLocks::connect_with(
+        &server.url(),
+        opts(ttl).op_timeout(Duration::from_millis(700)),
+    )
+    .await
+    .unwrap();
     let g = locks.acquire("p", Duration::from_secs(1)).await.unwrap();
     server.pause(Duration::from_millis(400));
     tokio::time::sleep(Duration::from_millis(1600)).await;

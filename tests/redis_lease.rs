@@ -76,8 +76,62 @@ async fn a_renewal_landing_after_an_extend_cannot_outlive_the_holders_deadline()
     );
 }
 
-#[tokio::test]
-async fn a_grant_whose_reply_arrives_after_its_validity_is_never_returned_as_held() {
+/// The primitives a late grant is tried on.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Lock,
+    Semaphore,
+    Read,
+    Write,
+}
+
+/// Acquires `kind` on "job"; returns whether the hold was known lost at the
+/// moment it was handed over, and the hold itself (type-erased).
+async fn acquire(locks: &RedisLocks, kind: Kind) -> Result<(bool, lockyard::LockGuard), LockError> {
+    let t = Duration::from_secs(5);
+    Ok(match kind {
+        Kind::Lock => {
+            let g = locks.acquire("job", t).await?;
+            (g.is_lost(), g.into())
+        }
+        Kind::Semaphore => {
+            let g = locks.semaphore("job", 1)?.acquire(t).await?;
+            (g.is_lost(), g.into())
+        }
+        Kind::Read => {
+            let g = locks.rwlock("job")?.read(t).await?;
+            (g.is_lost(), g.into())
+        }
+        Kind::Write => {
+            let g = locks.rwlock("job")?.write(t).await?;
+            (g.is_lost(), g.into())
+        }
+    })
+}
+
+/// Whether a client other than the holder can take `kind` on "job" now.
+async fn someone_else_can_take(other: &RedisLocks, kind: Kind) -> bool {
+    match kind {
+        Kind::Lock => other.try_acquire("job").await.is_ok(),
+        Kind::Semaphore => other
+            .semaphore("job", 1)
+            .unwrap()
+            .try_acquire()
+            .await
+            .is_ok(),
+        // A reader does not exclude readers; a writer would be refused.
+        Kind::Read | Kind::Write => other.rwlock("job").unwrap().try_write().await.is_ok(),
+    }
+}
+
+/// A GC-pause-like stall of the holder's (current-thread) runtime at the
+/// worst moment: after the grant's reply reached the client, before the
+/// acquiring task looks at it. A request on the same multiplexed
+/// connection, sent just before the acquisition, gets its reply just before
+/// it (the proxy delivers both in one write); the task that made it then
+/// blocks the thread for longer than the lease. The grant is then too late
+/// to be sure of: it must be undone, never handed out as held.
+async fn late_grant_is_never_returned_as_held(kind: Kind) {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port());
     let ttl = Duration::from_secs(1);
@@ -90,20 +144,9 @@ async fn a_grant_whose_reply_arrives_after_its_validity_is_never_returned_as_hel
         .unwrap();
     let other = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
     // Warm the connection and load the scripts, then slow replies a little.
-    holder
-        .acquire("job", Duration::from_secs(1))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    let (_, warm) = acquire(&holder, kind).await.unwrap();
+    warm.release().await.unwrap();
     proxy.delay_replies(Duration::from_millis(150));
-    // A GC-pause-like stall of the holder's (current-thread) runtime at the
-    // worst moment: after the acquire's reply reached the client, before
-    // the acquiring task looks at it. A request on the same multiplexed
-    // connection, sent just before the acquire, gets its reply just before
-    // it; the task that made it then blocks the thread for longer than the
-    // lease.
     let stall = tokio::spawn({
         let holder = holder.clone();
         async move {
@@ -112,34 +155,46 @@ async fn a_grant_whose_reply_arrives_after_its_validity_is_never_returned_as_hel
         }
     });
     // Spawned right after the stall task, so its request follows at once.
-    let acquire = tokio::spawn({
+    let acquiring = tokio::spawn({
         let holder = holder.clone();
-        async move {
-            // Whether it is known lost at the moment it is handed over.
-            let g = holder.acquire("job", Duration::from_secs(5)).await;
-            g.map(|g| {
-                let lost = g.is_lost();
-                (g, lost)
-            })
-        }
+        async move { acquire(&holder, kind).await }
     });
     let started = Instant::now();
-    let result = tokio::time::timeout(LIMIT, acquire)
+    let result = tokio::time::timeout(LIMIT, acquiring)
         .await
         .expect("bounded")
         .unwrap();
     stall.await.unwrap();
     proxy.delay_replies(Duration::ZERO);
-    let (g, lost_at_return) = result.unwrap();
+    let (lost_at_return, _guard) = result.unwrap();
     assert!(
         started.elapsed() > ttl,
-        "the stall did not happen during the acquire"
+        "the stall did not happen during the acquisition"
     );
-    let taken = other.try_acquire("job").await;
     assert!(
-        !(taken.is_ok() && !lost_at_return),
-        "acquire returned a guard that was not lost while another client could take the lock"
+        lost_at_return || !someone_else_can_take(&other, kind).await,
+        "{kind:?}: a guard that was not lost was handed out while another client could take it"
     );
+}
+
+#[tokio::test]
+async fn a_late_lock_grant_is_never_returned_as_held() {
+    late_grant_is_never_returned_as_held(Kind::Lock).await;
+}
+
+#[tokio::test]
+async fn a_late_semaphore_grant_is_never_returned_as_held() {
+    late_grant_is_never_returned_as_held(Kind::Semaphore).await;
+}
+
+#[tokio::test]
+async fn a_late_read_grant_is_never_returned_as_held() {
+    late_grant_is_never_returned_as_held(Kind::Read).await;
+}
+
+#[tokio::test]
+async fn a_late_write_grant_is_never_returned_as_held() {
+    late_grant_is_never_returned_as_held(Kind::Write).await;
 }
 
 #[tokio::test]
@@ -172,7 +227,9 @@ async fn extend_after_lost_is_an_error_and_lost_stays_fired() {
         hold: Duration::ZERO,
         then: Then::HoldReplies,
     });
-    tokio::time::timeout(LIMIT, g.lost()).await.expect("lost fires");
+    tokio::time::timeout(LIMIT, g.lost())
+        .await
+        .expect("lost fires");
     let e = g.extend(Duration::from_secs(5)).await.unwrap_err();
     assert!(
         matches!(e, LockError::Lost { .. } | LockError::NotHeld { .. }),
@@ -203,7 +260,9 @@ async fn semaphore_extend_after_lost_is_an_error() {
         hold: Duration::ZERO,
         then: Then::HoldReplies,
     });
-    tokio::time::timeout(LIMIT, g.lost()).await.expect("lost fires");
+    tokio::time::timeout(LIMIT, g.lost())
+        .await
+        .expect("lost fires");
     let e = g.extend(Duration::from_secs(5)).await.unwrap_err();
     assert!(
         matches!(e, LockError::Lost { .. } | LockError::NotHeld { .. }),

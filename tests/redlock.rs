@@ -34,7 +34,7 @@ async fn redlock(servers: &[RedisServer], ttl: Duration) -> Redlock {
             RedisOptions::default()
                 .ttl(ttl)
                 .connect_timeout(Duration::from_millis(500))
-                .op_timeout(Duration::from_millis(500)),
+                .op_timeout(Duration::from_millis(250)),
         )
         .retry_delay(Duration::from_millis(20));
     bounded(Redlock::connect_with(&urls(servers), opts))
@@ -263,7 +263,7 @@ async fn lost_fires_when_a_majority_becomes_unreachable() {
             RedisOptions::default()
                 .ttl(ttl)
                 .connect_timeout(Duration::from_millis(500))
-                .op_timeout(Duration::from_millis(500)),
+                .op_timeout(Duration::from_millis(250)),
         )
         .retry_delay(Duration::from_millis(20))
         .drift(ttl / 4);

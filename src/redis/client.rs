@@ -12,13 +12,13 @@ use tokio_util::sync::CancellationToken;
 use super::RedisLockGuard;
 use super::errors::{map_redis, protocol};
 use super::keys::{self, LockKeys, validate_name};
+use super::lease::{Expired, Lease, LeaseHandle, Watchdog};
 use super::local::LocalQueues;
 use super::lock::{Attempt, RedisLock, parse_holder};
 use super::options::RedisOptions;
 use super::pool::{Conn, Connections, Manager, PoolConn};
 use super::scripts;
 use super::wakeups::Wakeups;
-use super::watchdog::{Lease, LeaseHandle, Watchdog};
 use crate::error::LockError;
 use crate::options::AcquireOptions;
 use crate::owner::Owner;
@@ -182,7 +182,7 @@ impl RedisLocks {
         // is reported with its real cause rather than a pool timeout.
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(opts.connect_timeout))
-            .set_response_timeout(Some(opts.op_timeout));
+            .set_response_timeout(Some(opts.request_timeout()));
         let first = tokio::time::timeout(
             opts.connect_timeout,
             client.get_multiplexed_async_connection_with_config(&config),
@@ -205,13 +205,13 @@ impl RedisLocks {
             .max_size(opts.pool_size + 1)
             .test_on_check_out(false)
             .connection_timeout(opts.connect_timeout)
-            .build_unchecked(Manager::new(manager, opts.op_timeout, epoch.clone()));
+            .build_unchecked(Manager::new(manager, opts.request_timeout(), epoch.clone()));
         let conns = Arc::new(Connections::new(pool, opts.pool_size as usize, epoch));
         conns.seed(first).await;
 
         let shutdown = CancellationToken::new();
-        let wakeups = Wakeups::start(client, opts.op_timeout, shutdown.clone());
-        let watchdog = Watchdog::start(conns.clone(), opts.op_timeout, shutdown.clone());
+        let wakeups = Wakeups::start(client, opts.request_timeout(), shutdown.clone());
+        let watchdog = Watchdog::start(conns.clone(), opts.request_timeout(), shutdown.clone());
         Ok(Self {
             inner: Arc::new(Inner {
                 opts,
@@ -528,8 +528,9 @@ impl RedisLocks {
     }
 
     /// Registers a lease with the client's watchdog; see
-    /// [`Watchdog::register`].
-    pub(crate) fn register_lease(&self, lease: Lease) -> LeaseHandle {
+    /// [`Watchdog::register`] (a grant already past its validity is refused:
+    /// invariant 1).
+    pub(crate) fn register_lease(&self, lease: Lease) -> Result<LeaseHandle, Expired> {
         self.inner.watchdog.register(lease)
     }
 

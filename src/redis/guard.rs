@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Value;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{RedisLocks, bad_reply, ttl_ms};
 use super::keys::LockKeys;
+use super::lease::{LeaseHandle, Renewal};
 use super::local::LocalTurn;
 use super::options::validate_ttl;
 use super::scripts;
-use super::watchdog::LeaseHandle;
 use crate::error::LockError;
 use crate::guard::{LockGuard, Lost, RawGuard};
 use crate::options::Mode;
@@ -119,51 +118,42 @@ impl RedisLockGuard {
     ///
     /// # Errors
     ///
-    /// [`LockError::NotHeld`] (and the lost signal fires) if the lock is no
-    /// longer ours; [`LockError::InvalidArgument`] for a TTL under 10 ms;
-    /// Redis errors as for acquisition.
+    /// [`LockError::Lost`] if the lost signal had fired, or fires while the
+    /// extend runs (a lost lock is never extended back to held);
+    /// [`LockError::NotHeld`] (and the lost signal fires) if the server says
+    /// the lock is no longer ours; [`LockError::InvalidArgument`] for a TTL
+    /// under 10 ms; Redis errors as for acquisition.
     ///
     /// # Cancel safety
     ///
     /// If the future is dropped the extension may or may not have reached
-    /// Redis; the watchdog keeps renewing either way.
+    /// Redis; the watchdog keeps renewing with the TTL it had, and the lease
+    /// is judged by the shorter of the two TTLs until a renewal settles it.
     pub async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
         validate_ttl(ttl)?;
         let held = self.held()?;
-        let mut sent_at = Instant::now();
-        let reply: Value = held
-            .client
-            .retry_once(&self.name, "extend", |mut conn| {
-                sent_at = Instant::now();
-                let held = &held;
-                async move {
+        let opts = held.client.options();
+        let send = || async {
+            let reply: Value = held
+                .client
+                .retry_once(&self.name, "extend", |mut conn| async move {
                     scripts::EXTEND
                         .key(&held.keys.lock)
                         .arg(&held.value)
                         .arg(ttl_ms(ttl))
                         .invoke_async(&mut conn)
                         .await
-                }
-            })
-            .await?;
-        match reply {
-            Value::Int(1) => {
-                let opts = held.client.options();
-                held.lease.renewed(
-                    ttl,
-                    opts.renew_interval_for(ttl),
-                    opts.drift_for(ttl),
-                    sent_at,
-                );
-                Ok(())
+                })
+                .await?;
+            match reply {
+                Value::Int(1) => Ok(Renewal::Renewed),
+                Value::Int(0) => Ok(Renewal::NotOwner),
+                other => Err(bad_reply(&self.name, "extend", &other)),
             }
-            Value::Int(0) => {
-                held.lease
-                    .fire_lost("extend found the lock gone or held by another owner");
-                Err(self.not_held())
-            }
-            other => Err(bad_reply(&self.name, "extend", &other)),
-        }
+        };
+        held.lease
+            .extend(ttl, opts.renew_interval_for(ttl), opts.drift_for(ttl), send)
+            .await
     }
 
     /// Releases the lock now: stops renewal, deletes the key if it is still
@@ -171,8 +161,10 @@ impl RedisLockGuard {
     ///
     /// # Errors
     ///
-    /// [`LockError::NotHeld`] if the key had expired or was taken over (the
-    /// lock was lost); Redis errors as for acquisition (the lock then expires
+    /// [`LockError::Lost`] if the lost signal had fired but the server
+    /// still had our token (the key is deleted all the same);
+    /// [`LockError::NotHeld`] if the key had expired or was taken over;
+    /// Redis errors as for acquisition (the lock then expires
     /// by its TTL).
     ///
     /// # Cancel safety
@@ -190,6 +182,8 @@ impl RedisLockGuard {
             lease,
             turn,
         } = held;
+        // Stop renewing before the release is sent (invariant 4).
+        let lost = lease.is_lost().then(|| lease.lost_error());
         drop(lease);
         let mut pending = PendingRelease {
             name: &self.name,
@@ -200,7 +194,12 @@ impl RedisLockGuard {
         };
         let result = pending.run().await;
         drop(pending.turn.take());
-        result
+        // A lost lock stays lost (invariant 3): never `Ok`, even if the
+        // server still had our token and the key was deleted now.
+        match (result, lost) {
+            (Ok(()), Some(e)) => Err(e),
+            (result, _) => result,
+        }
     }
 
     fn held(&self) -> Result<&Held, LockError> {

@@ -15,10 +15,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::RedisLocks;
+use super::lease::{Expired, LeaseHandle, Renewal};
 use super::ops::{self, invoke};
 use super::options::validate_ttl;
 use super::waiting::ScriptCall;
-use super::watchdog::LeaseHandle;
 use crate::error::LockError;
 use crate::guard::Lost;
 use crate::options::Mode;
@@ -40,6 +40,12 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
+    /// Takes over a grant: registers its lease with the watchdog.
+    ///
+    /// # Errors
+    ///
+    /// [`Expired`] if the grant's validity had passed (invariant 1): the
+    /// caller undoes it instead.
     pub(crate) fn new(
         client: &RedisLocks,
         resource: &str,
@@ -48,7 +54,7 @@ impl Hold {
         sent_at: Instant,
         renew: ScriptCall,
         release: ScriptCall,
-    ) -> Self {
+    ) -> Result<Self, Expired> {
         // The watchdog appends the TTL as the renewal script's last argument.
         let lease = client.register_lease(client.lease(
             resource,
@@ -57,8 +63,8 @@ impl Hold {
             renew.args.clone(),
             client.options().ttl,
             sent_at,
-        ));
-        Self {
+        ))?;
+        Ok(Self {
             client: client.clone(),
             resource: resource.to_owned(),
             mode,
@@ -67,46 +73,42 @@ impl Hold {
             lease: Some(lease),
             renew,
             release: Some(release),
-        }
+        })
     }
 
     /// Sets the lease to `ttl` from now if still held; the watchdog renews
     /// with `ttl` from then on.
     pub(crate) async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
         validate_ttl(ttl)?;
-        let not_held = || LockError::NotHeld {
-            resource: self.resource.clone(),
-        };
         let Some(lease) = &self.lease else {
-            return Err(not_held());
+            return Err(LockError::NotHeld {
+                resource: self.resource.clone(),
+            });
         };
         let ms = ops::ms(ttl);
         let keys: Vec<&str> = self.renew.keys.iter().map(String::as_str).collect();
         let mut args: Vec<&str> = self.renew.args.iter().map(String::as_str).collect();
         args.push(&ms);
-        let sent_at = Instant::now();
-        let renewed: i64 = ops::invoke(
-            &self.client,
-            &self.resource,
-            "extend",
-            self.renew.script,
-            &keys,
-            &args,
-        )
-        .await?;
-        if renewed == 1 {
-            let opts = self.client.options();
-            lease.renewed(
-                ttl,
-                opts.renew_interval_for(ttl),
-                opts.drift_for(ttl),
-                sent_at,
-            );
-            Ok(())
-        } else {
-            lease.fire_lost("extend found it gone or taken over");
-            Err(not_held())
-        }
+        let send = || async {
+            let renewed: i64 = ops::invoke(
+                &self.client,
+                &self.resource,
+                "extend",
+                self.renew.script,
+                &keys,
+                &args,
+            )
+            .await?;
+            Ok(if renewed == 1 {
+                Renewal::Renewed
+            } else {
+                Renewal::NotOwner
+            })
+        };
+        let opts = self.client.options();
+        lease
+            .extend(ttl, opts.renew_interval_for(ttl), opts.drift_for(ttl), send)
+            .await
     }
 
     pub(crate) fn resource(&self) -> &str {
@@ -134,7 +136,12 @@ impl Hold {
     /// `Ok` when the server confirmed it held our token; [`LockError::NotHeld`]
     /// when it did not (the lease had expired or was taken over).
     pub(crate) async fn release(&mut self) -> Result<(), LockError> {
-        self.lease = None;
+        // Stop renewing before the release is sent (invariant 4); a lost
+        // hold stays lost (invariant 3).
+        let lost = self
+            .lease
+            .take()
+            .and_then(|l| l.is_lost().then(|| l.lost_error()));
         let Some(op) = self.release.as_ref() else {
             return Ok(());
         };
@@ -153,9 +160,10 @@ impl Hold {
         )
         .await;
         self.release = None;
-        match result? {
-            1 => Ok(()),
-            _ => Err(LockError::NotHeld {
+        match (result?, lost) {
+            (1, Some(lost)) => Err(lost),
+            (1, None) => Ok(()),
+            (_, _) => Err(LockError::NotHeld {
                 resource: self.resource.clone(),
             }),
         }
@@ -237,6 +245,11 @@ macro_rules! held_guard {
 
             /// Sets the lease to `ttl` from now (if still held); the
             /// watchdog renews with `ttl` from then on.
+            ///
+            /// # Errors
+            ///
+            /// [`LockError::Lost`](crate::LockError::Lost) if the lost
+            /// signal had fired or fires meanwhile;
             /// [`LockError::NotHeld`](crate::LockError::NotHeld) (and the
             /// lost signal fires) if it is no longer held;
             /// [`LockError::InvalidArgument`](crate::LockError::InvalidArgument)
@@ -253,9 +266,14 @@ macro_rules! held_guard {
                 self.held.extend(ttl).await
             }
 
-            /// Gives it back now and reports errors;
+            /// Gives it back now and reports errors.
+            ///
+            /// # Errors
+            ///
+            /// [`LockError::Lost`](crate::LockError::Lost) if the lost
+            /// signal had fired;
             /// [`LockError::NotHeld`](crate::LockError::NotHeld) if the
-            /// server no longer had it.
+            /// server no longer had it; Redis errors as for acquisition.
             ///
             /// # Cancel safety
             ///

@@ -106,7 +106,7 @@ pub(crate) async fn owners(
     name: &str,
     kind: &'static str,
 ) -> Result<Vec<Owner>, LockError> {
-    let op_timeout = client.options().op_timeout;
+    let op_timeout = client.options().request_timeout();
     let look = async {
         let mut conn = client.conn(name, "read owners").await?;
         info(client, &mut conn, name, kind).await

@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::client::{RedisLocks, bad_reply};
 use super::guard::{Held, RedisLockGuard};
 use super::keys::{LockKeys, validate_name};
+use super::lease::{Expired, retry_after_late_grant};
 use super::pool::Conn;
 use super::scripts;
 use crate::error::LockError;
@@ -358,6 +359,7 @@ pub(crate) async fn acquire(
     let mut reconnected = false;
     let mut sub = None;
     let mut backoff = Duration::from_millis(5);
+    let mut late = 0;
     let mut last_holder: Option<Owner>;
     // When the last `info` "still waiting" event went out (as time waited).
     let mut last_log = Duration::ZERO;
@@ -379,18 +381,42 @@ pub(crate) async fn acquire(
         drop(in_flight);
         let (pttl, holder) = match attempt {
             Ok(Attempt::Acquired(fence)) => {
-                if sub.is_some() {
-                    // Local waiters behind us: the holder is now this process.
-                    turn.set_holder(None);
-                }
-                let lease = client.register_lease(client.lease(
+                let lease = match client.register_lease(client.lease(
                     name,
                     &scripts::EXTEND,
                     vec![keys.lock.clone()],
                     vec![value.clone()],
                     ttl,
                     sent_at,
-                ));
+                )) {
+                    Ok(lease) => lease,
+                    Err(Expired) => {
+                        // The answer came too late to be sure the lock is
+                        // still ours (invariant 1): undo it with its own
+                        // token on the same connection, and try again with
+                        // a fresh token.
+                        client.spawn_release(
+                            name.to_owned(),
+                            &scripts::RELEASE,
+                            vec![keys.lock.clone()],
+                            vec![value.clone(), keys.channel.clone()],
+                            Some(conn.clone()),
+                            (),
+                        );
+                        retry_after_late_grant(
+                            &mut late,
+                            !(try_once || deadline.expired()),
+                            name,
+                            "acquire",
+                        )?;
+                        value = owner_value(&new_token(name)?, Mode::Exclusive);
+                        continue;
+                    }
+                };
+                if sub.is_some() {
+                    // Local waiters behind us: the holder is now this process.
+                    turn.set_holder(None);
+                }
                 if sub.is_some() {
                     tracing::debug!(resource = name, waited = ?deadline.elapsed(), fence, "acquired Redis lock after waiting");
                 }

@@ -114,13 +114,13 @@ mod client;
 mod errors;
 mod guard;
 mod keys;
+mod lease;
 mod local;
 mod lock;
 mod options;
 mod pool;
 mod scripts;
 mod wakeups;
-mod watchdog;
 
 pub use client::{RedisLockInfo, RedisLocks, RedisStats};
 pub use guard::RedisLockGuard;

@@ -45,7 +45,7 @@ pub(crate) async fn invoke<T: FromRedisValue>(
         }
         inv.invoke_async::<T>(&mut conn).await
     });
-    tokio::time::timeout(client.options().op_timeout, call)
+    tokio::time::timeout(client.options().request_timeout(), call)
         .await
         .unwrap_or_else(|_| Err(timed_out(resource, op)))
 }
@@ -116,7 +116,7 @@ impl<'a> PlainLock<'a> {
         let call = self
             .server
             .acquire_once(conn, self.name, &self.keys, self.value, ttl);
-        match tokio::time::timeout(self.server.options().op_timeout, call).await {
+        match tokio::time::timeout(self.server.options().request_timeout(), call).await {
             Ok(Ok(Attempt::Acquired(fence))) => Ok(Some(fence)),
             Ok(Ok(Attempt::Held { .. })) => Ok(None),
             Ok(Err(e)) => Err(e),
@@ -143,7 +143,7 @@ impl<'a> PlainLock<'a> {
     pub(crate) async fn release_on(&self, conn: &mut Conn) -> Result<bool, LockError> {
         let (keys, args) = ([self.keys.lock.as_str()], [self.value, &self.keys.channel]);
         let call = invoke_on::<i64>(conn, self.name, "release", &scripts::RELEASE, &keys, &args);
-        match tokio::time::timeout(self.server.options().op_timeout, call).await {
+        match tokio::time::timeout(self.server.options().request_timeout(), call).await {
             Ok(n) => Ok(n? == 1),
             Err(_) => Err(timed_out(self.name, "release")),
         }

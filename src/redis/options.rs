@@ -40,8 +40,13 @@ pub struct RedisOptions {
     /// How long to wait for a connection from the pool, including connecting
     /// (default 5 s).
     pub connect_timeout: Duration,
-    /// How long to wait for the answer to one request (default 2 s).
-    pub op_timeout: Duration,
+    /// How long to wait for the answer to one request. `None` (the default)
+    /// means 2 s, or half of *TTL − drift* for a lease shorter than that
+    /// allows. A value set here must be at most half of *TTL − drift*: a
+    /// grant whose answer takes longer than its lease's validity is never
+    /// returned as held, so a timeout that allowed such answers would only
+    /// turn slowness into failed acquisitions.
+    pub op_timeout: Option<Duration>,
 }
 
 impl Default for RedisOptions {
@@ -53,7 +58,7 @@ impl Default for RedisOptions {
             drift: None,
             pool_size: 1,
             connect_timeout: Duration::from_secs(5),
-            op_timeout: Duration::from_secs(2),
+            op_timeout: None,
         }
     }
 }
@@ -102,8 +107,17 @@ impl RedisOptions {
 
     /// Sets the per-request timeout.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
-        self.op_timeout = timeout;
+        self.op_timeout = Some(timeout);
         self
+    }
+
+    /// The per-request timeout in force: the one set, or the default for
+    /// this TTL (see [`op_timeout`](Self::op_timeout)).
+    pub fn request_timeout(&self) -> Duration {
+        self.op_timeout.unwrap_or_else(|| {
+            let validity = self.ttl.saturating_sub(self.drift_for(self.ttl));
+            DEFAULT_OP_TIMEOUT.min(validity / 2)
+        })
     }
 
     /// The renewal interval used for a lease of `ttl`: the configured
@@ -161,7 +175,19 @@ impl RedisOptions {
         if self.pool_size == 0 {
             return bad("pool size", "must be at least 1".to_owned());
         }
-        if self.connect_timeout.is_zero() || self.op_timeout.is_zero() {
+        let validity = self.ttl.saturating_sub(self.drift_for(self.ttl));
+        let op_timeout = self.request_timeout();
+        if op_timeout > validity / 2 {
+            return bad(
+                "op timeout",
+                format!(
+                    "{:?} must be at most half the lease's validity (TTL − drift = {validity:?}): \
+                     an answer that slow could grant a lease that has already ended",
+                    op_timeout
+                ),
+            );
+        }
+        if self.connect_timeout.is_zero() || op_timeout.is_zero() {
             return bad(
                 "timeout",
                 "connect and op timeouts must be positive".to_owned(),
@@ -170,6 +196,9 @@ impl RedisOptions {
         Ok(())
     }
 }
+
+/// The per-request timeout when the lease allows it.
+const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Leases are whole milliseconds on the server, between 10 ms and ~49 days.
 pub(crate) fn validate_ttl(ttl: Duration) -> Result<(), LockError> {

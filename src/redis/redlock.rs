@@ -15,6 +15,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::client::RedisLocks;
 use super::keys::validate_name;
+use super::lease::grant_end;
 use super::ops::{self, PlainLock};
 use super::options::RedisOptions;
 use super::pool::Conn;
@@ -584,10 +585,10 @@ impl Redlock {
 }
 
 impl Outcome {
-    /// `ttl − elapsed − drift`, zero when nothing is left.
+    /// What is left of the grant's validity (`ttl − elapsed − drift`, the
+    /// lease core's rule, invariant 1), zero when nothing is.
     fn validity(&self, ttl: Duration, drift: Duration) -> Duration {
-        ttl.saturating_sub(self.started.elapsed())
-            .saturating_sub(drift)
+        grant_end(self.started, ttl, drift).saturating_duration_since(Instant::now())
     }
 }
 
@@ -989,8 +990,10 @@ async fn renew(
             }
         }
         if confirmed >= inner.quorum {
-            let validity = inner.ttl.saturating_sub(inner.drift);
-            *valid_until.lock().unwrap_or_else(|e| e.into_inner()) = started + validity;
+            // Scored from the round's send time (invariant 2; a Redlock
+            // lease is never extended, so every round carries one TTL).
+            *valid_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                grant_end(started, inner.ttl, inner.drift);
         } else if granted.iter().filter(|&&h| h).count() < inner.quorum {
             return mark_lost("too many servers no longer hold our key");
         } else if Instant::now() >= until() {

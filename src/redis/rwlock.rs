@@ -14,9 +14,10 @@ use tokio::time::Instant;
 use super::client::RedisLocks;
 use super::held::{Hold, held_guard};
 use super::keys::validate_name;
+use super::lease::Expired;
 use super::ops::{self, invoke};
 use super::semaphore::{COUNT_LIVE, RENEW_MEMBER};
-use super::waiting::{self, Attempt, Pending, ScriptCall, WaitFor};
+use super::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lock::Lock;
@@ -191,16 +192,15 @@ impl RedisRwLock {
         let i = &self.inner;
         let token = ops::owner_value(&i.name, Mode::Shared)?;
         let mut pending = Pending::new(&i.client, &i.name, self.read_release(&token)).await?;
-        match pending
-            .attempt(&self.read_call(&token), "read lock")
-            .await?
-        {
-            (Attempt::Granted { fencing }, sent_at) => {
-                pending.done();
-                Ok(self.read_guard(token, fencing, sent_at))
-            }
-            (busy, _) => Err(waiting::would_block(&i.name, busy)),
-        }
+        let guard = waiting::try_once(
+            &mut pending,
+            &self.read_call(&token),
+            "read lock",
+            |fencing, sent_at| self.read_guard(&token, fencing, sent_at),
+        )
+        .await?;
+        pending.done();
+        Ok(guard)
     }
 
     /// Takes the write lock if nobody holds it, else fails with
@@ -213,16 +213,15 @@ impl RedisRwLock {
         let i = &self.inner;
         let token = ops::owner_value(&i.name, Mode::Exclusive)?;
         let mut pending = Pending::new(&i.client, &i.name, self.write_release(&token)).await?;
-        match pending
-            .attempt(&self.write_call(&token, false), "write lock")
-            .await?
-        {
-            (Attempt::Granted { fencing }, sent_at) => {
-                pending.done();
-                Ok(self.write_guard(token, fencing, sent_at))
-            }
-            (busy, _) => Err(waiting::would_block(&i.name, busy)),
-        }
+        let guard = waiting::try_once(
+            &mut pending,
+            &self.write_call(&token, false),
+            "write lock",
+            |fencing, sent_at| self.write_guard(&token, fencing, sent_at),
+        )
+        .await?;
+        pending.done();
+        Ok(guard)
     }
 
     /// Whether a reader or a writer holds the lock now. The answer may be
@@ -297,17 +296,18 @@ impl RedisRwLock {
             what: "read lock",
             max_nap: i.client.options().ttl,
         };
-        let (fencing, sent_at) = waiting::wait_until_granted(
+        let guard = waiting::wait_until_granted(
             wait,
             deadline,
             &mut pending,
             &self.read_call(&token),
             |_| false,
+            |fencing, sent_at| self.read_guard(&token, fencing, sent_at),
         )
         .await?;
         pending.done();
         drop(turn);
-        Ok(self.read_guard(token, fencing, sent_at))
+        Ok(guard)
     }
 
     async fn write_until(&self, deadline: &Deadline) -> Result<RedisWriteGuard, LockError> {
@@ -329,13 +329,14 @@ impl RedisRwLock {
             &mut pending,
             &self.write_call(&token, true),
             |reason| reason == REASON_INTENT_SET,
+            |fencing, sent_at| self.write_guard(&token, fencing, sent_at),
         )
         .await;
         match result {
-            Ok((fencing, sent_at)) => {
+            Ok(guard) => {
                 pending.done();
                 drop(turn);
-                Ok(self.write_guard(token, fencing, sent_at))
+                Ok(guard)
             }
             Err(e) => {
                 // Withdraw our intent now rather than in the background, so
@@ -404,9 +405,14 @@ impl RedisRwLock {
         }
     }
 
-    fn read_guard(&self, token: String, fencing: u64, sent_at: Instant) -> RedisReadGuard {
+    fn read_guard(
+        &self,
+        token: &str,
+        fencing: u64,
+        sent_at: Instant,
+    ) -> Result<RedisReadGuard, Expired> {
         let i = &self.inner;
-        RedisReadGuard {
+        Ok(RedisReadGuard {
             held: Hold::new(
                 &i.client,
                 &i.name,
@@ -416,16 +422,21 @@ impl RedisRwLock {
                 ScriptCall {
                     script: &RENEW_MEMBER,
                     keys: vec![i.readers_key.clone()],
-                    args: vec![token.clone()],
+                    args: vec![token.to_owned()],
                 },
-                self.read_release(&token),
-            ),
-        }
+                self.read_release(token),
+            )?,
+        })
     }
 
-    fn write_guard(&self, token: String, fencing: u64, sent_at: Instant) -> RedisWriteGuard {
+    fn write_guard(
+        &self,
+        token: &str,
+        fencing: u64,
+        sent_at: Instant,
+    ) -> Result<RedisWriteGuard, Expired> {
         let i = &self.inner;
-        RedisWriteGuard {
+        Ok(RedisWriteGuard {
             held: Hold::new(
                 &i.client,
                 &i.name,
@@ -435,11 +446,11 @@ impl RedisRwLock {
                 ScriptCall {
                     script: &WRITE_RENEW,
                     keys: vec![i.writer_key.clone()],
-                    args: vec![token.clone()],
+                    args: vec![token.to_owned()],
                 },
-                self.write_release(&token),
-            ),
-        }
+                self.write_release(token),
+            )?,
+        })
     }
 }
 

@@ -14,8 +14,9 @@ use tokio::time::Instant;
 use super::client::RedisLocks;
 use super::held::{Hold, held_guard};
 use super::keys::validate_name;
+use super::lease::Expired;
 use super::ops::{self, invoke};
-use super::waiting::{self, Attempt, Pending, ScriptCall, WaitFor};
+use super::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lock::Lock;
@@ -204,16 +205,15 @@ impl RedisSemaphore {
         let i = &self.inner;
         let token = ops::owner_value(&i.name, mode)?;
         let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token)).await?;
-        match pending
-            .attempt(&self.acquire_call(&token), "acquire permit")
-            .await?
-        {
-            (Attempt::Granted { fencing }, sent_at) => {
-                pending.done();
-                Ok(self.guard(token, fencing, sent_at, mode))
-            }
-            (busy, _) => Err(waiting::would_block(&i.name, busy)),
-        }
+        let guard = waiting::try_once(
+            &mut pending,
+            &self.acquire_call(&token),
+            "acquire permit",
+            |fencing, sent_at| self.guard(&token, fencing, sent_at, mode),
+        )
+        .await?;
+        pending.done();
+        Ok(guard)
     }
 
     /// How many permits are held now (expired ones not counted). The answer
@@ -283,17 +283,18 @@ impl RedisSemaphore {
             what: "semaphore permit",
             max_nap: i.client.options().ttl,
         };
-        let (fencing, sent_at) = waiting::wait_until_granted(
+        let guard = waiting::wait_until_granted(
             wait,
             deadline,
             &mut pending,
             &self.acquire_call(&token),
             |_| false,
+            |fencing, sent_at| self.guard(&token, fencing, sent_at, mode),
         )
         .await?;
         pending.done();
         drop(turn);
-        Ok(self.guard(token, fencing, sent_at, mode))
+        Ok(guard)
     }
 
     fn acquire_call(&self, token: &str) -> ScriptCall {
@@ -318,9 +319,15 @@ impl RedisSemaphore {
         }
     }
 
-    fn guard(&self, token: String, fencing: u64, sent_at: Instant, mode: Mode) -> RedisPermitGuard {
+    fn guard(
+        &self,
+        token: &str,
+        fencing: u64,
+        sent_at: Instant,
+        mode: Mode,
+    ) -> Result<RedisPermitGuard, Expired> {
         let i = &self.inner;
-        RedisPermitGuard {
+        Ok(RedisPermitGuard {
             held: Hold::new(
                 &i.client,
                 &i.name,
@@ -330,11 +337,11 @@ impl RedisSemaphore {
                 ScriptCall {
                     script: &RENEW_MEMBER,
                     keys: vec![i.set_key.clone()],
-                    args: vec![token.clone()],
+                    args: vec![token.to_owned()],
                 },
-                self.release_call(&token),
-            ),
-        }
+                self.release_call(token),
+            )?,
+        })
     }
 }
 

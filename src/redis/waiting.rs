@@ -30,6 +30,7 @@ use tokio::time::Instant;
 
 use super::client::RedisLocks;
 use super::errors::timed_out;
+use super::lease::{Expired, retry_after_late_grant};
 use super::local::LocalTurn;
 use super::lock::parse_holder;
 use super::ops::invoke_on;
@@ -187,7 +188,7 @@ impl Pending {
         op: &'static str,
     ) -> Result<(Attempt, Instant), LockError> {
         self.armed = true;
-        let op_timeout = self.client.options().op_timeout;
+        let op_timeout = self.client.options().request_timeout();
         let mut sent_at = Instant::now();
         let mut reply =
             tokio::time::timeout(op_timeout, call.run_on(&mut self.conn, &self.resource, op))
@@ -224,7 +225,7 @@ impl Pending {
     pub(crate) async fn undo_now(&mut self) {
         self.armed = false;
         if let Some(undo) = &self.undo {
-            let op_timeout = self.client.options().op_timeout;
+            let op_timeout = self.client.options().request_timeout();
             let _ = tokio::time::timeout(
                 op_timeout,
                 undo.run_on(&mut self.conn, &self.resource, "undo"),
@@ -281,23 +282,66 @@ pub(crate) struct WaitFor<'a> {
     pub(crate) max_nap: Duration,
 }
 
-/// Runs `call` until granted or `deadline` passes. Returns the fencing token
-/// and when the granting attempt was sent.
+/// Runs `call` once; a grant goes to `grant` (the fencing token and when
+/// the granting attempt was sent), which registers its lease. A grant that
+/// was too late to register (invariant 1) is undone and tried once more.
 ///
-/// `claims(reason)` says whether a busy answer with that reason left a claim
-/// on the server that `pending` must undo if we give up.
+/// # Errors
+///
+/// [`LockError::WouldBlock`] naming the holder if busy; connection and
+/// protocol errors of the attempt.
 ///
 /// # Cancel safety
 ///
 /// Dropping the future leaves `pending` (owned by the caller) to undo what
 /// an in-flight attempt may take.
-pub(crate) async fn wait_until_granted(
+pub(crate) async fn try_once<T>(
+    pending: &mut Pending,
+    call: &ScriptCall,
+    op: &'static str,
+    mut grant: impl FnMut(u64, Instant) -> Result<T, Expired>,
+) -> Result<T, LockError> {
+    let mut late = 0;
+    loop {
+        match pending.attempt(call, op).await? {
+            (Attempt::Granted { fencing }, sent_at) => match grant(fencing, sent_at) {
+                Ok(t) => return Ok(t),
+                Err(Expired) => {
+                    pending.undo_now().await;
+                    retry_after_late_grant(&mut late, false, &pending.resource, op)?;
+                }
+            },
+            (busy, _) => return Err(would_block(&pending.resource, busy)),
+        }
+    }
+}
+
+/// Runs `call` until granted or `deadline` passes; a grant goes to `grant`
+/// (the fencing token and when the granting attempt was sent), which
+/// registers its lease. A grant that was too late to register (invariant
+/// 1) is undone, and the wait goes on.
+///
+/// `claims(reason)` says whether a busy answer with that reason left a claim
+/// on the server that `pending` must undo if we give up.
+///
+/// # Errors
+///
+/// [`LockError::Timeout`] naming the holder; connection and protocol errors
+/// of the attempts.
+///
+/// # Cancel safety
+///
+/// Dropping the future leaves `pending` (owned by the caller) to undo what
+/// an in-flight attempt may take.
+pub(crate) async fn wait_until_granted<T>(
     w: WaitFor<'_>,
     deadline: &Deadline,
     pending: &mut Pending,
     call: &ScriptCall,
     claims: impl Fn(i64) -> bool,
-) -> Result<(u64, Instant), LockError> {
+    mut grant: impl FnMut(u64, Instant) -> Result<T, Expired>,
+) -> Result<T, LockError> {
+    let mut late = 0;
     let mut sub: Option<Subscription> = None;
     let mut backoff = Duration::from_millis(5);
     let mut last_log: Option<Duration> = None;
@@ -311,12 +355,20 @@ pub(crate) async fn wait_until_granted(
         }
         let (attempt, sent_at) = pending.attempt(call, w.what).await?;
         let (retry_in, reason, holders, holder) = match attempt {
-            Attempt::Granted { fencing } => {
-                if last_log.is_some() {
-                    tracing::debug!(resource = %w.resource, waited = ?deadline.elapsed(), fencing, "acquired {} after waiting", w.what);
+            Attempt::Granted { fencing } => match grant(fencing, sent_at) {
+                Ok(t) => {
+                    if last_log.is_some() {
+                        tracing::debug!(resource = %w.resource, waited = ?deadline.elapsed(), fencing, "acquired {} after waiting", w.what);
+                    }
+                    return Ok(t);
                 }
-                return Ok((fencing, sent_at));
-            }
+                Err(Expired) => {
+                    pending.undo_now().await;
+                    retry_after_late_grant(&mut late, !deadline.expired(), w.resource, w.what)?;
+                    claimed = false;
+                    continue;
+                }
+            },
             Attempt::Busy {
                 retry_in,
                 reason,

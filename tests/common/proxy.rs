@@ -202,7 +202,12 @@ struct ConnFaults {
     hold_replies: AtomicBool,
 }
 
-async fn serve(client: TcpStream, target: SocketAddr, f: Arc<Faults>, mut cut: watch::Receiver<u64>) {
+async fn serve(
+    client: TcpStream,
+    target: SocketAddr,
+    f: Arc<Faults>,
+    mut cut: watch::Receiver<u64>,
+) {
     let Ok(server) = TcpStream::connect(target).await else {
         return;
     };
@@ -243,16 +248,14 @@ async fn pump(
             let chunk = buf[..n].to_vec();
             let now = Instant::now();
             let at = if upstream {
-                if f.drop_requests.load(Ordering::SeqCst) || conn.drop_requests.load(Ordering::SeqCst)
+                if f.drop_requests.load(Ordering::SeqCst)
+                    || conn.drop_requests.load(Ordering::SeqCst)
                 {
                     continue;
                 }
                 let mut hold = *f.request_delay.lock().unwrap();
                 let mut rules = f.rules.lock().unwrap();
-                if let Some(i) = rules
-                    .iter()
-                    .position(|r| contains(&chunk, &r.pattern))
-                {
+                if let Some(i) = rules.iter().position(|r| contains(&chunk, &r.pattern)) {
                     let rule = rules.remove(i);
                     hold = hold.max(rule.hold);
                     match rule.then {

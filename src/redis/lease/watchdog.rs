@@ -14,14 +14,16 @@
 //!
 //! # Loss
 //!
-//! A lease's validity ends at *the send time of its last confirmed renewal
-//! (or of its acquisition) + TTL − drift*, on tokio's monotonic clock. The
-//! task wakes at the earliest such deadline, independently of renewals in
-//! flight (they run in their own tasks, so a hung or paused server cannot
-//! delay the signal), and cancels the lease's `lost` token with a
-//! `tracing::warn!`. A renewal script that answers `0` (the key is gone or
-//! holds another owner) fires the signal at once. A lost lease is no longer
-//! renewed.
+//! A lease's validity is kept by [`Validity`]: every renewal and extend is
+//! scored with the TTL it carried and its own send time, and requests that
+//! may have been applied in either order are assumed applied in the worse
+//! one (invariants 1 and 2). The task wakes at the earliest deadline,
+//! independently of renewals in flight (they run in their own tasks, so a
+//! hung or paused server cannot delay the signal), and cancels the lease's
+//! `lost` token with a `tracing::warn!` (invariant 3). A renewal script that
+//! answers `0` (the key is gone or holds another owner) fires the signal at
+//! once. A lost lease is no longer renewed, and its handle refuses to
+//! extend.
 //!
 //! # Stopping
 //!
@@ -41,7 +43,9 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::pool::Connections;
+use super::validity::{RequestId, Validity};
+use crate::error::LockError;
+use crate::redis::pool::Connections;
 
 /// Most renewal commands per pipeline.
 pub(crate) const MAX_BATCH: usize = 4096;
@@ -77,12 +81,27 @@ pub(crate) struct Lease {
     pub(crate) acquired_at: Instant,
 }
 
+/// A grant that was no longer certainly valid when it was registered
+/// (invariant 1): the caller must undo it and not hand out a guard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Expired;
+
+/// What the server answered to a renewal or extend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// The lease is ours and now runs for the TTL the request carried.
+    Renewed,
+    /// The key is gone or holds another owner.
+    NotOwner,
+}
+
 struct Entry {
     lease: Lease,
     /// Next renewal.
     due: Instant,
-    /// End of validity: last confirmed renewal's send time + TTL − drift.
-    deadline: Instant,
+    /// Until when the lease is certainly ours.
+    validity: Validity,
+    /// A watchdog renewal is in flight (at most one at a time).
     in_flight: bool,
     /// The last attempt failed: retry when due, without renewing early.
     retrying: bool,
@@ -91,12 +110,25 @@ struct Entry {
 }
 
 impl Entry {
+    fn deadline(&self) -> Instant {
+        self.validity.deadline()
+    }
+
     fn next_wake(&self) -> Instant {
         if self.in_flight {
-            self.deadline
+            self.deadline()
         } else {
-            self.due.min(self.deadline)
+            self.due.min(self.deadline())
         }
+    }
+
+    /// Schedules the next renewal after a confirmed one: `interval` after
+    /// the anchor, but at the latest half-way to the deadline (which a
+    /// short request of unknown outcome may have pulled in).
+    fn reschedule(&mut self) {
+        let anchor = self.validity.anchor();
+        let left = self.deadline().saturating_duration_since(anchor);
+        self.due = anchor + self.lease.interval.min(left / 2);
     }
 }
 
@@ -168,42 +200,48 @@ impl Watchdog {
 
     /// Starts renewing `lease` until the returned handle is dropped.
     ///
-    /// The lease must have been acquired with `lease.ttl` at
-    /// `lease.acquired_at` (the send time of the acquiring request).
-    pub(crate) fn register(&self, lease: Lease) -> LeaseHandle {
+    /// The lease must have been acquired with `lease.ttl` by a request sent
+    /// at `lease.acquired_at`, whose answer is in. A grant whose validity
+    /// has already passed is refused ([`Expired`], invariant 1): the caller
+    /// undoes it instead of returning a guard that may be someone else's.
+    pub(crate) fn register(&self, lease: Lease) -> Result<LeaseHandle, Expired> {
+        let now = Instant::now();
+        let validity = Validity::granted(lease.acquired_at, now, lease.ttl, lease.drift);
+        if validity.deadline() <= now {
+            return Err(Expired);
+        }
         let lost = CancellationToken::new();
         // A child of `lost`, not of a client-wide token: creating and
         // dropping it then touches no lock shared with other leases.
         let stop = lost.child_token();
-        let due = lease.acquired_at + lease.interval;
-        let deadline = lease.acquired_at + lease.ttl.saturating_sub(lease.drift);
-        let wake = due.min(deadline);
+        let resource = lease.resource.clone();
+        let mut entry = Entry {
+            lease,
+            due: now,
+            validity,
+            in_flight: false,
+            retrying: false,
+            lost: lost.clone(),
+            stop: stop.clone(),
+        };
+        entry.reschedule();
+        let wake = entry.next_wake();
         let mut st = self.shared.lock();
         let id = st.next_id;
         st.next_id += 1;
-        st.entries.insert(
-            id,
-            Entry {
-                lease,
-                due,
-                deadline,
-                in_flight: false,
-                retrying: false,
-                lost: lost.clone(),
-                stop: stop.clone(),
-            },
-        );
+        st.entries.insert(id, entry);
         let notify = st.wake_at.is_none_or(|at| wake < at);
         drop(st);
         if notify {
             self.shared.notify.notify_one();
         }
-        LeaseHandle {
+        Ok(LeaseHandle {
             watchdog: self.clone(),
             id,
+            resource,
             lost,
             _stop: stop.drop_guard(),
-        }
+        })
     }
 
     /// The client's renewal counters.
@@ -221,6 +259,7 @@ impl Watchdog {
 pub(crate) struct LeaseHandle {
     watchdog: Watchdog,
     id: u64,
+    resource: String,
     lost: CancellationToken,
     _stop: DropGuard,
 }
@@ -231,26 +270,101 @@ impl LeaseHandle {
         &self.lost
     }
 
-    /// Records an explicit renewal to `ttl` that succeeded for a request
-    /// sent at `sent_at` (for example `extend`): later renewals use `ttl`.
-    pub(crate) fn renewed(
+    /// Whether the lease is known lost (invariant 3: once true, for good).
+    pub(crate) fn is_lost(&self) -> bool {
+        self.lost.is_cancelled()
+    }
+
+    /// The error for an operation that needs the lease after it was lost.
+    pub(crate) fn lost_error(&self) -> LockError {
+        LockError::Lost {
+            resource: self.resource.clone(),
+        }
+    }
+
+    /// Sets the lease to `ttl` by running `send` (an extend script carrying
+    /// `ttl`); renewals carry `ttl` from then on.
+    ///
+    /// The request counts against the lease's validity from before it is
+    /// sent until its answer says otherwise, however it interleaves with
+    /// the watchdog's renewals on other connections (invariant 2).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] if the lease was lost before or while the extend
+    /// ran (it then stays lost, invariant 3); [`LockError::NotHeld`] (and
+    /// the lost signal fires) if the server says the lease is not ours;
+    /// `send`'s own error otherwise.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, the request may still be applied: it keeps
+    /// counting with its TTL (so the lease can only be judged shorter, never
+    /// longer), and the watchdog goes on renewing with the TTL it had.
+    pub(crate) async fn extend<F, Fut>(
         &self,
         ttl: Duration,
         interval: Duration,
         drift: Duration,
-        sent_at: Instant,
-    ) {
-        let mut st = self.watchdog.shared.lock();
-        let Some(e) = st.entries.get_mut(&self.id) else {
-            return;
+        send: F,
+    ) -> Result<(), LockError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<Renewal, LockError>>,
+    {
+        if self.is_lost() {
+            return Err(self.lost_error());
+        }
+        let shared = &self.watchdog.shared;
+        let request = {
+            let mut st = shared.lock();
+            let Some(e) = st.entries.get_mut(&self.id) else {
+                return Err(self.lost_error());
+            };
+            e.validity.begin(Instant::now(), ttl, drift)
         };
-        e.lease.ttl = ttl;
-        e.lease.interval = interval;
-        e.lease.drift = drift;
-        e.deadline = sent_at + ttl.saturating_sub(drift);
-        e.due = sent_at + interval;
+        // The deadline may have moved in: let the task look.
+        shared.notify.notify_one();
+        let mut pending = Unsettled {
+            shared,
+            id: self.id,
+            request: Some(request),
+        };
+        let reply = send().await;
+        let request = pending.request.take();
+        let mut st = shared.lock();
+        let entry = st.entries.get_mut(&self.id);
+        let result = match (reply, entry, request) {
+            (Ok(Renewal::Renewed), Some(e), Some(req)) => {
+                e.validity.confirmed(req, Instant::now());
+                e.lease.ttl = ttl;
+                e.lease.interval = interval;
+                e.lease.drift = drift;
+                e.reschedule();
+                Ok(())
+            }
+            (Ok(Renewal::NotOwner), _, _) => {
+                drop(st);
+                self.fire_lost("extend found the lock gone or held by another owner");
+                return Err(LockError::NotHeld {
+                    resource: self.resource.clone(),
+                });
+            }
+            (Err(e), entry, req) => {
+                if let (Some(en), Some(req)) = (entry, req) {
+                    en.validity.unknown(req);
+                }
+                Err(e)
+            }
+            // Lost (and removed) while the extend ran.
+            (Ok(Renewal::Renewed), _, _) => Err(self.lost_error()),
+        };
         drop(st);
-        self.watchdog.shared.notify.notify_one();
+        shared.notify.notify_one();
+        if result.is_ok() && self.is_lost() {
+            return Err(self.lost_error());
+        }
+        result
     }
 
     /// Declares the lease lost now (for example an explicit extend found
@@ -266,6 +380,24 @@ impl LeaseHandle {
                 .fetch_add(1, Ordering::Relaxed);
         }
         self.lost.cancel();
+    }
+}
+
+/// An extend whose answer is not in: if dropped so, its outcome is unknown
+/// and it keeps counting (see [`Validity::unknown`]).
+struct Unsettled<'a> {
+    shared: &'a Shared,
+    id: u64,
+    request: Option<RequestId>,
+}
+
+impl Drop for Unsettled<'_> {
+    fn drop(&mut self) {
+        if let Some(req) = self.request.take()
+            && let Some(e) = self.shared.lock().entries.get_mut(&self.id)
+        {
+            e.validity.unknown(req);
+        }
     }
 }
 
@@ -298,7 +430,7 @@ fn warn_lost(resource: &str, why: &str) {
 async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) {
     loop {
         let now = Instant::now();
-        let mut batch: Vec<(u64, Lease)> = Vec::new();
+        let mut batch: Vec<(u64, Lease, RequestId)> = Vec::new();
         let next = {
             let mut st = shared.lock();
             let mut next: Option<Instant> = None;
@@ -308,7 +440,7 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                     dead.push((id, None));
                     continue;
                 }
-                if now >= e.deadline {
+                if now >= e.deadline() {
                     dead.push((
                         id,
                         Some("no renewal confirmed within the lease (TTL − drift)"),
@@ -322,7 +454,9 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                 };
                 if !e.in_flight && e.due <= now + early {
                     e.in_flight = true;
-                    batch.push((id, e.lease.clone()));
+                    // Counts from before it is sent (invariant 2).
+                    let req = e.validity.begin(now, e.lease.ttl, e.lease.drift);
+                    batch.push((id, e.lease.clone(), req));
                 }
                 let wake = e.next_wake();
                 next = Some(next.map_or(wake, |n| n.min(wake)));
@@ -363,6 +497,9 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
 enum Outcome {
     Renewed,
     NotOwner,
+    /// The server answered with an error: nothing was applied.
+    Refused,
+    /// No usable answer: it may or may not have been applied.
     Failed,
 }
 
@@ -370,10 +507,9 @@ enum Outcome {
 async fn renew(
     shared: Arc<Shared>,
     pool: Arc<Connections>,
-    batch: Vec<(u64, Lease)>,
+    batch: Vec<(u64, Lease, RequestId)>,
     op_timeout: Duration,
 ) {
-    let sent_at = Instant::now();
     let results = tokio::time::timeout(op_timeout, send(&shared, &pool, &batch)).await;
     let outcomes: Vec<Outcome> = match results {
         Ok(Ok(values)) => values.iter().map(outcome).collect(),
@@ -388,7 +524,7 @@ async fn renew(
     };
     let now = Instant::now();
     let mut st = shared.lock();
-    for (i, (id, _)) in batch.iter().enumerate() {
+    for (i, (id, _, req)) in batch.iter().enumerate() {
         let Some(e) = st.entries.get_mut(id) else {
             continue;
         };
@@ -398,10 +534,10 @@ async fn renew(
         }
         match outcomes.get(i).unwrap_or(&Outcome::Failed) {
             Outcome::Renewed => {
-                // The server applied the new TTL no earlier than `sent_at`.
-                let deadline = sent_at + e.lease.ttl.saturating_sub(e.lease.drift);
-                e.deadline = e.deadline.max(deadline);
-                e.due = sent_at + e.lease.interval;
+                // Scored with its own send time and the TTL it carried,
+                // whatever an extend did meanwhile (invariant 2).
+                e.validity.confirmed(*req, now);
+                e.reschedule();
                 e.retrying = false;
             }
             Outcome::NotOwner => {
@@ -414,7 +550,14 @@ async fn renew(
                     e.lost.cancel();
                 }
             }
+            Outcome::Refused => {
+                e.validity.refused(*req);
+                e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
+                e.retrying = true;
+            }
             Outcome::Failed => {
+                // No answer: it may still be applied later.
+                e.validity.unknown(*req);
                 e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
                 e.retrying = true;
             }
@@ -428,6 +571,10 @@ fn outcome(v: &Value) -> Outcome {
     match v {
         Value::Int(1) => Outcome::Renewed,
         Value::Int(0) | Value::Nil => Outcome::NotOwner,
+        Value::ServerError(e) => {
+            tracing::debug!(error = ?e, "renewal refused by the server; retrying");
+            Outcome::Refused
+        }
         other => {
             tracing::debug!(reply = ?other, "unexpected renewal reply; retrying");
             Outcome::Failed
@@ -440,12 +587,12 @@ fn outcome(v: &Value) -> Outcome {
 async fn send(
     shared: &Shared,
     pool: &Connections,
-    batch: &[(u64, Lease)],
-) -> Result<Vec<Value>, crate::error::LockError> {
+    batch: &[(u64, Lease, RequestId)],
+) -> Result<Vec<Value>, LockError> {
     let mut conn = pool.watchdog().await?;
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for (_, lease) in batch {
+    for (_, lease, _) in batch {
         push_renewal(&mut pipe, lease);
     }
     shared.counters.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -456,7 +603,7 @@ async fn send(
     let mut values: Vec<Value> = pipe
         .query_async(&mut conn)
         .await
-        .map_err(|e| super::errors::map_redis(e, "(watchdog)", "renew"))?;
+        .map_err(|e| crate::redis::errors::map_redis(e, "(watchdog)", "renew"))?;
     let missing: Vec<usize> = values
         .iter()
         .enumerate()
@@ -471,10 +618,9 @@ async fn send(
     for &i in &missing {
         let script = batch[i].1.script;
         if !loaded.iter().any(|s| std::ptr::eq(*s, script)) {
-            script
-                .load_async(&mut conn)
-                .await
-                .map_err(|e| super::errors::map_redis(e, "(watchdog)", "load renewal script"))?;
+            script.load_async(&mut conn).await.map_err(|e| {
+                crate::redis::errors::map_redis(e, "(watchdog)", "load renewal script")
+            })?;
             loaded.push(script);
         }
     }
@@ -487,7 +633,7 @@ async fn send(
     let again: Vec<Value> = retry
         .query_async(&mut conn)
         .await
-        .map_err(|e| super::errors::map_redis(e, "(watchdog)", "renew"))?;
+        .map_err(|e| crate::redis::errors::map_redis(e, "(watchdog)", "renew"))?;
     for (&i, v) in missing.iter().zip(again) {
         values[i] = v;
     }
