@@ -180,6 +180,27 @@ pub enum LockError {
         /// The resource name.
         resource: String,
     },
+    /// The name is in use as another kind of lock (one name is one lock: a
+    /// Redis name held as a semaphore cannot be locked, and the reverse).
+    #[error("`{resource}` is in use as a {in_use_as}, not as a {requested}")]
+    WrongKind {
+        /// The resource name.
+        resource: String,
+        /// What the name is in use as (`"lock"`, `"semaphore"`).
+        in_use_as: &'static str,
+        /// What was asked for.
+        requested: &'static str,
+    },
+    /// A semaphore in use with another permit count than the caller's.
+    #[error("semaphore `{resource}` is in use with {stored} permits, not {requested}")]
+    PermitsMismatch {
+        /// The resource name.
+        resource: String,
+        /// The count stored with the semaphore by its first holder.
+        stored: u32,
+        /// The caller's count.
+        requested: u32,
+    },
 }
 
 impl LockError {
@@ -217,6 +238,16 @@ impl LockError {
         )
     }
 
+    /// The name is in use as another kind of lock, or a semaphore with
+    /// another permit count ([`WrongKind`](Self::WrongKind),
+    /// [`PermitsMismatch`](Self::PermitsMismatch)).
+    pub fn is_wrong_kind(&self) -> bool {
+        matches!(
+            self,
+            LockError::WrongKind { .. } | LockError::PermitsMismatch { .. }
+        )
+    }
+
     /// The resource the error is about, where there is one.
     pub fn resource(&self) -> Option<&str> {
         match self {
@@ -229,6 +260,8 @@ impl LockError {
             | LockError::NoQuorum { resource, .. }
             | LockError::Lost { resource }
             | LockError::NotHeld { resource }
+            | LockError::WrongKind { resource, .. }
+            | LockError::PermitsMismatch { resource, .. }
             | LockError::Closed { resource } => Some(resource),
             LockError::InvalidName { name, .. } => Some(name),
             _ => None,

@@ -150,26 +150,31 @@ async fn late_grant_is_never_returned_as_held(kind: Kind) {
     let stall = tokio::spawn({
         let holder = holder.clone();
         async move {
-            holder.is_locked("elsewhere").await.unwrap();
+            // One request (a single GET), so that its reply is the one just
+            // before the acquisition's.
+            holder.owner("elsewhere").await.unwrap();
             std::thread::sleep(Duration::from_millis(1300));
+            Instant::now()
         }
     });
     // Spawned right after the stall task, so its request follows at once.
     let acquiring = tokio::spawn({
         let holder = holder.clone();
-        async move { acquire(&holder, kind).await }
+        async move {
+            let result = acquire(&holder, kind).await;
+            (result, Instant::now())
+        }
     });
-    let started = Instant::now();
-    let result = tokio::time::timeout(LIMIT, acquiring)
+    let (result, returned) = tokio::time::timeout(LIMIT, acquiring)
         .await
         .expect("bounded")
         .unwrap();
-    stall.await.unwrap();
+    let stall_ended = stall.await.unwrap();
     proxy.delay_replies(Duration::ZERO);
     let (lost_at_return, _guard) = result.unwrap();
     assert!(
-        started.elapsed() > ttl,
-        "the stall did not happen during the acquisition"
+        returned >= stall_ended,
+        "{kind:?}: the acquisition returned before the stall ended: the attack missed"
     );
     assert!(
         lost_at_return || !someone_else_can_take(&other, kind).await,

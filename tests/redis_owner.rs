@@ -268,16 +268,16 @@ fn waiters_log_who_holds_it_and_how_long_they_waited() {
             .to_owned()
     };
     for what in [
-        "Redis lock held; waiting",
-        "still waiting for Redis lock",
-        "timed out waiting for Redis lock",
+        "exclusive lock busy; waiting",
+        "still waiting for exclusive lock",
+        "gave up waiting for exclusive lock",
         "semaphore permit busy; waiting",
         "gave up waiting for semaphore permit",
     ] {
         let l = line(what);
         assert!(l.contains(&me) && l.contains("waited="), "{l}");
     }
-    let still = line("still waiting for Redis lock");
+    let still = line("still waiting for exclusive lock");
     assert!(
         still.contains(" INFO ") && still.contains("waited=5."),
         "{still}"

@@ -45,7 +45,7 @@ async fn readers_share_and_a_writer_excludes() {
     assert!(rw_b.is_locked().await.unwrap());
     let listed = a.list().await.unwrap();
     let info = listed.iter().find(|i| i.name == "cfg").expect("listed");
-    assert_eq!((info.kind, info.holders), ("rwlock", 2));
+    assert_eq!((info.kind, info.holders), ("lock", 2));
     assert_eq!(info.fencing_token, Some(r2.fencing_token()));
     let err = rw_b.try_write().await.unwrap_err();
     assert!(err.is_would_block(), "{err}");
@@ -71,7 +71,7 @@ async fn readers_share_and_a_writer_excludes() {
     let fence = w.fencing_token();
     let listed = a.list().await.unwrap();
     let info = listed.iter().find(|i| i.name == "cfg").expect("listed");
-    assert_eq!((info.kind, info.holders), ("rwlock", 1));
+    assert_eq!((info.kind, info.holders), ("lock", 1));
     assert_eq!(listed.iter().filter(|i| i.name == "cfg").count(), 1);
     bounded(w.release()).await.unwrap();
     let r = bounded(rw_a.try_read()).await.unwrap();
@@ -252,7 +252,7 @@ async fn a_crashed_readers_lease_runs_out() {
     let now: u64 = time.trim_start_matches(':').parse().unwrap();
     let reply = server.command(&[
         "ZADD",
-        "lockyard:{crash}:rw:readers",
+        "lockyard:{crash}:readers",
         &(now + 500).to_string(),
         "dead-reader",
     ]);
@@ -286,7 +286,7 @@ async fn lost_fires_when_the_write_lock_is_taken_away() {
     bounded(w.extend(Duration::from_secs(2))).await.unwrap();
     bounded(r.extend(Duration::from_secs(2))).await.unwrap();
     let pttl: i64 = server
-        .command(&["PTTL", "lockyard:{lose}:rw:writer"])
+        .command(&["PTTL", "lockyard:{lose}:lock"])
         .trim_start_matches(':')
         .parse()
         .unwrap();
@@ -295,13 +295,10 @@ async fn lost_fires_when_the_write_lock_is_taken_away() {
         "extend did not lengthen the write lease: {pttl} ms"
     );
     assert_eq!(
-        server.command(&["SET", "lockyard:{lose}:rw:writer", "someone-else"]),
+        server.command(&["SET", "lockyard:{lose}:lock", "someone-else"]),
         "+OK"
     );
-    assert_eq!(
-        server.command(&["DEL", "lockyard:{lose2}:rw:readers"]),
-        ":1"
-    );
+    assert_eq!(server.command(&["DEL", "lockyard:{lose2}:readers"]), ":1");
     bounded(w.lost()).await;
     bounded(r.lost()).await;
     assert!(matches!(
@@ -355,9 +352,9 @@ async fn cancellation_at_random_moments_leaks_nothing() {
     // Background cleanups are quick; then everything is free.
     let start = Instant::now();
     loop {
-        let intent = server.command(&["EXISTS", "lockyard:{cancel}:rw:intent"]);
-        let writer = server.command(&["EXISTS", "lockyard:{cancel}:rw:writer"]);
-        let readers = server.command(&["ZCARD", "lockyard:{cancel}:rw:readers"]);
+        let intent = server.command(&["EXISTS", "lockyard:{cancel}:intent"]);
+        let writer = server.command(&["EXISTS", "lockyard:{cancel}:lock"]);
+        let readers = server.command(&["ZCARD", "lockyard:{cancel}:readers"]);
         if (intent.as_str(), writer.as_str(), readers.as_str()) == (":0", ":0", ":0") {
             break;
         }

@@ -1,110 +1,31 @@
-//! [`RedisLocks`]: the client. One pool, one pub/sub connection, one
-//! watchdog task, shared by every lock taken through it.
+//! [`RedisLocks`]'s public face: connecting, the plain lock's methods,
+//! looking (owner, list) and stats. The facade: nothing in `redis/` imports
+//! it. The client's state and the operations primitives share live below,
+//! in `context.rs`.
 
-use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::Duration;
 
-use redis::{AsyncConnectionConfig, Script, Value};
+use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::RedisLockGuard;
-use super::errors::{map_redis, protocol};
-use super::keys::{self, LockKeys, validate_name};
-use super::lease::{Expired, Lease, LeaseHandle, Watchdog};
+use super::context::{Inner, RedisLocks};
+use super::errors::map_redis;
+use super::keys::{self, validate_name};
+use super::lease::Watchdog;
+use super::listing::RedisLockInfo;
 use super::local::LocalQueues;
-use super::lock::{Attempt, RedisLock, parse_holder};
+use super::lock::RedisLock;
 use super::options::RedisOptions;
-use super::pool::{Conn, Connections, Manager, PoolConn};
+use super::pool::{Connections, Manager, PoolConn};
 use super::scripts;
+use super::token::parse_holder;
 use super::wakeups::Wakeups;
 use crate::error::LockError;
 use crate::options::AcquireOptions;
 use crate::owner::Owner;
-
-/// A client for distributed locks on one Redis server (or one Redis Cluster
-/// node set reached through one URL: every key of a resource shares a hash
-/// slot).
-///
-/// Cloning is cheap and shares everything: the connection pool, the one
-/// pub/sub connection that carries release wakeups, and the one watchdog task
-/// that renews every lock held through this client. The background tasks stop
-/// when the last clone and the last guard are dropped.
-///
-/// ```no_run
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), lockyard::LockError> {
-/// use std::time::Duration;
-/// use lockyard::redis::RedisLocks;
-///
-/// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
-/// let guard = locks.acquire("nightly-report", Duration::from_secs(10)).await?;
-/// println!("fencing token {}", guard.fencing_token());
-/// guard.release().await?;
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Clone)]
-pub struct RedisLocks {
-    pub(crate) inner: Arc<Inner>,
-}
-
-/// The shared state behind a [`RedisLocks`] (crate-internal; the
-/// semaphore, RW lock and Redlock build on it).
-pub(crate) struct Inner {
-    /// The options the client was built with (validated).
-    pub(crate) opts: RedisOptions,
-    /// The connections (see [`Connections`]).
-    pub(crate) conns: Arc<Connections>,
-    /// Release wakeups over the shared pub/sub connection.
-    pub(crate) wakeups: Wakeups,
-    /// The one renewal task of this client.
-    pub(crate) watchdog: Watchdog,
-    /// In-process queues in front of Redis, per resource name.
-    pub(crate) local: Arc<LocalQueues>,
-    /// The URL with any password replaced, for `Debug`.
-    url: String,
-    shutdown: CancellationToken,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        // Stops the watchdog and pub/sub tasks.
-        self.shutdown.cancel();
-    }
-}
-
-/// What a [`RedisLocks::list`] entry describes.
-///
-/// ```
-/// # fn show(info: &lockyard::redis::RedisLockInfo) {
-/// println!("{} ({}): {} holder(s), expires in {:?}", info.name, info.kind, info.holders, info.ttl);
-/// for owner in &info.owners {
-///     println!("  held by pid {} on {} since {:?}", owner.pid, owner.host, owner.since);
-/// }
-/// # }
-/// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RedisLockInfo {
-    /// The resource name.
-    pub name: String,
-    /// `"lock"`, `"semaphore"` or `"rwlock"`.
-    pub kind: &'static str,
-    /// Time left on the lease, `None` if the key has no expiry.
-    pub ttl: Option<Duration>,
-    /// The last fencing token issued for the resource, if any.
-    pub fencing_token: Option<u64>,
-    /// How many holders it has now.
-    pub holders: usize,
-    /// Who holds it, longest-held first: the lock's holder, a RW lock's
-    /// writer or readers, a semaphore's permit holders (at most 100 of
-    /// them). Holders whose value lockyard did not write (another program's
-    /// key) are left out, so this may be shorter than
-    /// [`holders`](Self::holders).
-    pub owners: Vec<Owner>,
-}
+use std::time::Duration;
 
 /// Counters of a client's watchdog (see [`RedisLocks::stats`]).
 ///
@@ -234,8 +155,7 @@ impl RedisLocks {
     /// [`LockError::InvalidName`] for an empty name, one over 512 bytes, or
     /// one containing `{`, `}` or control characters.
     pub fn lock(&self, name: &str) -> Result<RedisLock, LockError> {
-        validate_name(name)?;
-        Ok(RedisLock::new(self.clone(), name))
+        RedisLock::new(self, name)
     }
 
     /// Acquires the lock `name`, waiting at most `timeout`.
@@ -268,13 +188,15 @@ impl RedisLocks {
             .await
     }
 
-    /// Acquires the lock `name` under `options` (`timeout: None` waits for
-    /// ever, `Some(ZERO)` tries once and fails with [`LockError::Timeout`]).
+    /// Acquires the lock `name` under `options`: exclusive, or shared with
+    /// other shared holders ([`Mode::Shared`](crate::Mode::Shared), the same
+    /// as a read lock of [`rwlock`](Self::rwlock)`(name)`). `timeout: None`
+    /// waits for ever, `Some(ZERO)` tries once and fails with
+    /// [`LockError::Timeout`].
     ///
     /// # Errors
     ///
-    /// As [`acquire`](Self::acquire), and [`LockError::Unsupported`] for
-    /// [`Mode::Shared`](crate::Mode::Shared) (use the RW lock).
+    /// As [`acquire`](Self::acquire).
     ///
     /// # Cancel safety
     ///
@@ -284,7 +206,7 @@ impl RedisLocks {
         name: &str,
         options: &AcquireOptions,
     ) -> Result<RedisLockGuard, LockError> {
-        super::lock::acquire(self, name, options, false).await
+        self.lock(name)?.acquire_with(options).await
     }
 
     /// Acquires the lock `name` if it is free now.
@@ -298,13 +220,7 @@ impl RedisLocks {
     ///
     /// As [`acquire`](Self::acquire).
     pub async fn try_acquire(&self, name: &str) -> Result<RedisLockGuard, LockError> {
-        super::lock::acquire(
-            self,
-            name,
-            &AcquireOptions::exclusive().timeout(Duration::ZERO),
-            true,
-        )
-        .await
+        self.lock(name)?.try_acquire().await
     }
 
     /// Whether anyone holds the lock `name` now (the answer may be stale by
@@ -314,15 +230,7 @@ impl RedisLocks {
     ///
     /// Cancel safe: it only looks.
     pub async fn is_locked(&self, name: &str) -> Result<bool, LockError> {
-        validate_name(name)?;
-        let key = self.key(name, "lock");
-        let n: i64 = self
-            .retry_once(name, "check", |mut conn| {
-                let key = &key;
-                async move { redis::cmd("EXISTS").arg(key).query_async(&mut conn).await }
-            })
-            .await?;
-        Ok(n > 0)
+        self.lock(name)?.is_locked().await
     }
 
     /// Who holds the lock `name` now (pid, start time, host, since when):
@@ -400,13 +308,8 @@ impl RedisLocks {
                 .map_err(|e| map_redis(e, &what, "list"))?;
             for key in batch {
                 if let Some((name, suffix)) = keys::parse_key(prefix, &key) {
-                    let kind = match suffix {
-                        "lock" => "lock",
-                        // Semaphores and RW locks: see `super::listing`.
-                        other => match super::listing::kind_of(other) {
-                            Some(kind) => kind,
-                            None => continue,
-                        },
+                    let Some(kind) = super::listing::kind_of(suffix) else {
+                        continue;
                     };
                     found.push((name.to_owned(), kind));
                 }
@@ -420,47 +323,7 @@ impl RedisLocks {
         found.dedup();
         let mut out = Vec::with_capacity(found.len());
         for (name, kind) in found {
-            if kind != "lock" {
-                out.extend(super::listing::info(self, &mut conn, &name, kind).await?);
-                continue;
-            }
-            let k = LockKeys::new(prefix, &name);
-            // A key holding another program's data (not a string) fails
-            // only its own GET: its owner is then unknown.
-            type Reply = (
-                redis::RedisResult<i64>,
-                redis::RedisResult<Option<String>>,
-                redis::RedisResult<Option<Vec<u8>>>,
-            );
-            let (pttl, fence, value): Reply = redis::pipe()
-                .ignore_errors()
-                .cmd("PTTL")
-                .arg(&k.lock)
-                .cmd("GET")
-                .arg(&k.fence)
-                .cmd("GET")
-                .arg(&k.lock)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| map_redis(e, &name, "list"))?;
-            let pttl = pttl.map_err(|e| map_redis(e, &name, "list"))?;
-            let fence = fence.ok().flatten();
-            let value = value.ok().flatten();
-            if pttl == -2 {
-                continue; // released meanwhile
-            }
-            out.push(RedisLockInfo {
-                fencing_token: fence.and_then(|f| f.parse().ok()),
-                ttl: u64::try_from(pttl).ok().map(Duration::from_millis),
-                kind: "lock",
-                holders: 1,
-                owners: value
-                    .as_deref()
-                    .and_then(parse_holder)
-                    .into_iter()
-                    .collect(),
-                name,
-            });
+            out.extend(super::listing::info(self, &mut conn, &name, kind).await?);
         }
         Ok(out)
     }
@@ -477,165 +340,6 @@ impl RedisLocks {
             lost: c.lost.load(Relaxed),
         }
     }
-
-    /// The options the client was built with.
-    pub fn options(&self) -> &RedisOptions {
-        &self.inner.opts
-    }
-}
-
-/// Crate-internal helpers the other Redis primitives build on.
-impl RedisLocks {
-    /// A multiplexed connection from the pool, errors mapped for
-    /// `resource`/`op`. Clone-cheap; requests on it may run concurrently, and
-    /// requests sent on one `Conn` (or its clones) run in order.
-    pub(crate) async fn conn(&self, resource: &str, op: &'static str) -> Result<Conn, LockError> {
-        self.inner.conns.get(resource, op).await
-    }
-
-    /// Runs `f` on a connection; if it fails because that connection broke
-    /// (the server restarted, say), runs it once more on a fresh one. Only
-    /// for requests that are safe to repeat (compare-and-delete,
-    /// compare-and-expire, reads).
-    pub(crate) async fn retry_once<T, F, Fut>(
-        &self,
-        resource: &str,
-        op: &'static str,
-        mut f: F,
-    ) -> Result<T, LockError>
-    where
-        F: FnMut(Conn) -> Fut,
-        Fut: std::future::Future<Output = redis::RedisResult<T>>,
-    {
-        let mut retried = false;
-        loop {
-            let conn = self.conn(resource, op).await?;
-            let probe = conn.clone();
-            match f(conn).await {
-                Ok(v) => return Ok(v),
-                Err(e) if !retried && probe.is_broken() => {
-                    tracing::debug!(resource, op, error = %e, "connection broke; retrying once on a fresh one");
-                    retried = true;
-                }
-                Err(e) => return Err(map_redis(e, resource, op)),
-            }
-        }
-    }
-
-    /// `{prefix}{<name>}:<suffix>` (validate `name` first).
-    pub(crate) fn key(&self, name: &str, suffix: &str) -> String {
-        keys::key(&self.inner.opts.key_prefix, name, suffix)
-    }
-
-    /// Registers a lease with the client's watchdog; see
-    /// [`Watchdog::register`] (a grant already past its validity is refused:
-    /// invariant 1).
-    pub(crate) fn register_lease(&self, lease: Lease) -> Result<LeaseHandle, Expired> {
-        self.inner.watchdog.register(lease)
-    }
-
-    /// A [`Lease`] for `ttl` with the client's interval and drift.
-    pub(crate) fn lease(
-        &self,
-        resource: &str,
-        script: &'static Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-        ttl: Duration,
-        acquired_at: tokio::time::Instant,
-    ) -> Lease {
-        Lease {
-            resource: resource.to_owned(),
-            script,
-            keys,
-            args,
-            interval: self.inner.opts.renew_interval_for(ttl),
-            drift: self.inner.opts.drift_for(ttl),
-            ttl,
-            acquired_at,
-        }
-    }
-
-    /// Subscribes to a release `channel` on the shared pub/sub connection
-    /// (see [`Wakeups::subscribe`]).
-    pub(crate) async fn subscribe(&self, channel: &str) -> super::wakeups::Subscription {
-        self.inner.wakeups.subscribe(channel).await
-    }
-
-    /// Runs `script` in a background task (a guard's `Drop`), then drops
-    /// `keep` (for example a local turn that must outlive the release).
-    ///
-    /// Uses `conn` if given (requests on one connection run in order), else
-    /// a pooled one. Without a tokio runtime nothing is sent: the lease then
-    /// expires by its TTL.
-    pub(crate) fn spawn_release<K: Send + 'static>(
-        &self,
-        resource: String,
-        script: &'static Script,
-        keys: Vec<String>,
-        args: Vec<String>,
-        conn: Option<Conn>,
-        keep: K,
-    ) {
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(
-                resource,
-                "no tokio runtime to release on; the lock expires by its TTL"
-            );
-            return;
-        };
-        let this = self.clone();
-        rt.spawn(async move {
-            let conn = match conn {
-                Some(c) => Ok(c),
-                None => this.conn(&resource, "release").await,
-            };
-            let result = match conn {
-                Ok(mut conn) => {
-                    let mut inv = script.prepare_invoke();
-                    for k in &keys {
-                        inv.key(k);
-                    }
-                    for a in &args {
-                        inv.arg(a);
-                    }
-                    inv.invoke_async::<Value>(&mut conn)
-                        .await
-                        .map_err(|e| map_redis(e, &resource, "release"))
-                }
-                Err(e) => Err(e),
-            };
-            if let Err(e) = result {
-                tracing::debug!(resource, error = %e, "background release failed; the lock expires by its TTL");
-            }
-            drop(keep);
-        });
-    }
-
-    /// Runs the acquire script once; see `scripts/acquire.lua`.
-    pub(crate) async fn acquire_once(
-        &self,
-        conn: &mut Conn,
-        name: &str,
-        keys: &LockKeys,
-        value: &str,
-        ttl: Duration,
-    ) -> Result<Attempt, LockError> {
-        let reply: Value = scripts::ACQUIRE
-            .key(&keys.lock)
-            .key(&keys.fence)
-            .arg(value)
-            .arg(ttl_ms(ttl))
-            .invoke_async(conn)
-            .await
-            .map_err(|e| map_redis(e, name, "acquire"))?;
-        Attempt::from_reply(name, reply)
-    }
-}
-
-/// A TTL as the whole milliseconds scripts take (validated ≤ `u32::MAX`).
-pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// The URL without its password.
@@ -647,22 +351,6 @@ fn redact(url: &str) -> String {
         },
         None => url.to_owned(),
     }
-}
-
-impl fmt::Debug for RedisLocks {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLocks")
-            .field("url", &self.inner.url)
-            .field("key_prefix", &self.inner.opts.key_prefix)
-            .field("ttl", &self.inner.opts.ttl)
-            .field("held", &self.inner.watchdog.len())
-            .finish_non_exhaustive()
-    }
-}
-
-/// A reply of the wrong shape.
-pub(crate) fn bad_reply(name: &str, op: &'static str, reply: &Value) -> LockError {
-    protocol(name, op, format!("unexpected reply {reply:?}"))
 }
 
 #[cfg(test)]

@@ -10,6 +10,9 @@
 //! | server errors retrying will not fix                      |                 |
 //! | a reply of the wrong type, `WRONGTYPE` (a key holding    | `Protocol`      |
 //! | something lockyard did not write), parse errors          |                 |
+//! | `WRONGKIND` (a lock's name used as a semaphore, or the   | `WrongKind`     |
+//! | reverse)                                                 |                 |
+//! | `PERMITS` (a semaphore in use with another count)        | `PermitsMismatch`|
 
 use std::io;
 
@@ -20,6 +23,9 @@ use crate::error::LockError;
 /// Maps a redis error met while doing `op` on `resource`.
 pub(crate) fn map_redis(err: RedisError, resource: &str, op: &'static str) -> LockError {
     let resource = resource.to_owned();
+    if let Some(e) = kind_refusal(&err, &resource) {
+        return e;
+    }
     if err.code() == Some("WRONGTYPE") {
         return LockError::Protocol {
             resource,
@@ -58,6 +64,37 @@ pub(crate) fn map_redis(err: RedisError, resource: &str, op: &'static str) -> Lo
             op,
             source: Box::new(err),
         },
+    }
+}
+
+/// The scripts' one-name-one-lock refusals: `WRONGKIND <kind in use>` and
+/// `PERMITS <stored> <asked>`.
+fn kind_refusal(err: &RedisError, resource: &str) -> Option<LockError> {
+    let detail = err.detail().unwrap_or("");
+    match err.code()? {
+        "WRONGKIND" => {
+            let (in_use_as, requested) = match detail.trim() {
+                "semaphore" => ("semaphore", "lock"),
+                _ => ("lock", "semaphore"),
+            };
+            Some(LockError::WrongKind {
+                resource: resource.to_owned(),
+                in_use_as,
+                requested,
+            })
+        }
+        "PERMITS" => {
+            let mut it = detail.split_whitespace().map(str::parse::<u32>);
+            match (it.next(), it.next()) {
+                (Some(Ok(stored)), Some(Ok(requested))) => Some(LockError::PermitsMismatch {
+                    resource: resource.to_owned(),
+                    stored,
+                    requested,
+                }),
+                _ => None,
+            }
+        }
+        _ => None,
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
-use super::client::RedisLocks;
+use super::context::RedisLocks;
 use super::lease::{Expired, LeaseHandle, Renewal};
 use super::ops::{self, invoke};
 use super::options::validate_ttl;

@@ -63,22 +63,51 @@ pub(crate) fn scan_pattern(prefix: &str) -> String {
     p
 }
 
-/// The keys of one exclusive lock.
+/// Every key of one resource name. One name is one lock: its exclusive
+/// holder (the plain lock, and the RW lock's writer), its shared holders (the
+/// RW lock's readers) and a waiting writer's intent live here, and so does a
+/// semaphore of the same name, so that the scripts can refuse a name in use
+/// as the other kind.
+///
+/// | key                       | holds                                     |
+/// |---------------------------|-------------------------------------------|
+/// | `{prefix}{<name>}:lock`    | the exclusive holder's owner value, `PX`  |
+/// | `{prefix}{<name>}:readers` | ZSET: shared holders, scored by expiry ms |
+/// | `{prefix}{<name>}:intent`  | the first waiting writer's value, `PX`    |
+/// | `{prefix}{<name>}:sem`     | ZSET: semaphore holders, scored by expiry |
+/// | `{prefix}{<name>}:permits` | the semaphore's permit count (as `:sem`)  |
+/// | `{prefix}{<name>}:fence`   | the fencing counter (never expires)       |
+/// | `{prefix}{<name>}:released`| the channel every release publishes on    |
 #[derive(Debug, Clone)]
-pub(crate) struct LockKeys {
-    /// The lock itself: a string holding the owner value, with a TTL.
+pub(crate) struct ResourceKeys {
     pub(crate) lock: String,
-    /// The fencing counter (never expires).
+    pub(crate) readers: String,
+    pub(crate) intent: String,
+    pub(crate) sem: String,
+    pub(crate) permits: String,
     pub(crate) fence: String,
-    /// The channel a release is published on.
     pub(crate) channel: String,
 }
 
-impl LockKeys {
+/// The suffix of the lock key.
+pub(crate) const LOCK: &str = "lock";
+/// The suffix of the readers ZSET.
+pub(crate) const READERS: &str = "readers";
+/// The suffix of the semaphore ZSET.
+pub(crate) const SEM: &str = "sem";
+/// The suffix of the fencing counter.
+pub(crate) const FENCE: &str = "fence";
+
+impl ResourceKeys {
+    /// The keys of `name` (validated by the caller) under `prefix`.
     pub(crate) fn new(prefix: &str, name: &str) -> Self {
         Self {
-            lock: key(prefix, name, "lock"),
-            fence: key(prefix, name, "fence"),
+            lock: key(prefix, name, LOCK),
+            readers: key(prefix, name, READERS),
+            intent: key(prefix, name, "intent"),
+            sem: key(prefix, name, SEM),
+            permits: key(prefix, name, "permits"),
+            fence: key(prefix, name, FENCE),
             channel: key(prefix, name, "released"),
         }
     }

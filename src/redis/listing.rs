@@ -1,53 +1,86 @@
-//! What [`RedisLocks::list`] reports about semaphores and RW locks (the
-//! exclusive lock's entries are built in `client.rs`), and who holds them.
+//! What [`RedisLocks::list`] reports about each lock and semaphore, and who
+//! holds them.
 
 use std::time::Duration;
 
 use redis::Value;
 
-use super::client::{RedisLockInfo, RedisLocks};
+use super::context::RedisLocks;
 use super::errors::{map_redis, protocol};
-use super::lock::parse_holder;
+use super::keys::{self, ResourceKeys};
 use super::ops::invoke_on;
 use super::pool::Conn;
-use super::semaphore::COUNT_LIVE;
+use super::scripts::COUNT_LIVE;
+use super::token::parse_holder;
 use crate::error::LockError;
 use crate::owner::Owner;
+
+/// What a [`RedisLocks::list`] entry describes.
+///
+/// ```
+/// # fn show(info: &lockyard::redis::RedisLockInfo) {
+/// println!("{} ({}): {} holder(s), expires in {:?}", info.name, info.kind, info.holders, info.ttl);
+/// for owner in &info.owners {
+///     println!("  held by pid {} on {} since {:?}", owner.pid, owner.host, owner.since);
+/// }
+/// # }
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisLockInfo {
+    /// The resource name.
+    pub name: String,
+    /// `"lock"`, `"semaphore"` or `"rwlock"`.
+    pub kind: &'static str,
+    /// Time left on the lease, `None` if the key has no expiry.
+    pub ttl: Option<Duration>,
+    /// The last fencing token issued for the resource, if any.
+    pub fencing_token: Option<u64>,
+    /// How many holders it has now.
+    pub holders: usize,
+    /// Who holds it, longest-held first: the lock's holder, a RW lock's
+    /// writer or readers, a semaphore's permit holders (at most 100 of
+    /// them). Holders whose value lockyard did not write (another program's
+    /// key) are left out, so this may be shorter than
+    /// [`holders`](Self::holders).
+    pub owners: Vec<Owner>,
+}
 
 /// At most this many holders of one semaphore or RW lock are identified (the
 /// count is exact whatever it is).
 pub(crate) const MAX_OWNERS: usize = 100;
 
-/// The kind of resource a key suffix belongs to, for the keys this module
-/// knows (`None` for the others, such as the fencing counter).
+/// The kind of resource a key suffix belongs to, for the keys that mean
+/// "held" (`None` for the others, such as the fencing counter).
 pub(crate) fn kind_of(suffix: &str) -> Option<&'static str> {
     match suffix {
-        "sem" => Some("semaphore"),
-        "rw:readers" | "rw:writer" => Some("rwlock"),
+        keys::SEM => Some("semaphore"),
+        // One name is one lock: exclusive and shared holds alike.
+        keys::LOCK | keys::READERS => Some("lock"),
         _ => None,
     }
 }
 
-/// The entry for semaphore or RW lock `name`, or `None` if nobody holds it
-/// any more.
+/// The entry for the lock (`kind` `"lock"`: exclusive or shared holds) or
+/// semaphore `name`, or `None` if nobody holds it any more.
 pub(crate) async fn info(
     client: &RedisLocks,
     conn: &mut Conn,
     name: &str,
     kind: &'static str,
 ) -> Result<Option<RedisLockInfo>, LockError> {
+    let k = ResourceKeys::new(&client.options().key_prefix, name);
     let (set, writer) = match kind {
-        "semaphore" => (client.key(name, "sem"), None),
-        _ => (
-            client.key(name, "rw:readers"),
-            Some(client.key(name, "rw:writer")),
-        ),
+        "semaphore" => (k.sem, None),
+        _ => (k.readers, Some(k.lock)),
     };
     let live: i64 = invoke_on(conn, name, "list", &COUNT_LIVE, &[&set], &[]).await?;
     let mut pipe = redis::pipe();
+    // A key holding another program's data fails only its own command.
+    pipe.ignore_errors();
     pipe.cmd("PTTL").arg(&set);
     pipe.cmd("PTTL").arg(writer.as_deref().unwrap_or(&set));
-    pipe.cmd("GET").arg(client.key(name, "fence"));
+    pipe.cmd("GET").arg(&k.fence);
     pipe.cmd("TIME");
     // Latest expiry first: the live members come before any expired one.
     pipe.cmd("ZREVRANGEBYSCORE")
@@ -60,21 +93,29 @@ pub(crate) async fn info(
         .arg(MAX_OWNERS);
     // The writer's value (a second fence read for a semaphore keeps the
     // reply's shape).
-    pipe.cmd("GET")
-        .arg(writer.clone().unwrap_or_else(|| client.key(name, "fence")));
+    pipe.cmd("GET").arg(writer.as_deref().unwrap_or(&k.fence));
     /// PTTL set, PTTL writer, fence, TIME, members with scores, writer.
     type Reply = (
-        i64,
-        i64,
-        Option<String>,
-        Vec<String>,
-        Value,
-        Option<Vec<u8>>,
+        redis::RedisResult<i64>,
+        redis::RedisResult<i64>,
+        redis::RedisResult<Option<String>>,
+        redis::RedisResult<Vec<String>>,
+        redis::RedisResult<Value>,
+        redis::RedisResult<Option<Vec<u8>>>,
     );
     let (set_ttl, writer_ttl, fence, time, members, writer_value): Reply = pipe
         .query_async(conn)
         .await
         .map_err(|e| map_redis(e, name, "list"))?;
+    let fail = |e| map_redis(e, name, "list");
+    let (set_ttl, writer_ttl, time) = (
+        set_ttl.map_err(fail)?,
+        writer_ttl.map_err(fail)?,
+        time.map_err(fail)?,
+    );
+    let members = members.unwrap_or(Value::Array(Vec::new()));
+    let fence = fence.ok().flatten();
+    let writer_value = writer_value.ok().flatten();
     let writer_held = writer.is_some() && writer_ttl != -2;
     let holders = usize::try_from(live).unwrap_or(0) + usize::from(writer_held);
     if holders == 0 {

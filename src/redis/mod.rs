@@ -111,6 +111,7 @@
 //! [`LockError::Protocol`]: crate::LockError::Protocol
 
 mod client;
+mod context;
 mod errors;
 mod guard;
 mod keys;
@@ -119,11 +120,15 @@ mod local;
 mod lock;
 mod options;
 mod pool;
+mod resource;
 mod scripts;
+mod token;
 mod wakeups;
 
-pub use client::{RedisLockInfo, RedisLocks, RedisStats};
+pub use client::RedisStats;
+pub use context::RedisLocks;
 pub use guard::RedisLockGuard;
+pub use listing::RedisLockInfo;
 pub use lock::RedisLock;
 pub use options::RedisOptions;
 

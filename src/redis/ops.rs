@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use redis::{FromRedisValue, Script};
 
-use super::client::{RedisLocks, ttl_ms};
+use super::context::{RedisLocks, ttl_ms};
 use super::errors::{map_redis, timed_out};
-use super::keys::LockKeys;
-use super::lock::{self, Attempt, new_token};
+use super::keys::ResourceKeys;
 use super::pool::Conn;
 use super::scripts;
+use super::token;
 use crate::error::LockError;
 use crate::options::Mode;
 
@@ -77,7 +77,7 @@ pub(crate) async fn invoke_on<T: FromRedisValue>(
 /// a newline, and this process's owner metadata (so waiters can say who
 /// holds what). Every compare in the scripts is on the whole value.
 pub(crate) fn owner_value(resource: &str, mode: Mode) -> Result<String, LockError> {
-    Ok(lock::owner_value(&new_token(resource)?, mode))
+    token::fresh_value(resource, mode)
 }
 
 /// Milliseconds as the scripts take them.
@@ -91,14 +91,14 @@ pub(crate) fn ms(d: Duration) -> String {
 pub(crate) struct PlainLock<'a> {
     pub(crate) server: &'a RedisLocks,
     pub(crate) name: &'a str,
-    pub(crate) keys: LockKeys,
+    pub(crate) keys: ResourceKeys,
     pub(crate) value: &'a str,
 }
 
 impl<'a> PlainLock<'a> {
     pub(crate) fn new(server: &'a RedisLocks, name: &'a str, value: &'a str) -> Self {
         Self {
-            keys: LockKeys::new(&server.options().key_prefix, name),
+            keys: ResourceKeys::new(&server.options().key_prefix, name),
             server,
             name,
             value,
@@ -113,15 +113,26 @@ impl<'a> PlainLock<'a> {
         conn: &mut Conn,
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
-        let call = self
-            .server
-            .acquire_once(conn, self.name, &self.keys, self.value, ttl);
-        match tokio::time::timeout(self.server.options().request_timeout(), call).await {
-            Ok(Ok(Attempt::Acquired(fence))) => Ok(Some(fence)),
-            Ok(Ok(Attempt::Held { .. })) => Ok(None),
-            Ok(Err(e)) => Err(e),
-            Err(_) => Err(timed_out(self.name, "acquire")),
+        let ttl = ms(ttl);
+        let (keys, args) = ([&*self.keys.lock, &*self.keys.fence], [self.value, &*ttl]);
+        let call =
+            invoke_on::<redis::Value>(conn, self.name, "acquire", &scripts::ACQUIRE, &keys, &args);
+        let reply = match tokio::time::timeout(self.server.options().request_timeout(), call).await
+        {
+            Ok(reply) => reply?,
+            Err(_) => return Err(timed_out(self.name, "acquire")),
+        };
+        // `{1, fence}` when granted, `{0, pttl, holder}` when held.
+        if let redis::Value::Array(items) = &reply {
+            match items.as_slice() {
+                [redis::Value::Int(1), redis::Value::Int(fence)] if *fence > 0 => {
+                    return Ok(Some(fence.unsigned_abs()));
+                }
+                [redis::Value::Int(0), ..] => return Ok(None),
+                _ => {}
+            }
         }
+        Err(super::context::bad_reply(self.name, "acquire", &reply))
     }
 
     /// Compare-and-`PEXPIRE`: `true` when still ours.

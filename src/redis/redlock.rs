@@ -13,7 +13,7 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::client::RedisLocks;
+use super::context::RedisLocks;
 use super::keys::validate_name;
 use super::lease::grant_end;
 use super::ops::{self, PlainLock};

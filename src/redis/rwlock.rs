@@ -4,38 +4,18 @@
 //! The type's docs say how it works and what it promises.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::Script;
-use tokio::time::Instant;
 
-use super::client::RedisLocks;
+use super::context::RedisLocks;
 use super::held::{Hold, held_guard};
-use super::keys::validate_name;
-use super::lease::Expired;
-use super::ops::{self, invoke};
-use super::semaphore::{COUNT_LIVE, RENEW_MEMBER};
-use super::waiting::{self, Pending, ScriptCall, WaitFor};
+use super::resource::Resource;
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
-
-static READ: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/rwlock_read.lua")));
-static WRITE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/rwlock_write.lua")));
-static READ_RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/rwlock_read_release.lua")));
-static WRITE_RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/rwlock_write_release.lua")));
-static WRITE_RENEW: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/token_renew.lua")));
-
-/// `rwlock_write.lua`'s busy reason: readers hold it and our intent is set.
-const REASON_INTENT_SET: i64 = 3;
 
 /// A distributed readers/writer lock on Redis: many readers or one writer,
 /// across every process using the same name, prefix and server; a waiting
@@ -67,22 +47,17 @@ const REASON_INTENT_SET: i64 = 3;
 ///
 /// # How it works
 ///
-/// Three keys per resource, all under one hash tag:
-/// - `{prefix}{<name>}:rw:readers`: a sorted set of reader tokens scored by
-///   expiry (ms, Redis server clock), like the semaphore's permits;
-/// - `{prefix}{<name>}:rw:writer`: the writer's token, `PX ttl`;
-/// - `{prefix}{<name>}:rw:intent`: the token of the first *waiting* writer,
-///   with a short `PX` it refreshes on every attempt while it waits.
-///
-/// A reader gets in when there is neither a writer nor a writer intent. A
-/// writer gets in when there is no other writer, no other writer's intent,
-/// and no live reader; when only readers stand in its way it sets its
-/// intent, which keeps new readers out, so the readers drain and the writer
-/// goes next: a stream of readers cannot starve it. Writers queue behind
-/// the first waiting writer. Every acquisition `INCR`s the resource's
-/// fencing counter. Releases publish on the release channel; the writer's
-/// release and the last reader's release wake waiters, and a busy reply
-/// says when the blocking lease ends, so waiters never poll blindly.
+/// It is the same lock as [`RedisLocks::lock`] of the same name: the writer
+/// is an exclusive hold, the readers are shared holds (see the `resource`
+/// module for the keys and the algorithm). A reader gets in when there is
+/// neither an exclusive holder nor a writer intent. A writer gets in when
+/// there is no other exclusive holder, no other writer's intent, and no live
+/// reader; when only readers stand in its way it sets its intent, which
+/// keeps new readers out, so the readers drain and the writer goes next: a
+/// stream of readers cannot starve it. Every acquisition `INCR`s the
+/// resource's fencing counter; releases publish on the release channel, and
+/// a busy reply says when the blocking lease ends, so waiters never poll
+/// blindly.
 ///
 /// A crashed reader or writer comes back by itself after its TTL; a crashed
 /// *waiting* writer's intent after the intent TTL (the lock TTL).
@@ -101,19 +76,7 @@ const REASON_INTENT_SET: i64 = 3;
 ///   holder: watch [`lost`](RedisWriteGuard::lost) and use fencing tokens.
 #[derive(Clone)]
 pub struct RedisRwLock {
-    inner: Arc<RwInner>,
-}
-
-struct RwInner {
-    client: RedisLocks,
-    name: String,
-    readers_key: String,
-    writer_key: String,
-    intent_key: String,
-    fence_key: String,
-    channel: String,
-    /// The in-process queue's name: `{rw}<name>`, which no lock name can be.
-    queue: String,
+    res: Arc<Resource>,
 }
 
 impl RedisLocks {
@@ -131,18 +94,8 @@ impl RedisLocks {
     /// # }
     /// ```
     pub fn rwlock(&self, name: &str) -> Result<RedisRwLock, LockError> {
-        validate_name(name)?;
         Ok(RedisRwLock {
-            inner: Arc::new(RwInner {
-                client: self.clone(),
-                name: name.to_owned(),
-                readers_key: self.key(name, "rw:readers"),
-                writer_key: self.key(name, "rw:writer"),
-                intent_key: self.key(name, "rw:intent"),
-                fence_key: self.key(name, "fence"),
-                channel: self.key(name, "rw:released"),
-                queue: format!("{{rw}}{name}"),
-            }),
+            res: Arc::new(Resource::new(self, name)?),
         })
     }
 }
@@ -150,7 +103,7 @@ impl RedisLocks {
 impl RedisRwLock {
     /// The lock's name.
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.res.name
     }
 
     /// Takes a read lock, waiting up to `timeout` ([`LockError::Timeout`]).
@@ -189,18 +142,8 @@ impl RedisRwLock {
     ///
     /// As [`read`](Self::read).
     pub async fn try_read(&self) -> Result<RedisReadGuard, LockError> {
-        let i = &self.inner;
-        let token = ops::owner_value(&i.name, Mode::Shared)?;
-        let mut pending = Pending::new(&i.client, &i.name, self.read_release(&token)).await?;
-        let guard = waiting::try_once(
-            &mut pending,
-            &self.read_call(&token),
-            "read lock",
-            |fencing, sent_at| self.read_guard(&token, fencing, sent_at),
-        )
-        .await?;
-        pending.done();
-        Ok(guard)
+        let held = self.res.try_hold(Mode::Shared).await?;
+        Ok(RedisReadGuard { held })
     }
 
     /// Takes the write lock if nobody holds it, else fails with
@@ -210,18 +153,8 @@ impl RedisRwLock {
     ///
     /// As [`write`](Self::write).
     pub async fn try_write(&self) -> Result<RedisWriteGuard, LockError> {
-        let i = &self.inner;
-        let token = ops::owner_value(&i.name, Mode::Exclusive)?;
-        let mut pending = Pending::new(&i.client, &i.name, self.write_release(&token)).await?;
-        let guard = waiting::try_once(
-            &mut pending,
-            &self.write_call(&token, false),
-            "write lock",
-            |fencing, sent_at| self.write_guard(&token, fencing, sent_at),
-        )
-        .await?;
-        pending.done();
-        Ok(guard)
+        let held = self.res.try_hold(Mode::Exclusive).await?;
+        Ok(RedisWriteGuard { held })
     }
 
     /// Whether a reader or a writer holds the lock now. The answer may be
@@ -231,29 +164,7 @@ impl RedisRwLock {
     ///
     /// Cancel safe: it only reads.
     pub async fn is_locked(&self) -> Result<bool, LockError> {
-        let i = &self.inner;
-        let readers: i64 = invoke(
-            &i.client,
-            &i.name,
-            "count readers",
-            &COUNT_LIVE,
-            &[&i.readers_key],
-            &[],
-        )
-        .await?;
-        if readers > 0 {
-            return Ok(true);
-        }
-        let writer: i64 = invoke(
-            &i.client,
-            &i.name,
-            "check writer",
-            &EXISTS,
-            &[&i.writer_key],
-            &[],
-        )
-        .await?;
-        Ok(writer > 0)
+        self.res.is_locked().await
     }
 
     /// Who holds the lock now: the writer, or the readers longest-held first
@@ -281,202 +192,32 @@ impl RedisRwLock {
     ///
     /// Cancel safe: it only reads.
     pub async fn owners(&self) -> Result<Vec<crate::Owner>, LockError> {
-        super::listing::owners(&self.inner.client, &self.inner.name, "rwlock").await
+        super::listing::owners(&self.res.client, &self.res.name, "lock").await
     }
 
     async fn read_until(&self, deadline: &Deadline) -> Result<RedisReadGuard, LockError> {
-        let i = &self.inner;
-        let turn = waiting::local_turn(&i.client, &i.queue, &i.name, deadline).await?;
-        let token = ops::owner_value(&i.name, Mode::Shared)?;
-        let mut pending = Pending::new(&i.client, &i.name, self.read_release(&token)).await?;
-        let wait = WaitFor {
-            client: &i.client,
-            resource: &i.name,
-            channel: &i.channel,
-            what: "read lock",
-            max_nap: i.client.options().ttl,
-        };
-        let guard = waiting::wait_until_granted(
-            wait,
-            deadline,
-            &mut pending,
-            &self.read_call(&token),
-            |_| false,
-            |fencing, sent_at| self.read_guard(&token, fencing, sent_at),
-        )
-        .await?;
-        pending.done();
-        drop(turn);
-        Ok(guard)
+        let held: Hold = self.res.hold(Mode::Shared, deadline).await?;
+        Ok(RedisReadGuard { held })
     }
 
     async fn write_until(&self, deadline: &Deadline) -> Result<RedisWriteGuard, LockError> {
-        let i = &self.inner;
-        let turn = waiting::local_turn(&i.client, &i.queue, &i.name, deadline).await?;
-        let token = ops::owner_value(&i.name, Mode::Exclusive)?;
-        let mut pending = Pending::new(&i.client, &i.name, self.write_release(&token)).await?;
-        let wait = WaitFor {
-            client: &i.client,
-            resource: &i.name,
-            channel: &i.channel,
-            what: "write lock",
-            // Refresh the intent well before it expires.
-            max_nap: intent_ttl(i.client.options().ttl) / 3,
-        };
-        let result = waiting::wait_until_granted(
-            wait,
-            deadline,
-            &mut pending,
-            &self.write_call(&token, true),
-            |reason| reason == REASON_INTENT_SET,
-            |fencing, sent_at| self.write_guard(&token, fencing, sent_at),
-        )
-        .await;
-        match result {
-            Ok(guard) => {
-                pending.done();
-                drop(turn);
-                Ok(guard)
-            }
-            Err(e) => {
-                // Withdraw our intent now rather than in the background, so
-                // the readers it blocks go on at once.
-                if e.is_timeout() {
-                    pending.undo_now().await;
-                }
-                Err(e)
-            }
-        }
+        let held = self.res.hold(Mode::Exclusive, deadline).await?;
+        Ok(RedisWriteGuard { held })
     }
-
-    fn read_call(&self, token: &str) -> ScriptCall {
-        let i = &self.inner;
-        ScriptCall {
-            script: &READ,
-            keys: vec![
-                i.readers_key.clone(),
-                i.writer_key.clone(),
-                i.intent_key.clone(),
-                i.fence_key.clone(),
-            ],
-            args: vec![token.to_owned(), ops::ms(i.client.options().ttl)],
-        }
-    }
-
-    fn write_call(&self, token: &str, queue: bool) -> ScriptCall {
-        let i = &self.inner;
-        let ttl = i.client.options().ttl;
-        let intent = if queue {
-            ops::ms(intent_ttl(ttl))
-        } else {
-            "0".to_owned()
-        };
-        ScriptCall {
-            script: &WRITE,
-            keys: vec![
-                i.readers_key.clone(),
-                i.writer_key.clone(),
-                i.intent_key.clone(),
-                i.fence_key.clone(),
-            ],
-            args: vec![token.to_owned(), ops::ms(ttl), intent],
-        }
-    }
-
-    fn read_release(&self, token: &str) -> ScriptCall {
-        let i = &self.inner;
-        ScriptCall {
-            script: &READ_RELEASE,
-            keys: vec![i.readers_key.clone(), i.channel.clone()],
-            args: vec![token.to_owned()],
-        }
-    }
-
-    fn write_release(&self, token: &str) -> ScriptCall {
-        let i = &self.inner;
-        ScriptCall {
-            script: &WRITE_RELEASE,
-            keys: vec![
-                i.writer_key.clone(),
-                i.intent_key.clone(),
-                i.channel.clone(),
-            ],
-            args: vec![token.to_owned()],
-        }
-    }
-
-    fn read_guard(
-        &self,
-        token: &str,
-        fencing: u64,
-        sent_at: Instant,
-    ) -> Result<RedisReadGuard, Expired> {
-        let i = &self.inner;
-        Ok(RedisReadGuard {
-            held: Hold::new(
-                &i.client,
-                &i.name,
-                Mode::Shared,
-                fencing,
-                sent_at,
-                ScriptCall {
-                    script: &RENEW_MEMBER,
-                    keys: vec![i.readers_key.clone()],
-                    args: vec![token.to_owned()],
-                },
-                self.read_release(token),
-            )?,
-        })
-    }
-
-    fn write_guard(
-        &self,
-        token: &str,
-        fencing: u64,
-        sent_at: Instant,
-    ) -> Result<RedisWriteGuard, Expired> {
-        let i = &self.inner;
-        Ok(RedisWriteGuard {
-            held: Hold::new(
-                &i.client,
-                &i.name,
-                Mode::Exclusive,
-                fencing,
-                sent_at,
-                ScriptCall {
-                    script: &WRITE_RENEW,
-                    keys: vec![i.writer_key.clone()],
-                    args: vec![token.to_owned()],
-                },
-                self.write_release(token),
-            )?,
-        })
-    }
-}
-
-static EXISTS: LazyLock<Script> =
-    LazyLock::new(|| Script::new("return redis.call('EXISTS', KEYS[1])"));
-
-/// How long a waiting writer's intent lives without a refresh: the lock TTL,
-/// so a crashed waiting writer blocks readers no longer than a crashed
-/// holder would.
-fn intent_ttl(ttl: Duration) -> Duration {
-    ttl.max(Duration::from_millis(3))
 }
 
 impl fmt::Debug for RedisRwLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRwLock")
-            .field("name", &self.inner.name)
-            .field("writer_key", &self.inner.writer_key)
-            .finish()
+            .field("name", &self.res.name)
+            .finish_non_exhaustive()
     }
 }
 
 #[async_trait]
 impl Lock for RedisRwLock {
     fn name(&self) -> &str {
-        &self.inner.name
+        &self.res.name
     }
 
     /// [`Mode::Shared`] reads, [`Mode::Exclusive`] writes.

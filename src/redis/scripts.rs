@@ -1,28 +1,59 @@
-//! The Lua scripts of the exclusive lock, each built once.
+//! Every Lua script of the Redis backend, each built once, and the list
+//! the client preloads at connect time.
 //!
 //! [`redis::Script`] hashes its body once; `invoke_async` sends `EVALSHA` and
 //! falls back to `SCRIPT LOAD` + `EVALSHA` on `NOSCRIPT` (after a server
 //! restart or `SCRIPT FLUSH`). Pipelines do not get that fallback, so the
 //! watchdog reloads by itself when a pipelined `EVALSHA` answers `NOSCRIPT`.
+//!
+//! The key layout each script expects is built in [`super::keys`].
 
 use std::sync::LazyLock;
 
 use redis::Script;
 
-/// `SET key value NX PX ttl` + `INCR fence`; see `scripts/acquire.lua`.
-pub(crate) static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/acquire.lua")));
+macro_rules! scripts {
+    ($($(#[$doc:meta])* $name:ident = $file:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub(crate) static $name: LazyLock<Script> =
+                LazyLock::new(|| Script::new(include_str!(concat!("scripts/", $file))));
+        )*
 
-/// Compare-and-delete + `PUBLISH`; see `scripts/release.lua`.
-pub(crate) static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/release.lua")));
+        /// Every script, for loading at connect time.
+        pub(crate) fn all() -> Vec<&'static Script> {
+            vec![$(&*$name),*]
+        }
+    };
+}
 
-/// Compare-and-`PEXPIRE`; see `scripts/extend.lua`. Also the watchdog's
-/// renewal script for exclusive locks.
-pub(crate) static EXTEND: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/extend.lua")));
-
-/// Every script of this module, for loading at connect time.
-pub(crate) fn all() -> [&'static Script; 3] {
-    [&ACQUIRE, &RELEASE, &EXTEND]
+scripts! {
+    /// Exclusive hold (the plain lock and the RW writer are one): `SET NX
+    /// PX` + fencing `INCR`, with the one-name-one-lock checks; see
+    /// `scripts/exclusive_acquire.lua`.
+    EXCLUSIVE_ACQUIRE = "exclusive_acquire.lua";
+    /// Compare-and-delete of an exclusive hold (and of our writer intent) +
+    /// `PUBLISH`; see `scripts/exclusive_release.lua`.
+    EXCLUSIVE_RELEASE = "exclusive_release.lua";
+    /// Compare-and-`PEXPIRE` of a key holding an owner value: the renewal
+    /// of an exclusive hold (on one server, or each of Redlock's).
+    EXTEND = "extend.lua";
+    /// Shared (read) hold; see `scripts/rwlock_read.lua`.
+    READ = "rwlock_read.lua";
+    /// Gives a read hold back; see `scripts/rwlock_read_release.lua`.
+    READ_RELEASE = "rwlock_read_release.lua";
+    /// One semaphore permit, with the stored permit count; see
+    /// `scripts/semaphore_acquire.lua`.
+    SEMAPHORE_ACQUIRE = "semaphore_acquire.lua";
+    /// Gives a permit back; see `scripts/semaphore_release.lua`.
+    SEMAPHORE_RELEASE = "semaphore_release.lua";
+    /// Renews a member of a ZSET of holders (a permit or a reader).
+    RENEW_MEMBER = "semaphore_renew.lua";
+    /// Counts the unexpired members of a ZSET of holders.
+    COUNT_LIVE = "count_live.lua";
+    /// Redlock's per-server acquisition: `SET NX PX` + fencing `INCR` on a
+    /// server that holds nothing else; see `scripts/acquire.lua`.
+    ACQUIRE = "acquire.lua";
+    /// Redlock's per-server compare-and-delete + `PUBLISH`.
+    RELEASE = "release.lua";
 }

@@ -4,34 +4,23 @@
 //! The type's docs say how it works and what it promises.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::Script;
 use tokio::time::Instant;
 
-use super::client::RedisLocks;
+use super::context::RedisLocks;
 use super::held::{Hold, held_guard};
-use super::keys::validate_name;
+use super::keys::{ResourceKeys, validate_name};
 use super::lease::Expired;
 use super::ops::{self, invoke};
+use super::scripts;
 use super::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
-
-static ACQUIRE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_acquire.lua")));
-/// Also renews RW-lock readers: both are "token scored by expiry" sets.
-pub(crate) static RENEW_MEMBER: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_renew.lua")));
-static RELEASE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/semaphore_release.lua")));
-/// Counts unexpired members of a "token scored by expiry" set.
-pub(crate) static COUNT_LIVE: LazyLock<Script> =
-    LazyLock::new(|| Script::new(include_str!("scripts/count_live.lua")));
 
 /// A distributed counting semaphore on Redis: at most `permits` holders at
 /// a time across every process using the same name, prefix and server.
@@ -75,6 +64,14 @@ pub(crate) static COUNT_LIVE: LazyLock<Script> =
 /// [`lost`](RedisPermitGuard::lost) signal at once. Release removes the
 /// member and publishes on the release channel, which wakes waiters.
 ///
+/// The permit count is stored with the semaphore (`{prefix}{<name>}:permits`,
+/// living as long as the sorted set) by its first holder: a caller using
+/// another count for the same name gets [`LockError::PermitsMismatch`] rather
+/// than a silently wrong bound, and a name in use as a lock (exclusive or
+/// shared) is refused with [`LockError::WrongKind`], as is a lock on a name in
+/// use as a semaphore. A semaphore nobody holds keeps no state: the next first
+/// holder sets the count again.
+///
 /// A busy acquire reply says when the earliest permit expires, so a waiter
 /// sleeps until the first of: a release message, that expiry, its deadline.
 /// Tasks of one process queue in a fair in-process FIFO in front of one
@@ -82,8 +79,6 @@ pub(crate) static COUNT_LIVE: LazyLock<Script> =
 ///
 /// # What it does not promise
 ///
-/// - The permit count is the caller's: every process must use the same
-///   `permits` for a name (each acquire checks against its own value).
 /// - Fairness is FIFO among the tasks of one process; across processes the
 ///   next permit goes to whichever waiter asks first after a release.
 /// - Like every lease-based lock, a holder paused longer than its TTL (GC,
@@ -102,14 +97,7 @@ struct SemaphoreInner {
     client: RedisLocks,
     name: String,
     permits: u32,
-    /// `{prefix}{<name>}:sem`
-    set_key: String,
-    /// `{prefix}{<name>}:fence`
-    fence_key: String,
-    /// `{prefix}{<name>}:sem:released`
-    channel: String,
-    /// The in-process queue's name: `{sem}<name>`, which no lock name can be.
-    queue: String,
+    keys: ResourceKeys,
 }
 
 impl RedisLocks {
@@ -141,10 +129,7 @@ impl RedisLocks {
                 client: self.clone(),
                 name: name.to_owned(),
                 permits,
-                set_key: self.key(name, "sem"),
-                fence_key: self.key(name, "fence"),
-                channel: self.key(name, "sem:released"),
-                queue: format!("{{sem}}{name}"),
+                keys: ResourceKeys::new(&self.options().key_prefix, name),
             }),
         })
     }
@@ -228,8 +213,8 @@ impl RedisSemaphore {
             &i.client,
             &i.name,
             "count permits",
-            &COUNT_LIVE,
-            &[&i.set_key],
+            &scripts::COUNT_LIVE,
+            &[&i.keys.sem],
             &[],
         )
         .await?;
@@ -273,15 +258,16 @@ impl RedisSemaphore {
         mode: Mode,
     ) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
-        let turn = waiting::local_turn(&i.client, &i.queue, &i.name, deadline).await?;
+        let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline).await?;
         let token = ops::owner_value(&i.name, mode)?;
         let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token)).await?;
         let wait = WaitFor {
             client: &i.client,
             resource: &i.name,
-            channel: &i.channel,
+            channel: &i.keys.channel,
             what: "semaphore permit",
             max_nap: i.client.options().ttl,
+            turn: Some(&turn),
         };
         let guard = waiting::wait_until_granted(
             wait,
@@ -300,8 +286,14 @@ impl RedisSemaphore {
     fn acquire_call(&self, token: &str) -> ScriptCall {
         let i = &self.inner;
         ScriptCall {
-            script: &ACQUIRE,
-            keys: vec![i.set_key.clone(), i.fence_key.clone()],
+            script: &scripts::SEMAPHORE_ACQUIRE,
+            keys: vec![
+                i.keys.sem.clone(),
+                i.keys.fence.clone(),
+                i.keys.permits.clone(),
+                i.keys.lock.clone(),
+                i.keys.readers.clone(),
+            ],
             args: vec![
                 token.to_owned(),
                 ops::ms(i.client.options().ttl),
@@ -313,8 +305,12 @@ impl RedisSemaphore {
     fn release_call(&self, token: &str) -> ScriptCall {
         let i = &self.inner;
         ScriptCall {
-            script: &RELEASE,
-            keys: vec![i.set_key.clone(), i.channel.clone()],
+            script: &scripts::SEMAPHORE_RELEASE,
+            keys: vec![
+                i.keys.sem.clone(),
+                i.keys.channel.clone(),
+                i.keys.permits.clone(),
+            ],
             args: vec![token.to_owned()],
         }
     }
@@ -335,8 +331,8 @@ impl RedisSemaphore {
                 fencing,
                 sent_at,
                 ScriptCall {
-                    script: &RENEW_MEMBER,
-                    keys: vec![i.set_key.clone()],
+                    script: &scripts::RENEW_MEMBER,
+                    keys: vec![i.keys.sem.clone(), i.keys.permits.clone()],
                     args: vec![token.to_owned()],
                 },
                 self.release_call(token),
@@ -350,7 +346,7 @@ impl fmt::Debug for RedisSemaphore {
         f.debug_struct("RedisSemaphore")
             .field("name", &self.inner.name)
             .field("permits", &self.inner.permits)
-            .field("key", &self.inner.set_key)
+            .field("key", &self.inner.keys.sem)
             .finish()
     }
 }

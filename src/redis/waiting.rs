@@ -28,13 +28,13 @@ use std::time::Duration;
 use redis::{Script, Value};
 use tokio::time::Instant;
 
-use super::client::RedisLocks;
+use super::context::RedisLocks;
 use super::errors::timed_out;
 use super::lease::{Expired, retry_after_late_grant};
 use super::local::LocalTurn;
-use super::lock::parse_holder;
 use super::ops::invoke_on;
 use super::pool::Conn;
+use super::token::parse_holder;
 use super::wakeups::Subscription;
 use crate::error::LockError;
 use crate::options::Deadline;
@@ -280,6 +280,9 @@ pub(crate) struct WaitFor<'a> {
     /// Re-run the attempt at least this often while busy (a waiting writer
     /// refreshes its intent this way).
     pub(crate) max_nap: Duration,
+    /// This task's turn in the in-process queue: the holder it meets is
+    /// recorded there, so that tasks queued behind it can name the holder.
+    pub(crate) turn: Option<&'a LocalTurn>,
 }
 
 /// Runs `call` once; a grant goes to `grant` (the fencing token and when
@@ -376,6 +379,9 @@ pub(crate) async fn wait_until_granted<T>(
                 holder,
             } => (retry_in, reason, holders, holder),
         };
+        if let Some(turn) = w.turn {
+            turn.set_holder(holder.clone());
+        }
         let who = Who(holder.as_ref());
         claimed |= claims(reason);
         pending.set_armed(claimed);
@@ -464,9 +470,14 @@ impl fmt::Display for Who<'_> {
 }
 
 /// Waits for this task's turn in the client's in-process FIFO for `queue`
-/// (a name no lock can have, so it never shares a queue with one), until
-/// `deadline`. The turn is held while this task talks to Redis and dropped
-/// once it holds the permit or lock, so the next local waiter goes.
+/// (every kind of hold on one name shares it), until `deadline`. The turn
+/// is held while this task talks to Redis and dropped once it holds the
+/// permit or lock, so the next local waiter goes. A timeout names the
+/// holder the head of the queue last met (else this process).
+///
+/// # Errors
+///
+/// [`LockError::Timeout`] if the deadline passes first.
 ///
 /// # Cancel safety
 ///
@@ -477,13 +488,22 @@ pub(crate) async fn local_turn(
     resource: &str,
     deadline: &Deadline,
 ) -> Result<LocalTurn, LockError> {
-    let q = client.inner.local.get(queue);
+    // Uncontended, take it without arming a timer (registering one can cost
+    // a wakeup of the runtime's driver).
+    let q = match client.inner.local.get(queue).try_turn() {
+        Ok(turn) => return Ok(turn),
+        Err(q) => q,
+    };
+    let hint = client.inner.local.get(queue);
     tokio::select! {
         biased;
         turn = q.turn() => Ok(turn),
         () = deadline.sleep() => {
             tracing::debug!(resource, waited = ?deadline.elapsed(), "timed out in the local queue");
-            Err(timeout(resource, deadline, None))
+            let holder = hint
+                .last_holder()
+                .or_else(|| Some(Owner::current(crate::options::Mode::Exclusive)));
+            Err(timeout(resource, deadline, holder))
         }
     }
 }

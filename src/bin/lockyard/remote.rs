@@ -219,9 +219,9 @@ fn describe_owners(owners: &[Owner]) -> Option<String> {
 fn json_row(info: &RedisLockInfo) -> serde_json::Value {
     let owner = info.owners.first();
     let since = |o: &Owner| humantime::format_rfc3339_millis(o.since).to_string();
+    // One name is one lock: its holders are exclusive or shared.
     let mode = match info.kind {
-        "lock" => Some("exclusive"),
-        "rwlock" => owner.map(|o| o.mode.as_str()),
+        "lock" => owner.map_or(Some("exclusive"), |o| Some(o.mode.as_str())),
         _ => None,
     };
     let owners: Vec<serde_json::Value> = info

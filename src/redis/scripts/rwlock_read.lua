@@ -1,23 +1,37 @@
--- Take a read lock.
--- KEYS[1] readers ZSET (member = reader token, score = expiry ms, server clock)
--- KEYS[2] writer key (token of the writer, PX ttl)
--- KEYS[3] writer-intent key (token of the first waiting writer, PX)
--- KEYS[4] fencing counter
+-- Take a shared (read) hold.
+--
+-- KEYS[1] the readers ZSET (member = reader value, score = expiry ms, server
+--         clock)
+-- KEYS[2] the lock key (the exclusive holder's value, PX)
+-- KEYS[3] the waiting writer's intent key (its value, PX)
+-- KEYS[4] the fencing counter
+-- KEYS[5] the semaphore ZSET of the same name (must not exist)
 -- ARGV[1] owner value (random token, newline, owner metadata), ARGV[2] ttl ms
+--
 -- Returns {1, fencing_token} on success,
---         {0, ms_to_wait, reason, 1, blocker's value}: reason 1 = a writer
---           holds it, 2 = a writer is waiting (readers queue behind it).
+--         {0, ms_to_wait, reason, 1, blocker's value}: reason 1 = an
+--           exclusive holder, 2 = a writer is waiting (readers queue behind
+--           it);
+--         an error reply WRONGKIND when the name is in use as a semaphore.
+local function left(key)
+  local ms = redis.call('PTTL', key)
+  if ms < 0 then return 1000 end
+  return ms
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  return redis.error_reply('WRONGKIND semaphore')
+end
+local w = redis.call('GET', KEYS[2])
+if w then
+  return {0, left(KEYS[2]), 1, 1, w}
+end
+local i = redis.call('GET', KEYS[3])
+if i then
+  return {0, left(KEYS[3]), 2, 1, i}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
-local w = redis.call('PTTL', KEYS[2])
-if w > 0 then
-  return {0, w, 1, 1, redis.call('GET', KEYS[2])}
-end
-local i = redis.call('PTTL', KEYS[3])
-if i > 0 then
-  return {0, i, 2, 1, redis.call('GET', KEYS[3])}
-end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ttl then

@@ -1,11 +1,27 @@
 -- Take one permit of a semaphore.
--- KEYS[1] permits ZSET (member = holder token, score = expiry in ms, server clock)
+--
+-- KEYS[1] permits ZSET (member = holder value, score = expiry in ms, server
+--         clock)
 -- KEYS[2] fencing counter
+-- KEYS[3] the stored permit count (lives as long as the ZSET)
+-- KEYS[4] the lock key and KEYS[5] the readers ZSET of the same name
+--         (neither may exist: one name is one kind of lock)
 -- ARGV[1] owner value (random token, newline, owner metadata), ARGV[2] ttl
 -- ms, ARGV[3] permits
+--
 -- Returns {1, fencing_token} on success,
 --         {0, ms_until_earliest_expiry, 0, holders, earliest holder's value}
---         when all permits are taken.
+--         when all permits are taken;
+--         an error reply WRONGKIND when the name is in use as a lock,
+--         PERMITS <stored> <asked> when the semaphore is in use with another
+--         permit count.
+if redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then
+  return redis.error_reply('WRONGKIND lock')
+end
+local stored = redis.call('GET', KEYS[3])
+if stored and stored ~= ARGV[3] then
+  return redis.error_reply('PERMITS ' .. stored .. ' ' .. ARGV[3])
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local ttl = tonumber(ARGV[2])
@@ -20,6 +36,7 @@ if holders < permits or redis.call('ZSCORE', KEYS[1], ARGV[1]) then
   if redis.call('PTTL', KEYS[1]) < ttl then
     redis.call('PEXPIRE', KEYS[1], ttl)
   end
+  redis.call('SET', KEYS[3], ARGV[3], 'PX', redis.call('PTTL', KEYS[1]))
   return {1, redis.call('INCR', KEYS[2])}
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')

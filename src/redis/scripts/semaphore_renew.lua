@@ -1,5 +1,9 @@
--- Renew a held permit.
--- KEYS[1] permits ZSET; ARGV[1] owner value, ARGV[2] ttl ms
+-- Renew a held permit (or a reader's hold: the same shape).
+--
+-- KEYS[1] the ZSET; KEYS[2] (semaphores only) the stored permit count,
+-- kept alive as long as the ZSET
+-- ARGV[1] owner value, ARGV[2] ttl ms
+--
 -- Returns 1 when renewed, 0 when the permit is gone or already expired
 -- (someone may have taken it over: the holder has lost it).
 local t = redis.call('TIME')
@@ -12,5 +16,8 @@ end
 redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
+end
+if KEYS[2] and redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('PEXPIRE', KEYS[2], redis.call('PTTL', KEYS[1]))
 end
 return 1

@@ -1,0 +1,232 @@
+//! The shared state of a [`RedisLocks`] client and the crate-internal
+//! operations every primitive builds on: connections, the retry-once rule,
+//! lease registration, wakeup subscriptions and background releases.
+//!
+//! # Layering
+//!
+//! The bottom of the client: it uses the connection layer (`pool`,
+//! `wakeups`), the lease core (`lease`) and the in-process queues
+//! (`local`); every primitive uses it; it imports no primitive and not the
+//! facade (`client.rs`).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{Script, Value};
+use tokio_util::sync::CancellationToken;
+
+use super::errors::{map_redis, protocol};
+use super::keys;
+use super::lease::{Expired, Lease, LeaseHandle, Watchdog};
+use super::local::LocalQueues;
+use super::options::RedisOptions;
+use super::pool::{Conn, Connections};
+use super::wakeups::{Subscription, Wakeups};
+use crate::error::LockError;
+
+/// A client for distributed locks on one Redis server (or one Redis Cluster
+/// node set reached through one URL: every key of a resource shares a hash
+/// slot).
+///
+/// Cloning is cheap and shares everything: the connection pool, the one
+/// pub/sub connection that carries release wakeups, and the one watchdog task
+/// that renews every lock held through this client. The background tasks stop
+/// when the last clone and the last guard are dropped.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::time::Duration;
+/// use lockyard::redis::RedisLocks;
+///
+/// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+/// let guard = locks.acquire("nightly-report", Duration::from_secs(10)).await?;
+/// println!("fencing token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisLocks {
+    pub(crate) inner: Arc<Inner>,
+}
+
+/// The shared state behind a [`RedisLocks`] (crate-internal; the
+/// semaphore, RW lock and Redlock build on it).
+pub(crate) struct Inner {
+    /// The options the client was built with (validated).
+    pub(crate) opts: RedisOptions,
+    /// The connections (see [`Connections`]).
+    pub(crate) conns: Arc<Connections>,
+    /// Release wakeups over the shared pub/sub connection.
+    pub(crate) wakeups: Wakeups,
+    /// The one renewal task of this client.
+    pub(crate) watchdog: Watchdog,
+    /// In-process queues in front of Redis, per resource name.
+    pub(crate) local: Arc<LocalQueues>,
+    /// The URL with any password replaced, for `Debug`.
+    pub(crate) url: String,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Stops the watchdog and pub/sub tasks.
+        self.shutdown.cancel();
+    }
+}
+
+impl RedisLocks {
+    /// The options the client was built with.
+    pub fn options(&self) -> &RedisOptions {
+        &self.inner.opts
+    }
+
+    /// A multiplexed connection from the pool, errors mapped for
+    /// `resource`/`op`. Clone-cheap; requests on it may run concurrently, and
+    /// requests sent on one `Conn` (or its clones) run in order.
+    pub(crate) async fn conn(&self, resource: &str, op: &'static str) -> Result<Conn, LockError> {
+        self.inner.conns.get(resource, op).await
+    }
+
+    /// Runs `f` on a connection; if it fails because that connection broke
+    /// (the server restarted, say), runs it once more on a fresh one. Only
+    /// for requests that are safe to repeat (compare-and-delete,
+    /// compare-and-expire, reads).
+    pub(crate) async fn retry_once<T, F, Fut>(
+        &self,
+        resource: &str,
+        op: &'static str,
+        mut f: F,
+    ) -> Result<T, LockError>
+    where
+        F: FnMut(Conn) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        let mut retried = false;
+        loop {
+            let conn = self.conn(resource, op).await?;
+            let probe = conn.clone();
+            match f(conn).await {
+                Ok(v) => return Ok(v),
+                Err(e) if !retried && probe.is_broken() => {
+                    tracing::debug!(resource, op, error = %e, "connection broke; retrying once on a fresh one");
+                    retried = true;
+                }
+                Err(e) => return Err(map_redis(e, resource, op)),
+            }
+        }
+    }
+
+    /// `{prefix}{<name>}:<suffix>` (validate `name` first).
+    pub(crate) fn key(&self, name: &str, suffix: &str) -> String {
+        keys::key(&self.inner.opts.key_prefix, name, suffix)
+    }
+
+    /// Registers a lease with the client's watchdog; see
+    /// [`Watchdog::register`] (a grant already past its validity is refused:
+    /// invariant 1).
+    pub(crate) fn register_lease(&self, lease: Lease) -> Result<LeaseHandle, Expired> {
+        self.inner.watchdog.register(lease)
+    }
+
+    /// A [`Lease`] for `ttl` with the client's interval and drift.
+    pub(crate) fn lease(
+        &self,
+        resource: &str,
+        script: &'static Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+        ttl: Duration,
+        acquired_at: tokio::time::Instant,
+    ) -> Lease {
+        Lease {
+            resource: resource.to_owned(),
+            script,
+            keys,
+            args,
+            interval: self.inner.opts.renew_interval_for(ttl),
+            drift: self.inner.opts.drift_for(ttl),
+            ttl,
+            acquired_at,
+        }
+    }
+
+    /// Subscribes to a release `channel` on the shared pub/sub connection
+    /// (see [`Wakeups::subscribe`]).
+    pub(crate) async fn subscribe(&self, channel: &str) -> Subscription {
+        self.inner.wakeups.subscribe(channel).await
+    }
+
+    /// Runs `script` in a background task (a guard's `Drop`), then drops
+    /// `keep` (for example a local turn that must outlive the release).
+    ///
+    /// Uses `conn` if given (requests on one connection run in order), else
+    /// a pooled one. Without a tokio runtime nothing is sent: the lease then
+    /// expires by its TTL.
+    pub(crate) fn spawn_release<K: Send + 'static>(
+        &self,
+        resource: String,
+        script: &'static Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+        conn: Option<Conn>,
+        keep: K,
+    ) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(
+                resource,
+                "no tokio runtime to release on; the lock expires by its TTL"
+            );
+            return;
+        };
+        let this = self.clone();
+        rt.spawn(async move {
+            let conn = match conn {
+                Some(c) => Ok(c),
+                None => this.conn(&resource, "release").await,
+            };
+            let result = match conn {
+                Ok(mut conn) => {
+                    let mut inv = script.prepare_invoke();
+                    for k in &keys {
+                        inv.key(k);
+                    }
+                    for a in &args {
+                        inv.arg(a);
+                    }
+                    inv.invoke_async::<Value>(&mut conn)
+                        .await
+                        .map_err(|e| map_redis(e, &resource, "release"))
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::debug!(resource, error = %e, "background release failed; the lock expires by its TTL");
+            }
+            drop(keep);
+        });
+    }
+}
+
+/// A TTL as the whole milliseconds scripts take (validated ≤ `u32::MAX`).
+pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+/// A reply of the wrong shape.
+pub(crate) fn bad_reply(name: &str, op: &'static str, reply: &Value) -> LockError {
+    protocol(name, op, format!("unexpected reply {reply:?}"))
+}
+
+impl fmt::Debug for RedisLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisLocks")
+            .field("url", &self.inner.url)
+            .field("key_prefix", &self.inner.opts.key_prefix)
+            .field("ttl", &self.inner.opts.ttl)
+            .field("held", &self.inner.watchdog.len())
+            .finish_non_exhaustive()
+    }
+}

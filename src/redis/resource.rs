@@ -1,0 +1,280 @@
+//! One named resource's exclusive and shared holds: what [`RedisLock`] and
+//! [`RedisRwLock`] are thin handles over.
+//!
+//! One name is one lock (the lease core's invariant 6): the plain lock's
+//! exclusive mode *is* the RW lock's writer and its shared mode the RW
+//! lock's readers, on the same keys ([`ResourceKeys`]), so that
+//! `lock("x")` and `rwlock("x")` exclude each other exactly as exclusive
+//! and shared file locks on one name do. The scripts refuse a name in use
+//! as a semaphore ([`LockError::WrongKind`]).
+//!
+//! # How it works
+//!
+//! - Exclusive: `SET NX PX` on `:lock` when nobody reads, nobody waits to
+//!   write first and no semaphore uses the name. When only readers stand in
+//!   the way, a blocking attempt sets its *intent* (`:intent`, refreshed on
+//!   every attempt), which keeps new readers out, so the readers drain and
+//!   the writer goes next: a stream of readers cannot starve it.
+//! - Shared: a member of the `:readers` ZSET scored by its expiry, when
+//!   there is no exclusive holder and no writer intent.
+//! - Every grant `INCR`s the resource's fencing counter; every release
+//!   publishes on the release channel; a busy answer says when the blocking
+//!   lease ends, so waiters never poll blindly ([`super::waiting`]).
+//!
+//! [`RedisLock`]: super::RedisLock
+//! [`RedisRwLock`]: super::RedisRwLock
+//! [`LockError::WrongKind`]: crate::LockError::WrongKind
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::context::RedisLocks;
+use super::held::Hold;
+use super::keys::{ResourceKeys, validate_name};
+use super::lease::Expired;
+use super::ops::{self, invoke};
+use super::scripts;
+use super::token;
+use super::waiting::{self, Pending, ScriptCall, WaitFor};
+use crate::error::LockError;
+use crate::options::{Deadline, Mode};
+
+/// The exclusive script's busy reason: readers hold it and our intent is set.
+const REASON_INTENT_SET: i64 = 3;
+
+/// One resource name on one client.
+pub(crate) struct Resource {
+    pub(crate) client: RedisLocks,
+    pub(crate) name: String,
+    pub(crate) keys: ResourceKeys,
+}
+
+impl Resource {
+    /// The resource `name` (validated here).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for a name the client refuses.
+    pub(crate) fn new(client: &RedisLocks, name: &str) -> Result<Self, LockError> {
+        validate_name(name)?;
+        Ok(Self {
+            keys: ResourceKeys::new(&client.options().key_prefix, name),
+            client: client.clone(),
+            name: name.to_owned(),
+        })
+    }
+
+    /// Takes a hold in `mode`, waiting until `deadline`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Timeout`] naming the holder; [`LockError::WrongKind`]
+    /// if the name is a semaphore; Redis errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves the in-process queue at once; whatever an
+    /// in-flight attempt may take on the server (a hold, a writer intent) is
+    /// undone in the background with the attempt's own value, on the
+    /// attempt's connection (invariant 5), and expires by its TTL if that
+    /// fails.
+    pub(crate) async fn hold(&self, mode: Mode, deadline: &Deadline) -> Result<Hold, LockError> {
+        let turn = waiting::local_turn(&self.client, &self.name, &self.name, deadline).await?;
+        let value = token::fresh_value(&self.name, mode)?;
+        let mut pending =
+            Pending::new(&self.client, &self.name, self.release_call(mode, &value)).await?;
+        let ttl = self.client.options().ttl;
+        let (what, call, max_nap) = match mode {
+            Mode::Shared => ("shared lock", self.shared_call(&value), ttl),
+            // Refresh the intent well before it expires.
+            _ => (
+                "exclusive lock",
+                self.exclusive_call(&value, true),
+                intent_ttl(ttl) / 3,
+            ),
+        };
+        let wait = WaitFor {
+            client: &self.client,
+            resource: &self.name,
+            channel: &self.keys.channel,
+            what,
+            max_nap,
+            turn: Some(&turn),
+        };
+        let result = waiting::wait_until_granted(
+            wait,
+            deadline,
+            &mut pending,
+            &call,
+            |reason| mode != Mode::Shared && reason == REASON_INTENT_SET,
+            |fencing, sent_at| self.take(mode, &value, fencing, sent_at),
+        )
+        .await;
+        match result {
+            Ok(hold) => {
+                pending.done();
+                drop(turn);
+                Ok(hold)
+            }
+            Err(e) => {
+                // Withdraw a writer intent now rather than in the
+                // background, so the readers it blocks go on at once.
+                if e.is_timeout() {
+                    pending.undo_now().await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes a hold in `mode` if it is free now (leaving no writer intent
+    /// behind).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] naming the holder; [`LockError::WrongKind`];
+    /// Redis errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`hold`](Self::hold).
+    pub(crate) async fn try_hold(&self, mode: Mode) -> Result<Hold, LockError> {
+        let value = token::fresh_value(&self.name, mode)?;
+        let mut pending =
+            Pending::new(&self.client, &self.name, self.release_call(mode, &value)).await?;
+        let (what, call) = match mode {
+            Mode::Shared => ("shared lock", self.shared_call(&value)),
+            _ => ("exclusive lock", self.exclusive_call(&value, false)),
+        };
+        let hold = waiting::try_once(&mut pending, &call, what, |fencing, sent_at| {
+            self.take(mode, &value, fencing, sent_at)
+        })
+        .await?;
+        pending.done();
+        Ok(hold)
+    }
+
+    /// Whether anyone holds the resource now, exclusively or shared.
+    ///
+    /// # Errors
+    ///
+    /// Redis errors.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it only reads.
+    pub(crate) async fn is_locked(&self) -> Result<bool, LockError> {
+        let readers: i64 = invoke(
+            &self.client,
+            &self.name,
+            "count readers",
+            &scripts::COUNT_LIVE,
+            &[&self.keys.readers],
+            &[],
+        )
+        .await?;
+        if readers > 0 {
+            return Ok(true);
+        }
+        let key = &self.keys.lock;
+        let n: i64 = self
+            .client
+            .retry_once(&self.name, "check", |mut conn| async move {
+                redis::cmd("EXISTS").arg(key).query_async(&mut conn).await
+            })
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// A granted attempt becomes a hold (or is refused as expired:
+    /// invariant 1).
+    fn take(
+        &self,
+        mode: Mode,
+        value: &str,
+        fencing: u64,
+        sent_at: Instant,
+    ) -> Result<Hold, Expired> {
+        let renew = match mode {
+            Mode::Shared => ScriptCall {
+                script: &scripts::RENEW_MEMBER,
+                keys: vec![self.keys.readers.clone()],
+                args: vec![value.to_owned()],
+            },
+            _ => ScriptCall {
+                script: &scripts::EXTEND,
+                keys: vec![self.keys.lock.clone()],
+                args: vec![value.to_owned()],
+            },
+        };
+        Hold::new(
+            &self.client,
+            &self.name,
+            mode,
+            fencing,
+            sent_at,
+            renew,
+            self.release_call(mode, value),
+        )
+    }
+
+    fn exclusive_call(&self, value: &str, queue: bool) -> ScriptCall {
+        let k = &self.keys;
+        let ttl = self.client.options().ttl;
+        let intent = if queue {
+            ops::ms(intent_ttl(ttl))
+        } else {
+            "0".to_owned()
+        };
+        ScriptCall {
+            script: &scripts::EXCLUSIVE_ACQUIRE,
+            keys: vec![
+                k.lock.clone(),
+                k.readers.clone(),
+                k.intent.clone(),
+                k.sem.clone(),
+                k.fence.clone(),
+            ],
+            args: vec![value.to_owned(), ops::ms(ttl), intent],
+        }
+    }
+
+    fn shared_call(&self, value: &str) -> ScriptCall {
+        let k = &self.keys;
+        ScriptCall {
+            script: &scripts::READ,
+            keys: vec![
+                k.readers.clone(),
+                k.lock.clone(),
+                k.intent.clone(),
+                k.fence.clone(),
+                k.sem.clone(),
+            ],
+            args: vec![value.to_owned(), ops::ms(self.client.options().ttl)],
+        }
+    }
+
+    fn release_call(&self, mode: Mode, value: &str) -> ScriptCall {
+        let k = &self.keys;
+        match mode {
+            Mode::Shared => ScriptCall {
+                script: &scripts::READ_RELEASE,
+                keys: vec![k.readers.clone(), k.channel.clone()],
+                args: vec![value.to_owned()],
+            },
+            _ => ScriptCall {
+                script: &scripts::EXCLUSIVE_RELEASE,
+                keys: vec![k.lock.clone(), k.intent.clone(), k.channel.clone()],
+                args: vec![value.to_owned()],
+            },
+        }
+    }
+}
+
+/// How long a waiting writer's intent lives without a refresh: the lock TTL,
+/// so a crashed waiting writer blocks readers no longer than a crashed
+/// holder would.
+fn intent_ttl(ttl: Duration) -> Duration {
+    ttl.max(Duration::from_millis(3))
+}
