@@ -28,7 +28,7 @@ use std::time::SystemTime;
 
 use crate::options::Mode;
 
-const MAGIC: &str = "lockyard-owner 1";
+pub(crate) const MAGIC: &str = "lockyard-owner 1";
 /// Lines longer than this, or files with more lines, are refused.
 const MAX_LINE: usize = 512;
 const MAX_LINES: usize = 64;

@@ -26,7 +26,9 @@ pub(crate) enum LocalGuard {
 /// [`release`](Self::release), which also reports errors.
 ///
 /// The kernel releases the lock if the process dies, so a crashed holder
-/// never blocks anyone. The lock file itself stays (removing it is
+/// never blocks anyone. A guard does not cross `fork()`: a forked child's
+/// copy of it holds nothing, and dropping that copy leaves the parent's lock
+/// held (see the [module docs](crate::file#fork)). The lock file itself stays (removing it is
 /// [`FileLockManager::cleanup_stale_locks`]'s job).
 ///
 /// ```
@@ -236,6 +238,6 @@ impl Lock for FileLock {
     }
 
     async fn is_locked(&self) -> Result<bool, LockError> {
-        self.manager.is_locked_path(&self.slot.path)
+        self.manager.is_locked_file(&self.slot.file_name)
     }
 }

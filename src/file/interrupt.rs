@@ -202,11 +202,26 @@ struct Interrupter {
     wake: std::sync::Condvar,
 }
 
+/// The interrupter of this process: started on first use, and again in a
+/// forked child (threads do not survive fork).
 #[cfg(target_os = "linux")]
 fn interrupter() -> &'static Interrupter {
-    use std::sync::OnceLock;
-    static IT: OnceLock<&'static Interrupter> = OnceLock::new();
-    IT.get_or_init(|| {
+    static IT: Mutex<Option<(u32, &'static Interrupter)>> = Mutex::new(None);
+    let mut it = lock(&IT);
+    let pid = std::process::id();
+    match *it {
+        Some((owner, found)) if owner == pid => found,
+        _ => {
+            let started = start_interrupter();
+            *it = Some((pid, started));
+            started
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn start_interrupter() -> &'static Interrupter {
+    {
         let it: &'static Interrupter = Box::leak(Box::new(Interrupter {
             pending: Mutex::new(Vec::new()),
             wake: std::sync::Condvar::new(),
@@ -220,7 +235,7 @@ fn interrupter() -> &'static Interrupter {
             tracing::warn!(error = %e, "could not start the file-lock interrupter thread");
         }
         it
-    })
+    }
 }
 
 #[cfg(target_os = "linux")]

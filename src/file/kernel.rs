@@ -48,6 +48,7 @@ use std::time::Duration;
 
 use tokio::sync::{RwLock, oneshot};
 
+use super::dir::LockDir;
 use super::interrupt::{self, ThreadCtl};
 use super::lockfile::{Access, LockFile};
 use super::pool;
@@ -61,6 +62,11 @@ const MAX_REPLACED: usize = 1000;
 /// One name's state in this process.
 #[derive(Debug)]
 pub(crate) struct Slot {
+    /// The lock directory, opened once.
+    pub(crate) dir: Arc<LockDir>,
+    /// The lock file's name in `dir`.
+    pub(crate) file_name: String,
+    /// The lock file's path, for messages.
     pub(crate) path: PathBuf,
     pub(crate) file_mode: u32,
     /// The in-process FIFO queue.
@@ -138,6 +144,9 @@ impl HeldFd {
         let Some(file) = self.file.take() else {
             return Ok(());
         };
+        if !file.opened_by_this_process() {
+            return Ok(()); // see `Drop`
+        }
         match file.unlock() {
             Ok(()) => {
                 self.park(file);
@@ -159,6 +168,16 @@ impl HeldFd {
 
 impl Drop for HeldFd {
     fn drop(&mut self) {
+        // A copy of a guard in a forked child: the open file description
+        // (and its lock) is the parent's. Only close our descriptor, which
+        // leaves the parent's lock held; never unlock it or reuse it.
+        if self
+            .file
+            .as_ref()
+            .is_some_and(|f| !f.opened_by_this_process())
+        {
+            return;
+        }
         // If unlocking fails, closing the descriptor releases the lock.
         if let Some(file) = self.file.take()
             && (self.unlocked || file.unlock().is_ok())
@@ -186,14 +205,26 @@ pub(crate) enum TryOutcome {
 }
 
 impl Slot {
-    pub(crate) fn new(path: PathBuf, file_mode: u32, waiter_threads: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(
+        dir: Arc<LockDir>,
+        file_name: String,
+        file_mode: u32,
+        waiter_threads: Arc<AtomicUsize>,
+    ) -> Self {
         Self {
-            path,
+            path: dir.join(&file_name),
+            dir,
+            file_name,
             file_mode,
             local: Arc::new(RwLock::new(())),
             state: Mutex::new(KernelState::default()),
             waiter_threads,
         }
+    }
+
+    /// Opens (creating) the lock file.
+    fn open_file(&self) -> Result<Option<LockFile>, LockError> {
+        LockFile::open(&self.dir, &self.file_name, Access::Create, self.file_mode)
     }
 
     fn state(&self) -> MutexGuard<'_, KernelState> {
@@ -271,9 +302,12 @@ impl Slot {
         mode: Mode,
     ) -> Result<Result<Arc<HeldFd>, LockFile>, LockError> {
         for _ in 0..MAX_REPLACED {
-            let file = match st.idle.take() {
+            // A descriptor inherited across fork() shares its open file
+            // description, and any lock on it, with the parent: never
+            // reuse it (closing it leaves the parent's lock alone).
+            let file = match st.idle.take().filter(LockFile::opened_by_this_process) {
                 Some(file) => file,
-                None => match LockFile::open(&self.path, Access::Create, self.file_mode)? {
+                None => match self.open_file()? {
                     Some(file) => file,
                     None => unreachable!("Access::Create never returns None"),
                 },
@@ -281,7 +315,7 @@ impl Slot {
             if !file.try_lock(mode)? {
                 return Ok(Err(file));
             }
-            if file.still_at_path()? {
+            if file.still_at_path(&self.dir)? {
                 let held = Arc::new(HeldFd::new(file, mode, self));
                 st.held = Arc::downgrade(&held);
                 return Ok(Ok(held));
@@ -382,7 +416,7 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
     loop {
         let f = match file.take() {
             Some(f) => f,
-            None => match LockFile::open(&slot.path, Access::Create, slot.file_mode) {
+            None => match slot.open_file() {
                 Ok(Some(f)) => f,
                 Ok(None) => unreachable!("Access::Create never returns None"),
                 Err(e) => return fail(&slot, &ctl, e),
@@ -412,7 +446,7 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
                 Next::Exit => return,
             }
         }
-        match f.still_at_path() {
+        match f.still_at_path(&slot.dir) {
             Ok(true) => {}
             Ok(false) => {
                 replaced += 1;

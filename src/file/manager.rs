@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::dir::LockDir;
 use super::guard::{FileLock, FileLockGuard, LocalGuard};
 use super::kernel::{HeldFd, Slot, Start, TryOutcome};
 use super::lockfile::{Access, LockFile};
@@ -122,7 +123,7 @@ pub struct FileLockManager {
 }
 
 struct Inner {
-    dir: PathBuf,
+    dir: Arc<LockDir>,
     options: FileLockOptions,
     slots: Mutex<Slots>,
     /// Waiter threads running for this manager's names.
@@ -132,10 +133,16 @@ struct Inner {
 /// The names in use. Entries are kept while idle (with their descriptor
 /// parked open), so re-acquiring a name skips `open`; when the map grows past
 /// `purge_at`, idle entries are dropped.
+///
+/// The map belongs to one process: a forked child starts with an empty one
+/// (its copy of the parent's in-process queues and kernel waits means
+/// nothing in the child).
 #[derive(Default)]
 struct Slots {
     map: HashMap<String, Arc<Slot>>,
     purge_at: usize,
+    /// The process the map belongs to.
+    pid: u32,
 }
 
 /// How many names the map may hold before idle ones are dropped.
@@ -164,8 +171,7 @@ impl FileLockManager {
         dir: impl AsRef<Path>,
         options: FileLockOptions,
     ) -> Result<Self, LockError> {
-        let dir = dir.as_ref().to_owned();
-        prepare_dir(&dir, &options)?;
+        let dir = Arc::new(LockDir::open(dir.as_ref(), &options)?);
         Ok(Self {
             inner: Arc::new(Inner {
                 dir,
@@ -178,7 +184,7 @@ impl FileLockManager {
 
     /// The lock directory.
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        self.inner.dir.path()
     }
 
     /// The options the manager was made with.
@@ -192,7 +198,7 @@ impl FileLockManager {
     ///
     /// [`LockError::InvalidName`] for the empty name.
     pub fn path_for(&self, name: &str) -> Result<PathBuf, LockError> {
-        Ok(self.inner.dir.join(name::file_name(name)?))
+        Ok(self.inner.dir.join(&name::file_name(name)?))
     }
 
     /// Acquires `name` exclusively, waiting up to `timeout`.
@@ -317,8 +323,7 @@ impl FileLockManager {
     ///
     /// Cancel safe: it only looks.
     pub async fn is_locked(&self, name: &str) -> Result<bool, LockError> {
-        let path = self.path_for(name)?;
-        self.is_locked_path(&path)
+        self.is_locked_file(&name::file_name(name)?)
     }
 
     /// The owner recorded in `name`'s lock file: the current holder while
@@ -337,8 +342,7 @@ impl FileLockManager {
     ///
     /// Cancel safe: it only reads.
     pub async fn owner(&self, name: &str) -> Result<Option<Owner>, LockError> {
-        let path = self.path_for(name)?;
-        read_owner(&path)
+        read_owner(&self.inner.dir, &name::file_name(name)?)
     }
 
     /// Every lock file in the directory, sorted by name: whether it is held
@@ -431,11 +435,22 @@ impl FileLockManager {
     fn slot(&self, name: &str) -> Result<Arc<Slot>, LockError> {
         let file = name::file_name(name)?;
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if slots.pid != pid {
+            // Forked (or first use): the parent's slots are not ours.
+            let inherited = std::mem::take(&mut slots.map);
+            slots.purge_at = 0;
+            slots.pid = pid;
+            // Dropping them closes only descriptors this process opened;
+            // inherited ones are closed without unlocking (see `HeldFd`).
+            drop(inherited);
+        }
         if let Some(slot) = slots.map.get(&file) {
             return Ok(slot.clone());
         }
         let slot = Arc::new(Slot::new(
-            self.inner.dir.join(&file),
+            self.inner.dir.clone(),
+            file.clone(),
             self.inner.options.file_mode(),
             self.inner.waiter_threads.clone(),
         ));
@@ -472,7 +487,7 @@ impl FileLockManager {
         let mode = options.mode;
         let deadline = Deadline::after(options.timeout);
         let once = try_only || options.timeout == Some(Duration::ZERO);
-        let busy = |slot: &Slot| contended(name, &slot.path, try_only, &deadline);
+        let busy = |slot: &Slot| contended(name, slot, try_only, &deadline);
 
         // Level 1: the in-process queue.
         let local = match try_local(&slot, mode) {
@@ -510,7 +525,7 @@ impl FileLockManager {
             match slot.start_kernel(mode)? {
                 Start::Acquired(held) => held,
                 Start::Wait(mut wait) => {
-                    let holder = read_owner(&slot.path).ok().flatten();
+                    let holder = read_owner(&slot.dir, &slot.file_name).ok().flatten();
                     tracing::debug!(
                         resource = name,
                         path = %slot.path.display(),
@@ -529,7 +544,7 @@ impl FileLockManager {
                             }
                             () = tokio::time::sleep_until(report) => {
                                 report += REPORT_EVERY;
-                                let holder = read_owner(&slot.path).ok().flatten();
+                                let holder = read_owner(&slot.dir, &slot.file_name).ok().flatten();
                                 tracing::info!(
                                     resource = name,
                                     waited = %humantime::format_duration(round_ms(deadline.elapsed())),
@@ -554,8 +569,8 @@ impl FileLockManager {
         ))
     }
 
-    pub(crate) fn is_locked_path(&self, path: &Path) -> Result<bool, LockError> {
-        match LockFile::open(path, Access::Probe, 0)? {
+    pub(crate) fn is_locked_file(&self, file_name: &str) -> Result<bool, LockError> {
+        match LockFile::open(&self.inner.dir, file_name, Access::Probe, 0)? {
             Some(file) => Ok(scan::probe_mode(&file)?.is_some()),
             None => Ok(false),
         }
@@ -596,18 +611,28 @@ fn record(held: &HeldFd, owner: &Owner, name: &str, mode: Mode) {
         return;
     }
     let Some(file) = held.file() else { return };
-    if let Err(e) = file.write_record(owner, name, mode) {
-        tracing::warn!(
+    match file.write_record(owner, name, mode) {
+        Ok(true) => {}
+        Ok(false) if file.writable => tracing::debug!(
+            resource = name,
+            path = %file.path.display(),
+            "the lock file holds something other than a lockyard record: no record written"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
             resource = name,
             path = %file.path.display(),
             error = %e,
             "could not write the owner record into the lock file"
-        );
+        ),
     }
 }
 
-fn contended(name: &str, path: &Path, would_block: bool, deadline: &Deadline) -> LockError {
-    let holder = read_owner(path).ok().flatten().map(Box::new);
+fn contended(name: &str, slot: &Slot, would_block: bool, deadline: &Deadline) -> LockError {
+    let holder = read_owner(&slot.dir, &slot.file_name)
+        .ok()
+        .flatten()
+        .map(Box::new);
     if would_block {
         LockError::WouldBlock {
             resource: name.to_owned(),
@@ -623,14 +648,14 @@ fn contended(name: &str, path: &Path, would_block: bool, deadline: &Deadline) ->
     }
 }
 
-/// The owner recorded in the lock file at `path`, if it exists and parses.
-pub(crate) fn read_owner(path: &Path) -> Result<Option<Owner>, LockError> {
-    let Some(file) = LockFile::open(path, Access::Probe, 0)? else {
+/// The owner recorded in the lock file `file_name`, if it exists and parses.
+pub(crate) fn read_owner(dir: &LockDir, file_name: &str) -> Result<Option<Owner>, LockError> {
+    let Some(file) = LockFile::open(dir, file_name, Access::Probe, 0)? else {
         return Ok(None);
     };
     let record = file
         .read_record()
-        .map_err(|e| LockError::from_io("read", path, e))?;
+        .map_err(|e| LockError::from_io("read", &file.path, e))?;
     Ok(record.owner.ok())
 }
 
@@ -659,87 +684,5 @@ async fn blocking<T: Send + 'static>(
             path: PathBuf::new(),
             source: io::Error::other(e.to_string()),
         }),
-    }
-}
-
-/// Checks (and creates, when missing) the lock directory.
-fn prepare_dir(dir: &Path, options: &FileLockOptions) -> Result<(), LockError> {
-    for _ in 0..2 {
-        match std::fs::symlink_metadata(dir) {
-            Ok(meta) => return check_dir(dir, &meta, options),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match create_dir(dir, options) {
-                Ok(()) => return Ok(()),
-                // Created by someone else meanwhile: check theirs.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(LockError::from_io("create lock directory", dir, e)),
-            },
-            Err(e) => return Err(LockError::from_io("inspect lock directory", dir, e)),
-        }
-    }
-    Err(LockError::Io {
-        op: "create lock directory",
-        path: dir.to_owned(),
-        source: io::Error::other("it keeps appearing and disappearing"),
-    })
-}
-
-fn check_dir(
-    dir: &Path,
-    meta: &std::fs::Metadata,
-    options: &FileLockOptions,
-) -> Result<(), LockError> {
-    let unsafe_path = |reason: String| LockError::UnsafePath {
-        path: dir.to_owned(),
-        reason,
-    };
-    let meta = if meta.file_type().is_symlink() {
-        if !options.allow_foreign_dir {
-            return Err(unsafe_path(
-                "the lock directory is a symbolic link (set allow_foreign_dir to accept it)".into(),
-            ));
-        }
-        std::fs::metadata(dir).map_err(|e| LockError::from_io("inspect lock directory", dir, e))?
-    } else {
-        meta.clone()
-    };
-    if !meta.is_dir() {
-        return Err(unsafe_path("not a directory".into()));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
-        if meta.uid() != me && !options.allow_foreign_dir {
-            return Err(unsafe_path(format!(
-                "the lock directory is owned by uid {}, not by this user (uid {me}); \
-                 set allow_foreign_dir to accept it",
-                meta.uid()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn create_dir(dir: &Path, options: &FileLockOptions) -> io::Result<()> {
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .mode(options.dir_mode & 0o7777)
-            .create(dir)?;
-        // The umask may have removed bits the caller asked for.
-        std::fs::set_permissions(
-            dir,
-            std::fs::Permissions::from_mode(options.dir_mode & 0o7777),
-        )
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = options;
-        std::fs::create_dir(dir)
     }
 }

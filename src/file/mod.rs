@@ -37,16 +37,38 @@
 //!
 //! # Shared directories
 //!
-//! Lock files are opened with `O_NOFOLLOW` and `O_CLOEXEC`: a lock file that
-//! is a symbolic link is refused with
+//! The manager opens its directory once (`O_DIRECTORY | O_NOFOLLOW`),
+//! checks that descriptor, and reaches every lock file through it
+//! (`openat`, `fstatat`, `unlinkat`): a directory renamed or replaced by a
+//! symbolic link later does not redirect it. Lock files are opened with
+//! `O_NOFOLLOW` and `O_CLOEXEC`: a lock file that is a symbolic link, or
+//! that has more than one hard link, is refused with
 //! [`LockError::UnsafePath`](crate::LockError::UnsafePath) and its target is
 //! never touched; the descriptor is not inherited by programs the holder
-//! runs. A directory the manager creates is `0o700` unless
-//! [`FileLockOptions::dir_mode`] says otherwise; an existing directory that
-//! is a symbolic link or owned by another user is refused unless
-//! [`FileLockOptions::allow_foreign_dir`] is set. (On Windows, where there is
-//! no `O_NOFOLLOW`, symbolic links are not detected, and the (device, inode)
+//! runs. The owner record is only written into a lock file that is empty or
+//! already holds a lockyard record: a file with other content is locked but
+//! left as it is. A directory the manager creates is `0o700` unless
+//! [`FileLockOptions::dir_mode`] says otherwise. An existing directory is
+//! accepted when this user owns it, or root owns it and it is sticky
+//! (`/tmp`, `/run/lock`) or writable only by root; its last component may
+//! be a symbolic link only if root owns the link (`/var/lock`). Anything
+//! else is refused unless [`FileLockOptions::allow_foreign_dir`] is set.
+//! (On Windows, where there is no `O_NOFOLLOW` nor `openat`, symbolic links
+//! are not detected, the directory is used by path, and the (device, inode)
 //! check after locking is skipped.)
+//!
+//! # `fork()`
+//!
+//! A lock does not cross `fork()`. A forked child shares the parent's open
+//! file descriptions, and with them the parent's `flock` locks, so lockyard
+//! never lets a child use them: descriptors are stamped with the process
+//! that opened them, and in a child a copy of a parent's guard releases
+//! nothing when dropped (only the child's descriptor is closed; the parent
+//! keeps its lock), cached descriptors are not reused, and the manager
+//! starts with fresh in-process state. A child takes its own locks like any
+//! other process. (As with any library, forking a multi-threaded process
+//! and then doing more than `exec` is only safe if no other thread held an
+//! internal mutex at the time of the fork.)
 //!
 //! # How waiting works
 //!
@@ -86,6 +108,7 @@
 //! # }
 //! ```
 
+mod dir;
 mod guard;
 mod interrupt;
 mod kernel;

@@ -1,10 +1,9 @@
 //! Looking over the whole lock directory: listing and stale-lock cleanup.
 
-use std::fs;
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
+use super::dir::LockDir;
 use super::lockfile::{Access, LockFile, Record};
 use super::name;
 use crate::error::LockError;
@@ -44,10 +43,11 @@ pub(crate) fn probe_mode(file: &LockFile) -> Result<Option<Mode>, LockError> {
     Ok(Some(Mode::Exclusive))
 }
 
-pub(crate) fn list(dir: &Path) -> Result<Vec<FileLockInfo>, LockError> {
+pub(crate) fn list(dir: &LockDir) -> Result<Vec<FileLockInfo>, LockError> {
     let mut out = Vec::new();
-    for (file_name, path) in lock_files(dir)? {
-        let file = match LockFile::open(&path, Access::Probe, 0) {
+    for file_name in lock_files(dir)? {
+        let path = dir.join(&file_name);
+        let file = match LockFile::open(dir, &file_name, Access::Probe, 0) {
             Ok(Some(f)) => f,
             Ok(None) => continue, // removed meanwhile
             Err(e) => {
@@ -71,13 +71,14 @@ pub(crate) fn list(dir: &Path) -> Result<Vec<FileLockInfo>, LockError> {
 
 /// The stale lock files; removed unless `dry_run`.
 pub(crate) fn stale(
-    dir: &Path,
+    dir: &LockDir,
     max_age: Option<Duration>,
     dry_run: bool,
 ) -> Result<Vec<FileLockInfo>, LockError> {
     let mut out = Vec::new();
-    for (file_name, path) in lock_files(dir)? {
-        let file = match LockFile::open(&path, Access::Existing, 0) {
+    for file_name in lock_files(dir)? {
+        let path = dir.join(&file_name);
+        let file = match LockFile::open(dir, &file_name, Access::Existing, 0) {
             Ok(Some(f)) => f,
             Ok(None) => continue,
             Err(e) => {
@@ -94,7 +95,7 @@ pub(crate) fn stale(
             }
         }
         // Holding the lock from here on (until `file` is dropped).
-        if !matches!(file.still_at_path(), Ok(true)) {
+        if !matches!(file.still_at_path(dir), Ok(true)) {
             continue; // replaced meanwhile: the new file is someone else's
         }
         let record = file.read_record().unwrap_or_else(|_| Record::parse(b""));
@@ -102,7 +103,7 @@ pub(crate) fn stale(
             continue;
         };
         if !dry_run {
-            if let Err(e) = fs::remove_file(&path) {
+            if let Err(e) = dir.unlink(&file_name) {
                 tracing::warn!(path = %path.display(), error = %e, "could not remove stale lock file");
                 continue;
             }
@@ -140,29 +141,11 @@ fn info(file_name: &str, path: PathBuf, mode: Option<Mode>, record: Record) -> F
     }
 }
 
-/// `(file name, path)` of every regular file in `dir` named like a lock file.
-fn lock_files(dir: &Path) -> Result<Vec<(String, PathBuf)>, LockError> {
-    let entries = fs::read_dir(dir).map_err(|e| LockError::from_io("list", dir, e))?;
-    let mut out = Vec::new();
-    for entry in entries {
-        let entry = match entry {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(LockError::from_io("list", dir, e)),
-        };
-        let Ok(file_name) = entry.file_name().into_string() else {
-            continue;
-        };
-        if !name::is_lock_file_name(&file_name) {
-            continue;
-        }
-        match entry.file_type() {
-            Ok(t) if t.is_file() => out.push((file_name, entry.path())),
-            Ok(_) => {
-                tracing::debug!(path = %entry.path().display(), "not a regular file; skipping")
-            }
-            Err(_) => continue,
-        }
-    }
-    Ok(out)
+/// The names of every regular file in `dir` named like a lock file.
+fn lock_files(dir: &LockDir) -> Result<Vec<String>, LockError> {
+    let mut names = dir
+        .regular_files()
+        .map_err(|e| LockError::from_io("list", dir.path(), e))?;
+    names.retain(|n| name::is_lock_file_name(n));
+    Ok(names)
 }
