@@ -133,7 +133,9 @@ pub use local::{NamedRwLock, NamedSemaphore, RwLock, Semaphore};
 
 // ---- file locks (issue 2) ----
 pub mod file;
-pub use file::{FileLock, FileLockGuard, FileLockInfo, FileLockManager, FileLockOptions};
+pub use file::{
+    FileLock, FileLockGuard, FileLockInfo, FileLockManager, FileLockOptions, WaitStrategy,
+};
 
 #[doc(hidden)]
 pub mod __fuzz {

@@ -51,6 +51,7 @@ use tokio::sync::{RwLock, oneshot};
 use super::dir::LockDir;
 use super::interrupt::{self, ThreadCtl};
 use super::lockfile::{Access, LockFile};
+use super::manager::WaitStrategy;
 use super::pool;
 use crate::error::LockError;
 use crate::options::Mode;
@@ -74,6 +75,8 @@ pub(crate) struct Slot {
     state: Mutex<KernelState>,
     /// The manager's count of running waiter threads.
     waiter_threads: Arc<AtomicUsize>,
+    /// How waiter threads wait.
+    strategy: WaitStrategy,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +94,24 @@ struct KernelState {
 struct Waiter {
     ctl: Arc<ThreadCtl>,
     wanters: Vec<Wanter>,
+    /// The mode the thread asks the kernel for (or is about to). When the
+    /// wanters come to need another one (the last exclusive wanter left, or
+    /// an exclusive one arrived behind shared ones), the thread is
+    /// interrupted to ask again.
+    asking: Mode,
+}
+
+impl Waiter {
+    /// Asks the thread to re-ask the kernel if the wanters that remain
+    /// need another mode than the one it asks for (or nobody is left);
+    /// withdraws that request when the current wait fits again.
+    fn refit(&mut self) {
+        if self.wanters.is_empty() || needed_mode(&self.wanters) != self.asking {
+            self.ctl.cancel();
+        } else {
+            self.ctl.revoke_cancel();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -210,6 +231,7 @@ impl Slot {
         file_name: String,
         file_mode: u32,
         waiter_threads: Arc<AtomicUsize>,
+        strategy: WaitStrategy,
     ) -> Self {
         Self {
             path: dir.join(&file_name),
@@ -219,6 +241,7 @@ impl Slot {
             local: Arc::new(RwLock::new(())),
             state: Mutex::new(KernelState::default()),
             waiter_threads,
+            strategy,
         }
     }
 
@@ -259,6 +282,7 @@ impl Slot {
                     st.waiter = Some(Waiter {
                         ctl: ctl.clone(),
                         wanters: vec![Wanter { mode, tx }],
+                        asking: mode,
                     });
                     let slot = self.clone();
                     // Counted before the thread exists so a reader of the
@@ -287,7 +311,7 @@ impl Slot {
         };
         let (tx, rx) = oneshot::channel();
         waiter.wanters.push(Wanter { mode, tx });
-        waiter.ctl.revoke_cancel();
+        waiter.refit();
         Ok(Start::Wait(KernelWait {
             slot: self.clone(),
             rx: Some(rx),
@@ -377,9 +401,7 @@ impl Drop for KernelWait {
         let mut st = self.slot.state();
         if let Some(w) = st.waiter.as_mut() {
             w.wanters.retain(|w| !w.tx.is_closed());
-            if w.wanters.is_empty() {
-                w.ctl.cancel();
-            }
+            w.refit();
         }
     }
 }
@@ -409,8 +431,8 @@ enum Next {
 
 /// The body of the dedicated waiter thread of one name.
 fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockFile) {
-    ctl.bind_current_thread();
-    let interruptible = interrupt::available();
+    let signals = slot.strategy == WaitStrategy::Signal;
+    ctl.bind_current_thread(signals);
     let mut file = Some(first);
     let mut replaced = 0;
     loop {
@@ -422,10 +444,17 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
                 Err(e) => return fail(&slot, &ctl, e),
             },
         };
+        // The signal is checked to be ours before every blocking wait.
+        let interruptible = signals && interrupt::usable();
+        if interruptible {
+            ctl.set_blocking(true);
+        }
         let locked = if ctl.is_cancelled() {
-            false // everyone left before we blocked: re-check below
+            false // the wanters changed before we blocked: re-check below
         } else if interruptible {
-            match f.lock_blocking(mode) {
+            let r = f.lock_blocking(mode);
+            ctl.set_blocking(false);
+            match r {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
                 Err(e) => return fail(&slot, &ctl, LockError::from_io("lock", &slot.path, e)),
@@ -436,8 +465,9 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
                 Err(e) => return fail(&slot, &ctl, e),
             }
         };
+        ctl.set_blocking(false);
         if !locked {
-            match after_interrupt(&slot, &ctl, mode) {
+            match after_interrupt(&slot, &ctl) {
                 Next::Continue(m, _) => {
                     mode = m;
                     file = Some(f);
@@ -468,11 +498,12 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
     }
 }
 
-/// After an interruption: exit if nobody wants the lock any more.
-fn after_interrupt(slot: &Slot, ctl: &ThreadCtl, mode: Mode) -> Next {
+/// After an interruption: exit if nobody wants the lock any more, else ask
+/// again in the mode the remaining wanters need.
+fn after_interrupt(slot: &Slot, ctl: &ThreadCtl) -> Next {
     let mut st = slot.state();
     let Some(w) = st.waiter.as_mut() else {
-        unreachable!("the waiter's state lives as long as its thread")
+        return Next::Exit; // unreachable: the state lives as long as its thread
     };
     w.wanters.retain(|w| !w.tx.is_closed());
     if w.wanters.is_empty() {
@@ -480,7 +511,8 @@ fn after_interrupt(slot: &Slot, ctl: &ThreadCtl, mode: Mode) -> Next {
         return Next::Exit;
     }
     ctl.revoke_cancel();
-    Next::Continue(needed_mode(&w.wanters, mode), None)
+    w.asking = needed_mode(&w.wanters);
+    Next::Continue(w.asking, None)
 }
 
 /// Holding the lock: hand it to the wanters still there, or give it back.
@@ -497,12 +529,21 @@ fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
         let _ = f.unlock();
         return Next::Exit;
     }
-    let need = needed_mode(&w.wanters, mode);
+    let need = needed_mode(&w.wanters);
+    let mut mode = mode;
     if need != mode {
-        // Held shared, but an exclusive wanter arrived: start over exclusive.
-        drop(st);
-        let _ = f.unlock();
-        return Next::Continue(need, Some(f));
+        w.asking = need;
+        ctl.revoke_cancel();
+        // Held exclusive for wanters that are all shared now: convert, so
+        // that other processes' readers are not kept out. Held shared, but
+        // an exclusive wanter arrived: start over exclusive.
+        let converted = need == Mode::Shared && matches!(f.try_lock(Mode::Shared), Ok(true));
+        if !converted {
+            drop(st);
+            let _ = f.unlock();
+            return Next::Continue(need, Some(f));
+        }
+        mode = Mode::Shared;
     }
     let wanters = std::mem::take(&mut w.wanters);
     let held = Arc::new(HeldFd::new(f, mode, slot));
@@ -536,11 +577,12 @@ fn fail(slot: &Slot, ctl: &ThreadCtl, e: LockError) {
     }
 }
 
-fn needed_mode(wanters: &[Wanter], current: Mode) -> Mode {
+/// The kernel mode the wanters need: exclusive if any of them wants it.
+fn needed_mode(wanters: &[Wanter]) -> Mode {
     if wanters.iter().any(|w| w.mode == Mode::Exclusive) {
         Mode::Exclusive
     } else {
-        current
+        Mode::Shared
     }
 }
 

@@ -43,6 +43,38 @@ pub struct FileLockOptions {
     /// [`LockError::UnsafePath`], because whoever controls it can swap lock
     /// files under us).
     pub allow_foreign_dir: bool,
+    /// How a thread waiting in the kernel for a lock held by another process
+    /// waits, and how it is stopped when nobody wants the lock any more
+    /// (default [`WaitStrategy::Signal`]).
+    pub wait_strategy: WaitStrategy,
+}
+
+/// How lockyard's waiter threads wait for a lock another process holds. See
+/// the [module docs](crate::file#how-waiting-works).
+///
+/// ```
+/// use lockyard::{FileLockOptions, WaitStrategy};
+///
+/// // An application that owns every signal: lockyard installs no handler.
+/// let opts = FileLockOptions::default().wait_strategy(WaitStrategy::Poll);
+/// assert_eq!(opts.wait_strategy, WaitStrategy::Poll);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WaitStrategy {
+    /// Block in `flock`, and interrupt the thread with the real-time signal
+    /// `SIGRTMAX - 3` when the last task waiting gives up (Linux). lockyard
+    /// installs a no-op handler (without `SA_RESTART`) for that signal on
+    /// first use, unless the signal already has a handler, and checks that
+    /// the handler is still its own before every wait and every signal:
+    /// when it is not (or on other systems), waits poll as with
+    /// [`Poll`](Self::Poll).
+    #[default]
+    Signal,
+    /// Poll with a non-blocking `flock` at a backoff from 1 ms to 50 ms.
+    /// Installs no signal handler and sends no signal; a hand-over may take
+    /// up to 50 ms longer.
+    Poll,
 }
 
 impl Default for FileLockOptions {
@@ -50,6 +82,7 @@ impl Default for FileLockOptions {
         Self {
             dir_mode: 0o700,
             allow_foreign_dir: false,
+            wait_strategy: WaitStrategy::default(),
         }
     }
 }
@@ -64,6 +97,12 @@ impl FileLockOptions {
     /// Sets [`allow_foreign_dir`](Self::allow_foreign_dir).
     pub fn allow_foreign_dir(mut self, allow: bool) -> Self {
         self.allow_foreign_dir = allow;
+        self
+    }
+
+    /// Sets [`wait_strategy`](Self::wait_strategy).
+    pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
+        self.wait_strategy = strategy;
         self
     }
 
@@ -453,6 +492,7 @@ impl FileLockManager {
             file.clone(),
             self.inner.options.file_mode(),
             self.inner.waiter_threads.clone(),
+            self.inner.options.wait_strategy,
         ));
         if slots.map.len() >= slots.purge_at.max(KEEP_IDLE) {
             // Idle: nobody but the map refers to it. No one can take a new

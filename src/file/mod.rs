@@ -80,14 +80,20 @@
 //! for the guarantees.
 //!
 //! Those threads come from a small pool of lockyard's own (parked threads
-//! exit after two seconds without work). When no task waits any more — all
-//! timed out or were cancelled — the blocked thread is interrupted: on Linux
-//! with a real-time signal, `SIGRTMAX - 3`, sent only to that thread, whose
-//! no-op handler lockyard installs on first use unless the signal already has
-//! a handler. Where no such signal is available (other systems, or the signal
-//! is taken) the thread polls the lock with `LOCK_NB` at 1–50 ms instead of
-//! blocking. Should the kernel grant the lock to a thread nobody waits for
-//! any more, it releases it at once.
+//! exit after two seconds without work). When the tasks waiting change —
+//! all timed out or were cancelled, or the last exclusive one left behind
+//! shared ones — the blocked thread is interrupted and asks again (the
+//! kernel request always follows the mode the remaining waiters need). How
+//! it is interrupted is [`FileLockOptions::wait_strategy`]:
+//! [`WaitStrategy::Signal`] (the default) uses, on Linux, a real-time
+//! signal, `SIGRTMAX - 3`, sent only to that thread, whose no-op handler
+//! lockyard installs on first use unless the signal already has a handler;
+//! before every wait and every signal it checks that the handler is still
+//! its own. Where no such signal is available (other systems, the signal is
+//! taken or was changed by the application) or with
+//! [`WaitStrategy::Poll`], the thread polls the lock with `LOCK_NB` at
+//! 1–50 ms instead of blocking. Should the kernel grant the lock to a thread
+//! nobody waits for any more, it releases it at once.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -119,15 +125,8 @@ mod pool;
 mod scan;
 
 pub use guard::{FileLock, FileLockGuard};
-pub use manager::{FileLockManager, FileLockOptions};
+pub use manager::{FileLockManager, FileLockOptions, WaitStrategy};
 pub use scan::FileLockInfo;
-
-/// Not public API: makes this process's kernel waits poll (the fallback for
-/// systems without an interrupt signal), so tests can exercise it on Linux.
-#[doc(hidden)]
-pub fn __force_polling_waits(on: bool) {
-    interrupt::force_polling(on);
-}
 
 /// Entry points for the fuzz targets and their corpus tests.
 pub(crate) mod fuzz {

@@ -146,6 +146,7 @@ pub fn child_main() {
             "count" => count().await,
             "rw" => rw().await,
             "flap" => flap().await,
+            "signal" => signal().await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -302,6 +303,63 @@ async fn flap() {
         rounds += 1;
     }
     say(&format!("RELEASED {rounds}"));
+}
+
+static HANDLER_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn count_calls(_: libc::c_int) {
+    HANDLER_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Waits once for `NAME` (held by the parent's holder) so that lockyard sets
+/// up its interrupt signal, then changes that signal as `HOW` says
+/// (`default`: back to the default action; `restart`: a counting handler
+/// with `SA_RESTART`), abandons another wait, and finally waits until the
+/// holder lets go. Prints `WAITED`, `ACQUIRED`, `HANDLER <calls>`.
+async fn signal() {
+    let m = manager();
+    let name = env("NAME");
+    let err = m
+        .acquire(&name, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // The application changes the signal *later*, not while lockyard's
+    // signal to the abandoned waiter may still be in flight (a signal sent
+    // before the change is delivered with whatever action is set then).
+    no_kernel_waiters(&m).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sig = libc::SIGRTMAX() - 3;
+    // SAFETY: sigaction with a valid signal number and initialised structs;
+    // the counting handler only touches an atomic (async-signal-safe).
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        match env("HOW").as_str() {
+            "default" => act.sa_sigaction = libc::SIG_DFL,
+            "restart" => {
+                act.sa_sigaction = count_calls as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                act.sa_flags = libc::SA_RESTART;
+            }
+            other => panic!("unknown HOW {other}"),
+        }
+        libc::sigemptyset(&mut act.sa_mask);
+        assert_eq!(libc::sigaction(sig, &act, std::ptr::null_mut()), 0);
+    }
+    let start = Instant::now();
+    let err = m
+        .acquire(&name, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    say(&format!("WAITED {:?}", start.elapsed()));
+    let g = m.acquire(&name, Duration::from_secs(30)).await.unwrap();
+    say("ACQUIRED");
+    drop(g);
+    say(&format!(
+        "HANDLER {}",
+        HANDLER_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+    ));
 }
 
 /// Waits (bounded, for a loaded machine) until exactly `n` threads of `m`
