@@ -221,6 +221,47 @@ impl FileLockManager {
         })
     }
 
+    /// The default lock directory of this user: one path per user and
+    /// machine, the same in a login shell, under cron, systemd or `sudo -u`,
+    /// because it depends on no environment variable (neither
+    /// `$XDG_RUNTIME_DIR`, which only login sessions have and which logind
+    /// removes at logout while holders may still run, nor `$TMPDIR`).
+    ///
+    /// - Linux: `/run/lock/lockyard-<uid>` when `/run/lock` is a root-owned,
+    ///   sticky, world-writable directory (as on Debian, Ubuntu, Arch);
+    ///   otherwise `/tmp/lockyard-<uid>`. Both are cleared at boot, when no
+    ///   holder can survive anyway; `/run/lock` is not aged by
+    ///   `systemd-tmpfiles`, unlike `/tmp`.
+    /// - Other Unix systems: `/tmp/lockyard-<uid>`.
+    /// - Windows: `lockyard` in the user's temporary directory.
+    ///
+    /// `<uid>` is the effective user id. The directory is only named here;
+    /// [`new`](Self::new) creates it (`0o700`).
+    ///
+    /// ```
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = FileLockManager::default_dir();
+    /// assert!(dir.file_name().unwrap().to_str().unwrap().starts_with("lockyard"));
+    /// assert!(dir.is_absolute());
+    /// ```
+    pub fn default_dir() -> PathBuf {
+        #[cfg(unix)]
+        {
+            let uid = rustix::process::geteuid().as_raw();
+            let base = if cfg!(target_os = "linux") && run_lock_is_shared() {
+                "/run/lock"
+            } else {
+                "/tmp"
+            };
+            Path::new(base).join(format!("lockyard-{uid}"))
+        }
+        #[cfg(not(unix))]
+        {
+            std::env::temp_dir().join("lockyard")
+        }
+    }
+
     /// The lock directory.
     pub fn dir(&self) -> &Path {
         self.inner.dir.path()
@@ -725,4 +766,13 @@ async fn blocking<T: Send + 'static>(
             source: io::Error::other(e.to_string()),
         }),
     }
+}
+
+/// Whether `/run/lock` is the usual shared lock directory: root's, sticky,
+/// writable by everyone.
+#[cfg(unix)]
+fn run_lock_is_shared() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/run/lock")
+        .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o1777 == 0o1777)
 }
