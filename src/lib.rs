@@ -134,7 +134,8 @@ pub use local::{NamedRwLock, NamedSemaphore, RwLock, Semaphore};
 // ---- file locks (issue 2) ----
 pub mod file;
 pub use file::{
-    FileLock, FileLockGuard, FileLockInfo, FileLockManager, FileLockOptions, WaitStrategy,
+    CleanupOptions, FileLock, FileLockGuard, FileLockInfo, FileLockManager, FileLockOptions,
+    WaitStrategy,
 };
 
 #[doc(hidden)]

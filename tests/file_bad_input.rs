@@ -313,9 +313,22 @@ async fn garbage_in_a_lock_file_is_survived_and_only_records_are_overwritten() {
         // Garbage again, free: stale.
         std::fs::write(&path, garbage).unwrap();
     }
+    // Damaged lockyard records are stale; other content is kept unless
+    // asked for.
+    let damaged = cases
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, ours))| *ours && *i != 0)
+        .count();
     let stale = m.stale_locks(None).await.unwrap();
-    assert_eq!(stale.len(), cases.len());
-    assert_eq!(m.cleanup_stale_locks(None).await.unwrap(), cases.len());
+    assert_eq!(stale.len(), damaged);
+    assert_eq!(m.cleanup_stale_locks(None).await.unwrap(), damaged);
+    assert_eq!(m.list().await.unwrap().len(), cases.len() - damaged);
+    let all = lockyard::CleanupOptions::default().remove_unrecorded(true);
+    assert_eq!(
+        m.cleanup_with(&all).await.unwrap().len(),
+        cases.len() - damaged
+    );
     assert!(m.list().await.unwrap().is_empty());
 }
 

@@ -235,6 +235,9 @@ pub(crate) struct Record {
     pub(crate) owner: Result<Owner, OwnerParseError>,
     /// The resource name as recorded (needed to show escaped names).
     pub(crate) name: Option<String>,
+    /// The content starts like a lockyard record (perhaps damaged): the file
+    /// is lockyard's, not another tool's.
+    pub(crate) is_lockyard: bool,
 }
 
 impl Record {
@@ -246,7 +249,15 @@ impl Record {
             .take_while(|l| *l != "end")
             .find_map(|l| l.strip_prefix("name="))
             .and_then(unescape_name);
-        Record { owner, name }
+        let is_lockyard = text
+            .lines()
+            .next()
+            .is_some_and(|l| l.trim_end() == owner::MAGIC);
+        Record {
+            owner,
+            name,
+            is_lockyard,
+        }
     }
 }
 

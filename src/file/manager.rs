@@ -13,7 +13,7 @@ use super::guard::{FileLock, FileLockGuard, LocalGuard};
 use super::kernel::{HeldFd, Slot, Start, TryOutcome};
 use super::lockfile::{Access, LockFile};
 use super::name;
-use super::scan::{self, FileLockInfo};
+use super::scan::{self, CleanupOptions, FileLockInfo};
 use crate::error::LockError;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::owner::Owner;
@@ -391,8 +391,11 @@ impl FileLockManager {
     /// `name` now, in either mode. The answer may be stale by the time it is
     /// read.
     ///
-    /// To find out, it tries the kernel lock on its own descriptor; if the
-    /// lock is free it holds it for the few microseconds of that probe.
+    /// Looking never touches: on Linux the answer comes from the kernel's
+    /// table of locks (`/proc/locks`), so a concurrent acquirer is never
+    /// refused because of it. Elsewhere (or where the table cannot tell,
+    /// see [`list`](Self::list)) it tries the kernel lock on its own
+    /// descriptor, holding a free lock for the microseconds of that probe.
     ///
     /// # Errors
     ///
@@ -426,7 +429,8 @@ impl FileLockManager {
     }
 
     /// Every lock file in the directory, sorted by name: whether it is held
-    /// (probed as in [`is_locked`](Self::is_locked)), how, and the recorded
+    /// (looked at as in [`is_locked`](Self::is_locked), without taking it on
+    /// Linux; [`FileLockInfo::holder_pids`] names the kernel's holders), how, and the recorded
     /// owner. Files that are not lock files of this crate, symbolic links
     /// and other non-regular files are skipped.
     ///
@@ -444,7 +448,7 @@ impl FileLockManager {
     }
 
     /// What [`cleanup_stale_locks`](Self::cleanup_stale_locks) would remove,
-    /// without removing anything.
+    /// without removing anything (and, on Linux, without locking anything).
     ///
     /// # Errors
     ///
@@ -457,26 +461,85 @@ impl FileLockManager {
         &self,
         max_age: Option<Duration>,
     ) -> Result<Vec<FileLockInfo>, LockError> {
-        let dir = self.inner.dir.clone();
-        blocking(move || scan::stale(&dir, max_age, true)).await
+        self.stale_locks_with(&CleanupOptions {
+            max_age,
+            ..CleanupOptions::default()
+        })
+        .await
     }
 
-    /// Removes stale lock files and returns how many it removed.
+    /// What [`cleanup_with`](Self::cleanup_with) would remove, without
+    /// removing anything (and, on Linux, without locking anything).
     ///
-    /// A lock file is stale when its lock is free (a held lock is never
-    /// removed, whatever its age) and
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`list`](Self::list).
+    pub async fn stale_locks_with(
+        &self,
+        options: &CleanupOptions,
+    ) -> Result<Vec<FileLockInfo>, LockError> {
+        let (dir, options) = (self.inner.dir.clone(), *options);
+        blocking(move || scan::stale(&dir, &options, true)).await
+    }
+
+    /// Removes stale lock files and returns how many it removed: as
+    /// [`cleanup_with`](Self::cleanup_with) with
+    /// [`CleanupOptions::max_age`] set to `max_age` (`None`: only provably
+    /// dead owners' files) and files without a lockyard record kept.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`cleanup_with`](Self::cleanup_with).
+    pub async fn cleanup_stale_locks(&self, max_age: Option<Duration>) -> Result<usize, LockError> {
+        let options = CleanupOptions {
+            max_age,
+            ..CleanupOptions::default()
+        };
+        self.cleanup_with(&options).await.map(|v| v.len())
+    }
+
+    /// Removes stale lock files and returns what it removed.
+    ///
+    /// A lock file is stale when nobody holds it — neither a `flock` lock
+    /// (lockyard's, flock(1)'s) nor, on Linux, an `fcntl`/`lockf` record
+    /// lock (which `flock` cannot see: such a file is never removed) — and
     /// - its owner is provably gone: the recorded pid does not run on this
     ///   host, or runs with another start time (a reused pid); or
-    /// - its record is not one this crate can read (damaged, or written by
-    ///   another tool); or
-    /// - `max_age` is `Some` and the record is older than that.
+    /// - it holds a damaged lockyard record; or
+    /// - [`CleanupOptions::max_age`] is set and the record is older; or
+    /// - it holds no lockyard record at all (empty, or another tool's
+    ///   content) and [`CleanupOptions::remove_unrecorded`] is set: by
+    ///   default such files are kept, since another tool may be using them
+    ///   in ways lockyard cannot see.
     ///
-    /// (`max_age` is an `Option` so that `None` removes only provably dead
-    /// owners' files: a superset of the issue's `cleanup_stale_locks(max_age)`.)
+    /// Staleness is decided by looking (on Linux without locking); only a
+    /// file found stale is then locked, checked again, and removed while
+    /// held, and only if it is still the file that was locked, so a
+    /// concurrent acquirer is never left holding a lock on a removed file
+    /// without noticing.
     ///
-    /// Each file is removed while holding its lock, and only if it is still
-    /// the file that was locked, so a concurrent acquirer is never left
-    /// holding a lock on a removed file without noticing.
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{CleanupOptions, FileLockManager};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// drop(locks.acquire("job", Duration::from_secs(1)).await?);
+    /// let removed = locks.cleanup_with(&CleanupOptions::default().max_age(Duration::ZERO)).await?;
+    /// assert_eq!(removed[0].name, "job");
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -487,9 +550,12 @@ impl FileLockManager {
     ///
     /// The cleanup runs on tokio's blocking pool; dropping the future lets it
     /// finish (files may still be removed), unreported.
-    pub async fn cleanup_stale_locks(&self, max_age: Option<Duration>) -> Result<usize, LockError> {
-        let dir = self.inner.dir.clone();
-        blocking(move || scan::stale(&dir, max_age, false).map(|v| v.len())).await
+    pub async fn cleanup_with(
+        &self,
+        options: &CleanupOptions,
+    ) -> Result<Vec<FileLockInfo>, LockError> {
+        let (dir, options) = (self.inner.dir.clone(), *options);
+        blocking(move || scan::stale(&dir, &options, false)).await
     }
 
     /// A [`FileLock`] handle for `name`, implementing [`crate::Lock`].
@@ -651,10 +717,7 @@ impl FileLockManager {
     }
 
     pub(crate) fn is_locked_file(&self, file_name: &str) -> Result<bool, LockError> {
-        match LockFile::open(&self.inner.dir, file_name, Access::Probe, 0)? {
-            Some(file) => Ok(scan::probe_mode(&file)?.is_some()),
-            None => Ok(false),
-        }
+        scan::is_locked(&self.inner.dir, file_name)
     }
 }
 

@@ -122,11 +122,12 @@ mod lockfile;
 mod manager;
 mod name;
 mod pool;
+mod proc_locks;
 mod scan;
 
 pub use guard::{FileLock, FileLockGuard};
 pub use manager::{FileLockManager, FileLockOptions, WaitStrategy};
-pub use scan::FileLockInfo;
+pub use scan::{CleanupOptions, FileLockInfo};
 
 /// Entry points for the fuzz targets and their corpus tests.
 pub(crate) mod fuzz {
