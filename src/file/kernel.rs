@@ -49,6 +49,7 @@ use std::time::Duration;
 use tokio::sync::{RwLock, oneshot};
 
 use super::dir::LockDir;
+use super::idle;
 use super::interrupt::{self, ThreadCtl};
 use super::lockfile::{Access, LockFile};
 use super::manager::WaitStrategy;
@@ -77,6 +78,9 @@ pub(crate) struct Slot {
     waiter_threads: Arc<AtomicUsize>,
     /// How waiter threads wait.
     strategy: WaitStrategy,
+    /// This name's key in the process-wide cache of unlocked descriptors
+    /// ([`super::idle`]).
+    idle_key: u64,
 }
 
 #[derive(Debug, Default)]
@@ -84,10 +88,6 @@ struct KernelState {
     /// The kernel lock held by this process's holders, if any.
     held: Weak<HeldFd>,
     waiter: Option<Waiter>,
-    /// The descriptor of the last released lock, kept open (unlocked) so the
-    /// next acquisition skips `open`. It may point to a file a cleanup has
-    /// removed since: the identity check after locking catches that.
-    idle: Option<LockFile>,
 }
 
 #[derive(Debug)]
@@ -178,11 +178,11 @@ impl HeldFd {
         }
     }
 
-    /// Keeps an unlocked descriptor for the slot's next acquisition.
+    /// Keeps an unlocked descriptor for the slot's next acquisition (in the
+    /// process-wide, capped cache), unless the slot is gone.
     fn park(&self, file: LockFile) {
         if let Some(slot) = self.slot.upgrade() {
-            let old = slot.state().idle.replace(file);
-            drop(old); // closed outside the lock
+            idle::park(slot.idle_key, file);
         }
     }
 }
@@ -242,6 +242,7 @@ impl Slot {
             state: Mutex::new(KernelState::default()),
             waiter_threads,
             strategy,
+            idle_key: idle::new_key(),
         }
     }
 
@@ -329,7 +330,7 @@ impl Slot {
             // A descriptor inherited across fork() shares its open file
             // description, and any lock on it, with the parent: never
             // reuse it (closing it leaves the parent's lock alone).
-            let file = match st.idle.take().filter(LockFile::opened_by_this_process) {
+            let file = match idle::take(self.idle_key).filter(LockFile::opened_by_this_process) {
                 Some(file) => file,
                 None => match self.open_file()? {
                     Some(file) => file,
@@ -347,6 +348,12 @@ impl Slot {
             tracing::debug!(path = %self.path.display(), "lock file was replaced while locking; retrying");
         }
         Err(replaced_too_often(&self.path))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        idle::forget(self.idle_key);
     }
 }
 

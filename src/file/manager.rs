@@ -169,9 +169,10 @@ struct Inner {
     waiter_threads: Arc<AtomicUsize>,
 }
 
-/// The names in use. Entries are kept while idle (with their descriptor
-/// parked open), so re-acquiring a name skips `open`; when the map grows past
-/// `purge_at`, idle entries are dropped.
+/// The names in use. Entries are kept while idle, so re-acquiring a name
+/// skips the lookup (its descriptor may be kept open in the process-wide,
+/// capped cache of `super::idle`); when the map grows past `purge_at`, idle
+/// entries are dropped.
 ///
 /// The map belongs to one process: a forked child starts with an empty one
 /// (its copy of the parent's in-process queues and kernel waits means

@@ -74,8 +74,8 @@
 //!
 //! Tasks of one process queue fairly in-process and only the head of the
 //! queue touches the kernel lock; an uncontended acquisition is a few inline
-//! syscalls (the descriptors of recently used lock files stay open, unlocked,
-//! to save the `open`), and while another process holds the lock a single
+//! syscalls (the descriptors of the 64 most recently used lock files of the
+//! process stay open, unlocked, to save the `open`), and while another process holds the lock a single
 //! thread per name blocks in the kernel. See the [`FileLockManager`] docs
 //! for the guarantees.
 //!
@@ -116,6 +116,7 @@
 
 mod dir;
 mod guard;
+mod idle;
 mod interrupt;
 mod kernel;
 mod lockfile;
