@@ -352,3 +352,17 @@ async fn other_files_in_the_dir_are_ignored() {
     assert!(m.dir().join(".hidden.lock").exists());
     assert!(m.dir().join("~bogus.lock").exists());
 }
+
+#[tokio::test]
+async fn escaped_names_use_a_cryptographic_hash() {
+    let (_d, m) = manager();
+    // The first 128 bits of SHA-256("a/b"): a crafted name cannot share a
+    // lock file with another (FNV-1a, used before, is not collision-resistant).
+    assert!(
+        m.path_for("a/b")
+            .unwrap()
+            .ends_with("~a_b-c14cddc033f64b9dea80ea675cf280a0.lock"),
+        "{:?}",
+        m.path_for("a/b")
+    );
+}

@@ -21,7 +21,9 @@
 //! Each name is one file in the manager's directory. A name of
 //! `[A-Za-z0-9._-]`, not starting with `.` and at most 100 bytes long, is the
 //! file `<name>.lock`. Any other non-empty name (with `/`, `..`, spaces,
-//! non-ASCII, NUL, or too long) is the file `~<readable prefix>-<hash>.lock`;
+//! non-ASCII, NUL, or too long) is the file `~<readable prefix>-<hash>.lock`,
+//! `<hash>` being the first 128 bits of its SHA-256 (collision-resistant: no
+//! crafted name shares another name's file);
 //! the full name is recorded inside the file so that listings show it. No
 //! name can reach outside the directory; the empty name is
 //! [`LockError::InvalidName`](crate::LockError::InvalidName).
