@@ -578,9 +578,61 @@ impl FileLockManager {
         self.inner.waiter_threads.load(Ordering::Acquire)
     }
 
+    /// A [`FileLock`] handle on the file `file_name` of the lock directory
+    /// itself: no `.lock` is added and nothing is escaped, so it locks the
+    /// very file other tools lock (`flock <dir>/<file_name> cmd`). The
+    /// handle's [`name`](crate::Lock::name) is the file's full path.
+    ///
+    /// The file is locked as any lock file (created if missing; refused if
+    /// it is a symbolic link, not a regular file, or has several hard
+    /// links), and the owner record is only written into it when it is
+    /// empty or already holds one: a data file locked this way is never
+    /// modified. It shares its in-process queue with the resource name that
+    /// maps to the same file (`x.lock` and the name `x`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let lock = locks.lock_file("queue.db")?;
+    /// let guard = lock.acquire(&AcquireOptions::exclusive()).await?;
+    /// assert_eq!(guard.path(), dir.path().join("queue.db"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] if `file_name` is empty, `.` or `..`, or
+    /// contains `/` or NUL (it must be one entry of the directory).
+    pub fn lock_file(&self, file_name: &str) -> Result<FileLock, LockError> {
+        let invalid = |reason| LockError::InvalidName {
+            name: file_name.to_owned(),
+            reason,
+        };
+        if file_name.is_empty() || file_name == "." || file_name == ".." {
+            return Err(invalid("not a file name"));
+        }
+        if file_name.contains(['/', '\0']) {
+            return Err(invalid(
+                "a file name in the lock directory cannot contain `/` or NUL",
+            ));
+        }
+        let slot = self.slot_for_file(file_name.to_owned());
+        let name = self.inner.dir.join(file_name).display().to_string();
+        Ok(FileLock::new(self.clone(), Arc::from(name), slot))
+    }
+
     /// The name's shared in-process state.
     fn slot(&self, name: &str) -> Result<Arc<Slot>, LockError> {
-        let file = name::file_name(name)?;
+        Ok(self.slot_for_file(name::file_name(name)?))
+    }
+
+    /// The shared in-process state of the lock file `file`.
+    fn slot_for_file(&self, file: String) -> Arc<Slot> {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
         let pid = std::process::id();
         if slots.pid != pid {
@@ -593,7 +645,7 @@ impl FileLockManager {
             drop(inherited);
         }
         if let Some(slot) = slots.map.get(&file) {
-            return Ok(slot.clone());
+            return slot.clone();
         }
         let slot = Arc::new(Slot::new(
             self.inner.dir.clone(),
@@ -619,10 +671,10 @@ impl FileLockManager {
             slots.purge_at = KEEP_IDLE.max(slots.map.len() * 2);
             drop(slots);
             drop(idle); // closes their descriptors outside the lock
-            return self.slot(name);
+            return self.slot_for_file(file);
         }
         slots.map.insert(file, slot.clone());
-        Ok(slot)
+        slot
     }
 
     pub(crate) async fn acquire_slot(

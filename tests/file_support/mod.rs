@@ -25,8 +25,19 @@ pub struct Child {
 
 /// Starts a child running `role` with `envs`, in the test binary's entry.
 pub fn spawn(role: &str, envs: &[(&str, String)]) -> Child {
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(exe);
+    spawn_cmd(Command::new(std::env::current_exe().unwrap()), role, envs)
+}
+
+/// As [`spawn`], as the user `uid` (the caller must be root).
+#[cfg(unix)]
+pub fn spawn_as(uid: u32, role: &str, envs: &[(&str, String)]) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.uid(uid).gid(uid).current_dir("/");
+    spawn_cmd(cmd, role, envs)
+}
+
+fn spawn_cmd(mut cmd: Command, role: &str, envs: &[(&str, String)]) -> Child {
     cmd.args([
         "child_process_entry",
         "--exact",
@@ -147,6 +158,7 @@ pub fn child_main() {
             "rw" => rw().await,
             "flap" => flap().await,
             "signal" => signal().await,
+            "exact" => exact().await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -303,6 +315,22 @@ async fn flap() {
         rounds += 1;
     }
     say(&format!("RELEASED {rounds}"));
+}
+
+/// As another user: locks the exact file `PATH_TO_LOCK` (in a standard,
+/// root-owned lock directory) and uses the default directory.
+async fn exact() {
+    let path = env("PATH_TO_LOCK");
+    let lock = lockyard::FileLock::at_path(&path, lockyard::FileLockOptions::default())
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let g = lock.try_acquire(Mode::Exclusive).await.unwrap();
+    say("LOCKED");
+    drop(g);
+    let _ = std::fs::remove_file(&path);
+    let dir = FileLockManager::default_dir();
+    let m = FileLockManager::new(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    drop(m.try_acquire("default-dir-check").await.unwrap());
+    say("DEFAULT OK");
 }
 
 static HANDLER_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
