@@ -239,7 +239,7 @@ impl fmt::Display for Owner {
             f,
             "pid {} on {} since {} ({}, {})",
             self.pid,
-            self.host,
+            crate::text::Escaped(&self.host),
             humantime::format_rfc3339_seconds(self.since),
             self.mode,
             humantime::format_duration(std::time::Duration::from_secs(self.age().as_secs()))

@@ -366,3 +366,21 @@ async fn escaped_names_use_a_cryptographic_hash() {
         m.path_for("a/b")
     );
 }
+
+#[tokio::test]
+async fn error_messages_escape_control_characters_in_names() {
+    let (_d, m) = manager();
+    let name = "job\nFAKE ROW\u{1b}[2J";
+    let g = m.acquire(name, T).await.unwrap();
+    let err = m.try_acquire(name).await.unwrap_err();
+    let shown = err.to_string();
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(shown.contains("job\\nFAKE ROW\\u{1b}[2J"), "{shown}");
+    // The raw name is still there for programs.
+    assert_eq!(err.resource(), Some(name));
+    assert_eq!(
+        lockyard::escape_for_display(&m.list().await.unwrap()[0].name),
+        "job\\nFAKE ROW\\u{1b}[2J"
+    );
+    drop(g);
+}
