@@ -33,13 +33,21 @@
 
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::loom::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(doc)]
 use super::WaitStrategy;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A waiter thread as seen by whoever may want to interrupt it.
+///
+/// # Invariant
+///
+/// A waiter never blocks in `flock` while `cancel` is set without having
+/// been handed to the interrupter: the waiter sets `blocking` and reads
+/// `cancel` in one critical section of `thread`; a canceller sets `cancel`
+/// and reads `blocking` in another. Whichever comes second sees the first
+/// (loom model `loom_cancel_is_never_lost_against_a_waiter_about_to_block`).
 #[derive(Debug, Default)]
 pub(crate) struct ThreadCtl {
     /// Set when the waiter should leave its kernel wait and look again at
@@ -52,8 +60,9 @@ pub(crate) struct ThreadCtl {
     blocking: AtomicBool,
     /// The waiter's `pthread_t` while it runs. The interrupter signals only
     /// while holding this lock, so it never signals a thread that has exited.
+    /// Also orders the `cancel`/`blocking` hand-shake (see the invariant).
     #[cfg(target_os = "linux")]
-    thread: Mutex<ThreadState>,
+    thread: crate::loom::sync::Mutex<ThreadState>,
 }
 
 #[cfg(target_os = "linux")]
@@ -72,31 +81,53 @@ impl ThreadCtl {
         Arc::new(Self::default())
     }
 
-    // Ordering: `cancel` and `blocking` form a Dekker pair. The waiter
-    // stores `blocking` then loads `cancel` before it blocks; a canceller
-    // stores `cancel` then loads `blocking` (in `request`). With SeqCst on
-    // all four, at least one side sees the other's store: either the waiter
-    // does not block, or the canceller hands it to the interrupter.
     pub(crate) fn is_cancelled(&self) -> bool {
-        self.cancel.load(Ordering::SeqCst)
+        self.cancel.load(Ordering::Acquire)
     }
 
     /// Asks the waiter to leave its kernel wait and re-check who wants the
     /// lock. Idempotent.
     pub(crate) fn cancel(self: &Arc<Self>) {
-        if !self.cancel.swap(true, Ordering::SeqCst) {
+        if self.mark_cancelled() {
             request(self);
+        }
+    }
+
+    /// Sets `cancel`; `true` when this call set it and the waiter may be
+    /// blocked (or about to start) and so needs the interrupter.
+    fn mark_cancelled(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            let thread = self.thread.lock();
+            let first = !self.cancel.swap(true, Ordering::AcqRel);
+            first
+                && (self.blocking.load(Ordering::Acquire)
+                    || matches!(*thread, ThreadState::Starting))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            self.cancel.store(true, Ordering::Release);
+            false
         }
     }
 
     /// The current kernel wait is right again: keep waiting.
     pub(crate) fn revoke_cancel(&self) {
-        self.cancel.store(false, Ordering::SeqCst);
+        self.cancel.store(false, Ordering::Release);
     }
 
-    /// Called by the waiter around a blocking (signal-interruptible) wait.
-    pub(crate) fn set_blocking(&self, on: bool) {
-        self.blocking.store(on, Ordering::SeqCst);
+    /// Called by the waiter just before a blocking, signal-interruptible
+    /// `flock`: `false` if a cancel came first (then it must not block).
+    pub(crate) fn enter_blocking(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        let _thread = self.thread.lock();
+        self.blocking.store(true, Ordering::Release);
+        !self.cancel.load(Ordering::Acquire)
+    }
+
+    /// Called by the waiter after a blocking wait.
+    pub(crate) fn leave_blocking(&self) {
+        self.blocking.store(false, Ordering::Release);
     }
 
     /// Called by the waiter thread itself when it starts: records its handle
@@ -117,7 +148,7 @@ impl ThreadCtl {
                 }
             }
             // SAFETY: pthread_self has no preconditions.
-            *lock(&self.thread) = ThreadState::Running(unsafe { libc::pthread_self() });
+            *self.thread.lock() = ThreadState::Running(unsafe { libc::pthread_self() });
         }
         #[cfg(not(target_os = "linux"))]
         let _ = signals;
@@ -127,7 +158,7 @@ impl ThreadCtl {
     pub(crate) fn unbind(&self) {
         #[cfg(target_os = "linux")]
         {
-            *lock(&self.thread) = ThreadState::Exited;
+            *self.thread.lock() = ThreadState::Exited;
         }
     }
 
@@ -135,12 +166,12 @@ impl ThreadCtl {
     /// more to do); `true` while it may still need interrupting.
     #[cfg(target_os = "linux")]
     fn interrupt(&self) -> bool {
-        let guard = lock(&self.thread);
+        let guard = self.thread.lock();
         match *guard {
             ThreadState::Starting => true,
             // Polling (or about to block, then it re-checks the flag first):
             // it sees the flag by itself.
-            ThreadState::Running(_) if !self.blocking.load(Ordering::SeqCst) => true,
+            ThreadState::Running(_) if !self.blocking.load(Ordering::Acquire) => true,
             ThreadState::Running(t) => {
                 let Some(sig) = signal() else { return false };
                 // The signal is not ours any more: sending it could kill the
@@ -246,7 +277,7 @@ fn install_handler() -> Option<libc::c_int> {
 /// Hands `ctl` to the interrupter thread (started on first use).
 fn request(ctl: &Arc<ThreadCtl>) {
     #[cfg(target_os = "linux")]
-    if ctl.blocking.load(Ordering::SeqCst) || matches!(*lock(&ctl.thread), ThreadState::Starting) {
+    {
         let it = interrupter();
         lock(&it.pending).push(ctl.clone());
         it.wake.notify_one();
@@ -313,5 +344,57 @@ fn run_interrupter(it: &'static Interrupter) {
                 .unwrap_or_else(|p| p.into_inner())
                 .0
         };
+    }
+}
+
+#[cfg(all(test, lockyard_loom, target_os = "linux"))]
+mod loom_models {
+    use super::*;
+
+    fn running() -> Arc<ThreadCtl> {
+        let ctl = Arc::new(ThreadCtl::default());
+        *ctl.thread.lock() = ThreadState::Running(0 as libc::pthread_t);
+        ctl
+    }
+
+    /// The waiter is about to block in `flock` while the last wanter leaves:
+    /// in every interleaving, either the waiter does not block, or the
+    /// cancel is handed to the interrupter (which then signals it).
+    #[test]
+    fn loom_cancel_is_never_lost_against_a_waiter_about_to_block() {
+        loom::model(|| {
+            let ctl = running();
+            let canceller = {
+                let ctl = ctl.clone();
+                loom::thread::spawn(move || ctl.mark_cancelled())
+            };
+            let blocks = ctl.enter_blocking();
+            let handed = canceller.join().unwrap();
+            assert!(!blocks || handed, "blocked with nobody to interrupt it");
+        });
+    }
+
+    /// A wanter arrives (revoke) while the last one leaves (cancel) and the
+    /// waiter is about to block: if it ends up blocked with the cancel flag
+    /// set, the interrupter was told.
+    #[test]
+    fn loom_cancel_and_revoke_race_leaves_no_unhandled_cancel() {
+        loom::model(|| {
+            let ctl = running();
+            let canceller = {
+                let ctl = ctl.clone();
+                loom::thread::spawn(move || ctl.mark_cancelled())
+            };
+            let reviver = {
+                let ctl = ctl.clone();
+                loom::thread::spawn(move || ctl.revoke_cancel())
+            };
+            let blocks = ctl.enter_blocking();
+            let handed = canceller.join().unwrap();
+            reviver.join().unwrap();
+            if blocks && ctl.is_cancelled() {
+                assert!(handed, "cancelled, blocked, and never interrupted");
+            }
+        });
     }
 }

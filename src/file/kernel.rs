@@ -453,26 +453,27 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
         };
         // The signal is checked to be ours before every blocking wait.
         let interruptible = signals && interrupt::usable();
-        if interruptible {
-            ctl.set_blocking(true);
-        }
-        let locked = if ctl.is_cancelled() {
-            false // the wanters changed before we blocked: re-check below
-        } else if interruptible {
-            let r = f.lock_blocking(mode);
-            ctl.set_blocking(false);
-            match r {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
-                Err(e) => return fail(&slot, &ctl, LockError::from_io("lock", &slot.path, e)),
+        let locked = if interruptible {
+            if ctl.enter_blocking() {
+                let r = f.lock_blocking(mode);
+                ctl.leave_blocking();
+                match r {
+                    Ok(()) => true,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
+                    Err(e) => return fail(&slot, &ctl, LockError::from_io("lock", &slot.path, e)),
+                }
+            } else {
+                ctl.leave_blocking();
+                false // the wanters changed before we blocked: re-check below
             }
+        } else if ctl.is_cancelled() {
+            false // the wanters changed before we polled: re-check below
         } else {
             match poll_lock(&f, mode, &ctl) {
                 Ok(locked) => locked,
                 Err(e) => return fail(&slot, &ctl, e),
             }
         };
-        ctl.set_blocking(false);
         if !locked {
             match after_interrupt(&slot, &ctl) {
                 Next::Continue(m, _) => {
