@@ -44,16 +44,16 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
 
 use tokio::sync::{RwLock, oneshot};
 
 use super::dir::LockDir;
 use super::idle;
-use super::interrupt::{self, ThreadCtl};
+use super::interrupt::ThreadCtl;
 use super::lockfile::{Access, LockFile};
 use super::manager::WaitStrategy;
 use super::pool;
+use super::wait;
 use crate::error::LockError;
 use crate::options::Mode;
 
@@ -438,8 +438,7 @@ enum Next {
 
 /// The body of the dedicated waiter thread of one name.
 fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockFile) {
-    let signals = slot.strategy == WaitStrategy::Signal;
-    ctl.bind_current_thread(signals);
+    ctl.bind_current_thread(slot.strategy == WaitStrategy::Signal);
     let mut file = Some(first);
     let mut replaced = 0;
     loop {
@@ -451,28 +450,9 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
                 Err(e) => return fail(&slot, &ctl, e),
             },
         };
-        // The signal is checked to be ours before every blocking wait.
-        let interruptible = signals && interrupt::usable();
-        let locked = if interruptible {
-            if ctl.enter_blocking() {
-                let r = f.lock_blocking(mode);
-                ctl.leave_blocking();
-                match r {
-                    Ok(()) => true,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
-                    Err(e) => return fail(&slot, &ctl, LockError::from_io("lock", &slot.path, e)),
-                }
-            } else {
-                ctl.leave_blocking();
-                false // the wanters changed before we blocked: re-check below
-            }
-        } else if ctl.is_cancelled() {
-            false // the wanters changed before we polled: re-check below
-        } else {
-            match poll_lock(&f, mode, &ctl) {
-                Ok(locked) => locked,
-                Err(e) => return fail(&slot, &ctl, e),
-            }
+        let locked = match wait::wait_once(&f, mode, &ctl, slot.strategy) {
+            Ok(locked) => locked,
+            Err(e) => return fail(&slot, &ctl, e),
         };
         if !locked {
             match after_interrupt(&slot, &ctl) {
@@ -591,22 +571,6 @@ fn needed_mode(wanters: &[Wanter]) -> Mode {
         Mode::Exclusive
     } else {
         Mode::Shared
-    }
-}
-
-/// The fallback where a blocked `flock` cannot be interrupted: poll with
-/// `LOCK_NB` at a backoff from 1 ms to 50 ms. `Ok(false)` when cancelled.
-fn poll_lock(f: &LockFile, mode: Mode, ctl: &ThreadCtl) -> Result<bool, LockError> {
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if f.try_lock(mode)? {
-            return Ok(true);
-        }
-        if ctl.is_cancelled() {
-            return Ok(false);
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

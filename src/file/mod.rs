@@ -3,7 +3,10 @@
 //! # Advisory locks
 //!
 //! These locks are *advisory*: they only exclude processes that take them
-//! too. Any process can still read, write or delete a lock file — or the data
+//! too. They are `flock` locks, which are independent of `fcntl`/`lockf`
+//! record locks (dpkg's, SQLite's): lockyard neither sees nor excludes
+//! those, except that cleanup never removes a file that has one (Linux, see
+//! [`FileLockManager::cleanup_with`]). Any process can still read, write or delete a lock file — or the data
 //! it protects — without asking. Use them to coordinate cooperating programs
 //! (several copies of a job, a cache shared by workers), not to keep out
 //! hostile ones.
@@ -127,6 +130,7 @@ mod name;
 mod pool;
 mod proc_locks;
 mod scan;
+mod wait;
 
 pub use guard::{FileLock, FileLockGuard};
 pub use manager::{FileLockManager, FileLockOptions, WaitStrategy};
