@@ -127,9 +127,22 @@ fn standard_lock_dirs_are_accepted_for_a_non_root_user() {
         return;
     };
     let path = format!("{base}/lockyard-test-{}.lock", std::process::id());
-    let mut c = spawn_as(65534, "exact", &[("PATH_TO_LOCK", path.clone())]);
+    let open_dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let mut c = spawn_as(
+        65534,
+        "exact",
+        &[
+            ("PATH_TO_LOCK", path.clone()),
+            ("OPEN_DIR", open_dir.path().display().to_string()),
+        ],
+    );
     c.wait_line("LOCKED", T);
     c.wait_line("DEFAULT OK", T);
+    c.wait_line("OPEN DIR REFUSED", T);
     c.wait_success(T);
     let _ = std::fs::remove_file(&path);
 }
