@@ -507,7 +507,10 @@ fn after_interrupt(slot: &Slot, ctl: &ThreadCtl) -> Next {
 fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
     let mut st = slot.state();
     let Some(w) = st.waiter.as_mut() else {
-        unreachable!("the waiter's state lives as long as its thread")
+        // Unreachable (the state lives as long as its thread); be safe.
+        drop(st);
+        let _ = f.unlock();
+        return Next::Exit;
     };
     w.wanters.retain(|w| !w.tx.is_closed());
     if w.wanters.is_empty() {
