@@ -263,7 +263,11 @@ impl Slot {
         }
         match self.try_inline(&mut st, mode)? {
             Ok(h) => Ok(TryOutcome::Acquired(h)),
-            Err(_) => Ok(TryOutcome::Busy),
+            Err(file) => {
+                // Kept for the next attempt (often a waiting one right after).
+                idle::park(self.idle_key, file);
+                Ok(TryOutcome::Busy)
+            }
         }
     }
 
