@@ -624,3 +624,65 @@ fn duplicate(e: &LockError) -> LockError {
         },
     }
 }
+
+#[cfg(all(test, not(lockyard_loom)))]
+mod tests {
+    use super::*;
+
+    fn waiter(asking: Mode, modes: &[Mode]) -> Waiter {
+        Waiter {
+            ctl: ThreadCtl::new(),
+            wanters: modes
+                .iter()
+                .map(|&mode| Wanter {
+                    mode,
+                    tx: oneshot::channel().0,
+                })
+                .collect(),
+            asking,
+        }
+    }
+
+    #[test]
+    fn the_kernel_request_follows_the_remaining_wanters() {
+        use Mode::{Exclusive as X, Shared as S};
+        for (asking, modes, re_ask) in [
+            // The wait fits: keep waiting.
+            (X, &[X][..], false),
+            (S, &[S, S][..], false),
+            // The last exclusive wanter left behind shared ones: ask again
+            // (shared), do not keep asking for LOCK_EX.
+            (X, &[S][..], true),
+            (X, &[S, S][..], true),
+            // An exclusive wanter arrived behind a shared wait.
+            (S, &[S, X][..], true),
+            // Nobody is left.
+            (X, &[][..], true),
+            (S, &[][..], true),
+        ] {
+            let mut w = waiter(asking, modes);
+            w.refit();
+            assert_eq!(
+                w.ctl.is_cancelled(),
+                re_ask,
+                "asking {asking:?} for {modes:?}"
+            );
+            if !modes.is_empty() {
+                let need = needed_mode(&w.wanters);
+                assert_eq!(need, if modes.contains(&X) { X } else { S });
+            }
+            w.ctl.unbind(); // the interrupter forgets it
+        }
+        // A fitting wanter arriving after a mismatch withdraws the re-ask.
+        let mut w = waiter(X, &[S]);
+        w.refit();
+        assert!(w.ctl.is_cancelled());
+        w.wanters.push(Wanter {
+            mode: X,
+            tx: oneshot::channel().0,
+        });
+        w.refit();
+        assert!(!w.ctl.is_cancelled());
+        w.ctl.unbind();
+    }
+}
