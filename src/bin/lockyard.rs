@@ -42,6 +42,12 @@ use crate::child::{End, Signals};
 use crate::exit::CliError;
 
 fn main() -> ExitCode {
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == child::SENTINEL_ARG)
+    {
+        return child::sentinel_main();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_error(&e),
@@ -148,6 +154,7 @@ impl Ctx {
 
 /// Runs COMMAND while the caller holds lock `name` and returns lockyard's
 /// exit code: COMMAND's, 128+signal, or [`exit::LOCK_LOST`] when `lost` fired.
+/// When this returns, no process of COMMAND's tree is left.
 pub(crate) async fn run_locked(
     name: &str,
     command: &[OsString],
@@ -155,13 +162,9 @@ pub(crate) async fn run_locked(
     lost: impl Future<Output = ()>,
     signals: &mut Signals,
 ) -> Result<u8, CliError> {
-    let mut child = child::spawn(command, envs)?;
-    tracing::debug!("started COMMAND as pid {}", child.id().unwrap_or(0));
-    match child::supervise(&mut child, signals, lost).await? {
-        End::Exited(status) => {
-            tracing::debug!("COMMAND ended: {status}");
-            Ok(child::exit_code(status))
-        }
+    let child = child::spawn(command, envs, signals)?;
+    match child.supervise(signals, lost).await {
+        End::Exited(code) => Ok(code),
         End::LockLost => Err(CliError::new(
             exit::LOCK_LOST,
             format!("lock `{name}` was lost while COMMAND ran; COMMAND was terminated"),

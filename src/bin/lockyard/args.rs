@@ -22,8 +22,8 @@ Exit codes:
   71       COMMAND could not be started (OS error)
   73       the lock directory or a lock file cannot be created
   74       other I/O error
-  75       exec --redis: the lock was lost while COMMAND ran; COMMAND got SIGTERM,
-           then SIGKILL 5 s later
+  75       exec --redis: the lock was lost while COMMAND ran; COMMAND's tree got
+           SIGTERM, then SIGKILL 5 s later
   76       the backend answered something unexpected
   77       permission denied, or an unsafe path (symlinked lock file, foreign directory)
   126/127  COMMAND cannot be executed / was not found"
@@ -34,13 +34,25 @@ const EXIT_CODES: &str = exit_codes!();
 
 const EXEC_HELP: &str = concat!(
     "\
-COMMAND runs with lockyard's stdio and environment; the lock's file descriptor
-is not inherited. SIGINT, SIGTERM and SIGHUP sent to lockyard are forwarded to
-COMMAND (a Ctrl-C typed at the terminal already reaches COMMAND and is not sent
-twice); received while waiting for the lock, they end the wait: exit 128+S.
-If lockyard itself is killed, COMMAND gets SIGKILL (Linux parent-death signal),
-since the lock is released at that moment. With --redis, COMMAND finds its
-fencing token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which has none).
+COMMAND runs with lockyard's stdio and environment, in a process group of its
+own; the lock's file descriptor is not inherited (flock(1) passes it on).
+The lock covers COMMAND's whole process tree: lockyard is a child subreaper
+(Linux), and when COMMAND exits, or the lock is lost (--redis), every
+descendant still running gets SIGTERM, then SIGKILL 5 s later; only then is
+the lock released (flock(1) leaves them running). If lockyard itself dies,
+COMMAND's process group gets SIGKILL at once (a descendant that left it with
+setsid survives only this case).
+
+Signals: HUP, INT, QUIT, TERM, USR1, USR2, ALRM, WINCH, CONT and TSTP sent to
+lockyard or to its process group reach COMMAND's group once (flock(1)
+forwards nothing). A signal the caller ignored (nohup) stays ignored for both.
+In the foreground of a terminal, COMMAND's group gets the terminal, so Ctrl-C
+and Ctrl-Z reach it directly. When COMMAND stops (Ctrl-Z, SIGTSTP), lockyard
+stops too; SIGCONT resumes both. A signal received while waiting for the
+lock ends the wait: exit 128+S. Under systemd, KillMode=mixed sends the stop
+signal to lockyard only; the default control-group mode also signals COMMAND
+directly, which then sees it twice. With --redis, COMMAND finds its fencing
+token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which has none).
 
 Examples:
   lockyard exec nightly-report -- ./report.sh

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use lockyard::{AcquireOptions, FileLockInfo, FileLockManager, Mode};
 
 use crate::args::{CleanupArgs, DirArg, ExecArgs, StatusArgs};
-use crate::child::Signals;
+use crate::child::{Signals, signal_exit};
 use crate::exit::{self, CliError};
 use crate::{Ctx, run_locked, waiting};
 
@@ -92,7 +92,7 @@ pub(crate) async fn exec(
     };
     let acquired = tokio::select! {
         res = waiting::acquire_reporting(name, acquire, holder) => res,
-        sig = signals.recv() => return Ok(signal_exit(sig)),
+        sig = signals.recv_fatal() => return Ok(signal_exit(sig)),
     };
     let guard = match acquired {
         Ok(guard) => guard,
@@ -111,10 +111,6 @@ pub(crate) async fn exec(
         tracing::warn!("releasing lock `{name}`: {e}");
     }
     code
-}
-
-pub(crate) fn signal_exit(sig: i32) -> u8 {
-    u8::try_from(128 + sig).unwrap_or(u8::MAX)
 }
 
 pub(crate) async fn status(args: &StatusArgs) -> Result<u8, CliError> {

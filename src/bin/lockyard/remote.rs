@@ -4,8 +4,8 @@
 //! lock (`--rw`; `--shared` reads). Several URLs: Redlock over independent
 //! servers (exclusive only; no fencing token, as Redlock cannot issue a
 //! strictly increasing one). The library's watchdog renews the lease every
-//! TTL/3 while COMMAND runs; if the lock is lost COMMAND gets SIGTERM, then
-//! SIGKILL after [`LOST_GRACE`](crate::child::LOST_GRACE), and lockyard exits
+//! TTL/3 while COMMAND runs; if the lock is lost COMMAND's whole process tree
+//! gets SIGTERM, then SIGKILL after [`GRACE`](crate::child::GRACE), and lockyard exits
 //! with [`LOCK_LOST`](crate::exit::LOCK_LOST). COMMAND sees its fencing token
 //! in `LOCKYARD_FENCING_TOKEN`.
 
@@ -17,9 +17,8 @@ use lockyard::redis::{
 use lockyard::{AcquireOptions, Lock, LockError, LockGuard, Mode, Owner};
 
 use crate::args::{ExecArgs, StatusArgs};
-use crate::child::Signals;
+use crate::child::{Signals, signal_exit};
 use crate::exit::{self, CliError};
-use crate::files::signal_exit;
 use crate::{Ctx, run_locked, waiting};
 
 /// The lease when `--ttl` is not given.
@@ -40,11 +39,11 @@ pub(crate) async fn exec(
     // client owns the watchdog that renews the lease.
     let backend = tokio::select! {
         res = Backend::connect(args, opts) => res?,
-        sig = signals.recv() => return Ok(signal_exit(sig)),
+        sig = signals.recv_fatal() => return Ok(signal_exit(sig)),
     };
     let acquired = tokio::select! {
         res = backend.acquire(name, timeout) => res,
-        sig = signals.recv() => return Ok(signal_exit(sig)),
+        sig = signals.recv_fatal() => return Ok(signal_exit(sig)),
     };
     let guard = match acquired {
         Ok(guard) => guard,
