@@ -2,8 +2,8 @@
 //! (Redis) locks, list locks, clean up stale lock files.
 //!
 //! ```text
-//! lockyard exec [--dir DIR] [-s] [-n] [-w DUR] [-E N] [-v] [--redis URL ...] [--ttl DUR]
-//!               [--permits N | --rw] NAME -- COMMAND [ARGS...]
+//! lockyard exec [--dir DIR] [-s | -x] [-n] [-w DUR] [-E N] [-o] [-v] [--redis URL,...]
+//!               [--ttl DUR] [--permits N | --rw] NAME (-- COMMAND [ARGS...] | -c LINE)
 //! lockyard status  [--dir DIR] [--json] [--redis URL]
 //! lockyard cleanup [--dir DIR] [--max-age DUR] [--dry-run]
 //! ```
@@ -48,10 +48,16 @@ fn main() -> ExitCode {
     {
         return child::sentinel_main();
     }
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_error(&e),
     };
+    // An empty `LOCKYARD_REDIS` (or a stray comma) names no server.
+    match &mut cli.command {
+        Command::Exec(args) => args.redis.retain(|url| !url.is_empty()),
+        Command::Status(args) => args.redis.retain(|url| !url.is_empty()),
+        Command::Cleanup(_) => {}
+    }
     init_tracing(cli.verbose);
     // A current-thread runtime: COMMAND is forked from the main thread, which
     // lives as long as lockyard (Linux's parent-death signal follows the
@@ -76,7 +82,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> Result<u8, CliError> {
-    let ctx = Ctx { quiet: cli.quiet };
+    let ctx = Ctx {
+        quiet: cli.quiet,
+        verbose: cli.verbose > 0,
+    };
     match &cli.command {
         Command::Exec(args) => {
             let mut signals = Signals::install()?;
@@ -86,9 +95,10 @@ async fn run(cli: &Cli) -> Result<u8, CliError> {
                 redis_exec(&ctx, args, &mut signals).await
             }
         }
-        Command::Status(args) => match &args.redis {
-            None => files::status(args).await,
-            Some(url) => redis_status(url, args).await,
+        Command::Status(args) => match args.redis.as_slice() {
+            [] => files::status(args).await,
+            [url] => redis_status(url, args).await,
+            _ => Err(CliError::usage("status --redis takes one server")),
         },
         Command::Cleanup(args) => files::cleanup(args).await,
     }
@@ -122,6 +132,7 @@ async fn redis_status(_: &str, _: &args::StatusArgs) -> Result<u8, CliError> {
 #[derive(Debug)]
 pub(crate) struct Ctx {
     quiet: bool,
+    verbose: bool,
 }
 
 impl Ctx {
@@ -135,7 +146,8 @@ impl Ctx {
     }
 
     /// The error for "the lock is held": `-E N` (default 1) and one line
-    /// naming the holder, unless `--quiet`.
+    /// naming the holder, unless `--quiet`, or `-E 0` without `-v` (a
+    /// skip that succeeds is silent, so cron mails nothing).
     pub(crate) fn conflict(
         &self,
         args: &ExecArgs,
@@ -144,7 +156,7 @@ impl Ctx {
         err: &LockError,
     ) -> CliError {
         let code = args.conflict_exit_code.unwrap_or(exit::CONFLICT);
-        if self.quiet {
+        if self.quiet || (code == 0 && !self.verbose) {
             CliError::new(code, "")
         } else {
             CliError::new(code, waiting::conflict_message(name, holder, err))
@@ -156,20 +168,33 @@ impl Ctx {
 /// exit code: COMMAND's, 128+signal, or [`exit::LOCK_LOST`] when `lost` fired.
 /// When this returns, no process of COMMAND's tree is left.
 pub(crate) async fn run_locked(
-    name: &str,
-    command: &[OsString],
+    args: &ExecArgs,
     envs: &[(&str, Option<String>)],
     lost: impl Future<Output = ()>,
     signals: &mut Signals,
 ) -> Result<u8, CliError> {
-    let child = child::spawn(command, envs, signals)?;
-    match child.supervise(signals, lost).await {
+    let name = args.name.as_str();
+    let command = match &args.shell_command {
+        Some(line) => shell_command(line),
+        None => args.command.clone(),
+    };
+    let child = child::spawn(&command, envs, signals)?;
+    match child.supervise(signals, lost, args.close).await {
         End::Exited(code) => Ok(code),
         End::LockLost => Err(CliError::new(
             exit::LOCK_LOST,
             format!("lock `{name}` was lost while COMMAND ran; COMMAND was terminated"),
         )),
     }
+}
+
+/// `-c LINE`: `$SHELL -c LINE` if `$SHELL` is an absolute path, else
+/// `/bin/sh -c LINE` (as flock(1)).
+fn shell_command(line: &str) -> Vec<OsString> {
+    let shell = std::env::var_os("SHELL")
+        .filter(|s| std::path::Path::new(s).is_absolute())
+        .unwrap_or_else(|| OsString::from("/bin/sh"));
+    vec![shell, OsString::from("-c"), OsString::from(line)]
 }
 
 /// Writes to stdout; a closed or failing stdout is an I/O error, not a panic.

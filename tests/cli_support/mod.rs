@@ -39,6 +39,7 @@ impl Env {
         cmd.args(args)
             .env("LOCKYARD_DIR", self.dir())
             .env_remove("RUST_BACKTRACE")
+            .env_remove("LOCKYARD_REDIS")
             .stdin(Stdio::null());
         cmd
     }

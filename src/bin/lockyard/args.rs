@@ -110,6 +110,16 @@ pub(crate) struct ExecArgs {
     #[arg(short, long)]
     pub(crate) shared: bool,
 
+    /// Take an exclusive lock (the default; -e is flock(1)'s spelling too).
+    #[arg(short = 'x', short_alias = 'e', long, conflicts_with = "shared")]
+    pub(crate) exclusive: bool,
+
+    /// Release the lock when COMMAND exits and leave its background
+    /// processes running, without the lock (flock(1) -o: they do not keep
+    /// the lock). Without -o they are stopped before the lock is released.
+    #[arg(short = 'o', long)]
+    pub(crate) close: bool,
+
     /// Fail at once if the lock is held (same as -w 0).
     #[arg(short, long)]
     pub(crate) nonblock: bool,
@@ -124,9 +134,15 @@ pub(crate) struct ExecArgs {
     pub(crate) conflict_exit_code: Option<u8>,
 
     /// Lock on the Redis server at URL instead of a file; the lease is
-    /// renewed while COMMAND runs (exit 75 if it is lost anyway). Give it
-    /// several times (independent servers, 3 or 5) for Redlock.
-    #[arg(long, value_name = "URL")]
+    /// renewed while COMMAND runs (exit 75 if it is lost anyway). Give
+    /// several (repeated, or separated by commas; independent servers, 3 or
+    /// 5) for Redlock. Set LOCKYARD_REDIS empty to lock files.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "LOCKYARD_REDIS",
+        value_delimiter = ','
+    )]
     pub(crate) redis: Vec<String>,
 
     /// Redis lease time-to-live; renewed about every TTL/3 while COMMAND runs
@@ -148,9 +164,19 @@ pub(crate) struct ExecArgs {
     /// The lock's name ([A-Za-z0-9._-] maps to <DIR>/<NAME>.lock; anything else is escaped).
     pub(crate) name: String,
 
+    /// Run this shell command ($SHELL -c, else /bin/sh -c, as flock(1)
+    /// -c) instead of COMMAND.
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SHELL_COMMAND",
+        conflicts_with = "command"
+    )]
+    pub(crate) shell_command: Option<String>,
+
     /// The command to run, and its arguments (after `--`, or directly).
     #[arg(
-        required = true,
+        required_unless_present = "shell_command",
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "COMMAND"
@@ -168,8 +194,13 @@ pub(crate) struct StatusArgs {
     pub(crate) json: bool,
 
     /// List the locks held on this Redis server instead of lock files.
-    #[arg(long, value_name = "URL")]
-    pub(crate) redis: Option<String>,
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "LOCKYARD_REDIS",
+        value_delimiter = ','
+    )]
+    pub(crate) redis: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -210,5 +241,17 @@ mod tests {
             assert_eq!(e.name, "job");
             assert_eq!(e.command, ["echo", "-n", "x"]);
         }
+    }
+
+    #[test]
+    fn shell_command_replaces_command() {
+        let cli = Cli::try_parse_from(["lockyard", "exec", "-x", "job", "-c", "echo hi"]).unwrap();
+        let Command::Exec(e) = cli.command else {
+            panic!("not exec")
+        };
+        assert!(e.exclusive);
+        assert_eq!(e.shell_command.as_deref(), Some("echo hi"));
+        assert!(e.command.is_empty());
+        assert!(Cli::try_parse_from(["lockyard", "exec", "job"]).is_err());
     }
 }

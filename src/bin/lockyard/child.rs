@@ -425,10 +425,14 @@ mod unix {
         /// Waits for COMMAND, forwarding signals (rule 4) and following its
         /// stops (rule 7); if `lost` completes first, terminates the tree.
         /// Either way no descendant is left when this returns (rule 3).
+        ///
+        /// With `close` (`-o`), a COMMAND that exits leaves its remaining
+        /// processes running, and the lock is released at once.
         pub(crate) async fn supervise(
             mut self,
             signals: &mut Signals,
             lost: impl Future<Output = ()>,
+            close: bool,
         ) -> End {
             tokio::pin!(lost);
             self.reap();
@@ -446,7 +450,12 @@ mod unix {
                     },
                 }
             };
-            self.stop_tree(signals).await;
+            if close && matches!(end, End::Exited(_)) {
+                tracing::debug!("-o: leaving COMMAND's remaining processes running");
+                self.release_group();
+            } else {
+                self.stop_tree(signals).await;
+            }
             end
         }
 
@@ -552,6 +561,12 @@ mod unix {
                     },
                 }
             }
+            self.release_group();
+        }
+
+        /// Gives the terminal back and ends the sentinel (with SIGKILL, so
+        /// it does not kill the group).
+        fn release_group(&mut self) {
             restore_terminal(self.terminal.as_ref(), self.group);
             if let Some(sentinel) = self.sentinel.take() {
                 send(sentinel, libc::SIGKILL);
@@ -674,6 +689,7 @@ mod other {
             mut self,
             _: &mut Signals,
             lost: impl Future<Output = ()>,
+            _close: bool,
         ) -> End {
             tokio::select! {
                 status = self.0.wait() => End::Exited(status.ok().and_then(|s| s.code())

@@ -106,7 +106,7 @@ pub(crate) async fn exec(
         Err(err) => return Err(err.into()),
     };
     tracing::debug!("holding {} ({mode})", guard.path().display());
-    let code = run_locked(name, &args.command, &[], std::future::pending(), signals).await;
+    let code = run_locked(args, &[], std::future::pending(), signals).await;
     if let Err(e) = guard.release().await {
         tracing::warn!("releasing lock `{name}`: {e}");
     }

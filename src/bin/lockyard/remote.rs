@@ -60,7 +60,7 @@ pub(crate) async fn exec(
     tracing::info!("holding `{name}` on Redis (fencing token {token:?})");
     // Unset rather than inherited from an outer lockyard when there is none.
     let envs = [(FENCING_ENV, token.map(|t| t.to_string()))];
-    let code = run_locked(name, &args.command, &envs, guard.lost(), signals).await;
+    let code = run_locked(args, &envs, guard.lost(), signals).await;
     if code.as_ref().is_err_and(|e| e.code == exit::LOCK_LOST) {
         // The lease is gone; releasing would only wait on a Redis that may be down.
         drop(guard);
