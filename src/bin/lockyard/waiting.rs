@@ -6,8 +6,47 @@ use std::time::{Duration, Instant};
 
 use lockyard::{LockError, Owner};
 
+use crate::args::ExecArgs;
+use crate::exit::CliError;
+
 /// How often `--verbose` repeats who holds the lock while waiting.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// How `exec` reports a lock it cannot have: `--quiet`, `--verbose`.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) quiet: bool,
+    pub(crate) verbose: bool,
+}
+
+impl Ctx {
+    /// `-n` (or `-w 0`) → `Some(ZERO)`; `-w DUR` → `Some(DUR)`; else wait for ever.
+    pub(crate) fn timeout(&self, args: &ExecArgs) -> Option<Duration> {
+        if args.nonblock {
+            Some(Duration::ZERO)
+        } else {
+            args.timeout
+        }
+    }
+
+    /// The error for "the lock is held": `-E N` (default 1) and one line
+    /// naming the holder, unless `--quiet`, or `-E 0` without `-v` (a
+    /// skip that succeeds is silent, so cron mails nothing).
+    pub(crate) fn conflict(
+        &self,
+        args: &ExecArgs,
+        name: &str,
+        holder: Option<String>,
+        err: &LockError,
+    ) -> CliError {
+        let code = args.conflict_exit_code.unwrap_or(crate::exit::CONFLICT);
+        if self.quiet || (code == 0 && !self.verbose) {
+            CliError::new(code, "")
+        } else {
+            CliError::new(code, conflict_message(name, holder, err))
+        }
+    }
+}
 
 /// `pid 42 on build-07 since 2026-11-22T21:03:26Z (exclusive)`.
 pub(crate) fn describe_owner(owner: &Owner) -> String {

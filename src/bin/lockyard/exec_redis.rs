@@ -1,25 +1,23 @@
-//! `exec --redis` and `status --redis`: distributed locks.
+//! `exec --redis`: run COMMAND while holding a distributed lock.
 //!
 //! One URL: a [`RedisLocks`] lock, a semaphore (`--permits N`), or a RW
 //! lock (`--rw`; `--shared` reads). Several URLs: Redlock over independent
 //! servers (exclusive only; no fencing token, as Redlock cannot issue a
 //! strictly increasing one). The library's watchdog renews the lease every
 //! TTL/3 while COMMAND runs; if the lock is lost COMMAND's whole process tree
-//! gets SIGTERM, then SIGKILL after [`GRACE`](crate::child::GRACE), and lockyard exits
+//! gets SIGTERM, then SIGKILL after [`GRACE`](crate::supervisor::GRACE), and lockyard exits
 //! with [`LOCK_LOST`](crate::exit::LOCK_LOST). COMMAND sees its fencing token
 //! in `LOCKYARD_FENCING_TOKEN`.
 
 use std::time::Duration;
 
-use lockyard::redis::{
-    RedisLock, RedisLockInfo, RedisLocks, RedisOptions, RedisRwLock, RedisSemaphore, Redlock,
-};
+use lockyard::redis::{RedisLock, RedisLocks, RedisOptions, RedisRwLock, RedisSemaphore, Redlock};
 use lockyard::{AcquireOptions, Lock, LockError, LockGuard, Mode, Owner};
 
-use crate::args::{ExecArgs, StatusArgs};
-use crate::child::{Signals, signal_exit};
+use crate::args::ExecArgs;
 use crate::exit::{self, CliError};
-use crate::{Ctx, run_locked, waiting};
+use crate::supervisor::{Signals, run_locked, signal_exit};
+use crate::waiting::{self, Ctx};
 
 /// The lease when `--ttl` is not given.
 const DEFAULT_TTL: Duration = Duration::from_secs(30);
@@ -27,11 +25,7 @@ const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// The environment variable COMMAND finds its fencing token in.
 const FENCING_ENV: &str = "LOCKYARD_FENCING_TOKEN";
 
-pub(crate) async fn exec(
-    ctx: &Ctx,
-    args: &ExecArgs,
-    signals: &mut Signals,
-) -> Result<u8, CliError> {
+pub(crate) async fn run(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, CliError> {
     let name = args.name.as_str();
     let opts = RedisOptions::new().ttl(args.ttl.unwrap_or(DEFAULT_TTL));
     let timeout = ctx.timeout(args);
@@ -166,86 +160,11 @@ impl Backend {
     }
 }
 
-pub(crate) async fn status(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
-    let locks = RedisLocks::connect(url).await?;
-    let held = locks.list().await?;
-    let text = if args.json {
-        let rows: Vec<serde_json::Value> = held.iter().map(json_row).collect();
-        serde_json::Value::Array(rows).to_string() + "\n"
-    } else {
-        let mut rows = vec![
-            [
-                "NAME", "KIND", "HOLDERS", "TTL", "FENCING", "PID", "HOST", "SINCE",
-            ]
-            .map(str::to_owned),
-        ];
-        let dash = || "-".to_owned();
-        for info in &held {
-            // The longest holder; `--json` lists them all.
-            let owner = info.owners.first();
-            rows.push([
-                info.name.clone(),
-                info.kind.to_owned(),
-                info.holders.to_string(),
-                info.ttl
-                    .map_or_else(dash, |t| format!("{:.1}s", t.as_secs_f64())),
-                info.fencing_token.map_or_else(dash, |t| t.to_string()),
-                owner.map_or_else(dash, |o| o.pid.to_string()),
-                owner.map_or_else(dash, |o| o.host.clone()),
-                owner.map_or_else(dash, |o| {
-                    humantime::format_rfc3339_seconds(o.since).to_string()
-                }),
-            ]);
-        }
-        crate::format_table(&rows)
-    };
-    crate::print(&text)?;
-    Ok(0)
-}
-
 /// `pid 42 on host since ... (mode)`, plus `and N more` for several.
 fn describe_owners(owners: &[Owner]) -> Option<String> {
     let first = waiting::describe_owner(owners.first()?);
     Some(match owners.len() {
         1 => first,
         n => format!("{first} and {} more", n - 1),
-    })
-}
-
-/// The same keys as the file listing (`pid`, `host`, `since` of the
-/// longest holder, null when unknown) plus `kind`, `holders`, `ttl_ms`,
-/// `fencing_token`, and `owners` (every holder lockyard can identify).
-fn json_row(info: &RedisLockInfo) -> serde_json::Value {
-    let owner = info.owners.first();
-    let since = |o: &Owner| humantime::format_rfc3339_millis(o.since).to_string();
-    let mode = match info.kind {
-        "lock" => Some("exclusive"),
-        "rwlock" => owner.map(|o| o.mode.as_str()),
-        _ => None,
-    };
-    let owners: Vec<serde_json::Value> = info
-        .owners
-        .iter()
-        .map(|o| {
-            serde_json::json!({
-                "pid": o.pid,
-                "host": o.host,
-                "since": since(o),
-                "mode": o.mode.as_str(),
-            })
-        })
-        .collect();
-    serde_json::json!({
-        "name": info.name,
-        "held": info.holders > 0,
-        "mode": mode,
-        "pid": owner.map(|o| o.pid),
-        "host": owner.map(|o| o.host.as_str()),
-        "since": owner.map(since),
-        "kind": info.kind,
-        "holders": info.holders,
-        "owners": owners,
-        "ttl_ms": info.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
-        "fencing_token": info.fencing_token,
     })
 }

@@ -48,7 +48,11 @@ pub(crate) use unix::*;
 #[cfg(not(unix))]
 pub(crate) use other::*;
 
+use std::ffi::OsString;
 use std::time::Duration;
+
+use crate::args::ExecArgs;
+use crate::exit::{self, CliError};
 
 /// How long COMMAND's tree gets between SIGTERM and SIGKILL once the lock
 /// is lost, or once COMMAND has exited and left descendants behind.
@@ -64,6 +68,39 @@ pub(crate) enum End {
     Exited(u8),
     /// The lock was lost; COMMAND's tree was terminated.
     LockLost,
+}
+
+/// Runs COMMAND while the caller holds lock `name` and returns lockyard's
+/// exit code: COMMAND's, 128+signal, or [`exit::LOCK_LOST`] when `lost` fired.
+/// When this returns, no process of COMMAND's tree is left.
+pub(crate) async fn run_locked(
+    args: &ExecArgs,
+    envs: &[(&str, Option<String>)],
+    lost: impl Future<Output = ()>,
+    signals: &mut Signals,
+) -> Result<u8, CliError> {
+    let name = args.name.as_str();
+    let command = match &args.shell_command {
+        Some(line) => shell_command(line),
+        None => args.command.clone(),
+    };
+    let child = spawn(&command, envs, signals)?;
+    match child.supervise(signals, lost, args.close).await {
+        End::Exited(code) => Ok(code),
+        End::LockLost => Err(CliError::new(
+            exit::LOCK_LOST,
+            format!("lock `{name}` was lost while COMMAND ran; COMMAND was terminated"),
+        )),
+    }
+}
+
+/// `-c LINE`: `$SHELL -c LINE` if `$SHELL` is an absolute path, else
+/// `/bin/sh -c LINE` (as flock(1)).
+fn shell_command(line: &str) -> Vec<OsString> {
+    let shell = std::env::var_os("SHELL")
+        .filter(|s| std::path::Path::new(s).is_absolute())
+        .unwrap_or_else(|| OsString::from("/bin/sh"));
+    vec![shell, OsString::from("-c"), OsString::from(line)]
 }
 
 /// lockyard's exit code when it ends on signal `sig`: 128+sig.
