@@ -3,20 +3,23 @@
 //! 1. `uncontended/*`: one acquire + release of a free lock. Floor: raw
 //!    `open + flock + unlock + close` with `std::fs::File` on a fresh open
 //!    each iteration (what a careful hand-written lock does).
-//! 2. `handoff/*`: cross-process hand-off latency. The bench process holds
-//!    the lock; a child process (this binary re-executed, see `child`) is
-//!    told to acquire it and blocks; the parent waits until `/proc/locks`
-//!    shows the child blocked in the kernel, then releases at `t0`. The child, as soon
-//!    as it has the lock, writes one byte to a pipe; the parent reads it at
-//!    `t1`. `t1 - t0` is measured; it includes one pipe wake-up, the same in
-//!    both variants. Floor: both sides raw `flock` on descriptors kept open
-//!    (the kernel's own hand-off). A sample where the child was not yet
-//!    blocked when the lock was released (it found the lock free) is
-//!    discarded in both variants. Besides criterion's mean-based figures, the
-//!    p50 of individual hand-offs is printed with the ratio.
+//! 2. `handoff_same_cpu/*`, `handoff_cross_cpu/*`: cross-process hand-off
+//!    latency. The bench process holds the lock; a child process (this
+//!    binary re-executed, see `child`) is told to acquire it and blocks; the
+//!    parent waits until `/proc/locks` shows the child blocked in the kernel,
+//!    takes a `CLOCK_MONOTONIC` timestamp `t0` and releases. The child takes
+//!    its own `CLOCK_MONOTONIC` timestamp `t1` at the instant its acquire
+//!    *returns* and sends it back; `t1 - t0` is measured (the clock is shared
+//!    by the two processes, so no pipe wake-up is included). Floor: both
+//!    sides raw `flock` on descriptors kept open (the kernel's own
+//!    hand-off). A sample where the child was not yet blocked when the lock
+//!    was released (it found the lock free) is discarded in both variants.
+//!    Each placement pins the parent to CPU 0 and the child (with its
+//!    threads) to CPU 0 (`same_cpu`) or CPU 1 (`cross_cpu`, skipped on a
+//!    single CPU). Besides criterion's mean-based figures, the p50 of
+//!    individual hand-offs is printed with the ratio for each placement.
 //!
 //! Run: `cargo bench --bench file -- --warm-up-time 1 --measurement-time 3`
-//! (and with `LOCKYARD_BENCH_PIN=1` to pin everything to one CPU).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -33,32 +36,57 @@ const CHILD: &str = "LOCKYARD_BENCH_CHILD";
 const T: Duration = Duration::from_secs(10);
 
 fn main() {
-    pin_if_asked();
     if let Ok(role) = std::env::var(CHILD) {
+        if let Some(cpu) = std::env::var("LOCKYARD_BENCH_CPU")
+            .ok()
+            .and_then(|c| c.parse().ok())
+        {
+            pin_to(cpu);
+        }
         child(&role);
         return;
     }
+    // Counted before anything is pinned (pinning narrows what it reports).
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut c = Criterion::default().configure_from_args();
     uncontended(&mut c);
-    handoff(&mut c);
+    handoff(&mut c, "handoff_same_cpu", 0);
+    if cpus > 1 {
+        handoff(&mut c, "handoff_cross_cpu", 1);
+    }
     c.final_summary();
 }
 
-/// With `LOCKYARD_BENCH_PIN=1` (Linux), the bench and its children all run
-/// on CPU 0: hand-offs then cost context switches only, without the
-/// cross-CPU wake-ups whose price varies a lot on virtual machines. Both
-/// variants are pinned alike; the default (unpinned) run is the headline.
-fn pin_if_asked() {
+/// Pins the calling thread (and the threads it starts later) to `cpu`
+/// (Linux; elsewhere nothing).
+fn pin_to(cpu: usize) {
     #[cfg(target_os = "linux")]
-    if std::env::var_os("LOCKYARD_BENCH_PIN").is_some() {
-        // SAFETY: the cpu_set_t is zero-initialised and only manipulated by
-        // the libc macros; sched_setaffinity(0, ..) applies to this thread,
-        // before any other thread exists, so later threads inherit it.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(0, &mut set);
-            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+    // SAFETY: the cpu_set_t is zero-initialised and only manipulated by the
+    // libc macros; sched_setaffinity(0, ..) applies to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cpu;
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: one clock for both processes.
+fn mono_ns() -> u64 {
+    #[cfg(unix)]
+    {
+        // SAFETY: clock_gettime writes a timespec we own.
+        let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; CLOCK_MONOTONIC always exists.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+    #[cfg(not(unix))]
+    {
+        use std::sync::OnceLock;
+        static START: OnceLock<Instant> = OnceLock::new();
+        START.get_or_init(Instant::now).elapsed().as_nanos() as u64
     }
 }
 
@@ -161,10 +189,11 @@ struct Peer {
 }
 
 impl Peer {
-    fn spawn(role: &str, dir: &Path) -> Self {
+    fn spawn(role: &str, dir: &Path, cpu: usize) -> Self {
         let mut child = Command::new(std::env::current_exe().unwrap())
             .env(CHILD, role)
             .env("DIR", dir)
+            .env("LOCKYARD_BENCH_CPU", cpu.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -183,13 +212,13 @@ impl Peer {
         self.stdin.write_all(b"g").unwrap();
         self.stdin.flush().unwrap();
         wait_until_blocked(lock_file);
-        let t0 = Instant::now();
+        let t0 = mono_ns();
         me.release();
-        let mut b = [0u8; 1];
+        let mut b = [0u8; 9];
         self.stdout.read_exact(&mut b).unwrap();
-        let t1 = Instant::now();
+        let t1 = u64::from_le_bytes(b[1..].try_into().unwrap());
         me.hold(); // the child releases right after answering
-        (b[0] == b'a').then(|| t1 - t0)
+        (b[0] == b'a').then(|| Duration::from_nanos(t1.saturating_sub(t0)))
     }
 }
 
@@ -228,21 +257,22 @@ impl Drop for Peer {
     }
 }
 
-fn handoff(c: &mut Criterion) {
+fn handoff(c: &mut Criterion, group: &str, child_cpu: usize) {
+    pin_to(0);
     let dir = tempfile::tempdir().unwrap();
     let locks = dir.path().join("locks");
     let m = FileLockManager::new(&locks).unwrap();
     let raw_path = m.dir().join("handoff-raw.lock");
     let samples: Mutex<Vec<(&str, Duration)>> = Mutex::new(Vec::new());
 
-    let mut g = c.benchmark_group("handoff");
+    let mut g = c.benchmark_group(group);
     g.sample_size(20);
     g.measurement_time(Duration::from_millis(400));
     g.warm_up_time(Duration::from_millis(100));
 
     let mut raw = RawSide(open(&raw_path));
     raw.hold();
-    let mut peer = Peer::spawn("raw", &locks);
+    let mut peer = Peer::spawn("raw", &locks, child_cpu);
     g.bench_function("raw_flock", |b| {
         b.iter_custom(|iters| measure(iters, &mut peer, &mut raw, &raw_path, "raw", &samples))
     });
@@ -256,7 +286,7 @@ fn handoff(c: &mut Criterion) {
         guard: None,
     };
     ly.hold();
-    let mut peer = Peer::spawn("lockyard", &locks);
+    let mut peer = Peer::spawn("lockyard", &locks, child_cpu);
     g.bench_function("lockyard", |b| {
         b.iter_custom(|iters| measure(iters, &mut peer, &mut ly, &ly_path, "lockyard", &samples))
     });
@@ -274,7 +304,7 @@ fn handoff(c: &mut Criterion) {
     };
     let (raw50, ly50) = (p("raw", 0.5), p("lockyard", 0.5));
     println!(
-        "hand-off p50: raw flock {raw50:?}, lockyard {ly50:?}, ratio {:.2} \
+        "{group} p50: raw flock {raw50:?}, lockyard {ly50:?}, ratio {:.2} \
          (p90: raw {:?}, lockyard {:?}; {} samples)",
         ly50.as_secs_f64() / raw50.as_secs_f64(),
         p("raw", 0.9),
@@ -328,7 +358,8 @@ fn child(role: &str) {
                         b'a'
                     }
                 };
-                stdout.write_all(&[answer]).unwrap();
+                let t1 = mono_ns();
+                stdout.write_all(&reply(answer, t1)).unwrap();
                 stdout.flush().unwrap();
                 f.unlock().unwrap();
             }
@@ -339,17 +370,28 @@ fn child(role: &str) {
             let lock = m.lock("handoff").unwrap();
             let opts = AcquireOptions::new().mode(Mode::Exclusive);
             while stdin.read_exact(&mut go).is_ok() {
-                let (guard, answer) = rt.block_on(async {
+                let (guard, answer, t1) = rt.block_on(async {
                     match m.try_acquire("handoff").await {
-                        Ok(g) => (g, b'u'),
-                        Err(_) => (lock.acquire(&opts).await.unwrap(), b'a'),
+                        Ok(g) => (g, b'u', mono_ns()),
+                        Err(_) => {
+                            let g = lock.acquire(&opts).await.unwrap();
+                            (g, b'a', mono_ns())
+                        }
                     }
                 });
-                stdout.write_all(&[answer]).unwrap();
+                stdout.write_all(&reply(answer, t1)).unwrap();
                 stdout.flush().unwrap();
                 drop(guard);
             }
         }
         other => panic!("unknown role {other}"),
     }
+}
+
+/// The child's answer: `a` (it blocked) or `u`, then the instant its
+/// acquire returned.
+fn reply(answer: u8, t1: u64) -> [u8; 9] {
+    let mut r = [answer; 9];
+    r[1..].copy_from_slice(&t1.to_le_bytes());
+    r
 }

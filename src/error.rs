@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::owner::Owner;
+use crate::text::Escaped;
 
 /// A boxed error from a backend library (redis, bb8, …).
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -29,7 +30,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum LockError {
     /// The lock was held by someone else for the whole timeout.
-    #[error("timed out after {} waiting for lock `{resource}`{}", Waited(*waited), HolderSuffix(holder.as_deref()))]
+    #[error("timed out after {} waiting for lock `{resource}`{}", Waited(*waited), HolderSuffix(holder.as_deref()), resource = Escaped(resource))]
     Timeout {
         /// The resource name.
         resource: String,
@@ -39,7 +40,7 @@ pub enum LockError {
         holder: Option<Box<Owner>>,
     },
     /// A non-blocking attempt found the lock held.
-    #[error("lock `{resource}` is held{}", HolderSuffix(holder.as_deref()))]
+    #[error("lock `{resource}` is held{}", HolderSuffix(holder.as_deref()), resource = Escaped(resource))]
     WouldBlock {
         /// The resource name.
         resource: String,
@@ -63,7 +64,7 @@ pub enum LockError {
         reason: String,
     },
     /// The backend cannot do what was asked (for example a shared mode).
-    #[error("`{resource}`: {what} is not supported by this backend")]
+    #[error("`{resource}`: {what} is not supported by this backend", resource = Escaped(resource))]
     Unsupported {
         /// The resource name.
         resource: String,
@@ -71,7 +72,7 @@ pub enum LockError {
         what: &'static str,
     },
     /// The OS refused access to a lock file or directory.
-    #[error("permission denied to {op} {}", path.display())]
+    #[error("permission denied to {op} {}", Escaped(path.display()))]
     PermissionDenied {
         /// What we were doing (`"open"`, `"create directory"`, …).
         op: &'static str,
@@ -83,7 +84,7 @@ pub enum LockError {
     },
     /// A path was refused for safety: a symlinked lock file, a lock directory
     /// that is a symlink or owned by another user, a non-regular file.
-    #[error("refusing {}: {reason}", path.display())]
+    #[error("refusing {}: {reason}", Escaped(path.display()))]
     UnsafePath {
         /// The path concerned.
         path: PathBuf,
@@ -92,7 +93,7 @@ pub enum LockError {
     },
     /// The file system does not support `flock`-style locks (some network
     /// file systems).
-    #[error("the file system holding {} does not support file locks", path.display())]
+    #[error("the file system holding {} does not support file locks", Escaped(path.display()))]
     UnsupportedFilesystem {
         /// The lock file.
         path: PathBuf,
@@ -101,7 +102,7 @@ pub enum LockError {
         source: io::Error,
     },
     /// Any other I/O error on a lock file or directory.
-    #[error("I/O error while trying to {op} {}", path.display())]
+    #[error("I/O error while trying to {op} {}", Escaped(path.display()))]
     Io {
         /// What we were doing.
         op: &'static str,
@@ -113,7 +114,7 @@ pub enum LockError {
     },
     /// The backend could not be reached or did not answer in time
     /// (connection refused or reset, pool timeout, server loading).
-    #[error("backend unavailable while trying to {op} `{resource}`")]
+    #[error("backend unavailable while trying to {op} `{resource}`", resource = Escaped(resource))]
     Unavailable {
         /// The resource name.
         resource: String,
@@ -125,7 +126,7 @@ pub enum LockError {
     },
     /// The backend answered with an error (authentication, script error,
     /// permissions) that retrying will not fix.
-    #[error("backend refused to {op} `{resource}`")]
+    #[error("backend refused to {op} `{resource}`", resource = Escaped(resource))]
     Backend {
         /// The resource name.
         resource: String,
@@ -136,7 +137,7 @@ pub enum LockError {
         source: BoxError,
     },
     /// The backend answered something we did not expect (wrong type, bad value).
-    #[error("unexpected reply while trying to {op} `{resource}`: {detail}")]
+    #[error("unexpected reply while trying to {op} `{resource}`: {detail}", resource = Escaped(resource), detail = Escaped(detail))]
     Protocol {
         /// The resource name.
         resource: String,
@@ -146,7 +147,7 @@ pub enum LockError {
         detail: String,
     },
     /// Too few of several independent servers granted the lock (Redlock).
-    #[error("`{resource}`: only {granted} of {total} servers granted the lock ({needed} needed)")]
+    #[error("`{resource}`: only {granted} of {total} servers granted the lock ({needed} needed)", resource = Escaped(resource))]
     NoQuorum {
         /// The resource name.
         resource: String,
@@ -162,20 +163,20 @@ pub enum LockError {
     },
     /// The holder can no longer be sure it holds the lock (expired, taken
     /// over, renewal failed past validity).
-    #[error("lock `{resource}` was lost")]
+    #[error("lock `{resource}` was lost", resource = Escaped(resource))]
     Lost {
         /// The resource name.
         resource: String,
     },
     /// An operation that needs ownership (release, extend) found the lock
     /// held by someone else or by nobody.
-    #[error("lock `{resource}` is not held by this owner")]
+    #[error("lock `{resource}` is not held by this owner", resource = Escaped(resource))]
     NotHeld {
         /// The resource name.
         resource: String,
     },
     /// The lock or semaphore was closed.
-    #[error("`{resource}` is closed")]
+    #[error("`{resource}` is closed", resource = Escaped(resource))]
     Closed {
         /// The resource name.
         resource: String,

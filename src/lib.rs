@@ -119,12 +119,14 @@ mod guard;
 mod lock;
 mod options;
 mod owner;
+mod text;
 
 pub use error::{BoxError, LockError};
 pub use guard::{LockGuard, Lost, RawGuard};
 pub use lock::Lock;
 pub use options::{AcquireOptions, Mode};
 pub use owner::{Liveness, Owner, OwnerParseError, host_name};
+pub use text::{Escaped, escape_for_display};
 
 // ---- in-process primitives (issue 3) ----
 pub mod local;
@@ -133,7 +135,10 @@ pub use local::{NamedRwLock, NamedSemaphore, RwLock, Semaphore};
 
 // ---- file locks (issue 2) ----
 pub mod file;
-pub use file::{FileLock, FileLockGuard, FileLockInfo, FileLockManager, FileLockOptions};
+pub use file::{
+    CleanupOptions, FileLock, FileLockGuard, FileLockInfo, FileLockManager, FileLockOptions,
+    WaitStrategy,
+};
 
 #[doc(hidden)]
 pub mod __fuzz {

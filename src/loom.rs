@@ -1,9 +1,21 @@
 //! The one std-or-loom shim.
 //!
-//! Library code that shares state between threads imports its atomics and
-//! mutexes from here, never from `std` directly, so that
+//! The synchronisation that loom checks imports its atomics and mutexes
+//! from here, so that
 //! `RUSTFLAGS="--cfg lockyard_loom" cargo test --release --lib -- loom`
-//! model-checks it with [loom](https://docs.rs/loom). The cfg is
+//! model-checks it with [loom](https://docs.rs/loom): the in-process
+//! semaphore core (`local/batch.rs`) and the file backend's kernel-waiter
+//! hand-shake (`file/interrupt.rs`, `ThreadCtl`: a cancel is never lost
+//! against a waiter about to block).
+//!
+//! Not everything goes through it, and that is deliberate: `static`s need
+//! `const` constructors loom does not have (the file backend's waiter pool,
+//! interrupter and descriptor cache), and state whose critical sections do
+//! system calls (the file backend's per-name kernel state, the Redis
+//! client's bookkeeping) cannot run inside a loom model at all. Those use
+//! `std::sync` directly, hold their locks only for short non-blocking
+//! sections, and are exercised by the multi-process integration tests
+//! instead. The cfg is
 //! crate-specific on purpose: `--cfg loom` would also switch tokio's own
 //! cfgs and remove `tokio::net`, which the Redis backend needs.
 //!
@@ -21,7 +33,7 @@ mod imp {
         pub(crate) use std::sync::MutexGuard;
 
         pub(crate) mod atomic {
-            pub(crate) use std::sync::atomic::{AtomicUsize, Ordering};
+            pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         }
 
         /// `std::sync::Mutex` whose `lock` ignores poisoning.
@@ -56,7 +68,7 @@ mod imp {
         pub(crate) use ::loom::sync::MutexGuard;
 
         pub(crate) mod atomic {
-            pub(crate) use ::loom::sync::atomic::{AtomicUsize, Ordering};
+            pub(crate) use ::loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         }
 
         /// `loom::sync::Mutex` whose `lock` ignores poisoning.

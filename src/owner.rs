@@ -28,7 +28,7 @@ use std::time::SystemTime;
 
 use crate::options::Mode;
 
-const MAGIC: &str = "lockyard-owner 1";
+pub(crate) const MAGIC: &str = "lockyard-owner 1";
 /// Lines longer than this, or files with more lines, are refused.
 const MAX_LINE: usize = 512;
 const MAX_LINES: usize = 64;
@@ -239,7 +239,7 @@ impl fmt::Display for Owner {
             f,
             "pid {} on {} since {} ({}, {})",
             self.pid,
-            self.host,
+            crate::text::Escaped(&self.host),
             humantime::format_rfc3339_seconds(self.since),
             self.mode,
             humantime::format_duration(std::time::Duration::from_secs(self.age().as_secs()))

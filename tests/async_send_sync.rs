@@ -168,6 +168,8 @@ mod file {
         lockyard::FileLockGuard,
         lockyard::FileLock,
         lockyard::FileLockInfo,
+        lockyard::WaitStrategy,
+        lockyard::CleanupOptions,
     );
 
     /// The futures of the file-lock API are `Send`, so they can be spawned.

@@ -164,6 +164,11 @@ async fn symlinked_or_foreign_dir_needs_opt_in() {
     std::fs::create_dir(&real).unwrap();
     let link = d.path().join("link");
     std::os::unix::fs::symlink(&real, &link).unwrap();
+    if is_root() {
+        // A link root owns is trusted (`/var/lock -> /run/lock`): make this
+        // one somebody else's.
+        std::os::unix::fs::lchown(&link, Some(65534), Some(65534)).unwrap();
+    }
     let err = FileLockManager::new(&link).unwrap_err();
     assert!(matches!(err, LockError::UnsafePath { .. }), "{err}");
     let m =
@@ -260,18 +265,23 @@ async fn unwritable_dir_gives_permission_denied() {
 }
 
 #[tokio::test]
-async fn garbage_in_a_lock_file_is_survived_and_overwritten() {
+async fn garbage_in_a_lock_file_is_survived_and_only_records_are_overwritten() {
     let (_d, m) = manager();
-    let cases: Vec<Vec<u8>> = vec![
-        b"".to_vec(),
-        b"hello, I am another tool's lock file\n".to_vec(),
-        vec![0xff, 0x00, 0xfe, b'\n', 0x80],
-        b"lockyard-owner 1\npid=notanumber\nhost=x\n".to_vec(),
-        b"lockyard-owner 1\npid=1\nhost=\x01\nsince=2026-01-01T00:00:00Z\n".to_vec(),
-        "lockyard-owner 1\n".repeat(100_000).into_bytes(),
-        vec![b'x'; 3 * 1024 * 1024],
+    // (content, whether it is a lockyard record, damaged or not, that a
+    // holder may overwrite)
+    let cases: Vec<(Vec<u8>, bool)> = vec![
+        (b"".to_vec(), true),
+        (b"hello, I am another tool's lock file\n".to_vec(), false),
+        (vec![0xff, 0x00, 0xfe, b'\n', 0x80], false),
+        (b"lockyard-owner 1\npid=notanumber\nhost=x\n".to_vec(), true),
+        (
+            b"lockyard-owner 1\npid=1\nhost=\x01\nsince=2026-01-01T00:00:00Z\n".to_vec(),
+            true,
+        ),
+        ("lockyard-owner 1\n".repeat(100_000).into_bytes(), true),
+        (vec![b'x'; 3 * 1024 * 1024], false),
     ];
-    for (i, garbage) in cases.iter().enumerate() {
+    for (i, (garbage, ours)) in cases.iter().enumerate() {
         let name = format!("g{i}");
         let path = m.path_for(&name).unwrap();
         std::fs::write(&path, garbage).unwrap();
@@ -280,20 +290,45 @@ async fn garbage_in_a_lock_file_is_survived_and_overwritten() {
         let me = info.iter().find(|x| x.name == name).unwrap();
         assert!(!me.held && me.owner.is_none(), "case {i}");
         let g = m.acquire(&name, T).await.unwrap();
-        let owner = m.owner(&name).await.unwrap().expect("record written");
-        assert_eq!(owner.pid, std::process::id());
-        assert_eq!(owner.mode, Mode::Exclusive);
+        if *ours {
+            let owner = m.owner(&name).await.unwrap().expect("record written");
+            assert_eq!(owner.pid, std::process::id());
+            assert_eq!(owner.mode, Mode::Exclusive);
+        } else {
+            assert_eq!(m.owner(&name).await.unwrap(), None, "case {i}");
+        }
         drop(g);
-        assert!(
-            std::fs::metadata(&path).unwrap().len() < 4096,
-            "case {i}: not trimmed"
-        );
+        if *ours {
+            assert!(
+                std::fs::metadata(&path).unwrap().len() < 4096,
+                "case {i}: not trimmed"
+            );
+        } else {
+            assert_eq!(
+                &std::fs::read(&path).unwrap(),
+                garbage,
+                "case {i}: overwritten"
+            );
+        }
         // Garbage again, free: stale.
         std::fs::write(&path, garbage).unwrap();
     }
+    // Damaged lockyard records are stale; other content is kept unless
+    // asked for.
+    let damaged = cases
+        .iter()
+        .enumerate()
+        .filter(|(i, (_, ours))| *ours && *i != 0)
+        .count();
     let stale = m.stale_locks(None).await.unwrap();
-    assert_eq!(stale.len(), cases.len());
-    assert_eq!(m.cleanup_stale_locks(None).await.unwrap(), cases.len());
+    assert_eq!(stale.len(), damaged);
+    assert_eq!(m.cleanup_stale_locks(None).await.unwrap(), damaged);
+    assert_eq!(m.list().await.unwrap().len(), cases.len() - damaged);
+    let all = lockyard::CleanupOptions::default().remove_unrecorded(true);
+    assert_eq!(
+        m.cleanup_with(&all).await.unwrap().len(),
+        cases.len() - damaged
+    );
     assert!(m.list().await.unwrap().is_empty());
 }
 
@@ -316,4 +351,36 @@ async fn other_files_in_the_dir_are_ignored() {
     assert!(m.dir().join("notes.txt").exists());
     assert!(m.dir().join(".hidden.lock").exists());
     assert!(m.dir().join("~bogus.lock").exists());
+}
+
+#[tokio::test]
+async fn escaped_names_use_a_cryptographic_hash() {
+    let (_d, m) = manager();
+    // The first 128 bits of SHA-256("a/b"): a crafted name cannot share a
+    // lock file with another (FNV-1a, used before, is not collision-resistant).
+    assert!(
+        m.path_for("a/b")
+            .unwrap()
+            .ends_with("~a_b-c14cddc033f64b9dea80ea675cf280a0.lock"),
+        "{:?}",
+        m.path_for("a/b")
+    );
+}
+
+#[tokio::test]
+async fn error_messages_escape_control_characters_in_names() {
+    let (_d, m) = manager();
+    let name = "job\nFAKE ROW\u{1b}[2J";
+    let g = m.acquire(name, T).await.unwrap();
+    let err = m.try_acquire(name).await.unwrap_err();
+    let shown = err.to_string();
+    assert!(!shown.chars().any(char::is_control), "{shown:?}");
+    assert!(shown.contains("job\\nFAKE ROW\\u{1b}[2J"), "{shown}");
+    // The raw name is still there for programs.
+    assert_eq!(err.resource(), Some(name));
+    assert_eq!(
+        lockyard::escape_for_display(&m.list().await.unwrap()[0].name),
+        "job\\nFAKE ROW\\u{1b}[2J"
+    );
+    drop(g);
 }

@@ -1,13 +1,13 @@
 //! The fallback where a blocked `flock` cannot be interrupted (no signal
-//! available): waiter threads poll with `LOCK_NB` instead. Forced here for
-//! the whole test process, so it runs on Linux too.
+//! available, or `WaitStrategy::Poll`): waiter threads poll with `LOCK_NB`
+//! instead. Chosen here through the public option, so it runs on Linux too.
 
 mod file_support;
 
 use std::time::{Duration, Instant};
 
 use file_support::{Child, child_main, no_kernel_waiters, one_kernel_waiter, spawn};
-use lockyard::{FileLockManager, Mode};
+use lockyard::{FileLockManager, FileLockOptions, Mode, WaitStrategy};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -17,10 +17,13 @@ fn child_process_entry() {
 }
 
 fn setup() -> (tempfile::TempDir, FileLockManager, Child) {
-    lockyard::file::__force_polling_waits(true);
     let d = tempfile::tempdir().unwrap();
     let locks = d.path().join("locks");
-    let m = FileLockManager::new(&locks).unwrap();
+    let m = FileLockManager::with_options(
+        &locks,
+        FileLockOptions::default().wait_strategy(WaitStrategy::Poll),
+    )
+    .unwrap();
     let mut c = spawn(
         "hold",
         &[
@@ -75,4 +78,19 @@ async fn polling_waits_time_out_cancel_and_hand_over() {
     no_kernel_waiters(&m).await;
     drop(m.try_acquire("p").await.expect("left held"));
     child.wait_success(T);
+    // Polling installed nothing (no manager here uses signals).
+    #[cfg(target_os = "linux")]
+    // SAFETY: only queries the current action into a zeroed struct.
+    unsafe {
+        let mut cur: libc::sigaction = std::mem::zeroed();
+        assert_eq!(
+            libc::sigaction(libc::SIGRTMAX() - 3, std::ptr::null(), &mut cur),
+            0
+        );
+        assert_eq!(
+            cur.sa_sigaction,
+            libc::SIG_DFL,
+            "a polling manager installed a handler"
+        );
+    }
 }

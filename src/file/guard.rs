@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
 use super::kernel::{HeldFd, Slot};
-use super::manager::FileLockManager;
+use super::manager::{FileLockManager, FileLockOptions};
 use crate::error::LockError;
 use crate::guard::{LockGuard, RawGuard};
 use crate::lock::Lock;
@@ -26,7 +26,9 @@ pub(crate) enum LocalGuard {
 /// [`release`](Self::release), which also reports errors.
 ///
 /// The kernel releases the lock if the process dies, so a crashed holder
-/// never blocks anyone. The lock file itself stays (removing it is
+/// never blocks anyone. A guard does not cross `fork()`: a forked child's
+/// copy of it holds nothing, and dropping that copy leaves the parent's lock
+/// held (see the [module docs](crate::file#fork)). The lock file itself stays (removing it is
 /// [`FileLockManager::cleanup_stale_locks`]'s job).
 ///
 /// ```
@@ -195,13 +197,81 @@ impl FileLock {
         }
     }
 
+    /// A handle on the exact file `path`, as flock(1) takes it (`flock
+    /// /var/lock/x.lock cmd`): the file itself, with no `.lock` added and
+    /// nothing escaped, in a manager for its parent directory made with
+    /// `options`. See [`FileLockManager::lock_file`] for what is checked and
+    /// written. The parent directory is checked as any lock directory
+    /// ([`FileLockManager::with_options`]; root's sticky `/tmp` and
+    /// `/run/lock` are accepted) and created if missing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{FileLock, FileLockOptions, Mode};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("x.lock");
+    /// let lock = FileLock::at_path(&path, FileLockOptions::default())?;
+    /// let guard = lock.try_acquire(Mode::Exclusive).await?;
+    /// assert_eq!(guard.path(), path);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] if `path` has no file name or it is not
+    /// UTF-8; as [`FileLockManager::with_options`] for the directory.
+    pub fn at_path(path: impl AsRef<Path>, options: FileLockOptions) -> Result<Self, LockError> {
+        let path = path.as_ref();
+        let file_name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .filter(|_| !path.as_os_str().as_encoded_bytes().ends_with(b"/"))
+            .ok_or_else(|| LockError::InvalidName {
+                name: path.display().to_string(),
+                reason: "the path must end in a UTF-8 file name",
+            })?;
+        let dir = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        FileLockManager::with_options(dir, options)?.lock_file(file_name)
+    }
+
     /// The lock file.
     pub fn path(&self) -> &Path {
         &self.slot.path
     }
 
+    /// Takes the lock in `mode` if it is free now; otherwise fails with
+    /// [`LockError::WouldBlock`].
+    ///
+    /// # Errors
+    ///
+    /// As [`FileLockManager::try_acquire`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: it never waits.
+    pub async fn try_acquire(&self, mode: Mode) -> Result<FileLockGuard, LockError> {
+        self.manager
+            .acquire_slot(
+                &self.name,
+                self.slot.clone(),
+                &AcquireOptions::new().mode(mode),
+                true,
+            )
+            .await
+    }
+
     /// Acquires as [`FileLockManager::acquire_with`] does, returning the
     /// concrete guard.
+    ///
+    /// # Errors
+    ///
+    /// As [`FileLockManager::acquire`].
     ///
     /// # Cancel safety
     ///
@@ -224,18 +294,10 @@ impl Lock for FileLock {
     }
 
     async fn try_lock(&self, mode: Mode) -> Result<LockGuard, LockError> {
-        self.manager
-            .acquire_slot(
-                &self.name,
-                self.slot.clone(),
-                &AcquireOptions::new().mode(mode),
-                true,
-            )
-            .await
-            .map(LockGuard::from)
+        self.try_acquire(mode).await.map(LockGuard::from)
     }
 
     async fn is_locked(&self) -> Result<bool, LockError> {
-        self.manager.is_locked_path(&self.slot.path)
+        self.manager.is_locked_file(&self.slot.file_name)
     }
 }

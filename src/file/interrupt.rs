@@ -2,10 +2,23 @@
 //!
 //! A blocking `flock` cannot be cancelled from outside, except by a signal:
 //! a handler installed *without* `SA_RESTART` makes the call fail with
-//! `EINTR`. On Linux we reserve one real-time signal for that (`SIGRTMAX - 3`,
-//! installed only if nobody else has a handler for it) and send it with
-//! `pthread_kill` to our own dedicated waiter threads — never to a thread that
-//! runs anybody else's code.
+//! `EINTR`. On Linux we use one real-time signal for that (`SIGRTMAX - 3`):
+//! lockyard installs a no-op handler for it on first use if the signal has
+//! no handler yet, and sends it with `pthread_kill` to our own dedicated
+//! waiter threads only — never to a thread that runs anybody else's code.
+//!
+//! The application may change that signal at any time after we installed
+//! our handler (reset it to the default action, which kills the process;
+//! ignore it; install its own, maybe with `SA_RESTART`). So the handler is
+//! checked to still be ours, without `SA_RESTART`, before *every* signal we
+//! send and before every blocking wait; when it is not, we send nothing and
+//! waits poll instead ([`usable`] is false). A thread already blocked in
+//! `flock` when the signal stopped being ours stays there until the lock is
+//! free, then gives it back at once if nobody wants it any more. (A signal
+//! sent just before the application changes the action is delivered with
+//! the new action: an application that resets the signal at the very moment
+//! a wait is abandoned can still be hit. Use [`WaitStrategy::Poll`] in one
+//! that manages this signal itself.)
 //!
 //! Why a separate interrupter thread: between the waiter's last look at its
 //! cancel flag and its entry into `flock` there is a window in which a signal
@@ -14,25 +27,42 @@
 //! most that delay. It parks on a condition variable when there is nothing to
 //! interrupt.
 //!
-//! Where no signal can be used (other systems, or the signal is taken), the
-//! waiter falls back to polling with `LOCK_NB` at a short backoff: see
-//! [`super::kernel`].
+//! Where no signal can be used (other systems, the signal is taken, or the
+//! manager's [`WaitStrategy`] is `Poll`), the waiter
+//! polls with `LOCK_NB` at a short backoff: see [`super::kernel`].
 
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::loom::sync::atomic::{AtomicBool, Ordering};
+
+#[cfg(doc)]
+use super::WaitStrategy;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A waiter thread as seen by whoever may want to interrupt it.
+///
+/// # Invariant
+///
+/// A waiter never blocks in `flock` while `cancel` is set without having
+/// been handed to the interrupter: the waiter sets `blocking` and reads
+/// `cancel` in one critical section of `thread`; a canceller sets `cancel`
+/// and reads `blocking` in another. Whichever comes second sees the first
+/// (loom model `loom_cancel_is_never_lost_against_a_waiter_about_to_block`).
 #[derive(Debug, Default)]
 pub(crate) struct ThreadCtl {
-    /// Set when no local waiter wants the lock any more; cleared when one
-    /// arrives again. Read by the waiter after each interruption.
+    /// Set when the waiter should leave its kernel wait and look again at
+    /// who still wants the lock (nobody, or waiters needing another mode);
+    /// cleared when that look is no longer needed. Read by the waiter after
+    /// each interruption.
     cancel: AtomicBool,
+    /// Whether the waiter blocks in `flock` (and needs a signal to leave
+    /// it), rather than polling.
+    blocking: AtomicBool,
     /// The waiter's `pthread_t` while it runs. The interrupter signals only
     /// while holding this lock, so it never signals a thread that has exited.
+    /// Also orders the `cancel`/`blocking` hand-shake (see the invariant).
     #[cfg(target_os = "linux")]
-    thread: Mutex<ThreadState>,
+    thread: crate::loom::sync::Mutex<ThreadState>,
 }
 
 #[cfg(target_os = "linux")]
@@ -55,43 +85,80 @@ impl ThreadCtl {
         self.cancel.load(Ordering::Acquire)
     }
 
-    /// Asks the waiter to stop waiting (it re-checks whether anyone still
-    /// wants the lock). Idempotent.
+    /// Asks the waiter to leave its kernel wait and re-check who wants the
+    /// lock. Idempotent.
     pub(crate) fn cancel(self: &Arc<Self>) {
-        if !self.cancel.swap(true, Ordering::AcqRel) {
+        if self.mark_cancelled() {
             request(self);
         }
     }
 
-    /// A local waiter arrived again: keep waiting.
+    /// Sets `cancel`; `true` when this call set it and the waiter may be
+    /// blocked (or about to start) and so needs the interrupter.
+    fn mark_cancelled(&self) -> bool {
+        #[cfg(target_os = "linux")]
+        {
+            let thread = self.thread.lock();
+            let first = !self.cancel.swap(true, Ordering::AcqRel);
+            first
+                && (self.blocking.load(Ordering::Acquire)
+                    || matches!(*thread, ThreadState::Starting))
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            self.cancel.store(true, Ordering::Release);
+            false
+        }
+    }
+
+    /// The current kernel wait is right again: keep waiting.
     pub(crate) fn revoke_cancel(&self) {
         self.cancel.store(false, Ordering::Release);
     }
 
-    /// Called by the waiter thread itself when it starts: records its handle
-    /// and makes sure the interrupt signal is not blocked in it.
-    pub(crate) fn bind_current_thread(&self) {
+    /// Called by the waiter just before a blocking, signal-interruptible
+    /// `flock`: `false` if a cancel came first (then it must not block).
+    pub(crate) fn enter_blocking(&self) -> bool {
         #[cfg(target_os = "linux")]
-        if let Some(sig) = signal() {
-            // SAFETY: pthread_self has no preconditions. sigemptyset /
-            // sigaddset initialise the local set we pass by pointer, and
-            // pthread_sigmask only reads it; all pointers are valid for the
-            // duration of the calls.
-            unsafe {
-                let mut set: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut set);
-                libc::sigaddset(&mut set, sig);
-                libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
-                *lock(&self.thread) = ThreadState::Running(libc::pthread_self());
+        let _thread = self.thread.lock();
+        self.blocking.store(true, Ordering::Release);
+        !self.cancel.load(Ordering::Acquire)
+    }
+
+    /// Called by the waiter after a blocking wait.
+    pub(crate) fn leave_blocking(&self) {
+        self.blocking.store(false, Ordering::Release);
+    }
+
+    /// Called by the waiter thread itself when it starts: records its handle
+    /// and, if it will block with signals (`signals`), sets up the interrupt
+    /// signal and makes sure it is not blocked in this thread.
+    pub(crate) fn bind_current_thread(&self, signals: bool) {
+        #[cfg(target_os = "linux")]
+        {
+            if signals && let Some(sig) = signal() {
+                // SAFETY: sigemptyset / sigaddset initialise the local set we
+                // pass by pointer, and pthread_sigmask only reads it; all
+                // pointers are valid for the duration of the calls.
+                unsafe {
+                    let mut set: libc::sigset_t = std::mem::zeroed();
+                    libc::sigemptyset(&mut set);
+                    libc::sigaddset(&mut set, sig);
+                    libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+                }
             }
+            // SAFETY: pthread_self has no preconditions.
+            *self.thread.lock() = ThreadState::Running(unsafe { libc::pthread_self() });
         }
+        #[cfg(not(target_os = "linux"))]
+        let _ = signals;
     }
 
     /// Called by the waiter thread just before it exits.
     pub(crate) fn unbind(&self) {
         #[cfg(target_os = "linux")]
         {
-            *lock(&self.thread) = ThreadState::Exited;
+            *self.thread.lock() = ThreadState::Exited;
         }
     }
 
@@ -99,11 +166,24 @@ impl ThreadCtl {
     /// more to do); `true` while it may still need interrupting.
     #[cfg(target_os = "linux")]
     fn interrupt(&self) -> bool {
-        let Some(sig) = signal() else { return false };
-        let guard = lock(&self.thread);
+        let guard = self.thread.lock();
         match *guard {
             ThreadState::Starting => true,
+            // Polling (or about to block, then it re-checks the flag first):
+            // it sees the flag by itself.
+            ThreadState::Running(_) if !self.blocking.load(Ordering::Acquire) => true,
             ThreadState::Running(t) => {
+                let Some(sig) = signal() else { return false };
+                // The signal is not ours any more: sending it could kill the
+                // process or run the application's handler. The waiter stays
+                // blocked until the lock frees (and then gives it back).
+                if !handler_is_ours(sig) {
+                    tracing::debug!(
+                        signal = sig,
+                        "the file-lock interrupt signal has another handler now; not sending it"
+                    );
+                    return false;
+                }
                 // SAFETY: `t` is the pthread_t of a live thread: the state
                 // becomes Exited (under this lock) before that thread exits,
                 // and we hold the lock while signalling.
@@ -115,21 +195,13 @@ impl ThreadCtl {
     }
 }
 
-/// Set by tests to exercise the polling fallback on Linux.
-static FORCE_POLLING: AtomicBool = AtomicBool::new(false);
-
-pub(crate) fn force_polling(on: bool) {
-    FORCE_POLLING.store(on, Ordering::Release);
-}
-
-/// Whether blocked waits can be interrupted here (otherwise waiters poll).
-pub(crate) fn available() -> bool {
-    if FORCE_POLLING.load(Ordering::Acquire) {
-        return false;
-    }
+/// Whether a blocking wait can be interrupted now: the interrupt signal is
+/// installed (installing it on first use) and its handler is still ours
+/// (checked at every call).
+pub(crate) fn usable() -> bool {
     #[cfg(target_os = "linux")]
     {
-        signal().is_some()
+        signal().is_some_and(handler_is_ours)
     }
     #[cfg(not(target_os = "linux"))]
     {
@@ -152,6 +224,24 @@ fn signal() -> Option<libc::c_int> {
 extern "C" fn on_interrupt(_: libc::c_int) {}
 
 #[cfg(target_os = "linux")]
+fn our_handler() -> libc::sighandler_t {
+    on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t
+}
+
+/// Whether `sig`'s handler is (still) ours, without `SA_RESTART`.
+#[cfg(target_os = "linux")]
+fn handler_is_ours(sig: libc::c_int) -> bool {
+    // SAFETY: queries the current action into a zeroed struct that lives
+    // across the call; a null `act` changes nothing.
+    unsafe {
+        let mut cur: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, std::ptr::null(), &mut cur) == 0
+            && cur.sa_sigaction == our_handler()
+            && cur.sa_flags & libc::SA_RESTART == 0
+    }
+}
+
+#[cfg(target_os = "linux")]
 fn install_handler() -> Option<libc::c_int> {
     let sig = libc::SIGRTMAX() - 3;
     // SAFETY: sigaction is called with a valid signal number and pointers to
@@ -162,7 +252,7 @@ fn install_handler() -> Option<libc::c_int> {
         if libc::sigaction(sig, std::ptr::null(), &mut old) != 0 {
             return None;
         }
-        let ours = on_interrupt as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        let ours = our_handler();
         if old.sa_sigaction == ours {
             return Some(sig);
         }
@@ -187,7 +277,7 @@ fn install_handler() -> Option<libc::c_int> {
 /// Hands `ctl` to the interrupter thread (started on first use).
 fn request(ctl: &Arc<ThreadCtl>) {
     #[cfg(target_os = "linux")]
-    if available() {
+    {
         let it = interrupter();
         lock(&it.pending).push(ctl.clone());
         it.wake.notify_one();
@@ -202,11 +292,26 @@ struct Interrupter {
     wake: std::sync::Condvar,
 }
 
+/// The interrupter of this process: started on first use, and again in a
+/// forked child (threads do not survive fork).
 #[cfg(target_os = "linux")]
 fn interrupter() -> &'static Interrupter {
-    use std::sync::OnceLock;
-    static IT: OnceLock<&'static Interrupter> = OnceLock::new();
-    IT.get_or_init(|| {
+    static IT: Mutex<Option<(u32, &'static Interrupter)>> = Mutex::new(None);
+    let mut it = lock(&IT);
+    let pid = std::process::id();
+    match *it {
+        Some((owner, found)) if owner == pid => found,
+        _ => {
+            let started = start_interrupter();
+            *it = Some((pid, started));
+            started
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn start_interrupter() -> &'static Interrupter {
+    {
         let it: &'static Interrupter = Box::leak(Box::new(Interrupter {
             pending: Mutex::new(Vec::new()),
             wake: std::sync::Condvar::new(),
@@ -220,7 +325,7 @@ fn interrupter() -> &'static Interrupter {
             tracing::warn!(error = %e, "could not start the file-lock interrupter thread");
         }
         it
-    })
+    }
 }
 
 #[cfg(target_os = "linux")]
@@ -239,5 +344,57 @@ fn run_interrupter(it: &'static Interrupter) {
                 .unwrap_or_else(|p| p.into_inner())
                 .0
         };
+    }
+}
+
+#[cfg(all(test, lockyard_loom, target_os = "linux"))]
+mod loom_models {
+    use super::*;
+
+    fn running() -> Arc<ThreadCtl> {
+        let ctl = Arc::new(ThreadCtl::default());
+        *ctl.thread.lock() = ThreadState::Running(0 as libc::pthread_t);
+        ctl
+    }
+
+    /// The waiter is about to block in `flock` while the last wanter leaves:
+    /// in every interleaving, either the waiter does not block, or the
+    /// cancel is handed to the interrupter (which then signals it).
+    #[test]
+    fn loom_cancel_is_never_lost_against_a_waiter_about_to_block() {
+        loom::model(|| {
+            let ctl = running();
+            let canceller = {
+                let ctl = ctl.clone();
+                loom::thread::spawn(move || ctl.mark_cancelled())
+            };
+            let blocks = ctl.enter_blocking();
+            let handed = canceller.join().unwrap();
+            assert!(!blocks || handed, "blocked with nobody to interrupt it");
+        });
+    }
+
+    /// A wanter arrives (revoke) while the last one leaves (cancel) and the
+    /// waiter is about to block: if it ends up blocked with the cancel flag
+    /// set, the interrupter was told.
+    #[test]
+    fn loom_cancel_and_revoke_race_leaves_no_unhandled_cancel() {
+        loom::model(|| {
+            let ctl = running();
+            let canceller = {
+                let ctl = ctl.clone();
+                loom::thread::spawn(move || ctl.mark_cancelled())
+            };
+            let reviver = {
+                let ctl = ctl.clone();
+                loom::thread::spawn(move || ctl.revoke_cancel())
+            };
+            let blocks = ctl.enter_blocking();
+            let handed = canceller.join().unwrap();
+            reviver.join().unwrap();
+            if blocks && ctl.is_cancelled() {
+                assert!(handed, "cancelled, blocked, and never interrupted");
+            }
+        });
     }
 }

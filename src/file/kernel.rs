@@ -44,13 +44,16 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
-use std::time::Duration;
 
 use tokio::sync::{RwLock, oneshot};
 
-use super::interrupt::{self, ThreadCtl};
+use super::dir::LockDir;
+use super::idle;
+use super::interrupt::ThreadCtl;
 use super::lockfile::{Access, LockFile};
+use super::manager::WaitStrategy;
 use super::pool;
+use super::wait;
 use crate::error::LockError;
 use crate::options::Mode;
 
@@ -61,6 +64,11 @@ const MAX_REPLACED: usize = 1000;
 /// One name's state in this process.
 #[derive(Debug)]
 pub(crate) struct Slot {
+    /// The lock directory, opened once.
+    pub(crate) dir: Arc<LockDir>,
+    /// The lock file's name in `dir`.
+    pub(crate) file_name: String,
+    /// The lock file's path, for messages.
     pub(crate) path: PathBuf,
     pub(crate) file_mode: u32,
     /// The in-process FIFO queue.
@@ -68,6 +76,11 @@ pub(crate) struct Slot {
     state: Mutex<KernelState>,
     /// The manager's count of running waiter threads.
     waiter_threads: Arc<AtomicUsize>,
+    /// How waiter threads wait.
+    strategy: WaitStrategy,
+    /// This name's key in the process-wide cache of unlocked descriptors
+    /// ([`super::idle`]).
+    idle_key: u64,
 }
 
 #[derive(Debug, Default)]
@@ -75,16 +88,30 @@ struct KernelState {
     /// The kernel lock held by this process's holders, if any.
     held: Weak<HeldFd>,
     waiter: Option<Waiter>,
-    /// The descriptor of the last released lock, kept open (unlocked) so the
-    /// next acquisition skips `open`. It may point to a file a cleanup has
-    /// removed since: the identity check after locking catches that.
-    idle: Option<LockFile>,
 }
 
 #[derive(Debug)]
 struct Waiter {
     ctl: Arc<ThreadCtl>,
     wanters: Vec<Wanter>,
+    /// The mode the thread asks the kernel for (or is about to). When the
+    /// wanters come to need another one (the last exclusive wanter left, or
+    /// an exclusive one arrived behind shared ones), the thread is
+    /// interrupted to ask again.
+    asking: Mode,
+}
+
+impl Waiter {
+    /// Asks the thread to re-ask the kernel if the wanters that remain
+    /// need another mode than the one it asks for (or nobody is left);
+    /// withdraws that request when the current wait fits again.
+    fn refit(&mut self) {
+        if self.wanters.is_empty() || needed_mode(&self.wanters) != self.asking {
+            self.ctl.cancel();
+        } else {
+            self.ctl.revoke_cancel();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -138,6 +165,9 @@ impl HeldFd {
         let Some(file) = self.file.take() else {
             return Ok(());
         };
+        if !file.opened_by_this_process() {
+            return Ok(()); // see `Drop`
+        }
         match file.unlock() {
             Ok(()) => {
                 self.park(file);
@@ -148,17 +178,27 @@ impl HeldFd {
         }
     }
 
-    /// Keeps an unlocked descriptor for the slot's next acquisition.
+    /// Keeps an unlocked descriptor for the slot's next acquisition (in the
+    /// process-wide, capped cache), unless the slot is gone.
     fn park(&self, file: LockFile) {
         if let Some(slot) = self.slot.upgrade() {
-            let old = slot.state().idle.replace(file);
-            drop(old); // closed outside the lock
+            idle::park(slot.idle_key, file);
         }
     }
 }
 
 impl Drop for HeldFd {
     fn drop(&mut self) {
+        // A copy of a guard in a forked child: the open file description
+        // (and its lock) is the parent's. Only close our descriptor, which
+        // leaves the parent's lock held; never unlock it or reuse it.
+        if self
+            .file
+            .as_ref()
+            .is_some_and(|f| !f.opened_by_this_process())
+        {
+            return;
+        }
         // If unlocking fails, closing the descriptor releases the lock.
         if let Some(file) = self.file.take()
             && (self.unlocked || file.unlock().is_ok())
@@ -186,14 +226,29 @@ pub(crate) enum TryOutcome {
 }
 
 impl Slot {
-    pub(crate) fn new(path: PathBuf, file_mode: u32, waiter_threads: Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(
+        dir: Arc<LockDir>,
+        file_name: String,
+        file_mode: u32,
+        waiter_threads: Arc<AtomicUsize>,
+        strategy: WaitStrategy,
+    ) -> Self {
         Self {
-            path,
+            path: dir.join(&file_name),
+            dir,
+            file_name,
             file_mode,
             local: Arc::new(RwLock::new(())),
             state: Mutex::new(KernelState::default()),
             waiter_threads,
+            strategy,
+            idle_key: idle::new_key(),
         }
+    }
+
+    /// Opens (creating) the lock file.
+    fn open_file(&self) -> Result<Option<LockFile>, LockError> {
+        LockFile::open(&self.dir, &self.file_name, Access::Create, self.file_mode)
     }
 
     fn state(&self) -> MutexGuard<'_, KernelState> {
@@ -228,6 +283,7 @@ impl Slot {
                     st.waiter = Some(Waiter {
                         ctl: ctl.clone(),
                         wanters: vec![Wanter { mode, tx }],
+                        asking: mode,
                     });
                     let slot = self.clone();
                     // Counted before the thread exists so a reader of the
@@ -256,7 +312,7 @@ impl Slot {
         };
         let (tx, rx) = oneshot::channel();
         waiter.wanters.push(Wanter { mode, tx });
-        waiter.ctl.revoke_cancel();
+        waiter.refit();
         Ok(Start::Wait(KernelWait {
             slot: self.clone(),
             rx: Some(rx),
@@ -271,9 +327,12 @@ impl Slot {
         mode: Mode,
     ) -> Result<Result<Arc<HeldFd>, LockFile>, LockError> {
         for _ in 0..MAX_REPLACED {
-            let file = match st.idle.take() {
+            // A descriptor inherited across fork() shares its open file
+            // description, and any lock on it, with the parent: never
+            // reuse it (closing it leaves the parent's lock alone).
+            let file = match idle::take(self.idle_key).filter(LockFile::opened_by_this_process) {
                 Some(file) => file,
-                None => match LockFile::open(&self.path, Access::Create, self.file_mode)? {
+                None => match self.open_file()? {
                     Some(file) => file,
                     None => unreachable!("Access::Create never returns None"),
                 },
@@ -281,7 +340,7 @@ impl Slot {
             if !file.try_lock(mode)? {
                 return Ok(Err(file));
             }
-            if file.still_at_path()? {
+            if file.still_at_path(&self.dir)? {
                 let held = Arc::new(HeldFd::new(file, mode, self));
                 st.held = Arc::downgrade(&held);
                 return Ok(Ok(held));
@@ -289,6 +348,12 @@ impl Slot {
             tracing::debug!(path = %self.path.display(), "lock file was replaced while locking; retrying");
         }
         Err(replaced_too_often(&self.path))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        idle::forget(self.idle_key);
     }
 }
 
@@ -343,9 +408,7 @@ impl Drop for KernelWait {
         let mut st = self.slot.state();
         if let Some(w) = st.waiter.as_mut() {
             w.wanters.retain(|w| !w.tx.is_closed());
-            if w.wanters.is_empty() {
-                w.ctl.cancel();
-            }
+            w.refit();
         }
     }
 }
@@ -375,35 +438,24 @@ enum Next {
 
 /// The body of the dedicated waiter thread of one name.
 fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockFile) {
-    ctl.bind_current_thread();
-    let interruptible = interrupt::available();
+    ctl.bind_current_thread(slot.strategy == WaitStrategy::Signal);
     let mut file = Some(first);
     let mut replaced = 0;
     loop {
         let f = match file.take() {
             Some(f) => f,
-            None => match LockFile::open(&slot.path, Access::Create, slot.file_mode) {
+            None => match slot.open_file() {
                 Ok(Some(f)) => f,
                 Ok(None) => unreachable!("Access::Create never returns None"),
                 Err(e) => return fail(&slot, &ctl, e),
             },
         };
-        let locked = if ctl.is_cancelled() {
-            false // everyone left before we blocked: re-check below
-        } else if interruptible {
-            match f.lock_blocking(mode) {
-                Ok(()) => true,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => false,
-                Err(e) => return fail(&slot, &ctl, LockError::from_io("lock", &slot.path, e)),
-            }
-        } else {
-            match poll_lock(&f, mode, &ctl) {
-                Ok(locked) => locked,
-                Err(e) => return fail(&slot, &ctl, e),
-            }
+        let locked = match wait::wait_once(&f, mode, &ctl, slot.strategy) {
+            Ok(locked) => locked,
+            Err(e) => return fail(&slot, &ctl, e),
         };
         if !locked {
-            match after_interrupt(&slot, &ctl, mode) {
+            match after_interrupt(&slot, &ctl) {
                 Next::Continue(m, _) => {
                     mode = m;
                     file = Some(f);
@@ -412,7 +464,7 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
                 Next::Exit => return,
             }
         }
-        match f.still_at_path() {
+        match f.still_at_path(&slot.dir) {
             Ok(true) => {}
             Ok(false) => {
                 replaced += 1;
@@ -434,11 +486,12 @@ fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockF
     }
 }
 
-/// After an interruption: exit if nobody wants the lock any more.
-fn after_interrupt(slot: &Slot, ctl: &ThreadCtl, mode: Mode) -> Next {
+/// After an interruption: exit if nobody wants the lock any more, else ask
+/// again in the mode the remaining wanters need.
+fn after_interrupt(slot: &Slot, ctl: &ThreadCtl) -> Next {
     let mut st = slot.state();
     let Some(w) = st.waiter.as_mut() else {
-        unreachable!("the waiter's state lives as long as its thread")
+        return Next::Exit; // unreachable: the state lives as long as its thread
     };
     w.wanters.retain(|w| !w.tx.is_closed());
     if w.wanters.is_empty() {
@@ -446,7 +499,8 @@ fn after_interrupt(slot: &Slot, ctl: &ThreadCtl, mode: Mode) -> Next {
         return Next::Exit;
     }
     ctl.revoke_cancel();
-    Next::Continue(needed_mode(&w.wanters, mode), None)
+    w.asking = needed_mode(&w.wanters);
+    Next::Continue(w.asking, None)
 }
 
 /// Holding the lock: hand it to the wanters still there, or give it back.
@@ -463,12 +517,21 @@ fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
         let _ = f.unlock();
         return Next::Exit;
     }
-    let need = needed_mode(&w.wanters, mode);
+    let need = needed_mode(&w.wanters);
+    let mut mode = mode;
     if need != mode {
-        // Held shared, but an exclusive wanter arrived: start over exclusive.
-        drop(st);
-        let _ = f.unlock();
-        return Next::Continue(need, Some(f));
+        w.asking = need;
+        ctl.revoke_cancel();
+        // Held exclusive for wanters that are all shared now: convert, so
+        // that other processes' readers are not kept out. Held shared, but
+        // an exclusive wanter arrived: start over exclusive.
+        let converted = need == Mode::Shared && matches!(f.try_lock(Mode::Shared), Ok(true));
+        if !converted {
+            drop(st);
+            let _ = f.unlock();
+            return Next::Continue(need, Some(f));
+        }
+        mode = Mode::Shared;
     }
     let wanters = std::mem::take(&mut w.wanters);
     let held = Arc::new(HeldFd::new(f, mode, slot));
@@ -502,27 +565,12 @@ fn fail(slot: &Slot, ctl: &ThreadCtl, e: LockError) {
     }
 }
 
-fn needed_mode(wanters: &[Wanter], current: Mode) -> Mode {
+/// The kernel mode the wanters need: exclusive if any of them wants it.
+fn needed_mode(wanters: &[Wanter]) -> Mode {
     if wanters.iter().any(|w| w.mode == Mode::Exclusive) {
         Mode::Exclusive
     } else {
-        current
-    }
-}
-
-/// The fallback where a blocked `flock` cannot be interrupted: poll with
-/// `LOCK_NB` at a backoff from 1 ms to 50 ms. `Ok(false)` when cancelled.
-fn poll_lock(f: &LockFile, mode: Mode, ctl: &ThreadCtl) -> Result<bool, LockError> {
-    let mut pause = Duration::from_millis(1);
-    loop {
-        if f.try_lock(mode)? {
-            return Ok(true);
-        }
-        if ctl.is_cancelled() {
-            return Ok(false);
-        }
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(50));
+        Mode::Shared
     }
 }
 

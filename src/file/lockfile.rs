@@ -1,21 +1,26 @@
 //! One lock file on disk: opening it safely, locking it, checking that the
 //! locked file is still the one at the path, and the owner record inside it.
 //!
-//! Opening never follows a symbolic link (`O_NOFOLLOW`; std sets
-//! `O_CLOEXEC`), refuses anything but a regular file, and never blocks on a
-//! FIFO planted under a lock file's name. A file this user may not write (in
-//! a directory shared between users) is still locked through a read-only
+//! Opening goes through the directory's descriptor ([`LockDir`]), never
+//! follows a symbolic link (`O_NOFOLLOW`, `O_CLOEXEC`), refuses anything but
+//! a regular file with exactly one link (a hard link planted under a lock
+//! name would make us write into its target), and never blocks on a FIFO
+//! planted under a lock file's name. A file this user may not write (in a
+//! directory shared between users) is still locked through a read-only
 //! descriptor — `flock` does not need write access — but then no owner
-//! record is written.
+//! record is written. A record is only ever written into a file that is
+//! empty or already holds a lockyard record: anything else is somebody's
+//! data and is left as it is.
 
-use std::fs::{self, File, OpenOptions, TryLockError};
+use std::fs::{File, TryLockError};
 use std::io;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use super::dir::{self, LockDir, OpenMode};
 use crate::error::LockError;
 use crate::options::Mode;
-use crate::owner::{Owner, OwnerParseError};
+use crate::owner::{self, Owner, OwnerParseError};
 
 /// How much of a lock file is read when looking for the owner record.
 const MAX_RECORD: usize = 4096;
@@ -38,51 +43,47 @@ pub(crate) enum Access {
 #[derive(Debug)]
 pub(crate) struct LockFile {
     pub(crate) file: File,
+    /// The entry's name in the lock directory.
+    pub(crate) name: String,
+    /// The full path, for messages.
     pub(crate) path: PathBuf,
     /// Whether the descriptor may write the owner record.
     pub(crate) writable: bool,
-    id: FileId,
+    id: (u64, u64),
+    /// The process that opened it: a forked child shares the open file
+    /// description (and with it any lock on it) and must never use it.
+    born: u32,
     /// The file's length as last seen or written (to trim leftovers).
     len: AtomicU64,
-}
-
-/// `(device, inode)` on Unix; nothing elsewhere (the identity check is skipped).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileId(u64, u64);
-
-impl FileId {
-    fn of(meta: &fs::Metadata) -> Self {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::MetadataExt;
-            FileId(meta.dev(), meta.ino())
-        }
-        #[cfg(not(unix))]
-        {
-            let _ = meta;
-            FileId(0, 0)
-        }
-    }
+    /// Known to hold a lockyard record (or to have been empty): records may
+    /// be written into it.
+    ours: AtomicBool,
 }
 
 impl LockFile {
-    /// Opens the lock file at `path`. `Ok(None)` when it does not exist and
-    /// `access` does not create it.
+    /// Opens the lock file `name` of `dir`. `Ok(None)` when it does not exist
+    /// and `access` does not create it.
     pub(crate) fn open(
-        path: &Path,
+        dir: &LockDir,
+        name: &str,
         access: Access,
         file_mode: u32,
     ) -> Result<Option<Self>, LockError> {
-        let first = open_with(path, access, file_mode, access != Access::Probe);
-        let (file, writable) = match first {
+        let path = dir.join(name);
+        let how = match access {
+            Access::Create => OpenMode::Create(file_mode),
+            Access::Existing => OpenMode::Write,
+            Access::Probe => OpenMode::Read,
+        };
+        let (file, writable) = match dir.open_file(name, how) {
             Ok(f) => (f, access != Access::Probe),
             // A file another user created in a shared directory: lock it
             // read-only (flock needs no write access), write no record.
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied && access != Access::Probe => {
-                match open_with(path, Access::Probe, file_mode, false) {
+                match dir.open_file(name, OpenMode::Read) {
                     Ok(f) => (f, false),
                     Err(e2) if e2.kind() == io::ErrorKind::NotFound => {
-                        return Err(LockError::from_io("open", path, e));
+                        return Err(LockError::from_io("open", &path, e));
                     }
                     Err(e2) => return Err(open_error(path, e2)),
                 }
@@ -92,22 +93,39 @@ impl LockFile {
             }
             Err(e) => return Err(open_error(path, e)),
         };
-        let meta = file
-            .metadata()
-            .map_err(|e| LockError::from_io("inspect", path, e))?;
-        if !meta.is_file() {
+        let st = dir::fstat(&file).map_err(|e| LockError::from_io("inspect", &path, e))?;
+        if !st.is_file {
             return Err(LockError::UnsafePath {
-                path: path.to_owned(),
+                path,
                 reason: "the lock file is not a regular file".into(),
+            });
+        }
+        if st.nlink != 1 {
+            return Err(LockError::UnsafePath {
+                path,
+                reason: format!(
+                    "the lock file has {} links, not 1 (a hard link would make the lock \
+                     write into another file)",
+                    st.nlink
+                ),
             });
         }
         Ok(Some(Self {
             file,
-            path: path.to_owned(),
+            name: name.to_owned(),
+            path,
             writable,
-            id: FileId::of(&meta),
-            len: AtomicU64::new(meta.len()),
+            id: st.id,
+            born: std::process::id(),
+            len: AtomicU64::new(st.len),
+            ours: AtomicBool::new(false),
         }))
+    }
+
+    /// Whether this process opened the descriptor (not a forked child that
+    /// inherited it).
+    pub(crate) fn opened_by_this_process(&self) -> bool {
+        self.born == std::process::id()
     }
 
     /// Tries to take the kernel lock without blocking: `Ok(false)` when
@@ -138,29 +156,42 @@ impl LockFile {
         self.file.unlock()
     }
 
-    /// Whether the file we opened (and locked) is still the one at the path.
-    /// A lock taken on an unlinked or replaced file protects nothing: the
-    /// caller drops it and starts over.
-    pub(crate) fn still_at_path(&self) -> Result<bool, LockError> {
+    /// Whether the file we opened (and locked) is still the one at its name
+    /// in the directory. A lock taken on an unlinked or replaced file
+    /// protects nothing: the caller drops it and starts over.
+    pub(crate) fn still_at_path(&self, dir: &LockDir) -> Result<bool, LockError> {
         if !cfg!(unix) {
             return Ok(true);
         }
-        match fs::symlink_metadata(&self.path) {
-            Ok(meta) => Ok(FileId::of(&meta) == self.id),
+        match dir.stat(&self.name) {
+            Ok(st) => Ok(st.id == self.id),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(LockError::from_io("inspect", &self.path, e)),
         }
     }
 
-    /// Writes the owner record at offset 0 (while holding the lock).
+    /// Writes the owner record at offset 0 (while holding the lock), if the
+    /// file is empty or already holds a lockyard record; `Ok(false)` when it
+    /// holds anything else (left untouched) or the descriptor is read-only.
     ///
     /// The record ends with an `end` line, so leftovers of a longer earlier
     /// record (or of a concurrent shared holder's) after it are ignored. An
     /// exclusive holder trims such leftovers; a shared holder never
     /// truncates, since other shared holders may be writing too.
-    pub(crate) fn write_record(&self, owner: &Owner, name: &str, mode: Mode) -> io::Result<()> {
+    pub(crate) fn write_record(&self, owner: &Owner, name: &str, mode: Mode) -> io::Result<bool> {
         if !self.writable {
-            return Ok(());
+            return Ok(false);
+        }
+        if !self.ours.load(Ordering::Relaxed) {
+            let mut head = [0u8; owner::MAGIC.len() + 1];
+            let n = read_full_at(&self.file, &mut head)?;
+            let is_record = n == head.len()
+                && head.starts_with(owner::MAGIC.as_bytes())
+                && head[n - 1] == b'\n';
+            if n != 0 && !is_record {
+                return Ok(false);
+            }
+            self.ours.store(true, Ordering::Relaxed);
         }
         let text = record_text(owner, name);
         write_all_at(&self.file, text.as_bytes())?;
@@ -172,24 +203,30 @@ impl LockFile {
             self.file.set_len(len)?;
             self.len.store(len, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Reads and parses the owner record.
     pub(crate) fn read_record(&self) -> io::Result<Record> {
         let mut buf = vec![0u8; MAX_RECORD];
-        let mut filled = 0;
-        while filled < buf.len() {
-            match read_at(&self.file, &mut buf[filled..], filled as u64) {
-                Ok(0) => break,
-                Ok(n) => filled += n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        let filled = read_full_at(&self.file, &mut buf)?;
         buf.truncate(filled);
         Ok(Record::parse(&buf))
     }
+}
+
+/// Reads from offset 0 until `buf` is full or the file ends.
+fn read_full_at(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match read_at(file, &mut buf[filled..], filled as u64) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// What a lock file says about its holder.
@@ -198,6 +235,9 @@ pub(crate) struct Record {
     pub(crate) owner: Result<Owner, OwnerParseError>,
     /// The resource name as recorded (needed to show escaped names).
     pub(crate) name: Option<String>,
+    /// The content starts like a lockyard record (perhaps damaged): the file
+    /// is lockyard's, not another tool's.
+    pub(crate) is_lockyard: bool,
 }
 
 impl Record {
@@ -209,7 +249,15 @@ impl Record {
             .take_while(|l| *l != "end")
             .find_map(|l| l.strip_prefix("name="))
             .and_then(unescape_name);
-        Record { owner, name }
+        let is_lockyard = text
+            .lines()
+            .next()
+            .is_some_and(|l| l.trim_end() == owner::MAGIC);
+        Record {
+            owner,
+            name,
+            is_lockyard,
+        }
     }
 }
 
@@ -260,38 +308,15 @@ fn unescape_name(s: &str) -> Option<String> {
     String::from_utf8(out).ok().filter(|n| !n.is_empty())
 }
 
-fn open_with(path: &Path, access: Access, file_mode: u32, write: bool) -> io::Result<File> {
-    let mut opts = OpenOptions::new();
-    opts.read(true);
-    if write {
-        opts.write(true);
-    }
-    if access == Access::Create && write {
-        opts.create(true);
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        // O_NONBLOCK: opening a FIFO planted under a lock file's name must
-        // not hang (it is refused just after, as not a regular file). It has
-        // no effect on regular files, nor on flock.
-        opts.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
-        opts.mode(file_mode);
-    }
-    #[cfg(not(unix))]
-    let _ = file_mode;
-    opts.open(path)
-}
-
-fn open_error(path: &Path, e: io::Error) -> LockError {
+fn open_error(path: PathBuf, e: io::Error) -> LockError {
     #[cfg(unix)]
     if e.raw_os_error() == Some(libc::ELOOP) {
         return LockError::UnsafePath {
-            path: path.to_owned(),
+            path,
             reason: "the lock file is a symbolic link".into(),
         };
     }
-    LockError::from_io("open", path, e)
+    LockError::from_io("open", &path, e)
 }
 
 #[cfg(unix)]

@@ -8,11 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::dir::LockDir;
 use super::guard::{FileLock, FileLockGuard, LocalGuard};
 use super::kernel::{HeldFd, Slot, Start, TryOutcome};
 use super::lockfile::{Access, LockFile};
 use super::name;
-use super::scan::{self, FileLockInfo};
+use super::scan::{self, CleanupOptions, FileLockInfo};
 use crate::error::LockError;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::owner::Owner;
@@ -42,6 +43,38 @@ pub struct FileLockOptions {
     /// [`LockError::UnsafePath`], because whoever controls it can swap lock
     /// files under us).
     pub allow_foreign_dir: bool,
+    /// How a thread waiting in the kernel for a lock held by another process
+    /// waits, and how it is stopped when nobody wants the lock any more
+    /// (default [`WaitStrategy::Signal`]).
+    pub wait_strategy: WaitStrategy,
+}
+
+/// How lockyard's waiter threads wait for a lock another process holds. See
+/// the [module docs](crate::file#how-waiting-works).
+///
+/// ```
+/// use lockyard::{FileLockOptions, WaitStrategy};
+///
+/// // An application that owns every signal: lockyard installs no handler.
+/// let opts = FileLockOptions::default().wait_strategy(WaitStrategy::Poll);
+/// assert_eq!(opts.wait_strategy, WaitStrategy::Poll);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WaitStrategy {
+    /// Block in `flock`, and interrupt the thread with the real-time signal
+    /// `SIGRTMAX - 3` when the last task waiting gives up (Linux). lockyard
+    /// installs a no-op handler (without `SA_RESTART`) for that signal on
+    /// first use, unless the signal already has a handler, and checks that
+    /// the handler is still its own before every wait and every signal:
+    /// when it is not (or on other systems), waits poll as with
+    /// [`Poll`](Self::Poll).
+    #[default]
+    Signal,
+    /// Poll with a non-blocking `flock` at a backoff from 1 ms to 50 ms.
+    /// Installs no signal handler and sends no signal; a hand-over may take
+    /// up to 50 ms longer.
+    Poll,
 }
 
 impl Default for FileLockOptions {
@@ -49,6 +82,7 @@ impl Default for FileLockOptions {
         Self {
             dir_mode: 0o700,
             allow_foreign_dir: false,
+            wait_strategy: WaitStrategy::default(),
         }
     }
 }
@@ -63,6 +97,12 @@ impl FileLockOptions {
     /// Sets [`allow_foreign_dir`](Self::allow_foreign_dir).
     pub fn allow_foreign_dir(mut self, allow: bool) -> Self {
         self.allow_foreign_dir = allow;
+        self
+    }
+
+    /// Sets [`wait_strategy`](Self::wait_strategy).
+    pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
+        self.wait_strategy = strategy;
         self
     }
 
@@ -122,20 +162,27 @@ pub struct FileLockManager {
 }
 
 struct Inner {
-    dir: PathBuf,
+    dir: Arc<LockDir>,
     options: FileLockOptions,
     slots: Mutex<Slots>,
     /// Waiter threads running for this manager's names.
     waiter_threads: Arc<AtomicUsize>,
 }
 
-/// The names in use. Entries are kept while idle (with their descriptor
-/// parked open), so re-acquiring a name skips `open`; when the map grows past
-/// `purge_at`, idle entries are dropped.
+/// The names in use. Entries are kept while idle, so re-acquiring a name
+/// skips the lookup (its descriptor may be kept open in the process-wide,
+/// capped cache of `super::idle`); when the map grows past `purge_at`, idle
+/// entries are dropped.
+///
+/// The map belongs to one process: a forked child starts with an empty one
+/// (its copy of the parent's in-process queues and kernel waits means
+/// nothing in the child).
 #[derive(Default)]
 struct Slots {
     map: HashMap<String, Arc<Slot>>,
     purge_at: usize,
+    /// The process the map belongs to.
+    pid: u32,
 }
 
 /// How many names the map may hold before idle ones are dropped.
@@ -164,8 +211,7 @@ impl FileLockManager {
         dir: impl AsRef<Path>,
         options: FileLockOptions,
     ) -> Result<Self, LockError> {
-        let dir = dir.as_ref().to_owned();
-        prepare_dir(&dir, &options)?;
+        let dir = Arc::new(LockDir::open(dir.as_ref(), &options)?);
         Ok(Self {
             inner: Arc::new(Inner {
                 dir,
@@ -176,9 +222,50 @@ impl FileLockManager {
         })
     }
 
+    /// The default lock directory of this user: one path per user and
+    /// machine, the same in a login shell, under cron, systemd or `sudo -u`,
+    /// because it depends on no environment variable (neither
+    /// `$XDG_RUNTIME_DIR`, which only login sessions have and which logind
+    /// removes at logout while holders may still run, nor `$TMPDIR`).
+    ///
+    /// - Linux: `/run/lock/lockyard-<uid>` when `/run/lock` is a root-owned,
+    ///   sticky, world-writable directory (as on Debian, Ubuntu, Arch);
+    ///   otherwise `/tmp/lockyard-<uid>`. Both are cleared at boot, when no
+    ///   holder can survive anyway; `/run/lock` is not aged by
+    ///   `systemd-tmpfiles`, unlike `/tmp`.
+    /// - Other Unix systems: `/tmp/lockyard-<uid>`.
+    /// - Windows: `lockyard` in the user's temporary directory.
+    ///
+    /// `<uid>` is the effective user id. The directory is only named here;
+    /// [`new`](Self::new) creates it (`0o700`).
+    ///
+    /// ```
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = FileLockManager::default_dir();
+    /// assert!(dir.file_name().unwrap().to_str().unwrap().starts_with("lockyard"));
+    /// assert!(dir.is_absolute());
+    /// ```
+    pub fn default_dir() -> PathBuf {
+        #[cfg(unix)]
+        {
+            let uid = rustix::process::geteuid().as_raw();
+            let base = if cfg!(target_os = "linux") && run_lock_is_shared() {
+                "/run/lock"
+            } else {
+                "/tmp"
+            };
+            Path::new(base).join(format!("lockyard-{uid}"))
+        }
+        #[cfg(not(unix))]
+        {
+            std::env::temp_dir().join("lockyard")
+        }
+    }
+
     /// The lock directory.
     pub fn dir(&self) -> &Path {
-        &self.inner.dir
+        self.inner.dir.path()
     }
 
     /// The options the manager was made with.
@@ -192,7 +279,7 @@ impl FileLockManager {
     ///
     /// [`LockError::InvalidName`] for the empty name.
     pub fn path_for(&self, name: &str) -> Result<PathBuf, LockError> {
-        Ok(self.inner.dir.join(name::file_name(name)?))
+        Ok(self.inner.dir.join(&name::file_name(name)?))
     }
 
     /// Acquires `name` exclusively, waiting up to `timeout`.
@@ -305,8 +392,11 @@ impl FileLockManager {
     /// `name` now, in either mode. The answer may be stale by the time it is
     /// read.
     ///
-    /// To find out, it tries the kernel lock on its own descriptor; if the
-    /// lock is free it holds it for the few microseconds of that probe.
+    /// Looking never touches: on Linux the answer comes from the kernel's
+    /// table of locks (`/proc/locks`), so a concurrent acquirer is never
+    /// refused because of it. Elsewhere (or where the table cannot tell,
+    /// see [`list`](Self::list)) it tries the kernel lock on its own
+    /// descriptor, holding a free lock for the microseconds of that probe.
     ///
     /// # Errors
     ///
@@ -317,8 +407,7 @@ impl FileLockManager {
     ///
     /// Cancel safe: it only looks.
     pub async fn is_locked(&self, name: &str) -> Result<bool, LockError> {
-        let path = self.path_for(name)?;
-        self.is_locked_path(&path)
+        self.is_locked_file(&name::file_name(name)?)
     }
 
     /// The owner recorded in `name`'s lock file: the current holder while
@@ -337,12 +426,12 @@ impl FileLockManager {
     ///
     /// Cancel safe: it only reads.
     pub async fn owner(&self, name: &str) -> Result<Option<Owner>, LockError> {
-        let path = self.path_for(name)?;
-        read_owner(&path)
+        read_owner(&self.inner.dir, &name::file_name(name)?)
     }
 
     /// Every lock file in the directory, sorted by name: whether it is held
-    /// (probed as in [`is_locked`](Self::is_locked)), how, and the recorded
+    /// (looked at as in [`is_locked`](Self::is_locked), without taking it on
+    /// Linux; [`FileLockInfo::holder_pids`] names the kernel's holders), how, and the recorded
     /// owner. Files that are not lock files of this crate, symbolic links
     /// and other non-regular files are skipped.
     ///
@@ -360,7 +449,7 @@ impl FileLockManager {
     }
 
     /// What [`cleanup_stale_locks`](Self::cleanup_stale_locks) would remove,
-    /// without removing anything.
+    /// without removing anything (and, on Linux, without locking anything).
     ///
     /// # Errors
     ///
@@ -373,26 +462,85 @@ impl FileLockManager {
         &self,
         max_age: Option<Duration>,
     ) -> Result<Vec<FileLockInfo>, LockError> {
-        let dir = self.inner.dir.clone();
-        blocking(move || scan::stale(&dir, max_age, true)).await
+        self.stale_locks_with(&CleanupOptions {
+            max_age,
+            ..CleanupOptions::default()
+        })
+        .await
     }
 
-    /// Removes stale lock files and returns how many it removed.
+    /// What [`cleanup_with`](Self::cleanup_with) would remove, without
+    /// removing anything (and, on Linux, without locking anything).
     ///
-    /// A lock file is stale when its lock is free (a held lock is never
-    /// removed, whatever its age) and
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`list`](Self::list).
+    pub async fn stale_locks_with(
+        &self,
+        options: &CleanupOptions,
+    ) -> Result<Vec<FileLockInfo>, LockError> {
+        let (dir, options) = (self.inner.dir.clone(), *options);
+        blocking(move || scan::stale(&dir, &options, true)).await
+    }
+
+    /// Removes stale lock files and returns how many it removed: as
+    /// [`cleanup_with`](Self::cleanup_with) with
+    /// [`CleanupOptions::max_age`] set to `max_age` (`None`: only provably
+    /// dead owners' files) and files without a lockyard record kept.
+    ///
+    /// # Errors
+    ///
+    /// As [`list`](Self::list).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`cleanup_with`](Self::cleanup_with).
+    pub async fn cleanup_stale_locks(&self, max_age: Option<Duration>) -> Result<usize, LockError> {
+        let options = CleanupOptions {
+            max_age,
+            ..CleanupOptions::default()
+        };
+        self.cleanup_with(&options).await.map(|v| v.len())
+    }
+
+    /// Removes stale lock files and returns what it removed.
+    ///
+    /// A lock file is stale when nobody holds it — neither a `flock` lock
+    /// (lockyard's, flock(1)'s) nor, on Linux, an `fcntl`/`lockf` record
+    /// lock (which `flock` cannot see: such a file is never removed) — and
     /// - its owner is provably gone: the recorded pid does not run on this
     ///   host, or runs with another start time (a reused pid); or
-    /// - its record is not one this crate can read (damaged, or written by
-    ///   another tool); or
-    /// - `max_age` is `Some` and the record is older than that.
+    /// - it holds a damaged lockyard record; or
+    /// - [`CleanupOptions::max_age`] is set and the record is older; or
+    /// - it holds no lockyard record at all (empty, or another tool's
+    ///   content) and [`CleanupOptions::remove_unrecorded`] is set: by
+    ///   default such files are kept, since another tool may be using them
+    ///   in ways lockyard cannot see.
     ///
-    /// (`max_age` is an `Option` so that `None` removes only provably dead
-    /// owners' files: a superset of the issue's `cleanup_stale_locks(max_age)`.)
+    /// Staleness is decided by looking (on Linux without locking); only a
+    /// file found stale is then locked, checked again, and removed while
+    /// held, and only if it is still the file that was locked, so a
+    /// concurrent acquirer is never left holding a lock on a removed file
+    /// without noticing.
     ///
-    /// Each file is removed while holding its lock, and only if it is still
-    /// the file that was locked, so a concurrent acquirer is never left
-    /// holding a lock on a removed file without noticing.
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{CleanupOptions, FileLockManager};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// drop(locks.acquire("job", Duration::from_secs(1)).await?);
+    /// let removed = locks.cleanup_with(&CleanupOptions::default().max_age(Duration::ZERO)).await?;
+    /// assert_eq!(removed[0].name, "job");
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -403,9 +551,12 @@ impl FileLockManager {
     ///
     /// The cleanup runs on tokio's blocking pool; dropping the future lets it
     /// finish (files may still be removed), unreported.
-    pub async fn cleanup_stale_locks(&self, max_age: Option<Duration>) -> Result<usize, LockError> {
-        let dir = self.inner.dir.clone();
-        blocking(move || scan::stale(&dir, max_age, false).map(|v| v.len())).await
+    pub async fn cleanup_with(
+        &self,
+        options: &CleanupOptions,
+    ) -> Result<Vec<FileLockInfo>, LockError> {
+        let (dir, options) = (self.inner.dir.clone(), *options);
+        blocking(move || scan::stale(&dir, &options, false)).await
     }
 
     /// A [`FileLock`] handle for `name`, implementing [`crate::Lock`].
@@ -427,17 +578,81 @@ impl FileLockManager {
         self.inner.waiter_threads.load(Ordering::Acquire)
     }
 
+    /// A [`FileLock`] handle on the file `file_name` of the lock directory
+    /// itself: no `.lock` is added and nothing is escaped, so it locks the
+    /// very file other tools lock (`flock <dir>/<file_name> cmd`). The
+    /// handle's [`name`](crate::Lock::name) is the file's full path.
+    ///
+    /// The file is locked as any lock file (created if missing; refused if
+    /// it is a symbolic link, not a regular file, or has several hard
+    /// links), and the owner record is only written into it when it is
+    /// empty or already holds one: a data file locked this way is never
+    /// modified. It shares its in-process queue with the resource name that
+    /// maps to the same file (`x.lock` and the name `x`).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let lock = locks.lock_file("queue.db")?;
+    /// let guard = lock.acquire(&AcquireOptions::exclusive()).await?;
+    /// assert_eq!(guard.path(), dir.path().join("queue.db"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] if `file_name` is empty, `.` or `..`, or
+    /// contains `/` or NUL (it must be one entry of the directory).
+    pub fn lock_file(&self, file_name: &str) -> Result<FileLock, LockError> {
+        let invalid = |reason| LockError::InvalidName {
+            name: file_name.to_owned(),
+            reason,
+        };
+        if file_name.is_empty() || file_name == "." || file_name == ".." {
+            return Err(invalid("not a file name"));
+        }
+        if file_name.contains(['/', '\0']) {
+            return Err(invalid(
+                "a file name in the lock directory cannot contain `/` or NUL",
+            ));
+        }
+        let slot = self.slot_for_file(file_name.to_owned());
+        let name = self.inner.dir.join(file_name).display().to_string();
+        Ok(FileLock::new(self.clone(), Arc::from(name), slot))
+    }
+
     /// The name's shared in-process state.
     fn slot(&self, name: &str) -> Result<Arc<Slot>, LockError> {
-        let file = name::file_name(name)?;
+        Ok(self.slot_for_file(name::file_name(name)?))
+    }
+
+    /// The shared in-process state of the lock file `file`.
+    fn slot_for_file(&self, file: String) -> Arc<Slot> {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
+        let pid = std::process::id();
+        if slots.pid != pid {
+            // Forked (or first use): the parent's slots are not ours.
+            let inherited = std::mem::take(&mut slots.map);
+            slots.purge_at = 0;
+            slots.pid = pid;
+            // Dropping them closes only descriptors this process opened;
+            // inherited ones are closed without unlocking (see `HeldFd`).
+            drop(inherited);
+        }
         if let Some(slot) = slots.map.get(&file) {
-            return Ok(slot.clone());
+            return slot.clone();
         }
         let slot = Arc::new(Slot::new(
-            self.inner.dir.join(&file),
+            self.inner.dir.clone(),
+            file.clone(),
             self.inner.options.file_mode(),
             self.inner.waiter_threads.clone(),
+            self.inner.options.wait_strategy,
         ));
         if slots.map.len() >= slots.purge_at.max(KEEP_IDLE) {
             // Idle: nobody but the map refers to it. No one can take a new
@@ -456,10 +671,10 @@ impl FileLockManager {
             slots.purge_at = KEEP_IDLE.max(slots.map.len() * 2);
             drop(slots);
             drop(idle); // closes their descriptors outside the lock
-            return self.slot(name);
+            return self.slot_for_file(file);
         }
         slots.map.insert(file, slot.clone());
-        Ok(slot)
+        slot
     }
 
     pub(crate) async fn acquire_slot(
@@ -472,7 +687,7 @@ impl FileLockManager {
         let mode = options.mode;
         let deadline = Deadline::after(options.timeout);
         let once = try_only || options.timeout == Some(Duration::ZERO);
-        let busy = |slot: &Slot| contended(name, &slot.path, try_only, &deadline);
+        let busy = |slot: &Slot| contended(name, slot, try_only, &deadline);
 
         // Level 1: the in-process queue.
         let local = match try_local(&slot, mode) {
@@ -510,7 +725,7 @@ impl FileLockManager {
             match slot.start_kernel(mode)? {
                 Start::Acquired(held) => held,
                 Start::Wait(mut wait) => {
-                    let holder = read_owner(&slot.path).ok().flatten();
+                    let holder = read_owner(&slot.dir, &slot.file_name).ok().flatten();
                     tracing::debug!(
                         resource = name,
                         path = %slot.path.display(),
@@ -529,7 +744,7 @@ impl FileLockManager {
                             }
                             () = tokio::time::sleep_until(report) => {
                                 report += REPORT_EVERY;
-                                let holder = read_owner(&slot.path).ok().flatten();
+                                let holder = read_owner(&slot.dir, &slot.file_name).ok().flatten();
                                 tracing::info!(
                                     resource = name,
                                     waited = %humantime::format_duration(round_ms(deadline.elapsed())),
@@ -554,11 +769,8 @@ impl FileLockManager {
         ))
     }
 
-    pub(crate) fn is_locked_path(&self, path: &Path) -> Result<bool, LockError> {
-        match LockFile::open(path, Access::Probe, 0)? {
-            Some(file) => Ok(scan::probe_mode(&file)?.is_some()),
-            None => Ok(false),
-        }
+    pub(crate) fn is_locked_file(&self, file_name: &str) -> Result<bool, LockError> {
+        scan::is_locked(&self.inner.dir, file_name)
     }
 }
 
@@ -596,18 +808,28 @@ fn record(held: &HeldFd, owner: &Owner, name: &str, mode: Mode) {
         return;
     }
     let Some(file) = held.file() else { return };
-    if let Err(e) = file.write_record(owner, name, mode) {
-        tracing::warn!(
+    match file.write_record(owner, name, mode) {
+        Ok(true) => {}
+        Ok(false) if file.writable => tracing::debug!(
+            resource = name,
+            path = %file.path.display(),
+            "the lock file holds something other than a lockyard record: no record written"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
             resource = name,
             path = %file.path.display(),
             error = %e,
             "could not write the owner record into the lock file"
-        );
+        ),
     }
 }
 
-fn contended(name: &str, path: &Path, would_block: bool, deadline: &Deadline) -> LockError {
-    let holder = read_owner(path).ok().flatten().map(Box::new);
+fn contended(name: &str, slot: &Slot, would_block: bool, deadline: &Deadline) -> LockError {
+    let holder = read_owner(&slot.dir, &slot.file_name)
+        .ok()
+        .flatten()
+        .map(Box::new);
     if would_block {
         LockError::WouldBlock {
             resource: name.to_owned(),
@@ -623,14 +845,14 @@ fn contended(name: &str, path: &Path, would_block: bool, deadline: &Deadline) ->
     }
 }
 
-/// The owner recorded in the lock file at `path`, if it exists and parses.
-pub(crate) fn read_owner(path: &Path) -> Result<Option<Owner>, LockError> {
-    let Some(file) = LockFile::open(path, Access::Probe, 0)? else {
+/// The owner recorded in the lock file `file_name`, if it exists and parses.
+pub(crate) fn read_owner(dir: &LockDir, file_name: &str) -> Result<Option<Owner>, LockError> {
+    let Some(file) = LockFile::open(dir, file_name, Access::Probe, 0)? else {
         return Ok(None);
     };
     let record = file
         .read_record()
-        .map_err(|e| LockError::from_io("read", path, e))?;
+        .map_err(|e| LockError::from_io("read", &file.path, e))?;
     Ok(record.owner.ok())
 }
 
@@ -662,84 +884,11 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Checks (and creates, when missing) the lock directory.
-fn prepare_dir(dir: &Path, options: &FileLockOptions) -> Result<(), LockError> {
-    for _ in 0..2 {
-        match std::fs::symlink_metadata(dir) {
-            Ok(meta) => return check_dir(dir, &meta, options),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match create_dir(dir, options) {
-                Ok(()) => return Ok(()),
-                // Created by someone else meanwhile: check theirs.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(LockError::from_io("create lock directory", dir, e)),
-            },
-            Err(e) => return Err(LockError::from_io("inspect lock directory", dir, e)),
-        }
-    }
-    Err(LockError::Io {
-        op: "create lock directory",
-        path: dir.to_owned(),
-        source: io::Error::other("it keeps appearing and disappearing"),
-    })
-}
-
-fn check_dir(
-    dir: &Path,
-    meta: &std::fs::Metadata,
-    options: &FileLockOptions,
-) -> Result<(), LockError> {
-    let unsafe_path = |reason: String| LockError::UnsafePath {
-        path: dir.to_owned(),
-        reason,
-    };
-    let meta = if meta.file_type().is_symlink() {
-        if !options.allow_foreign_dir {
-            return Err(unsafe_path(
-                "the lock directory is a symbolic link (set allow_foreign_dir to accept it)".into(),
-            ));
-        }
-        std::fs::metadata(dir).map_err(|e| LockError::from_io("inspect lock directory", dir, e))?
-    } else {
-        meta.clone()
-    };
-    if !meta.is_dir() {
-        return Err(unsafe_path("not a directory".into()));
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        let me = unsafe { libc::geteuid() };
-        if meta.uid() != me && !options.allow_foreign_dir {
-            return Err(unsafe_path(format!(
-                "the lock directory is owned by uid {}, not by this user (uid {me}); \
-                 set allow_foreign_dir to accept it",
-                meta.uid()
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn create_dir(dir: &Path, options: &FileLockOptions) -> io::Result<()> {
-    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .mode(options.dir_mode & 0o7777)
-            .create(dir)?;
-        // The umask may have removed bits the caller asked for.
-        std::fs::set_permissions(
-            dir,
-            std::fs::Permissions::from_mode(options.dir_mode & 0o7777),
-        )
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = options;
-        std::fs::create_dir(dir)
-    }
+/// Whether `/run/lock` is the usual shared lock directory: root's, sticky,
+/// writable by everyone.
+#[cfg(unix)]
+fn run_lock_is_shared() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/run/lock")
+        .is_ok_and(|m| m.is_dir() && m.uid() == 0 && m.mode() & 0o1777 == 0o1777)
 }

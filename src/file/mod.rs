@@ -3,7 +3,10 @@
 //! # Advisory locks
 //!
 //! These locks are *advisory*: they only exclude processes that take them
-//! too. Any process can still read, write or delete a lock file — or the data
+//! too. They are `flock` locks, which are independent of `fcntl`/`lockf`
+//! record locks (dpkg's, SQLite's): lockyard neither sees nor excludes
+//! those, except that cleanup never removes a file that has one (Linux, see
+//! [`FileLockManager::cleanup_with`]). Any process can still read, write or delete a lock file — or the data
 //! it protects — without asking. Use them to coordinate cooperating programs
 //! (several copies of a job, a cache shared by workers), not to keep out
 //! hostile ones.
@@ -21,7 +24,9 @@
 //! Each name is one file in the manager's directory. A name of
 //! `[A-Za-z0-9._-]`, not starting with `.` and at most 100 bytes long, is the
 //! file `<name>.lock`. Any other non-empty name (with `/`, `..`, spaces,
-//! non-ASCII, NUL, or too long) is the file `~<readable prefix>-<hash>.lock`;
+//! non-ASCII, NUL, or too long) is the file `~<readable prefix>-<hash>.lock`,
+//! `<hash>` being the first 128 bits of its SHA-256 (collision-resistant: no
+//! crafted name shares another name's file);
 //! the full name is recorded inside the file so that listings show it. No
 //! name can reach outside the directory; the empty name is
 //! [`LockError::InvalidName`](crate::LockError::InvalidName).
@@ -37,35 +42,63 @@
 //!
 //! # Shared directories
 //!
-//! Lock files are opened with `O_NOFOLLOW` and `O_CLOEXEC`: a lock file that
-//! is a symbolic link is refused with
+//! The manager opens its directory once (`O_DIRECTORY | O_NOFOLLOW`),
+//! checks that descriptor, and reaches every lock file through it
+//! (`openat`, `fstatat`, `unlinkat`): a directory renamed or replaced by a
+//! symbolic link later does not redirect it. Lock files are opened with
+//! `O_NOFOLLOW` and `O_CLOEXEC`: a lock file that is a symbolic link, or
+//! that has more than one hard link, is refused with
 //! [`LockError::UnsafePath`](crate::LockError::UnsafePath) and its target is
 //! never touched; the descriptor is not inherited by programs the holder
-//! runs. A directory the manager creates is `0o700` unless
-//! [`FileLockOptions::dir_mode`] says otherwise; an existing directory that
-//! is a symbolic link or owned by another user is refused unless
-//! [`FileLockOptions::allow_foreign_dir`] is set. (On Windows, where there is
-//! no `O_NOFOLLOW`, symbolic links are not detected, and the (device, inode)
+//! runs. The owner record is only written into a lock file that is empty or
+//! already holds a lockyard record: a file with other content is locked but
+//! left as it is. A directory the manager creates is `0o700` unless
+//! [`FileLockOptions::dir_mode`] says otherwise. An existing directory is
+//! accepted when this user owns it, or root owns it and it is sticky
+//! (`/tmp`, `/run/lock`) or writable only by root; its last component may
+//! be a symbolic link only if root owns the link (`/var/lock`). Anything
+//! else is refused unless [`FileLockOptions::allow_foreign_dir`] is set.
+//! (On Windows, where there is no `O_NOFOLLOW` nor `openat`, symbolic links
+//! are not detected, the directory is used by path, and the (device, inode)
 //! check after locking is skipped.)
+//!
+//! # `fork()`
+//!
+//! A lock does not cross `fork()`. A forked child shares the parent's open
+//! file descriptions, and with them the parent's `flock` locks, so lockyard
+//! never lets a child use them: descriptors are stamped with the process
+//! that opened them, and in a child a copy of a parent's guard releases
+//! nothing when dropped (only the child's descriptor is closed; the parent
+//! keeps its lock), cached descriptors are not reused, and the manager
+//! starts with fresh in-process state. A child takes its own locks like any
+//! other process. (As with any library, forking a multi-threaded process
+//! and then doing more than `exec` is only safe if no other thread held an
+//! internal mutex at the time of the fork.)
 //!
 //! # How waiting works
 //!
 //! Tasks of one process queue fairly in-process and only the head of the
 //! queue touches the kernel lock; an uncontended acquisition is a few inline
-//! syscalls (the descriptors of recently used lock files stay open, unlocked,
-//! to save the `open`), and while another process holds the lock a single
+//! syscalls (the descriptors of the 64 most recently used lock files of the
+//! process stay open, unlocked, to save the `open`), and while another process holds the lock a single
 //! thread per name blocks in the kernel. See the [`FileLockManager`] docs
 //! for the guarantees.
 //!
 //! Those threads come from a small pool of lockyard's own (parked threads
-//! exit after two seconds without work). When no task waits any more — all
-//! timed out or were cancelled — the blocked thread is interrupted: on Linux
-//! with a real-time signal, `SIGRTMAX - 3`, sent only to that thread, whose
-//! no-op handler lockyard installs on first use unless the signal already has
-//! a handler. Where no such signal is available (other systems, or the signal
-//! is taken) the thread polls the lock with `LOCK_NB` at 1–50 ms instead of
-//! blocking. Should the kernel grant the lock to a thread nobody waits for
-//! any more, it releases it at once.
+//! exit after two seconds without work). When the tasks waiting change —
+//! all timed out or were cancelled, or the last exclusive one left behind
+//! shared ones — the blocked thread is interrupted and asks again (the
+//! kernel request always follows the mode the remaining waiters need). How
+//! it is interrupted is [`FileLockOptions::wait_strategy`]:
+//! [`WaitStrategy::Signal`] (the default) uses, on Linux, a real-time
+//! signal, `SIGRTMAX - 3`, sent only to that thread, whose no-op handler
+//! lockyard installs on first use unless the signal already has a handler;
+//! before every wait and every signal it checks that the handler is still
+//! its own. Where no such signal is available (other systems, the signal is
+//! taken or was changed by the application) or with
+//! [`WaitStrategy::Poll`], the thread polls the lock with `LOCK_NB` at
+//! 1–50 ms instead of blocking. Should the kernel grant the lock to a thread
+//! nobody waits for any more, it releases it at once.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -86,25 +119,22 @@
 //! # }
 //! ```
 
+mod dir;
 mod guard;
+mod idle;
 mod interrupt;
 mod kernel;
 mod lockfile;
 mod manager;
 mod name;
 mod pool;
+mod proc_locks;
 mod scan;
+mod wait;
 
 pub use guard::{FileLock, FileLockGuard};
-pub use manager::{FileLockManager, FileLockOptions};
-pub use scan::FileLockInfo;
-
-/// Not public API: makes this process's kernel waits poll (the fallback for
-/// systems without an interrupt signal), so tests can exercise it on Linux.
-#[doc(hidden)]
-pub fn __force_polling_waits(on: bool) {
-    interrupt::force_polling(on);
-}
+pub use manager::{FileLockManager, FileLockOptions, WaitStrategy};
+pub use scan::{CleanupOptions, FileLockInfo};
 
 /// Entry points for the fuzz targets and their corpus tests.
 pub(crate) mod fuzz {

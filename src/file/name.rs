@@ -4,13 +4,16 @@
 //! [`MAX_PLAIN_LEN`] bytes — maps to `<name>.lock`. Every other non-empty name
 //! maps to `~<prefix>-<hash>.lock`, where `<prefix>` is the name's first
 //! characters with anything outside the plain alphabet replaced by `_`, and
-//! `<hash>` is the 128-bit FNV-1a hash of the whole name in hex. The two forms
-//! cannot collide (a plain name never starts with `~`), and neither can
-//! contain `/`, NUL, or be `.` / `..`: no name reaches outside the directory.
+//! `<hash>` is the first 128 bits of the SHA-256 of the whole name, in hex.
+//! The two forms cannot collide (a plain name never starts with `~`), and
+//! neither can contain `/`, NUL, or be `.` / `..`: no name reaches outside
+//! the directory.
 //!
-//! The hash is written out here rather than taken from `std::hash` because
-//! the mapping must be the same in every process, whatever Rust version
-//! built it.
+//! The hash is cryptographic so that nobody can craft a name that shares a
+//! lock file with another name (a non-cryptographic hash such as FNV-1a,
+//! used before, lets an attacker who controls names compute collisions). It
+//! is not keyed: the mapping must be the same in every process on every
+//! machine sharing a directory, whatever Rust version built it.
 
 use crate::error::LockError;
 
@@ -62,7 +65,7 @@ pub(crate) fn file_name(name: &str) -> Result<String, LockError> {
         .collect();
     Ok(format!(
         "~{prefix}-{:032x}{SUFFIX}",
-        fnv1a_128(name.as_bytes())
+        name_hash(name.as_bytes())
     ))
 }
 
@@ -96,14 +99,13 @@ fn is_escaped_stem(stem: &str) -> bool {
     }
 }
 
-/// 128-bit FNV-1a: stable, dependency-free, and good enough to keep distinct
-/// names apart (a collision only makes two names share one lock).
-fn fnv1a_128(bytes: &[u8]) -> u128 {
-    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
-    const PRIME: u128 = 0x0000000001000000000000000000013B;
-    bytes
-        .iter()
-        .fold(OFFSET, |h, &b| (h ^ u128::from(b)).wrapping_mul(PRIME))
+/// The first 128 bits of SHA-256: collision-resistant and stable.
+fn name_hash(bytes: &[u8]) -> u128 {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(bytes);
+    let mut first = [0u8; 16];
+    first.copy_from_slice(&digest[..16]);
+    u128::from_be_bytes(first)
 }
 
 /// Checks every property the mapping promises for `name`; panics on a broken
@@ -190,9 +192,9 @@ mod tests {
         // two versions of lockyard lock different files) fails here.
         assert_eq!(
             file_name("a/b").unwrap(),
-            format!("~a_b-{:032x}.lock", fnv1a_128(b"a/b"))
+            "~a_b-c14cddc033f64b9dea80ea675cf280a0.lock"
         );
-        assert_eq!(fnv1a_128(b""), 0x6c62272e07bb014262b821756295c58d);
-        assert_eq!(fnv1a_128(b"a"), 0xd228cb696f1a8caf78912b704e4a8964);
+        // SHA-256 test vector (the empty string), truncated to 128 bits.
+        assert_eq!(name_hash(b""), 0xe3b0c44298fc1c149afbf4c8996fb924);
     }
 }

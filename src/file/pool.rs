@@ -30,6 +30,8 @@ struct State {
     idle: usize,
     /// Claims handed to parked threads and not yet taken up.
     wakeups: usize,
+    /// The process the threads run in: a forked child has none of them.
+    pid: u32,
 }
 
 fn pool() -> &'static Pool {
@@ -48,6 +50,16 @@ fn lock(p: &Pool) -> MutexGuard<'_, State> {
 pub(crate) fn execute(job: Job) -> io::Result<()> {
     let p = pool();
     let mut st = lock(p);
+    let pid = std::process::id();
+    if st.pid != pid {
+        // First use, or a forked child: the parked threads counted here are
+        // the parent's (threads do not survive fork). Their jobs too.
+        let inherited = std::mem::take(&mut st.jobs);
+        std::mem::forget(inherited);
+        st.idle = 0;
+        st.wakeups = 0;
+        st.pid = pid;
+    }
     st.jobs.push_back(job);
     if st.idle > 0 {
         st.idle -= 1;

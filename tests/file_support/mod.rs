@@ -25,8 +25,19 @@ pub struct Child {
 
 /// Starts a child running `role` with `envs`, in the test binary's entry.
 pub fn spawn(role: &str, envs: &[(&str, String)]) -> Child {
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(exe);
+    spawn_cmd(Command::new(std::env::current_exe().unwrap()), role, envs)
+}
+
+/// As [`spawn`], as the user `uid` (the caller must be root).
+#[cfg(unix)]
+pub fn spawn_as(uid: u32, role: &str, envs: &[(&str, String)]) -> Child {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    cmd.uid(uid).gid(uid).current_dir("/");
+    spawn_cmd(cmd, role, envs)
+}
+
+fn spawn_cmd(mut cmd: Command, role: &str, envs: &[(&str, String)]) -> Child {
     cmd.args([
         "child_process_entry",
         "--exact",
@@ -146,6 +157,8 @@ pub fn child_main() {
             "count" => count().await,
             "rw" => rw().await,
             "flap" => flap().await,
+            "signal" => signal().await,
+            "exact" => exact().await,
             other => panic!("unknown role {other}"),
         }
     });
@@ -302,6 +315,79 @@ async fn flap() {
         rounds += 1;
     }
     say(&format!("RELEASED {rounds}"));
+}
+
+/// As another user: locks the exact file `PATH_TO_LOCK` (in a standard,
+/// root-owned lock directory) and uses the default directory.
+async fn exact() {
+    let path = env("PATH_TO_LOCK");
+    let lock = lockyard::FileLock::at_path(&path, lockyard::FileLockOptions::default())
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    let g = lock.try_acquire(Mode::Exclusive).await.unwrap();
+    say("LOCKED");
+    drop(g);
+    let _ = std::fs::remove_file(&path);
+    let dir = FileLockManager::default_dir();
+    let m = FileLockManager::new(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    drop(m.try_acquire("default-dir-check").await.unwrap());
+    say("DEFAULT OK");
+}
+
+static HANDLER_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn count_calls(_: libc::c_int) {
+    HANDLER_CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Waits once for `NAME` (held by the parent's holder) so that lockyard sets
+/// up its interrupt signal, then changes that signal as `HOW` says
+/// (`default`: back to the default action; `restart`: a counting handler
+/// with `SA_RESTART`), abandons another wait, and finally waits until the
+/// holder lets go. Prints `WAITED`, `ACQUIRED`, `HANDLER <calls>`.
+async fn signal() {
+    let m = manager();
+    let name = env("NAME");
+    let err = m
+        .acquire(&name, Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    // The application changes the signal *later*, not while lockyard's
+    // signal to the abandoned waiter may still be in flight (a signal sent
+    // before the change is delivered with whatever action is set then).
+    no_kernel_waiters(&m).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let sig = libc::SIGRTMAX() - 3;
+    // SAFETY: sigaction with a valid signal number and initialised structs;
+    // the counting handler only touches an atomic (async-signal-safe).
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        match env("HOW").as_str() {
+            "default" => act.sa_sigaction = libc::SIG_DFL,
+            "restart" => {
+                act.sa_sigaction = count_calls as extern "C" fn(libc::c_int) as libc::sighandler_t;
+                act.sa_flags = libc::SA_RESTART;
+            }
+            other => panic!("unknown HOW {other}"),
+        }
+        libc::sigemptyset(&mut act.sa_mask);
+        assert_eq!(libc::sigaction(sig, &act, std::ptr::null_mut()), 0);
+    }
+    let start = Instant::now();
+    let err = m
+        .acquire(&name, Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    say(&format!("WAITED {:?}", start.elapsed()));
+    let g = m.acquire(&name, Duration::from_secs(30)).await.unwrap();
+    say("ACQUIRED");
+    drop(g);
+    say(&format!(
+        "HANDLER {}",
+        HANDLER_CALLS.load(std::sync::atomic::Ordering::Relaxed)
+    ));
 }
 
 /// Waits (bounded, for a loaded machine) until exactly `n` threads of `m`

@@ -1,0 +1,135 @@
+//! Locking an exact path, as flock(1) does, and the standard lock
+//! directories for a user who is not root.
+
+mod file_support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use file_support::{child_main, spawn_as};
+use lockyard::{AcquireOptions, FileLock, FileLockOptions, Mode};
+
+const T: Duration = Duration::from_secs(30);
+
+#[test]
+fn child_process_entry() {
+    child_main();
+}
+
+/// Starts `flock -o <path> -c 'echo HELD; sleep 30'` and waits until it holds.
+fn flock_holder(path: &std::path::Path) -> std::process::Child {
+    // -o: the command does not inherit the lock, so killing flock(1)
+    // releases it.
+    let mut c = Command::new("flock")
+        .arg("-o")
+        .arg(path)
+        .args(["-c", "echo HELD; exec sleep 30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("flock(1)");
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "HELD");
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_path_excludes_flock_1_both_ways() {
+    if Command::new("flock").arg("--version").output().is_err() {
+        println!("flock(1) is not installed: skipped");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("x.lock");
+    let lock = FileLock::at_path(&path, FileLockOptions::default()).unwrap();
+    assert_eq!(lock.path(), path);
+
+    let mut holder = flock_holder(&path);
+    let err = lock.try_acquire(Mode::Exclusive).await.unwrap_err();
+    assert!(err.is_would_block(), "{err}");
+    // The kernel names flock(1) as the holder.
+    let info = lockyard::FileLockManager::new(dir.path())
+        .unwrap()
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(info[0].name, "x");
+    assert!(info[0].held);
+    assert!(info[0].holder_pids.contains(&holder.id()), "{info:?}");
+    // A waiter gets it when flock(1)'s command ends.
+    let waiter = {
+        let lock = lock.clone();
+        tokio::spawn(async move { lock.acquire(&AcquireOptions::exclusive().timeout(T)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let g = tokio::time::timeout(T, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(g.path(), path);
+    // Held by us: flock(1) -n fails on the same file.
+    let st = Command::new("flock")
+        .args(["-n"])
+        .arg(&path)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(!st.success(), "flock(1) got the file lockyard holds");
+    drop(g);
+    let st = Command::new("flock")
+        .args(["-n"])
+        .arg(&path)
+        .arg("true")
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(!dir.path().join("x.lock.lock").exists());
+}
+
+#[tokio::test]
+async fn exact_path_never_writes_into_a_data_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("data.db");
+    std::fs::write(&path, b"precious data").unwrap();
+    let lock = FileLock::at_path(&path, FileLockOptions::default()).unwrap();
+    let g = lock.try_acquire(Mode::Exclusive).await.unwrap();
+    drop(g);
+    assert_eq!(std::fs::read(&path).unwrap(), b"precious data");
+    for bad in ["", "/", "dir/", "."] {
+        assert!(
+            FileLock::at_path(bad, FileLockOptions::default()).is_err(),
+            "{bad:?}"
+        );
+    }
+}
+
+/// As a user who is not root: the sticky, root-owned `/run/lock` (and the
+/// root-owned link `/var/lock` to it) and the default directory are
+/// accepted without `allow_foreign_dir`.
+#[test]
+fn standard_lock_dirs_are_accepted_for_a_non_root_user() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("not root: cannot start a child as another user; skipped");
+        return;
+    }
+    let Some(base) = ["/var/lock", "/run/lock"]
+        .into_iter()
+        .find(|d| std::path::Path::new(d).is_dir())
+    else {
+        println!("no /run/lock here: skipped");
+        return;
+    };
+    let path = format!("{base}/lockyard-test-{}.lock", std::process::id());
+    let mut c = spawn_as(65534, "exact", &[("PATH_TO_LOCK", path.clone())]);
+    c.wait_line("LOCKED", T);
+    c.wait_line("DEFAULT OK", T);
+    c.wait_success(T);
+    let _ = std::fs::remove_file(&path);
+}

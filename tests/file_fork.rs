@@ -1,0 +1,150 @@
+//! A lock does not cross `fork()`: a forked child can neither take a lock
+//! its parent holds through the descriptors the parent keeps open, nor
+//! release the parent's lock by dropping its copy of a guard.
+
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::{Duration, Instant};
+
+use lockyard::FileLockManager;
+
+/// Forks; the child runs `f` and exits with its code (never returning).
+fn fork_child(f: impl FnOnce() -> i32) -> libc::pid_t {
+    // SAFETY: the child only runs `f` (a fresh current-thread runtime and the
+    // lock calls under test) and then `_exit`s; glibc's malloc is fork-safe.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or(99);
+        // SAFETY: _exit ends the child without running the parent's atexit
+        // handlers or destructors.
+        unsafe { libc::_exit(code) };
+    }
+    pid
+}
+
+/// Waits (bounded) for a forked child and returns its exit code.
+fn wait_child(pid: libc::pid_t) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if r == pid {
+            assert!(libc::WIFEXITED(status), "child died: status {status}");
+            return libc::WEXITSTATUS(status);
+        }
+        if Instant::now() > deadline {
+            // SAFETY: kills our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("forked child hung");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn in_forked_child(f: impl FnOnce() -> i32) -> i32 {
+    wait_child(fork_child(f))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Whether a descriptor of our own (a separate open file description) can
+/// take the lock file exclusively right now.
+fn free_for_others(path: &std::path::Path) -> bool {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+        .unwrap();
+    f.try_lock().is_ok()
+}
+
+/// The child's `try_acquire` result: 0 refused as held, 1 acquired, 2 error.
+fn child_try(m: &FileLockManager, name: &str) -> i32 {
+    let rt = runtime();
+    match rt.block_on(m.try_acquire(name)) {
+        Ok(_) => 1,
+        Err(e) if e.is_would_block() => 0,
+        Err(e) => {
+            eprintln!("child: {e}");
+            2
+        }
+    }
+}
+
+#[test]
+fn forked_child_cannot_take_the_parents_lock_through_a_cached_descriptor() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = FileLockManager::new(dir.path()).unwrap();
+    let rt = runtime();
+    // First use: the descriptor stays open (unlocked) after the release.
+    rt.block_on(async { drop(m.try_acquire("job").await.unwrap()) });
+    let child = fork_child(|| {
+        // The parent takes the lock meanwhile.
+        std::thread::sleep(Duration::from_millis(300));
+        child_try(&m, "job")
+    });
+    let guard = rt.block_on(m.try_acquire("job")).unwrap();
+    assert_eq!(
+        wait_child(child),
+        0,
+        "the forked child acquired the lock its parent holds"
+    );
+    drop(guard);
+}
+
+#[test]
+fn guard_dropped_in_a_forked_child_does_not_unlock_the_parent() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = FileLockManager::new(dir.path()).unwrap();
+    let rt = runtime();
+    let guard = rt.block_on(m.try_acquire("job")).unwrap();
+    let path = guard.path().to_owned();
+    assert!(!free_for_others(&path));
+    let copy = &guard as *const lockyard::FileLockGuard as usize;
+    let code = in_forked_child(move || {
+        // SAFETY: in the child, the parent's guard lives at the same address
+        // in our copy of its memory; the parent's own guard is untouched.
+        // Reading it out and dropping it is what a child does when it
+        // unwinds out of the scope that held the guard.
+        drop(unsafe { std::ptr::read(copy as *const lockyard::FileLockGuard) });
+        0
+    });
+    assert_eq!(code, 0);
+    // The child's drop must not have released the parent's lock.
+    assert!(
+        !free_for_others(&path),
+        "a guard dropped in the child unlocked the parent's lock"
+    );
+    // The parent still holds it: in-process and kernel alike.
+    assert!(
+        rt.block_on(m.try_acquire("job"))
+            .unwrap_err()
+            .is_would_block()
+    );
+    drop(guard);
+    assert!(free_for_others(&path));
+}
+
+#[test]
+fn forked_child_can_use_its_own_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = FileLockManager::new(dir.path()).unwrap();
+    let rt = runtime();
+    rt.block_on(async { drop(m.try_acquire("a").await.unwrap()) });
+    let code = in_forked_child(|| {
+        let rt = runtime();
+        rt.block_on(async {
+            // A name the parent does not hold: the child takes and frees it.
+            let g = m.acquire("a", Duration::from_secs(5)).await.unwrap();
+            drop(g);
+            i32::from(m.is_locked("a").await.unwrap())
+        })
+    });
+    assert_eq!(code, 0);
+}
