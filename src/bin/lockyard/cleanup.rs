@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use lockyard::FileLockManager;
+use lockyard::{Escaped, FileLockManager};
 
 use crate::args::CleanupArgs;
 use crate::exit::CliError;
@@ -19,7 +19,7 @@ pub(crate) async fn run(args: &CleanupArgs) -> Result<u8, CliError> {
         };
         print(&format!(
             "{verb} 0 stale lock files from {}\n",
-            dir.display()
+            Escaped(dir.display())
         ))?;
         return Ok(0);
     };
@@ -27,13 +27,13 @@ pub(crate) async fn run(args: &CleanupArgs) -> Result<u8, CliError> {
         let stale = manager.stale_locks(args.max_age).await?;
         let mut text = String::new();
         for info in &stale {
-            text.push_str(&format!("{}\n", info.path.display()));
+            text.push_str(&format!("{}\n", Escaped(info.path.display())));
         }
         text.push_str(&format!(
             "would remove {} stale lock file{} from {}\n",
             stale.len(),
             plural(stale.len()),
-            dir_of(&manager).display()
+            Escaped(dir_of(&manager).display())
         ));
         text
     } else {
@@ -41,7 +41,7 @@ pub(crate) async fn run(args: &CleanupArgs) -> Result<u8, CliError> {
         format!(
             "removed {removed} stale lock file{} from {}\n",
             plural(removed),
-            dir_of(&manager).display()
+            Escaped(dir_of(&manager).display())
         )
     };
     print(&text)?;

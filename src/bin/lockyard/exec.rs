@@ -1,7 +1,7 @@
 //! `exec`: run COMMAND while holding a lock file; `--redis` goes to
 //! [`exec_redis`](crate::exec_redis).
 
-use lockyard::{AcquireOptions, FileLockManager, Mode};
+use lockyard::{AcquireOptions, Escaped, FileLockManager, Mode};
 
 use crate::args::ExecArgs;
 use crate::exit::CliError;
@@ -71,10 +71,10 @@ async fn files(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, 
         }
         Err(err) => return Err(err.into()),
     };
-    tracing::debug!("holding {} ({mode})", guard.path().display());
+    tracing::debug!("holding {} ({mode})", Escaped(guard.path().display()));
     let code = run_locked(args, &[], std::future::pending(), signals).await;
     if let Err(e) = guard.release().await {
-        tracing::warn!("releasing lock `{name}`: {e}");
+        tracing::warn!("releasing lock `{}`: {e}", Escaped(name));
     }
     code
 }

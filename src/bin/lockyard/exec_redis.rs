@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use lockyard::redis::{RedisLock, RedisLocks, RedisOptions, RedisRwLock, RedisSemaphore, Redlock};
-use lockyard::{AcquireOptions, Lock, LockError, LockGuard, Mode, Owner};
+use lockyard::{AcquireOptions, Escaped, Lock, LockError, LockGuard, Mode, Owner};
 
 use crate::args::ExecArgs;
 use crate::exit::{self, CliError};
@@ -51,7 +51,10 @@ pub(crate) async fn run(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Re
         Err(err) => return Err(err.into()),
     };
     let token = guard.fencing_token();
-    tracing::info!("holding `{name}` on Redis (fencing token {token:?})");
+    tracing::info!(
+        "holding `{}` on Redis (fencing token {token:?})",
+        Escaped(name)
+    );
     // Unset rather than inherited from an outer lockyard when there is none.
     let envs = [(FENCING_ENV, token.map(|t| t.to_string()))];
     let code = run_locked(args, &envs, guard.lost(), signals).await;
@@ -62,7 +65,8 @@ pub(crate) async fn run(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Re
         && !ctx.quiet
     {
         eprintln!(
-            "lockyard: warning: could not release `{name}` (it expires by itself within its TTL): {}",
+            "lockyard: warning: could not release `{}` (it expires by itself within its TTL): {}",
+            Escaped(name),
             exit::error_chain(&e)
         );
     }

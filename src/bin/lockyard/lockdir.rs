@@ -49,7 +49,10 @@ pub(crate) fn existing_manager(arg: &DirArg) -> Result<Option<FileLockManager>, 
             if chosen {
                 Err(CliError::new(
                     exit::NO_INPUT,
-                    format!("lock directory {} does not exist", dir.display()),
+                    format!(
+                        "lock directory {} does not exist",
+                        lockyard::Escaped(dir.display())
+                    ),
                 ))
             } else {
                 Ok(None)

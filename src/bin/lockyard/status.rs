@@ -1,11 +1,12 @@
 //! `status`: the lock files of a directory, or (`--redis`) the locks held on
-//! a Redis server, as a table or JSON.
+//! a Redis server, as a table or JSON. The table escapes control characters
+//! (a name with a newline cannot forge a row); JSON has its own escaping.
 
 #[cfg(feature = "redis")]
 use lockyard::Owner;
 #[cfg(feature = "redis")]
 use lockyard::redis::{RedisLockInfo, RedisLocks};
-use lockyard::{FileLockInfo, Mode};
+use lockyard::{FileLockInfo, Mode, escape_for_display};
 
 use crate::args::StatusArgs;
 use crate::exit::CliError;
@@ -53,11 +54,14 @@ fn table(locks: &[FileLockInfo]) -> String {
     for info in locks {
         let owner = info.owner.as_ref();
         rows.push([
-            info.name.clone(),
+            escape_for_display(&info.name).into_owned(),
             if info.held { "yes" } else { "no" }.to_owned(),
             info.mode.map_or("-", Mode::as_str).to_owned(),
             owner.map_or_else(|| "-".to_owned(), |o| o.pid.to_string()),
-            owner.map_or_else(|| "-".to_owned(), |o| o.host.clone()),
+            owner.map_or_else(
+                || "-".to_owned(),
+                |o| escape_for_display(&o.host).into_owned(),
+            ),
             owner.map_or_else(
                 || "-".to_owned(),
                 |o| humantime::format_rfc3339_seconds(o.since).to_string(),
@@ -86,14 +90,14 @@ async fn redis(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
             // The longest holder; `--json` lists them all.
             let owner = info.owners.first();
             rows.push([
-                info.name.clone(),
+                escape_for_display(&info.name).into_owned(),
                 info.kind.to_owned(),
                 info.holders.to_string(),
                 info.ttl
                     .map_or_else(dash, |t| format!("{:.1}s", t.as_secs_f64())),
                 info.fencing_token.map_or_else(dash, |t| t.to_string()),
                 owner.map_or_else(dash, |o| o.pid.to_string()),
-                owner.map_or_else(dash, |o| o.host.clone()),
+                owner.map_or_else(dash, |o| escape_for_display(&o.host).into_owned()),
                 owner.map_or_else(dash, |o| {
                     humantime::format_rfc3339_seconds(o.since).to_string()
                 }),

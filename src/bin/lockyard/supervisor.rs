@@ -89,7 +89,10 @@ pub(crate) async fn run_locked(
         End::Exited(code) => Ok(code),
         End::LockLost => Err(CliError::new(
             exit::LOCK_LOST,
-            format!("lock `{name}` was lost while COMMAND ran; COMMAND was terminated"),
+            format!(
+                "lock `{}` was lost while COMMAND ran; COMMAND was terminated",
+                lockyard::Escaped(name)
+            ),
         )),
     }
 }

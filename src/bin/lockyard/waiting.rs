@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use lockyard::{LockError, Owner};
+use lockyard::{Escaped, LockError, Owner};
 
 use crate::args::ExecArgs;
 use crate::exit::CliError;
@@ -53,7 +53,7 @@ pub(crate) fn describe_owner(owner: &Owner) -> String {
     format!(
         "pid {} on {} since {} ({})",
         owner.pid,
-        owner.host,
+        Escaped(&owner.host),
         humantime::format_rfc3339_seconds(owner.since),
         owner.mode
     )
@@ -75,6 +75,7 @@ where
     H: Fn() -> HF,
     HF: Future<Output = Option<String>>,
 {
+    let name = Escaped(name);
     let start = Instant::now();
     let verbose = tracing::enabled!(tracing::Level::INFO);
     let report = async {
@@ -113,6 +114,7 @@ where
 
 /// The line printed when the lock cannot be had.
 pub(crate) fn conflict_message(name: &str, holder: Option<String>, err: &LockError) -> String {
+    let name = Escaped(name);
     let who = holder.map_or_else(
         || "held by another process".to_owned(),
         |h| format!("held by {h}"),
