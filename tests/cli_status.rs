@@ -231,25 +231,38 @@ fn lock_dir_precedence() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("a.lock"), "{}", stdout(&out));
-    // No (or an empty) $LOCKYARD_DIR: $XDG_RUNTIME_DIR/lockyard ...
+    // No (or an empty) $LOCKYARD_DIR: the one per-user directory, whatever
+    // XDG_RUNTIME_DIR and TMPDIR say (cron and a login session agree).
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let expected = ["/run/lock", "/tmp"]
+        .map(|base| std::path::Path::new(base).join(format!("lockyard-{uid}")));
+    let name = format!("cli-status-precedence-{}", std::process::id());
+    let script = format!(
+        "ls {} {} 2>/dev/null; true",
+        expected[0].display(),
+        expected[1].display()
+    );
     let xdg = env.path("xdg");
     std::fs::create_dir(&xdg).unwrap();
-    let mut cmd = env.cmd(&["exec", "b", "--", "sh", "-c", &list(&xdg.join("lockyard"))]);
-    cmd.env("LOCKYARD_DIR", "").env("XDG_RUNTIME_DIR", &xdg);
-    let out = output(cmd);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("b.lock"), "{}", stdout(&out));
-    // ... else <temp dir>/lockyard-<uid>.
-    let tmp = env.path("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let expected = tmp.join(format!("lockyard-{uid}"));
-    let mut cmd = env.cmd(&["exec", "c", "--", "sh", "-c", &list(&expected)]);
-    cmd.env_remove("LOCKYARD_DIR")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("TMPDIR", &tmp);
-    let out = output(cmd);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("c.lock"), "{}", stdout(&out));
+    for (lockyard_dir, with_xdg) in [("", true), ("", false)] {
+        let mut cmd = env.cmd(&["exec", &name, "--", "sh", "-c", &script]);
+        cmd.env("LOCKYARD_DIR", lockyard_dir)
+            .env("TMPDIR", env.path(""));
+        if with_xdg {
+            cmd.env("XDG_RUNTIME_DIR", &xdg);
+        } else {
+            cmd.env_remove("XDG_RUNTIME_DIR");
+        }
+        let out = output(cmd);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("{name}.lock")),
+            "XDG_RUNTIME_DIR set: {with_xdg}: {}",
+            stdout(&out)
+        );
+    }
+    for dir in expected {
+        let _ = std::fs::remove_file(dir.join(format!("{name}.lock")));
+    }
 }

@@ -54,8 +54,12 @@ signal to lockyard only; the default control-group mode also signals COMMAND
 directly, which then sees it twice. With --redis, COMMAND finds its fencing
 token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which has none).
 
+A NAME with a `/`, or --file PATH, locks that file itself, as flock(1) does:
+lockyard and flock(1) users of the same path exclude each other.
+
 Examples:
   lockyard exec nightly-report -- ./report.sh
+  lockyard exec -n /var/lock/backup.lock -c 'rsync -a src/ dst/'   # as flock(1)
   lockyard exec -n -E 0 backup -- rsync -a src/ dst/     # skip if one runs
   lockyard exec -w 30s --redis redis://10.0.0.5/ deploy -- ./deploy.sh
 
@@ -94,10 +98,17 @@ pub(crate) enum Command {
 /// Where the lock files live.
 #[derive(Debug, Args)]
 pub(crate) struct DirArg {
-    /// Lock directory [default: $LOCKYARD_DIR, else $XDG_RUNTIME_DIR/lockyard,
-    /// else <temp dir>/lockyard-<uid>].
+    /// Lock directory [default: $LOCKYARD_DIR, else one per user whatever the
+    /// session: /run/lock/lockyard-<uid> where /run/lock is a shared sticky
+    /// directory, else /tmp/lockyard-<uid>].
     #[arg(long, value_name = "DIR")]
     pub(crate) dir: Option<PathBuf>,
+
+    /// Accept a lock directory owned by another user (not root), or a
+    /// symbolic link not owned by root. Root-owned sticky directories
+    /// (/tmp, /run/lock) and root's links (/var/lock) need no flag.
+    #[arg(long)]
+    pub(crate) allow_foreign_dir: bool,
 }
 
 #[derive(Debug, Args)]
@@ -161,8 +172,16 @@ pub(crate) struct ExecArgs {
     #[arg(long, requires = "redis")]
     pub(crate) rw: bool,
 
-    /// The lock's name ([A-Za-z0-9._-] maps to <DIR>/<NAME>.lock; anything else is escaped).
-    pub(crate) name: String,
+    /// Lock the file PATH itself, exactly as flock(1) does (no .lock added,
+    /// --dir not used); lockyard and flock(1) users of PATH exclude each
+    /// other. Then there is no NAME.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+
+    /// The lock's name ([A-Za-z0-9._-] maps to <DIR>/<NAME>.lock; anything
+    /// else is escaped). A NAME with a `/` is a path, locked as --file PATH.
+    #[arg(required_unless_present = "file")]
+    pub(crate) name: Option<String>,
 
     /// Run this shell command ($SHELL -c, else /bin/sh -c, as flock(1)
     /// -c) instead of COMMAND.
@@ -176,12 +195,56 @@ pub(crate) struct ExecArgs {
 
     /// The command to run, and its arguments (after `--`, or directly).
     #[arg(
-        required_unless_present = "shell_command",
+        required_unless_present_any = ["shell_command", "file"],
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "COMMAND"
     )]
     pub(crate) command: Vec<OsString>,
+}
+
+impl ExecArgs {
+    /// With `--file PATH` clap takes COMMAND's first word for NAME: give it
+    /// back to COMMAND.
+    pub(crate) fn normalize(&mut self) -> Result<(), String> {
+        if self.file.is_some()
+            && let Some(word) = self.name.take()
+        {
+            if self.shell_command.is_some() {
+                return Err(format!("unexpected argument {word:?} beside --file and -c"));
+            }
+            self.command.insert(0, OsString::from(word));
+        }
+        if self.command.is_empty() && self.shell_command.is_none() {
+            return Err("no COMMAND given (after NAME, or -c SHELL_COMMAND)".into());
+        }
+        self.redis.retain(|url| !url.is_empty());
+        if !self.redis.is_empty() && self.lock_path().is_some() {
+            return Err(
+                "a path (--file, or a NAME with `/`) is a file lock: not with --redis".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The path to lock as flock(1) does: `--file`, or a NAME with a `/`.
+    pub(crate) fn lock_path(&self) -> Option<PathBuf> {
+        self.file.clone().or_else(|| {
+            self.name
+                .as_deref()
+                .filter(|n| n.contains('/'))
+                .map(PathBuf::from)
+        })
+    }
+
+    /// The lock's name for messages and the library: NAME, or the path.
+    pub(crate) fn lock_name(&self) -> &str {
+        match (&self.name, &self.file) {
+            (Some(name), _) => name,
+            (None, Some(path)) => path.to_str().unwrap_or("<non-UTF-8 path>"),
+            (None, None) => "",
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -238,7 +301,7 @@ mod tests {
                 panic!("not exec")
             };
             assert!(e.nonblock);
-            assert_eq!(e.name, "job");
+            assert_eq!(e.name.as_deref(), Some("job"));
             assert_eq!(e.command, ["echo", "-n", "x"]);
         }
     }

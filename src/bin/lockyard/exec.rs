@@ -1,11 +1,11 @@
 //! `exec`: run COMMAND while holding a lock file; `--redis` goes to
 //! [`exec_redis`](crate::exec_redis).
 
-use lockyard::{AcquireOptions, Escaped, FileLockManager, Mode};
+use lockyard::{AcquireOptions, Escaped, FileLock, FileLockManager, Mode};
 
 use crate::args::ExecArgs;
 use crate::exit::CliError;
-use crate::lockdir::resolve_dir;
+use crate::lockdir;
 use crate::supervisor::{Signals, run_locked, signal_exit};
 use crate::waiting::{self, Ctx};
 
@@ -31,10 +31,20 @@ async fn redis(_: &Ctx, _: &ExecArgs, _: &mut Signals) -> Result<u8, CliError> {
     ))
 }
 
+/// The lock file `exec` takes: a path as flock(1) takes it (`--file PATH`,
+/// or a NAME with a `/`), else NAME in the lock directory; and the manager
+/// that can name its holder (the named case).
+fn file_lock(args: &ExecArgs) -> Result<(FileLock, Option<FileLockManager>), CliError> {
+    if let Some(path) = args.lock_path() {
+        return Ok((FileLock::at_path(path, lockdir::options(&args.dir))?, None));
+    }
+    let manager = lockdir::manager(&args.dir)?;
+    Ok((manager.lock(args.lock_name())?, Some(manager)))
+}
+
 async fn files(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, CliError> {
-    let (dir, _) = resolve_dir(&args.dir);
-    let manager = FileLockManager::new(&dir)?;
-    let name = args.name.as_str();
+    let (lock, manager) = file_lock(args)?;
+    let name = args.lock_name();
     let mode = if args.shared {
         Mode::Shared
     } else {
@@ -42,18 +52,17 @@ async fn files(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, 
     };
     let timeout = ctx.timeout(args);
     let acquire = async {
-        match (timeout, mode) {
-            (Some(t), Mode::Exclusive) if t.is_zero() => manager.try_acquire(name).await,
-            (Some(t), _) if t.is_zero() => manager.try_acquire_shared(name).await,
+        match timeout {
+            Some(t) if t.is_zero() => lock.try_acquire(mode).await,
             _ => {
                 let mut opts = AcquireOptions::new().mode(mode);
                 opts.timeout = timeout;
-                manager.acquire_with(name, &opts).await
+                lock.acquire(&opts).await
             }
         }
     };
     let holder = || async {
-        let owner = manager.owner(name).await.ok().flatten();
+        let owner = manager.as_ref()?.owner(name).await.ok().flatten();
         owner.as_ref().map(waiting::describe_owner)
     };
     let acquired = tokio::select! {

@@ -26,7 +26,7 @@ const DEFAULT_TTL: Duration = Duration::from_secs(30);
 const FENCING_ENV: &str = "LOCKYARD_FENCING_TOKEN";
 
 pub(crate) async fn run(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, CliError> {
-    let name = args.name.as_str();
+    let name = args.lock_name();
     let opts = RedisOptions::new().ttl(args.ttl.unwrap_or(DEFAULT_TTL));
     let timeout = ctx.timeout(args);
     // The client (and lock handle) live until the guard is released: the
@@ -97,7 +97,7 @@ impl Backend {
     /// One URL: a lock, a semaphore (`--permits`) or a RW lock (`--rw`,
     /// `--shared`). Several: Redlock (exclusive only).
     async fn connect(args: &ExecArgs, opts: RedisOptions) -> Result<Self, LockError> {
-        let name = args.name.as_str();
+        let name = args.lock_name();
         let mode = if args.shared {
             Mode::Shared
         } else {

@@ -2,41 +2,32 @@
 
 use std::path::PathBuf;
 
-use lockyard::FileLockManager;
+use lockyard::{FileLockManager, FileLockOptions};
 
 use crate::args::DirArg;
 use crate::exit::{self, CliError};
 
-/// `--dir`, else `$LOCKYARD_DIR` (unless empty), else a per-user directory;
-/// and whether the user chose it.
+/// `--dir`, else `$LOCKYARD_DIR` (unless empty), else the library's one
+/// per-user directory ([`FileLockManager::default_dir`], which depends on no
+/// environment variable, so cron and a login session agree); and whether the
+/// user chose it.
 pub(crate) fn resolve_dir(arg: &DirArg) -> (PathBuf, bool) {
     let env = std::env::var_os("LOCKYARD_DIR").filter(|d| !d.is_empty());
     match arg.dir.clone().or_else(|| env.map(PathBuf::from)) {
         Some(dir) => (dir, true),
-        None => (default_dir(), false),
+        None => (FileLockManager::default_dir(), false),
     }
 }
 
-/// `$XDG_RUNTIME_DIR/lockyard`, else `<temp dir>/lockyard-<uid>`.
-pub(crate) fn default_dir() -> PathBuf {
-    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
-        let runtime = PathBuf::from(runtime);
-        if runtime.is_absolute() {
-            return runtime.join("lockyard");
-        }
-    }
-    std::env::temp_dir().join(format!("lockyard-{}", user_id()))
+/// The lock options `--allow-foreign-dir` sets.
+pub(crate) fn options(arg: &DirArg) -> FileLockOptions {
+    FileLockOptions::default().allow_foreign_dir(arg.allow_foreign_dir)
 }
 
-#[cfg(unix)]
-fn user_id() -> String {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }.to_string()
-}
-
-#[cfg(not(unix))]
-fn user_id() -> String {
-    std::env::var("USERNAME").unwrap_or_else(|_| "user".to_owned())
+/// The manager for `exec`, which creates the directory if missing.
+pub(crate) fn manager(arg: &DirArg) -> Result<FileLockManager, CliError> {
+    let (dir, _) = resolve_dir(arg);
+    Ok(FileLockManager::with_options(&dir, options(arg))?)
 }
 
 /// The manager for `status`/`cleanup`, which must not create a directory:
@@ -58,6 +49,6 @@ pub(crate) fn existing_manager(arg: &DirArg) -> Result<Option<FileLockManager>, 
                 Ok(None)
             }
         }
-        _ => Ok(Some(FileLockManager::new(&dir)?)),
+        _ => Ok(Some(FileLockManager::with_options(&dir, options(arg))?)),
     }
 }

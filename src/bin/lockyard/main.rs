@@ -61,7 +61,11 @@ fn main() -> ExitCode {
     };
     // An empty `LOCKYARD_REDIS` (or a stray comma) names no server.
     match &mut cli.command {
-        Command::Exec(args) => args.redis.retain(|url| !url.is_empty()),
+        Command::Exec(args) => {
+            if let Err(e) = args.normalize() {
+                return CliError::usage(e).report();
+            }
+        }
         Command::Status(args) => args.redis.retain(|url| !url.is_empty()),
         Command::Cleanup(_) => {}
     }

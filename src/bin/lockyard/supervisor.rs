@@ -79,7 +79,7 @@ pub(crate) async fn run_locked(
     lost: impl Future<Output = ()>,
     signals: &mut Signals,
 ) -> Result<u8, CliError> {
-    let name = args.name.as_str();
+    let name = args.lock_name();
     let command = match &args.shell_command {
         Some(line) => shell_command(line),
         None => args.command.clone(),
