@@ -266,3 +266,68 @@ fn lock_dir_precedence() {
         let _ = std::fs::remove_file(dir.join(format!("{name}.lock")));
     }
 }
+
+/// The row of lock `name` in `lockyard status`, split into its columns.
+fn status_row(env: &Env, name: &str) -> Vec<String> {
+    let out = env.run(&["status"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    stdout(&out)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} missing: {}", stdout(&out)))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn status_names_the_kernels_holder_when_flock_holds_the_file() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    std::fs::create_dir_all(env.dir()).unwrap();
+    let ready = env.path("ready");
+    let flock = std::process::Command::new("flock")
+        .arg(env.dir().join("tool.lock"))
+        .args([
+            "sh",
+            "-c",
+            &format!("touch '{}'; exec sleep 10", ready.display()),
+        ])
+        .process_group(0)
+        .spawn()
+        .expect("flock(1) (util-linux) is needed for this test");
+    let mut flock = Holder { child: flock };
+    assert!(wait_until(PATIENCE, || ready.exists()), "flock never ran");
+    let row = status_row(&env, "tool");
+    kill(-(flock.pid() as i32), libc::SIGKILL);
+    flock.wait();
+    assert_eq!(row[1], "yes", "{row:?}");
+    assert!(
+        row[3].split(',').any(|p| p == flock.pid().to_string()),
+        "the kernel's holder (flock, pid {}) is not shown: {row:?}",
+        flock.pid()
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn status_marks_a_dead_holders_record_stale() {
+    let env = Env::new();
+    let mut holder = env.hold("crashed", &[]);
+    let dead = holder.pid();
+    holder.kill(); // the record stays behind in the file
+    let row = status_row(&env, "crashed");
+    assert_eq!(row[1], "no", "{row:?}");
+    assert!(
+        !row[3].contains(&dead.to_string()),
+        "a dead process is named as the holder: {row:?}"
+    );
+    assert!(
+        row.iter().any(|c| c.contains("stale")),
+        "not marked stale: {row:?}"
+    );
+    let out = env.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v[0]["stale"], true, "{v}");
+}

@@ -252,7 +252,9 @@ pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub(crate) dir: DirArg,
 
-    /// Print one JSON array of {name, held, mode, pid, host, since}.
+    /// Print one JSON array of {name, held, mode, pid, host, since} (the
+    /// holder's; null when free), plus for files holder_pids (the kernel's
+    /// holders), stale and record (a past holder's record in a free file).
     #[arg(long)]
     pub(crate) json: bool,
 

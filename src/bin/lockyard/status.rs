@@ -37,35 +37,78 @@ async fn files(args: &StatusArgs) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// The holder a row names: the recorded owner while the lock is held (the
+/// library drops a record the kernel contradicts), never the record of a
+/// free lock, which names a past holder (stale).
+fn holder(info: &FileLockInfo) -> Option<&Owner> {
+    info.owner.as_ref().filter(|_| info.held)
+}
+
+/// A record left by a past holder: the lock is free.
+fn stale_record(info: &FileLockInfo) -> Option<&Owner> {
+    info.owner.as_ref().filter(|_| !info.held)
+}
+
+/// `pid`, `host`, `since`: the holder's (null when free or unknown);
+/// `holder_pids`: the kernel's holders (Linux); `stale`: the file keeps a
+/// past holder's record, shown in `record`.
 fn json_row(info: &FileLockInfo) -> serde_json::Value {
-    let owner = info.owner.as_ref();
+    let owner = holder(info);
+    let since = |o: &Owner| humantime::format_rfc3339_millis(o.since).to_string();
+    let stale = stale_record(info);
     serde_json::json!({
         "name": info.name,
         "held": info.held,
         "mode": info.mode.map(Mode::as_str),
         "pid": owner.map(|o| o.pid),
         "host": owner.map(|o| o.host.as_str()),
-        "since": owner.map(|o| humantime::format_rfc3339_millis(o.since).to_string()),
+        "since": owner.map(since),
+        "holder_pids": info.holder_pids,
+        "stale": stale.is_some(),
+        "record": stale.map(|o| serde_json::json!({
+            "pid": o.pid,
+            "host": o.host,
+            "since": since(o),
+        })),
     })
 }
 
 fn table(locks: &[FileLockInfo]) -> String {
-    let mut rows = vec![["NAME", "HELD", "MODE", "PID", "HOST", "SINCE"].map(str::to_owned)];
+    let mut rows =
+        vec![["NAME", "HELD", "MODE", "PID", "HOST", "SINCE", "NOTE"].map(str::to_owned)];
+    let dash = || "-".to_owned();
     for info in locks {
-        let owner = info.owner.as_ref();
+        let owner = holder(info);
+        let pid = match owner {
+            Some(o) => o.pid.to_string(),
+            None if info.held && !info.holder_pids.is_empty() => info
+                .holder_pids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            None => dash(),
+        };
+        let note = match (stale_record(info), owner) {
+            (Some(o), _) => format!(
+                "stale record: pid {} on {} ({})",
+                o.pid,
+                escape_for_display(&o.host),
+                humantime::format_rfc3339_seconds(o.since)
+            ),
+            (None, None) if info.held => "not a lockyard holder".to_owned(),
+            _ => String::new(),
+        };
         rows.push([
             escape_for_display(&info.name).into_owned(),
             if info.held { "yes" } else { "no" }.to_owned(),
             info.mode.map_or("-", Mode::as_str).to_owned(),
-            owner.map_or_else(|| "-".to_owned(), |o| o.pid.to_string()),
-            owner.map_or_else(
-                || "-".to_owned(),
-                |o| escape_for_display(&o.host).into_owned(),
-            ),
-            owner.map_or_else(
-                || "-".to_owned(),
-                |o| humantime::format_rfc3339_seconds(o.since).to_string(),
-            ),
+            pid,
+            owner.map_or_else(dash, |o| escape_for_display(&o.host).into_owned()),
+            owner.map_or_else(dash, |o| {
+                humantime::format_rfc3339_seconds(o.since).to_string()
+            }),
+            note,
         ]);
     }
     format_table(&rows)
