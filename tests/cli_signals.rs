@@ -231,3 +231,63 @@ fn ctrl_c_with_redirected_stdio_reaches_command_once() {
         );
     }
 }
+
+/// Ctrl-Z at a terminal stops COMMAND (its group has the terminal) and
+/// lockyard with it, so a shell sees the job stopped; SIGCONT to lockyard
+/// resumes both.
+#[test]
+fn ctrl_z_at_a_terminal_stops_command_and_lockyard() {
+    use std::io::Write;
+    let env = Env::new();
+    let (ready, go, pids) = (env.path("ready"), env.path("go"), env.path("pids"));
+    let file = env.path("command.sh");
+    std::fs::write(
+        &file,
+        format!(
+            "echo $$ $PPID > '{pids}'; touch '{ready}'; i=0; \
+             while [ ! -e '{go}' ] && [ $i -lt 1000 ]; do i=$((i+1)); sleep 0.01; done; exit 0",
+            pids = pids.display(),
+            ready = ready.display(),
+            go = go.display()
+        ),
+    )
+    .unwrap();
+    let line = format!("{} exec job -- sh '{}'", bin(), file.display());
+    let child = Command::new("script")
+        .args(["-qfec", &line, "/dev/null"])
+        .env("LOCKYARD_DIR", env.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("util-linux `script` is needed for this test");
+    let mut h = Holder { child };
+    assert!(
+        wait_until(PATIENCE, || ready.exists()),
+        "COMMAND never started"
+    );
+    let ids: Vec<u32> = read(&pids)
+        .split_whitespace()
+        .map(|p| p.parse().expect("pid"))
+        .collect();
+    let (command, lockyard) = (ids[0], ids[1]);
+    let mut stdin = h.child.stdin.take().unwrap();
+    stdin.write_all(b"\x1a").unwrap();
+    stdin.flush().unwrap();
+    let stopped = wait_until(Duration::from_secs(5), || {
+        process_state(command) == Some('T') && process_state(lockyard) == Some('T')
+    });
+    let states = (process_state(command), process_state(lockyard));
+    // script(1) stops itself when its child (lockyard) stops, as a shell
+    // would see the job: continue both, as `fg` would.
+    kill(h.pid() as i32, libc::SIGCONT);
+    kill(lockyard as i32, libc::SIGCONT);
+    let resumed = wait_until(Duration::from_secs(5), || {
+        process_state(command) != Some('T') && process_state(lockyard) != Some('T')
+    });
+    touch(&go);
+    h.wait();
+    drop(stdin);
+    assert!(stopped, "Ctrl-Z: COMMAND and lockyard states {states:?}");
+    assert!(resumed, "SIGCONT did not resume both");
+}
