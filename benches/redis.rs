@@ -7,8 +7,12 @@
 //! Run: `cargo bench --bench redis` (add `-- --quick` for a short run). Prints
 //! criterion's figures for
 //! - `redis_uncontended/{floor,lockyard}`: sequential acquire + release;
-//! - `redis_64_tasks/{floor,lockyard}`: 64 concurrent tasks, each taking
-//!   and releasing its own lock (throughput in elements/s);
+//! - `redis_64_tasks/{floor,fenced_floor,lockyard}`: 64 concurrent tasks,
+//!   each taking and releasing its own lock (throughput in elements/s); the
+//!   *fenced* floor does by hand the work lockyard must do (one script for
+//!   `SET NX PX` + fencing `INCR`, one for compare-and-delete + `PUBLISH`),
+//!   so that lockyard / fenced floor is what the client costs beyond the
+//!   server's Lua;
 //! - `redis_handoff/lockyard`: contended hand-off between two clients (as two
 //!   processes would), from the holder's `release()` call to the waiter
 //!   holding the lock;
@@ -42,12 +46,13 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (floor, locks, other) = rt.block_on(async {
+    let (floor, fenced, locks, other) = rt.block_on(async {
         let opts = RedisOptions::default()
             .ttl(TTL)
             .pool_size(std::env::var("POOL").map_or(1, |v| v.parse().unwrap()));
         (
             Floor::connect(&url, TTL).await,
+            Floor::connect_fenced(&url, TTL).await,
             RedisLocks::connect_with(&url, opts.clone()).await.unwrap(),
             RedisLocks::connect_with(&url, opts).await.unwrap(),
         )
@@ -60,7 +65,7 @@ fn main() {
         .configure_from_args();
 
     uncontended(&mut c, &rt, &floor, &locks);
-    throughput(&mut c, &rt, &floor, &locks);
+    throughput(&mut c, &rt, &floor, &fenced, &locks);
     handoff(&mut c, &rt, &locks, &other);
     c.final_summary();
 
@@ -101,21 +106,23 @@ fn uncontended(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLock
     g.finish();
 }
 
-fn throughput(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
+fn throughput(c: &mut Criterion, rt: &Runtime, floor: &Floor, fenced: &Floor, locks: &RedisLocks) {
     let mut g = c.benchmark_group("redis_64_tasks");
     g.throughput(Throughput::Elements((TASKS * OPS_PER_TASK) as u64));
-    g.bench_function("floor", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let floor = floor.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    floor.tasks_round(TASKS, OPS_PER_TASK, floor_key).await;
+    for (label, floor) in [("floor", floor), ("fenced_floor", fenced)] {
+        g.bench_function(label, |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let floor = floor.clone();
+                async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        floor.tasks_round(TASKS, OPS_PER_TASK, floor_key).await;
+                    }
+                    start.elapsed()
                 }
-                start.elapsed()
-            }
-        })
-    });
+            })
+        });
+    }
     g.bench_function("lockyard", |b| {
         b.to_async(rt).iter_custom(|iters| {
             let locks = locks.clone();
@@ -193,7 +200,7 @@ fn report_ratios() {
     let pair = |group: &str| Some((median_ns(group, "floor")?, median_ns(group, "lockyard")?));
     match pair("redis_uncontended") {
         Some((floor, ours)) => println!(
-            "uncontended acquire+release: floor {:.1} µs, lockyard {:.1} µs, ratio {:.3} (bar <= 1.25)",
+            "uncontended acquire+release: floor {:.1} µs, lockyard {:.1} µs, ratio {:.3} (bar <= 1.15)",
             floor / 1e3,
             ours / 1e3,
             ours / floor
@@ -211,6 +218,19 @@ fn report_ratios() {
             );
         }
         None => println!("64 tasks: no criterion estimates found (filtered out?)"),
+    }
+    let fenced = median_ns("redis_64_tasks", "fenced_floor");
+    match (fenced, median_ns("redis_64_tasks", "lockyard")) {
+        (Some(fenced), Some(ours)) => {
+            let n = (TASKS * OPS_PER_TASK) as f64;
+            println!(
+                "64 tasks throughput vs the fenced floor: fenced floor {:.0}/s, lockyard {:.0}/s, ratio {:.3} (bar >= 0.9)",
+                n / (fenced / 1e9),
+                n / (ours / 1e9),
+                fenced / ours
+            );
+        }
+        _ => println!("64 tasks, fenced: no criterion estimates found (filtered out?)"),
     }
 }
 

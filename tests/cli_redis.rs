@@ -237,3 +237,54 @@ fn redis_timeout_is_honoured() {
         "{took:?}"
     );
 }
+
+#[cfg(target_os = "linux")]
+#[test]
+fn lost_lock_stops_command_descendants_too() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let (ready, pidfile) = (env.path("ready"), env.path("pid"));
+    // The grandchild ignores SIGTERM: it must get SIGKILL after the grace.
+    let script = format!(
+        "sh -c 'trap \"\" TERM; echo $$ > \"{p}\"; exec sleep 60' </dev/null >/dev/null 2>&1 & \
+         touch '{r}'; exec sleep 60",
+        p = pidfile.display(),
+        r = ready.display()
+    );
+    let mut holder = spawn_exec(&env, &url, "1500ms", &script);
+    assert!(wait_until(PATIENCE, || ready.exists()
+        && read(&pidfile).ends_with('\n')));
+    let grandchild: u32 = read(&pidfile).trim().parse().expect("grandchild pid");
+    assert_eq!(server.command(&["FLUSHALL"]), "+OK");
+    let status = holder.wait();
+    let gone = process_gone(grandchild);
+    kill(grandchild as i32, libc::SIGKILL);
+    assert_eq!(status.code(), Some(75), "{}", stderr_of(&mut holder));
+    assert!(
+        gone,
+        "grandchild {grandchild} ran on after the lock was lost"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn descendants_die_with_lockyard_on_redis() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let (ready, pidfile) = (env.path("ready"), env.path("pid"));
+    let script = format!(
+        "sleep 60 </dev/null >/dev/null 2>&1 & echo $! > '{p}'; touch '{r}'; exec sleep 60",
+        p = pidfile.display(),
+        r = ready.display()
+    );
+    let mut holder = spawn_exec(&env, &url, "5s", &script);
+    assert!(wait_until(PATIENCE, || ready.exists()
+        && read(&pidfile).ends_with('\n')));
+    let grandchild: u32 = read(&pidfile).trim().parse().expect("grandchild pid");
+    holder.kill();
+    let gone = wait_until(Duration::from_secs(5), || process_gone(grandchild));
+    kill(grandchild as i32, libc::SIGKILL);
+    assert!(gone, "grandchild {grandchild} ran on after lockyard died");
+}

@@ -50,6 +50,30 @@ fn rw_lock_readers_share_and_exclude_the_writer() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// One name is one lock on Redis, as on files: `-s NAME` and `NAME`
+/// exclude each other (no `--rw` needed).
+#[test]
+fn shared_and_exclusive_on_one_redis_name_exclude_each_other() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let env = Env::new();
+    let reader = env.hold("job", &["--redis", url.as_str(), "-s", "--ttl", "2s"]);
+    let out = env.run(&["exec", "-n", "--redis", &url, "job", "--", "true"]);
+    assert_clean_failure(&out, 1);
+    let out = env.run(&["exec", "-n", "--redis", &url, "-s", "job", "--", "true"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "second reader: {}",
+        stderr(&out)
+    );
+    drop(reader);
+    let writer = env.hold("job2", &["--redis", url.as_str(), "--ttl", "2s"]);
+    let out = env.run(&["exec", "-n", "--redis", &url, "-s", "job2", "--", "true"]);
+    assert_clean_failure(&out, 1);
+    drop(writer);
+}
+
 #[test]
 fn redlock_over_three_servers() {
     let mut servers = [

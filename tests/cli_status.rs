@@ -231,25 +231,103 @@ fn lock_dir_precedence() {
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert!(stdout(&out).contains("a.lock"), "{}", stdout(&out));
-    // No (or an empty) $LOCKYARD_DIR: $XDG_RUNTIME_DIR/lockyard ...
+    // No (or an empty) $LOCKYARD_DIR: the one per-user directory, whatever
+    // XDG_RUNTIME_DIR and TMPDIR say (cron and a login session agree).
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    let expected = ["/run/lock", "/tmp"]
+        .map(|base| std::path::Path::new(base).join(format!("lockyard-{uid}")));
+    let name = format!("cli-status-precedence-{}", std::process::id());
+    let script = format!(
+        "ls {} {} 2>/dev/null; true",
+        expected[0].display(),
+        expected[1].display()
+    );
     let xdg = env.path("xdg");
     std::fs::create_dir(&xdg).unwrap();
-    let mut cmd = env.cmd(&["exec", "b", "--", "sh", "-c", &list(&xdg.join("lockyard"))]);
-    cmd.env("LOCKYARD_DIR", "").env("XDG_RUNTIME_DIR", &xdg);
-    let out = output(cmd);
+    for (lockyard_dir, with_xdg) in [("", true), ("", false)] {
+        let mut cmd = env.cmd(&["exec", &name, "--", "sh", "-c", &script]);
+        cmd.env("LOCKYARD_DIR", lockyard_dir)
+            .env("TMPDIR", env.path(""));
+        if with_xdg {
+            cmd.env("XDG_RUNTIME_DIR", &xdg);
+        } else {
+            cmd.env_remove("XDG_RUNTIME_DIR");
+        }
+        let out = output(cmd);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(
+            stdout(&out).contains(&format!("{name}.lock")),
+            "XDG_RUNTIME_DIR set: {with_xdg}: {}",
+            stdout(&out)
+        );
+    }
+    for dir in expected {
+        let _ = std::fs::remove_file(dir.join(format!("{name}.lock")));
+    }
+}
+
+/// The row of lock `name` in `lockyard status`, split into its columns.
+fn status_row(env: &Env, name: &str) -> Vec<String> {
+    let out = env.run(&["status"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("b.lock"), "{}", stdout(&out));
-    // ... else <temp dir>/lockyard-<uid>.
-    let tmp = env.path("tmp");
-    std::fs::create_dir(&tmp).unwrap();
-    // SAFETY: getuid has no preconditions.
-    let uid = unsafe { libc::getuid() };
-    let expected = tmp.join(format!("lockyard-{uid}"));
-    let mut cmd = env.cmd(&["exec", "c", "--", "sh", "-c", &list(&expected)]);
-    cmd.env_remove("LOCKYARD_DIR")
-        .env_remove("XDG_RUNTIME_DIR")
-        .env("TMPDIR", &tmp);
-    let out = output(cmd);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("c.lock"), "{}", stdout(&out));
+    stdout(&out)
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("{name} missing: {}", stdout(&out)))
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn status_names_the_kernels_holder_when_flock_holds_the_file() {
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    std::fs::create_dir_all(env.dir()).unwrap();
+    let ready = env.path("ready");
+    let flock = std::process::Command::new("flock")
+        .arg(env.dir().join("tool.lock"))
+        .args([
+            "sh",
+            "-c",
+            &format!("touch '{}'; exec sleep 10", ready.display()),
+        ])
+        .process_group(0)
+        .spawn()
+        .expect("flock(1) (util-linux) is needed for this test");
+    let mut flock = Holder { child: flock };
+    assert!(wait_until(PATIENCE, || ready.exists()), "flock never ran");
+    let row = status_row(&env, "tool");
+    kill(-(flock.pid() as i32), libc::SIGKILL);
+    flock.wait();
+    assert_eq!(row[1], "yes", "{row:?}");
+    assert!(
+        row[3].split(',').any(|p| p == flock.pid().to_string()),
+        "the kernel's holder (flock, pid {}) is not shown: {row:?}",
+        flock.pid()
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn status_marks_a_dead_holders_record_stale() {
+    let env = Env::new();
+    let mut holder = env.hold("crashed", &[]);
+    let dead = holder.pid();
+    holder.kill(); // the record stays behind in the file
+    let row = status_row(&env, "crashed");
+    assert_eq!(row[1], "no", "{row:?}");
+    assert!(
+        !row[3].contains(&dead.to_string()),
+        "a dead process is named as the holder: {row:?}"
+    );
+    assert!(
+        row.iter().any(|c| c.contains("stale")),
+        "not marked stale: {row:?}"
+    );
+    let out = env.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(v[0]["stale"], true, "{v}");
 }

@@ -15,7 +15,17 @@ pub struct Floor {
     conn: redis::aio::MultiplexedConnection,
     release: Arc<redis::Script>,
     ttl: Duration,
+    /// The *fenced* floor: the work a fenced lock must do, by hand.
+    fenced: Option<Arc<(redis::Script, redis::Script)>>,
 }
+
+/// The fenced floor's acquire: `SET NX PX` + fencing `INCR`, in one script.
+const FENCED_ACQUIRE: &str = "if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then \
+     return redis.call('INCR', KEYS[2]) end return 0";
+/// The fenced floor's release: compare-and-delete + `PUBLISH` (to wake
+/// waiters), in one script.
+const FENCED_RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+     redis.call('DEL', KEYS[1]) redis.call('PUBLISH', KEYS[2], 'released') return 1 end return 0";
 
 impl Floor {
     /// Connects to `url`; locks are taken with a TTL of `ttl`.
@@ -25,12 +35,50 @@ impl Floor {
         let release = Arc::new(redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",
         ));
-        Self { conn, release, ttl }
+        Self {
+            conn,
+            release,
+            ttl,
+            fenced: None,
+        }
+    }
+
+    /// The *fenced* floor: by hand, what a lock with fencing tokens and
+    /// wakeups must do at least: one script for `SET NX PX` + `INCR`, one for
+    /// compare-and-delete + `PUBLISH`.
+    pub async fn connect_fenced(url: &str, ttl: Duration) -> Self {
+        let mut floor = Self::connect(url, ttl).await;
+        floor.fenced = Some(Arc::new((
+            redis::Script::new(FENCED_ACQUIRE),
+            redis::Script::new(FENCED_RELEASE),
+        )));
+        floor
     }
 
     /// `SET key token NX PX ttl`, then the compare-and-delete; panics if the
     /// lock was held or the delete did not happen.
     pub async fn acquire_release(&mut self, key: &str, token: &str) {
+        if let Some(scripts) = self.fenced.clone() {
+            let (acquire, release) = &*scripts;
+            let fence: i64 = acquire
+                .key(key)
+                .key(format!("{key}:fence"))
+                .arg(token)
+                .arg(self.ttl.as_millis() as u64)
+                .invoke_async(&mut self.conn)
+                .await
+                .unwrap();
+            assert!(fence > 0, "fenced floor lock {key} unexpectedly held");
+            let n: i64 = release
+                .key(key)
+                .key(format!("{key}:released"))
+                .arg(token)
+                .invoke_async(&mut self.conn)
+                .await
+                .unwrap();
+            assert_eq!(n, 1);
+            return;
+        }
         let opts = redis::SetOptions::default()
             .conditional_set(redis::ExistenceCheck::NX)
             .with_expiration(redis::SetExpiry::PX(self.ttl.as_millis() as u64));

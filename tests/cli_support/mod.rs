@@ -39,6 +39,7 @@ impl Env {
         cmd.args(args)
             .env("LOCKYARD_DIR", self.dir())
             .env_remove("RUST_BACKTRACE")
+            .env_remove("LOCKYARD_REDIS")
             .stdin(Stdio::null());
         cmd
     }
@@ -206,4 +207,49 @@ pub fn process_gone(pid: u32) -> bool {
 
 pub fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Sends `sig` to process `pid` (a negative `pid` names a process group, as
+/// `kill -- -PGID`).
+pub fn kill(pid: i32, sig: i32) {
+    // SAFETY: kill only reads its integer arguments.
+    unsafe {
+        libc::kill(pid, sig);
+    }
+}
+
+/// The state letter of process `pid` from `/proc/PID/stat` (`R`, `S`, `T`,
+/// `Z`...), `None` once it is gone.
+#[cfg(target_os = "linux")]
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+/// A COMMAND for signal tests: traps each of `signals` (shell names, `TERM`)
+/// and appends its name to `got` on every delivery, touches `ready`, then
+/// runs until `go` exists (at most ~10 s) and exits 0.
+///
+/// It sleeps with `sleep & wait`, which a trapped signal interrupts at once,
+/// so two deliveries a few milliseconds apart are counted as two.
+pub fn trap_script(signals: &[&str], got: &Path, ready: &Path, go: &Path) -> String {
+    let mut script = String::new();
+    for sig in signals {
+        script.push_str(&format!(
+            "trap 'echo {sig} >> \"{}\"' {sig}; ",
+            got.display()
+        ));
+    }
+    script.push_str(&format!(
+        "touch '{ready}'; i=0; while [ ! -e '{go}' ] && [ $i -lt 1000 ]; do \
+         i=$((i+1)); sleep 0.01 & wait $!; done; exit 0",
+        ready = ready.display(),
+        go = go.display()
+    ));
+    script
+}
+
+/// Touches `path`.
+pub fn touch(path: &Path) {
+    std::fs::write(path, b"").expect("touch");
 }

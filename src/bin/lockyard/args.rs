@@ -22,8 +22,8 @@ Exit codes:
   71       COMMAND could not be started (OS error)
   73       the lock directory or a lock file cannot be created
   74       other I/O error
-  75       exec --redis: the lock was lost while COMMAND ran; COMMAND got SIGTERM,
-           then SIGKILL 5 s later
+  75       exec --redis: the lock was lost while COMMAND ran; COMMAND's tree got
+           SIGTERM, then SIGKILL 5 s later
   76       the backend answered something unexpected
   77       permission denied, or an unsafe path (symlinked lock file, foreign directory)
   126/127  COMMAND cannot be executed / was not found"
@@ -34,16 +34,32 @@ const EXIT_CODES: &str = exit_codes!();
 
 const EXEC_HELP: &str = concat!(
     "\
-COMMAND runs with lockyard's stdio and environment; the lock's file descriptor
-is not inherited. SIGINT, SIGTERM and SIGHUP sent to lockyard are forwarded to
-COMMAND (a Ctrl-C typed at the terminal already reaches COMMAND and is not sent
-twice); received while waiting for the lock, they end the wait: exit 128+S.
-If lockyard itself is killed, COMMAND gets SIGKILL (Linux parent-death signal),
-since the lock is released at that moment. With --redis, COMMAND finds its
-fencing token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which has none).
+COMMAND runs with lockyard's stdio and environment, in a process group of its
+own; the lock's file descriptor is not inherited (flock(1) passes it on).
+The lock covers COMMAND's whole process tree: lockyard is a child subreaper
+(Linux), and when COMMAND exits, or the lock is lost (--redis), every
+descendant still running gets SIGTERM, then SIGKILL 5 s later; only then is
+the lock released (flock(1) leaves them running). If lockyard itself dies,
+COMMAND's process group gets SIGKILL at once (a descendant that left it with
+setsid survives only this case).
+
+Signals: HUP, INT, QUIT, TERM, USR1, USR2, ALRM, WINCH, CONT and TSTP sent to
+lockyard or to its process group reach COMMAND's group once (flock(1)
+forwards nothing). A signal the caller ignored (nohup) stays ignored for both.
+In the foreground of a terminal, COMMAND's group gets the terminal, so Ctrl-C
+and Ctrl-Z reach it directly. When COMMAND stops (Ctrl-Z, SIGTSTP), lockyard
+stops too; SIGCONT resumes both. A signal received while waiting for the
+lock ends the wait: exit 128+S. Under systemd, KillMode=mixed sends the stop
+signal to lockyard only; the default control-group mode also signals COMMAND
+directly, which then sees it twice. With --redis, COMMAND finds its fencing
+token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which has none).
+
+A NAME with a `/`, or --file PATH, locks that file itself, as flock(1) does:
+lockyard and flock(1) users of the same path exclude each other.
 
 Examples:
   lockyard exec nightly-report -- ./report.sh
+  lockyard exec -n /var/lock/backup.lock -c 'rsync -a src/ dst/'   # as flock(1)
   lockyard exec -n -E 0 backup -- rsync -a src/ dst/     # skip if one runs
   lockyard exec -w 30s --redis redis://10.0.0.5/ deploy -- ./deploy.sh
 
@@ -82,10 +98,17 @@ pub(crate) enum Command {
 /// Where the lock files live.
 #[derive(Debug, Args)]
 pub(crate) struct DirArg {
-    /// Lock directory [default: $LOCKYARD_DIR, else $XDG_RUNTIME_DIR/lockyard,
-    /// else <temp dir>/lockyard-<uid>].
+    /// Lock directory [default: $LOCKYARD_DIR, else one per user whatever the
+    /// session: /run/lock/lockyard-<uid> where /run/lock is a shared sticky
+    /// directory, else /tmp/lockyard-<uid>].
     #[arg(long, value_name = "DIR")]
     pub(crate) dir: Option<PathBuf>,
+
+    /// Accept a lock directory owned by another user (not root), or a
+    /// symbolic link not owned by root. Root-owned sticky directories
+    /// (/tmp, /run/lock) and root's links (/var/lock) need no flag.
+    #[arg(long)]
+    pub(crate) allow_foreign_dir: bool,
 }
 
 #[derive(Debug, Args)]
@@ -94,9 +117,19 @@ pub(crate) struct ExecArgs {
     pub(crate) dir: DirArg,
 
     /// Take a shared lock (readers share, an exclusive holder excludes them;
-    /// with --redis: a reader of the Redis RW lock, see --rw).
+    /// on files and on Redis alike).
     #[arg(short, long)]
     pub(crate) shared: bool,
+
+    /// Take an exclusive lock (the default; -e is flock(1)'s spelling too).
+    #[arg(short = 'x', short_alias = 'e', long, conflicts_with = "shared")]
+    pub(crate) exclusive: bool,
+
+    /// Release the lock when COMMAND exits and leave its background
+    /// processes running, without the lock (flock(1) -o: they do not keep
+    /// the lock). Without -o they are stopped before the lock is released.
+    #[arg(short = 'o', long)]
+    pub(crate) close: bool,
 
     /// Fail at once if the lock is held (same as -w 0).
     #[arg(short, long)]
@@ -112,9 +145,15 @@ pub(crate) struct ExecArgs {
     pub(crate) conflict_exit_code: Option<u8>,
 
     /// Lock on the Redis server at URL instead of a file; the lease is
-    /// renewed while COMMAND runs (exit 75 if it is lost anyway). Give it
-    /// several times (independent servers, 3 or 5) for Redlock.
-    #[arg(long, value_name = "URL")]
+    /// renewed while COMMAND runs (exit 75 if it is lost anyway). Give
+    /// several (repeated, or separated by commas; independent servers, 3 or
+    /// 5) for Redlock. Set LOCKYARD_REDIS empty to lock files.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "LOCKYARD_REDIS",
+        value_delimiter = ','
+    )]
     pub(crate) redis: Vec<String>,
 
     /// Redis lease time-to-live; renewed about every TTL/3 while COMMAND runs
@@ -127,18 +166,36 @@ pub(crate) struct ExecArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) permits: Option<u32>,
 
-    /// Use the Redis RW lock NAME (-s: a reader; without -s: the writer).
-    /// `--redis -s` always means a reader of it, so its writers need --rw;
-    /// a plain `--redis` lock is a different lock.
+    /// Accepted for compatibility, and changes nothing: on Redis, one name
+    /// is one lock, whose exclusive holder is the RW lock's writer and whose
+    /// shared holders (-s) are its readers.
     #[arg(long, requires = "redis")]
     pub(crate) rw: bool,
 
-    /// The lock's name ([A-Za-z0-9._-] maps to <DIR>/<NAME>.lock; anything else is escaped).
-    pub(crate) name: String,
+    /// Lock the file PATH itself, exactly as flock(1) does (no .lock added,
+    /// --dir not used); lockyard and flock(1) users of PATH exclude each
+    /// other. Then there is no NAME.
+    #[arg(long, value_name = "PATH")]
+    pub(crate) file: Option<PathBuf>,
+
+    /// The lock's name ([A-Za-z0-9._-] maps to <DIR>/<NAME>.lock; anything
+    /// else is escaped). A NAME with a `/` is a path, locked as --file PATH.
+    #[arg(required_unless_present = "file")]
+    pub(crate) name: Option<String>,
+
+    /// Run this shell command ($SHELL -c, else /bin/sh -c, as flock(1)
+    /// -c) instead of COMMAND.
+    #[arg(
+        short = 'c',
+        long = "command",
+        value_name = "SHELL_COMMAND",
+        conflicts_with = "command"
+    )]
+    pub(crate) shell_command: Option<String>,
 
     /// The command to run, and its arguments (after `--`, or directly).
     #[arg(
-        required = true,
+        required_unless_present_any = ["shell_command", "file"],
         trailing_var_arg = true,
         allow_hyphen_values = true,
         value_name = "COMMAND"
@@ -146,18 +203,69 @@ pub(crate) struct ExecArgs {
     pub(crate) command: Vec<OsString>,
 }
 
+impl ExecArgs {
+    /// With `--file PATH` clap takes COMMAND's first word for NAME: give it
+    /// back to COMMAND.
+    pub(crate) fn normalize(&mut self) -> Result<(), String> {
+        if self.file.is_some()
+            && let Some(word) = self.name.take()
+        {
+            if self.shell_command.is_some() {
+                return Err(format!("unexpected argument {word:?} beside --file and -c"));
+            }
+            self.command.insert(0, OsString::from(word));
+        }
+        if self.command.is_empty() && self.shell_command.is_none() {
+            return Err("no COMMAND given (after NAME, or -c SHELL_COMMAND)".into());
+        }
+        self.redis.retain(|url| !url.is_empty());
+        if !self.redis.is_empty() && self.lock_path().is_some() {
+            return Err(
+                "a path (--file, or a NAME with `/`) is a file lock: not with --redis".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// The path to lock as flock(1) does: `--file`, or a NAME with a `/`.
+    pub(crate) fn lock_path(&self) -> Option<PathBuf> {
+        self.file.clone().or_else(|| {
+            self.name
+                .as_deref()
+                .filter(|n| n.contains('/'))
+                .map(PathBuf::from)
+        })
+    }
+
+    /// The lock's name for messages and the library: NAME, or the path.
+    pub(crate) fn lock_name(&self) -> &str {
+        match (&self.name, &self.file) {
+            (Some(name), _) => name,
+            (None, Some(path)) => path.to_str().unwrap_or("<non-UTF-8 path>"),
+            (None, None) => "",
+        }
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
     #[command(flatten)]
     pub(crate) dir: DirArg,
 
-    /// Print one JSON array of {name, held, mode, pid, host, since}.
+    /// Print one JSON array of {name, held, mode, pid, host, since} (the
+    /// holder's; null when free), plus for files holder_pids (the kernel's
+    /// holders), stale and record (a past holder's record in a free file).
     #[arg(long)]
     pub(crate) json: bool,
 
     /// List the locks held on this Redis server instead of lock files.
-    #[arg(long, value_name = "URL")]
-    pub(crate) redis: Option<String>,
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "LOCKYARD_REDIS",
+        value_delimiter = ','
+    )]
+    pub(crate) redis: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -195,8 +303,20 @@ mod tests {
                 panic!("not exec")
             };
             assert!(e.nonblock);
-            assert_eq!(e.name, "job");
+            assert_eq!(e.name.as_deref(), Some("job"));
             assert_eq!(e.command, ["echo", "-n", "x"]);
         }
+    }
+
+    #[test]
+    fn shell_command_replaces_command() {
+        let cli = Cli::try_parse_from(["lockyard", "exec", "-x", "job", "-c", "echo hi"]).unwrap();
+        let Command::Exec(e) = cli.command else {
+            panic!("not exec")
+        };
+        assert!(e.exclusive);
+        assert_eq!(e.shell_command.as_deref(), Some("echo hi"));
+        assert!(e.command.is_empty());
+        assert!(Cli::try_parse_from(["lockyard", "exec", "job"]).is_err());
     }
 }

@@ -82,6 +82,11 @@ impl From<LockError> for CliError {
                     ),
                 )
             }
+            // The library names its option; the CLI's flag is the way here.
+            LockError::UnsafePath { .. } => CliError::new(
+                code,
+                error_chain(&err).replace("set allow_foreign_dir", "pass --allow-foreign-dir"),
+            ),
             _ => CliError::new(code, error_chain(&err)),
         }
     }

@@ -4,17 +4,56 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use lockyard::{LockError, Owner};
+use lockyard::{Escaped, LockError, Owner};
+
+use crate::args::ExecArgs;
+use crate::exit::CliError;
 
 /// How often `--verbose` repeats who holds the lock while waiting.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// How `exec` reports a lock it cannot have: `--quiet`, `--verbose`.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) quiet: bool,
+    pub(crate) verbose: bool,
+}
+
+impl Ctx {
+    /// `-n` (or `-w 0`) → `Some(ZERO)`; `-w DUR` → `Some(DUR)`; else wait for ever.
+    pub(crate) fn timeout(&self, args: &ExecArgs) -> Option<Duration> {
+        if args.nonblock {
+            Some(Duration::ZERO)
+        } else {
+            args.timeout
+        }
+    }
+
+    /// The error for "the lock is held": `-E N` (default 1) and one line
+    /// naming the holder, unless `--quiet`, or `-E 0` without `-v` (a
+    /// skip that succeeds is silent, so cron mails nothing).
+    pub(crate) fn conflict(
+        &self,
+        args: &ExecArgs,
+        name: &str,
+        holder: Option<String>,
+        err: &LockError,
+    ) -> CliError {
+        let code = args.conflict_exit_code.unwrap_or(crate::exit::CONFLICT);
+        if self.quiet || (code == 0 && !self.verbose) {
+            CliError::new(code, "")
+        } else {
+            CliError::new(code, conflict_message(name, holder, err))
+        }
+    }
+}
 
 /// `pid 42 on build-07 since 2026-11-22T21:03:26Z (exclusive)`.
 pub(crate) fn describe_owner(owner: &Owner) -> String {
     format!(
         "pid {} on {} since {} ({})",
         owner.pid,
-        owner.host,
+        Escaped(&owner.host),
         humantime::format_rfc3339_seconds(owner.since),
         owner.mode
     )
@@ -36,6 +75,7 @@ where
     H: Fn() -> HF,
     HF: Future<Output = Option<String>>,
 {
+    let name = Escaped(name);
     let start = Instant::now();
     let verbose = tracing::enabled!(tracing::Level::INFO);
     let report = async {
@@ -74,6 +114,7 @@ where
 
 /// The line printed when the lock cannot be had.
 pub(crate) fn conflict_message(name: &str, holder: Option<String>, err: &LockError) -> String {
+    let name = Escaped(name);
     let who = holder.map_or_else(
         || "held by another process".to_owned(),
         |h| format!("held by {h}"),
