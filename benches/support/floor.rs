@@ -2,6 +2,8 @@
 //! ttl` + an `EVALSHA` compare-and-delete on one multiplexed connection — the
 //! least a correct Redis lock can do. Included by each bench with
 //! `#[path = "support/floor.rs"] mod floor;`.
+// Each bench uses part of it.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 use std::time::Duration;
