@@ -79,6 +79,11 @@ pub struct AcquireOptions {
     pub mode: Mode,
     /// How long to wait; `None` waits for ever.
     pub timeout: Option<Duration>,
+    /// The lease of this acquisition on a lease-based backend (Redis):
+    /// how long the lock outlives a holder that stops renewing it. `None`
+    /// uses the client's TTL. File and in-process locks have no lease and
+    /// ignore it (the kernel or the process releases them).
+    pub lease: Option<Duration>,
 }
 
 impl AcquireOptions {
@@ -96,7 +101,7 @@ impl AcquireOptions {
     pub fn shared() -> Self {
         Self {
             mode: Mode::Shared,
-            timeout: None,
+            ..Self::default()
         }
     }
 
@@ -115,6 +120,24 @@ impl AcquireOptions {
     /// Waits for ever (the default).
     pub fn wait_forever(mut self) -> Self {
         self.timeout = None;
+        self
+    }
+
+    /// Sets this acquisition's lease (Redis; as Redisson's
+    /// `lock(leaseTime)`): renewed while the guard lives, and how long the
+    /// lock outlives a holder that stops renewing it.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::AcquireOptions;
+    ///
+    /// let opts = AcquireOptions::exclusive()
+    ///     .timeout(Duration::from_secs(1))
+    ///     .lease(Duration::from_secs(5));
+    /// assert_eq!(opts.lease, Some(Duration::from_secs(5)));
+    /// ```
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = Some(lease);
         self
     }
 }

@@ -275,3 +275,62 @@ async fn semaphore_extend_after_lost_is_an_error() {
     );
     assert!(g.is_lost());
 }
+
+/// A per-acquisition lease (Redisson's `lock(leaseTime)`): the key carries
+/// it, the watchdog renews with it, and a lease too short for the client's
+/// op timeout is refused.
+#[tokio::test]
+async fn a_per_acquisition_lease_is_the_one_on_the_server_and_renewed() {
+    let server = RedisServer::start();
+    let locks = RedisLocks::connect_with(
+        &server.url(),
+        RedisOptions::default().ttl(Duration::from_secs(30)),
+    )
+    .await
+    .unwrap();
+    let lease = Duration::from_millis(900);
+    let opts = lockyard::AcquireOptions::exclusive()
+        .timeout(Duration::from_secs(1))
+        .lease(lease);
+    let g = locks.acquire_with("leased", &opts).await.unwrap();
+    let pttl = |key: &str| -> i64 {
+        server
+            .command(&["PTTL", key])
+            .trim_start_matches(':')
+            .parse()
+            .unwrap()
+    };
+    let p = pttl("lockyard:{leased}:lock");
+    assert!(p > 0 && p <= 900, "pttl {p}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!g.is_lost(), "renewed with its own lease");
+    let p = pttl("lockyard:{leased}:lock");
+    assert!(p > 0 && p <= 900, "pttl after renewals {p}");
+    g.release().await.unwrap();
+
+    let permit = locks
+        .semaphore("leased-sem", 2)
+        .unwrap()
+        .acquire_with(&opts)
+        .await
+        .unwrap();
+    let p = pttl("lockyard:{leased-sem}:sem");
+    assert!(p > 0 && p <= 900, "semaphore pttl {p}");
+    drop(permit);
+
+    // An op timeout set to more than half of a lease's validity is refused
+    // for that lease, not silently unsafe (the default one adapts).
+    let strict = RedisLocks::connect_with(
+        &server.url(),
+        RedisOptions::default()
+            .ttl(Duration::from_secs(30))
+            .op_timeout(Duration::from_secs(2)),
+    )
+    .await
+    .unwrap();
+    let e = strict
+        .acquire_with("leased", &opts.lease(Duration::from_secs(1)))
+        .await
+        .unwrap_err();
+    assert!(e.is_invalid_input(), "{e}");
+}

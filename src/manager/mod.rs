@@ -298,6 +298,7 @@ async fn acquire_one(
     let options = AcquireOptions {
         mode,
         timeout: deadline.remaining(),
+        ..AcquireOptions::default()
     };
     let result = tokio::select! {
         biased;

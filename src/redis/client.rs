@@ -142,6 +142,7 @@ impl RedisLocks {
                 local: Arc::new(LocalQueues::default()),
                 url: what,
                 shutdown,
+                background: tokio_util::task::TaskTracker::new(),
             }),
         })
     }

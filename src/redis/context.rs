@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::errors::{map_redis, protocol};
 use super::keys;
@@ -68,6 +69,9 @@ pub(crate) struct Inner {
     /// The URL with any password replaced, for `Debug`.
     pub(crate) url: String,
     pub(crate) shutdown: CancellationToken,
+    /// Background releases (of dropped guards, cancelled acquisitions), so
+    /// that [`RedisLocks::shutdown`] can wait for them.
+    pub(crate) background: TaskTracker,
 }
 
 impl Drop for Inner {
@@ -78,6 +82,68 @@ impl Drop for Inner {
 }
 
 impl RedisLocks {
+    /// Finishes the background work of this client and stops it: waits for
+    /// the releases of dropped guards and cancelled acquisitions still in
+    /// flight (so a service that returns from `main` right after leaves no
+    /// lock held until its TTL), then stops the watchdog and the pub/sub
+    /// task. A guard still alive then can no longer be renewed: its
+    /// [`lost`](super::RedisLockGuard::lost) signal fires, and releasing it
+    /// still works. Later acquisitions through this client (or its clones)
+    /// fail with [`LockError::Closed`].
+    ///
+    /// The wait is bounded by `connect_timeout + op_timeout` (a release that
+    /// cannot reach Redis in that time leaves its lock to expire by its
+    /// TTL); the number of releases given up on is returned.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let guard = locks.acquire("job", std::time::Duration::from_secs(5)).await?;
+    /// drop(guard); // released in the background...
+    /// locks.shutdown().await; // ...and that release is done now.
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops the wait; the background
+    /// releases go on, and the client is stopped either way.
+    pub async fn shutdown(&self) -> usize {
+        let i = &self.inner;
+        i.background.close();
+        let limit = i.opts.connect_timeout + i.opts.request_timeout();
+        let _stop = StopOnDrop(&i.shutdown);
+        if tokio::time::timeout(limit, i.background.wait())
+            .await
+            .is_err()
+        {
+            let left = i.background.len();
+            tracing::warn!(
+                left,
+                "shutdown: background releases still unfinished; their locks expire by their TTL"
+            );
+            return left;
+        }
+        0
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.shutdown.is_cancelled()
+    }
+
+    /// [`LockError::Closed`] after [`shutdown`](Self::shutdown).
+    pub(crate) fn check_open(&self, resource: &str) -> Result<(), LockError> {
+        if self.is_shut_down() {
+            return Err(LockError::Closed {
+                resource: resource.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
     /// The options the client was built with.
     pub fn options(&self) -> &RedisOptions {
         &self.inner.opts
@@ -182,7 +248,7 @@ impl RedisLocks {
             return;
         };
         let this = self.clone();
-        rt.spawn(async move {
+        let task = self.inner.background.track_future(async move {
             let conn = match conn {
                 Some(c) => Ok(c),
                 None => this.conn(&resource, "release").await,
@@ -207,6 +273,7 @@ impl RedisLocks {
             }
             drop(keep);
         });
+        rt.spawn(task);
     }
 }
 
@@ -218,6 +285,16 @@ pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
 /// A reply of the wrong shape.
 pub(crate) fn bad_reply(name: &str, op: &'static str, reply: &Value) -> LockError {
     protocol(name, op, format!("unexpected reply {reply:?}"))
+}
+
+/// Cancels the client's background tasks when dropped (so a cancelled
+/// [`RedisLocks::shutdown`] still stops them).
+struct StopOnDrop<'a>(&'a CancellationToken);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
 }
 
 impl fmt::Debug for RedisLocks {

@@ -40,18 +40,21 @@ pub(crate) struct Hold {
 }
 
 impl Hold {
-    /// Takes over a grant: registers its lease with the watchdog.
+    /// Takes over a grant made with a lease of `ttl`: registers the lease
+    /// with the watchdog.
     ///
     /// # Errors
     ///
     /// [`Expired`] if the grant's validity had passed (invariant 1): the
     /// caller undoes it instead.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         client: &RedisLocks,
         resource: &str,
         mode: Mode,
         fencing: u64,
         sent_at: Instant,
+        ttl: Duration,
         renew: ScriptCall,
         release: ScriptCall,
     ) -> Result<Self, Expired> {
@@ -61,7 +64,7 @@ impl Hold {
             renew.script,
             renew.keys.clone(),
             renew.args.clone(),
-            client.options().ttl,
+            ttl,
             sent_at,
         ))?;
         Ok(Self {

@@ -76,7 +76,8 @@ impl RedisLock {
     }
 
     /// Acquires the lock in `options.mode` (exclusive or shared), waiting
-    /// at most `options.timeout` (`None`: for ever).
+    /// at most `options.timeout` (`None`: for ever), with a lease of
+    /// `options.lease` (`None`: the client's TTL).
     ///
     /// # Errors
     ///
@@ -90,7 +91,10 @@ impl RedisLock {
         options: &AcquireOptions,
     ) -> Result<RedisLockGuard, LockError> {
         let deadline = Deadline::after(options.timeout);
-        let held = self.res.hold(options.mode, &deadline).await?;
+        let held = self
+            .res
+            .hold(options.mode, &deadline, options.lease)
+            .await?;
         Ok(RedisLockGuard { held })
     }
 
@@ -118,7 +122,7 @@ impl RedisLock {
     ///
     /// As [`RedisLocks::acquire`].
     pub async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisLockGuard, LockError> {
-        let held = self.res.try_hold(mode).await?;
+        let held = self.res.try_hold(mode, None).await?;
         Ok(RedisLockGuard { held })
     }
 

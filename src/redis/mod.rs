@@ -63,10 +63,24 @@
 //!
 //! # How it works
 //!
-//! - Keys: `{prefix}{<name>}:lock` (owner value), `{prefix}{<name>}:fence`
-//!   (fencing counter, never expires: one small key per resource ever
-//!   locked), release channel `{prefix}{<name>}:released`. The name is the
-//!   `{hash tag}`, so one resource's keys share a Redis Cluster slot.
+//! - **One name is one lock.** Every key of a resource is
+//!   `{prefix}{<name>}:<suffix>`, the name being the `{hash tag}` (one Redis
+//!   Cluster slot): `:lock` (the exclusive holder's owner value: the plain
+//!   lock, and the RW lock's writer), `:readers` (shared holders), `:intent`
+//!   (a waiting writer), `:sem` and `:permits` (a semaphore and its stored
+//!   permit count), `:fence` (the fencing counter, never expires: one small
+//!   key per resource ever locked) and the release channel `:released`. The
+//!   exclusive and shared modes of [`RedisLock`] are the writer and readers
+//!   of [`RedisRwLock`] of the same name; a name in use as a semaphore
+//!   refuses lock use and the reverse ([`LockError::WrongKind`]); a
+//!   semaphore used with another permit count than its first holder's is
+//!   refused ([`LockError::PermitsMismatch`]).
+//! - **The lease rules live in one place** (`lease/`, its module docs
+//!   number them): a grant counts from the moment its request was sent, a
+//!   grant whose answer arrives after its validity is undone and never
+//!   handed out, renewals and extends are scored by the TTL each carried
+//!   and the worse order is assumed when they may have been reordered, and
+//!   a lost lease stays lost (extend and release report it).
 //! - Scripts are built once and sent with `EVALSHA` (falling back to loading
 //!   them on `NOSCRIPT`).
 //! - Waiting is not polling: a waiter subscribes to the release channel over
@@ -84,6 +98,9 @@
 //!   `warn`.
 //!
 //! # Cancel safety
+//!
+//! Before a service exits, [`RedisLocks::shutdown`] waits for the releases
+//! of dropped guards still in flight, so no lock is left to its TTL.
 //!
 //! Every acquisition is cancel safe: dropping the future leaves the local
 //! queue at once, and if the acquire script may already have reached Redis, a
@@ -104,6 +121,8 @@
 //! type).
 //!
 //! [`lost`]: RedisLockGuard::lost
+//! [`LockError::WrongKind`]: crate::LockError::WrongKind
+//! [`LockError::PermitsMismatch`]: crate::LockError::PermitsMismatch
 //! [`LockError::Timeout`]: crate::LockError::Timeout
 //! [`LockError::WouldBlock`]: crate::LockError::WouldBlock
 //! [`LockError::Unavailable`]: crate::LockError::Unavailable

@@ -114,8 +114,14 @@ impl RedisOptions {
     /// The per-request timeout in force: the one set, or the default for
     /// this TTL (see [`op_timeout`](Self::op_timeout)).
     pub fn request_timeout(&self) -> Duration {
+        self.request_timeout_for(self.ttl)
+    }
+
+    /// The per-request timeout of an acquisition with a lease of `ttl`: the
+    /// one set, or 2 s, or half of the lease's validity if that is less.
+    pub fn request_timeout_for(&self, ttl: Duration) -> Duration {
         self.op_timeout.unwrap_or_else(|| {
-            let validity = self.ttl.saturating_sub(self.drift_for(self.ttl));
+            let validity = ttl.saturating_sub(self.drift_for(ttl));
             DEFAULT_OP_TIMEOUT.min(validity / 2)
         })
     }
@@ -175,18 +181,8 @@ impl RedisOptions {
         if self.pool_size == 0 {
             return bad("pool size", "must be at least 1".to_owned());
         }
-        let validity = self.ttl.saturating_sub(self.drift_for(self.ttl));
+        self.check_lease(self.ttl)?;
         let op_timeout = self.request_timeout();
-        if op_timeout > validity / 2 {
-            return bad(
-                "op timeout",
-                format!(
-                    "{:?} must be at most half the lease's validity (TTL − drift = {validity:?}): \
-                     an answer that slow could grant a lease that has already ended",
-                    op_timeout
-                ),
-            );
-        }
         if self.connect_timeout.is_zero() || op_timeout.is_zero() {
             return bad(
                 "timeout",
@@ -194,6 +190,44 @@ impl RedisOptions {
             );
         }
         Ok(())
+    }
+}
+
+impl RedisOptions {
+    /// Checks a lease of `ttl` (the client's, or one acquisition's): whole
+    /// milliseconds between 10 ms and ~49 days, and long enough that the
+    /// per-request timeout is at most half of its validity (*ttl − drift*):
+    /// otherwise an answer could grant a lease that has already ended.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidArgument`] as above.
+    pub(crate) fn check_lease(&self, ttl: Duration) -> Result<(), LockError> {
+        validate_ttl(ttl)?;
+        let validity = ttl.saturating_sub(self.drift_for(ttl));
+        let op_timeout = self.request_timeout_for(ttl);
+        if op_timeout > validity / 2 {
+            return Err(LockError::InvalidArgument {
+                what: "lease",
+                reason: format!(
+                    "the op timeout ({op_timeout:?}) must be at most half the lease's validity \
+                     (TTL − drift = {validity:?}): an answer that slow could grant a lease that \
+                     has already ended"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The lease of one acquisition: `lease`, or the client's TTL.
+    ///
+    /// # Errors
+    ///
+    /// As [`check_lease`](Self::check_lease).
+    pub(crate) fn lease_for(&self, lease: Option<Duration>) -> Result<Duration, LockError> {
+        let ttl = lease.unwrap_or(self.ttl);
+        self.check_lease(ttl)?;
+        Ok(ttl)
     }
 }
 

@@ -65,12 +65,15 @@ impl Resource {
         })
     }
 
-    /// Takes a hold in `mode`, waiting until `deadline`.
+    /// Takes a hold in `mode` with a lease of `lease` (default: the
+    /// client's TTL), waiting until `deadline`.
     ///
     /// # Errors
     ///
     /// [`LockError::Timeout`] naming the holder; [`LockError::WrongKind`]
-    /// if the name is a semaphore; Redis errors.
+    /// if the name is a semaphore; [`LockError::InvalidArgument`] for a
+    /// lease the client refuses; [`LockError::Closed`] after shutdown; Redis
+    /// errors.
     ///
     /// # Cancel safety
     ///
@@ -79,18 +82,29 @@ impl Resource {
     /// undone in the background with the attempt's own value, on the
     /// attempt's connection (invariant 5), and expires by its TTL if that
     /// fails.
-    pub(crate) async fn hold(&self, mode: Mode, deadline: &Deadline) -> Result<Hold, LockError> {
+    pub(crate) async fn hold(
+        &self,
+        mode: Mode,
+        deadline: &Deadline,
+        lease: Option<Duration>,
+    ) -> Result<Hold, LockError> {
+        self.client.check_open(&self.name)?;
+        let ttl = self.client.options().lease_for(lease)?;
         let turn = waiting::local_turn(&self.client, &self.name, &self.name, deadline).await?;
         let value = token::fresh_value(&self.name, mode)?;
-        let mut pending =
-            Pending::new(&self.client, &self.name, self.release_call(mode, &value)).await?;
-        let ttl = self.client.options().ttl;
+        let mut pending = Pending::new(
+            &self.client,
+            &self.name,
+            self.release_call(mode, &value),
+            ttl,
+        )
+        .await?;
         let (what, call, max_nap) = match mode {
-            Mode::Shared => ("shared lock", self.shared_call(&value), ttl),
+            Mode::Shared => ("shared lock", self.shared_call(&value, ttl), ttl),
             // Refresh the intent well before it expires.
             _ => (
                 "exclusive lock",
-                self.exclusive_call(&value, true),
+                self.exclusive_call(&value, true, ttl),
                 intent_ttl(ttl) / 3,
             ),
         };
@@ -108,7 +122,7 @@ impl Resource {
             &mut pending,
             &call,
             |reason| mode != Mode::Shared && reason == REASON_INTENT_SET,
-            |fencing, sent_at| self.take(mode, &value, fencing, sent_at),
+            |fencing, sent_at| self.take(mode, &value, fencing, sent_at, ttl),
         )
         .await;
         match result {
@@ -139,16 +153,27 @@ impl Resource {
     /// # Cancel safety
     ///
     /// As [`hold`](Self::hold).
-    pub(crate) async fn try_hold(&self, mode: Mode) -> Result<Hold, LockError> {
+    pub(crate) async fn try_hold(
+        &self,
+        mode: Mode,
+        lease: Option<Duration>,
+    ) -> Result<Hold, LockError> {
+        self.client.check_open(&self.name)?;
+        let ttl = self.client.options().lease_for(lease)?;
         let value = token::fresh_value(&self.name, mode)?;
-        let mut pending =
-            Pending::new(&self.client, &self.name, self.release_call(mode, &value)).await?;
+        let mut pending = Pending::new(
+            &self.client,
+            &self.name,
+            self.release_call(mode, &value),
+            ttl,
+        )
+        .await?;
         let (what, call) = match mode {
-            Mode::Shared => ("shared lock", self.shared_call(&value)),
-            _ => ("exclusive lock", self.exclusive_call(&value, false)),
+            Mode::Shared => ("shared lock", self.shared_call(&value, ttl)),
+            _ => ("exclusive lock", self.exclusive_call(&value, false, ttl)),
         };
         let hold = waiting::try_once(&mut pending, &call, what, |fencing, sent_at| {
-            self.take(mode, &value, fencing, sent_at)
+            self.take(mode, &value, fencing, sent_at, ttl)
         })
         .await?;
         pending.done();
@@ -195,6 +220,7 @@ impl Resource {
         value: &str,
         fencing: u64,
         sent_at: Instant,
+        ttl: Duration,
     ) -> Result<Hold, Expired> {
         let renew = match mode {
             Mode::Shared => ScriptCall {
@@ -214,14 +240,14 @@ impl Resource {
             mode,
             fencing,
             sent_at,
+            ttl,
             renew,
             self.release_call(mode, value),
         )
     }
 
-    fn exclusive_call(&self, value: &str, queue: bool) -> ScriptCall {
+    fn exclusive_call(&self, value: &str, queue: bool, ttl: Duration) -> ScriptCall {
         let k = &self.keys;
-        let ttl = self.client.options().ttl;
         let intent = if queue {
             ops::ms(intent_ttl(ttl))
         } else {
@@ -240,7 +266,7 @@ impl Resource {
         }
     }
 
-    fn shared_call(&self, value: &str) -> ScriptCall {
+    fn shared_call(&self, value: &str, ttl: Duration) -> ScriptCall {
         let k = &self.keys;
         ScriptCall {
             script: &scripts::READ,
@@ -251,7 +277,7 @@ impl Resource {
                 k.fence.clone(),
                 k.sem.clone(),
             ],
-            args: vec![value.to_owned(), ops::ms(self.client.options().ttl)],
+            args: vec![value.to_owned(), ops::ms(ttl)],
         }
     }
 

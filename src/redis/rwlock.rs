@@ -117,7 +117,7 @@ impl RedisRwLock {
     /// a background task with the attempt's own token (and expires by its
     /// TTL anyway if that fails).
     pub async fn read(&self, timeout: Duration) -> Result<RedisReadGuard, LockError> {
-        self.read_until(&Deadline::after(Some(timeout))).await
+        self.read_until(&Deadline::after(Some(timeout)), None).await
     }
 
     /// Takes the write lock, waiting up to `timeout` ([`LockError::Timeout`]).
@@ -132,7 +132,8 @@ impl RedisRwLock {
     /// a background task with the attempt's own token; if that fails, the
     /// intent expires after the lock TTL.
     pub async fn write(&self, timeout: Duration) -> Result<RedisWriteGuard, LockError> {
-        self.write_until(&Deadline::after(Some(timeout))).await
+        self.write_until(&Deadline::after(Some(timeout)), None)
+            .await
     }
 
     /// Takes a read lock if no writer holds or waits for it, else fails with
@@ -142,7 +143,7 @@ impl RedisRwLock {
     ///
     /// As [`read`](Self::read).
     pub async fn try_read(&self) -> Result<RedisReadGuard, LockError> {
-        let held = self.res.try_hold(Mode::Shared).await?;
+        let held = self.res.try_hold(Mode::Shared, None).await?;
         Ok(RedisReadGuard { held })
     }
 
@@ -153,7 +154,7 @@ impl RedisRwLock {
     ///
     /// As [`write`](Self::write).
     pub async fn try_write(&self) -> Result<RedisWriteGuard, LockError> {
-        let held = self.res.try_hold(Mode::Exclusive).await?;
+        let held = self.res.try_hold(Mode::Exclusive, None).await?;
         Ok(RedisWriteGuard { held })
     }
 
@@ -195,13 +196,21 @@ impl RedisRwLock {
         super::listing::owners(&self.res.client, &self.res.name, "lock").await
     }
 
-    async fn read_until(&self, deadline: &Deadline) -> Result<RedisReadGuard, LockError> {
-        let held: Hold = self.res.hold(Mode::Shared, deadline).await?;
+    async fn read_until(
+        &self,
+        deadline: &Deadline,
+        lease: Option<std::time::Duration>,
+    ) -> Result<RedisReadGuard, LockError> {
+        let held: Hold = self.res.hold(Mode::Shared, deadline, lease).await?;
         Ok(RedisReadGuard { held })
     }
 
-    async fn write_until(&self, deadline: &Deadline) -> Result<RedisWriteGuard, LockError> {
-        let held = self.res.hold(Mode::Exclusive, deadline).await?;
+    async fn write_until(
+        &self,
+        deadline: &Deadline,
+        lease: Option<std::time::Duration>,
+    ) -> Result<RedisWriteGuard, LockError> {
+        let held = self.res.hold(Mode::Exclusive, deadline, lease).await?;
         Ok(RedisWriteGuard { held })
     }
 }
@@ -224,8 +233,8 @@ impl Lock for RedisRwLock {
     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
         let deadline = Deadline::after(options.timeout);
         match options.mode {
-            Mode::Shared => Ok(self.read_until(&deadline).await?.into()),
-            _ => Ok(self.write_until(&deadline).await?.into()),
+            Mode::Shared => Ok(self.read_until(&deadline, options.lease).await?.into()),
+            _ => Ok(self.write_until(&deadline, options.lease).await?.into()),
         }
     }
 

@@ -157,7 +157,7 @@ impl RedisSemaphore {
     /// a background task then gives back with the attempt's own token (and
     /// which expires by its TTL anyway if that fails).
     pub async fn acquire(&self, timeout: Duration) -> Result<RedisPermitGuard, LockError> {
-        self.acquire_until(&Deadline::after(Some(timeout)), Mode::Shared)
+        self.acquire_until(&Deadline::after(Some(timeout)), Mode::Shared, None)
             .await
     }
 
@@ -171,8 +171,12 @@ impl RedisSemaphore {
         &self,
         options: &AcquireOptions,
     ) -> Result<RedisPermitGuard, LockError> {
-        self.acquire_until(&Deadline::after(options.timeout), options.mode)
-            .await
+        self.acquire_until(
+            &Deadline::after(options.timeout),
+            options.mode,
+            options.lease,
+        )
+        .await
     }
 
     /// Takes a permit if one is free right now, else fails with
@@ -188,13 +192,14 @@ impl RedisSemaphore {
 
     async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
+        let ttl = i.client.options().lease_for(None)?;
         let token = ops::owner_value(&i.name, mode)?;
-        let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token)).await?;
+        let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token), ttl).await?;
         let guard = waiting::try_once(
             &mut pending,
-            &self.acquire_call(&token),
+            &self.acquire_call(&token, ttl),
             "acquire permit",
-            |fencing, sent_at| self.guard(&token, fencing, sent_at, mode),
+            |fencing, sent_at| self.guard(&token, fencing, sent_at, mode, ttl),
         )
         .await?;
         pending.done();
@@ -256,26 +261,28 @@ impl RedisSemaphore {
         &self,
         deadline: &Deadline,
         mode: Mode,
+        lease: Option<Duration>,
     ) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
+        let ttl = i.client.options().lease_for(lease)?;
         let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline).await?;
         let token = ops::owner_value(&i.name, mode)?;
-        let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token)).await?;
+        let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token), ttl).await?;
         let wait = WaitFor {
             client: &i.client,
             resource: &i.name,
             channel: &i.keys.channel,
             what: "semaphore permit",
-            max_nap: i.client.options().ttl,
+            max_nap: ttl,
             turn: Some(&turn),
         };
         let guard = waiting::wait_until_granted(
             wait,
             deadline,
             &mut pending,
-            &self.acquire_call(&token),
+            &self.acquire_call(&token, ttl),
             |_| false,
-            |fencing, sent_at| self.guard(&token, fencing, sent_at, mode),
+            |fencing, sent_at| self.guard(&token, fencing, sent_at, mode, ttl),
         )
         .await?;
         pending.done();
@@ -283,7 +290,7 @@ impl RedisSemaphore {
         Ok(guard)
     }
 
-    fn acquire_call(&self, token: &str) -> ScriptCall {
+    fn acquire_call(&self, token: &str, ttl: Duration) -> ScriptCall {
         let i = &self.inner;
         ScriptCall {
             script: &scripts::SEMAPHORE_ACQUIRE,
@@ -294,11 +301,7 @@ impl RedisSemaphore {
                 i.keys.lock.clone(),
                 i.keys.readers.clone(),
             ],
-            args: vec![
-                token.to_owned(),
-                ops::ms(i.client.options().ttl),
-                i.permits.to_string(),
-            ],
+            args: vec![token.to_owned(), ops::ms(ttl), i.permits.to_string()],
         }
     }
 
@@ -321,6 +324,7 @@ impl RedisSemaphore {
         fencing: u64,
         sent_at: Instant,
         mode: Mode,
+        ttl: Duration,
     ) -> Result<RedisPermitGuard, Expired> {
         let i = &self.inner;
         Ok(RedisPermitGuard {
@@ -330,6 +334,7 @@ impl RedisSemaphore {
                 mode,
                 fencing,
                 sent_at,
+                ttl,
                 ScriptCall {
                     script: &scripts::RENEW_MEMBER,
                     keys: vec![i.keys.sem.clone(), i.keys.permits.clone()],

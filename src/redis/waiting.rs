@@ -160,15 +160,20 @@ pub(crate) struct Pending {
     /// armed whatever later answers say (it compares our value, so it never
     /// touches anyone else's).
     always_undo: bool,
+    /// Bound on each attempt: the client's per-request timeout for this
+    /// acquisition's lease.
+    op_timeout: Duration,
 }
 
 impl Pending {
-    /// Checks out the acquisition's connection.
+    /// Checks out the connection of an acquisition with a lease of `ttl`.
     pub(crate) async fn new(
         client: &RedisLocks,
         resource: &str,
         undo: ScriptCall,
+        ttl: Duration,
     ) -> Result<Self, LockError> {
+        client.check_open(resource)?;
         let conn = client.conn(resource, "acquire").await?;
         Ok(Self {
             client: client.clone(),
@@ -177,6 +182,7 @@ impl Pending {
             undo: Some(undo),
             armed: false,
             always_undo: false,
+            op_timeout: client.options().request_timeout_for(ttl),
         })
     }
 
@@ -188,7 +194,7 @@ impl Pending {
         op: &'static str,
     ) -> Result<(Attempt, Instant), LockError> {
         self.armed = true;
-        let op_timeout = self.client.options().request_timeout();
+        let op_timeout = self.op_timeout;
         let mut sent_at = Instant::now();
         let mut reply =
             tokio::time::timeout(op_timeout, call.run_on(&mut self.conn, &self.resource, op))
@@ -225,7 +231,7 @@ impl Pending {
     pub(crate) async fn undo_now(&mut self) {
         self.armed = false;
         if let Some(undo) = &self.undo {
-            let op_timeout = self.client.options().request_timeout();
+            let op_timeout = self.op_timeout;
             let _ = tokio::time::timeout(
                 op_timeout,
                 undo.run_on(&mut self.conn, &self.resource, "undo"),

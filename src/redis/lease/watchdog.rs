@@ -486,7 +486,19 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
             }
         };
         tokio::select! {
-            () = shared.shutdown.cancelled() => return,
+            () = shared.shutdown.cancelled() => {
+                // A lease that can no longer be renewed is lost: its
+                // holder is told now (invariant 3), not left to find out.
+                let entries: Vec<Entry> = shared.lock().entries.drain().map(|(_, e)| e).collect();
+                for e in entries {
+                    if !e.stop.is_cancelled() {
+                        warn_lost(&e.lease.resource, "the client was shut down");
+                        shared.counters.lost.fetch_add(1, Ordering::Relaxed);
+                        e.lost.cancel();
+                    }
+                }
+                return;
+            }
             () = shared.notify.notified() => {}
             () = sleep => {}
         }

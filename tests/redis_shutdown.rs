@@ -1,0 +1,88 @@
+//! `RedisLocks::shutdown`: a service that drops its guards and returns from
+//! `main` leaves no lock held until its TTL.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use lockyard::redis::{RedisLocks, RedisOptions};
+
+fn opts() -> RedisOptions {
+    RedisOptions::default()
+        .ttl(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(2))
+}
+
+/// Twenty "services", each on its own runtime: acquire, drop the guard,
+/// shut down, return (the runtime is dropped at once). Not one lock is
+/// left held.
+#[test]
+fn dropped_guards_are_released_before_shutdown_returns() {
+    let server = RedisServer::start();
+    for i in 0..20 {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = server.url();
+        let left = rt.block_on(async move {
+            let locks = RedisLocks::connect_with(&url, opts()).await.unwrap();
+            let guard = locks
+                .acquire(&format!("svc-{i}"), Duration::from_secs(1))
+                .await
+                .unwrap();
+            let permit = locks
+                .semaphore(&format!("sem-{i}"), 2)
+                .unwrap()
+                .acquire(Duration::from_secs(1))
+                .await
+                .unwrap();
+            drop((guard, permit));
+            locks.shutdown().await
+        });
+        drop(rt);
+        assert_eq!(left, 0, "round {i}: releases given up on");
+        assert_eq!(
+            server.command(&["EXISTS", &format!("lockyard:{{svc-{i}}}:lock")]),
+            ":0",
+            "round {i}: the lock outlived the service"
+        );
+        assert_eq!(
+            server.command(&["ZCARD", &format!("lockyard:{{sem-{i}}}:sem")]),
+            ":0",
+            "round {i}: the permit outlived the service"
+        );
+    }
+}
+
+#[tokio::test]
+async fn after_shutdown_held_guards_are_lost_and_acquisitions_refused() {
+    let server = RedisServer::start();
+    let locks = RedisLocks::connect_with(&server.url(), opts())
+        .await
+        .unwrap();
+    let held = locks.acquire("kept", Duration::from_secs(1)).await.unwrap();
+    assert_eq!(locks.shutdown().await, 0);
+    assert!(locks.is_shut_down());
+    tokio::time::timeout(Duration::from_secs(5), held.lost())
+        .await
+        .expect("a guard that can no longer be renewed is told it is lost");
+    let e = locks
+        .acquire("other", Duration::from_secs(1))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, lockyard::LockError::Closed { .. }), "{e}");
+    let e = locks
+        .semaphore("s", 1)
+        .unwrap()
+        .try_acquire()
+        .await
+        .unwrap_err();
+    assert!(matches!(e, lockyard::LockError::Closed { .. }), "{e}");
+    // Releasing the lost guard still deletes its key.
+    let e = held.release().await.unwrap_err();
+    assert!(e.is_lost(), "{e}");
+    assert_eq!(server.command(&["EXISTS", "lockyard:{kept}:lock"]), ":0");
+}
