@@ -86,3 +86,47 @@ async fn after_shutdown_held_guards_are_lost_and_acquisitions_refused() {
     assert!(e.is_lost(), "{e}");
     assert_eq!(server.command(&["EXISTS", "lockyard:{kept}:lock"]), ":0");
 }
+
+/// A client built with `connect_lazy` boots while Redis is down, reports
+/// each call as `Unavailable` in bounded time, and works once Redis is up.
+#[tokio::test]
+async fn a_lazy_client_boots_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let opts = RedisOptions::default()
+        .ttl(Duration::from_secs(5))
+        .connect_timeout(Duration::from_millis(300));
+    let locks = RedisLocks::connect_lazy(&server.url(), opts).expect("no network needed");
+    let asked = std::time::Instant::now();
+    let e = locks.try_acquire("boot").await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    server.restart();
+    let g = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match locks.acquire("boot", Duration::from_secs(1)).await {
+                Ok(g) => return g,
+                Err(e) if e.is_unavailable() => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    })
+    .await
+    .expect("the lazy client connects once Redis is up");
+    assert_eq!(server.command(&["EXISTS", "lockyard:{boot}:lock"]), ":1");
+    g.release().await.unwrap();
+    // Outside a runtime it refuses (it starts background tasks).
+    let url = server.url();
+    let e = std::thread::spawn(move || {
+        RedisLocks::connect_lazy(&url, RedisOptions::default()).unwrap_err()
+    })
+    .join()
+    .unwrap();
+    assert!(e.is_invalid_input(), "{e}");
+}

@@ -90,6 +90,56 @@ impl RedisLocks {
     ///
     /// Cancel safe.
     pub async fn connect_with(url: &str, opts: RedisOptions) -> Result<Self, LockError> {
+        Self::build(url, opts, true).await
+    }
+
+    /// Builds a client without talking to Redis: the options and the URL
+    /// are checked now, the first operation connects. A service can then
+    /// boot while Redis is down and get [`LockError::Unavailable`] per call
+    /// (within `connect_timeout`) until it is back; scripts are loaded on
+    /// first use.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// match locks.try_acquire("job").await {
+    ///     Err(e) if e.is_unavailable() => println!("Redis is down: {e}"),
+    ///     other => { other?; }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidArgument`] for a malformed URL or options out of
+    /// range. Must be called within a tokio runtime (it starts the
+    /// watchdog and pub/sub tasks); outside one it fails with
+    /// [`LockError::InvalidArgument`].
+    pub fn connect_lazy(url: &str, opts: RedisOptions) -> Result<Self, LockError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(LockError::InvalidArgument {
+                what: "runtime",
+                reason: "RedisLocks::connect_lazy must be called within a tokio runtime".to_owned(),
+            });
+        }
+        // Connecting eagerly is the only await of `build`: without it the
+        // future completes on its first poll.
+        futures::FutureExt::now_or_never(Self::build(url, opts, false)).unwrap_or_else(|| {
+            Err(LockError::InvalidArgument {
+                what: "redis URL",
+                reason: "a lazy client could not be built without waiting".to_owned(),
+            })
+        })
+    }
+
+    /// Checks the options and the URL, opens the first connection and loads
+    /// the scripts when `eager`, and starts the background tasks.
+    async fn build(url: &str, opts: RedisOptions, eager: bool) -> Result<Self, LockError> {
         opts.validate()?;
         let bad_url = |e: redis::RedisError| LockError::InvalidArgument {
             what: "redis URL",
@@ -99,27 +149,32 @@ impl RedisLocks {
         let manager = bb8_redis::RedisConnectionManager::new(url).map_err(bad_url)?;
         let what = redact(url);
 
-        // One connection now, so that a server that is down or refuses us
-        // is reported with its real cause rather than a pool timeout.
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(opts.connect_timeout))
-            .set_response_timeout(Some(opts.request_timeout()));
-        let first = tokio::time::timeout(
-            opts.connect_timeout,
-            client.get_multiplexed_async_connection_with_config(&config),
-        )
-        .await
-        .map_err(|_| super::errors::timed_out(&what, "connect"))?
-        .map_err(|e| map_redis(e, &what, "connect"))?;
         let epoch = Arc::new(AtomicU64::new(0));
-        let first = PoolConn::new(first, epoch.clone());
-        let mut conn = first.conn();
-        for script in scripts::all() {
-            script
-                .load_async(&mut conn)
-                .await
-                .map_err(|e| map_redis(e, &what, "load scripts"))?;
-        }
+        let first = if eager {
+            // One connection now, so that a server that is down or refuses
+            // us is reported with its real cause rather than a pool timeout.
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(opts.connect_timeout))
+                .set_response_timeout(Some(opts.request_timeout()));
+            let first = tokio::time::timeout(
+                opts.connect_timeout,
+                client.get_multiplexed_async_connection_with_config(&config),
+            )
+            .await
+            .map_err(|_| super::errors::timed_out(&what, "connect"))?
+            .map_err(|e| map_redis(e, &what, "connect"))?;
+            let first = PoolConn::new(first, epoch.clone());
+            let mut conn = first.conn();
+            for script in scripts::all() {
+                script
+                    .load_async(&mut conn)
+                    .await
+                    .map_err(|e| map_redis(e, &what, "load scripts"))?;
+            }
+            Some(first)
+        } else {
+            None
+        };
 
         // `pool_size` connections for operations, one for the watchdog.
         let pool = bb8::Pool::builder()
@@ -128,7 +183,9 @@ impl RedisLocks {
             .connection_timeout(opts.connect_timeout)
             .build_unchecked(Manager::new(manager, opts.request_timeout(), epoch.clone()));
         let conns = Arc::new(Connections::new(pool, opts.pool_size as usize, epoch));
-        conns.seed(first).await;
+        if let Some(first) = first {
+            conns.seed(first).await;
+        }
 
         let shutdown = CancellationToken::new();
         let wakeups = Wakeups::start(client, opts.request_timeout(), shutdown.clone());

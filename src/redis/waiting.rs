@@ -194,12 +194,8 @@ impl Pending {
         op: &'static str,
     ) -> Result<(Attempt, Instant), LockError> {
         self.armed = true;
-        let op_timeout = self.op_timeout;
         let mut sent_at = Instant::now();
-        let mut reply =
-            tokio::time::timeout(op_timeout, call.run_on(&mut self.conn, &self.resource, op))
-                .await
-                .unwrap_or_else(|_| Err(timed_out(&self.resource, op)));
+        let mut reply = self.run_bounded(call, op).await;
         if reply.is_err() && self.conn.is_broken() {
             // The connection broke (a restarted server, say): once more on
             // a fresh one. Safe: every acquire script is idempotent for the
@@ -208,16 +204,32 @@ impl Pending {
             self.always_undo = true;
             self.conn = self.client.conn(&self.resource, op).await?;
             sent_at = Instant::now();
-            reply =
-                tokio::time::timeout(op_timeout, call.run_on(&mut self.conn, &self.resource, op))
-                    .await
-                    .unwrap_or_else(|_| Err(timed_out(&self.resource, op)));
+            reply = self.run_bounded(call, op).await;
         }
         let reply = reply?;
         let attempt = Attempt::parse(&reply, &self.resource, op)?;
         // A busy answer took nothing (callers re-arm for a writer intent).
         self.armed = matches!(attempt, Attempt::Granted { .. }) || self.always_undo;
         Ok((attempt, sent_at))
+    }
+
+    /// Runs `call` on the acquisition's connection within its op timeout.
+    /// The connection's own response timeout is the client's; a separate
+    /// timer is armed only when this acquisition's lease asks for less.
+    async fn run_bounded(
+        &mut self,
+        call: &ScriptCall,
+        op: &'static str,
+    ) -> Result<Value, LockError> {
+        if self.op_timeout >= self.client.options().request_timeout() {
+            return call.run_on(&mut self.conn, &self.resource, op).await;
+        }
+        tokio::time::timeout(
+            self.op_timeout,
+            call.run_on(&mut self.conn, &self.resource, op),
+        )
+        .await
+        .unwrap_or_else(|_| Err(timed_out(&self.resource, op)))
     }
 
     /// Keeps the undo armed (the server holds a claim of ours, such as a
