@@ -334,3 +334,45 @@ async fn a_per_acquisition_lease_is_the_one_on_the_server_and_renewed() {
         .unwrap_err();
     assert!(e.is_invalid_input(), "{e}");
 }
+
+/// A half-open pub/sub connection (replies stop, no error, no FIN) is
+/// noticed by its health check within about a second, and the waiter it
+/// carried is woken, instead of sleeping until its 5 s safety net.
+#[tokio::test]
+async fn a_half_open_pubsub_connection_is_noticed_by_its_health_check() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let opts = RedisOptions::default()
+        .ttl(Duration::from_secs(30))
+        .connect_timeout(Duration::from_secs(1))
+        .op_timeout(Duration::from_millis(500));
+    let holder = RedisLocks::connect_with(&server.url(), opts.clone())
+        .await
+        .unwrap();
+    let waiter = RedisLocks::connect_with(&proxy.url(), opts).await.unwrap();
+    let g = holder
+        .acquire("half-open", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let got = waiter.acquire("half-open", Duration::from_secs(20)).await;
+        (got.map(|g| g.fencing_token()), Instant::now())
+    });
+    // From its first health check on, the pub/sub connection answers
+    // nothing: a release message sent to it is lost.
+    proxy.on_request(Rule {
+        pattern: b"PING".to_vec(),
+        hold: Duration::ZERO,
+        then: Then::HoldReplies,
+    });
+    proxy.wait_matched(1, Duration::from_secs(5)).await;
+    let released = Instant::now();
+    g.release().await.unwrap();
+    let (got, at) = tokio::time::timeout(LIMIT, waiting).await.unwrap().unwrap();
+    got.unwrap();
+    let after = at.duration_since(released);
+    assert!(
+        after < Duration::from_secs(3),
+        "the waiter got the lock {after:?} after the release"
+    );
+}

@@ -236,6 +236,9 @@ impl Drop for Subscription {
 
 /// The pub/sub task: connect, subscribe what is wanted, dispatch messages,
 /// reconnect on loss.
+/// How often an idle pub/sub connection is checked with `PING`.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+
 async fn run(
     client: redis::Client,
     shared: Arc<Shared>,
@@ -301,10 +304,22 @@ async fn run(
                 }
             }
         }
-        // Serve until the connection drops.
+        // Serve until the connection drops, or stops answering: a
+        // half-open connection (a peer gone without a FIN, a silent proxy)
+        // delivers no message and reports no error, so PING it.
+        let mut health =
+            tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                _ = health.tick() => {
+                    let pong = tokio::time::timeout(op_timeout, sink.ping::<redis::Value>()).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        tracing::debug!("pub/sub connection did not answer PING; reconnecting");
+                        break;
+                    }
+                }
                 cmd = commands.recv() => {
                     let ok = match cmd {
                         None => return,
