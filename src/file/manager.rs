@@ -634,7 +634,7 @@ impl FileLockManager {
     /// The shared in-process state of the lock file `file`.
     fn slot_for_file(&self, file: String) -> Arc<Slot> {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = std::process::id();
+        let pid = super::process::id();
         if slots.pid != pid {
             // Forked (or first use): the parent's slots are not ours.
             let inherited = std::mem::take(&mut slots.map);
