@@ -725,14 +725,18 @@ impl FileLockManager {
             match slot.start_kernel(mode)? {
                 Start::Acquired(held) => held,
                 Start::Wait(mut wait) => {
-                    let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
-                    tracing::debug!(
-                        resource = name,
-                        path = %slot.path.display(),
-                        holder = %HolderDisplay(holder.as_ref()),
-                        timeout = ?deadline.remaining(),
-                        "lock is held by another process; waiting"
-                    );
+                    // Finding the holder costs system calls (the record,
+                    // `/proc/locks`): only when someone listens.
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
+                        tracing::debug!(
+                            resource = name,
+                            path = %slot.path.display(),
+                            holder = %HolderDisplay(holder.as_ref()),
+                            timeout = ?deadline.remaining(),
+                            "lock is held by another process; waiting"
+                        );
+                    }
                     let mut report = tokio::time::Instant::now() + REPORT_EVERY;
                     loop {
                         tokio::select! {
@@ -744,13 +748,15 @@ impl FileLockManager {
                             }
                             () = tokio::time::sleep_until(report) => {
                                 report += REPORT_EVERY;
-                                let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
-                                tracing::info!(
-                                    resource = name,
-                                    waited = %humantime::format_duration(round_ms(deadline.elapsed())),
-                                    holder = %HolderDisplay(holder.as_ref()),
-                                    "still waiting for lock"
-                                );
+                                if tracing::enabled!(tracing::Level::INFO) {
+                                    let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
+                                    tracing::info!(
+                                        resource = name,
+                                        waited = %humantime::format_duration(round_ms(deadline.elapsed())),
+                                        holder = %HolderDisplay(holder.as_ref()),
+                                        "still waiting for lock"
+                                    );
+                                }
                             }
                         }
                     }
