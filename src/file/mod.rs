@@ -125,18 +125,21 @@ mod dir;
 mod guard;
 mod idle;
 mod interrupt;
-mod kernel;
 mod lockfile;
 mod manager;
 mod name;
+mod options;
 mod pool;
 mod proc_locks;
 mod process;
 mod scan;
+mod slot;
 mod wait;
+mod waiter;
 
 pub use guard::{FileLock, FileLockGuard};
-pub use manager::{FileLockManager, FileLockOptions, WaitStrategy};
+pub use manager::FileLockManager;
+pub use options::{FileLockOptions, WaitStrategy};
 pub use scan::{CleanupOptions, FileLockInfo};
 
 /// Entry points for the fuzz targets and their corpus tests.
