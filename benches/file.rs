@@ -19,6 +19,9 @@
 //!    single CPU). Besides criterion's mean-based figures, the p50 of
 //!    individual hand-offs is printed with the ratio for each placement.
 //!
+//! 3. With `LOCKYARD_BENCH_AB=1`, only the uncontended pair, in alternating
+//!    batches (robust on a shared, loaded machine): median batch and ratio.
+//!
 //! Run: `cargo bench --bench file -- --warm-up-time 1 --measurement-time 3`
 
 use std::fs::{File, OpenOptions};
@@ -44,6 +47,10 @@ fn main() {
             pin_to(cpu);
         }
         child(&role);
+        return;
+    }
+    if std::env::var_os("LOCKYARD_BENCH_AB").is_some() {
+        interleaved_uncontended();
         return;
     }
     // Counted before anything is pinned (pinning narrows what it reports).
@@ -147,6 +154,43 @@ fn uncontended(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// `LOCKYARD_BENCH_AB=1`: the uncontended floor and lockyard in alternating
+/// batches of 1000 (so that load from other processes on a shared machine
+/// hits both alike), printing the median batch of each and the ratio.
+fn interleaved_uncontended() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = runtime();
+    let m = FileLockManager::new(dir.path().join("locks")).unwrap();
+    let raw_path = m.dir().join("raw.lock");
+    let (mut raw, mut ly) = (Vec::new(), Vec::new());
+    for _ in 0..300 {
+        let t = Instant::now();
+        for _ in 0..1000 {
+            let f = open(&raw_path);
+            f.lock().unwrap();
+            f.unlock().unwrap();
+            drop(black_box(f));
+        }
+        raw.push(t.elapsed() / 1000);
+        let t = Instant::now();
+        rt.block_on(async {
+            for _ in 0..1000 {
+                let guard = m.acquire("bench", T).await.unwrap();
+                drop(black_box(guard));
+            }
+        });
+        ly.push(t.elapsed() / 1000);
+    }
+    raw.sort();
+    ly.sort();
+    let (r, l) = (raw[raw.len() / 2], ly[ly.len() / 2]);
+    println!(
+        "uncontended, interleaved medians: raw open+flock+unlock+close {r:?}, \
+         lockyard acquire+release {l:?}, ratio {:.2}",
+        l.as_secs_f64() / r.as_secs_f64()
+    );
 }
 
 /// One side of the hand-off: how the parent and the child lock.
@@ -272,13 +316,7 @@ fn handoff(c: &mut Criterion, group: &str, child_cpu: usize) {
 
     let mut raw = RawSide(open(&raw_path));
     raw.hold();
-    let mut peer = Peer::spawn("raw", &locks, child_cpu);
-    g.bench_function("raw_flock", |b| {
-        b.iter_custom(|iters| measure(iters, &mut peer, &mut raw, &raw_path, "raw", &samples))
-    });
-    drop(peer);
-    raw.release();
-
+    let mut raw_peer = Peer::spawn("raw", &locks, child_cpu);
     let ly_path = m.path_for("handoff").unwrap();
     let mut ly = LockyardSide {
         rt: runtime(),
@@ -286,13 +324,37 @@ fn handoff(c: &mut Criterion, group: &str, child_cpu: usize) {
         guard: None,
     };
     ly.hold();
-    let mut peer = Peer::spawn("lockyard", &locks, child_cpu);
-    g.bench_function("lockyard", |b| {
-        b.iter_custom(|iters| measure(iters, &mut peer, &mut ly, &ly_path, "lockyard", &samples))
+    let mut ly_peer = Peer::spawn("lockyard", &locks, child_cpu);
+
+    g.bench_function("raw_flock", |b| {
+        b.iter_custom(|iters| measure(iters, &mut raw_peer, &mut raw, &raw_path, "raw", &samples))
     });
-    drop(peer);
-    ly.release();
+    g.bench_function("lockyard", |b| {
+        b.iter_custom(|iters| measure(iters, &mut ly_peer, &mut ly, &ly_path, "lockyard", &samples))
+    });
     g.finish();
+
+    // The same pair, alternating one hand-off of each: load from other
+    // processes on a shared machine then hits both alike.
+    let (mut raw_alt, mut ly_alt) = (Vec::new(), Vec::new());
+    while raw_alt.len() < 2000 || ly_alt.len() < 2000 {
+        if let Some(d) = raw_peer.handoff(&mut raw, &raw_path) {
+            raw_alt.push(d);
+        }
+        if let Some(d) = ly_peer.handoff(&mut ly, &ly_path) {
+            ly_alt.push(d);
+        }
+    }
+    raw_alt.sort();
+    ly_alt.sort();
+    let (r, l) = (raw_alt[raw_alt.len() / 2], ly_alt[ly_alt.len() / 2]);
+    println!(
+        "{group} interleaved p50: raw flock {r:?}, lockyard {l:?}, ratio {:.2}",
+        l.as_secs_f64() / r.as_secs_f64()
+    );
+    drop((raw_peer, ly_peer));
+    raw.release();
+    ly.release();
 
     let samples = samples.into_inner().unwrap();
     let p = |who: &str, q: f64| {

@@ -148,3 +148,43 @@ fn forked_child_can_use_its_own_locks() {
     });
     assert_eq!(code, 0);
 }
+
+#[test]
+fn forked_child_waits_in_the_kernel_with_its_own_threads() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = FileLockManager::new(dir.path()).unwrap();
+    let rt = runtime();
+    // The parent has used the waiter pool and the interrupter, so the child
+    // inherits their state, but not their threads.
+    let guard = rt.block_on(m.try_acquire("b")).unwrap();
+    {
+        let other = FileLockManager::new(dir.path()).unwrap();
+        let err = rt
+            .block_on(other.acquire("b", Duration::from_millis(100)))
+            .unwrap_err();
+        assert!(err.is_timeout());
+        // Leave a parked pool thread behind (it lives for two seconds).
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let child = fork_child(|| {
+        let rt = runtime();
+        let start = Instant::now();
+        // Timed out while the parent holds it; then handed over once the
+        // parent lets go, by a waiter thread of the child's own.
+        let early = rt.block_on(m.acquire("b", Duration::from_millis(100)));
+        if !matches!(&early, Err(e) if e.is_timeout()) {
+            eprintln!("child: {early:?}");
+            return 1;
+        }
+        match rt.block_on(m.acquire("b", Duration::from_secs(10))) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("child: {e} after {:?}", start.elapsed());
+                2
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    drop(guard);
+    assert_eq!(wait_child(child), 0);
+}

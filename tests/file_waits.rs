@@ -48,6 +48,10 @@ async fn shared_wait_is_not_stuck_behind_an_abandoned_exclusive_wait() {
             .await
             .unwrap_or_else(|e| panic!("round {round}: {e}"));
         assert!(start.elapsed() < Duration::from_secs(3));
+        // And the kernel lock behind it is shared, so other processes'
+        // readers are not kept out.
+        let shown = format!("{g:?}");
+        assert!(shown.contains("kernel_mode: Some(Shared)"), "{shown}");
         drop(g);
     }
     reader.release();

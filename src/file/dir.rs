@@ -28,7 +28,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::manager::FileLockOptions;
+use super::options::FileLockOptions;
 use crate::error::LockError;
 
 /// What `fstat`/`fstatat` says about a lock file.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::{OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
-use super::kernel::{HeldFd, Slot};
-use super::manager::{FileLockManager, FileLockOptions};
+use super::manager::FileLockManager;
+use super::options::FileLockOptions;
+use super::slot::{HeldFd, Slot};
 use crate::error::LockError;
 use crate::guard::{LockGuard, RawGuard};
 use crate::lock::Lock;

@@ -29,7 +29,7 @@
 //!
 //! Where no signal can be used (other systems, the signal is taken, or the
 //! manager's [`WaitStrategy`] is `Poll`), the waiter
-//! polls with `LOCK_NB` at a short backoff: see [`super::kernel`].
+//! polls with `LOCK_NB` at a short backoff: see [`super::wait`].
 
 #![cfg_attr(not(target_os = "linux"), allow(dead_code, unused_imports))]
 
@@ -298,7 +298,7 @@ struct Interrupter {
 fn interrupter() -> &'static Interrupter {
     static IT: Mutex<Option<(u32, &'static Interrupter)>> = Mutex::new(None);
     let mut it = lock(&IT);
-    let pid = std::process::id();
+    let pid = super::process::id();
     match *it {
         Some((owner, found)) if owner == pid => found,
         _ => {

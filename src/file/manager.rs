@@ -10,106 +10,18 @@ use std::time::Duration;
 
 use super::dir::LockDir;
 use super::guard::{FileLock, FileLockGuard, LocalGuard};
-use super::kernel::{HeldFd, Slot, Start, TryOutcome};
 use super::lockfile::{Access, LockFile};
 use super::name;
+use super::options::FileLockOptions;
 use super::scan::{self, CleanupOptions, FileLockInfo};
+use super::slot::{HeldFd, Slot, Start, TryOutcome};
+use super::waiter;
 use crate::error::LockError;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::owner::Owner;
 
 /// How often a waiter logs that it is still waiting.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
-
-/// Options for a [`FileLockManager`].
-///
-/// ```
-/// use lockyard::FileLockOptions;
-///
-/// // A cache directory shared by the members of a group.
-/// let opts = FileLockOptions::default().dir_mode(0o2770).allow_foreign_dir(true);
-/// assert_eq!(opts.dir_mode, 0o2770);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct FileLockOptions {
-    /// Permissions of the lock directory when the manager creates it
-    /// (default `0o700`). Lock files get the read/write bits of it
-    /// (`0o600` by default). Parent directories it creates get the usual
-    /// `0o777` minus the umask.
-    pub dir_mode: u32,
-    /// Accept a lock directory that is a symbolic link or is owned by
-    /// another user (default `false`: such a directory is refused with
-    /// [`LockError::UnsafePath`], because whoever controls it can swap lock
-    /// files under us).
-    pub allow_foreign_dir: bool,
-    /// How a thread waiting in the kernel for a lock held by another process
-    /// waits, and how it is stopped when nobody wants the lock any more
-    /// (default [`WaitStrategy::Signal`]).
-    pub wait_strategy: WaitStrategy,
-}
-
-/// How lockyard's waiter threads wait for a lock another process holds. See
-/// the [module docs](crate::file#how-waiting-works).
-///
-/// ```
-/// use lockyard::{FileLockOptions, WaitStrategy};
-///
-/// // An application that owns every signal: lockyard installs no handler.
-/// let opts = FileLockOptions::default().wait_strategy(WaitStrategy::Poll);
-/// assert_eq!(opts.wait_strategy, WaitStrategy::Poll);
-/// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum WaitStrategy {
-    /// Block in `flock`, and interrupt the thread with the real-time signal
-    /// `SIGRTMAX - 3` when the last task waiting gives up (Linux). lockyard
-    /// installs a no-op handler (without `SA_RESTART`) for that signal on
-    /// first use, unless the signal already has a handler, and checks that
-    /// the handler is still its own before every wait and every signal:
-    /// when it is not (or on other systems), waits poll as with
-    /// [`Poll`](Self::Poll).
-    #[default]
-    Signal,
-    /// Poll with a non-blocking `flock` at a backoff from 1 ms to 50 ms.
-    /// Installs no signal handler and sends no signal; a hand-over may take
-    /// up to 50 ms longer.
-    Poll,
-}
-
-impl Default for FileLockOptions {
-    fn default() -> Self {
-        Self {
-            dir_mode: 0o700,
-            allow_foreign_dir: false,
-            wait_strategy: WaitStrategy::default(),
-        }
-    }
-}
-
-impl FileLockOptions {
-    /// Sets [`dir_mode`](Self::dir_mode).
-    pub fn dir_mode(mut self, mode: u32) -> Self {
-        self.dir_mode = mode;
-        self
-    }
-
-    /// Sets [`allow_foreign_dir`](Self::allow_foreign_dir).
-    pub fn allow_foreign_dir(mut self, allow: bool) -> Self {
-        self.allow_foreign_dir = allow;
-        self
-    }
-
-    /// Sets [`wait_strategy`](Self::wait_strategy).
-    pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
-        self.wait_strategy = strategy;
-        self
-    }
-
-    fn file_mode(&self) -> u32 {
-        self.dir_mode & 0o666
-    }
-}
 
 /// Named cross-process locks, one lock file per name in one directory.
 ///
@@ -634,7 +546,7 @@ impl FileLockManager {
     /// The shared in-process state of the lock file `file`.
     fn slot_for_file(&self, file: String) -> Arc<Slot> {
         let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = std::process::id();
+        let pid = super::process::id();
         if slots.pid != pid {
             // Forked (or first use): the parent's slots are not ours.
             let inherited = std::mem::take(&mut slots.map);
@@ -653,6 +565,7 @@ impl FileLockManager {
             self.inner.options.file_mode(),
             self.inner.waiter_threads.clone(),
             self.inner.options.wait_strategy,
+            waiter::run,
         ));
         if slots.map.len() >= slots.purge_at.max(KEEP_IDLE) {
             // Idle: nobody but the map refers to it. No one can take a new
@@ -725,14 +638,18 @@ impl FileLockManager {
             match slot.start_kernel(mode)? {
                 Start::Acquired(held) => held,
                 Start::Wait(mut wait) => {
-                    let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
-                    tracing::debug!(
-                        resource = name,
-                        path = %slot.path.display(),
-                        holder = %HolderDisplay(holder.as_ref()),
-                        timeout = ?deadline.remaining(),
-                        "lock is held by another process; waiting"
-                    );
+                    // Finding the holder costs system calls (the record,
+                    // `/proc/locks`): only when someone listens.
+                    if tracing::enabled!(tracing::Level::DEBUG) {
+                        let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
+                        tracing::debug!(
+                            resource = name,
+                            path = %slot.path.display(),
+                            holder = %HolderDisplay(holder.as_ref()),
+                            timeout = ?deadline.remaining(),
+                            "lock is held by another process; waiting"
+                        );
+                    }
                     let mut report = tokio::time::Instant::now() + REPORT_EVERY;
                     loop {
                         tokio::select! {
@@ -744,13 +661,15 @@ impl FileLockManager {
                             }
                             () = tokio::time::sleep_until(report) => {
                                 report += REPORT_EVERY;
-                                let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
-                                tracing::info!(
-                                    resource = name,
-                                    waited = %humantime::format_duration(round_ms(deadline.elapsed())),
-                                    holder = %HolderDisplay(holder.as_ref()),
-                                    "still waiting for lock"
-                                );
+                                if tracing::enabled!(tracing::Level::INFO) {
+                                    let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
+                                    tracing::info!(
+                                        resource = name,
+                                        waited = %humantime::format_duration(round_ms(deadline.elapsed())),
+                                        holder = %HolderDisplay(holder.as_ref()),
+                                        "still waiting for lock"
+                                    );
+                                }
                             }
                         }
                     }

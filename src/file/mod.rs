@@ -71,7 +71,9 @@
 //! nothing when dropped (only the child's descriptor is closed; the parent
 //! keeps its lock), cached descriptors are not reused, and the manager
 //! starts with fresh in-process state. A child takes its own locks like any
-//! other process. (As with any library, forking a multi-threaded process
+//! other process. The check relies on a `pthread_atfork` handler, so it
+//! covers every `fork()` made through the C library, not a raw `clone`
+//! system call. (As with any library, forking a multi-threaded process
 //! and then doing more than `exec` is only safe if no other thread held an
 //! internal mutex at the time of the fork.)
 //!
@@ -123,17 +125,21 @@ mod dir;
 mod guard;
 mod idle;
 mod interrupt;
-mod kernel;
 mod lockfile;
 mod manager;
 mod name;
+mod options;
 mod pool;
 mod proc_locks;
+mod process;
 mod scan;
+mod slot;
 mod wait;
+mod waiter;
 
 pub use guard::{FileLock, FileLockGuard};
-pub use manager::{FileLockManager, FileLockOptions, WaitStrategy};
+pub use manager::FileLockManager;
+pub use options::{FileLockOptions, WaitStrategy};
 pub use scan::{CleanupOptions, FileLockInfo};
 
 /// Entry points for the fuzz targets and their corpus tests.

@@ -50,7 +50,7 @@ fn lock(p: &Pool) -> MutexGuard<'_, State> {
 pub(crate) fn execute(job: Job) -> io::Result<()> {
     let p = pool();
     let mut st = lock(p);
-    let pid = std::process::id();
+    let pid = super::process::id();
     if st.pid != pid {
         // First use, or a forked child: the parked threads counted here are
         // the parent's (threads do not survive fork). Their jobs too.

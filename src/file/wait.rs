@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::interrupt::{self, ThreadCtl};
 use super::lockfile::LockFile;
-use super::manager::WaitStrategy;
+use super::options::WaitStrategy;
 use crate::error::LockError;
 use crate::options::Mode;
 

@@ -13,11 +13,11 @@
 //! * shared holders of this process share one kernel lock (one descriptor,
 //!   [`HeldFd`], reference counted);
 //! * slow path — the lock is held by another process: the task registers as
-//!   a *wanter* and one dedicated thread per name (the *waiter*) blocks in
-//!   `flock`. When it gets the lock it hands it to the wanters still there;
-//!   if none is left, it unlocks at once. When the last wanter leaves, the
-//!   waiter is interrupted ([`super::interrupt`]) and exits unless someone
-//!   registered again meanwhile.
+//!   a *wanter* and one dedicated thread per name (the *waiter*,
+//!   [`super::waiter`]) blocks in `flock`. When it gets the lock it hands it
+//!   to the wanters still there; if none is left, it unlocks at once. When
+//!   the wanters change (the last one left, or they need another mode), the
+//!   waiter is interrupted ([`super::interrupt`]) and looks again.
 //!
 //! So at most one thread per contended name of this process blocks in the
 //! kernel, whatever the number of waiting tasks, and a lock is never left
@@ -27,7 +27,7 @@
 //!
 //! * `state.waiter` is `Some` exactly while a waiter thread runs for this
 //!   name; that thread alone sets it back to `None`, in the same critical
-//!   section in which it decides to exit.
+//!   section in which it decides to exit (`waiter.rs`).
 //! * A [`HeldFd`] unlocks when its last `Arc` is dropped; it is only ever
 //!   created holding the kernel lock on the file currently at the path.
 //! * Holders drop their `HeldFd` before their place in `local`, so a task
@@ -40,6 +40,12 @@
 //! await, no blocking `flock`; the inline `try_lock` is non-blocking). The
 //! only nested lock is the waiter's [`ThreadCtl`] inside `state`; the
 //! interrupter takes `ThreadCtl` locks but never `state`.
+//!
+//! # Layering
+//!
+//! Uses `lockfile.rs`, `dir.rs`, `idle.rs`, `pool.rs`, `interrupt.rs`; the
+//! waiter thread's body (`waiter.rs`, above this file) is handed in by the
+//! manager as a [`WaiterBody`].
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -51,15 +57,18 @@ use super::dir::LockDir;
 use super::idle;
 use super::interrupt::ThreadCtl;
 use super::lockfile::{Access, LockFile};
-use super::manager::WaitStrategy;
+use super::options::WaitStrategy;
 use super::pool;
-use super::wait;
 use crate::error::LockError;
 use crate::options::Mode;
 
 /// How many times an acquisition retries when the file it locked was
 /// replaced (removed by a cleanup) before giving up.
-const MAX_REPLACED: usize = 1000;
+pub(super) const MAX_REPLACED: usize = 1000;
+
+/// The body of a waiter thread: the slot, its control block, the mode to
+/// ask for first, and the file to lock.
+pub(crate) type WaiterBody = fn(Arc<Slot>, Arc<ThreadCtl>, Mode, LockFile);
 
 /// One name's state in this process.
 #[derive(Debug)]
@@ -75,30 +84,33 @@ pub(crate) struct Slot {
     pub(crate) local: Arc<RwLock<()>>,
     state: Mutex<KernelState>,
     /// The manager's count of running waiter threads.
-    waiter_threads: Arc<AtomicUsize>,
+    pub(super) waiter_threads: Arc<AtomicUsize>,
     /// How waiter threads wait.
-    strategy: WaitStrategy,
+    pub(super) strategy: WaitStrategy,
+    /// The body of a waiter thread ([`super::waiter::run`], given by the
+    /// manager so that this file does not import the one above it).
+    waiter_body: WaiterBody,
     /// This name's key in the process-wide cache of unlocked descriptors
     /// ([`super::idle`]).
     idle_key: u64,
 }
 
 #[derive(Debug, Default)]
-struct KernelState {
+pub(super) struct KernelState {
     /// The kernel lock held by this process's holders, if any.
-    held: Weak<HeldFd>,
-    waiter: Option<Waiter>,
+    pub(super) held: Weak<HeldFd>,
+    pub(super) waiter: Option<Waiter>,
 }
 
 #[derive(Debug)]
-struct Waiter {
-    ctl: Arc<ThreadCtl>,
-    wanters: Vec<Wanter>,
+pub(super) struct Waiter {
+    pub(super) ctl: Arc<ThreadCtl>,
+    pub(super) wanters: Vec<Wanter>,
     /// The mode the thread asks the kernel for (or is about to). When the
     /// wanters come to need another one (the last exclusive wanter left, or
     /// an exclusive one arrived behind shared ones), the thread is
     /// interrupted to ask again.
-    asking: Mode,
+    pub(super) asking: Mode,
 }
 
 impl Waiter {
@@ -115,9 +127,9 @@ impl Waiter {
 }
 
 #[derive(Debug)]
-struct Wanter {
-    mode: Mode,
-    tx: oneshot::Sender<Result<Arc<HeldFd>, SharedError>>,
+pub(super) struct Wanter {
+    pub(super) mode: Mode,
+    pub(super) tx: oneshot::Sender<Result<Arc<HeldFd>, SharedError>>,
 }
 
 /// A kernel lock held by this process: unlocked when the last `Arc` goes,
@@ -139,7 +151,7 @@ pub(crate) struct HeldFd {
 }
 
 impl HeldFd {
-    fn new(file: LockFile, mode: Mode, slot: &Arc<Slot>) -> Self {
+    pub(super) fn new(file: LockFile, mode: Mode, slot: &Arc<Slot>) -> Self {
         Self {
             file: Some(file),
             slot: Arc::downgrade(slot),
@@ -210,7 +222,7 @@ impl Drop for HeldFd {
 
 /// An error the waiter thread reports to every wanter.
 #[derive(Debug, Clone)]
-pub(crate) struct SharedError(Arc<LockError>);
+pub(crate) struct SharedError(pub(super) Arc<LockError>);
 
 impl SharedError {
     pub(crate) fn to_lock_error(&self) -> LockError {
@@ -232,6 +244,7 @@ impl Slot {
         file_mode: u32,
         waiter_threads: Arc<AtomicUsize>,
         strategy: WaitStrategy,
+        waiter_body: WaiterBody,
     ) -> Self {
         Self {
             path: dir.join(&file_name),
@@ -242,16 +255,17 @@ impl Slot {
             state: Mutex::new(KernelState::default()),
             waiter_threads,
             strategy,
+            waiter_body,
             idle_key: idle::new_key(),
         }
     }
 
     /// Opens (creating) the lock file.
-    fn open_file(&self) -> Result<Option<LockFile>, LockError> {
+    pub(super) fn open_file(&self) -> Result<Option<LockFile>, LockError> {
         LockFile::open(&self.dir, &self.file_name, Access::Create, self.file_mode)
     }
 
-    fn state(&self) -> MutexGuard<'_, KernelState> {
+    pub(super) fn state(&self) -> MutexGuard<'_, KernelState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -290,11 +304,11 @@ impl Slot {
                         asking: mode,
                     });
                     let slot = self.clone();
+                    let body = self.waiter_body;
                     // Counted before the thread exists so a reader of the
                     // counter never misses a thread that is starting.
                     self.waiter_threads.fetch_add(1, Ordering::AcqRel);
-                    let spawned =
-                        pool::execute(Box::new(move || run_waiter(slot, ctl, mode, file)));
+                    let spawned = pool::execute(Box::new(move || body(slot, ctl, mode, file)));
                     if let Err(e) = spawned {
                         self.waiter_threads.fetch_sub(1, Ordering::AcqRel);
                         st.waiter = None;
@@ -425,155 +439,8 @@ fn join_shared(st: &KernelState, mode: Mode) -> Option<Arc<HeldFd>> {
     }
 }
 
-/// The waiter thread leaves its post: called under the state lock, in the
-/// critical section that decides it, so a new waiter thread can only be
-/// started (and counted) after this one stopped counting.
-fn retire(slot: &Slot, st: &mut KernelState, ctl: &ThreadCtl) -> Option<Waiter> {
-    slot.waiter_threads.fetch_sub(1, Ordering::AcqRel);
-    ctl.unbind();
-    st.waiter.take()
-}
-
-/// What the waiter decides after an interruption or an acquisition.
-enum Next {
-    Continue(Mode, Option<LockFile>),
-    Exit,
-}
-
-/// The body of the dedicated waiter thread of one name.
-fn run_waiter(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockFile) {
-    ctl.bind_current_thread(slot.strategy == WaitStrategy::Signal);
-    let mut file = Some(first);
-    let mut replaced = 0;
-    loop {
-        let f = match file.take() {
-            Some(f) => f,
-            None => match slot.open_file() {
-                Ok(Some(f)) => f,
-                Ok(None) => unreachable!("Access::Create never returns None"),
-                Err(e) => return fail(&slot, &ctl, e),
-            },
-        };
-        let locked = match wait::wait_once(&f, mode, &ctl, slot.strategy) {
-            Ok(locked) => locked,
-            Err(e) => return fail(&slot, &ctl, e),
-        };
-        if !locked {
-            match after_interrupt(&slot, &ctl) {
-                Next::Continue(m, _) => {
-                    mode = m;
-                    file = Some(f);
-                    continue;
-                }
-                Next::Exit => return,
-            }
-        }
-        match f.still_at_path(&slot.dir) {
-            Ok(true) => {}
-            Ok(false) => {
-                replaced += 1;
-                if replaced >= MAX_REPLACED {
-                    return fail(&slot, &ctl, replaced_too_often(&slot.path));
-                }
-                tracing::debug!(path = %slot.path.display(), "lock file was replaced while waiting; retrying");
-                continue; // drops `f`, which unlocks it
-            }
-            Err(e) => return fail(&slot, &ctl, e),
-        }
-        match deliver(&slot, &ctl, mode, f) {
-            Next::Continue(m, f) => {
-                mode = m;
-                file = f;
-            }
-            Next::Exit => return,
-        }
-    }
-}
-
-/// After an interruption: exit if nobody wants the lock any more, else ask
-/// again in the mode the remaining wanters need.
-fn after_interrupt(slot: &Slot, ctl: &ThreadCtl) -> Next {
-    let mut st = slot.state();
-    let Some(w) = st.waiter.as_mut() else {
-        return Next::Exit; // unreachable: the state lives as long as its thread
-    };
-    w.wanters.retain(|w| !w.tx.is_closed());
-    if w.wanters.is_empty() {
-        retire(slot, &mut st, ctl);
-        return Next::Exit;
-    }
-    ctl.revoke_cancel();
-    w.asking = needed_mode(&w.wanters);
-    Next::Continue(w.asking, None)
-}
-
-/// Holding the lock: hand it to the wanters still there, or give it back.
-fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
-    let mut st = slot.state();
-    let Some(w) = st.waiter.as_mut() else {
-        // Unreachable (the state lives as long as its thread); be safe.
-        drop(st);
-        let _ = f.unlock();
-        return Next::Exit;
-    };
-    w.wanters.retain(|w| !w.tx.is_closed());
-    if w.wanters.is_empty() {
-        retire(slot, &mut st, ctl);
-        drop(st);
-        // Nobody wants it any more: give it back at once.
-        let _ = f.unlock();
-        return Next::Exit;
-    }
-    let need = needed_mode(&w.wanters);
-    let mut mode = mode;
-    if need != mode {
-        w.asking = need;
-        ctl.revoke_cancel();
-        // Held exclusive for wanters that are all shared now: convert, so
-        // that other processes' readers are not kept out. Held shared, but
-        // an exclusive wanter arrived: start over exclusive.
-        let converted = need == Mode::Shared && matches!(f.try_lock(Mode::Shared), Ok(true));
-        if !converted {
-            drop(st);
-            let _ = f.unlock();
-            return Next::Continue(need, Some(f));
-        }
-        mode = Mode::Shared;
-    }
-    let wanters = std::mem::take(&mut w.wanters);
-    let held = Arc::new(HeldFd::new(f, mode, slot));
-    st.held = Arc::downgrade(&held);
-    retire(slot, &mut st, ctl);
-    drop(st);
-    // One share per wanter and none kept here: the last wanter gets `held`
-    // itself. Were this thread to keep a share until it returned, a holder
-    // that dropped its guard at once would leave the kernel lock held for
-    // a moment longer (by this thread), and a `try_acquire` right after its
-    // drop could fail with `WouldBlock`.
-    let mut shares: Vec<Arc<HeldFd>> = (1..wanters.len()).map(|_| held.clone()).collect();
-    shares.push(held);
-    for (w, share) in wanters.into_iter().zip(shares) {
-        // A wanter that left just now drops its share with the receiver
-        // (or, if the send fails, here).
-        let _ = w.tx.send(Ok(share));
-    }
-    Next::Exit
-}
-
-fn fail(slot: &Slot, ctl: &ThreadCtl, e: LockError) {
-    let e = SharedError(Arc::new(e));
-    let mut st = slot.state();
-    let wanters = retire(slot, &mut st, ctl)
-        .map(|w| w.wanters)
-        .unwrap_or_default();
-    drop(st);
-    for w in wanters {
-        let _ = w.tx.send(Err(e.clone()));
-    }
-}
-
 /// The kernel mode the wanters need: exclusive if any of them wants it.
-fn needed_mode(wanters: &[Wanter]) -> Mode {
+pub(super) fn needed_mode(wanters: &[Wanter]) -> Mode {
     if wanters.iter().any(|w| w.mode == Mode::Exclusive) {
         Mode::Exclusive
     } else {
@@ -581,7 +448,7 @@ fn needed_mode(wanters: &[Wanter]) -> Mode {
     }
 }
 
-fn replaced_too_often(path: &std::path::Path) -> LockError {
+pub(super) fn replaced_too_often(path: &std::path::Path) -> LockError {
     LockError::Io {
         op: "lock",
         path: path.to_owned(),

@@ -1,0 +1,98 @@
+//! [`FileLockOptions`] and [`WaitStrategy`]: how a manager is set up.
+//!
+//! Below every other file of the backend: they all may read the options.
+
+#[cfg(doc)]
+use super::FileLockManager;
+#[cfg(doc)]
+use crate::error::LockError;
+
+/// Options for a [`FileLockManager`].
+///
+/// ```
+/// use lockyard::FileLockOptions;
+///
+/// // A cache directory shared by the members of a group.
+/// let opts = FileLockOptions::default().dir_mode(0o2770).allow_foreign_dir(true);
+/// assert_eq!(opts.dir_mode, 0o2770);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FileLockOptions {
+    /// Permissions of the lock directory when the manager creates it
+    /// (default `0o700`). Lock files get the read/write bits of it
+    /// (`0o600` by default). Parent directories it creates get the usual
+    /// `0o777` minus the umask.
+    pub dir_mode: u32,
+    /// Accept a lock directory that is a symbolic link or is owned by
+    /// another user (default `false`: such a directory is refused with
+    /// [`LockError::UnsafePath`], because whoever controls it can swap lock
+    /// files under us).
+    pub allow_foreign_dir: bool,
+    /// How a thread waiting in the kernel for a lock held by another process
+    /// waits, and how it is stopped when nobody wants the lock any more
+    /// (default [`WaitStrategy::Signal`]).
+    pub wait_strategy: WaitStrategy,
+}
+
+/// How lockyard's waiter threads wait for a lock another process holds. See
+/// the [module docs](crate::file#how-waiting-works).
+///
+/// ```
+/// use lockyard::{FileLockOptions, WaitStrategy};
+///
+/// // An application that owns every signal: lockyard installs no handler.
+/// let opts = FileLockOptions::default().wait_strategy(WaitStrategy::Poll);
+/// assert_eq!(opts.wait_strategy, WaitStrategy::Poll);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum WaitStrategy {
+    /// Block in `flock`, and interrupt the thread with the real-time signal
+    /// `SIGRTMAX - 3` when the last task waiting gives up (Linux). lockyard
+    /// installs a no-op handler (without `SA_RESTART`) for that signal on
+    /// first use, unless the signal already has a handler, and checks that
+    /// the handler is still its own before every wait and every signal:
+    /// when it is not (or on other systems), waits poll as with
+    /// [`Poll`](Self::Poll).
+    #[default]
+    Signal,
+    /// Poll with a non-blocking `flock` at a backoff from 1 ms to 50 ms.
+    /// Installs no signal handler and sends no signal; a hand-over may take
+    /// up to 50 ms longer.
+    Poll,
+}
+
+impl Default for FileLockOptions {
+    fn default() -> Self {
+        Self {
+            dir_mode: 0o700,
+            allow_foreign_dir: false,
+            wait_strategy: WaitStrategy::default(),
+        }
+    }
+}
+
+impl FileLockOptions {
+    /// Sets [`dir_mode`](Self::dir_mode).
+    pub fn dir_mode(mut self, mode: u32) -> Self {
+        self.dir_mode = mode;
+        self
+    }
+
+    /// Sets [`allow_foreign_dir`](Self::allow_foreign_dir).
+    pub fn allow_foreign_dir(mut self, allow: bool) -> Self {
+        self.allow_foreign_dir = allow;
+        self
+    }
+
+    /// Sets [`wait_strategy`](Self::wait_strategy).
+    pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
+        self.wait_strategy = strategy;
+        self
+    }
+
+    pub(super) fn file_mode(&self) -> u32 {
+        self.dir_mode & 0o666
+    }
+}

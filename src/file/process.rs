@@ -1,0 +1,46 @@
+//! This process's id, cached, and right again in a forked child.
+//!
+//! Fork safety checks the pid on every acquisition and release (see the
+//! module docs on `fork()`), and `getpid` is a system call (glibc stopped
+//! caching it). So the pid is cached here and the cache is cleared in a
+//! forked child by a `pthread_atfork` handler, which runs in the child of
+//! every `fork()` made through the C library (`fork`, `nix::unistd::fork`,
+//! …). A child made by a raw `clone` system call bypasses such handlers; if
+//! registering the handler fails, every call asks the kernel.
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+/// The cached pid; 0 when unknown (first use, or just forked).
+static PID: AtomicU32 = AtomicU32::new(0);
+/// Whether the atfork handler is registered (so that the cache is safe).
+static CACHEABLE: AtomicBool = AtomicBool::new(false);
+
+#[cfg(unix)]
+extern "C" fn forget_in_child() {
+    // Async-signal-safe: one atomic store.
+    PID.store(0, Ordering::Relaxed);
+}
+
+/// This process's id.
+pub(crate) fn id() -> u32 {
+    let pid = PID.load(Ordering::Relaxed);
+    if pid != 0 {
+        return pid;
+    }
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        #[cfg(unix)]
+        // SAFETY: registers a child handler that only stores to an atomic;
+        // no prepare or parent handler.
+        let ok = unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) } == 0;
+        #[cfg(not(unix))]
+        let ok = true; // no fork()
+        CACHEABLE.store(ok, Ordering::Release);
+    });
+    let pid = std::process::id();
+    if CACHEABLE.load(Ordering::Acquire) {
+        PID.store(pid, Ordering::Relaxed);
+    }
+    pid
+}
