@@ -47,9 +47,20 @@ async fn exact_path_excludes_flock_1_both_ways() {
     let lock = FileLock::at_path(&path, FileLockOptions::default()).unwrap();
     assert_eq!(lock.path(), path);
 
+    // A previous lockyard holder, long dead, left its record in the file.
+    let mut dead = lockyard::Owner::current(Mode::Exclusive);
+    dead.pid = {
+        let mut c = Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    std::fs::write(&path, format!("{}name=x\nend\n", dead.to_text())).unwrap();
     let mut holder = flock_holder(&path);
     let err = lock.try_acquire(Mode::Exclusive).await.unwrap_err();
     assert!(err.is_would_block(), "{err}");
+    // flock(1) holds it: the dead previous holder is not named as holder.
+    assert!(err.holder().is_none(), "{err}");
     // The kernel names flock(1) as the holder.
     let info = lockyard::FileLockManager::new(dir.path())
         .unwrap()
@@ -59,6 +70,7 @@ async fn exact_path_excludes_flock_1_both_ways() {
     assert_eq!(info[0].name, "x");
     assert!(info[0].held);
     assert!(info[0].holder_pids.contains(&holder.id()), "{info:?}");
+    assert!(info[0].owner.is_none(), "{info:?}");
     // A waiter gets it when flock(1)'s command ends.
     let waiter = {
         let lock = lock.clone();
@@ -127,9 +139,22 @@ fn standard_lock_dirs_are_accepted_for_a_non_root_user() {
         return;
     };
     let path = format!("{base}/lockyard-test-{}.lock", std::process::id());
-    let mut c = spawn_as(65534, "exact", &[("PATH_TO_LOCK", path.clone())]);
+    let open_dir = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(open_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    }
+    let mut c = spawn_as(
+        65534,
+        "exact",
+        &[
+            ("PATH_TO_LOCK", path.clone()),
+            ("OPEN_DIR", open_dir.path().display().to_string()),
+        ],
+    );
     c.wait_line("LOCKED", T);
     c.wait_line("DEFAULT OK", T);
+    c.wait_line("OPEN DIR REFUSED", T);
     c.wait_success(T);
     let _ = std::fs::remove_file(&path);
 }

@@ -263,7 +263,11 @@ impl Slot {
         }
         match self.try_inline(&mut st, mode)? {
             Ok(h) => Ok(TryOutcome::Acquired(h)),
-            Err(_) => Ok(TryOutcome::Busy),
+            Err(file) => {
+                // Kept for the next attempt (often a waiting one right after).
+                idle::park(self.idle_key, file);
+                Ok(TryOutcome::Busy)
+            }
         }
     }
 
@@ -507,7 +511,10 @@ fn after_interrupt(slot: &Slot, ctl: &ThreadCtl) -> Next {
 fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
     let mut st = slot.state();
     let Some(w) = st.waiter.as_mut() else {
-        unreachable!("the waiter's state lives as long as its thread")
+        // Unreachable (the state lives as long as its thread); be safe.
+        drop(st);
+        let _ = f.unlock();
+        return Next::Exit;
     };
     w.wanters.retain(|w| !w.tx.is_closed());
     if w.wanters.is_empty() {
@@ -615,5 +622,67 @@ fn duplicate(e: &LockError) -> LockError {
             path: PathBuf::new(),
             source: std::io::Error::other(other.to_string()),
         },
+    }
+}
+
+#[cfg(all(test, not(lockyard_loom)))]
+mod tests {
+    use super::*;
+
+    fn waiter(asking: Mode, modes: &[Mode]) -> Waiter {
+        Waiter {
+            ctl: ThreadCtl::new(),
+            wanters: modes
+                .iter()
+                .map(|&mode| Wanter {
+                    mode,
+                    tx: oneshot::channel().0,
+                })
+                .collect(),
+            asking,
+        }
+    }
+
+    #[test]
+    fn the_kernel_request_follows_the_remaining_wanters() {
+        use Mode::{Exclusive as X, Shared as S};
+        for (asking, modes, re_ask) in [
+            // The wait fits: keep waiting.
+            (X, &[X][..], false),
+            (S, &[S, S][..], false),
+            // The last exclusive wanter left behind shared ones: ask again
+            // (shared), do not keep asking for LOCK_EX.
+            (X, &[S][..], true),
+            (X, &[S, S][..], true),
+            // An exclusive wanter arrived behind a shared wait.
+            (S, &[S, X][..], true),
+            // Nobody is left.
+            (X, &[][..], true),
+            (S, &[][..], true),
+        ] {
+            let mut w = waiter(asking, modes);
+            w.refit();
+            assert_eq!(
+                w.ctl.is_cancelled(),
+                re_ask,
+                "asking {asking:?} for {modes:?}"
+            );
+            if !modes.is_empty() {
+                let need = needed_mode(&w.wanters);
+                assert_eq!(need, if modes.contains(&X) { X } else { S });
+            }
+            w.ctl.unbind(); // the interrupter forgets it
+        }
+        // A fitting wanter arriving after a mismatch withdraws the re-ask.
+        let mut w = waiter(X, &[S]);
+        w.refit();
+        assert!(w.ctl.is_cancelled());
+        w.wanters.push(Wanter {
+            mode: X,
+            tx: oneshot::channel().0,
+        });
+        w.refit();
+        assert!(!w.ctl.is_cancelled());
+        w.ctl.unbind();
     }
 }

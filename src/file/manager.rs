@@ -725,7 +725,7 @@ impl FileLockManager {
             match slot.start_kernel(mode)? {
                 Start::Acquired(held) => held,
                 Start::Wait(mut wait) => {
-                    let holder = read_owner(&slot.dir, &slot.file_name).ok().flatten();
+                    let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
                     tracing::debug!(
                         resource = name,
                         path = %slot.path.display(),
@@ -744,7 +744,7 @@ impl FileLockManager {
                             }
                             () = tokio::time::sleep_until(report) => {
                                 report += REPORT_EVERY;
-                                let holder = read_owner(&slot.dir, &slot.file_name).ok().flatten();
+                                let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
                                 tracing::info!(
                                     resource = name,
                                     waited = %humantime::format_duration(round_ms(deadline.elapsed())),
@@ -826,10 +826,7 @@ fn record(held: &HeldFd, owner: &Owner, name: &str, mode: Mode) {
 }
 
 fn contended(name: &str, slot: &Slot, would_block: bool, deadline: &Deadline) -> LockError {
-    let holder = read_owner(&slot.dir, &slot.file_name)
-        .ok()
-        .flatten()
-        .map(Box::new);
+    let holder = scan::recorded_holder(&slot.dir, &slot.file_name).map(Box::new);
     if would_block {
         LockError::WouldBlock {
             resource: name.to_owned(),

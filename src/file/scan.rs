@@ -151,6 +151,29 @@ pub(crate) fn is_locked(dir: &LockDir, file_name: &str) -> Result<bool, LockErro
     Ok(look(&file, KernelLocks::read().as_ref())?.mode.is_some())
 }
 
+/// The holder named by the record of the lock file `file_name`, unless the
+/// kernel's table (Linux) shows the lock held by other processes only: then
+/// the record is a previous holder's (flock(1) or another tool holds it now)
+/// and naming it would mislead.
+pub(crate) fn recorded_holder(dir: &LockDir, file_name: &str) -> Option<Owner> {
+    let file = LockFile::open(dir, file_name, Access::Probe, 0).ok()??;
+    let owner = file.read_record().ok()?.owner.ok()?;
+    if owner.host != crate::owner::host_name() {
+        return Some(owner);
+    }
+    let Some(table) = KernelLocks::read() else {
+        return Some(owner);
+    };
+    let st = super::dir::fstat(&file.file).ok()?;
+    match table.lookup(st.id.0, st.id.1) {
+        Lookup::Known(held) => {
+            let seen = seen_from(&held);
+            (seen.pids.is_empty() || seen.pids.contains(&owner.pid)).then_some(owner)
+        }
+        Lookup::Unsure => Some(owner),
+    }
+}
+
 pub(crate) fn list(dir: &LockDir) -> Result<Vec<FileLockInfo>, LockError> {
     let table = KernelLocks::read();
     let mut out = Vec::new();

@@ -331,6 +331,14 @@ async fn exact() {
     let m = FileLockManager::new(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
     drop(m.try_acquire("default-dir-check").await.unwrap());
     say("DEFAULT OK");
+    // Root's, writable by everyone and not sticky: anyone could swap lock
+    // files in it.
+    let err = FileLockManager::new(env("OPEN_DIR")).unwrap_err();
+    assert!(
+        matches!(err, lockyard::LockError::UnsafePath { .. }),
+        "{err}"
+    );
+    say("OPEN DIR REFUSED");
 }
 
 static HANDLER_CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
