@@ -36,7 +36,7 @@ fn cron_and_a_login_session_share_the_default_directory() {
     login
         .env_remove("LOCKYARD_DIR")
         .env("XDG_RUNTIME_DIR", &xdg);
-    let _holder = Holder {
+    let mut holder = Holder {
         child: login.stdout(Stdio::null()).spawn().unwrap(),
     };
     assert!(
@@ -49,6 +49,12 @@ fn cron_and_a_login_session_share_the_default_directory() {
         .env_remove("XDG_RUNTIME_DIR")
         .env("TMPDIR", env.path(""));
     let out = output(cron);
+    holder.kill();
+    for base in ["/run/lock", "/tmp"] {
+        // SAFETY: geteuid has no preconditions.
+        let uid = unsafe { libc::geteuid() };
+        let _ = std::fs::remove_file(format!("{base}/lockyard-{uid}/{name}.lock"));
+    }
     assert_eq!(
         out.status.code(),
         Some(1),

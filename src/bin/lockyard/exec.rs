@@ -6,7 +6,8 @@ use lockyard::{AcquireOptions, Escaped, FileLock, FileLockManager, Mode};
 use crate::args::ExecArgs;
 use crate::exit::CliError;
 use crate::lockdir;
-use crate::supervisor::{Signals, run_locked, signal_exit};
+use crate::signals::Signals;
+use crate::supervisor::{run_locked, signal_exit};
 use crate::waiting::{self, Ctx};
 
 /// `exec`, on files or (`--redis`) on Redis.

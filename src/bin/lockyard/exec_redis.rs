@@ -16,7 +16,8 @@ use lockyard::{AcquireOptions, Escaped, Lock, LockError, LockGuard, Mode, Owner}
 
 use crate::args::ExecArgs;
 use crate::exit::{self, CliError};
-use crate::supervisor::{Signals, run_locked, signal_exit};
+use crate::signals::Signals;
+use crate::supervisor::{run_locked, signal_exit};
 use crate::waiting::{self, Ctx};
 
 /// The lease when `--ttl` is not given.

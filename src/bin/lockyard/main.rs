@@ -17,7 +17,8 @@
 //! exec.rs → exec_redis.rs                   exec (files; --redis)
 //! status.rs   cleanup.rs                    the other subcommands
 //! lockdir.rs                                which lock directory
-//! supervisor.rs                             COMMAND's tree, signals, terminal
+//! supervisor.rs                             COMMAND's tree: spawn, supervise, stop
+//! signals.rs   sentinel.rs   terminal.rs    what it is built from
 //! waiting.rs                                waiting for a lock, the conflict line
 //! output.rs   args.rs → duration.rs   exit.rs
 //! ```
@@ -36,8 +37,12 @@ mod exec_redis;
 mod exit;
 mod lockdir;
 mod output;
+mod sentinel;
+mod signals;
 mod status;
 mod supervisor;
+#[cfg(unix)]
+mod terminal;
 mod waiting;
 
 use std::process::ExitCode;
@@ -51,9 +56,9 @@ use crate::waiting::Ctx;
 fn main() -> ExitCode {
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|a| a == supervisor::SENTINEL_ARG)
+        .is_some_and(|a| a == sentinel::SENTINEL_ARG)
     {
-        return supervisor::sentinel_main();
+        return sentinel::sentinel_main();
     }
     let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -3,10 +3,8 @@
 //! (a name with a newline cannot forge a row); JSON has its own escaping.
 
 #[cfg(feature = "redis")]
-use lockyard::Owner;
-#[cfg(feature = "redis")]
 use lockyard::redis::{RedisLockInfo, RedisLocks};
-use lockyard::{FileLockInfo, Mode, escape_for_display};
+use lockyard::{FileLockInfo, Mode, Owner, escape_for_display};
 
 use crate::args::StatusArgs;
 use crate::exit::CliError;

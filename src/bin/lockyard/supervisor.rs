@@ -53,13 +53,11 @@ use std::time::Duration;
 
 use crate::args::ExecArgs;
 use crate::exit::{self, CliError};
+use crate::signals::Signals;
 
 /// How long COMMAND's tree gets between SIGTERM and SIGKILL once the lock
 /// is lost, or once COMMAND has exited and left descendants behind.
 pub(crate) const GRACE: Duration = Duration::from_secs(5);
-
-/// The hidden first argument that makes lockyard a sentinel (rule 1).
-pub(crate) const SENTINEL_ARG: &str = "__sentinel";
 
 /// How COMMAND ended.
 #[derive(Debug)]
@@ -116,132 +114,20 @@ mod unix {
     use std::collections::HashSet;
     use std::ffi::OsString;
     use std::fs::File;
-    use std::io::{self, PipeWriter, Read};
-    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    use std::io::{self, PipeWriter};
     use std::os::unix::process::CommandExt;
-    use std::process::{Command, ExitCode, Stdio};
+    use std::process::Command;
     use std::time::Instant;
 
     use rustix::process::{Pid, Signal as Sig, WaitOptions, WaitStatus};
-    use tokio::signal::unix::{Signal, SignalKind, signal};
 
-    use super::{End, GRACE, SENTINEL_ARG, signal_exit};
+    use super::{End, GRACE, signal_exit};
     use crate::exit::{self, CliError};
-
-    /// The signals lockyard handles and forwards (rule 4), unless ignored at
-    /// start (rule 6). SIGTTIN/SIGTTOU keep their default: they concern
-    /// lockyard's own use of the terminal.
-    const HANDLED: [i32; 10] = [
-        libc::SIGHUP,
-        libc::SIGINT,
-        libc::SIGQUIT,
-        libc::SIGTERM,
-        libc::SIGUSR1,
-        libc::SIGUSR2,
-        libc::SIGALRM,
-        libc::SIGWINCH,
-        libc::SIGCONT,
-        libc::SIGTSTP,
-    ];
+    use crate::signals::{Signals, stop_self};
+    use crate::{sentinel, terminal};
 
     /// The stops that are job control (rule 7); a plain SIGSTOP is not.
     const JOB_STOPS: [i32; 3] = [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
-
-    /// Signal streams, installed before the lock is awaited so that a
-    /// SIGTERM during the wait ends the wait rather than lockyard.
-    #[derive(Debug)]
-    pub(crate) struct Signals {
-        handled: Vec<(i32, Signal)>,
-        /// Ignored when lockyard started: COMMAND starts with them ignored.
-        ignored: Vec<i32>,
-        child: Signal,
-    }
-
-    impl Signals {
-        pub(crate) fn install() -> Result<Self, CliError> {
-            let stream = |sig: i32| {
-                signal(SignalKind::from_raw(sig)).map_err(|e| {
-                    CliError::new(exit::OS_ERR, format!("cannot handle signal {sig}: {e}"))
-                })
-            };
-            let mut handled = Vec::with_capacity(HANDLED.len());
-            let mut ignored = Vec::new();
-            for sig in HANDLED.into_iter().chain([libc::SIGCHLD]) {
-                if is_ignored(sig) {
-                    ignored.push(sig);
-                } else if sig != libc::SIGCHLD {
-                    handled.push((sig, stream(sig)?));
-                }
-            }
-            // SIGCHLD is always handled: lockyard reaps COMMAND itself.
-            let child = stream(libc::SIGCHLD)?;
-            Ok(Self {
-                handled,
-                ignored,
-                child,
-            })
-        }
-
-        /// The next handled signal. Cancel safe.
-        async fn recv(&mut self) -> i32 {
-            std::future::poll_fn(|cx| {
-                for (sig, stream) in &mut self.handled {
-                    if let std::task::Poll::Ready(Some(())) = stream.poll_recv(cx) {
-                        return std::task::Poll::Ready(*sig);
-                    }
-                }
-                std::task::Poll::Pending
-            })
-            .await
-        }
-
-        /// The next handled signal, or `None` for SIGCHLD. Cancel safe.
-        async fn next(&mut self) -> Option<i32> {
-            std::future::poll_fn(|cx| {
-                if let std::task::Poll::Ready(Some(())) = self.child.poll_recv(cx) {
-                    return std::task::Poll::Ready(None);
-                }
-                for (sig, stream) in &mut self.handled {
-                    if let std::task::Poll::Ready(Some(())) = stream.poll_recv(cx) {
-                        return std::task::Poll::Ready(Some(*sig));
-                    }
-                }
-                std::task::Poll::Pending
-            })
-            .await
-        }
-
-        /// While lockyard waits for the lock (no COMMAND yet): the next
-        /// signal whose default action ends a process. SIGTSTP stops lockyard
-        /// as it would by default; SIGWINCH and SIGCONT are let pass. Cancel
-        /// safe.
-        pub(crate) async fn recv_fatal(&mut self) -> i32 {
-            loop {
-                match self.recv().await {
-                    libc::SIGWINCH | libc::SIGCONT => {}
-                    libc::SIGTSTP => stop_self(),
-                    sig => return sig,
-                }
-            }
-        }
-    }
-
-    /// Whether `sig`'s disposition is SIG_IGN.
-    fn is_ignored(sig: i32) -> bool {
-        // rustix does not expose signal dispositions; libc's sigaction does.
-        // SAFETY: a null new action only queries; `old` is a valid, zeroed
-        // (all-integer and pointer) out parameter.
-        unsafe {
-            let mut old: libc::sigaction = std::mem::zeroed();
-            libc::sigaction(sig, std::ptr::null(), &mut old) == 0
-                && old.sa_sigaction == libc::SIG_IGN
-        }
-    }
-
-    /// Stops lockyard (job control), as SIGTSTP would by default.
-    fn stop_self() {
-        let _ = rustix::process::kill_process(rustix::process::getpid(), Sig::STOP);
-    }
 
     /// Sends `sig` to `pid`; an error (it is gone) changes nothing.
     fn send(pid: Pid, sig: i32) {
@@ -287,9 +173,9 @@ mod unix {
             .map_err(|e| os_err("cannot become a child subreaper", e.into()))?;
         let (reader, writer) = io::pipe().map_err(|e| os_err("cannot create a pipe", e))?;
         let sentinel =
-            spawn_sentinel(reader).map_err(|e| os_err("cannot start the sentinel", e))?;
+            sentinel::spawn(reader).map_err(|e| os_err("cannot start the sentinel", e))?;
         let group = sentinel;
-        let terminal = hand_terminal_to(group);
+        let terminal = terminal::hand_to(group);
 
         let mut cmd = Command::new(program);
         cmd.args(args).process_group(group.as_raw_pid());
@@ -312,7 +198,7 @@ mod unix {
         let child = match spawned {
             Ok(child) => child,
             Err(e) => {
-                restore_terminal(terminal.as_ref(), group);
+                terminal::restore(terminal.as_ref(), group);
                 send(sentinel, libc::SIGKILL);
                 let _ = rustix::process::waitpid(Some(sentinel), WaitOptions::empty());
                 return Err(spawn_error(&program.to_string_lossy(), &e));
@@ -367,98 +253,6 @@ mod unix {
         #[cfg(not(target_os = "linux"))]
         let _ = parent;
         Ok(())
-    }
-
-    /// Starts `lockyard __sentinel` as the leader of a new process group,
-    /// reading `reader`.
-    fn spawn_sentinel(reader: io::PipeReader) -> io::Result<Pid> {
-        #[cfg(target_os = "linux")]
-        let exe = std::path::PathBuf::from("/proc/self/exe");
-        #[cfg(not(target_os = "linux"))]
-        let exe = std::env::current_exe()?;
-        let child = Command::new(exe)
-            .arg(SENTINEL_ARG)
-            .stdin(Stdio::from(reader))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()?;
-        Ok(Pid::from_child(&child))
-    }
-
-    /// The sentinel's life (rule 1): wait for lockyard's end, then SIGKILL
-    /// the process group. Refuses to run unless it leads its own group and
-    /// reads a pipe, as lockyard starts it.
-    pub(crate) fn sentinel_main() -> ExitCode {
-        let leader = rustix::process::getpgrp() == rustix::process::getpid();
-        let stdin_is_pipe = std::fs::metadata("/dev/stdin")
-            .map(|m| m.file_type().is_fifo())
-            .unwrap_or(false);
-        if !leader || !stdin_is_pipe {
-            eprintln!("lockyard: {SENTINEL_ARG} is internal to `lockyard exec`");
-            return ExitCode::from(exit::USAGE);
-        }
-        for sig in HANDLED
-            .into_iter()
-            .chain([libc::SIGTTIN, libc::SIGTTOU, libc::SIGPIPE])
-        {
-            // SAFETY: setting SIG_IGN touches no memory of ours.
-            unsafe {
-                libc::signal(sig, libc::SIG_IGN);
-            }
-        }
-        let mut stdin = io::stdin().lock();
-        let mut buf = [0u8; 64];
-        loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => break,
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => break,
-            }
-        }
-        let _ = rustix::process::kill_current_process_group(Sig::KILL);
-        ExitCode::from(exit::SOFTWARE)
-    }
-
-    /// Rule 5: if lockyard is the foreground of its controlling terminal,
-    /// makes `group` the foreground group; returns the terminal then.
-    fn hand_terminal_to(group: Pid) -> Option<File> {
-        let tty = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
-            .open("/dev/tty")
-            .ok()?;
-        let own = rustix::process::getpgrp();
-        if rustix::termios::tcgetpgrp(&tty).ok()? != own {
-            return None;
-        }
-        rustix::termios::tcsetpgrp(&tty, group).ok()?;
-        tracing::debug!("handed the terminal to COMMAND's process group");
-        Some(tty)
-    }
-
-    /// Gives the terminal back to lockyard's group if COMMAND's group still
-    /// has it.
-    fn restore_terminal(tty: Option<&File>, group: Pid) {
-        let Some(tty) = tty else { return };
-        if rustix::termios::tcgetpgrp(tty).ok() != Some(group) {
-            return;
-        }
-        // lockyard is in the background now: tcsetpgrp would raise SIGTTOU.
-        // rustix does not wrap signal masks; libc's pthread_sigmask does.
-        // SAFETY: the sets are valid, initialised sigset_t values; only the
-        // calling thread's mask changes, and it is restored below.
-        unsafe {
-            let mut block: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut block);
-            libc::sigaddset(&mut block, libc::SIGTTOU);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &block, &mut old);
-            let _ = rustix::termios::tcsetpgrp(tty, rustix::process::getpgrp());
-            libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
-        }
     }
 
     impl Child {
@@ -536,7 +330,7 @@ mod unix {
         /// terminal, hands it to COMMAND's group.
         fn take_foreground(&mut self) -> bool {
             if self.terminal.is_none() {
-                self.terminal = hand_terminal_to(self.group);
+                self.terminal = terminal::hand_to(self.group);
                 return self.terminal.is_some();
             }
             let Some(tty) = &self.terminal else {
@@ -607,7 +401,7 @@ mod unix {
         /// Gives the terminal back and ends the sentinel (with SIGKILL, so
         /// it does not kill the group).
         fn release_group(&mut self) {
-            restore_terminal(self.terminal.as_ref(), self.group);
+            terminal::restore(self.terminal.as_ref(), self.group);
             if let Some(sentinel) = self.sentinel.take() {
                 send(sentinel, libc::SIGKILL);
                 let _ = rustix::process::waitpid(Some(sentinel), WaitOptions::empty());
@@ -674,24 +468,10 @@ mod unix {
 #[cfg(not(unix))]
 mod other {
     use std::ffi::OsString;
-    use std::process::ExitCode;
 
     use super::End;
     use crate::exit::{self, CliError};
-
-    #[derive(Debug)]
-    pub(crate) struct Signals;
-
-    impl Signals {
-        pub(crate) fn install() -> Result<Self, CliError> {
-            Ok(Self)
-        }
-
-        /// Console Ctrl-C reaches COMMAND directly.
-        pub(crate) async fn recv_fatal(&mut self) -> i32 {
-            std::future::pending().await
-        }
-    }
+    use crate::signals::Signals;
 
     #[derive(Debug)]
     pub(crate) struct Child(tokio::process::Child);
@@ -741,9 +521,5 @@ mod other {
                 }
             }
         }
-    }
-
-    pub(crate) fn sentinel_main() -> ExitCode {
-        ExitCode::from(exit::USAGE)
     }
 }
