@@ -331,3 +331,24 @@ fn status_marks_a_dead_holders_record_stale() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!(v[0]["stale"], true, "{v}");
 }
+
+/// `cleanup` keeps a free file that holds no lockyard record (another
+/// tool's lock file, whose lock flock cannot see) unless `--unrecorded`.
+#[test]
+fn cleanup_keeps_unrecorded_files_unless_asked() {
+    let env = Env::new();
+    // A lockyard lock creates the directory; then another tool's file.
+    let out = env.run(&["exec", "mine", "--", "true"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let foreign = env.dir().join("dpkg.lock");
+    std::fs::write(&foreign, b"").unwrap();
+    let out = env.run(&["cleanup", "--max-age", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(foreign.exists(), "removed a file with no lockyard record");
+    let out = env.run(&["cleanup", "--dry-run", "--max-age", "0", "--unrecorded"]);
+    assert!(stdout(&out).contains("dpkg.lock"), "{}", stdout(&out));
+    assert!(foreign.exists(), "--dry-run removed something");
+    let out = env.run(&["cleanup", "--max-age", "0", "--unrecorded"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(!foreign.exists(), "--unrecorded kept it");
+}

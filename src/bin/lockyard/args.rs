@@ -280,6 +280,12 @@ pub(crate) struct CleanupArgs {
     /// List what would be removed; remove nothing.
     #[arg(long)]
     pub(crate) dry_run: bool,
+
+    /// Also remove free lock files that hold no lockyard owner record
+    /// (empty files, files another tool wrote). By default they are kept:
+    /// their lock may be an fcntl/lockf lock, which flock cannot see.
+    #[arg(long)]
+    pub(crate) unrecorded: bool,
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use lockyard::{Escaped, FileLockManager};
+use lockyard::{CleanupOptions, Escaped, FileLockManager};
 
 use crate::args::CleanupArgs;
 use crate::exit::CliError;
@@ -23,8 +23,10 @@ pub(crate) async fn run(args: &CleanupArgs) -> Result<u8, CliError> {
         ))?;
         return Ok(0);
     };
+    let mut options = CleanupOptions::default().remove_unrecorded(args.unrecorded);
+    options.max_age = args.max_age;
     let text = if args.dry_run {
-        let stale = manager.stale_locks(args.max_age).await?;
+        let stale = manager.stale_locks_with(&options).await?;
         let mut text = String::new();
         for info in &stale {
             text.push_str(&format!("{}\n", Escaped(info.path.display())));
@@ -37,7 +39,7 @@ pub(crate) async fn run(args: &CleanupArgs) -> Result<u8, CliError> {
         ));
         text
     } else {
-        let removed = manager.cleanup_stale_locks(args.max_age).await?;
+        let removed = manager.cleanup_with(&options).await?.len();
         format!(
             "removed {removed} stale lock file{} from {}\n",
             plural(removed),
