@@ -17,6 +17,34 @@ use tokio::time::Instant;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
+/// A private server, a fault proxy in front of it, a client through the
+/// proxy (the one under attack) and one straight to the server.
+struct Rig {
+    server: RedisServer,
+    proxy: FaultProxy,
+    via_proxy: RedisLocks,
+    direct: RedisLocks,
+}
+
+async fn rig(ttl: Duration, op_timeout: Duration) -> Rig {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let opts = RedisOptions::default()
+        .ttl(ttl)
+        .connect_timeout(Duration::from_secs(1))
+        .op_timeout(op_timeout);
+    let via_proxy = RedisLocks::connect_with(&proxy.url(), opts.clone())
+        .await
+        .unwrap();
+    let direct = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
+    Rig {
+        server,
+        proxy,
+        via_proxy,
+        direct,
+    }
+}
+
 /// A RESP bulk string: how one argument looks on the wire.
 fn bulk(arg: &str) -> Vec<u8> {
     format!("${}\r\n{arg}\r\n", arg.len()).into_bytes()
@@ -42,17 +70,13 @@ async fn taken_over_at(other: &RedisLocks, name: &str, limit: Duration) -> Optio
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_renewal_landing_after_an_extend_cannot_outlive_the_holders_deadline() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.port());
     let ttl = Duration::from_secs(3);
-    let opts = RedisOptions::default()
-        .ttl(ttl)
-        .connect_timeout(Duration::from_secs(1))
-        .op_timeout(Duration::from_millis(1400));
-    let holder = RedisLocks::connect_with(&proxy.url(), opts.clone())
-        .await
-        .unwrap();
-    let other = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
+    let Rig {
+        server: _server,
+        proxy,
+        via_proxy: holder,
+        direct: other,
+    } = rig(ttl, Duration::from_millis(1400)).await;
     let g = holder.acquire("job", Duration::from_secs(1)).await.unwrap();
     // The watchdog's first renewal carries the 3 s TTL: hold it back 1 s,
     // and from then on the server never hears from the watchdog again.
@@ -132,17 +156,13 @@ async fn someone_else_can_take(other: &RedisLocks, kind: Kind) -> bool {
 /// blocks the thread for longer than the lease. The grant is then too late
 /// to be sure of: it must be undone, never handed out as held.
 async fn late_grant_is_never_returned_as_held(kind: Kind) {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.port());
     let ttl = Duration::from_secs(1);
-    let opts = RedisOptions::default()
-        .ttl(ttl)
-        .connect_timeout(Duration::from_secs(1))
-        .op_timeout(Duration::from_millis(400));
-    let holder = RedisLocks::connect_with(&proxy.url(), opts.clone())
-        .await
-        .unwrap();
-    let other = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
+    let Rig {
+        server: _server,
+        proxy,
+        via_proxy: holder,
+        direct: other,
+    } = rig(ttl, Duration::from_millis(400)).await;
     // Warm the connection and load the scripts, then slow replies a little.
     let (_, warm) = acquire(&holder, kind).await.unwrap();
     warm.release().await.unwrap();
@@ -216,14 +236,13 @@ async fn options_refuse_an_op_timeout_not_well_below_the_lease() {
 
 #[tokio::test]
 async fn extend_after_lost_is_an_error_and_lost_stays_fired() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.port());
     let ttl = Duration::from_millis(1500);
-    let opts = RedisOptions::default()
-        .ttl(ttl)
-        .connect_timeout(Duration::from_secs(1))
-        .op_timeout(Duration::from_millis(400));
-    let holder = RedisLocks::connect_with(&proxy.url(), opts).await.unwrap();
+    let Rig {
+        server: _server,
+        proxy,
+        via_proxy: holder,
+        ..
+    } = rig(ttl, Duration::from_millis(400)).await;
     let g = holder.acquire("job", Duration::from_secs(1)).await.unwrap();
     // Renewals reach the server (the key stays ours there) but their
     // answers never come back: the holder cannot confirm, so it is lost.
@@ -250,14 +269,13 @@ async fn extend_after_lost_is_an_error_and_lost_stays_fired() {
 
 #[tokio::test]
 async fn semaphore_extend_after_lost_is_an_error() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.port());
     let ttl = Duration::from_millis(1500);
-    let opts = RedisOptions::default()
-        .ttl(ttl)
-        .connect_timeout(Duration::from_secs(1))
-        .op_timeout(Duration::from_millis(400));
-    let holder = RedisLocks::connect_with(&proxy.url(), opts).await.unwrap();
+    let Rig {
+        server: _server,
+        proxy,
+        via_proxy: holder,
+        ..
+    } = rig(ttl, Duration::from_millis(400)).await;
     let sem = holder.semaphore("slots", 2).unwrap();
     let g = sem.acquire(Duration::from_secs(1)).await.unwrap();
     proxy.on_request(Rule {
@@ -340,16 +358,12 @@ async fn a_per_acquisition_lease_is_the_one_on_the_server_and_renewed() {
 /// carried is woken, instead of sleeping until its 5 s safety net.
 #[tokio::test]
 async fn a_half_open_pubsub_connection_is_noticed_by_its_health_check() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.port());
-    let opts = RedisOptions::default()
-        .ttl(Duration::from_secs(30))
-        .connect_timeout(Duration::from_secs(1))
-        .op_timeout(Duration::from_millis(500));
-    let holder = RedisLocks::connect_with(&server.url(), opts.clone())
-        .await
-        .unwrap();
-    let waiter = RedisLocks::connect_with(&proxy.url(), opts).await.unwrap();
+    let Rig {
+        server: _server,
+        proxy,
+        via_proxy: waiter,
+        direct: holder,
+    } = rig(Duration::from_secs(30), Duration::from_millis(500)).await;
     let g = holder
         .acquire("half-open", Duration::from_secs(1))
         .await

@@ -91,14 +91,7 @@ impl Resource {
         self.client.check_open(&self.name)?;
         let ttl = self.client.options().lease_for(lease)?;
         let turn = waiting::local_turn(&self.client, &self.name, &self.name, deadline).await?;
-        let value = token::fresh_value(&self.name, mode)?;
-        let mut pending = Pending::new(
-            &self.client,
-            &self.name,
-            self.release_call(mode, &value),
-            ttl,
-        )
-        .await?;
+        let (value, mut pending) = self.begin(mode, ttl).await?;
         let (what, call, max_nap) = match mode {
             Mode::Shared => ("shared lock", self.shared_call(&value, ttl), ttl),
             // Refresh the intent well before it expires.
@@ -160,14 +153,7 @@ impl Resource {
     ) -> Result<Hold, LockError> {
         self.client.check_open(&self.name)?;
         let ttl = self.client.options().lease_for(lease)?;
-        let value = token::fresh_value(&self.name, mode)?;
-        let mut pending = Pending::new(
-            &self.client,
-            &self.name,
-            self.release_call(mode, &value),
-            ttl,
-        )
-        .await?;
+        let (value, mut pending) = self.begin(mode, ttl).await?;
         let (what, call) = match mode {
             Mode::Shared => ("shared lock", self.shared_call(&value, ttl)),
             _ => ("exclusive lock", self.exclusive_call(&value, false, ttl)),
@@ -210,6 +196,15 @@ impl Resource {
             })
             .await?;
         Ok(n > 0)
+    }
+
+    /// A fresh owner value and the acquisition it belongs to (its
+    /// connection, and the release that undoes it if it is abandoned).
+    async fn begin(&self, mode: Mode, ttl: Duration) -> Result<(String, Pending), LockError> {
+        let value = token::fresh_value(&self.name, mode)?;
+        let undo = self.release_call(mode, &value);
+        let pending = Pending::new(&self.client, &self.name, undo, ttl).await?;
+        Ok((value, pending))
     }
 
     /// A granted attempt becomes a hold (or is refused as expired:
