@@ -26,9 +26,9 @@ use super::pool::{Conn, Connections};
 use super::wakeups::{Subscription, Wakeups};
 use crate::error::LockError;
 
-/// A client for distributed locks on one Redis server (or one Redis Cluster
-/// node set reached through one URL: every key of a resource shares a hash
-/// slot).
+/// A client for distributed locks on one Redis server. (Redis Cluster is
+/// not supported yet: every key of a resource shares a hash slot, but the
+/// connections follow no `MOVED` redirection.)
 ///
 /// Cloning is cheap and shares everything: the connection pool, the one
 /// pub/sub connection that carries release wakeups, and the one watchdog task

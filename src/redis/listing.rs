@@ -30,7 +30,8 @@ use crate::owner::Owner;
 pub struct RedisLockInfo {
     /// The resource name.
     pub name: String,
-    /// `"lock"`, `"semaphore"` or `"rwlock"`.
+    /// `"lock"` (exclusive or shared holders: one name is one lock) or
+    /// `"semaphore"`.
     pub kind: &'static str,
     /// Time left on the lease, `None` if the key has no expiry.
     pub ttl: Option<Duration>,
