@@ -200,6 +200,7 @@ impl RedisLocks {
                 url: what,
                 shutdown,
                 background: tokio_util::task::TaskTracker::new(),
+                keys: std::sync::Mutex::default(),
             }),
         })
     }

@@ -9,8 +9,9 @@
 //! (`local`); every primitive uses it; it imports no primitive and not the
 //! facade (`client.rs`).
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::{Script, Value};
@@ -18,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::errors::{map_redis, protocol};
-use super::keys;
+use super::keys::{self, ResourceKeys};
 use super::lease::{Expired, Lease, LeaseHandle, Watchdog};
 use super::local::LocalQueues;
 use super::options::RedisOptions;
@@ -72,6 +73,10 @@ pub(crate) struct Inner {
     /// Background releases (of dropped guards, cancelled acquisitions), so
     /// that [`RedisLocks::shutdown`] can wait for them.
     pub(crate) background: TaskTracker,
+    /// The keys of recently used resource names, built once per name (an
+    /// acquisition by name then allocates no key). Cleared when it grows
+    /// past [`KEY_CACHE`] names.
+    pub(crate) keys: Mutex<HashMap<String, Arc<ResourceKeys>>>,
 }
 
 impl Drop for Inner {
@@ -149,6 +154,25 @@ impl RedisLocks {
         &self.inner.opts
     }
 
+    /// The keys of resource `name` (validated by the caller), from the
+    /// client's cache.
+    pub(crate) fn resource_keys(&self, name: &str) -> Arc<ResourceKeys> {
+        let mut cache = self
+            .inner
+            .keys
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(keys) = cache.get(name) {
+            return keys.clone();
+        }
+        if cache.len() >= KEY_CACHE {
+            cache.clear();
+        }
+        let keys = Arc::new(ResourceKeys::new(&self.inner.opts.key_prefix, name));
+        cache.insert(name.to_owned(), keys.clone());
+        keys
+    }
+
     /// A multiplexed connection from the pool, errors mapped for
     /// `resource`/`op`. Clone-cheap; requests on it may run concurrently, and
     /// requests sent on one `Conn` (or its clones) run in order.
@@ -202,7 +226,7 @@ impl RedisLocks {
         &self,
         resource: &str,
         script: &'static Script,
-        keys: Vec<String>,
+        keys: Arc<[String]>,
         args: Vec<String>,
         ttl: Duration,
         acquired_at: tokio::time::Instant,
@@ -235,7 +259,7 @@ impl RedisLocks {
         &self,
         resource: String,
         script: &'static Script,
-        keys: Vec<String>,
+        keys: Arc<[String]>,
         args: Vec<String>,
         conn: Option<Conn>,
         keep: K,
@@ -256,7 +280,7 @@ impl RedisLocks {
             let result = match conn {
                 Ok(mut conn) => {
                     let mut inv = script.prepare_invoke();
-                    for k in &keys {
+                    for k in keys.iter() {
                         inv.key(k);
                     }
                     for a in &args {
@@ -286,6 +310,9 @@ pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
 pub(crate) fn bad_reply(name: &str, op: &'static str, reply: &Value) -> LockError {
     protocol(name, op, format!("unexpected reply {reply:?}"))
 }
+
+/// How many resource names' keys a client keeps built.
+const KEY_CACHE: usize = 4096;
 
 /// Cancels the client's background tasks when dropped (so a cancelled
 /// [`RedisLocks::shutdown`] still stops them).

@@ -5,6 +5,8 @@
 //! and a script may touch several. Names therefore must not contain `{` or
 //! `}` (which would move the hash tag).
 
+use std::sync::Arc;
+
 use crate::error::LockError;
 
 /// Longest accepted resource name, in bytes.
@@ -78,15 +80,43 @@ pub(crate) fn scan_pattern(prefix: &str) -> String {
 /// | `{prefix}{<name>}:permits` | the semaphore's permit count (as `:sem`)  |
 /// | `{prefix}{<name>}:fence`   | the fencing counter (never expires)       |
 /// | `{prefix}{<name>}:released`| the channel every release publishes on    |
+///
+/// The `KEYS` of each script call on the resource are built once with the
+/// keys (`KeySets`), so that an acquisition clones a pointer, not strings.
 #[derive(Debug, Clone)]
 pub(crate) struct ResourceKeys {
     pub(crate) lock: String,
     pub(crate) readers: String,
-    pub(crate) intent: String,
     pub(crate) sem: String,
-    pub(crate) permits: String,
     pub(crate) fence: String,
     pub(crate) channel: String,
+    /// The `KEYS` of every script call on this resource (the intent and
+    /// permit-count keys appear only there).
+    pub(crate) sets: KeySets,
+}
+
+/// The `KEYS` argument of each script call on one resource, in the order
+/// its `.lua` file documents.
+#[derive(Debug, Clone)]
+pub(crate) struct KeySets {
+    /// `exclusive_acquire.lua`: lock, readers, intent, sem, fence.
+    pub(crate) exclusive_acquire: Arc<[String]>,
+    /// `exclusive_release.lua`: lock, intent, channel.
+    pub(crate) exclusive_release: Arc<[String]>,
+    /// `extend.lua` (the exclusive renewal): lock.
+    pub(crate) exclusive_renew: Arc<[String]>,
+    /// `rwlock_read.lua`: readers, lock, intent, fence, sem.
+    pub(crate) shared_acquire: Arc<[String]>,
+    /// `rwlock_read_release.lua`: readers, channel.
+    pub(crate) shared_release: Arc<[String]>,
+    /// `semaphore_renew.lua` for a reader: readers.
+    pub(crate) shared_renew: Arc<[String]>,
+    /// `semaphore_acquire.lua`: sem, fence, permits, lock, readers.
+    pub(crate) sem_acquire: Arc<[String]>,
+    /// `semaphore_release.lua`: sem, channel, permits.
+    pub(crate) sem_release: Arc<[String]>,
+    /// `semaphore_renew.lua` for a permit: sem, permits.
+    pub(crate) sem_renew: Arc<[String]>,
 }
 
 /// The suffix of the lock key.
@@ -101,14 +131,29 @@ pub(crate) const FENCE: &str = "fence";
 impl ResourceKeys {
     /// The keys of `name` (validated by the caller) under `prefix`.
     pub(crate) fn new(prefix: &str, name: &str) -> Self {
+        let [lock, readers, intent, sem, permits, fence, channel] =
+            [LOCK, READERS, "intent", SEM, "permits", FENCE, "released"]
+                .map(|suffix| key(prefix, name, suffix));
+        let set =
+            |keys: &[&String]| -> Arc<[String]> { keys.iter().map(|k| (*k).clone()).collect() };
+        let sets = KeySets {
+            exclusive_acquire: set(&[&lock, &readers, &intent, &sem, &fence]),
+            exclusive_release: set(&[&lock, &intent, &channel]),
+            exclusive_renew: set(&[&lock]),
+            shared_acquire: set(&[&readers, &lock, &intent, &fence, &sem]),
+            shared_release: set(&[&readers, &channel]),
+            shared_renew: set(&[&readers]),
+            sem_acquire: set(&[&sem, &fence, &permits, &lock, &readers]),
+            sem_release: set(&[&sem, &channel, &permits]),
+            sem_renew: set(&[&sem, &permits]),
+        };
         Self {
-            lock: key(prefix, name, LOCK),
-            readers: key(prefix, name, READERS),
-            intent: key(prefix, name, "intent"),
-            sem: key(prefix, name, SEM),
-            permits: key(prefix, name, "permits"),
-            fence: key(prefix, name, FENCE),
-            channel: key(prefix, name, "released"),
+            lock,
+            readers,
+            sem,
+            fence,
+            channel,
+            sets,
         }
     }
 }

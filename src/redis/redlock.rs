@@ -488,10 +488,18 @@ impl Redlock {
                 return Ok(RedlockGuard::new(self, name, token, outcome, validity));
             }
             // Release everywhere now, including servers whose reply was
-            // lost, before deciding what to tell the caller.
-            cleanup.disarm();
-            let conns = cleanup.take_conns();
+            // lost, before deciding what to tell the caller. The cleanup
+            // stays armed until that is done: if this future is dropped
+            // during the release, a minority grant must not be left to its
+            // TTL (the release is a compare-and-delete, so repeating it in
+            // the background is harmless).
+            let conns = cleanup
+                .conns
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
             release_all(&self.inner, name, &token, conns).await;
+            cleanup.disarm();
             let failed = outcome.errors.len();
             if failed > total - i.quorum {
                 tracing::warn!(

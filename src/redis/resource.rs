@@ -25,6 +25,7 @@
 //! [`RedisRwLock`]: super::RedisRwLock
 //! [`LockError::WrongKind`]: crate::LockError::WrongKind
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -47,7 +48,7 @@ const REASON_INTENT_SET: i64 = 3;
 pub(crate) struct Resource {
     pub(crate) client: RedisLocks,
     pub(crate) name: String,
-    pub(crate) keys: ResourceKeys,
+    pub(crate) keys: Arc<ResourceKeys>,
 }
 
 impl Resource {
@@ -59,7 +60,7 @@ impl Resource {
     pub(crate) fn new(client: &RedisLocks, name: &str) -> Result<Self, LockError> {
         validate_name(name)?;
         Ok(Self {
-            keys: ResourceKeys::new(&client.options().key_prefix, name),
+            keys: client.resource_keys(name),
             client: client.clone(),
             name: name.to_owned(),
         })
@@ -220,12 +221,12 @@ impl Resource {
         let renew = match mode {
             Mode::Shared => ScriptCall {
                 script: &scripts::RENEW_MEMBER,
-                keys: vec![self.keys.readers.clone()],
+                keys: self.keys.sets.shared_renew.clone(),
                 args: vec![value.to_owned()],
             },
             _ => ScriptCall {
                 script: &scripts::EXTEND,
-                keys: vec![self.keys.lock.clone()],
+                keys: self.keys.sets.exclusive_renew.clone(),
                 args: vec![value.to_owned()],
             },
         };
@@ -250,13 +251,7 @@ impl Resource {
         };
         ScriptCall {
             script: &scripts::EXCLUSIVE_ACQUIRE,
-            keys: vec![
-                k.lock.clone(),
-                k.readers.clone(),
-                k.intent.clone(),
-                k.sem.clone(),
-                k.fence.clone(),
-            ],
+            keys: k.sets.exclusive_acquire.clone(),
             args: vec![value.to_owned(), ops::ms(ttl), intent],
         }
     }
@@ -265,13 +260,7 @@ impl Resource {
         let k = &self.keys;
         ScriptCall {
             script: &scripts::READ,
-            keys: vec![
-                k.readers.clone(),
-                k.lock.clone(),
-                k.intent.clone(),
-                k.fence.clone(),
-                k.sem.clone(),
-            ],
+            keys: k.sets.shared_acquire.clone(),
             args: vec![value.to_owned(), ops::ms(ttl)],
         }
     }
@@ -281,12 +270,12 @@ impl Resource {
         match mode {
             Mode::Shared => ScriptCall {
                 script: &scripts::READ_RELEASE,
-                keys: vec![k.readers.clone(), k.channel.clone()],
+                keys: k.sets.shared_release.clone(),
                 args: vec![value.to_owned()],
             },
             _ => ScriptCall {
                 script: &scripts::EXCLUSIVE_RELEASE,
-                keys: vec![k.lock.clone(), k.intent.clone(), k.channel.clone()],
+                keys: k.sets.exclusive_release.clone(),
                 args: vec![value.to_owned()],
             },
         }

@@ -97,7 +97,7 @@ struct SemaphoreInner {
     client: RedisLocks,
     name: String,
     permits: u32,
-    keys: ResourceKeys,
+    keys: Arc<ResourceKeys>,
 }
 
 impl RedisLocks {
@@ -129,7 +129,7 @@ impl RedisLocks {
                 client: self.clone(),
                 name: name.to_owned(),
                 permits,
-                keys: ResourceKeys::new(&self.options().key_prefix, name),
+                keys: self.resource_keys(name),
             }),
         })
     }
@@ -294,13 +294,7 @@ impl RedisSemaphore {
         let i = &self.inner;
         ScriptCall {
             script: &scripts::SEMAPHORE_ACQUIRE,
-            keys: vec![
-                i.keys.sem.clone(),
-                i.keys.fence.clone(),
-                i.keys.permits.clone(),
-                i.keys.lock.clone(),
-                i.keys.readers.clone(),
-            ],
+            keys: i.keys.sets.sem_acquire.clone(),
             args: vec![token.to_owned(), ops::ms(ttl), i.permits.to_string()],
         }
     }
@@ -309,11 +303,7 @@ impl RedisSemaphore {
         let i = &self.inner;
         ScriptCall {
             script: &scripts::SEMAPHORE_RELEASE,
-            keys: vec![
-                i.keys.sem.clone(),
-                i.keys.channel.clone(),
-                i.keys.permits.clone(),
-            ],
+            keys: i.keys.sets.sem_release.clone(),
             args: vec![token.to_owned()],
         }
     }
@@ -337,7 +327,7 @@ impl RedisSemaphore {
                 ttl,
                 ScriptCall {
                     script: &scripts::RENEW_MEMBER,
-                    keys: vec![i.keys.sem.clone(), i.keys.permits.clone()],
+                    keys: i.keys.sets.sem_renew.clone(),
                     args: vec![token.to_owned()],
                 },
                 self.release_call(token),

@@ -23,6 +23,7 @@
 //! any attempt still in flight) unless the acquisition ends in a guard.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{Script, Value};
@@ -122,7 +123,8 @@ impl Attempt {
 #[derive(Clone)]
 pub(crate) struct ScriptCall {
     pub(crate) script: &'static Script,
-    pub(crate) keys: Vec<String>,
+    /// Shared with every other call on the resource (see `KeySets`).
+    pub(crate) keys: Arc<[String]>,
     pub(crate) args: Vec<String>,
 }
 

@@ -67,7 +67,7 @@ pub(crate) struct Lease {
     /// The renewal script (for example [`super::scripts::EXTEND`]).
     pub(crate) script: &'static Script,
     /// `KEYS` of the renewal script.
-    pub(crate) keys: Vec<String>,
+    pub(crate) keys: Arc<[String]>,
     /// `ARGV` of the renewal script, before the TTL the watchdog appends.
     pub(crate) args: Vec<String>,
     /// The lease length.
@@ -656,7 +656,7 @@ fn push_renewal(pipe: &mut redis::Pipeline, lease: &Lease) {
     pipe.cmd("EVALSHA")
         .arg(lease.script.get_hash())
         .arg(lease.keys.len())
-        .arg(&lease.keys)
+        .arg(&*lease.keys)
         .arg(&lease.args)
         .arg(u64::try_from(lease.ttl.as_millis()).unwrap_or(u64::MAX));
 }
