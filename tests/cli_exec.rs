@@ -315,20 +315,7 @@ fn ctrl_c_at_a_terminal_reaches_command_once() {
         ready = ready.display()
     );
     let line = format!("{} exec job -- sh -c '{inner}'", bin());
-    let mut cmd = std::process::Command::new("script");
-    cmd.args(["-qfec", &line, "/dev/null"])
-        .env("LOCKYARD_DIR", env.dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let Ok(child) = cmd.spawn() else {
-        panic!("util-linux `script` is needed for this test");
-    };
-    let mut h = Holder { child };
-    assert!(
-        wait_until(PATIENCE, || ready.exists()),
-        "COMMAND never started"
-    );
+    let mut h = at_terminal(&env, &line, &ready);
     let mut stdin = h.child.stdin.take().unwrap();
     stdin.write_all(b"\x03").unwrap();
     stdin.flush().unwrap();

@@ -204,19 +204,7 @@ fn ctrl_c_with_redirected_stdio_reaches_command_once() {
             bin(),
             file.display()
         );
-        let child = Command::new("script")
-            .args(["-qfec", &line, "/dev/null"])
-            .env("LOCKYARD_DIR", env.dir())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("util-linux `script` is needed for this test");
-        let mut h = Holder { child };
-        assert!(
-            wait_until(PATIENCE, || ready.exists()),
-            "COMMAND never started"
-        );
+        let mut h = at_terminal(&env, &line, &ready);
         let mut stdin = h.child.stdin.take().unwrap();
         stdin.write_all(b"\x03").unwrap();
         stdin.flush().unwrap();
@@ -252,19 +240,7 @@ fn ctrl_z_at_a_terminal_stops_command_and_lockyard() {
     )
     .unwrap();
     let line = format!("{} exec job -- sh '{}'", bin(), file.display());
-    let child = Command::new("script")
-        .args(["-qfec", &line, "/dev/null"])
-        .env("LOCKYARD_DIR", env.dir())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("util-linux `script` is needed for this test");
-    let mut h = Holder { child };
-    assert!(
-        wait_until(PATIENCE, || ready.exists()),
-        "COMMAND never started"
-    );
+    let mut h = at_terminal(&env, &line, &ready);
     let ids: Vec<u32> = read(&pids)
         .split_whitespace()
         .map(|p| p.parse().expect("pid"))

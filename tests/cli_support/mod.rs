@@ -253,3 +253,23 @@ pub fn trap_script(signals: &[&str], got: &Path, ready: &Path, go: &Path) -> Str
 pub fn touch(path: &Path) {
     std::fs::write(path, b"").expect("touch");
 }
+
+/// Runs the shell `line` on a pseudo-terminal (util-linux `script`), with
+/// the test's lock directory and a piped stdin to type into, and waits
+/// (bounded) until `ready` exists (COMMAND started).
+pub fn at_terminal(env: &Env, line: &str, ready: &Path) -> Holder {
+    let child = Command::new("script")
+        .args(["-qfec", line, "/dev/null"])
+        .env("LOCKYARD_DIR", env.dir())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("util-linux `script` is needed for this test");
+    let h = Holder { child };
+    assert!(
+        wait_until(PATIENCE, || ready.exists()),
+        "COMMAND never started"
+    );
+    h
+}
