@@ -5,7 +5,7 @@ mod file_support;
 
 use std::time::{Duration, SystemTime};
 
-use file_support::{child_main, spawn};
+use file_support::{child_main, dead_pid, spawn};
 use lockyard::{FileLockManager, Mode, Owner};
 
 const T: Duration = Duration::from_secs(30);
@@ -18,13 +18,6 @@ fn child_process_entry() {
 fn write_record(m: &FileLockManager, name: &str, owner: &Owner) {
     let text = format!("{}name={name}\nend\n", owner.to_text());
     std::fs::write(m.path_for(name).unwrap(), text).unwrap();
-}
-
-fn dead_pid() -> u32 {
-    let mut c = std::process::Command::new("true").spawn().unwrap();
-    let pid = c.id();
-    c.wait().unwrap();
-    pid
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,19 +1,15 @@
 //! Looking never touches: `is_locked`, `list` and `stale_locks` never make a
 //! real acquirer fail, and cleanup keeps what it cannot prove is ours.
 
+mod file_support;
+
 use std::os::unix::io::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use file_support::dead_pid;
 use lockyard::{FileLockManager, Mode, Owner};
-
-fn dead_pid() -> u32 {
-    let mut c = std::process::Command::new("true").spawn().unwrap();
-    let pid = c.id();
-    c.wait().unwrap();
-    pid
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn looking_never_makes_an_acquirer_fail() {

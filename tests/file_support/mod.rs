@@ -17,6 +17,15 @@ use lockyard::{AcquireOptions, FileLockManager, Mode};
 
 const ROLE: &str = "LOCKYARD_FILE_CHILD";
 
+/// The pid of a process that has just exited (reused only after the pid
+/// space wraps): an owner record naming it is a dead owner's.
+pub fn dead_pid() -> u32 {
+    let mut c = std::process::Command::new("true").spawn().unwrap();
+    let pid = c.id();
+    c.wait().unwrap();
+    pid
+}
+
 /// A child process running one role.
 pub struct Child {
     child: std::process::Child,
