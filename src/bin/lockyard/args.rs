@@ -111,6 +111,31 @@ pub(crate) struct DirArg {
     pub(crate) allow_foreign_dir: bool,
 }
 
+/// Which Redis server(s), if any: `exec` locks there, `status` lists there.
+#[derive(Debug, Args)]
+pub(crate) struct RedisArg {
+    /// Use the Redis server at URL instead of lock files: `exec` renews the
+    /// lease while COMMAND runs (exit 75 if it is lost anyway), `status`
+    /// lists the locks held there. Several (repeated, or separated by
+    /// commas; independent servers, 3 or 5) mean Redlock. Set
+    /// LOCKYARD_REDIS empty to use files.
+    #[arg(
+        id = "redis",
+        long = "redis",
+        value_name = "URL",
+        env = "LOCKYARD_REDIS",
+        value_delimiter = ','
+    )]
+    pub(crate) urls: Vec<String>,
+}
+
+impl RedisArg {
+    /// Drops empty URLs (an empty LOCKYARD_REDIS means files).
+    pub(crate) fn normalize(&mut self) {
+        self.urls.retain(|url| !url.is_empty());
+    }
+}
+
 #[derive(Debug, Args)]
 pub(crate) struct ExecArgs {
     #[command(flatten)]
@@ -144,17 +169,8 @@ pub(crate) struct ExecArgs {
     #[arg(short = 'E', long, value_name = "N")]
     pub(crate) conflict_exit_code: Option<u8>,
 
-    /// Lock on the Redis server at URL instead of a file; the lease is
-    /// renewed while COMMAND runs (exit 75 if it is lost anyway). Give
-    /// several (repeated, or separated by commas; independent servers, 3 or
-    /// 5) for Redlock. Set LOCKYARD_REDIS empty to lock files.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "LOCKYARD_REDIS",
-        value_delimiter = ','
-    )]
-    pub(crate) redis: Vec<String>,
+    #[command(flatten)]
+    pub(crate) redis: RedisArg,
 
     /// Redis lease time-to-live; renewed about every TTL/3 while COMMAND runs
     /// [default: 30s].
@@ -218,8 +234,8 @@ impl ExecArgs {
         if self.command.is_empty() && self.shell_command.is_none() {
             return Err("no COMMAND given (after NAME, or -c SHELL_COMMAND)".into());
         }
-        self.redis.retain(|url| !url.is_empty());
-        if !self.redis.is_empty() && self.lock_path().is_some() {
+        self.redis.normalize();
+        if !self.redis.urls.is_empty() && self.lock_path().is_some() {
             return Err(
                 "a path (--file, or a NAME with `/`) is a file lock: not with --redis".into(),
             );
@@ -258,14 +274,8 @@ pub(crate) struct StatusArgs {
     #[arg(long)]
     pub(crate) json: bool,
 
-    /// List the locks held on this Redis server instead of lock files.
-    #[arg(
-        long,
-        value_name = "URL",
-        env = "LOCKYARD_REDIS",
-        value_delimiter = ','
-    )]
-    pub(crate) redis: Vec<String>,
+    #[command(flatten)]
+    pub(crate) redis: RedisArg,
 }
 
 #[derive(Debug, Args)]

@@ -13,7 +13,7 @@ use crate::waiting::{self, Ctx};
 /// `exec`, on files or (`--redis`) on Redis.
 pub(crate) async fn run(ctx: &Ctx, args: &ExecArgs) -> Result<u8, CliError> {
     let mut signals = Signals::install()?;
-    if args.redis.is_empty() {
+    if args.redis.urls.is_empty() {
         files(ctx, args, &mut signals).await
     } else {
         redis(ctx, args, &mut signals).await

@@ -106,7 +106,7 @@ impl Backend {
         } else {
             Mode::Exclusive
         };
-        if let [url] = args.redis.as_slice() {
+        if let [url] = args.redis.urls.as_slice() {
             let client = RedisLocks::connect_with(url, opts).await?;
             let (lock, who): (Box<dyn Lock>, Who) = match args.permits {
                 Some(permits) => {
@@ -126,7 +126,7 @@ impl Backend {
                 reason: "Redlock (several --redis URLs) offers exclusive locks only".to_owned(),
             });
         }
-        let redlock = Redlock::connect(&args.redis, opts).await?;
+        let redlock = Redlock::connect(&args.redis.urls, opts).await?;
         Ok(Backend {
             lock: Box::new(redlock.lock(name)?),
             mode,

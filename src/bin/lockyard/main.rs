@@ -71,7 +71,7 @@ fn main() -> ExitCode {
                 return CliError::usage(e).report();
             }
         }
-        Command::Status(args) => args.redis.retain(|url| !url.is_empty()),
+        Command::Status(args) => args.redis.normalize(),
         Command::Cleanup(_) => {}
     }
     init_tracing(cli.verbose);

@@ -13,7 +13,7 @@ use crate::output::{format_table, print};
 
 /// `status`: lock files, or the one `--redis` server's locks.
 pub(crate) async fn run(args: &StatusArgs) -> Result<u8, CliError> {
-    match args.redis.as_slice() {
+    match args.redis.urls.as_slice() {
         [] => files(args).await,
         [url] => redis(url, args).await,
         _ => Err(CliError::usage("status --redis takes one server")),
