@@ -320,7 +320,7 @@ impl RedisLocks {
     /// Cancel safe: it only looks.
     pub async fn owner(&self, name: &str) -> Result<Option<Owner>, LockError> {
         validate_name(name)?;
-        let key = self.key(name, "lock");
+        let key = self.resource_keys(name).lock.clone();
         let value: Option<Vec<u8>> = self
             .retry_once(name, "read owner", |mut conn| {
                 let key = &key;

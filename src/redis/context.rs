@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::errors::{map_redis, protocol};
-use super::keys::{self, ResourceKeys};
+use super::keys::ResourceKeys;
 use super::lease::{Expired, Lease, LeaseHandle, Watchdog};
 use super::local::LocalQueues;
 use super::options::RedisOptions;
@@ -207,11 +207,6 @@ impl RedisLocks {
                 Err(e) => return Err(map_redis(e, resource, op)),
             }
         }
-    }
-
-    /// `{prefix}{<name>}:<suffix>` (validate `name` first).
-    pub(crate) fn key(&self, name: &str, suffix: &str) -> String {
-        keys::key(&self.inner.opts.key_prefix, name, suffix)
     }
 
     /// Registers a lease with the client's watchdog; see

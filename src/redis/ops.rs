@@ -12,9 +12,7 @@ use super::errors::{map_redis, timed_out};
 use super::keys::ResourceKeys;
 use super::pool::Conn;
 use super::scripts;
-use super::token;
 use crate::error::LockError;
-use crate::options::Mode;
 
 /// Runs `script` on a pooled connection, bounded by the client's
 /// `op_timeout`; errors are mapped for `resource`/`op`. If the connection
@@ -71,13 +69,6 @@ pub(crate) async fn invoke_on<T: FromRedisValue>(
     inv.invoke_async::<T>(conn)
         .await
         .map_err(|e| map_redis(e, resource, op))
-}
-
-/// A fresh owner value: a random token (128 bits from the OS CSPRNG, hex),
-/// a newline, and this process's owner metadata (so waiters can say who
-/// holds what). Every compare in the scripts is on the whole value.
-pub(crate) fn owner_value(resource: &str, mode: Mode) -> Result<String, LockError> {
-    token::fresh_value(resource, mode)
 }
 
 /// Milliseconds as the scripts take them.

@@ -16,9 +16,10 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::context::RedisLocks;
 use super::keys::validate_name;
 use super::lease::grant_end;
-use super::ops::{self, PlainLock};
+use super::ops::PlainLock;
 use super::options::RedisOptions;
 use super::pool::Conn;
+use super::token;
 use crate::error::LockError;
 use crate::guard::{LockGuard, Lost, RawGuard};
 use crate::lock::Lock;
@@ -476,7 +477,7 @@ impl Redlock {
         let total = i.total();
         let mut logged = false;
         loop {
-            let token = ops::owner_value(name, Mode::Exclusive)?;
+            let token = token::fresh_value(name, Mode::Exclusive)?;
             // Armed until the attempt's outcome is known: a dropped future
             // still deletes whatever its SETs took.
             let mut cleanup = Cleanup::new(&self.inner, name, &token);

@@ -16,6 +16,7 @@ use super::keys::{ResourceKeys, validate_name};
 use super::lease::Expired;
 use super::ops::{self, invoke};
 use super::scripts;
+use super::token;
 use super::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::error::LockError;
 use crate::guard::LockGuard;
@@ -193,7 +194,7 @@ impl RedisSemaphore {
     async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
         let ttl = i.client.options().lease_for(None)?;
-        let token = ops::owner_value(&i.name, mode)?;
+        let token = token::fresh_value(&i.name, mode)?;
         let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token), ttl).await?;
         let guard = waiting::try_once(
             &mut pending,
@@ -266,7 +267,7 @@ impl RedisSemaphore {
         let i = &self.inner;
         let ttl = i.client.options().lease_for(lease)?;
         let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline).await?;
-        let token = ops::owner_value(&i.name, mode)?;
+        let token = token::fresh_value(&i.name, mode)?;
         let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token), ttl).await?;
         let wait = WaitFor {
             client: &i.client,
