@@ -390,3 +390,46 @@ async fn a_half_open_pubsub_connection_is_noticed_by_its_health_check() {
         "the waiter got the lock {after:?} after the release"
     );
 }
+
+/// The late-grant rule holds for an extend too: an extend whose
+/// confirmation is looked at only after the lease's validity (the same
+/// runtime stall as above) reports the lock lost instead of `Ok`.
+#[tokio::test]
+async fn an_extend_confirmed_after_the_validity_reports_lost() {
+    let ttl = Duration::from_secs(1);
+    let Rig {
+        server: _server,
+        proxy,
+        via_proxy: holder,
+        ..
+    } = rig(ttl, Duration::from_millis(400)).await;
+    let g = std::sync::Arc::new(holder.acquire("job", Duration::from_secs(1)).await.unwrap());
+    proxy.delay_replies(Duration::from_millis(150));
+    let stall = tokio::spawn({
+        let holder = holder.clone();
+        async move {
+            holder.owner("elsewhere").await.unwrap();
+            std::thread::sleep(Duration::from_millis(1300));
+            Instant::now()
+        }
+    });
+    let extending = tokio::spawn({
+        let g = g.clone();
+        async move { (g.extend(ttl).await, Instant::now()) }
+    });
+    let (result, returned) = tokio::time::timeout(LIMIT, extending)
+        .await
+        .expect("bounded")
+        .unwrap();
+    let stall_ended = stall.await.unwrap();
+    proxy.delay_replies(Duration::ZERO);
+    assert!(
+        returned >= stall_ended,
+        "the extend returned before the stall ended: the attack missed"
+    );
+    assert!(
+        matches!(result, Err(LockError::Lost { .. })),
+        "an extend confirmed after the lease's validity returned {result:?}"
+    );
+    assert!(g.is_lost());
+}

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use super::context::RedisLocks;
 use super::lease::{Expired, LeaseHandle, Renewal};
 use super::ops::{self, invoke};
-use super::options::validate_ttl;
 use super::waiting::ScriptCall;
 use crate::error::LockError;
 use crate::guard::Lost;
@@ -82,7 +81,9 @@ impl Hold {
     /// Sets the lease to `ttl` from now if still held; the watchdog renews
     /// with `ttl` from then on.
     pub(crate) async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
-        validate_ttl(ttl)?;
+        // The lease rules of an acquisition (a TTL the op timeout leaves
+        // room in) apply to an extend too.
+        self.client.options().check_lease(ttl)?;
         let Some(lease) = &self.lease else {
             return Err(LockError::NotHeld {
                 resource: self.resource.clone(),

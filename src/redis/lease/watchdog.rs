@@ -336,7 +336,16 @@ impl LeaseHandle {
         let entry = st.entries.get_mut(&self.id);
         let result = match (reply, entry, request) {
             (Ok(Renewal::Renewed), Some(e), Some(req)) => {
-                e.validity.confirmed(req, Instant::now());
+                let now = Instant::now();
+                e.validity.confirmed(req, now);
+                if e.deadline() <= now {
+                    // Confirmed, but looked at only after the lease's
+                    // validity: it may be someone else's by now (the rule
+                    // of invariant 1, for an extend).
+                    drop(st);
+                    self.fire_lost("extend confirmed after the lease's validity");
+                    return Err(self.lost_error());
+                }
                 e.lease.ttl = ttl;
                 e.lease.interval = interval;
                 e.lease.drift = drift;
