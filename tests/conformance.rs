@@ -244,3 +244,27 @@ async fn redis_views(name: &str) -> (Keep, Arc<dyn Lock>, Arc<dyn Lock>) {
 
 #[cfg(feature = "redis")]
 conformance!(redis, redis_views);
+
+/// The same lock through two clients of a private 3-master Redis Cluster,
+/// each connected through the plain constructor with one node's URL.
+#[cfg(feature = "redis")]
+async fn redis_cluster_views(name: &str) -> (Keep, Arc<dyn Lock>, Arc<dyn Lock>) {
+    use lockyard::redis::{RedisLocks, RedisOptions};
+    let cluster = tokio::task::spawn_blocking(|| common::cluster::RedisCluster::start(3, 0))
+        .await
+        .unwrap();
+    let opts = RedisOptions::default().ttl(Duration::from_secs(30));
+    let c1 = RedisLocks::connect_with(&cluster.url(), opts.clone())
+        .await
+        .unwrap();
+    let c2 = RedisLocks::connect_with(&cluster.nodes[2].url(), opts)
+        .await
+        .unwrap();
+    assert!(c1.is_cluster() && c2.is_cluster());
+    let a: Arc<dyn Lock> = Arc::new(c1.lock(name).unwrap());
+    let b: Arc<dyn Lock> = Arc::new(c2.lock(name).unwrap());
+    (Box::new(cluster), a, b)
+}
+
+#[cfg(feature = "redis")]
+conformance!(redis_cluster, redis_cluster_views);

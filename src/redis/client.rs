@@ -10,6 +10,7 @@ use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::RedisLockGuard;
+use super::cluster::{Cluster, is_cluster_node};
 use super::context::{Inner, RedisLocks};
 use super::errors::map_redis;
 use super::keys::{self, validate_name};
@@ -21,7 +22,7 @@ use super::options::RedisOptions;
 use super::pool::{Connections, Manager, PoolConn};
 use super::scripts;
 use super::token::parse_holder;
-use super::wakeups::Wakeups;
+use super::wakeups::{Source, Wakeups};
 use crate::error::LockError;
 use crate::options::AcquireOptions;
 use crate::owner::Owner;
@@ -50,6 +51,15 @@ pub struct RedisStats {
 
 impl RedisLocks {
     /// Connects with default [`RedisOptions`].
+    ///
+    /// `url` is one server (`redis://[user:password@]host:port/[db]`) or a
+    /// Redis Cluster: either any one node's URL (a server that answers
+    /// `cluster_enabled:1` to `INFO cluster` is taken as a Cluster node, and
+    /// the rest of the cluster is discovered from it), or several seed nodes
+    /// at once as `redis+cluster://[user:password@]host1:port1,host2:port2/`
+    /// (any of them reachable suffices). On a Cluster every name works on
+    /// every slot: requests follow `MOVED`/`ASK`, release wakeups use
+    /// sharded pub/sub, and the watchdog batches renewals per master.
     ///
     /// # Errors
     ///
@@ -121,6 +131,14 @@ impl RedisLocks {
     /// watchdog and pub/sub tasks); outside one it fails with
     /// [`LockError::InvalidArgument`].
     pub fn connect_lazy(url: &str, opts: RedisOptions) -> Result<Self, LockError> {
+        if cluster_seeds(url)?.is_some() {
+            return Err(LockError::InvalidArgument {
+                what: "redis URL",
+                reason: "a Cluster client reads the slot map when it connects: use \
+                         RedisLocks::connect_with for redis+cluster:// URLs"
+                    .to_owned(),
+            });
+        }
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(LockError::InvalidArgument {
                 what: "runtime",
@@ -141,6 +159,9 @@ impl RedisLocks {
     /// the scripts when `eager`, and starts the background tasks.
     async fn build(url: &str, opts: RedisOptions, eager: bool) -> Result<Self, LockError> {
         opts.validate()?;
+        if let Some(seeds) = cluster_seeds(url)? {
+            return Self::build_cluster(seeds, redact(url), opts).await;
+        }
         let bad_url = |e: redis::RedisError| LockError::InvalidArgument {
             what: "redis URL",
             reason: format!("{}: {e}", redact(url)),
@@ -165,6 +186,10 @@ impl RedisLocks {
             .map_err(|e| map_redis(e, &what, "connect"))?;
             let first = PoolConn::new(first, epoch.clone());
             let mut conn = first.conn();
+            if is_cluster_node(&mut conn, &what).await? {
+                let seed = redis::IntoConnectionInfo::into_connection_info(url).map_err(bad_url)?;
+                return Self::build_cluster(vec![seed], what, opts).await;
+            }
             for script in scripts::all() {
                 script
                     .load_async(&mut conn)
@@ -186,11 +211,47 @@ impl RedisLocks {
         if let Some(first) = first {
             conns.seed(first).await;
         }
+        Ok(Self::assemble(opts, conns, Source::Node(client), what))
+    }
 
+    /// Connects to a Cluster through `seeds` and loads the scripts on every
+    /// node.
+    async fn build_cluster(
+        seeds: Vec<redis::ConnectionInfo>,
+        what: String,
+        opts: RedisOptions,
+    ) -> Result<Self, LockError> {
+        let cluster = Cluster::connect(
+            seeds.clone(),
+            &what,
+            opts.request_timeout(),
+            opts.connect_timeout,
+        )
+        .await?;
+        let mut conn = cluster.conn();
+        // `SCRIPT LOAD` goes to every node; a node that joins later gets
+        // them on its first `NOSCRIPT`.
+        for script in scripts::all() {
+            script
+                .load_async(&mut conn)
+                .await
+                .map_err(|e| map_redis(e, &what, "load scripts"))?;
+        }
+        let conns = Arc::new(Connections::cluster(cluster));
+        Ok(Self::assemble(opts, conns, Source::Cluster(seeds), what))
+    }
+
+    /// Starts the background tasks of a client on `conns`.
+    fn assemble(opts: RedisOptions, conns: Arc<Connections>, source: Source, what: String) -> Self {
         let shutdown = CancellationToken::new();
-        let wakeups = Wakeups::start(client, opts.request_timeout(), shutdown.clone());
+        let wakeups = Wakeups::start(
+            source,
+            opts.request_timeout(),
+            opts.connect_timeout,
+            shutdown.clone(),
+        );
         let watchdog = Watchdog::start(conns.clone(), opts.request_timeout(), shutdown.clone());
-        Ok(Self {
+        Self {
             inner: Arc::new(Inner {
                 opts,
                 conns,
@@ -202,7 +263,7 @@ impl RedisLocks {
                 background: tokio_util::task::TaskTracker::new(),
                 keys: std::sync::Mutex::default(),
             }),
-        })
+        }
     }
 
     /// A handle to the lock `name` (nothing is sent to Redis). The handle
@@ -342,8 +403,8 @@ impl RedisLocks {
     }
 
     /// Lists the locks under this client's key prefix (with `SCAN`, so it is
-    /// safe on a large database, and not a consistent snapshot). Used by
-    /// `lockyard status --redis`.
+    /// safe on a large database, and not a consistent snapshot; on a
+    /// Cluster, of every master). Used by `lockyard status --redis`.
     ///
     /// # Cancel safety
     ///
@@ -353,8 +414,32 @@ impl RedisLocks {
         let what = format!("{prefix}*");
         let mut conn = self.conn(&what, "list").await?;
         let pattern = keys::scan_pattern(prefix);
-        let mut cursor: u64 = 0;
         let mut found = Vec::new();
+        // One server, or every master of a Cluster (each scanned whole).
+        for mut target in self.inner.conns.scan_targets(&what).await? {
+            self.scan_into(&mut target, &pattern, &what, &mut found)
+                .await?;
+        }
+        found.sort();
+        found.dedup();
+        let mut out = Vec::with_capacity(found.len());
+        for (name, kind) in found {
+            out.extend(super::listing::info(self, &mut conn, &name, kind).await?);
+        }
+        Ok(out)
+    }
+
+    /// `SCAN`s one server for the keys matching `pattern`, adding the
+    /// (name, kind) of each lock or semaphore key to `found`.
+    async fn scan_into(
+        &self,
+        conn: &mut super::pool::Conn,
+        pattern: &str,
+        what: &str,
+        found: &mut Vec<(String, &'static str)>,
+    ) -> Result<(), LockError> {
+        let prefix = &self.inner.opts.key_prefix;
+        let mut cursor: u64 = 0;
         loop {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
                 .arg(cursor)
@@ -362,9 +447,9 @@ impl RedisLocks {
                 .arg(&pattern)
                 .arg("COUNT")
                 .arg(1000)
-                .query_async(&mut conn)
+                .query_async(conn)
                 .await
-                .map_err(|e| map_redis(e, &what, "list"))?;
+                .map_err(|e| map_redis(e, what, "list"))?;
             for key in batch {
                 if let Some((name, suffix)) = keys::parse_key(prefix, &key) {
                     let Some(kind) = super::listing::kind_of(suffix) else {
@@ -374,17 +459,10 @@ impl RedisLocks {
                 }
             }
             if next == 0 {
-                break;
+                return Ok(());
             }
             cursor = next;
         }
-        found.sort();
-        found.dedup();
-        let mut out = Vec::with_capacity(found.len());
-        for (name, kind) in found {
-            out.extend(super::listing::info(self, &mut conn, &name, kind).await?);
-        }
-        Ok(out)
     }
 
     /// Watchdog counters: how many leases this client renews now and how
@@ -401,6 +479,42 @@ impl RedisLocks {
     }
 }
 
+/// The seed nodes of a `redis+cluster://[auth@]h1:p1,h2:p2/` URL (each as
+/// `redis://[auth@]hN:pN/`), `None` for any other scheme.
+fn cluster_seeds(url: &str) -> Result<Option<Vec<redis::ConnectionInfo>>, LockError> {
+    let Some(rest) = url.strip_prefix("redis+cluster://") else {
+        return Ok(None);
+    };
+    let bad = |reason: String| LockError::InvalidArgument {
+        what: "redis URL",
+        reason: format!("{}: {reason}", redact(url)),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let (auth, hosts) = match rest.rsplit_once('@') {
+        Some((auth, hosts)) => (Some(auth), hosts),
+        None => (None, rest),
+    };
+    if hosts.contains('/') || hosts.contains('?') {
+        return Err(bad(
+            "a Cluster has one database: no path or query".to_owned()
+        ));
+    }
+    let mut seeds = Vec::new();
+    for host in hosts.split(',') {
+        if host.is_empty() {
+            return Err(bad("an empty seed node".to_owned()));
+        }
+        let one = match auth {
+            Some(a) => format!("redis://{a}@{host}/"),
+            None => format!("redis://{host}/"),
+        };
+        let info = redis::IntoConnectionInfo::into_connection_info(one.as_str())
+            .map_err(|e| bad(format!("seed {host}: {e}")))?;
+        seeds.push(info);
+    }
+    Ok(Some(seeds))
+}
+
 /// The URL without its password.
 fn redact(url: &str) -> String {
     match url.split_once("://") {
@@ -415,6 +529,25 @@ fn redact(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cluster_urls() {
+        assert!(cluster_seeds("redis://h:1/").unwrap().is_none());
+        let seeds = cluster_seeds("redis+cluster://u:pw@a:7000,b:7001/")
+            .unwrap()
+            .unwrap();
+        assert_eq!(seeds.len(), 2);
+        assert_eq!(seeds[1].addr().to_string(), "b:7001");
+        assert_eq!(seeds[0].redis_settings().password(), Some("pw"));
+        for bad in [
+            "redis+cluster://",
+            "redis+cluster://a:1,,b:2",
+            "redis+cluster://a:1/3",
+            "redis+cluster://a:notaport",
+        ] {
+            assert!(cluster_seeds(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn redacts_passwords() {

@@ -27,9 +27,8 @@ use super::pool::{Conn, Connections};
 use super::wakeups::{Subscription, Wakeups};
 use crate::error::LockError;
 
-/// A client for distributed locks on one Redis server. (Redis Cluster is
-/// not supported yet: every key of a resource shares a hash slot, but the
-/// connections follow no `MOVED` redirection.)
+/// A client for distributed locks on one Redis server or a Redis Cluster
+/// (see [`connect`](Self::connect)).
 ///
 /// Cloning is cheap and shares everything: the connection pool, the one
 /// pub/sub connection that carries release wakeups, and the one watchdog task
@@ -147,6 +146,12 @@ impl RedisLocks {
             });
         }
         Ok(())
+    }
+
+    /// Whether this client talks to a Redis Cluster (see
+    /// [`connect`](Self::connect)).
+    pub fn is_cluster(&self) -> bool {
+        self.inner.conns.as_cluster().is_some()
     }
 
     /// The options the client was built with.

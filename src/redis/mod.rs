@@ -130,6 +130,8 @@
 //! [`LockError::Protocol`]: crate::LockError::Protocol
 
 mod client;
+mod cluster;
+mod conn;
 mod context;
 mod errors;
 mod guard;

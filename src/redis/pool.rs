@@ -17,10 +17,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use redis::aio::MultiplexedConnection;
 
-use super::errors::{breaks_connection, map_pool};
+use super::cluster::Cluster;
+pub(crate) use super::conn::Conn;
+use super::errors::map_pool;
 use crate::error::LockError;
 
 /// The `bb8` pool type of a client.
@@ -79,11 +80,7 @@ impl PoolConn {
 
     /// A handle sharing this connection and its broken flag.
     pub(crate) fn conn(&self) -> Conn {
-        Conn {
-            conn: self.conn.clone(),
-            broken: self.broken.clone(),
-            epoch: self.epoch.clone(),
-        }
+        Conn::pooled(self.conn.clone(), self.broken.clone(), self.epoch.clone())
     }
 }
 
@@ -120,11 +117,20 @@ impl bb8::ManageConnection for Manager {
 /// reply (the server forgot our scripts: it restarted) bumps the epoch too,
 /// since a connection opened after the restart does not fail.
 pub(crate) struct Connections {
-    pool: Pool,
-    slots: Vec<SlotCell>,
-    watchdog: SlotCell,
-    next: AtomicUsize,
+    shape: Shape,
     epoch: Arc<AtomicU64>,
+}
+
+/// One server (pooled connections) or a Cluster (one routed connection;
+/// see [`super::cluster`]).
+enum Shape {
+    Node {
+        pool: Pool,
+        slots: Vec<SlotCell>,
+        watchdog: SlotCell,
+        next: AtomicUsize,
+    },
+    Cluster(Cluster),
 }
 
 /// One slot: the connection (behind a std mutex, held only to clone it) and
@@ -149,11 +155,29 @@ impl Connections {
     /// `slots` connections for operations; `pool` must allow `slots + 1`.
     pub(crate) fn new(pool: Pool, slots: usize, epoch: Arc<AtomicU64>) -> Self {
         Self {
-            pool,
-            slots: (0..slots.max(1)).map(|_| SlotCell::default()).collect(),
-            watchdog: SlotCell::default(),
-            next: AtomicUsize::new(0),
+            shape: Shape::Node {
+                pool,
+                slots: (0..slots.max(1)).map(|_| SlotCell::default()).collect(),
+                watchdog: SlotCell::default(),
+                next: AtomicUsize::new(0),
+            },
             epoch,
+        }
+    }
+
+    /// The connections of a Cluster client.
+    pub(crate) fn cluster(cluster: Cluster) -> Self {
+        Self {
+            shape: Shape::Cluster(cluster),
+            epoch: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The Cluster, when this client talks to one.
+    pub(crate) fn as_cluster(&self) -> Option<&Cluster> {
+        match &self.shape {
+            Shape::Cluster(c) => Some(c),
+            Shape::Node { .. } => None,
         }
     }
 
@@ -171,17 +195,50 @@ impl Connections {
     /// A connection for an operation on `resource` (errors mapped for
     /// `op`).
     pub(crate) async fn get(&self, resource: &str, op: &'static str) -> Result<Conn, LockError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
-        self.slot_conn(&self.slots[i], resource, op).await
+        match &self.shape {
+            Shape::Node {
+                pool, slots, next, ..
+            } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % slots.len();
+                self.slot_conn(pool, &slots[i], resource, op).await
+            }
+            Shape::Cluster(c) => Ok(c.conn()),
+        }
     }
 
-    /// The watchdog's connection.
+    /// A connection to each server that holds keys: the one server, or
+    /// every master of a Cluster (direct, so a `SCAN` stays on it).
+    ///
+    /// # Errors
+    ///
+    /// As [`get`](Self::get), or a master that cannot be reached.
+    pub(crate) async fn scan_targets(&self, what: &str) -> Result<Vec<Conn>, LockError> {
+        match &self.shape {
+            Shape::Node { .. } => Ok(vec![self.get(what, "list").await?]),
+            Shape::Cluster(c) => {
+                let mut all = Vec::new();
+                for node in c.masters(what).await? {
+                    all.push(c.node(&node).await?);
+                }
+                Ok(all)
+            }
+        }
+    }
+
+    /// The watchdog's connection (on a Cluster, the routed one: the
+    /// watchdog sends its per-node batches on [`Cluster::node`]).
     pub(crate) async fn watchdog(&self) -> Result<Conn, LockError> {
-        self.slot_conn(&self.watchdog, "(watchdog)", "renew").await
+        match &self.shape {
+            Shape::Node { pool, watchdog, .. } => {
+                self.slot_conn(pool, watchdog, "(watchdog)", "renew").await
+            }
+            Shape::Cluster(c) => Ok(c.conn()),
+        }
     }
 
     async fn slot_conn(
         &self,
+        pool: &Pool,
         cell: &SlotCell,
         resource: &str,
         op: &'static str,
@@ -203,12 +260,11 @@ impl Connections {
         // (it was idle when the server went away): never give it back to
         // the pool as healthy.
         if let Some(stale) = stale {
-            stale.conn.broken.store(true, Ordering::Release);
+            stale.conn.mark_broken();
         }
-        let mut attempts = self.pool.state().connections as usize + 1;
+        let mut attempts = pool.state().connections as usize + 1;
         let pooled = loop {
-            let pooled = self
-                .pool
+            let pooled = pool
                 .get_owned()
                 .await
                 .map_err(|e| map_pool(e, resource, op))?;
@@ -235,7 +291,9 @@ impl Connections {
     /// Adds a connection opened outside the pool (at connect time) to the
     /// first slot.
     pub(crate) async fn seed(&self, conn: PoolConn) {
-        if self.pool.add(conn).is_ok() {
+        if let Shape::Node { pool, .. } = &self.shape
+            && pool.add(conn).is_ok()
+        {
             let _ = self.get("(connect)", "connect").await;
         }
     }
@@ -243,82 +301,13 @@ impl Connections {
 
 impl fmt::Debug for Connections {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connections")
-            .field("slots", &self.slots.len())
-            .field("pool", &self.pool.state())
-            .finish()
-    }
-}
-
-/// A multiplexed connection that flags itself broken when a request on it
-/// fails with an I/O error. Use it with any `redis` API (`Script`,
-/// `Pipeline`, `Cmd`) as a [`ConnectionLike`].
-#[derive(Clone)]
-pub(crate) struct Conn {
-    conn: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
-    epoch: Arc<AtomicU64>,
-}
-
-impl Conn {
-    /// Whether a request on this connection failed with an I/O error.
-    pub(crate) fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Relaxed)
-    }
-
-    /// Records that the server forgot our scripts (`NOSCRIPT`): it most
-    /// likely restarted, so every connection opened before may be dead
-    /// without knowing it yet. Bumps the epoch, so that every slot
-    /// reconnects on its next use.
-    pub(crate) fn note_server_restart(&self) {
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn note<T>(&self, r: &RedisResult<T>) {
-        let Err(e) = r else {
-            return;
-        };
-        if breaks_connection(e) {
-            if !self.broken.swap(true, Ordering::AcqRel) {
-                self.epoch.fetch_add(1, Ordering::AcqRel);
-            }
-        } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
-            self.note_server_restart();
+        match &self.shape {
+            Shape::Node { pool, slots, .. } => f
+                .debug_struct("Connections")
+                .field("slots", &slots.len())
+                .field("pool", &pool.state())
+                .finish(),
+            Shape::Cluster(c) => f.debug_tuple("Connections").field(c).finish(),
         }
-    }
-}
-
-impl fmt::Debug for Conn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Conn")
-            .field("broken", &self.broken.load(Ordering::Relaxed))
-            .finish_non_exhaustive()
-    }
-}
-
-impl ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        Box::pin(async move {
-            let r = self.conn.req_packed_command(cmd).await;
-            self.note(&r);
-            r
-        })
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        Box::pin(async move {
-            let r = self.conn.req_packed_commands(pipeline, offset, count).await;
-            self.note(&r);
-            r
-        })
-    }
-
-    fn get_db(&self) -> i64 {
-        self.conn.get_db()
     }
 }

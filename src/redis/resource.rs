@@ -269,12 +269,12 @@ impl Resource {
         let k = &self.keys;
         match mode {
             Mode::Shared => ScriptCall {
-                script: &scripts::READ_RELEASE,
+                script: scripts::READ_RELEASE.get(self.client.is_cluster()),
                 keys: k.sets.shared_release.clone(),
                 args: vec![value.to_owned()],
             },
             _ => ScriptCall {
-                script: &scripts::EXCLUSIVE_RELEASE,
+                script: scripts::EXCLUSIVE_RELEASE.get(self.client.is_cluster()),
                 keys: k.sets.exclusive_release.clone(),
                 args: vec![value.to_owned()],
             },

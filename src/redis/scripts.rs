@@ -20,11 +20,66 @@ macro_rules! scripts {
                 LazyLock::new(|| Script::new(include_str!(concat!("scripts/", $file))));
         )*
 
-        /// Every script, for loading at connect time.
+        /// Every script (both forms of those that publish), for loading at
+        /// connect time.
         pub(crate) fn all() -> Vec<&'static Script> {
-            vec![$(&*$name),*]
+            let mut all = vec![$(&*$name),*];
+            for p in PUBLISHING {
+                all.push(p.get(false));
+                all.push(p.get(true));
+            }
+            all
         }
     };
+}
+
+/// A script that wakes waiters, in its two forms: `PUBLISH` (one server)
+/// and `SPUBLISH` (a Cluster: the message stays on the slot's shard; the
+/// channel carries the resource's hash tag, so it is on the script's slot).
+/// The sharded form is the same file with every `redis.call('PUBLISH'`
+/// turned into `redis.call('SPUBLISH'`, so the two cannot drift apart.
+pub(crate) struct Publishing {
+    classic: LazyLock<Script>,
+    sharded: LazyLock<Script>,
+}
+
+impl Publishing {
+    /// The form for a client on a Cluster (`sharded`) or one server.
+    pub(crate) fn get(&'static self, sharded: bool) -> &'static Script {
+        if sharded {
+            &self.sharded
+        } else {
+            &self.classic
+        }
+    }
+}
+
+/// `source` with its publishes sharded.
+fn sharded(source: &str) -> Script {
+    Script::new(&source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
+}
+
+macro_rules! publishing {
+    ($($(#[$doc:meta])* $name:ident = $file:literal;)*) => {
+        $(
+            $(#[$doc])*
+            pub(crate) static $name: Publishing = Publishing {
+                classic: LazyLock::new(|| Script::new(include_str!(concat!("scripts/", $file)))),
+                sharded: LazyLock::new(|| sharded(include_str!(concat!("scripts/", $file)))),
+            };
+        )*
+        const PUBLISHING: &[&Publishing] = &[$(&$name),*];
+    };
+}
+
+publishing! {
+    /// Compare-and-delete of an exclusive hold (and of our writer intent) +
+    /// publish; see `scripts/exclusive_release.lua`.
+    EXCLUSIVE_RELEASE = "exclusive_release.lua";
+    /// Gives a read hold back; see `scripts/rwlock_read_release.lua`.
+    READ_RELEASE = "rwlock_read_release.lua";
+    /// Gives a permit back; see `scripts/semaphore_release.lua`.
+    SEMAPHORE_RELEASE = "semaphore_release.lua";
 }
 
 scripts! {
@@ -32,21 +87,14 @@ scripts! {
     /// PX` + fencing `INCR`, with the one-name-one-lock checks; see
     /// `scripts/exclusive_acquire.lua`.
     EXCLUSIVE_ACQUIRE = "exclusive_acquire.lua";
-    /// Compare-and-delete of an exclusive hold (and of our writer intent) +
-    /// `PUBLISH`; see `scripts/exclusive_release.lua`.
-    EXCLUSIVE_RELEASE = "exclusive_release.lua";
     /// Compare-and-`PEXPIRE` of a key holding an owner value: the renewal
     /// of an exclusive hold (on one server, or each of Redlock's).
     EXTEND = "extend.lua";
     /// Shared (read) hold; see `scripts/rwlock_read.lua`.
     READ = "rwlock_read.lua";
-    /// Gives a read hold back; see `scripts/rwlock_read_release.lua`.
-    READ_RELEASE = "rwlock_read_release.lua";
     /// One semaphore permit, with the stored permit count; see
     /// `scripts/semaphore_acquire.lua`.
     SEMAPHORE_ACQUIRE = "semaphore_acquire.lua";
-    /// Gives a permit back; see `scripts/semaphore_release.lua`.
-    SEMAPHORE_RELEASE = "semaphore_release.lua";
     /// Renews a member of a ZSET of holders (a permit or a reader).
     RENEW_MEMBER = "semaphore_renew.lua";
     /// Counts the unexpired members of a ZSET of holders.
@@ -56,4 +104,19 @@ scripts! {
     ACQUIRE = "acquire.lua";
     /// Redlock's per-server compare-and-delete + `PUBLISH`.
     RELEASE = "release.lua";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sharded_forms_publish_sharded() {
+        for p in PUBLISHING {
+            let classic = p.get(false);
+            let sharded = p.get(true);
+            assert_ne!(classic.get_hash(), sharded.get_hash());
+        }
+        assert!(all().len() >= 3 * 2);
+    }
 }

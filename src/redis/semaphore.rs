@@ -303,7 +303,7 @@ impl RedisSemaphore {
     fn release_call(&self, token: &str) -> ScriptCall {
         let i = &self.inner;
         ScriptCall {
-            script: &scripts::SEMAPHORE_RELEASE,
+            script: scripts::SEMAPHORE_RELEASE.get(i.client.is_cluster()),
             keys: i.keys.sets.sem_release.clone(),
             args: vec![token.to_owned()],
         }

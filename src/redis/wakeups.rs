@@ -75,6 +75,17 @@ impl Shared {
     }
 }
 
+/// Where release messages come from.
+pub(crate) enum Source {
+    /// One server: classic `SUBSCRIBE` on one pub/sub connection (the
+    /// release scripts `PUBLISH`).
+    Node(redis::Client),
+    /// A Cluster, from these seeds: sharded `SSUBSCRIBE` (the release
+    /// scripts `SPUBLISH`), so a message stays on its slot's shard instead
+    /// of being broadcast to every node.
+    Cluster(Vec<redis::ConnectionInfo>),
+}
+
 /// The client's wakeup service. Cloning shares it.
 #[derive(Clone)]
 pub(crate) struct Wakeups {
@@ -95,15 +106,30 @@ impl Wakeups {
     /// Starts the pub/sub task; it connects lazily (on the first
     /// subscription) and stops when `shutdown` is cancelled.
     pub(crate) fn start(
-        client: redis::Client,
+        source: Source,
         op_timeout: Duration,
+        connect_timeout: Duration,
         shutdown: CancellationToken,
     ) -> Self {
         let shared = Arc::new(Shared {
             channels: Mutex::new(HashMap::new()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(client, shared.clone(), rx, op_timeout, shutdown));
+        match source {
+            Source::Node(client) => {
+                tokio::spawn(run(client, shared.clone(), rx, op_timeout, shutdown));
+            }
+            Source::Cluster(seeds) => {
+                tokio::spawn(run_sharded(
+                    seeds,
+                    shared.clone(),
+                    rx,
+                    op_timeout,
+                    connect_timeout,
+                    shutdown,
+                ));
+            }
+        }
         Self {
             shared,
             commands: tx,
@@ -360,6 +386,154 @@ async fn run(
         }
         tracing::debug!("pub/sub connection lost; reconnecting");
         shared.set_all(SubState::Down);
+    }
+}
+
+/// The sharded pub/sub task of a Cluster client: one RESP3 cluster
+/// connection whose pushes carry the messages. The redis crate routes each
+/// `SSUBSCRIBE` to the channel's shard and subscribes again after a
+/// reconnect, a failover or a slot migration; we mark every channel down
+/// (and wake its waiters, who then poll) whenever a node connection drops,
+/// and up again when its subscription is confirmed.
+async fn run_sharded(
+    seeds: Vec<redis::ConnectionInfo>,
+    shared: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    op_timeout: Duration,
+    connect_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        if shared.lock().is_empty() {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                cmd = commands.recv() => match cmd {
+                    None => return,
+                    Some(Command::Unsubscribe(_)) => continue,
+                    Some(Command::Subscribe(_)) => {}
+                },
+            }
+        }
+        let (push_tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
+        let client = super::cluster::client_builder(&seeds, op_timeout, connect_timeout)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(push_tx)
+            .build();
+        let connected = match client {
+            Ok(client) => tokio::select! {
+                () = shutdown.cancelled() => return,
+                r = tokio::time::timeout(connect_timeout, client.get_async_connection()) => match r {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "sharded pub/sub connection failed; waiters poll until it is back");
+                        None
+                    }
+                    Err(_) => None,
+                },
+            },
+            Err(e) => {
+                tracing::debug!(error = %e, "sharded pub/sub client could not be built");
+                None
+            }
+        };
+        let Some(mut conn) = connected else {
+            shared.set_all(SubState::Down);
+            if !sleep_draining(&shutdown, &mut commands, &shared, backoff).await {
+                return;
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            continue;
+        };
+        backoff = Duration::from_millis(50);
+        // Subscribe everything wanted now (each channel on its shard).
+        let wanted: Vec<String> = shared.lock().keys().cloned().collect();
+        for ch in wanted {
+            match tokio::time::timeout(op_timeout, conn.ssubscribe(&ch)).await {
+                Ok(Ok(())) => {
+                    shared.set(&ch, SubState::Active);
+                    bump(&shared, &ch);
+                }
+                _ => shared.set(&ch, SubState::Down),
+            }
+        }
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                cmd = commands.recv() => match cmd {
+                    None => return,
+                    Some(Command::Subscribe(ch)) => {
+                        let state = match tokio::time::timeout(op_timeout, conn.ssubscribe(&ch)).await {
+                            Ok(Ok(())) => SubState::Active,
+                            Ok(Err(e)) => {
+                                tracing::debug!(channel = ch, error = %e, "SSUBSCRIBE failed; its waiters poll");
+                                SubState::Down
+                            }
+                            Err(_) => SubState::Down,
+                        };
+                        shared.set(&ch, state);
+                    }
+                    Some(Command::Unsubscribe(ch)) => {
+                        if !shared.lock().contains_key(&ch) {
+                            let _ = tokio::time::timeout(op_timeout, conn.sunsubscribe(&ch)).await;
+                        }
+                    }
+                },
+                push = pushes.recv() => {
+                    let Some(push) = push else { break };
+                    on_push(&shared, push);
+                }
+            }
+        }
+        tracing::debug!("sharded pub/sub connection lost; reconnecting");
+        shared.set_all(SubState::Down);
+    }
+}
+
+/// Counts a message (or a possible loss of messages) on `channel`.
+fn bump(shared: &Shared, channel: &str) {
+    if let Some(ch) = shared.lock().get(channel) {
+        ch.messages.send_modify(|n| *n += 1);
+    }
+}
+
+/// One RESP3 push of the sharded pub/sub connection.
+fn on_push(shared: &Shared, push: redis::PushInfo) {
+    let channel = |data: &[redis::Value]| match data.first() {
+        Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+        Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+        _ => None,
+    };
+    match push.kind {
+        redis::PushKind::SMessage | redis::PushKind::Message => {
+            if let Some(ch) = channel(&push.data) {
+                bump(shared, &ch);
+            }
+        }
+        redis::PushKind::SSubscribe => {
+            // A (re)subscription confirmed: messages may have been missed
+            // before it, so wake its waiters too.
+            if let Some(ch) = channel(&push.data) {
+                shared.set(&ch, SubState::Active);
+                bump(shared, &ch);
+            }
+        }
+        redis::PushKind::SUnsubscribe => {
+            // The server dropped it (its slot moved): down until the crate
+            // subscribes it again on the new owner.
+            if let Some(ch) = channel(&push.data)
+                && shared.lock().contains_key(&ch)
+            {
+                shared.set(&ch, SubState::Down);
+                bump(shared, &ch);
+            }
+        }
+        redis::PushKind::Disconnection => {
+            // One node's connection dropped: its channels may miss
+            // messages until resubscribed; we cannot tell which they are.
+            shared.set_all(SubState::Down);
+        }
+        _ => {}
     }
 }
 

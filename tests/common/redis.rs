@@ -23,18 +23,28 @@ pub struct RedisServer {
     port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// Extra arguments (a Cluster node's), kept for restarts.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port (retrying on a port clash).
     pub fn start() -> Self {
+        Self::start_with(|_, _| Vec::new())
+    }
+
+    /// Starts a server on a free port with extra arguments, made from its
+    /// port and scratch directory.
+    pub fn start_with(extra: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Self {
         let mut last_err = String::new();
         for _ in 0..10 {
             let port = free_port();
+            let dir = scratch_dir(port);
             let mut server = RedisServer {
                 port,
                 child: None,
-                dir: scratch_dir(port),
+                extra: extra(port, &dir),
+                dir,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -125,6 +135,7 @@ impl RedisServer {
             .args(["--protected-mode", "yes"])
             .arg("--dir")
             .arg(&self.dir)
+            .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -193,7 +204,7 @@ fn ping(port: u16) -> bool {
 }
 
 /// A loopback port that was free a moment ago (never 6379).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     loop {
         let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let port = l.local_addr().unwrap().port();

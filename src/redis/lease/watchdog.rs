@@ -45,6 +45,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::validity::{RequestId, Validity};
 use crate::error::LockError;
+use crate::redis::conn::Conn;
 use crate::redis::pool::Connections;
 
 /// Most renewal commands per pipeline.
@@ -515,6 +516,7 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
 }
 
 /// Outcome of one lease's renewal.
+#[derive(Clone, Copy)]
 enum Outcome {
     Renewed,
     NotOwner,
@@ -531,18 +533,13 @@ async fn renew(
     batch: Vec<(u64, Lease, RequestId)>,
     op_timeout: Duration,
 ) {
-    let results = tokio::time::timeout(op_timeout, send(&shared, &pool, &batch)).await;
-    let outcomes: Vec<Outcome> = match results {
-        Ok(Ok(values)) => values.iter().map(outcome).collect(),
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, leases = batch.len(), "lease renewal failed; retrying");
-            Vec::new()
-        }
-        Err(_) => {
+    let leases: Vec<&Lease> = batch.iter().map(|(_, lease, _)| lease).collect();
+    let outcomes = tokio::time::timeout(op_timeout, renew_all(&shared, &pool, &leases))
+        .await
+        .unwrap_or_else(|_| {
             tracing::debug!(leases = batch.len(), "lease renewal timed out; retrying");
             Vec::new()
-        }
-    };
+        });
     let now = Instant::now();
     let mut st = shared.lock();
     for (i, (id, _, req)) in batch.iter().enumerate() {
@@ -603,17 +600,107 @@ fn outcome(v: &Value) -> Outcome {
     }
 }
 
-/// Sends the renewal pipeline; on `NOSCRIPT` (a restarted or flushed
-/// server) loads the scripts and sends the affected renewals once more.
-async fn send(
-    shared: &Shared,
-    pool: &Connections,
-    batch: &[(u64, Lease, RequestId)],
-) -> Result<Vec<Value>, LockError> {
-    let mut conn = pool.watchdog().await?;
+/// Renews `batch`: one pipeline on one server; on a Cluster, one pipeline
+/// per master (concurrently), so that a node that fails fails exactly its
+/// own leases' renewals. A renewal answered with a redirection (its slot
+/// moved or is moving) is sent again alone through the routed connection,
+/// which follows it. The outcomes are in `batch`'s order (missing ones:
+/// [`Outcome::Failed`]).
+async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec<Outcome> {
+    let Some(cluster) = pool.as_cluster() else {
+        let sent = async { send(shared, pool.watchdog().await?, batch).await }.await;
+        return match sent {
+            Ok(values) => values.iter().map(outcome).collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, leases = batch.len(), "lease renewal failed; retrying");
+                Vec::new()
+            }
+        };
+    };
+    let mut outcomes = vec![Outcome::Failed; batch.len()];
+    let groups = cluster
+        .group(batch.iter().map(|lease| lease.keys[0].as_bytes()))
+        .await;
+    let mut alone: Vec<usize> = Vec::new();
+    let mut per_node = Vec::new();
+    for (node, items) in groups {
+        match node {
+            Some(node) => per_node.push(async move {
+                let leases: Vec<&Lease> = items.iter().map(|&i| batch[i]).collect();
+                let sent = match cluster.node(&node).await {
+                    Ok(conn) => send(shared, conn, &leases).await,
+                    Err(e) => Err(e),
+                };
+                (node, items, sent)
+            }),
+            // No known master serves the slot: let the routed connection
+            // find it.
+            None => alone.extend(items),
+        }
+    }
+    for (node, items, sent) in futures::future::join_all(per_node).await {
+        match sent {
+            Ok(values) => {
+                for (&i, v) in items.iter().zip(&values) {
+                    if crate::redis::cluster::is_redirect(v) {
+                        alone.push(i);
+                    } else {
+                        outcomes[i] = outcome(v);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(node = %node, error = %e, leases = items.len(), "renewals on this node failed; retrying");
+                cluster.note_moved();
+            }
+        }
+    }
+    if !alone.is_empty() {
+        cluster.note_moved();
+        let routed = cluster.conn();
+        let resent = alone.iter().map(|&i| {
+            let mut conn = routed.clone();
+            let lease = batch[i];
+            async move {
+                let mut inv = lease.script.prepare_invoke();
+                for k in lease.keys.iter() {
+                    inv.key(k);
+                }
+                for a in &lease.args {
+                    inv.arg(a);
+                }
+                inv.arg(u64::try_from(lease.ttl.as_millis()).unwrap_or(u64::MAX));
+                (i, inv.invoke_async::<Value>(&mut conn).await)
+            }
+        });
+        shared
+            .counters
+            .round_trips
+            .fetch_add(alone.len() as u64, Ordering::Relaxed);
+        for (i, r) in futures::future::join_all(resent).await {
+            outcomes[i] = match r {
+                Ok(v) => outcome(&v),
+                Err(e) if e.code().is_some() => {
+                    tracing::debug!(error = %e, "renewal refused by the server; retrying");
+                    Outcome::Refused
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "renewal failed; retrying");
+                    Outcome::Failed
+                }
+            };
+        }
+    }
+    outcomes
+}
+
+/// Sends the renewal pipeline on `conn`; on `NOSCRIPT` (a restarted or
+/// flushed server) loads the scripts and sends the affected renewals once
+/// more.
+async fn send(shared: &Shared, mut conn: Conn, batch: &[&Lease]) -> Result<Vec<Value>, LockError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
-    for (_, lease, _) in batch {
+    for lease in batch {
         push_renewal(&mut pipe, lease);
     }
     shared.counters.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -637,7 +724,7 @@ async fn send(
     conn.note_server_restart();
     let mut loaded: Vec<&'static Script> = Vec::new();
     for &i in &missing {
-        let script = batch[i].1.script;
+        let script = batch[i].script;
         if !loaded.iter().any(|s| std::ptr::eq(*s, script)) {
             script.load_async(&mut conn).await.map_err(|e| {
                 crate::redis::errors::map_redis(e, "(watchdog)", "load renewal script")
@@ -648,7 +735,7 @@ async fn send(
     let mut retry = redis::pipe();
     retry.ignore_errors();
     for &i in &missing {
-        push_renewal(&mut retry, &batch[i].1);
+        push_renewal(&mut retry, batch[i]);
     }
     shared.counters.round_trips.fetch_add(1, Ordering::Relaxed);
     let again: Vec<Value> = retry

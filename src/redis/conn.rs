@@ -1,0 +1,143 @@
+//! [`Conn`]: what every request is sent on, whichever shape the client's
+//! connections have (one server's pooled multiplexed connections, a
+//! Cluster's routed connection, or a direct connection to one Cluster
+//! node). The bottom of the connection layer: `pool` and `cluster` build
+//! on it.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+
+use super::errors::breaks_connection;
+
+/// A multiplexed connection that flags itself broken when a request on it
+/// fails with an I/O error. Use it with any `redis` API (`Script`,
+/// `Pipeline`, `Cmd`) as a [`ConnectionLike`].
+#[derive(Clone)]
+pub(crate) struct Conn {
+    conn: Link,
+    broken: Arc<AtomicBool>,
+    epoch: Arc<AtomicU64>,
+}
+
+/// What a [`Conn`] sends on.
+#[derive(Clone)]
+enum Link {
+    /// One server.
+    Node(MultiplexedConnection),
+    /// A Cluster, routed by key (it reconnects and follows redirections by
+    /// itself, so it is never flagged broken).
+    Cluster(ClusterConnection),
+}
+
+impl Conn {
+    /// A pooled connection sharing its pool entry's `broken` flag.
+    pub(crate) fn pooled(
+        conn: MultiplexedConnection,
+        broken: Arc<AtomicBool>,
+        epoch: Arc<AtomicU64>,
+    ) -> Self {
+        Self {
+            conn: Link::Node(conn),
+            broken,
+            epoch,
+        }
+    }
+
+    /// Flags it broken (its pool entry is then discarded).
+    pub(crate) fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// A connection to one server outside the pool (a Cluster node's).
+    pub(crate) fn node(conn: MultiplexedConnection, epoch: Arc<AtomicU64>) -> Self {
+        Self {
+            conn: Link::Node(conn),
+            broken: Arc::new(AtomicBool::new(false)),
+            epoch,
+        }
+    }
+
+    /// The routed connection of a Cluster.
+    pub(crate) fn cluster(conn: ClusterConnection, epoch: Arc<AtomicU64>) -> Self {
+        Self {
+            conn: Link::Cluster(conn),
+            broken: Arc::new(AtomicBool::new(false)),
+            epoch,
+        }
+    }
+
+    /// Whether a request on this connection failed with an I/O error.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Relaxed)
+    }
+
+    /// Records that the server forgot our scripts (`NOSCRIPT`): it most
+    /// likely restarted, so every connection opened before may be dead
+    /// without knowing it yet. Bumps the epoch, so that every slot
+    /// reconnects on its next use.
+    pub(crate) fn note_server_restart(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn note<T>(&self, r: &RedisResult<T>) {
+        let Err(e) = r else {
+            return;
+        };
+        if breaks_connection(e) && matches!(self.conn, Link::Node(_)) {
+            if !self.broken.swap(true, Ordering::AcqRel) {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+            }
+        } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
+            self.note_server_restart();
+        }
+    }
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("broken", &self.broken.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        Box::pin(async move {
+            let r = match &mut self.conn {
+                Link::Node(c) => c.req_packed_command(cmd).await,
+                Link::Cluster(c) => c.req_packed_command(cmd).await,
+            };
+            self.note(&r);
+            r
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        Box::pin(async move {
+            let r = match &mut self.conn {
+                Link::Node(c) => c.req_packed_commands(pipeline, offset, count).await,
+                Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
+            };
+            self.note(&r);
+            r
+        })
+    }
+
+    fn get_db(&self) -> i64 {
+        match &self.conn {
+            Link::Node(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
+}
