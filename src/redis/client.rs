@@ -250,7 +250,12 @@ impl RedisLocks {
             opts.connect_timeout,
             shutdown.clone(),
         );
-        let watchdog = Watchdog::start(conns.clone(), opts.request_timeout(), shutdown.clone());
+        let watchdog = Watchdog::start(
+            conns.clone(),
+            opts.request_timeout(),
+            opts.wait_for_replicas,
+            shutdown.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 opts,

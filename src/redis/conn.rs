@@ -98,6 +98,40 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// `WAIT replicas timeout` for this connection's writes so far, on the
+    /// server that holds `key` (on a Cluster, routed to its slot's master:
+    /// `WAIT` has no key of its own). The reply is how many replicas
+    /// confirmed.
+    pub(crate) async fn wait_replicas(
+        &mut self,
+        key: &str,
+        replicas: u32,
+        timeout: std::time::Duration,
+    ) -> RedisResult<Value> {
+        let mut cmd = redis::cmd("WAIT");
+        cmd.arg(replicas).arg(
+            u64::try_from(timeout.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1),
+        );
+        let reply = match &mut self.conn {
+            Link::Node(c) => c.req_packed_command(&cmd).await,
+            Link::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = Route::with_key(key.as_bytes(), SlotAddr::Master);
+                c.route_command(
+                    cmd,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route)),
+                )
+                .await
+            }
+        };
+        self.note(&reply);
+        reply
+    }
+}
+
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conn")

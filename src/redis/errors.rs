@@ -5,7 +5,8 @@
 //! |----------------------------------------------------------|-----------------|
 //! | connection refused / reset / dropped, I/O timeout,       | `Unavailable`   |
 //! | pool timeout, `LOADING`, `TRYAGAIN`, `CLUSTERDOWN`,      |                 |
-//! | `MASTERDOWN`, `READONLY` (a fail-over in progress)       |                 |
+//! | `MASTERDOWN`, `READONLY` (a fail-over in progress),      |                 |
+//! | `MOVED`/`ASK` the Cluster client could not follow        |                 |
 //! | authentication failure, `NOPERM`, script errors, other   | `Backend`       |
 //! | server errors retrying will not fix                      |                 |
 //! | a reply of the wrong type, `WRONGTYPE` (a key holding    | `Protocol`      |
@@ -41,7 +42,9 @@ pub(crate) fn map_redis(err: RedisError, resource: &str, op: &'static str) -> Lo
             | ServerErrorKind::TryAgain
             | ServerErrorKind::ClusterDown
             | ServerErrorKind::MasterDown
-            | ServerErrorKind::ReadOnly,
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask,
         ) => LockError::Unavailable {
             resource,
             op,
@@ -65,6 +68,29 @@ pub(crate) fn map_redis(err: RedisError, resource: &str, op: &'static str) -> Lo
             source: Box::new(err),
         },
     }
+}
+
+/// Whether `e` is a Cluster refusal that says the resource's slot is
+/// changing hands (`TRYAGAIN` while its keys migrate, `CLUSTERDOWN` or
+/// `MASTERDOWN` during a failover, a redirection the client gave up
+/// following): nothing was applied, and the same request will succeed once
+/// the slot has its new owner.
+pub(crate) fn is_slot_moving(e: &LockError) -> bool {
+    let LockError::Unavailable { source, .. } = e else {
+        return false;
+    };
+    source.downcast_ref::<RedisError>().is_some_and(|r| {
+        matches!(
+            r.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::TryAgain
+                    | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
+            )
+        )
+    })
 }
 
 /// The scripts' one-name-one-lock refusals: `WRONGKIND <kind in use>` and

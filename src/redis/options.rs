@@ -47,6 +47,11 @@ pub struct RedisOptions {
     /// returned as held, so a timeout that allowed such answers would only
     /// turn slowness into failed acquisitions.
     pub op_timeout: Option<Duration>,
+    /// `(replicas, timeout)`: after every grant and every renewal, wait with
+    /// `WAIT` until that many replicas of the server (on a Cluster, of the
+    /// resource's master) confirm the write, at most `timeout` (default
+    /// `None`: do not wait). See [`wait_for_replicas`](Self::wait_for_replicas).
+    pub wait_for_replicas: Option<(u32, Duration)>,
 }
 
 impl Default for RedisOptions {
@@ -59,6 +64,7 @@ impl Default for RedisOptions {
             pool_size: 1,
             connect_timeout: Duration::from_secs(5),
             op_timeout: None,
+            wait_for_replicas: None,
         }
     }
 }
@@ -108,6 +114,37 @@ impl RedisOptions {
     /// Sets the per-request timeout.
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = Some(timeout);
+        self
+    }
+
+    /// Waits for `replicas` replicas to confirm every grant and renewal,
+    /// at most `timeout` each (Redis `WAIT`, as Redisson's
+    /// `syncSlaves`), so that a failover to one of them keeps the lock.
+    ///
+    /// A grant the replicas did not confirm in time is **undone and
+    /// reported as [`LockError::Unavailable`]**, not returned as a guard:
+    /// the caller has not started its work yet, so failing the acquisition
+    /// is the one outcome that cannot end with two holders; it can retry.
+    /// A renewal they did not confirm counts as not made: the lease's
+    /// validity runs on from the last confirmed one, and if none is
+    /// confirmed in time the guard's [`lost`](super::RedisLockGuard::lost)
+    /// signal fires.
+    ///
+    /// `WAIT` holds the connection it is sent on for up to `timeout` (and
+    /// every request queued behind it): with this option, prefer a larger
+    /// [`pool_size`](Self::pool_size). It narrows the failover window, it
+    /// does not close it: replication stays asynchronous, and a replica
+    /// that confirmed may still not be the one promoted (see the README's
+    /// "Cluster and replicas").
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let opts = lockyard::redis::RedisOptions::default()
+    ///     .wait_for_replicas(1, Duration::from_millis(200));
+    /// assert_eq!(opts.wait_for_replicas, Some((1, Duration::from_millis(200))));
+    /// ```
+    pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.wait_for_replicas = Some((replicas, timeout));
         self
     }
 
@@ -180,6 +217,20 @@ impl RedisOptions {
         }
         if self.pool_size == 0 {
             return bad("pool size", "must be at least 1".to_owned());
+        }
+        if let Some((replicas, wait)) = self.wait_for_replicas
+            && (replicas == 0 || wait < Duration::from_millis(1) || wait >= self.request_timeout())
+        {
+            // `WAIT n 0` would block for ever; a wait as long as the request
+            // timeout would time every grant out.
+            return bad(
+                "replica wait",
+                format!(
+                    "{replicas} replicas within {wait:?}: need at least one replica and a wait \
+                     of at least 1 ms and under the op timeout ({:?})",
+                    self.request_timeout()
+                ),
+            );
         }
         self.check_lease(self.ttl)?;
         let op_timeout = self.request_timeout();

@@ -29,8 +29,8 @@ use std::time::Duration;
 use redis::{Script, Value};
 use tokio::time::Instant;
 
-use super::context::RedisLocks;
-use super::errors::timed_out;
+use super::context::{RedisLocks, bad_reply};
+use super::errors::{is_slot_moving, map_redis, timed_out};
 use super::lease::{Expired, retry_after_late_grant};
 use super::local::LocalTurn;
 use super::ops::invoke_on;
@@ -212,7 +212,56 @@ impl Pending {
         let attempt = Attempt::parse(&reply, &self.resource, op)?;
         // A busy answer took nothing (callers re-arm for a writer intent).
         self.armed = matches!(attempt, Attempt::Granted { .. }) || self.always_undo;
+        if matches!(attempt, Attempt::Granted { .. })
+            && let Some((replicas, wait)) = self.client.options().wait_for_replicas
+        {
+            self.confirm_replicated(call, replicas, wait).await?;
+        }
         Ok((attempt, sent_at))
+    }
+
+    /// `WAIT`s until `replicas` replicas confirm the grant just made on this
+    /// connection; if they do not in `wait`, undoes the grant and fails with
+    /// [`LockError::Unavailable`] (see
+    /// [`RedisOptions::wait_for_replicas`](super::RedisOptions::wait_for_replicas)).
+    async fn confirm_replicated(
+        &mut self,
+        call: &ScriptCall,
+        replicas: u32,
+        wait: Duration,
+    ) -> Result<(), LockError> {
+        let key = call.keys.first().map_or("", String::as_str);
+        let op = "wait for replicas";
+        let reply = tokio::time::timeout(
+            self.op_timeout,
+            self.conn.wait_replicas(key, replicas, wait),
+        )
+        .await;
+        let confirmed = match reply {
+            Ok(Ok(Value::Int(n))) => n,
+            failed => {
+                self.undo_now().await;
+                return Err(match failed {
+                    Ok(Ok(other)) => bad_reply(&self.resource, op, &other),
+                    Ok(Err(e)) => map_redis(e, &self.resource, op),
+                    Err(_) => timed_out(&self.resource, op),
+                });
+            }
+        };
+        if confirmed < i64::from(replicas) {
+            tracing::debug!(resource = %self.resource, confirmed, replicas, ?wait, "the replicas did not confirm the grant in time; undone");
+            self.undo_now().await;
+            return Err(LockError::Unavailable {
+                resource: self.resource.clone(),
+                op,
+                source: format!(
+                    "{confirmed} of {replicas} replicas confirmed the grant within {wait:?}; \
+                     it was undone"
+                )
+                .into(),
+            });
+        }
+        Ok(())
     }
 
     /// Runs `call` on the acquisition's connection within its op timeout.
@@ -372,11 +421,28 @@ pub(crate) async fn wait_until_granted<T>(
     // failure even if a later answer does not say so: the undo compares
     // our value, so it never touches anyone else's.
     let mut claimed = false;
+    let mut moving_backoff = Duration::from_millis(10);
     loop {
         if let Some(s) = sub.as_mut() {
             s.mark_seen();
         }
-        let (attempt, sent_at) = pending.attempt(call, w.what).await?;
+        let (attempt, sent_at) = match pending.attempt(call, w.what).await {
+            Ok(a) => a,
+            // A Cluster slot changing hands (TRYAGAIN while its keys
+            // migrate, CLUSTERDOWN during a failover): nothing was taken;
+            // wait on, within the deadline, for the new owner.
+            Err(e) if is_slot_moving(&e) && !deadline.expired() => {
+                tracing::debug!(resource = %w.resource, error = %e, "slot changing hands; retrying");
+                let pause = deadline
+                    .remaining()
+                    .map_or(moving_backoff, |left| left.min(moving_backoff));
+                tokio::time::sleep(pause).await;
+                moving_backoff = (moving_backoff * 2).min(Duration::from_millis(200));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        moving_backoff = Duration::from_millis(10);
         let (retry_in, reason, holders, holder) = match attempt {
             Attempt::Granted { fencing } => match grant(fencing, sent_at) {
                 Ok(t) => {

@@ -69,7 +69,14 @@ impl RedisCluster {
         loop {
             let ok = self.nodes.iter().filter(|n| n.is_up()).all(|n| {
                 let info = n.command(&["CLUSTER", "INFO"]);
-                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                let replication = n.command(&["INFO", "replication"]);
+                // A replica counts once its initial sync is done.
+                let synced = !replication.contains("role:slave")
+                    || (replication.contains("master_link_status:up")
+                        && replication.contains("master_sync_in_progress:0"));
+                info.contains("cluster_state:ok")
+                    && info.contains("cluster_slots_ok:16384")
+                    && synced
             });
             if ok {
                 return;

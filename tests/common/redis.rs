@@ -120,6 +120,25 @@ impl RedisServer {
         read_value(&mut r, line)
     }
 
+    /// Sends `READONLY` and then `args` on one connection (a Cluster
+    /// replica answers reads only after `READONLY`); returns the reply to
+    /// `args` as [`command`](Self::command) does (flat replies only).
+    pub fn readonly_command(&self, args: &[&str]) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to test redis");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = String::from("*1\r\n$8\r\nREADONLY\r\n");
+        req.push_str(&format!("*{}\r\n", args.len()));
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut r = BufReader::new(s);
+        let ok = read_line(&mut r);
+        assert!(ok.starts_with("+OK"), "READONLY: {ok}");
+        let line = read_line(&mut r);
+        read_value(&mut r, line)
+    }
+
     /// Whether the server answers `PING` now.
     pub fn is_up(&self) -> bool {
         ping(self.port)

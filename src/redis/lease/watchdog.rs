@@ -156,6 +156,8 @@ struct Shared {
     notify: Notify,
     shutdown: CancellationToken,
     counters: Counters,
+    /// `WAIT` for this many replicas, this long, after each pipeline.
+    replicas: Option<(u32, Duration)>,
 }
 
 impl Shared {
@@ -183,6 +185,7 @@ impl Watchdog {
     pub(crate) fn start(
         pool: Arc<Connections>,
         op_timeout: Duration,
+        replicas: Option<(u32, Duration)>,
         shutdown: CancellationToken,
     ) -> Self {
         let shared = Arc::new(Shared {
@@ -194,6 +197,7 @@ impl Watchdog {
             notify: Notify::new(),
             shutdown,
             counters: Counters::default(),
+            replicas,
         });
         tokio::spawn(run(shared.clone(), pool, op_timeout));
         Self { shared }
@@ -610,7 +614,7 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
     let Some(cluster) = pool.as_cluster() else {
         let sent = async { send(shared, pool.watchdog().await?, batch).await }.await;
         return match sent {
-            Ok(values) => values.iter().map(outcome).collect(),
+            Ok((values, replicated)) => values.iter().map(|v| outcome_of(v, replicated)).collect(),
             Err(e) => {
                 tracing::debug!(error = %e, leases = batch.len(), "lease renewal failed; retrying");
                 Vec::new()
@@ -640,12 +644,12 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
     }
     for (node, items, sent) in futures::future::join_all(per_node).await {
         match sent {
-            Ok(values) => {
+            Ok((values, replicated)) => {
                 for (&i, v) in items.iter().zip(&values) {
                     if crate::redis::cluster::is_redirect(v) {
                         alone.push(i);
                     } else {
-                        outcomes[i] = outcome(v);
+                        outcomes[i] = outcome_of(v, replicated);
                     }
                 }
             }
@@ -670,16 +674,22 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
                     inv.arg(a);
                 }
                 inv.arg(u64::try_from(lease.ttl.as_millis()).unwrap_or(u64::MAX));
-                (i, inv.invoke_async::<Value>(&mut conn).await)
+                let reply = inv.invoke_async::<Value>(&mut conn).await;
+                let mut replicated = true;
+                if let (Ok(_), Some((replicas, wait))) = (&reply, shared.replicas) {
+                    let confirmed = conn.wait_replicas(&lease.keys[0], replicas, wait).await;
+                    replicated = matches!(confirmed, Ok(Value::Int(n)) if n >= i64::from(replicas));
+                }
+                (i, reply, replicated)
             }
         });
         shared
             .counters
             .round_trips
             .fetch_add(alone.len() as u64, Ordering::Relaxed);
-        for (i, r) in futures::future::join_all(resent).await {
+        for (i, r, replicated) in futures::future::join_all(resent).await {
             outcomes[i] = match r {
-                Ok(v) => outcome(&v),
+                Ok(v) => outcome_of(&v, replicated),
                 Err(e) if e.code().is_some() => {
                     tracing::debug!(error = %e, "renewal refused by the server; retrying");
                     Outcome::Refused
@@ -697,7 +707,11 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
 /// Sends the renewal pipeline on `conn`; on `NOSCRIPT` (a restarted or
 /// flushed server) loads the scripts and sends the affected renewals once
 /// more.
-async fn send(shared: &Shared, mut conn: Conn, batch: &[&Lease]) -> Result<Vec<Value>, LockError> {
+async fn send(
+    shared: &Shared,
+    mut conn: Conn,
+    batch: &[&Lease],
+) -> Result<(Vec<Value>, bool), LockError> {
     let mut pipe = redis::pipe();
     pipe.ignore_errors();
     for lease in batch {
@@ -708,18 +722,43 @@ async fn send(shared: &Shared, mut conn: Conn, batch: &[&Lease]) -> Result<Vec<V
         .counters
         .renewals
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if let Some((replicas, wait)) = shared.replicas {
+        // One WAIT covers every renewal before it on this connection.
+        pipe.cmd("WAIT")
+            .arg(replicas)
+            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+    }
     let mut values: Vec<Value> = pipe
         .query_async(&mut conn)
         .await
         .map_err(|e| crate::redis::errors::map_redis(e, "(watchdog)", "renew"))?;
+    let mut replicated = true;
+    if let Some((replicas, _)) = shared.replicas {
+        let confirmed = match values.pop() {
+            Some(Value::Int(n)) => n,
+            _ => -1,
+        };
+        if confirmed < i64::from(replicas) {
+            // Applied on the master, not confirmed on the replicas: a
+            // failover could undo it, so it does not count (the validity
+            // runs on from the last confirmed renewal).
+            tracing::debug!(
+                confirmed,
+                replicas,
+                leases = batch.len(),
+                "the replicas did not confirm the renewals in time"
+            );
+            replicated = false;
+        }
+    }
     let missing: Vec<usize> = values
         .iter()
         .enumerate()
         .filter(|(_, v)| is_noscript(v))
         .map(|(i, _)| i)
         .collect();
-    if missing.is_empty() {
-        return Ok(values);
+    if missing.is_empty() || !replicated {
+        return Ok((values, replicated));
     }
     conn.note_server_restart();
     let mut loaded: Vec<&'static Script> = Vec::new();
@@ -745,7 +784,17 @@ async fn send(shared: &Shared, mut conn: Conn, batch: &[&Lease]) -> Result<Vec<V
     for (&i, v) in missing.iter().zip(again) {
         values[i] = v;
     }
-    Ok(values)
+    // The resent renewals were not covered by the WAIT.
+    Ok((values, shared.replicas.is_none()))
+}
+
+/// The outcome of one renewal reply in a pipeline whose `WAIT` was (or
+/// was not) confirmed by enough replicas.
+fn outcome_of(v: &Value, replicated: bool) -> Outcome {
+    match outcome(v) {
+        Outcome::Renewed if !replicated => Outcome::Refused,
+        o => o,
+    }
 }
 
 fn push_renewal(pipe: &mut redis::Pipeline, lease: &Lease) {

@@ -1,0 +1,507 @@
+//! `RedisLocks` on a private Redis Cluster (3 masters, and 3 replicas for
+//! the failover tests), reached through the plain constructor with one
+//! node's URL: every primitive on names spread over every master, listing,
+//! sharded wakeups, per-master renewal batches, a master that dies, slot
+//! migration while a lock is held and waited for, failover with and without
+//! `WAIT`, and an unreachable cluster.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::cluster::RedisCluster;
+use common::redis::RedisServer;
+use lockyard::redis::{RedisLockGuard, RedisLocks, RedisOptions};
+use tokio::time::Instant;
+
+/// Every test's outer bound.
+const LIMIT: Duration = Duration::from_secs(60);
+
+async fn cluster(masters: usize, replicas: usize) -> RedisCluster {
+    tokio::task::spawn_blocking(move || RedisCluster::start(masters, replicas))
+        .await
+        .unwrap()
+}
+
+/// `per_master` names per master, keyed by the master's port.
+fn names_per_master(
+    c: &RedisCluster,
+    prefix: &str,
+    per_master: usize,
+) -> BTreeMap<u16, Vec<String>> {
+    let mut by: BTreeMap<u16, Vec<String>> = BTreeMap::new();
+    for i in 0..10_000 {
+        let name = format!("{prefix}-{i}");
+        let port = c.master_of(&format!("lockyard:{{{name}}}:lock"));
+        let v = by.entry(port).or_default();
+        if v.len() < per_master {
+            v.push(name);
+        }
+        if by.len() == c.masters() && by.values().all(|v| v.len() == per_master) {
+            return by;
+        }
+    }
+    panic!("could not spread names over the masters");
+}
+
+fn opts(ttl: Duration) -> RedisOptions {
+    RedisOptions::default()
+        .ttl(ttl)
+        .connect_timeout(Duration::from_secs(2))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_primitive_works_on_every_master_and_list_sees_them_all() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        let locks = RedisLocks::connect(&c.url()).await.unwrap();
+        assert!(locks.is_cluster(), "a cluster node's URL is detected");
+        let names = names_per_master(&c, "every", 2);
+        let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        for name in names.values().flatten() {
+            // Exclusive: fencing tokens increase per resource.
+            let g = locks.acquire(name, Duration::from_secs(5)).await.unwrap();
+            let first = g.fencing_token();
+            g.release().await.unwrap();
+            let g = locks.try_acquire(name).await.unwrap();
+            assert!(g.fencing_token() > first, "{name}: fencing tokens increase");
+            let other = locks.try_acquire(name).await;
+            assert!(other.unwrap_err().is_would_block(), "{name} is exclusive");
+            held.push(Box::new(g));
+
+            // RW lock (readers share) and semaphore, each on its own name.
+            let rw = locks.rwlock(&format!("{name}-rw")).unwrap();
+            let r1 = rw.try_read().await.unwrap();
+            let r2 = rw.try_read().await.unwrap();
+            assert!(rw.try_write().await.unwrap_err().is_would_block());
+            drop((r1, r2));
+            let w = rw.write(Duration::from_secs(5)).await.unwrap();
+            drop(w);
+
+            let sem = locks.semaphore(&format!("{name}-sem"), 2).unwrap();
+            let p1 = sem.try_acquire().await.unwrap();
+            let _p2 = sem.try_acquire().await.unwrap();
+            assert!(sem.try_acquire().await.unwrap_err().is_would_block());
+            drop(p1);
+            let p3 = sem.acquire(Duration::from_secs(5)).await.unwrap();
+            held.push(Box::new(p3));
+        }
+        let listed: BTreeSet<String> = locks
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.name)
+            .collect();
+        for (port, ns) in &names {
+            for n in ns {
+                assert!(
+                    listed.contains(n),
+                    "list() misses {n} (on master {port}): {listed:?}"
+                );
+                assert!(
+                    listed.contains(&format!("{n}-sem")),
+                    "list() misses {n}-sem"
+                );
+            }
+        }
+        drop(held);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_urls_take_several_seeds_and_survive_a_dead_one() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        let dead = common::redis::free_port();
+        let url = format!(
+            "redis+cluster://127.0.0.1:{dead},127.0.0.1:{}/",
+            c.nodes[1].port()
+        );
+        let locks = RedisLocks::connect(&url).await.unwrap();
+        assert!(locks.is_cluster());
+        for name in names_per_master(&c, "seeds", 1).values().flatten() {
+            locks
+                .try_acquire(name)
+                .await
+                .unwrap()
+                .release()
+                .await
+                .unwrap();
+        }
+        // A lazy client cannot read the slot map: refused, with the reason.
+        let lazy = RedisLocks::connect_lazy(&url, RedisOptions::default()).unwrap_err();
+        assert!(lazy.to_string().contains("connect_with"), "{lazy}");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_are_woken_by_sharded_pubsub_on_the_slots_master() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        // A long lease: a waiter that missed the release would wait for it
+        // to run out (30 s) and time out after 10 s.
+        let holder = RedisLocks::connect_with(&c.url(), opts(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let waiter = RedisLocks::connect_with(&c.nodes[2].url(), opts(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let names = names_per_master(&c, "wake", 1);
+        for (port, ns) in &names {
+            let name = ns[0].clone();
+            let g = holder.acquire(&name, Duration::from_secs(5)).await.unwrap();
+            let w = waiter.clone();
+            let n = name.clone();
+            let waiting = tokio::spawn(async move { w.acquire(&n, Duration::from_secs(10)).await });
+            // The waiter subscribed on the slot's master, sharded.
+            let channel_seen = async {
+                loop {
+                    let chans = c.node(*port).command(&["PUBSUB", "SHARDCHANNELS"]);
+                    if chans.contains(&name) {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), channel_seen)
+                .await
+                .unwrap_or_else(|_| panic!("no sharded subscription for {name} on {port}"));
+            for n in &c.nodes {
+                let classic = n.command(&["PUBSUB", "CHANNELS"]);
+                assert!(
+                    !classic.contains(&name),
+                    "classic SUBSCRIBE used on {}: {classic}",
+                    n.port()
+                );
+            }
+            let released = Instant::now();
+            g.release().await.unwrap();
+            let got = waiting.await.unwrap().expect("woken by the release");
+            assert!(released.elapsed() < Duration::from_secs(10));
+            drop(got);
+        }
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_are_batched_per_master() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        let locks = RedisLocks::connect_with(&c.url(), opts(Duration::from_millis(900)))
+            .await
+            .unwrap();
+        let names = names_per_master(&c, "batch", 10);
+        let mut held = Vec::new();
+        for name in names.values().flatten() {
+            held.push(locks.try_acquire(name).await.unwrap());
+        }
+        let before = locks.stats();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let after = locks.stats();
+        let renewals = after.renewals - before.renewals;
+        let trips = after.renewal_round_trips - before.renewal_round_trips;
+        // 30 leases renewed every 300 ms for 3 s: ~300 renewals. One
+        // round trip per lease would be ~300 trips; per master, ~30.
+        assert!(renewals >= 150, "renewals: {renewals}");
+        assert!(
+            trips * 5 <= renewals,
+            "{renewals} renewals took {trips} round trips"
+        );
+        assert!(held.iter().all(|g| !g.is_lost()));
+        assert_eq!(after.lost, 0);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_that_dies_loses_exactly_its_leases() {
+    tokio::time::timeout(LIMIT, async {
+        let mut c = cluster(3, 0).await;
+        let ttl = Duration::from_millis(1200);
+        let locks = RedisLocks::connect_with(&c.url(), opts(ttl)).await.unwrap();
+        let names = names_per_master(&c, "dies", 2);
+        let mut held: Vec<(u16, RedisLockGuard)> = Vec::new();
+        for (port, ns) in &names {
+            for n in ns {
+                held.push((*port, locks.try_acquire(n).await.unwrap()));
+            }
+        }
+        let victim = *names.keys().nth(1).unwrap();
+        let i = c.nodes.iter().position(|n| n.port() == victim).unwrap();
+        c.nodes[i].stop();
+        let killed = Instant::now();
+        for (port, g) in &held {
+            if *port == victim {
+                tokio::time::timeout(ttl * 3, g.lost())
+                    .await
+                    .unwrap_or_else(|_| panic!("a lease on the dead master {port} was not lost"));
+            }
+        }
+        // The others keep renewing, well past their TTL.
+        tokio::time::sleep((ttl * 3).saturating_sub(killed.elapsed())).await;
+        for (port, g) in &held {
+            if *port != victim {
+                assert!(!g.is_lost(), "a lease on live master {port} was lost");
+            }
+        }
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_and_waited_for_lock_follows_its_slot_to_another_master() {
+    tokio::time::timeout(LIMIT, async {
+        let c = Arc::new(cluster(3, 0).await);
+        let ttl = Duration::from_millis(1500);
+        let a = RedisLocks::connect_with(&c.url(), opts(ttl)).await.unwrap();
+        let b = RedisLocks::connect_with(&c.nodes[2].url(), opts(ttl))
+            .await
+            .unwrap();
+        let names = names_per_master(&c, "moves", 1);
+        let (&from, ns) = names.iter().next().unwrap();
+        let name = ns[0].clone();
+        let to = *names.keys().find(|p| **p != from).unwrap();
+        let g = a.acquire(&name, Duration::from_secs(5)).await.unwrap();
+        let token = g.fencing_token();
+        let waiter = {
+            let (b, n) = (b.clone(), name.clone());
+            tokio::spawn(async move { b.acquire(&n, Duration::from_secs(30)).await })
+        };
+        let slot = c.slot_of(&format!("lockyard:{{{name}}}:lock"));
+        // Migrating for two renewal periods, then moved.
+        let mover = {
+            let c = c.clone();
+            tokio::task::spawn_blocking(move || {
+                c.migrate_slot(slot, from, to, Duration::from_millis(1200))
+            })
+        };
+        mover.await.unwrap();
+        assert_eq!(c.master_of(&format!("lockyard:{{{name}}}:lock")), to);
+        // Held across the move and well after: renewals followed it.
+        tokio::time::sleep(ttl * 2).await;
+        assert!(!g.is_lost(), "the holder lost its lock to a slot migration");
+        assert!(b.try_acquire(&name).await.unwrap_err().is_would_block());
+        if waiter.is_finished() {
+            panic!(
+                "the waiter finished while the lock was held: {:?}",
+                waiter.await.unwrap().map(|g| g.fencing_token())
+            );
+        }
+        g.release().await.unwrap();
+        let next = waiter.await.unwrap().expect("the waiter follows the slot");
+        assert!(next.fencing_token() > token);
+    })
+    .await
+    .expect("bounded");
+}
+
+/// Holds `name` through `holder` while `contender` tries to take it for
+/// `watch`; returns (when `lost` fired, when the contender was granted).
+async fn race_after_failover(
+    holder: &RedisLockGuard,
+    contender: &RedisLocks,
+    name: &str,
+    watch: Duration,
+) -> (Option<Instant>, Option<Instant>) {
+    let end = Instant::now() + watch;
+    let mut lost_at = None;
+    while Instant::now() < end {
+        if lost_at.is_none() && holder.is_lost() {
+            lost_at = Some(Instant::now());
+        }
+        if let Ok(g) = contender.try_acquire(name).await {
+            let at = Instant::now();
+            if lost_at.is_none() && holder.is_lost() {
+                lost_at = Some(at);
+            }
+            drop(g);
+            return (lost_at, Some(at));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (lost_at, None)
+}
+
+async fn failover_case(wait: bool) {
+    // With WAIT, two replicas per master: after the failover the new master
+    // still has one to confirm renewals (with none left, unconfirmed
+    // renewals would make the holder lose the lock, as documented).
+    let mut c = cluster(3, if wait { 2 } else { 1 }).await;
+    let ttl = Duration::from_secs(3);
+    let mut o = opts(ttl);
+    if wait {
+        o = o.wait_for_replicas(1, Duration::from_millis(500));
+    }
+    let a = RedisLocks::connect_with(&c.url(), o.clone()).await.unwrap();
+    let b = RedisLocks::connect_with(&c.cluster_url(), opts(ttl))
+        .await
+        .unwrap();
+    let names = names_per_master(&c, if wait { "fo-wait" } else { "fo" }, 1);
+    let (&master, ns) = names
+        .iter()
+        .find(|(p, _)| **p != c.nodes[0].port())
+        .unwrap();
+    let name = ns[0].clone();
+    let g = a.acquire(&name, Duration::from_secs(5)).await.unwrap();
+    let replica = c.replica_of(master);
+    let key = format!("lockyard:{{{name}}}:lock");
+    if wait {
+        // WAIT confirmed it before the guard was returned.
+        assert!(
+            c.node(replica)
+                .readonly_command(&["EXISTS", &key])
+                .contains(":1")
+        );
+    } else {
+        // Without WAIT nothing says the replica has it yet: the test waits
+        // (a grant not replicated when the master dies is the window the
+        // README's "Cluster and replicas" describes).
+        let replicated = async {
+            while !c
+                .node(replica)
+                .readonly_command(&["EXISTS", &key])
+                .contains(":1")
+            {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), replicated)
+            .await
+            .expect("replicated");
+    }
+    let i = c.nodes.iter().position(|n| n.port() == master).unwrap();
+    c.nodes[i].stop();
+    // The replica takes over (the cluster elects it after the node
+    // timeout; TAKEOVER makes it certain).
+    let r = c
+        .node(replica)
+        .command(&["CLUSTER", "FAILOVER", "TAKEOVER"]);
+    assert!(r.starts_with("+OK"), "{r}");
+    let (lost_at, granted_at) = race_after_failover(&g, &b, &name, Duration::from_secs(8)).await;
+    if let Some(granted) = granted_at {
+        let lost = lost_at.expect("someone else was granted the lock, the holder was never told");
+        assert!(
+            lost <= granted,
+            "the holder learnt of the loss after the takeover"
+        );
+    }
+    // Replicated before the failover: the lock survives it, renewed on the
+    // new master with the same token.
+    assert!(
+        granted_at.is_none(),
+        "a replicated lock was granted again after the failover"
+    );
+    assert!(!g.is_lost(), "renewals did not reach the new master");
+    // Waiters and new acquisitions work on the new master.
+    drop(g);
+    let next = b.acquire(&name, Duration::from_secs(10)).await.unwrap();
+    drop(next);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_keeps_the_lock_or_tells_the_holder_first() {
+    tokio::time::timeout(LIMIT, failover_case(false))
+        .await
+        .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_with_replica_wait_keeps_the_lock() {
+    tokio::time::timeout(LIMIT, failover_case(true))
+        .await
+        .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_no_replica_confirms_is_undone_and_unavailable() {
+    tokio::time::timeout(LIMIT, async {
+        // One server without replicas: WAIT 1 can never be satisfied.
+        let server = RedisServer::start();
+        let o = opts(Duration::from_secs(5)).wait_for_replicas(1, Duration::from_millis(50));
+        let waits = RedisLocks::connect_with(&server.url(), o).await.unwrap();
+        let e = waits.try_acquire("unreplicated").await.unwrap_err();
+        assert!(e.is_unavailable(), "{e:?}");
+        assert!(e.to_string().contains("replicas"), "{e}");
+        let plain = RedisLocks::connect(&server.url()).await.unwrap();
+        assert!(
+            !plain.is_locked("unreplicated").await.unwrap(),
+            "the grant was undone"
+        );
+
+        // With a replica attached, the same acquisition succeeds.
+        let port = server.port();
+        let replica = RedisServer::start_with(move |_, _| {
+            vec!["--replicaof".into(), "127.0.0.1".into(), port.to_string()]
+        });
+        let synced = async {
+            loop {
+                if server
+                    .command(&["INFO", "replication"])
+                    .contains("connected_slaves:1")
+                    && replica
+                        .command(&["INFO", "replication"])
+                        .contains("master_link_status:up")
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), synced)
+            .await
+            .expect("replica in sync");
+        let g = waits.try_acquire("unreplicated").await.unwrap();
+        assert!(
+            replica
+                .command(&["EXISTS", "lockyard:{unreplicated}:lock"])
+                .contains(":1")
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(!g.is_lost(), "replicated renewals keep it");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_cluster_is_unavailable_not_backend() {
+    tokio::time::timeout(LIMIT, async {
+        let mut c = cluster(3, 0).await;
+        let o = opts(Duration::from_secs(5)).op_timeout(Duration::from_millis(500));
+        let locks = RedisLocks::connect_with(&c.url(), o).await.unwrap();
+        let names = names_per_master(&c, "down", 1);
+        for n in c.nodes.iter_mut() {
+            n.stop();
+        }
+        for name in names.values().flatten() {
+            let started = Instant::now();
+            let e = locks.try_acquire(name).await.unwrap_err();
+            assert!(e.is_unavailable(), "{name}: {e:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "bounded by the op timeout"
+            );
+            let e = locks
+                .acquire(name, Duration::from_secs(1))
+                .await
+                .unwrap_err();
+            assert!(e.is_unavailable() || e.is_timeout(), "{name}: {e:?}");
+        }
+        let e = locks.list().await.unwrap_err();
+        assert!(e.is_unavailable(), "{e:?}");
+    })
+    .await
+    .expect("bounded");
+}
