@@ -116,7 +116,9 @@ pub(crate) struct DirArg {
 pub(crate) struct RedisArg {
     /// Use the Redis server at URL instead of lock files: `exec` renews the
     /// lease while COMMAND runs (exit 75 if it is lost anyway), `status`
-    /// lists the locks held there. Several (repeated, or separated by
+    /// lists the locks held there. A Redis Cluster node's URL is detected
+    /// and the whole cluster used; `redis+cluster://HOST:PORT,HOST:PORT/`
+    /// names several seed nodes. Several URLs (repeated, or separated by
     /// commas; independent servers, 3 or 5) mean Redlock. Set
     /// LOCKYARD_REDIS empty to use files.
     #[arg(
@@ -130,9 +132,22 @@ pub(crate) struct RedisArg {
 }
 
 impl RedisArg {
-    /// Drops empty URLs (an empty LOCKYARD_REDIS means files).
+    /// Drops empty URLs (an empty LOCKYARD_REDIS means files), and joins
+    /// the seeds of a `redis+cluster://h1:p1,h2:p2/` URL back together (the
+    /// comma that separates Redlock servers also separates Cluster seeds: a
+    /// piece without a scheme continues the URL before it).
     pub(crate) fn normalize(&mut self) {
-        self.urls.retain(|url| !url.is_empty());
+        let mut urls: Vec<String> = Vec::new();
+        for url in self.urls.drain(..).filter(|url| !url.is_empty()) {
+            match urls.last_mut() {
+                Some(prev) if prev.starts_with("redis+cluster://") && !url.contains("://") => {
+                    prev.push(',');
+                    prev.push_str(&url);
+                }
+                _ => urls.push(url),
+            }
+        }
+        self.urls = urls;
     }
 }
 
@@ -302,6 +317,40 @@ pub(crate) struct CleanupArgs {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn cluster_seeds_stay_one_url_and_redlock_servers_split() {
+        let parse = |argv: &[&str]| {
+            let cli = Cli::try_parse_from(argv).unwrap();
+            let Command::Status(mut s) = cli.command else {
+                panic!("not status")
+            };
+            s.redis.normalize();
+            s.redis.urls
+        };
+        assert_eq!(
+            parse(&["lockyard", "status", "--redis", "redis+cluster://a:1,b:2/"]),
+            ["redis+cluster://a:1,b:2/"]
+        );
+        assert_eq!(
+            parse(&[
+                "lockyard",
+                "status",
+                "--redis",
+                "redis://a:1,redis://b:2,redis://c:3"
+            ]),
+            ["redis://a:1", "redis://b:2", "redis://c:3"]
+        );
+        assert_eq!(
+            parse(&[
+                "lockyard",
+                "status",
+                "--redis",
+                "redis+cluster://a:1,b:2,redis://c:3"
+            ]),
+            ["redis+cluster://a:1,b:2", "redis://c:3"]
+        );
+    }
 
     #[test]
     fn clap_definition_is_consistent() {
