@@ -74,9 +74,9 @@ fn exec_excludes_across_processes_on_every_master() {
         }
         assert_eq!(status.code(), Some(0), "{err}");
     }
-    for n in 0..names.len() {
+    for (n, name) in names.iter().enumerate() {
         let v = read(&env.path(&format!("counter-{n}")));
-        assert_eq!(v.trim(), "12", "{}: increments were lost", names[n]);
+        assert_eq!(v.trim(), "12", "{name}: increments were lost");
     }
 }
 

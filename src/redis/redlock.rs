@@ -135,11 +135,21 @@ impl RedlockOptions {
 ///   restarted server out for one TTL ("delayed restart").
 /// - **No semaphores or RW locks.** Counting holders needs one source of
 ///   truth; lockyard offers [`RedisSemaphore`](super::RedisSemaphore) and
-///   [`RedisRwLock`](super::RedisRwLock) on a single server only.
+///   [`RedisRwLock`](super::RedisRwLock) on one server (or one Cluster) only.
 ///
-/// If one Redis server (with a replica and failover) is enough for you, use
-/// a plain [`RedisLock`](super::RedisLock): it is simpler, faster, and its
-/// fencing tokens do increase strictly while the server keeps its data.
+/// If one Redis server (with a replica and failover) or a Redis Cluster is
+/// enough for you, use a plain [`RedisLock`](super::RedisLock): it is
+/// simpler, faster, and its fencing tokens do increase strictly while the
+/// server keeps its data. What replication can and cannot promise there:
+/// replication is asynchronous, so a master that fails right after a grant
+/// can take the grant with it, and the promoted replica may grant the lock
+/// again before the first holder's next renewal tells it (its [`lost`]
+/// fires then). [`RedisOptions::wait_for_replicas`] (`WAIT` after every
+/// grant and renewal) closes most of that window: no guard is returned for
+/// a grant the replicas did not confirm; but `WAIT` does not make
+/// replication synchronous (a replica that confirmed need not be the one
+/// promoted). Redlock's independent servers avoid trusting replication at
+/// the price of the timing assumptions above.
 ///
 /// # The algorithm
 ///
