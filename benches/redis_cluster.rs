@@ -31,10 +31,10 @@ mod floor;
 use std::time::{Duration, Instant};
 
 use cluster::RedisCluster;
-use redis::RedisServer;
 use criterion::{Criterion, Throughput};
 use floor::median_ns;
 use lockyard::redis::{RedisLocks, RedisOptions};
+use redis::RedisServer;
 use tokio::runtime::Runtime;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -55,7 +55,9 @@ fn main() {
             RedisLocks::connect_with(&server.url(), opts.clone())
                 .await
                 .unwrap(),
-            RedisLocks::connect_with(&cluster.url(), opts).await.unwrap(),
+            RedisLocks::connect_with(&cluster.url(), opts)
+                .await
+                .unwrap(),
         )
     });
     assert!(clustered.is_cluster() && !single.is_cluster());

@@ -289,6 +289,20 @@ async fn a_held_and_waited_for_lock_follows_its_slot_to_another_master() {
         };
         mover.await.unwrap();
         assert_eq!(c.master_of(&format!("lockyard:{{{name}}}:lock")), to);
+        // The waiter's wakeup subscription followed the slot to its new
+        // master (after the old one dropped it).
+        let resubscribed = async {
+            while !c
+                .node(to)
+                .command(&["PUBSUB", "SHARDCHANNELS"])
+                .contains(&name)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), resubscribed)
+            .await
+            .expect("the waiter resubscribed on the new master");
         // Held across the move and well after: renewals followed it.
         tokio::time::sleep(ttl * 2).await;
         assert!(!g.is_lost(), "the holder lost its lock to a slot migration");

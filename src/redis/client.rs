@@ -107,7 +107,11 @@ impl RedisLocks {
     /// are checked now, the first operation connects. A service can then
     /// boot while Redis is down and get [`LockError::Unavailable`] per call
     /// (within `connect_timeout`) until it is back; scripts are loaded on
-    /// first use.
+    /// first use. One server only: a lazy client cannot ask whether the URL
+    /// is a Cluster node (a `redis+cluster://` URL is refused; on a Cluster
+    /// node's plain URL, names of other nodes' slots fail with
+    /// [`LockError::Unavailable`]): use [`connect_with`](Self::connect_with)
+    /// for a Cluster.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]

@@ -457,9 +457,42 @@ async fn run_sharded(
                 _ => shared.set(&ch, SubState::Down),
             }
         }
+        // After a node connection dropped: when to subscribe every channel
+        // still down again (the crate resubscribes what it tracked, but a
+        // channel whose SSUBSCRIBE failed meanwhile is ours to retry).
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut retry_backoff = Duration::from_millis(100);
         loop {
+            let retry = async {
+                match retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                () = retry => {
+                    retry_at = None;
+                    let down: Vec<String> = shared
+                        .lock()
+                        .iter()
+                        .filter(|(_, c)| *c.state.borrow() != SubState::Active)
+                        .map(|(name, _)| name.clone())
+                        .collect();
+                    for ch in down {
+                        if matches!(tokio::time::timeout(op_timeout, conn.ssubscribe(&ch)).await, Ok(Ok(()))) {
+                            shared.set(&ch, SubState::Active);
+                            bump(&shared, &ch);
+                        } else {
+                            retry_at = Some(tokio::time::Instant::now() + retry_backoff);
+                        }
+                    }
+                    retry_backoff = if retry_at.is_some() {
+                        (retry_backoff * 2).min(Duration::from_secs(2))
+                    } else {
+                        Duration::from_millis(100)
+                    };
+                }
                 cmd = commands.recv() => match cmd {
                     None => return,
                     Some(Command::Subscribe(ch)) => {
@@ -481,7 +514,9 @@ async fn run_sharded(
                 },
                 push = pushes.recv() => {
                     let Some(push) = push else { break };
-                    on_push(&shared, push);
+                    if on_push(&shared, push) && retry_at.is_none() {
+                        retry_at = Some(tokio::time::Instant::now() + retry_backoff);
+                    }
                 }
             }
         }
@@ -497,8 +532,9 @@ fn bump(shared: &Shared, channel: &str) {
     }
 }
 
-/// One RESP3 push of the sharded pub/sub connection.
-fn on_push(shared: &Shared, push: redis::PushInfo) {
+/// One RESP3 push of the sharded pub/sub connection. Returns whether
+/// subscriptions were lost (channels to subscribe again).
+fn on_push(shared: &Shared, push: redis::PushInfo) -> bool {
     let channel = |data: &[redis::Value]| match data.first() {
         Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
         Some(redis::Value::SimpleString(s)) => Some(s.clone()),
@@ -526,15 +562,18 @@ fn on_push(shared: &Shared, push: redis::PushInfo) {
             {
                 shared.set(&ch, SubState::Down);
                 bump(shared, &ch);
+                return true;
             }
         }
         redis::PushKind::Disconnection => {
             // One node's connection dropped: its channels may miss
             // messages until resubscribed; we cannot tell which they are.
             shared.set_all(SubState::Down);
+            return true;
         }
         _ => {}
     }
+    false
 }
 
 /// Sleeps `delay` while answering subscriptions with "down". Returns `false`

@@ -623,7 +623,7 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
     };
     let mut outcomes = vec![Outcome::Failed; batch.len()];
     let groups = cluster
-        .group(batch.iter().map(|lease| lease.keys[0].as_bytes()))
+        .group(batch.iter().map(|lease| first_key(lease).as_bytes()))
         .await;
     let mut alone: Vec<usize> = Vec::new();
     let mut per_node = Vec::new();
@@ -677,7 +677,7 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
                 let reply = inv.invoke_async::<Value>(&mut conn).await;
                 let mut replicated = true;
                 if let (Ok(_), Some((replicas, wait))) = (&reply, shared.replicas) {
-                    let confirmed = conn.wait_replicas(&lease.keys[0], replicas, wait).await;
+                    let confirmed = conn.wait_replicas(first_key(lease), replicas, wait).await;
                     replicated = matches!(confirmed, Ok(Value::Int(n)) if n >= i64::from(replicas));
                 }
                 (i, reply, replicated)
@@ -786,6 +786,12 @@ async fn send(
     }
     // The resent renewals were not covered by the WAIT.
     Ok((values, shared.replicas.is_none()))
+}
+
+/// The key a lease's renewal is routed by (every key of a resource carries
+/// its hash tag, so any would do).
+fn first_key(lease: &Lease) -> &str {
+    lease.keys.first().map_or("", String::as_str)
 }
 
 /// The outcome of one renewal reply in a pipeline whose `WAIT` was (or
