@@ -150,7 +150,7 @@ pub(crate) struct Cluster {
     topology: Mutex<Arc<Topology>>,
     /// Set when a reply showed the slot map changed; the next
     /// [`group`](Self::group) or [`masters`](Self::masters) refreshes it.
-    stale: AtomicBool,
+    stale: Arc<AtomicBool>,
     /// Direct connections to masters, for per-node batches and scans.
     nodes: Mutex<HashMap<Node, Conn>>,
     /// One refresh or node connect at a time.
@@ -221,7 +221,7 @@ impl Cluster {
             base,
             seed_host,
             topology: Mutex::new(Arc::new(Topology::default())),
-            stale: AtomicBool::new(true),
+            stale: Arc::new(AtomicBool::new(true)),
             nodes: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
             epoch: Arc::new(AtomicU64::new(0)),
@@ -235,6 +235,30 @@ impl Cluster {
     /// The routed connection, as a [`Conn`].
     pub(crate) fn conn(&self) -> Conn {
         Conn::cluster(self.routed.clone(), self.epoch.clone())
+    }
+
+    /// The connection for requests on the resource `name` (whose keys all
+    /// carry `{name}`, so hash to the slot of `name`): straight to the
+    /// master serving that slot when it is known and reachable, falling
+    /// back to the routed connection on a redirection; the routed
+    /// connection otherwise.
+    pub(crate) async fn conn_for(&self, name: &str) -> Conn {
+        let owner = self.topology().owner(slot_of(name.as_bytes())).cloned();
+        if let Some(node) = owner
+            && !self.stale.load(Ordering::Acquire)
+            && let Ok(direct) = self.node(&node).await
+            && let Some(conn) = Conn::slot(&direct, self.routed.clone(), self.stale.clone())
+        {
+            return conn;
+        }
+        if self.stale.load(Ordering::Acquire) {
+            // Refresh in the background of this request: the routed
+            // connection serves it meanwhile.
+            if let Err(e) = self.refresh("(slot map)").await {
+                tracing::debug!(error = %e, "could not refresh the slot map");
+            }
+        }
+        self.conn()
     }
 
     fn topology(&self) -> Arc<Topology> {

@@ -202,7 +202,7 @@ impl Connections {
                 let i = next.fetch_add(1, Ordering::Relaxed) % slots.len();
                 self.slot_conn(pool, &slots[i], resource, op).await
             }
-            Shape::Cluster(c) => Ok(c.conn()),
+            Shape::Cluster(c) => Ok(c.conn_for(resource).await),
         }
     }
 
