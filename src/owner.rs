@@ -59,6 +59,7 @@ const MAX_LINES: usize = 64;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Owner {
     /// Process id of the holder.
     pub pid: u32,

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::batch::BatchSemaphore;
 use super::error::{AcquireError, AcquireTimeoutError, TryAcquireError};
+use crate::stats::{self, Backend, Held, Site};
 
 /// A fair counting semaphore for tasks and threads.
 ///
@@ -68,6 +69,8 @@ use super::error::{AcquireError, AcquireTimeoutError, TryAcquireError};
 /// ```
 pub struct Semaphore {
     ll: BatchSemaphore,
+    /// Where acquisitions are counted: only for a named semaphore.
+    stats: Option<Site>,
 }
 
 /// A permit borrowed from a [`Semaphore`]; gives its permits back when
@@ -89,6 +92,8 @@ pub struct Semaphore {
 pub struct SemaphorePermit<'a> {
     semaphore: &'a Semaphore,
     permits: u32,
+    /// Counts the hold (named semaphores only); held for its `Drop`.
+    _stats: Option<Held>,
 }
 
 /// A permit of an `Arc<Semaphore>`, which can be moved into a task or
@@ -117,6 +122,8 @@ pub struct SemaphorePermit<'a> {
 pub struct OwnedSemaphorePermit {
     semaphore: Arc<Semaphore>,
     permits: u32,
+    /// Counts the hold (named semaphores only); held for its `Drop`.
+    _stats: Option<Held>,
 }
 
 impl Semaphore {
@@ -141,6 +148,106 @@ impl Semaphore {
         );
         Self {
             ll: BatchSemaphore::new(permits),
+            stats: None,
+        }
+    }
+
+    /// A semaphore with `permits` permits whose acquisitions are counted
+    /// in the [`stats`](crate::stats) registry (and exported with the
+    /// `metrics` feature) under `name`, backend `local`. An anonymous
+    /// [`new`](Self::new) semaphore counts nothing and costs nothing extra.
+    ///
+    /// # Panics
+    ///
+    /// If `permits` exceeds [`MAX_PERMITS`](Self::MAX_PERMITS).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use lockyard::{Semaphore, stats::{self, Backend}};
+    ///
+    /// let expensive = Semaphore::named("semaphore-named-doc", 2);
+    /// let permit = expensive.acquire().await.unwrap();
+    /// assert_eq!(stats::get(Backend::Local, "semaphore-named-doc").unwrap().held, 1);
+    /// # drop(permit);
+    /// # }
+    /// ```
+    pub fn named(name: &str, permits: usize) -> Self {
+        Self {
+            stats: Some(stats::site(Backend::Local, name)),
+            ..Self::new(permits)
+        }
+    }
+
+    /// Takes `n` permits, waiting at most `timeout` (`None`: for ever):
+    /// every waiting acquisition goes through here, and a named semaphore
+    /// counts it.
+    async fn take(
+        &self,
+        n: u32,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Held>, AcquireTimeoutError> {
+        let wait = async {
+            match timeout {
+                None => self
+                    .ll
+                    .acquire(n as usize)
+                    .await
+                    .map_err(|_| AcquireTimeoutError::Closed),
+                Some(t) => match tokio::time::timeout(t, self.ll.acquire(n as usize)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(AcquireTimeoutError::Closed),
+                    Err(_elapsed) => Err(AcquireTimeoutError::Timeout),
+                },
+            }
+        };
+        let Some(site) = &self.stats else {
+            return wait.await.map(|()| None);
+        };
+        let attempt = site.begin();
+        // Free permits (and nobody queued): not contended. Otherwise the
+        // wait queues exactly as an uncounted acquisition would.
+        if self.ll.try_acquire(n as usize).is_ok() {
+            return Ok(Some(attempt.granted()));
+        }
+        attempt.contended();
+        match wait.await {
+            Ok(()) => Ok(Some(attempt.granted())),
+            Err(e) => {
+                match e {
+                    AcquireTimeoutError::Timeout => attempt.timed_out(),
+                    AcquireTimeoutError::Closed => attempt.errored(),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes `n` permits if free now; counted for a named semaphore.
+    fn try_take(&self, n: u32) -> Result<Option<Held>, TryAcquireError> {
+        let result = self.ll.try_acquire(n as usize);
+        let Some(site) = &self.stats else {
+            return result.map(|()| None);
+        };
+        let attempt = site.begin();
+        match result {
+            Ok(()) => Ok(Some(attempt.granted())),
+            Err(e) => {
+                if e.is_closed() {
+                    attempt.errored();
+                } else {
+                    attempt.busy();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a timeout decided by a caller that dropped a waiting
+    /// acquisition at its own deadline (the `Lock` adapter).
+    pub(crate) fn count_timeout(&self) {
+        if let Some(site) = &self.stats {
+            site.timed_out();
         }
     }
 
@@ -242,11 +349,7 @@ impl Semaphore {
     /// # }
     /// ```
     pub async fn acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        self.ll.acquire(1).await?;
-        Ok(SemaphorePermit {
-            semaphore: self,
-            permits: 1,
-        })
+        self.acquire_many(1).await
     }
 
     /// Waits for `n` permits, taken together.
@@ -272,10 +375,11 @@ impl Semaphore {
     /// # }
     /// ```
     pub async fn acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
-        self.ll.acquire(n as usize).await?;
+        let stats = self.take(n, None).await.map_err(|_| AcquireError(()))?;
         Ok(SemaphorePermit {
             semaphore: self,
             permits: n,
+            _stats: stats,
         })
     }
 
@@ -301,10 +405,11 @@ impl Semaphore {
     /// assert_eq!(semaphore.try_acquire_many(2).unwrap().num_permits(), 2);
     /// ```
     pub fn try_acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, TryAcquireError> {
-        self.ll.try_acquire(n as usize)?;
+        let stats = self.try_take(n)?;
         Ok(SemaphorePermit {
             semaphore: self,
             permits: n,
+            _stats: stats,
         })
     }
 
@@ -360,11 +465,12 @@ impl Semaphore {
         n: u32,
         timeout: Duration,
     ) -> Result<SemaphorePermit<'_>, AcquireTimeoutError> {
-        match tokio::time::timeout(timeout, self.acquire_many(n)).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(AcquireError(()))) => Err(AcquireTimeoutError::Closed),
-            Err(_elapsed) => Err(AcquireTimeoutError::Timeout),
-        }
+        let stats = self.take(n, Some(timeout)).await?;
+        Ok(SemaphorePermit {
+            semaphore: self,
+            permits: n,
+            _stats: stats,
+        })
     }
 
     /// Blocks the current thread until one permit is free.
@@ -443,10 +549,11 @@ impl Semaphore {
         self: Arc<Self>,
         n: u32,
     ) -> Result<OwnedSemaphorePermit, AcquireError> {
-        self.ll.acquire(n as usize).await?;
+        let stats = self.take(n, None).await.map_err(|_| AcquireError(()))?;
         Ok(OwnedSemaphorePermit {
             semaphore: self,
             permits: n,
+            _stats: stats,
         })
     }
 
@@ -478,10 +585,11 @@ impl Semaphore {
         self: Arc<Self>,
         n: u32,
     ) -> Result<OwnedSemaphorePermit, TryAcquireError> {
-        self.ll.try_acquire(n as usize)?;
+        let stats = self.try_take(n)?;
         Ok(OwnedSemaphorePermit {
             semaphore: self,
             permits: n,
+            _stats: stats,
         })
     }
 
@@ -507,11 +615,12 @@ impl Semaphore {
         n: u32,
         timeout: Duration,
     ) -> Result<OwnedSemaphorePermit, AcquireTimeoutError> {
-        match tokio::time::timeout(timeout, self.acquire_many_owned(n)).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(AcquireError(()))) => Err(AcquireTimeoutError::Closed),
-            Err(_elapsed) => Err(AcquireTimeoutError::Timeout),
-        }
+        let stats = self.take(n, Some(timeout)).await?;
+        Ok(OwnedSemaphorePermit {
+            semaphore: self,
+            permits: n,
+            _stats: stats,
+        })
     }
 
     /// Blocks the current thread until `n` permits of an `Arc<Semaphore>`
@@ -605,6 +714,8 @@ impl<'a> SemaphorePermit<'a> {
         Some(Self {
             semaphore: self.semaphore,
             permits: n,
+            // The split-off part is not counted as a guard of its own.
+            _stats: None,
         })
     }
 }
@@ -707,6 +818,8 @@ impl OwnedSemaphorePermit {
         Some(Self {
             semaphore: Arc::clone(&self.semaphore),
             permits: n,
+            // The split-off part is not counted as a guard of its own.
+            _stats: None,
         })
     }
 }

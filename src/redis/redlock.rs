@@ -24,6 +24,7 @@ use crate::error::LockError;
 use crate::guard::{LockGuard, Lost, RawGuard};
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::stats::{self, Acquisition, Backend, Held};
 
 /// Options of a [`Redlock`]: the per-server client options and the
 /// algorithm's knobs.
@@ -472,6 +473,19 @@ impl Redlock {
         deadline: &Deadline,
         try_once: bool,
     ) -> Result<RedlockGuard, LockError> {
+        // Every Redlock acquisition is counted here.
+        let attempt = stats::site(Backend::Redlock, name).begin();
+        let result = self.rounds_until(name, deadline, try_once, &attempt).await;
+        attempt.record(result, |g, held| g.stats = Some(held))
+    }
+
+    async fn rounds_until(
+        &self,
+        name: &str,
+        deadline: &Deadline,
+        try_once: bool,
+        attempt: &Acquisition,
+    ) -> Result<RedlockGuard, LockError> {
         self.check_name(name)?;
         let i = &self.inner;
         let total = i.total();
@@ -518,6 +532,7 @@ impl Redlock {
                     errors: outcome.errors,
                 });
             }
+            attempt.contended();
             if try_once {
                 return Err(LockError::WouldBlock {
                     resource: name.to_owned(),
@@ -741,6 +756,10 @@ impl Lock for RedlockLock {
         &self.name
     }
 
+    fn backend(&self) -> crate::stats::Backend {
+        crate::stats::Backend::Redlock
+    }
+
     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
         Ok(self.redlock.acquire_with(&self.name, options).await?.into())
     }
@@ -787,6 +806,8 @@ pub struct RedlockGuard {
     /// Stops the renewal task when dropped.
     renewal: Option<DropGuard>,
     released: bool,
+    /// Counts the hold in the stats registry (set once acquired).
+    stats: Option<Held>,
 }
 
 impl RedlockGuard {
@@ -821,6 +842,7 @@ impl RedlockGuard {
             lost,
             renewal: Some(stop.drop_guard()),
             released: false,
+            stats: None,
         }
     }
 
@@ -1013,6 +1035,11 @@ async fn renew(
 
 impl Drop for RedlockGuard {
     fn drop(&mut self) {
+        if let Some(stats) = &mut self.stats
+            && self.lost.is_cancelled()
+        {
+            stats.lost();
+        }
         self.renewal = None;
         if !self.released {
             spawn_release_all(

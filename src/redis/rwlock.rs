@@ -229,6 +229,10 @@ impl Lock for RedisRwLock {
         &self.res.name
     }
 
+    fn backend(&self) -> crate::stats::Backend {
+        crate::stats::Backend::Redis
+    }
+
     /// [`Mode::Shared`] reads, [`Mode::Exclusive`] writes.
     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
         let deadline = Deadline::after(options.timeout);

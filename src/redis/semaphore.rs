@@ -22,6 +22,7 @@ use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::stats::{self, Acquisition, Backend};
 
 /// A distributed counting semaphore on Redis: at most `permits` holders at
 /// a time across every process using the same name, prefix and server.
@@ -192,6 +193,13 @@ impl RedisSemaphore {
     }
 
     async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
+        // Every try of a permit is counted here.
+        let attempt = stats::site(Backend::Redis, &self.inner.name).begin();
+        let result = self.try_once(mode).await;
+        attempt.record(result, |g, held| g.held.count(held))
+    }
+
+    async fn try_once(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
         let ttl = i.client.options().lease_for(None)?;
         let token = token::fresh_value(&i.name, mode)?;
@@ -264,9 +272,22 @@ impl RedisSemaphore {
         mode: Mode,
         lease: Option<Duration>,
     ) -> Result<RedisPermitGuard, LockError> {
+        // Every wait for a permit is counted here.
+        let attempt = stats::site(Backend::Redis, &self.inner.name).begin();
+        let result = self.wait_until(deadline, mode, lease, &attempt).await;
+        attempt.record(result, |g, held| g.held.count(held))
+    }
+
+    async fn wait_until(
+        &self,
+        deadline: &Deadline,
+        mode: Mode,
+        lease: Option<Duration>,
+        attempt: &Acquisition,
+    ) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
         let ttl = i.client.options().lease_for(lease)?;
-        let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline).await?;
+        let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline, attempt).await?;
         let token = token::fresh_value(&i.name, mode)?;
         let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token), ttl).await?;
         let wait = WaitFor {
@@ -276,6 +297,7 @@ impl RedisSemaphore {
             what: "semaphore permit",
             max_nap: ttl,
             turn: Some(&turn),
+            stats: attempt,
         };
         let guard = waiting::wait_until_granted(
             wait,
@@ -351,6 +373,10 @@ impl fmt::Debug for RedisSemaphore {
 impl Lock for RedisSemaphore {
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    fn backend(&self) -> crate::stats::Backend {
+        crate::stats::Backend::Redis
     }
 
     /// Takes one permit, whatever the mode.
