@@ -210,6 +210,10 @@ impl LockGuard {
     /// Runs `fut` while the lock is held; if the lock is lost first, `fut` is
     /// dropped and [`LockError::Lost`] returned.
     ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] if the lock is lost before `fut` completes (`fut` is then dropped).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the returned future drops `fut`; the lock stays held by this

@@ -136,6 +136,10 @@ impl Owner {
     /// Parses the text format. Unknown keys are ignored and a line `end`
     /// stops parsing; missing required keys (`pid`, `host`, `since`),
     /// duplicates, or malformed values are errors.
+    ///
+    /// # Errors
+    ///
+    /// [`OwnerParseError`] for a missing required key (`pid`, `host`, `since`), a duplicate key or a malformed value.
     pub fn parse(text: &str) -> Result<Self, OwnerParseError> {
         let mut lines = text.lines();
         match lines.next() {

@@ -114,6 +114,10 @@ impl FileLockGuard {
     /// Shared holders of one process share one kernel lock: releasing one of
     /// them only releases the kernel lock when it is the last.
     ///
+    /// # Errors
+    ///
+    /// [`LockError::Io`] if the kernel reported an error releasing the lock (it is released regardless: the descriptor is closed).
+    ///
     /// # Cancel safety
     ///
     /// The release happens before the first poll returns; there is nothing

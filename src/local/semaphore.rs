@@ -332,6 +332,10 @@ impl Semaphore {
     ///
     /// Fails only if the semaphore is closed (before or while waiting).
     ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe. Dropping the future leaves the queue; if the permit had
@@ -359,6 +363,10 @@ impl Semaphore {
     /// for more permits than the semaphore will ever hold waits until the
     /// semaphore is closed or the future dropped, and holds back everyone
     /// queued after it meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     ///
     /// # Cancel safety
     ///
@@ -393,6 +401,10 @@ impl Semaphore {
     /// assert_eq!(semaphore.try_acquire().unwrap_err(), TryAcquireError::NoPermits);
     /// drop(permit);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
     pub fn try_acquire(&self) -> Result<SemaphorePermit<'_>, TryAcquireError> {
         self.try_acquire_many(1)
     }
@@ -404,6 +416,10 @@ impl Semaphore {
     /// assert!(semaphore.try_acquire_many(3).is_err());
     /// assert_eq!(semaphore.try_acquire_many(2).unwrap().num_permits(), 2);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
     pub fn try_acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, TryAcquireError> {
         let stats = self.try_take(n)?;
         Ok(SemaphorePermit {
@@ -417,6 +433,10 @@ impl Semaphore {
     ///
     /// A free permit is taken even with a zero timeout. Needs a tokio runtime
     /// with the time driver enabled.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireTimeoutError::Timeout`] if the permits were not free within `timeout`; [`AcquireTimeoutError::Closed`] if the semaphore is closed.
     ///
     /// # Cancel safety
     ///
@@ -443,6 +463,10 @@ impl Semaphore {
     }
 
     /// Waits for `n` permits, up to `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireTimeoutError::Timeout`] if the permits were not free within `timeout`; [`AcquireTimeoutError::Closed`] if the semaphore is closed.
     ///
     /// # Cancel safety
     ///
@@ -493,6 +517,10 @@ impl Semaphore {
     /// worker.join().unwrap();
     /// assert_eq!(semaphore.available_permits(), 1);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     pub fn acquire_blocking(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
         self.acquire_many_blocking(1)
     }
@@ -505,11 +533,19 @@ impl Semaphore {
     /// assert_eq!(semaphore.available_permits(), 0);
     /// drop(permit);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     pub fn acquire_many_blocking(&self, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
         crate::loom::block_on(self.acquire_many(n))
     }
 
     /// Waits for one permit of an `Arc<Semaphore>`.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     ///
     /// # Cancel safety
     ///
@@ -530,6 +566,10 @@ impl Semaphore {
     }
 
     /// Waits for `n` permits of an `Arc<Semaphore>`.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     ///
     /// # Cancel safety
     ///
@@ -568,6 +608,10 @@ impl Semaphore {
     /// assert!(semaphore.clone().try_acquire_owned().is_err());
     /// drop(permit);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
     pub fn try_acquire_owned(self: Arc<Self>) -> Result<OwnedSemaphorePermit, TryAcquireError> {
         self.try_acquire_many_owned(1)
     }
@@ -581,6 +625,10 @@ impl Semaphore {
     /// let semaphore = Arc::new(lockyard::local::Semaphore::new(2));
     /// assert_eq!(semaphore.clone().try_acquire_many_owned(2).unwrap().num_permits(), 2);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
     pub fn try_acquire_many_owned(
         self: Arc<Self>,
         n: u32,
@@ -594,6 +642,10 @@ impl Semaphore {
     }
 
     /// Waits for `n` permits of an `Arc<Semaphore>`, up to `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireTimeoutError::Timeout`] if the permits were not free within `timeout`; [`AcquireTimeoutError::Closed`] if the semaphore is closed.
     ///
     /// # Cancel safety
     ///
@@ -634,6 +686,10 @@ impl Semaphore {
     /// std::thread::spawn(move || drop(permit)).join().unwrap();
     /// assert_eq!(semaphore.available_permits(), 1);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     pub fn acquire_many_owned_blocking(
         self: Arc<Self>,
         n: u32,

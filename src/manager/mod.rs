@@ -758,6 +758,10 @@ impl LockSet {
     /// Releases every lock, newest first, and reports the first error (all
     /// are released regardless).
     ///
+    /// # Errors
+    ///
+    /// The first error a backend reported (every lock is released regardless).
+    ///
     /// # Cancel safety
     ///
     /// If dropped part-way, the locks not yet released are released by the

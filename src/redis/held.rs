@@ -244,6 +244,10 @@ macro_rules! held_guard {
             /// dropped and [`LockError::Lost`](crate::LockError::Lost)
             /// returned.
             ///
+            /// # Errors
+            ///
+            /// [`LockError::Lost`](crate::LockError::Lost) if the lock is lost before `fut` completes (`fut` is then dropped).
+            ///
             /// # Cancel safety
             ///
             /// Dropping the returned future drops `fut`; the hold stays.

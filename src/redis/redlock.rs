@@ -244,6 +244,10 @@ impl Redlock {
     /// (bounded by the per-server timeout, a tenth of the TTL), so it
     /// rejoins when it comes back.
     ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidArgument`] for an empty list, a duplicate or a malformed URL; [`LockError::NoQuorum`] when fewer than a majority of the servers can be reached.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future drops the clients made so far.
@@ -255,6 +259,10 @@ impl Redlock {
     }
 
     /// As [`connect`](Self::connect), with Redlock options.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), and [`LockError::InvalidArgument`] for options the servers' clients refuse.
     ///
     /// # Cancel safety
     ///
@@ -312,6 +320,10 @@ impl Redlock {
     /// A Redlock over clients you built (one per independent server; the
     /// same server twice would fake a majority). Their TTL is the lock's;
     /// `options.redis` is not used.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidArgument`] for an empty list, or a drift that leaves no validity out of the TTL.
     pub fn from_clients(
         servers: Vec<RedisLocks>,
         mut options: RedlockOptions,
@@ -365,6 +377,10 @@ impl Redlock {
 
     /// A [`Lock`] handle to `name` (exclusive only:
     /// [`Mode::Shared`] fails with [`LockError::Unsupported`]).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for a name the clients refuse.
     pub fn lock(&self, name: &str) -> Result<RedlockLock, LockError> {
         self.check_name(name)?;
         Ok(RedlockLock {
@@ -376,6 +392,10 @@ impl Redlock {
     /// Acquires `name` on a majority, retrying while it is busy until
     /// `timeout` ([`LockError::Timeout`]); [`LockError::NoQuorum`] as soon
     /// as too many servers fail for a majority to be possible.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Timeout`] if no majority could be had before `timeout`; [`LockError::NoQuorum`] when too many servers failed to answer for a majority to be possible; [`LockError::InvalidName`].
     ///
     /// # Cancel safety
     ///
@@ -390,6 +410,10 @@ impl Redlock {
 
     /// Acquires `name`, waiting as `options.timeout` says (`None`: for
     /// ever). [`Mode::Shared`] fails with [`LockError::Unsupported`].
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unsupported`] for [`Mode::Shared`]; otherwise as [`acquire`](Self::acquire).
     ///
     /// # Cancel safety
     ///
@@ -412,6 +436,10 @@ impl Redlock {
     /// One attempt: the lock or [`LockError::WouldBlock`] (or
     /// [`LockError::NoQuorum`] when too many servers fail).
     ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] if no majority was free; [`LockError::NoQuorum`] when too many servers failed; [`LockError::InvalidName`].
+    ///
     /// # Cancel safety
     ///
     /// As [`acquire`](Self::acquire).
@@ -422,6 +450,10 @@ impl Redlock {
 
     /// Whether a majority of the servers say `name` is held. Fails with
     /// [`LockError::NoQuorum`] when too few servers answer to say.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::NoQuorum`] when too few servers answer to say; [`LockError::InvalidName`].
     ///
     /// # Cancel safety
     ///
@@ -884,6 +916,10 @@ impl RedlockGuard {
     /// Runs `fut` while the lock is held; if it is lost first, `fut` is
     /// dropped and [`LockError::Lost`] returned.
     ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] if the lock is lost before `fut` completes (`fut` is then dropped).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the returned future drops `fut`; the lock stays held.
@@ -902,6 +938,10 @@ impl RedlockGuard {
     /// key was ours and is gone; [`LockError::NoQuorum`] (with the errors)
     /// when too few servers answered; [`LockError::NotHeld`] when they
     /// answered but too few still had our key (it had expired).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::NotHeld`] if no majority confirmed it still held our token; [`LockError::NoQuorum`] when too many servers failed to answer.
     ///
     /// # Cancel safety
     ///

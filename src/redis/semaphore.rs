@@ -118,6 +118,10 @@ impl RedisLocks {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for a name the client refuses; [`LockError::InvalidArgument`] for zero permits.
     pub fn semaphore(&self, name: &str, permits: u32) -> Result<RedisSemaphore, LockError> {
         validate_name(name)?;
         if permits == 0 {
@@ -150,6 +154,13 @@ impl RedisSemaphore {
 
     /// Takes a permit, waiting up to `timeout` ([`LockError::Timeout`]).
     ///
+    /// # Errors
+    ///
+    /// - [`LockError::Timeout`] if every permit stayed held; `holder()` names one holder.
+    /// - [`LockError::PermitsMismatch`] if the name is stored with another permit count.
+    /// - [`LockError::WrongKind`] if the name is already used as a lock.
+    /// - [`LockError::Unavailable`], [`LockError::Backend`] or [`LockError::Protocol`] if Redis failed.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe in the guard-contract sense: if the future is dropped,
@@ -165,6 +176,10 @@ impl RedisSemaphore {
 
     /// Takes a permit, waiting as `options.timeout` says (`None`: for
     /// ever). `options.mode` is ignored: every permit is alike.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire); [`LockError::InvalidArgument`] for a lease the client refuses.
     ///
     /// # Cancel safety
     ///
@@ -184,6 +199,10 @@ impl RedisSemaphore {
     /// Takes a permit if one is free right now, else fails with
     /// [`LockError::WouldBlock`]. It does not wait for this process's other
     /// waiters either.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] if no permit is free; otherwise as [`acquire`](Self::acquire).
     ///
     /// # Cancel safety
     ///
@@ -217,6 +236,10 @@ impl RedisSemaphore {
 
     /// How many permits are held now (expired ones not counted). The answer
     /// may be stale by the time it is read.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`], [`LockError::Backend`] or [`LockError::Protocol`] if Redis failed or answered garbage.
     ///
     /// # Cancel safety
     ///
