@@ -14,9 +14,9 @@ if ! command -v redis-server >/dev/null 2>&1; then
 fi
 
 echo "== cargo test (all features)"
-cargo test --all-features --lib --bins --tests --examples
+cargo test --workspace --all-features --lib --bins --tests --examples
 echo "== doc tests"
-cargo test --all-features --doc
+cargo test --workspace --all-features --doc
 
 if grep -q lockyard_loom src/loom.rs 2>/dev/null; then
   echo "== loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:=3})"
