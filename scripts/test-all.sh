@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Runs every test: unit, integration, doc tests, fuzz corpora, and the loom
-# models. Installs redis-server (Debian) when it is missing, since the Redis
-# tests start their own private servers on free loopback ports.
+# models. Installs redis-server and redis-cli (Debian) when missing, since
+# the Redis tests start their own private servers and Clusters (created with
+# `redis-cli --cluster create`) on free loopback ports.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "redis-server not found; installing it (Debian package redis-server)"
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+  echo "redis-server or redis-cli not found; installing them (Debian packages redis-server, redis-tools)"
   SUDO=""
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
 fi
 
 echo "== cargo test (all features)"
-cargo test --all-features --lib --bins --tests --examples
+cargo test --workspace --all-features --lib --bins --tests --examples
 echo "== doc tests"
-cargo test --all-features --doc
+cargo test --workspace --all-features --doc
 
 if grep -q lockyard_loom src/loom.rs 2>/dev/null; then
   echo "== loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:=3})"

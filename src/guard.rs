@@ -11,6 +11,7 @@
 //! - [`LockGuard::fencing_token`] strictly increases across successive holders
 //!   of one resource, where the backend issues tokens.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
@@ -27,6 +28,72 @@ use crate::options::Mode;
 ///
 /// Implementations release in their own `Drop`; [`release`](Self::release)
 /// must leave nothing for that `Drop` to do.
+///
+/// # Writing a backend
+///
+/// A backend supplies a handle implementing [`Lock`](crate::Lock) and a
+/// guard implementing `RawGuard`; the [`AsyncLockManager`](crate::AsyncLockManager)
+/// then takes it together with every other kind (and counts it in the
+/// [`stats`](crate::stats) registry as [`Backend::Custom`](crate::stats::Backend::Custom)).
+/// A toy in-process lock on a `tokio::sync::Mutex`:
+///
+/// ```
+/// use std::sync::Arc;
+/// use async_trait::async_trait;
+/// use lockyard::{AcquireOptions, AsyncLockManager, Lock, LockError, LockGuard, Mode, RawGuard};
+///
+/// #[derive(Debug)]
+/// struct MutexLock { name: String, inner: Arc<tokio::sync::Mutex<()>> }
+///
+/// #[derive(Debug)]
+/// struct MutexGuard { name: String, _held: tokio::sync::OwnedMutexGuard<()> }
+///
+/// #[async_trait]
+/// impl RawGuard for MutexGuard {
+///     fn resource(&self) -> &str { &self.name }
+///     fn mode(&self) -> Mode { Mode::Exclusive }
+///     // Dropping the tokio guard is the whole release.
+///     async fn release(self: Box<Self>) -> Result<(), LockError> { Ok(()) }
+/// }
+///
+/// #[async_trait]
+/// impl Lock for MutexLock {
+///     fn name(&self) -> &str { &self.name }
+///     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
+///         let wait = self.inner.clone().lock_owned();
+///         let held = match options.timeout {
+///             Some(t) => tokio::time::timeout(t, wait).await.map_err(|_| LockError::Timeout {
+///                 resource: self.name.clone(), waited: t, holder: None,
+///             })?,
+///             None => wait.await,
+///         };
+///         Ok(LockGuard::new(MutexGuard { name: self.name.clone(), _held: held }))
+///     }
+///     async fn try_lock(&self, _mode: Mode) -> Result<LockGuard, LockError> {
+///         let held = self.inner.clone().try_lock_owned().map_err(|_| LockError::WouldBlock {
+///             resource: self.name.clone(), holder: None,
+///         })?;
+///         Ok(LockGuard::new(MutexGuard { name: self.name.clone(), _held: held }))
+///     }
+///     async fn is_locked(&self) -> Result<bool, LockError> {
+///         Ok(self.inner.try_lock().is_err())
+///     }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), LockError> {
+/// let manager = AsyncLockManager::new();
+/// let lock = MutexLock { name: "toy".into(), inner: Arc::default() };
+/// manager.register("toy", Arc::new(lock))?;
+/// let guard = manager.acquire("toy", &AcquireOptions::exclusive()).await?;
+/// assert!(manager.try_acquire("toy", Mode::Exclusive).await.unwrap_err().is_would_block());
+/// // The concrete guard is still there behind the type-erased one.
+/// assert!(guard.downcast_ref::<MutexGuard>().is_some());
+/// drop(guard);
+/// assert_eq!(manager.stats().per_lock["toy"].acquisitions, 1);
+/// # Ok(())
+/// # }
+/// ```
 #[async_trait]
 pub trait RawGuard: Send + Sync + fmt::Debug {
     /// The resource name.
@@ -46,7 +113,42 @@ pub trait RawGuard: Send + Sync + fmt::Debug {
     }
 
     /// Releases now, reporting errors.
+    ///
+    /// # Errors
+    ///
+    /// What the backend reports: for example [`LockError::NotHeld`] when a
+    /// lease had expired, or an I/O or Redis error.
     async fn release(self: Box<Self>) -> Result<(), LockError>;
+
+    /// The guard inside a wrapper (the manager wraps guards of custom
+    /// backends to count them), for [`LockGuard::downcast_ref`]. Backends
+    /// leave it as it is.
+    #[doc(hidden)]
+    fn inner_guard(&self) -> Option<&LockGuard> {
+        None
+    }
+}
+
+/// A [`RawGuard`] that can also be seen as [`Any`], for downcasting. Every
+/// `RawGuard + 'static` is one.
+trait ErasedGuard: RawGuard + Any {
+    fn as_any(&self) -> &dyn Any;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<G: RawGuard + 'static> ErasedGuard for G {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
 }
 
 /// A held lock of any backend. Releases on drop.
@@ -69,7 +171,7 @@ pub trait RawGuard: Send + Sync + fmt::Debug {
 #[must_use = "if unused the lock will immediately unlock"]
 #[clippy::has_significant_drop]
 pub struct LockGuard {
-    inner: Box<dyn RawGuard>,
+    inner: Box<dyn ErasedGuard>,
 }
 
 impl LockGuard {
@@ -108,6 +210,10 @@ impl LockGuard {
     /// Runs `fut` while the lock is held; if the lock is lost first, `fut` is
     /// dropped and [`LockError::Lost`] returned.
     ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] if the lock is lost before `fut` completes (`fut` is then dropped).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the returned future drops `fut`; the lock stays held by this
@@ -121,8 +227,78 @@ impl LockGuard {
         }
     }
 
+    /// The backend's own guard, if it is a `G`: a [`FileLockGuard`](crate::FileLockGuard)'s
+    /// path, a Redis guard's `extend`, and so on, for guards that came
+    /// through the [`AsyncLockManager`](crate::AsyncLockManager) or a
+    /// [`Lock`](crate::Lock) trait object.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockGuard, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// let file_guard = guard.downcast_ref::<FileLockGuard>().unwrap();
+    /// assert!(file_guard.path().ends_with("report.lock"));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn downcast_ref<G: RawGuard + 'static>(&self) -> Option<&G> {
+        match self.inner.as_any().downcast_ref::<G>() {
+            Some(g) => Some(g),
+            None => self.inner.inner_guard()?.downcast_ref::<G>(),
+        }
+    }
+
+    /// The backend's own guard, mutably, if it is a `G` (see
+    /// [`downcast_ref`](Self::downcast_ref)); only for guards that are not
+    /// wrapped by the manager (every guard of a lockyard backend).
+    pub fn downcast_mut<G: RawGuard + 'static>(&mut self) -> Option<&mut G> {
+        self.inner.as_any_mut().downcast_mut::<G>()
+    }
+
+    /// Turns this guard back into the backend's own guard if it is a `G`
+    /// (still held); otherwise gives it back unchanged.
+    ///
+    /// # Errors
+    ///
+    /// `Err(self)` when the guard is not a `G` (or is one wrapped by the
+    /// manager for a custom backend: use [`downcast_ref`](Self::downcast_ref)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockGuard, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// let file_guard: FileLockGuard = guard.downcast().unwrap();
+    /// assert_eq!(file_guard.name(), "report");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn downcast<G: RawGuard + 'static>(self) -> Result<G, Self> {
+        if self.inner.as_any().is::<G>() {
+            match self.inner.into_any().downcast::<G>() {
+                Ok(g) => Ok(*g),
+                // `is` said it is a `G`.
+                Err(_) => unreachable!("type checked by `is`"),
+            }
+        } else {
+            Err(self)
+        }
+    }
+
     /// Releases the lock now and reports errors (dropping the guard also
     /// releases, but silently).
+    ///
+    /// # Errors
+    ///
+    /// What the backend reports: for example [`LockError::NotHeld`] when a
+    /// Redis lease had expired before the release, or an I/O error.
     ///
     /// # Cancel safety
     ///

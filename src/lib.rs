@@ -88,7 +88,24 @@
 //!
 //! **Several locks at once**: [`AsyncLockManager`] holds named locks of any
 //! kind behind the object-safe [`Lock`] trait and takes sets of them in
-//! sorted order under one deadline, all or nothing, keeping [`LockStats`].
+//! sorted order under one deadline, all or nothing.
+//!
+//! **Statistics**: every acquisition of every backend is counted in one
+//! process-wide registry ([`stats`]), wherever it is made; the manager's
+//! [`LockStats`] read it, the `serde` feature serializes it, and the
+//! `metrics` feature exports it through the `metrics` facade (Prometheus and
+//! others).
+//!
+//! # Features
+//!
+//! - `redis` (default): distributed locks on Redis ([`RedisLocks`],
+//!   [`Redlock`]).
+//! - `serde`: `Serialize` for the statistics, [`Owner`], [`Mode`] and the
+//!   listings ([`FileLockInfo`], `RedisLockInfo`); `Deserialize` for the
+//!   statistics, [`Owner`] and [`Mode`].
+//! - `metrics`: every statistics event also goes to the
+//!   [`metrics`](https://docs.rs/metrics) facade (`stats::metric` lists
+//!   the names).
 //!
 //! # When not to use lockyard
 //!
@@ -173,9 +190,13 @@ pub use crate::redis::{
     RedlockGuard, RedlockLock, RedlockOptions,
 };
 
+// ---- statistics: every backend records, the manager and exports read ----
+pub mod stats;
+pub use stats::{LockStat, LockStats};
+
 // ---- manager ----
 mod manager;
-pub use manager::{AsyncLockManager, LockSet, LockStat, LockStats};
+pub use manager::{AsyncLockManager, LockSet};
 
 // ---- end of modules ----
 

@@ -1,5 +1,6 @@
 //! The object-safe [`Lock`] trait every backend implements.
 
+use std::any::Any;
 use std::fmt;
 
 use async_trait::async_trait;
@@ -7,12 +8,17 @@ use async_trait::async_trait;
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::options::{AcquireOptions, Mode};
+use crate::stats::Backend;
 
 /// A handle to one named lock of any backend: a file lock, a Redis lock, an
 /// in-process semaphore or RW lock.
 ///
 /// The trait is object safe, so locks of different kinds can sit side by
-/// side as `Arc<dyn Lock>` (as the manager holds them).
+/// side as `Arc<dyn Lock>` (as the manager holds them); an `Arc<dyn Lock>`
+/// turns back into the concrete handle with
+/// [`AsyncLockManager::get_as`](crate::AsyncLockManager::get_as).
+///
+/// See [`RawGuard`](crate::RawGuard) for an example of writing a backend.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -30,11 +36,26 @@ use crate::options::{AcquireOptions, Mode};
 /// # }
 /// ```
 #[async_trait]
-pub trait Lock: Send + Sync + fmt::Debug {
+pub trait Lock: Send + Sync + fmt::Debug + Any {
     /// The resource name.
     fn name(&self) -> &str;
 
+    /// Which backend this is, and so where its acquisitions are counted in
+    /// the [`stats`](crate::stats) registry. lockyard's own backends count
+    /// every acquisition themselves; for the default,
+    /// [`Backend::Custom`], the [`AsyncLockManager`](crate::AsyncLockManager)
+    /// counts the acquisitions made through it.
+    fn backend(&self) -> Backend {
+        Backend::Custom
+    }
+
     /// Acquires the lock, waiting up to `options.timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Timeout`] if the lock stayed held until the timeout;
+    /// [`LockError::Unsupported`] for a mode the backend does not have;
+    /// otherwise what the backend reports (I/O, Redis unavailable, …).
     ///
     /// # Cancel safety
     ///
@@ -46,6 +67,10 @@ pub trait Lock: Send + Sync + fmt::Debug {
     /// Acquires the lock if it is free right now; otherwise fails with
     /// [`LockError::WouldBlock`].
     ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] if held; otherwise as [`lock`](Self::lock).
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe, as [`lock`](Self::lock).
@@ -53,6 +78,10 @@ pub trait Lock: Send + Sync + fmt::Debug {
 
     /// Whether anyone (this process included) holds the lock now. The answer
     /// may be stale by the time it is read.
+    ///
+    /// # Errors
+    ///
+    /// What the backend reports when it cannot look (I/O, Redis unavailable).
     ///
     /// # Cancel safety
     ///

@@ -15,6 +15,8 @@ use crate::error::LockError;
 /// exclusive holders (readers/writer). Backends that have no shared mode
 /// return [`LockError::Unsupported`] when asked for one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
 #[non_exhaustive]
 pub enum Mode {
     /// One holder at a time (a writer).

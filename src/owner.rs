@@ -59,6 +59,7 @@ const MAX_LINES: usize = 64;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Owner {
     /// Process id of the holder.
     pub pid: u32,
@@ -135,6 +136,10 @@ impl Owner {
     /// Parses the text format. Unknown keys are ignored and a line `end`
     /// stops parsing; missing required keys (`pid`, `host`, `since`),
     /// duplicates, or malformed values are errors.
+    ///
+    /// # Errors
+    ///
+    /// [`OwnerParseError`] for a missing required key (`pid`, `host`, `since`), a duplicate key or a malformed value.
     pub fn parse(text: &str) -> Result<Self, OwnerParseError> {
         let mut lines = text.lines();
         match lines.next() {

@@ -15,6 +15,7 @@ use crate::guard::{LockGuard, RawGuard};
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Mode};
 use crate::owner::Owner;
+use crate::stats::{Backend, Held};
 
 /// This task's place in the in-process queue.
 #[derive(Debug)]
@@ -59,6 +60,8 @@ pub struct FileLockGuard {
     name: Arc<str>,
     mode: Mode,
     owner: Owner,
+    /// Counts the hold in the stats registry (set once acquired).
+    stats: Option<Held>,
 }
 
 impl FileLockGuard {
@@ -77,7 +80,12 @@ impl FileLockGuard {
             name,
             mode,
             owner,
+            stats: None,
         }
+    }
+
+    pub(crate) fn count(&mut self, held: Held) {
+        self.stats = Some(held);
     }
 
     /// The resource name, as given to the manager.
@@ -105,6 +113,10 @@ impl FileLockGuard {
     ///
     /// Shared holders of one process share one kernel lock: releasing one of
     /// them only releases the kernel lock when it is the last.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Io`] if the kernel reported an error releasing the lock (it is released regardless: the descriptor is closed).
     ///
     /// # Cancel safety
     ///
@@ -288,6 +300,10 @@ impl FileLock {
 impl Lock for FileLock {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn backend(&self) -> Backend {
+        Backend::File
     }
 
     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {

@@ -19,6 +19,7 @@ use super::waiter;
 use crate::error::LockError;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::owner::Owner;
+use crate::stats::{self, Acquisition, Backend};
 
 /// How often a waiter logs that it is still waiting.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
@@ -590,12 +591,29 @@ impl FileLockManager {
         slot
     }
 
+    /// Every file-lock acquisition goes through here, and is counted here
+    /// in the stats registry.
     pub(crate) async fn acquire_slot(
         &self,
         name: &str,
         slot: Arc<Slot>,
         options: &AcquireOptions,
         try_only: bool,
+    ) -> Result<FileLockGuard, LockError> {
+        let attempt = stats::site(Backend::File, name).begin();
+        let result = self
+            .take_slot(name, slot, options, try_only, &attempt)
+            .await;
+        attempt.record(result, FileLockGuard::count)
+    }
+
+    async fn take_slot(
+        &self,
+        name: &str,
+        slot: Arc<Slot>,
+        options: &AcquireOptions,
+        try_only: bool,
+        attempt: &Acquisition,
     ) -> Result<FileLockGuard, LockError> {
         let mode = options.mode;
         let deadline = Deadline::after(options.timeout);
@@ -607,6 +625,7 @@ impl FileLockManager {
             Some(local) => local,
             None if once => return Err(busy(&slot)),
             None => {
+                attempt.contended();
                 tracing::debug!(
                     resource = name,
                     "waiting behind another task of this process"
@@ -638,6 +657,7 @@ impl FileLockManager {
             match slot.start_kernel(mode)? {
                 Start::Acquired(held) => held,
                 Start::Wait(mut wait) => {
+                    attempt.contended();
                     // Finding the holder costs system calls (the record,
                     // `/proc/locks`): only when someone listens.
                     if tracing::enabled!(tracing::Level::DEBUG) {

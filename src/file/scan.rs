@@ -20,6 +20,7 @@ use crate::owner::{Liveness, Owner};
 /// One lock file as seen by [`FileLockManager::list`](super::FileLockManager::list).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct FileLockInfo {
     /// The resource name: read from the file name for plain names, else from
     /// the record inside the file; for an escaped name whose record is

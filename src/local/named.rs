@@ -17,6 +17,7 @@ use crate::error::LockError;
 use crate::guard::{LockGuard, RawGuard};
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::stats::{self, Acquisition, Backend};
 
 /// A [`Semaphore`] with a name, usable as a [`Lock`].
 ///
@@ -79,6 +80,8 @@ pub struct NamedRwLock {
 struct LocalLockGuard {
     resource: Arc<str>,
     held: Held,
+    /// Counts the hold of a RW lock (a permit counts itself).
+    stats: Option<stats::Held>,
 }
 
 /// What a [`LocalLockGuard`] holds; released by its `Drop`.
@@ -101,7 +104,9 @@ impl NamedSemaphore {
     /// assert_eq!(s.semaphore().available_permits(), 4);
     /// ```
     pub fn new(name: impl Into<String>, permits: usize) -> Self {
-        Self::from_arc(name, Arc::new(Semaphore::new(permits)))
+        let name = name.into();
+        let semaphore = Arc::new(Semaphore::named(&name, permits));
+        Self::from_arc(name, semaphore)
     }
 
     /// Names an existing semaphore (which other code may keep using).
@@ -172,12 +177,14 @@ impl NamedRwLock {
 }
 
 /// Waits for `acquire` under `options.timeout`, logging the wait, and turns
-/// the outcome into a [`LockError`].
+/// the outcome into a [`LockError`]; `attempt` (when the caller counts) is
+/// told when the lock was found held.
 async fn wait<G>(
     resource: &Arc<str>,
     mode: Mode,
     timeout: Option<std::time::Duration>,
     acquire: impl Future<Output = Result<G, AcquireError>>,
+    attempt: Option<&Acquisition>,
 ) -> Result<G, LockError> {
     let deadline = Deadline::after(timeout);
     let mut acquire = pin!(acquire);
@@ -187,6 +194,9 @@ async fn wait<G>(
     // One poll first: an uncontended lock costs no timer and no log line.
     if let Poll::Ready(result) = futures::poll!(acquire.as_mut()) {
         return result.map_err(|_| closed());
+    }
+    if let Some(attempt) = attempt {
+        attempt.contended();
     }
     tracing::debug!(
         resource = &**resource,
@@ -223,13 +233,27 @@ impl Lock for NamedSemaphore {
         &self.name
     }
 
+    fn backend(&self) -> Backend {
+        Backend::Local
+    }
+
     /// Takes one permit, in either mode.
     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
+        // The semaphore counts the acquisition; a timeout here drops its
+        // wait, so it is counted here.
         let acquire = Arc::clone(&self.semaphore).acquire_many_owned(1);
-        let permit = wait(&self.name, options.mode, options.timeout, acquire).await?;
+        let permit = wait(&self.name, options.mode, options.timeout, acquire, None)
+            .await
+            .inspect_err(|e| {
+                if e.is_timeout() {
+                    self.semaphore.count_timeout();
+                }
+            })?;
         Ok(LockGuard::new(LocalLockGuard {
             resource: Arc::clone(&self.name),
             held: Held::Permit(permit),
+            // The permit counts itself.
+            stats: None,
         }))
     }
 
@@ -238,6 +262,7 @@ impl Lock for NamedSemaphore {
             Ok(permit) => Ok(LockGuard::new(LocalLockGuard {
                 resource: Arc::clone(&self.name),
                 held: Held::Permit(permit),
+                stats: None,
             })),
             Err(e) if e.is_closed() => Err(LockError::Closed {
                 resource: self.name.to_string(),
@@ -261,41 +286,71 @@ impl Lock for NamedRwLock {
         &self.name
     }
 
-    /// Writes for [`Mode::Exclusive`], reads for [`Mode::Shared`].
+    fn backend(&self) -> Backend {
+        Backend::Local
+    }
+
+    /// Writes for [`Mode::Exclusive`], reads for [`Mode::Shared`]; counted
+    /// here (the RW lock itself has no name).
     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
+        let attempt = stats::site(Backend::Local, &self.name).begin();
         let lock = Arc::clone(&self.lock);
         let held = match options.mode {
             Mode::Shared => {
                 let acquire = async move { Ok(Held::Read(lock.read_owned().await)) };
-                wait(&self.name, options.mode, options.timeout, acquire).await?
+                wait(
+                    &self.name,
+                    options.mode,
+                    options.timeout,
+                    acquire,
+                    Some(&attempt),
+                )
+                .await
             }
             Mode::Exclusive => {
                 let acquire = async move { Ok(Held::Write(lock.write_owned().await)) };
-                wait(&self.name, options.mode, options.timeout, acquire).await?
+                wait(
+                    &self.name,
+                    options.mode,
+                    options.timeout,
+                    acquire,
+                    Some(&attempt),
+                )
+                .await
             }
         };
-        Ok(LockGuard::new(LocalLockGuard {
+        let guard = held.map(|held| LocalLockGuard {
             resource: Arc::clone(&self.name),
             held,
-        }))
+            stats: None,
+        });
+        attempt
+            .record(guard, |g, counted| g.stats = Some(counted))
+            .map(LockGuard::new)
     }
 
+    /// Counted here, as [`lock`](Lock::lock).
     async fn try_lock(&self, mode: Mode) -> Result<LockGuard, LockError> {
+        let attempt = stats::site(Backend::Local, &self.name).begin();
         let lock = Arc::clone(&self.lock);
         let held = match mode {
             Mode::Shared => lock.try_read_owned().map(Held::Read),
             Mode::Exclusive => lock.try_write_owned().map(Held::Write),
         };
-        match held {
-            Ok(held) => Ok(LockGuard::new(LocalLockGuard {
+        let guard = match held {
+            Ok(held) => Ok(LocalLockGuard {
                 resource: Arc::clone(&self.name),
                 held,
-            })),
+                stats: None,
+            }),
             Err(_) => Err(LockError::WouldBlock {
                 resource: self.name.to_string(),
                 holder: None,
             }),
-        }
+        };
+        attempt
+            .record(guard, |g, counted| g.stats = Some(counted))
+            .map(LockGuard::new)
     }
 
     /// Whether anyone reads or writes.

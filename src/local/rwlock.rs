@@ -248,6 +248,10 @@ impl<T: ?Sized> RwLock<T> {
     /// drop(w);
     /// assert!(lock.try_read().is_ok());
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryLockError`] if a writer holds the lock or is queued.
     pub fn try_read(&self) -> Result<RwLockReadGuard<'_, T>, TryLockError> {
         match self.semaphore.try_acquire(1) {
             Ok(()) => Ok(RwLockReadGuard {
@@ -267,6 +271,10 @@ impl<T: ?Sized> RwLock<T> {
     /// drop(r);
     /// assert!(lock.try_write().is_ok());
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryLockError`] if anyone holds the lock or is queued.
     pub fn try_write(&self) -> Result<RwLockWriteGuard<'_, T>, TryLockError> {
         match self.semaphore.try_acquire(MAX_READS as usize) {
             Ok(()) => Ok(RwLockWriteGuard {
@@ -356,6 +364,10 @@ impl<T: ?Sized> RwLock<T> {
     /// let lock = Arc::new(lockyard::local::RwLock::new(1));
     /// assert!(lock.clone().try_read_owned().is_ok());
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_read`](Self::try_read).
     pub fn try_read_owned(self: Arc<Self>) -> Result<OwnedRwLockReadGuard<T>, TryLockError> {
         match self.semaphore.try_acquire(1) {
             Ok(()) => Ok(OwnedRwLockReadGuard { lock: self }),
@@ -373,6 +385,10 @@ impl<T: ?Sized> RwLock<T> {
     /// assert!(lock.clone().try_write_owned().is_err());
     /// drop(guard);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`try_write`](Self::try_write).
     pub fn try_write_owned(self: Arc<Self>) -> Result<OwnedRwLockWriteGuard<T>, TryLockError> {
         match self.semaphore.try_acquire(MAX_READS as usize) {
             Ok(()) => Ok(OwnedRwLockWriteGuard { lock: self }),

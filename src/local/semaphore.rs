@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::batch::BatchSemaphore;
 use super::error::{AcquireError, AcquireTimeoutError, TryAcquireError};
+use crate::stats::{self, Backend, Held, Site};
 
 /// A fair counting semaphore for tasks and threads.
 ///
@@ -68,6 +69,8 @@ use super::error::{AcquireError, AcquireTimeoutError, TryAcquireError};
 /// ```
 pub struct Semaphore {
     ll: BatchSemaphore,
+    /// Where acquisitions are counted: only for a named semaphore.
+    stats: Option<Site>,
 }
 
 /// A permit borrowed from a [`Semaphore`]; gives its permits back when
@@ -89,6 +92,8 @@ pub struct Semaphore {
 pub struct SemaphorePermit<'a> {
     semaphore: &'a Semaphore,
     permits: u32,
+    /// Counts the hold (named semaphores only); held for its `Drop`.
+    _stats: Option<Held>,
 }
 
 /// A permit of an `Arc<Semaphore>`, which can be moved into a task or
@@ -117,6 +122,8 @@ pub struct SemaphorePermit<'a> {
 pub struct OwnedSemaphorePermit {
     semaphore: Arc<Semaphore>,
     permits: u32,
+    /// Counts the hold (named semaphores only); held for its `Drop`.
+    _stats: Option<Held>,
 }
 
 impl Semaphore {
@@ -141,6 +148,106 @@ impl Semaphore {
         );
         Self {
             ll: BatchSemaphore::new(permits),
+            stats: None,
+        }
+    }
+
+    /// A semaphore with `permits` permits whose acquisitions are counted
+    /// in the [`stats`](crate::stats) registry (and exported with the
+    /// `metrics` feature) under `name`, backend `local`. An anonymous
+    /// [`new`](Self::new) semaphore counts nothing and costs nothing extra.
+    ///
+    /// # Panics
+    ///
+    /// If `permits` exceeds [`MAX_PERMITS`](Self::MAX_PERMITS).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use lockyard::{Semaphore, stats::{self, Backend}};
+    ///
+    /// let expensive = Semaphore::named("semaphore-named-doc", 2);
+    /// let permit = expensive.acquire().await.unwrap();
+    /// assert_eq!(stats::get(Backend::Local, "semaphore-named-doc").unwrap().held, 1);
+    /// # drop(permit);
+    /// # }
+    /// ```
+    pub fn named(name: &str, permits: usize) -> Self {
+        Self {
+            stats: Some(stats::site(Backend::Local, name)),
+            ..Self::new(permits)
+        }
+    }
+
+    /// Takes `n` permits, waiting at most `timeout` (`None`: for ever):
+    /// every waiting acquisition goes through here, and a named semaphore
+    /// counts it.
+    async fn take(
+        &self,
+        n: u32,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Held>, AcquireTimeoutError> {
+        let wait = async {
+            match timeout {
+                None => self
+                    .ll
+                    .acquire(n as usize)
+                    .await
+                    .map_err(|_| AcquireTimeoutError::Closed),
+                Some(t) => match tokio::time::timeout(t, self.ll.acquire(n as usize)).await {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(_)) => Err(AcquireTimeoutError::Closed),
+                    Err(_elapsed) => Err(AcquireTimeoutError::Timeout),
+                },
+            }
+        };
+        let Some(site) = &self.stats else {
+            return wait.await.map(|()| None);
+        };
+        let attempt = site.begin();
+        // Free permits (and nobody queued): not contended. Otherwise the
+        // wait queues exactly as an uncounted acquisition would.
+        if self.ll.try_acquire(n as usize).is_ok() {
+            return Ok(Some(attempt.granted()));
+        }
+        attempt.contended();
+        match wait.await {
+            Ok(()) => Ok(Some(attempt.granted())),
+            Err(e) => {
+                match e {
+                    AcquireTimeoutError::Timeout => attempt.timed_out(),
+                    AcquireTimeoutError::Closed => attempt.errored(),
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes `n` permits if free now; counted for a named semaphore.
+    fn try_take(&self, n: u32) -> Result<Option<Held>, TryAcquireError> {
+        let result = self.ll.try_acquire(n as usize);
+        let Some(site) = &self.stats else {
+            return result.map(|()| None);
+        };
+        let attempt = site.begin();
+        match result {
+            Ok(()) => Ok(Some(attempt.granted())),
+            Err(e) => {
+                if e.is_closed() {
+                    attempt.errored();
+                } else {
+                    attempt.busy();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Counts a timeout decided by a caller that dropped a waiting
+    /// acquisition at its own deadline (the `Lock` adapter).
+    pub(crate) fn count_timeout(&self) {
+        if let Some(site) = &self.stats {
+            site.timed_out();
         }
     }
 
@@ -225,6 +332,10 @@ impl Semaphore {
     ///
     /// Fails only if the semaphore is closed (before or while waiting).
     ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe. Dropping the future leaves the queue; if the permit had
@@ -242,11 +353,7 @@ impl Semaphore {
     /// # }
     /// ```
     pub async fn acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        self.ll.acquire(1).await?;
-        Ok(SemaphorePermit {
-            semaphore: self,
-            permits: 1,
-        })
+        self.acquire_many(1).await
     }
 
     /// Waits for `n` permits, taken together.
@@ -256,6 +363,10 @@ impl Semaphore {
     /// for more permits than the semaphore will ever hold waits until the
     /// semaphore is closed or the future dropped, and holds back everyone
     /// queued after it meanwhile.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     ///
     /// # Cancel safety
     ///
@@ -272,10 +383,11 @@ impl Semaphore {
     /// # }
     /// ```
     pub async fn acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
-        self.ll.acquire(n as usize).await?;
+        let stats = self.take(n, None).await.map_err(|_| AcquireError(()))?;
         Ok(SemaphorePermit {
             semaphore: self,
             permits: n,
+            _stats: stats,
         })
     }
 
@@ -289,6 +401,10 @@ impl Semaphore {
     /// assert_eq!(semaphore.try_acquire().unwrap_err(), TryAcquireError::NoPermits);
     /// drop(permit);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
     pub fn try_acquire(&self) -> Result<SemaphorePermit<'_>, TryAcquireError> {
         self.try_acquire_many(1)
     }
@@ -300,11 +416,16 @@ impl Semaphore {
     /// assert!(semaphore.try_acquire_many(3).is_err());
     /// assert_eq!(semaphore.try_acquire_many(2).unwrap().num_permits(), 2);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
     pub fn try_acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, TryAcquireError> {
-        self.ll.try_acquire(n as usize)?;
+        let stats = self.try_take(n)?;
         Ok(SemaphorePermit {
             semaphore: self,
             permits: n,
+            _stats: stats,
         })
     }
 
@@ -312,6 +433,10 @@ impl Semaphore {
     ///
     /// A free permit is taken even with a zero timeout. Needs a tokio runtime
     /// with the time driver enabled.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireTimeoutError::Timeout`] if the permits were not free within `timeout`; [`AcquireTimeoutError::Closed`] if the semaphore is closed.
     ///
     /// # Cancel safety
     ///
@@ -339,6 +464,10 @@ impl Semaphore {
 
     /// Waits for `n` permits, up to `timeout`.
     ///
+    /// # Errors
+    ///
+    /// [`AcquireTimeoutError::Timeout`] if the permits were not free within `timeout`; [`AcquireTimeoutError::Closed`] if the semaphore is closed.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe, as [`acquire_many`](Self::acquire_many).
@@ -360,11 +489,12 @@ impl Semaphore {
         n: u32,
         timeout: Duration,
     ) -> Result<SemaphorePermit<'_>, AcquireTimeoutError> {
-        match tokio::time::timeout(timeout, self.acquire_many(n)).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(AcquireError(()))) => Err(AcquireTimeoutError::Closed),
-            Err(_elapsed) => Err(AcquireTimeoutError::Timeout),
-        }
+        let stats = self.take(n, Some(timeout)).await?;
+        Ok(SemaphorePermit {
+            semaphore: self,
+            permits: n,
+            _stats: stats,
+        })
     }
 
     /// Blocks the current thread until one permit is free.
@@ -387,6 +517,10 @@ impl Semaphore {
     /// worker.join().unwrap();
     /// assert_eq!(semaphore.available_permits(), 1);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     pub fn acquire_blocking(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
         self.acquire_many_blocking(1)
     }
@@ -399,11 +533,19 @@ impl Semaphore {
     /// assert_eq!(semaphore.available_permits(), 0);
     /// drop(permit);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     pub fn acquire_many_blocking(&self, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
         crate::loom::block_on(self.acquire_many(n))
     }
 
     /// Waits for one permit of an `Arc<Semaphore>`.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     ///
     /// # Cancel safety
     ///
@@ -425,6 +567,10 @@ impl Semaphore {
 
     /// Waits for `n` permits of an `Arc<Semaphore>`.
     ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe, as [`acquire_many`](Self::acquire_many).
@@ -443,10 +589,11 @@ impl Semaphore {
         self: Arc<Self>,
         n: u32,
     ) -> Result<OwnedSemaphorePermit, AcquireError> {
-        self.ll.acquire(n as usize).await?;
+        let stats = self.take(n, None).await.map_err(|_| AcquireError(()))?;
         Ok(OwnedSemaphorePermit {
             semaphore: self,
             permits: n,
+            _stats: stats,
         })
     }
 
@@ -461,6 +608,10 @@ impl Semaphore {
     /// assert!(semaphore.clone().try_acquire_owned().is_err());
     /// drop(permit);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
     pub fn try_acquire_owned(self: Arc<Self>) -> Result<OwnedSemaphorePermit, TryAcquireError> {
         self.try_acquire_many_owned(1)
     }
@@ -474,18 +625,27 @@ impl Semaphore {
     /// let semaphore = Arc::new(lockyard::local::Semaphore::new(2));
     /// assert_eq!(semaphore.clone().try_acquire_many_owned(2).unwrap().num_permits(), 2);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
     pub fn try_acquire_many_owned(
         self: Arc<Self>,
         n: u32,
     ) -> Result<OwnedSemaphorePermit, TryAcquireError> {
-        self.ll.try_acquire(n as usize)?;
+        let stats = self.try_take(n)?;
         Ok(OwnedSemaphorePermit {
             semaphore: self,
             permits: n,
+            _stats: stats,
         })
     }
 
     /// Waits for `n` permits of an `Arc<Semaphore>`, up to `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireTimeoutError::Timeout`] if the permits were not free within `timeout`; [`AcquireTimeoutError::Closed`] if the semaphore is closed.
     ///
     /// # Cancel safety
     ///
@@ -507,11 +667,12 @@ impl Semaphore {
         n: u32,
         timeout: Duration,
     ) -> Result<OwnedSemaphorePermit, AcquireTimeoutError> {
-        match tokio::time::timeout(timeout, self.acquire_many_owned(n)).await {
-            Ok(Ok(permit)) => Ok(permit),
-            Ok(Err(AcquireError(()))) => Err(AcquireTimeoutError::Closed),
-            Err(_elapsed) => Err(AcquireTimeoutError::Timeout),
-        }
+        let stats = self.take(n, Some(timeout)).await?;
+        Ok(OwnedSemaphorePermit {
+            semaphore: self,
+            permits: n,
+            _stats: stats,
+        })
     }
 
     /// Blocks the current thread until `n` permits of an `Arc<Semaphore>`
@@ -525,6 +686,10 @@ impl Semaphore {
     /// std::thread::spawn(move || drop(permit)).join().unwrap();
     /// assert_eq!(semaphore.available_permits(), 1);
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`AcquireError`] if the semaphore is closed (before or while waiting).
     pub fn acquire_many_owned_blocking(
         self: Arc<Self>,
         n: u32,
@@ -605,6 +770,8 @@ impl<'a> SemaphorePermit<'a> {
         Some(Self {
             semaphore: self.semaphore,
             permits: n,
+            // The split-off part is not counted as a guard of its own.
+            _stats: None,
         })
     }
 }
@@ -707,6 +874,8 @@ impl OwnedSemaphorePermit {
         Some(Self {
             semaphore: Arc::clone(&self.semaphore),
             permits: n,
+            // The split-off part is not counted as a guard of its own.
+            _stats: None,
         })
     }
 }

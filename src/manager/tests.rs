@@ -42,9 +42,13 @@ impl RawGuard for TestGuard {
 }
 
 impl TestLock {
+    /// A lock whose resource name is `name` made unique to this test run,
+    /// since the stats registry is process-wide and tests run in parallel.
     fn new(name: &str) -> Arc<Self> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
         Arc::new(Self {
-            name: name.into(),
+            name: format!("{name}#manager-test-{n}"),
             sem: Arc::new(Semaphore::new(1)),
             stuck: false,
             broken: false,
@@ -109,11 +113,16 @@ impl Lock for TestLock {
     }
 }
 
+/// The name a test lock was made with.
+fn short(name: &str) -> String {
+    name.split('#').next().unwrap_or(name).to_owned()
+}
+
 fn manager_with(names: &[&str]) -> (AsyncLockManager, Vec<Arc<TestLock>>) {
     let m = AsyncLockManager::new();
     let locks: Vec<_> = names.iter().map(|n| TestLock::new(n)).collect();
     for l in &locks {
-        m.register(l.name.clone(), Arc::clone(l) as Arc<dyn Lock>)
+        m.register(short(&l.name), Arc::clone(l) as Arc<dyn Lock>)
             .unwrap();
     }
     (m, locks)

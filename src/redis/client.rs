@@ -355,6 +355,10 @@ impl RedisLocks {
     /// Whether anyone holds the lock `name` now (the answer may be stale by
     /// the time it is read).
     ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`]; [`LockError::Unavailable`], [`LockError::Backend`] or [`LockError::Protocol`] if Redis failed or answered garbage.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only looks.
@@ -414,6 +418,10 @@ impl RedisLocks {
     /// Lists the locks under this client's key prefix (with `SCAN`, so it is
     /// safe on a large database, and not a consistent snapshot; on a
     /// Cluster, of every master). Used by `lockyard status --redis`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`], [`LockError::Backend`] or [`LockError::Protocol`] if Redis failed or answered garbage while scanning.
     ///
     /// # Cancel safety
     ///

@@ -244,17 +244,19 @@ impl ConnectionLike for Conn {
             let r = match &mut self.conn {
                 Link::Node(c) => c.req_packed_commands(pipeline, offset, count).await,
                 Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
-                Link::Slot(s) => match s.direct.req_packed_commands(pipeline, offset, count).await {
-                    Err(e) if is_redirection(&e) => {
-                        s.redirected();
-                        s.routed.req_packed_commands(pipeline, offset, count).await
+                Link::Slot(s) => {
+                    match s.direct.req_packed_commands(pipeline, offset, count).await {
+                        Err(e) if is_redirection(&e) => {
+                            s.redirected();
+                            s.routed.req_packed_commands(pipeline, offset, count).await
+                        }
+                        Ok(values) if values.iter().any(redirected_value) => {
+                            s.redirected();
+                            s.routed.req_packed_commands(pipeline, offset, count).await
+                        }
+                        r => r,
                     }
-                    Ok(values) if values.iter().any(redirected_value) => {
-                        s.redirected();
-                        s.routed.req_packed_commands(pipeline, offset, count).await
-                    }
-                    r => r,
-                },
+                }
             };
             self.note(&r);
             r

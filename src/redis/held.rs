@@ -21,6 +21,7 @@ use super::waiting::ScriptCall;
 use crate::error::LockError;
 use crate::guard::Lost;
 use crate::options::Mode;
+use crate::stats::Held;
 
 /// A held permit or lock.
 pub(crate) struct Hold {
@@ -36,6 +37,8 @@ pub(crate) struct Hold {
     renew: ScriptCall,
     /// `None` once released (by `release` or `Drop`).
     release: Option<ScriptCall>,
+    /// Counts the hold in the stats registry (set once acquired).
+    stats: Option<Held>,
 }
 
 impl Hold {
@@ -75,7 +78,13 @@ impl Hold {
             lease: Some(lease),
             renew,
             release: Some(release),
+            stats: None,
         })
+    }
+
+    /// Counts this hold in the stats registry until it ends.
+    pub(crate) fn count(&mut self, held: Held) {
+        self.stats = Some(held);
     }
 
     /// Sets the lease to `ttl` from now if still held; the watchdog renews
@@ -176,6 +185,11 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
+        if let Some(stats) = &mut self.stats
+            && self.lost.is_cancelled()
+        {
+            stats.lost();
+        }
         self.lease = None;
         if let Some(op) = self.release.take() {
             self.client
@@ -229,6 +243,10 @@ macro_rules! held_guard {
             /// Runs `fut` while held; if the hold is lost first, `fut` is
             /// dropped and [`LockError::Lost`](crate::LockError::Lost)
             /// returned.
+            ///
+            /// # Errors
+            ///
+            /// [`LockError::Lost`](crate::LockError::Lost) if the lock is lost before `fut` completes (`fut` is then dropped).
             ///
             /// # Cancel safety
             ///

@@ -27,6 +27,7 @@ use crate::owner::Owner;
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RedisLockInfo {
     /// The resource name.
     pub name: String,

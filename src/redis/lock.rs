@@ -168,6 +168,10 @@ impl Lock for RedisLock {
         &self.res.name
     }
 
+    fn backend(&self) -> crate::stats::Backend {
+        crate::stats::Backend::Redis
+    }
+
     /// # Cancel safety
     ///
     /// As [`RedisLocks::acquire`].

@@ -24,6 +24,7 @@ use crate::error::LockError;
 use crate::guard::{LockGuard, Lost, RawGuard};
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::stats::{self, Acquisition, Backend, Held};
 
 /// Options of a [`Redlock`]: the per-server client options and the
 /// algorithm's knobs.
@@ -253,6 +254,10 @@ impl Redlock {
     /// (bounded by the per-server timeout, a tenth of the TTL), so it
     /// rejoins when it comes back.
     ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidArgument`] for an empty list, a duplicate or a malformed URL; [`LockError::NoQuorum`] when fewer than a majority of the servers can be reached.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe: dropping the future drops the clients made so far.
@@ -264,6 +269,10 @@ impl Redlock {
     }
 
     /// As [`connect`](Self::connect), with Redlock options.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), and [`LockError::InvalidArgument`] for options the servers' clients refuse.
     ///
     /// # Cancel safety
     ///
@@ -321,6 +330,10 @@ impl Redlock {
     /// A Redlock over clients you built (one per independent server; the
     /// same server twice would fake a majority). Their TTL is the lock's;
     /// `options.redis` is not used.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidArgument`] for an empty list, or a drift that leaves no validity out of the TTL.
     pub fn from_clients(
         servers: Vec<RedisLocks>,
         mut options: RedlockOptions,
@@ -374,6 +387,10 @@ impl Redlock {
 
     /// A [`Lock`] handle to `name` (exclusive only:
     /// [`Mode::Shared`] fails with [`LockError::Unsupported`]).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for a name the clients refuse.
     pub fn lock(&self, name: &str) -> Result<RedlockLock, LockError> {
         self.check_name(name)?;
         Ok(RedlockLock {
@@ -385,6 +402,10 @@ impl Redlock {
     /// Acquires `name` on a majority, retrying while it is busy until
     /// `timeout` ([`LockError::Timeout`]); [`LockError::NoQuorum`] as soon
     /// as too many servers fail for a majority to be possible.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Timeout`] if no majority could be had before `timeout`; [`LockError::NoQuorum`] when too many servers failed to answer for a majority to be possible; [`LockError::InvalidName`].
     ///
     /// # Cancel safety
     ///
@@ -399,6 +420,10 @@ impl Redlock {
 
     /// Acquires `name`, waiting as `options.timeout` says (`None`: for
     /// ever). [`Mode::Shared`] fails with [`LockError::Unsupported`].
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unsupported`] for [`Mode::Shared`]; otherwise as [`acquire`](Self::acquire).
     ///
     /// # Cancel safety
     ///
@@ -421,6 +446,10 @@ impl Redlock {
     /// One attempt: the lock or [`LockError::WouldBlock`] (or
     /// [`LockError::NoQuorum`] when too many servers fail).
     ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] if no majority was free; [`LockError::NoQuorum`] when too many servers failed; [`LockError::InvalidName`].
+    ///
     /// # Cancel safety
     ///
     /// As [`acquire`](Self::acquire).
@@ -431,6 +460,10 @@ impl Redlock {
 
     /// Whether a majority of the servers say `name` is held. Fails with
     /// [`LockError::NoQuorum`] when too few servers answer to say.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::NoQuorum`] when too few servers answer to say; [`LockError::InvalidName`].
     ///
     /// # Cancel safety
     ///
@@ -482,6 +515,19 @@ impl Redlock {
         deadline: &Deadline,
         try_once: bool,
     ) -> Result<RedlockGuard, LockError> {
+        // Every Redlock acquisition is counted here.
+        let attempt = stats::site(Backend::Redlock, name).begin();
+        let result = self.rounds_until(name, deadline, try_once, &attempt).await;
+        attempt.record(result, |g, held| g.stats = Some(held))
+    }
+
+    async fn rounds_until(
+        &self,
+        name: &str,
+        deadline: &Deadline,
+        try_once: bool,
+        attempt: &Acquisition,
+    ) -> Result<RedlockGuard, LockError> {
         self.check_name(name)?;
         let i = &self.inner;
         let total = i.total();
@@ -528,6 +574,7 @@ impl Redlock {
                     errors: outcome.errors,
                 });
             }
+            attempt.contended();
             if try_once {
                 return Err(LockError::WouldBlock {
                     resource: name.to_owned(),
@@ -751,6 +798,10 @@ impl Lock for RedlockLock {
         &self.name
     }
 
+    fn backend(&self) -> crate::stats::Backend {
+        crate::stats::Backend::Redlock
+    }
+
     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
         Ok(self.redlock.acquire_with(&self.name, options).await?.into())
     }
@@ -797,6 +848,8 @@ pub struct RedlockGuard {
     /// Stops the renewal task when dropped.
     renewal: Option<DropGuard>,
     released: bool,
+    /// Counts the hold in the stats registry (set once acquired).
+    stats: Option<Held>,
 }
 
 impl RedlockGuard {
@@ -831,6 +884,7 @@ impl RedlockGuard {
             lost,
             renewal: Some(stop.drop_guard()),
             released: false,
+            stats: None,
         }
     }
 
@@ -872,6 +926,10 @@ impl RedlockGuard {
     /// Runs `fut` while the lock is held; if it is lost first, `fut` is
     /// dropped and [`LockError::Lost`] returned.
     ///
+    /// # Errors
+    ///
+    /// [`LockError::Lost`] if the lock is lost before `fut` completes (`fut` is then dropped).
+    ///
     /// # Cancel safety
     ///
     /// Dropping the returned future drops `fut`; the lock stays held.
@@ -890,6 +948,10 @@ impl RedlockGuard {
     /// key was ours and is gone; [`LockError::NoQuorum`] (with the errors)
     /// when too few servers answered; [`LockError::NotHeld`] when they
     /// answered but too few still had our key (it had expired).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::NotHeld`] if no majority confirmed it still held our token; [`LockError::NoQuorum`] when too many servers failed to answer.
     ///
     /// # Cancel safety
     ///
@@ -1023,6 +1085,11 @@ async fn renew(
 
 impl Drop for RedlockGuard {
     fn drop(&mut self) {
+        if let Some(stats) = &mut self.stats
+            && self.lost.is_cancelled()
+        {
+            stats.lost();
+        }
         self.renewal = None;
         if !self.released {
             spawn_release_all(

@@ -40,6 +40,7 @@ use super::token;
 use super::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::error::LockError;
 use crate::options::{Deadline, Mode};
+use crate::stats::{self, Acquisition, Backend};
 
 /// The exclusive script's busy reason: readers hold it and our intent is set.
 const REASON_INTENT_SET: i64 = 3;
@@ -89,9 +90,23 @@ impl Resource {
         deadline: &Deadline,
         lease: Option<Duration>,
     ) -> Result<Hold, LockError> {
+        // Every wait for a lock or RW lock is counted here.
+        let attempt = stats::site(Backend::Redis, &self.name).begin();
+        let result = self.wait_for_hold(mode, deadline, lease, &attempt).await;
+        attempt.record(result, Hold::count)
+    }
+
+    async fn wait_for_hold(
+        &self,
+        mode: Mode,
+        deadline: &Deadline,
+        lease: Option<Duration>,
+        attempt: &Acquisition,
+    ) -> Result<Hold, LockError> {
         self.client.check_open(&self.name)?;
         let ttl = self.client.options().lease_for(lease)?;
-        let turn = waiting::local_turn(&self.client, &self.name, &self.name, deadline).await?;
+        let turn =
+            waiting::local_turn(&self.client, &self.name, &self.name, deadline, attempt).await?;
         let (value, mut pending) = self.begin(mode, ttl).await?;
         let (what, call, max_nap) = match mode {
             Mode::Shared => ("shared lock", self.shared_call(&value, ttl), ttl),
@@ -109,6 +124,7 @@ impl Resource {
             what,
             max_nap,
             turn: Some(&turn),
+            stats: attempt,
         };
         let result = waiting::wait_until_granted(
             wait,
@@ -152,6 +168,13 @@ impl Resource {
         mode: Mode,
         lease: Option<Duration>,
     ) -> Result<Hold, LockError> {
+        // Every try of a lock or RW lock is counted here.
+        let attempt = stats::site(Backend::Redis, &self.name).begin();
+        let result = self.try_once(mode, lease).await;
+        attempt.record(result, Hold::count)
+    }
+
+    async fn try_once(&self, mode: Mode, lease: Option<Duration>) -> Result<Hold, LockError> {
         self.client.check_open(&self.name)?;
         let ttl = self.client.options().lease_for(lease)?;
         let (value, mut pending) = self.begin(mode, ttl).await?;

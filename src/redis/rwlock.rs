@@ -93,6 +93,10 @@ impl RedisLocks {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for a name the client refuses.
     pub fn rwlock(&self, name: &str) -> Result<RedisRwLock, LockError> {
         Ok(RedisRwLock {
             res: Arc::new(Resource::new(self, name)?),
@@ -109,6 +113,10 @@ impl RedisRwLock {
     /// Takes a read lock, waiting up to `timeout` ([`LockError::Timeout`]).
     /// Waits while a writer holds the lock or waits for it.
     ///
+    /// # Errors
+    ///
+    /// [`LockError::Timeout`] naming a holder if a writer kept it; [`LockError::WrongKind`] if the name is a semaphore; [`LockError::Unavailable`], [`LockError::Backend`] or [`LockError::Protocol`] if Redis failed.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe in the guard-contract sense: if the future is dropped the
@@ -123,6 +131,10 @@ impl RedisRwLock {
     /// Takes the write lock, waiting up to `timeout` ([`LockError::Timeout`]).
     /// While readers hold the lock, this writer's intent keeps new readers
     /// out.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Timeout`] naming a holder if readers or a writer kept it; otherwise as [`read`](Self::read).
     ///
     /// # Cancel safety
     ///
@@ -139,6 +151,10 @@ impl RedisRwLock {
     /// Takes a read lock if no writer holds or waits for it, else fails with
     /// [`LockError::WouldBlock`].
     ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] if a writer holds it or waits; otherwise as [`read`](Self::read).
+    ///
     /// # Cancel safety
     ///
     /// As [`read`](Self::read).
@@ -150,6 +166,10 @@ impl RedisRwLock {
     /// Takes the write lock if nobody holds it, else fails with
     /// [`LockError::WouldBlock`] (leaving no writer intent behind).
     ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] if anyone holds it; otherwise as [`read`](Self::read).
+    ///
     /// # Cancel safety
     ///
     /// As [`write`](Self::write).
@@ -160,6 +180,10 @@ impl RedisRwLock {
 
     /// Whether a reader or a writer holds the lock now. The answer may be
     /// stale by the time it is read.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`], [`LockError::Backend`] or [`LockError::Protocol`] if Redis failed or answered garbage.
     ///
     /// # Cancel safety
     ///
@@ -227,6 +251,10 @@ impl fmt::Debug for RedisRwLock {
 impl Lock for RedisRwLock {
     fn name(&self) -> &str {
         &self.res.name
+    }
+
+    fn backend(&self) -> crate::stats::Backend {
+        crate::stats::Backend::Redis
     }
 
     /// [`Mode::Shared`] reads, [`Mode::Exclusive`] writes.

@@ -22,6 +22,7 @@ use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::stats::{self, Acquisition, Backend};
 
 /// A distributed counting semaphore on Redis: at most `permits` holders at
 /// a time across every process using the same name, prefix and server.
@@ -117,6 +118,10 @@ impl RedisLocks {
     /// # Ok(())
     /// # }
     /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for a name the client refuses; [`LockError::InvalidArgument`] for zero permits.
     pub fn semaphore(&self, name: &str, permits: u32) -> Result<RedisSemaphore, LockError> {
         validate_name(name)?;
         if permits == 0 {
@@ -149,6 +154,13 @@ impl RedisSemaphore {
 
     /// Takes a permit, waiting up to `timeout` ([`LockError::Timeout`]).
     ///
+    /// # Errors
+    ///
+    /// - [`LockError::Timeout`] if every permit stayed held; `holder()` names one holder.
+    /// - [`LockError::PermitsMismatch`] if the name is stored with another permit count.
+    /// - [`LockError::WrongKind`] if the name is already used as a lock.
+    /// - [`LockError::Unavailable`], [`LockError::Backend`] or [`LockError::Protocol`] if Redis failed.
+    ///
     /// # Cancel safety
     ///
     /// Cancel safe in the guard-contract sense: if the future is dropped,
@@ -164,6 +176,10 @@ impl RedisSemaphore {
 
     /// Takes a permit, waiting as `options.timeout` says (`None`: for
     /// ever). `options.mode` is ignored: every permit is alike.
+    ///
+    /// # Errors
+    ///
+    /// As [`acquire`](Self::acquire); [`LockError::InvalidArgument`] for a lease the client refuses.
     ///
     /// # Cancel safety
     ///
@@ -184,6 +200,10 @@ impl RedisSemaphore {
     /// [`LockError::WouldBlock`]. It does not wait for this process's other
     /// waiters either.
     ///
+    /// # Errors
+    ///
+    /// [`LockError::WouldBlock`] if no permit is free; otherwise as [`acquire`](Self::acquire).
+    ///
     /// # Cancel safety
     ///
     /// As [`acquire`](Self::acquire).
@@ -192,6 +212,13 @@ impl RedisSemaphore {
     }
 
     async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
+        // Every try of a permit is counted here.
+        let attempt = stats::site(Backend::Redis, &self.inner.name).begin();
+        let result = self.try_once(mode).await;
+        attempt.record(result, |g, held| g.held.count(held))
+    }
+
+    async fn try_once(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
         let ttl = i.client.options().lease_for(None)?;
         let token = token::fresh_value(&i.name, mode)?;
@@ -209,6 +236,10 @@ impl RedisSemaphore {
 
     /// How many permits are held now (expired ones not counted). The answer
     /// may be stale by the time it is read.
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Unavailable`], [`LockError::Backend`] or [`LockError::Protocol`] if Redis failed or answered garbage.
     ///
     /// # Cancel safety
     ///
@@ -264,9 +295,22 @@ impl RedisSemaphore {
         mode: Mode,
         lease: Option<Duration>,
     ) -> Result<RedisPermitGuard, LockError> {
+        // Every wait for a permit is counted here.
+        let attempt = stats::site(Backend::Redis, &self.inner.name).begin();
+        let result = self.wait_until(deadline, mode, lease, &attempt).await;
+        attempt.record(result, |g, held| g.held.count(held))
+    }
+
+    async fn wait_until(
+        &self,
+        deadline: &Deadline,
+        mode: Mode,
+        lease: Option<Duration>,
+        attempt: &Acquisition,
+    ) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
         let ttl = i.client.options().lease_for(lease)?;
-        let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline).await?;
+        let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline, attempt).await?;
         let token = token::fresh_value(&i.name, mode)?;
         let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token), ttl).await?;
         let wait = WaitFor {
@@ -276,6 +320,7 @@ impl RedisSemaphore {
             what: "semaphore permit",
             max_nap: ttl,
             turn: Some(&turn),
+            stats: attempt,
         };
         let guard = waiting::wait_until_granted(
             wait,
@@ -351,6 +396,10 @@ impl fmt::Debug for RedisSemaphore {
 impl Lock for RedisSemaphore {
     fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    fn backend(&self) -> crate::stats::Backend {
+        crate::stats::Backend::Redis
     }
 
     /// Takes one permit, whatever the mode.

@@ -40,6 +40,7 @@ use super::wakeups::Subscription;
 use crate::error::LockError;
 use crate::options::Deadline;
 use crate::owner::Owner;
+use crate::stats::Acquisition;
 
 /// Without any message, re-check Redis at least this often (a safety net for
 /// a release message lost while pub/sub reconnects; not the wake-up path).
@@ -352,6 +353,8 @@ pub(crate) struct WaitFor<'a> {
     /// This task's turn in the in-process queue: the holder it meets is
     /// recorded there, so that tasks queued behind it can name the holder.
     pub(crate) turn: Option<&'a LocalTurn>,
+    /// Counted as contended at the first busy answer.
+    pub(crate) stats: &'a Acquisition,
 }
 
 /// Runs `call` once; a grant goes to `grant` (the fencing token and when
@@ -468,6 +471,7 @@ pub(crate) async fn wait_until_granted<T>(
         if let Some(turn) = w.turn {
             turn.set_holder(holder.clone());
         }
+        w.stats.contended();
         let who = Who(holder.as_ref());
         claimed |= claims(reason);
         pending.set_armed(claimed);
@@ -573,6 +577,7 @@ pub(crate) async fn local_turn(
     queue: &str,
     resource: &str,
     deadline: &Deadline,
+    stats: &Acquisition,
 ) -> Result<LocalTurn, LockError> {
     // Uncontended, take it without arming a timer (registering one can cost
     // a wakeup of the runtime's driver).
@@ -580,6 +585,7 @@ pub(crate) async fn local_turn(
         Ok(turn) => return Ok(turn),
         Err(q) => q,
     };
+    stats.contended();
     let hint = client.inner.local.get(queue);
     tokio::select! {
         biased;

@@ -34,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -47,6 +47,7 @@ use super::validity::{RequestId, Validity};
 use crate::error::LockError;
 use crate::redis::conn::Conn;
 use crate::redis::pool::Connections;
+use crate::stats::{Backend, Counter};
 
 /// Most renewal commands per pipeline.
 pub(crate) const MAX_BATCH: usize = 4096;
@@ -133,15 +134,26 @@ impl Entry {
     }
 }
 
-/// Renewal counters of a client (see `RedisLocks::stats`).
-#[derive(Debug, Default)]
+/// Renewal counters of a client (see `RedisLocks::stats`), also exported
+/// through the stats layer's `metrics` export.
+#[derive(Debug)]
 pub(crate) struct Counters {
     /// Pipelined round trips the watchdog made.
-    pub(crate) round_trips: AtomicU64,
+    pub(crate) round_trips: Counter,
     /// Individual lease renewals sent.
-    pub(crate) renewals: AtomicU64,
+    pub(crate) renewals: Counter,
     /// Leases declared lost.
-    pub(crate) lost: AtomicU64,
+    pub(crate) lost: Counter,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            round_trips: Counter::new("lockyard_redis_renewal_round_trips_total", Backend::Redis),
+            renewals: Counter::new("lockyard_redis_renewals_total", Backend::Redis),
+            lost: Counter::new("lockyard_redis_leases_lost_total", Backend::Redis),
+        }
+    }
 }
 
 struct State {

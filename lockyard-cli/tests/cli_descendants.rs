@@ -1,7 +1,7 @@
 //! The lock covers COMMAND's whole process tree: no descendant of COMMAND
 //! runs on once lockyard lets the lock go, whether COMMAND exited, lockyard
 //! was killed, or (see `cli_redis.rs`) the Redis lease was lost.
-#![cfg(all(feature = "cli", target_os = "linux"))]
+#![cfg(target_os = "linux")]
 
 mod cli_support;
 

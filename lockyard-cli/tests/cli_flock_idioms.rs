@@ -1,9 +1,10 @@
 //! flock(1) idioms `lockyard exec` accepts: `-c 'shell command'`, `-x`/`-e`,
 //! `-o`/`--close`, a silent `-n -E 0`, and `$LOCKYARD_REDIS` beside
 //! `--redis`.
-#![cfg(all(feature = "cli", feature = "redis", target_os = "linux"))]
+#![cfg(all(feature = "redis", target_os = "linux"))]
 
 mod cli_support;
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};

@@ -2,9 +2,10 @@
 //! Redis Cluster: one node's URL (detected) and a `redis+cluster://` seed
 //! list; mutual exclusion across processes with a shared counter on names
 //! spread over every master; `status` lists the locks of every master.
-#![cfg(all(feature = "cli", feature = "redis", unix))]
+#![cfg(all(feature = "redis", unix))]
 
 mod cli_support;
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Stdio;

@@ -2,7 +2,7 @@
 //! them: ignored signals stay ignored, a signal to the whole process group
 //! reaches COMMAND once, every catchable signal is forwarded, job control
 //! stops and continues COMMAND.
-#![cfg(all(feature = "cli", target_os = "linux"))]
+#![cfg(target_os = "linux")]
 
 mod cli_support;
 

@@ -1,8 +1,9 @@
 //! `lockyard exec --redis` with a semaphore (`--permits`), a RW lock (`--rw`,
 //! `--shared`) and Redlock (several `--redis`), on private redis-servers.
-#![cfg(all(feature = "cli", feature = "redis", unix))]
+#![cfg(all(feature = "redis", unix))]
 
 mod cli_support;
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use cli_support::*;

@@ -1,6 +1,6 @@
 //! `lockyard exec` on file locks: exit codes, contention, timeouts, mutual
 //! exclusion, signals and fd hygiene.
-#![cfg(all(feature = "cli", unix))]
+#![cfg(unix)]
 
 mod cli_support;
 

@@ -1,5 +1,5 @@
 //! `lockyard status`, `lockyard cleanup`, and clean failures on bad input.
-#![cfg(all(feature = "cli", unix))]
+#![cfg(unix)]
 
 mod cli_support;
 

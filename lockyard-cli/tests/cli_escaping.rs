@@ -1,7 +1,7 @@
 //! Human-readable output escapes control characters: a lock name (or a
 //! holder record) with a newline or an escape sequence cannot forge a row
 //! of `status`, or a line of an error message.
-#![cfg(all(feature = "cli", unix))]
+#![cfg(unix)]
 
 mod cli_support;
 

@@ -1,9 +1,10 @@
 //! `lockyard exec --redis` and `status --redis` against private
 //! redis-servers: renewal past the TTL, lost lock → COMMAND terminated and
 //! exit 75, fencing tokens, outage → exit 69.
-#![cfg(all(feature = "cli", feature = "redis", unix))]
+#![cfg(all(feature = "redis", unix))]
 
 mod cli_support;
+#[path = "../../tests/common/mod.rs"]
 mod common;
 
 use std::process::Stdio;

@@ -2,7 +2,7 @@
 //! session's environment (cron vs a login), a path as the lock exactly as
 //! flock(1) takes it, the standard lock directories, and
 //! `--allow-foreign-dir`.
-#![cfg(all(feature = "cli", target_os = "linux"))]
+#![cfg(target_os = "linux")]
 
 mod cli_support;
 
