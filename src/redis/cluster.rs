@@ -20,6 +20,20 @@
 //!   refreshed.
 //! * **Every master.** `SCAN` (for `list`) must visit each master
 //!   ([`Cluster::masters`]).
+//! * **One hop.** A resource's requests go straight to its slot's master
+//!   on that direct connection ([`Cluster::conn_for`]), and only a
+//!   `MOVED`/`ASK` answer sends them again on the routed connection: the
+//!   routed connection's own task would add a hop to every request.
+//!
+//! # Ordering (lease invariant 5 on a Cluster)
+//!
+//! A cancelled acquisition's undo is sent on the acquisition's own `Conn`,
+//! after the attempt. On the direct connection both go down one
+//! multiplexed connection, in order. An attempt answered `MOVED`/`ASK` was
+//! not run there; its resend on the routed connection belongs to the
+//! attempt's future, so if that future is dropped the routed connection
+//! drops the request unless it already wrote it to the new owner's
+//! connection, ahead of the undo that follows the same way.
 
 use std::collections::HashMap;
 use std::fmt;
