@@ -67,40 +67,16 @@ fn main() {
         .configure_from_args();
 
     let both = [("single", &single), ("cluster", &clustered)];
-    let mut g = c.benchmark_group("cluster_uncontended");
-    for (label, locks) in both {
-        g.bench_function(label, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let locks = locks.clone();
-                async move {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        seq_once(&locks).await;
-                    }
-                    start.elapsed()
-                }
-            })
-        });
-    }
-    g.finish();
-
-    let mut g = c.benchmark_group("cluster_64_tasks");
-    g.throughput(Throughput::Elements((TASKS * OPS_PER_TASK) as u64));
-    for (label, locks) in both {
-        g.bench_function(label, |b| {
-            b.to_async(&rt).iter_custom(|iters| {
-                let locks = locks.clone();
-                async move {
-                    let start = Instant::now();
-                    for _ in 0..iters {
-                        tasks_round(&locks).await;
-                    }
-                    start.elapsed()
-                }
-            })
-        });
-    }
-    g.finish();
+    bench_both(&mut c, &rt, "cluster_uncontended", None, both, seq_once);
+    let per_round = Some(Throughput::Elements((TASKS * OPS_PER_TASK) as u64));
+    bench_both(
+        &mut c,
+        &rt,
+        "cluster_64_tasks",
+        per_round,
+        both,
+        tasks_round,
+    );
     c.final_summary();
 
     println!();
@@ -108,13 +84,46 @@ fn main() {
     report_interleaved(&rt, &single, &clustered);
 }
 
-async fn seq_once(locks: &RedisLocks) {
+/// One criterion group: `work` on each client, timed over `iters` runs.
+fn bench_both<F, Fut>(
+    c: &mut Criterion,
+    rt: &Runtime,
+    group: &str,
+    throughput: Option<Throughput>,
+    both: [(&str, &RedisLocks); 2],
+    work: F,
+) where
+    F: Fn(RedisLocks) -> Fut + Copy,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut g = c.benchmark_group(group);
+    if let Some(t) = throughput {
+        g.throughput(t);
+    }
+    for (label, locks) in both {
+        g.bench_function(label, |b| {
+            b.to_async(rt).iter_custom(|iters| {
+                let locks = locks.clone();
+                async move {
+                    let start = Instant::now();
+                    for _ in 0..iters {
+                        work(locks.clone()).await;
+                    }
+                    start.elapsed()
+                }
+            })
+        });
+    }
+    g.finish();
+}
+
+async fn seq_once(locks: RedisLocks) {
     let g = locks.acquire("bench-seq", TTL).await.unwrap();
     g.release().await.unwrap();
 }
 
 /// 64 tasks, each acquiring and releasing its own name 20 times.
-async fn tasks_round(locks: &RedisLocks) {
+async fn tasks_round(locks: RedisLocks) {
     let tasks: Vec<_> = (0..TASKS)
         .map(|t| {
             let locks = locks.clone();
@@ -173,12 +182,12 @@ fn report_interleaved(rt: &Runtime, single: &RedisLocks, clustered: &RedisLocks)
             for (i, locks) in [single, clustered].into_iter().enumerate() {
                 let t = Instant::now();
                 for _ in 0..SEQ {
-                    seq_once(locks).await;
+                    seq_once(locks.clone()).await;
                 }
                 times[i] = t.elapsed();
                 let t = Instant::now();
                 for _ in 0..PAR {
-                    tasks_round(locks).await;
+                    tasks_round(locks.clone()).await;
                 }
                 times[2 + i] = t.elapsed();
             }

@@ -274,17 +274,8 @@ async fn run(
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        // Connect only when someone waits.
-        if shared.lock().is_empty() {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                cmd = commands.recv() => match cmd {
-                    None => return,
-                    // Unsubscribe of a removed channel: nothing to do.
-                    Some(Command::Unsubscribe(_)) => continue,
-                    Some(Command::Subscribe(_)) => {}
-                },
-            }
+        if !until_wanted(&shared, &mut commands, &shutdown).await {
+            return;
         }
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
@@ -405,15 +396,8 @@ async fn run_sharded(
 ) {
     let mut backoff = Duration::from_millis(50);
     loop {
-        if shared.lock().is_empty() {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                cmd = commands.recv() => match cmd {
-                    None => return,
-                    Some(Command::Unsubscribe(_)) => continue,
-                    Some(Command::Subscribe(_)) => {}
-                },
-            }
+        if !until_wanted(&shared, &mut commands, &shutdown).await {
+            return;
         }
         let (push_tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
         let client = super::cluster::client_builder(&seeds, op_timeout, connect_timeout)
@@ -574,6 +558,27 @@ fn on_push(shared: &Shared, push: redis::PushInfo) -> bool {
         _ => {}
     }
     false
+}
+
+/// Returns once a channel is wanted (connect only when someone waits);
+/// `false` on shutdown.
+async fn until_wanted(
+    shared: &Shared,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    shutdown: &CancellationToken,
+) -> bool {
+    while shared.lock().is_empty() {
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            cmd = commands.recv() => match cmd {
+                None => return false,
+                // Unsubscribe of a removed channel: nothing to do.
+                Some(Command::Unsubscribe(_)) => {}
+                Some(Command::Subscribe(_)) => return true,
+            },
+        }
+    }
+    true
 }
 
 /// Sleeps `delay` while answering subscriptions with "down". Returns `false`
