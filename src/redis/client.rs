@@ -429,7 +429,6 @@ impl RedisLocks {
     pub async fn list(&self) -> Result<Vec<RedisLockInfo>, LockError> {
         let prefix = &self.inner.opts.key_prefix;
         let what = format!("{prefix}*");
-        let mut conn = self.conn(&what, "list").await?;
         let pattern = keys::scan_pattern(prefix);
         let mut found = Vec::new();
         // One server, or every master of a Cluster (each scanned whole).
@@ -441,6 +440,8 @@ impl RedisLocks {
         found.dedup();
         let mut out = Vec::with_capacity(found.len());
         for (name, kind) in found {
+            // On a Cluster, the connection to that name's master.
+            let mut conn = self.conn(&name, "list").await?;
             out.extend(super::listing::info(self, &mut conn, &name, kind).await?);
         }
         Ok(out)
