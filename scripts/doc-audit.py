@@ -51,7 +51,7 @@ def scan(path):
                     j = i - 1
                     while j >= 0:
                         p = lines[j].strip()
-                        if p.startswith("///"):
+                        if p.startswith("///") or p.startswith("#[doc = "):
                             doc.append(p)
                         elif p.startswith("#[") or p.startswith("#!") or p.endswith(")]") or p.startswith("//") and not p.startswith("///"):
                             if "doc(hidden)" in p:
