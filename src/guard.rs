@@ -97,22 +97,90 @@ use crate::options::Mode;
 #[async_trait]
 pub trait RawGuard: Send + Sync + fmt::Debug {
     /// The resource name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// assert_eq!(RawGuard::resource(&guard), "job");
+    /// # Ok(())
+    /// # }
+    /// ```
     fn resource(&self) -> &str;
 
     /// How the lock is held.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, Mode, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// assert_eq!(RawGuard::mode(&guard), Mode::Exclusive);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn mode(&self) -> Mode;
 
     /// The fencing token, if this backend issues them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// // The default: a backend without tokens leaves it as it is.
+    /// assert_eq!(RawGuard::fencing_token(&guard), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn fencing_token(&self) -> Option<u64> {
         None
     }
 
     /// A future that completes when the lock is lost.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// // The default, `Lost::never()`, for backends that cannot lose a lock.
+    /// assert!(!RawGuard::lost(&guard).is_lost());
+    /// # Ok(())
+    /// # }
+    /// ```
     fn lost(&self) -> Lost {
         Lost::never()
     }
 
     /// Releases now, reporting errors.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// let boxed: Box<dyn RawGuard> = Box::new(guard);
+    /// boxed.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
