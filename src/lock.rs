@@ -43,7 +43,7 @@ pub trait Lock: Send + Sync + fmt::Debug + Any {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), lockyard::LockError> {
     /// use std::sync::Arc;
-    /// use lockyard::{AcquireOptions, FileLockManager, Lock, Mode};
+    /// use lockyard::{FileLockManager, Lock};
     ///
     /// let dir = tempfile::tempdir().unwrap();
     /// let lock: Arc<dyn Lock> = Arc::new(FileLockManager::new(dir.path())?.lock("nightly")?);
@@ -63,7 +63,7 @@ pub trait Lock: Send + Sync + fmt::Debug + Any {
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), lockyard::LockError> {
     /// use std::sync::Arc;
-    /// use lockyard::{AcquireOptions, FileLockManager, Lock, Mode};
+    /// use lockyard::{FileLockManager, Lock};
     ///
     /// let dir = tempfile::tempdir().unwrap();
     /// let lock: Arc<dyn Lock> = Arc::new(FileLockManager::new(dir.path())?.lock("nightly")?);

@@ -508,8 +508,10 @@ impl FileLockManager {
     /// let locks = FileLockManager::new(dir.path())?;
     /// let guard = locks.acquire_shared("b-cache", Duration::from_secs(1)).await?;
     /// drop(locks.acquire("a-deploy", Duration::from_secs(1)).await?);
-    /// let names: Vec<_> = locks.list().await?.into_iter().map(|i| (i.name, i.mode)).collect();
-    /// assert_eq!(names, [("a-deploy".into(), None), ("b-cache".into(), Some(Mode::Shared))]);
+    /// let seen: Vec<(String, Option<Mode>)> =
+    ///     locks.list().await?.into_iter().map(|i| (i.name, i.mode)).collect();
+    /// assert_eq!(seen[0], ("a-deploy".to_owned(), None)); // free, sorted first
+    /// assert_eq!(seen[1], ("b-cache".to_owned(), Some(Mode::Shared)));
     /// # drop(guard);
     /// # Ok(())
     /// # }
