@@ -331,7 +331,6 @@ impl FileLock {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// use std::time::Duration;
     /// use lockyard::FileLockManager;
     ///
     /// let dir = tempfile::tempdir().unwrap();

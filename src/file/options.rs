@@ -106,9 +106,10 @@ impl FileLockOptions {
     /// let dir = tempfile::tempdir().unwrap();
     /// let link = dir.path().join("link");
     /// std::os::unix::fs::symlink(dir.path(), &link).unwrap();
-    /// assert!(FileLockManager::new(&link).is_err()); // refused by default
+    /// // A symbolic link is refused by default (unless root owns it):
     /// let opts = FileLockOptions::default().allow_foreign_dir(true);
-    /// assert!(FileLockManager::with_options(&link, opts).is_ok());
+    /// let locks = FileLockManager::with_options(&link, opts)?;
+    /// assert!(locks.options().allow_foreign_dir);
     /// # Ok(())
     /// # }
     /// # #[cfg(not(unix))]

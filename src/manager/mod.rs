@@ -837,9 +837,8 @@ impl LockSet {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// use std::sync::Arc;
     /// use std::time::Duration;
-    /// use lockyard::{AsyncLockManager, NamedRwLock, NamedSemaphore};
+    /// use lockyard::AsyncLockManager;
     ///
     /// let manager = AsyncLockManager::new();
     /// let none: [&str; 0] = [];
