@@ -9,6 +9,11 @@ use crate::owner::Owner;
 use crate::text::Escaped;
 
 /// A boxed error from a backend library (redis, bb8, …).
+///
+/// ```
+/// let err: lockyard::BoxError = "connection reset".into();
+/// assert_eq!(err.to_string(), "connection reset");
+/// ```
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong taking, holding or releasing a lock.
@@ -206,32 +211,77 @@ pub enum LockError {
 
 impl LockError {
     /// The acquisition timed out.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::LockError;
+    ///
+    /// let err = LockError::Timeout { resource: "db".into(), waited: Duration::from_secs(1), holder: None };
+    /// assert!(err.is_timeout() && !err.is_would_block());
+    /// ```
     pub fn is_timeout(&self) -> bool {
         matches!(self, LockError::Timeout { .. })
     }
 
     /// A non-blocking attempt found the lock held.
+    ///
+    /// ```
+    /// use lockyard::LockError;
+    ///
+    /// let err = LockError::WouldBlock { resource: "db".into(), holder: None };
+    /// assert!(err.is_would_block() && !err.is_timeout());
+    /// ```
     pub fn is_would_block(&self) -> bool {
         matches!(self, LockError::WouldBlock { .. })
     }
 
     /// Someone else holds the lock ([`Timeout`](Self::Timeout) or
     /// [`WouldBlock`](Self::WouldBlock)): an expected outcome, not a fault.
+    ///
+    /// ```
+    /// use lockyard::LockError;
+    ///
+    /// let busy = LockError::WouldBlock { resource: "db".into(), holder: None };
+    /// assert!(busy.is_contended());
+    /// let closed = LockError::Closed { resource: "db".into() };
+    /// assert!(!closed.is_contended());
+    /// ```
     pub fn is_contended(&self) -> bool {
         self.is_timeout() || self.is_would_block()
     }
 
     /// The backend is down or unreachable; retrying later may help.
+    ///
+    /// ```
+    /// use lockyard::LockError;
+    ///
+    /// let down = LockError::Unavailable { resource: "db".into(), op: "acquire", source: "connection refused".into() };
+    /// assert!(down.is_unavailable() && !down.is_contended());
+    /// ```
     pub fn is_unavailable(&self) -> bool {
         matches!(self, LockError::Unavailable { .. })
     }
 
     /// The lock was lost while held.
+    ///
+    /// ```
+    /// use lockyard::LockError;
+    ///
+    /// assert!(LockError::Lost { resource: "leader".into() }.is_lost());
+    /// assert!(!LockError::NotHeld { resource: "leader".into() }.is_lost());
+    /// ```
     pub fn is_lost(&self) -> bool {
         matches!(self, LockError::Lost { .. })
     }
 
     /// The caller's input (name, argument) was refused.
+    ///
+    /// ```
+    /// use lockyard::LockError;
+    ///
+    /// let err = LockError::InvalidArgument { what: "ttl", reason: "must be positive".into() };
+    /// assert!(err.is_invalid_input() && !err.is_contended());
+    /// ```
     pub fn is_invalid_input(&self) -> bool {
         matches!(
             self,
@@ -242,6 +292,13 @@ impl LockError {
     /// The name is in use as another kind of lock, or a semaphore with
     /// another permit count ([`WrongKind`](Self::WrongKind),
     /// [`PermitsMismatch`](Self::PermitsMismatch)).
+    ///
+    /// ```
+    /// use lockyard::LockError;
+    ///
+    /// let err = LockError::PermitsMismatch { resource: "pool".into(), stored: 4, requested: 2 };
+    /// assert!(err.is_wrong_kind());
+    /// ```
     pub fn is_wrong_kind(&self) -> bool {
         matches!(
             self,
@@ -250,6 +307,14 @@ impl LockError {
     }
 
     /// The resource the error is about, where there is one.
+    ///
+    /// ```
+    /// use lockyard::LockError;
+    ///
+    /// assert_eq!(LockError::Lost { resource: "leader".into() }.resource(), Some("leader"));
+    /// let err = LockError::InvalidArgument { what: "ttl", reason: "zero".into() };
+    /// assert_eq!(err.resource(), None);
+    /// ```
     pub fn resource(&self) -> Option<&str> {
         match self {
             LockError::Timeout { resource, .. }
@@ -270,6 +335,14 @@ impl LockError {
     }
 
     /// Who held the lock, for contention errors that know it.
+    ///
+    /// ```
+    /// use lockyard::{LockError, Mode, Owner};
+    ///
+    /// let me = Owner::current(Mode::Exclusive);
+    /// let err = LockError::WouldBlock { resource: "db".into(), holder: Some(Box::new(me.clone())) };
+    /// assert_eq!(err.holder(), Some(&me));
+    /// ```
     pub fn holder(&self) -> Option<&Owner> {
         match self {
             LockError::Timeout { holder, .. } | LockError::WouldBlock { holder, .. } => {

@@ -97,22 +97,90 @@ use crate::options::Mode;
 #[async_trait]
 pub trait RawGuard: Send + Sync + fmt::Debug {
     /// The resource name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// assert_eq!(RawGuard::resource(&guard), "job");
+    /// # Ok(())
+    /// # }
+    /// ```
     fn resource(&self) -> &str;
 
     /// How the lock is held.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, Mode, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// assert_eq!(RawGuard::mode(&guard), Mode::Exclusive);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn mode(&self) -> Mode;
 
     /// The fencing token, if this backend issues them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// // The default: a backend without tokens leaves it as it is.
+    /// assert_eq!(RawGuard::fencing_token(&guard), None);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn fencing_token(&self) -> Option<u64> {
         None
     }
 
     /// A future that completes when the lock is lost.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// // The default, `Lost::never()`, for backends that cannot lose a lock.
+    /// assert!(!RawGuard::lost(&guard).is_lost());
+    /// # Ok(())
+    /// # }
+    /// ```
     fn lost(&self) -> Lost {
         Lost::never()
     }
 
     /// Releases now, reporting errors.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, RawGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// let boxed: Box<dyn RawGuard> = Box::new(guard);
+    /// boxed.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -176,6 +244,23 @@ pub struct LockGuard {
 
 impl LockGuard {
     /// Wraps a backend's guard.
+    ///
+    /// A backend's concrete guard converts with `From` where it has one, which
+    /// is this call:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, LockGuard};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let file_guard = FileLockManager::new(dir.path())?.acquire("job", Duration::from_secs(1)).await?;
+    /// let guard = LockGuard::new(file_guard);
+    /// assert_eq!(guard.resource(), "job");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn new<G: RawGuard + 'static>(guard: G) -> Self {
         Self {
             inner: Box::new(guard),
@@ -183,32 +268,114 @@ impl LockGuard {
     }
 
     /// The resource name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// assert_eq!(guard.resource(), "report");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn resource(&self) -> &str {
         self.inner.resource()
     }
 
     /// How the lock is held.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock, Mode};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::shared()).await?;
+    /// assert_eq!(guard.mode(), Mode::Shared);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mode(&self) -> Mode {
         self.inner.mode()
     }
 
     /// The fencing token, if the backend issues them.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// assert_eq!(guard.fencing_token(), None); // file locks issue no tokens
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn fencing_token(&self) -> Option<u64> {
         self.inner.fencing_token()
     }
 
     /// A future that completes when the lock is lost.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// // A file lock is never lost: the signal does not fire.
+    /// let fired = tokio::time::timeout(Duration::from_millis(10), guard.lost()).await;
+    /// assert!(fired.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lost(&self) -> Lost {
         self.inner.lost()
     }
 
     /// Whether the lock is already known to be lost.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// assert!(!guard.is_lost());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_lost(&self) -> bool {
         self.inner.lost().is_lost()
     }
 
     /// Runs `fut` while the lock is held; if the lock is lost first, `fut` is
     /// dropped and [`LockError::Lost`] returned.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// let rows = guard.run_until_lost(async { 42 }).await?;
+    /// assert_eq!(rows, 42);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -255,6 +422,20 @@ impl LockGuard {
     /// The backend's own guard, mutably, if it is a `G` (see
     /// [`downcast_ref`](Self::downcast_ref)); only for guards that are not
     /// wrapped by the manager (every guard of a lockyard backend).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager, FileLockGuard, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let mut guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// let file_guard: &mut FileLockGuard = guard.downcast_mut().unwrap();
+    /// assert_eq!(file_guard.name(), "report");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn downcast_mut<G: RawGuard + 'static>(&mut self) -> Option<&mut G> {
         self.inner.as_any_mut().downcast_mut::<G>()
     }
@@ -295,6 +476,20 @@ impl LockGuard {
     /// Releases the lock now and reports errors (dropping the guard also
     /// releases, but silently).
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// guard.release().await?;
+    /// assert!(!lock.is_locked().await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// What the backend reports: for example [`LockError::NotHeld`] when a
@@ -319,6 +514,21 @@ impl fmt::Debug for LockGuard {
 /// A future that completes when a lock is lost; [`Lost::never`] never does.
 ///
 /// Cloning is cheap; every clone completes together.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tokio_util::sync::CancellationToken;
+/// use lockyard::Lost;
+///
+/// let token = CancellationToken::new();
+/// let lost = Lost::from_token(token.clone());
+/// let watcher = tokio::spawn(lost.clone()); // every clone fires together
+/// token.cancel();
+/// watcher.await.unwrap();
+/// assert!(lost.is_lost());
+/// # }
+/// ```
 #[must_use = "futures do nothing unless polled"]
 #[pin_project::pin_project]
 pub struct Lost {
@@ -329,6 +539,18 @@ pub struct Lost {
 
 impl Lost {
     /// A signal that never fires (file and in-process locks).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use lockyard::Lost;
+    ///
+    /// let never = Lost::never();
+    /// assert!(!never.is_lost());
+    /// assert!(tokio::time::timeout(Duration::from_millis(10), never).await.is_err());
+    /// # }
+    /// ```
     pub fn never() -> Self {
         Self {
             token: None,
@@ -337,6 +559,16 @@ impl Lost {
     }
 
     /// A signal that fires when `token` is cancelled.
+    ///
+    /// ```
+    /// use tokio_util::sync::CancellationToken;
+    /// use lockyard::Lost;
+    ///
+    /// let token = CancellationToken::new();
+    /// let lost = Lost::from_token(token.clone());
+    /// token.cancel();
+    /// assert!(lost.is_lost());
+    /// ```
     pub fn from_token(token: CancellationToken) -> Self {
         Self {
             wait: Some(token.clone().cancelled_owned()),
@@ -345,6 +577,17 @@ impl Lost {
     }
 
     /// Whether the lock is already lost.
+    ///
+    /// ```
+    /// use tokio_util::sync::CancellationToken;
+    /// use lockyard::Lost;
+    ///
+    /// let token = CancellationToken::new();
+    /// let lost = Lost::from_token(token.clone());
+    /// assert!(!lost.is_lost());
+    /// token.cancel();
+    /// assert!(lost.is_lost());
+    /// ```
     pub fn is_lost(&self) -> bool {
         self.token.as_ref().is_some_and(|t| t.is_cancelled())
     }

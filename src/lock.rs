@@ -38,6 +38,19 @@ use crate::stats::Backend;
 #[async_trait]
 pub trait Lock: Send + Sync + fmt::Debug + Any {
     /// The resource name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use lockyard::{FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock: Arc<dyn Lock> = Arc::new(FileLockManager::new(dir.path())?.lock("nightly")?);
+    /// assert_eq!(lock.name(), "nightly");
+    /// # Ok(())
+    /// # }
+    /// ```
     fn name(&self) -> &str;
 
     /// Which backend this is, and so where its acquisitions are counted in
@@ -45,11 +58,38 @@ pub trait Lock: Send + Sync + fmt::Debug + Any {
     /// every acquisition themselves; for the default,
     /// [`Backend::Custom`], the [`AsyncLockManager`](crate::AsyncLockManager)
     /// counts the acquisitions made through it.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use lockyard::{FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock: Arc<dyn Lock> = Arc::new(FileLockManager::new(dir.path())?.lock("nightly")?);
+    /// assert_eq!(lock.backend(), lockyard::stats::Backend::File);
+    /// # Ok(())
+    /// # }
+    /// ```
     fn backend(&self) -> Backend {
         Backend::Custom
     }
 
     /// Acquires the lock, waiting up to `options.timeout`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::{sync::Arc, time::Duration};
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock: Arc<dyn Lock> = Arc::new(FileLockManager::new(dir.path())?.lock("nightly")?);
+    /// let guard = lock.lock(&AcquireOptions::shared().timeout(Duration::from_secs(1))).await?;
+    /// assert_eq!(guard.resource(), "nightly");
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -67,6 +107,22 @@ pub trait Lock: Send + Sync + fmt::Debug + Any {
     /// Acquires the lock if it is free right now; otherwise fails with
     /// [`LockError::WouldBlock`].
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use lockyard::{FileLockManager, Lock, Mode};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock: Arc<dyn Lock> = Arc::new(FileLockManager::new(dir.path())?.lock("nightly")?);
+    /// let first = lock.try_lock(Mode::Exclusive).await?;
+    /// let second = lock.try_lock(Mode::Exclusive).await;
+    /// assert!(second.unwrap_err().is_would_block());
+    /// # drop(first);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::WouldBlock`] if held; otherwise as [`lock`](Self::lock).
@@ -78,6 +134,22 @@ pub trait Lock: Send + Sync + fmt::Debug + Any {
 
     /// Whether anyone (this process included) holds the lock now. The answer
     /// may be stale by the time it is read.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use lockyard::{FileLockManager, Lock, Mode};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock: Arc<dyn Lock> = Arc::new(FileLockManager::new(dir.path())?.lock("nightly")?);
+    /// assert!(!lock.is_locked().await?);
+    /// let guard = lock.try_lock(Mode::Shared).await?;
+    /// assert!(lock.is_locked().await?);
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

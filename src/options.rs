@@ -14,6 +14,15 @@ use crate::error::LockError;
 /// `Exclusive` holders exclude everyone; `Shared` holders exclude only
 /// exclusive holders (readers/writer). Backends that have no shared mode
 /// return [`LockError::Unsupported`] when asked for one.
+///
+/// ```
+/// use lockyard::Mode;
+///
+/// assert_eq!(Mode::default(), Mode::Exclusive);
+/// assert_eq!("shared".parse::<Mode>()?, Mode::Shared);
+/// assert_eq!(Mode::Shared.to_string(), "shared");
+/// # Ok::<(), lockyard::LockError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
@@ -90,16 +99,36 @@ pub struct AcquireOptions {
 
 impl AcquireOptions {
     /// Exclusive, waiting for ever.
+    ///
+    /// ```
+    /// use lockyard::{AcquireOptions, Mode};
+    ///
+    /// let opts = AcquireOptions::new();
+    /// assert_eq!((opts.mode, opts.timeout), (Mode::Exclusive, None));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Exclusive, waiting for ever.
+    ///
+    /// ```
+    /// use lockyard::{AcquireOptions, Mode};
+    ///
+    /// assert_eq!(AcquireOptions::exclusive().mode, Mode::Exclusive);
+    /// ```
     pub fn exclusive() -> Self {
         Self::default()
     }
 
     /// Shared, waiting for ever.
+    ///
+    /// ```
+    /// use lockyard::{AcquireOptions, Mode};
+    ///
+    /// let opts = AcquireOptions::shared();
+    /// assert_eq!((opts.mode, opts.timeout), (Mode::Shared, None));
+    /// ```
     pub fn shared() -> Self {
         Self {
             mode: Mode::Shared,
@@ -108,18 +137,51 @@ impl AcquireOptions {
     }
 
     /// Sets the mode.
+    ///
+    /// ```
+    /// use lockyard::{AcquireOptions, Mode};
+    ///
+    /// let read = true;
+    /// let opts = AcquireOptions::new().mode(if read { Mode::Shared } else { Mode::Exclusive });
+    /// assert_eq!(opts.mode, Mode::Shared);
+    /// ```
     pub fn mode(mut self, mode: Mode) -> Self {
         self.mode = mode;
         self
     }
 
     /// Sets how long to wait before failing with [`LockError::Timeout`].
+    ///
+    /// `Duration::ZERO` tries once:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("job")?;
+    /// let _held = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// let once = AcquireOptions::exclusive().timeout(Duration::ZERO);
+    /// assert!(lock.lock(&once).await.unwrap_err().is_timeout());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = Some(timeout);
         self
     }
 
     /// Waits for ever (the default).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::AcquireOptions;
+    ///
+    /// let opts = AcquireOptions::new().timeout(Duration::from_secs(1)).wait_forever();
+    /// assert_eq!(opts.timeout, None);
+    /// ```
     pub fn wait_forever(mut self) -> Self {
         self.timeout = None;
         self

@@ -75,6 +75,12 @@ pub struct Owner {
 }
 
 /// Whether an owner process still runs.
+///
+/// ```
+/// use lockyard::{Liveness, Mode, Owner};
+///
+/// assert_eq!(Owner::current(Mode::Exclusive).liveness(), Liveness::Alive);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Liveness {
@@ -87,6 +93,11 @@ pub enum Liveness {
 }
 
 /// Why owner metadata could not be parsed.
+///
+/// ```
+/// let err = lockyard::Owner::parse("not owner metadata").unwrap_err();
+/// assert!(err.to_string().starts_with("malformed owner metadata"));
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed owner metadata: {reason}")]
 pub struct OwnerParseError {
@@ -103,6 +114,15 @@ impl OwnerParseError {
 
 impl Owner {
     /// Metadata for the calling process, acquiring now.
+    ///
+    /// ```
+    /// use lockyard::{Mode, Owner};
+    ///
+    /// let me = Owner::current(Mode::Shared);
+    /// assert_eq!(me.pid, std::process::id());
+    /// assert_eq!(me.host, lockyard::host_name());
+    /// assert_eq!(me.mode, Mode::Shared);
+    /// ```
     pub fn current(mode: Mode) -> Self {
         Self {
             pid: std::process::id(),
@@ -114,6 +134,16 @@ impl Owner {
     }
 
     /// Serializes to the text format shown on [`Owner`].
+    ///
+    /// ```
+    /// use lockyard::{Mode, Owner};
+    ///
+    /// let me = Owner::current(Mode::Exclusive);
+    /// let text = me.to_text();
+    /// assert!(text.starts_with("lockyard-owner 1\n"));
+    /// assert_eq!(Owner::parse(&text)?, me);
+    /// # Ok::<(), lockyard::OwnerParseError>(())
+    /// ```
     pub fn to_text(&self) -> String {
         let mut s = String::with_capacity(128);
         s.push_str(MAGIC);
@@ -136,6 +166,17 @@ impl Owner {
     /// Parses the text format. Unknown keys are ignored and a line `end`
     /// stops parsing; missing required keys (`pid`, `host`, `since`),
     /// duplicates, or malformed values are errors.
+    ///
+    /// ```
+    /// use lockyard::{Mode, Owner};
+    ///
+    /// let text = "lockyard-owner 1\npid=4242\nhost=build-7\nsince=2026-01-02T03:04:05Z\nmode=shared\n";
+    /// let owner = Owner::parse(text)?;
+    /// assert_eq!((owner.pid, owner.host.as_str(), owner.mode), (4242, "build-7", Mode::Shared));
+    /// assert_eq!(owner.start_time, None);
+    /// assert!(Owner::parse("lockyard-owner 1\nhost=build-7\n").is_err()); // no pid
+    /// # Ok::<(), lockyard::OwnerParseError>(())
+    /// ```
     ///
     /// # Errors
     ///
@@ -216,6 +257,15 @@ impl Owner {
     /// A pid that runs with a start time other than the recorded one is a
     /// reused pid: [`Liveness::Dead`]. An owner on another host is
     /// [`Liveness::Unknown`].
+    ///
+    /// ```
+    /// use lockyard::{Liveness, Mode, Owner};
+    ///
+    /// let mut owner = Owner::current(Mode::Exclusive);
+    /// assert_eq!(owner.liveness(), Liveness::Alive);
+    /// owner.host = "some-other-machine".into();
+    /// assert_eq!(owner.liveness(), Liveness::Unknown);
+    /// ```
     pub fn liveness(&self) -> Liveness {
         if self.host != host_name() {
             return Liveness::Unknown;
@@ -231,6 +281,15 @@ impl Owner {
     }
 
     /// How long ago the lock was taken (zero if `since` is in the future).
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use lockyard::{Mode, Owner};
+    ///
+    /// let mut owner = Owner::current(Mode::Exclusive);
+    /// owner.since = SystemTime::now() - Duration::from_secs(90);
+    /// assert!(owner.age() >= Duration::from_secs(90));
+    /// ```
     pub fn age(&self) -> std::time::Duration {
         SystemTime::now()
             .duration_since(self.since)
@@ -253,6 +312,12 @@ impl fmt::Display for Owner {
 }
 
 /// This machine's host name (cached; `"localhost"` if it cannot be read).
+///
+/// ```
+/// let host = lockyard::host_name();
+/// assert!(!host.is_empty());
+/// assert_eq!(lockyard::Owner::current(lockyard::Mode::Shared).host, host);
+/// ```
 pub fn host_name() -> &'static str {
     static HOST: OnceLock<String> = OnceLock::new();
     HOST.get_or_init(|| sysinfo::System::host_name().unwrap_or_else(|| "localhost".to_owned()))

@@ -89,22 +89,80 @@ impl FileLockGuard {
     }
 
     /// The resource name, as given to the manager.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let guard = locks.acquire("db/migrate", Duration::from_secs(1)).await?;
+    /// assert_eq!(guard.name(), "db/migrate"); // as given, not as escaped on disk
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.name
     }
 
     /// The lock file.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let guard = locks.acquire("report", Duration::from_secs(1)).await?;
+    /// assert_eq!(guard.path(), dir.path().join("report.lock"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn path(&self) -> &Path {
         &self.slot.path
     }
 
     /// How the lock is held (as asked for).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, Mode};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let guard = locks.acquire_shared("cache", Duration::from_secs(1)).await?;
+    /// assert_eq!(guard.mode(), Mode::Shared);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mode(&self) -> Mode {
         self.mode
     }
 
     /// The owner metadata describing this holder (this process, the time of
     /// acquisition, the mode).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let guard = locks.acquire("report", Duration::from_secs(1)).await?;
+    /// assert_eq!(guard.owner().pid, std::process::id());
+    /// // The same record is in the lock file, for others to read:
+    /// assert_eq!(locks.owner("report").await?.as_ref(), Some(guard.owner()));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn owner(&self) -> &Owner {
         &self.owner
     }
@@ -113,6 +171,21 @@ impl FileLockGuard {
     ///
     /// Shared holders of one process share one kernel lock: releasing one of
     /// them only releases the kernel lock when it is the last.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let guard = locks.acquire("report", Duration::from_secs(1)).await?;
+    /// guard.release().await?;
+    /// assert!(!locks.is_locked("report").await?);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -254,12 +327,40 @@ impl FileLock {
     }
 
     /// The lock file.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let lock = locks.lock("report")?;
+    /// assert_eq!(lock.path(), locks.path_for("report")?);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn path(&self) -> &Path {
         &self.slot.path
     }
 
     /// Takes the lock in `mode` if it is free now; otherwise fails with
     /// [`LockError::WouldBlock`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{FileLockManager, Mode};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let lock = locks.lock("report")?;
+    /// let guard = lock.try_acquire(Mode::Exclusive).await?;
+    /// assert!(lock.try_acquire(Mode::Shared).await.unwrap_err().is_would_block());
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -281,6 +382,23 @@ impl FileLock {
 
     /// Acquires as [`FileLockManager::acquire_with`] does, returning the
     /// concrete guard.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{AcquireOptions, FileLockManager};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let lock = locks.lock("report")?;
+    /// let opts = AcquireOptions::shared().timeout(Duration::from_secs(1));
+    /// let guard = lock.acquire(&opts).await?;
+    /// assert_eq!(guard.path(), lock.path()); // the concrete FileLockGuard
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

@@ -105,6 +105,17 @@ impl FileLockManager {
     /// A manager for the lock directory `dir`, created (mode `0o700`) if
     /// missing.
     ///
+    /// ```
+    /// # fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path().join("locks"))?; // created, 0o700
+    /// assert!(locks.dir().is_dir());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::UnsafePath`] if `dir` is a symbolic link, is owned by
@@ -115,6 +126,18 @@ impl FileLockManager {
     }
 
     /// A manager with explicit [`FileLockOptions`].
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{FileLockManager, FileLockOptions, WaitStrategy};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let options = FileLockOptions::default().wait_strategy(WaitStrategy::Poll);
+    /// let locks = FileLockManager::with_options(dir.path(), options)?;
+    /// assert_eq!(locks.options().wait_strategy, WaitStrategy::Poll);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -177,16 +200,44 @@ impl FileLockManager {
     }
 
     /// The lock directory.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lockyard::LockError> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = lockyard::FileLockManager::new(dir.path())?;
+    /// assert_eq!(locks.dir(), dir.path());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn dir(&self) -> &Path {
         self.inner.dir.path()
     }
 
     /// The options the manager was made with.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lockyard::LockError> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = lockyard::FileLockManager::new(dir.path())?;
+    /// assert_eq!(locks.options().dir_mode, 0o700); // the default
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn options(&self) -> &FileLockOptions {
         &self.inner.options
     }
 
     /// The lock file that stands for `name`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), lockyard::LockError> {
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = lockyard::FileLockManager::new(dir.path())?;
+    /// assert_eq!(locks.path_for("report")?, dir.path().join("report.lock"));
+    /// assert!(locks.path_for("").unwrap_err().is_invalid_input());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -196,6 +247,23 @@ impl FileLockManager {
     }
 
     /// Acquires `name` exclusively, waiting up to `timeout`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let guard = locks.acquire("deploy", Duration::from_secs(5)).await?;
+    /// // A second exclusive holder waits, here in vain:
+    /// let again = locks.acquire("deploy", Duration::from_millis(20)).await;
+    /// assert!(again.unwrap_err().is_timeout());
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -219,6 +287,22 @@ impl FileLockManager {
 
     /// Acquires `name` shared, waiting up to `timeout`. Shared holders (of
     /// any process) coexist; they exclude exclusive holders.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let a = locks.acquire_shared("cache", Duration::from_secs(1)).await?;
+    /// let b = locks.acquire_shared("cache", Duration::from_secs(1)).await?; // readers share
+    /// assert!(locks.try_acquire("cache").await.unwrap_err().is_would_block());
+    /// # drop((a, b));
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -272,6 +356,22 @@ impl FileLockManager {
     /// Acquires `name` exclusively if it is free now; otherwise fails with
     /// [`LockError::WouldBlock`] naming the holder.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let guard = locks.try_acquire("deploy").await?;
+    /// let busy = locks.try_acquire("deploy").await.unwrap_err();
+    /// assert!(busy.is_would_block());
+    /// assert_eq!(busy.holder().map(|o| o.pid), Some(std::process::id()));
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::WouldBlock`], or as [`acquire`](Self::acquire).
@@ -287,6 +387,23 @@ impl FileLockManager {
 
     /// Acquires `name` shared if no exclusive holder has it now; otherwise
     /// fails with [`LockError::WouldBlock`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let reader = locks.try_acquire_shared("cache").await?;
+    /// assert!(locks.try_acquire_shared("cache").await.is_ok());
+    /// drop(reader);
+    /// let writer = locks.try_acquire("cache").await?;
+    /// assert!(locks.try_acquire_shared("cache").await.unwrap_err().is_would_block());
+    /// # drop(writer);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -311,6 +428,22 @@ impl FileLockManager {
     /// see [`list`](Self::list)) it tries the kernel lock on its own
     /// descriptor, holding a free lock for the microseconds of that probe.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// assert!(!locks.is_locked("deploy").await?);
+    /// let guard = locks.acquire("deploy", Duration::from_secs(1)).await?;
+    /// assert!(locks.is_locked("deploy").await?);
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::InvalidName`], [`LockError::UnsafePath`] (the lock file
@@ -331,6 +464,23 @@ impl FileLockManager {
     /// For a lock held shared by several processes, the record names the one
     /// that took it most recently.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// assert!(locks.owner("deploy").await?.is_none()); // no lock file yet
+    /// drop(locks.acquire("deploy", Duration::from_secs(1)).await?);
+    /// // The last holder's record stays in the file.
+    /// let last = locks.owner("deploy").await?.unwrap();
+    /// assert_eq!(last.pid, std::process::id());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::InvalidName`], [`LockError::UnsafePath`], or an I/O error.
@@ -348,6 +498,25 @@ impl FileLockManager {
     /// owner. Files that are not lock files of this crate, symbolic links
     /// and other non-regular files are skipped.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{FileLockManager, Mode};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let guard = locks.acquire_shared("b-cache", Duration::from_secs(1)).await?;
+    /// drop(locks.acquire("a-deploy", Duration::from_secs(1)).await?);
+    /// let seen: Vec<(String, Option<Mode>)> =
+    ///     locks.list().await?.into_iter().map(|i| (i.name, i.mode)).collect();
+    /// assert_eq!(seen[0], ("a-deploy".to_owned(), None)); // free, sorted first
+    /// assert_eq!(seen[1], ("b-cache".to_owned(), Some(Mode::Shared)));
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// An I/O error if the directory cannot be read.
@@ -363,6 +532,23 @@ impl FileLockManager {
 
     /// What [`cleanup_stale_locks`](Self::cleanup_stale_locks) would remove,
     /// without removing anything (and, on Linux, without locking anything).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// drop(locks.acquire("job", Duration::from_secs(1)).await?);
+    /// // The last holder (this process) still runs: not stale, unless too old.
+    /// assert!(locks.stale_locks(None).await?.is_empty());
+    /// assert_eq!(locks.stale_locks(Some(Duration::ZERO)).await?.len(), 1);
+    /// assert!(locks.path_for("job")?.exists()); // nothing was removed
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -385,6 +571,23 @@ impl FileLockManager {
     /// What [`cleanup_with`](Self::cleanup_with) would remove, without
     /// removing anything (and, on Linux, without locking anything).
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{CleanupOptions, FileLockManager};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// drop(locks.acquire("job", Duration::from_secs(1)).await?);
+    /// let old = CleanupOptions::default().max_age(Duration::ZERO);
+    /// let stale = locks.stale_locks_with(&old).await?;
+    /// assert_eq!(stale[0].name, "job");
+    /// assert!(stale[0].path.exists()); // only listed
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`list`](Self::list).
@@ -404,6 +607,24 @@ impl FileLockManager {
     /// [`cleanup_with`](Self::cleanup_with) with
     /// [`CleanupOptions::max_age`] set to `max_age` (`None`: only provably
     /// dead owners' files) and files without a lockyard record kept.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// drop(locks.acquire("job", Duration::from_secs(1)).await?);
+    /// let held = locks.acquire("busy", Duration::from_secs(1)).await?;
+    /// // Held locks are never removed, however old.
+    /// assert_eq!(locks.cleanup_stale_locks(Some(Duration::ZERO)).await?, 1);
+    /// assert!(!locks.path_for("job")?.exists());
+    /// # drop(held);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -474,6 +695,21 @@ impl FileLockManager {
 
     /// A [`FileLock`] handle for `name`, implementing [`crate::Lock`].
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{FileLockManager, Mode};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let lock = locks.lock("report")?;
+    /// let guard = lock.try_acquire(Mode::Exclusive).await?;
+    /// assert_eq!(guard.path(), locks.path_for("report")?);
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::InvalidName`] for the empty name.
@@ -487,6 +723,23 @@ impl FileLockManager {
     /// waiting tasks. A thread stops counting when it gives up its post (its
     /// last microseconds of exiting are not counted). For diagnostics and
     /// tests.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::FileLockManager;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// let guard = locks.acquire("job", Duration::from_secs(1)).await?;
+    /// // Contention inside one process is settled in its own queue, not the kernel.
+    /// assert!(locks.acquire("job", Duration::from_millis(10)).await.is_err());
+    /// assert_eq!(locks.kernel_waiter_threads(), 0);
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn kernel_waiter_threads(&self) -> usize {
         self.inner.waiter_threads.load(Ordering::Acquire)
     }

@@ -75,18 +75,61 @@ impl Default for FileLockOptions {
 
 impl FileLockOptions {
     /// Sets [`dir_mode`](Self::dir_mode).
+    ///
+    /// ```
+    /// # #[cfg(unix)]
+    /// # fn main() -> Result<(), lockyard::LockError> {
+    /// use std::os::unix::fs::PermissionsExt;
+    /// use lockyard::{FileLockManager, FileLockOptions};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let opts = FileLockOptions::default().dir_mode(0o750);
+    /// let locks = FileLockManager::with_options(dir.path().join("locks"), opts)?;
+    /// assert_eq!(locks.dir().metadata().unwrap().permissions().mode() & 0o777, 0o750);
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(unix))]
+    /// # fn main() {}
+    /// ```
     pub fn dir_mode(mut self, mode: u32) -> Self {
         self.dir_mode = mode;
         self
     }
 
     /// Sets [`allow_foreign_dir`](Self::allow_foreign_dir).
+    ///
+    /// ```
+    /// # #[cfg(unix)]
+    /// # fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{FileLockManager, FileLockOptions};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let link = dir.path().join("link");
+    /// std::os::unix::fs::symlink(dir.path(), &link).unwrap();
+    /// // A symbolic link is refused by default (unless root owns it):
+    /// let opts = FileLockOptions::default().allow_foreign_dir(true);
+    /// let locks = FileLockManager::with_options(&link, opts)?;
+    /// assert!(locks.options().allow_foreign_dir);
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(unix))]
+    /// # fn main() {}
+    /// ```
     pub fn allow_foreign_dir(mut self, allow: bool) -> Self {
         self.allow_foreign_dir = allow;
         self
     }
 
     /// Sets [`wait_strategy`](Self::wait_strategy).
+    ///
+    /// ```
+    /// use lockyard::{FileLockOptions, WaitStrategy};
+    ///
+    /// let opts = FileLockOptions::default();
+    /// assert_eq!(opts.wait_strategy, WaitStrategy::Signal); // the default
+    /// let opts = opts.wait_strategy(WaitStrategy::Poll);
+    /// assert_eq!(opts.wait_strategy, WaitStrategy::Poll);
+    /// ```
     pub fn wait_strategy(mut self, strategy: WaitStrategy) -> Self {
         self.wait_strategy = strategy;
         self

@@ -18,6 +18,23 @@ use crate::options::Mode;
 use crate::owner::{Liveness, Owner};
 
 /// One lock file as seen by [`FileLockManager::list`](super::FileLockManager::list).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::time::Duration;
+/// use lockyard::{FileLockManager, Mode};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let locks = FileLockManager::new(dir.path())?;
+/// let guard = locks.acquire("report", Duration::from_secs(1)).await?;
+/// let info = &locks.list().await?[0];
+/// assert_eq!((info.name.as_str(), info.held, info.mode), ("report", true, Some(Mode::Exclusive)));
+/// assert_eq!(info.owner.as_ref().map(|o| o.pid), Some(std::process::id()));
+/// # drop(guard);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -71,12 +88,35 @@ pub struct CleanupOptions {
 
 impl CleanupOptions {
     /// Sets [`max_age`](Self::max_age).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::CleanupOptions;
+    ///
+    /// let week = CleanupOptions::default().max_age(Duration::from_secs(7 * 86_400));
+    /// assert_eq!(week.max_age, Some(Duration::from_secs(604_800)));
+    /// ```
     pub fn max_age(mut self, max_age: Duration) -> Self {
         self.max_age = Some(max_age);
         self
     }
 
     /// Sets [`remove_unrecorded`](Self::remove_unrecorded).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{CleanupOptions, FileLockManager};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let locks = FileLockManager::new(dir.path())?;
+    /// std::fs::File::create(dir.path().join("stray.lock")).unwrap(); // no record inside
+    /// assert!(locks.cleanup_with(&CleanupOptions::default()).await?.is_empty());
+    /// let all = CleanupOptions::default().remove_unrecorded(true);
+    /// assert_eq!(locks.cleanup_with(&all).await?.len(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn remove_unrecorded(mut self, remove: bool) -> Self {
         self.remove_unrecorded = remove;
         self

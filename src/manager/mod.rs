@@ -80,6 +80,12 @@ pub struct AsyncLockManager {
 
 impl AsyncLockManager {
     /// An empty registry.
+    ///
+    /// ```
+    /// let manager = lockyard::AsyncLockManager::new();
+    /// assert!(manager.names().is_empty());
+    /// assert_eq!(manager.clone().names(), manager.names()); // clones share the registry
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
@@ -293,6 +299,26 @@ impl AsyncLockManager {
 
     /// Acquires every named lock exclusively, in sorted order, within one
     /// `timeout`; all or nothing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use lockyard::{AsyncLockManager, NamedRwLock, NamedSemaphore};
+    ///
+    /// let manager = AsyncLockManager::new();
+    /// manager.register("table", Arc::new(NamedRwLock::new("acquire-all-table")))?;
+    /// manager.register("index", Arc::new(NamedSemaphore::new("acquire-all-index", 1)))?;
+    /// let set = manager.acquire_all(&["table", "index"], Duration::from_secs(1)).await?;
+    /// assert_eq!(set.len(), 2);
+    /// // All or nothing: with "index" held, nothing else is taken either.
+    /// let err = manager.acquire_all(&["table", "index"], Duration::from_millis(20)).await;
+    /// assert!(err.unwrap_err().is_timeout());
+    /// drop(set);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -715,6 +741,24 @@ impl RawGuard for ManagedGuard {
 
 /// Locks taken together by [`AsyncLockManager::acquire_all`], in sorted
 /// order. Dropping it releases them newest first.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use lockyard::{AsyncLockManager, NamedRwLock, NamedSemaphore};
+///
+/// let manager = AsyncLockManager::new();
+/// manager.register("orders", Arc::new(NamedRwLock::new("lockset-type-orders")))?;
+/// manager.register("catalog", Arc::new(NamedSemaphore::new("lockset-type-catalog", 1)))?;
+/// let set = manager.acquire_all(&["orders", "catalog"], Duration::from_secs(1)).await?;
+/// assert_eq!(set.names().collect::<Vec<_>>(), ["catalog", "orders"]); // sorted
+/// drop(set); // releases orders, then catalog
+/// assert!(!manager.get("catalog").unwrap().is_locked().await?);
+/// # Ok(())
+/// # }
+/// ```
 #[must_use = "if unused the locks will immediately unlock"]
 #[clippy::has_significant_drop]
 #[derive(Debug)]
@@ -724,27 +768,109 @@ pub struct LockSet {
 
 impl LockSet {
     /// The names held, in the order they were taken.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use lockyard::{AsyncLockManager, NamedRwLock, NamedSemaphore};
+    ///
+    /// let manager = AsyncLockManager::new();
+    /// manager.register("orders", Arc::new(NamedRwLock::new("lockset-names-orders")))?;
+    /// manager.register("catalog", Arc::new(NamedSemaphore::new("lockset-names-catalog", 1)))?;
+    /// let set = manager.acquire_all(&["orders", "catalog"], Duration::from_secs(1)).await?;
+    /// let taken: Vec<&str> = set.names().collect();
+    /// assert_eq!(taken, ["catalog", "orders"]);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.guards.iter().map(|(n, _)| n.as_str())
     }
 
     /// The guard of one name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use lockyard::{AsyncLockManager, NamedRwLock, NamedSemaphore};
+    ///
+    /// let manager = AsyncLockManager::new();
+    /// manager.register("orders", Arc::new(NamedRwLock::new("lockset-get-orders")))?;
+    /// manager.register("catalog", Arc::new(NamedSemaphore::new("lockset-get-catalog", 1)))?;
+    /// let set = manager.acquire_all(&["orders", "catalog"], Duration::from_secs(1)).await?;
+    /// assert_eq!(set.get("orders").unwrap().resource(), "lockset-get-orders");
+    /// assert!(set.get("users").is_none());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn get(&self, name: &str) -> Option<&LockGuard> {
         self.guards.iter().find(|(n, _)| n == name).map(|(_, g)| g)
     }
 
     /// How many locks are held.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use lockyard::{AsyncLockManager, NamedRwLock, NamedSemaphore};
+    ///
+    /// let manager = AsyncLockManager::new();
+    /// manager.register("orders", Arc::new(NamedRwLock::new("lockset-len-orders")))?;
+    /// manager.register("catalog", Arc::new(NamedSemaphore::new("lockset-len-catalog", 1)))?;
+    /// let set = manager.acquire_all(&["orders", "catalog"], Duration::from_secs(1)).await?;
+    /// assert_eq!(set.len(), 2);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn len(&self) -> usize {
         self.guards.len()
     }
 
     /// Whether no lock is held.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::AsyncLockManager;
+    ///
+    /// let manager = AsyncLockManager::new();
+    /// let none: [&str; 0] = [];
+    /// let set = manager.acquire_all(&none, Duration::from_secs(1)).await?;
+    /// assert!(set.is_empty());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.guards.is_empty()
     }
 
     /// Completes when any of the locks is lost (never, for an empty set or
     /// backends that cannot lose).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use lockyard::{AsyncLockManager, NamedRwLock, NamedSemaphore};
+    ///
+    /// let manager = AsyncLockManager::new();
+    /// manager.register("orders", Arc::new(NamedRwLock::new("lockset-lost-orders")))?;
+    /// manager.register("catalog", Arc::new(NamedSemaphore::new("lockset-lost-catalog", 1)))?;
+    /// let set = manager.acquire_all(&["orders", "catalog"], Duration::from_secs(1)).await?;
+    /// // In-process locks are never lost, so neither is the set.
+    /// let lost = tokio::time::timeout(Duration::from_millis(10), set.lost()).await;
+    /// assert!(lost.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lost(&self) -> impl Future<Output = ()> + Send + 'static {
         let all: Vec<Lost> = self.guards.iter().map(|(_, g)| g.lost()).collect();
         async move {
@@ -757,6 +883,23 @@ impl LockSet {
 
     /// Releases every lock, newest first, and reports the first error (all
     /// are released regardless).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use lockyard::{AsyncLockManager, NamedRwLock, NamedSemaphore};
+    ///
+    /// let manager = AsyncLockManager::new();
+    /// manager.register("orders", Arc::new(NamedRwLock::new("lockset-release-orders")))?;
+    /// manager.register("catalog", Arc::new(NamedSemaphore::new("lockset-release-catalog", 1)))?;
+    /// let set = manager.acquire_all(&["orders", "catalog"], Duration::from_secs(1)).await?;
+    /// set.release().await?;
+    /// assert!(!manager.get("orders").unwrap().is_locked().await?);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

@@ -61,6 +61,18 @@ impl RedisLocks {
     /// every slot: requests follow `MOVED`/`ASK`, release wakeups use
     /// sharded pub/sub, and the watchdog batches renewals per master.
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let one = RedisLocks::connect("redis://:secret@127.0.0.1:6380/2").await?; // db 2
+    /// let cluster = RedisLocks::connect("redis+cluster://10.0.0.1:7000,10.0.0.2:7000/").await?;
+    /// # drop((one, cluster));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::InvalidArgument`] for a malformed URL,
@@ -279,6 +291,19 @@ impl RedisLocks {
     /// implements [`Lock`](crate::Lock), so it can sit beside file locks as
     /// `Arc<dyn Lock>`.
     ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// let lock = locks.lock("invoice-42")?; // sends nothing
+    /// assert_eq!(lock.name(), "invoice-42");
+    /// assert!(locks.lock("{tag}").unwrap_err().is_invalid_input());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::InvalidName`] for an empty name, one over 512 bytes, or
@@ -293,6 +318,21 @@ impl RedisLocks {
     /// channel and also wakes when the holder's lease runs out. Tasks of this
     /// process waiting for the same name queue here, in FIFO order, behind a
     /// single waiter on Redis.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let guard = locks.acquire("invoice-42", Duration::from_secs(5)).await?;
+    /// let again = locks.acquire("invoice-42", Duration::from_millis(50)).await;
+    /// assert!(again.unwrap_err().is_timeout());
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -323,6 +363,22 @@ impl RedisLocks {
     /// waits for ever, `Some(ZERO)` tries once and fails with
     /// [`LockError::Timeout`].
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{AcquireOptions, Mode, redis::RedisLocks};
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let opts = AcquireOptions::shared().timeout(Duration::from_secs(5));
+    /// let reader = locks.acquire_with("catalog", &opts).await?;
+    /// let other = locks.acquire_with("catalog", &opts).await?; // shared holders coexist
+    /// assert_eq!(other.mode(), Mode::Shared);
+    /// # drop((reader, other));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`acquire`](Self::acquire).
@@ -340,6 +396,21 @@ impl RedisLocks {
 
     /// Acquires the lock `name` if it is free now.
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let Ok(guard) = locks.try_acquire("nightly-report").await else {
+    ///     return Ok(()); // another machine runs it tonight
+    /// };
+    /// guard.run_until_lost(async { /* the report */ }).await?;
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::WouldBlock`] (naming the holder when known) if it is
@@ -354,6 +425,19 @@ impl RedisLocks {
 
     /// Whether anyone holds the lock `name` now (the answer may be stale by
     /// the time it is read).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// if locks.is_locked("migrations").await? {
+    ///     println!("a migration is running");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -418,6 +502,19 @@ impl RedisLocks {
     /// Lists the locks under this client's key prefix (with `SCAN`, so it is
     /// safe on a large database, and not a consistent snapshot; on a
     /// Cluster, of every master). Used by `lockyard status --redis`.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// for info in locks.list().await? {
+    ///     println!("{} ({}): {} holder(s)", info.name, info.kind, info.holders);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -485,6 +582,18 @@ impl RedisLocks {
 
     /// Watchdog counters: how many leases this client renews now and how
     /// many round trips renewing has cost so far.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// let s = locks.stats();
+    /// assert_eq!((s.held, s.renewals, s.lost), (0, 0, 0)); // nothing held yet
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn stats(&self) -> RedisStats {
         let c = self.inner.watchdog.counters();
         use std::sync::atomic::Ordering::Relaxed;

@@ -134,6 +134,19 @@ impl RedisLocks {
     }
 
     /// Whether [`shutdown`](Self::shutdown) was called.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// assert!(!locks.is_shut_down());
+    /// assert_eq!(locks.shutdown().await, 0); // nothing was left to release
+    /// assert!(locks.clone().is_shut_down()); // clones share the client
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_shut_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
     }
@@ -150,11 +163,35 @@ impl RedisLocks {
 
     /// Whether this client talks to a Redis Cluster (see
     /// [`connect`](Self::connect)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// // A lazy client is always one server's.
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// assert!(!locks.is_cluster());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_cluster(&self) -> bool {
         self.inner.conns.as_cluster().is_some()
     }
 
     /// The options the client was built with.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let opts = RedisOptions::default().key_prefix("billing:");
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", opts)?;
+    /// assert_eq!(locks.options().key_prefix, "billing:");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn options(&self) -> &RedisOptions {
         &self.inner.opts
     }

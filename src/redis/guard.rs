@@ -42,6 +42,19 @@ held_guard!(RedisLockGuard, "lock");
 
 impl RedisLockGuard {
     /// Exclusive or shared.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{AcquireOptions, Mode, redis::RedisLocks};
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let guard = locks.acquire_with("catalog", &AcquireOptions::shared().timeout(Duration::from_secs(5))).await?;
+    /// assert_eq!(guard.mode(), Mode::Shared);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn mode(&self) -> Mode {
         self.held.mode()
     }

@@ -217,6 +217,13 @@ macro_rules! held_guard {
     ($guard:ident, $what:literal) => {
         impl $guard {
             #[doc = concat!("The name of the ", $what, ".")]
+            ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// tracing::info!(resource = guard.resource(), "holding");
+            /// # Ok(())
+            /// # }
+            /// ```
             pub fn resource(&self) -> &str {
                 self.held.resource()
             }
@@ -224,6 +231,16 @@ macro_rules! held_guard {
             /// The fencing token: strictly increases across successive
             /// holders of this resource (the counter is shared by the
             /// semaphore, RW lock and lock of one name on one server).
+            ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// let token = guard.fencing_token();
+            /// // Storage that remembers the highest token it saw refuses a stale holder:
+            /// let update = format!("UPDATE report SET body = $1, fence = {token} WHERE fence < {token}");
+            /// # let _ = update;
+            /// # Ok(())
+            /// # }
+            /// ```
             pub fn fencing_token(&self) -> u64 {
                 self.held.fencing_token()
             }
@@ -231,11 +248,33 @@ macro_rules! held_guard {
             /// Completes when the hold is lost: renewal found it gone or
             /// taken over, or could not confirm it before its TTL (minus the
             /// drift margin) ran out.
+            ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// tokio::select! {
+            ///     () = guard.lost() => tracing::warn!("lost {}: stopping", guard.resource()),
+            ///     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => { /* the work */ }
+            /// }
+            /// # Ok(())
+            /// # }
+            /// ```
             pub fn lost(&self) -> $crate::Lost {
                 self.held.lost()
             }
 
             /// Whether the hold is already known to be lost.
+            ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// for batch in 0..10 {
+            ///     if guard.is_lost() {
+            ///         break; // someone else may hold it now: write nothing more
+            ///     }
+            ///     # let _ = batch;
+            /// }
+            /// # Ok(())
+            /// # }
+            /// ```
             pub fn is_lost(&self) -> bool {
                 self.held.is_lost()
             }
@@ -243,6 +282,14 @@ macro_rules! held_guard {
             /// Runs `fut` while held; if the hold is lost first, `fut` is
             /// dropped and [`LockError::Lost`](crate::LockError::Lost)
             /// returned.
+            ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// let rows = guard.run_until_lost(async { /* the work */ 42 }).await?;
+            /// assert_eq!(rows, 42);
+            /// # Ok(())
+            /// # }
+            /// ```
             ///
             /// # Errors
             ///
@@ -268,6 +315,14 @@ macro_rules! held_guard {
             /// Sets the lease to `ttl` from now (if still held); the
             /// watchdog renews with `ttl` from then on.
             ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// // A long step ahead: keep the lock for 10 minutes should this process stall.
+            /// guard.extend(std::time::Duration::from_secs(600)).await?;
+            /// # Ok(())
+            /// # }
+            /// ```
+            ///
             /// # Errors
             ///
             /// [`LockError::Lost`](crate::LockError::Lost) if the lost
@@ -289,6 +344,16 @@ macro_rules! held_guard {
             }
 
             /// Gives it back now and reports errors.
+            ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// match guard.release().await {
+            ///     Err(e) if e.is_lost() => tracing::warn!("the lease had run out before the release"),
+            ///     other => other?,
+            /// }
+            /// # Ok(())
+            /// # }
+            /// ```
             ///
             /// # Errors
             ///

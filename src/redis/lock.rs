@@ -56,12 +56,41 @@ impl RedisLock {
     }
 
     /// The resource name.
+    ///
+    /// No server is needed to make a handle:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// assert_eq!(locks.lock("billing")?.name(), "billing");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.res.name
     }
 
     /// Acquires the lock exclusively, waiting at most `timeout`; see
     /// [`RedisLocks::acquire`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let lock = locks.lock("billing")?;
+    /// let guard = lock.acquire(Duration::from_secs(5)).await?;
+    /// // The handle is cheap to keep and reuse; it holds nothing itself.
+    /// assert!(lock.try_acquire().await.unwrap_err().is_would_block());
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -78,6 +107,22 @@ impl RedisLock {
     /// Acquires the lock in `options.mode` (exclusive or shared), waiting
     /// at most `options.timeout` (`None`: for ever), with a lease of
     /// `options.lease` (`None`: the client's TTL).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{AcquireOptions, redis::RedisLocks};
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let lock = locks.lock("billing")?;
+    /// // A short lease for this acquisition only: 5 s instead of the client's TTL.
+    /// let opts = AcquireOptions::exclusive().timeout(Duration::from_secs(1)).lease(Duration::from_secs(5));
+    /// let guard = lock.acquire_with(&opts).await?;
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -101,6 +146,22 @@ impl RedisLock {
     /// Acquires the lock exclusively if it is free now; see
     /// [`RedisLocks::try_acquire`].
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let lock = locks.lock("billing")?;
+    /// match lock.try_acquire().await {
+    ///     Ok(guard) => guard.release().await?,
+    ///     Err(e) if e.is_would_block() => println!("busy: {e}"), // names the holder
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`RedisLocks::try_acquire`].
@@ -113,6 +174,21 @@ impl RedisLock {
     }
 
     /// Acquires the lock in `mode` if that is possible now.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{Mode, redis::RedisLocks};
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let lock = locks.lock("billing")?;
+    /// let reader = lock.try_acquire_mode(Mode::Shared).await?;
+    /// let another = lock.try_acquire_mode(Mode::Shared).await?; // readers share
+    /// assert!(lock.try_acquire().await.unwrap_err().is_would_block());
+    /// # drop((reader, another));
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -128,6 +204,22 @@ impl RedisLock {
 
     /// Whether anyone holds the lock now, exclusively or shared.
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let lock = locks.lock("billing")?;
+    /// let guard = lock.acquire(Duration::from_secs(5)).await?;
+    /// assert!(lock.is_locked().await?);
+    /// guard.release().await?;
+    /// assert!(!lock.is_locked().await?);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// Redis errors ([`LockError::Unavailable`], [`LockError::Backend`],
@@ -141,6 +233,22 @@ impl RedisLock {
     }
 
     /// Who holds the lock exclusively now; see [`RedisLocks::owner`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let lock = locks.lock("billing")?;
+    /// let guard = lock.acquire(Duration::from_secs(5)).await?;
+    /// let owner = lock.owner().await?.unwrap();
+    /// assert_eq!(owner.pid, std::process::id());
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

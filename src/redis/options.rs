@@ -71,47 +71,114 @@ impl Default for RedisOptions {
 
 impl RedisOptions {
     /// The defaults.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// let opts = RedisOptions::new();
+    /// assert_eq!(opts.key_prefix, "lockyard:");
+    /// assert_eq!(opts.ttl, Duration::from_secs(30));
+    /// assert_eq!(opts, RedisOptions::default());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets the key prefix.
+    ///
+    /// Two applications on one Redis keep apart by prefix:
+    ///
+    /// ```
+    /// let opts = lockyard::redis::RedisOptions::new().key_prefix("billing:");
+    /// assert_eq!(opts.key_prefix, "billing:");
+    /// ```
     pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.key_prefix = prefix.into();
         self
     }
 
     /// Sets the lease TTL.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// let opts = RedisOptions::new().ttl(Duration::from_secs(10));
+    /// assert_eq!(opts.ttl, Duration::from_secs(10));
+    /// assert_eq!(opts.renew_interval_for(opts.ttl), Duration::from_secs(10) / 3);
+    /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
     }
 
     /// Sets the renewal interval (default: TTL / 3).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// let opts = RedisOptions::new().ttl(Duration::from_secs(30)).renew_interval(Duration::from_secs(5));
+    /// assert_eq!(opts.renew_interval, Some(Duration::from_secs(5)));
+    /// ```
     pub fn renew_interval(mut self, interval: Duration) -> Self {
         self.renew_interval = Some(interval);
         self
     }
 
     /// Sets the clock-drift margin (default: TTL / 100 + 2 ms).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// let opts = RedisOptions::new().drift(Duration::from_millis(50));
+    /// assert_eq!(opts.drift_for(opts.ttl), Duration::from_millis(50));
+    /// ```
     pub fn drift(mut self, drift: Duration) -> Self {
         self.drift = Some(drift);
         self
     }
 
     /// Sets the number of pooled connections.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// // Some requests wait long (WAIT for replicas): spread them out.
+    /// let opts = RedisOptions::new().pool_size(4).wait_for_replicas(1, Duration::from_millis(100));
+    /// assert_eq!(opts.pool_size, 4);
+    /// ```
     pub fn pool_size(mut self, size: u32) -> Self {
         self.pool_size = size;
         self
     }
 
     /// Sets the connect (and pool checkout) timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// let opts = RedisOptions::new().connect_timeout(Duration::from_millis(500));
+    /// assert_eq!(opts.connect_timeout, Duration::from_millis(500));
+    /// ```
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
     }
 
     /// Sets the per-request timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// let opts = RedisOptions::new().op_timeout(Duration::from_millis(300));
+    /// assert_eq!(opts.request_timeout(), Duration::from_millis(300));
+    /// ```
     pub fn op_timeout(mut self, timeout: Duration) -> Self {
         self.op_timeout = Some(timeout);
         self
@@ -150,12 +217,31 @@ impl RedisOptions {
 
     /// The per-request timeout in force: the one set, or the default for
     /// this TTL (see [`op_timeout`](Self::op_timeout)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// assert_eq!(RedisOptions::new().request_timeout(), Duration::from_secs(2)); // 30 s TTL
+    /// // A short lease: half of its validity (1 s - 12 ms drift).
+    /// let short = RedisOptions::new().ttl(Duration::from_secs(1));
+    /// assert_eq!(short.request_timeout(), Duration::from_millis(494));
+    /// ```
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout_for(self.ttl)
     }
 
     /// The per-request timeout of an acquisition with a lease of `ttl`: the
     /// one set, or 2 s, or half of the lease's validity if that is less.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// let opts = RedisOptions::new();
+    /// assert_eq!(opts.request_timeout_for(Duration::from_secs(60)), Duration::from_secs(2));
+    /// assert!(opts.request_timeout_for(Duration::from_millis(500)) < Duration::from_millis(250));
+    /// ```
     pub fn request_timeout_for(&self, ttl: Duration) -> Duration {
         self.op_timeout.unwrap_or_else(|| {
             let validity = ttl.saturating_sub(self.drift_for(ttl));
@@ -165,6 +251,15 @@ impl RedisOptions {
 
     /// The renewal interval used for a lease of `ttl`: the configured
     /// interval scaled to `ttl` (or `ttl / 3`).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// let opts = RedisOptions::new().ttl(Duration::from_secs(30)).renew_interval(Duration::from_secs(6));
+    /// // A lease of 60 s (`AcquireOptions::lease`) renews at the same ratio.
+    /// assert_eq!(opts.renew_interval_for(Duration::from_secs(60)), Duration::from_secs(12));
+    /// ```
     pub fn renew_interval_for(&self, ttl: Duration) -> Duration {
         match self.renew_interval {
             Some(every) if !self.ttl.is_zero() => {
@@ -175,6 +270,14 @@ impl RedisOptions {
     }
 
     /// The drift margin used for a lease of `ttl`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisOptions;
+    ///
+    /// let opts = RedisOptions::new(); // default: 1 % of the TTL + 2 ms
+    /// assert_eq!(opts.drift_for(Duration::from_secs(10)), Duration::from_millis(102));
+    /// ```
     pub fn drift_for(&self, ttl: Duration) -> Duration {
         match self.drift {
             Some(d) if !self.ttl.is_zero() => d.mul_f64(ttl.as_secs_f64() / self.ttl.as_secs_f64()),

@@ -66,23 +66,57 @@ impl Default for RedlockOptions {
 
 impl RedlockOptions {
     /// The defaults.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedlockOptions;
+    ///
+    /// let opts = RedlockOptions::new();
+    /// assert_eq!((opts.drift, opts.retry_delay), (None, Duration::from_millis(100)));
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// Sets the per-server client options.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::{RedisOptions, RedlockOptions};
+    ///
+    /// // The TTL of the per-server clients is the Redlock's TTL.
+    /// let opts = RedlockOptions::new().redis(RedisOptions::new().ttl(Duration::from_secs(10)));
+    /// assert_eq!(opts.redis.ttl, Duration::from_secs(10));
+    /// ```
     pub fn redis(mut self, redis: RedisOptions) -> Self {
         self.redis = redis;
         self
     }
 
     /// Sets the clock-drift allowance.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedlockOptions;
+    ///
+    /// let opts = RedlockOptions::new().drift(Duration::from_millis(20));
+    /// assert_eq!(opts.drift, Some(Duration::from_millis(20)));
+    /// ```
     pub fn drift(mut self, drift: Duration) -> Self {
         self.drift = Some(drift);
         self
     }
 
     /// Sets the mean delay between attempts.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedlockOptions;
+    ///
+    /// // Busy locks are retried every 25-75 ms (uniform around 50 ms).
+    /// let opts = RedlockOptions::new().retry_delay(Duration::from_millis(50));
+    /// assert_eq!(opts.retry_delay, Duration::from_millis(50));
+    /// ```
     pub fn retry_delay(mut self, delay: Duration) -> Self {
         self.retry_delay = delay;
         self
@@ -254,6 +288,18 @@ impl Redlock {
     /// (bounded by the per-server timeout, a tenth of the TTL), so it
     /// rejoins when it comes back.
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisOptions, Redlock};
+    ///
+    /// let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// assert_eq!((redlock.servers(), redlock.quorum()), (3, 2));
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::InvalidArgument`] for an empty list, a duplicate or a malformed URL; [`LockError::NoQuorum`] when fewer than a majority of the servers can be reached.
@@ -269,6 +315,22 @@ impl Redlock {
     }
 
     /// As [`connect`](Self::connect), with Redlock options.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::{RedisOptions, Redlock, RedlockOptions};
+    ///
+    /// let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// let opts = RedlockOptions::new()
+    ///     .redis(RedisOptions::new().ttl(Duration::from_secs(10)))
+    ///     .retry_delay(Duration::from_millis(50));
+    /// let redlock = Redlock::connect_with(&urls, opts).await?;
+    /// # drop(redlock);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -331,6 +393,23 @@ impl Redlock {
     /// same server twice would fake a majority). Their TTL is the lock's;
     /// `options.redis` is not used.
     ///
+    /// No server is needed to build it from lazy clients:
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions, Redlock, RedlockOptions};
+    ///
+    /// let clients = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"]
+    ///     .into_iter()
+    ///     .map(|url| RedisLocks::connect_lazy(url, RedisOptions::default()))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let redlock = Redlock::from_clients(clients, RedlockOptions::default())?;
+    /// assert_eq!(redlock.servers(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::InvalidArgument`] for an empty list, or a drift that leaves no validity out of the TTL.
@@ -376,17 +455,65 @@ impl Redlock {
     }
 
     /// How many servers must grant the lock: `N/2 + 1`.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions, Redlock, RedlockOptions};
+    ///
+    /// let clients = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"]
+    ///     .into_iter()
+    ///     .map(|url| RedisLocks::connect_lazy(url, RedisOptions::default()))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let redlock = Redlock::from_clients(clients, RedlockOptions::default())?;
+    /// assert_eq!(redlock.quorum(), 2); // 3 / 2 + 1
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn quorum(&self) -> usize {
         self.inner.quorum
     }
 
     /// How many servers there are (reachable or not at connect time).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions, Redlock, RedlockOptions};
+    ///
+    /// let clients = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"]
+    ///     .into_iter()
+    ///     .map(|url| RedisLocks::connect_lazy(url, RedisOptions::default()))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let redlock = Redlock::from_clients(clients, RedlockOptions::default())?;
+    /// assert_eq!(redlock.servers(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn servers(&self) -> usize {
         self.inner.total()
     }
 
     /// A [`Lock`] handle to `name` (exclusive only:
     /// [`Mode::Shared`] fails with [`LockError::Unsupported`]).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::Lock;
+    /// use lockyard::redis::{RedisLocks, RedisOptions, Redlock, RedlockOptions};
+    ///
+    /// let clients = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"]
+    ///     .into_iter()
+    ///     .map(|url| RedisLocks::connect_lazy(url, RedisOptions::default()))
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// let redlock = Redlock::from_clients(clients, RedlockOptions::default())?;
+    /// let lock = redlock.lock("compaction")?;
+    /// assert_eq!(lock.name(), "compaction");
+    /// assert!(redlock.lock("").unwrap_err().is_invalid_input());
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -402,6 +529,21 @@ impl Redlock {
     /// Acquires `name` on a majority, retrying while it is busy until
     /// `timeout` ([`LockError::Timeout`]); [`LockError::NoQuorum`] as soon
     /// as too many servers fail for a majority to be possible.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::{RedisOptions, Redlock};
+    ///
+    /// let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", Duration::from_secs(5)).await?;
+    /// guard.run_until_lost(async { /* the compaction */ }).await?;
+    /// guard.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -420,6 +562,23 @@ impl Redlock {
 
     /// Acquires `name`, waiting as `options.timeout` says (`None`: for
     /// ever). [`Mode::Shared`] fails with [`LockError::Unsupported`].
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, LockError};
+    /// use lockyard::redis::{RedisOptions, Redlock};
+    ///
+    /// let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire_with("compaction", &AcquireOptions::new().wait_forever()).await?;
+    /// // No shared mode on a Redlock:
+    /// let shared = redlock.acquire_with("index", &AcquireOptions::shared()).await;
+    /// assert!(matches!(shared, Err(LockError::Unsupported { .. })));
+    /// # drop(guard);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -446,6 +605,22 @@ impl Redlock {
     /// One attempt: the lock or [`LockError::WouldBlock`] (or
     /// [`LockError::NoQuorum`] when too many servers fail).
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisOptions, Redlock};
+    ///
+    /// let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// match redlock.try_acquire("compaction").await {
+    ///     Ok(guard) => guard.release().await?,
+    ///     Err(e) if e.is_would_block() => println!("another node compacts"),
+    ///     Err(e) => return Err(e), // e.g. NoQuorum: too many servers down
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::WouldBlock`] if no majority was free; [`LockError::NoQuorum`] when too many servers failed; [`LockError::InvalidName`].
@@ -460,6 +635,20 @@ impl Redlock {
 
     /// Whether a majority of the servers say `name` is held. Fails with
     /// [`LockError::NoQuorum`] when too few servers answer to say.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisOptions, Redlock};
+    ///
+    /// let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// if !redlock.is_locked("compaction").await? {
+    ///     println!("nobody compacts right now");
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -786,6 +975,23 @@ impl fmt::Debug for Redlock {
 }
 
 /// A [`Lock`] handle to one name on a [`Redlock`]; from [`Redlock::lock`].
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::sync::Arc;
+/// use lockyard::{AcquireOptions, AsyncLockManager};
+/// use lockyard::redis::{RedisOptions, Redlock};
+///
+/// let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+/// let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+/// let manager = AsyncLockManager::new();
+/// manager.register("compaction", Arc::new(redlock.lock("compaction")?))?;
+/// let guard = manager.acquire("compaction", &AcquireOptions::exclusive()).await?;
+/// # drop(guard);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone, Debug)]
 pub struct RedlockLock {
     redlock: Redlock,
@@ -889,6 +1095,18 @@ impl RedlockGuard {
     }
 
     /// The resource name.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # use lockyard::redis::{RedisOptions, Redlock};
+    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
+    /// assert_eq!(guard.resource(), "compaction");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn resource(&self) -> &str {
         &self.name
     }
@@ -900,12 +1118,40 @@ impl RedlockGuard {
     /// counter), and a server restarted without persistence restarts its
     /// counter. Do not use it to reject stale writers; see the
     /// [`Redlock`] docs.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # use lockyard::redis::{RedisOptions, Redlock};
+    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
+    /// // Fine for logs and metrics; not for rejecting stale writers.
+    /// tracing::info!(fence = guard.best_effort_fencing_token(), "compaction started");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn best_effort_fencing_token(&self) -> u64 {
         self.fencing
     }
 
     /// How long the lock is still certainly held if no further extension
     /// succeeds (zero once it is not).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # use lockyard::redis::{RedisOptions, Redlock};
+    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
+    /// let step = std::time::Duration::from_secs(2);
+    /// if guard.validity() < step {
+    ///     guard.release().await?; // too little time left to start another step
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn validity(&self) -> Duration {
         let until = *self.valid_until.lock().unwrap_or_else(|e| e.into_inner());
         until.saturating_duration_since(Instant::now())
@@ -914,17 +1160,62 @@ impl RedlockGuard {
     /// Completes when the lock is lost: no majority confirmed an extension
     /// within the validity, or too many servers say the key is no longer
     /// ours.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # use lockyard::redis::{RedisOptions, Redlock};
+    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
+    /// tokio::select! {
+    ///     () = guard.lost() => tracing::warn!("lost the compaction lock: stopping"),
+    ///     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => { /* the work */ }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn lost(&self) -> Lost {
         Lost::from_token(self.lost.clone())
     }
 
     /// Whether the lock is already known to be lost.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # use lockyard::redis::{RedisOptions, Redlock};
+    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
+    /// for segment in 0..100 {
+    ///     if guard.is_lost() {
+    ///         break; // another node may hold it now
+    ///     }
+    ///     # let _ = segment;
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn is_lost(&self) -> bool {
         self.lost.is_cancelled()
     }
 
     /// Runs `fut` while the lock is held; if it is lost first, `fut` is
     /// dropped and [`LockError::Lost`] returned.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # use lockyard::redis::{RedisOptions, Redlock};
+    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
+    /// let merged = guard.run_until_lost(async { /* merge segments */ 12 }).await?;
+    /// assert_eq!(merged, 12);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -948,6 +1239,21 @@ impl RedlockGuard {
     /// key was ours and is gone; [`LockError::NoQuorum`] (with the errors)
     /// when too few servers answered; [`LockError::NotHeld`] when they
     /// answered but too few still had our key (it had expired).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # use lockyard::redis::{RedisOptions, Redlock};
+    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
+    /// match guard.release().await {
+    ///     Err(e) if matches!(e, lockyard::LockError::NotHeld { .. }) => tracing::warn!("it had expired"),
+    ///     other => other?,
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

@@ -106,12 +106,39 @@ impl RedisLocks {
 
 impl RedisRwLock {
     /// The lock's name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// assert_eq!(locks.rwlock("catalog")?.name(), "catalog");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.res.name
     }
 
     /// Takes a read lock, waiting up to `timeout` ([`LockError::Timeout`]).
     /// Waits while a writer holds the lock or waits for it.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let rw = locks.rwlock("catalog")?;
+    /// let a = rw.read(Duration::from_secs(5)).await?;
+    /// let b = rw.read(Duration::from_secs(5)).await?; // readers share
+    /// assert!(rw.try_write().await.unwrap_err().is_would_block());
+    /// # drop((a, b));
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -132,6 +159,21 @@ impl RedisRwLock {
     /// While readers hold the lock, this writer's intent keeps new readers
     /// out.
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let rw = locks.rwlock("catalog")?;
+    /// let writer = rw.write(Duration::from_secs(5)).await?;
+    /// assert!(rw.try_read().await.unwrap_err().is_would_block());
+    /// writer.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::Timeout`] naming a holder if readers or a writer kept it; otherwise as [`read`](Self::read).
@@ -151,6 +193,22 @@ impl RedisRwLock {
     /// Takes a read lock if no writer holds or waits for it, else fails with
     /// [`LockError::WouldBlock`].
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let rw = locks.rwlock("catalog")?;
+    /// match rw.try_read().await {
+    ///     Ok(reader) => reader.release().await?,
+    ///     Err(e) if e.is_would_block() => println!("a writer has it or waits: {e}"),
+    ///     Err(e) => return Err(e),
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::WouldBlock`] if a writer holds it or waits; otherwise as [`read`](Self::read).
@@ -166,6 +224,20 @@ impl RedisRwLock {
     /// Takes the write lock if nobody holds it, else fails with
     /// [`LockError::WouldBlock`] (leaving no writer intent behind).
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let rw = locks.rwlock("catalog")?;
+    /// let writer = rw.try_write().await?;
+    /// assert!(rw.try_write().await.unwrap_err().is_would_block());
+    /// # drop(writer);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`LockError::WouldBlock`] if anyone holds it; otherwise as [`read`](Self::read).
@@ -180,6 +252,21 @@ impl RedisRwLock {
 
     /// Whether a reader or a writer holds the lock now. The answer may be
     /// stale by the time it is read.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let rw = locks.rwlock("catalog")?;
+    /// let reader = rw.read(Duration::from_secs(5)).await?;
+    /// assert!(rw.is_locked().await?);
+    /// reader.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

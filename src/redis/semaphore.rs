@@ -143,16 +143,58 @@ impl RedisLocks {
 
 impl RedisSemaphore {
     /// The semaphore's name.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// let downloads = locks.semaphore("downloads", 2)?;
+    /// assert_eq!(downloads.name(), "downloads");
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn name(&self) -> &str {
         &self.inner.name
     }
 
     /// How many permits it has.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// let downloads = locks.semaphore("downloads", 2)?;
+    /// assert_eq!(downloads.permits(), 2);
+    /// assert!(locks.semaphore("uploads", 0).unwrap_err().is_invalid_input());
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn permits(&self) -> u32 {
         self.inner.permits
     }
 
     /// Takes a permit, waiting up to `timeout` ([`LockError::Timeout`]).
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let downloads = locks.semaphore("downloads", 2)?;
+    /// let a = downloads.acquire(Duration::from_secs(5)).await?;
+    /// let b = downloads.acquire(Duration::from_secs(5)).await?;
+    /// let third = downloads.acquire(Duration::from_millis(50)).await;
+    /// assert!(third.unwrap_err().is_timeout()); // both permits are taken
+    /// # drop((a, b));
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -177,6 +219,22 @@ impl RedisSemaphore {
     /// Takes a permit, waiting as `options.timeout` says (`None`: for
     /// ever). `options.mode` is ignored: every permit is alike.
     ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{AcquireOptions, redis::RedisLocks};
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let downloads = locks.semaphore("downloads", 2)?;
+    /// // Wait for ever, and keep the permit 2 minutes should this process stall.
+    /// let opts = AcquireOptions::new().wait_forever().lease(Duration::from_secs(120));
+    /// let permit = downloads.acquire_with(&opts).await?;
+    /// permit.release().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
     /// # Errors
     ///
     /// As [`acquire`](Self::acquire); [`LockError::InvalidArgument`] for a lease the client refuses.
@@ -199,6 +257,21 @@ impl RedisSemaphore {
     /// Takes a permit if one is free right now, else fails with
     /// [`LockError::WouldBlock`]. It does not wait for this process's other
     /// waiters either.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let downloads = locks.semaphore("downloads", 2)?;
+    /// let Ok(permit) = downloads.try_acquire().await else {
+    ///     return Ok(()); // busy: try again on the next tick
+    /// };
+    /// permit.run_until_lost(async { /* the download */ }).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///
@@ -236,6 +309,21 @@ impl RedisSemaphore {
 
     /// How many permits are held now (expired ones not counted). The answer
     /// may be stale by the time it is read.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::redis::RedisLocks;
+    ///
+    /// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let downloads = locks.semaphore("downloads", 2)?;
+    /// let permit = downloads.acquire(Duration::from_secs(5)).await?;
+    /// assert!(downloads.holders().await? >= 1);
+    /// # drop(permit);
+    /// # Ok(())
+    /// # }
+    /// ```
     ///
     /// # Errors
     ///

@@ -130,6 +130,16 @@ impl Default for DurationHistogram {
 impl DurationHistogram {
     /// Adds one sample (for histograms built by hand, as in tests or when
     /// combining reports).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::stats::DurationHistogram;
+    ///
+    /// let mut h = DurationHistogram::default();
+    /// h.record(Duration::from_millis(3));
+    /// h.record(Duration::from_millis(5));
+    /// assert_eq!((h.count(), h.sum()), (2, Duration::from_millis(8)));
+    /// ```
     pub fn record(&mut self, d: Duration) {
         self.fit();
         self.counts[bucket_of(nanos(d))] += 1;
@@ -138,6 +148,18 @@ impl DurationHistogram {
     }
 
     /// Adds every sample of `other` to this histogram.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::stats::DurationHistogram;
+    ///
+    /// let (mut a, mut b) = (DurationHistogram::default(), DurationHistogram::default());
+    /// a.record(Duration::from_millis(1));
+    /// b.record(Duration::from_secs(2));
+    /// a.merge(&b);
+    /// assert_eq!(a.count(), 2);
+    /// assert_eq!(a.max(), Some(Duration::from_secs(2)));
+    /// ```
     pub fn merge(&mut self, other: &DurationHistogram) {
         self.fit();
         for (mine, theirs) in self.counts.iter_mut().zip(&other.counts) {
@@ -148,16 +170,48 @@ impl DurationHistogram {
     }
 
     /// How many samples it holds.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::stats::DurationHistogram;
+    ///
+    /// let mut h = DurationHistogram::default();
+    /// assert_eq!(h.count(), 0);
+    /// h.record(Duration::ZERO);
+    /// assert_eq!(h.count(), 1);
+    /// ```
     pub fn count(&self) -> u64 {
         self.counts.iter().sum()
     }
 
     /// The sum of all samples.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::stats::DurationHistogram;
+    ///
+    /// let mut h = DurationHistogram::default();
+    /// for ms in [10, 20, 30] {
+    ///     h.record(Duration::from_millis(ms));
+    /// }
+    /// assert_eq!(h.sum() / h.count() as u32, Duration::from_millis(20)); // the mean
+    /// ```
     pub fn sum(&self) -> Duration {
         self.sum
     }
 
     /// The largest sample, if any.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::stats::DurationHistogram;
+    ///
+    /// let mut h = DurationHistogram::default();
+    /// assert_eq!(h.max(), None);
+    /// h.record(Duration::from_millis(7));
+    /// h.record(Duration::from_millis(2));
+    /// assert_eq!(h.max(), Some(Duration::from_millis(7)));
+    /// ```
     pub fn max(&self) -> Option<Duration> {
         self.max
     }
@@ -165,6 +219,19 @@ impl DurationHistogram {
     /// The `q` quantile (`0.0..=1.0`), as the upper bound of the bucket that
     /// holds it (at most 41 % above the true value), capped at the largest
     /// sample; `None` when empty.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::stats::DurationHistogram;
+    ///
+    /// let mut h = DurationHistogram::default();
+    /// assert_eq!(h.quantile(0.5), None);
+    /// for ms in 1..=100 {
+    ///     h.record(Duration::from_millis(ms));
+    /// }
+    /// let p99 = h.quantile(0.99).unwrap();
+    /// assert!(p99 >= Duration::from_millis(99) && p99 <= Duration::from_millis(100));
+    /// ```
     pub fn quantile(&self, q: f64) -> Option<Duration> {
         let count = self.count();
         if count == 0 {
@@ -187,12 +254,32 @@ impl DurationHistogram {
 
     /// The buckets' inclusive upper bounds (the overflow bucket, last in the
     /// counts, has none).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::stats::DurationHistogram;
+    ///
+    /// let bounds: Vec<Duration> = DurationHistogram::bucket_bounds().collect();
+    /// assert_eq!(bounds[0], Duration::from_micros(1));
+    /// assert!(bounds.windows(2).all(|w| w[0] < w[1]));
+    /// assert_eq!(DurationHistogram::default().counts().len(), bounds.len() + 1); // + overflow
+    /// ```
     pub fn bucket_bounds() -> impl Iterator<Item = Duration> {
         BOUNDS.iter().map(|&n| Duration::from_nanos(n))
     }
 
     /// The count of each bucket, in the order of
     /// [`bucket_bounds`](Self::bucket_bounds), then the overflow bucket.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::stats::DurationHistogram;
+    ///
+    /// let mut h = DurationHistogram::default();
+    /// h.record(Duration::from_nanos(500)); // at or below the first bound, 1 µs
+    /// assert_eq!(h.counts()[0], 1);
+    /// assert_eq!(h.counts().iter().sum::<u64>(), h.count());
+    /// ```
     pub fn counts(&self) -> &[u64] {
         &self.counts
     }

@@ -90,6 +90,13 @@ pub(crate) use counter::Counter;
 pub const OTHER: &str = "(other)";
 
 /// Which backend an entry belongs to (the `backend` label of the export).
+///
+/// ```
+/// use lockyard::stats::Backend;
+///
+/// assert_eq!(Backend::Redlock.as_str(), "redlock");
+/// assert!(Backend::File < Backend::Custom); // ordered as listed, for sorted exports
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]

@@ -65,6 +65,20 @@ pub struct LockStat {
 impl LockStat {
     /// Adds `other`'s counts, gauges and histograms to this one, and
     /// recomputes the percentiles from the merged wait histogram.
+    ///
+    /// Combining two replicas' reports:
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use lockyard::stats::LockStat;
+    ///
+    /// let (mut east, mut west) = (LockStat::default(), LockStat::default());
+    /// east.timeouts = 1;
+    /// west.wait.record(Duration::from_millis(40));
+    /// east.merge(&west);
+    /// assert_eq!(east.timeouts, 1);
+    /// assert_eq!(east.wait_p50, Some(Duration::from_millis(40)));
+    /// ```
     pub fn merge(&mut self, other: &LockStat) {
         self.acquisitions += other.acquisitions;
         self.contended += other.contended;
@@ -117,6 +131,23 @@ impl LockStats {
 }
 
 /// Every entry of the registry ([`snapshot`](super::snapshot)).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::time::Duration;
+/// use lockyard::{FileLockManager, stats::{self, Backend}};
+///
+/// let dir = tempfile::tempdir().unwrap();
+/// let locks = FileLockManager::new(dir.path())?;
+/// drop(locks.acquire("snapshot-doc", Duration::from_secs(1)).await?);
+/// let snap = stats::snapshot();
+/// let entry = snap.entries.iter().find(|e| e.name == "snapshot-doc").unwrap();
+/// assert_eq!((entry.backend, entry.stats.acquisitions), (Backend::File, 1));
+/// assert!(snap.total.acquisitions >= 1);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
@@ -128,6 +159,21 @@ pub struct Snapshot {
 }
 
 /// One (backend, name) of a [`Snapshot`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use lockyard::{NamedSemaphore, stats::{self, Backend}};
+///
+/// let pool = NamedSemaphore::new("snapshot-entry-doc", 2);
+/// let permit = pool.semaphore().acquire().await.unwrap();
+/// let snap = stats::snapshot();
+/// let entry = snap.entries.iter().find(|e| e.name == "snapshot-entry-doc").unwrap();
+/// assert_eq!(entry.backend, Backend::Local);
+/// assert_eq!(entry.stats.held, 1);
+/// # drop(permit);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
