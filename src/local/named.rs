@@ -23,6 +23,10 @@ use crate::options::{AcquireOptions, Deadline, Mode};
 /// Through the trait, each acquisition takes **one permit**, in either
 /// [`Mode`]: with `n` permits, `n` holders at a time, exclusive or shared
 /// alike. [`is_locked`](Lock::is_locked) answers whether no permit is free.
+/// When none is, `try_lock` and a timed-out `lock` fail with
+/// [`LockError::Saturated`] (`is_saturated()`, and `is_would_block()`
+/// resp. `is_timeout()`), so a caller can tell a full semaphore from a
+/// held lock.
 /// The semaphore itself stays reachable through
 /// [`semaphore`](Self::semaphore) for weighted use.
 ///
@@ -36,7 +40,8 @@ use crate::options::{AcquireOptions, Deadline, Mode};
 /// let gpu: Arc<dyn Lock> = Arc::new(NamedSemaphore::new("gpu", 1));
 /// let guard = gpu.lock(&AcquireOptions::exclusive()).await?;
 /// assert_eq!(guard.resource(), "gpu");
-/// assert!(gpu.try_lock(Mode::Exclusive).await.unwrap_err().is_would_block());
+/// let busy = gpu.try_lock(Mode::Exclusive).await.unwrap_err();
+/// assert!(busy.is_would_block() && busy.is_saturated());
 /// guard.release().await?;
 /// assert!(!gpu.is_locked().await?);
 /// # Ok(())
@@ -217,6 +222,21 @@ async fn wait<G>(
     }
 }
 
+/// A semaphore that timed out is saturated, not held by someone
+/// ([`LockError::Saturated`], told apart by `is_saturated`).
+fn saturated(err: LockError) -> LockError {
+    match err {
+        LockError::Timeout {
+            resource, waited, ..
+        } => LockError::Saturated {
+            resource,
+            timed_out: true,
+            waited: Some(waited),
+        },
+        other => other,
+    }
+}
+
 #[async_trait]
 impl Lock for NamedSemaphore {
     fn name(&self) -> &str {
@@ -226,7 +246,9 @@ impl Lock for NamedSemaphore {
     /// Takes one permit, in either mode.
     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
         let acquire = Arc::clone(&self.semaphore).acquire_many_owned(1);
-        let permit = wait(&self.name, options.mode, options.timeout, acquire).await?;
+        let permit = wait(&self.name, options.mode, options.timeout, acquire)
+            .await
+            .map_err(saturated)?;
         Ok(LockGuard::new(LocalLockGuard {
             resource: Arc::clone(&self.name),
             held: Held::Permit(permit),
@@ -242,9 +264,10 @@ impl Lock for NamedSemaphore {
             Err(e) if e.is_closed() => Err(LockError::Closed {
                 resource: self.name.to_string(),
             }),
-            Err(_) => Err(LockError::WouldBlock {
+            Err(_) => Err(LockError::Saturated {
                 resource: self.name.to_string(),
-                holder: None,
+                timed_out: false,
+                waited: None,
             }),
         }
     }

@@ -265,12 +265,15 @@ async fn acquire_one(
     deadline: &Deadline,
 ) -> Result<LockGuard, LockError> {
     let counters = &entry.counters;
-    let holder = match entry.lock.try_lock(mode).await {
+    // A semaphore out of permits is contention too, reported as saturation
+    // (`LockError::Saturated`) rather than as a held lock.
+    let (holder, saturated) = match entry.lock.try_lock(mode).await {
         Ok(guard) => {
             counters.acquired(deadline.elapsed(), false);
             return Ok(managed(guard, counters));
         }
-        Err(LockError::WouldBlock { holder, .. }) => holder,
+        Err(LockError::WouldBlock { holder, .. }) => (holder, false),
+        Err(LockError::Saturated { .. }) => (None, true),
         Err(err) => {
             counters.failed();
             return Err(err);
@@ -278,10 +281,18 @@ async fn acquire_one(
     };
     let timed_out = |holder| {
         counters.timed_out();
-        LockError::Timeout {
-            resource: name.to_owned(),
-            waited: deadline.elapsed(),
-            holder,
+        if saturated {
+            LockError::Saturated {
+                resource: name.to_owned(),
+                timed_out: true,
+                waited: Some(deadline.elapsed()),
+            }
+        } else {
+            LockError::Timeout {
+                resource: name.to_owned(),
+                waited: deadline.elapsed(),
+                holder,
+            }
         }
     };
     if deadline.expired() {
@@ -312,6 +323,9 @@ async fn acquire_one(
             Ok(managed(guard, counters))
         }
         Err(LockError::Timeout { holder: last, .. }) => Err(timed_out(last.or(holder))),
+        Err(LockError::Saturated {
+            timed_out: true, ..
+        }) => Err(timed_out(holder)),
         Err(err) => {
             counters.failed();
             Err(err)
