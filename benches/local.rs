@@ -1,10 +1,14 @@
 //! In-process primitives, side by side with their floors in the same run:
-//! `tokio::sync::{Semaphore, RwLock}`, `async_lock::Semaphore`, and
-//! `std::sync::Mutex` for scale.
+//! `tokio::sync::{Semaphore, RwLock}`, `async_lock::{Semaphore, RwLock}`,
+//! and `std::sync::Mutex` for scale.
 //!
 //! ```text
-//! cargo bench --bench local -- --warm-up-time 1 --measurement-time 3
+//! cargo bench --bench local -- --warm-up-time 1 --measurement-time 2
 //! ```
+//!
+//! The contended groups are wall-clock times of a whole run of tasks on a
+//! multi-thread runtime, so they move with the load of the machine: compare
+//! the ratio of lockyard to tokio within one run, and repeat the run.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -71,6 +75,15 @@ fn rwlock_uncontended(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { *theirs.write().await += 1 })
     });
+    let async_lock_rw = async_lock::RwLock::new(1u64);
+    g.bench_function("read/async_lock", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(*async_lock_rw.read().await) })
+    });
+    g.bench_function("write/async_lock", |b| {
+        b.to_async(&rt)
+            .iter(|| async { *async_lock_rw.write().await += 1 })
+    });
     g.finish();
 }
 
@@ -115,12 +128,20 @@ fn work() {
     black_box(x);
 }
 
-fn contended(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+/// A multi-thread runtime with `workers` workers.
+fn multi_thread(workers: usize) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .build()
-        .expect("runtime");
-    let mut g = c.benchmark_group("semaphore_contended_64_tasks_2_permits_2_workers");
+        .expect("runtime")
+}
+
+/// `TASKS` tasks on `workers` workers share `PERMITS` permits.
+fn semaphore_contended(c: &mut Criterion, workers: usize) {
+    let rt = multi_thread(workers);
+    let mut g = c.benchmark_group(format!(
+        "semaphore_contended_{TASKS}_tasks_{PERMITS}_permits_{workers}_workers"
+    ));
     g.sample_size(30);
     g.throughput(criterion::Throughput::Elements((TASKS * ROUNDS) as u64));
 
@@ -164,17 +185,26 @@ fn contended(c: &mut Criterion) {
         })
     });
     g.finish();
+}
 
-    let mut g = c.benchmark_group("rwlock_contended_64_tasks_1_in_8_writes_2_workers");
+/// `TASKS` tasks on `workers` workers read (with a little work inside) or,
+/// one time in `one_write_in`, write.
+fn rwlock_contended(c: &mut Criterion, one_write_in: u32, workers: usize) {
+    let rt = multi_thread(workers);
+    let mut g = c.benchmark_group(format!(
+        "rwlock_contended_{TASKS}_tasks_1_in_{one_write_in}_writes_{workers}_workers"
+    ));
     g.sample_size(30);
     g.throughput(criterion::Throughput::Elements((TASKS * ROUNDS) as u64));
+    let write = move || rand::random_ratio(1, one_write_in);
+
     let ours = Arc::new(lockyard::local::RwLock::new(0u64));
     g.bench_function("lockyard", |b| {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| {
-                    contended_run(&rt, &ours, |l| async move {
-                        if rand_write() {
+                    contended_run(&rt, &ours, move |l| async move {
+                        if write() {
                             *l.write().await += 1;
                         } else {
                             black_box(*l.read().await);
@@ -190,8 +220,25 @@ fn contended(c: &mut Criterion) {
         b.iter_custom(|iters| {
             (0..iters)
                 .map(|_| {
-                    contended_run(&rt, &theirs, |l| async move {
-                        if rand_write() {
+                    contended_run(&rt, &theirs, move |l| async move {
+                        if write() {
+                            *l.write().await += 1;
+                        } else {
+                            black_box(*l.read().await);
+                            work();
+                        }
+                    })
+                })
+                .sum()
+        })
+    });
+    let async_lock_rw = Arc::new(async_lock::RwLock::new(0u64));
+    g.bench_function("async_lock", |b| {
+        b.iter_custom(|iters| {
+            (0..iters)
+                .map(|_| {
+                    contended_run(&rt, &async_lock_rw, move |l| async move {
+                        if write() {
                             *l.write().await += 1;
                         } else {
                             black_box(*l.read().await);
@@ -205,9 +252,16 @@ fn contended(c: &mut Criterion) {
     g.finish();
 }
 
-/// One write in eight.
-fn rand_write() -> bool {
-    rand::random::<u8>() < 32
+/// The contended mixes: two workers (as many as the cores of the machine
+/// the figures in the issue came from) and eight (more threads than cores);
+/// one write in 8, read-mostly (1 in 32) and write-heavy (1 in 2).
+fn contended(c: &mut Criterion) {
+    semaphore_contended(c, 2);
+    semaphore_contended(c, 8);
+    rwlock_contended(c, 8, 2);
+    rwlock_contended(c, 32, 2);
+    rwlock_contended(c, 2, 2);
+    rwlock_contended(c, 8, 8);
 }
 
 criterion_group!(benches, uncontended, rwlock_uncontended, contended);

@@ -184,10 +184,22 @@ async fn rebuild(
 }
 
 async fn expensive(State(app): State<Arc<App>>, Query(w): Query<Work>) -> Response {
-    let Ok(permit) = app.expensive.try_acquire() else {
-        // No permit free (or the semaphore closed): too many at once.
-        let body = json!({ "error": "too many expensive requests" });
-        return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+    let permit = match app
+        .expensive
+        .try_acquire()
+        .map_err(lockyard::LockError::from)
+    {
+        Ok(permit) => permit,
+        // Every permit taken: saturation, not a held lock.
+        Err(e) if e.is_saturated() => {
+            let body = json!({ "error": "too many expensive requests" });
+            return (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response();
+        }
+        // The semaphore was closed (shutting down).
+        Err(e) => {
+            let body = json!({ "error": e.to_string() });
+            return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+        }
     };
     let outcome = work(&app, w.duration()).await;
     drop(permit);

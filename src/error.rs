@@ -35,7 +35,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[non_exhaustive]
 pub enum LockError {
     /// The lock was held by someone else for the whole timeout.
-    #[error("timed out after {} waiting for lock `{resource}`{}", Waited(*waited), HolderSuffix(holder.as_deref()), resource = Escaped(resource))]
+    #[error("timed out after {} waiting for {}{}", Waited(*waited), Subject("lock", resource), HolderSuffix(holder.as_deref()))]
     Timeout {
         /// The resource name.
         resource: String,
@@ -45,7 +45,7 @@ pub enum LockError {
         holder: Option<Box<Owner>>,
     },
     /// A non-blocking attempt found the lock held.
-    #[error("lock `{resource}` is held{}", HolderSuffix(holder.as_deref()), resource = Escaped(resource))]
+    #[error("{} is held{}", Subject("lock", resource), HolderSuffix(holder.as_deref()))]
     WouldBlock {
         /// The resource name.
         resource: String,
@@ -181,10 +181,31 @@ pub enum LockError {
         resource: String,
     },
     /// The lock or semaphore was closed.
-    #[error("`{resource}` is closed", resource = Escaped(resource))]
+    #[error("{} is closed", Subject("", resource))]
     Closed {
         /// The resource name.
         resource: String,
+    },
+    /// Every permit of a semaphore was taken: for the whole timeout
+    /// (`timed_out`), or when a non-blocking attempt asked.
+    ///
+    /// This is *saturation* (a capacity limit reached), not a lock held by
+    /// someone: an HTTP service answers it with 429 where it answers
+    /// [`Timeout`](Self::Timeout) and [`WouldBlock`](Self::WouldBlock) with
+    /// 409. It still counts as [`is_contended`](Self::is_contended), and as
+    /// [`is_timeout`](Self::is_timeout) or
+    /// [`is_would_block`](Self::is_would_block) according to `timed_out`, so
+    /// code written before this variant keeps its meaning;
+    /// [`is_saturated`](Self::is_saturated) tells it apart.
+    #[error("every permit of {} {}", Subject("semaphore", resource), SaturatedSuffix(*timed_out, *waited))]
+    Saturated {
+        /// The resource name.
+        resource: String,
+        /// Whether the caller waited for a permit and gave up (`false`: a
+        /// non-blocking attempt).
+        timed_out: bool,
+        /// How long the caller waited, when known.
+        waited: Option<Duration>,
     },
     /// The name is in use as another kind of lock (one name is one lock: a
     /// Redis name held as a semaphore cannot be locked, and the reverse).
@@ -210,7 +231,9 @@ pub enum LockError {
 }
 
 impl LockError {
-    /// The acquisition timed out.
+    /// The acquisition timed out: a lock stayed held
+    /// ([`Timeout`](Self::Timeout)), or every permit of a semaphore stayed
+    /// taken ([`Saturated`](Self::Saturated) after a wait).
     ///
     /// ```
     /// use std::time::Duration;
@@ -220,10 +243,19 @@ impl LockError {
     /// assert!(err.is_timeout() && !err.is_would_block());
     /// ```
     pub fn is_timeout(&self) -> bool {
-        matches!(self, LockError::Timeout { .. })
+        matches!(
+            self,
+            LockError::Timeout { .. }
+                | LockError::Saturated {
+                    timed_out: true,
+                    ..
+                }
+        )
     }
 
-    /// A non-blocking attempt found the lock held.
+    /// A non-blocking attempt found the lock held
+    /// ([`WouldBlock`](Self::WouldBlock)), or no permit free
+    /// ([`Saturated`](Self::Saturated) without a wait).
     ///
     /// ```
     /// use lockyard::LockError;
@@ -232,11 +264,19 @@ impl LockError {
     /// assert!(err.is_would_block() && !err.is_timeout());
     /// ```
     pub fn is_would_block(&self) -> bool {
-        matches!(self, LockError::WouldBlock { .. })
+        matches!(
+            self,
+            LockError::WouldBlock { .. }
+                | LockError::Saturated {
+                    timed_out: false,
+                    ..
+                }
+        )
     }
 
-    /// Someone else holds the lock ([`Timeout`](Self::Timeout) or
-    /// [`WouldBlock`](Self::WouldBlock)): an expected outcome, not a fault.
+    /// Someone else holds the lock or every permit ([`Timeout`](Self::Timeout),
+    /// [`WouldBlock`](Self::WouldBlock), [`Saturated`](Self::Saturated)): an
+    /// expected outcome, not a fault.
     ///
     /// ```
     /// use lockyard::LockError;
@@ -248,6 +288,24 @@ impl LockError {
     /// ```
     pub fn is_contended(&self) -> bool {
         self.is_timeout() || self.is_would_block()
+    }
+
+    /// Every permit of a semaphore was taken ([`Saturated`](Self::Saturated)),
+    /// as opposed to a lock held by someone: a service's 429, where a held
+    /// lock is its 409.
+    ///
+    /// ```
+    /// use lockyard::LockError;
+    /// use lockyard::local::Semaphore;
+    ///
+    /// let gpu = Semaphore::new(0);
+    /// let err: LockError = gpu.try_acquire().unwrap_err().into();
+    /// assert!(err.is_saturated() && err.is_would_block() && err.is_contended());
+    /// let held = LockError::WouldBlock { resource: "db".into(), holder: None };
+    /// assert!(!held.is_saturated());
+    /// ```
+    pub fn is_saturated(&self) -> bool {
+        matches!(self, LockError::Saturated { .. })
     }
 
     /// The backend is down or unreachable; retrying later may help.
@@ -306,7 +364,8 @@ impl LockError {
         )
     }
 
-    /// The resource the error is about, where there is one.
+    /// The resource the error is about, where there is one. An error
+    /// converted from an unnamed in-process primitive's (`From`) has none.
     ///
     /// ```
     /// use lockyard::LockError;
@@ -316,7 +375,7 @@ impl LockError {
     /// assert_eq!(err.resource(), None);
     /// ```
     pub fn resource(&self) -> Option<&str> {
-        match self {
+        let resource = match self {
             LockError::Timeout { resource, .. }
             | LockError::WouldBlock { resource, .. }
             | LockError::Unsupported { resource, .. }
@@ -328,10 +387,12 @@ impl LockError {
             | LockError::NotHeld { resource }
             | LockError::WrongKind { resource, .. }
             | LockError::PermitsMismatch { resource, .. }
-            | LockError::Closed { resource } => Some(resource),
-            LockError::InvalidName { name, .. } => Some(name),
-            _ => None,
-        }
+            | LockError::Saturated { resource, .. }
+            | LockError::Closed { resource } => resource,
+            LockError::InvalidName { name, .. } => name,
+            _ => return None,
+        };
+        Some(resource.as_str()).filter(|r| !r.is_empty())
     }
 
     /// Who held the lock, for contention errors that know it.
@@ -387,6 +448,38 @@ struct Waited(Duration);
 impl fmt::Display for Waited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:.3}s", self.0.as_secs_f64())
+    }
+}
+
+/// Names a resource in a message: ``lock `db` `` (or `` `db` `` when
+/// `kind` is empty), or "an unnamed in-process lock" for the empty name of
+/// an error converted from an unnamed local primitive.
+struct Subject<'a>(&'static str, &'a str);
+
+impl fmt::Display for Subject<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Subject(kind, name) = *self;
+        match (kind, name) {
+            ("", "") => f.write_str("an unnamed in-process primitive"),
+            (kind, "") => write!(f, "an unnamed in-process {kind}"),
+            ("", name) => write!(f, "`{}`", Escaped(name)),
+            (kind, name) => write!(f, "{kind} `{}`", Escaped(name)),
+        }
+    }
+}
+
+/// The end of a [`LockError::Saturated`] message.
+struct SaturatedSuffix(bool, Option<Duration>);
+
+impl fmt::Display for SaturatedSuffix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            SaturatedSuffix(false, _) => f.write_str("is taken"),
+            SaturatedSuffix(true, Some(waited)) => {
+                write!(f, "stayed taken for {}", Waited(waited))
+            }
+            SaturatedSuffix(true, None) => f.write_str("stayed taken for the whole timeout"),
+        }
     }
 }
 

@@ -30,7 +30,7 @@
 #[cfg(not(all(test, lockyard_loom)))]
 mod imp {
     pub(crate) mod sync {
-        pub(crate) use std::sync::MutexGuard;
+        pub(crate) use std::sync::{Arc, MutexGuard};
 
         pub(crate) mod atomic {
             pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -65,7 +65,7 @@ mod imp {
 #[cfg(all(test, lockyard_loom))]
 mod imp {
     pub(crate) mod sync {
-        pub(crate) use ::loom::sync::MutexGuard;
+        pub(crate) use ::loom::sync::{Arc, MutexGuard};
 
         pub(crate) mod atomic {
             pub(crate) use ::loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -110,12 +110,16 @@ mod local {
         RwLockWriteGuard<'static, Vec<u8>>,
         OwnedRwLockReadGuard<Vec<u8>>,
         OwnedRwLockWriteGuard<Vec<u8>>,
+        RwLockMappedWriteGuard<'static, Vec<u8>>,
+        OwnedRwLockReadGuard<Vec<u8>, u8>,
+        OwnedRwLockMappedWriteGuard<Vec<u8>, u8>,
         NamedSemaphore,
         NamedRwLock,
         TryAcquireError,
         AcquireError,
         AcquireTimeoutError,
         TryLockError,
+        LockTimeoutError,
     );
 
     const _: fn() = || {
@@ -150,8 +154,12 @@ mod local {
         send_sync(&a.acquire_many_owned_timeout(2, t));
         send_sync(&l.read());
         send_sync(&l.write());
+        send_sync(&l.read_timeout(t));
+        send_sync(&l.write_timeout(t));
         send_sync(&al.clone().read_owned());
-        send_sync(&al.write_owned());
+        send_sync(&al.clone().write_owned());
+        send_sync(&al.clone().read_owned_timeout(t));
+        send_sync(&al.write_owned_timeout(t));
         send(ns.lock(o));
         send(ns.try_lock(Mode::Shared));
         send(nl.lock(o));

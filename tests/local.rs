@@ -10,7 +10,9 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use lockyard::local::{
-    AcquireTimeoutError, NamedRwLock, NamedSemaphore, RwLock, Semaphore, TryAcquireError,
+    AcquireTimeoutError, NamedRwLock, NamedSemaphore, OwnedRwLockMappedWriteGuard,
+    OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, RwLockMappedWriteGuard, RwLockReadGuard,
+    RwLockWriteGuard, Semaphore, TryAcquireError,
 };
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
 
@@ -168,6 +170,18 @@ fn rwlock_waiters() -> Vec<(&'static str, bool, LockFn)> {
         }),
         ("write_owned", true, |l| {
             Box::pin(async move { drop(l.write_owned().await) })
+        }),
+        ("read_timeout", false, |l| {
+            Box::pin(async move { drop(l.read_timeout(long()).await.unwrap()) })
+        }),
+        ("write_timeout", true, |l| {
+            Box::pin(async move { drop(l.write_timeout(long()).await.unwrap()) })
+        }),
+        ("read_owned_timeout", false, |l| {
+            Box::pin(async move { drop(l.read_owned_timeout(long()).await.unwrap()) })
+        }),
+        ("write_owned_timeout", true, |l| {
+            Box::pin(async move { drop(l.write_owned_timeout(long()).await.unwrap()) })
         }),
         ("NamedRwLock::lock(shared)", false, |l| {
             Box::pin(async move {
@@ -393,7 +407,9 @@ async fn named_semaphore_through_the_lock_trait() {
     );
     assert!(lock.is_locked().await.unwrap());
     let err = lock.try_lock(Mode::Exclusive).await.unwrap_err();
-    assert!(matches!(err, LockError::WouldBlock { ref resource, .. } if resource == "gpu"));
+    assert!(
+        matches!(err, LockError::Saturated { ref resource, timed_out: false, .. } if resource == "gpu")
+    );
     let opts = AcquireOptions::exclusive().timeout(Duration::from_millis(20));
     let err = lock.lock(&opts).await.unwrap_err();
     assert!(err.is_timeout(), "{err}");
@@ -556,4 +572,278 @@ async fn wake_batches_larger_than_one_round() {
         .filter(|p| matches!(p, Poll::Ready(Err(_))))
         .count();
     assert_eq!(failed, 30);
+}
+
+/// Issue 11, item 4: a semaphore out of permits is told apart from a lock
+/// held by someone, through the `Lock` trait (429 versus 409), while
+/// `is_timeout` / `is_would_block` keep their meaning.
+#[tokio::test(start_paused = true)]
+async fn named_semaphore_saturation_is_told_apart_from_a_held_lock() {
+    let pool: Arc<dyn Lock> = Arc::new(NamedSemaphore::new("pool", 1));
+    let rw: Arc<dyn Lock> = Arc::new(NamedRwLock::new("row"));
+    let _permit = pool.try_lock(Mode::Exclusive).await.unwrap();
+    let _writer = rw.try_lock(Mode::Exclusive).await.unwrap();
+
+    let busy = pool.try_lock(Mode::Exclusive).await.unwrap_err();
+    assert!(busy.is_saturated() && busy.is_would_block() && busy.is_contended());
+    assert!(!busy.is_timeout());
+    assert_eq!(busy.resource(), Some("pool"));
+    assert_eq!(
+        busy.to_string(),
+        "every permit of semaphore `pool` is taken"
+    );
+
+    let opts = AcquireOptions::exclusive().timeout(Duration::from_millis(20));
+    let waited = bounded(pool.lock(&opts)).await.unwrap_err();
+    assert!(waited.is_saturated() && waited.is_timeout() && !waited.is_would_block());
+    assert!(
+        matches!(waited, LockError::Saturated { waited: Some(w), .. } if w >= Duration::from_millis(20)),
+        "{waited:?}"
+    );
+    assert!(
+        waited
+            .to_string()
+            .starts_with("every permit of semaphore `pool` stayed taken for")
+    );
+
+    let held = rw.try_lock(Mode::Shared).await.unwrap_err();
+    assert!(held.is_would_block() && !held.is_saturated());
+    let held = bounded(rw.lock(&opts.mode(Mode::Shared)))
+        .await
+        .unwrap_err();
+    assert!(held.is_timeout() && !held.is_saturated());
+}
+
+/// Every error of the in-process primitives converts into `LockError`
+/// (so `?` works), into the same variants the named adapters use, with no
+/// resource name.
+#[tokio::test(start_paused = true)]
+async fn local_errors_convert_into_lock_error() {
+    let s = Semaphore::new(0);
+    let e: LockError = s.try_acquire().unwrap_err().into();
+    assert!(matches!(
+        e,
+        LockError::Saturated {
+            timed_out: false,
+            ..
+        }
+    ));
+    assert!(e.resource().is_none());
+    assert_eq!(
+        e.to_string(),
+        "every permit of an unnamed in-process semaphore is taken"
+    );
+    let e: LockError = bounded(s.acquire_timeout(Duration::from_millis(1)))
+        .await
+        .unwrap_err()
+        .into();
+    assert!(e.is_saturated() && e.is_timeout());
+    s.close();
+    let e: LockError = bounded(s.acquire()).await.unwrap_err().into();
+    assert!(matches!(e, LockError::Closed { .. }) && e.resource().is_none());
+    assert_eq!(e.to_string(), "an unnamed in-process primitive is closed");
+    let e: LockError = s.try_acquire().unwrap_err().into();
+    assert!(matches!(e, LockError::Closed { .. }));
+    let e: LockError = bounded(s.acquire_timeout(Duration::ZERO))
+        .await
+        .unwrap_err()
+        .into();
+    assert!(matches!(e, LockError::Closed { .. }));
+
+    let l = RwLock::new(());
+    let _w = l.try_write().unwrap();
+    let e: LockError = l.try_read().unwrap_err().into();
+    assert!(e.is_would_block() && !e.is_saturated() && e.resource().is_none());
+    assert_eq!(e.to_string(), "an unnamed in-process lock is held");
+    let e: LockError = bounded(l.read_timeout(Duration::from_millis(3)))
+        .await
+        .unwrap_err()
+        .into();
+    assert!(
+        matches!(e, LockError::Timeout { waited, .. } if waited == Duration::from_millis(3)),
+        "{e:?}"
+    );
+    assert!(!e.is_saturated());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rwlock_timeouts_give_up_and_leave_nothing_behind() {
+    let l = Arc::new(RwLock::new(0));
+    // Free: taken even with a zero timeout (and without a timer).
+    assert_eq!(*l.read_timeout(Duration::ZERO).await.unwrap(), 0);
+    *l.write_timeout(Duration::ZERO).await.unwrap() = 1;
+
+    let w = l.try_write().unwrap();
+    let err = bounded(l.read_timeout(Duration::from_millis(10)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.waited(), Duration::from_millis(10));
+    assert!(
+        bounded(Arc::clone(&l).read_owned_timeout(Duration::from_millis(1)))
+            .await
+            .is_err()
+    );
+    assert!(
+        bounded(l.write_timeout(Duration::from_millis(1)))
+            .await
+            .is_err()
+    );
+    drop(w);
+    assert!(!l.is_locked(), "the timed-out waiters left nothing");
+
+    // A writer that times out while partly served (a reader inside) hands
+    // its share on: the reader queued behind it gets in.
+    let r = Arc::clone(&l).try_read_owned().unwrap();
+    let writer = tokio::spawn({
+        let l = Arc::clone(&l);
+        async move {
+            l.write_owned_timeout(Duration::from_millis(50))
+                .await
+                .is_err()
+        }
+    });
+    tokio::task::yield_now().await;
+    assert!(l.try_read().is_err(), "the writer is queued");
+    let late = tokio::spawn({
+        let l = Arc::clone(&l);
+        async move { *l.read_owned_timeout(long()).await.unwrap() }
+    });
+    assert!(bounded(writer).await.unwrap(), "the writer timed out");
+    assert_eq!(
+        bounded(late).await.unwrap(),
+        1,
+        "the reader behind it got in"
+    );
+    drop(r);
+    assert!(!l.is_locked());
+
+    // A waiter served in the same instant its timer fires keeps the lock.
+    let w = Arc::clone(&l).try_write_owned().unwrap();
+    let reader = tokio::spawn({
+        let l = Arc::clone(&l);
+        async move {
+            l.read_owned_timeout(Duration::from_millis(5))
+                .await
+                .map(|g| *g)
+        }
+    });
+    tokio::task::yield_now().await;
+    drop(w);
+    assert_eq!(bounded(reader).await.unwrap().unwrap(), 1);
+    assert!(!l.is_locked());
+}
+
+#[tokio::test]
+async fn mapped_guards_keep_their_permits() {
+    let l = RwLock::new((1, vec![2, 3]));
+
+    let first = RwLockReadGuard::map(l.read().await, |t| &t.0);
+    assert_eq!(*first, 1);
+    assert!(l.try_write().is_err(), "a mapped read guard still reads");
+    assert!(l.try_read().is_ok(), "and shares");
+    drop(first);
+    assert!(!l.is_locked());
+
+    let guard = l.read().await;
+    let guard = RwLockReadGuard::try_map(guard, |t| t.1.get(5)).unwrap_err();
+    assert!(
+        l.try_write().is_err(),
+        "a failed try_map gives the guard back"
+    );
+    let last = RwLockReadGuard::try_map(guard, |t| t.1.last()).unwrap();
+    assert_eq!(*last, 3);
+    drop(last);
+
+    let mut list = RwLockWriteGuard::map(l.write().await, |t| &mut t.1);
+    list.push(4);
+    assert!(
+        l.try_read().is_err(),
+        "a mapped write guard is still exclusive"
+    );
+    let mut last = RwLockMappedWriteGuard::try_map(list, |v| v.last_mut()).unwrap();
+    *last = 40;
+    assert!(l.try_read().is_err());
+    drop(last);
+    assert_eq!(l.read().await.1, [2, 3, 40]);
+
+    let w = l.write().await;
+    let w = RwLockWriteGuard::try_map(w, |t| t.1.get_mut(9)).unwrap_err();
+    assert!(l.try_read().is_err());
+    drop(w);
+    assert!(!l.is_locked());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn owned_mapped_guards_move_and_keep_their_permits() {
+    let l = Arc::new(RwLock::new((String::from("a"), 0u32)));
+    let name = OwnedRwLockReadGuard::map(Arc::clone(&l).read_owned().await, |t| &t.0);
+    assert!(Arc::ptr_eq(OwnedRwLockReadGuard::rwlock(&name), &l));
+    let reader = tokio::spawn(async move { name.len() });
+    assert_eq!(bounded(reader).await.unwrap(), 1);
+    assert!(!l.is_locked(), "dropped in the task");
+
+    let count = OwnedRwLockWriteGuard::map(Arc::clone(&l).write_owned().await, |t| &mut t.1);
+    let count = OwnedRwLockMappedWriteGuard::try_map(count, |c| Some(c)).unwrap();
+    assert!(l.try_read().is_err());
+    let writer = tokio::spawn(async move {
+        let mut count = count;
+        *count += 1;
+    });
+    bounded(writer).await.unwrap();
+    assert_eq!(l.read().await.1, 1);
+
+    let w = Arc::clone(&l).write_owned().await;
+    let w = OwnedRwLockWriteGuard::try_map(w, |_| None::<&mut u8>).unwrap_err();
+    assert!(
+        l.try_read().is_err(),
+        "a failed try_map keeps exclusive access"
+    );
+    drop(w);
+    assert!(!l.is_locked());
+}
+
+#[tokio::test]
+async fn owned_write_guard_downgrade_lets_readers_in_not_writers() {
+    let l = Arc::new(RwLock::new(1));
+    let mut w = Arc::clone(&l).write_owned().await;
+    *w = 2;
+    let reader = tokio::spawn({
+        let l = Arc::clone(&l);
+        async move { *l.read_owned().await }
+    });
+    // On this single-threaded runtime the reader runs, and queues, here.
+    tokio::task::yield_now().await;
+    assert!(!reader.is_finished(), "the reader waits behind the writer");
+    let r = w.downgrade();
+    assert_eq!(
+        bounded(reader).await.unwrap(),
+        2,
+        "the queued reader got in"
+    );
+    assert!(
+        l.try_write().is_err(),
+        "no writer while the downgraded guard reads"
+    );
+    assert_eq!(*l.try_read().unwrap(), 2);
+    let held_elsewhere = tokio::spawn(async move { *r });
+    assert_eq!(bounded(held_elsewhere).await.unwrap(), 2);
+    assert!(l.try_write().is_ok());
+}
+
+#[test]
+fn a_map_that_panics_releases_the_lock() {
+    let l = RwLock::new(vec![1]);
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = RwLockWriteGuard::map(l.try_write().unwrap(), |_| -> &mut u8 { panic!("in map") });
+    }));
+    assert!(result.is_err());
+    assert!(
+        !l.is_locked(),
+        "the write guard was dropped while unwinding"
+    );
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = RwLockReadGuard::map(l.try_read().unwrap(), |_| -> &u8 { panic!("in map") });
+    }));
+    assert!(result.is_err());
+    assert!(!l.is_locked());
 }

@@ -2,13 +2,17 @@
 //! with random weights, random timeouts, and random drops (tasks aborted,
 //! futures raced against short sleeps). The number of permits held at once
 //! never exceeds the semaphore's, writers never overlap anyone, and every
-//! permit comes back.
+//! permit comes back. The RW lock's timeouts, mapped guards and owned
+//! downgrades go through the same mill.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use lockyard::local::{RwLock, Semaphore};
+use lockyard::local::{
+    OwnedRwLockMappedWriteGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock,
+    RwLockReadGuard, RwLockWriteGuard, Semaphore,
+};
 use rand::Rng;
 
 const PERMITS: usize = 4;
@@ -257,4 +261,142 @@ fn semaphore_threads_and_tasks_together() {
     });
     assert!(gauge.max.load(Ordering::SeqCst) <= 2);
     assert_eq!(semaphore.available_permits(), 2);
+}
+
+/// Counts a reader in (until the token drops), checking no writer is in.
+fn enter_read<'a>(readers: &'a AtomicUsize, writers: &AtomicUsize) -> Inside<'a> {
+    readers.fetch_add(1, Ordering::SeqCst);
+    let inside = Inside(readers, 1);
+    assert_eq!(writers.load(Ordering::SeqCst), 0, "reader with a writer");
+    inside
+}
+
+/// Every way of holding the RW lock added with issue 12 (timeouts, mapped
+/// guards borrowed and owned, owned downgrades), under random timeouts,
+/// races against sleeps and aborted tasks: writers never overlap anyone,
+/// every write lands once, and nothing stays held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rwlock_timeouts_maps_and_downgrades_with_cancellation() {
+    let lock = Arc::new(RwLock::new(0u64));
+    let readers = Arc::new(AtomicUsize::new(0));
+    let writers = Arc::new(AtomicUsize::new(0));
+    let wrote = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(TASKS);
+    for i in 0..TASKS {
+        let (lock, readers, writers, wrote) = (
+            Arc::clone(&lock),
+            Arc::clone(&readers),
+            Arc::clone(&writers),
+            Arc::clone(&wrote),
+        );
+        let (kind, wait_us, yields) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_range(0..6u8),
+                rng.random_range(0..300u64),
+                rng.random_range(0..3u32),
+            )
+        };
+        let timeout = Duration::from_micros(wait_us);
+        // What a writer does while it holds the lock (mapped or not).
+        let write = {
+            let (readers, writers, wrote) = (
+                Arc::clone(&readers),
+                Arc::clone(&writers),
+                Arc::clone(&wrote),
+            );
+            move |value: &mut u64| {
+                assert_eq!(writers.fetch_add(1, Ordering::SeqCst), 0, "two writers");
+                let inside = Inside(&writers, 1);
+                assert_eq!(readers.load(Ordering::SeqCst), 0, "writer with readers");
+                *value += 1;
+                wrote.fetch_add(1, Ordering::SeqCst);
+                drop(inside);
+            }
+        };
+        tasks.push(tokio::spawn(async move {
+            match kind {
+                0 => {
+                    if let Ok(guard) = lock.write_timeout(timeout).await {
+                        let mut value = RwLockWriteGuard::map(guard, |v| v);
+                        write(&mut value);
+                        hold_briefly(yields).await;
+                    }
+                }
+                1 => {
+                    if let Ok(guard) = lock.read_timeout(timeout).await {
+                        let value = RwLockReadGuard::map(guard, |v| v);
+                        let _inside = enter_read(&readers, &writers);
+                        let _ = *value;
+                        hold_briefly(yields).await;
+                    }
+                }
+                2 => {
+                    if let Ok(guard) = Arc::clone(&lock).write_owned_timeout(timeout).await {
+                        let guard = OwnedRwLockWriteGuard::map(guard, |v| v);
+                        let mut value =
+                            OwnedRwLockMappedWriteGuard::try_map(guard, |v| Some(&mut *v))
+                                .unwrap_or_else(|_| unreachable!());
+                        // Moved into another task while held.
+                        tokio::spawn(async move {
+                            write(&mut value);
+                            hold_briefly(yields).await;
+                        })
+                        .await
+                        .unwrap();
+                    }
+                }
+                3 => {
+                    if let Ok(guard) = Arc::clone(&lock).read_owned_timeout(timeout).await {
+                        let value = OwnedRwLockReadGuard::map(guard, |v| v);
+                        let _inside = enter_read(&readers, &writers);
+                        let _ = *value;
+                        hold_briefly(yields).await;
+                    }
+                }
+                4 => {
+                    // Raced against a sleep; a winner writes, then
+                    // downgrades and keeps reading.
+                    let guard = tokio::select! {
+                        g = Arc::clone(&lock).write_owned() => Some(g),
+                        () = tokio::time::sleep(timeout) => None,
+                    };
+                    if let Some(mut guard) = guard {
+                        write(&mut guard);
+                        let guard = guard.downgrade();
+                        let _inside = enter_read(&readers, &writers);
+                        let _ = *guard;
+                        hold_briefly(yields).await;
+                    }
+                }
+                _ => {
+                    // A long timeout that only an abort cuts short.
+                    let guard = lock.read_timeout(Duration::from_secs(60)).await.unwrap();
+                    let _inside = enter_read(&readers, &writers);
+                    let _ = *guard;
+                    hold_briefly(yields).await;
+                }
+            }
+        }));
+        if i % 9 == 4 {
+            let victim = tasks.swap_remove(tasks.len() / 2);
+            victim.abort();
+            let _ = victim.await;
+        }
+    }
+    let all = async {
+        for t in tasks {
+            if let Err(e) = t.await {
+                assert!(e.is_cancelled(), "task failed: {e}");
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), all)
+        .await
+        .expect("stress test hung");
+    assert!(!lock.is_locked(), "a guard or a share was lost");
+    assert_eq!(
+        *lock.try_read().unwrap() as usize,
+        wrote.load(Ordering::SeqCst)
+    );
 }

@@ -10,32 +10,58 @@
 //!
 //! # Implementation
 //!
-//! An atomic counter holds the permits nobody has been given yet (shifted
-//! left by one; the low bit marks the semaphore closed). Acquiring when the
-//! counter has enough is one compare-and-swap, with no lock.
+//! An atomic counter holds the permits nobody has been given yet, shifted
+//! left by two: the low bit marks the semaphore closed, the next one
+//! (`QUEUED`) says that the wait list is not empty. Acquiring when the
+//! counter has enough is one compare-and-swap, with no lock; so is
+//! *releasing* while `QUEUED` is clear.
 //!
 //! Otherwise the acquirer locks the wait list, takes whatever the counter
-//! still has, and queues itself at the back for the rest. Released permits
-//! go to the wait list first: they are assigned to the waiter at the front
-//! (possibly only part of what it needs), which is woken and unlinked once it
-//! has all it asked for. Permits are added back to the counter only when the
-//! queue is empty. Hence the invariant that makes the semaphore fair:
+//! still has, and queues itself at the back for the rest, setting `QUEUED`
+//! in the same compare-and-swap. Released permits go to the wait list first:
+//! they are assigned to the waiter at the front (possibly only part of what
+//! it needs), which is woken and unlinked once it has all it asked for.
+//! Permits are added back to the counter only when the queue is empty, in
+//! the same atomic step that clears `QUEUED`. Hence the invariants:
 //!
-//! > **while any waiter is queued, the counter is zero**,
-//!
-//! so a newcomer can never take permits ahead of a waiter, whatever it asks
-//! for. A large request at the front holds back the small ones behind it;
-//! that is what keeps an `RwLock` writer from being starved by readers.
+//! 1. **`QUEUED` is set exactly while the queue is not empty**; it changes
+//!    only under the lock.
+//! 2. **While `QUEUED` is set, the counter holds no permits**, so a
+//!    newcomer can never take permits ahead of a waiter, whatever it asks
+//!    for. A large request at the front holds back the small ones behind
+//!    it; that is what keeps an `RwLock` writer from being starved by
+//!    readers.
+//! 3. A lock-free release adds to the counter only while `QUEUED` is clear;
+//!    its compare-and-swap fails if a waiter queues meanwhile (the waiter's
+//!    own compare-and-swap sets the bit), and it then takes the lock and
+//!    serves the queue. So no permit is ever added to the counter while
+//!    somebody waits for it.
 //!
 //! The queue is a doubly linked list threaded through a [`Slab`] by index,
 //! so linking, unlinking a cancelled waiter and finding the front are O(1)
-//! and need no `unsafe`; the slab keeps its memory for reuse. A waiter's
-//! slab entry belongs to its [`Acquire`] future from the moment it queues
-//! until the future completes or is dropped: the releaser only unlinks it,
-//! so the future can read there that it was served.
+//! and need no `unsafe`; the slab keeps its memory for reuse. Each waiter
+//! also shares a one-word [`Ticket`] with its [`Acquire`] future: whoever
+//! serves the waiter (or closes the semaphore) frees its slab entry at once
+//! and writes the outcome into the ticket, so the woken future completes by
+//! reading one atomic, without taking the lock again (4). The slab entry
+//! belongs to the future only while its ticket says `WAITING` (5), which is
+//! checked under the lock before the entry is touched.
 //!
 //! Wakers are collected under the lock and woken after it is released, in
 //! batches, because a waker may call back into the semaphore.
+//!
+//! # Why this shape (the profile)
+//!
+//! The first version took the wait-list lock on *every* release and again
+//! in every woken waiter's poll. Under contention (an `RwLock` with 64
+//! tasks on two workers) the profile showed that lock itself as the
+//! bottleneck: `add_permits_locked` and `release` spent their time in
+//! `futex_wait`/`futex_wake`, i.e. threads were put to sleep by the kernel
+//! on a lock that protects a few loads and stores. How often that happens
+//! depends on the machine (core count, other load, the mutex's spinning),
+//! which is why the same benchmark was ahead of tokio on one machine and
+//! behind on another. Invariants 3 and 4 take the lock off the two most
+//! frequent paths instead of tuning the mutex.
 //!
 //! [`Semaphore`]: super::Semaphore
 //! [`RwLock`]: super::RwLock
@@ -49,7 +75,7 @@ use slab::Slab;
 
 use super::error::{AcquireError, TryAcquireError};
 use crate::loom::sync::atomic::{AtomicUsize, Ordering};
-use crate::loom::sync::{Mutex, MutexGuard};
+use crate::loom::sync::{Arc, Mutex, MutexGuard};
 
 /// "No node" in the index-linked list.
 const NIL: usize = usize::MAX;
@@ -57,13 +83,13 @@ const NIL: usize = usize::MAX;
 /// A FIFO counting semaphore whose acquirers may ask for many permits at
 /// once.
 pub(crate) struct BatchSemaphore {
-    /// `available << PERMIT_SHIFT | CLOSED`. Zero permits while the queue is
-    /// not empty (see the module docs).
+    /// `available << PERMIT_SHIFT | QUEUED | CLOSED` (module docs,
+    /// invariants 1–3).
     ///
     /// Orderings: a successful acquiring CAS is `Acquire` (it must see every
-    /// write made under the permits it takes) and the release that adds to
-    /// it is `Release`; `AcqRel` on the CAS because a partial take under the
-    /// lock is followed by writes that later holders must see.
+    /// write made under the permits it takes) and every change that adds
+    /// permits is `Release`; the CASes are `AcqRel` because a partial take
+    /// under the lock is followed by writes that later holders must see.
     permits: AtomicUsize,
     /// The waiters, and whether the semaphore is closed.
     waiters: Mutex<Waitlist>,
@@ -76,22 +102,33 @@ struct Waitlist {
     head: usize,
     /// Back of the queue, or `NIL`.
     tail: usize,
-    /// Set by `close` (under the lock, together with the counter's bit).
-    closed: bool,
 }
 
-/// One waiter.
+/// One queued waiter; its slab entry is freed by whoever unlinks it.
 struct Node {
-    /// Permits it still needs; zero once served.
+    /// Permits it asked for.
+    needed: usize,
+    /// Permits it still needs (`needed` minus what was assigned so far).
     remaining: usize,
-    /// Its waker; taken by whoever unlinks it (served or closed).
+    /// Its waker; taken by whoever unlinks it.
     waker: Option<Waker>,
+    /// The outcome, shared with the future.
+    ticket: Ticket,
     prev: usize,
     next: usize,
-    /// In the queue. A node that is not linked is either served
-    /// (`remaining == 0`) or was dropped from the queue by `close`.
-    linked: bool,
 }
+
+/// The outcome of one queued acquisition, shared between the wait list and
+/// the [`Acquire`] future: `WAITING`, then `SERVED` or `CLOSED`, written
+/// once, under the lock, by whoever unlinks the node. The store is
+/// `Release` and the future's load `Acquire`: a future that reads `SERVED`
+/// sees everything the permits' previous holders wrote (they released them
+/// before the lock was taken to serve it).
+type Ticket = Arc<AtomicUsize>;
+
+const WAITING: usize = 0;
+const SERVED: usize = 1;
+const CLOSED_OUT: usize = 2;
 
 /// Future returned by [`BatchSemaphore::acquire`].
 ///
@@ -101,9 +138,9 @@ struct Node {
 pub(crate) struct Acquire<'a> {
     semaphore: &'a BatchSemaphore,
     needed: usize,
-    /// Its slab entry, while it has one (queued, or served but not yet
-    /// polled, or dropped from the queue by `close`).
-    key: Option<usize>,
+    /// Its slab key and ticket, from the moment it queues until it
+    /// completes. The key is valid only while the ticket says `WAITING`.
+    queued: Option<(usize, Ticket)>,
 }
 
 impl BatchSemaphore {
@@ -111,7 +148,8 @@ impl BatchSemaphore {
     /// reserved, as in tokio).
     pub(crate) const MAX_PERMITS: usize = usize::MAX >> 3;
     const CLOSED: usize = 1;
-    const PERMIT_SHIFT: u32 = 1;
+    const QUEUED: usize = 2;
+    const PERMIT_SHIFT: u32 = 2;
 
     /// A semaphore with `permits` permits.
     ///
@@ -124,7 +162,6 @@ impl BatchSemaphore {
                 nodes: Slab::new(),
                 head: NIL,
                 tail: NIL,
-                closed: false,
             }),
         }
     }
@@ -140,21 +177,21 @@ impl BatchSemaphore {
     }
 
     /// Takes `n` permits if they are available now. Never takes permits a
-    /// queued waiter is owed (the counter is zero while anyone waits).
+    /// queued waiter is owed (invariant 2).
+    #[inline]
     pub(crate) fn try_acquire(&self, n: usize) -> Result<(), TryAcquireError> {
         debug_assert!(n <= Self::MAX_PERMITS);
-        let needed = n << Self::PERMIT_SHIFT;
         let mut curr = self.permits.load(Ordering::Acquire);
         loop {
             if curr & Self::CLOSED == Self::CLOSED {
                 return Err(TryAcquireError::Closed);
             }
-            if curr < needed {
+            if curr >> Self::PERMIT_SHIFT < n {
                 return Err(TryAcquireError::NoPermits);
             }
             match self.permits.compare_exchange_weak(
                 curr,
-                curr - needed,
+                curr - (n << Self::PERMIT_SHIFT),
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -170,18 +207,33 @@ impl BatchSemaphore {
         Acquire {
             semaphore: self,
             needed: n,
-            key: None,
+            queued: None,
         }
     }
 
     /// Returns `n` permits: to the waiters first, the rest to the counter.
+    /// Lock-free while nobody waits (invariant 3).
     ///
     /// # Panics
     ///
     /// If the counter would exceed `MAX_PERMITS`.
+    #[inline]
     pub(crate) fn release(&self, n: usize) {
         if n == 0 {
             return;
+        }
+        let mut curr = self.permits.load(Ordering::Relaxed);
+        while curr & Self::QUEUED == 0 {
+            let next = Self::plus(curr, n);
+            match self.permits.compare_exchange_weak(
+                curr,
+                next,
+                Ordering::Release,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => curr = actual,
+            }
         }
         self.add_permits_locked(n, self.waiters.lock());
     }
@@ -212,10 +264,12 @@ impl BatchSemaphore {
     /// waiter is woken to fail.
     pub(crate) fn close(&self) {
         let mut waiters = self.waiters.lock();
-        // The bit on the counter stops the lock-free fast path; it is set
-        // under the lock so that the counter and the list never disagree.
+        // The bit on the counter stops every later acquisition; it is set
+        // under the lock, so that no waiter queues after it.
         self.permits.fetch_or(Self::CLOSED, Ordering::Release);
-        waiters.closed = true;
+        // Permits set aside for the waiters dropped here go back to the
+        // counter once the queue is empty.
+        let mut returned = 0;
         loop {
             let mut wakers = WakeList::new();
             while wakers.can_push() {
@@ -223,9 +277,15 @@ impl BatchSemaphore {
                 if head == NIL {
                     break;
                 }
-                wakers.push(waiters.unlink(head));
+                let node = waiters.unlink_and_free(head);
+                returned += node.needed - node.remaining;
+                node.ticket.store(CLOSED_OUT, Ordering::Release);
+                wakers.push(node.waker);
             }
             let done = waiters.head == NIL;
+            if done {
+                self.settle(returned);
+            }
             drop(waiters);
             wakers.wake_all();
             if done {
@@ -235,15 +295,26 @@ impl BatchSemaphore {
         }
     }
 
+    /// `curr` with `n` more permits.
+    ///
+    /// # Panics
+    ///
+    /// If that exceeds `MAX_PERMITS`. Checked before anything is stored, so
+    /// nobody ever sees permits that do not exist.
+    #[inline]
+    fn plus(curr: usize, n: usize) -> usize {
+        let available = curr >> Self::PERMIT_SHIFT;
+        assert!(
+            n <= Self::MAX_PERMITS - available,
+            "adding {n} permits would exceed the maximum of {} permits",
+            Self::MAX_PERMITS
+        );
+        curr + (n << Self::PERMIT_SHIFT)
+    }
+
     /// Hands `rem` permits to the waiters in queue order, then adds what is
     /// left to the counter; wakes the served waiters after unlocking.
     fn add_permits_locked<'a>(&'a self, mut rem: usize, mut waiters: MutexGuard<'a, Waitlist>) {
-        if waiters.head == NIL {
-            // The common, uncontended case.
-            self.add_to_counter(rem);
-            drop(waiters);
-            return;
-        }
         loop {
             let mut wakers = WakeList::new();
             while rem > 0 && wakers.can_push() {
@@ -259,10 +330,12 @@ impl BatchSemaphore {
                     // Partly served: it stays at the front, `rem` is 0.
                     break;
                 }
-                wakers.push(waiters.unlink(head));
+                let node = waiters.unlink_and_free(head);
+                node.ticket.store(SERVED, Ordering::Release);
+                wakers.push(node.waker);
             }
-            if rem > 0 && waiters.head == NIL {
-                self.add_to_counter(rem);
+            if waiters.head == NIL {
+                self.settle(rem);
                 rem = 0;
             }
             drop(waiters);
@@ -274,20 +347,26 @@ impl BatchSemaphore {
         }
     }
 
-    /// Adds permits to the counter. Called with the wait list locked and
-    /// empty, which is what keeps the counter zero while anyone waits.
-    fn add_to_counter(&self, n: usize) {
-        // Checked before adding: with the lock held the counter can only
-        // shrink meanwhile (lock-free acquirers), so the check is safe, and
-        // nobody ever sees permits that do not exist.
-        let available = self.permits.load(Ordering::Acquire) >> Self::PERMIT_SHIFT;
-        assert!(
-            n <= Self::MAX_PERMITS - available,
-            "adding {n} permits would exceed the maximum of {} permits",
-            Self::MAX_PERMITS
-        );
-        self.permits
-            .fetch_add(n << Self::PERMIT_SHIFT, Ordering::Release);
+    /// Called with the wait list locked and *empty*: clears `QUEUED` and
+    /// adds `n` permits to the counter, in one atomic step (invariants 1
+    /// and 2).
+    fn settle(&self, n: usize) {
+        let mut curr = self.permits.load(Ordering::Relaxed);
+        loop {
+            let next = Self::plus(curr & !Self::QUEUED, n);
+            if next == curr {
+                return;
+            }
+            match self.permits.compare_exchange_weak(
+                curr,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return,
+                Err(actual) => curr = actual,
+            }
+        }
     }
 
     /// First poll of an [`Acquire`]: the lock-free fast path, else queue.
@@ -295,7 +374,7 @@ impl BatchSemaphore {
         &self,
         cx: &mut Context<'_>,
         n: usize,
-        key: &mut Option<usize>,
+        queued: &mut Option<(usize, Ticket)>,
     ) -> Poll<Result<(), AcquireError>> {
         match self.try_acquire(n) {
             Ok(()) => return Poll::Ready(Ok(())),
@@ -303,19 +382,27 @@ impl BatchSemaphore {
             Err(TryAcquireError::NoPermits) => {}
         }
 
-        // Slow path. Lock first, then take what the counter has: permits can
-        // only be added to the counter under this lock, so none can slip in
-        // between the take and the queueing.
+        // Slow path. What can be made without the lock is made first.
+        let waker = cx.waker().clone();
+        let ticket = Arc::new(AtomicUsize::new(WAITING));
+        // Lock, then take what the counter has and set `QUEUED` in one CAS:
+        // from then on no release adds to the counter (invariant 3), and
+        // none can get the lock before this waiter is linked.
         let mut waiters = self.waiters.lock();
-        if waiters.closed {
-            return Poll::Ready(Err(AcquireError(())));
-        }
         let mut curr = self.permits.load(Ordering::Acquire);
         let taken = loop {
+            if curr & Self::CLOSED == Self::CLOSED {
+                drop(waiters);
+                return Poll::Ready(Err(AcquireError(())));
+            }
             let take = (curr >> Self::PERMIT_SHIFT).min(n);
+            let mut next = curr - (take << Self::PERMIT_SHIFT);
+            if take < n {
+                next |= Self::QUEUED;
+            }
             match self.permits.compare_exchange_weak(
                 curr,
-                curr - (take << Self::PERMIT_SHIFT),
+                next,
                 Ordering::AcqRel,
                 Ordering::Acquire,
             ) {
@@ -325,52 +412,62 @@ impl BatchSemaphore {
         };
         if taken == n {
             // Released between the fast path and the lock.
+            drop(waiters);
             return Poll::Ready(Ok(()));
         }
-        *key = Some(waiters.push_back(Node {
+        let key = waiters.push_back(Node {
+            needed: n,
             remaining: n - taken,
-            waker: Some(cx.waker().clone()),
+            waker: Some(waker),
+            ticket: Arc::clone(&ticket),
             prev: NIL,
             next: NIL,
-            linked: false,
-        }));
+        });
+        drop(waiters);
+        *queued = Some((key, ticket));
         Poll::Pending
     }
 
-    /// Later polls: served, closed, or still waiting (refresh the waker).
+    /// Later polls: served, closed (read from the ticket, no lock), or
+    /// still waiting (refresh the waker, under the lock).
     fn poll_acquire_queued(
         &self,
         cx: &mut Context<'_>,
-        n: usize,
-        key: &mut Option<usize>,
-        slot: usize,
+        queued: &mut Option<(usize, Ticket)>,
     ) -> Poll<Result<(), AcquireError>> {
-        let mut waiters = self.waiters.lock();
-        let node = &mut waiters.nodes[slot];
-        if node.remaining == 0 {
-            waiters.nodes.remove(slot);
-            *key = None;
-            return Poll::Ready(Ok(()));
-        }
-        if !node.linked {
-            // Dropped from the queue by `close`: give back what it had.
-            debug_assert!(waiters.closed);
-            let node = waiters.nodes.remove(slot);
-            *key = None;
-            let assigned = n - node.remaining;
-            if assigned > 0 {
-                self.add_permits_locked(assigned, waiters);
-            }
-            return Poll::Ready(Err(AcquireError(())));
-        }
-        let old = match &node.waker {
-            Some(w) if w.will_wake(cx.waker()) => None,
-            _ => node.waker.replace(cx.waker().clone()),
+        let Some((key, ticket)) = queued.as_ref() else {
+            unreachable!("polled as queued without a ticket");
         };
-        drop(waiters);
-        // A waker may run arbitrary code on drop: not under the lock.
-        drop(old);
-        Poll::Pending
+        let key = *key;
+        let outcome = match ticket.load(Ordering::Acquire) {
+            WAITING => {
+                let mut waiters = self.waiters.lock();
+                // Served or closed while we took the lock?
+                match ticket.load(Ordering::Acquire) {
+                    WAITING => {
+                        // Invariant 5: the slab entry is ours.
+                        let node = &mut waiters.nodes[key];
+                        let old = match &node.waker {
+                            Some(w) if w.will_wake(cx.waker()) => None,
+                            _ => node.waker.replace(cx.waker().clone()),
+                        };
+                        drop(waiters);
+                        // A waker may run arbitrary code on drop: not under
+                        // the lock.
+                        drop(old);
+                        return Poll::Pending;
+                    }
+                    outcome => outcome,
+                }
+            }
+            outcome => outcome,
+        };
+        *queued = None;
+        if outcome == SERVED {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(AcquireError(())))
+        }
     }
 }
 
@@ -388,7 +485,6 @@ impl Waitlist {
     fn push_back(&mut self, mut node: Node) -> usize {
         node.prev = self.tail;
         node.next = NIL;
-        node.linked = true;
         let key = self.nodes.insert(node);
         if self.tail == NIL {
             self.head = key;
@@ -399,38 +495,20 @@ impl Waitlist {
         key
     }
 
-    /// Unlinks a linked node (it stays in the slab) and takes its waker.
-    fn unlink(&mut self, key: usize) -> Option<Waker> {
-        let node = &mut self.nodes[key];
-        debug_assert!(node.linked);
-        let (prev, next) = (node.prev, node.next);
-        node.linked = false;
-        node.prev = NIL;
-        node.next = NIL;
-        let waker = node.waker.take();
-        if prev == NIL {
-            self.head = next;
+    /// Unlinks a node and frees its slab entry; returns it (with its waker
+    /// and ticket, for the caller to use and drop).
+    fn unlink_and_free(&mut self, key: usize) -> Node {
+        let node = self.nodes.remove(key);
+        if node.prev == NIL {
+            self.head = node.next;
         } else {
-            self.nodes[prev].next = next;
+            self.nodes[node.prev].next = node.next;
         }
-        if next == NIL {
-            self.tail = prev;
+        if node.next == NIL {
+            self.tail = node.prev;
         } else {
-            self.nodes[next].prev = prev;
+            self.nodes[node.next].prev = node.prev;
         }
-        waker
-    }
-
-    /// Unlinks (if linked) and frees a node. The node keeps its waker, for
-    /// the caller to drop after unlocking.
-    fn remove(&mut self, key: usize) -> Node {
-        let waker = if self.nodes[key].linked {
-            self.unlink(key)
-        } else {
-            None
-        };
-        let mut node = self.nodes.remove(key);
-        node.waker = node.waker.take().or(waker);
         node
     }
 }
@@ -441,33 +519,48 @@ impl Future for Acquire<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         // `Acquire` is `Unpin`: nothing points into it.
         let this = self.get_mut();
-        match this.key {
-            None => this
-                .semaphore
-                .poll_acquire_first(cx, this.needed, &mut this.key),
-            Some(slot) => this
-                .semaphore
-                .poll_acquire_queued(cx, this.needed, &mut this.key, slot),
+        if this.queued.is_none() {
+            this.semaphore
+                .poll_acquire_first(cx, this.needed, &mut this.queued)
+        } else {
+            this.semaphore.poll_acquire_queued(cx, &mut this.queued)
         }
     }
 }
 
 impl Drop for Acquire<'_> {
     fn drop(&mut self) {
-        let Some(slot) = self.key.take() else {
+        let Some((key, ticket)) = self.queued.take() else {
             // Never queued, or completed: nothing to clean up.
             return;
         };
-        let mut waiters = self.semaphore.waiters.lock();
-        let node = waiters.remove(slot);
-        let assigned = self.needed - node.remaining;
-        if assigned > 0 {
-            // Served (fully or partly) but never told: hand the permits on.
-            self.semaphore.add_permits_locked(assigned, waiters);
-        } else {
-            drop(waiters);
+        let semaphore = self.semaphore;
+        match ticket.load(Ordering::Acquire) {
+            // Served but never told: hand the permits on.
+            SERVED => return semaphore.release(self.needed),
+            // Dropped from the queue by `close`, which took back its share.
+            CLOSED_OUT => return,
+            _ => {}
         }
-        // `node` (and its waker) is dropped here, after the lock.
+        let mut waiters = semaphore.waiters.lock();
+        match ticket.load(Ordering::Acquire) {
+            SERVED => semaphore.add_permits_locked(self.needed, waiters),
+            CLOSED_OUT => drop(waiters),
+            _ => {
+                // Still queued (invariant 5: the entry is ours).
+                let node = waiters.unlink_and_free(key);
+                let assigned = node.needed - node.remaining;
+                if assigned > 0 || waiters.head == NIL {
+                    // Partly served (it was at the front): the share goes
+                    // to the next waiters; or the queue is now empty, and
+                    // `QUEUED` must be cleared.
+                    semaphore.add_permits_locked(assigned, waiters);
+                } else {
+                    drop(waiters);
+                }
+                // `node` (and its waker) is dropped here, after the lock.
+            }
+        }
     }
 }
 
@@ -475,7 +568,7 @@ impl fmt::Debug for Acquire<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Acquire")
             .field("needed", &self.needed)
-            .field("queued", &self.key.is_some())
+            .field("queued", &self.queued.is_some())
             .finish()
     }
 }

@@ -43,14 +43,17 @@ mod error;
 mod named;
 mod rwlock;
 mod semaphore;
+mod timeout;
 
 #[cfg(all(test, lockyard_loom))]
 mod tests;
 
-pub use error::{AcquireError, AcquireTimeoutError, TryAcquireError, TryLockError};
+pub use error::{
+    AcquireError, AcquireTimeoutError, LockTimeoutError, TryAcquireError, TryLockError,
+};
 pub use named::{NamedRwLock, NamedSemaphore};
 pub use rwlock::{
-    MAX_READS, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock, RwLockReadGuard,
-    RwLockWriteGuard,
+    MAX_READS, OwnedRwLockMappedWriteGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard, RwLock,
+    RwLockMappedWriteGuard, RwLockReadGuard, RwLockWriteGuard,
 };
 pub use semaphore::{OwnedSemaphorePermit, Semaphore, SemaphorePermit};

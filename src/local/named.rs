@@ -24,6 +24,10 @@ use crate::stats::{self, Acquisition, Backend};
 /// Through the trait, each acquisition takes **one permit**, in either
 /// [`Mode`]: with `n` permits, `n` holders at a time, exclusive or shared
 /// alike. [`is_locked`](Lock::is_locked) answers whether no permit is free.
+/// When none is, `try_lock` and a timed-out `lock` fail with
+/// [`LockError::Saturated`] (`is_saturated()`, and `is_would_block()`
+/// resp. `is_timeout()`), so a caller can tell a full semaphore from a
+/// held lock.
 /// The semaphore itself stays reachable through
 /// [`semaphore`](Self::semaphore) for weighted use.
 ///
@@ -37,7 +41,8 @@ use crate::stats::{self, Acquisition, Backend};
 /// let gpu: Arc<dyn Lock> = Arc::new(NamedSemaphore::new("gpu", 1));
 /// let guard = gpu.lock(&AcquireOptions::exclusive()).await?;
 /// assert_eq!(guard.resource(), "gpu");
-/// assert!(gpu.try_lock(Mode::Exclusive).await.unwrap_err().is_would_block());
+/// let busy = gpu.try_lock(Mode::Exclusive).await.unwrap_err();
+/// assert!(busy.is_would_block() && busy.is_saturated());
 /// guard.release().await?;
 /// assert!(!gpu.is_locked().await?);
 /// # Ok(())
@@ -227,6 +232,21 @@ async fn wait<G>(
     }
 }
 
+/// A semaphore that timed out is saturated, not held by someone
+/// ([`LockError::Saturated`], told apart by `is_saturated`).
+fn saturated(err: LockError) -> LockError {
+    match err {
+        LockError::Timeout {
+            resource, waited, ..
+        } => LockError::Saturated {
+            resource,
+            timed_out: true,
+            waited: Some(waited),
+        },
+        other => other,
+    }
+}
+
 #[async_trait]
 impl Lock for NamedSemaphore {
     fn name(&self) -> &str {
@@ -248,7 +268,8 @@ impl Lock for NamedSemaphore {
                 if e.is_timeout() {
                     self.semaphore.count_timeout();
                 }
-            })?;
+            })
+            .map_err(saturated)?;
         Ok(LockGuard::new(LocalLockGuard {
             resource: Arc::clone(&self.name),
             held: Held::Permit(permit),
@@ -267,9 +288,10 @@ impl Lock for NamedSemaphore {
             Err(e) if e.is_closed() => Err(LockError::Closed {
                 resource: self.name.to_string(),
             }),
-            Err(_) => Err(LockError::WouldBlock {
+            Err(_) => Err(LockError::Saturated {
                 resource: self.name.to_string(),
-                holder: None,
+                timed_out: false,
+                waited: None,
             }),
         }
     }

@@ -11,7 +11,7 @@ use loom::thread;
 use std::sync::Arc;
 
 use super::poll_once;
-use crate::local::RwLock;
+use crate::local::{OwnedRwLockWriteGuard, RwLock, RwLockReadGuard};
 
 /// Who is inside, to catch overlaps.
 #[derive(Default)]
@@ -184,6 +184,72 @@ fn downgrade_keeps_writers_out() {
         drop(read);
         other_writer.join().unwrap();
         reader.join().unwrap();
+        assert_eq!(*lock.try_read().unwrap(), 2);
+    });
+}
+
+/// A write guard mapped to a part and moved to another thread keeps every
+/// permit until it is dropped there: a reader (also mapped) never overlaps
+/// it, and sees its write.
+#[test]
+fn mapped_guards_keep_their_permits() {
+    loom::model(|| {
+        let lock = Arc::new(RwLock::new((0usize, 0usize)));
+        let inside = Arc::new(Inside::default());
+        let part =
+            OwnedRwLockWriteGuard::map(lock.clone().try_write_owned().unwrap(), |t| &mut t.1);
+        let writer = {
+            let inside = inside.clone();
+            thread::spawn(move || {
+                let mut part = part;
+                inside.write();
+                *part = 1;
+                // Dropped here, on this thread.
+            })
+        };
+        {
+            let second = RwLockReadGuard::map(block_on(lock.read()), |t| &t.1);
+            inside.read();
+            assert_eq!(
+                *second, 1,
+                "the reader got in before the mapped writer left"
+            );
+        }
+        writer.join().unwrap();
+        assert!(!lock.is_locked());
+    });
+}
+
+/// An owned write guard downgraded and moved to another thread lets a
+/// reader in but not a writer, and the write before it is seen by both.
+#[test]
+fn owned_downgrade_keeps_writers_out() {
+    loom::model(|| {
+        let lock = Arc::new(RwLock::new(0usize));
+        let inside = Arc::new(Inside::default());
+        let mut guard = lock.clone().try_write_owned().unwrap();
+        *guard = 1;
+        let other_writer = {
+            let (lock, inside) = (lock.clone(), inside.clone());
+            thread::spawn(move || {
+                let mut guard = block_on(lock.write());
+                inside.write();
+                assert_eq!(*guard, 1);
+                *guard = 2;
+            })
+        };
+        let read = guard.downgrade();
+        let holder = {
+            let inside = inside.clone();
+            thread::spawn(move || {
+                inside.readers.fetch_add(1, SeqCst);
+                assert_eq!(inside.writers.load(SeqCst), 0);
+                assert_eq!(*read, 1);
+                inside.readers.fetch_sub(1, SeqCst);
+            })
+        };
+        holder.join().unwrap();
+        other_writer.join().unwrap();
         assert_eq!(*lock.try_read().unwrap(), 2);
     });
 }

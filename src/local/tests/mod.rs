@@ -3,6 +3,7 @@
 
 mod loom_rwlock;
 mod loom_semaphore;
+mod loom_timeout;
 
 use std::future::Future;
 use std::pin::Pin;

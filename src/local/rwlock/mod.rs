@@ -3,16 +3,25 @@
 //! A reader takes one permit of [`MAX_READS`], a writer takes all of them;
 //! the core hands permits out in FIFO order, so a queued writer holds back
 //! the readers that come after it and is never starved.
+//!
+//! The guards (`guards.rs`, `owned_guards.rs`) hold a pointer to the data
+//! rather than the lock, so that they can be mapped to a part of it; the
+//! permits they hold are what makes dereferencing that pointer sound.
+
+mod guards;
+mod owned_guards;
 
 use std::cell::UnsafeCell;
 use std::fmt;
-use std::marker::PhantomData;
-use std::mem::ManuallyDrop;
-use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::batch::BatchSemaphore;
-use super::error::TryLockError;
+use super::error::{LockTimeoutError, TryLockError};
+use super::timeout::{Expired, tokio_timer, within};
+
+pub use guards::{RwLockMappedWriteGuard, RwLockReadGuard, RwLockWriteGuard};
+pub use owned_guards::{OwnedRwLockMappedWriteGuard, OwnedRwLockReadGuard, OwnedRwLockWriteGuard};
 
 /// The most readers that can hold an [`RwLock`] at once (`u32::MAX >> 3`);
 /// a writer takes all of these permits.
@@ -80,80 +89,6 @@ unsafe impl<T: ?Sized + Send> Send for RwLock<T> {}
 // SAFETY: see above.
 unsafe impl<T: ?Sized + Send + Sync> Sync for RwLock<T> {}
 
-/// Shared access to the value of an [`RwLock`]; released on drop.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let lock = lockyard::local::RwLock::new(5);
-/// let guard = lock.read().await;
-/// assert_eq!(*guard, 5);
-/// # }
-/// ```
-#[must_use = "if unused the lock will immediately unlock"]
-#[clippy::has_significant_drop]
-pub struct RwLockReadGuard<'a, T: ?Sized> {
-    lock: &'a RwLock<T>,
-    /// Not `Send` unless `T: Sync`: the guard hands out `&T`.
-    _marker: PhantomData<&'a T>,
-}
-
-/// Exclusive access to the value of an [`RwLock`]; released on drop.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// let lock = lockyard::local::RwLock::new(5);
-/// *lock.write().await += 1;
-/// assert_eq!(*lock.read().await, 6);
-/// # }
-/// ```
-#[must_use = "if unused the lock will immediately unlock"]
-#[clippy::has_significant_drop]
-pub struct RwLockWriteGuard<'a, T: ?Sized> {
-    lock: &'a RwLock<T>,
-    _marker: PhantomData<&'a mut T>,
-}
-
-/// Shared access to the value of an `Arc<RwLock>`, which can be moved into
-/// a task or thread; released on drop.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// use std::sync::Arc;
-///
-/// let lock = Arc::new(lockyard::local::RwLock::new(vec![1, 2]));
-/// let guard = lock.clone().read_owned().await;
-/// tokio::spawn(async move { assert_eq!(guard.len(), 2) }).await.unwrap();
-/// # }
-/// ```
-#[must_use = "if unused the lock will immediately unlock"]
-#[clippy::has_significant_drop]
-pub struct OwnedRwLockReadGuard<T: ?Sized> {
-    lock: Arc<RwLock<T>>,
-}
-
-/// Exclusive access to the value of an `Arc<RwLock>`, which can be moved
-/// into a task or thread; released on drop.
-///
-/// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
-/// use std::sync::Arc;
-///
-/// let lock = Arc::new(lockyard::local::RwLock::new(0));
-/// let mut guard = lock.clone().write_owned().await;
-/// tokio::spawn(async move { *guard = 7 }).await.unwrap();
-/// assert_eq!(*lock.read().await, 7);
-/// # }
-/// ```
-#[must_use = "if unused the lock will immediately unlock"]
-#[clippy::has_significant_drop]
-pub struct OwnedRwLockWriteGuard<T: ?Sized> {
-    lock: Arc<RwLock<T>>,
-}
-
 impl<T> RwLock<T> {
     /// A lock guarding `value`, free.
     ///
@@ -206,10 +141,7 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     pub async fn read(&self) -> RwLockReadGuard<'_, T> {
         acquired(self.semaphore.acquire(1).await);
-        RwLockReadGuard {
-            lock: self,
-            _marker: PhantomData,
-        }
+        RwLockReadGuard::new(self)
     }
 
     /// Waits for exclusive access.
@@ -233,10 +165,74 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     pub async fn write(&self) -> RwLockWriteGuard<'_, T> {
         acquired(self.semaphore.acquire(MAX_READS as usize).await);
-        RwLockWriteGuard {
-            lock: self,
-            _marker: PhantomData,
-        }
+        RwLockWriteGuard::new(self)
+    }
+
+    /// Waits for shared access, up to `timeout`.
+    ///
+    /// Free access is taken even with a zero timeout; the timer starts only
+    /// if the caller has to wait, so it needs a tokio runtime with the time
+    /// driver only then.
+    ///
+    /// # Errors
+    ///
+    /// [`LockTimeoutError`] if a writer held the lock, or was queued ahead,
+    /// for the whole `timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`read`](Self::read). On timeout the caller has left
+    /// the queue and holds nothing.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    ///
+    /// let lock = lockyard::local::RwLock::new(1);
+    /// assert_eq!(*lock.read_timeout(Duration::ZERO).await.unwrap(), 1);
+    /// let w = lock.write().await;
+    /// assert!(lock.read_timeout(Duration::from_millis(5)).await.is_err());
+    /// drop(w);
+    /// # }
+    /// ```
+    pub async fn read_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<RwLockReadGuard<'_, T>, LockTimeoutError> {
+        timed(self.read(), timeout).await
+    }
+
+    /// Waits for exclusive access, up to `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockTimeoutError`] if anyone held the lock, or was queued ahead,
+    /// for the whole `timeout`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`write`](Self::write): on timeout or cancellation
+    /// the reader slots already set aside for it are handed on, so the
+    /// readers queued behind it proceed.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    ///
+    /// let lock = lockyard::local::RwLock::new(1);
+    /// let r = lock.read().await;
+    /// assert!(lock.write_timeout(Duration::from_millis(5)).await.is_err());
+    /// drop(r);
+    /// *lock.write_timeout(Duration::from_secs(1)).await.unwrap() = 2;
+    /// # }
+    /// ```
+    pub async fn write_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<RwLockWriteGuard<'_, T>, LockTimeoutError> {
+        timed(self.write(), timeout).await
     }
 
     /// Shared access if it is free now and no writer is queued.
@@ -254,10 +250,7 @@ impl<T: ?Sized> RwLock<T> {
     /// [`TryLockError`] if a writer holds the lock or is queued.
     pub fn try_read(&self) -> Result<RwLockReadGuard<'_, T>, TryLockError> {
         match self.semaphore.try_acquire(1) {
-            Ok(()) => Ok(RwLockReadGuard {
-                lock: self,
-                _marker: PhantomData,
-            }),
+            Ok(()) => Ok(RwLockReadGuard::new(self)),
             Err(_) => Err(TryLockError(())),
         }
     }
@@ -277,10 +270,7 @@ impl<T: ?Sized> RwLock<T> {
     /// [`TryLockError`] if anyone holds the lock or is queued.
     pub fn try_write(&self) -> Result<RwLockWriteGuard<'_, T>, TryLockError> {
         match self.semaphore.try_acquire(MAX_READS as usize) {
-            Ok(()) => Ok(RwLockWriteGuard {
-                lock: self,
-                _marker: PhantomData,
-            }),
+            Ok(()) => Ok(RwLockWriteGuard::new(self)),
             Err(_) => Err(TryLockError(())),
         }
     }
@@ -331,7 +321,7 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     pub async fn read_owned(self: Arc<Self>) -> OwnedRwLockReadGuard<T> {
         acquired(self.semaphore.acquire(1).await);
-        OwnedRwLockReadGuard { lock: self }
+        OwnedRwLockReadGuard::new(self)
     }
 
     /// Waits for exclusive access to an `Arc<RwLock>`.
@@ -352,7 +342,64 @@ impl<T: ?Sized> RwLock<T> {
     /// ```
     pub async fn write_owned(self: Arc<Self>) -> OwnedRwLockWriteGuard<T> {
         acquired(self.semaphore.acquire(MAX_READS as usize).await);
-        OwnedRwLockWriteGuard { lock: self }
+        OwnedRwLockWriteGuard::new(self)
+    }
+
+    /// Waits for shared access to an `Arc<RwLock>`, up to `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockTimeoutError`], as [`read_timeout`](Self::read_timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`read`](Self::read).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let lock = Arc::new(lockyard::local::RwLock::new(1));
+    /// let guard = lock.clone().read_owned_timeout(Duration::from_secs(1)).await.unwrap();
+    /// assert_eq!(*guard, 1);
+    /// # }
+    /// ```
+    pub async fn read_owned_timeout(
+        self: Arc<Self>,
+        timeout: Duration,
+    ) -> Result<OwnedRwLockReadGuard<T>, LockTimeoutError> {
+        timed(self.read_owned(), timeout).await
+    }
+
+    /// Waits for exclusive access to an `Arc<RwLock>`, up to `timeout`.
+    ///
+    /// # Errors
+    ///
+    /// [`LockTimeoutError`], as [`write_timeout`](Self::write_timeout).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe, as [`write`](Self::write).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    ///
+    /// let lock = Arc::new(lockyard::local::RwLock::new(1));
+    /// let _r = lock.clone().read_owned().await;
+    /// let err = lock.clone().write_owned_timeout(Duration::from_millis(5)).await.unwrap_err();
+    /// assert_eq!(err.waited(), Duration::from_millis(5));
+    /// # }
+    /// ```
+    pub async fn write_owned_timeout(
+        self: Arc<Self>,
+        timeout: Duration,
+    ) -> Result<OwnedRwLockWriteGuard<T>, LockTimeoutError> {
+        timed(self.write_owned(), timeout).await
     }
 
     /// Shared access to an `Arc<RwLock>` if it is free now and no writer is
@@ -370,7 +417,7 @@ impl<T: ?Sized> RwLock<T> {
     /// As [`try_read`](Self::try_read).
     pub fn try_read_owned(self: Arc<Self>) -> Result<OwnedRwLockReadGuard<T>, TryLockError> {
         match self.semaphore.try_acquire(1) {
-            Ok(()) => Ok(OwnedRwLockReadGuard { lock: self }),
+            Ok(()) => Ok(OwnedRwLockReadGuard::new(self)),
             Err(_) => Err(TryLockError(())),
         }
     }
@@ -391,7 +438,7 @@ impl<T: ?Sized> RwLock<T> {
     /// As [`try_write`](Self::try_write).
     pub fn try_write_owned(self: Arc<Self>) -> Result<OwnedRwLockWriteGuard<T>, TryLockError> {
         match self.semaphore.try_acquire(MAX_READS as usize) {
-            Ok(()) => Ok(OwnedRwLockWriteGuard { lock: self }),
+            Ok(()) => Ok(OwnedRwLockWriteGuard::new(self)),
             Err(_) => Err(TryLockError(())),
         }
     }
@@ -459,6 +506,16 @@ fn acquired(result: Result<(), super::AcquireError>) {
     }
 }
 
+/// Runs an acquisition of the lock under `timeout`.
+async fn timed<G>(
+    acquire: impl std::future::Future<Output = G>,
+    timeout: Duration,
+) -> Result<G, LockTimeoutError> {
+    within(acquire, tokio_timer(timeout))
+        .await
+        .map_err(|Expired| LockTimeoutError { waited: timeout })
+}
+
 impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("RwLock");
@@ -467,132 +524,5 @@ impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLock<T> {
             Err(_) => d.field("data", &format_args!("<locked>")),
         };
         d.finish()
-    }
-}
-
-impl<'a, T: ?Sized> RwLockWriteGuard<'a, T> {
-    /// Turns exclusive access into shared access without letting a writer
-    /// in between; the readers queued behind may then proceed.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() {
-    /// let lock = lockyard::local::RwLock::new(1);
-    /// let mut w = lock.write().await;
-    /// *w = 2;
-    /// let r = w.downgrade();
-    /// assert_eq!(*r, 2);
-    /// assert!(lock.try_read().is_ok());
-    /// # }
-    /// ```
-    pub fn downgrade(self) -> RwLockReadGuard<'a, T> {
-        let this = ManuallyDrop::new(self);
-        let lock = this.lock;
-        lock.semaphore.release(MAX_READS as usize - 1);
-        RwLockReadGuard {
-            lock,
-            _marker: PhantomData,
-        }
-    }
-}
-
-impl<T: ?Sized> Deref for RwLockReadGuard<'_, T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        // SAFETY: this guard holds a read permit, so no write guard exists
-        // (access rule on `RwLock::data`).
-        unsafe { &*self.lock.data.get() }
-    }
-}
-
-impl<T: ?Sized> Deref for RwLockWriteGuard<'_, T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        // SAFETY: this guard holds every permit; no other guard exists.
-        unsafe { &*self.lock.data.get() }
-    }
-}
-
-impl<T: ?Sized> DerefMut for RwLockWriteGuard<'_, T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: this guard holds every permit; no other guard exists, and
-        // `&mut self` keeps this one from lending another reference.
-        unsafe { &mut *self.lock.data.get() }
-    }
-}
-
-impl<T: ?Sized> Deref for OwnedRwLockReadGuard<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        // SAFETY: this guard holds a read permit, so no write guard exists.
-        unsafe { &*self.lock.data.get() }
-    }
-}
-
-impl<T: ?Sized> Deref for OwnedRwLockWriteGuard<T> {
-    type Target = T;
-
-    fn deref(&self) -> &T {
-        // SAFETY: this guard holds every permit; no other guard exists.
-        unsafe { &*self.lock.data.get() }
-    }
-}
-
-impl<T: ?Sized> DerefMut for OwnedRwLockWriteGuard<T> {
-    fn deref_mut(&mut self) -> &mut T {
-        // SAFETY: this guard holds every permit; no other guard exists, and
-        // `&mut self` keeps this one from lending another reference.
-        unsafe { &mut *self.lock.data.get() }
-    }
-}
-
-impl<T: ?Sized> Drop for RwLockReadGuard<'_, T> {
-    fn drop(&mut self) {
-        self.lock.semaphore.release(1);
-    }
-}
-
-impl<T: ?Sized> Drop for RwLockWriteGuard<'_, T> {
-    fn drop(&mut self) {
-        self.lock.semaphore.release(MAX_READS as usize);
-    }
-}
-
-impl<T: ?Sized> Drop for OwnedRwLockReadGuard<T> {
-    fn drop(&mut self) {
-        self.lock.semaphore.release(1);
-    }
-}
-
-impl<T: ?Sized> Drop for OwnedRwLockWriteGuard<T> {
-    fn drop(&mut self) {
-        self.lock.semaphore.release(MAX_READS as usize);
-    }
-}
-
-impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLockReadGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl<T: ?Sized + fmt::Debug> fmt::Debug for RwLockWriteGuard<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl<T: ?Sized + fmt::Debug> fmt::Debug for OwnedRwLockReadGuard<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
-    }
-}
-
-impl<T: ?Sized + fmt::Debug> fmt::Debug for OwnedRwLockWriteGuard<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&**self, f)
     }
 }
