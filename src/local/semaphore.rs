@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::batch::BatchSemaphore;
 use super::error::{AcquireError, AcquireTimeoutError, TryAcquireError};
+use super::timeout::{tokio_timer, within};
 use crate::stats::{self, Backend, Held, Site};
 
 /// A fair counting semaphore for tasks and threads.
@@ -194,10 +195,12 @@ impl Semaphore {
                     .acquire(n as usize)
                     .await
                     .map_err(|_| AcquireTimeoutError::Closed),
-                Some(t) => match tokio::time::timeout(t, self.ll.acquire(n as usize)).await {
+                // The one timeout rule of the in-process primitives: a
+                // timer only once the acquisition has to wait.
+                Some(t) => match within(self.ll.acquire(n as usize), tokio_timer(t)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(_)) => Err(AcquireTimeoutError::Closed),
-                    Err(_elapsed) => Err(AcquireTimeoutError::Timeout),
+                    Err(_expired) => Err(AcquireTimeoutError::Timeout),
                 },
             }
         };
