@@ -167,8 +167,11 @@ pub(crate) struct Cluster {
     stale: Arc<AtomicBool>,
     /// Direct connections to masters, for per-node batches and scans.
     nodes: Mutex<HashMap<Node, Conn>>,
-    /// One refresh or node connect at a time.
+    /// One slot-map refresh at a time.
     refreshing: tokio::sync::Mutex<()>,
+    /// One connect at a time per node (and none delayed by another node's:
+    /// a master that does not answer must hold up nobody else).
+    connecting: Mutex<HashMap<Node, Arc<tokio::sync::Mutex<()>>>>,
     /// Never-bumped epoch for the `Conn`s of this shape (the routed
     /// connection repairs itself; direct ones are replaced when broken).
     epoch: Arc<AtomicU64>,
@@ -238,6 +241,7 @@ impl Cluster {
             stale: Arc::new(AtomicBool::new(true)),
             nodes: Mutex::new(HashMap::new()),
             refreshing: tokio::sync::Mutex::new(()),
+            connecting: Mutex::new(HashMap::new()),
             epoch: Arc::new(AtomicU64::new(0)),
             op_timeout,
             connect_timeout,
@@ -266,8 +270,9 @@ impl Cluster {
             return conn;
         }
         if self.stale.load(Ordering::Acquire) {
-            // Refresh in the background of this request: the routed
-            // connection serves it meanwhile.
+            // This request pays for the refresh (one at a time; the others
+            // find it done), then goes by the routed connection, which
+            // follows any redirection by itself.
             if let Err(e) = self.refresh("(slot map)").await {
                 tracing::debug!(error = %e, "could not refresh the slot map");
             }
@@ -380,7 +385,14 @@ impl Cluster {
         if let Some(c) = self.cached(node) {
             return Ok(c);
         }
-        let _one = self.refreshing.lock().await;
+        let gate = self
+            .connecting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(node.clone())
+            .or_default()
+            .clone();
+        let _one = gate.lock().await;
         if let Some(c) = self.cached(node) {
             return Ok(c);
         }
