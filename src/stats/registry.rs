@@ -16,7 +16,57 @@ pub(crate) const DEFAULT_NAME_LIMIT: usize = 256;
 
 static NAME_LIMIT: AtomicUsize = AtomicUsize::new(DEFAULT_NAME_LIMIT);
 
-static REGISTRY: LazyLock<Registry> = LazyLock::new(Registry::default);
+static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
+    fork::guard_across_fork();
+    Registry::default()
+});
+
+/// The registry's lock across `fork()`: a thread of the parent that held it
+/// when another thread forked would hold it in the child for ever, and the
+/// child's first new lock name would hang. So the forking thread takes the
+/// write lock just before `fork` (a `pthread_atfork` prepare handler: other
+/// threads hold it only for short, non-blocking map operations) and gives
+/// it back in the parent and in the child.
+mod fork {
+    #[cfg(unix)]
+    use std::cell::RefCell;
+    #[cfg(unix)]
+    use std::collections::HashMap;
+    #[cfg(unix)]
+    use std::sync::RwLockWriteGuard;
+
+    #[cfg(unix)]
+    use super::{Backend, Names, REGISTRY};
+
+    #[cfg(unix)]
+    thread_local! {
+        static HELD: RefCell<Option<RwLockWriteGuard<'static, HashMap<Backend, Names>>>> =
+            const { RefCell::new(None) };
+    }
+
+    #[cfg(unix)]
+    extern "C" fn prepare() {
+        let guard = REGISTRY.backends.write().unwrap_or_else(|e| e.into_inner());
+        HELD.with(|h| *h.borrow_mut() = Some(guard));
+    }
+
+    #[cfg(unix)]
+    extern "C" fn release() {
+        HELD.with(|h| h.borrow_mut().take());
+    }
+
+    /// Registers the handlers (once: called from the registry's
+    /// initializer, before anyone can hold its lock).
+    pub(super) fn guard_across_fork() {
+        #[cfg(unix)]
+        // SAFETY: the handlers only take and drop the registry's lock on
+        // the forking thread (a fork racing the registry's initialization
+        // waits in `prepare` for it to finish).
+        unsafe {
+            libc::pthread_atfork(Some(prepare), Some(release), Some(release));
+        }
+    }
+}
 
 pub(crate) fn set_name_limit(limit: usize) {
     NAME_LIMIT.store(limit, Ordering::Relaxed);
