@@ -385,10 +385,12 @@ async fn watchdog_renews_in_batches_and_stops_on_drop() {
     let trips = after.renewal_round_trips - before.renewal_round_trips;
     let renewals = after.renewals - before.renewals;
     assert!(renewals >= 300 * (periods - 3), "renewals {renewals}");
-    // Batched: about one round trip per period once aligned (a few more
-    // while aligning or on a loaded machine), not one per lease.
+    // Batched: about one round trip per period once aligned, not one per
+    // lease. A loaded machine (CI runs Clusters of redis-servers beside
+    // this test on two cores) splits some periods' batches: seen 54 trips
+    // for 15 periods once, still ~80 renewals per trip.
     assert!(
-        trips * 50 <= renewals && trips <= 3 * periods,
+        trips * 50 <= renewals && trips <= 6 * periods,
         "{trips} round trips for {renewals} renewals of 300 leases over {periods} periods"
     );
     assert_eq!(after.lost, 0);
