@@ -285,20 +285,16 @@ async fn run(
             Ok(Ok(p)) => p,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "pub/sub connection failed; waiters poll until it is back");
-                shared.set_all(SubState::Down);
-                if !sleep_draining(&shutdown, &mut commands, &shared, backoff).await {
+                if !down_for(&shutdown, &mut commands, &shared, &mut backoff).await {
                     return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
             Err(_) => {
                 tracing::debug!("pub/sub connection timed out; waiters poll until it is back");
-                shared.set_all(SubState::Down);
-                if !sleep_draining(&shutdown, &mut commands, &shared, backoff).await {
+                if !down_for(&shutdown, &mut commands, &shared, &mut backoff).await {
                     return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
                 continue;
             }
         };
@@ -422,11 +418,9 @@ async fn run_sharded(
             }
         };
         let Some(mut conn) = connected else {
-            shared.set_all(SubState::Down);
-            if !sleep_draining(&shutdown, &mut commands, &shared, backoff).await {
+            if !down_for(&shutdown, &mut commands, &shared, &mut backoff).await {
                 return;
             }
-            backoff = (backoff * 2).min(Duration::from_secs(2));
             continue;
         };
         backoff = Duration::from_millis(50);
@@ -579,6 +573,21 @@ async fn until_wanted(
         }
     }
     true
+}
+
+/// After a failed connect: marks every channel down, waits `backoff`
+/// (answering subscriptions with "down"), and doubles it (at most 2 s).
+/// Returns `false` on shutdown.
+async fn down_for(
+    shutdown: &CancellationToken,
+    commands: &mut mpsc::UnboundedReceiver<Command>,
+    shared: &Shared,
+    backoff: &mut Duration,
+) -> bool {
+    shared.set_all(SubState::Down);
+    let go_on = sleep_draining(shutdown, commands, shared, *backoff).await;
+    *backoff = (*backoff * 2).min(Duration::from_secs(2));
+    go_on
 }
 
 /// Sleeps `delay` while answering subscriptions with "down". Returns `false`
