@@ -94,3 +94,70 @@ async fn cleanup_keeps_files_without_a_lockyard_record() {
     );
     drop(f);
 }
+
+/// `/proc/locks` is produced a record or a page at a time (std's
+/// `read_to_string` starts with a 32-byte read), and between two reads the
+/// kernel's list may change: a lock released before the reader's position
+/// shifts the rest, and one line is never shown. A held lock must still be
+/// seen held by `is_locked` and `list` while other locks come and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_is_seen_held_while_other_locks_come_and_go() {
+    seen_held_under_churn(0, 8, 2000).await;
+}
+
+/// The same with a table of several pages, whose reads cannot be one pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_lock_is_seen_held_in_a_long_table_under_churn() {
+    seen_held_under_churn(100, 64, 300).await;
+}
+
+/// Holds "x", then `still` more locks and `churned` that come and go: all
+/// newer, so before it in the kernel's list; looks `looks` times.
+async fn seen_held_under_churn(still: usize, churned: usize, looks: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let m = FileLockManager::new(dir.path().join("locks")).unwrap();
+    let _held = m.acquire("x", Duration::from_secs(10)).await.unwrap();
+    let file = |i| std::fs::File::create(dir.path().join(format!("other-{i}"))).unwrap();
+    let still: Vec<std::fs::File> = (0..still).map(file).collect();
+    for f in &still {
+        f.lock().unwrap();
+    }
+    let others: Vec<std::fs::File> = (still.len()..still.len() + churned).map(file).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let churn = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Acquire) {
+                for f in &others {
+                    f.lock().unwrap();
+                }
+                for f in &others {
+                    f.unlock().unwrap();
+                }
+            }
+        })
+    };
+    let (mut missed, mut looked) = (0, 0);
+    let start = Instant::now();
+    while looked < looks && start.elapsed() < Duration::from_secs(20) {
+        looked += 1;
+        if !m.is_locked("x").await.unwrap() {
+            missed += 1;
+        }
+        if !m
+            .list()
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.name == "x" && i.held)
+        {
+            missed += 1;
+        }
+    }
+    stop.store(true, Ordering::Release);
+    churn.join().unwrap();
+    assert_eq!(
+        missed, 0,
+        "a held lock was seen free {missed} times in {looked} looks"
+    );
+}
