@@ -60,7 +60,7 @@ async fn odd_names_stay_inside_and_round_trip() {
             .unwrap_or_else(|e| panic!("{name:?}: {e}"));
         assert_eq!(g.path().parent(), Some(m.dir()), "{name:?} escaped");
         assert_eq!(g.name(), name);
-        assert!(m.is_locked(name).await.unwrap());
+        assert!(m.is_locked(name).await.unwrap(), "{name:?} not seen held");
         assert!(m.try_acquire(name).await.unwrap_err().is_would_block());
         guards.push(g);
     }
@@ -75,7 +75,7 @@ async fn odd_names_stay_inside_and_round_trip() {
     }
     drop(guards);
     for name in names {
-        assert!(!m.is_locked(name).await.unwrap());
+        assert!(!m.is_locked(name).await.unwrap(), "{name:?} seen held");
     }
     // Distinct names, distinct locks.
     let _a = m.acquire("a/b", T).await.unwrap();
