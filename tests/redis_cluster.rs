@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::cluster::RedisCluster;
+use common::proxy::{FaultProxy, Rule, Then};
 use common::redis::RedisServer;
 use lockyard::redis::{RedisLockGuard, RedisLocks, RedisOptions};
 use tokio::time::Instant;
@@ -515,6 +516,71 @@ async fn an_unreachable_cluster_is_unavailable_not_backend() {
         }
         let e = locks.list().await.unwrap_err();
         assert!(e.is_unavailable(), "{e:?}");
+    })
+    .await
+    .expect("bounded");
+}
+
+/// A half-open sharded pub/sub connection (a node's replies stop: no error,
+/// no FIN) is noticed by the health check, and the waiter it carried is
+/// woken, instead of sleeping until the holder's 30 s lease runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_open_sharded_pubsub_connection_is_noticed() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        let names = names_per_master(&c, "half-open", 1);
+        let (&port, ns) = names.iter().next().unwrap();
+        let name = ns[0].clone();
+        let opts = opts(Duration::from_secs(30)).op_timeout(Duration::from_millis(500));
+        // The holder reaches the master directly; the waiter, which
+        // connects after the announcement, through a proxy.
+        let holder = RedisLocks::connect_with(&c.url(), opts.clone())
+            .await
+            .unwrap();
+        let g = holder.acquire(&name, Duration::from_secs(5)).await.unwrap();
+        let proxy = FaultProxy::start(port);
+        c.announce_port(port, proxy.port());
+        let waiter = RedisLocks::connect_with(&c.url(), opts).await.unwrap();
+        let waiting = tokio::spawn({
+            let name = name.clone();
+            async move {
+                let got = waiter.acquire(&name, Duration::from_secs(20)).await;
+                (got.map(|g| g.fencing_token()), Instant::now())
+            }
+        });
+        let subscribed = async {
+            while !c
+                .node(port)
+                .command(&["PUBSUB", "SHARDCHANNELS"])
+                .contains(&name)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), subscribed)
+            .await
+            .expect("the waiter subscribed on the slot's master");
+        assert!(
+            proxy.accepted() > 0,
+            "the waiter reached the master directly"
+        );
+        // From its next health check on, the master's pub/sub connection
+        // answers nothing: the release message sent to it is lost.
+        proxy.on_request(Rule {
+            pattern: b"PING".to_vec(),
+            hold: Duration::ZERO,
+            then: Then::HoldReplies,
+        });
+        proxy.wait_matched(1, Duration::from_secs(5)).await;
+        let released = Instant::now();
+        g.release().await.unwrap();
+        let (got, at) = waiting.await.unwrap();
+        got.unwrap();
+        let after = at.duration_since(released);
+        assert!(
+            after < Duration::from_secs(3),
+            "the waiter got the lock {after:?} after the release"
+        );
     })
     .await
     .expect("bounded");

@@ -260,11 +260,11 @@ impl Drop for Subscription {
     }
 }
 
-/// The pub/sub task: connect, subscribe what is wanted, dispatch messages,
-/// reconnect on loss.
 /// How often an idle pub/sub connection is checked with `PING`.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
+/// The pub/sub task: connect, subscribe what is wanted, dispatch messages,
+/// reconnect on loss.
 async fn run(
     client: redis::Client,
     shared: Arc<Shared>,
@@ -381,7 +381,11 @@ async fn run(
 /// `SSUBSCRIBE` to the channel's shard and subscribes again after a
 /// reconnect, a failover or a slot migration; we mark every channel down
 /// (and wake its waiters, who then poll) whenever a node connection drops,
-/// and up again when its subscription is confirmed.
+/// and up again when its subscription is confirmed. Every node is PINGed
+/// each [`HEALTH_EVERY`]; one that does not answer in time (half-open, or
+/// down) starts the whole connection again, so while a master is down its
+/// waiters and the others' poll (each woken once per attempt) until the
+/// cluster has failed it over.
 async fn run_sharded(
     seeds: Vec<redis::ConnectionInfo>,
     shared: Arc<Shared>,
@@ -440,6 +444,12 @@ async fn run_sharded(
         // channel whose SSUBSCRIBE failed meanwhile is ours to retry).
         let mut retry_at: Option<tokio::time::Instant> = None;
         let mut retry_backoff = Duration::from_millis(100);
+        // A half-open node connection delivers no push and reports no
+        // error, as on one server: PING every node (the crate sends PING to
+        // all of them) and start again when one does not answer.
+        let mut health =
+            tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let retry = async {
                 match retry_at {
@@ -449,6 +459,17 @@ async fn run_sharded(
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                _ = health.tick() => {
+                    let pong = tokio::time::timeout(
+                        op_timeout,
+                        redis::cmd("PING").query_async::<redis::Value>(&mut conn),
+                    )
+                    .await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        tracing::debug!("a node of the sharded pub/sub connection did not answer PING; reconnecting");
+                        break;
+                    }
+                }
                 () = retry => {
                     retry_at = None;
                     let down: Vec<String> = shared

@@ -230,6 +230,37 @@ impl RedisCluster {
         }
     }
 
+    /// Makes the node on `port` tell clients to reach it on `announced`
+    /// (a fault proxy's port, say): `CONFIG SET cluster-announce-port`, then
+    /// waits (bounded) until every live node's `CLUSTER NODES` says so. The
+    /// cluster bus is unaffected (its port is set apart).
+    pub fn announce_port(&self, port: u16, announced: u16) {
+        let r = self.node(port).command(&[
+            "CONFIG",
+            "SET",
+            "cluster-announce-port",
+            &announced.to_string(),
+        ]);
+        assert!(
+            r.starts_with("+OK"),
+            "CONFIG SET cluster-announce-port: {r}"
+        );
+        let deadline = Instant::now() + FORM;
+        let needle = format!(":{announced}@");
+        while !self
+            .nodes
+            .iter()
+            .filter(|n| n.is_up())
+            .all(|n| n.command(&["CLUSTER", "NODES"]).contains(&needle))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not learn port {announced} for {port} in {FORM:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// How many masters it was created with.
     pub fn masters(&self) -> usize {
         self.masters
