@@ -48,6 +48,23 @@ fn names_per_master(
     panic!("could not spread names over the masters");
 }
 
+/// Waits (at most `within`) until the node on `port` has a sharded
+/// subscription to `name`'s channel.
+async fn shard_subscribed(c: &RedisCluster, port: u16, name: &str, within: Duration) {
+    let seen = async {
+        while !c
+            .node(port)
+            .command(&["PUBSUB", "SHARDCHANNELS"])
+            .contains(name)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(within, seen)
+        .await
+        .unwrap_or_else(|_| panic!("no sharded subscription for {name} on {port} in {within:?}"));
+}
+
 fn opts(ttl: Duration) -> RedisOptions {
     RedisOptions::default()
         .ttl(ttl)
@@ -163,18 +180,7 @@ async fn waiters_are_woken_by_sharded_pubsub_on_the_slots_master() {
             let n = name.clone();
             let waiting = tokio::spawn(async move { w.acquire(&n, Duration::from_secs(10)).await });
             // The waiter subscribed on the slot's master, sharded.
-            let channel_seen = async {
-                loop {
-                    let chans = c.node(*port).command(&["PUBSUB", "SHARDCHANNELS"]);
-                    if chans.contains(&name) {
-                        return;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(5), channel_seen)
-                .await
-                .unwrap_or_else(|_| panic!("no sharded subscription for {name} on {port}"));
+            shard_subscribed(&c, *port, &name, Duration::from_secs(5)).await;
             for n in &c.nodes {
                 let classic = n.command(&["PUBSUB", "CHANNELS"]);
                 assert!(
@@ -292,18 +298,7 @@ async fn a_held_and_waited_for_lock_follows_its_slot_to_another_master() {
         assert_eq!(c.master_of(&format!("lockyard:{{{name}}}:lock")), to);
         // The waiter's wakeup subscription followed the slot to its new
         // master (after the old one dropped it).
-        let resubscribed = async {
-            while !c
-                .node(to)
-                .command(&["PUBSUB", "SHARDCHANNELS"])
-                .contains(&name)
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(10), resubscribed)
-            .await
-            .expect("the waiter resubscribed on the new master");
+        shard_subscribed(&c, to, &name, Duration::from_secs(10)).await;
         // Held across the move and well after: renewals followed it.
         tokio::time::sleep(ttl * 2).await;
         assert!(!g.is_lost(), "the holder lost its lock to a slot migration");
@@ -548,18 +543,7 @@ async fn a_half_open_sharded_pubsub_connection_is_noticed() {
                 (got.map(|g| g.fencing_token()), Instant::now())
             }
         });
-        let subscribed = async {
-            while !c
-                .node(port)
-                .command(&["PUBSUB", "SHARDCHANNELS"])
-                .contains(&name)
-            {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), subscribed)
-            .await
-            .expect("the waiter subscribed on the slot's master");
+        shard_subscribed(&c, port, &name, Duration::from_secs(5)).await;
         assert!(
             proxy.accepted() > 0,
             "the waiter reached the master directly"

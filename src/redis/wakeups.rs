@@ -263,6 +263,14 @@ impl Drop for Subscription {
 /// How often an idle pub/sub connection is checked with `PING`.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
+/// Ticks every [`HEALTH_EVERY`], the first one period from now.
+fn health_checks() -> tokio::time::Interval {
+    let mut health =
+        tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
+    health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    health
+}
+
 /// The pub/sub task: connect, subscribe what is wanted, dispatch messages,
 /// reconnect on loss.
 async fn run(
@@ -320,9 +328,7 @@ async fn run(
         // Serve until the connection drops, or stops answering: a
         // half-open connection (a peer gone without a FIN, a silent proxy)
         // delivers no message and reports no error, so PING it.
-        let mut health =
-            tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
-        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health = health_checks();
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -447,9 +453,7 @@ async fn run_sharded(
         // A half-open node connection delivers no push and reports no
         // error, as on one server: PING every node (the crate sends PING to
         // all of them) and start again when one does not answer.
-        let mut health =
-            tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
-        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health = health_checks();
         loop {
             let retry = async {
                 match retry_at {
