@@ -1,0 +1,352 @@
+//! A holder paused past its lease (a "GC pause": SIGSTOP, then SIGCONT)
+//! must see the lease lost at its very first look after it resumes, however
+//! late the watchdog's timer runs: `is_lost()` from a task and from a plain
+//! thread, and `run_until_lost`, compare the lease's deadline with the
+//! clock when they are asked.
+//!
+//! Each test runs a child process (this binary, re-executed) that holds one
+//! kind of lease round after round; the parent stops it past the lease,
+//! resumes it, and asks it what its checks said around the pause. Every
+//! timestamp is `CLOCK_MONOTONIC`, one clock for both processes.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use lockyard::redis::{RedisLocks, RedisOptions, Redlock};
+use lockyard::{LockError, LockGuard};
+
+const CHILD_ENV: &str = "LOCKYARD_PAUSED_CHILD";
+/// The child's lease; the pause is several times longer.
+const TTL: Duration = Duration::from_millis(300);
+const PAUSE: Duration = Duration::from_millis(800);
+/// How often the checks sample.
+const EVERY: Duration = Duration::from_millis(2);
+/// Bound on any one answer of the child.
+const ANSWER: Duration = Duration::from_secs(20);
+
+fn monotonic_ns() -> u64 {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
+}
+
+fn options() -> RedisOptions {
+    RedisOptions::default()
+        .ttl(TTL)
+        .connect_timeout(Duration::from_secs(2))
+        .op_timeout(Duration::from_millis(60))
+}
+
+/// One sample of a check: when it was taken and whether it said lost.
+type Samples = Arc<Mutex<Vec<(u64, bool)>>>;
+
+/// Holds `guard` while a task and a thread sample `is_lost()` every 2 ms
+/// and a `run_until_lost` future records when it runs, until the parent's
+/// `check STOP CONT` line; answers `result BEFORE TASK THREAD LATE`.
+async fn hold_and_report(
+    guard: LockGuard,
+    lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let guard = Arc::new(guard);
+    let task_samples: Samples = Arc::default();
+    let thread_samples: Samples = Arc::default();
+    let work_ran: Samples = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+
+    let sampler = {
+        let (guard, samples) = (guard.clone(), task_samples.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(EVERY);
+            loop {
+                tick.tick().await;
+                let at = monotonic_ns();
+                let lost = guard.is_lost();
+                samples.lock().unwrap().push((at, lost));
+            }
+        })
+    };
+    let thread = {
+        let (lost, samples, stop) = (guard.lost(), thread_samples.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let at = monotonic_ns();
+                let is_lost = lost.is_lost();
+                samples.lock().unwrap().push((at, is_lost));
+                std::thread::sleep(EVERY);
+            }
+        })
+    };
+    let work = {
+        let (guard, ran) = (guard.clone(), work_ran.clone());
+        tokio::spawn(async move {
+            guard
+                .run_until_lost(async {
+                    loop {
+                        ran.lock().unwrap().push((monotonic_ns(), false));
+                        tokio::time::sleep(EVERY).await;
+                    }
+                })
+                .await
+        })
+    };
+    println!("held");
+
+    let line = lines.recv().await.expect("a check line");
+    let mut parts = line.split_whitespace();
+    assert_eq!(parts.next(), Some("check"), "{line}");
+    let stopped: u64 = parts.next().unwrap().parse().unwrap();
+    let resumed: u64 = parts.next().unwrap().parse().unwrap();
+
+    // The work must have ended with `Lost` by now (the lease is long gone).
+    let outcome = tokio::time::timeout(ANSWER, work)
+        .await
+        .expect("run_until_lost ended")
+        .unwrap();
+    assert!(
+        matches!(outcome, Err(LockError::Lost { .. })),
+        "{outcome:?}"
+    );
+    sampler.abort();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    thread.join().unwrap();
+
+    let last_before = |s: &Samples| {
+        s.lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(at, _)| *at < stopped)
+            .map(|&(_, lost)| if lost { "lost" } else { "held" })
+            .unwrap_or("none")
+    };
+    let first_after = |s: &Samples| {
+        s.lock()
+            .unwrap()
+            .iter()
+            .find(|(at, _)| *at > resumed)
+            .map(|&(_, lost)| if lost { "lost" } else { "held" })
+            .unwrap_or("none")
+    };
+    let late_runs = work_ran
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(at, _)| *at > resumed)
+        .count();
+    println!(
+        "result {} {} {} {late_runs}",
+        last_before(&task_samples),
+        first_after(&task_samples),
+        first_after(&thread_samples),
+    );
+    drop(guard);
+}
+
+/// The child: `KIND|ROUNDS|URL[,URL...]`.
+#[tokio::test]
+async fn child_process_entry() {
+    let Ok(spec) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let mut it = spec.split('|');
+    let kind = it.next().unwrap().to_owned();
+    let rounds: u32 = it.next().unwrap().parse().unwrap();
+    let urls: Vec<String> = it.next().unwrap().split(',').map(str::to_owned).collect();
+    // Orders come on stdin, read by a thread of its own: a blocking read
+    // must not stop the runtime the checks run on.
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let timeout = Duration::from_secs(5);
+    if kind == "redlock" {
+        let redlock = Redlock::connect(&urls, options()).await.unwrap();
+        for round in 0..rounds {
+            let g = redlock.acquire(&format!("p{round}"), timeout).await.unwrap();
+            hold_and_report(g.into(), &mut lines).await;
+        }
+        return;
+    }
+    let client = RedisLocks::connect_with(&urls[0], options()).await.unwrap();
+    for round in 0..rounds {
+        let name = format!("p{round}");
+        let g: LockGuard = match kind.as_str() {
+            "lock" => client.acquire(&name, timeout).await.unwrap().into(),
+            "semaphore" => client
+                .semaphore(&name, 2)
+                .unwrap()
+                .acquire(timeout)
+                .await
+                .unwrap()
+                .into(),
+            "read" => client
+                .rwlock(&name)
+                .unwrap()
+                .read(timeout)
+                .await
+                .unwrap()
+                .into(),
+            other => panic!("unknown kind {other}"),
+        };
+        hold_and_report(g, &mut lines).await;
+    }
+}
+
+struct Holder {
+    child: Child,
+    stdin: ChildStdin,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Holder {
+    fn spawn(kind: &str, rounds: u32, urls: &[String]) -> Self {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "child_process_entry",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD_ENV, format!("{kind}|{rounds}|{}", urls.join(",")))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            stdin,
+            lines,
+        }
+    }
+
+    /// The next line holding `word`, from `word` on (the test harness
+    /// prints other lines, and text before the child's first line).
+    fn expect(&self, word: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(ANSWER)
+                .unwrap_or_else(|e| panic!("no {word:?} line from the child: {e}"));
+            if let Some(at) = line.find(word) {
+                return line[at..].to_owned();
+            }
+        }
+    }
+
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
+        rustix::process::kill_process(pid, signal).unwrap();
+    }
+
+    /// Waits (bounded) until the child is really stopped.
+    fn wait_stopped(&self) {
+        let stat = format!("/proc/{}/stat", self.child.id());
+        for _ in 0..2000 {
+            let text = std::fs::read_to_string(&stat).unwrap();
+            // The state follows the parenthesised command name.
+            let state = text.rsplit(')').next().unwrap().trim_start();
+            if state.starts_with('T') {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        panic!("the child did not stop");
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `rounds` pauses of a `kind` holder; every round's first checks
+/// after the resume must say lost, and the work under `run_until_lost` must
+/// not run again.
+fn pause_rounds(kind: &str, rounds: u32, urls: &[String]) {
+    let mut holder = Holder::spawn(kind, rounds, urls);
+    let mut failures = Vec::new();
+    for round in 0..rounds {
+        holder.expect("held");
+        // Some samples that say held first.
+        std::thread::sleep(Duration::from_millis(30));
+        holder.signal(rustix::process::Signal::STOP);
+        holder.wait_stopped();
+        let stopped = monotonic_ns();
+        std::thread::sleep(PAUSE);
+        let resumed = monotonic_ns();
+        holder.signal(rustix::process::Signal::CONT);
+        // Let the checks run after the resume.
+        std::thread::sleep(Duration::from_millis(50));
+        writeln!(holder.stdin, "check {stopped} {resumed}").unwrap();
+        holder.stdin.flush().unwrap();
+        let result = holder.expect("result");
+        let fields: Vec<&str> = result.split_whitespace().collect();
+        let (before, task, thread, late) = (fields[1], fields[2], fields[3], fields[4]);
+        assert_eq!(
+            before, "held",
+            "round {round}: the lease was not held before the pause: {result}"
+        );
+        if task != "lost" || thread != "lost" || late != "0" {
+            failures.push(format!(
+                "round {round}: first task check {task}, first thread check {thread}, \
+                 work ran {late} times after the resume"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{kind}: a holder resumed past its lease believed it held it in {} of {rounds} rounds:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+#[test]
+fn resumed_lock_holder_sees_lost_at_its_first_check() {
+    let server = RedisServer::start();
+    pause_rounds("lock", 20, &[server.url()]);
+}
+
+#[test]
+fn resumed_permit_holder_sees_lost_at_its_first_check() {
+    let server = RedisServer::start();
+    pause_rounds("semaphore", 20, &[server.url()]);
+}
+
+#[test]
+fn resumed_reader_sees_lost_at_its_first_check() {
+    let server = RedisServer::start();
+    pause_rounds("read", 5, &[server.url()]);
+}
+
+#[test]
+fn resumed_redlock_holder_sees_lost_at_its_first_check() {
+    let servers: Vec<RedisServer> = (0..3).map(|_| RedisServer::start()).collect();
+    let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
+    pause_rounds("redlock", 5, &urls);
+}
