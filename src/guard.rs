@@ -21,6 +21,7 @@ use async_trait::async_trait;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use crate::error::LockError;
+use crate::lease::LeaseDeadline;
 use crate::options::Mode;
 
 /// What a backend's concrete guard implements so it can travel as a
@@ -342,7 +343,13 @@ impl LockGuard {
         self.inner.lost()
     }
 
-    /// Whether the lock is already known to be lost.
+    /// Whether the lock is lost, as of the moment of asking.
+    ///
+    /// For a lease (Redis, Redlock) this compares the lease's deadline with
+    /// the clock now, so it never says held after the deadline, however late
+    /// the renewal task runs (after a pause of the process, say). What it
+    /// cannot cover is a pause *between* this check and the write it guards:
+    /// pass [`fencing_token`](Self::fencing_token) to the storage for that.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -361,7 +368,10 @@ impl LockGuard {
     }
 
     /// Runs `fut` while the lock is held; if the lock is lost first, `fut` is
-    /// dropped and [`LockError::Lost`] returned.
+    /// dropped and [`LockError::Lost`] returned. The lost signal is looked at
+    /// before `fut` at every poll and, for a lease, compares its deadline
+    /// with the clock, so `fut` is not polled again once the deadline has
+    /// passed.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -515,6 +525,13 @@ impl fmt::Debug for LockGuard {
 ///
 /// Cloning is cheap; every clone completes together.
 ///
+/// A lease's signal ([`Lost::with_deadline`]) is lost when its token is
+/// cancelled (the server said the lease is gone, or renewal gave up) *or*
+/// when its [`LeaseDeadline`] has passed by the clock at the moment it is
+/// asked: [`is_lost`](Self::is_lost) and every poll read the clock, so a
+/// process resumed after a pause past its lease is told "lost" by its first
+/// check, even before the renewal task's timer has run.
+///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -533,6 +550,9 @@ impl fmt::Debug for LockGuard {
 #[pin_project::pin_project]
 pub struct Lost {
     token: Option<CancellationToken>,
+    /// A lease's end: past it the lock is lost, whether or not the task
+    /// that cancels `token` has run yet.
+    deadline: Option<LeaseDeadline>,
     #[pin]
     wait: Option<WaitForCancellationFutureOwned>,
 }
@@ -554,6 +574,7 @@ impl Lost {
     pub fn never() -> Self {
         Self {
             token: None,
+            deadline: None,
             wait: None,
         }
     }
@@ -573,6 +594,32 @@ impl Lost {
         Self {
             wait: Some(token.clone().cancelled_owned()),
             token: Some(token),
+            deadline: None,
+        }
+    }
+
+    /// A lease's signal: fires when `token` is cancelled, and reads as lost
+    /// once `deadline` has passed, by the clock at the moment it is asked
+    /// (see [`LeaseDeadline`]). The task renewing the lease moves the
+    /// deadline and cancels `token` when it gives up or finds the lease gone.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use tokio_util::sync::CancellationToken;
+    /// use lockyard::{LeaseDeadline, Lost};
+    ///
+    /// let deadline = LeaseDeadline::new(Instant::now() + Duration::from_secs(10));
+    /// let token = CancellationToken::new();
+    /// let lost = Lost::with_deadline(token.clone(), deadline);
+    /// assert!(!lost.is_lost());
+    /// token.cancel();
+    /// assert!(lost.is_lost());
+    /// ```
+    pub fn with_deadline(token: CancellationToken, deadline: LeaseDeadline) -> Self {
+        Self {
+            deadline: Some(deadline),
+            ..Self::from_token(token)
         }
     }
 
@@ -589,15 +636,22 @@ impl Lost {
     /// assert!(lost.is_lost());
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.token.as_ref().is_some_and(|t| t.is_cancelled())
+        self.token
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+            || self
+                .deadline
+                .as_ref()
+                .is_some_and(LeaseDeadline::has_passed)
     }
 }
 
 impl Clone for Lost {
     fn clone(&self) -> Self {
-        match &self.token {
-            Some(t) => Self::from_token(t.clone()),
-            None => Self::never(),
+        match (&self.token, &self.deadline) {
+            (Some(t), Some(d)) => Self::with_deadline(t.clone(), d.clone()),
+            (Some(t), None) => Self::from_token(t.clone()),
+            (None, _) => Self::never(),
         }
     }
 }
@@ -615,7 +669,17 @@ impl Future for Lost {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        match self.project().wait.as_pin_mut() {
+        let this = self.project();
+        // Past the deadline it is lost, however late the task that cancels
+        // the token runs (a process resumed after a pause polls this first).
+        if this
+            .deadline
+            .as_ref()
+            .is_some_and(LeaseDeadline::has_passed)
+        {
+            return Poll::Ready(());
+        }
+        match this.wait.as_pin_mut() {
             Some(wait) => wait.poll(cx),
             None => Poll::Pending,
         }

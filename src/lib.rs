@@ -133,6 +133,7 @@
 
 mod error;
 mod guard;
+mod lease;
 mod lock;
 mod options;
 mod owner;
@@ -140,6 +141,7 @@ mod text;
 
 pub use error::{BoxError, LockError};
 pub use guard::{LockGuard, Lost, RawGuard};
+pub use lease::LeaseDeadline;
 pub use lock::Lock;
 pub use options::{AcquireOptions, Mode};
 pub use owner::{Liveness, Owner, OwnerParseError, host_name};

@@ -22,6 +22,7 @@ assert_send_sync!(
     lockyard::LockError,
     lockyard::LockGuard,
     lockyard::Lost,
+    lockyard::LeaseDeadline,
     lockyard::AcquireOptions,
     lockyard::Mode,
     lockyard::Owner,

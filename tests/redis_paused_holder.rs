@@ -173,7 +173,10 @@ async fn child_process_entry() {
     if kind == "redlock" {
         let redlock = Redlock::connect(&urls, options()).await.unwrap();
         for round in 0..rounds {
-            let g = redlock.acquire(&format!("p{round}"), timeout).await.unwrap();
+            let g = redlock
+                .acquire(&format!("p{round}"), timeout)
+                .await
+                .unwrap();
             hold_and_report(g.into(), &mut lines).await;
         }
         return;

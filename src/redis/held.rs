@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio_util::sync::CancellationToken;
-
 use super::context::RedisLocks;
 use super::lease::{Expired, LeaseHandle, Renewal};
 use super::ops::{self, invoke};
@@ -29,7 +27,9 @@ pub(crate) struct Hold {
     resource: String,
     mode: Mode,
     fencing: u64,
-    lost: CancellationToken,
+    /// The lease's lost signal (its token and its deadline), kept after
+    /// the lease handle is dropped.
+    lost: Lost,
     /// Renewal runs while this is `Some`.
     lease: Option<LeaseHandle>,
     /// The renewal call, without the TTL the watchdog appends (for
@@ -74,7 +74,7 @@ impl Hold {
             resource: resource.to_owned(),
             mode,
             fencing,
-            lost: lease.lost_token().clone(),
+            lost: lease.lost(),
             lease: Some(lease),
             renew,
             release: Some(release),
@@ -137,11 +137,13 @@ impl Hold {
     }
 
     pub(crate) fn lost(&self) -> Lost {
-        Lost::from_token(self.lost.clone())
+        self.lost.clone()
     }
 
+    /// Lost as of now: the watchdog said so, or the lease's deadline has
+    /// passed by the clock (however late the watchdog runs).
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.lost.is_lost()
     }
 
     /// Stops renewal and releases now.
@@ -186,7 +188,7 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         if let Some(stats) = &mut self.stats
-            && self.lost.is_cancelled()
+            && self.lost.is_lost()
         {
             stats.lost();
         }
@@ -262,7 +264,12 @@ macro_rules! held_guard {
                 self.held.lost()
             }
 
-            /// Whether the hold is already known to be lost.
+            /// Whether the hold is lost, as of the moment of asking: the
+            /// lease's deadline is compared with the clock now, so this never
+            /// says held after the deadline, however late the watchdog runs
+            /// (after a pause of the process, say). A pause *between* this
+            /// check and the write it guards is what the
+            /// [`fencing_token`](Self::fencing_token) is for.
             ///
             #[doc = "```no_run"]
             #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
@@ -281,7 +288,9 @@ macro_rules! held_guard {
 
             /// Runs `fut` while held; if the hold is lost first, `fut` is
             /// dropped and [`LockError::Lost`](crate::LockError::Lost)
-            /// returned.
+            /// returned. The lost signal is looked at before `fut` at every
+            /// poll and compares the lease's deadline with the clock, so
+            /// `fut` is not polled again once the deadline has passed.
             ///
             #[doc = "```no_run"]
             #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]

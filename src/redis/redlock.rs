@@ -22,6 +22,7 @@ use super::pool::Conn;
 use super::token;
 use crate::error::LockError;
 use crate::guard::{LockGuard, Lost, RawGuard};
+use crate::lease::LeaseDeadline;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::stats::{self, Acquisition, Backend, Held};
@@ -1049,7 +1050,7 @@ pub struct RedlockGuard {
     name: String,
     token: String,
     fencing: u64,
-    valid_until: Arc<std::sync::Mutex<Instant>>,
+    valid_until: LeaseDeadline,
     lost: CancellationToken,
     /// Stops the renewal task when dropped.
     renewal: Option<DropGuard>,
@@ -1069,7 +1070,7 @@ impl RedlockGuard {
         let inner = redlock.inner.clone();
         let granted: Vec<bool> = outcome.grants.iter().map(Option::is_some).collect();
         let fencing = outcome.grants.iter().flatten().copied().max().unwrap_or(0);
-        let valid_until = Arc::new(std::sync::Mutex::new(Instant::now() + validity));
+        let valid_until = LeaseDeadline::new(Instant::now() + validity);
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         tokio::spawn(renew(
@@ -1153,8 +1154,7 @@ impl RedlockGuard {
     /// # }
     /// ```
     pub fn validity(&self) -> Duration {
-        let until = *self.valid_until.lock().unwrap_or_else(|e| e.into_inner());
-        until.saturating_duration_since(Instant::now())
+        self.valid_until.remaining()
     }
 
     /// Completes when the lock is lost: no majority confirmed an extension
@@ -1176,10 +1176,14 @@ impl RedlockGuard {
     /// # }
     /// ```
     pub fn lost(&self) -> Lost {
-        Lost::from_token(self.lost.clone())
+        Lost::with_deadline(self.lost.clone(), self.valid_until.clone())
     }
 
-    /// Whether the lock is already known to be lost.
+    /// Whether the lock is lost, as of the moment of asking: the validity
+    /// is compared with the clock now, so this never says held after it
+    /// ran out, however late the renewal task runs (after a pause of the
+    /// process, say). Redlock has no fencing token to cover a pause between
+    /// this check and the write it guards (see the type's docs).
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
@@ -1198,7 +1202,7 @@ impl RedlockGuard {
     /// # }
     /// ```
     pub fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.lost.is_cancelled() || self.valid_until.has_passed()
     }
 
     /// Runs `fut` while the lock is held; if it is lost first, `fut` is
@@ -1322,13 +1326,12 @@ async fn renew(
     name: String,
     token: String,
     mut granted: Vec<bool>,
-    valid_until: Arc<std::sync::Mutex<Instant>>,
+    valid_until: LeaseDeadline,
     lost: CancellationToken,
     stop: CancellationToken,
 ) {
     let period = inner.ttl / 3;
     let per_server = per_server_timeout(inner.ttl);
-    let until = || *valid_until.lock().unwrap_or_else(|e| e.into_inner());
     let mark_lost = |why: &str| {
         tracing::warn!(resource = %name, "Redlock lost: {why}");
         lost.cancel();
@@ -1337,9 +1340,13 @@ async fn renew(
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(period) => {}
-            () = tokio::time::sleep_until(until()) => {
+            () = tokio::time::sleep_until(valid_until.at()) => {
                 return mark_lost("no majority confirmed an extension within the validity");
             }
+        }
+        // Both timers may be due at once after a pause: the validity first.
+        if valid_until.has_passed() {
+            return mark_lost("no majority confirmed an extension within the validity");
         }
         let started = Instant::now();
         let extend = join_all(inner.servers.iter().zip(&granted).map(|(server, &held)| {
@@ -1378,12 +1385,15 @@ async fn renew(
         }
         if confirmed >= inner.quorum {
             // Scored from the round's send time (invariant 2; a Redlock
-            // lease is never extended, so every round carries one TTL).
-            *valid_until.lock().unwrap_or_else(|e| e.into_inner()) =
-                grant_end(started, inner.ttl, inner.drift);
+            // lease is never extended, so every round carries one TTL). A
+            // round confirmed after the validity ran out (the process was
+            // paused) does not bring the lock back (invariant 3).
+            if !valid_until.set(grant_end(started, inner.ttl, inner.drift)) {
+                return mark_lost("no majority confirmed an extension within the validity");
+            }
         } else if granted.iter().filter(|&&h| h).count() < inner.quorum {
             return mark_lost("too many servers no longer hold our key");
-        } else if Instant::now() >= until() {
+        } else if valid_until.has_passed() {
             return mark_lost("no majority confirmed an extension within the validity");
         }
     }
@@ -1391,8 +1401,9 @@ async fn renew(
 
 impl Drop for RedlockGuard {
     fn drop(&mut self) {
+        let lost = self.is_lost();
         if let Some(stats) = &mut self.stats
-            && self.lost.is_cancelled()
+            && lost
         {
             stats.lost();
         }

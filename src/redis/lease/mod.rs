@@ -16,8 +16,13 @@
 //!    its own `sent_at`; requests on one lease that may have been applied
 //!    in either order (different connections, or an unknown outcome) are
 //!    assumed applied in the worse order ([`validity`]).
-//! 3. `lost` fires no later than the deadline; once fired it never
-//!    un-fires; after it, extend reports [`LockError::Lost`] and release
+//! 3. `lost` fires no later than the deadline: every check (`is_lost`, a
+//!    poll of the `Lost` future, `run_until_lost`) compares the published
+//!    [`LeaseDeadline`](crate::LeaseDeadline) with the clock when it is
+//!    asked, so a process resumed after a pause past its lease is told lost
+//!    before the watchdog's late timer runs; once fired it never un-fires
+//!    (a renewal confirmed after the deadline does not move it); after it,
+//!    extend reports [`LockError::Lost`] and release
 //!    never reports success: `Lost` if the server still had our token (the
 //!    key is deleted all the same), else `NotHeld` or the outage.
 //! 4. Release runs exactly once (explicit or from `Drop`); the watchdog

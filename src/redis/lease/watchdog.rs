@@ -45,6 +45,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::validity::{RequestId, Validity};
 use crate::error::LockError;
+use crate::guard::Lost;
+use crate::lease::LeaseDeadline;
 use crate::redis::conn::Conn;
 use crate::redis::pool::Connections;
 use crate::stats::{Backend, Counter};
@@ -103,6 +105,9 @@ struct Entry {
     due: Instant,
     /// Until when the lease is certainly ours.
     validity: Validity,
+    /// `validity`'s deadline as the guard's checks read it (published after
+    /// every change; once passed, it stays passed).
+    end: LeaseDeadline,
     /// A watchdog renewal is in flight (at most one at a time).
     in_flight: bool,
     /// The last attempt failed: retry when due, without renewing early.
@@ -112,8 +117,16 @@ struct Entry {
 }
 
 impl Entry {
+    /// The published deadline: `validity`'s, unless that moved out after
+    /// the lease had already ended (invariant 3: lost never un-fires).
     fn deadline(&self) -> Instant {
-        self.validity.deadline()
+        self.end.at()
+    }
+
+    /// Publishes `validity`'s deadline to the guard's checks (call after
+    /// every change to it). A deadline already passed stays put.
+    fn publish(&mut self) {
+        self.end.set(self.validity.deadline());
     }
 
     fn next_wake(&self) -> Instant {
@@ -232,10 +245,12 @@ impl Watchdog {
         // dropping it then touches no lock shared with other leases.
         let stop = lost.child_token();
         let resource = lease.resource.clone();
+        let end = LeaseDeadline::new(validity.deadline());
         let mut entry = Entry {
             lease,
             due: now,
             validity,
+            end: end.clone(),
             in_flight: false,
             retrying: false,
             lost: lost.clone(),
@@ -257,6 +272,7 @@ impl Watchdog {
             id,
             resource,
             lost,
+            end,
             _stop: stop.drop_guard(),
         })
     }
@@ -278,18 +294,23 @@ pub(crate) struct LeaseHandle {
     id: u64,
     resource: String,
     lost: CancellationToken,
+    /// The lease's deadline, read by every check at the moment it is asked.
+    end: LeaseDeadline,
     _stop: DropGuard,
 }
 
 impl LeaseHandle {
-    /// The token cancelled when the lease is lost.
-    pub(crate) fn lost_token(&self) -> &CancellationToken {
-        &self.lost
+    /// The lost signal: the token the watchdog cancels, and the deadline
+    /// every check compares with the clock.
+    pub(crate) fn lost(&self) -> Lost {
+        Lost::with_deadline(self.lost.clone(), self.end.clone())
     }
 
-    /// Whether the lease is known lost (invariant 3: once true, for good).
+    /// Whether the lease is lost: the watchdog said so, or its deadline has
+    /// passed by the clock now, however late the watchdog's timer runs
+    /// (invariant 3: once true, for good).
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.is_cancelled()
+        self.lost.is_cancelled() || self.end.has_passed()
     }
 
     /// The error for an operation that needs the lease after it was lost.
@@ -338,7 +359,9 @@ impl LeaseHandle {
             let Some(e) = st.entries.get_mut(&self.id) else {
                 return Err(self.lost_error());
             };
-            e.validity.begin(Instant::now(), ttl, drift)
+            let req = e.validity.begin(Instant::now(), ttl, drift);
+            e.publish();
+            req
         };
         // The deadline may have moved in: let the task look.
         shared.notify.notify_one();
@@ -355,7 +378,8 @@ impl LeaseHandle {
             (Ok(Renewal::Renewed), Some(e), Some(req)) => {
                 let now = Instant::now();
                 e.validity.confirmed(req, now);
-                if e.deadline() <= now {
+                e.publish();
+                if e.end.has_passed() {
                     // Confirmed, but looked at only after the lease's
                     // validity: it may be someone else's by now (the rule
                     // of invariant 1, for an extend).
@@ -379,6 +403,7 @@ impl LeaseHandle {
             (Err(e), entry, req) => {
                 if let (Some(en), Some(req)) = (entry, req) {
                     en.validity.unknown(req);
+                    en.publish();
                 }
                 Err(e)
             }
@@ -423,6 +448,7 @@ impl Drop for Unsettled<'_> {
             && let Some(e) = self.shared.lock().entries.get_mut(&self.id)
         {
             e.validity.unknown(req);
+            e.publish();
         }
     }
 }
@@ -466,7 +492,9 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                     dead.push((id, None));
                     continue;
                 }
-                if now >= e.deadline() {
+                // By the clocks now, not `now` alone: after a suspend only
+                // the boot clock knows (see `LeaseDeadline`).
+                if now >= e.deadline() || e.end.has_passed() {
                     dead.push((
                         id,
                         Some("no renewal confirmed within the lease (TTL − drift)"),
@@ -482,6 +510,7 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                     e.in_flight = true;
                     // Counts from before it is sent (invariant 2).
                     let req = e.validity.begin(now, e.lease.ttl, e.lease.drift);
+                    e.publish();
                     batch.push((id, e.lease.clone(), req));
                 }
                 let wake = e.next_wake();
@@ -571,6 +600,10 @@ async fn renew(
                 // Scored with its own send time and the TTL it carried,
                 // whatever an extend did meanwhile (invariant 2).
                 e.validity.confirmed(*req, now);
+                // A confirmation that arrives after the deadline (the
+                // process was paused) leaves it passed; the task then
+                // declares the lease lost (invariant 3).
+                e.publish();
                 e.reschedule();
                 e.retrying = false;
             }
@@ -586,12 +619,14 @@ async fn renew(
             }
             Outcome::Refused => {
                 e.validity.refused(*req);
+                e.publish();
                 e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
                 e.retrying = true;
             }
             Outcome::Failed => {
                 // No answer: it may still be applied later.
                 e.validity.unknown(*req);
+                e.publish();
                 e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
                 e.retrying = true;
             }

@@ -1,0 +1,273 @@
+//! When a lease ends, by this process's clocks: [`LeaseDeadline`], shared by
+//! a guard's [`Lost`](crate::Lost) signal and the task that renews the
+//! lease.
+//!
+//! A background task that fires the lost signal at the deadline cannot be
+//! trusted alone: after the process was paused (SIGSTOP, a long GC-like
+//! stall, a descheduled VM), every timer is late, and a task that runs
+//! before the watchdog's would still be told "held" long after the server
+//! let the lease go. So every "still held?" answer reads the clock itself
+//! and compares it with the deadline.
+//!
+//! # Invariants
+//!
+//! 1. Once the deadline has been seen passed (by [`LeaseDeadline::has_passed`]
+//!    or by a [`LeaseDeadline::set`] that found it passed), it stays passed:
+//!    `set` never moves a passed deadline, so a renewal confirmed late
+//!    cannot make a lost lease look held again.
+//! 2. The deadline is kept on two clocks: the monotonic one timers run on
+//!    (tokio's `Instant`), and, on Linux, `CLOCK_BOOTTIME`, which keeps
+//!    running while the machine is suspended, as the server's TTL does. The
+//!    lease has passed when either says so.
+
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The end of a lease as this process knows it: a deadline that renewals
+/// move and every "still held?" check compares with the clock at the moment
+/// it is asked.
+///
+/// Cloning shares it. A backend's renewal task calls [`set`](Self::set) after
+/// each confirmed renewal; the guard's [`Lost`](crate::Lost) reads
+/// [`has_passed`](Self::has_passed). Once passed, it stays passed.
+///
+/// # Clocks and suspend
+///
+/// The deadline is compared with the monotonic clock (`CLOCK_MONOTONIC`)
+/// and, on Linux, with `CLOCK_BOOTTIME` too. The monotonic clock stops while
+/// the machine sleeps; a Redis server's TTL (on another machine) does not.
+/// With `CLOCK_BOOTTIME` a lease held across a suspend reads as passed as
+/// soon as the machine wakes, if the suspend outlasted it. Elsewhere only
+/// the monotonic clock is read, and a suspend is not seen; the lease's next
+/// renewal then finds the key gone or taken and reports it lost.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+/// use tokio_util::sync::CancellationToken;
+/// use lockyard::{LeaseDeadline, Lost};
+///
+/// let deadline = LeaseDeadline::new(Instant::now() + Duration::from_millis(20));
+/// let lost = Lost::with_deadline(CancellationToken::new(), deadline.clone());
+/// assert!(!lost.is_lost());
+/// tokio::time::sleep(Duration::from_millis(30)).await;
+/// // No task had to fire anything: the check reads the clock.
+/// assert!(lost.is_lost());
+/// // A renewal confirmed too late does not bring it back.
+/// assert!(!deadline.set(Instant::now() + Duration::from_secs(10)));
+/// assert!(lost.is_lost());
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct LeaseDeadline {
+    inner: Arc<Mutex<State>>,
+}
+
+#[derive(Clone, Copy)]
+struct State {
+    /// On the monotonic clock timers use.
+    at: Instant,
+    /// On `CLOCK_BOOTTIME` (time since boot, suspend included), where the
+    /// platform has it.
+    boot: Option<Duration>,
+    /// Seen passed: for good (invariant 1).
+    passed: bool,
+}
+
+impl State {
+    fn passed_by(&self, now: Instant, boot_now: Option<Duration>) -> bool {
+        self.passed
+            || now >= self.at
+            || matches!((self.boot, boot_now), (Some(end), Some(now)) if now >= end)
+    }
+}
+
+impl LeaseDeadline {
+    /// A lease that ends at `at` (on tokio's clock, which is the monotonic
+    /// clock outside tests with a paused clock).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use lockyard::LeaseDeadline;
+    ///
+    /// let deadline = LeaseDeadline::new(Instant::now() + Duration::from_secs(10));
+    /// assert!(!deadline.has_passed());
+    /// ```
+    pub fn new(at: Instant) -> Self {
+        let now = Instant::now();
+        let boot = boot_deadline(now, at);
+        Self {
+            inner: Arc::new(Mutex::new(State {
+                at,
+                boot,
+                passed: now >= at,
+            })),
+        }
+    }
+
+    /// Moves the deadline to `at` (later after a renewal, or earlier), unless
+    /// it has already passed: a passed lease stays passed. Returns whether it
+    /// moved.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use lockyard::LeaseDeadline;
+    ///
+    /// let deadline = LeaseDeadline::new(Instant::now() + Duration::from_secs(1));
+    /// let later = Instant::now() + Duration::from_secs(5);
+    /// assert!(deadline.set(later));
+    /// assert_eq!(deadline.at(), later);
+    /// ```
+    pub fn set(&self, at: Instant) -> bool {
+        let now = Instant::now();
+        let boot_now = boot_time();
+        let mut st = self.lock();
+        if st.passed_by(now, boot_now) {
+            st.passed = true;
+            return false;
+        }
+        st.at = at;
+        st.boot = boot_now.map(|b| b + at.saturating_duration_since(now));
+        st.passed = now >= at;
+        true
+    }
+
+    /// Whether the lease has ended by the clocks now (and for good, once
+    /// true).
+    ///
+    /// ```
+    /// use tokio::time::Instant;
+    /// use lockyard::LeaseDeadline;
+    ///
+    /// let deadline = LeaseDeadline::new(Instant::now());
+    /// assert!(deadline.has_passed());
+    /// ```
+    pub fn has_passed(&self) -> bool {
+        let mut st = self.lock();
+        if st.passed {
+            return true;
+        }
+        if st.passed_by(Instant::now(), boot_time()) {
+            st.passed = true;
+        }
+        st.passed
+    }
+
+    /// The deadline on the monotonic clock (for a timer). It may lie in the
+    /// future while [`has_passed`](Self::has_passed) already says `true`
+    /// (after a suspend); a timer set for it must check that again.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use lockyard::LeaseDeadline;
+    ///
+    /// let at = Instant::now() + Duration::from_secs(3);
+    /// assert_eq!(LeaseDeadline::new(at).at(), at);
+    /// ```
+    pub fn at(&self) -> Instant {
+        self.lock().at
+    }
+
+    /// How long until the deadline (zero once passed).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use lockyard::LeaseDeadline;
+    ///
+    /// let deadline = LeaseDeadline::new(Instant::now() + Duration::from_secs(3));
+    /// assert!(deadline.remaining() <= Duration::from_secs(3));
+    /// ```
+    pub fn remaining(&self) -> Duration {
+        if self.has_passed() {
+            return Duration::ZERO;
+        }
+        self.at().saturating_duration_since(Instant::now())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl fmt::Debug for LeaseDeadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = *self.lock();
+        f.debug_struct("LeaseDeadline")
+            .field("at", &st.at)
+            .field("passed", &st.passed)
+            .finish()
+    }
+}
+
+/// `at` on `CLOCK_BOOTTIME`, given that it is `now` on the monotonic clock.
+fn boot_deadline(now: Instant, at: Instant) -> Option<Duration> {
+    boot_time().map(|b| b + at.saturating_duration_since(now))
+}
+
+/// Time since boot, suspend included (`CLOCK_BOOTTIME`).
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn boot_time() -> Option<Duration> {
+    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    Some(Duration::new(
+        u64::try_from(ts.tv_sec).ok()?,
+        u32::try_from(ts.tv_nsec).ok()?,
+    ))
+}
+
+/// No suspend-aware clock is read on this platform (see [`LeaseDeadline`]).
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn boot_time() -> Option<Duration> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passed_on_the_boot_clock_is_passed() {
+        // As after a suspend: the monotonic deadline is ahead, the one on
+        // the boot clock is behind.
+        let d = LeaseDeadline::new(Instant::now() + Duration::from_secs(60));
+        if boot_time().is_none() {
+            return;
+        }
+        d.lock().boot = Some(Duration::ZERO);
+        assert!(d.has_passed());
+        assert!(!d.set(Instant::now() + Duration::from_secs(60)));
+        assert!(d.has_passed());
+        assert_eq!(d.remaining(), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_set_before_the_deadline_moves_it_both_ways() {
+        let d = LeaseDeadline::new(Instant::now() + Duration::from_secs(60));
+        let earlier = Instant::now() + Duration::from_secs(30);
+        assert!(d.set(earlier));
+        assert_eq!(d.at(), earlier);
+        assert!(!d.has_passed());
+        let past = Instant::now();
+        assert!(d.set(past));
+        assert!(d.has_passed());
+        assert!(!d.set(Instant::now() + Duration::from_secs(60)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_with_the_clock_and_stays_passed() {
+        let d = LeaseDeadline::new(Instant::now() + Duration::from_millis(100));
+        tokio::time::advance(Duration::from_millis(99)).await;
+        assert!(!d.has_passed());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(d.has_passed());
+        assert!(!d.set(Instant::now() + Duration::from_secs(1)));
+    }
+}
