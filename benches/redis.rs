@@ -21,17 +21,12 @@
 //! hand-offs, and the watchdog's cost for 10,000 held locks in round trips
 //! per renewal period.
 
-#[path = "support/floor.rs"]
-mod floor;
-#[path = "../tests/common/redis.rs"]
-mod redis_server;
-
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use floor::{Floor, TOKEN, median_ns};
 use lockyard::redis::{RedisLocks, RedisOptions};
-use redis_server::RedisServer;
+use lockyard_testkit::floor::{Floor, TOKEN, median_ns};
+use lockyard_testkit::redis::RedisServer;
 use tokio::runtime::Runtime;
 
 const TTL: Duration = Duration::from_secs(30);

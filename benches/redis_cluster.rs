@@ -20,21 +20,14 @@
 //! the number of masters, until the client's own CPU is the limit.
 
 // The tests' launchers; `cluster.rs` reaches `redis.rs` as `super::redis`.
-#[path = "../tests/common/cluster.rs"]
-mod cluster;
-#[path = "../tests/common/redis.rs"]
-mod redis;
-
-#[path = "support/floor.rs"]
-mod floor;
 
 use std::time::{Duration, Instant};
 
-use cluster::RedisCluster;
 use criterion::{Criterion, Throughput};
-use floor::median_ns;
 use lockyard::redis::{RedisLocks, RedisOptions};
-use redis::RedisServer;
+use lockyard_testkit::cluster::RedisCluster;
+use lockyard_testkit::floor::median_ns;
+use lockyard_testkit::redis::RedisServer;
 use tokio::runtime::Runtime;
 
 const TTL: Duration = Duration::from_secs(30);

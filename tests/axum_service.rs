@@ -4,8 +4,6 @@
 //! leaves no lock held (issue 11).
 #![cfg(all(feature = "redis", feature = "metrics", feature = "serde"))]
 
-mod common;
-
 #[allow(dead_code)]
 #[path = "../examples/axum_service.rs"]
 mod service;
@@ -13,22 +11,15 @@ mod service;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::redis::RedisServer;
 use lockyard::stats::{self, Backend};
 use lockyard::{FileLockManager, RedisLocks};
+use lockyard_testkit::redis::RedisServer;
+use lockyard_testkit::{bounded, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-/// Bound on every wait in this test.
-const LIMIT: Duration = Duration::from_secs(30);
 /// Long enough that work only ends by shutdown (or a lost lock).
 const FOREVER: &str = "ms=600000";
-
-async fn bounded<F: std::future::Future>(what: &str, f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f)
-        .await
-        .unwrap_or_else(|_| panic!("timed out: {what}"))
-}
 
 /// One HTTP/1.1 request on a fresh connection: (status, body).
 async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
@@ -52,14 +43,9 @@ async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// Waits until `check` holds, polling (bounded by LIMIT).
+/// Waits until `check` holds, polling (bounded).
 async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    bounded(what, async {
-        while !check() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    eventually(what, || std::future::ready(check())).await;
 }
 
 fn held(backend: Backend, name: &str) -> u64 {
@@ -89,7 +75,7 @@ async fn the_service_answers_409_429_and_lost_exports_metrics_and_shuts_down_cle
         expensive_permits: 2,
         deploy_ttl: Duration::from_secs(2),
     };
-    let app = bounded("start", service::app(&config)).await.expect("app");
+    let app = bounded(service::app(&config)).await.expect("app");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -110,13 +96,12 @@ async fn the_service_answers_409_429_and_lost_exports_metrics_and_shuts_down_cle
         .map(|_| tokio::spawn(async move { http(addr, "POST", "/tenants/acme/rebuild").await }))
         .collect();
     for c in conflicts {
-        let (status, body) = bounded("conflict", c).await.unwrap();
+        let (status, body) = bounded(c).await.unwrap();
         assert_eq!(status, 409, "{body}");
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(body["holder"]["pid"], std::process::id());
     }
-    let (status, body) =
-        bounded("globex", http(addr, "POST", "/tenants/globex/rebuild?ms=1")).await;
+    let (status, body) = bounded(http(addr, "POST", "/tenants/globex/rebuild?ms=1")).await;
     assert_eq!(status, 200, "{body}");
 
     // Two long expensive requests take both permits; four more are 429.
@@ -133,7 +118,7 @@ async fn the_service_answers_409_429_and_lost_exports_metrics_and_shuts_down_cle
         .map(|_| tokio::spawn(async move { http(addr, "GET", "/expensive").await }))
         .collect();
     for r in refused {
-        assert_eq!(bounded("429", r).await.unwrap().0, 429);
+        assert_eq!(bounded(r).await.unwrap().0, 429);
     }
 
     // A deploy holds the Redis lock; a second one is 409 busy; when the key
@@ -141,17 +126,17 @@ async fn the_service_answers_409_429_and_lost_exports_metrics_and_shuts_down_cle
     let long_deploy =
         tokio::spawn(async move { http(addr, "POST", &format!("/deploy?{FOREVER}")).await });
     until("deploy holds", || held(Backend::Redis, "deploy") == 1).await;
-    let (status, body) = bounded("busy deploy", http(addr, "POST", "/deploy")).await;
+    let (status, body) = bounded(http(addr, "POST", "/deploy")).await;
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("busy"), "{body}");
     server.command(&["SET", "lockyard:{deploy}:lock", "thief", "PX", "60000"]);
-    let (status, body) = bounded("lost deploy", long_deploy).await.unwrap();
+    let (status, body) = bounded(long_deploy).await.unwrap();
     assert_eq!(status, 409, "{body}");
     assert!(body.contains("\"lost\""), "{body}");
     server.command(&["DEL", "lockyard:{deploy}:lock"]);
 
     // /locks lists what is held now.
-    let (status, body) = bounded("locks", http(addr, "GET", "/locks")).await;
+    let (status, body) = bounded(http(addr, "GET", "/locks")).await;
     assert_eq!(status, 200);
     let locks: serde_json::Value = serde_json::from_str(&body).unwrap();
     let held_files: Vec<&str> = locks["file"]
@@ -163,7 +148,7 @@ async fn the_service_answers_409_429_and_lost_exports_metrics_and_shuts_down_cle
     assert_eq!(held_files, ["rebuild-acme"]);
 
     // /metrics: the direct file, semaphore and Redis acquisitions, exported.
-    let (status, text) = bounded("metrics", http(addr, "GET", "/metrics")).await;
+    let (status, text) = bounded(http(addr, "GET", "/metrics")).await;
     assert_eq!(status, 200);
     let file = [("backend", "file"), ("lock", "rebuild-acme")];
     let sem = [("backend", "local"), ("lock", "expensive")];
@@ -225,13 +210,13 @@ async fn the_service_answers_409_429_and_lost_exports_metrics_and_shuts_down_cle
 
     // Graceful shutdown: the in-flight work stops, every guard is released.
     stop.send(()).unwrap();
-    let (status, body) = bounded("long rebuild", long_rebuild).await.unwrap();
+    let (status, body) = bounded(long_rebuild).await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("stopped by shutdown"), "{body}");
     for e in long_expensive {
-        assert_eq!(bounded("long expensive", e).await.unwrap().0, 200);
+        assert_eq!(bounded(e).await.unwrap().0, 200);
     }
-    bounded("serve returns", serving).await.unwrap().unwrap();
+    bounded(serving).await.unwrap().unwrap();
 
     for (backend, name) in [
         (Backend::File, "rebuild-acme"),
@@ -241,11 +226,9 @@ async fn the_service_answers_409_429_and_lost_exports_metrics_and_shuts_down_cle
         assert_eq!(held(backend, name), 0, "{backend}/{name} still held");
     }
     let files = FileLockManager::new(dir.path()).unwrap();
-    let listed = bounded("file list", files.list()).await.unwrap();
+    let listed = bounded(files.list()).await.unwrap();
     assert!(listed.iter().all(|l| !l.held), "{listed:?}");
-    let redis = bounded("connect", RedisLocks::connect(&server.url()))
-        .await
-        .unwrap();
-    let listed = bounded("redis list", redis.list()).await.unwrap();
+    let redis = bounded(RedisLocks::connect(&server.url())).await.unwrap();
+    let listed = bounded(redis.list()).await.unwrap();
     assert!(listed.is_empty(), "{listed:?}");
 }

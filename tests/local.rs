@@ -21,11 +21,10 @@ fn poll_once<F: Future + ?Sized>(future: Pin<&mut F>) -> Poll<F::Output> {
     future.poll(&mut Context::from_waker(Waker::noop()))
 }
 
-/// Bounds every wait.
-async fn bounded<F: Future>(f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(10), f)
-        .await
-        .expect("test hung")
+/// Bounds every wait: in-process waits get half the kit's `LIMIT`.
+#[track_caller]
+fn bounded<F: Future>(f: F) -> impl Future<Output = F::Output> {
+    lockyard_testkit::bounded_for(Duration::from_secs(10), f)
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;

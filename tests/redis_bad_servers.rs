@@ -4,17 +4,14 @@
 //! never counted as contention.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
 use lockyard::LockError;
 use lockyard::redis::{RedisLocks, RedisOptions};
-
-const LIMIT: Duration = Duration::from_secs(20);
+use lockyard_testkit::LIMIT;
+use lockyard_testkit::redis::RedisServer;
 
 fn opts() -> RedisOptions {
     RedisOptions::default()

@@ -6,19 +6,18 @@
 //! `WAIT`, and an unreachable cluster.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::cluster::RedisCluster;
-use common::proxy::{FaultProxy, Rule, Then};
-use common::redis::RedisServer;
 use lockyard::redis::{RedisLockGuard, RedisLocks, RedisOptions};
+use lockyard_testkit::cluster::RedisCluster;
+use lockyard_testkit::proxy::{FaultProxy, Rule, Then};
+use lockyard_testkit::redis::RedisServer;
 use tokio::time::Instant;
 
-/// Every test's outer bound.
+/// Every test's outer bound: longer than the kit's `LIMIT`, since a
+/// Cluster's failovers and slot moves take seconds each.
 const LIMIT: Duration = Duration::from_secs(60);
 
 async fn cluster(masters: usize, replicas: usize) -> RedisCluster {
@@ -136,7 +135,7 @@ async fn every_primitive_works_on_every_master_and_list_sees_them_all() {
 async fn redis_cluster_urls_take_several_seeds_and_survive_a_dead_one() {
     tokio::time::timeout(LIMIT, async {
         let c = cluster(3, 0).await;
-        let dead = common::redis::free_port();
+        let dead = lockyard_testkit::redis::free_port();
         let url = format!(
             "redis+cluster://127.0.0.1:{dead},127.0.0.1:{}/",
             c.nodes[1].port()

@@ -3,25 +3,18 @@
 //! random moments.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
 use lockyard::LockError;
 use lockyard::redis::{RedisLocks, RedisOptions};
-
-const LIMIT: Duration = Duration::from_secs(20);
+use lockyard_testkit::bounded;
+use lockyard_testkit::redis::RedisServer;
 
 fn opts(ttl: Duration) -> RedisOptions {
     RedisOptions::default()
         .ttl(ttl)
         .connect_timeout(Duration::from_millis(500))
         .op_timeout(Duration::from_millis(300))
-}
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("bounded wait")
 }
 
 #[tokio::test]

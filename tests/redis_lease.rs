@@ -5,17 +5,14 @@
 //! before anybody else can be granted it.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::time::Duration;
 
-use common::proxy::{FaultProxy, Rule, Then};
-use common::redis::RedisServer;
 use lockyard::LockError;
 use lockyard::redis::{RedisLocks, RedisOptions};
+use lockyard_testkit::LIMIT;
+use lockyard_testkit::proxy::{FaultProxy, Rule, Then};
+use lockyard_testkit::redis::RedisServer;
 use tokio::time::Instant;
-
-const LIMIT: Duration = Duration::from_secs(30);
 
 /// A private server, a fault proxy in front of it, a client through the
 /// proxy (the one under attack) and one straight to the server.

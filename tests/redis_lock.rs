@@ -2,27 +2,20 @@
 //! processes, fencing, wakeups, renewal, the guard contract.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
 use lockyard::redis::{RedisLocks, RedisOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
-
-/// Bound on every await in these tests.
-const LIMIT: Duration = Duration::from_secs(20);
+use lockyard_testkit::bounded;
+use lockyard_testkit::child;
+use lockyard_testkit::redis::RedisServer;
 
 async fn client(server: &RedisServer, ttl: Duration) -> RedisLocks {
     RedisLocks::connect_with(&server.url(), RedisOptions::default().ttl(ttl))
         .await
         .expect("connect")
-}
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("bounded wait")
 }
 
 #[tokio::test]
@@ -161,9 +154,10 @@ const CHILD_ENV: &str = "LOCKYARD_TEST_REDIS_CHILD";
 /// by the test harness directly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_process_worker() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
+    if child::role().is_none() {
         return;
-    };
+    }
+    let spec = std::env::var(CHILD_ENV).unwrap();
     let mut parts = spec.splitn(3, '|');
     let url = parts.next().unwrap();
     let rounds: u32 = parts.next().unwrap().parse().unwrap();
@@ -200,25 +194,21 @@ async fn mutual_exclusion_across_processes() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("counter"), "0").unwrap();
     std::fs::write(dir.path().join("fences"), "").unwrap();
-    let exe = std::env::current_exe().unwrap();
     let (procs, rounds) = (4, 25);
     let mut children = Vec::new();
     for _ in 0..procs {
         children.push(
-            tokio::process::Command::new(&exe)
-                .args([
-                    "--exact",
-                    "child_process_worker",
-                    "--nocapture",
-                    "--test-threads=1",
-                ])
-                .env(
+            tokio::process::Command::from(child::command(
+                "child_process_worker",
+                "worker",
+                &[(
                     CHILD_ENV,
                     format!("{}|{rounds}|{}", server.url(), dir.path().display()),
-                )
-                .kill_on_drop(true)
-                .spawn()
-                .unwrap(),
+                )],
+            ))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap(),
         );
     }
     for mut c in children {

@@ -4,13 +4,11 @@
 //! count is stored with it, and a caller with another count is refused.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis::RedisServer;
 use lockyard::redis::{RedisLocks, RedisOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
+use lockyard_testkit::redis::RedisServer;
 
 async fn client(server: &RedisServer) -> RedisLocks {
     RedisLocks::connect_with(

@@ -3,20 +3,12 @@
 //! lockyard did not write.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::time::{Duration, SystemTime};
 
-use common::redis::RedisServer;
 use lockyard::redis::{RedisLockInfo, RedisLocks};
 use lockyard::{LockError, Mode, Owner, host_name};
-
-/// Bound on every await in these tests.
-const LIMIT: Duration = Duration::from_secs(20);
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("bounded wait")
-}
+use lockyard_testkit::redis::RedisServer;
+use lockyard_testkit::{LIMIT, bounded};
 
 fn is_me(o: &Owner, mode: Mode) -> bool {
     let age = SystemTime::now()

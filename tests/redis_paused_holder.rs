@@ -10,19 +10,16 @@
 //! timestamp is `CLOCK_MONOTONIC`, one clock for both processes.
 #![cfg(feature = "redis")]
 
-mod common;
-
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::redis::RedisServer;
 use lockyard::redis::{RedisLocks, RedisOptions, Redlock};
 use lockyard::{LockError, LockGuard};
+use lockyard_testkit::child::{self, monotonic_ns};
+use lockyard_testkit::redis::RedisServer;
 
-const CHILD_ENV: &str = "LOCKYARD_PAUSED_CHILD";
+/// The child's orders: `KIND|ROUNDS|URL[,URL...]`.
+const SPEC: &str = "LOCKYARD_PAUSED_SPEC";
 /// The child's lease; the pause is several times longer.
 const TTL: Duration = Duration::from_millis(300);
 const PAUSE: Duration = Duration::from_millis(800);
@@ -30,11 +27,6 @@ const PAUSE: Duration = Duration::from_millis(800);
 const EVERY: Duration = Duration::from_millis(2);
 /// Bound on any one answer of the child.
 const ANSWER: Duration = Duration::from_secs(20);
-
-fn monotonic_ns() -> u64 {
-    let ts = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-    u64::try_from(ts.tv_sec).unwrap() * 1_000_000_000 + u64::try_from(ts.tv_nsec).unwrap()
-}
 
 fn options() -> RedisOptions {
     RedisOptions::default()
@@ -148,27 +140,18 @@ async fn hold_and_report(
     drop(guard);
 }
 
-/// The child: `KIND|ROUNDS|URL[,URL...]`.
+/// The child: holds leases of one kind, round after round.
 #[tokio::test]
 async fn child_process_entry() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
+    if child::role().is_none() {
         return;
-    };
+    }
+    let spec = std::env::var(SPEC).unwrap();
     let mut it = spec.split('|');
     let kind = it.next().unwrap().to_owned();
     let rounds: u32 = it.next().unwrap().parse().unwrap();
     let urls: Vec<String> = it.next().unwrap().split(',').map(str::to_owned).collect();
-    // Orders come on stdin, read by a thread of its own: a blocking read
-    // must not stop the runtime the checks run on.
-    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lock().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let mut lines = child::orders();
     let timeout = Duration::from_secs(5);
     if kind == "redlock" {
         let redlock = Redlock::connect(&urls, options()).await.unwrap();
@@ -206,95 +189,18 @@ async fn child_process_entry() {
     }
 }
 
-struct Holder {
-    child: Child,
-    stdin: ChildStdin,
-    lines: mpsc::Receiver<String>,
-}
-
-impl Holder {
-    fn spawn(kind: &str, rounds: u32, urls: &[String]) -> Self {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "child_process_entry",
-                "--exact",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, format!("{kind}|{rounds}|{}", urls.join(",")))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Self {
-            child,
-            stdin,
-            lines,
-        }
-    }
-
-    /// The next line holding `word`, from `word` on (the test harness
-    /// prints other lines, and text before the child's first line).
-    fn expect(&self, word: &str) -> String {
-        loop {
-            let line = self
-                .lines
-                .recv_timeout(ANSWER)
-                .unwrap_or_else(|e| panic!("no {word:?} line from the child: {e}"));
-            if let Some(at) = line.find(word) {
-                return line[at..].to_owned();
-            }
-        }
-    }
-
-    fn signal(&self, signal: rustix::process::Signal) {
-        let pid = rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap();
-        rustix::process::kill_process(pid, signal).unwrap();
-    }
-
-    /// Waits (bounded) until the child is really stopped.
-    fn wait_stopped(&self) {
-        let stat = format!("/proc/{}/stat", self.child.id());
-        for _ in 0..2000 {
-            let text = std::fs::read_to_string(&stat).unwrap();
-            // The state follows the parenthesised command name.
-            let state = text.rsplit(')').next().unwrap().trim_start();
-            if state.starts_with('T') {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        panic!("the child did not stop");
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs `rounds` pauses of a `kind` holder; every round's first checks
 /// after the resume must say lost, and the work under `run_until_lost` must
 /// not run again.
 fn pause_rounds(kind: &str, rounds: u32, urls: &[String]) {
-    let mut holder = Holder::spawn(kind, rounds, urls);
+    let mut holder = child::spawn(
+        "child_process_entry",
+        "paused-holder",
+        &[(SPEC, format!("{kind}|{rounds}|{}", urls.join(",")))],
+    );
     let mut failures = Vec::new();
     for round in 0..rounds {
-        holder.expect("held");
+        holder.wait_line("held", ANSWER);
         // Some samples that say held first.
         std::thread::sleep(Duration::from_millis(30));
         holder.signal(rustix::process::Signal::STOP);
@@ -305,9 +211,8 @@ fn pause_rounds(kind: &str, rounds: u32, urls: &[String]) {
         holder.signal(rustix::process::Signal::CONT);
         // Let the checks run after the resume.
         std::thread::sleep(Duration::from_millis(50));
-        writeln!(holder.stdin, "check {stopped} {resumed}").unwrap();
-        holder.stdin.flush().unwrap();
-        let result = holder.expect("result");
+        holder.send(&format!("check {stopped} {resumed}"));
+        let result = holder.wait_line("result", ANSWER);
         let fields: Vec<&str> = result.split_whitespace().collect();
         let (before, task, thread, late) = (fields[1], fields[2], fields[3], fields[4]);
         assert_eq!(

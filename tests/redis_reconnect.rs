@@ -5,24 +5,16 @@
 //! and reloads its scripts"), as the plain lock does.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis::RedisServer;
 use lockyard::LockError;
 use lockyard::redis::{RedisLocks, RedisOptions, Redlock, RedlockOptions};
-
-/// Bound on every await in these tests.
-const LIMIT: Duration = Duration::from_secs(30);
+use lockyard_testkit::bounded;
+use lockyard_testkit::redis::RedisServer;
 
 /// Long enough that the watchdog (renewing at about TTL / 3) never notices
 /// the restart before the request under test does.
 const TTL: Duration = Duration::from_secs(30);
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("bounded wait")
-}
 
 fn opts() -> RedisOptions {
     RedisOptions::default().ttl(TTL)

@@ -3,27 +3,19 @@
 //! holders, cancellation.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
 use lockyard::redis::{RedisLocks, RedisOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
-
-/// Bound on every await in these tests.
-const LIMIT: Duration = Duration::from_secs(30);
+use lockyard_testkit::bounded;
+use lockyard_testkit::redis::RedisServer;
 
 async fn client(url: &str, ttl: Duration) -> RedisLocks {
     RedisLocks::connect_with(url, RedisOptions::default().ttl(ttl))
         .await
         .expect("connect")
-}
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("bounded wait")
 }
 
 #[tokio::test]

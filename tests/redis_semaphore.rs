@@ -3,40 +3,20 @@
 //! cancellation.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
 use lockyard::redis::{RedisLocks, RedisOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
-
-/// Bound on every await in these tests.
-const LIMIT: Duration = Duration::from_secs(30);
+use lockyard_testkit::redis::RedisServer;
+use lockyard_testkit::{LIMIT, bounded};
+use lockyard_testkit::{child, eventually_within};
 
 async fn client(url: &str, ttl: Duration) -> RedisLocks {
     RedisLocks::connect_with(url, RedisOptions::default().ttl(ttl))
         .await
         .expect("connect")
-}
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("bounded wait")
-}
-
-/// Polls `cond` (bounded) until it is true.
-async fn eventually<F, Fut>(what: &str, within: Duration, mut cond: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !cond().await {
-        assert!(start.elapsed() < within, "not within {within:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 #[tokio::test]
@@ -77,7 +57,7 @@ async fn basics_and_bad_input() {
     bounded(p1.release()).await.unwrap();
     assert_eq!(sem.holders().await.unwrap(), 1);
     drop(p2); // released by a background task
-    eventually(
+    eventually_within(
         "dropped permit released",
         Duration::from_secs(5),
         || async { sem.holders().await.unwrap() == 0 },
@@ -156,9 +136,10 @@ const CHILD_ENV: &str = "LOCKYARD_TEST_SEMAPHORE_CHILD";
 /// `hold|URL` takes a permit, says so, and waits to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_process_role() {
-    let Ok(spec) = std::env::var(CHILD_ENV) else {
+    if child::role().is_none() {
         return;
-    };
+    }
+    let spec = std::env::var(CHILD_ENV).unwrap();
     let parts: Vec<&str> = spec.split('|').collect();
     match parts[0] {
         "bound" => {
@@ -218,16 +199,12 @@ async fn child_process_role() {
 }
 
 fn child(spec: String) -> tokio::process::Command {
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = tokio::process::Command::new(exe);
-    cmd.args([
-        "--exact",
+    let mut cmd = tokio::process::Command::from(child::command(
         "child_process_role",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(CHILD_ENV, spec)
-    .kill_on_drop(true);
+        "role",
+        &[(CHILD_ENV, spec)],
+    ));
+    cmd.kill_on_drop(true);
     cmd
 }
 
@@ -485,7 +462,7 @@ async fn cancellation_at_random_moments_leaks_no_permit() {
         }
         drop(blockers);
     }
-    eventually("no permit left behind", Duration::from_secs(5), || async {
+    eventually_within("no permit left behind", Duration::from_secs(5), || async {
         sem.holders().await.unwrap() == 0
     })
     .await;
@@ -528,7 +505,7 @@ async fn cancelled_release_still_releases() {
         let p = bounded(sem.acquire(Duration::from_secs(5))).await.unwrap();
         let cut = Duration::from_micros(i * 50);
         let _ = tokio::time::timeout(cut, p.release()).await;
-        eventually(
+        eventually_within(
             "released after a cancelled release",
             Duration::from_secs(5),
             || async { sem.holders().await.unwrap() == 0 },

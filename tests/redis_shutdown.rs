@@ -2,12 +2,10 @@
 //! `main` leaves no lock held until its TTL.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis::RedisServer;
 use lockyard::redis::{RedisLocks, RedisOptions};
+use lockyard_testkit::redis::RedisServer;
 
 fn opts() -> RedisOptions {
     RedisOptions::default()

@@ -3,22 +3,14 @@
 //! mutual exclusion, cancellation.
 #![cfg(feature = "redis")]
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
 use lockyard::redis::{RedisOptions, Redlock, RedlockOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
-
-/// Bound on every await in these tests.
-const LIMIT: Duration = Duration::from_secs(30);
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("bounded wait")
-}
+use lockyard_testkit::bounded;
+use lockyard_testkit::redis::RedisServer;
 
 fn servers(n: usize) -> Vec<RedisServer> {
     (0..n).map(|_| RedisServer::start()).collect()

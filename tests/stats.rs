@@ -2,8 +2,6 @@
 //! are made, and the manager reads what the backends recorded (issue 11).
 //! Names are unique per test: the registry is process-wide.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,13 +10,7 @@ use lockyard::{
     AcquireOptions, AsyncLockManager, FileLock, FileLockGuard, FileLockManager, Lock, Mode,
     NamedRwLock, NamedSemaphore, Semaphore,
 };
-
-/// Bound on every await in these tests.
-const LIMIT: Duration = Duration::from_secs(20);
-
-async fn bounded<F: std::future::Future>(f: F) -> F::Output {
-    tokio::time::timeout(LIMIT, f).await.expect("bounded wait")
-}
+use lockyard_testkit::{LIMIT, bounded};
 
 fn stat(backend: Backend, name: &str) -> LockStat {
     stats::get(backend, name).unwrap_or_else(|| panic!("no stats for {backend}/{name}"))
@@ -259,8 +251,8 @@ async fn stats_and_owners_round_trip_through_serde() {
 #[cfg(feature = "redis")]
 mod redis {
     use super::*;
-    use common::redis::RedisServer;
     use lockyard::redis::{RedisLocks, RedisOptions};
+    use lockyard_testkit::redis::RedisServer;
 
     async fn client(server: &RedisServer) -> RedisLocks {
         let opts = RedisOptions::default().ttl(Duration::from_secs(2));

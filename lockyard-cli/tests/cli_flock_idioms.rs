@@ -4,13 +4,10 @@
 #![cfg(all(feature = "redis", target_os = "linux"))]
 
 mod cli_support;
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::time::{Duration, Instant};
 
 use cli_support::*;
-use common::redis::RedisServer;
+use lockyard_testkit::redis::RedisServer;
 
 #[test]
 fn dash_c_runs_a_shell_command() {

@@ -4,14 +4,11 @@
 #![cfg(all(feature = "redis", unix))]
 
 mod cli_support;
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cli_support::*;
-use common::redis::RedisServer;
+use lockyard_testkit::redis::RedisServer;
 
 /// `lockyard exec --redis URL --ttl TTL NAME -- sh -c SCRIPT` in the background.
 fn spawn_exec(env: &Env, url: &str, ttl: &str, script: &str) -> Holder {

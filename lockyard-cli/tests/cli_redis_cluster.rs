@@ -5,13 +5,10 @@
 #![cfg(all(feature = "redis", unix))]
 
 mod cli_support;
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use std::process::Stdio;
 
 use cli_support::*;
-use common::cluster::RedisCluster;
+use lockyard_testkit::cluster::RedisCluster;
 
 /// One name per master.
 fn spread(c: &RedisCluster) -> Vec<String> {

@@ -3,11 +3,8 @@
 #![cfg(all(feature = "redis", unix))]
 
 mod cli_support;
-#[path = "../../tests/common/mod.rs"]
-mod common;
-
 use cli_support::*;
-use common::redis::RedisServer;
+use lockyard_testkit::redis::RedisServer;
 
 #[test]
 fn semaphore_admits_n_holders() {

@@ -1,21 +1,21 @@
-//! Child processes for the file-lock tests.
+//! The file-lock tests' child roles, on the test kit's child harness.
 //!
-//! A test binary re-executes itself (`current_exe()`), running only its
-//! `child_process_entry` test with `LOCKYARD_FILE_CHILD=<role>`; that entry
+//! A test binary re-executes itself (`lockyard_testkit::child::spawn`),
+//! running only its `child_process_entry` test in a role; that entry
 //! calls [`child_main`], which performs the role and exits the process.
 //! Roles talk to the parent through stdout lines (`HELD`, `RELEASED`, …) and
 //! take orders from stdin (a line, or EOF, means "release and exit").
 #![allow(dead_code, unreachable_pub)]
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use lockyard::{AcquireOptions, FileLockManager, Mode};
+pub use lockyard_testkit::child::Child;
+use lockyard_testkit::child::{self, say};
 
-const ROLE: &str = "LOCKYARD_FILE_CHILD";
+/// The test every file-test binary runs as a child.
+const ENTRY: &str = "child_process_entry";
 
 /// The pid of a process that has just exited (reused only after the pid
 /// space wraps): an owner record naming it is a dead owner's.
@@ -26,114 +26,15 @@ pub fn dead_pid() -> u32 {
     pid
 }
 
-/// A child process running one role.
-pub struct Child {
-    child: std::process::Child,
-    lines: mpsc::Receiver<String>,
-}
-
-/// Starts a child running `role` with `envs`, in the test binary's entry.
+/// Starts a child running `role` with `envs`, in the test binary's
+/// `child_process_entry` (the kit's harness).
 pub fn spawn(role: &str, envs: &[(&str, String)]) -> Child {
-    spawn_cmd(Command::new(std::env::current_exe().unwrap()), role, envs)
+    child::spawn(ENTRY, role, envs)
 }
 
 /// As [`spawn`], as the user `uid` (the caller must be root).
-#[cfg(unix)]
 pub fn spawn_as(uid: u32, role: &str, envs: &[(&str, String)]) -> Child {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new(std::env::current_exe().unwrap());
-    cmd.uid(uid).gid(uid).current_dir("/");
-    spawn_cmd(cmd, role, envs)
-}
-
-fn spawn_cmd(mut cmd: Command, role: &str, envs: &[(&str, String)]) -> Child {
-    cmd.args([
-        "child_process_entry",
-        "--exact",
-        "--nocapture",
-        "--test-threads=1",
-    ])
-    .env(ROLE, role)
-    .stdin(Stdio::piped())
-    .stdout(Stdio::piped())
-    .stderr(Stdio::inherit());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn child");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    Child { child, lines }
-}
-
-impl Child {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for a stdout line containing `prefix` (the test harness may
-    /// print its own text first on the same line); returns it from `prefix`.
-    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.contains(prefix) => {
-                    let at = line.find(prefix).unwrap_or(0);
-                    return line[at..].to_owned();
-                }
-                Ok(_) => {}
-                Err(e) => panic!("child {} never printed {prefix:?}: {e}", self.pid()),
-            }
-        }
-    }
-
-    /// Tells a holding child to release (it then prints `RELEASED` and exits).
-    pub fn release(&mut self) {
-        if let Some(stdin) = self.child.stdin.as_mut() {
-            let _ = stdin.write_all(b"release\n");
-            let _ = stdin.flush();
-        }
-    }
-
-    /// SIGKILL.
-    pub fn kill9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// Waits for the child to exit successfully.
-    pub fn wait_success(mut self, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(status.success(), "child {} failed: {status}", self.pid());
-                return;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("child {} did not finish in {timeout:?}", self.pid());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+    child::spawn_as(uid, ENTRY, role, envs)
 }
 
 fn env(key: &str) -> String {
@@ -144,15 +45,9 @@ fn env_num(key: &str) -> usize {
     env(key).parse().unwrap()
 }
 
-fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").unwrap();
-    out.flush().unwrap();
-}
-
 /// The body of a child process; returns at once in the parent.
 pub fn child_main() {
-    let Ok(role) = std::env::var(ROLE) else {
+    let Some(role) = child::role() else {
         return;
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

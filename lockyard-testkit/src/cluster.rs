@@ -3,12 +3,11 @@
 //! `redis-cli --cluster create`, torn down on drop. Every wait is bounded.
 //!
 //! Needs `redis-server` and `redis-cli` (scripts/test-all.sh installs them).
-#![allow(dead_code)]
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::redis::{RedisServer, free_port};
+use crate::redis::{RedisServer, free_port};
 
 /// How long the cluster may take to agree on its slots.
 const FORM: Duration = Duration::from_secs(60);

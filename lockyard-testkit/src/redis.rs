@@ -6,7 +6,6 @@
 //! [`stop`](RedisServer::stop) / [`restart`](RedisServer::restart) on the
 //! same port, [`pause`](RedisServer::pause) (`CLIENT PAUSE`), and raw
 //! commands with [`command`](RedisServer::command) (e.g. `DEBUG SLEEP`).
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};

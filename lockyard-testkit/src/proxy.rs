@@ -18,7 +18,6 @@
 //! - [`cut`](FaultProxy::cut): every open connection is closed.
 //!
 //! Every delay is bounded by the caller; nothing here waits without limit.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,9 +1,7 @@
 //! The hand-written floor shared by the Redis benches: `SET key token NX PX
 //! ttl` + an `EVALSHA` compare-and-delete on one multiplexed connection — the
-//! least a correct Redis lock can do. Included by each bench with
-//! `#[path = "support/floor.rs"] mod floor;`.
-// Each bench uses part of it.
-#![allow(dead_code)]
+//! least a correct Redis lock can do, and the *fenced* floor (the work a
+//! fenced lock with wake-ups must do, by hand).
 
 use std::sync::Arc;
 use std::time::Duration;

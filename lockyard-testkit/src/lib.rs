@@ -1,0 +1,27 @@
+//! What lockyard's tests, benches, examples and the CLI's tests share.
+//!
+//! - [`redis`], [`cluster`]: private `redis-server`s and Redis Clusters on
+//!   free loopback ports (never the machine's own 6379), killed on drop;
+//! - [`proxy`]: the loopback fault proxy (hold a request, hold replies,
+//!   delay, drop one direction, cut);
+//! - [`child`]: one child-process harness (this test binary re-executed in
+//!   a role, lines over pipes, `CLOCK_MONOTONIC` timestamps);
+//! - [`wait`]: [`bounded`] with one documented limit, [`bounded_for`] for
+//!   the waits that need another, and [`eventually`];
+//! - [`conformance`]: the guard contract every backend passes, run with
+//!   [`conformance_tests!`] and a factory of `Arc<dyn Lock>` views;
+//! - [`floor`]: the hand-written Redis lock the benches measure against.
+//!
+//! `publish = false`: lockyard dev-depends on it by path. The library's
+//! own unit tests (in `src/`) cannot use it: they would see a second copy
+//! of the `lockyard` crate.
+
+pub mod child;
+pub mod cluster;
+pub mod conformance;
+pub mod floor;
+pub mod proxy;
+pub mod redis;
+pub mod wait;
+
+pub use wait::{LIMIT, bounded, bounded_for, eventually, eventually_blocking, eventually_within};
