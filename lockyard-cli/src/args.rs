@@ -55,7 +55,8 @@ directly, which then sees it twice. With --redis, COMMAND finds its fencing
 token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which has none).
 
 A NAME with a `/`, or --file PATH, locks that file itself, as flock(1) does:
-lockyard and flock(1) users of the same path exclude each other.
+lockyard and flock(1) users of the same path exclude each other. As with
+flock(1), its directory must exist (none is created: exit 73).
 
 Examples:
   lockyard exec nightly-report -- ./report.sh
@@ -203,9 +204,9 @@ pub(crate) struct ExecArgs {
     #[arg(long, requires = "redis")]
     pub(crate) rw: bool,
 
-    /// Lock the file PATH itself, exactly as flock(1) does (no .lock added,
-    /// --dir not used); lockyard and flock(1) users of PATH exclude each
-    /// other. Then there is no NAME.
+    /// Lock the file PATH itself, exactly as flock(1) does (no .lock added;
+    /// its directory must exist; --dir not used); lockyard and flock(1)
+    /// users of PATH exclude each other. Then there is no NAME.
     #[arg(long, value_name = "PATH")]
     pub(crate) file: Option<PathBuf>,
 

@@ -128,6 +128,30 @@ fn a_path_is_locked_itself_and_excludes_flock_users() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
 
+/// flock(1) creates no directory for its lock file; neither does a path
+/// lock: a missing directory is exit 73, naming it.
+#[test]
+fn a_path_lock_creates_no_directory() {
+    let env = Env::new();
+    let cwd = env.path("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    for path_args in [&["a/b/c"][..], &["--file", "a/b/c"][..]] {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(path_args);
+        args.extend_from_slice(&["--", "true"]);
+        let mut cmd = env.cmd(&args);
+        cmd.current_dir(&cwd);
+        let out = output(cmd);
+        assert_clean_failure(&out, 73);
+        assert!(
+            stderr(&out).contains("a/b does not exist"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!cwd.join("a").exists(), "{args:?} created ./a");
+    }
+}
+
 #[test]
 fn standard_lock_directories_are_accepted() {
     let env = Env::new();

@@ -147,15 +147,30 @@ impl FileLockManager {
         dir: impl AsRef<Path>,
         options: FileLockOptions,
     ) -> Result<Self, LockError> {
-        let dir = Arc::new(LockDir::open(dir.as_ref(), &options)?);
-        Ok(Self {
+        let dir = LockDir::open(dir.as_ref(), &options)?;
+        Ok(Self::in_dir(dir, options))
+    }
+
+    /// A manager for the directory `dir` if it exists (`None` if not),
+    /// checked as [`with_options`](Self::with_options) checks it; never
+    /// creates it.
+    pub(crate) fn with_existing_dir(
+        dir: &Path,
+        options: FileLockOptions,
+    ) -> Result<Option<Self>, LockError> {
+        let dir = LockDir::open_if_exists(dir, &options)?;
+        Ok(dir.map(|dir| Self::in_dir(dir, options)))
+    }
+
+    fn in_dir(dir: LockDir, options: FileLockOptions) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                dir,
+                dir: Arc::new(dir),
                 options,
                 slots: Mutex::new(Slots::default()),
                 waiter_threads: Arc::new(AtomicUsize::new(0)),
             }),
-        })
+        }
     }
 
     /// The default lock directory of this user: one path per user and
