@@ -88,7 +88,8 @@ pub enum LockError {
         source: io::Error,
     },
     /// A path was refused for safety: a symlinked lock file, a lock directory
-    /// that is a symlink or owned by another user, a non-regular file.
+    /// that is a symlink root does not own or is owned by another user, a
+    /// non-regular file.
     #[error("refusing {}: {reason}", Escaped(path.display()))]
     UnsafePath {
         /// The path concerned.

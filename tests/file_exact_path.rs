@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use file_support::{child_main, spawn_as};
-use lockyard::{AcquireOptions, FileLock, FileLockOptions, Mode};
+use lockyard::{AcquireOptions, FileLock, FileLockOptions, LockError, Mode};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -119,6 +119,26 @@ async fn exact_path_never_writes_into_a_data_file() {
             "{bad:?}"
         );
     }
+}
+
+/// As with flock(1), a path whose directory is missing is an error: no
+/// directory is created for it (nor for any missing component above it).
+#[test]
+fn exact_path_creates_no_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("a");
+    let path = missing.join("b").join("x.lock");
+    let err = FileLock::at_path(&path, FileLockOptions::default()).unwrap_err();
+    assert!(
+        matches!(&err, LockError::Io { op: "create lock file", path: p, .. } if *p == path),
+        "{err:?}"
+    );
+    let chain = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+    assert!(
+        chain.contains(&format!("{} does not exist", missing.join("b").display())),
+        "{chain}"
+    );
+    assert!(!missing.exists(), "created {}", missing.display());
 }
 
 /// As a user who is not root: the sticky, root-owned `/run/lock` (and the

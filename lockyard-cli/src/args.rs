@@ -55,7 +55,9 @@ directly, which then sees it twice. With --redis, COMMAND finds its fencing
 token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which has none).
 
 A NAME with a `/`, or --file PATH, locks that file itself, as flock(1) does:
-lockyard and flock(1) users of the same path exclude each other.
+lockyard and flock(1) users of the same path exclude each other. As with
+flock(1), its directory must exist (none is created: exit 73). --dir beside a
+path is a usage error; $LOCKYARD_DIR, a default for NAMEs, does not apply.
 
 Examples:
   lockyard exec nightly-report -- ./report.sh
@@ -203,9 +205,9 @@ pub(crate) struct ExecArgs {
     #[arg(long, requires = "redis")]
     pub(crate) rw: bool,
 
-    /// Lock the file PATH itself, exactly as flock(1) does (no .lock added,
-    /// --dir not used); lockyard and flock(1) users of PATH exclude each
-    /// other. Then there is no NAME.
+    /// Lock the file PATH itself, exactly as flock(1) does (no .lock added;
+    /// its directory must exist; not with --dir); lockyard and flock(1)
+    /// users of PATH exclude each other. Then there is no NAME.
     #[arg(long, value_name = "PATH")]
     pub(crate) file: Option<PathBuf>,
 
@@ -250,10 +252,27 @@ impl ExecArgs {
             return Err("no COMMAND given (after NAME, or -c SHELL_COMMAND)".into());
         }
         self.redis.normalize();
-        if !self.redis.urls.is_empty() && self.lock_path().is_some() {
+        if self.lock_path().is_none() {
+            return Ok(());
+        }
+        if !self.redis.urls.is_empty() {
             return Err(
                 "a path (--file, or a NAME with `/`) is a file lock: not with --redis".into(),
             );
+        }
+        // Only the flag: $LOCKYARD_DIR is a default for NAMEs, not a choice
+        // made for this path.
+        if self.dir.dir.is_some() {
+            return Err(match &self.file {
+                Some(_) => "--file PATH is locked where it is: --dir does not apply \
+                            (drop one of them)"
+                    .into(),
+                None => format!(
+                    "NAME {:?} has a `/`, so it is a path, locked where it is: --dir does \
+                     not apply (drop --dir, or give a NAME without `/`)",
+                    self.lock_name()
+                ),
+            });
         }
         Ok(())
     }

@@ -128,6 +128,60 @@ fn a_path_is_locked_itself_and_excludes_flock_users() {
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
 
+/// `--dir` says where NAMEs go; a path (a NAME with `/`, or `--file`) is
+/// locked where it says, so `--dir` beside it is refused, not ignored.
+/// `$LOCKYARD_DIR` is only a default: a path NAME beside it is fine.
+#[test]
+fn dir_is_refused_beside_a_path() {
+    let env = Env::new();
+    let cwd = env.path("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    let dir = env.path("d");
+    let dir_s = dir.to_str().unwrap();
+    for path_args in [&["a/b"][..], &["--file", "a/b"][..]] {
+        let mut args = vec!["exec", "--dir", dir_s];
+        args.extend_from_slice(path_args);
+        args.extend_from_slice(&["--", "true"]);
+        let mut cmd = env.cmd(&args);
+        cmd.current_dir(&cwd);
+        let out = output(cmd);
+        assert_clean_failure(&out, 64);
+        assert!(stderr(&out).contains("--dir"), "{args:?}: {}", stderr(&out));
+        assert!(!cwd.join("a").exists(), "{args:?} created ./a");
+        assert!(!dir.exists(), "{args:?} created --dir");
+    }
+    std::fs::create_dir(cwd.join("a")).unwrap();
+    let mut cmd = env.cmd(&["exec", "a/b", "--", "true"]);
+    cmd.current_dir(&cwd);
+    let out = output(cmd);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(cwd.join("a/b").is_file(), "the path was not the lock file");
+}
+
+/// flock(1) creates no directory for its lock file; neither does a path
+/// lock: a missing directory is exit 73, naming it.
+#[test]
+fn a_path_lock_creates_no_directory() {
+    let env = Env::new();
+    let cwd = env.path("cwd");
+    std::fs::create_dir(&cwd).unwrap();
+    for path_args in [&["a/b/c"][..], &["--file", "a/b/c"][..]] {
+        let mut args = vec!["exec"];
+        args.extend_from_slice(path_args);
+        args.extend_from_slice(&["--", "true"]);
+        let mut cmd = env.cmd(&args);
+        cmd.current_dir(&cwd);
+        let out = output(cmd);
+        assert_clean_failure(&out, 73);
+        assert!(
+            stderr(&out).contains("a/b does not exist"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+        assert!(!cwd.join("a").exists(), "{args:?} created ./a");
+    }
+}
+
 #[test]
 fn standard_lock_directories_are_accepted() {
     let env = Env::new();

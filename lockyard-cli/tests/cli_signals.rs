@@ -44,8 +44,9 @@ fn signal_ignored_by_the_caller_stays_ignored_and_is_not_forwarded() {
         ready = ready.display(),
         go = go.display()
     );
-    // nohup(1) sets SIGHUP to ignored and execs lockyard.
-    let child = Command::new("nohup")
+    // nohup(1) sets SIGHUP to ignored and execs lockyard; the other
+    // signals start at their defaults, whatever the suite was started with.
+    let child = default_signals(&mut Command::new("nohup"))
         .arg(bin())
         .args(["exec", "job", "--", "sh", "-c", &script])
         .env("LOCKYARD_DIR", env.dir())

@@ -64,15 +64,14 @@ impl LockDir {
     /// Opens (creating when missing) and checks the lock directory.
     pub(crate) fn open(path: &Path, options: &FileLockOptions) -> Result<Self, LockError> {
         for _ in 0..2 {
-            match std::fs::symlink_metadata(path) {
-                Ok(meta) => return Self::open_existing(path, &meta, options),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => match create_dir(path, options) {
-                    Ok(()) => continue,
-                    // Created by someone else meanwhile: check theirs.
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(LockError::from_io("create lock directory", path, e)),
-                },
-                Err(e) => return Err(LockError::from_io("inspect lock directory", path, e)),
+            if let Some(dir) = Self::open_if_exists(path, options)? {
+                return Ok(dir);
+            }
+            match create_dir(path, options) {
+                Ok(()) => continue,
+                // Created by someone else meanwhile: check theirs.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(LockError::from_io("create lock directory", path, e)),
             }
         }
         Err(LockError::Io {
@@ -80,6 +79,19 @@ impl LockDir {
             path: path.to_owned(),
             source: io::Error::other("it keeps appearing and disappearing"),
         })
+    }
+
+    /// Opens and checks the lock directory if it exists (`None` if not);
+    /// never creates it.
+    pub(crate) fn open_if_exists(
+        path: &Path,
+        options: &FileLockOptions,
+    ) -> Result<Option<Self>, LockError> {
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) => Self::open_existing(path, &meta, options).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LockError::from_io("inspect lock directory", path, e)),
+        }
     }
 
     /// The directory's path (as given; for messages and display).

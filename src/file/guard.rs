@@ -16,6 +16,7 @@ use crate::lock::Lock;
 use crate::options::{AcquireOptions, Mode};
 use crate::owner::Owner;
 use crate::stats::{Backend, Held};
+use crate::text::Escaped;
 
 /// This task's place in the in-process queue.
 #[derive(Debug)]
@@ -289,7 +290,8 @@ impl FileLock {
     /// `options`. See [`FileLockManager::lock_file`] for what is checked and
     /// written. The parent directory is checked as any lock directory
     /// ([`FileLockManager::with_options`]; root's sticky `/tmp` and
-    /// `/run/lock` are accepted) and created if missing.
+    /// `/run/lock` are accepted) and must exist: as flock(1), this creates
+    /// no directory.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -307,8 +309,11 @@ impl FileLock {
     ///
     /// # Errors
     ///
-    /// [`LockError::InvalidName`] if `path` has no file name or it is not
-    /// UTF-8; as [`FileLockManager::with_options`] for the directory.
+    /// - [`LockError::InvalidName`] if `path` has no file name or it is not
+    ///   UTF-8.
+    /// - [`LockError::Io`] (op `"create lock file"`, the path) if the parent
+    ///   directory does not exist.
+    /// - As [`FileLockManager::with_options`] for the parent directory.
     pub fn at_path(path: impl AsRef<Path>, options: FileLockOptions) -> Result<Self, LockError> {
         let path = path.as_ref();
         let file_name = path
@@ -323,7 +328,17 @@ impl FileLock {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
         };
-        FileLockManager::with_options(dir, options)?.lock_file(file_name)
+        match FileLockManager::with_existing_dir(dir, options)? {
+            Some(manager) => manager.lock_file(file_name),
+            None => Err(LockError::Io {
+                op: "create lock file",
+                path: path.to_owned(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("its directory {} does not exist", Escaped(dir.display())),
+                ),
+            }),
+        }
     }
 
     /// The lock file.

@@ -105,6 +105,14 @@ impl FileLockManager {
     /// A manager for the lock directory `dir`, created (mode `0o700`) if
     /// missing.
     ///
+    /// An existing directory is trusted when this user owns it, or root owns
+    /// it and it is sticky (`/tmp`, `/run/lock`) or writable by root alone.
+    /// Its last component may be a symbolic link only if root owns the link
+    /// (`/var/lock -> /run/lock`); the directory it leads to is then checked
+    /// as above. Links in the components before it are followed as the
+    /// system follows them. [`FileLockOptions::allow_foreign_dir`] accepts
+    /// any directory and any link.
+    ///
     /// ```
     /// # fn main() -> Result<(), lockyard::LockError> {
     /// use lockyard::FileLockManager;
@@ -112,15 +120,24 @@ impl FileLockManager {
     /// let dir = tempfile::tempdir().unwrap();
     /// let locks = FileLockManager::new(dir.path().join("locks"))?; // created, 0o700
     /// assert!(locks.dir().is_dir());
+    /// # #[cfg(unix)] {
+    /// # use std::os::unix::fs::MetadataExt;
+    /// // A link to it is accepted if root owns the link: here, if root runs this.
+    /// let link = dir.path().join("link");
+    /// std::os::unix::fs::symlink(locks.dir(), &link).unwrap();
+    /// let roots = std::fs::symlink_metadata(&link).unwrap().uid() == 0;
+    /// assert_eq!(FileLockManager::new(&link).is_ok(), roots);
+    /// # }
     /// # Ok(())
     /// # }
     /// ```
     ///
     /// # Errors
     ///
-    /// [`LockError::UnsafePath`] if `dir` is a symbolic link, is owned by
-    /// another user, or is not a directory; [`LockError::PermissionDenied`]
-    /// or [`LockError::Io`] if it cannot be created or inspected.
+    /// [`LockError::UnsafePath`] if `dir` is not a directory, is a symbolic
+    /// link root does not own, or is (or leads to) a directory not trusted
+    /// as above; [`LockError::PermissionDenied`] or [`LockError::Io`] if it
+    /// cannot be created or inspected.
     pub fn new(dir: impl AsRef<Path>) -> Result<Self, LockError> {
         Self::with_options(dir, FileLockOptions::default())
     }
@@ -147,15 +164,30 @@ impl FileLockManager {
         dir: impl AsRef<Path>,
         options: FileLockOptions,
     ) -> Result<Self, LockError> {
-        let dir = Arc::new(LockDir::open(dir.as_ref(), &options)?);
-        Ok(Self {
+        let dir = LockDir::open(dir.as_ref(), &options)?;
+        Ok(Self::in_dir(dir, options))
+    }
+
+    /// A manager for the directory `dir` if it exists (`None` if not),
+    /// checked as [`with_options`](Self::with_options) checks it; never
+    /// creates it.
+    pub(crate) fn with_existing_dir(
+        dir: &Path,
+        options: FileLockOptions,
+    ) -> Result<Option<Self>, LockError> {
+        let dir = LockDir::open_if_exists(dir, &options)?;
+        Ok(dir.map(|dir| Self::in_dir(dir, options)))
+    }
+
+    fn in_dir(dir: LockDir, options: FileLockOptions) -> Self {
+        Self {
             inner: Arc::new(Inner {
-                dir,
+                dir: Arc::new(dir),
                 options,
                 slots: Mutex::new(Slots::default()),
                 waiter_threads: Arc::new(AtomicUsize::new(0)),
             }),
-        })
+        }
     }
 
     /// The default lock directory of this user: one path per user and

@@ -24,10 +24,12 @@ pub struct FileLockOptions {
     /// (`0o600` by default). Parent directories it creates get the usual
     /// `0o777` minus the umask.
     pub dir_mode: u32,
-    /// Accept a lock directory that is a symbolic link or is owned by
-    /// another user (default `false`: such a directory is refused with
+    /// Accept a lock directory that [`FileLockManager::new`]'s rule
+    /// refuses: a symbolic link root does not own, another user's
+    /// directory, or root's when others may write to it and it is not
+    /// sticky. Default `false`: such a directory is refused with
     /// [`LockError::UnsafePath`], because whoever controls it can swap lock
-    /// files under us).
+    /// files under us.
     pub allow_foreign_dir: bool,
     /// How a thread waiting in the kernel for a lock held by another process
     /// waits, and how it is stopped when nobody wants the lock any more

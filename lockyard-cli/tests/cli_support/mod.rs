@@ -2,6 +2,7 @@
 //! directory, with every wait bounded.
 #![allow(dead_code)]
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -33,9 +34,11 @@ impl Env {
         self.tmp.path().join(name)
     }
 
-    /// `lockyard ARGS` with `LOCKYARD_DIR` set to the private directory.
+    /// `lockyard ARGS` with `LOCKYARD_DIR` set to the private directory,
+    /// starting with every signal at its default (see [`default_signals`]).
     pub fn cmd(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(bin());
+        default_signals(&mut cmd);
         cmd.args(args)
             .env("LOCKYARD_DIR", self.dir())
             .env_remove("RUST_BACKTRACE")
@@ -70,6 +73,36 @@ impl Env {
         }
         holder
     }
+}
+
+/// Makes `cmd` start with every signal at its default disposition, however
+/// the test suite itself was started.
+///
+/// A signal ignored on entry (`nohup` ignores HUP; a non-interactive shell
+/// ignores INT and QUIT in its background jobs) stays ignored across
+/// `exec`: lockyard then keeps it ignored and does not forward it (as
+/// documented), and `sh` cannot trap it, so every test that sends signals
+/// would depend on how `cargo test` was started. A handler cannot cross
+/// `exec`; only "ignored" can, and this undoes it. (std already empties the
+/// signal mask in the child.)
+pub fn default_signals(cmd: &mut Command) -> &mut Command {
+    #[cfg(target_os = "linux")]
+    let last = libc::SIGRTMAX();
+    #[cfg(not(target_os = "linux"))]
+    let last = 31;
+    // SAFETY: the closure runs in the child between fork and exec; it only
+    // calls signal(2), which is async-signal-safe, and allocates nothing.
+    // signal(2) refuses SIGKILL, SIGSTOP and the C library's reserved
+    // real-time signals with EINVAL, which changes nothing: ignored.
+    unsafe {
+        cmd.pre_exec(move || {
+            for sig in 1..=last {
+                libc::signal(sig, libc::SIG_DFL);
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 fn unique() -> u64 {
@@ -258,7 +291,7 @@ pub fn touch(path: &Path) {
 /// the test's lock directory and a piped stdin to type into, and waits
 /// (bounded) until `ready` exists (COMMAND started).
 pub fn at_terminal(env: &Env, line: &str, ready: &Path) -> Holder {
-    let child = Command::new("script")
+    let child = default_signals(&mut Command::new("script"))
         .args(["-qfec", line, "/dev/null"])
         .env("LOCKYARD_DIR", env.dir())
         .stdin(Stdio::piped())
