@@ -14,7 +14,7 @@ use cli_support::*;
 /// Reads the pids COMMAND wrote, one a line, once `count` are there.
 fn pids(path: &std::path::Path, count: usize) -> Vec<u32> {
     assert!(
-        wait_until(PATIENCE, || read(path).lines().count() >= count),
+        eventually_blocking(PATIENCE, || read(path).lines().count() >= count),
         "COMMAND did not write {count} pids"
     );
     read(path)
@@ -119,7 +119,7 @@ fn descendants_die_with_lockyard() {
     h.kill(); // SIGKILL: lockyard gets no chance to clean up itself
     for pid in tree {
         assert!(
-            wait_until(Duration::from_secs(5), || process_gone(pid)),
+            eventually_blocking(Duration::from_secs(5), || process_gone(pid)),
             "descendant {pid} survived lockyard's death"
         );
     }

@@ -245,7 +245,7 @@ fn signals_are_forwarded_to_command() {
             .spawn()
             .unwrap();
         let mut h = Holder { child };
-        assert!(wait_until(PATIENCE, || ready.exists()));
+        assert!(eventually_blocking(PATIENCE, || ready.exists()));
         h.signal(sig);
         assert_eq!(h.wait().code(), Some(42), "SIG{name} not forwarded");
         assert_eq!(read(&got).trim(), name);
@@ -284,12 +284,12 @@ fn command_dies_with_lockyard() {
         .spawn()
         .unwrap();
     let mut h = Holder { child };
-    assert!(wait_until(PATIENCE, || read(&pidfile).ends_with('\n')));
+    assert!(eventually_blocking(PATIENCE, || read(&pidfile).ends_with('\n')));
     let pid: u32 = read(&pidfile).trim().parse().unwrap();
     assert!(!process_gone(pid));
     h.kill(); // SIGKILL: no chance to forward anything
     assert!(
-        wait_until(Duration::from_secs(5), || process_gone(pid)),
+        eventually_blocking(Duration::from_secs(5), || process_gone(pid)),
         "COMMAND {pid} survived lockyard"
     );
     // ... and the lock is free for the next one.

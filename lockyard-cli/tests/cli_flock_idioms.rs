@@ -115,7 +115,7 @@ fn lockyard_redis_environment_names_the_servers() {
         child: holder.spawn().unwrap(),
     };
     assert!(
-        wait_until(PATIENCE, || ready.exists()),
+        eventually_blocking(PATIENCE, || ready.exists()),
         "Redlock holder never ran"
     );
     let mut second = env.cmd(&["exec", "-n", "job", "--", "true"]);

@@ -40,7 +40,7 @@ fn cron_and_a_login_session_share_the_default_directory() {
         child: login.stdout(Stdio::null()).spawn().unwrap(),
     };
     assert!(
-        wait_until(PATIENCE, || ready.exists()),
+        eventually_blocking(PATIENCE, || ready.exists()),
         "login holder never ran"
     );
     // cron: no XDG_RUNTIME_DIR, a different TMPDIR.
@@ -79,7 +79,10 @@ fn flock_holding(path: &std::path::Path, ready: &std::path::Path) -> Holder {
         .spawn()
         .expect("flock(1) (util-linux) is needed for this test");
     let h = Holder { child };
-    assert!(wait_until(PATIENCE, || ready.exists()), "flock never ran");
+    assert!(
+        eventually_blocking(PATIENCE, || ready.exists()),
+        "flock never ran"
+    );
     h
 }
 
@@ -115,7 +118,7 @@ fn a_path_is_locked_itself_and_excludes_flock_users() {
         .unwrap();
     let _holder = Holder { child: holder };
     assert!(
-        wait_until(PATIENCE, || ready.exists()),
+        eventually_blocking(PATIENCE, || ready.exists()),
         "lockyard never ran"
     );
     let status = Command::new("flock")

@@ -43,7 +43,7 @@ fn lease_is_renewed_while_command_runs_and_tokens_increase() {
         ready.display()
     );
     let mut holder = spawn_exec(&env, &url, "1200ms", &script);
-    assert!(wait_until(PATIENCE, || ready.exists()));
+    assert!(eventually_blocking(PATIENCE, || ready.exists()));
     // Well past the 1.2 s TTL the lock must still be held (renewed).
     std::thread::sleep(Duration::from_millis(2200));
     let out = env.run(&["exec", "-n", "--redis", &url, "job", "--", "true"]);
@@ -84,7 +84,7 @@ fn lost_lock_terminates_command_with_exit_75() {
         ready.display()
     );
     let mut holder = spawn_exec(&env, &url, "1500ms", &script);
-    assert!(wait_until(PATIENCE, || ready.exists()));
+    assert!(eventually_blocking(PATIENCE, || ready.exists()));
     // Someone else's hand wipes the lease: the next renewal finds it gone.
     let start = Instant::now();
     assert_eq!(server.command(&["FLUSHALL"]), "+OK");
@@ -108,7 +108,7 @@ fn redis_down_while_held_kills_a_stubborn_command() {
         ready.display()
     );
     let mut holder = spawn_exec(&env, &url, "1s", &script);
-    assert!(wait_until(PATIENCE, || ready.exists()));
+    assert!(eventually_blocking(PATIENCE, || ready.exists()));
     let start = Instant::now();
     server.stop();
     let status = holder.wait();
@@ -147,7 +147,7 @@ fn status_lists_held_redis_locks() {
     let ready = env.path("ready");
     let script = format!("touch '{}'; sleep 30", ready.display());
     let holder = spawn_exec(&env, &url, "5s", &script);
-    assert!(wait_until(PATIENCE, || ready.exists()));
+    assert!(eventually_blocking(PATIENCE, || ready.exists()));
     let out = env.run(&["status", "--redis", &url, "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
@@ -188,7 +188,7 @@ fn verbose_wait_on_redis_names_the_holder() {
     let ready = env.path("ready");
     let script = format!("touch '{}'; sleep 30", ready.display());
     let holder = spawn_exec(&env, &url, "5s", &script);
-    assert!(wait_until(PATIENCE, || ready.exists()));
+    assert!(eventually_blocking(PATIENCE, || ready.exists()));
     let out = env.run(&[
         "exec", "-v", "-w", "2.5", "--redis", &url, "job", "--", "true",
     ]);
@@ -224,7 +224,7 @@ fn redis_timeout_is_honoured() {
     let ready = env.path("ready");
     let script = format!("touch '{}'; sleep 30", ready.display());
     let _holder = spawn_exec(&env, &url, "5s", &script);
-    assert!(wait_until(PATIENCE, || ready.exists()));
+    assert!(eventually_blocking(PATIENCE, || ready.exists()));
     let start = Instant::now();
     let out = env.run(&["exec", "-w", "0.5", "--redis", &url, "job", "--", "true"]);
     let took = start.elapsed();
@@ -251,7 +251,7 @@ fn lost_lock_stops_command_descendants_too() {
         r = ready.display()
     );
     let mut holder = spawn_exec(&env, &url, "1500ms", &script);
-    assert!(wait_until(PATIENCE, || ready.exists()
+    assert!(eventually_blocking(PATIENCE, || ready.exists()
         && read(&pidfile).ends_with('\n')));
     let grandchild: u32 = read(&pidfile).trim().parse().expect("grandchild pid");
     assert_eq!(server.command(&["FLUSHALL"]), "+OK");
@@ -278,11 +278,11 @@ fn descendants_die_with_lockyard_on_redis() {
         r = ready.display()
     );
     let mut holder = spawn_exec(&env, &url, "5s", &script);
-    assert!(wait_until(PATIENCE, || ready.exists()
+    assert!(eventually_blocking(PATIENCE, || ready.exists()
         && read(&pidfile).ends_with('\n')));
     let grandchild: u32 = read(&pidfile).trim().parse().expect("grandchild pid");
     holder.kill();
-    let gone = wait_until(Duration::from_secs(5), || process_gone(grandchild));
+    let gone = eventually_blocking(Duration::from_secs(5), || process_gone(grandchild));
     kill(grandchild as i32, libc::SIGKILL);
     assert!(gone, "grandchild {grandchild} ran on after lockyard died");
 }

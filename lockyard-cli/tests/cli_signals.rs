@@ -21,7 +21,10 @@ fn start_in_own_group(env: &Env, script: &str, ready: &std::path::Path) -> Holde
         .spawn()
         .expect("spawn lockyard");
     let h = Holder { child };
-    assert!(wait_until(PATIENCE, || ready.exists()), "COMMAND never ran");
+    assert!(
+        eventually_blocking(PATIENCE, || ready.exists()),
+        "COMMAND never ran"
+    );
     h
 }
 
@@ -58,7 +61,10 @@ fn signal_ignored_by_the_caller_stays_ignored_and_is_not_forwarded() {
         .spawn()
         .expect("nohup");
     let mut h = Holder { child };
-    assert!(wait_until(PATIENCE, || ready.exists()), "COMMAND never ran");
+    assert!(
+        eventually_blocking(PATIENCE, || ready.exists()),
+        "COMMAND never ran"
+    );
     let mask = read(&ign);
     let mask = u64::from_str_radix(mask.trim().trim_start_matches("SigIgn:").trim(), 16)
         .expect("SigIgn mask");
@@ -131,7 +137,7 @@ fn quit_usr1_usr2_winch_and_cont_are_forwarded_not_fatal() {
         h.signal(sig);
         let want = format!("{name}\n");
         assert!(
-            wait_until(Duration::from_secs(5), || read(&got).ends_with(&want)),
+            eventually_blocking(Duration::from_secs(5), || read(&got).ends_with(&want)),
             "SIG{name} not forwarded: got {:?}",
             read(&got)
         );
@@ -166,19 +172,19 @@ fn sigtstp_stops_command_and_sigcont_resumes_it() {
         };
         kill(target, libc::SIGTSTP);
         assert!(
-            wait_until(Duration::from_secs(5), || process_state(command)
+            eventually_blocking(Duration::from_secs(5), || process_state(command)
                 == Some('T')),
             "COMMAND not stopped by SIGTSTP (to group: {to_group}): {:?}",
             process_state(command)
         );
         assert!(
-            wait_until(Duration::from_secs(5), || process_state(h.pid())
+            eventually_blocking(Duration::from_secs(5), || process_state(h.pid())
                 == Some('T')),
             "lockyard did not stop with COMMAND (to group: {to_group})"
         );
         kill(target, libc::SIGCONT);
         assert!(
-            wait_until(Duration::from_secs(5), || {
+            eventually_blocking(Duration::from_secs(5), || {
                 !matches!(process_state(command), Some('T'))
                     && !matches!(process_state(h.pid()), Some('T'))
             }),
@@ -250,7 +256,7 @@ fn ctrl_z_at_a_terminal_stops_command_and_lockyard() {
     let mut stdin = h.child.stdin.take().unwrap();
     stdin.write_all(b"\x1a").unwrap();
     stdin.flush().unwrap();
-    let stopped = wait_until(Duration::from_secs(5), || {
+    let stopped = eventually_blocking(Duration::from_secs(5), || {
         process_state(command) == Some('T') && process_state(lockyard) == Some('T')
     });
     let states = (process_state(command), process_state(lockyard));
@@ -258,7 +264,7 @@ fn ctrl_z_at_a_terminal_stops_command_and_lockyard() {
     // would see the job: continue both, as `fg` would.
     kill(h.pid() as i32, libc::SIGCONT);
     kill(lockyard as i32, libc::SIGCONT);
-    let resumed = wait_until(Duration::from_secs(5), || {
+    let resumed = eventually_blocking(Duration::from_secs(5), || {
         process_state(command) != Some('T') && process_state(lockyard) != Some('T')
     });
     kill(lockyard as i32, libc::SIGTERM);

@@ -298,7 +298,10 @@ fn status_names_the_kernels_holder_when_flock_holds_the_file() {
         .spawn()
         .expect("flock(1) (util-linux) is needed for this test");
     let mut flock = Holder { child: flock };
-    assert!(wait_until(PATIENCE, || ready.exists()), "flock never ran");
+    assert!(
+        eventually_blocking(PATIENCE, || ready.exists()),
+        "flock never ran"
+    );
     let row = status_row(&env, "tool");
     kill(-(flock.pid() as i32), libc::SIGKILL);
     flock.wait();

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Upper bound for anything a test waits for.
-pub const PATIENCE: Duration = Duration::from_secs(20);
+/// Upper bound for anything a test waits for: the kit's one limit.
+pub const PATIENCE: Duration = lockyard_testkit::LIMIT;
+
+pub use lockyard_testkit::eventually_blocking;
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_lockyard")
@@ -67,7 +69,7 @@ impl Env {
             .spawn()
             .expect("spawn lockyard");
         let mut holder = Holder { child };
-        if !wait_until(PATIENCE, || ready.exists()) {
+        if !eventually_blocking(PATIENCE, || ready.exists()) {
             holder.kill();
             panic!("holder of {name} never started COMMAND");
         }
@@ -193,18 +195,6 @@ pub fn output(mut cmd: Command) -> Output {
     }
 }
 
-/// Polls `cond` every 5 ms until it holds or `limit` passes.
-pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < limit {
-        if cond() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    cond()
-}
-
 pub fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -301,7 +291,7 @@ pub fn at_terminal(env: &Env, line: &str, ready: &Path) -> Holder {
         .expect("util-linux `script` is needed for this test");
     let h = Holder { child };
     assert!(
-        wait_until(PATIENCE, || ready.exists()),
+        eventually_blocking(PATIENCE, || ready.exists()),
         "COMMAND never started"
     );
     h
