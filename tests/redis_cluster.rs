@@ -745,6 +745,34 @@ async fn an_undo_while_its_slot_migrates_removes_the_grant() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_and_is_locked_work_when_the_ask_target_forgot_its_scripts() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        let ttl = Duration::from_secs(10);
+        let a = RedisLocks::connect_with(&c.url(), opts(ttl)).await.unwrap();
+        let b = RedisLocks::connect_with(&c.nodes[1].url(), opts(ttl))
+            .await
+            .unwrap();
+        let names = names_per_master(&c, "noscript-moving", 1);
+        let (&from, ns) = names.iter().next().unwrap();
+        let to = *names.keys().find(|p| **p != from).unwrap();
+        let n = &ns[0];
+        let g = a.acquire(n, Duration::from_secs(5)).await.unwrap();
+        let slot = c.slot_of(&lock_key(n));
+        c.begin_migration(slot, from, to);
+        c.move_keys(slot, from, to);
+        let flushed = c.node(to).command(&["SCRIPT", "FLUSH"]);
+        assert_eq!(flushed, "+OK");
+        assert!(b.is_locked(n).await.expect("is_locked on the ASK target"));
+        g.extend(ttl).await.expect("extend on the ASK target");
+        c.finish_migration(slot, to);
+        g.release().await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_first_used_while_its_slot_migrates_is_unavailable_naming_the_slot() {
     tokio::time::timeout(LIMIT, async {
         let c = cluster(3, 0).await;

@@ -69,6 +69,20 @@ fn redirected_value(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK"))
 }
 
+/// Whether `cmd` is `SCRIPT LOAD`: the fallback of an `EVALSHA` answered
+/// `NOSCRIPT`, which may have come from the node an `ASK` or `MOVED` sent
+/// the script to, not from the slot's master.
+fn is_script_load(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter().map(|a| match a {
+        redis::Arg::Simple(b) => b,
+        _ => &[][..],
+    });
+    matches!(
+        (args.next(), args.next()),
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case(b"SCRIPT") && b.eq_ignore_ascii_case(b"LOAD")
+    )
+}
+
 impl Conn {
     /// A pooled connection sharing its pool entry's `broken` flag.
     pub(crate) fn pooled(
@@ -217,6 +231,9 @@ impl ConnectionLike for Conn {
             let r = match &mut self.conn {
                 Link::Node(c) => c.req_packed_command(cmd).await,
                 Link::Cluster(c) => c.req_packed_command(cmd).await,
+                // On every node, by the routed connection: the script is
+                // then there wherever the redirected EVALSHA goes again.
+                Link::Slot(s) if is_script_load(cmd) => s.routed.req_packed_command(cmd).await,
                 Link::Slot(s) => match s.direct.req_packed_command(cmd).await {
                     Err(e) if is_redirection(&e) => {
                         s.redirected();
