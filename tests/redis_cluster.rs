@@ -598,6 +598,15 @@ fn has_key(c: &RedisCluster, port: u16, key: &str) -> bool {
     reply == ":1"
 }
 
+/// Two names on one master and two other masters: `(from, [name, name],
+/// [to, to])`.
+fn names_to_move(c: &RedisCluster, prefix: &str) -> (u16, Vec<String>, Vec<u16>) {
+    let names = names_per_master(c, prefix, 2);
+    let (&from, ns) = names.iter().next().unwrap();
+    let to: Vec<u16> = names.keys().copied().filter(|p| *p != from).collect();
+    (from, ns.clone(), to)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_while_its_slot_migrates_frees_the_lock() {
     tokio::time::timeout(LIMIT, async {
@@ -738,6 +747,43 @@ async fn an_undo_while_its_slot_migrates_removes_the_grant() {
         assert!(
             !has_key(&c, from, &lock_key(&n)),
             "the unconfirmed grant was not undone: the lock stays until its TTL"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_redirected_by_ask_is_confirmed_by_the_node_that_applied_it() {
+    tokio::time::timeout(LIMIT, async {
+        let mut c = cluster(3, 1).await;
+        let ttl = Duration::from_millis(1000);
+        let o = opts(ttl).wait_for_replicas(1, Duration::from_millis(100));
+        let a = RedisLocks::connect_with(&c.url(), o).await.unwrap();
+        let (from, ns, to) = names_to_move(&c, "wait-moving");
+        // Both leases' keys move to other masters mid-migration: the
+        // source answers their renewals with ASK.
+        let guards = [
+            a.acquire(&ns[0], Duration::from_secs(5)).await.unwrap(),
+            a.acquire(&ns[1], Duration::from_secs(5)).await.unwrap(),
+        ];
+        for (n, to) in ns.iter().zip(&to) {
+            let slot = c.slot_of(&lock_key(n));
+            c.begin_migration(slot, from, *to);
+            c.move_keys(slot, from, *to);
+        }
+        // The first target loses its replica: renewals applied there are
+        // confirmed by nobody, while the source's replica is in sync.
+        let replica = c.replica_of(to[0]);
+        c.nodes.iter_mut().find(|n| n.port() == replica).unwrap().stop();
+        let lost = tokio::time::timeout(ttl * 3, guards[0].lost()).await;
+        assert!(
+            lost.is_ok(),
+            "a lease was kept for 3 TTLs on renewals no replica of the node that applied them confirmed"
+        );
+        assert!(
+            !guards[1].is_lost(),
+            "a lease renewed on a target whose replica confirms was lost"
         );
     })
     .await
