@@ -34,8 +34,9 @@ enum Link {
     Cluster(ClusterConnection),
     /// A Cluster resource's requests: sent straight to the master that
     /// serves its slot (one task hop fewer than the routed connection, as
-    /// fast as one server), and sent again on the routed connection when
-    /// that master answers `MOVED` or `ASK` (the request was not run).
+    /// fast as one server), and a single command sent again on the routed
+    /// connection when that master answers `MOVED` or `ASK` (it was not
+    /// run). A pipeline is not sent again (see `req_packed_commands`).
     Slot(Box<SlotLink>),
 }
 
@@ -261,18 +262,21 @@ impl ConnectionLike for Conn {
             let r = match &mut self.conn {
                 Link::Node(c) => c.req_packed_commands(pipeline, offset, count).await,
                 Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
+                // Never resent whole: the commands answered without a
+                // redirection ran. The replies come back as they are, a
+                // `MOVED`/`ASK` among them for the caller to follow per
+                // command (as the watchdog does), and the slot map is
+                // marked stale.
                 Link::Slot(s) => {
-                    match s.direct.req_packed_commands(pipeline, offset, count).await {
-                        Err(e) if is_redirection(&e) => {
-                            s.redirected();
-                            s.routed.req_packed_commands(pipeline, offset, count).await
-                        }
-                        Ok(values) if values.iter().any(redirected_value) => {
-                            s.redirected();
-                            s.routed.req_packed_commands(pipeline, offset, count).await
-                        }
-                        r => r,
+                    let r = s.direct.req_packed_commands(pipeline, offset, count).await;
+                    let redirected = match &r {
+                        Err(e) => is_redirection(e),
+                        Ok(values) => values.iter().any(redirected_value),
+                    };
+                    if redirected {
+                        s.stale.store(true, Ordering::Release);
                     }
+                    r
                 }
             };
             self.note(&r);
