@@ -360,7 +360,11 @@ macro_rules! held_guard {
             /// [`LockError::Lost`](crate::LockError::Lost) if the lost
             /// signal had fired;
             /// [`LockError::NotHeld`](crate::LockError::NotHeld) if the
-            /// server no longer had it; Redis errors as for acquisition.
+            /// server no longer had it; Redis errors as for acquisition. `Ok`
+            /// means the key is gone: a release refused while a Cluster slot
+            /// changes hands (`TRYAGAIN`, `CLUSTERDOWN`) is retried within
+            /// the client's `op_timeout` before it fails with
+            /// [`LockError::Unavailable`](crate::LockError::Unavailable).
             ///
             /// # Cancel safety
             ///
