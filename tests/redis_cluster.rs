@@ -568,3 +568,340 @@ async fn a_half_open_sharded_pubsub_connection_is_noticed() {
     .await
     .expect("bounded");
 }
+
+/// The lock key of `name` under the default prefix.
+fn lock_key(name: &str) -> String {
+    format!("lockyard:{{{name}}}:lock")
+}
+
+/// An error and its sources, as the CLI prints them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+/// Whether the node on `port` has `key` now (a migrating source answers
+/// `ASK` for a key it does not have).
+fn has_key(c: &RedisCluster, port: u16, key: &str) -> bool {
+    let reply = c.node(port).command(&["EXISTS", key]);
+    assert!(
+        reply == ":1" || reply == ":0" || reply.starts_with("-ASK"),
+        "EXISTS {key} on {port}: {reply}"
+    );
+    reply == ":1"
+}
+
+/// Two names on one master and two other masters: `(from, [name, name],
+/// [to, to])`.
+fn names_to_move(c: &RedisCluster, prefix: &str) -> (u16, Vec<String>, Vec<u16>) {
+    let names = names_per_master(c, prefix, 2);
+    let (&from, ns) = names.iter().next().unwrap();
+    let to: Vec<u16> = names.keys().copied().filter(|p| *p != from).collect();
+    (from, ns.clone(), to)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_while_its_slot_migrates_frees_the_lock() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        let ttl = Duration::from_secs(10);
+        let a = RedisLocks::connect_with(&c.url(), opts(ttl)).await.unwrap();
+        let b = RedisLocks::connect_with(&c.nodes[1].url(), opts(ttl))
+            .await
+            .unwrap();
+        let names = names_per_master(&c, "release-moving", 5);
+        let (&from, ns) = names.iter().next().unwrap();
+        let to = *names.keys().find(|p| **p != from).unwrap();
+        let slot = |n: &str| c.slot_of(&lock_key(n));
+
+        // Released while its slot migrates, keys not moved yet: the source
+        // serves the release, and the key is gone when release() returns.
+        let n = &ns[0];
+        let g = a.acquire(n, Duration::from_secs(5)).await.unwrap();
+        c.begin_migration(slot(n), from, to);
+        let released = Instant::now();
+        g.release().await.expect("released while the slot migrates");
+        assert!(
+            !has_key(&c, from, &lock_key(n)),
+            "release() returned Ok after {:?} but the lock key is still on the source",
+            released.elapsed()
+        );
+        c.move_keys(slot(n), from, to);
+        c.finish_migration(slot(n), to);
+        let next = b.try_acquire(n).await.expect("free after the migration");
+        next.release().await.unwrap();
+
+        // Released after its key moved to the importing master (the source
+        // answers ASK).
+        let n = &ns[1];
+        let g = a.acquire(n, Duration::from_secs(5)).await.unwrap();
+        c.begin_migration(slot(n), from, to);
+        c.move_keys(slot(n), from, to);
+        g.release().await.expect("released after its key moved");
+        c.finish_migration(slot(n), to);
+        assert!(
+            !has_key(&c, to, &lock_key(n)),
+            "the lock key is on the target still"
+        );
+
+        // Dropped while its slot migrates: released in the background.
+        let n = &ns[2];
+        let g = a.acquire(n, Duration::from_secs(5)).await.unwrap();
+        c.begin_migration(slot(n), from, to);
+        drop(g);
+        let gone = async {
+            while has_key(&c, from, &lock_key(n)) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(3), gone)
+            .await
+            .expect("a dropped guard's lock is released while its slot migrates");
+        c.move_keys(slot(n), from, to);
+        c.finish_migration(slot(n), to);
+
+        // A read lock and a semaphore permit, released mid-migration.
+        let n = &ns[3];
+        let rw = a.rwlock(n).unwrap();
+        let r = rw.read(Duration::from_secs(5)).await.unwrap();
+        c.begin_migration(slot(n), from, to);
+        r.release()
+            .await
+            .expect("a read lock released while the slot migrates");
+        let readers = format!("lockyard:{{{n}}}:readers");
+        assert!(
+            !has_key(&c, from, &readers),
+            "the reader is still on the source"
+        );
+        c.move_keys(slot(n), from, to);
+        c.finish_migration(slot(n), to);
+        b.rwlock(n)
+            .unwrap()
+            .try_write()
+            .await
+            .expect("free")
+            .release()
+            .await
+            .unwrap();
+
+        let n = &ns[4];
+        let sem = a.semaphore(n, 1).unwrap();
+        let p = sem.acquire(Duration::from_secs(5)).await.unwrap();
+        c.begin_migration(slot(n), from, to);
+        p.release()
+            .await
+            .expect("a permit released while the slot migrates");
+        let permits = format!("lockyard:{{{n}}}:sem");
+        assert!(
+            !has_key(&c, from, &permits),
+            "the permit is still on the source"
+        );
+        c.move_keys(slot(n), from, to);
+        c.finish_migration(slot(n), to);
+        let p = b
+            .semaphore(n, 1)
+            .unwrap()
+            .try_acquire()
+            .await
+            .expect("free");
+        p.release().await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undo_while_its_slot_migrates_removes_the_grant() {
+    tokio::time::timeout(LIMIT, async {
+        // No replicas: WAIT 1 never confirms, so every grant is undone,
+        // after the WAIT, by which time the slot is migrating.
+        let c = cluster(3, 0).await;
+        let o = opts(Duration::from_secs(10)).wait_for_replicas(1, Duration::from_millis(1500));
+        let a = RedisLocks::connect_with(&c.url(), o).await.unwrap();
+        let names = names_per_master(&c, "undo-moving", 1);
+        let (&from, ns) = names.iter().next().unwrap();
+        let to = *names.keys().find(|p| **p != from).unwrap();
+        let n = ns[0].clone();
+        let attempt = {
+            let (a, n) = (a.clone(), n.clone());
+            tokio::spawn(async move { a.try_acquire(&n).await })
+        };
+        let granted = async {
+            while !has_key(&c, from, &lock_key(&n)) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(1), granted)
+            .await
+            .expect("the grant is made before the WAIT ends");
+        c.begin_migration(c.slot_of(&lock_key(&n)), from, to);
+        let e = attempt.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("replicas"), "{e}");
+        assert!(
+            !has_key(&c, from, &lock_key(&n)),
+            "the unconfirmed grant was not undone: the lock stays until its TTL"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_redirected_by_ask_is_confirmed_by_the_node_that_applied_it() {
+    tokio::time::timeout(LIMIT, async {
+        let mut c = cluster(3, 1).await;
+        let ttl = Duration::from_millis(1000);
+        let o = opts(ttl).wait_for_replicas(1, Duration::from_millis(100));
+        let a = RedisLocks::connect_with(&c.url(), o).await.unwrap();
+        let (from, ns, to) = names_to_move(&c, "wait-moving");
+        // Both leases' keys move to other masters mid-migration: the
+        // source answers their renewals with ASK.
+        let guards = [
+            a.acquire(&ns[0], Duration::from_secs(5)).await.unwrap(),
+            a.acquire(&ns[1], Duration::from_secs(5)).await.unwrap(),
+        ];
+        for (n, to) in ns.iter().zip(&to) {
+            let slot = c.slot_of(&lock_key(n));
+            c.begin_migration(slot, from, *to);
+            c.move_keys(slot, from, *to);
+        }
+        // The first target loses its replica: renewals applied there are
+        // confirmed by nobody, while the source's replica is in sync.
+        let replica = c.replica_of(to[0]);
+        c.nodes.iter_mut().find(|n| n.port() == replica).unwrap().stop();
+        let lost = tokio::time::timeout(ttl * 3, guards[0].lost()).await;
+        assert!(
+            lost.is_ok(),
+            "a lease was kept for 3 TTLs on renewals no replica of the node that applied them confirmed"
+        );
+        assert!(
+            !guards[1].is_lost(),
+            "a lease renewed on a target whose replica confirms was lost"
+        );
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_and_is_locked_work_when_the_ask_target_forgot_its_scripts() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        let ttl = Duration::from_secs(10);
+        let a = RedisLocks::connect_with(&c.url(), opts(ttl)).await.unwrap();
+        let b = RedisLocks::connect_with(&c.nodes[1].url(), opts(ttl))
+            .await
+            .unwrap();
+        let names = names_per_master(&c, "noscript-moving", 1);
+        let (&from, ns) = names.iter().next().unwrap();
+        let to = *names.keys().find(|p| **p != from).unwrap();
+        let n = &ns[0];
+        let g = a.acquire(n, Duration::from_secs(5)).await.unwrap();
+        let slot = c.slot_of(&lock_key(n));
+        c.begin_migration(slot, from, to);
+        c.move_keys(slot, from, to);
+        let flushed = c.node(to).command(&["SCRIPT", "FLUSH"]);
+        assert_eq!(flushed, "+OK");
+        assert!(b.is_locked(n).await.expect("is_locked on the ASK target"));
+        g.extend(ttl).await.expect("extend on the ASK target");
+        c.finish_migration(slot, to);
+        g.release().await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_first_used_while_its_slot_migrates_is_unavailable_naming_the_slot() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        let a = RedisLocks::connect_with(&c.url(), opts(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        let names = names_per_master(&c, "fresh-moving", 1);
+        let (&from, ns) = names.iter().next().unwrap();
+        let to = *names.keys().find(|p| **p != from).unwrap();
+        let n = &ns[0];
+        let slot = c.slot_of(&lock_key(n));
+        c.begin_migration(slot, from, to);
+        let started = Instant::now();
+        let e = a.acquire(n, Duration::from_millis(800)).await.unwrap_err();
+        assert!(e.is_unavailable(), "{e:?}");
+        assert!(started.elapsed() >= Duration::from_millis(800), "{e}");
+        assert!(
+            chain(&e).contains(&format!("hash slot {slot} is migrating")),
+            "the error does not name the migrating slot: {}",
+            chain(&e)
+        );
+        let e = a.try_acquire(n).await.unwrap_err();
+        assert!(e.is_unavailable(), "{e:?}");
+        assert!(
+            chain(&e).contains(&format!("hash slot {slot} is migrating")),
+            "{}",
+            chain(&e)
+        );
+        c.move_keys(slot, from, to);
+        c.finish_migration(slot, to);
+        let g = a.try_acquire(n).await.expect("granted once the slot moved");
+        g.release().await.unwrap();
+    })
+    .await
+    .expect("bounded");
+}
+
+/// `calls` of `cmdstat_evalsha` in the node's `INFO commandstats` (0 when
+/// none ran since the last `CONFIG RESETSTAT`).
+fn evalsha_calls(c: &RedisCluster, port: u16) -> u64 {
+    let info = c.node(port).command(&["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().expect("a call count"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_redirected_renewal_does_not_resend_its_whole_pipeline() {
+    tokio::time::timeout(LIMIT, async {
+        let c = cluster(3, 0).await;
+        let ttl = Duration::from_millis(900);
+        let a = RedisLocks::connect_with(&c.url(), opts(ttl)).await.unwrap();
+        let names = names_per_master(&c, "pipeline-moving", 12);
+        let (&from, ns) = names.iter().next().unwrap();
+        let to = *names.keys().find(|p| **p != from).unwrap();
+        let mut guards = Vec::new();
+        for n in ns {
+            guards.push(a.acquire(n, Duration::from_secs(5)).await.unwrap());
+        }
+        // One lease's key moves: its renewal in the master's pipeline is
+        // answered ASK, the other eleven run.
+        let slot = c.slot_of(&lock_key(&ns[0]));
+        c.begin_migration(slot, from, to);
+        c.move_keys(slot, from, to);
+        tokio::time::sleep(ttl).await;
+        let before = a.stats().renewals;
+        assert_eq!(c.node(from).command(&["CONFIG", "RESETSTAT"]), "+OK");
+        tokio::time::sleep(ttl * 3).await;
+        let ran = evalsha_calls(&c, from);
+        let sent = a.stats().renewals - before;
+        // Every renewal the watchdog sent counts once in `sent` (the
+        // redirected one twice: in the pipeline and alone); one round
+        // (13) of slack for the edges of the window.
+        assert!(ran > 0 && sent > 0, "no renewals: ran {ran}, sent {sent}");
+        assert!(
+            ran <= sent + 13,
+            "the source ran {ran} renewals for {sent} sent: a pipeline was resent whole"
+        );
+        for g in &guards {
+            assert!(!g.is_lost(), "{} lost", g.resource());
+        }
+        c.finish_migration(slot, to);
+    })
+    .await
+    .expect("bounded");
+}

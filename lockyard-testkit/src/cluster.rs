@@ -182,6 +182,15 @@ impl RedisCluster {
     /// `pause_between`, sleeps after marking the slot migrating and before
     /// moving the keys (so a test can act mid-migration).
     pub fn migrate_slot(&self, slot: u16, from: u16, to: u16, pause_between: Duration) {
+        self.begin_migration(slot, from, to);
+        std::thread::sleep(pause_between);
+        self.move_keys(slot, from, to);
+        self.finish_migration(slot, to);
+    }
+
+    /// The first step of [`migrate_slot`](Self::migrate_slot): `to` imports
+    /// `slot`, `from` migrates it; no key moved yet.
+    pub fn begin_migration(&self, slot: u16, from: u16, to: u16) {
         let s = slot.to_string();
         let from_id = self.node(from).command(&["CLUSTER", "MYID"]);
         let to_id = self.node(to).command(&["CLUSTER", "MYID"]);
@@ -192,7 +201,12 @@ impl RedisCluster {
         ok(self
             .node(from)
             .command(&["CLUSTER", "SETSLOT", &s, "MIGRATING", to_id.trim()]));
-        std::thread::sleep(pause_between);
+    }
+
+    /// The second step: `MIGRATE` of every key of `slot` from `from` to
+    /// `to` (bounded).
+    pub fn move_keys(&self, slot: u16, from: u16, to: u16) {
+        let s = slot.to_string();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let keys = self
@@ -222,9 +236,16 @@ impl RedisCluster {
             }
             assert!(Instant::now() < deadline, "migration did not finish");
         }
+    }
+
+    /// The last step: every master says `slot` is served by `to`.
+    pub fn finish_migration(&self, slot: u16, to: u16) {
+        let s = slot.to_string();
+        let to_id = self.node(to).command(&["CLUSTER", "MYID"]);
         for n in &self.nodes {
             if n.is_up() && n.command(&["ROLE"]).starts_with("master") {
-                ok(n.command(&["CLUSTER", "SETSLOT", &s, "NODE", to_id.trim()]));
+                let r = n.command(&["CLUSTER", "SETSLOT", &s, "NODE", to_id.trim()]);
+                assert!(r.starts_with("+OK"), "migration step failed: {r}");
             }
         }
     }

@@ -339,6 +339,10 @@ impl RedisLocks {
     /// [`LockError::Timeout`] (naming the holder when known) if it stayed
     /// held; [`LockError::Unavailable`], [`LockError::Backend`] or
     /// [`LockError::Protocol`] if Redis failed; [`LockError::InvalidName`].
+    /// On a Cluster, no lock is granted while its hash slot migrates (even a
+    /// name never used before): the acquisition waits on within `timeout`,
+    /// and then fails with [`LockError::Unavailable`] naming the slot
+    /// (`hash slot N is migrating ...`).
     ///
     /// # Cancel safety
     ///

@@ -15,9 +15,10 @@
 //!   whole pipeline. The watchdog instead groups its renewals by the master
 //!   that owns each lease's slot ([`Cluster::group`], from our own copy of
 //!   the slot map) and sends one pipeline per master on a direct connection
-//!   to it ([`Cluster::node`]). A renewal answered with a redirection is
-//!   resent alone through the routed connection, and the slot map is
-//!   refreshed.
+//!   to it ([`Cluster::node`]). A renewal answered `MOVED`/`ASK` is resent
+//!   alone to the node named ([`redirect_target`]; after `ASKING` for an
+//!   `ASK`), with its own `WAIT` there when replicas must confirm, and the
+//!   slot map is refreshed; the rest of its pipeline is not sent again.
 //! * **Every master.** `SCAN` (for `list`) must visit each master
 //!   ([`Cluster::masters`]).
 //! * **One hop.** A resource's requests go straight to its slot's master
@@ -446,6 +447,32 @@ pub(crate) fn is_redirect(v: &Value) -> bool {
         if matches!(e.code(), "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN"))
 }
 
+/// Where a `MOVED` or `ASK` reply sends the request: the node, and whether
+/// it must be preceded by `ASKING` (the slot is migrating to that node and
+/// not yet its own). `None` for any other reply, or one without an address.
+pub(crate) fn redirect_target(v: &Value) -> Option<(Node, bool)> {
+    let Value::ServerError(e) = v else {
+        return None;
+    };
+    let asking = match e.code() {
+        "ASK" => true,
+        "MOVED" => false,
+        _ => return None,
+    };
+    // `<slot> <host>:<port>`
+    let addr = e.details()?.split_whitespace().nth(1)?;
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse().ok().filter(|p| *p != 0)?;
+    if host.is_empty() {
+        return None;
+    }
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    Some((Node { host, port }, asking))
+}
+
 /// Whether a server answers as a Cluster node (`cluster_enabled:1` in
 /// `INFO cluster`), asked on `conn`.
 pub(crate) async fn is_cluster_node(conn: &mut Conn, what: &str) -> Result<bool, LockError> {
@@ -468,6 +495,32 @@ mod tests {
         assert_eq!(slot_of(b"lockyard:{foo}:lock"), 12182);
         assert_eq!(slot_of(b"{}x"), slot_of(b"{}x"));
         assert_eq!(slot_of(b"123456789"), 12739);
+    }
+
+    #[test]
+    fn redirections_name_their_node() {
+        let reply = |text: &str| redis::parse_redis_value(text.as_bytes()).unwrap();
+        let node = |port| Node {
+            host: "127.0.0.1".to_owned(),
+            port,
+        };
+        assert_eq!(
+            redirect_target(&reply("-ASK 15627 127.0.0.1:7001\r\n")),
+            Some((node(7001), true))
+        );
+        assert_eq!(
+            redirect_target(&reply("-MOVED 1 127.0.0.1:7002\r\n")),
+            Some((node(7002), false))
+        );
+        for other in [
+            "-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            "-ASK 15627\r\n",
+            "-ASK 15627 :7001\r\n",
+            "-MOVED 1 host:0\r\n",
+            ":1\r\n",
+        ] {
+            assert_eq!(redirect_target(&reply(other)), None, "{other}");
+        }
     }
 
     #[test]

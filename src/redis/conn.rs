@@ -34,8 +34,9 @@ enum Link {
     Cluster(ClusterConnection),
     /// A Cluster resource's requests: sent straight to the master that
     /// serves its slot (one task hop fewer than the routed connection, as
-    /// fast as one server), and sent again on the routed connection when
-    /// that master answers `MOVED` or `ASK` (the request was not run).
+    /// fast as one server), and a single command sent again on the routed
+    /// connection when that master answers `MOVED` or `ASK` (it was not
+    /// run). A pipeline is not sent again (see `req_packed_commands`).
     Slot(Box<SlotLink>),
 }
 
@@ -67,6 +68,20 @@ fn is_redirection(e: &redis::RedisError) -> bool {
 
 fn redirected_value(v: &Value) -> bool {
     matches!(v, Value::ServerError(e) if matches!(e.code(), "MOVED" | "ASK"))
+}
+
+/// Whether `cmd` is `SCRIPT LOAD`: the fallback of an `EVALSHA` answered
+/// `NOSCRIPT`, which may have come from the node an `ASK` or `MOVED` sent
+/// the script to, not from the slot's master.
+fn is_script_load(cmd: &Cmd) -> bool {
+    let mut args = cmd.args_iter().map(|a| match a {
+        redis::Arg::Simple(b) => b,
+        _ => &[][..],
+    });
+    matches!(
+        (args.next(), args.next()),
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case(b"SCRIPT") && b.eq_ignore_ascii_case(b"LOAD")
+    )
 }
 
 impl Conn {
@@ -217,6 +232,9 @@ impl ConnectionLike for Conn {
             let r = match &mut self.conn {
                 Link::Node(c) => c.req_packed_command(cmd).await,
                 Link::Cluster(c) => c.req_packed_command(cmd).await,
+                // On every node, by the routed connection: the script is
+                // then there wherever the redirected EVALSHA goes again.
+                Link::Slot(s) if is_script_load(cmd) => s.routed.req_packed_command(cmd).await,
                 Link::Slot(s) => match s.direct.req_packed_command(cmd).await {
                     Err(e) if is_redirection(&e) => {
                         s.redirected();
@@ -244,18 +262,21 @@ impl ConnectionLike for Conn {
             let r = match &mut self.conn {
                 Link::Node(c) => c.req_packed_commands(pipeline, offset, count).await,
                 Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
+                // Never resent whole: the commands answered without a
+                // redirection ran. The replies come back as they are, a
+                // `MOVED`/`ASK` among them for the caller to follow per
+                // command (as the watchdog does), and the slot map is
+                // marked stale.
                 Link::Slot(s) => {
-                    match s.direct.req_packed_commands(pipeline, offset, count).await {
-                        Err(e) if is_redirection(&e) => {
-                            s.redirected();
-                            s.routed.req_packed_commands(pipeline, offset, count).await
-                        }
-                        Ok(values) if values.iter().any(redirected_value) => {
-                            s.redirected();
-                            s.routed.req_packed_commands(pipeline, offset, count).await
-                        }
-                        r => r,
+                    let r = s.direct.req_packed_commands(pipeline, offset, count).await;
+                    let redirected = match &r {
+                        Err(e) => is_redirection(e),
+                        Ok(values) => values.iter().any(redirected_value),
+                    };
+                    if redirected {
+                        s.stale.store(true, Ordering::Release);
                     }
+                    r
                 }
             };
             self.note(&r);

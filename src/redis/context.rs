@@ -18,7 +18,7 @@ use redis::{Script, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::errors::{map_redis, protocol};
+use super::errors::{is_slot_moving, map_redis, protocol, timed_out};
 use super::keys::ResourceKeys;
 use super::lease::{Expired, Lease, LeaseHandle, Watchdog};
 use super::local::LocalQueues;
@@ -286,12 +286,79 @@ impl RedisLocks {
         self.inner.wakeups.subscribe(channel).await
     }
 
-    /// Runs `script` in a background task (a guard's `Drop`), then drops
-    /// `keep` (for example a local turn that must outlive the release).
+    /// Runs a release script (a compare-and-delete, safe to repeat) until
+    /// Redis answers, within `limit`: on `conn` if given (requests on one
+    /// connection run in order, so it runs after whatever was sent there
+    /// before), else on a pooled one. Tried again on a fresh connection when
+    /// that one broke (once), and while the resource's Cluster slot is
+    /// changing hands (`TRYAGAIN`, `CLUSTERDOWN`, a redirection the routed
+    /// connection gave up on), pausing 10 ms doubling to 200 ms: a release
+    /// that returns has been applied, or failed for good, or ran out of
+    /// `limit`.
     ///
-    /// Uses `conn` if given (requests on one connection run in order), else
-    /// a pooled one. Without a tokio runtime nothing is sent: the lease then
-    /// expires by its TTL.
+    /// # Errors
+    ///
+    /// The last attempt's error; [`LockError::Unavailable`] when `limit`
+    /// passed first.
+    ///
+    /// # Cancel safety
+    ///
+    /// If the future is dropped, a request already written may still run.
+    pub(crate) async fn run_release(
+        &self,
+        resource: &str,
+        op: &'static str,
+        call: (&Script, &[String], &[String]),
+        conn: Option<Conn>,
+        limit: Duration,
+    ) -> Result<Value, LockError> {
+        let (script, keys, args) = call;
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut conn = conn;
+        let mut pause = Duration::from_millis(10);
+        let mut reconnected = false;
+        let attempts = async {
+            loop {
+                let mut c = match conn.take() {
+                    Some(c) => c,
+                    None => self.conn(resource, op).await?,
+                };
+                let mut inv = script.prepare_invoke();
+                for k in keys {
+                    inv.key(k);
+                }
+                for a in args {
+                    inv.arg(a);
+                }
+                let e = match inv.invoke_async::<Value>(&mut c).await {
+                    Ok(v) => return Ok(v),
+                    Err(e) => map_redis(e, resource, op),
+                };
+                if c.is_broken() && !reconnected {
+                    tracing::debug!(resource, op, error = %e, "connection broke; retrying once on a fresh one");
+                    reconnected = true;
+                    continue;
+                }
+                if !is_slot_moving(&e) || tokio::time::Instant::now() + pause >= deadline {
+                    return Err(e);
+                }
+                tracing::debug!(resource, op, error = %e, "slot changing hands; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(200));
+            }
+        };
+        tokio::time::timeout_at(deadline, attempts)
+            .await
+            .unwrap_or_else(|_| Err(timed_out(resource, op)))
+    }
+
+    /// Runs a release script in a background task (a guard's `Drop`, an
+    /// abandoned acquisition's undo) as [`run_release`](Self::run_release)
+    /// does, within the client's `op_timeout`, then drops `keep` (for
+    /// example a local turn that must outlive the release).
+    ///
+    /// Without a tokio runtime nothing is sent: the lease then expires by
+    /// its TTL.
     pub(crate) fn spawn_release<K: Send + 'static>(
         &self,
         resource: String,
@@ -310,25 +377,10 @@ impl RedisLocks {
         };
         let this = self.clone();
         let task = self.inner.background.track_future(async move {
-            let conn = match conn {
-                Some(c) => Ok(c),
-                None => this.conn(&resource, "release").await,
-            };
-            let result = match conn {
-                Ok(mut conn) => {
-                    let mut inv = script.prepare_invoke();
-                    for k in keys.iter() {
-                        inv.key(k);
-                    }
-                    for a in &args {
-                        inv.arg(a);
-                    }
-                    inv.invoke_async::<Value>(&mut conn)
-                        .await
-                        .map_err(|e| map_redis(e, &resource, "release"))
-                }
-                Err(e) => Err(e),
-            };
+            let limit = this.inner.opts.request_timeout();
+            let result = this
+                .run_release(&resource, "release", (script, &keys, &args), conn, limit)
+                .await;
             if let Err(e) = result {
                 tracing::debug!(resource, error = %e, "background release failed; the lock expires by its TTL");
             }

@@ -93,6 +93,49 @@ pub(crate) fn is_slot_moving(e: &LockError) -> bool {
     })
 }
 
+/// Names the hash slot in an error for which [`is_slot_moving`] holds (an
+/// acquisition gave up on it): the slot is migrating, or has no master.
+/// Other errors are returned as they are.
+pub(crate) fn name_slot(e: LockError, slot: u16) -> LockError {
+    if !is_slot_moving(&e) {
+        return e;
+    }
+    let LockError::Unavailable {
+        resource,
+        op,
+        source,
+    } = e
+    else {
+        return e;
+    };
+    let failover = source.downcast_ref::<RedisError>().is_some_and(|r| {
+        matches!(
+            r.kind(),
+            ErrorKind::Server(ServerErrorKind::ClusterDown | ServerErrorKind::MasterDown)
+        )
+    });
+    let what = if failover {
+        "without a master (a failover in progress?)"
+    } else {
+        "migrating between Cluster masters: no lock on it is granted until its keys have moved"
+    };
+    LockError::Unavailable {
+        resource,
+        op,
+        source: Box::new(SlotChanging { slot, what, source }),
+    }
+}
+
+/// A Cluster hash slot changing hands, named.
+#[derive(Debug, thiserror::Error)]
+#[error("hash slot {slot} is {what}")]
+struct SlotChanging {
+    slot: u16,
+    what: &'static str,
+    #[source]
+    source: crate::error::BoxError,
+}
+
 /// The scripts' one-name-one-lock refusals: `WRONGKIND <kind in use>` and
 /// `PERMITS <stored> <asked>`.
 fn kind_refusal(err: &RedisError, resource: &str) -> Option<LockError> {

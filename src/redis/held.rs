@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::context::RedisLocks;
+use super::context::{RedisLocks, bad_reply};
 use super::lease::{Expired, LeaseHandle, Renewal};
-use super::ops::{self, invoke};
+use super::ops;
 use super::waiting::ScriptCall;
 use crate::error::LockError;
 use crate::guard::Lost;
@@ -163,22 +163,22 @@ impl Hold {
         // The op stays in place until the reply is in: if this future is
         // dropped mid-flight, `Drop` releases again in the background (the
         // script compares tokens, so a second release is harmless).
-        let keys: Vec<&str> = op.keys.iter().map(String::as_str).collect();
-        let args: Vec<&str> = op.args.iter().map(String::as_str).collect();
-        let result: Result<i64, LockError> = invoke(
-            &self.client,
-            &self.resource,
-            "release",
-            op.script,
-            &keys,
-            &args,
-        )
-        .await;
+        // Retried while a Cluster slot changes hands, within op_timeout, so
+        // that `Ok` means the key is gone.
+        let limit = self.client.options().request_timeout();
+        let call = (op.script, &op.keys[..], &op.args[..]);
+        let result = (self.client)
+            .run_release(&self.resource, "release", call, None, limit)
+            .await;
         self.release = None;
-        match (result?, lost) {
-            (1, Some(lost)) => Err(lost),
-            (1, None) => Ok(()),
-            (_, _) => Err(LockError::NotHeld {
+        let held = match result? {
+            redis::Value::Int(n) => n == 1,
+            other => return Err(bad_reply(&self.resource, "release", &other)),
+        };
+        match (held, lost) {
+            (true, Some(lost)) => Err(lost),
+            (true, None) => Ok(()),
+            (false, _) => Err(LockError::NotHeld {
                 resource: self.resource.clone(),
             }),
         }
@@ -369,7 +369,11 @@ macro_rules! held_guard {
             /// [`LockError::Lost`](crate::LockError::Lost) if the lost
             /// signal had fired;
             /// [`LockError::NotHeld`](crate::LockError::NotHeld) if the
-            /// server no longer had it; Redis errors as for acquisition.
+            /// server no longer had it; Redis errors as for acquisition. `Ok`
+            /// means the key is gone: a release refused while a Cluster slot
+            /// changes hands (`TRYAGAIN`, `CLUSTERDOWN`) is retried within
+            /// the client's `op_timeout` before it fails with
+            /// [`LockError::Unavailable`](crate::LockError::Unavailable).
             ///
             /// # Cancel safety
             ///

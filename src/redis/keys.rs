@@ -101,19 +101,21 @@ pub(crate) struct ResourceKeys {
 pub(crate) struct KeySets {
     /// `exclusive_acquire.lua`: lock, readers, intent, sem, fence.
     pub(crate) exclusive_acquire: Arc<[String]>,
-    /// `exclusive_release.lua`: lock, intent, channel.
+    /// `release.lua` for an exclusive hold: lock.
     pub(crate) exclusive_release: Arc<[String]>,
+    /// `release.lua` for a waiting writer's intent: intent.
+    pub(crate) intent_release: Arc<[String]>,
     /// `extend.lua` (the exclusive renewal): lock.
     pub(crate) exclusive_renew: Arc<[String]>,
     /// `rwlock_read.lua`: readers, lock, intent, fence, sem.
     pub(crate) shared_acquire: Arc<[String]>,
-    /// `rwlock_read_release.lua`: readers, channel.
+    /// `rwlock_read_release.lua`: readers.
     pub(crate) shared_release: Arc<[String]>,
     /// `semaphore_renew.lua` for a reader: readers.
     pub(crate) shared_renew: Arc<[String]>,
     /// `semaphore_acquire.lua`: sem, fence, permits, lock, readers.
     pub(crate) sem_acquire: Arc<[String]>,
-    /// `semaphore_release.lua`: sem, channel, permits.
+    /// `semaphore_release.lua`: sem, permits.
     pub(crate) sem_release: Arc<[String]>,
     /// `semaphore_renew.lua` for a permit: sem, permits.
     pub(crate) sem_renew: Arc<[String]>,
@@ -138,13 +140,14 @@ impl ResourceKeys {
             |keys: &[&String]| -> Arc<[String]> { keys.iter().map(|k| (*k).clone()).collect() };
         let sets = KeySets {
             exclusive_acquire: set(&[&lock, &readers, &intent, &sem, &fence]),
-            exclusive_release: set(&[&lock, &intent, &channel]),
+            exclusive_release: set(&[&lock]),
+            intent_release: set(&[&intent]),
             exclusive_renew: set(&[&lock]),
             shared_acquire: set(&[&readers, &lock, &intent, &fence, &sem]),
-            shared_release: set(&[&readers, &channel]),
+            shared_release: set(&[&readers]),
             shared_renew: set(&[&readers]),
             sem_acquire: set(&[&sem, &fence, &permits, &lock, &readers]),
-            sem_release: set(&[&sem, &channel, &permits]),
+            sem_release: set(&[&sem, &permits]),
             sem_renew: set(&[&sem, &permits]),
         };
         Self {

@@ -144,7 +144,8 @@ impl<'a> PlainLock<'a> {
     /// it before), bounded by the client's `op_timeout`.
     pub(crate) async fn release_on(&self, conn: &mut Conn) -> Result<bool, LockError> {
         let (keys, args) = ([self.keys.lock.as_str()], [self.value, &self.keys.channel]);
-        let call = invoke_on::<i64>(conn, self.name, "release", &scripts::RELEASE, &keys, &args);
+        let script = scripts::RELEASE.get(self.server.is_cluster());
+        let call = invoke_on::<i64>(conn, self.name, "release", script, &keys, &args);
         match tokio::time::timeout(self.server.options().request_timeout(), call).await {
             Ok(n) => Ok(n? == 1),
             Err(_) => Err(timed_out(self.name, "release")),
@@ -157,7 +158,7 @@ impl<'a> PlainLock<'a> {
             self.server,
             self.name,
             "release",
-            &scripts::RELEASE,
+            scripts::RELEASE.get(self.server.is_cluster()),
             &[&self.keys.lock],
             &[self.value, &self.keys.channel],
         )

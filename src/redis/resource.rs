@@ -226,7 +226,7 @@ impl Resource {
     /// connection, and the release that undoes it if it is abandoned).
     async fn begin(&self, mode: Mode, ttl: Duration) -> Result<(String, Pending), LockError> {
         let value = token::fresh_value(&self.name, mode)?;
-        let undo = self.release_call(mode, &value);
+        let undo = self.undo_calls(mode, &value);
         let pending = Pending::new(&self.client, &self.name, undo, ttl).await?;
         Ok((value, pending))
     }
@@ -290,18 +290,35 @@ impl Resource {
 
     fn release_call(&self, mode: Mode, value: &str) -> ScriptCall {
         let k = &self.keys;
+        let args = vec![value.to_owned(), k.channel.clone()];
         match mode {
             Mode::Shared => ScriptCall {
                 script: scripts::READ_RELEASE.get(self.client.is_cluster()),
                 keys: k.sets.shared_release.clone(),
-                args: vec![value.to_owned()],
+                args,
             },
             _ => ScriptCall {
-                script: scripts::EXCLUSIVE_RELEASE.get(self.client.is_cluster()),
+                script: scripts::RELEASE.get(self.client.is_cluster()),
                 keys: k.sets.exclusive_release.clone(),
-                args: vec![value.to_owned()],
+                args,
             },
         }
+    }
+
+    /// What undoes an acquisition in `mode`: its hold, and for a writer
+    /// also the intent a busy attempt may have set. One key per call, so
+    /// that a Cluster node serves each while the slot migrates (see
+    /// `scripts.rs`); they need not be atomic, each compares our value.
+    fn undo_calls(&self, mode: Mode, value: &str) -> Vec<ScriptCall> {
+        let mut calls = vec![self.release_call(mode, value)];
+        if mode != Mode::Shared {
+            calls.push(ScriptCall {
+                script: scripts::RELEASE.get(self.client.is_cluster()),
+                keys: self.keys.sets.intent_release.clone(),
+                args: vec![value.to_owned(), self.keys.channel.clone()],
+            });
+        }
+        calls
     }
 }
 

@@ -7,6 +7,18 @@
 //! watchdog reloads by itself when a pipelined `EVALSHA` answers `NOSCRIPT`.
 //!
 //! The key layout each script expects is built in [`super::keys`].
+//!
+//! # Scripts a migrating Cluster slot can serve
+//!
+//! While a slot migrates, its source runs a script only if every key the
+//! script names is there (`TRYAGAIN` when some are, `ASK` to the target when
+//! none is), the target (after `ASKING`) only if every key is there or the
+//! script names one; and a command inside a script on a key the node does
+//! not have, or no longer has, fails the script half-way. So the scripts a
+//! held lock needs during a migration (release, renewal, extend) name only
+//! keys that exist while it is held (a channel is an argument, never a key)
+//! and touch no key after deleting it. The acquire scripts name every key of
+//! the name and are refused until the slot has settled.
 
 use std::sync::LazyLock;
 
@@ -73,9 +85,11 @@ macro_rules! publishing {
 }
 
 publishing! {
-    /// Compare-and-delete of an exclusive hold (and of our writer intent) +
-    /// publish; see `scripts/exclusive_release.lua`.
-    EXCLUSIVE_RELEASE = "exclusive_release.lua";
+    /// Compare-and-delete of one key holding an owner value + publish: an
+    /// exclusive hold's release (the plain lock, the RW writer, each of
+    /// Redlock's servers) and a waiting writer's intent withdrawn; see
+    /// `scripts/release.lua`.
+    RELEASE = "release.lua";
     /// Gives a read hold back; see `scripts/rwlock_read_release.lua`.
     READ_RELEASE = "rwlock_read_release.lua";
     /// Gives a permit back; see `scripts/semaphore_release.lua`.
@@ -102,8 +116,6 @@ scripts! {
     /// Redlock's per-server acquisition: `SET NX PX` + fencing `INCR` on a
     /// server that holds nothing else; see `scripts/acquire.lua`.
     ACQUIRE = "acquire.lua";
-    /// Redlock's per-server compare-and-delete + `PUBLISH`.
-    RELEASE = "release.lua";
 }
 
 #[cfg(test)]

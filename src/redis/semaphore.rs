@@ -295,7 +295,8 @@ impl RedisSemaphore {
         let i = &self.inner;
         let ttl = i.client.options().lease_for(None)?;
         let token = token::fresh_value(&i.name, mode)?;
-        let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token), ttl).await?;
+        let mut pending =
+            Pending::new(&i.client, &i.name, vec![self.release_call(&token)], ttl).await?;
         let guard = waiting::try_once(
             &mut pending,
             &self.acquire_call(&token, ttl),
@@ -400,7 +401,8 @@ impl RedisSemaphore {
         let ttl = i.client.options().lease_for(lease)?;
         let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline, attempt).await?;
         let token = token::fresh_value(&i.name, mode)?;
-        let mut pending = Pending::new(&i.client, &i.name, self.release_call(&token), ttl).await?;
+        let mut pending =
+            Pending::new(&i.client, &i.name, vec![self.release_call(&token)], ttl).await?;
         let wait = WaitFor {
             client: &i.client,
             resource: &i.name,
@@ -438,7 +440,7 @@ impl RedisSemaphore {
         ScriptCall {
             script: scripts::SEMAPHORE_RELEASE.get(i.client.is_cluster()),
             keys: i.keys.sets.sem_release.clone(),
-            args: vec![token.to_owned()],
+            args: vec![token.to_owned(), i.keys.channel.clone()],
         }
     }
 

@@ -29,8 +29,9 @@ use std::time::Duration;
 use redis::{Script, Value};
 use tokio::time::Instant;
 
+use super::cluster::slot_of;
 use super::context::{RedisLocks, bad_reply};
-use super::errors::{is_slot_moving, map_redis, timed_out};
+use super::errors::{is_slot_moving, map_redis, name_slot, timed_out};
 use super::lease::{Expired, retry_after_late_grant};
 use super::local::LocalTurn;
 use super::ops::invoke_on;
@@ -152,12 +153,13 @@ impl fmt::Debug for ScriptCall {
 }
 
 /// One acquisition in progress: the connection its attempts use, and the
-/// release that undoes them, run in the background if dropped while armed.
+/// releases that undo them, run in the background if dropped while armed.
 pub(crate) struct Pending {
     client: RedisLocks,
     resource: String,
     conn: Conn,
-    undo: Option<ScriptCall>,
+    /// Each a compare-and-delete with the acquisition's value, run in order.
+    undo: Vec<ScriptCall>,
     armed: bool,
     /// An attempt's outcome was lost with a broken connection: keep the undo
     /// armed whatever later answers say (it compares our value, so it never
@@ -169,11 +171,12 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// Checks out the connection of an acquisition with a lease of `ttl`.
+    /// Checks out the connection of an acquisition with a lease of `ttl`;
+    /// `undo` are the releases that undo it.
     pub(crate) async fn new(
         client: &RedisLocks,
         resource: &str,
-        undo: ScriptCall,
+        undo: Vec<ScriptCall>,
         ttl: Duration,
     ) -> Result<Self, LockError> {
         client.check_open(resource)?;
@@ -182,7 +185,7 @@ impl Pending {
             client: client.clone(),
             resource: resource.to_owned(),
             conn,
-            undo: Some(undo),
+            undo,
             armed: false,
             always_undo: false,
             op_timeout: client.options().request_timeout_for(ttl),
@@ -284,23 +287,37 @@ impl Pending {
         .unwrap_or_else(|_| Err(timed_out(&self.resource, op)))
     }
 
+    /// `e`, naming the resource's hash slot on a Cluster when the slot is
+    /// changing hands (see [`name_slot`]).
+    fn name_slot(&self, e: LockError, call: &ScriptCall) -> LockError {
+        match call.keys.first() {
+            Some(key) if self.client.is_cluster() => name_slot(e, slot_of(key.as_bytes())),
+            _ => e,
+        }
+    }
+
     /// Keeps the undo armed (the server holds a claim of ours, such as a
     /// waiting writer's intent) or not.
     pub(crate) fn set_armed(&mut self, armed: bool) {
         self.armed = armed || self.always_undo;
     }
 
-    /// Undoes now, on the acquisition's connection, ignoring the outcome
-    /// (bounded by `op_timeout`).
+    /// Undoes now, on the acquisition's connection (so after every attempt
+    /// sent on it: invariant 5), each release retried while the slot changes
+    /// hands (see [`RedisLocks::run_release`]), bounded by `op_timeout`
+    /// each; a failure is logged (the claim then expires by its TTL).
     pub(crate) async fn undo_now(&mut self) {
         self.armed = false;
-        if let Some(undo) = &self.undo {
-            let op_timeout = self.op_timeout;
-            let _ = tokio::time::timeout(
-                op_timeout,
-                undo.run_on(&mut self.conn, &self.resource, "undo"),
-            )
-            .await;
+        for undo in &self.undo {
+            let call = (undo.script, &undo.keys[..], &undo.args[..]);
+            let conn = Some(self.conn.clone());
+            let undone = self
+                .client
+                .run_release(&self.resource, "undo", call, conn, self.op_timeout)
+                .await;
+            if let Err(e) = undone {
+                tracing::debug!(resource = %self.resource, error = %e, "undo failed; the claim expires by its TTL");
+            }
         }
     }
 
@@ -315,8 +332,12 @@ impl Drop for Pending {
         if !self.armed {
             return;
         }
-        if let Some(undo) = self.undo.take() {
+        if !self.undo.is_empty() {
             tracing::debug!(resource = %self.resource, "undoing an abandoned acquisition");
+        }
+        // One background task per release, each first sent on the
+        // attempt's connection, in order (invariant 5).
+        for undo in self.undo.drain(..) {
             self.client.spawn_release(
                 self.resource.clone(),
                 undo.script,
@@ -378,7 +399,8 @@ pub(crate) async fn try_once<T>(
 ) -> Result<T, LockError> {
     let mut late = 0;
     loop {
-        match pending.attempt(call, op).await? {
+        let attempt = pending.attempt(call, op).await;
+        match attempt.map_err(|e| pending.name_slot(e, call))? {
             (Attempt::Granted { fencing }, sent_at) => match grant(fencing, sent_at) {
                 Ok(t) => return Ok(t),
                 Err(Expired) => {
@@ -443,7 +465,7 @@ pub(crate) async fn wait_until_granted<T>(
                 moving_backoff = (moving_backoff * 2).min(Duration::from_millis(200));
                 continue;
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(pending.name_slot(e, call)),
         };
         moving_backoff = Duration::from_millis(10);
         let (retry_in, reason, holders, holder) = match attempt {

@@ -47,6 +47,7 @@ use super::validity::{RequestId, Validity};
 use crate::error::LockError;
 use crate::guard::Lost;
 use crate::lease::LeaseDeadline;
+use crate::redis::cluster::{Cluster, Node, is_redirect, redirect_target};
 use crate::redis::conn::Conn;
 use crate::redis::pool::Connections;
 use crate::stats::{Backend, Counter};
@@ -653,10 +654,13 @@ fn outcome(v: &Value) -> Outcome {
 
 /// Renews `batch`: one pipeline on one server; on a Cluster, one pipeline
 /// per master (concurrently), so that a node that fails fails exactly its
-/// own leases' renewals. A renewal answered with a redirection (its slot
-/// moved or is moving) is sent again alone through the routed connection,
-/// which follows it. The outcomes are in `batch`'s order (missing ones:
-/// [`Outcome::Failed`]).
+/// own leases' renewals. A renewal answered `MOVED` or `ASK` (its slot
+/// moved or is moving) is sent again alone to the node named, with its own
+/// `WAIT` there ([`renew_on`]); one answered `TRYAGAIN` or `CLUSTERDOWN` is
+/// retried a quarter interval later; one whose slot no known master serves
+/// goes through the routed connection. Only the redirected renewals are
+/// sent again, never their whole pipeline. The outcomes are in `batch`'s
+/// order (missing ones: [`Outcome::Failed`]).
 async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec<Outcome> {
     let Some(cluster) = pool.as_cluster() else {
         let sent = async { send(shared, pool.watchdog().await?, batch).await }.await;
@@ -673,6 +677,7 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
         .group(batch.iter().map(|lease| first_key(lease).as_bytes()))
         .await;
     let mut alone: Vec<usize> = Vec::new();
+    let mut redirected: Vec<(usize, Node, bool)> = Vec::new();
     let mut per_node = Vec::new();
     for (node, items) in groups {
         match node {
@@ -693,8 +698,13 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
         match sent {
             Ok((values, replicated)) => {
                 for (&i, v) in items.iter().zip(&values) {
-                    if crate::redis::cluster::is_redirect(v) {
-                        alone.push(i);
+                    if let Some((node, asking)) = redirect_target(v) {
+                        redirected.push((i, node, asking));
+                    } else if is_redirect(v) {
+                        // TRYAGAIN, CLUSTERDOWN: nothing applied; the next
+                        // try (a quarter interval on) finds the slot settled.
+                        cluster.note_moved();
+                        outcomes[i] = Outcome::Refused;
                     } else {
                         outcomes[i] = outcome_of(v, replicated);
                     }
@@ -704,6 +714,18 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
                 tracing::debug!(node = %node, error = %e, leases = items.len(), "renewals on this node failed; retrying");
                 cluster.note_moved();
             }
+        }
+    }
+    if !redirected.is_empty() {
+        cluster.note_moved();
+        let resent = redirected.iter().map(|(i, node, asking)| async move {
+            (
+                *i,
+                renew_on(shared, cluster, batch[*i], node, *asking).await,
+            )
+        });
+        for (i, outcome) in futures::future::join_all(resent).await {
+            outcomes[i] = outcome;
         }
     }
     if !alone.is_empty() {
@@ -751,6 +773,85 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
     outcomes
 }
 
+/// Renews `lease` on `node`, where a `MOVED` or `ASK` reply sent it (after
+/// `ASKING` for an `ASK`), and `WAIT`s there: the replicas that count are
+/// those of the node that applied the renewal, not of the slot's old master
+/// (which would confirm at once, having nothing new to replicate). On
+/// `NOSCRIPT` the script is loaded on that node and the renewal sent once
+/// more.
+async fn renew_on(
+    shared: &Shared,
+    cluster: &Cluster,
+    lease: &Lease,
+    node: &Node,
+    asking: bool,
+) -> Outcome {
+    let mut conn = match cluster.node(node).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(node = %node, error = %e, "could not reach the node a renewal was redirected to; retrying");
+            return Outcome::Refused;
+        }
+    };
+    for loaded in [false, true] {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        if asking {
+            // Applies to the next command only; a pipeline is written at
+            // once, so nothing of another request comes between.
+            pipe.cmd("ASKING").ignore();
+        }
+        push_renewal(&mut pipe, lease);
+        if let Some((replicas, wait)) = shared.replicas {
+            push_wait(&mut pipe, replicas, wait);
+        }
+        shared.counters.round_trips.fetch_add(1, Ordering::Relaxed);
+        shared.counters.renewals.fetch_add(1, Ordering::Relaxed);
+        let values: Vec<Value> = match pipe.query_async(&mut conn).await {
+            Ok(values) => values,
+            Err(e) => {
+                tracing::debug!(node = %node, error = %e, "redirected renewal failed; retrying");
+                return Outcome::Failed;
+            }
+        };
+        let Some(reply) = values.first() else {
+            return Outcome::Failed;
+        };
+        if is_noscript(reply) && !loaded {
+            conn.note_server_restart();
+            if let Err(e) = lease.script.load_async(&mut conn).await {
+                tracing::debug!(node = %node, error = %e, "could not load the renewal script; retrying");
+                return Outcome::Refused;
+            }
+            continue;
+        }
+        if is_redirect(reply) {
+            // Moved on meanwhile: the next try follows the fresh slot map.
+            cluster.note_moved();
+            return Outcome::Refused;
+        }
+        let replicated = shared
+            .replicas
+            .is_none_or(|(replicas, _)| confirmed(values.get(1)) >= i64::from(replicas));
+        return outcome_of(reply, replicated);
+    }
+    Outcome::Refused
+}
+
+/// How many replicas a `WAIT` reply says confirmed (`-1` for anything else).
+fn confirmed(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::Int(n)) => *n,
+        _ => -1,
+    }
+}
+
+fn push_wait(pipe: &mut redis::Pipeline, replicas: u32, wait: Duration) {
+    pipe.cmd("WAIT")
+        .arg(replicas)
+        .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+}
+
 /// Sends the renewal pipeline on `conn`; on `NOSCRIPT` (a restarted or
 /// flushed server) loads the scripts and sends the affected renewals once
 /// more.
@@ -771,9 +872,7 @@ async fn send(
         .fetch_add(batch.len() as u64, Ordering::Relaxed);
     if let Some((replicas, wait)) = shared.replicas {
         // One WAIT covers every renewal before it on this connection.
-        pipe.cmd("WAIT")
-            .arg(replicas)
-            .arg(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        push_wait(&mut pipe, replicas, wait);
     }
     let mut values: Vec<Value> = pipe
         .query_async(&mut conn)
@@ -781,10 +880,7 @@ async fn send(
         .map_err(|e| crate::redis::errors::map_redis(e, "(watchdog)", "renew"))?;
     let mut replicated = true;
     if let Some((replicas, _)) = shared.replicas {
-        let confirmed = match values.pop() {
-            Some(Value::Int(n)) => n,
-            _ => -1,
-        };
+        let confirmed = confirmed(values.pop().as_ref());
         if confirmed < i64::from(replicas) {
             // Applied on the master, not confirmed on the replicas: a
             // failover could undo it, so it does not count (the validity
