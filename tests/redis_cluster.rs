@@ -364,25 +364,27 @@ async fn failover_case(wait: bool) {
         .unwrap();
     let name = ns[0].clone();
     let g = a.acquire(&name, Duration::from_secs(5)).await.unwrap();
-    let replica = c.replica_of(master);
     let key = format!("lockyard:{{{name}}}:lock");
-    if wait {
-        // WAIT confirmed it before the guard was returned.
-        assert!(
-            c.node(replica)
-                .readonly_command(&["EXISTS", &key])
-                .contains(":1")
-        );
+    let has_key = |port: u16| {
+        c.node(port)
+            .readonly_command(&["EXISTS", &key])
+            .contains(":1")
+    };
+    let replica = if wait {
+        // WAIT 1 confirmed it on at least one of the two replicas before
+        // the guard was returned: that one is promoted (a replica that did
+        // not confirm may lack it, as the README says).
+        let confirmed = c.replicas_of(master).into_iter().find(|&r| has_key(r));
+        confirmed.expect("WAIT returned, yet no replica has the grant")
     } else {
+        c.replica_of(master)
+    };
+    if !wait {
         // Without WAIT nothing says the replica has it yet: the test waits
         // (a grant not replicated when the master dies is the window the
         // README's "Cluster and replicas" describes).
         let replicated = async {
-            while !c
-                .node(replica)
-                .readonly_command(&["EXISTS", &key])
-                .contains(":1")
-            {
+            while !has_key(replica) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         };
@@ -433,6 +435,27 @@ async fn failover_with_replica_wait_keeps_the_lock() {
         .expect("bounded");
 }
 
+/// Whether a master's `INFO replication` shows its first replica online
+/// and acknowledging everything the master has written.
+fn acked_all(info: &str) -> bool {
+    let field = |line: &str, name: &str| -> Option<i64> {
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let master = info
+        .lines()
+        .find_map(|l| l.strip_prefix("master_repl_offset:"))
+        .and_then(|v| v.trim().parse::<i64>().ok());
+    let replica = info.lines().find(|l| l.starts_with("slave0:"));
+    match (master, replica) {
+        (Some(master), Some(line)) => {
+            line.contains("state=online") && field(line, "offset=").is_some_and(|o| o >= master)
+        }
+        _ => false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_no_replica_confirms_is_undone_and_unavailable() {
     tokio::time::timeout(LIMIT, async {
@@ -456,9 +479,10 @@ async fn a_grant_no_replica_confirms_is_undone_and_unavailable() {
         });
         let synced = async {
             loop {
-                if server
-                    .command(&["INFO", "replication"])
-                    .contains("connected_slaves:1")
+                // Acknowledged, not only connected: until the replica's
+                // first ACK (up to a second after its link is up) the
+                // master holds back its stream, so a WAIT then times out.
+                if acked_all(&server.command(&["INFO", "replication"]))
                     && replica
                         .command(&["INFO", "replication"])
                         .contains("master_link_status:up")

@@ -143,12 +143,25 @@ impl RedisCluster {
     }
 
     /// A replica's port for the master on `master_port`.
+    ///
+    /// # Panics
+    ///
+    /// If it has none.
     pub fn replica_of(&self, master_port: u16) -> u16 {
+        match self.replicas_of(master_port).first() {
+            Some(&port) => port,
+            None => panic!("no replica of {master_port}"),
+        }
+    }
+
+    /// The ports of every replica (up now) of the master on `master_port`.
+    pub fn replicas_of(&self, master_port: u16) -> Vec<u16> {
         let id = self
             .node(master_port)
             .command(&["CLUSTER", "MYID"])
             .trim()
             .to_owned();
+        let mut replicas = Vec::new();
         for n in &self.nodes {
             if n.port() == master_port || !n.is_up() {
                 continue;
@@ -160,11 +173,11 @@ impl RedisCluster {
                     .lines()
                     .any(|l| l.contains("myself") && l.contains(&id))
                 {
-                    return n.port();
+                    replicas.push(n.port());
                 }
             }
         }
-        panic!("no replica of {master_port}");
+        replicas
     }
 
     /// `(master ports, ...)`: the ports of the nodes that are masters now.
