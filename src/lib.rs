@@ -133,16 +133,19 @@
 
 mod error;
 mod guard;
+// The lease rules and guard surface shared by the lease backends.
+#[cfg(feature = "redis")]
 mod lease;
 mod lock;
+mod lost;
 mod options;
 mod owner;
 mod text;
 
 pub use error::{BoxError, LockError};
-pub use guard::{LockGuard, Lost, RawGuard};
-pub use lease::LeaseDeadline;
+pub use guard::{LockGuard, RawGuard};
 pub use lock::Lock;
+pub use lost::{LeaseDeadline, Lost};
 pub use options::{AcquireOptions, Mode};
 pub use owner::{Liveness, Owner, OwnerParseError, host_name};
 pub use text::{Escaped, escape_for_display};

@@ -43,8 +43,9 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 use crate::error::LockError;
-use crate::guard::{LockGuard, Lost, RawGuard};
+use crate::guard::{LockGuard, RawGuard};
 use crate::lock::Lock;
+use crate::lost::Lost;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::stats::{self, Backend, Held, LockStats};
 

@@ -1,6 +1,7 @@
 //! [`RedisLockGuard`]: a held Redis lock.
 
-use super::held::{Hold, held_guard};
+use super::held::Hold;
+use crate::lease::lease_guard;
 use crate::options::Mode;
 
 /// A held Redis lock, exclusive or shared.
@@ -38,7 +39,7 @@ pub struct RedisLockGuard {
     pub(crate) held: Hold,
 }
 
-held_guard!(RedisLockGuard, "lock");
+lease_guard!(RedisLockGuard, "redis", "lock");
 
 impl RedisLockGuard {
     /// Exclusive or shared.

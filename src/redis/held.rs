@@ -17,7 +17,8 @@ use super::lease::{Expired, LeaseHandle, Renewal};
 use super::ops;
 use super::waiting::ScriptCall;
 use crate::error::LockError;
-use crate::guard::Lost;
+use crate::lease::LeaseHold;
+use crate::lost::Lost;
 use crate::options::Mode;
 use crate::stats::Held;
 
@@ -211,218 +212,32 @@ impl fmt::Debug for Hold {
     }
 }
 
-/// The guard surface shared by the permit and RW-lock guards: inherent
-/// `resource`/`fencing_token`/`lost`/`is_lost`/`release`, `Debug`,
-/// [`RawGuard`](crate::RawGuard) and `From<_> for LockGuard`. The type must
-/// be a struct with a single field `held: Hold`.
-macro_rules! held_guard {
-    ($guard:ident, $what:literal) => {
-        impl $guard {
-            #[doc = concat!("The name of the ", $what, ".")]
-            ///
-            #[doc = "```no_run"]
-            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
-            /// tracing::info!(resource = guard.resource(), "holding");
-            /// # Ok(())
-            /// # }
-            /// ```
-            pub fn resource(&self) -> &str {
-                self.held.resource()
-            }
+impl LeaseHold for Hold {
+    fn resource(&self) -> &str {
+        Hold::resource(self)
+    }
 
-            /// The fencing token: strictly increases across successive
-            /// holders of this resource (the counter is shared by the
-            /// semaphore, RW lock and lock of one name on one server).
-            ///
-            #[doc = "```no_run"]
-            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
-            /// let token = guard.fencing_token();
-            /// // Storage that remembers the highest token it saw refuses a stale holder:
-            /// let update = format!("UPDATE report SET body = $1, fence = {token} WHERE fence < {token}");
-            /// # let _ = update;
-            /// # Ok(())
-            /// # }
-            /// ```
-            pub fn fencing_token(&self) -> u64 {
-                self.held.fencing_token()
-            }
+    fn mode(&self) -> Mode {
+        Hold::mode(self)
+    }
 
-            /// Completes when the hold is lost: renewal found it gone or
-            /// taken over, or could not confirm it before its TTL (minus the
-            /// drift margin) ran out.
-            ///
-            #[doc = "```no_run"]
-            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
-            /// tokio::select! {
-            ///     () = guard.lost() => tracing::warn!("lost {}: stopping", guard.resource()),
-            ///     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => { /* the work */ }
-            /// }
-            /// # Ok(())
-            /// # }
-            /// ```
-            pub fn lost(&self) -> $crate::Lost {
-                self.held.lost()
-            }
+    fn fencing_token(&self) -> u64 {
+        Hold::fencing_token(self)
+    }
 
-            /// Whether the hold is lost, as of the moment of asking: the
-            /// lease's deadline is compared with the clock now, so this never
-            /// says held after the deadline, however late the watchdog runs
-            /// (after a pause of the process, say). A pause *between* this
-            /// check and the write it guards is what the
-            /// [`fencing_token`](Self::fencing_token) is for.
-            ///
-            #[doc = "```no_run"]
-            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
-            /// for batch in 0..10 {
-            ///     if guard.is_lost() {
-            ///         break; // someone else may hold it now: write nothing more
-            ///     }
-            ///     # let _ = batch;
-            /// }
-            /// # Ok(())
-            /// # }
-            /// ```
-            pub fn is_lost(&self) -> bool {
-                self.held.is_lost()
-            }
+    fn lost(&self) -> Lost {
+        Hold::lost(self)
+    }
 
-            /// Runs `fut` while held; if the hold is lost first, `fut` is
-            /// dropped and [`LockError::Lost`](crate::LockError::Lost)
-            /// returned. The lost signal is looked at before `fut` at every
-            /// poll and compares the lease's deadline with the clock, so
-            /// `fut` is not polled again once the deadline has passed.
-            ///
-            #[doc = "```no_run"]
-            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
-            /// let rows = guard.run_until_lost(async { /* the work */ 42 }).await?;
-            /// assert_eq!(rows, 42);
-            /// # Ok(())
-            /// # }
-            /// ```
-            ///
-            /// # Errors
-            ///
-            /// [`LockError::Lost`](crate::LockError::Lost) if the lock is lost before `fut` completes (`fut` is then dropped).
-            ///
-            /// # Cancel safety
-            ///
-            /// Dropping the returned future drops `fut`; the hold stays.
-            pub async fn run_until_lost<F: ::std::future::Future>(
-                &self,
-                fut: F,
-            ) -> Result<F::Output, $crate::LockError> {
-                let lost = self.held.lost();
-                ::tokio::select! {
-                    biased;
-                    () = lost => Err($crate::LockError::Lost {
-                        resource: self.held.resource().to_owned(),
-                    }),
-                    out = fut => Ok(out),
-                }
-            }
+    fn is_lost(&self) -> bool {
+        Hold::is_lost(self)
+    }
 
-            /// Sets the lease to `ttl` from now (if still held); the
-            /// watchdog renews with `ttl` from then on.
-            ///
-            #[doc = "```no_run"]
-            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
-            /// // A long step ahead: keep the lock for 10 minutes should this process stall.
-            /// guard.extend(std::time::Duration::from_secs(600)).await?;
-            /// # Ok(())
-            /// # }
-            /// ```
-            ///
-            /// # Errors
-            ///
-            /// [`LockError::Lost`](crate::LockError::Lost) if the lost
-            /// signal had fired or fires meanwhile;
-            /// [`LockError::NotHeld`](crate::LockError::NotHeld) (and the
-            /// lost signal fires) if it is no longer held;
-            /// [`LockError::InvalidArgument`](crate::LockError::InvalidArgument)
-            /// for a TTL the client refuses.
-            ///
-            /// # Cancel safety
-            ///
-            /// If the future is dropped the extension may or may not have
-            /// reached Redis; the watchdog keeps renewing either way.
-            pub async fn extend(
-                &self,
-                ttl: ::std::time::Duration,
-            ) -> Result<(), $crate::LockError> {
-                self.held.extend(ttl).await
-            }
+    async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
+        Hold::extend(self, ttl).await
+    }
 
-            /// Gives it back now and reports errors.
-            ///
-            #[doc = "```no_run"]
-            #[doc = concat!("# async fn demo(guard: lockyard::redis::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
-            /// match guard.release().await {
-            ///     Err(e) if e.is_lost() => tracing::warn!("the lease had run out before the release"),
-            ///     other => other?,
-            /// }
-            /// # Ok(())
-            /// # }
-            /// ```
-            ///
-            /// # Errors
-            ///
-            /// [`LockError::Lost`](crate::LockError::Lost) if the lost
-            /// signal had fired;
-            /// [`LockError::NotHeld`](crate::LockError::NotHeld) if the
-            /// server no longer had it; Redis errors as for acquisition. `Ok`
-            /// means the key is gone: a release refused while a Cluster slot
-            /// changes hands (`TRYAGAIN`, `CLUSTERDOWN`) is retried within
-            /// the client's `op_timeout` before it fails with
-            /// [`LockError::Unavailable`](crate::LockError::Unavailable).
-            ///
-            /// # Cancel safety
-            ///
-            /// If the future is dropped before it completes, the release is
-            /// retried in the background; its outcome is not reported.
-            pub async fn release(mut self) -> Result<(), $crate::LockError> {
-                self.held.release().await
-            }
-        }
-
-        impl ::std::fmt::Debug for $guard {
-            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
-                f.debug_struct(stringify!($guard))
-                    .field("resource", &self.held.resource())
-                    .field("mode", &self.held.mode())
-                    .field("fencing_token", &self.held.fencing_token())
-                    .field("lost", &self.held.is_lost())
-                    .finish()
-            }
-        }
-
-        #[::async_trait::async_trait]
-        impl $crate::RawGuard for $guard {
-            fn resource(&self) -> &str {
-                self.held.resource()
-            }
-
-            fn mode(&self) -> $crate::Mode {
-                self.held.mode()
-            }
-
-            fn fencing_token(&self) -> Option<u64> {
-                Some(self.held.fencing_token())
-            }
-
-            fn lost(&self) -> $crate::Lost {
-                self.held.lost()
-            }
-
-            async fn release(mut self: Box<Self>) -> Result<(), $crate::LockError> {
-                self.held.release().await
-            }
-        }
-
-        impl From<$guard> for $crate::LockGuard {
-            fn from(guard: $guard) -> Self {
-                $crate::LockGuard::new(guard)
-            }
-        }
-    };
+    async fn release(&mut self) -> Result<(), LockError> {
+        Hold::release(self).await
+    }
 }
-pub(crate) use held_guard;

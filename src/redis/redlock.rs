@@ -21,9 +21,10 @@ use super::options::RedisOptions;
 use super::pool::Conn;
 use super::token;
 use crate::error::LockError;
-use crate::guard::{LockGuard, Lost, RawGuard};
-use crate::lease::LeaseDeadline;
+use crate::guard::{LockGuard, RawGuard};
 use crate::lock::Lock;
+use crate::lost::LeaseDeadline;
+use crate::lost::Lost;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::stats::{self, Acquisition, Backend, Held};
 

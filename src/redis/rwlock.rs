@@ -10,10 +10,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::context::RedisLocks;
-use super::held::{Hold, held_guard};
+use super::held::Hold;
 use super::resource::Resource;
 use crate::error::LockError;
 use crate::guard::LockGuard;
+use crate::lease::lease_guard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
 
@@ -385,7 +386,7 @@ pub struct RedisReadGuard {
     held: Hold,
 }
 
-held_guard!(RedisReadGuard, "RW lock");
+lease_guard!(RedisReadGuard, "redis", "RW lock");
 
 /// The write lock on a [`RedisRwLock`]. Renewed in the background while it
 /// lives; given back when dropped (in a background task) or by
@@ -407,4 +408,4 @@ pub struct RedisWriteGuard {
     held: Hold,
 }
 
-held_guard!(RedisWriteGuard, "RW lock");
+lease_guard!(RedisWriteGuard, "redis", "RW lock");

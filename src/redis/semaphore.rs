@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 
 use super::context::RedisLocks;
-use super::held::{Hold, held_guard};
+use super::held::Hold;
 use super::keys::{ResourceKeys, validate_name};
 use super::lease::Expired;
 use super::ops::{self, invoke};
@@ -20,6 +20,7 @@ use super::token;
 use super::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::error::LockError;
 use crate::guard::LockGuard;
+use crate::lease::lease_guard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::stats::{self, Acquisition, Backend};
@@ -532,4 +533,4 @@ pub struct RedisPermitGuard {
     held: Hold,
 }
 
-held_guard!(RedisPermitGuard, "semaphore");
+lease_guard!(RedisPermitGuard, "redis", "semaphore");

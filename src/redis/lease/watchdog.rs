@@ -43,10 +43,10 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::validity::{RequestId, Validity};
 use crate::error::LockError;
-use crate::guard::Lost;
-use crate::lease::LeaseDeadline;
+use crate::lease::validity::{RequestId, Validity};
+use crate::lost::LeaseDeadline;
+use crate::lost::Lost;
 use crate::redis::cluster::{Cluster, Node, is_redirect, redirect_target};
 use crate::redis::conn::Conn;
 use crate::redis::pool::Connections;

@@ -1,6 +1,6 @@
-//! When a lease ends, by this process's clocks: [`LeaseDeadline`], shared by
-//! a guard's [`Lost`](crate::Lost) signal and the task that renews the
-//! lease.
+//! The lost signal: [`Lost`], a future that completes when a lock is lost,
+//! and [`LeaseDeadline`], when a lease ends by this process's clocks,
+//! shared by a guard's `Lost` and the task that renews the lease.
 //!
 //! A background task that fires the lost signal at the deadline cannot be
 //! trusted alone: after the process was paused (SIGSTOP, a long GC-like
@@ -21,10 +21,14 @@
 //!    lease has passed when either says so.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 /// The end of a lease as this process knows it: a deadline that renewals
 /// move and every "still held?" check compares with the clock at the moment
@@ -229,6 +233,171 @@ fn boot_time() -> Option<Duration> {
     None
 }
 
+/// A future that completes when a lock is lost; [`Lost::never`] never does.
+///
+/// Cloning is cheap; every clone completes together.
+///
+/// A lease's signal ([`Lost::with_deadline`]) is lost when its token is
+/// cancelled (the server said the lease is gone, or renewal gave up) *or*
+/// when its [`LeaseDeadline`] has passed by the clock at the moment it is
+/// asked: [`is_lost`](Self::is_lost) and every poll read the clock, so a
+/// process resumed after a pause past its lease is told "lost" by its first
+/// check, even before the renewal task's timer has run.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tokio_util::sync::CancellationToken;
+/// use lockyard::Lost;
+///
+/// let token = CancellationToken::new();
+/// let lost = Lost::from_token(token.clone());
+/// let watcher = tokio::spawn(lost.clone()); // every clone fires together
+/// token.cancel();
+/// watcher.await.unwrap();
+/// assert!(lost.is_lost());
+/// # }
+/// ```
+#[must_use = "futures do nothing unless polled"]
+#[pin_project::pin_project]
+pub struct Lost {
+    token: Option<CancellationToken>,
+    /// A lease's end: past it the lock is lost, whether or not the task
+    /// that cancels `token` has run yet.
+    deadline: Option<LeaseDeadline>,
+    #[pin]
+    wait: Option<WaitForCancellationFutureOwned>,
+}
+
+impl Lost {
+    /// A signal that never fires (file and in-process locks).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use lockyard::Lost;
+    ///
+    /// let never = Lost::never();
+    /// assert!(!never.is_lost());
+    /// assert!(tokio::time::timeout(Duration::from_millis(10), never).await.is_err());
+    /// # }
+    /// ```
+    pub fn never() -> Self {
+        Self {
+            token: None,
+            deadline: None,
+            wait: None,
+        }
+    }
+
+    /// A signal that fires when `token` is cancelled.
+    ///
+    /// ```
+    /// use tokio_util::sync::CancellationToken;
+    /// use lockyard::Lost;
+    ///
+    /// let token = CancellationToken::new();
+    /// let lost = Lost::from_token(token.clone());
+    /// token.cancel();
+    /// assert!(lost.is_lost());
+    /// ```
+    pub fn from_token(token: CancellationToken) -> Self {
+        Self {
+            wait: Some(token.clone().cancelled_owned()),
+            token: Some(token),
+            deadline: None,
+        }
+    }
+
+    /// A lease's signal: fires when `token` is cancelled, and reads as lost
+    /// once `deadline` has passed, by the clock at the moment it is asked
+    /// (see [`LeaseDeadline`]). The task renewing the lease moves the
+    /// deadline and cancels `token` when it gives up or finds the lease gone.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use tokio_util::sync::CancellationToken;
+    /// use lockyard::{LeaseDeadline, Lost};
+    ///
+    /// let deadline = LeaseDeadline::new(Instant::now() + Duration::from_secs(10));
+    /// let token = CancellationToken::new();
+    /// let lost = Lost::with_deadline(token.clone(), deadline);
+    /// assert!(!lost.is_lost());
+    /// token.cancel();
+    /// assert!(lost.is_lost());
+    /// ```
+    pub fn with_deadline(token: CancellationToken, deadline: LeaseDeadline) -> Self {
+        Self {
+            deadline: Some(deadline),
+            ..Self::from_token(token)
+        }
+    }
+
+    /// Whether the lock is already lost.
+    ///
+    /// ```
+    /// use tokio_util::sync::CancellationToken;
+    /// use lockyard::Lost;
+    ///
+    /// let token = CancellationToken::new();
+    /// let lost = Lost::from_token(token.clone());
+    /// assert!(!lost.is_lost());
+    /// token.cancel();
+    /// assert!(lost.is_lost());
+    /// ```
+    pub fn is_lost(&self) -> bool {
+        self.token
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+            || self
+                .deadline
+                .as_ref()
+                .is_some_and(LeaseDeadline::has_passed)
+    }
+}
+
+impl Clone for Lost {
+    fn clone(&self) -> Self {
+        match (&self.token, &self.deadline) {
+            (Some(t), Some(d)) => Self::with_deadline(t.clone(), d.clone()),
+            (Some(t), None) => Self::from_token(t.clone()),
+            (None, _) => Self::never(),
+        }
+    }
+}
+
+impl fmt::Debug for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lost")
+            .field("can_fire", &self.token.is_some())
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+impl Future for Lost {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        // Past the deadline it is lost, however late the task that cancels
+        // the token runs (a process resumed after a pause polls this first).
+        if this
+            .deadline
+            .as_ref()
+            .is_some_and(LeaseDeadline::has_passed)
+        {
+            return Poll::Ready(());
+        }
+        match this.wait.as_pin_mut() {
+            Some(wait) => wait.poll(cx),
+            None => Poll::Pending,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,6 +428,25 @@ mod tests {
         assert!(d.set(past));
         assert!(d.has_passed());
         assert!(!d.set(Instant::now() + Duration::from_secs(60)));
+    }
+
+    #[tokio::test]
+    async fn lost_fires_with_token() {
+        let token = CancellationToken::new();
+        let lost = Lost::from_token(token.clone());
+        let copy = lost.clone();
+        assert!(!lost.is_lost());
+        token.cancel();
+        assert!(copy.is_lost());
+        tokio::time::timeout(Duration::from_secs(5), lost)
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn never_never_fires() {
+        let r = tokio::time::timeout(Duration::from_secs(3600), Lost::never()).await;
+        assert!(r.is_err());
     }
 
     #[tokio::test(start_paused = true)]
