@@ -19,7 +19,7 @@ use std::future::Future;
 use async_trait::async_trait;
 
 use crate::error::LockError;
-use crate::lost::Lost;
+use crate::lost::{LeaseState, Lost};
 use crate::options::Mode;
 
 /// What a backend's concrete guard implements so it can travel as a
@@ -363,6 +363,53 @@ impl LockGuard {
     /// ```
     pub fn is_lost(&self) -> bool {
         self.inner.lost().is_lost()
+    }
+
+    /// Held, suspect or lost, as of now: [`LeaseState::Suspect`] while a
+    /// lease's renewals are failing but its deadline has not passed. File and
+    /// in-process locks are always [`LeaseState::Held`].
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::{AcquireOptions, FileLockManager, LeaseState, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// assert_eq!(guard.state(), LeaseState::Held);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn state(&self) -> LeaseState {
+        self.inner.lost().state()
+    }
+
+    /// A future that completes when the lock becomes suspect (a lease's
+    /// renewal failed; it may still be renewed in time) or lost: the moment
+    /// for a careful holder to checkpoint or pause. Never, for file and
+    /// in-process locks.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use std::time::Duration;
+    /// use lockyard::{AcquireOptions, FileLockManager, Lock};
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let lock = FileLockManager::new(dir.path())?.lock("report")?;
+    /// let guard = lock.lock(&AcquireOptions::exclusive()).await?;
+    /// let fired = tokio::time::timeout(Duration::from_millis(10), guard.suspect()).await;
+    /// assert!(fired.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it changes nothing; the lock stays held.
+    pub fn suspect(&self) -> impl Future<Output = ()> + Send + use<> {
+        self.inner.lost().suspect()
     }
 
     /// Runs `fut` while the lock is held; if the lock is lost first, `fut` is

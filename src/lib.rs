@@ -145,7 +145,7 @@ mod text;
 pub use error::{BoxError, LockError};
 pub use guard::{LockGuard, RawGuard};
 pub use lock::Lock;
-pub use lost::{LeaseDeadline, Lost};
+pub use lost::{LeaseDeadline, LeaseState, Lost};
 pub use options::{AcquireOptions, Mode};
 pub use owner::{Liveness, Owner, OwnerParseError, host_name};
 pub use text::{Escaped, escape_for_display};

@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
@@ -69,7 +70,51 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 /// ```
 #[derive(Clone)]
 pub struct LeaseDeadline {
-    inner: Arc<Mutex<State>>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    state: Mutex<State>,
+    /// Woken when the lease becomes suspect.
+    suspected: Notify,
+}
+
+/// What a holder knows of its lease, as of the moment it asks.
+///
+/// Between held and lost a lease can be *suspect*: its renewals are failing
+/// (the server does not answer, or refuses) but its deadline has not passed,
+/// so it is still ours for now. A careful holder checkpoints or pauses its
+/// writes then, and goes on when the state is back to `Held` (ZooKeeper's
+/// Curator calls these SUSPENDED and LOST). File and in-process locks are
+/// always `Held`.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use std::time::Duration;
+/// use tokio::time::Instant;
+/// use tokio_util::sync::CancellationToken;
+/// use lockyard::{LeaseDeadline, LeaseState, Lost};
+///
+/// let deadline = LeaseDeadline::new(Instant::now() + Duration::from_secs(10));
+/// let lost = Lost::with_deadline(CancellationToken::new(), deadline.clone());
+/// assert_eq!(lost.state(), LeaseState::Held);
+/// deadline.set_suspect(true); // a renewal failed
+/// assert_eq!(lost.state(), LeaseState::Suspect);
+/// deadline.set_suspect(false); // the next one got through
+/// assert_eq!(lost.state(), LeaseState::Held);
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LeaseState {
+    /// Held, and the last renewal (or the grant) was confirmed.
+    Held,
+    /// Still within the lease, but the last renewal failed: it may be lost
+    /// at the deadline unless a renewal gets through first.
+    Suspect,
+    /// Lost: past the deadline, or the server said it is gone. For good.
+    Lost,
 }
 
 #[derive(Clone, Copy)]
@@ -81,6 +126,8 @@ struct State {
     boot: Option<Duration>,
     /// Seen passed: for good (invariant 1).
     passed: bool,
+    /// The last renewal failed (see [`LeaseState::Suspect`]).
+    suspect: bool,
 }
 
 impl State {
@@ -107,12 +154,49 @@ impl LeaseDeadline {
         let now = Instant::now();
         let boot = boot_deadline(now, at);
         Self {
-            inner: Arc::new(Mutex::new(State {
-                at,
-                boot,
-                passed: now >= at,
-            })),
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    at,
+                    boot,
+                    passed: now >= at,
+                    suspect: false,
+                }),
+                suspected: Notify::new(),
+            }),
         }
+    }
+
+    /// Marks the lease suspect (a renewal failed) or not (one was
+    /// confirmed); see [`LeaseState::Suspect`]. Wakes the holders waiting in
+    /// [`Lost::suspect`].
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use lockyard::LeaseDeadline;
+    ///
+    /// let deadline = LeaseDeadline::new(Instant::now() + Duration::from_secs(10));
+    /// deadline.set_suspect(true);
+    /// assert!(deadline.is_suspect());
+    /// ```
+    pub fn set_suspect(&self, suspect: bool) {
+        let was = std::mem::replace(&mut self.lock().suspect, suspect);
+        if suspect && !was {
+            self.inner.suspected.notify_waiters();
+        }
+    }
+
+    /// Whether the last renewal failed (the deadline may still be ahead).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use lockyard::LeaseDeadline;
+    ///
+    /// assert!(!LeaseDeadline::new(Instant::now() + Duration::from_secs(1)).is_suspect());
+    /// ```
+    pub fn is_suspect(&self) -> bool {
+        self.lock().suspect
     }
 
     /// Moves the deadline to `at` (later after a renewal, or earlier), unless
@@ -198,7 +282,10 @@ impl LeaseDeadline {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -208,6 +295,7 @@ impl fmt::Debug for LeaseDeadline {
         f.debug_struct("LeaseDeadline")
             .field("at", &st.at)
             .field("passed", &st.passed)
+            .field("suspect", &st.suspect)
             .finish()
     }
 }
@@ -356,6 +444,72 @@ impl Lost {
                 .as_ref()
                 .is_some_and(LeaseDeadline::has_passed)
     }
+
+    /// Held, suspect or lost, as of now (see [`LeaseState`]).
+    ///
+    /// ```
+    /// use lockyard::{LeaseState, Lost};
+    ///
+    /// assert_eq!(Lost::never().state(), LeaseState::Held);
+    /// ```
+    pub fn state(&self) -> LeaseState {
+        if self.is_lost() {
+            LeaseState::Lost
+        } else if self
+            .deadline
+            .as_ref()
+            .is_some_and(LeaseDeadline::is_suspect)
+        {
+            LeaseState::Suspect
+        } else {
+            LeaseState::Held
+        }
+    }
+
+    /// A future that completes when the lease is suspect or lost (at once if
+    /// it is already); never for a signal without a lease.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    /// use tokio::time::Instant;
+    /// use tokio_util::sync::CancellationToken;
+    /// use lockyard::{LeaseDeadline, Lost};
+    ///
+    /// let deadline = LeaseDeadline::new(Instant::now() + Duration::from_secs(10));
+    /// let lost = Lost::with_deadline(CancellationToken::new(), deadline.clone());
+    /// let watcher = tokio::spawn(lost.suspect());
+    /// deadline.set_suspect(true);
+    /// watcher.await.unwrap();
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it changes nothing; a new one sees the state as it is then.
+    pub fn suspect(&self) -> impl Future<Output = ()> + Send + use<> {
+        let lost = self.clone();
+        async move {
+            let Some(deadline) = lost.deadline.clone() else {
+                return lost.await;
+            };
+            loop {
+                let notified = deadline.inner.suspected.notified();
+                tokio::pin!(notified);
+                // Registered before the state is read, so a change between
+                // the two is not missed.
+                notified.as_mut().enable();
+                if lost.state() != LeaseState::Held {
+                    return;
+                }
+                tokio::select! {
+                    () = notified => {}
+                    () = lost.clone() => return,
+                }
+            }
+        }
+    }
 }
 
 impl Clone for Lost {
@@ -372,7 +526,7 @@ impl fmt::Debug for Lost {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lost")
             .field("can_fire", &self.token.is_some())
-            .field("lost", &self.is_lost())
+            .field("state", &self.state())
             .finish()
     }
 }

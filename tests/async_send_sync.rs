@@ -23,6 +23,7 @@ assert_send_sync!(
     lockyard::LockGuard,
     lockyard::Lost,
     lockyard::LeaseDeadline,
+    lockyard::LeaseState,
     lockyard::AcquireOptions,
     lockyard::Mode,
     lockyard::Owner,

@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use lockyard::LockError;
 use lockyard::redis::{RedisLocks, RedisOptions};
-use lockyard_testkit::LIMIT;
+use lockyard::{LeaseState, LockError, LockGuard};
 use lockyard_testkit::proxy::{FaultProxy, Rule, Then};
 use lockyard_testkit::redis::RedisServer;
+use lockyard_testkit::{LIMIT, bounded, eventually};
 use tokio::time::Instant;
 
 /// A private server, a fault proxy in front of it, a client through the
@@ -429,4 +429,67 @@ async fn an_extend_confirmed_after_the_validity_reports_lost() {
         "an extend confirmed after the lease's validity returned {result:?}"
     );
     assert!(g.is_lost());
+}
+
+/// Renewals that fail make a lease suspect at once (its deadline still
+/// ahead); renewals that get through again make it held again; renewals
+/// that never do make it lost at the deadline, and it stays lost.
+#[tokio::test]
+async fn failing_renewals_make_a_lease_suspect_before_it_is_lost() {
+    let ttl = Duration::from_secs(3);
+    let Rig {
+        server: _server,
+        proxy,
+        via_proxy,
+        direct: _direct,
+    } = rig(ttl, Duration::from_millis(300)).await;
+    let g = via_proxy
+        .acquire("suspect", Duration::from_secs(1))
+        .await
+        .unwrap();
+    let generic: LockGuard = via_proxy
+        .acquire("suspect-generic", Duration::from_secs(1))
+        .await
+        .unwrap()
+        .into();
+    assert_eq!(g.state(), LeaseState::Held);
+
+    // Requests vanish: the next renewal gets no answer.
+    let blocked = Instant::now();
+    proxy.drop_requests(true);
+    bounded(g.suspect()).await;
+    bounded(generic.suspect()).await;
+    assert_eq!(g.state(), LeaseState::Suspect, "suspect, not lost yet");
+    assert_eq!(generic.state(), LeaseState::Suspect);
+    assert!(!g.is_lost());
+    assert!(
+        blocked.elapsed() < ttl,
+        "suspect only after {:?}: it should follow the first failed renewal",
+        blocked.elapsed()
+    );
+
+    // They get through again before the deadline: held again.
+    proxy.drop_requests(false);
+    eventually("held again after renewals got through", || {
+        std::future::ready(g.state() == LeaseState::Held && generic.state() == LeaseState::Held)
+    })
+    .await;
+    assert!(!g.is_lost());
+
+    // For good now: suspect, then lost at the deadline.
+    proxy.drop_requests(true);
+    let blocked = Instant::now();
+    bounded(g.suspect()).await;
+    assert_eq!(g.state(), LeaseState::Suspect);
+    bounded(g.lost()).await;
+    let lost_after = blocked.elapsed();
+    assert_eq!(g.state(), LeaseState::Lost);
+    assert_eq!(generic.state(), LeaseState::Lost);
+    assert!(
+        lost_after <= ttl + Duration::from_millis(500),
+        "lost {lost_after:?} after renewals stopped: later than the lease"
+    );
+    proxy.drop_requests(false);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(g.state(), LeaseState::Lost, "lost stays lost");
 }

@@ -116,6 +116,43 @@ macro_rules! lease_guard {
                 $crate::lease::LeaseHold::is_lost(&self.held)
             }
 
+            /// Held, suspect (renewals failing, the deadline not passed yet)
+            /// or lost, as of now.
+            ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::", $module, "::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// if guard.state() == lockyard::LeaseState::Suspect {
+            ///     // renewals are failing: checkpoint before writing more
+            /// }
+            /// # Ok(())
+            /// # }
+            /// ```
+            pub fn state(&self) -> $crate::LeaseState {
+                $crate::lease::LeaseHold::lost(&self.held).state()
+            }
+
+            /// Completes when the hold becomes suspect (a renewal failed;
+            /// the next may still get through before the deadline) or lost.
+            ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::", $module, "::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// tokio::select! {
+            ///     () = guard.suspect() => tracing::warn!("renewals failing: pausing writes"),
+            ///     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => { /* the work */ }
+            /// }
+            /// # Ok(())
+            /// # }
+            /// ```
+            ///
+            /// # Cancel safety
+            ///
+            /// Dropping it changes nothing; the hold stays.
+            pub fn suspect(
+                &self,
+            ) -> impl ::std::future::Future<Output = ()> + Send + use<> {
+                $crate::lease::LeaseHold::lost(&self.held).suspect()
+            }
+
             /// Runs `fut` while held; if the hold is lost first, `fut` is
             /// dropped and [`LockError::Lost`](crate::LockError::Lost)
             /// returned. The lost signal is looked at before `fut` at every

@@ -23,8 +23,8 @@ use super::token;
 use crate::error::LockError;
 use crate::guard::{LockGuard, RawGuard};
 use crate::lock::Lock;
-use crate::lost::LeaseDeadline;
 use crate::lost::Lost;
+use crate::lost::{LeaseDeadline, LeaseState};
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::stats::{self, Acquisition, Backend, Held};
 
@@ -1206,6 +1206,49 @@ impl RedlockGuard {
         self.lost.is_cancelled() || self.valid_until.has_passed()
     }
 
+    /// Held, suspect (the last extension round found no majority, the
+    /// validity not run out yet) or lost, as of now.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # use lockyard::redis::{RedisOptions, Redlock};
+    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
+    /// assert_eq!(guard.state(), lockyard::LeaseState::Held);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn state(&self) -> LeaseState {
+        self.lost().state()
+    }
+
+    /// Completes when the lock becomes suspect (an extension round found no
+    /// majority; the next may, before the validity runs out) or lost.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// # use lockyard::redis::{RedisOptions, Redlock};
+    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
+    /// tokio::select! {
+    ///     () = guard.suspect() => tracing::warn!("servers failing: checkpointing"),
+    ///     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => { /* the work */ }
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping it changes nothing; the lock stays held.
+    pub fn suspect(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
+        self.lost().suspect()
+    }
+
     /// Runs `fut` while the lock is held; if it is lost first, `fut` is
     /// dropped and [`LockError::Lost`] returned.
     ///
@@ -1392,10 +1435,14 @@ async fn renew(
             if !valid_until.set(grant_end(started, inner.ttl, inner.drift)) {
                 return mark_lost("no majority confirmed an extension within the validity");
             }
+            valid_until.set_suspect(false);
         } else if granted.iter().filter(|&&h| h).count() < inner.quorum {
             return mark_lost("too many servers no longer hold our key");
         } else if valid_until.has_passed() {
             return mark_lost("no majority confirmed an extension within the validity");
+        } else {
+            // Still within the validity, but this round found no majority.
+            valid_until.set_suspect(true);
         }
     }
 }

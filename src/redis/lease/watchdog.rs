@@ -605,6 +605,7 @@ async fn renew(
                 // process was paused) leaves it passed; the task then
                 // declares the lease lost (invariant 3).
                 e.publish();
+                e.end.set_suspect(false);
                 e.reschedule();
                 e.retrying = false;
             }
@@ -621,6 +622,7 @@ async fn renew(
             Outcome::Refused => {
                 e.validity.refused(*req);
                 e.publish();
+                e.end.set_suspect(true);
                 e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
                 e.retrying = true;
             }
@@ -628,6 +630,7 @@ async fn renew(
                 // No answer: it may still be applied later.
                 e.validity.unknown(*req);
                 e.publish();
+                e.end.set_suspect(true);
                 e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
                 e.retrying = true;
             }
