@@ -194,6 +194,13 @@ pub(crate) struct ExecArgs {
     #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "redis")]
     pub(crate) ttl: Option<Duration>,
 
+    /// Redis: send signal SIG (a name such as USR1, or a number) to COMMAND's
+    /// process group when the lease becomes suspect (a renewal failed; the
+    /// lease may still be renewed before it runs out), and again each time
+    /// it becomes suspect after being renewed.
+    #[arg(long, value_name = "SIG", requires = "redis", value_parser = parse_signal)]
+    pub(crate) on_suspect: Option<i32>,
+
     /// Redis semaphore NAME: up to N holders run at once.
     #[arg(long, value_name = "N", requires = "redis", conflicts_with_all = ["shared", "rw"],
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -402,5 +409,66 @@ mod tests {
         assert_eq!(e.shell_command.as_deref(), Some("echo hi"));
         assert!(e.command.is_empty());
         assert!(Cli::try_parse_from(["lockyard", "exec", "job"]).is_err());
+    }
+}
+
+/// `--on-suspect SIG`: a signal name (`USR1`, `SIGUSR1`, any case) or
+/// number. The stops of job control (and SIGSTOP) are refused: COMMAND would
+/// stay stopped with the lock held.
+fn parse_signal(text: &str) -> Result<i32, String> {
+    const NAMES: [(&str, i32); 14] = [
+        ("HUP", libc::SIGHUP),
+        ("INT", libc::SIGINT),
+        ("QUIT", libc::SIGQUIT),
+        ("ABRT", libc::SIGABRT),
+        ("KILL", libc::SIGKILL),
+        ("USR1", libc::SIGUSR1),
+        ("USR2", libc::SIGUSR2),
+        ("PIPE", libc::SIGPIPE),
+        ("ALRM", libc::SIGALRM),
+        ("TERM", libc::SIGTERM),
+        ("CONT", libc::SIGCONT),
+        ("URG", libc::SIGURG),
+        ("WINCH", libc::SIGWINCH),
+        ("PWR", libc::SIGPWR),
+    ];
+    const STOPS: [i32; 4] = [libc::SIGSTOP, libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
+    let upper = text.trim().to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    let sig = match name.parse::<i32>() {
+        Ok(n) if (1..=libc::SIGRTMAX()).contains(&n) => n,
+        Ok(_) => return Err(format!("{text:?} is not a signal number")),
+        Err(_) => match NAMES.iter().find(|(n, _)| *n == name) {
+            Some(&(_, sig)) => sig,
+            None => {
+                return Err(format!(
+                    "{text:?} is not a signal name (try USR1, TERM or a number)"
+                ));
+            }
+        },
+    };
+    if STOPS.contains(&sig) {
+        return Err(format!(
+            "{text:?} stops COMMAND, which would then hold the lock stopped"
+        ));
+    }
+    Ok(sig)
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::parse_signal;
+
+    #[test]
+    fn signal_names_and_numbers() {
+        assert_eq!(parse_signal("USR1"), Ok(libc::SIGUSR1));
+        assert_eq!(parse_signal("sigterm"), Ok(libc::SIGTERM));
+        assert_eq!(parse_signal("10"), Ok(10));
+        assert!(parse_signal("STOP").is_err());
+        assert!(parse_signal("TSTP").is_err());
+        assert!(parse_signal("0").is_err());
+        assert!(parse_signal("999").is_err());
+        assert!(parse_signal("NOPE").is_err());
+        assert!(parse_signal("").is_err());
     }
 }

@@ -82,7 +82,7 @@ async fn files(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, 
         Err(err) => return Err(err.into()),
     };
     tracing::debug!("holding {} ({mode})", Escaped(guard.path().display()));
-    let code = run_locked(args, &[], std::future::pending(), signals).await;
+    let code = run_locked(args, &[], lockyard::Lost::never(), signals).await;
     if let Err(e) = guard.release().await {
         tracing::warn!("releasing lock `{}`: {e}", Escaped(name));
     }

@@ -51,6 +51,8 @@ pub(crate) use other::*;
 use std::ffi::OsString;
 use std::time::Duration;
 
+use lockyard::Lost;
+
 use crate::args::ExecArgs;
 use crate::exit::{self, CliError};
 use crate::signals::Signals;
@@ -74,7 +76,7 @@ pub(crate) enum End {
 pub(crate) async fn run_locked(
     args: &ExecArgs,
     envs: &[(&str, Option<String>)],
-    lost: impl Future<Output = ()>,
+    lost: Lost,
     signals: &mut Signals,
 ) -> Result<u8, CliError> {
     let name = args.lock_name();
@@ -83,7 +85,10 @@ pub(crate) async fn run_locked(
         None => args.command.clone(),
     };
     let child = spawn(&command, envs, signals)?;
-    match child.supervise(signals, lost, args.close).await {
+    match child
+        .supervise(signals, lost, args.on_suspect, args.close)
+        .await
+    {
         End::Exited(code) => Ok(code),
         End::LockLost => Err(CliError::new(
             exit::LOCK_LOST,
@@ -119,12 +124,37 @@ mod unix {
     use std::process::Command;
     use std::time::Instant;
 
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use lockyard::{LeaseState, Lost};
     use rustix::process::{Pid, Signal as Sig, WaitOptions, WaitStatus};
 
     use super::{End, GRACE, signal_exit};
     use crate::exit::{self, CliError};
     use crate::signals::{Signals, stop_self};
     use crate::{sentinel, terminal};
+
+    /// Completes when `lost` becomes suspect (after it is held again first,
+    /// if `rearm`); never without `--on-suspect`.
+    fn suspect_watch(
+        lost: &Lost,
+        on_suspect: Option<i32>,
+        rearm: bool,
+    ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        if on_suspect.is_none() {
+            return Box::pin(std::future::pending());
+        }
+        let lost = lost.clone();
+        Box::pin(async move {
+            if rearm {
+                while lost.state() == LeaseState::Suspect {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            }
+            lost.suspect().await;
+        })
+    }
 
     /// The stops that are job control (rule 7); a plain SIGSTOP is not.
     const JOB_STOPS: [i32; 3] = [libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU];
@@ -265,10 +295,13 @@ mod unix {
         pub(crate) async fn supervise(
             mut self,
             signals: &mut Signals,
-            lost: impl Future<Output = ()>,
+            lost: Lost,
+            on_suspect: Option<i32>,
             close: bool,
         ) -> End {
-            tokio::pin!(lost);
+            let lost_now = lost.clone();
+            tokio::pin!(lost_now);
+            let mut suspect = suspect_watch(&lost, on_suspect, false);
             self.reap();
             let end = loop {
                 if let Some(status) = self.status {
@@ -277,7 +310,20 @@ mod unix {
                 }
                 tokio::select! {
                     biased;
-                    () = &mut lost => break End::LockLost,
+                    () = &mut lost_now => break End::LockLost,
+                    () = &mut suspect => {
+                        if let Some(sig) = on_suspect
+                            && lost.state() == LeaseState::Suspect
+                        {
+                            tracing::warn!(
+                                signal = sig,
+                                "the lease is suspect (a renewal failed): signalling COMMAND"
+                            );
+                            self.signal_group(sig);
+                        }
+                        // Again once the lease has been renewed.
+                        suspect = suspect_watch(&lost, on_suspect, true);
+                    }
                     event = signals.next() => match event {
                         None => self.reap(),
                         Some(sig) => self.on_signal(sig),
@@ -508,7 +554,8 @@ mod other {
         pub(crate) async fn supervise(
             mut self,
             _: &mut Signals,
-            lost: impl Future<Output = ()>,
+            lost: lockyard::Lost,
+            _on_suspect: Option<i32>,
             _close: bool,
         ) -> End {
             tokio::select! {

@@ -286,3 +286,61 @@ fn descendants_die_with_lockyard_on_redis() {
     kill(grandchild as i32, libc::SIGKILL);
     assert!(gone, "grandchild {grandchild} ran on after lockyard died");
 }
+
+/// `--on-suspect USR1`: when renewals stop getting through (requests to
+/// Redis vanish), COMMAND gets SIGUSR1 while the lease still runs, before
+/// any loss; once renewals get through again nothing more is sent.
+#[test]
+fn on_suspect_signals_command_when_renewals_fail() {
+    use lockyard_testkit::proxy::FaultProxy;
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let env = Env::new();
+    let (got, ready, go) = (env.path("got"), env.path("ready"), env.path("go"));
+    let script = trap_script(&["USR1"], &got, &ready, &go);
+    let mut holder = Holder {
+        child: env
+            .cmd(&[
+                "exec",
+                "--redis",
+                &proxy.url(),
+                "--ttl",
+                "6s",
+                "--on-suspect",
+                "usr1",
+                "job",
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lockyard"),
+    };
+    assert!(eventually_blocking(PATIENCE, || ready.exists()));
+    assert!(!got.exists(), "signalled while renewals got through");
+    proxy.drop_requests(true);
+    let blocked = Instant::now();
+    assert!(
+        eventually_blocking(PATIENCE, || read_or_empty(&got).contains("USR1")),
+        "COMMAND never got SIGUSR1 while renewals failed"
+    );
+    assert!(
+        blocked.elapsed() < Duration::from_secs(6),
+        "signalled only after {:?}: later than the lease",
+        blocked.elapsed()
+    );
+    proxy.drop_requests(false);
+    // Renewed again: the lock is still ours, and COMMAND ends normally.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = env.run(&["exec", "-n", "--redis", &server.url(), "job", "--", "true"]);
+    assert_clean_failure(&out, 1);
+    touch(&go);
+    assert_eq!(holder.wait().code(), Some(0), "{}", stderr_of(&mut holder));
+}
+
+fn read_or_empty(path: &std::path::Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
