@@ -10,19 +10,13 @@ use lockyard::redis::{RedisLocks, RedisOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
 use lockyard_testkit::bounded;
 use lockyard_testkit::child;
-use lockyard_testkit::redis::RedisServer;
-
-async fn client(server: &RedisServer, ttl: Duration) -> RedisLocks {
-    RedisLocks::connect_with(&server.url(), RedisOptions::default().ttl(ttl))
-        .await
-        .expect("connect")
-}
+use lockyard_testkit::redis::{RedisServer, client};
 
 #[tokio::test]
 async fn acquire_release_and_contention() {
     let server = RedisServer::start();
-    let a = client(&server, Duration::from_secs(10)).await;
-    let b = client(&server, Duration::from_secs(10)).await;
+    let a = client(&server.url(), Duration::from_secs(10)).await;
+    let b = client(&server.url(), Duration::from_secs(10)).await;
 
     let g = bounded(a.acquire("res", Duration::from_secs(1)))
         .await
@@ -71,7 +65,7 @@ async fn acquire_release_and_contention() {
 #[tokio::test]
 async fn lock_trait_and_bad_input() {
     let server = RedisServer::start();
-    let locks = client(&server, Duration::from_secs(5)).await;
+    let locks = client(&server.url(), Duration::from_secs(5)).await;
     let lock: Arc<dyn Lock> = Arc::new(locks.lock("trait").unwrap());
     let g = bounded(lock.lock(&AcquireOptions::exclusive().timeout(Duration::from_secs(1))))
         .await
@@ -119,7 +113,7 @@ async fn mutual_exclusion_across_tasks_and_clients() {
     let last_fence = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for c in 0..3 {
-        let locks = client(&server, Duration::from_secs(5)).await;
+        let locks = client(&server.url(), Duration::from_secs(5)).await;
         for _ in 0..6 {
             let (locks, counter, last_fence) = (locks.clone(), counter.clone(), last_fence.clone());
             tasks.push(tokio::spawn(async move {
@@ -241,8 +235,8 @@ async fn mutual_exclusion_across_processes() {
 #[tokio::test]
 async fn release_wakes_a_waiter_on_another_client() {
     let server = RedisServer::start();
-    let holder = client(&server, Duration::from_secs(30)).await;
-    let waiter = client(&server, Duration::from_secs(30)).await;
+    let holder = client(&server.url(), Duration::from_secs(30)).await;
+    let waiter = client(&server.url(), Duration::from_secs(30)).await;
     let g = holder
         .acquire("handoff", Duration::from_secs(1))
         .await
@@ -287,7 +281,7 @@ async fn release_wakes_a_waiter_on_another_client() {
 #[tokio::test]
 async fn waiter_takes_over_at_the_holders_ttl() {
     let server = RedisServer::start();
-    let locks = client(&server, Duration::from_secs(5)).await;
+    let locks = client(&server.url(), Duration::from_secs(5)).await;
     assert_eq!(
         server.command(&["SET", "lockyard:{crashed}:lock", "someone", "PX", "700"]),
         "+OK"
@@ -311,7 +305,7 @@ async fn waiter_takes_over_at_the_holders_ttl() {
 #[tokio::test]
 async fn local_waiters_queue_in_process() {
     let server = RedisServer::start();
-    let locks = client(&server, Duration::from_secs(10)).await;
+    let locks = client(&server.url(), Duration::from_secs(10)).await;
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     let g = locks.acquire("fifo", Duration::from_secs(1)).await.unwrap();
     let evals_before = evalsha_calls(&server);
@@ -352,7 +346,7 @@ fn evalsha_calls(server: &RedisServer) -> u64 {
 async fn watchdog_renews_in_batches_and_stops_on_drop() {
     let server = RedisServer::start();
     let ttl = Duration::from_millis(600);
-    let locks = client(&server, ttl).await;
+    let locks = client(&server.url(), ttl).await;
     let mut guards = Vec::new();
     for i in 0..300 {
         guards.push(
@@ -398,7 +392,7 @@ async fn watchdog_renews_in_batches_and_stops_on_drop() {
 #[tokio::test]
 async fn extend_and_not_held() {
     let server = RedisServer::start();
-    let locks = client(&server, Duration::from_secs(2)).await;
+    let locks = client(&server.url(), Duration::from_secs(2)).await;
     let g = locks.acquire("ext", Duration::from_secs(1)).await.unwrap();
     g.extend(Duration::from_secs(60)).await.unwrap();
     let pttl: i64 = server.command(&["PTTL", "lockyard:{ext}:lock"])[1..]
@@ -439,7 +433,7 @@ async fn extend_and_not_held() {
 async fn thousands_of_leases_take_several_pipelines() {
     let server = RedisServer::start();
     let ttl = Duration::from_millis(1500);
-    let locks = client(&server, ttl).await;
+    let locks = client(&server.url(), ttl).await;
     let tasks: Vec<_> = (0..32)
         .map(|t| {
             let locks = locks.clone();

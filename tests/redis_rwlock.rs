@@ -7,16 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use lockyard::redis::{RedisLocks, RedisOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
 use lockyard_testkit::bounded;
-use lockyard_testkit::redis::RedisServer;
-
-async fn client(url: &str, ttl: Duration) -> RedisLocks {
-    RedisLocks::connect_with(url, RedisOptions::default().ttl(ttl))
-        .await
-        .expect("connect")
-}
+use lockyard_testkit::redis::{RedisServer, client};
 
 #[tokio::test]
 async fn readers_share_and_a_writer_excludes() {

@@ -9,15 +9,9 @@ use std::time::{Duration, Instant};
 
 use lockyard::redis::{RedisLocks, RedisOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
-use lockyard_testkit::redis::RedisServer;
+use lockyard_testkit::redis::{RedisServer, client};
 use lockyard_testkit::{LIMIT, bounded};
 use lockyard_testkit::{child, eventually_within};
-
-async fn client(url: &str, ttl: Duration) -> RedisLocks {
-    RedisLocks::connect_with(url, RedisOptions::default().ttl(ttl))
-        .await
-        .expect("connect")
-}
 
 #[tokio::test]
 async fn basics_and_bad_input() {

@@ -235,3 +235,16 @@ pub fn free_port() -> u16 {
 fn scratch_dir(port: u16) -> PathBuf {
     std::env::temp_dir().join(format!("lockyard-test-redis-{}-{port}", std::process::id()))
 }
+
+/// A client of the server at `url` with leases of `ttl` (the other options
+/// at their defaults).
+///
+/// # Panics
+///
+/// If it cannot connect.
+pub async fn client(url: &str, ttl: Duration) -> lockyard::RedisLocks {
+    let options = lockyard::redis::RedisOptions::default().ttl(ttl);
+    lockyard::RedisLocks::connect_with(url, options)
+        .await
+        .expect("connect to the test redis-server")
+}
