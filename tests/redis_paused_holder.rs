@@ -258,3 +258,9 @@ fn resumed_redlock_holder_sees_lost_at_its_first_check() {
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     pause_rounds("redlock", 5, &urls);
 }
+
+#[test]
+fn resumed_cluster_lock_holder_sees_lost_at_its_first_check() {
+    let cluster = lockyard_testkit::cluster::RedisCluster::start(3, 0);
+    pause_rounds("lock", 5, &[cluster.url()]);
+}
