@@ -128,6 +128,9 @@ struct State {
     passed: bool,
     /// The last renewal failed (see [`LeaseState::Suspect`]).
     suspect: bool,
+    /// How many times it became suspect: a waiter that slept through a
+    /// short spell still sees one happened.
+    spells: u64,
 }
 
 impl State {
@@ -160,6 +163,7 @@ impl LeaseDeadline {
                     boot,
                     passed: now >= at,
                     suspect: false,
+                    spells: 0,
                 }),
                 suspected: Notify::new(),
             }),
@@ -180,10 +184,23 @@ impl LeaseDeadline {
     /// assert!(deadline.is_suspect());
     /// ```
     pub fn set_suspect(&self, suspect: bool) {
-        let was = std::mem::replace(&mut self.lock().suspect, suspect);
-        if suspect && !was {
+        let became = {
+            let mut st = self.lock();
+            let became = suspect && !st.suspect;
+            st.suspect = suspect;
+            if became {
+                st.spells += 1;
+            }
+            became
+        };
+        if became {
             self.inner.suspected.notify_waiters();
         }
+    }
+
+    /// How many times the lease has become suspect.
+    fn spells(&self) -> u64 {
+        self.lock().spells
     }
 
     /// Whether the last renewal failed (the deadline may still be ahead).
@@ -490,17 +507,20 @@ impl Lost {
     /// Dropping it changes nothing; a new one sees the state as it is then.
     pub fn suspect(&self) -> impl Future<Output = ()> + Send + use<> {
         let lost = self.clone();
+        // Counted now, not at the first poll: a spell between the two counts.
+        let spells = self.deadline.as_ref().map(LeaseDeadline::spells);
         async move {
-            let Some(deadline) = lost.deadline.clone() else {
+            let (Some(deadline), Some(spells)) = (lost.deadline.clone(), spells) else {
                 return lost.await;
             };
             loop {
                 let notified = deadline.inner.suspected.notified();
                 tokio::pin!(notified);
                 // Registered before the state is read, so a change between
-                // the two is not missed.
+                // the two is not missed; a spell that began and ended while
+                // this slept is seen by its count.
                 notified.as_mut().enable();
-                if lost.state() != LeaseState::Held {
+                if lost.state() != LeaseState::Held || deadline.spells() != spells {
                     return;
                 }
                 tokio::select! {

@@ -435,27 +435,6 @@ async fn failover_with_replica_wait_keeps_the_lock() {
         .expect("bounded");
 }
 
-/// Whether a master's `INFO replication` shows its first replica online
-/// and acknowledging everything the master has written.
-fn acked_all(info: &str) -> bool {
-    let field = |line: &str, name: &str| -> Option<i64> {
-        line.split(',')
-            .find_map(|kv| kv.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let master = info
-        .lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
-        .and_then(|v| v.trim().parse::<i64>().ok());
-    let replica = info.lines().find(|l| l.starts_with("slave0:"));
-    match (master, replica) {
-        (Some(master), Some(line)) => {
-            line.contains("state=online") && field(line, "offset=").is_some_and(|o| o >= master)
-        }
-        _ => false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grant_no_replica_confirms_is_undone_and_unavailable() {
     tokio::time::timeout(LIMIT, async {
@@ -482,7 +461,7 @@ async fn a_grant_no_replica_confirms_is_undone_and_unavailable() {
                 // Acknowledged, not only connected: until the replica's
                 // first ACK (up to a second after its link is up) the
                 // master holds back its stream, so a WAIT then times out.
-                if acked_all(&server.command(&["INFO", "replication"]))
+                if server.replica_acked()
                     && replica
                         .command(&["INFO", "replication"])
                         .contains("master_link_status:up")

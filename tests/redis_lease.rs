@@ -493,3 +493,39 @@ async fn failing_renewals_make_a_lease_suspect_before_it_is_lost() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(g.state(), LeaseState::Lost, "lost stays lost");
 }
+
+/// With `wait_for_replicas`, an extend that no replica confirms lengthens
+/// nothing: it fails with `Unavailable`, and the lease still ends by the
+/// deadline its last confirmed renewal set (the watchdog's renewals are
+/// unconfirmed too once the replica is gone).
+#[tokio::test]
+async fn an_extend_no_replica_confirms_lengthens_nothing() {
+    let server = RedisServer::start();
+    let port = server.port();
+    let mut replica = RedisServer::start_with(move |_, _| {
+        vec!["--replicaof".into(), "127.0.0.1".into(), port.to_string()]
+    });
+    eventually("the replica is online and acknowledging", || {
+        std::future::ready(server.replica_acked())
+    })
+    .await;
+    let ttl = Duration::from_secs(2);
+    let opts = RedisOptions::default()
+        .ttl(ttl)
+        .wait_for_replicas(1, Duration::from_millis(100));
+    let locks = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
+    let g = locks
+        .acquire("extend-unreplicated", Duration::from_secs(1))
+        .await
+        .unwrap();
+    replica.stop();
+    let stopped = Instant::now();
+    let e = g.extend(Duration::from_secs(60)).await.unwrap_err();
+    assert!(e.is_unavailable(), "{e:?}");
+    bounded(g.lost()).await;
+    assert!(
+        stopped.elapsed() <= ttl + Duration::from_millis(500),
+        "lost only {:?} after the replica stopped: the unconfirmed extend lengthened the lease",
+        stopped.elapsed()
+    );
+}

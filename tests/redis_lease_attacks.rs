@@ -9,9 +9,6 @@
 //! PAUSE`), a replica dies between an extend and a renewal. The servers are
 //! private (`RedisServer`); every wait is bounded.
 //!
-//! Tests marked `#[ignore = "..."]` fail today because of a library bug
-//! (the reason names it); they are kept so the fix can be checked with
-//! `cargo test --all-features --test redis_lease_attacks -- --ignored`.
 #![cfg(feature = "redis")]
 
 use std::sync::Arc;
@@ -232,7 +229,6 @@ async fn redis_release_after_the_deadline_reports_lost_even_though_the_key_was_s
 /// not report success (lease invariant 3, which `crate::lease` states for
 /// every lease backend, Redlock included).
 #[tokio::test]
-#[ignore = "bug: RedlockGuard::release_now (src/redis/redlock.rs:1318) never consults the lost signal or the validity; after the validity it reports Ok whenever a majority still had the key"]
 async fn redlock_release_after_the_validity_never_reports_success() {
     let s = redlock_servers(3);
     let ttl = Duration::from_secs(3);
@@ -265,7 +261,6 @@ async fn redlock_release_after_the_validity_never_reports_success() {
 /// renewal was applied on the master all the same. Whoever takes the lock
 /// next must find the holder told.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a renewal applied on the master but not confirmed by WAIT is mapped to Outcome::Refused (src/redis/lease/watchdog.rs:947), and renew() then calls Validity::refused (watchdog.rs:623, validity.rs:135), which drops it as a candidate as if never applied; a 3 s renewal landing after a 9 s extend then no longer bounds the lease: another client gets the lock while the holder says Suspect"]
 async fn an_unreplicated_renewal_landing_after_an_extend_still_bounds_the_lease() {
     let ttl = Duration::from_secs(3);
     let master = RedisServer::start();
@@ -515,7 +510,6 @@ async fn redlock_with_a_paused_majority_goes_suspect_then_lost_and_stays_lost() 
 /// (suspect → held). The spell of suspicion happened; the waiter must not
 /// sleep through it.
 #[tokio::test]
-#[ignore = "bug (minor): Lost::suspect (src/lost.rs:497-510) re-reads the state after the Notify wake-up and goes back to sleep if the lease is Held again, so a Suspect spell shorter than the waiter's scheduling delay is never reported"]
 async fn a_suspect_spell_that_ends_before_the_waiter_runs_still_wakes_it() {
     let d = LeaseDeadline::new(Instant::now() + Duration::from_secs(60));
     let lost = Lost::with_deadline(CancellationToken::new(), d.clone());

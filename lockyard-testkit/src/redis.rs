@@ -138,6 +138,26 @@ impl RedisServer {
         read_value(&mut r, line)
     }
 
+    /// Whether this server (a master) has a replica online that has
+    /// acknowledged everything written so far: until a replica's first ACK
+    /// (up to a second after its link is up) a master holds back its
+    /// stream and a `WAIT` times out, though `connected_slaves` is 1.
+    pub fn replica_acked(&self) -> bool {
+        let info = self.command(&["INFO", "replication"]);
+        let master = info
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        let Some(line) = info.lines().find(|l| l.starts_with("slave0:")) else {
+            return false;
+        };
+        let acked = line
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("offset="))
+            .and_then(|v| v.trim().parse::<i64>().ok());
+        line.contains("state=online") && matches!((master, acked), (Some(m), Some(a)) if a >= m)
+    }
+
     /// Whether the server answers `PING` now.
     pub fn is_up(&self) -> bool {
         ping(self.port)

@@ -206,7 +206,11 @@ macro_rules! lease_guard {
             /// [`LockError::NotHeld`](crate::LockError::NotHeld) (and the
             /// lost signal fires) if it is no longer held;
             /// [`LockError::InvalidArgument`](crate::LockError::InvalidArgument)
-            /// for a TTL the client refuses.
+            /// for a TTL the client refuses;
+            /// [`LockError::Unavailable`](crate::LockError::Unavailable) if
+            /// the server did not answer, or (with `wait_for_replicas`) the
+            /// replicas did not confirm the extend: it then lengthens
+            /// nothing, though it may shorten the lease.
             ///
             /// # Cancel safety
             ///

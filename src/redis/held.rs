@@ -103,20 +103,25 @@ impl Hold {
         let keys: Vec<&str> = self.renew.keys.iter().map(String::as_str).collect();
         let mut args: Vec<&str> = self.renew.args.iter().map(String::as_str).collect();
         args.push(&ms);
+        // With `wait_for_replicas`, the extend is confirmed by WAIT as the
+        // watchdog's renewals are: applied but not replicated, it bounds the
+        // lease and lengthens nothing.
+        let replicas = self.client.options().wait_for_replicas;
         let send = || async {
-            let renewed: i64 = ops::invoke(
+            let (renewed, replicated): (i64, bool) = ops::invoke_replicated(
                 &self.client,
                 &self.resource,
                 "extend",
                 self.renew.script,
                 &keys,
                 &args,
+                replicas,
             )
             .await?;
-            Ok(if renewed == 1 {
-                Renewal::Renewed
-            } else {
-                Renewal::NotOwner
+            Ok(match (renewed, replicated) {
+                (1, true) => Renewal::Renewed,
+                (1, false) => Renewal::Unconfirmed,
+                _ => Renewal::NotOwner,
             })
         };
         let opts = self.client.options();

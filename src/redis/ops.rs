@@ -48,6 +48,48 @@ pub(crate) async fn invoke<T: FromRedisValue>(
         .unwrap_or_else(|_| Err(timed_out(resource, op)))
 }
 
+/// As [`invoke`], then, with `replicas = Some((n, wait))`, `WAIT n wait` on
+/// the same connection (it covers the script's write): returns the script's
+/// reply and whether `n` replicas confirmed it (always `true` without
+/// `replicas`; `false` when the `WAIT` failed).
+///
+/// # Cancel safety
+///
+/// As [`invoke`]: a dropped future's script may still run.
+pub(crate) async fn invoke_replicated<T: FromRedisValue>(
+    client: &RedisLocks,
+    resource: &str,
+    op: &'static str,
+    script: &Script,
+    keys: &[&str],
+    args: &[&str],
+    replicas: Option<(u32, Duration)>,
+) -> Result<(T, bool), LockError> {
+    let key = keys.first().copied().unwrap_or("");
+    let call = client.retry_once(resource, op, |mut conn| async move {
+        let mut inv = script.prepare_invoke();
+        for k in keys {
+            inv.key(*k);
+        }
+        for a in args {
+            inv.arg(*a);
+        }
+        let reply = inv.invoke_async::<T>(&mut conn).await?;
+        let Some((n, wait)) = replicas else {
+            return Ok((reply, true));
+        };
+        let confirmed = match conn.wait_replicas(key, n, wait).await {
+            Ok(redis::Value::Int(c)) => c >= i64::from(n),
+            _ => false,
+        };
+        Ok((reply, confirmed))
+    });
+    let limit = client.options().request_timeout() + replicas.map_or(Duration::ZERO, |(_, w)| w);
+    tokio::time::timeout(limit, call)
+        .await
+        .unwrap_or_else(|_| Err(timed_out(resource, op)))
+}
+
 /// Runs `script` once on `conn` (requests on one connection and its clones
 /// run in order: a cleanup sent after an attempt runs after it). No
 /// timeout of its own: the caller bounds it.

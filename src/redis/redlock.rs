@@ -733,7 +733,7 @@ impl Redlock {
             let validity = outcome.validity(i.ttl, i.drift);
             if granted >= i.quorum && !validity.is_zero() {
                 cleanup.disarm();
-                return Ok(RedlockGuard::new(self, name, token, outcome, validity));
+                return Ok(RedlockGuard::new(self, name, token, outcome));
             }
             // Release everywhere now, including servers whose reply was
             // lost, before deciding what to tell the caller. The cleanup
@@ -1061,17 +1061,13 @@ pub struct RedlockGuard {
 }
 
 impl RedlockGuard {
-    fn new(
-        redlock: &Redlock,
-        name: &str,
-        token: String,
-        outcome: Outcome,
-        validity: Duration,
-    ) -> Self {
+    fn new(redlock: &Redlock, name: &str, token: String, outcome: Outcome) -> Self {
         let inner = redlock.inner.clone();
         let granted: Vec<bool> = outcome.grants.iter().map(Option::is_some).collect();
         let fencing = outcome.grants.iter().flatten().copied().max().unwrap_or(0);
-        let valid_until = LeaseDeadline::new(Instant::now() + validity);
+        // From the attempt's send time, not from now (invariant 1): the
+        // time since the validity was checked must not lengthen it.
+        let valid_until = LeaseDeadline::new(grant_end(outcome.started, inner.ttl, inner.drift));
         let lost = CancellationToken::new();
         let stop = CancellationToken::new();
         tokio::spawn(renew(
@@ -1305,7 +1301,10 @@ impl RedlockGuard {
     ///
     /// # Errors
     ///
-    /// [`LockError::NotHeld`] if no majority confirmed it still held our token; [`LockError::NoQuorum`] when too many servers failed to answer.
+    /// [`LockError::Lost`] if the validity had run out (the keys are deleted
+    /// all the same); [`LockError::NotHeld`] if no majority confirmed it
+    /// still held our token; [`LockError::NoQuorum`] when too many servers
+    /// failed to answer.
     ///
     /// # Cancel safety
     ///
@@ -1317,6 +1316,9 @@ impl RedlockGuard {
 
     async fn release_now(&mut self) -> Result<(), LockError> {
         self.renewal = None;
+        // Read once renewal has stopped: a lock lost (or past its validity)
+        // stays lost, and its release never reports success (invariant 3).
+        let lost = self.is_lost();
         let inner = self.inner.clone();
         let i = &*inner;
         let per_server = per_server_timeout(i.ttl);
@@ -1345,7 +1347,13 @@ impl RedlockGuard {
         }
         let total = i.total();
         let answered = total - errors.len();
-        if confirmed >= i.quorum {
+        if confirmed >= i.quorum && lost {
+            // The keys were still ours and are gone, but the validity had
+            // run out first: someone could have held it meanwhile.
+            Err(LockError::Lost {
+                resource: self.name.clone(),
+            })
+        } else if confirmed >= i.quorum {
             Ok(())
         } else if answered >= i.quorum {
             Err(LockError::NotHeld {

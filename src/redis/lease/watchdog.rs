@@ -96,6 +96,9 @@ pub(crate) struct Expired;
 pub(crate) enum Renewal {
     /// The lease is ours and now runs for the TTL the request carried.
     Renewed,
+    /// Applied, but `WAIT` did not confirm it on enough replicas: a
+    /// failover could undo it.
+    Unconfirmed,
     /// The key is gone or holds another owner.
     NotOwner,
 }
@@ -401,6 +404,21 @@ impl LeaseHandle {
                     resource: self.resource.clone(),
                 });
             }
+            (Ok(Renewal::Unconfirmed), entry, req) => {
+                // Applied: it bounds the lease with its TTL (a shorter
+                // extend shortens it) but lengthens nothing (invariant 2).
+                if let (Some(en), Some(req)) = (entry, req) {
+                    en.validity.unknown(req);
+                    en.publish();
+                }
+                Err(LockError::Unavailable {
+                    resource: self.resource.clone(),
+                    op: "extend",
+                    source: "the replicas did not confirm the extend in time; the lease was not \
+                             lengthened"
+                        .into(),
+                })
+            }
             (Err(e), entry, req) => {
                 if let (Some(en), Some(req)) = (entry, req) {
                     en.validity.unknown(req);
@@ -566,6 +584,10 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
 enum Outcome {
     Renewed,
     NotOwner,
+    /// Applied on the master, but `WAIT` did not confirm it on enough
+    /// replicas: it bounds the lease like a request of unknown outcome (it
+    /// may be the last one applied) and confirms nothing.
+    Unconfirmed,
     /// The server answered with an error: nothing was applied.
     Refused,
     /// No usable answer: it may or may not have been applied.
@@ -618,6 +640,15 @@ async fn renew(
                     shared.counters.lost.fetch_add(1, Ordering::Relaxed);
                     e.lost.cancel();
                 }
+            }
+            Outcome::Unconfirmed => {
+                // Applied: it still counts with its TTL (invariant 2), but a
+                // failover could undo it, so the anchor stays where it was.
+                e.validity.unknown(*req);
+                e.publish();
+                e.end.set_suspect(true);
+                e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
+                e.retrying = true;
             }
             Outcome::Refused => {
                 e.validity.refused(*req);
@@ -944,7 +975,7 @@ fn first_key(lease: &Lease) -> &str {
 /// was not) confirmed by enough replicas.
 fn outcome_of(v: &Value, replicated: bool) -> Outcome {
     match outcome(v) {
-        Outcome::Renewed if !replicated => Outcome::Refused,
+        Outcome::Renewed if !replicated => Outcome::Unconfirmed,
         o => o,
     }
 }
