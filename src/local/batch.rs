@@ -46,6 +46,9 @@
 //! reading one atomic, without taking the lock again (4). The slab entry
 //! belongs to the future only while its ticket says `WAITING` (5), which is
 //! checked under the lock before the entry is touched.
+//! Served tickets are kept under the lock and reused (6), but only once
+//! the future they served has dropped its clone, so a future never reads
+//! a ticket that was reset for somebody else.
 //!
 //! Wakers are collected under the lock and woken after it is released, in
 //! batches, because a waker may call back into the semaphore.
@@ -66,6 +69,7 @@
 //! [`Semaphore`]: super::Semaphore
 //! [`RwLock`]: super::RwLock
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::mem::ManuallyDrop;
@@ -103,6 +107,11 @@ struct Waitlist {
     head: usize,
     /// Back of the queue, or `NIL`.
     tail: usize,
+    /// Tickets of served waiters, oldest first, kept for reuse (invariant
+    /// 6): a contended lock queues and serves a waiter per acquisition, and
+    /// allocating and freeing a ticket for each was the largest cost this
+    /// core added to tokio's under contention.
+    spare: VecDeque<Ticket>,
 }
 
 /// One queued waiter; its slab entry is freed by whoever unlinks it.
@@ -121,7 +130,9 @@ struct Node {
 
 /// The outcome of one queued acquisition, shared between the wait list and
 /// the [`Acquire`] future: `WAITING`, then `SERVED` or `CLOSED`, written
-/// once, under the lock, by whoever unlinks the node. The store is
+/// once, under the lock, by whoever unlinks the node (and reset to
+/// `WAITING` for another waiter only when nobody else holds it, invariant
+/// 6). The store is
 /// `Release` and the future's load `Acquire`: a future that reads `SERVED`
 /// sees everything the permits' previous holders wrote (they released them
 /// before the lock was taken to serve it).
@@ -163,6 +174,7 @@ impl BatchSemaphore {
                 nodes: Slab::new(),
                 head: NIL,
                 tail: NIL,
+                spare: VecDeque::new(),
             }),
         }
     }
@@ -333,6 +345,7 @@ impl BatchSemaphore {
                 }
                 let node = waiters.unlink_and_free(head);
                 node.ticket.store(SERVED, Ordering::Release);
+                waiters.retire(node.ticket);
                 wakers.push(node.waker);
             }
             if waiters.head == NIL {
@@ -385,7 +398,6 @@ impl BatchSemaphore {
 
         // Slow path. What can be made without the lock is made first.
         let waker = cx.waker().clone();
-        let ticket = Arc::new(AtomicUsize::new(WAITING));
         // Lock, then take what the counter has and set `QUEUED` in one CAS:
         // from then on no release adds to the counter (invariant 3), and
         // none can get the lock before this waiter is linked.
@@ -416,6 +428,7 @@ impl BatchSemaphore {
             drop(waiters);
             return Poll::Ready(Ok(()));
         }
+        let ticket = waiters.ticket();
         let key = waiters.push_back(Node {
             needed: n,
             remaining: n - taken,
@@ -495,6 +508,37 @@ impl Waitlist {
         self.tail = key;
         key
     }
+
+    /// A ticket saying `WAITING` for a new waiter: the oldest spare one if
+    /// its last future has let go of it, else a new one.
+    fn ticket(&mut self) -> Ticket {
+        if let Some(mut ticket) = self.spare.pop_front() {
+            // `get_mut` succeeds only once every other clone is dropped, and
+            // it synchronises with those drops (as `Arc::drop` does before
+            // freeing): the old future's last read of the ticket happens
+            // before the store below, so that future never sees `WAITING`
+            // again. Nobody else can read it until the new node is linked,
+            // under the lock, hence `Relaxed`.
+            if Arc::get_mut(&mut ticket).is_some() {
+                ticket.store(WAITING, Ordering::Relaxed);
+                return ticket;
+            }
+            // Its future has not read it yet: keep it for later.
+            self.spare.push_back(ticket);
+        }
+        Arc::new(AtomicUsize::new(WAITING))
+    }
+
+    /// Keeps the ticket of an unlinked node for a later waiter, up to
+    /// `MAX_SPARE` of them.
+    fn retire(&mut self, ticket: Ticket) {
+        if self.spare.len() < Self::MAX_SPARE {
+            self.spare.push_back(ticket);
+        }
+    }
+
+    /// More spare tickets than a burst of waiters served at once needs.
+    const MAX_SPARE: usize = 64;
 
     /// Unlinks a node and frees its slab entry; returns it (with its waker
     /// and ticket, for the caller to use and drop).
