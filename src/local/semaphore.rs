@@ -181,6 +181,7 @@ impl Semaphore {
     }
 
     /// Takes `n` permits, waiting for ever.
+    #[inline]
     async fn take(&self, n: u32) -> Result<Option<Held>, AcquireError> {
         if self.stats.is_none() {
             // Nothing to count: the core's future alone, with no state
@@ -248,6 +249,7 @@ impl Semaphore {
     }
 
     /// Takes `n` permits if free now; counted for a named semaphore.
+    #[inline]
     fn try_take(&self, n: u32) -> Result<Option<Held>, TryAcquireError> {
         let result = self.ll.try_acquire(n as usize);
         let Some(site) = &self.stats else {
@@ -376,8 +378,22 @@ impl Semaphore {
     /// drop(permit);
     /// # }
     /// ```
+    #[inline]
     pub async fn acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        self.acquire_many(1).await
+        // Not `acquire_many(1)` nor `take`: no state machine to poll
+        // through between the caller's and the core's when nothing is
+        // counted.
+        let stats = if self.stats.is_none() {
+            self.ll.acquire(1).await.map_err(|_| AcquireError(()))?;
+            None
+        } else {
+            self.take(1).await?
+        };
+        Ok(SemaphorePermit {
+            semaphore: self,
+            permits: 1,
+            _stats: stats,
+        })
     }
 
     /// Waits for `n` permits, taken together.
@@ -406,8 +422,18 @@ impl Semaphore {
     /// assert_eq!(permit.num_permits(), 3);
     /// # }
     /// ```
+    #[inline]
     pub async fn acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, AcquireError> {
-        let stats = self.take(n).await?;
+        // As `acquire`: the core's future directly when nothing is counted.
+        let stats = if self.stats.is_none() {
+            self.ll
+                .acquire(n as usize)
+                .await
+                .map_err(|_| AcquireError(()))?;
+            None
+        } else {
+            self.take(n).await?
+        };
         Ok(SemaphorePermit {
             semaphore: self,
             permits: n,
@@ -429,6 +455,7 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
+    #[inline]
     pub fn try_acquire(&self) -> Result<SemaphorePermit<'_>, TryAcquireError> {
         self.try_acquire_many(1)
     }
@@ -444,6 +471,7 @@ impl Semaphore {
     /// # Errors
     ///
     /// [`TryAcquireError::NoPermits`] if not enough permits are free or anyone is queued; [`TryAcquireError::Closed`] if the semaphore is closed.
+    #[inline]
     pub fn try_acquire_many(&self, n: u32) -> Result<SemaphorePermit<'_>, TryAcquireError> {
         let stats = self.try_take(n)?;
         Ok(SemaphorePermit {
@@ -801,6 +829,7 @@ impl<'a> SemaphorePermit<'a> {
 }
 
 impl Drop for SemaphorePermit<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.semaphore.ll.release(self.permits as usize);
     }
@@ -905,6 +934,7 @@ impl OwnedSemaphorePermit {
 }
 
 impl Drop for OwnedSemaphorePermit {
+    #[inline]
     fn drop(&mut self) {
         self.semaphore.ll.release(self.permits as usize);
     }
