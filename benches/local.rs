@@ -332,8 +332,8 @@ mod interleaved {
     use super::{multi_thread, work};
 
     /// The rows of the bars: the mixes with readers dropping the guard before
-    /// their work (two, four and eight workers), and with readers holding it
-    /// across an `.await`.
+    /// their work (two, four and eight workers), with readers holding it
+    /// across an `.await`, and the uncontended paths.
     const DEFAULT_ROWS: &[&str] = &[
         "drop:8:2",
         "drop:2:2",
@@ -343,6 +343,10 @@ mod interleaved {
         "await:8:2",
         "await:2:2",
         "await:32:2",
+        "uncontended:sem",
+        "uncontended:try",
+        "uncontended:read",
+        "uncontended:write",
     ];
     const DEFAULT_ROUNDS: usize = 200;
     /// Acquisitions per task in one run.
@@ -561,9 +565,9 @@ mod interleaved {
             }
             None => DEFAULT_ROUNDS,
         };
-        let mut rows: Vec<Row> = args.map(|a| Row::parse(a)).collect();
+        let mut rows: Vec<&str> = args.map(String::as_str).collect();
         if rows.is_empty() {
-            rows = DEFAULT_ROWS.iter().map(|r| Row::parse(r)).collect();
+            rows = DEFAULT_ROWS.to_vec();
         }
         println!(
             "{rounds} interleaved rounds per row; ratios: median [inter-quartile range] of per-round ratios"
@@ -573,15 +577,77 @@ mod interleaved {
         );
         println!("|---|---|---|---|---|---|---|");
         for row in rows {
-            interleave(row, rounds);
+            match row.strip_prefix("uncontended:") {
+                Some(op) => uncontended(op, rounds),
+                None => contended(Row::parse(row), rounds),
+            }
         }
     }
 
-    fn interleave(row: Row, rounds: usize) {
+    fn contended(row: Row, rounds: usize) {
         let rt = multi_thread(row.workers);
         let ours = Arc::new(<lockyard::local::RwLock<u64> as Rw>::new());
         let theirs = Arc::new(<tokio::sync::RwLock<u64> as Rw>::new());
         let al = Arc::new(<async_lock::RwLock<u64> as Rw>::new());
+        interleave(&row.to_string(), rounds, |which| match which {
+            0 => run(&rt, &ours, row),
+            1 => run(&rt, &theirs, row),
+            _ => run(&rt, &al, row),
+        });
+    }
+
+    /// Operations per uncontended run.
+    const UNCONTENDED_OPS: usize = 10_000;
+
+    /// `uncontended:OP`: one task on a current-thread runtime does `OP`
+    /// (`sem`: acquire and release one permit of a semaphore of one;
+    /// `try`: the same with `try_acquire`; `read`, `write`: of an RW lock)
+    /// `UNCONTENDED_OPS` times.
+    fn uncontended(op: &str, rounds: usize) {
+        let rt = super::current_thread();
+        let (s0, s1, s2) = (
+            lockyard::local::Semaphore::new(1),
+            tokio::sync::Semaphore::new(1),
+            async_lock::Semaphore::new(1),
+        );
+        let (l0, l1, l2) = (
+            lockyard::local::RwLock::new(0u64),
+            tokio::sync::RwLock::new(0u64),
+            async_lock::RwLock::new(0u64),
+        );
+        macro_rules! time {
+            ($body:expr) => {
+                rt.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..UNCONTENDED_OPS {
+                        $body;
+                    }
+                    start.elapsed()
+                })
+            };
+        }
+        interleave(&format!("uncontended:{op}"), rounds, |which| {
+            match (op, which) {
+                ("sem", 0) => time!(drop(black_box(s0.acquire().await))),
+                ("sem", 1) => time!(drop(black_box(s1.acquire().await))),
+                ("sem", _) => time!(drop(black_box(s2.acquire().await))),
+                ("try", 0) => time!(drop(black_box(s0.try_acquire()))),
+                ("try", 1) => time!(drop(black_box(s1.try_acquire()))),
+                ("try", _) => time!(drop(black_box(s2.try_acquire()))),
+                ("read", 0) => time!(black_box(*l0.read().await)),
+                ("read", 1) => time!(black_box(*l1.read().await)),
+                ("read", _) => time!(black_box(*l2.read().await)),
+                ("write", 0) => time!(*l0.write().await += 1),
+                ("write", 1) => time!(*l1.write().await += 1),
+                ("write", _) => time!(*l2.write().await += 1),
+                _ => panic!("uncontended:{op}: OP is sem, try, read or write"),
+            }
+        });
+    }
+
+    /// Runs `run_one(0)` (lockyard), `run_one(1)` (tokio) and `run_one(2)`
+    /// (async-lock) `rounds` times, the order rotating, and prints a row.
+    fn interleave(label: &str, rounds: usize, mut run_one: impl FnMut(usize) -> Duration) {
         let load_before = load_average();
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
@@ -589,11 +655,7 @@ mod interleaved {
             let mut times = [0.0; 3];
             for k in 0..3 {
                 let which = (round + k) % 3;
-                times[which] = us(match which {
-                    0 => run(&rt, &ours, row),
-                    1 => run(&rt, &theirs, row),
-                    _ => run(&rt, &al, row),
-                });
+                times[which] = us(run_one(which));
             }
             a.push(times[0]);
             b.push(times[1]);
@@ -604,7 +666,7 @@ mod interleaved {
         let [t1, t2, t3] = quartiles(&mut r_tokio);
         let [a1, a2, a3] = quartiles(&mut r_al);
         println!(
-            "| {row} | {t2:.2} [{t1:.2}–{t3:.2}] | {a2:.2} [{a1:.2}–{a3:.2}] | {:.0} | {:.0} | {:.0} | {load_before} → {} |",
+            "| {label} | {t2:.2} [{t1:.2}–{t3:.2}] | {a2:.2} [{a1:.2}–{a3:.2}] | {:.0} | {:.0} | {:.0} | {load_before} → {} |",
             quartiles(&mut a)[1],
             quartiles(&mut b)[1],
             quartiles(&mut c)[1],
