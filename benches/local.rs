@@ -415,9 +415,10 @@ mod interleaved {
     /// The three RW locks, behind one face.
     trait Rw: Send + Sync + 'static {
         fn new() -> Self;
-        /// Reads; with `hold`, across a yield.
-        fn read(&self, hold: bool) -> impl Future<Output = ()> + Send + '_;
-        fn write(&self) -> impl Future<Output = ()> + Send + '_;
+        /// Reads; with `hold`, across a yield. With `count`, the acquisition
+        /// is counted in [`WAITS`].
+        fn read(&self, hold: bool, count: bool) -> impl Future<Output = ()> + Send + '_;
+        fn write(&self, count: bool) -> impl Future<Output = ()> + Send + '_;
     }
 
     macro_rules! rw {
@@ -427,16 +428,25 @@ mod interleaved {
                     <$ty>::new(0)
                 }
 
-                async fn read(&self, hold: bool) {
-                    let guard = <$ty>::read(self).await;
+                async fn read(&self, hold: bool, count: bool) {
+                    let guard = if count {
+                        first_poll(<$ty>::read(self)).await
+                    } else {
+                        <$ty>::read(self).await
+                    };
                     black_box(*guard);
                     if hold {
                         tokio::task::yield_now().await;
                     }
                 }
 
-                async fn write(&self) {
-                    *<$ty>::write(self).await += 1;
+                async fn write(&self, count: bool) {
+                    let mut guard = if count {
+                        first_poll(<$ty>::write(self)).await
+                    } else {
+                        <$ty>::write(self).await
+                    };
+                    *guard += 1;
                 }
             }
         };
@@ -467,17 +477,9 @@ mod interleaved {
                     tokio::spawn(async move {
                         for _ in 0..ROUNDS_PER_TASK {
                             if mix.write(row.n) {
-                                if COUNT {
-                                    first_poll(lock.write()).await;
-                                } else {
-                                    lock.write().await;
-                                }
+                                lock.write(COUNT).await;
                             } else {
-                                if COUNT {
-                                    first_poll(lock.read(hold)).await;
-                                } else {
-                                    lock.read(hold).await;
-                                }
+                                lock.read(hold, COUNT).await;
                                 work();
                             }
                         }
