@@ -66,6 +66,20 @@
 //! behind on another. Invariants 3 and 4 take the lock off the two most
 //! frequent paths instead of tuning the mutex.
 //!
+//! Instruction counts under contention (callgrind,
+//! `cargo bench --bench local -- instructions`, readers holding the lock
+//! across an `.await`, so that every acquisition waits) then showed what
+//! this core still paid over tokio's, whose waiters are intrusive nodes in
+//! the futures: a ticket allocated and freed per wait, a pass over all 32
+//! slots of the wake list after every locked release, and a wake list made
+//! even when a release only brings a waiting writer closer. Spare tickets
+//! (6), a wake list that drops only what it holds, and that early return
+//! took the RW lock from 1.11–1.17 to 0.97–1.01 of tokio's instructions
+//! per acquisition there. Two usual suspects are absent by construction:
+//! no waiter is woken before it has all it asked for, and a release walks
+//! the queue once. Putting the counter and the wait list on separate cache
+//! lines changed nothing measurable, so they stay side by side.
+//!
 //! [`Semaphore`]: super::Semaphore
 //! [`RwLock`]: super::RwLock
 
