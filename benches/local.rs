@@ -28,7 +28,15 @@
 //! `WORKERS` worker threads. Workload `drop` is 64 tasks whose readers drop
 //! the guard before a little work; `await` is 48 tasks whose readers hold
 //! the guard across a `tokio::task::yield_now().await`, then drop it and do
-//! the same work.
+//! the same work. A row `uncontended:OP` times one task doing `OP` (`sem`,
+//! `try`, `read` or `write`) 10,000 times on a current-thread runtime.
+//!
+//! # Fairness
+//!
+//! `fairness [ROW...]` plays three hand-offs step by step on one thread
+//! for each lock (does a later arrival get the lock first?), then counts
+//! the acquisitions of each contended row that were not ready at their
+//! first poll.
 //!
 //! # Instruction counts
 //!
@@ -36,7 +44,10 @@
 //! `tokio` or `async_lock`) and nothing else, for callgrind, whose
 //! instruction counts repeat under any load; the difference between `RUNS`
 //! and `0`, divided by the acquisitions, is the cost of one
-//! acquire-and-release pair under contention:
+//! acquire-and-release pair under contention (with the task's share of the
+//! work and of the scheduler). callgrind runs one thread at a time, so in
+//! the `drop` rows an acquisition seldom waits there; in the `await` rows
+//! nearly every one does:
 //!
 //! ```text
 //! cargo bench --bench local --no-run   # prints the binary's path
