@@ -772,29 +772,50 @@ mod interleaved {
             );
         }
         println!();
-        println!("| row | acquisitions that waited: lockyard | tokio | async-lock |");
-        println!("|---|---|---|---|");
-        const RUNS: usize = 20;
+        println!(
+            "| row | acquisitions that waited (mean µs per run): lockyard | tokio | async-lock | load |"
+        );
+        println!("|---|---|---|---|---|");
+        // Interleaved as the timed rows are, so that all three locks see
+        // the same load: whether the workers really run at once decides how
+        // often anybody waits.
+        const RUNS: usize = 60;
         for row in rows {
             let rt = multi_thread(row.workers);
-            let mut cells = Vec::new();
-            fn waited<L: Rw>(rt: &tokio::runtime::Runtime, row: Row) -> f64 {
-                let lock = Arc::new(L::new());
-                WAITS[0].store(0, Relaxed);
-                WAITS[1].store(0, Relaxed);
-                for _ in 0..RUNS {
-                    run_counting::<L, true>(rt, &lock, row);
+            let l0 = Arc::new(<lockyard::local::RwLock<u64> as Rw>::new());
+            let l1 = Arc::new(<tokio::sync::RwLock<u64> as Rw>::new());
+            let l2 = Arc::new(<async_lock::RwLock<u64> as Rw>::new());
+            // Per lock: acquisitions, those that waited, µs.
+            let mut totals = [(0usize, 0usize, 0.0f64); 3];
+            for round in 0..RUNS {
+                for k in 0..3 {
+                    let which = (round + k) % 3;
+                    WAITS[0].store(0, Relaxed);
+                    WAITS[1].store(0, Relaxed);
+                    let took = match which {
+                        0 => run_counting::<_, true>(&rt, &l0, row),
+                        1 => run_counting::<_, true>(&rt, &l1, row),
+                        _ => run_counting::<_, true>(&rt, &l2, row),
+                    };
+                    let t = &mut totals[which];
+                    t.0 += WAITS[0].load(Relaxed);
+                    t.1 += WAITS[1].load(Relaxed);
+                    t.2 += took.as_secs_f64() * 1e6;
                 }
-                WAITS[1].load(Relaxed) as f64 / WAITS[0].load(Relaxed) as f64
             }
-            cells.push(waited::<lockyard::local::RwLock<u64>>(&rt, row));
-            cells.push(waited::<tokio::sync::RwLock<u64>>(&rt, row));
-            cells.push(waited::<async_lock::RwLock<u64>>(&rt, row));
+            let cell = |(seen, waited, us): (usize, usize, f64)| {
+                format!(
+                    "{:.1} % ({:.0} µs)",
+                    waited as f64 * 100.0 / seen as f64,
+                    us / RUNS as f64
+                )
+            };
             println!(
-                "| {row} | {:.1} % | {:.1} % | {:.1} % |",
-                cells[0] * 100.0,
-                cells[1] * 100.0,
-                cells[2] * 100.0
+                "| {row} | {} | {} | {} | {} |",
+                cell(totals[0]),
+                cell(totals[1]),
+                cell(totals[2]),
+                load_average()
             );
         }
     }
