@@ -438,6 +438,15 @@ impl BatchSemaphore {
             if take < n {
                 next |= Self::QUEUED;
             }
+            if next == curr {
+                // Others already queued: nothing to take and `QUEUED` is
+                // set, so there is nothing to write. The value read under
+                // the lock is still true: with `QUEUED` set the counter is
+                // empty (invariant 2) and only lock holders change it
+                // (invariant 3). Skipping the compare-and-swap spares the
+                // busiest cache line a write per queued waiter.
+                break 0;
+            }
             match self.permits.compare_exchange_weak(
                 curr,
                 next,
