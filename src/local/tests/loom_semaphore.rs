@@ -200,3 +200,35 @@ fn blocking_and_async_acquirers_mix() {
         assert_eq!(semaphore.available_permits(), 1);
     });
 }
+
+/// A served waiter's ticket goes back to the queue for reuse while its
+/// future may not have read it yet; a later waiter gets it only once that
+/// future has let go of it. So the served future completes (it never sees
+/// the ticket reset to `WAITING` for the next one), the later waiter is
+/// served by the first one's release, and no permit is lost or doubled.
+#[test]
+fn served_ticket_is_reused_only_after_its_future_lets_go() {
+    loom::model(|| {
+        let semaphore = Arc::new(Semaphore::new(0));
+        let (queued_tx, queued_rx) = loom::sync::mpsc::channel::<()>();
+        let first = {
+            let semaphore = semaphore.clone();
+            thread::spawn(move || {
+                let mut acquire = pin!(semaphore.acquire());
+                assert!(poll_once(&mut acquire).is_pending());
+                queued_tx.send(()).unwrap();
+                let permit = block_on(acquire).unwrap();
+                drop(permit);
+            })
+        };
+        queued_rx.recv().unwrap();
+        // Serves `first` and keeps its ticket as a spare.
+        semaphore.add_permits(1);
+        // Queues (unless `first` has already released), with `first`'s
+        // ticket if `first` is done with it.
+        let permit = block_on(semaphore.acquire()).unwrap();
+        drop(permit);
+        first.join().unwrap();
+        assert_eq!(semaphore.available_permits(), 1);
+    });
+}
