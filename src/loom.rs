@@ -5,7 +5,7 @@
 //! `RUSTFLAGS="--cfg lockyard_loom" cargo test --release --lib -- loom`
 //! model-checks it with [loom](https://docs.rs/loom): the in-process
 //! semaphore core (`local/batch.rs`) and the file backend's kernel-waiter
-//! hand-shake (`file/interrupt.rs`, `ThreadCtl`: a cancel is never lost
+//! hand-shake (`file/kernel/interrupt.rs`, `ThreadCtl`: a cancel is never lost
 //! against a waiter about to block).
 //!
 //! Not everything goes through it, and that is deliberate: `static`s need

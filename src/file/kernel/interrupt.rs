@@ -36,7 +36,7 @@
 use crate::loom::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(doc)]
-use super::WaitStrategy;
+use crate::file::options::WaitStrategy;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A waiter thread as seen by whoever may want to interrupt it.
@@ -298,7 +298,7 @@ struct Interrupter {
 fn interrupter() -> &'static Interrupter {
     static IT: Mutex<Option<(u32, &'static Interrupter)>> = Mutex::new(None);
     let mut it = lock(&IT);
-    let pid = super::process::id();
+    let pid = crate::file::process::id();
     match *it {
         Some((owner, found)) if owner == pid => found,
         _ => {

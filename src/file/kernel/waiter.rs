@@ -1,5 +1,5 @@
 //! The waiter thread of one contended name: waits in the kernel (see
-//! [`super::wait`]) for the wanters queued in its [`Slot`], re-asks in the
+//! [`super::wait`]) for the wanters queued in its [`KernelSide`], re-asks in the
 //! mode they need when they change, and hands the lock to those still there
 //! (or gives it back at once when nobody is left).
 //!
@@ -13,28 +13,27 @@
 //!
 //! # Layering
 //!
-//! Uses `slot.rs` (the state it serves), `wait.rs`, `lockfile.rs`; started
-//! through the [`WaiterBody`](super::slot::WaiterBody) the manager gives
-//! each slot.
+//! Uses `side.rs` (the state it serves), `held.rs`, `wait.rs`, the lock
+//! file; started by `take.rs` on the kernel threads (`threads.rs`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::interrupt::ThreadCtl;
-use super::lockfile::LockFile;
-use super::options::WaitStrategy;
-use super::slot::{
-    HeldFd, KernelState, MAX_REPLACED, SharedError, Slot, Waiter, needed_mode, replaced_too_often,
+use super::side::{
+    KernelSide, KernelState, MAX_REPLACED, SharedError, Waiter, needed_mode, replaced_too_often,
 };
 use super::wait;
 use crate::error::LockError;
+use crate::file::disk::lockfile::LockFile;
+use crate::file::options::WaitStrategy;
 use crate::options::Mode;
 
 /// The waiter thread leaves its post: called under the state lock, in the
 /// critical section that decides it, so a new waiter thread can only be
 /// started (and counted) after this one stopped counting.
-fn retire(slot: &Slot, st: &mut KernelState, ctl: &ThreadCtl) -> Option<Waiter> {
-    slot.waiter_threads.fetch_sub(1, Ordering::AcqRel);
+fn retire(side: &KernelSide, st: &mut KernelState, ctl: &ThreadCtl) -> Option<Waiter> {
+    side.waiter_threads.fetch_sub(1, Ordering::AcqRel);
     ctl.unbind();
     st.waiter.take()
 }
@@ -46,25 +45,24 @@ enum Next {
 }
 
 /// The body of the dedicated waiter thread of one name.
-pub(crate) fn run(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockFile) {
-    ctl.bind_current_thread(slot.strategy == WaitStrategy::Signal);
+pub(crate) fn run(side: Arc<KernelSide>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: LockFile) {
+    ctl.bind_current_thread(side.strategy == WaitStrategy::Signal);
     let mut file = Some(first);
     let mut replaced = 0;
     loop {
         let f = match file.take() {
             Some(f) => f,
-            None => match slot.open_file() {
-                Ok(Some(f)) => f,
-                Ok(None) => unreachable!("Access::Create never returns None"),
-                Err(e) => return fail(&slot, &ctl, e),
+            None => match side.open_file() {
+                Ok(f) => f,
+                Err(e) => return fail(&side, &ctl, e),
             },
         };
-        let locked = match wait::wait_once(&f, mode, &ctl, slot.strategy) {
+        let locked = match wait::wait_once(&f, mode, &ctl, side.strategy) {
             Ok(locked) => locked,
-            Err(e) => return fail(&slot, &ctl, e),
+            Err(e) => return fail(&side, &ctl, e),
         };
         if !locked {
-            match after_interrupt(&slot, &ctl) {
+            match after_interrupt(&side, &ctl) {
                 Next::Continue(m, _) => {
                     mode = m;
                     file = Some(f);
@@ -73,19 +71,19 @@ pub(crate) fn run(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: L
                 Next::Exit => return,
             }
         }
-        match f.still_at_path(&slot.dir) {
+        match f.still_at_path(&side.dir) {
             Ok(true) => {}
             Ok(false) => {
                 replaced += 1;
                 if replaced >= MAX_REPLACED {
-                    return fail(&slot, &ctl, replaced_too_often(&slot.path));
+                    return fail(&side, &ctl, replaced_too_often(&side.path));
                 }
-                tracing::debug!(path = %slot.path.display(), "lock file was replaced while waiting; retrying");
+                tracing::debug!(path = %side.path.display(), "lock file was replaced while waiting; retrying");
                 continue; // drops `f`, which unlocks it
             }
-            Err(e) => return fail(&slot, &ctl, e),
+            Err(e) => return fail(&side, &ctl, e),
         }
-        match deliver(&slot, &ctl, mode, f) {
+        match deliver(&side, &ctl, mode, f) {
             Next::Continue(m, f) => {
                 mode = m;
                 file = f;
@@ -97,14 +95,14 @@ pub(crate) fn run(slot: Arc<Slot>, ctl: Arc<ThreadCtl>, mut mode: Mode, first: L
 
 /// After an interruption: exit if nobody wants the lock any more, else ask
 /// again in the mode the remaining wanters need.
-fn after_interrupt(slot: &Slot, ctl: &ThreadCtl) -> Next {
-    let mut st = slot.state();
+fn after_interrupt(side: &KernelSide, ctl: &ThreadCtl) -> Next {
+    let mut st = side.state();
     let Some(w) = st.waiter.as_mut() else {
         return Next::Exit; // unreachable: the state lives as long as its thread
     };
     w.wanters.retain(|w| !w.tx.is_closed());
     if w.wanters.is_empty() {
-        retire(slot, &mut st, ctl);
+        retire(side, &mut st, ctl);
         return Next::Exit;
     }
     ctl.revoke_cancel();
@@ -113,8 +111,8 @@ fn after_interrupt(slot: &Slot, ctl: &ThreadCtl) -> Next {
 }
 
 /// Holding the lock: hand it to the wanters still there, or give it back.
-fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
-    let mut st = slot.state();
+fn deliver(side: &KernelSide, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
+    let mut st = side.state();
     let Some(w) = st.waiter.as_mut() else {
         // Unreachable (the state lives as long as its thread); be safe.
         drop(st);
@@ -123,7 +121,7 @@ fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
     };
     w.wanters.retain(|w| !w.tx.is_closed());
     if w.wanters.is_empty() {
-        retire(slot, &mut st, ctl);
+        retire(side, &mut st, ctl);
         drop(st);
         // Nobody wants it any more: give it back at once.
         let _ = f.unlock();
@@ -146,16 +144,16 @@ fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
         mode = Mode::Shared;
     }
     let wanters = std::mem::take(&mut w.wanters);
-    let held = Arc::new(HeldFd::new(f, mode, slot));
-    st.held = Arc::downgrade(&held);
-    retire(slot, &mut st, ctl);
+    let held = side.held(&mut st, f, mode);
+    retire(side, &mut st, ctl);
     drop(st);
     // One share per wanter and none kept here: the last wanter gets `held`
     // itself. Were this thread to keep a share until it returned, a holder
     // that dropped its guard at once would leave the kernel lock held for
     // a moment longer (by this thread), and a `try_acquire` right after its
     // drop could fail with `WouldBlock`.
-    let mut shares: Vec<Arc<HeldFd>> = (1..wanters.len()).map(|_| held.clone()).collect();
+    let mut shares: Vec<Arc<super::held::KernelLock>> =
+        (1..wanters.len()).map(|_| held.clone()).collect();
     shares.push(held);
     for (w, share) in wanters.into_iter().zip(shares) {
         // A wanter that left just now drops its share with the receiver
@@ -165,10 +163,10 @@ fn deliver(slot: &Arc<Slot>, ctl: &ThreadCtl, mode: Mode, f: LockFile) -> Next {
     Next::Exit
 }
 
-fn fail(slot: &Slot, ctl: &ThreadCtl, e: LockError) {
+fn fail(side: &KernelSide, ctl: &ThreadCtl, e: LockError) {
     let e = SharedError(Arc::new(e));
-    let mut st = slot.state();
-    let wanters = retire(slot, &mut st, ctl)
+    let mut st = side.state();
+    let wanters = retire(side, &mut st, ctl)
         .map(|w| w.wanters)
         .unwrap_or_default();
     drop(st);
