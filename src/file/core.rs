@@ -23,7 +23,7 @@ use tokio::sync::RwLock;
 use super::disk::dir::LockDir;
 use super::disk::scan;
 use super::guard::{FileLockGuard, QueuePlace};
-use super::kernel::{KernelLock, KernelSide, Start, TryOutcome};
+use super::kernel::{KernelSide, Start, TryOutcome};
 use super::options::FileLockOptions;
 use crate::error::LockError;
 use crate::options::{AcquireOptions, Deadline, Mode};
@@ -193,6 +193,7 @@ async fn take(
 ) -> Result<FileLockGuard, LockError> {
     let mode = options.mode;
     let kernel = &slot.kernel;
+    let name_arc: Arc<str> = Arc::from(name);
     let deadline = Deadline::after(options.timeout);
     let once = try_only || options.timeout == Some(Duration::ZERO);
     let busy = || contended(name, kernel, try_only, &deadline);
@@ -225,14 +226,14 @@ async fn take(
 
     // Level 2: the kernel lock. If the queue used up the time, the kernel
     // still gets one non-blocking attempt.
-    let held = if once || deadline.expired() {
+    let (held, owner) = if once || deadline.expired() {
         match kernel.try_take(mode)? {
-            TryOutcome::Acquired(held) => held,
+            TryOutcome::Acquired(held) => (held, None),
             TryOutcome::Busy => return Err(busy()),
         }
     } else {
-        match kernel.start(mode)? {
-            Start::Acquired(held) => held,
+        match kernel.start(mode, &name_arc)? {
+            Start::Acquired(held) => (held, None),
             Start::Queued(mut ticket) => {
                 attempt.contended();
                 // Finding the holder costs system calls (the record,
@@ -251,7 +252,10 @@ async fn take(
                 loop {
                     tokio::select! {
                         biased;
-                        r = ticket.handed() => break r?,
+                        r = ticket.handed() => {
+                            let handed = r?;
+                            break (handed.kernel, handed.owner);
+                        }
                         () = deadline.sleep() => {
                             drop(ticket);
                             return Err(busy());
@@ -273,13 +277,17 @@ async fn take(
             }
         }
     };
-    let owner = Owner::current(mode);
-    record(&held, &owner, name, mode);
+    // The waiter thread wrote the record of a lock it handed over.
+    let owner = owner.unwrap_or_else(|| {
+        let owner = super::process::owner(mode);
+        held.record(&owner, name, mode);
+        owner
+    });
     Ok(FileLockGuard::new(
         held,
         place,
         kernel.clone(),
-        Arc::from(name),
+        name_arc,
         mode,
         owner,
     ))
@@ -299,31 +307,6 @@ fn try_queue(slot: &Slot, mode: Mode) -> Option<QueuePlace> {
             .try_write_owned()
             .ok()
             .map(QueuePlace::Exclusive),
-    }
-}
-
-/// Writes the owner record once per kernel acquisition. A failure to write
-/// it does not fail the acquisition (the lock is held; the record is only
-/// informational): it is logged.
-fn record(held: &KernelLock, owner: &Owner, name: &str, mode: Mode) {
-    if !held.claim_record() {
-        return;
-    }
-    let Some(file) = held.file() else { return };
-    match file.write_record(owner, name, mode) {
-        Ok(true) => {}
-        Ok(false) if file.writable => tracing::debug!(
-            resource = name,
-            path = %file.path.display(),
-            "the lock file holds something other than a lockyard record: no record written"
-        ),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(
-            resource = name,
-            path = %file.path.display(),
-            error = %e,
-            "could not write the owner record into the lock file"
-        ),
     }
 }
 

@@ -7,6 +7,7 @@ use crate::error::LockError;
 use crate::file::disk::idle::IdleKey;
 use crate::file::disk::lockfile::LockFile;
 use crate::options::Mode;
+use crate::owner::Owner;
 
 /// A kernel lock held by this process: unlocked when the last `Arc` goes,
 /// its descriptor then parked in the process-wide cache under its name's
@@ -39,14 +40,31 @@ impl KernelLock {
         }
     }
 
-    /// `true` exactly once: for the holder that writes the owner record.
-    pub(crate) fn claim_record(&self) -> bool {
-        !self.recorded.swap(true, Ordering::AcqRel)
-    }
-
-    /// The locked file.
-    pub(crate) fn file(&self) -> Option<&LockFile> {
-        self.file.as_ref()
+    /// Writes the owner record, once per kernel acquisition (the first
+    /// holder's). A failure to write it does not fail the acquisition (the
+    /// lock is held; the record is only informational): it is logged.
+    pub(crate) fn record(&self, owner: &Owner, name: &str, mode: Mode) {
+        if self.recorded.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Some(file) = self.file.as_ref() else {
+            return;
+        };
+        match file.write_record(owner, name, mode) {
+            Ok(true) => {}
+            Ok(false) if file.writable => tracing::debug!(
+                resource = name,
+                path = %file.path.display(),
+                "the lock file holds something other than a lockyard record: no record written"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(
+                resource = name,
+                path = %file.path.display(),
+                error = %e,
+                "could not write the owner record into the lock file"
+            ),
+        }
     }
 
     /// Unlocks now, reporting errors.

@@ -7,10 +7,12 @@
 //!
 //! `interrupt.rs` (a blocked `flock` interrupted), `threads.rs` (the kernel
 //! threads, kept alive between waits), `wait.rs` (one kernel wait),
-//! `held.rs` ([`KernelLock`]), `side.rs` (a name's kernel state),
+//! `held.rs` ([`KernelLock`]), `handoff.rs` (one value to a waiting task),
+//! `side.rs` (a name's kernel state machine),
 //! `waiter.rs` (the waiter thread's body), `take.rs` (the entry points).
 //! Below all of them: the disk side and the process identity.
 
+mod handoff;
 mod held;
 mod interrupt;
 mod side;

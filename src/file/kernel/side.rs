@@ -47,11 +47,10 @@
 //! thread) and `take.rs` (the entry points) are above it.
 
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
-use tokio::sync::oneshot;
-
+use super::handoff;
 use super::held::KernelLock;
 use super::interrupt::ThreadCtl;
 use crate::error::LockError;
@@ -59,7 +58,9 @@ use crate::file::disk::dir::LockDir;
 use crate::file::disk::idle::IdleKey;
 use crate::file::disk::lockfile::{Access, LockFile};
 use crate::file::options::WaitStrategy;
+use crate::loom::sync::{Mutex, MutexGuard};
 use crate::options::Mode;
+use crate::owner::Owner;
 
 /// How many times an acquisition retries when the file it locked was
 /// replaced (removed by a cleanup) before giving up.
@@ -84,18 +85,30 @@ pub(crate) struct KernelSide {
     pub(crate) idle: Arc<IdleKey>,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct KernelState {
+/// The state machine of one name's kernel side, under `KernelSide::state`.
+/// Its transitions are the methods below; `H` is what the waiter hands
+/// over (a [`Handed`] kernel lock; something simpler in the loom models).
+#[derive(Debug)]
+pub(crate) struct KernelState<H = Handed> {
     /// The kernel lock held by this process's holders, if any.
     pub(crate) held: Weak<KernelLock>,
-    pub(crate) waiter: Option<Waiter>,
+    pub(crate) waiter: Option<Waiter<H>>,
+}
+
+impl<H> Default for KernelState<H> {
+    fn default() -> Self {
+        Self {
+            held: Weak::new(),
+            waiter: None,
+        }
+    }
 }
 
 /// The waiter thread of a name, as its state sees it.
 #[derive(Debug)]
-pub(crate) struct Waiter {
+pub(crate) struct Waiter<H = Handed> {
     pub(crate) ctl: Arc<ThreadCtl>,
-    pub(crate) wanters: Vec<Wanter>,
+    pub(crate) wanters: Vec<Wanter<H>>,
     /// The mode the thread asks the kernel for (or is about to). When the
     /// wanters come to need another one (the last exclusive wanter left, or
     /// an exclusive one arrived behind shared ones), the thread is
@@ -103,7 +116,7 @@ pub(crate) struct Waiter {
     pub(crate) asking: Mode,
 }
 
-impl Waiter {
+impl<H> Waiter<H> {
     /// Asks the thread to re-ask the kernel if the wanters that remain
     /// need another mode than the one it asks for (or nobody is left);
     /// withdraws that request when the current wait fits again.
@@ -118,9 +131,116 @@ impl Waiter {
 
 /// A task waiting for the waiter thread's hand-off.
 #[derive(Debug)]
-pub(crate) struct Wanter {
+pub(crate) struct Wanter<H = Handed> {
     pub(crate) mode: Mode,
-    pub(crate) tx: oneshot::Sender<Result<Arc<KernelLock>, SharedError>>,
+    /// The resource name, for the owner record.
+    pub(crate) name: Arc<str>,
+    pub(crate) tx: handoff::Sender<Result<H, SharedError>>,
+}
+
+/// What the waiter thread hands a wanter: a share of the kernel lock and,
+/// for the wanter whose owner record it wrote, that owner.
+#[derive(Debug)]
+pub(crate) struct Handed {
+    pub(crate) kernel: Arc<KernelLock>,
+    pub(crate) owner: Option<Owner>,
+}
+
+/// What the waiter does with a lock the kernel granted.
+#[derive(Debug)]
+pub(crate) enum Granted<H = Handed> {
+    /// Nobody wants it any more: unlock it and exit.
+    GiveBack,
+    /// The wanters need another mode: unlock and ask for this one.
+    AskAgain(Mode),
+    /// Hand it, held in this mode, to these wanters, in order.
+    HandOver(Vec<Wanter<H>>, Mode),
+}
+
+impl<H> KernelState<H> {
+    /// A task joins the waiter's wanters: `Err` hands the wanter back when
+    /// no waiter runs (the caller starts one with [`begin_wait`](Self::begin_wait)).
+    pub(crate) fn join(&mut self, wanter: Wanter<H>) -> Result<(), Wanter<H>> {
+        let Some(waiter) = self.waiter.as_mut() else {
+            return Err(wanter);
+        };
+        waiter.wanters.push(wanter);
+        waiter.refit();
+        Ok(())
+    }
+
+    /// A waiter thread (`ctl`) is about to start for `wanter`.
+    pub(crate) fn begin_wait(&mut self, ctl: Arc<ThreadCtl>, wanter: Wanter<H>) {
+        self.waiter = Some(Waiter {
+            ctl,
+            asking: wanter.mode,
+            wanters: vec![wanter],
+        });
+    }
+
+    /// Wanters stopped waiting: forget them, and have the waiter ask again
+    /// if those left need another mode (or none is left).
+    pub(crate) fn withdraw(&mut self) {
+        if let Some(w) = self.waiter.as_mut() {
+            w.wanters.retain(|w| !w.tx.is_closed());
+            w.refit();
+        }
+    }
+
+    /// The waiter's kernel wait was interrupted: `None` if nobody wants the
+    /// lock any more (it retires), else the mode to ask for now.
+    pub(crate) fn on_interrupt(&mut self) -> Option<Mode> {
+        let w = self.waiter.as_mut()?;
+        w.wanters.retain(|w| !w.tx.is_closed());
+        if w.wanters.is_empty() {
+            return None;
+        }
+        w.ctl.revoke_cancel();
+        w.asking = needed_mode(&w.wanters);
+        Some(w.asking)
+    }
+
+    /// The kernel granted the waiter the lock in `mode`. Held exclusive for
+    /// wanters that are all shared now, it is converted
+    /// (`convert_to_shared`, a non-blocking `LOCK_SH`), so that other
+    /// processes' readers are not kept out; held shared while an exclusive
+    /// wanter arrived, it is asked for again.
+    pub(crate) fn on_granted(
+        &mut self,
+        mode: Mode,
+        convert_to_shared: impl FnOnce() -> bool,
+    ) -> Granted<H> {
+        let Some(w) = self.waiter.as_mut() else {
+            return Granted::GiveBack; // unreachable: the state outlives its thread
+        };
+        w.wanters.retain(|w| !w.tx.is_closed());
+        if w.wanters.is_empty() {
+            return Granted::GiveBack;
+        }
+        let need = needed_mode(&w.wanters);
+        let mut mode = mode;
+        if need != mode {
+            w.asking = need;
+            w.ctl.revoke_cancel();
+            if !(need == Mode::Shared && convert_to_shared()) {
+                return Granted::AskAgain(need);
+            }
+            mode = Mode::Shared;
+        }
+        Granted::HandOver(std::mem::take(&mut w.wanters), mode)
+    }
+
+    /// The waiter thread leaves its post: called under the state lock, in
+    /// the critical section that decides it, so that a new waiter thread
+    /// can only be started (and counted) after this one stopped counting.
+    pub(crate) fn retire(&mut self, threads: &AtomicUsize, ctl: &ThreadCtl) -> Option<Waiter<H>> {
+        let w = self.waiter.take();
+        if w.is_some() {
+            threads.fetch_sub(1, Ordering::AcqRel);
+        }
+        ctl.unbind();
+        w
+    }
 }
 
 /// An error the waiter thread reports to every wanter.
@@ -162,7 +282,12 @@ impl KernelSide {
     }
 
     pub(crate) fn state(&self) -> MutexGuard<'_, KernelState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.lock()
+    }
+
+    /// See [`KernelState::retire`].
+    pub(crate) fn retire(&self, st: &mut KernelState, ctl: &ThreadCtl) -> Option<Waiter> {
+        st.retire(&self.waiter_threads, ctl)
     }
 
     /// A kernel lock on `file`, which holds it in `mode`, recorded as this
@@ -175,7 +300,7 @@ impl KernelSide {
 }
 
 /// The kernel mode the wanters need: exclusive if any of them wants it.
-pub(crate) fn needed_mode(wanters: &[Wanter]) -> Mode {
+pub(crate) fn needed_mode<H>(wanters: &[Wanter<H>]) -> Mode {
     if wanters.iter().any(|w| w.mode == Mode::Exclusive) {
         Mode::Exclusive
     } else {
@@ -238,7 +363,8 @@ mod tests {
                 .iter()
                 .map(|&mode| Wanter {
                     mode,
-                    tx: oneshot::channel().0,
+                    name: Arc::from("x"),
+                    tx: handoff::channel().0,
                 })
                 .collect(),
             asking,
@@ -281,7 +407,8 @@ mod tests {
         assert!(w.ctl.is_cancelled());
         w.wanters.push(Wanter {
             mode: X,
-            tx: oneshot::channel().0,
+            name: Arc::from("x"),
+            tx: handoff::channel().0,
         });
         w.refit();
         assert!(!w.ctl.is_cancelled());

@@ -5,14 +5,12 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use tokio::sync::oneshot;
-
 use super::held::KernelLock;
 use super::interrupt::ThreadCtl;
 use super::side::{
-    KernelSide, KernelState, MAX_REPLACED, SharedError, Waiter, Wanter, replaced_too_often,
+    Handed, KernelSide, KernelState, MAX_REPLACED, SharedError, Wanter, replaced_too_often,
 };
-use super::{threads, waiter};
+use super::{handoff, threads, waiter};
 use crate::error::LockError;
 use crate::file::disk::lockfile::LockFile;
 use crate::options::Mode;
@@ -49,13 +47,14 @@ impl KernelSide {
     }
 
     /// Starts a kernel acquisition that may wait: either the lock is had at
-    /// once, or the caller gets a [`Ticket`] to await.
-    pub(crate) fn start(self: &Arc<Self>, mode: Mode) -> Result<Start, LockError> {
+    /// once, or the caller gets a [`Ticket`] to await. `name` is the
+    /// resource name, for the owner record the waiter thread writes.
+    pub(crate) fn start(self: &Arc<Self>, mode: Mode, name: &Arc<str>) -> Result<Start, LockError> {
         let mut st = self.state();
         if let Some(h) = join_shared(&st, mode) {
             return Ok(Start::Acquired(h));
         }
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = handoff::channel();
         // Made only once queued: dropping a ticket takes the state lock.
         let ticket = |rx| {
             Start::Queued(Ticket {
@@ -63,21 +62,20 @@ impl KernelSide {
                 rx: Some(rx),
             })
         };
-        if let Some(waiter) = st.waiter.as_mut() {
-            waiter.wanters.push(Wanter { mode, tx });
-            waiter.refit();
+        let wanter = Wanter {
+            mode,
+            name: name.clone(),
+            tx,
+        };
+        let Err(wanter) = st.join(wanter) else {
             return Ok(ticket(rx));
-        }
+        };
         let file = match self.try_inline(&mut st, mode)? {
             Ok(h) => return Ok(Start::Acquired(h)),
             Err(file) => file,
         };
         let ctl = ThreadCtl::new();
-        st.waiter = Some(Waiter {
-            ctl: ctl.clone(),
-            wanters: vec![Wanter { mode, tx }],
-            asking: mode,
-        });
+        st.begin_wait(ctl.clone(), wanter);
         let side = self.clone();
         // Counted before the thread exists so a reader of the counter never
         // misses a thread that is starting.
@@ -127,7 +125,7 @@ impl KernelSide {
 #[derive(Debug)]
 pub(crate) struct Ticket {
     side: Arc<KernelSide>,
-    rx: Option<oneshot::Receiver<Result<Arc<KernelLock>, SharedError>>>,
+    rx: Option<handoff::Receiver<Result<Handed, SharedError>>>,
 }
 
 impl Ticket {
@@ -137,7 +135,7 @@ impl Ticket {
     ///
     /// Cancel safe: dropping the future (or `self`) leaves the queue, and a
     /// lock handed over meanwhile is released.
-    pub(crate) async fn handed(&mut self) -> Result<Arc<KernelLock>, LockError> {
+    pub(crate) async fn handed(&mut self) -> Result<Handed, LockError> {
         let Some(rx) = self.rx.as_mut() else {
             return Err(LockError::Closed {
                 resource: self.side.path.display().to_string(),
@@ -146,9 +144,9 @@ impl Ticket {
         let r = rx.await;
         self.rx = None;
         match r {
-            Ok(Ok(held)) => Ok(held),
-            Ok(Err(e)) => Err(e.to_lock_error()),
-            Err(_) => Err(LockError::Io {
+            Some(Ok(handed)) => Ok(handed),
+            Some(Err(e)) => Err(e.to_lock_error()),
+            None => Err(LockError::Io {
                 op: "wait for",
                 path: self.side.path.clone(),
                 source: std::io::Error::other("the waiter thread ended without an answer"),
@@ -163,11 +161,7 @@ impl Drop for Ticket {
         // Dropped first and outside the state lock: a lock handed to us but
         // not yet taken is released here.
         drop(rx);
-        let mut st = self.side.state();
-        if let Some(w) = st.waiter.as_mut() {
-            w.wanters.retain(|w| !w.tx.is_closed());
-            w.refit();
-        }
+        self.side.state().withdraw();
     }
 }
 
