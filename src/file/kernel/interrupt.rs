@@ -347,6 +347,18 @@ fn run_interrupter(it: &'static Interrupter) {
     }
 }
 
+/// A control block for a waiter that polls (it never blocks in `flock`,
+/// so cancelling it needs no signal): what the loom models of a name's
+/// kernel state use.
+#[cfg(all(test, lockyard_loom, target_os = "linux"))]
+impl ThreadCtl {
+    pub(crate) fn polling() -> Arc<Self> {
+        let ctl = Arc::new(Self::default());
+        *ctl.thread.lock() = ThreadState::Running(0 as libc::pthread_t);
+        ctl
+    }
+}
+
 #[cfg(all(test, lockyard_loom, target_os = "linux"))]
 mod loom_models {
     use super::*;

@@ -415,3 +415,251 @@ mod tests {
         w.ctl.unbind();
     }
 }
+
+#[cfg(all(test, lockyard_loom, target_os = "linux"))]
+mod loom_models {
+    //! A name's kernel state machine under loom: tasks join, leave and wait
+    //! while the waiter thread waits, is interrupted and hands over, through
+    //! the real transitions ([`KernelState`]) and the real hand-off channel.
+    //! The kernel is a model of one `flock` that another process holds until
+    //! a releaser thread lets it go; the waiter polls it (as with
+    //! `WaitStrategy::Poll`: signals are not modelled), and its loop follows
+    //! `waiter::run` step for step. Each model checks that no task waits
+    //! forever, that the lock ends up free with nobody left to free it, and
+    //! that the waiter left its post.
+
+    use std::sync::atomic::AtomicUsize;
+
+    use loom::thread;
+
+    use super::*;
+    use crate::loom::sync::{Arc as LArc, Mutex as LMutex};
+
+    /// One `flock` as the kernel keeps it.
+    #[derive(Debug, Default)]
+    struct Flock {
+        /// Another process holds it (exclusive).
+        other: bool,
+        /// This process holds it, in this mode.
+        ours: Option<Mode>,
+    }
+
+    impl Flock {
+        fn try_lock(&mut self, mode: Mode) -> bool {
+            if self.other || self.ours.is_some() {
+                return false;
+            }
+            self.ours = Some(mode);
+            true
+        }
+    }
+
+    /// A share of the lock this process holds: the last one unlocks.
+    #[derive(Debug)]
+    struct Share(LArc<LMutex<Flock>>);
+
+    impl Drop for Share {
+        fn drop(&mut self) {
+            self.0.lock().ours = None;
+        }
+    }
+
+    type Hold = LArc<Share>;
+    type Rx = handoff::Receiver<Result<Hold, SharedError>>;
+
+    #[derive(Clone)]
+    struct Name {
+        state: LArc<LMutex<KernelState<Hold>>>,
+        flock: LArc<LMutex<Flock>>,
+        threads: Arc<AtomicUsize>,
+        waiter: LArc<LMutex<Option<thread::JoinHandle<()>>>>,
+    }
+
+    impl Name {
+        fn held_by_another_process() -> Self {
+            Self {
+                state: LArc::new(LMutex::new(KernelState::default())),
+                flock: LArc::new(LMutex::new(Flock {
+                    other: true,
+                    ours: None,
+                })),
+                threads: Arc::new(AtomicUsize::new(0)),
+                waiter: LArc::new(LMutex::new(None)),
+            }
+        }
+
+        /// The other process lets go, on a thread of its own.
+        fn release_elsewhere(&self) -> thread::JoinHandle<()> {
+            let flock = self.flock.clone();
+            thread::spawn(move || flock.lock().other = false)
+        }
+
+        /// `KernelSide::start`: the lock at once, or a receiver to wait on.
+        fn start(&self, mode: Mode) -> Result<Hold, Rx> {
+            let mut st = self.state.lock();
+            let (tx, rx) = handoff::channel();
+            let wanter = Wanter {
+                mode,
+                name: Arc::from("model"),
+                tx,
+            };
+            let Err(wanter) = st.join(wanter) else {
+                return Err(rx);
+            };
+            if self.flock.lock().try_lock(mode) {
+                return Ok(LArc::new(Share(self.flock.clone())));
+            }
+            let ctl = ThreadCtl::polling();
+            st.begin_wait(ctl.clone(), wanter);
+            self.threads.fetch_add(1, Ordering::AcqRel);
+            let name = self.clone();
+            *self.waiter.lock() = Some(thread::spawn(move || name.run(ctl, mode)));
+            Err(rx)
+        }
+
+        /// `Ticket`'s drop: the task stops waiting.
+        fn leave(&self, rx: Rx) {
+            drop(rx);
+            self.state.lock().withdraw();
+        }
+
+        /// `waiter::run`, against the model kernel.
+        fn run(self, ctl: Arc<ThreadCtl>, mut mode: Mode) {
+            loop {
+                // `wait::wait_once`, polling.
+                let locked = loop {
+                    if ctl.is_cancelled() {
+                        break false;
+                    }
+                    if self.flock.lock().try_lock(mode) {
+                        break true;
+                    }
+                    thread::yield_now();
+                };
+                let mut st = self.state.lock();
+                if !locked {
+                    match st.on_interrupt() {
+                        Some(m) => {
+                            mode = m;
+                            continue;
+                        }
+                        None => {
+                            st.retire(&self.threads, &ctl);
+                            return;
+                        }
+                    }
+                }
+                let granted = st.on_granted(mode, || {
+                    self.flock.lock().ours = Some(Mode::Shared);
+                    true
+                });
+                match granted {
+                    Granted::GiveBack => {
+                        st.retire(&self.threads, &ctl);
+                        drop(st);
+                        self.flock.lock().ours = None;
+                        return;
+                    }
+                    Granted::AskAgain(need) => {
+                        drop(st);
+                        self.flock.lock().ours = None;
+                        mode = need;
+                    }
+                    Granted::HandOver(wanters, _) => {
+                        st.retire(&self.threads, &ctl);
+                        drop(st);
+                        let last = wanters.len() - 1;
+                        let mut hold = Some(LArc::new(Share(self.flock.clone())));
+                        for (i, w) in wanters.into_iter().enumerate() {
+                            let share = match &hold {
+                                Some(h) if i < last => h.clone(),
+                                _ => hold.take().expect("the last share"),
+                            };
+                            let _ = w.tx.send(Ok(share));
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+
+        /// Takes the lock in `mode`, waiting for the hand-off if needed.
+        fn acquire(&self, mode: Mode) -> Hold {
+            match self.start(mode) {
+                Ok(hold) => hold,
+                Err(rx) => crate::loom::block_on(rx)
+                    .expect("the waiter answered")
+                    .expect("no error"),
+            }
+        }
+
+        /// A task that joins in `mode` and leaves again without the lock.
+        fn join_and_leave(&self, mode: Mode) -> thread::JoinHandle<()> {
+            let name = self.clone();
+            thread::spawn(move || match name.start(mode) {
+                Ok(hold) => drop(hold),
+                Err(rx) => name.leave(rx),
+            })
+        }
+
+        /// Once every task is done: nothing held, no waiter left.
+        fn assert_settled(&self) {
+            if let Some(waiter) = self.waiter.lock().take() {
+                waiter.join().unwrap();
+            }
+            let flock = self.flock.lock();
+            assert!(!flock.other);
+            assert_eq!(
+                flock.ours, None,
+                "the lock stayed held with nobody to free it"
+            );
+            assert!(
+                self.state.lock().waiter.is_none(),
+                "the waiter never left its post"
+            );
+            assert_eq!(self.threads.load(Ordering::Acquire), 0);
+        }
+    }
+
+    #[test]
+    fn loom_the_last_wanter_leaving_never_leaves_the_lock_held() {
+        loom::model(|| {
+            let name = Name::held_by_another_process();
+            let release = name.release_elsewhere();
+            match name.start(Mode::Exclusive) {
+                Ok(hold) => drop(hold),
+                Err(rx) => name.leave(rx),
+            }
+            release.join().unwrap();
+            name.assert_settled();
+        });
+    }
+
+    #[test]
+    fn loom_a_wanter_gets_the_lock_while_another_leaves() {
+        loom::model(|| {
+            let name = Name::held_by_another_process();
+            let release = name.release_elsewhere();
+            let other = name.join_and_leave(Mode::Exclusive);
+            let hold = name.acquire(Mode::Exclusive);
+            other.join().unwrap();
+            release.join().unwrap();
+            drop(hold);
+            name.assert_settled();
+        });
+    }
+
+    #[test]
+    fn loom_a_shared_wanter_left_behind_by_an_exclusive_one_gets_the_lock() {
+        loom::model(|| {
+            let name = Name::held_by_another_process();
+            let release = name.release_elsewhere();
+            let other = name.join_and_leave(Mode::Exclusive);
+            let hold = name.acquire(Mode::Shared);
+            other.join().unwrap();
+            release.join().unwrap();
+            drop(hold);
+            name.assert_settled();
+        });
+    }
+}
