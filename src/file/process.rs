@@ -54,13 +54,20 @@ pub(crate) fn id() -> u32 {
 /// [`Owner::current`] says, without its system calls on every acquisition
 /// (the pid, start time and host are looked up once per process, again in
 /// a forked child).
+///
+/// The start time is this process's own: `Owner::current` keeps the one it
+/// first read for the rest of the process, so in a forked child it gives
+/// the parent's, which makes the child's record read as a dead owner's.
 pub(crate) fn owner(mode: Mode) -> Owner {
     static TEMPLATE: Mutex<Option<Owner>> = Mutex::new(None);
     let pid = id();
     let mut template = TEMPLATE.lock().unwrap_or_else(|p| p.into_inner());
     let template = match &*template {
         Some(o) if o.pid == pid => o,
-        _ => template.insert(Owner::current(mode)),
+        _ => template.insert(Owner {
+            start_time: crate::owner::process_start_time(pid),
+            ..Owner::current(mode)
+        }),
     };
     Owner {
         since: SystemTime::now(),
