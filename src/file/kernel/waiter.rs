@@ -136,6 +136,10 @@ fn hand_over(held: Arc<KernelLock>, wanters: Vec<Wanter>) {
             owner: owner.take(),
         }));
     }
+    // On the woken task's CPU, let it run now rather than after this
+    // thread's way back to its park (on another CPU this costs one system
+    // call off the task's path).
+    std::thread::yield_now();
 }
 
 fn fail(side: &KernelSide, ctl: &ThreadCtl, e: LockError) {
