@@ -19,8 +19,18 @@
 //!    single CPU). Besides criterion's mean-based figures, the p50 of
 //!    individual hand-offs is printed with the ratio for each placement.
 //!
-//! 3. With `LOCKYARD_BENCH_AB=1`, only the uncontended pair, in alternating
-//!    batches (robust on a shared, loaded machine): median batch and ratio.
+//! 3. With `LOCKYARD_BENCH_AB=1`, only the uncontended figures, in
+//!    alternating batches (robust on a shared, loaded machine): the median
+//!    batch of the raw floor, of a floor doing by hand the system calls
+//!    lockyard's contract needs (open, flock, the identity check, the record
+//!    write, unlock, close), and of lockyard, with both ratios.
+//! 4. With `LOCKYARD_BENCH_HANDOFF=N`, only the hand-offs, interleaved one
+//!    raw and one lockyard at a time, `N` samples of each per placement:
+//!    the p50s and their ratio.
+//!
+//! The lock directory is a temporary one in `$LOCKYARD_BENCH_DIR` if set
+//! (say a tmpfs, where the owner record costs no journal update), else in
+//! the system's temporary directory.
 //!
 //! Run: `cargo bench --bench file -- --warm-up-time 1 --measurement-time 3`
 
@@ -55,6 +65,16 @@ fn main() {
     }
     // Counted before anything is pinned (pinning narrows what it reports).
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some(n) = std::env::var("LOCKYARD_BENCH_HANDOFF")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        interleaved_handoff("handoff_same_cpu", 0, n);
+        if cpus > 1 {
+            interleaved_handoff("handoff_cross_cpu", 1, n);
+        }
+        return;
+    }
     let mut c = Criterion::default().configure_from_args();
     uncontended(&mut c);
     handoff(&mut c, "handoff_same_cpu", 0);
@@ -97,6 +117,14 @@ fn mono_ns() -> u64 {
     }
 }
 
+/// A fresh temporary directory, in `$LOCKYARD_BENCH_DIR` if set.
+fn tempdir() -> tempfile::TempDir {
+    match std::env::var_os("LOCKYARD_BENCH_DIR") {
+        Some(base) => tempfile::tempdir_in(base).unwrap(),
+        None => tempfile::tempdir().unwrap(),
+    }
+}
+
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -115,7 +143,7 @@ fn open(path: &Path) -> File {
 }
 
 fn uncontended(c: &mut Criterion) {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let rt = runtime();
     let m = FileLockManager::new(dir.path().join("locks")).unwrap();
     let raw_path = m.dir().join("raw.lock");
@@ -156,15 +184,44 @@ fn uncontended(c: &mut Criterion) {
     g.finish();
 }
 
-/// `LOCKYARD_BENCH_AB=1`: the uncontended floor and lockyard in alternating
+/// The floor lockyard's uncontended acquire + release is held to: the
+/// system calls its contract needs, by hand, on a fresh open each time:
+/// open (no symbolic link followed, close-on-exec), flock, the identity
+/// check (the descriptor's device and inode against the path's), the owner
+/// record written at offset 0, unlock, close.
+#[cfg(unix)]
+fn by_hand(path: &Path, record: &[u8]) {
+    use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .unwrap();
+    f.lock().unwrap();
+    let (fd, at) = (
+        f.metadata().unwrap(),
+        std::fs::symlink_metadata(path).unwrap(),
+    );
+    assert_eq!((fd.dev(), fd.ino()), (at.dev(), at.ino()));
+    f.write_all_at(record, 0).unwrap();
+    f.unlock().unwrap();
+    drop(black_box(f));
+}
+
+/// `LOCKYARD_BENCH_AB=1`: the uncontended floors and lockyard in alternating
 /// batches of 1000 (so that load from other processes on a shared machine
-/// hits both alike), printing the median batch of each and the ratio.
+/// hits all alike), printing the median batch of each and the ratios.
 fn interleaved_uncontended() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let rt = runtime();
     let m = FileLockManager::new(dir.path().join("locks")).unwrap();
     let raw_path = m.dir().join("raw.lock");
-    let (mut raw, mut ly) = (Vec::new(), Vec::new());
+    let hand_path = m.dir().join("hand.lock");
+    let record = lockyard::Owner::current(Mode::Exclusive).to_text() + "name=bench\nend\n";
+    let (mut raw, mut hand, mut ly) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..300 {
         let t = Instant::now();
         for _ in 0..1000 {
@@ -174,6 +231,14 @@ fn interleaved_uncontended() {
             drop(black_box(f));
         }
         raw.push(t.elapsed() / 1000);
+        #[cfg(unix)]
+        {
+            let t = Instant::now();
+            for _ in 0..1000 {
+                by_hand(&hand_path, record.as_bytes());
+            }
+            hand.push(t.elapsed() / 1000);
+        }
         let t = Instant::now();
         rt.block_on(async {
             for _ in 0..1000 {
@@ -184,11 +249,15 @@ fn interleaved_uncontended() {
         ly.push(t.elapsed() / 1000);
     }
     raw.sort();
+    hand.sort();
     ly.sort();
-    let (r, l) = (raw[raw.len() / 2], ly[ly.len() / 2]);
+    let median = |v: &[Duration]| v.get(v.len() / 2).copied().unwrap_or_default();
+    let (r, h, l) = (median(&raw), median(&hand), median(&ly));
     println!(
-        "uncontended, interleaved medians: raw open+flock+unlock+close {r:?}, \
-         lockyard acquire+release {l:?}, ratio {:.2}",
+        "uncontended, interleaved medians: lockyard acquire+release {l:?}; \
+         by hand (open+flock+identity check+record write+unlock+close) {h:?}, ratio {:.2}; \
+         raw open+flock+unlock+close {r:?}, ratio {:.2}",
+        l.as_secs_f64() / h.as_secs_f64(),
         l.as_secs_f64() / r.as_secs_f64()
     );
 }
@@ -301,9 +370,55 @@ impl Drop for Peer {
     }
 }
 
+/// `LOCKYARD_BENCH_HANDOFF=N`: `N` hand-offs of each kind, alternating one
+/// raw and one lockyard, printing the p50s and the ratio.
+fn interleaved_handoff(group: &str, child_cpu: usize, n: usize) {
+    pin_to(0);
+    let dir = tempdir();
+    let locks = dir.path().join("locks");
+    let m = FileLockManager::new(&locks).unwrap();
+    let raw_path = m.dir().join("handoff-raw.lock");
+    let mut raw = RawSide(open(&raw_path));
+    raw.hold();
+    let mut raw_peer = Peer::spawn("raw", &locks, child_cpu);
+    let ly_path = m.path_for("handoff").unwrap();
+    let mut ly = LockyardSide {
+        rt: runtime(),
+        m: m.clone(),
+        guard: None,
+    };
+    ly.hold();
+    let mut ly_peer = Peer::spawn("lockyard", &locks, child_cpu);
+    let (mut raw_alt, mut ly_alt) = (Vec::new(), Vec::new());
+    while raw_alt.len() < n || ly_alt.len() < n {
+        if let Some(d) = raw_peer.handoff(&mut raw, &raw_path) {
+            raw_alt.push(d);
+        }
+        if let Some(d) = ly_peer.handoff(&mut ly, &ly_path) {
+            ly_alt.push(d);
+        }
+    }
+    raw_alt.sort();
+    ly_alt.sort();
+    let q = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    let (r, l) = (q(&raw_alt, 0.5), q(&ly_alt, 0.5));
+    println!(
+        "{group} interleaved p50: raw flock {r:?}, lockyard {l:?}, ratio {:.2} \
+         (p90: raw {:?}, lockyard {:?}; {} + {} samples)",
+        l.as_secs_f64() / r.as_secs_f64(),
+        q(&raw_alt, 0.9),
+        q(&ly_alt, 0.9),
+        raw_alt.len(),
+        ly_alt.len()
+    );
+    drop((raw_peer, ly_peer));
+    raw.release();
+    ly.release();
+}
+
 fn handoff(c: &mut Criterion, group: &str, child_cpu: usize) {
     pin_to(0);
-    let dir = tempfile::tempdir().unwrap();
+    let dir = tempdir();
     let locks = dir.path().join("locks");
     let m = FileLockManager::new(&locks).unwrap();
     let raw_path = m.dir().join("handoff-raw.lock");

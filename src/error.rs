@@ -3,8 +3,10 @@
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
+use crate::options::Mode;
 use crate::owner::Owner;
 use crate::text::Escaped;
 
@@ -495,10 +497,27 @@ impl fmt::Display for HolderSuffix<'_> {
     }
 }
 
+/// Parsing a [`Mode`] fails with a [`LockError`]: the impl lives here, not
+/// beside `Mode`, so that `options.rs` stays below this file (the contract is
+/// a stack: `options` ← `owner` ← `error`).
+impl FromStr for Mode {
+    type Err = LockError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "exclusive" => Ok(Mode::Exclusive),
+            "shared" => Ok(Mode::Shared),
+            other => Err(LockError::InvalidArgument {
+                what: "mode",
+                reason: format!("expected `exclusive` or `shared`, got {other:?}"),
+            }),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::options::Mode;
 
     #[test]
     fn messages_name_resource_and_holder() {

@@ -4,15 +4,17 @@
 //! from here, so that
 //! `RUSTFLAGS="--cfg lockyard_loom" cargo test --release --lib -- loom`
 //! model-checks it with [loom](https://docs.rs/loom): the in-process
-//! semaphore core (`local/batch.rs`) and the file backend's kernel-waiter
-//! hand-shake (`file/interrupt.rs`, `ThreadCtl`: a cancel is never lost
-//! against a waiter about to block).
+//! semaphore core (`local/batch.rs`), the file backend's kernel-waiter
+//! hand-shake (`file/kernel/interrupt.rs`, `ThreadCtl`: a cancel is never lost
+//! against a waiter about to block), and a file lock name's kernel state
+//! machine (`file/kernel/side.rs` with its hand-off channel,
+//! `file/kernel/handoff.rs`; the models replace the kernel's `flock` by a
+//! model of it, since its critical sections otherwise do system calls).
 //!
 //! Not everything goes through it, and that is deliberate: `static`s need
-//! `const` constructors loom does not have (the file backend's waiter pool,
-//! interrupter and descriptor cache), and state whose critical sections do
-//! system calls (the file backend's per-name kernel state, the Redis
-//! client's bookkeeping) cannot run inside a loom model at all. Those use
+//! `const` constructors loom does not have (the file backend's kernel
+//! threads, interrupter and descriptor cache), and the Redis client's
+//! bookkeeping does network I/O in its critical sections. Those use
 //! `std::sync` directly, hold their locks only for short non-blocking
 //! sections, and are exercised by the multi-process integration tests
 //! instead. The cfg is

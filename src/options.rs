@@ -2,18 +2,15 @@
 //! [`Deadline`] every backend waits under.
 
 use std::fmt;
-use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use crate::error::LockError;
 
 /// How a lock is held.
 ///
 /// `Exclusive` holders exclude everyone; `Shared` holders exclude only
 /// exclusive holders (readers/writer). Backends that have no shared mode
-/// return [`LockError::Unsupported`] when asked for one.
+/// return [`LockError::Unsupported`](crate::LockError::Unsupported) when asked for one.
 ///
 /// ```
 /// use lockyard::Mode;
@@ -55,25 +52,10 @@ impl fmt::Display for Mode {
     }
 }
 
-impl FromStr for Mode {
-    type Err = LockError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "exclusive" => Ok(Mode::Exclusive),
-            "shared" => Ok(Mode::Shared),
-            other => Err(LockError::InvalidArgument {
-                what: "mode",
-                reason: format!("expected `exclusive` or `shared`, got {other:?}"),
-            }),
-        }
-    }
-}
-
 /// Options for one acquisition: the [`Mode`] and how long to wait.
 ///
 /// A `timeout` of `None` waits until the lock is free; `Some(Duration::ZERO)`
-/// tries once (like `flock -n`) and fails with [`LockError::Timeout`].
+/// tries once (like `flock -n`) and fails with [`LockError::Timeout`](crate::LockError::Timeout).
 ///
 /// ```
 /// use std::time::Duration;
@@ -150,7 +132,7 @@ impl AcquireOptions {
         self
     }
 
-    /// Sets how long to wait before failing with [`LockError::Timeout`].
+    /// Sets how long to wait before failing with [`LockError::Timeout`](crate::LockError::Timeout).
     ///
     /// `Duration::ZERO` tries once:
     ///

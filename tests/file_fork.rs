@@ -188,3 +188,33 @@ fn forked_child_waits_in_the_kernel_with_its_own_threads() {
     drop(guard);
     assert_eq!(wait_child(child), 0);
 }
+
+/// A forked child's owner record names the child — its pid and its own
+/// start time — so that a lock the child holds reads as held by a live
+/// process, not by a dead one (a pid running with another start time is a
+/// reused pid). The parent records first, and the child starts more than
+/// the one second of rounding `liveness` allows after the parent did.
+#[test]
+fn forked_childs_record_names_it_alive() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = FileLockManager::new(dir.path()).unwrap();
+    let t = Duration::from_secs(10);
+    drop(runtime().block_on(m.acquire("parent", t)).unwrap());
+    std::thread::sleep(Duration::from_millis(2500));
+    let code = in_forked_child(|| {
+        let rt = runtime();
+        rt.block_on(async {
+            let g = m.acquire("child", t).await.unwrap();
+            let recorded = m.owner("child").await.unwrap().expect("a record");
+            if &recorded != g.owner() {
+                return 2;
+            }
+            if recorded.liveness() != lockyard::Liveness::Alive {
+                eprintln!("child: its own record reads {:?}", recorded.liveness());
+                return 1;
+            }
+            0
+        })
+    });
+    assert_eq!(code, 0, "the child's record does not name a live process");
+}

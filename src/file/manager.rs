@@ -1,28 +1,26 @@
 //! [`FileLockManager`]: named cross-process locks in one directory.
+//!
+//! # Layering
+//!
+//! The facade: the type and its methods, on top of `lock.rs`, `core.rs`,
+//! `guard.rs` and `disk/`. Nothing inside `file/` imports it.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use super::dir::LockDir;
-use super::guard::{FileLock, FileLockGuard, LocalGuard};
-use super::lockfile::{Access, LockFile};
-use super::name;
+use super::core::{self, Slot, Slots};
+use super::disk::dir::LockDir;
+use super::disk::name;
+use super::disk::scan::{self, CleanupOptions, FileLockInfo};
+use super::guard::FileLockGuard;
+use super::lock::FileLock;
 use super::options::FileLockOptions;
-use super::scan::{self, CleanupOptions, FileLockInfo};
-use super::slot::{HeldFd, Slot, Start, TryOutcome};
-use super::waiter;
 use crate::error::LockError;
-use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::options::AcquireOptions;
 use crate::owner::Owner;
-use crate::stats::{self, Acquisition, Backend};
-
-/// How often a waiter logs that it is still waiting.
-const REPORT_EVERY: Duration = Duration::from_secs(5);
 
 /// Named cross-process locks, one lock file per name in one directory.
 ///
@@ -77,29 +75,8 @@ pub struct FileLockManager {
 struct Inner {
     dir: Arc<LockDir>,
     options: FileLockOptions,
-    slots: Mutex<Slots>,
-    /// Waiter threads running for this manager's names.
-    waiter_threads: Arc<AtomicUsize>,
+    slots: Slots,
 }
-
-/// The names in use. Entries are kept while idle, so re-acquiring a name
-/// skips the lookup (its descriptor may be kept open in the process-wide,
-/// capped cache of `super::idle`); when the map grows past `purge_at`, idle
-/// entries are dropped.
-///
-/// The map belongs to one process: a forked child starts with an empty one
-/// (its copy of the parent's in-process queues and kernel waits means
-/// nothing in the child).
-#[derive(Default)]
-struct Slots {
-    map: HashMap<String, Arc<Slot>>,
-    purge_at: usize,
-    /// The process the map belongs to.
-    pid: u32,
-}
-
-/// How many names the map may hold before idle ones are dropped.
-const KEEP_IDLE: usize = 64;
 
 impl FileLockManager {
     /// A manager for the lock directory `dir`, created (mode `0o700`) if
@@ -168,24 +145,13 @@ impl FileLockManager {
         Ok(Self::in_dir(dir, options))
     }
 
-    /// A manager for the directory `dir` if it exists (`None` if not),
-    /// checked as [`with_options`](Self::with_options) checks it; never
-    /// creates it.
-    pub(crate) fn with_existing_dir(
-        dir: &Path,
-        options: FileLockOptions,
-    ) -> Result<Option<Self>, LockError> {
-        let dir = LockDir::open_if_exists(dir, &options)?;
-        Ok(dir.map(|dir| Self::in_dir(dir, options)))
-    }
-
     fn in_dir(dir: LockDir, options: FileLockOptions) -> Self {
+        let dir = Arc::new(dir);
         Self {
             inner: Arc::new(Inner {
-                dir: Arc::new(dir),
+                slots: Slots::new(dir.clone(), options),
+                dir,
                 options,
-                slots: Mutex::new(Slots::default()),
-                waiter_threads: Arc::new(AtomicUsize::new(0)),
             }),
         }
     }
@@ -382,7 +348,7 @@ impl FileLockManager {
         options: &AcquireOptions,
     ) -> Result<FileLockGuard, LockError> {
         let slot = self.slot(name)?;
-        self.acquire_slot(name, slot, options, false).await
+        core::acquire(name, &slot, options, false).await
     }
 
     /// Acquires `name` exclusively if it is free now; otherwise fails with
@@ -413,8 +379,7 @@ impl FileLockManager {
     /// Cancel safe: it never waits.
     pub async fn try_acquire(&self, name: &str) -> Result<FileLockGuard, LockError> {
         let slot = self.slot(name)?;
-        self.acquire_slot(name, slot, &AcquireOptions::exclusive(), true)
-            .await
+        core::acquire(name, &slot, &AcquireOptions::exclusive(), true).await
     }
 
     /// Acquires `name` shared if no exclusive holder has it now; otherwise
@@ -446,8 +411,7 @@ impl FileLockManager {
     /// Cancel safe: it never waits.
     pub async fn try_acquire_shared(&self, name: &str) -> Result<FileLockGuard, LockError> {
         let slot = self.slot(name)?;
-        self.acquire_slot(name, slot, &AcquireOptions::shared(), true)
-            .await
+        core::acquire(name, &slot, &AcquireOptions::shared(), true).await
     }
 
     /// Whether anyone — another process, or a task of this one — holds
@@ -485,7 +449,7 @@ impl FileLockManager {
     ///
     /// Cancel safe: it only looks.
     pub async fn is_locked(&self, name: &str) -> Result<bool, LockError> {
-        self.is_locked_file(&name::file_name(name)?)
+        scan::is_locked(&self.inner.dir, &name::file_name(name)?)
     }
 
     /// The owner recorded in `name`'s lock file: the current holder while
@@ -521,7 +485,7 @@ impl FileLockManager {
     ///
     /// Cancel safe: it only reads.
     pub async fn owner(&self, name: &str) -> Result<Option<Owner>, LockError> {
-        read_owner(&self.inner.dir, &name::file_name(name)?)
+        scan::read_owner(&self.inner.dir, &name::file_name(name)?)
     }
 
     /// Every lock file in the directory, sorted by name: whether it is held
@@ -555,7 +519,7 @@ impl FileLockManager {
     ///
     /// # Cancel safety
     ///
-    /// The scan runs on tokio's blocking pool; dropping the future lets it
+    /// The scan runs on tokio's blocking threads; dropping the future lets it
     /// finish unobserved (it changes nothing).
     pub async fn list(&self) -> Result<Vec<FileLockInfo>, LockError> {
         let dir = self.inner.dir.clone();
@@ -715,7 +679,7 @@ impl FileLockManager {
     ///
     /// # Cancel safety
     ///
-    /// The cleanup runs on tokio's blocking pool; dropping the future lets it
+    /// The cleanup runs on tokio's blocking threads; dropping the future lets it
     /// finish (files may still be removed), unreported.
     pub async fn cleanup_with(
         &self,
@@ -746,8 +710,7 @@ impl FileLockManager {
     ///
     /// [`LockError::InvalidName`] for the empty name.
     pub fn lock(&self, name: &str) -> Result<FileLock, LockError> {
-        let slot = self.slot(name)?;
-        Ok(FileLock::new(self.clone(), Arc::from(name), slot))
+        Ok(FileLock::new(Arc::from(name), self.slot(name)?))
     }
 
     /// How many threads wait in the kernel for this manager's locks (and its
@@ -773,7 +736,7 @@ impl FileLockManager {
     /// # }
     /// ```
     pub fn kernel_waiter_threads(&self) -> usize {
-        self.inner.waiter_threads.load(Ordering::Acquire)
+        self.inner.slots.waiter_threads()
     }
 
     /// A [`FileLock`] handle on the file `file_name` of the lock directory
@@ -807,194 +770,15 @@ impl FileLockManager {
     /// [`LockError::InvalidName`] if `file_name` is empty, `.` or `..`, or
     /// contains `/` or NUL (it must be one entry of the directory).
     pub fn lock_file(&self, file_name: &str) -> Result<FileLock, LockError> {
-        let invalid = |reason| LockError::InvalidName {
-            name: file_name.to_owned(),
-            reason,
-        };
-        if file_name.is_empty() || file_name == "." || file_name == ".." {
-            return Err(invalid("not a file name"));
-        }
-        if file_name.contains(['/', '\0']) {
-            return Err(invalid(
-                "a file name in the lock directory cannot contain `/` or NUL",
-            ));
-        }
-        let slot = self.slot_for_file(file_name.to_owned());
+        name::check_exact_file_name(file_name)?;
+        let slot = self.inner.slots.get(file_name.to_owned());
         let name = self.inner.dir.join(file_name).display().to_string();
-        Ok(FileLock::new(self.clone(), Arc::from(name), slot))
+        Ok(FileLock::new(Arc::from(name), slot))
     }
 
-    /// The name's shared in-process state.
+    /// The name's slot.
     fn slot(&self, name: &str) -> Result<Arc<Slot>, LockError> {
-        Ok(self.slot_for_file(name::file_name(name)?))
-    }
-
-    /// The shared in-process state of the lock file `file`.
-    fn slot_for_file(&self, file: String) -> Arc<Slot> {
-        let mut slots = self.inner.slots.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = super::process::id();
-        if slots.pid != pid {
-            // Forked (or first use): the parent's slots are not ours.
-            let inherited = std::mem::take(&mut slots.map);
-            slots.purge_at = 0;
-            slots.pid = pid;
-            // Dropping them closes only descriptors this process opened;
-            // inherited ones are closed without unlocking (see `HeldFd`).
-            drop(inherited);
-        }
-        if let Some(slot) = slots.map.get(&file) {
-            return slot.clone();
-        }
-        let slot = Arc::new(Slot::new(
-            self.inner.dir.clone(),
-            file.clone(),
-            self.inner.options.file_mode(),
-            self.inner.waiter_threads.clone(),
-            self.inner.options.wait_strategy,
-            waiter::run,
-        ));
-        if slots.map.len() >= slots.purge_at.max(KEEP_IDLE) {
-            // Idle: nobody but the map refers to it. No one can take a new
-            // reference meanwhile: that happens only under this lock.
-            let idle: Vec<Arc<Slot>> = {
-                let mut idle = Vec::new();
-                slots.map.retain(|_, s| {
-                    let keep = Arc::strong_count(s) > 1;
-                    if !keep {
-                        idle.push(s.clone());
-                    }
-                    keep
-                });
-                idle
-            };
-            slots.purge_at = KEEP_IDLE.max(slots.map.len() * 2);
-            drop(slots);
-            drop(idle); // closes their descriptors outside the lock
-            return self.slot_for_file(file);
-        }
-        slots.map.insert(file, slot.clone());
-        slot
-    }
-
-    /// Every file-lock acquisition goes through here, and is counted here
-    /// in the stats registry.
-    pub(crate) async fn acquire_slot(
-        &self,
-        name: &str,
-        slot: Arc<Slot>,
-        options: &AcquireOptions,
-        try_only: bool,
-    ) -> Result<FileLockGuard, LockError> {
-        let attempt = stats::site(Backend::File, name).begin();
-        let result = self
-            .take_slot(name, slot, options, try_only, &attempt)
-            .await;
-        attempt.record(result, FileLockGuard::count)
-    }
-
-    async fn take_slot(
-        &self,
-        name: &str,
-        slot: Arc<Slot>,
-        options: &AcquireOptions,
-        try_only: bool,
-        attempt: &Acquisition,
-    ) -> Result<FileLockGuard, LockError> {
-        let mode = options.mode;
-        let deadline = Deadline::after(options.timeout);
-        let once = try_only || options.timeout == Some(Duration::ZERO);
-        let busy = |slot: &Slot| contended(name, slot, try_only, &deadline);
-
-        // Level 1: the in-process queue.
-        let local = match try_local(&slot, mode) {
-            Some(local) => local,
-            None if once => return Err(busy(&slot)),
-            None => {
-                attempt.contended();
-                tracing::debug!(
-                    resource = name,
-                    "waiting behind another task of this process"
-                );
-                let wait = async {
-                    match mode {
-                        Mode::Shared => LocalGuard::Shared(slot.local.clone().read_owned().await),
-                        _ => LocalGuard::Exclusive(slot.local.clone().write_owned().await),
-                    }
-                };
-                match deadline.instant() {
-                    Some(at) => match tokio::time::timeout_at(at, wait).await {
-                        Ok(local) => local,
-                        Err(_) => return Err(busy(&slot)),
-                    },
-                    None => wait.await,
-                }
-            }
-        };
-
-        // Level 2: the kernel lock. If the local queue used up the time, the
-        // kernel still gets one non-blocking attempt.
-        let held = if once || deadline.expired() {
-            match slot.try_kernel(mode)? {
-                TryOutcome::Acquired(held) => held,
-                TryOutcome::Busy => return Err(busy(&slot)),
-            }
-        } else {
-            match slot.start_kernel(mode)? {
-                Start::Acquired(held) => held,
-                Start::Wait(mut wait) => {
-                    attempt.contended();
-                    // Finding the holder costs system calls (the record,
-                    // `/proc/locks`): only when someone listens.
-                    if tracing::enabled!(tracing::Level::DEBUG) {
-                        let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
-                        tracing::debug!(
-                            resource = name,
-                            path = %slot.path.display(),
-                            holder = %HolderDisplay(holder.as_ref()),
-                            timeout = ?deadline.remaining(),
-                            "lock is held by another process; waiting"
-                        );
-                    }
-                    let mut report = tokio::time::Instant::now() + REPORT_EVERY;
-                    loop {
-                        tokio::select! {
-                            biased;
-                            r = wait.wait() => break r?,
-                            () = deadline.sleep() => {
-                                drop(wait);
-                                return Err(busy(&slot));
-                            }
-                            () = tokio::time::sleep_until(report) => {
-                                report += REPORT_EVERY;
-                                if tracing::enabled!(tracing::Level::INFO) {
-                                    let holder = scan::recorded_holder(&slot.dir, &slot.file_name);
-                                    tracing::info!(
-                                        resource = name,
-                                        waited = %humantime::format_duration(round_ms(deadline.elapsed())),
-                                        holder = %HolderDisplay(holder.as_ref()),
-                                        "still waiting for lock"
-                                    );
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        };
-        let owner = Owner::current(mode);
-        record(&held, &owner, name, mode);
-        Ok(FileLockGuard::new(
-            held,
-            local,
-            slot,
-            Arc::from(name),
-            mode,
-            owner,
-        ))
-    }
-
-    pub(crate) fn is_locked_file(&self, file_name: &str) -> Result<bool, LockError> {
-        scan::is_locked(&self.inner.dir, file_name)
+        Ok(self.inner.slots.get(name::file_name(name)?))
     }
 }
 
@@ -1004,91 +788,6 @@ impl fmt::Debug for FileLockManager {
             .field("dir", &self.inner.dir)
             .field("options", &self.inner.options)
             .finish_non_exhaustive()
-    }
-}
-
-fn try_local(slot: &Slot, mode: Mode) -> Option<LocalGuard> {
-    match mode {
-        Mode::Shared => slot
-            .local
-            .clone()
-            .try_read_owned()
-            .ok()
-            .map(LocalGuard::Shared),
-        _ => slot
-            .local
-            .clone()
-            .try_write_owned()
-            .ok()
-            .map(LocalGuard::Exclusive),
-    }
-}
-
-/// Writes the owner record once per kernel acquisition. A failure to write
-/// it does not fail the acquisition (the lock is held; the record is only
-/// informational): it is logged.
-fn record(held: &HeldFd, owner: &Owner, name: &str, mode: Mode) {
-    if !held.claim_record() {
-        return;
-    }
-    let Some(file) = held.file() else { return };
-    match file.write_record(owner, name, mode) {
-        Ok(true) => {}
-        Ok(false) if file.writable => tracing::debug!(
-            resource = name,
-            path = %file.path.display(),
-            "the lock file holds something other than a lockyard record: no record written"
-        ),
-        Ok(false) => {}
-        Err(e) => tracing::warn!(
-            resource = name,
-            path = %file.path.display(),
-            error = %e,
-            "could not write the owner record into the lock file"
-        ),
-    }
-}
-
-fn contended(name: &str, slot: &Slot, would_block: bool, deadline: &Deadline) -> LockError {
-    let holder = scan::recorded_holder(&slot.dir, &slot.file_name).map(Box::new);
-    if would_block {
-        LockError::WouldBlock {
-            resource: name.to_owned(),
-            holder,
-        }
-    } else {
-        tracing::debug!(resource = name, waited = ?deadline.elapsed(), "gave up waiting for lock");
-        LockError::Timeout {
-            resource: name.to_owned(),
-            waited: deadline.elapsed(),
-            holder,
-        }
-    }
-}
-
-/// The owner recorded in the lock file `file_name`, if it exists and parses.
-pub(crate) fn read_owner(dir: &LockDir, file_name: &str) -> Result<Option<Owner>, LockError> {
-    let Some(file) = LockFile::open(dir, file_name, Access::Probe, 0)? else {
-        return Ok(None);
-    };
-    let record = file
-        .read_record()
-        .map_err(|e| LockError::from_io("read", &file.path, e))?;
-    Ok(record.owner.ok())
-}
-
-fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis().try_into().unwrap_or(u64::MAX))
-}
-
-struct HolderDisplay<'a>(Option<&'a Owner>);
-
-impl fmt::Display for HolderDisplay<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.0 {
-            Some(o) => fmt::Display::fmt(o, f),
-            None => f.write_str("unknown"),
-        }
     }
 }
 

@@ -86,7 +86,7 @@
 //! thread per name blocks in the kernel. See the [`FileLockManager`] docs
 //! for the guarantees.
 //!
-//! Those threads come from a small pool of lockyard's own (parked threads
+//! Those are a few threads of lockyard's own (parked threads
 //! exit after two seconds without work). When the tasks waiting change —
 //! all timed out or were cancelled, or the last exclusive one left behind
 //! shared ones — the blocked thread is interrupted and asks again (the
@@ -121,28 +121,23 @@
 //! # }
 //! ```
 
-mod dir;
+// Bottom first: each file imports only files above it in this list.
+mod core;
+mod disk;
 mod guard;
-mod idle;
-mod interrupt;
-mod lockfile;
+mod kernel;
+mod lock;
 mod manager;
-mod name;
 mod options;
-mod pool;
-mod proc_locks;
 mod process;
-mod scan;
-mod slot;
-mod wait;
-mod waiter;
 
-pub use guard::{FileLock, FileLockGuard};
+pub use disk::scan::{CleanupOptions, FileLockInfo};
+pub use guard::FileLockGuard;
+pub use lock::FileLock;
 pub use manager::FileLockManager;
 pub use options::{FileLockOptions, WaitStrategy};
-pub use scan::{CleanupOptions, FileLockInfo};
 
 /// Entry points for the fuzz targets and their corpus tests.
 pub(crate) mod fuzz {
-    pub(crate) use super::name::check_mapping;
+    pub(crate) use super::disk::name::check_mapping;
 }

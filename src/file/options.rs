@@ -3,11 +3,9 @@
 //! Below every other file of the backend: they all may read the options.
 
 #[cfg(doc)]
-use super::FileLockManager;
-#[cfg(doc)]
 use crate::error::LockError;
 
-/// Options for a [`FileLockManager`].
+/// Options for a [`FileLockManager`](crate::FileLockManager).
 ///
 /// ```
 /// use lockyard::FileLockOptions;
@@ -24,7 +22,7 @@ pub struct FileLockOptions {
     /// (`0o600` by default). Parent directories it creates get the usual
     /// `0o777` minus the umask.
     pub dir_mode: u32,
-    /// Accept a lock directory that [`FileLockManager::new`]'s rule
+    /// Accept a lock directory that [`FileLockManager::new`](crate::FileLockManager::new)'s rule
     /// refuses: a symbolic link root does not own, another user's
     /// directory, or root's when others may write to it and it is not
     /// sticky. Default `false`: such a directory is refused with

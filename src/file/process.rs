@@ -1,4 +1,5 @@
-//! This process's id, cached, and right again in a forked child.
+//! This process's id, cached, and right again in a forked child; this
+//! process as a lock owner.
 //!
 //! Fork safety checks the pid on every acquisition and release (see the
 //! module docs on `fork()`), and `getpid` is a system call (glibc stopped
@@ -8,8 +9,12 @@
 //! …). A child made by a raw `clone` system call bypasses such handlers; if
 //! registering the handler fails, every call asks the kernel.
 
-use std::sync::Once;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, Once};
+use std::time::SystemTime;
+
+use crate::options::Mode;
+use crate::owner::Owner;
 
 /// The cached pid; 0 when unknown (first use, or just forked).
 static PID: AtomicU32 = AtomicU32::new(0);
@@ -43,4 +48,30 @@ pub(crate) fn id() -> u32 {
         PID.store(pid, Ordering::Relaxed);
     }
     pid
+}
+
+/// This process as the owner of a lock taken now in `mode`: what
+/// [`Owner::current`] says, without its system calls on every acquisition
+/// (the pid, start time and host are looked up once per process, again in
+/// a forked child).
+///
+/// The start time is this process's own: `Owner::current` keeps the one it
+/// first read for the rest of the process, so in a forked child it gives
+/// the parent's, which makes the child's record read as a dead owner's.
+pub(crate) fn owner(mode: Mode) -> Owner {
+    static TEMPLATE: Mutex<Option<Owner>> = Mutex::new(None);
+    let pid = id();
+    let mut template = TEMPLATE.lock().unwrap_or_else(|p| p.into_inner());
+    let template = match &*template {
+        Some(o) if o.pid == pid => o,
+        _ => template.insert(Owner {
+            start_time: crate::owner::process_start_time(pid),
+            ..Owner::current(mode)
+        }),
+    };
+    Owner {
+        since: SystemTime::now(),
+        mode,
+        ..template.clone()
+    }
 }

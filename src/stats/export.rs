@@ -11,8 +11,7 @@ use std::time::Duration;
 
 use metrics::{Key, Label, Level, Metadata, Unit};
 
-use super::Backend;
-use super::registry::Metric;
+use super::{Backend, Metric};
 
 static METADATA: Metadata<'static> =
     Metadata::new(module_path!(), Level::INFO, Some(module_path!()));

@@ -85,6 +85,20 @@ mod counter;
 #[cfg(feature = "redis")]
 pub(crate) use counter::Counter;
 
+/// What the live counters are: the registry counts them, the metrics export
+/// names them (here, below both, so that neither imports the other).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Metric {
+    Acquisitions,
+    Contended,
+    Busy,
+    Timeouts,
+    Errors,
+    // Only backends that can lose a lock (Redis) count it.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    Lost,
+}
+
 /// The name under which a backend counts locks beyond its
 /// [`set_name_limit`].
 pub const OTHER: &str = "(other)";

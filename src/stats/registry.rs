@@ -8,7 +8,7 @@ use std::sync::{Arc, LazyLock, RwLock};
 use std::time::{Duration, Instant};
 
 use super::histogram::AtomicHistogram;
-use super::{Backend, LockStat, OTHER};
+use super::{Backend, LockStat, Metric, OTHER};
 use crate::error::LockError;
 
 /// Default for [`super::set_name_limit`].
@@ -233,19 +233,6 @@ impl Site {
             hold: e.hold.snapshot(),
         }
     }
-}
-
-/// What the live counters are, for the metrics export.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Metric {
-    Acquisitions,
-    Contended,
-    Busy,
-    Timeouts,
-    Errors,
-    // Only backends that can lose a lock (Redis) count it.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    Lost,
 }
 
 fn add(e: &Entry, counter: &AtomicU64, _metric: Metric) {

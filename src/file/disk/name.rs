@@ -37,6 +37,29 @@ pub(crate) fn is_plain(name: &str) -> bool {
         && name.bytes().all(is_plain_byte)
 }
 
+/// Checks that `file_name` is one entry of the lock directory, taken as it
+/// is (no `.lock` added, nothing escaped).
+///
+/// # Errors
+///
+/// [`LockError::InvalidName`] if it is empty, `.` or `..`, or contains `/`
+/// or NUL.
+pub(crate) fn check_exact_file_name(file_name: &str) -> Result<(), LockError> {
+    let invalid = |reason| LockError::InvalidName {
+        name: file_name.to_owned(),
+        reason,
+    };
+    if file_name.is_empty() || file_name == "." || file_name == ".." {
+        return Err(invalid("not a file name"));
+    }
+    if file_name.contains(['/', '\0']) {
+        return Err(invalid(
+            "a file name in the lock directory cannot contain `/` or NUL",
+        ));
+    }
+    Ok(())
+}
+
 /// The file name (no directory) of the lock file for `name`.
 ///
 /// # Errors

@@ -3,7 +3,7 @@
 //! A waiter thread that exits right after handing a lock over delays the
 //! woken task by its own exit (tens of microseconds on a busy machine), and
 //! spawning one per contended acquisition costs more still. So, as tokio's
-//! blocking pool does, finished threads stay parked for [`KEEP_ALIVE`] and
+//! blocking threads do, finished threads stay parked for [`KEEP_ALIVE`] and
 //! take the next wait. A parked thread holds no lock and waits for nothing in
 //! the kernel; the number of threads is bounded by the number of waits in
 //! progress at once (one per contended name and manager).
@@ -18,7 +18,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
 type Job = Box<dyn FnOnce() + Send + 'static>;
 
-struct Pool {
+struct KernelThreads {
     state: Mutex<State>,
     wake: Condvar,
 }
@@ -34,23 +34,23 @@ struct State {
     pid: u32,
 }
 
-fn pool() -> &'static Pool {
-    static POOL: OnceLock<Pool> = OnceLock::new();
-    POOL.get_or_init(|| Pool {
+fn threads() -> &'static KernelThreads {
+    static THREADS: OnceLock<KernelThreads> = OnceLock::new();
+    THREADS.get_or_init(|| KernelThreads {
         state: Mutex::new(State::default()),
         wake: Condvar::new(),
     })
 }
 
-fn lock(p: &Pool) -> MutexGuard<'_, State> {
+fn lock(p: &KernelThreads) -> MutexGuard<'_, State> {
     p.state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs `job` on a parked thread, or on a new one.
 pub(crate) fn execute(job: Job) -> io::Result<()> {
-    let p = pool();
+    let p = threads();
     let mut st = lock(p);
-    let pid = super::process::id();
+    let pid = crate::file::process::id();
     if st.pid != pid {
         // First use, or a forked child: the parked threads counted here are
         // the parent's (threads do not survive fork). Their jobs too.
@@ -72,7 +72,7 @@ pub(crate) fn execute(job: Job) -> io::Result<()> {
     let spawned = std::thread::Builder::new()
         .name("lockyard-flock".into())
         .stack_size(256 * 1024)
-        .spawn(|| worker(pool()));
+        .spawn(|| worker(threads()));
     if let Err(e) = spawned {
         st.jobs.pop_back();
         return Err(e);
@@ -80,7 +80,7 @@ pub(crate) fn execute(job: Job) -> io::Result<()> {
     Ok(())
 }
 
-fn worker(p: &'static Pool) {
+fn worker(p: &'static KernelThreads) {
     let mut st = lock(p);
     loop {
         if let Some(job) = st.jobs.pop_front() {

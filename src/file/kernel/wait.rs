@@ -11,9 +11,9 @@
 use std::time::Duration;
 
 use super::interrupt::{self, ThreadCtl};
-use super::lockfile::LockFile;
-use super::options::WaitStrategy;
 use crate::error::LockError;
+use crate::file::disk::lockfile::LockFile;
+use crate::file::options::WaitStrategy;
 use crate::options::Mode;
 
 /// Waits once for the kernel lock on `f` in `mode`: `Ok(true)` when it is

@@ -35,7 +35,7 @@ static CACHE: Mutex<Cache> = Mutex::new(Cache {
 
 fn cache() -> MutexGuard<'static, Cache> {
     let mut c = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    let pid = super::process::id();
+    let pid = crate::file::process::id();
     if c.pid != pid {
         // First use, or a forked child: the parent's descriptors are not
         // ours to reuse. Closing them here leaves the parent's locks alone.
@@ -45,14 +45,37 @@ fn cache() -> MutexGuard<'static, Cache> {
     c
 }
 
-/// A fresh key for one name's descriptors.
-pub(crate) fn new_key() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
+/// One name's place in the cache. Dropping it closes the descriptor kept
+/// for the name.
+#[derive(Debug)]
+pub(crate) struct IdleKey(u64);
+
+impl IdleKey {
+    /// A fresh key for one name's descriptors.
+    pub(crate) fn new() -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Keeps `file` (unlocked) for the name's next acquisition.
+    pub(crate) fn park(&self, file: LockFile) {
+        park(self.0, file);
+    }
+
+    /// The descriptor kept for the name, if any.
+    pub(crate) fn take(&self) -> Option<LockFile> {
+        take(self.0)
+    }
+}
+
+impl Drop for IdleKey {
+    fn drop(&mut self) {
+        drop(take(self.0));
+    }
 }
 
 /// Keeps `file` (unlocked) for the next acquisition under `key`.
-pub(crate) fn park(key: u64, file: LockFile) {
+fn park(key: u64, file: LockFile) {
     let mut c = cache();
     let old = c
         .entries
@@ -71,15 +94,9 @@ pub(crate) fn park(key: u64, file: LockFile) {
 }
 
 /// The descriptor kept for `key`, if any.
-pub(crate) fn take(key: u64) -> Option<LockFile> {
+fn take(key: u64) -> Option<LockFile> {
     let mut c = cache();
     let i = c.entries.iter().rposition(|(k, _)| *k == key)?;
     let (_, file) = c.entries.remove(i)?;
     Some(file)
-}
-
-/// Closes the descriptor kept for `key` (its name's state is gone).
-pub(crate) fn forget(key: u64) {
-    let file = take(key);
-    drop(file);
 }

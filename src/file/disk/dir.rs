@@ -28,8 +28,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::options::FileLockOptions;
 use crate::error::LockError;
+use crate::file::options::FileLockOptions;
 
 /// What `fstat`/`fstatat` says about a lock file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

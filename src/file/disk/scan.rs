@@ -12,12 +12,12 @@ use std::time::Duration;
 use super::dir::LockDir;
 use super::lockfile::{Access, LockFile, Record};
 use super::name;
-use super::proc_locks::{Held, KernelLocks, Kind, Lookup};
+use super::proc_locks::{KernelLocks, Kind, LockEntry, Lookup};
 use crate::error::LockError;
 use crate::options::Mode;
 use crate::owner::{Liveness, Owner};
 
-/// One lock file as seen by [`FileLockManager::list`](super::FileLockManager::list).
+/// One lock file as seen by [`FileLockManager::list`](crate::FileLockManager::list).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -64,7 +64,7 @@ pub struct FileLockInfo {
     pub record_locked: bool,
 }
 
-/// What [`FileLockManager::cleanup_with`](super::FileLockManager::cleanup_with)
+/// What [`FileLockManager::cleanup_with`](crate::FileLockManager::cleanup_with)
 /// removes.
 ///
 /// ```
@@ -149,7 +149,7 @@ fn look(file: &LockFile, table: Option<&KernelLocks>) -> Result<Seen, LockError>
     })
 }
 
-fn seen_from(held: &[Held]) -> Seen {
+fn seen_from(held: &[LockEntry]) -> Seen {
     let mut seen = Seen::default();
     for h in held {
         match h.kind {
@@ -213,6 +213,17 @@ pub(crate) fn recorded_holder(dir: &LockDir, file_name: &str) -> Option<Owner> {
         }
         Lookup::Unsure => Some(owner),
     }
+}
+
+/// The owner recorded in the lock file `file_name`, if it exists and parses.
+pub(crate) fn read_owner(dir: &LockDir, file_name: &str) -> Result<Option<Owner>, LockError> {
+    let Some(file) = LockFile::open(dir, file_name, Access::Probe, 0)? else {
+        return Ok(None);
+    };
+    let record = file
+        .read_record()
+        .map_err(|e| LockError::from_io("read", &file.path, e))?;
+    Ok(record.owner.ok())
 }
 
 pub(crate) fn list(dir: &LockDir) -> Result<Vec<FileLockInfo>, LockError> {

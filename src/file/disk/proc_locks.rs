@@ -41,7 +41,7 @@ pub(crate) enum Kind {
 
 /// One lock held on a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Held {
+pub(crate) struct LockEntry {
     pub(crate) kind: Kind,
     pub(crate) mode: Mode,
     /// The holder's pid as this process sees it (`None` for OFD locks,
@@ -52,14 +52,14 @@ pub(crate) struct Held {
 /// A snapshot of the kernel's lock table.
 #[derive(Debug, Default)]
 pub(crate) struct KernelLocks {
-    entries: Vec<((u32, u32, u64), Held)>,
+    entries: Vec<((u32, u32, u64), LockEntry)>,
 }
 
 /// What the table says about one file.
 #[derive(Debug)]
 pub(crate) enum Lookup {
     /// These locks (possibly none: the file is free).
-    Known(Vec<Held>),
+    Known(Vec<LockEntry>),
     /// The device numbers do not match but the inode does: probe instead.
     Unsure,
 }
@@ -144,7 +144,7 @@ fn read_table() -> std::io::Result<(String, bool)> {
     Ok((String::from_utf8_lossy(&text).into_owned(), exact))
 }
 
-fn parse_line(line: &str) -> Option<((u32, u32, u64), Held)> {
+fn parse_line(line: &str) -> Option<((u32, u32, u64), LockEntry)> {
     let mut fields = line.split_whitespace();
     fields.next()?; // "<n>:"
     let kind = match fields.next()? {
@@ -164,7 +164,7 @@ fn parse_line(line: &str) -> Option<((u32, u32, u64), Held)> {
     let major = u32::from_str_radix(id.next()?, 16).ok()?;
     let minor = u32::from_str_radix(id.next()?, 16).ok()?;
     let ino = id.next()?.parse::<u64>().ok()?;
-    Some(((major, minor, ino), Held { kind, mode, pid }))
+    Some(((major, minor, ino), LockEntry { kind, mode, pid }))
 }
 
 /// Linux's `major(dev)` of a `st_dev`.
@@ -201,7 +201,7 @@ garbage line
         };
         assert_eq!(
             h,
-            [Held {
+            [LockEntry {
                 kind: Kind::Flock,
                 mode: Mode::Exclusive,
                 pid: Some(19110)

@@ -36,7 +36,7 @@
 use crate::loom::sync::atomic::{AtomicBool, Ordering};
 
 #[cfg(doc)]
-use super::WaitStrategy;
+use crate::file::options::WaitStrategy;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// A waiter thread as seen by whoever may want to interrupt it.
@@ -298,7 +298,7 @@ struct Interrupter {
 fn interrupter() -> &'static Interrupter {
     static IT: Mutex<Option<(u32, &'static Interrupter)>> = Mutex::new(None);
     let mut it = lock(&IT);
-    let pid = super::process::id();
+    let pid = crate::file::process::id();
     match *it {
         Some((owner, found)) if owner == pid => found,
         _ => {
@@ -344,6 +344,18 @@ fn run_interrupter(it: &'static Interrupter) {
                 .unwrap_or_else(|p| p.into_inner())
                 .0
         };
+    }
+}
+
+/// A control block for a waiter that polls (it never blocks in `flock`,
+/// so cancelling it needs no signal): what the loom models of a name's
+/// kernel state use.
+#[cfg(all(test, lockyard_loom, target_os = "linux"))]
+impl ThreadCtl {
+    pub(crate) fn polling() -> Arc<Self> {
+        let ctl = Arc::new(Self::default());
+        *ctl.thread.lock() = ThreadState::Running(0 as libc::pthread_t);
+        ctl
     }
 }
 
