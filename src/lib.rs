@@ -139,7 +139,7 @@ mod options;
 mod owner;
 mod text;
 
-pub use error::{BoxError, LockError};
+pub use error::{BoxError, LockError, TlsProblem};
 pub use guard::{LockGuard, Lost, RawGuard};
 pub use lease::LeaseDeadline;
 pub use lock::Lock;

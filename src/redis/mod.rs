@@ -129,6 +129,7 @@
 //! [`LockError::Backend`]: crate::LockError::Backend
 //! [`LockError::Protocol`]: crate::LockError::Protocol
 
+mod acl;
 mod client;
 mod cluster;
 mod conn;
@@ -143,6 +144,7 @@ mod options;
 mod pool;
 mod resource;
 mod scripts;
+mod tls;
 mod token;
 mod wakeups;
 
@@ -151,7 +153,7 @@ pub use context::RedisLocks;
 pub use guard::RedisLockGuard;
 pub use listing::RedisLockInfo;
 pub use lock::RedisLock;
-pub use options::RedisOptions;
+pub use options::{RedisOptions, RedisTls};
 
 // ---- redis extras: semaphore, RW lock, Redlock ----
 mod held;
