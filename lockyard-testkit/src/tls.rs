@@ -43,11 +43,16 @@ impl TlsFiles {
             p.distinguished_name.push(DnType::CommonName, cn);
             p.use_authority_key_identifier_extension = true;
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-            p.extended_key_usages = vec![if client {
-                ExtendedKeyUsagePurpose::ClientAuth
+            // A Cluster node presents its server certificate as a client
+            // too, on the cluster bus and to the master it replicates.
+            p.extended_key_usages = if client {
+                vec![ExtendedKeyUsagePurpose::ClientAuth]
             } else {
-                ExtendedKeyUsagePurpose::ServerAuth
-            }];
+                vec![
+                    ExtendedKeyUsagePurpose::ServerAuth,
+                    ExtendedKeyUsagePurpose::ClientAuth,
+                ]
+            };
             if expired {
                 p.not_before = date_time_ymd(2020, 1, 1);
                 p.not_after = date_time_ymd(2021, 1, 1);
