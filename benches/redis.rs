@@ -18,8 +18,11 @@
 //!   holding the lock;
 //!
 //! then the ratios against the floor, the hand-off p50/p90 over individual
-//! hand-offs, and the watchdog's cost for 10,000 held locks in round trips
-//! per renewal period.
+//! hand-offs, the watchdog's cost for 10,000 held locks in round trips per
+//! renewal period, and (with the feature `tls`: `cargo bench --bench redis
+//! --features tls`) what TLS costs lockyard beyond what it costs the floor:
+//! uncontended acquire + release against a TLS-only server and a plain one,
+//! (lockyard / floor over TLS) / (lockyard / floor over TCP), interleaved.
 
 use std::time::{Duration, Instant};
 
@@ -68,7 +71,86 @@ fn main() {
     report_ratios();
     report_interleaved(&rt, &floor, &locks);
     report_handoff_percentiles(&rt, &locks, &other);
+    #[cfg(feature = "tls")]
+    report_tls_overhead(&rt, &floor, &locks);
     report_renewal_cost(&rt, &url);
+}
+
+/// Uncontended acquire + release over TLS and over TCP, each against its
+/// floor, in alternating short rounds (so that load from other processes
+/// hits all four alike); the median over rounds of
+/// (lockyard / floor over TLS) / (lockyard / floor over TCP): what TLS
+/// costs lockyard beyond what it costs any client.
+#[cfg(feature = "tls")]
+fn report_tls_overhead(rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
+    use lockyard_testkit::tls::{ServerTls, TlsFiles};
+    const ROUNDS: usize = 15;
+    const SEQ: usize = 500;
+    let files = TlsFiles::generate();
+    let server = RedisServer::start_tls(&ServerTls::new(&files));
+    let url = server.url();
+    let (tls_floor, tls_locks) = rt.block_on(async {
+        (
+            Floor::connect_tls(&url, &files.ca(), TTL).await,
+            RedisLocks::connect_with(&url, RedisOptions::default().ttl(TTL).tls_ca(files.ca()))
+                .await
+                .unwrap(),
+        )
+    });
+    let floor_round = |floor: &Floor| {
+        let mut f = floor.clone();
+        async move {
+            let t = Instant::now();
+            for _ in 0..SEQ {
+                f.acquire_release("bench:floor:tls", TOKEN).await;
+            }
+            t.elapsed().as_secs_f64()
+        }
+    };
+    let ours_round = |locks: &RedisLocks| {
+        let locks = locks.clone();
+        async move {
+            let t = Instant::now();
+            for _ in 0..SEQ {
+                locks
+                    .acquire("bench-tls", TTL)
+                    .await
+                    .unwrap()
+                    .release()
+                    .await
+                    .unwrap();
+            }
+            t.elapsed().as_secs_f64()
+        }
+    };
+    let (mut ratios, mut tcp, mut tls) = (Vec::new(), Vec::new(), Vec::new());
+    rt.block_on(async {
+        // One warm-up round of each, not counted.
+        floor_round(floor).await;
+        ours_round(locks).await;
+        floor_round(&tls_floor).await;
+        ours_round(&tls_locks).await;
+        for _ in 0..ROUNDS {
+            let tcp_floor = floor_round(floor).await;
+            let tcp_ours = ours_round(locks).await;
+            let tls_floor_t = floor_round(&tls_floor).await;
+            let tls_ours = ours_round(&tls_locks).await;
+            let (over_tcp, over_tls) = (tcp_ours / tcp_floor, tls_ours / tls_floor_t);
+            tcp.push(over_tcp);
+            tls.push(over_tls);
+            ratios.push(over_tls / over_tcp);
+        }
+    });
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    println!(
+        "TLS, uncontended, interleaved over {ROUNDS} rounds (median): lockyard/floor over TCP {:.3}, over TLS {:.3}; (over TLS) / (over TCP) {:.3} (bar <= 1.05)",
+        median(&mut tcp),
+        median(&mut tls),
+        median(&mut ratios)
+    );
 }
 
 fn uncontended(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
