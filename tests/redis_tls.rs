@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use lockyard::redis::{RedisLocks, RedisOptions, Redlock};
 use lockyard::{LockError, TlsProblem};
-use lockyard_testkit::bounded;
 use lockyard_testkit::redis::RedisServer;
 use lockyard_testkit::tls::{ServerTls, TlsFiles};
+use lockyard_testkit::{bounded, eventually};
 
 /// The connect timeout of the failing connects: every one must fail within
 /// it, not hang.
@@ -75,14 +75,16 @@ async fn rediss_with_the_servers_ca_locks_and_excludes_another_client() {
         let g = b.acquire("job", Duration::from_secs(8)).await;
         (g.map(|_| ()), started.elapsed())
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The waiter subscribed to the release channel over TLS.
+    eventually("the waiter subscribes over TLS", || async {
+        let reply = server.command(&["PUBSUB", "NUMSUB", "lockyard:{job}:released"]);
+        reply.lines().last() == Some("1")
+    })
+    .await;
     bounded(held.release()).await.unwrap();
     let (got, waited) = bounded(waiter).await.unwrap();
     got.unwrap();
-    assert!(
-        waited < Duration::from_secs(5),
-        "woken by the release, not a TTL: {waited:?}"
-    );
+    assert!(waited < Duration::from_secs(5), "{waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

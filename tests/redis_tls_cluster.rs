@@ -11,7 +11,7 @@ use lockyard::redis::{RedisLocks, RedisOptions};
 use lockyard::{LockError, TlsProblem};
 use lockyard_testkit::cluster::RedisCluster;
 use lockyard_testkit::tls::{ServerTls, TlsFiles};
-use lockyard_testkit::{bounded, bounded_for};
+use lockyard_testkit::{bounded, bounded_for, eventually};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_cluster_locks_on_every_master_through_either_url() {
@@ -53,7 +53,7 @@ async fn a_tls_cluster_locks_on_every_master_through_either_url() {
             break;
         }
     }
-    for (name, _) in &names {
+    for (name, master) in &names {
         let held = bounded(a.try_acquire(name)).await.unwrap();
         let refused = bounded(b.try_acquire(name)).await.unwrap_err();
         assert!(refused.is_would_block(), "{name}: {refused}");
@@ -64,11 +64,18 @@ async fn a_tls_cluster_locks_on_every_master_through_either_url() {
             let got = b2.acquire(&n, Duration::from_secs(8)).await.map(|_| ());
             (got, started.elapsed())
         });
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The waiter subscribed (sharded, over TLS) on the name's master.
+        let channel = format!("lockyard:{{{name}}}:released");
+        eventually("the waiter subscribes on its shard over TLS", || async {
+            let reply = cluster
+                .node(*master)
+                .command(&["PUBSUB", "SHARDNUMSUB", &channel]);
+            reply.lines().last() == Some("1")
+        })
+        .await;
         bounded(held.release()).await.unwrap();
         let (got, waited) = bounded(waiter).await.unwrap();
         got.unwrap();
-        // Woken by the sharded release message, not by polling to the TTL.
         assert!(waited < Duration::from_secs(5), "{name}: {waited:?}");
     }
 
