@@ -309,6 +309,59 @@ async fn an_acl_user_missing_a_command_is_refused_at_connect_naming_it() {
     bounded(g.release()).await.unwrap();
 }
 
+/// A user that may not run `ACL DRYRUN` (so the check is skipped) still
+/// learns at connect which command it lacks, if connecting needs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_acl_dryrun_learns_of_a_missing_script_load_at_connect() {
+    let files = TlsFiles::generate();
+    let server = RedisServer::start_tls(&ServerTls::new(&files));
+    let r = server.command(&[
+        "ACL",
+        "SETUSER",
+        "noload",
+        "on",
+        ">pw-noload",
+        "~lockyard:*",
+        "&lockyard:*",
+        "+@all",
+        "-@admin",
+        "-@dangerous",
+        "+info",
+        "-script|load",
+    ]);
+    assert_eq!(r, "+OK");
+    let url = format!("rediss://noload:pw-noload@127.0.0.1:{}/", server.port());
+    let err = bounded(RedisLocks::connect_with(&url, opts(&files)))
+        .await
+        .unwrap_err();
+    match &err {
+        LockError::NotPermitted { user, command, .. } => {
+            assert_eq!((user.as_str(), command.as_str()), ("noload", "SCRIPT LOAD"));
+        }
+        other => panic!("expected NotPermitted, got {other:?}"),
+    }
+}
+
+/// A client built without connecting (`connect_lazy`) reports TLS
+/// failures at its first operation, typed the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lazy_client_reports_a_wrong_ca_at_first_use() {
+    let files = TlsFiles::generate();
+    let server = RedisServer::start_tls(&ServerTls::new(&files));
+    let o = opts(&files).tls_ca(files.other_ca());
+    let locks = RedisLocks::connect_lazy(&server.url(), o).unwrap();
+    let err = bounded(locks.try_acquire("lazy")).await.unwrap_err();
+    match &err {
+        LockError::Tls {
+            server: s, problem, ..
+        } => {
+            assert_eq!(*problem, TlsProblem::UntrustedCertificate);
+            assert_eq!(s, &server.url());
+        }
+        other => panic!("expected LockError::Tls, got {other:?}"),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acl_user_with_every_needed_command_passes_the_check() {
     let files = TlsFiles::generate();

@@ -11,8 +11,10 @@
 //! are awaited, `CLUSTER SLOTS` and `ASKING` on a Cluster). Each is asked
 //! with `ACL DRYRUN` (Redis 7). A user that may not run `ACL DRYRUN`
 //! itself, or a server older than 7, cannot be checked this way: the check
-//! is skipped (logged at `debug`), and a missing permission shows at first
-//! use as a [`LockError::Backend`] `NOPERM`.
+//! is skipped (logged at `debug`); the commands sent at connect anyway
+//! (`INFO`, `SCRIPT LOAD`) still name themselves when refused, and any
+//! other missing permission shows at first use as a [`LockError::Backend`]
+//! `NOPERM`.
 //!
 //! # Layering
 //!
@@ -178,6 +180,33 @@ pub(crate) async fn check(
         });
     }
     Ok(())
+}
+
+/// `err`, a refusal of `command` met at connect, as
+/// [`LockError::NotPermitted`] when the server said `NOPERM` (so that a
+/// user the `ACL DRYRUN` check could not cover still learns at connect
+/// which command it lacks); any other error as it is.
+pub(crate) fn refused_at_connect(err: LockError, user: &str, command: &str) -> LockError {
+    let reason = match &err {
+        LockError::Backend { source, .. } => source
+            .downcast_ref::<redis::RedisError>()
+            .filter(|e| e.code() == Some("NOPERM"))
+            .map(|e| e.detail().unwrap_or("NOPERM").trim().to_owned()),
+        _ => None,
+    };
+    match reason {
+        Some(reason) => LockError::NotPermitted {
+            user: user.to_owned(),
+            command: command.to_owned(),
+            reason,
+        },
+        None => err,
+    }
+}
+
+/// The user a connection authenticates as: the URL's, or `default`.
+pub(crate) fn user_of(info: &redis::ConnectionInfo) -> &str {
+    info.redis_settings().username().unwrap_or("default")
 }
 
 /// Whether `ACL DRYRUN` itself was refused: the user may not run it

@@ -22,7 +22,7 @@ use super::listing::RedisLockInfo;
 use super::local::LocalQueues;
 use super::lock::RedisLock;
 use super::options::RedisOptions;
-use super::pool::{Connections, Manager, PoolConn};
+use super::pool::{Connections, Manager, PoolConn, TlsFailure};
 use super::scripts;
 use super::tls::{TlsMaterial, diagnose};
 use super::token::parse_holder;
@@ -199,15 +199,22 @@ impl RedisLocks {
             let first = first_connection(&client, &info, &tls, &opts, &what).await?;
             let first = PoolConn::new(first, epoch.clone());
             let mut conn = first.conn();
-            if is_cluster_node(&mut conn, &what).await? {
+            let user = acl::user_of(&info);
+            if is_cluster_node(&mut conn, &what)
+                .await
+                .map_err(|e| acl::refused_at_connect(e, user, "INFO"))?
+            {
                 return Self::build_cluster(vec![info], tls, what, opts).await;
             }
             check_permissions(&mut conn, &info, &opts, false, &what).await?;
             for script in scripts::all() {
-                script
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|e| map_redis(e, &what, "load scripts"))?;
+                script.load_async(&mut conn).await.map_err(|e| {
+                    acl::refused_at_connect(
+                        map_redis(e, &what, "load scripts"),
+                        user,
+                        "SCRIPT LOAD",
+                    )
+                })?;
             }
             Some(first)
         } else {
@@ -215,6 +222,7 @@ impl RedisLocks {
         };
 
         // `pool_size` connections for operations, one for the watchdog.
+        let tls_failure = TlsFailure::default();
         let pool = bb8::Pool::builder()
             .max_size(opts.pool_size + 1)
             .test_on_check_out(false)
@@ -224,12 +232,14 @@ impl RedisLocks {
                 opts.connect_timeout,
                 opts.request_timeout(),
                 epoch.clone(),
+                tls_failure.clone(),
             ));
         let conns = Arc::new(Connections::new(
             pool,
             opts.pool_size as usize,
             epoch,
             what.clone(),
+            tls_failure,
         ));
         if let Some(first) = first {
             conns.seed(first).await;
@@ -283,11 +293,11 @@ impl RedisLocks {
         }
         // `SCRIPT LOAD` goes to every node; a node that joins later gets
         // them on its first `NOSCRIPT`.
+        let user = seeds.first().map_or("default", acl::user_of);
         for script in scripts::all() {
-            script
-                .load_async(&mut conn)
-                .await
-                .map_err(|e| map_redis(e, &what, "load scripts"))?;
+            script.load_async(&mut conn).await.map_err(|e| {
+                acl::refused_at_connect(map_redis(e, &what, "load scripts"), user, "SCRIPT LOAD")
+            })?;
         }
         let conns = Arc::new(Connections::cluster(cluster));
         Ok(Self::assemble(
@@ -740,7 +750,7 @@ async fn check_permissions(
     cluster: bool,
     what: &str,
 ) -> Result<(), LockError> {
-    let user = info.redis_settings().username().unwrap_or("default");
+    let user = acl::user_of(info);
     let needs = acl::Needs {
         prefix: &opts.key_prefix,
         cluster,

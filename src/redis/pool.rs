@@ -26,6 +26,7 @@ use redis::aio::MultiplexedConnection;
 use super::cluster::Cluster;
 pub(crate) use super::conn::Conn;
 use super::errors::map_pool;
+use super::tls::problem_of;
 use crate::error::LockError;
 
 /// The `bb8` pool type of a client.
@@ -36,7 +37,14 @@ pub(crate) struct Manager {
     client: redis::Client,
     config: AsyncConnectionConfig,
     epoch: Arc<AtomicU64>,
+    /// The last connect's TLS failure, if it failed so: `bb8` retries a
+    /// failed connect until its timeout and then reports only that it
+    /// timed out, so [`Connections`] reads the cause here.
+    tls_failure: TlsFailure,
 }
+
+/// Shared between a pool's [`Manager`] and its [`Connections`].
+pub(crate) type TlsFailure = Arc<Mutex<Option<redis::RedisError>>>;
 
 impl Manager {
     /// `client` carries the address, credentials and TLS material; `epoch`
@@ -47,6 +55,7 @@ impl Manager {
         connect_timeout: Duration,
         op_timeout: Duration,
         epoch: Arc<AtomicU64>,
+        tls_failure: TlsFailure,
     ) -> Self {
         Self {
             client,
@@ -54,6 +63,7 @@ impl Manager {
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(op_timeout)),
             epoch,
+            tls_failure,
         }
     }
 }
@@ -98,8 +108,21 @@ impl bb8::ManageConnection for Manager {
         let conn = self
             .client
             .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        Ok(PoolConn::new(conn, self.epoch.clone()))
+            .await;
+        let mut failure = self
+            .tls_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match conn {
+            Ok(conn) => {
+                *failure = None;
+                Ok(PoolConn::new(conn, self.epoch.clone()))
+            }
+            Err(e) => {
+                *failure = problem_of(&e).is_some().then(|| e.clone());
+                Err(e)
+            }
+        }
     }
 
     async fn is_valid(&self, conn: &mut PoolConn) -> Result<(), redis::RedisError> {
@@ -129,6 +152,8 @@ pub(crate) struct Connections {
     epoch: Arc<AtomicU64>,
     /// The server's URL without its password (named by TLS errors).
     server: String,
+    /// The pool's last TLS failure (see [`Manager`]).
+    tls_failure: TlsFailure,
 }
 
 /// One server (pooled connections) or a Cluster (one routed connection;
@@ -166,9 +191,16 @@ struct Slot {
 
 impl Connections {
     /// `slots` connections for operations; `pool` must allow `slots + 1`.
-    pub(crate) fn new(pool: Pool, slots: usize, epoch: Arc<AtomicU64>, server: String) -> Self {
+    pub(crate) fn new(
+        pool: Pool,
+        slots: usize,
+        epoch: Arc<AtomicU64>,
+        server: String,
+        tls_failure: TlsFailure,
+    ) -> Self {
         Self {
             server,
+            tls_failure,
             shape: Shape::Node {
                 pool,
                 slots: (0..slots.max(1)).map(|_| SlotCell::default()).collect(),
@@ -185,6 +217,7 @@ impl Connections {
             shape: Shape::Cluster(cluster),
             epoch: Arc::new(AtomicU64::new(0)),
             server: String::new(),
+            tls_failure: TlsFailure::default(),
         }
     }
 
@@ -279,10 +312,19 @@ impl Connections {
         }
         let mut attempts = pool.state().connections as usize + 1;
         let pooled = loop {
-            let pooled = pool
-                .get_owned()
-                .await
-                .map_err(|e| map_pool(e, resource, op, &self.server))?;
+            let pooled = pool.get_owned().await.map_err(|e| {
+                let e = match e {
+                    // Retried until the timeout: say why it failed.
+                    bb8::RunError::TimedOut => self
+                        .tls_failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone()
+                        .map_or(bb8::RunError::TimedOut, bb8::RunError::User),
+                    e => e,
+                };
+                map_pool(e, resource, op, &self.server)
+            })?;
             attempts -= 1;
             let fresh = pooled.born >= self.epoch.load(Ordering::Acquire)
                 && !pooled.broken.load(Ordering::Acquire);
