@@ -1,9 +1,9 @@
 //! TLS to Redis (feature `tls`): `rediss://` to private TLS-only servers
 //! with a CA the test makes, mutual TLS, ACL users, Redlock over TLS, and
 //! every way a connection can be wrong (the wrong CA, an expired
-//! certificate, a plain URL to a TLS port, a TLS URL to a plain port, a
-//! missing client certificate), each a typed error within the connect
-//! timeout.
+//! certificate, one for another host, a plain URL to a TLS port, a TLS URL
+//! to a plain port, a missing client certificate), each a typed error
+//! within the connect timeout.
 #![cfg(feature = "tls")]
 
 use std::time::{Duration, Instant};
@@ -128,6 +128,14 @@ async fn an_expired_server_certificate_is_reported_as_expired() {
     let server = RedisServer::start_tls(&ServerTls::new(&files).expired(&files));
     let (problem, msg) = tls_failure(&server.url(), opts(&files)).await;
     assert_eq!(problem, TlsProblem::ExpiredCertificate, "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_for_another_host_is_reported_as_the_wrong_host_name() {
+    let files = TlsFiles::generate();
+    let server = RedisServer::start_tls(&ServerTls::new(&files).wrong_name(&files));
+    let (problem, msg) = tls_failure(&server.url(), opts(&files)).await;
+    assert_eq!(problem, TlsProblem::WrongHostName, "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

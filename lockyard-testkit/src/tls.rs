@@ -1,7 +1,7 @@
 //! Certificates for the TLS tests, made by the test with `rcgen` (no
 //! `openssl` needed): a CA, a server certificate it signed for `localhost`
-//! and `127.0.0.1`, an expired one, a client certificate for mutual TLS,
-//! and a second, unrelated CA (the "wrong CA" a client may be given).
+//! and `127.0.0.1`, an expired one, one for another host name, a client
+//! certificate for mutual TLS, and a second, unrelated CA (the "wrong CA" a client may be given).
 //!
 //! [`TlsFiles::generate`] writes them as PEM files into a temporary
 //! directory (removed on drop); [`crate::redis::RedisServer::start_tls`]
@@ -37,9 +37,12 @@ impl TlsFiles {
         write("other-ca.pem", &other_ca.pem());
 
         let leaf = |cn: &str, client: bool, expired: bool| {
-            let mut p =
-                CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
-                    .expect("SANs");
+            let names = if cn == "elsewhere.invalid" {
+                vec![cn.to_owned()]
+            } else {
+                vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
+            };
+            let mut p = CertificateParams::new(names).expect("SANs");
             p.distinguished_name.push(DnType::CommonName, cn);
             p.use_authority_key_identifier_extension = true;
             p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
@@ -67,6 +70,9 @@ impl TlsFiles {
         let (cert, key) = leaf("localhost", false, true);
         write("expired.pem", &cert);
         write("expired.key", &key);
+        let (cert, key) = leaf("elsewhere.invalid", false, false);
+        write("elsewhere.pem", &cert);
+        write("elsewhere.key", &key);
         let (cert, key) = leaf("lockyard test client", true, false);
         write("client.pem", &cert);
         write("client.key", &key);
@@ -101,6 +107,15 @@ impl TlsFiles {
         (
             self.dir.path().join("expired.pem"),
             self.dir.path().join("expired.key"),
+        )
+    }
+
+    /// A server certificate (signed by the CA) for `elsewhere.invalid`
+    /// only: not valid for `127.0.0.1` or `localhost`.
+    pub fn wrong_name_server(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("elsewhere.pem"),
+            self.dir.path().join("elsewhere.key"),
         )
     }
 
@@ -160,6 +175,12 @@ impl ServerTls {
     /// Presents the expired certificate.
     pub fn expired(mut self, files: &TlsFiles) -> Self {
         self.cert = files.expired_server();
+        self
+    }
+
+    /// Presents a certificate for another host name.
+    pub fn wrong_name(mut self, files: &TlsFiles) -> Self {
+        self.cert = files.wrong_name_server();
         self
     }
 
