@@ -722,9 +722,12 @@ async fn first_connection_within(
     {
         let (host, port, is_tls) = (host.clone(), *port, tls.is_tls());
         let left = budget.saturating_sub(started.elapsed());
-        let found = tokio::task::spawn_blocking(move || diagnose(&host, port, is_tls, left))
+        // Bounded here too: the probe's name lookup is not.
+        let probe = tokio::task::spawn_blocking(move || diagnose(&host, port, is_tls, left));
+        let found = tokio::time::timeout(left, probe)
             .await
             .ok()
+            .and_then(Result::ok)
             .flatten();
         if let Some(problem) = found {
             return Err(LockError::Tls {
