@@ -22,7 +22,8 @@
 //! renewal period, and (with the feature `tls`: `cargo bench --bench redis
 //! --features tls`) what TLS costs lockyard beyond what it costs the floor:
 //! uncontended acquire + release against a TLS-only server and a plain one,
-//! (lockyard / floor over TLS) / (lockyard / floor over TCP), interleaved.
+//! (lockyard / floor over TLS) / (lockyard / floor over TCP), one operation
+//! of each in turn, medians.
 
 use std::time::{Duration, Instant};
 
@@ -77,15 +78,17 @@ fn main() {
 }
 
 /// Uncontended acquire + release over TLS and over TCP, each against its
-/// floor, in alternating short rounds (so that load from other processes
-/// hits all four alike); the median over rounds of
-/// (lockyard / floor over TLS) / (lockyard / floor over TCP): what TLS
-/// costs lockyard beyond what it costs any client.
+/// floor: one operation of each of the four in turn (the order rotating),
+/// each timed alone, so that load from other processes falls on all four
+/// alike; the ratio of medians (lockyard / floor over TLS) / (lockyard /
+/// floor over TCP) is what TLS costs lockyard beyond what it costs any
+/// client. Medians of single operations, not sums: a preempted operation
+/// moves a sum, not a median.
 #[cfg(feature = "tls")]
 fn report_tls_overhead(rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
     use lockyard_testkit::tls::{ServerTls, TlsFiles};
-    const ROUNDS: usize = 15;
-    const SEQ: usize = 500;
+    const OPS: usize = 4000;
+    const WARM_UP: usize = 200;
     let files = TlsFiles::generate();
     let server = RedisServer::start_tls(&ServerTls::new(&files));
     let url = server.url();
@@ -97,59 +100,42 @@ fn report_tls_overhead(rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
                 .unwrap(),
         )
     });
-    let floor_round = |floor: &Floor| {
-        let mut f = floor.clone();
-        async move {
-            let t = Instant::now();
-            for _ in 0..SEQ {
-                f.acquire_release("bench:floor:tls", TOKEN).await;
-            }
-            t.elapsed().as_secs_f64()
-        }
-    };
-    let ours_round = |locks: &RedisLocks| {
-        let locks = locks.clone();
-        async move {
-            let t = Instant::now();
-            for _ in 0..SEQ {
-                locks
-                    .acquire("bench-tls", TTL)
-                    .await
-                    .unwrap()
-                    .release()
-                    .await
-                    .unwrap();
-            }
-            t.elapsed().as_secs_f64()
-        }
-    };
-    let (mut ratios, mut tcp, mut tls) = (Vec::new(), Vec::new(), Vec::new());
+    // [floor over TCP, lockyard over TCP, floor over TLS, lockyard over TLS]
+    let mut times: [Vec<Duration>; 4] = Default::default();
     rt.block_on(async {
-        // One warm-up round of each, not counted.
-        floor_round(floor).await;
-        ours_round(locks).await;
-        floor_round(&tls_floor).await;
-        ours_round(&tls_locks).await;
-        for _ in 0..ROUNDS {
-            let tcp_floor = floor_round(floor).await;
-            let tcp_ours = ours_round(locks).await;
-            let tls_floor_t = floor_round(&tls_floor).await;
-            let tls_ours = ours_round(&tls_locks).await;
-            let (over_tcp, over_tls) = (tcp_ours / tcp_floor, tls_ours / tls_floor_t);
-            tcp.push(over_tcp);
-            tls.push(over_tls);
-            ratios.push(over_tls / over_tcp);
+        let (mut tcp_floor, mut tls_floor) = (floor.clone(), tls_floor.clone());
+        for i in 0..WARM_UP + OPS {
+            for k in 0..4 {
+                let which = (i + k) % 4;
+                let t = Instant::now();
+                match which {
+                    0 => tcp_floor.acquire_release("bench:floor:tls", TOKEN).await,
+                    2 => tls_floor.acquire_release("bench:floor:tls", TOKEN).await,
+                    _ => {
+                        let locks = if which == 1 { locks } else { &tls_locks };
+                        let g = locks.acquire("bench-tls", TTL).await.unwrap();
+                        g.release().await.unwrap();
+                    }
+                }
+                if i >= WARM_UP {
+                    times[which].push(t.elapsed());
+                }
+            }
         }
     });
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
     };
+    let [f_tcp, l_tcp, f_tls, l_tls] = times.each_mut().map(median);
+    let (over_tcp, over_tls) = (l_tcp / f_tcp, l_tls / f_tls);
     println!(
-        "TLS, uncontended, interleaved over {ROUNDS} rounds (median): lockyard/floor over TCP {:.3}, over TLS {:.3}; (over TLS) / (over TCP) {:.3} (bar <= 1.05)",
-        median(&mut tcp),
-        median(&mut tls),
-        median(&mut ratios)
+        "TLS, uncontended, {OPS} of each interleaved (medians): floor {:.1} µs / lockyard {:.1} µs over TCP ({over_tcp:.3}), floor {:.1} µs / lockyard {:.1} µs over TLS ({over_tls:.3}); (over TLS) / (over TCP) {:.3} (bar <= 1.05)",
+        f_tcp * 1e6,
+        l_tcp * 1e6,
+        f_tls * 1e6,
+        l_tls * 1e6,
+        over_tls / over_tcp
     );
 }
 
