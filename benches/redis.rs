@@ -18,8 +18,12 @@
 //!   holding the lock;
 //!
 //! then the ratios against the floor, the hand-off p50/p90 over individual
-//! hand-offs, and the watchdog's cost for 10,000 held locks in round trips
-//! per renewal period.
+//! hand-offs, the watchdog's cost for 10,000 held locks in round trips per
+//! renewal period, and (with the feature `tls`: `cargo bench --bench redis
+//! --features tls`) what TLS costs lockyard beyond what it costs the floor:
+//! uncontended acquire + release against a TLS-only server and a plain one,
+//! (lockyard / floor over TLS) / (lockyard / floor over TCP), one operation
+//! of each in turn, medians.
 
 use std::time::{Duration, Instant};
 
@@ -68,7 +72,71 @@ fn main() {
     report_ratios();
     report_interleaved(&rt, &floor, &locks);
     report_handoff_percentiles(&rt, &locks, &other);
+    #[cfg(feature = "tls")]
+    report_tls_overhead(&rt, &floor, &locks);
     report_renewal_cost(&rt, &url);
+}
+
+/// Uncontended acquire + release over TLS and over TCP, each against its
+/// floor: one operation of each of the four in turn (the order rotating),
+/// each timed alone, so that load from other processes falls on all four
+/// alike; the ratio of medians (lockyard / floor over TLS) / (lockyard /
+/// floor over TCP) is what TLS costs lockyard beyond what it costs any
+/// client. Medians of single operations, not sums: a preempted operation
+/// moves a sum, not a median.
+#[cfg(feature = "tls")]
+fn report_tls_overhead(rt: &Runtime, floor: &Floor, locks: &RedisLocks) {
+    use lockyard_testkit::tls::{ServerTls, TlsFiles};
+    const OPS: usize = 4000;
+    const WARM_UP: usize = 200;
+    let files = TlsFiles::generate();
+    let server = RedisServer::start_tls(&ServerTls::new(&files));
+    let url = server.url();
+    let (tls_floor, tls_locks) = rt.block_on(async {
+        (
+            Floor::connect_tls(&url, &files.ca(), TTL).await,
+            RedisLocks::connect_with(&url, RedisOptions::default().ttl(TTL).tls_ca(files.ca()))
+                .await
+                .unwrap(),
+        )
+    });
+    // [floor over TCP, lockyard over TCP, floor over TLS, lockyard over TLS]
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    rt.block_on(async {
+        let (mut tcp_floor, mut tls_floor) = (floor.clone(), tls_floor.clone());
+        for i in 0..WARM_UP + OPS {
+            for k in 0..4 {
+                let which = (i + k) % 4;
+                let t = Instant::now();
+                match which {
+                    0 => tcp_floor.acquire_release("bench:floor:tls", TOKEN).await,
+                    2 => tls_floor.acquire_release("bench:floor:tls", TOKEN).await,
+                    _ => {
+                        let locks = if which == 1 { locks } else { &tls_locks };
+                        let g = locks.acquire("bench-tls", TTL).await.unwrap();
+                        g.release().await.unwrap();
+                    }
+                }
+                if i >= WARM_UP {
+                    times[which].push(t.elapsed());
+                }
+            }
+        }
+    });
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64()
+    };
+    let [f_tcp, l_tcp, f_tls, l_tls] = times.each_mut().map(median);
+    let (over_tcp, over_tls) = (l_tcp / f_tcp, l_tls / f_tls);
+    println!(
+        "TLS, uncontended, {OPS} of each interleaved (medians): floor {:.1} µs / lockyard {:.1} µs over TCP ({over_tcp:.3}), floor {:.1} µs / lockyard {:.1} µs over TLS ({over_tls:.3}); (over TLS) / (over TCP) {:.3} (bar <= 1.05)",
+        f_tcp * 1e6,
+        l_tcp * 1e6,
+        f_tls * 1e6,
+        l_tls * 1e6,
+        over_tls / over_tcp
+    );
 }
 
 fn uncontended(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLocks) {

@@ -2,7 +2,9 @@
 # Runs every test: unit, integration, doc tests, fuzz corpora, and the loom
 # models. Installs redis-server and redis-cli (Debian) when missing, since
 # the Redis tests start their own private servers and Clusters (created with
-# `redis-cli --cluster create`) on free loopback ports.
+# `redis-cli --cluster create`) on free loopback ports. The TLS tests need
+# nothing more: Debian's redis-server and redis-cli are built with TLS, and
+# the tests make their CA and certificates themselves (rcgen, no openssl).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

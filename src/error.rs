@@ -221,6 +221,32 @@ pub enum LockError {
         /// What was asked for.
         requested: &'static str,
     },
+    /// A TLS connection to the backend could not be set up; `problem` says
+    /// why (an untrusted or expired certificate, a plain server behind a
+    /// `rediss://` URL, a TLS-only port behind a `redis://` one, …).
+    /// Retrying will not fix it: the configuration must change.
+    #[error("TLS to {server}: {problem}", server = Escaped(server))]
+    Tls {
+        /// The server, as its URL without a password.
+        server: String,
+        /// What went wrong.
+        problem: TlsProblem,
+        /// The underlying error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The backend's access control does not let this client's user run a
+    /// command lockyard needs (Redis ACL users): found at connect time,
+    /// not at the first release.
+    #[error("Redis user `{user}` may not run `{command}`, which lockyard needs: {reason}", user = Escaped(user), reason = Escaped(reason))]
+    NotPermitted {
+        /// The user the client authenticated as (`default` without one).
+        user: String,
+        /// The command refused (`EVALSHA`, `SCRIPT LOAD`, `PUBLISH`, …).
+        command: String,
+        /// The server's explanation (the command, a key or a channel).
+        reason: String,
+    },
     /// A semaphore in use with another permit count than the caller's.
     #[error("semaphore `{resource}` is in use with {stored} permits, not {requested}")]
     PermitsMismatch {
@@ -442,6 +468,77 @@ fn is_nolock_errno(e: &io::Error) -> bool {
     {
         let _ = e;
         false
+    }
+}
+
+/// Why a TLS connection could not be set up ([`LockError::Tls`]).
+///
+/// ```
+/// use lockyard::{LockError, TlsProblem};
+///
+/// let err = LockError::Tls {
+///     server: "rediss://cache.example:6380/".into(),
+///     problem: TlsProblem::UntrustedCertificate,
+///     source: None,
+/// };
+/// assert!(err.to_string().contains("not signed by a CA this client trusts"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsProblem {
+    /// The server's certificate is not signed by a trusted CA (the wrong
+    /// CA file, or a private CA that was not given).
+    UntrustedCertificate,
+    /// The server's certificate (or one in its chain) has expired or is not
+    /// valid yet.
+    ExpiredCertificate,
+    /// The server's certificate is not valid for the host name in the URL.
+    WrongHostName,
+    /// The server refused the connection during the handshake: it requires
+    /// a client certificate (mutual TLS) and none, or one it does not
+    /// trust, was given.
+    ClientCertificateRefused,
+    /// The URL says `rediss://`, but the server answered in plain text: it
+    /// does not speak TLS on that port (use `redis://`).
+    ServerIsPlain,
+    /// The URL says `redis://`, but the server speaks TLS only on that port
+    /// (use `rediss://`).
+    ServerRequiresTls,
+    /// The URL says `rediss://`, or TLS files were given, but this build has
+    /// no TLS: enable lockyard's feature `tls`.
+    NotEnabled,
+    /// Any other handshake failure; the source says what.
+    Handshake,
+}
+
+impl fmt::Display for TlsProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsProblem::UntrustedCertificate => {
+                "the server's certificate is not signed by a CA this client trusts (wrong CA file?)"
+            }
+            TlsProblem::ExpiredCertificate => {
+                "the server's certificate has expired (or is not valid yet)"
+            }
+            TlsProblem::WrongHostName => {
+                "the server's certificate is not valid for the host name in the URL"
+            }
+            TlsProblem::ClientCertificateRefused => {
+                "the server refused the handshake: it wants a client certificate it trusts \
+                 (mutual TLS: give a certificate and key)"
+            }
+            TlsProblem::ServerIsPlain => {
+                "the server answered in plain text: it does not speak TLS on this port \
+                 (use redis://, not rediss://)"
+            }
+            TlsProblem::ServerRequiresTls => {
+                "the server speaks TLS only on this port (use rediss://, not redis://)"
+            }
+            TlsProblem::NotEnabled => {
+                "this build of lockyard has no TLS (enable its feature `tls`)"
+            }
+            TlsProblem::Handshake => "the TLS handshake failed",
+        })
     }
 }
 

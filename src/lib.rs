@@ -100,6 +100,9 @@
 //!
 //! - `redis` (default): distributed locks on Redis ([`RedisLocks`],
 //!   [`Redlock`]).
+//! - `tls`: `rediss://` to Redis (one server, Cluster, Redlock) over rustls,
+//!   with a custom CA and client certificates (`RedisOptions::tls_ca`,
+//!   `tls_client_cert`); what managed Redis services require.
 //! - `serde`: `Serialize` for the statistics, [`Owner`], [`Mode`] and the
 //!   listings ([`FileLockInfo`], `RedisLockInfo`); `Deserialize` for the
 //!   statistics, [`Owner`] and [`Mode`].
@@ -142,7 +145,7 @@ mod options;
 mod owner;
 mod text;
 
-pub use error::{BoxError, LockError};
+pub use error::{BoxError, LockError, TlsProblem};
 pub use guard::{LockGuard, RawGuard};
 pub use lock::Lock;
 pub use lost::{LeaseDeadline, LeaseState, Lost};

@@ -68,3 +68,27 @@ async fn redis_cluster_views(name: &str) -> (Keep, Arc<dyn Lock>, Arc<dyn Lock>)
 
 #[cfg(feature = "redis")]
 conformance_tests!(redis_cluster, redis_cluster_views);
+
+/// The same lock through two clients of a private TLS-only redis-server
+/// (`rediss://`, the test's own CA).
+#[cfg(feature = "tls")]
+async fn redis_tls_views(name: &str) -> (Keep, Arc<dyn Lock>, Arc<dyn Lock>) {
+    use lockyard::redis::{RedisLocks, RedisOptions};
+    use lockyard_testkit::tls::{ServerTls, TlsFiles};
+    let files = TlsFiles::generate();
+    let server = lockyard_testkit::redis::RedisServer::start_tls(&ServerTls::new(&files));
+    let opts = RedisOptions::default()
+        .ttl(Duration::from_secs(30))
+        .tls_ca(files.ca());
+    let c1 = RedisLocks::connect_with(&server.url(), opts.clone())
+        .await
+        .unwrap();
+    let c2 = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
+    let a: Arc<dyn Lock> = Arc::new(c1.lock(name).unwrap());
+    let b: Arc<dyn Lock> = Arc::new(c2.lock(name).unwrap());
+    // The server goes before the files it reads.
+    (Box::new((server, files)), a, b)
+}
+
+#[cfg(feature = "tls")]
+conformance_tests!(redis_tls, redis_tls_views);

@@ -17,7 +17,8 @@ Exit codes:
   1        exec: the lock is held (-n, or -w ran out); -E N changes it
   64       usage error (bad option, DUR, name, or combination)
   66       status/cleanup: the lock directory does not exist
-  69       the backend (Redis) is unavailable or refused us
+  69       the backend (Redis) is unavailable or refused us (TLS too: an
+           untrusted or expired certificate, a plain server behind rediss://)
   70       internal error
   71       COMMAND could not be started (OS error)
   73       the lock directory or a lock file cannot be created
@@ -25,7 +26,8 @@ Exit codes:
   75       exec --redis: the lock was lost while COMMAND ran; COMMAND's tree got
            SIGTERM, then SIGKILL 5 s later
   76       the backend answered something unexpected
-  77       permission denied, or an unsafe path (symlinked lock file, foreign directory)
+  77       permission denied, an unsafe path (symlinked lock file, foreign
+           directory), or a Redis ACL user that may not run a command lockyard needs
   126/127  COMMAND cannot be executed / was not found"
     };
 }
@@ -131,9 +133,50 @@ pub(crate) struct RedisArg {
         value_delimiter = ','
     )]
     pub(crate) urls: Vec<String>,
+
+    /// Trust the CA certificates in FILE (PEM) for rediss:// URLs, instead
+    /// of the system's roots: the CA of a private or managed Redis. The
+    /// server's certificate and name are always checked; there is no flag
+    /// to skip that.
+    #[arg(long, value_name = "FILE", env = "LOCKYARD_TLS_CA")]
+    pub(crate) tls_ca: Option<PathBuf>,
+
+    /// Present the client certificate in FILE (PEM) to a rediss:// server
+    /// that requires one (mutual TLS); needs --tls-key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOCKYARD_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub(crate) tls_cert: Option<PathBuf>,
+
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        value_name = "FILE",
+        env = "LOCKYARD_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 impl RedisArg {
+    /// `opts` with the TLS files given (read when the client connects).
+    #[cfg(feature = "redis")]
+    pub(crate) fn options(
+        &self,
+        mut opts: lockyard::redis::RedisOptions,
+    ) -> lockyard::redis::RedisOptions {
+        if let Some(ca) = &self.tls_ca {
+            opts = opts.tls_ca(ca);
+        }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            opts = opts.tls_client_cert(cert, key);
+        }
+        opts
+    }
+
     /// Drops empty URLs (an empty LOCKYARD_REDIS means files), and joins
     /// the seeds of a `redis+cluster://h1:p1,h2:p2/` URL back together (the
     /// comma that separates Redlock servers also separates Cluster seeds: a
@@ -142,7 +185,11 @@ impl RedisArg {
         let mut urls: Vec<String> = Vec::new();
         for url in self.urls.drain(..).filter(|url| !url.is_empty()) {
             match urls.last_mut() {
-                Some(prev) if prev.starts_with("redis+cluster://") && !url.contains("://") => {
+                Some(prev)
+                    if (prev.starts_with("redis+cluster://")
+                        || prev.starts_with("rediss+cluster://"))
+                        && !url.contains("://") =>
+                {
                     prev.push(',');
                     prev.push_str(&url);
                 }

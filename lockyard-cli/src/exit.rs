@@ -11,7 +11,8 @@ pub(crate) const CONFLICT: u8 = 1;
 pub(crate) const USAGE: u8 = 64;
 /// EX_NOINPUT: the lock directory given to `status`/`cleanup` does not exist.
 pub(crate) const NO_INPUT: u8 = 66;
-/// EX_UNAVAILABLE: the backend (Redis) is down or refused us.
+/// EX_UNAVAILABLE: the backend (Redis) is down or refused us (TLS
+/// included: an untrusted certificate, a plain server behind rediss://).
 pub(crate) const UNAVAILABLE: u8 = 69;
 /// EX_SOFTWARE: an internal error.
 pub(crate) const SOFTWARE: u8 = 70;
@@ -26,7 +27,8 @@ pub(crate) const IO_ERR: u8 = 74;
 pub(crate) const LOCK_LOST: u8 = 75;
 /// EX_PROTOCOL: the backend answered something unexpected.
 pub(crate) const PROTOCOL: u8 = 76;
-/// EX_NOPERM: permission denied, or a path refused as unsafe.
+/// EX_NOPERM: permission denied, a path refused as unsafe, or a Redis ACL
+/// user that may not run a command lockyard needs.
 pub(crate) const NO_PERM: u8 = 77;
 /// COMMAND exists but cannot be executed (as `env`, `timeout`, `nohup`).
 pub(crate) const CANNOT_EXECUTE: u8 = 126;
@@ -103,9 +105,11 @@ pub(crate) fn lock_error_code(err: &LockError) -> u8 {
         LockError::PermissionDenied { .. } | LockError::UnsafePath { .. } => NO_PERM,
         LockError::Io { op, .. } if op.contains("create") => CANT_CREATE,
         LockError::Io { .. } | LockError::UnsupportedFilesystem { .. } => IO_ERR,
-        LockError::Unavailable { .. } | LockError::Backend { .. } | LockError::NoQuorum { .. } => {
-            UNAVAILABLE
-        }
+        LockError::Unavailable { .. }
+        | LockError::Backend { .. }
+        | LockError::NoQuorum { .. }
+        | LockError::Tls { .. } => UNAVAILABLE,
+        LockError::NotPermitted { .. } => NO_PERM,
         LockError::Protocol { .. } => PROTOCOL,
         LockError::Lost { .. } => LOCK_LOST,
         _ => SOFTWARE,

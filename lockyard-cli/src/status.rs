@@ -114,7 +114,8 @@ fn table(locks: &[FileLockInfo]) -> String {
 
 #[cfg(feature = "redis")]
 async fn redis(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
-    let locks = RedisLocks::connect(url).await?;
+    let opts = args.redis.options(lockyard::redis::RedisOptions::new());
+    let locks = RedisLocks::connect_with(url, opts).await?;
     let held = locks.list().await?;
     let text = if args.json {
         let rows: Vec<serde_json::Value> = held.iter().map(redis_json_row).collect();

@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::redis::{RedisServer, free_port};
+use crate::tls::ServerTls;
 
 /// How long the cluster may take to agree on its slots.
 const FORM: Duration = Duration::from_secs(60);
@@ -24,11 +25,33 @@ impl RedisCluster {
     /// `masters` masters with `replicas` replicas each, `cluster_state:ok`
     /// on every node.
     pub fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_tls_opt(masters, replicas, None)
+    }
+
+    /// As [`start`](Self::start), every node speaking TLS only: clients,
+    /// the cluster bus (`--tls-cluster yes`) and replication
+    /// (`--tls-replication yes`). [`url`](Self::url) is `rediss://`,
+    /// [`cluster_url`](Self::cluster_url) `rediss+cluster://`.
+    pub fn start_tls(masters: usize, replicas: usize, tls: &ServerTls) -> Self {
+        Self::start_tls_opt(masters, replicas, Some(tls))
+    }
+
+    fn start_tls_opt(masters: usize, replicas: usize, tls: Option<&ServerTls>) -> Self {
         let total = masters * (1 + replicas);
         let nodes: Vec<RedisServer> = (0..total)
             .map(|_| {
-                RedisServer::start_with(|_, dir| {
-                    vec![
+                RedisServer::start_tls_with(tls.cloned(), |_, dir| {
+                    let mut args: Vec<String> = if tls.is_some() {
+                        vec![
+                            "--tls-cluster".into(),
+                            "yes".into(),
+                            "--tls-replication".into(),
+                            "yes".into(),
+                        ]
+                    } else {
+                        Vec::new()
+                    };
+                    args.extend::<[String; 10]>([
                         "--cluster-enabled".into(),
                         "yes".into(),
                         "--cluster-config-file".into(),
@@ -40,11 +63,13 @@ impl RedisCluster {
                         // A master whose replicas all died still serves.
                         "--cluster-require-full-coverage".into(),
                         "no".into(),
-                    ]
+                    ]);
+                    args
                 })
             })
             .collect();
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        let mut args: Vec<String> = tls.map(ServerTls::cli_args).unwrap_or_default();
+        args.extend(["--cluster".into(), "create".into()]);
         args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())));
         args.extend([
             "--cluster-replicas".into(),
@@ -100,7 +125,12 @@ impl RedisCluster {
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port()))
             .collect();
-        format!("redis+cluster://{}/", hosts.join(","))
+        let scheme = if self.nodes[0].tls().is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}+cluster://{}/", hosts.join(","))
     }
 
     /// The node whose port is `port`.

@@ -30,7 +30,20 @@ const FENCED_RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
 impl Floor {
     /// Connects to `url`; locks are taken with a TTL of `ttl`.
     pub async fn connect(url: &str, ttl: Duration) -> Self {
-        let client = redis::Client::open(url).unwrap();
+        Self::connect_client(redis::Client::open(url).unwrap(), ttl).await
+    }
+
+    /// Connects to a `rediss://` `url` whose server's certificate `ca`
+    /// signed: the floor over TLS.
+    pub async fn connect_tls(url: &str, ca: &std::path::Path, ttl: Duration) -> Self {
+        let certs = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(std::fs::read(ca).unwrap()),
+        };
+        Self::connect_client(redis::Client::build_with_tls(url, certs).unwrap(), ttl).await
+    }
+
+    async fn connect_client(client: redis::Client, ttl: Duration) -> Self {
         let conn = client.get_multiplexed_async_connection().await.unwrap();
         let release = Arc::new(redis::Script::new(
             "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0",

@@ -10,7 +10,10 @@
 //!   the waits that need another, and [`eventually`];
 //! - [`conformance`]: the guard contract every backend passes, run with
 //!   [`conformance_tests!`] and a factory of `Arc<dyn Lock>` views;
-//! - [`floor`]: the hand-written Redis lock the benches measure against.
+//! - [`floor`]: the hand-written Redis lock the benches measure against;
+//! - [`tls`]: a CA and certificates (valid, expired, client, another CA)
+//!   for TLS-only servers ([`redis::RedisServer::start_tls`]) and Clusters
+//!   ([`cluster::RedisCluster::start_tls`]).
 //!
 //! `publish = false`: lockyard dev-depends on it by path. The library's
 //! own unit tests (in `src/`) cannot use it: they would see a second copy
@@ -22,6 +25,7 @@ pub mod conformance;
 pub mod floor;
 pub mod proxy;
 pub mod redis;
+pub mod tls;
 pub mod wait;
 
 pub use wait::{LIMIT, bounded, bounded_for, eventually, eventually_blocking, eventually_within};

@@ -13,6 +13,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::tls::ServerTls;
+
 /// How long a server may take to answer its first `PING`.
 const STARTUP: Duration = Duration::from_secs(10);
 
@@ -24,6 +26,8 @@ pub struct RedisServer {
     dir: PathBuf,
     /// Extra arguments (a Cluster node's), kept for restarts.
     extra: Vec<String>,
+    /// TLS only, on `port` (see [`start_tls`](Self::start_tls)).
+    tls: Option<ServerTls>,
 }
 
 impl RedisServer {
@@ -35,6 +39,23 @@ impl RedisServer {
     /// Starts a server on a free port with extra arguments, made from its
     /// port and scratch directory.
     pub fn start_with(extra: impl Fn(u16, &std::path::Path) -> Vec<String>) -> Self {
+        Self::start_tls_with(None, extra)
+    }
+
+    /// Starts a server that speaks TLS only (`--port 0 --tls-port P`), set
+    /// up as `tls` says; its [`url`](Self::url) is `rediss://`.
+    /// [`command`](Self::command) and readiness go through `redis-cli
+    /// --tls`.
+    pub fn start_tls(tls: &ServerTls) -> Self {
+        Self::start_tls_with(Some(tls.clone()), |_, _| Vec::new())
+    }
+
+    /// [`start_tls`](Self::start_tls) (or plain, for `None`) with extra
+    /// arguments.
+    pub fn start_tls_with(
+        tls: Option<ServerTls>,
+        extra: impl Fn(u16, &std::path::Path) -> Vec<String>,
+    ) -> Self {
         let mut last_err = String::new();
         for _ in 0..10 {
             let port = free_port();
@@ -44,6 +65,7 @@ impl RedisServer {
                 child: None,
                 extra: extra(port, &dir),
                 dir,
+                tls: tls.clone(),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -53,9 +75,19 @@ impl RedisServer {
         panic!("could not start redis-server: {last_err}");
     }
 
-    /// `redis://127.0.0.1:<port>/`.
+    /// `redis://127.0.0.1:<port>/` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/", self.port)
+    }
+
+    /// How the server speaks TLS, if it does.
+    pub fn tls(&self) -> Option<&ServerTls> {
+        self.tls.as_ref()
     }
 
     /// The port.
@@ -96,7 +128,13 @@ impl RedisServer {
     /// simple strings `+OK`, errors `-ERR ...`, bulk strings their payload
     /// (`$-1` for nil), flat arrays their elements (rendered as above) one
     /// per line.
+    ///
+    /// On a TLS server, the reply as `redis-cli` prints it (simple strings
+    /// and errors without their `+`/`-`, but `OK` is given as `+OK`).
     pub fn command(&self, args: &[&str]) -> String {
+        if let Some(tls) = &self.tls {
+            return cli_command(self.port, tls, args);
+        }
         let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to test redis");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         let mut req = format!("*{}\r\n", args.len());
@@ -160,13 +198,20 @@ impl RedisServer {
 
     /// Whether the server answers `PING` now.
     pub fn is_up(&self) -> bool {
-        ping(self.port)
+        match &self.tls {
+            Some(tls) => cli_command(self.port, tls, &["PING"]) == "PONG",
+            None => ping(self.port),
+        }
     }
 
     fn spawn(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+        let listen = match &self.tls {
+            Some(tls) => tls.server_args(self.port),
+            None => vec!["--port".into(), self.port.to_string()],
+        };
         let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(&listen)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
             .args(["--appendonly", "no"])
@@ -187,7 +232,7 @@ impl RedisServer {
                     self.port
                 ));
             }
-            if ping(self.port) {
+            if self.is_up() {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -205,6 +250,30 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One command through `redis-cli --tls`, bounded by `timeout(1)`.
+fn cli_command(port: u16, tls: &ServerTls, args: &[&str]) -> String {
+    let out = Command::new("timeout")
+        .args([
+            "10",
+            "redis-cli",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(tls.cli_args())
+        .args(args)
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout).trim_end().to_owned();
+            if text == "OK" { "+OK".to_owned() } else { text }
+        }
+        Err(e) => format!("-ERR redis-cli: {e}"),
     }
 }
 

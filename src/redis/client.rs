@@ -7,23 +7,27 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use redis::AsyncConnectionConfig;
+use redis::aio::MultiplexedConnection;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::RedisLockGuard;
+use super::acl;
 use super::cluster::{Cluster, is_cluster_node};
 use super::context::{Inner, RedisLocks};
-use super::errors::map_redis;
+use super::errors::{map_redis, tls_error};
 use super::keys::{self, validate_name};
 use super::lease::Watchdog;
 use super::listing::RedisLockInfo;
 use super::local::LocalQueues;
 use super::lock::RedisLock;
 use super::options::RedisOptions;
-use super::pool::{Connections, Manager, PoolConn};
+use super::pool::{Connections, Manager, PoolConn, TlsFailure};
 use super::scripts;
+use super::tls::{TlsMaterial, diagnose};
 use super::token::parse_holder;
 use super::wakeups::{Source, Wakeups};
-use crate::error::LockError;
+use crate::error::{LockError, TlsProblem};
 use crate::options::AcquireOptions;
 use crate::owner::Owner;
 use std::time::Duration;
@@ -171,46 +175,46 @@ impl RedisLocks {
         })
     }
 
-    /// Checks the options and the URL, opens the first connection and loads
-    /// the scripts when `eager`, and starts the background tasks.
+    /// Checks the options and the URL, opens the first connection, checks
+    /// the user's permissions and loads the scripts when `eager`, and
+    /// starts the background tasks.
     async fn build(url: &str, opts: RedisOptions, eager: bool) -> Result<Self, LockError> {
         opts.validate()?;
+        let what = redact(url);
+        let tls = opts.tls.load(url, &what)?;
         if let Some(seeds) = cluster_seeds(url)? {
-            return Self::build_cluster(seeds, redact(url), opts).await;
+            return Self::build_cluster(seeds, tls, what, opts).await;
         }
         let bad_url = |e: redis::RedisError| LockError::InvalidArgument {
             what: "redis URL",
-            reason: format!("{}: {e}", redact(url)),
+            reason: format!("{what}: {e}"),
         };
-        let client = redis::Client::open(url).map_err(bad_url)?;
-        let manager = bb8_redis::RedisConnectionManager::new(url).map_err(bad_url)?;
-        let what = redact(url);
+        let info = redis::IntoConnectionInfo::into_connection_info(url).map_err(bad_url)?;
+        let client = tls.client(info.clone()).map_err(bad_url)?;
 
         let epoch = Arc::new(AtomicU64::new(0));
         let first = if eager {
             // One connection now, so that a server that is down or refuses
             // us is reported with its real cause rather than a pool timeout.
-            let config = AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(opts.connect_timeout))
-                .set_response_timeout(Some(opts.request_timeout()));
-            let first = tokio::time::timeout(
-                opts.connect_timeout,
-                client.get_multiplexed_async_connection_with_config(&config),
-            )
-            .await
-            .map_err(|_| super::errors::timed_out(&what, "connect"))?
-            .map_err(|e| map_redis(e, &what, "connect"))?;
+            let first = first_connection(&client, &info, &tls, &opts, &what).await?;
             let first = PoolConn::new(first, epoch.clone());
             let mut conn = first.conn();
-            if is_cluster_node(&mut conn, &what).await? {
-                let seed = redis::IntoConnectionInfo::into_connection_info(url).map_err(bad_url)?;
-                return Self::build_cluster(vec![seed], what, opts).await;
+            let user = acl::user_of(&info);
+            if is_cluster_node(&mut conn, &what)
+                .await
+                .map_err(|e| acl::refused_at_connect(e, user, "INFO"))?
+            {
+                return Self::build_cluster(vec![info], tls, what, opts).await;
             }
+            check_permissions(&mut conn, &info, &opts, false, &what).await?;
             for script in scripts::all() {
-                script
-                    .load_async(&mut conn)
-                    .await
-                    .map_err(|e| map_redis(e, &what, "load scripts"))?;
+                script.load_async(&mut conn).await.map_err(|e| {
+                    acl::refused_at_connect(
+                        map_redis(e, &what, "load scripts"),
+                        user,
+                        "SCRIPT LOAD",
+                    )
+                })?;
             }
             Some(first)
         } else {
@@ -218,43 +222,90 @@ impl RedisLocks {
         };
 
         // `pool_size` connections for operations, one for the watchdog.
+        let tls_failure = TlsFailure::default();
         let pool = bb8::Pool::builder()
             .max_size(opts.pool_size + 1)
             .test_on_check_out(false)
             .connection_timeout(opts.connect_timeout)
-            .build_unchecked(Manager::new(manager, opts.request_timeout(), epoch.clone()));
-        let conns = Arc::new(Connections::new(pool, opts.pool_size as usize, epoch));
+            .build_unchecked(Manager::new(
+                client.clone(),
+                opts.connect_timeout,
+                opts.request_timeout(),
+                epoch.clone(),
+                tls_failure.clone(),
+            ));
+        let conns = Arc::new(Connections::new(
+            pool,
+            opts.pool_size as usize,
+            epoch,
+            what.clone(),
+            tls_failure,
+        ));
         if let Some(first) = first {
             conns.seed(first).await;
         }
         Ok(Self::assemble(opts, conns, Source::Node(client), what))
     }
 
-    /// Connects to a Cluster through `seeds` and loads the scripts on every
-    /// node.
+    /// Connects to a Cluster through `seeds`, checks the user's permissions
+    /// and loads the scripts on every node.
     async fn build_cluster(
         seeds: Vec<redis::ConnectionInfo>,
+        tls: TlsMaterial,
         what: String,
         opts: RedisOptions,
     ) -> Result<Self, LockError> {
-        let cluster = Cluster::connect(
+        let reserve = diagnosis_reserve(opts.connect_timeout);
+        let cluster = match Cluster::connect(
             seeds.clone(),
+            tls.clone(),
             &what,
             opts.request_timeout(),
             opts.connect_timeout,
+            opts.connect_timeout - reserve,
         )
-        .await?;
+        .await
+        {
+            Ok(cluster) => cluster,
+            Err(e @ (LockError::Tls { .. } | LockError::InvalidArgument { .. })) => return Err(e),
+            Err(e) => {
+                // The Cluster client keeps only a summary of why no seed
+                // answered: ask the first seed alone what went wrong.
+                let Some(seed) = seeds.first() else {
+                    return Err(e);
+                };
+                return Err(match tls.client(seed.clone()) {
+                    Ok(client) => {
+                        match first_connection_within(&client, seed, &tls, &opts, &what, reserve)
+                            .await
+                        {
+                            Err(tls @ LockError::Tls { .. }) => tls,
+                            _ => e,
+                        }
+                    }
+                    Err(_) => e,
+                });
+            }
+        };
         let mut conn = cluster.conn();
+        if let Some(seed) = seeds.first() {
+            check_permissions(&mut conn, seed, &opts, true, &what).await?;
+        }
         // `SCRIPT LOAD` goes to every node; a node that joins later gets
         // them on its first `NOSCRIPT`.
+        let user = seeds.first().map_or("default", acl::user_of);
         for script in scripts::all() {
-            script
-                .load_async(&mut conn)
-                .await
-                .map_err(|e| map_redis(e, &what, "load scripts"))?;
+            script.load_async(&mut conn).await.map_err(|e| {
+                acl::refused_at_connect(map_redis(e, &what, "load scripts"), user, "SCRIPT LOAD")
+            })?;
         }
         let conns = Arc::new(Connections::cluster(cluster));
-        Ok(Self::assemble(opts, conns, Source::Cluster(seeds), what))
+        Ok(Self::assemble(
+            opts,
+            conns,
+            Source::Cluster(seeds, tls),
+            what,
+        ))
     }
 
     /// Starts the background tasks of a client on `conns`.
@@ -610,10 +661,116 @@ impl RedisLocks {
     }
 }
 
+/// How much of the connect timeout is kept for finding out why a first
+/// connection failed (see [`first_connection`]).
+fn diagnosis_reserve(connect_timeout: Duration) -> Duration {
+    (connect_timeout / 5).min(Duration::from_secs(1))
+}
+
+/// The first connection of a client, within `connect_timeout`. If it fails
+/// without saying why (the connection was closed, or nothing came back),
+/// the rest of the time asks the server which protocol it speaks, so that
+/// a `redis://` URL to a TLS-only port and a `rediss://` URL to a plain
+/// one are reported as such ([`LockError::Tls`]), not as a timeout.
+async fn first_connection(
+    client: &redis::Client,
+    info: &redis::ConnectionInfo,
+    tls: &TlsMaterial,
+    opts: &RedisOptions,
+    what: &str,
+) -> Result<MultiplexedConnection, LockError> {
+    first_connection_within(client, info, tls, opts, what, opts.connect_timeout).await
+}
+
+async fn first_connection_within(
+    client: &redis::Client,
+    info: &redis::ConnectionInfo,
+    tls: &TlsMaterial,
+    opts: &RedisOptions,
+    what: &str,
+    budget: Duration,
+) -> Result<MultiplexedConnection, LockError> {
+    let started = Instant::now();
+    let attempt = budget - diagnosis_reserve(budget);
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(attempt))
+        .set_response_timeout(Some(opts.request_timeout().min(attempt)));
+    let err = match tokio::time::timeout(
+        attempt,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => return Ok(conn),
+        Ok(Err(e)) => Some(e),
+        Err(_) => None,
+    };
+    let known = err.as_ref().and_then(|e| tls_error(e, what));
+    let vague = match &known {
+        Some(LockError::Tls { problem, .. }) => {
+            matches!(problem, TlsProblem::ServerIsPlain | TlsProblem::Handshake)
+        }
+        _ => true,
+    };
+    let refused = err
+        .as_ref()
+        .is_some_and(redis::RedisError::is_connection_refusal);
+    if vague
+        && !refused
+        && let redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } = info.addr()
+    {
+        let (host, port, is_tls) = (host.clone(), *port, tls.is_tls());
+        let left = budget.saturating_sub(started.elapsed());
+        // Bounded here too: the probe's name lookup is not.
+        let probe = tokio::task::spawn_blocking(move || diagnose(&host, port, is_tls, left));
+        let found = tokio::time::timeout(left, probe)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        if let Some(problem) = found {
+            return Err(LockError::Tls {
+                server: what.to_owned(),
+                problem,
+                source: err.map(|e| Box::new(e) as crate::error::BoxError),
+            });
+        }
+    }
+    Err(match (known, err) {
+        (Some(tls), _) => tls,
+        (None, Some(e)) => map_redis(e, what, "connect"),
+        (None, None) => super::errors::timed_out(what, "connect"),
+    })
+}
+
+/// Checks with `ACL DRYRUN` that the client's user may run every command
+/// lockyard needs (see [`super::acl`]).
+async fn check_permissions(
+    conn: &mut super::pool::Conn,
+    info: &redis::ConnectionInfo,
+    opts: &RedisOptions,
+    cluster: bool,
+    what: &str,
+) -> Result<(), LockError> {
+    let user = acl::user_of(info);
+    let needs = acl::Needs {
+        prefix: &opts.key_prefix,
+        cluster,
+        wait: opts.wait_for_replicas.is_some(),
+    };
+    acl::check(conn, user, &needs, what).await
+}
+
 /// The seed nodes of a `redis+cluster://[auth@]h1:p1,h2:p2/` URL (each as
-/// `redis://[auth@]hN:pN/`), `None` for any other scheme.
+/// `redis://[auth@]hN:pN/`), or of a `rediss+cluster://` one (each as
+/// `rediss://…`), `None` for any other scheme.
 fn cluster_seeds(url: &str) -> Result<Option<Vec<redis::ConnectionInfo>>, LockError> {
-    let Some(rest) = url.strip_prefix("redis+cluster://") else {
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+        ("rediss", rest)
+    } else {
         return Ok(None);
     };
     let bad = |reason: String| LockError::InvalidArgument {
@@ -636,8 +793,8 @@ fn cluster_seeds(url: &str) -> Result<Option<Vec<redis::ConnectionInfo>>, LockEr
             return Err(bad("an empty seed node".to_owned()));
         }
         let one = match auth {
-            Some(a) => format!("redis://{a}@{host}/"),
-            None => format!("redis://{host}/"),
+            Some(a) => format!("{scheme}://{a}@{host}/"),
+            None => format!("{scheme}://{host}/"),
         };
         let info = redis::IntoConnectionInfo::into_connection_info(one.as_str())
             .map_err(|e| bad(format!("seed {host}: {e}")))?;
@@ -670,6 +827,13 @@ mod tests {
         assert_eq!(seeds.len(), 2);
         assert_eq!(seeds[1].addr().to_string(), "b:7001");
         assert_eq!(seeds[0].redis_settings().password(), Some("pw"));
+        let tls = cluster_seeds("rediss+cluster://a:7000,b:7001/")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            tls[1].addr(),
+            redis::ConnectionAddr::TcpTls { host, port: 7001, .. } if host == "b"
+        ));
         for bad in [
             "redis+cluster://",
             "redis+cluster://a:1,,b:2",

@@ -49,6 +49,7 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
 
 use super::conn::Conn;
 use super::errors::{map_redis, protocol, timed_out};
+use super::tls::TlsMaterial;
 use crate::error::LockError;
 
 /// The number of hash slots of a Redis Cluster.
@@ -176,6 +177,8 @@ pub(crate) struct Cluster {
     /// Never-bumped epoch for the `Conn`s of this shape (the routed
     /// connection repairs itself; direct ones are replaced when broken).
     epoch: Arc<AtomicU64>,
+    /// TLS to every node when the seeds are `rediss://`.
+    tls: TlsMaterial,
     op_timeout: Duration,
     connect_timeout: Duration,
 }
@@ -192,10 +195,11 @@ impl fmt::Debug for Cluster {
 /// The redis crate's cluster client for `seeds`, with our timeouts.
 pub(crate) fn client_builder(
     seeds: &[ConnectionInfo],
+    tls: &TlsMaterial,
     op_timeout: Duration,
     connect_timeout: Duration,
 ) -> ClusterClientBuilder {
-    ClusterClientBuilder::new(seeds.to_vec())
+    tls.cluster(ClusterClientBuilder::new(seeds.to_vec()))
         .connection_timeout(connect_timeout)
         .response_timeout(op_timeout)
         // Redirections and reconnects within one request are bounded by the
@@ -210,9 +214,11 @@ impl Cluster {
     /// slot map.
     pub(crate) async fn connect(
         seeds: Vec<ConnectionInfo>,
+        tls: TlsMaterial,
         what: &str,
         op_timeout: Duration,
         connect_timeout: Duration,
+        first_timeout: Duration,
     ) -> Result<Self, LockError> {
         let Some(base) = seeds.first().cloned() else {
             return Err(LockError::InvalidArgument {
@@ -224,13 +230,13 @@ impl Cluster {
             ConnectionAddr::Tcp(h, _) | ConnectionAddr::TcpTls { host: h, .. } => h.clone(),
             _ => "127.0.0.1".to_owned(),
         };
-        let client = client_builder(&seeds, op_timeout, connect_timeout)
+        let client = client_builder(&seeds, &tls, op_timeout, connect_timeout)
             .build()
             .map_err(|e| LockError::InvalidArgument {
                 what: "redis cluster",
                 reason: e.to_string(),
             })?;
-        let routed = tokio::time::timeout(connect_timeout, client.get_async_connection())
+        let routed = tokio::time::timeout(first_timeout, client.get_async_connection())
             .await
             .map_err(|_| timed_out(what, "connect"))?
             .map_err(|e| map_redis(e, what, "connect"))?;
@@ -244,6 +250,7 @@ impl Cluster {
             refreshing: tokio::sync::Mutex::new(()),
             connecting: Mutex::new(HashMap::new()),
             epoch: Arc::new(AtomicU64::new(0)),
+            tls,
             op_timeout,
             connect_timeout,
         };
@@ -401,10 +408,13 @@ impl Cluster {
         let info = self
             .base
             .clone()
-            .set_addr(ConnectionAddr::Tcp(node.host.clone(), node.port))
+            .set_addr(self.tls.node_addr(node.host.clone(), node.port))
             .into_connection_info()
             .map_err(|e| map_redis(e, &what, "connect"))?;
-        let client = redis::Client::open(info).map_err(|e| map_redis(e, &what, "connect"))?;
+        let client = self
+            .tls
+            .client(info)
+            .map_err(|e| map_redis(e, &what, "connect"))?;
         let config = redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connect_timeout))
             .set_response_timeout(Some(self.op_timeout));

@@ -14,6 +14,8 @@
 //! | `WRONGKIND` (a lock's name used as a semaphore, or the   | `WrongKind`     |
 //! | reverse)                                                 |                 |
 //! | `PERMITS` (a semaphore in use with another count)        | `PermitsMismatch`|
+//! | a TLS handshake that failed (untrusted or expired         | `Tls`           |
+//! | certificate, client certificate refused, …)               |                 |
 
 use std::io;
 
@@ -23,6 +25,13 @@ use crate::error::LockError;
 
 /// Maps a redis error met while doing `op` on `resource`.
 pub(crate) fn map_redis(err: RedisError, resource: &str, op: &'static str) -> LockError {
+    // At connect time the "resource" is the server (its URL without a
+    // password).
+    if op == "connect"
+        && let Some(e) = tls_error(&err, resource)
+    {
+        return e;
+    }
     let resource = resource.to_owned();
     if let Some(e) = kind_refusal(&err, &resource) {
         return e;
@@ -167,14 +176,29 @@ fn kind_refusal(err: &RedisError, resource: &str) -> Option<LockError> {
     }
 }
 
-/// Maps a pool error (`bb8` timed out, or the connect itself failed).
+/// A TLS failure in `err`, as [`LockError::Tls`] naming `server`.
+pub(crate) fn tls_error(err: &RedisError, server: &str) -> Option<LockError> {
+    let problem = super::tls::problem_of(err)?;
+    Some(LockError::Tls {
+        server: server.to_owned(),
+        problem,
+        source: Some(Box::new(err.clone())),
+    })
+}
+
+/// Maps a pool error (`bb8` timed out, or the connect to `server` itself
+/// failed).
 pub(crate) fn map_pool(
     err: bb8::RunError<RedisError>,
     resource: &str,
     op: &'static str,
+    server: &str,
 ) -> LockError {
     match err {
-        bb8::RunError::User(e) => map_redis(e, resource, op),
+        bb8::RunError::User(e) => match tls_error(&e, server) {
+            Some(tls) => tls,
+            None => map_redis(e, resource, op),
+        },
         bb8::RunError::TimedOut => LockError::Unavailable {
             resource: resource.to_owned(),
             op,
@@ -236,6 +260,6 @@ mod tests {
             map_redis(ty, "r", "acquire"),
             LockError::Protocol { .. }
         ));
-        assert!(map_pool(bb8::RunError::TimedOut, "r", "acquire").is_unavailable());
+        assert!(map_pool(bb8::RunError::TimedOut, "r", "acquire", "redis://h:1/").is_unavailable());
     }
 }

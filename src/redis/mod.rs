@@ -97,6 +97,20 @@
 //!   holder (pid, host, since) and the time waited; a lost lock is a
 //!   `warn`.
 //!
+//! # TLS and ACL users
+//!
+//! With the feature `tls`, `rediss://` URLs (one server, any Cluster
+//! node, `rediss+cluster://` seed lists, Redlock's servers) connect over
+//! rustls, trusting the platform's roots or the CA given with
+//! [`RedisOptions::tls_ca`], and presenting a client certificate given
+//! with [`RedisOptions::tls_client_cert`] (mutual TLS). Certificates are
+//! always checked. A connection that cannot be set up fails within the
+//! connect timeout with [`LockError::Tls`] saying why (see
+//! [`TlsProblem`](crate::TlsProblem)), including a `rediss://` URL to a
+//! plain port and a `redis://` URL to a TLS-only one. An ACL user is
+//! checked at connect with `ACL DRYRUN`: a command lockyard needs that it
+//! may not run is [`LockError::NotPermitted`], naming the command.
+//!
 //! # Cancel safety
 //!
 //! Before a service exits, [`RedisLocks::shutdown`] waits for the releases
@@ -118,7 +132,8 @@
 //! reset, timed out, pool exhausted, loading), refusal
 //! ([`LockError::Backend`]: authentication, ACL, script errors) and garbage
 //! ([`LockError::Protocol`]: a reply of the wrong type, a key of the wrong
-//! type).
+//! type), TLS that cannot be set up ([`LockError::Tls`]) and an ACL user
+//! lacking a command ([`LockError::NotPermitted`]).
 //!
 //! [`lost`]: RedisLockGuard::lost
 //! [`LockError::WrongKind`]: crate::LockError::WrongKind
@@ -128,7 +143,10 @@
 //! [`LockError::Unavailable`]: crate::LockError::Unavailable
 //! [`LockError::Backend`]: crate::LockError::Backend
 //! [`LockError::Protocol`]: crate::LockError::Protocol
+//! [`LockError::Tls`]: crate::LockError::Tls
+//! [`LockError::NotPermitted`]: crate::LockError::NotPermitted
 
+mod acl;
 mod client;
 mod cluster;
 mod conn;
@@ -143,6 +161,7 @@ mod options;
 mod pool;
 mod resource;
 mod scripts;
+mod tls;
 mod token;
 mod wakeups;
 
@@ -151,7 +170,7 @@ pub use context::RedisLocks;
 pub use guard::RedisLockGuard;
 pub use listing::RedisLockInfo;
 pub use lock::RedisLock;
-pub use options::RedisOptions;
+pub use options::{RedisOptions, RedisTls};
 
 // ---- redis extras: semaphore, RW lock, Redlock ----
 mod held;

@@ -1,60 +1,76 @@
-//! The connection pool: `bb8` over `bb8-redis`, whose multiplexed
-//! connections a client keeps checked out and shares (see [`Connections`]).
+//! The connection pool: `bb8` over our own small manager of multiplexed
+//! connections, which a client keeps checked out and shares (see
+//! [`Connections`]).
 //!
-//! Why `bb8` + `bb8-redis` rather than the redis crate's own `bb8` feature:
-//! both hand out the same `MultiplexedConnection`; `bb8-redis` is the
-//! long-standing, separately versioned manager, and wrapping it lets us
-//! (1) set the per-request timeout on each new connection and (2) tell the
-//! pool a connection is broken. Neither manager can see that a multiplexed
-//! connection died (`has_broken` is always `false`), and testing every
-//! checkout with a `PING` would double the cost of a lock. So [`Conn`]
-//! watches the results of the requests sent through it and flags the
-//! connection as broken on I/O errors; [`Connections`] then hands it back
-//! (the pool discards it) and checks out a fresh one.
+//! Why our own `bb8::ManageConnection` rather than `bb8-redis` or the redis
+//! crate's own `bb8` support: both hand out the same
+//! `MultiplexedConnection`, but ours (1) connects with a `redis::Client`
+//! built with TLS material (a custom CA, a client certificate:
+//! `Client::build_with_tls`), where `bb8-redis` takes only a URL, (2) sets
+//! the connect and per-request timeouts on each new connection, and (3)
+//! tells the pool a connection is broken. No manager can see that a
+//! multiplexed connection died, and testing every checkout with a `PING`
+//! would double the cost of a lock. So [`Conn`] watches the results of the
+//! requests sent through it and flags the connection as broken on I/O
+//! errors; [`Connections`] then hands it back (the pool discards it) and
+//! checks out a fresh one.
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
 use super::cluster::Cluster;
 pub(crate) use super::conn::Conn;
 use super::errors::map_pool;
+use super::tls::problem_of;
 use crate::error::LockError;
 
 /// The `bb8` pool type of a client.
 pub(crate) type Pool = bb8::Pool<Manager>;
 
-/// A `bb8` manager wrapping `bb8_redis::RedisConnectionManager`.
+/// Opens the multiplexed connections of a client's pool.
 pub(crate) struct Manager {
-    inner: bb8_redis::RedisConnectionManager,
-    op_timeout: Duration,
+    client: redis::Client,
+    config: AsyncConnectionConfig,
     epoch: Arc<AtomicU64>,
+    /// The last connect's TLS failure, if it failed so: `bb8` retries a
+    /// failed connect until its timeout and then reports only that it
+    /// timed out, so [`Connections`] reads the cause here.
+    tls_failure: TlsFailure,
 }
 
+/// Shared between a pool's [`Manager`] and its [`Connections`].
+pub(crate) type TlsFailure = Arc<Mutex<Option<redis::RedisError>>>;
+
 impl Manager {
-    /// `epoch` is the client-wide count of broken connections (see
+    /// `client` carries the address, credentials and TLS material; `epoch`
+    /// is the client-wide count of broken connections (see
     /// [`Connections`]).
     pub(crate) fn new(
-        inner: bb8_redis::RedisConnectionManager,
+        client: redis::Client,
+        connect_timeout: Duration,
         op_timeout: Duration,
         epoch: Arc<AtomicU64>,
+        tls_failure: TlsFailure,
     ) -> Self {
         Self {
-            inner,
-            op_timeout,
+            client,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(op_timeout)),
             epoch,
+            tls_failure,
         }
     }
 }
 
 impl fmt::Debug for Manager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Manager")
-            .field("op_timeout", &self.op_timeout)
-            .finish_non_exhaustive()
+        f.debug_struct("Manager").finish_non_exhaustive()
     }
 }
 
@@ -89,13 +105,28 @@ impl bb8::ManageConnection for Manager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<PoolConn, redis::RedisError> {
-        let mut conn = self.inner.connect().await?;
-        conn.set_response_timeout(self.op_timeout);
-        Ok(PoolConn::new(conn, self.epoch.clone()))
+        let conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await;
+        let mut failure = self
+            .tls_failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match conn {
+            Ok(conn) => {
+                *failure = None;
+                Ok(PoolConn::new(conn, self.epoch.clone()))
+            }
+            Err(e) => {
+                *failure = problem_of(&e).is_some().then(|| e.clone());
+                Err(e)
+            }
+        }
     }
 
     async fn is_valid(&self, conn: &mut PoolConn) -> Result<(), redis::RedisError> {
-        self.inner.is_valid(&mut conn.conn).await
+        redis::cmd("PING").query_async::<()>(&mut conn.conn).await
     }
 
     fn has_broken(&self, conn: &mut PoolConn) -> bool {
@@ -119,10 +150,17 @@ impl bb8::ManageConnection for Manager {
 pub(crate) struct Connections {
     shape: Shape,
     epoch: Arc<AtomicU64>,
+    /// The server's URL without its password (named by TLS errors).
+    server: String,
+    /// The pool's last TLS failure (see [`Manager`]).
+    tls_failure: TlsFailure,
 }
 
 /// One server (pooled connections) or a Cluster (one routed connection;
 /// see [`super::cluster`]).
+// One per client, never moved after connect: the variants' sizes do not
+// matter.
+#[allow(clippy::large_enum_variant)]
 enum Shape {
     Node {
         pool: Pool,
@@ -153,8 +191,16 @@ struct Slot {
 
 impl Connections {
     /// `slots` connections for operations; `pool` must allow `slots + 1`.
-    pub(crate) fn new(pool: Pool, slots: usize, epoch: Arc<AtomicU64>) -> Self {
+    pub(crate) fn new(
+        pool: Pool,
+        slots: usize,
+        epoch: Arc<AtomicU64>,
+        server: String,
+        tls_failure: TlsFailure,
+    ) -> Self {
         Self {
+            server,
+            tls_failure,
             shape: Shape::Node {
                 pool,
                 slots: (0..slots.max(1)).map(|_| SlotCell::default()).collect(),
@@ -170,6 +216,8 @@ impl Connections {
         Self {
             shape: Shape::Cluster(cluster),
             epoch: Arc::new(AtomicU64::new(0)),
+            server: String::new(),
+            tls_failure: TlsFailure::default(),
         }
     }
 
@@ -264,10 +312,19 @@ impl Connections {
         }
         let mut attempts = pool.state().connections as usize + 1;
         let pooled = loop {
-            let pooled = pool
-                .get_owned()
-                .await
-                .map_err(|e| map_pool(e, resource, op))?;
+            let pooled = pool.get_owned().await.map_err(|e| {
+                let e = match e {
+                    // Retried until the timeout: say why it failed.
+                    bb8::RunError::TimedOut => self
+                        .tls_failure
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone()
+                        .map_or(bb8::RunError::TimedOut, bb8::RunError::User),
+                    e => e,
+                };
+                map_pool(e, resource, op, &self.server)
+            })?;
             attempts -= 1;
             let fresh = pooled.born >= self.epoch.load(Ordering::Acquire)
                 && !pooled.broken.load(Ordering::Acquire);

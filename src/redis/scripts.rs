@@ -32,6 +32,17 @@ macro_rules! scripts {
                 LazyLock::new(|| Script::new(include_str!(concat!("scripts/", $file))));
         )*
 
+        /// The source of every script (both forms of those that publish):
+        /// what the ACL check reads the commands lockyard runs from.
+        pub(crate) fn sources() -> Vec<String> {
+            let mut all = vec![$(include_str!(concat!("scripts/", $file)).to_owned()),*];
+            for source in PUBLISHING_SOURCES {
+                all.push((*source).to_owned());
+                all.push(sharded_source(source));
+            }
+            all
+        }
+
         /// Every script (both forms of those that publish), for loading at
         /// connect time.
         pub(crate) fn all() -> Vec<&'static Script> {
@@ -68,7 +79,31 @@ impl Publishing {
 
 /// `source` with its publishes sharded.
 fn sharded(source: &str) -> Script {
-    Script::new(&source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'"))
+    Script::new(&sharded_source(source))
+}
+
+fn sharded_source(source: &str) -> String {
+    source.replace("redis.call('PUBLISH'", "redis.call('SPUBLISH'")
+}
+
+/// The commands the scripts run (`redis.call('X'` and `redis.pcall('X'`),
+/// upper-case, sorted, each once.
+pub(crate) fn called_commands() -> Vec<String> {
+    let mut found = std::collections::BTreeSet::new();
+    for source in sources() {
+        for call in ["redis.call(", "redis.pcall("] {
+            for (at, _) in source.match_indices(call) {
+                let rest = &source[at + call.len()..];
+                let Some(quote) = rest.chars().next().filter(|c| matches!(c, '\'' | '"')) else {
+                    continue;
+                };
+                if let Some(name) = rest[1..].split(quote).next() {
+                    found.insert(name.to_ascii_uppercase());
+                }
+            }
+        }
+    }
+    found.into_iter().collect()
 }
 
 macro_rules! publishing {
@@ -81,6 +116,7 @@ macro_rules! publishing {
             };
         )*
         const PUBLISHING: &[&Publishing] = &[$(&$name),*];
+        const PUBLISHING_SOURCES: &[&str] = &[$(include_str!(concat!("scripts/", $file))),*];
     };
 }
 
@@ -130,5 +166,16 @@ mod tests {
             assert_ne!(classic.get_hash(), sharded.get_hash());
         }
         assert!(all().len() >= 3 * 2);
+        assert_eq!(sources().len(), all().len());
+    }
+
+    #[test]
+    fn called_commands_are_read_from_every_script() {
+        let called = called_commands();
+        for cmd in [
+            "SET", "INCR", "PEXPIRE", "PUBLISH", "SPUBLISH", "ZADD", "DEL",
+        ] {
+            assert!(called.iter().any(|c| c == cmd), "{cmd} in {called:?}");
+        }
     }
 }

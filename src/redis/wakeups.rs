@@ -28,6 +28,8 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::tls::TlsMaterial;
+
 /// The subscription state of one channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum SubState {
@@ -83,7 +85,7 @@ pub(crate) enum Source {
     /// A Cluster, from these seeds: sharded `SSUBSCRIBE` (the release
     /// scripts `SPUBLISH`), so a message stays on its slot's shard instead
     /// of being broadcast to every node.
-    Cluster(Vec<redis::ConnectionInfo>),
+    Cluster(Vec<redis::ConnectionInfo>, TlsMaterial),
 }
 
 /// The client's wakeup service. Cloning shares it.
@@ -119,9 +121,10 @@ impl Wakeups {
             Source::Node(client) => {
                 tokio::spawn(run(client, shared.clone(), rx, op_timeout, shutdown));
             }
-            Source::Cluster(seeds) => {
+            Source::Cluster(seeds, tls) => {
                 tokio::spawn(run_sharded(
                     seeds,
+                    tls,
                     shared.clone(),
                     rx,
                     op_timeout,
@@ -394,6 +397,7 @@ async fn run(
 /// cluster has failed it over.
 async fn run_sharded(
     seeds: Vec<redis::ConnectionInfo>,
+    tls: TlsMaterial,
     shared: Arc<Shared>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     op_timeout: Duration,
@@ -406,7 +410,7 @@ async fn run_sharded(
             return;
         }
         let (push_tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
-        let client = super::cluster::client_builder(&seeds, op_timeout, connect_timeout)
+        let client = super::cluster::client_builder(&seeds, &tls, op_timeout, connect_timeout)
             .use_protocol(redis::ProtocolVersion::RESP3)
             .push_sender(push_tx)
             .build();

@@ -45,6 +45,9 @@ impl Env {
             .env("LOCKYARD_DIR", self.dir())
             .env_remove("RUST_BACKTRACE")
             .env_remove("LOCKYARD_REDIS")
+            .env_remove("LOCKYARD_TLS_CA")
+            .env_remove("LOCKYARD_TLS_CERT")
+            .env_remove("LOCKYARD_TLS_KEY")
             .stdin(Stdio::null());
         cmd
     }

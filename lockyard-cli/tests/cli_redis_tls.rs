@@ -1,0 +1,168 @@
+//! `lockyard exec --redis rediss://…` against private TLS-only
+//! redis-servers: processes exclude each other over TLS, the CA comes from
+//! `--tls-ca` or `LOCKYARD_TLS_CA`, mutual TLS from `--tls-cert` and
+//! `--tls-key`, and a wrong CA or a plain URL to a TLS port fails fast with
+//! a clear error (exit 69).
+#![cfg(all(feature = "tls", unix))]
+
+mod cli_support;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use cli_support::*;
+use lockyard_testkit::redis::RedisServer;
+use lockyard_testkit::tls::{ServerTls, TlsFiles};
+
+#[test]
+fn exec_over_tls_excludes_across_processes() {
+    let files = TlsFiles::generate();
+    let server = RedisServer::start_tls(&ServerTls::new(&files));
+    let url = server.url();
+    let ca = files.ca().display().to_string();
+    let env = Env::new();
+    let (ready, go) = (env.path("ready"), env.path("go"));
+    // The holder runs until the test lets it go.
+    let script = format!(
+        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done",
+        ready.display(),
+        go.display()
+    );
+    let mut holder = Holder {
+        child: env
+            .cmd(&[
+                "exec", "--redis", &url, "--tls-ca", &ca, "job", "--", "sh", "-c", &script,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn lockyard"),
+    };
+    assert!(eventually_blocking(PATIENCE, || ready.exists()));
+
+    // Another process, the CA from the flag: the lock is held, by whom.
+    let out = env.run(&[
+        "exec", "-n", "--redis", &url, "--tls-ca", &ca, "job", "--", "true",
+    ]);
+    assert_clean_failure(&out, 1);
+    assert!(
+        stderr(&out).contains(&format!("held by pid {}", holder.pid())),
+        "{}",
+        stderr(&out)
+    );
+    // `status` over TLS lists it.
+    let out = env.run(&["status", "--redis", &url, "--tls-ca", &ca]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("job"), "{}", stdout(&out));
+
+    // A third, the CA from LOCKYARD_TLS_CA, waits and gets it once the
+    // holder is let go.
+    let mut waiter = env.cmd(&["exec", "-w", "15s", "--redis", &url, "job", "--", "true"]);
+    waiter.env("LOCKYARD_TLS_CA", &ca);
+    let waiter = std::thread::spawn(move || output(waiter));
+    std::thread::sleep(Duration::from_millis(200));
+    touch(&go);
+    assert_eq!(holder.wait().code(), Some(0));
+    let out = waiter.join().expect("waiter thread");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn a_wrong_ca_and_a_plain_url_to_a_tls_port_fail_fast_and_say_so() {
+    let files = TlsFiles::generate();
+    let server = RedisServer::start_tls(&ServerTls::new(&files));
+    let env = Env::new();
+    let other = files.other_ca().display().to_string();
+
+    let started = Instant::now();
+    let out = env.run(&[
+        "exec",
+        "--redis",
+        &server.url(),
+        "--tls-ca",
+        &other,
+        "job",
+        "--",
+        "true",
+    ]);
+    assert_clean_failure(&out, 69);
+    assert!(
+        stderr(&out).contains("not signed by a CA this client trusts"),
+        "{}",
+        stderr(&out)
+    );
+
+    let plain = server.url().replacen("rediss://", "redis://", 1);
+    let out = env.run(&["exec", "--redis", &plain, "job", "--", "true"]);
+    assert_clean_failure(&out, 69);
+    assert!(stderr(&out).contains("use rediss://"), "{}", stderr(&out));
+    // Both well within the default connect timeout (5 s) each.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A CA given for a plain URL is a usage error, not a silent plain
+    // connection.
+    let ca = files.ca().display().to_string();
+    let out = env.run(&[
+        "exec", "--redis", &plain, "--tls-ca", &ca, "job", "--", "true",
+    ]);
+    assert_clean_failure(&out, 64);
+}
+
+#[test]
+fn mutual_tls_needs_tls_cert_and_tls_key() {
+    let files = TlsFiles::generate();
+    let server = RedisServer::start_tls(&ServerTls::new(&files).mutual());
+    let env = Env::new();
+    let ca = files.ca().display().to_string();
+    let (cert, key) = files.client();
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+
+    let out = env.run(&[
+        "exec",
+        "--redis",
+        &server.url(),
+        "--tls-ca",
+        &ca,
+        "job",
+        "--",
+        "true",
+    ]);
+    assert_clean_failure(&out, 69);
+    assert!(
+        stderr(&out).contains("client certificate"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = env.run(&[
+        "exec",
+        "--redis",
+        &server.url(),
+        "--tls-ca",
+        &ca,
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "job",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // --tls-cert without --tls-key is a usage error.
+    let out = env.run(&[
+        "exec",
+        "--redis",
+        &server.url(),
+        "--tls-cert",
+        &cert,
+        "job",
+        "--",
+        "true",
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+}
