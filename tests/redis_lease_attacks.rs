@@ -14,12 +14,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use lockyard::redis::{RedisLocks, RedisOptions, Redlock, RedlockOptions};
+use lockyard::redis::{RedisLocks, RedisOptions, Redlock};
 use lockyard::{
     AcquireOptions, AsyncLockManager, LeaseDeadline, LeaseState, Lock, LockError, LockGuard, Lost,
 };
 use lockyard_testkit::proxy::{FaultProxy, Rule, Then};
-use lockyard_testkit::redis::RedisServer;
+use lockyard_testkit::redis::{RedisServer, redlock_options};
 use lockyard_testkit::{bounded, bounded_for, eventually};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -94,14 +94,7 @@ fn redlock_servers(n: usize) -> Vec<RedisServer> {
 
 async fn redlock(servers: &[RedisServer], ttl: Duration, drift: Option<Duration>) -> Redlock {
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
-    let mut o = RedlockOptions::new()
-        .redis(
-            RedisOptions::default()
-                .ttl(ttl)
-                .connect_timeout(Duration::from_millis(500))
-                .op_timeout(Duration::from_millis(250)),
-        )
-        .retry_delay(Duration::from_millis(20));
+    let mut o = redlock_options(ttl);
     if let Some(d) = drift {
         o = o.drift(d);
     }

@@ -142,16 +142,13 @@ async fn mutual_exclusion_across_tasks_and_clients() {
     assert_eq!(counter.load(Ordering::SeqCst), 3 * 6 * 15);
 }
 
-const CHILD_ENV: &str = "LOCKYARD_TEST_REDIS_CHILD";
-
 /// Child role of `mutual_exclusion_across_processes` (does nothing when run
 /// by the test harness directly).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_process_worker() {
-    if child::role().is_none() {
+    let Some(spec) = child::role() else {
         return;
-    }
-    let spec = std::env::var(CHILD_ENV).unwrap();
+    };
     let mut parts = spec.splitn(3, '|');
     let url = parts.next().unwrap();
     let rounds: u32 = parts.next().unwrap().parse().unwrap();
@@ -194,11 +191,8 @@ async fn mutual_exclusion_across_processes() {
         children.push(
             tokio::process::Command::from(child::command(
                 "child_process_worker",
-                "worker",
-                &[(
-                    CHILD_ENV,
-                    format!("{}|{rounds}|{}", server.url(), dir.path().display()),
-                )],
+                &format!("{}|{rounds}|{}", server.url(), dir.path().display()),
+                &[],
             ))
             .kill_on_drop(true)
             .spawn()

@@ -18,8 +18,6 @@ use lockyard::{LockError, LockGuard};
 use lockyard_testkit::child::{self, monotonic_ns};
 use lockyard_testkit::redis::RedisServer;
 
-/// The child's orders: `KIND|ROUNDS|URL[,URL...]`.
-const SPEC: &str = "LOCKYARD_PAUSED_SPEC";
 /// The child's lease; the pause is several times longer.
 const TTL: Duration = Duration::from_millis(300);
 const PAUSE: Duration = Duration::from_millis(800);
@@ -143,10 +141,10 @@ async fn hold_and_report(
 /// The child: holds leases of one kind, round after round.
 #[tokio::test]
 async fn child_process_entry() {
-    if child::role().is_none() {
+    // The role is `KIND|ROUNDS|URL[,URL...]`.
+    let Some(spec) = child::role() else {
         return;
-    }
-    let spec = std::env::var(SPEC).unwrap();
+    };
     let mut it = spec.split('|');
     let kind = it.next().unwrap().to_owned();
     let rounds: u32 = it.next().unwrap().parse().unwrap();
@@ -195,8 +193,8 @@ async fn child_process_entry() {
 fn pause_rounds(kind: &str, rounds: u32, urls: &[String]) {
     let mut holder = child::spawn(
         "child_process_entry",
-        "paused-holder",
-        &[(SPEC, format!("{kind}|{rounds}|{}", urls.join(",")))],
+        &format!("{kind}|{rounds}|{}", urls.join(",")),
+        &[],
     );
     let mut failures = Vec::new();
     for round in 0..rounds {

@@ -123,17 +123,14 @@ async fn bound_never_exceeded_across_tasks_and_clients() {
     assert!(max > 1, "permits were never used concurrently (max {max})");
 }
 
-const CHILD_ENV: &str = "LOCKYARD_TEST_SEMAPHORE_CHILD";
-
 /// Child roles (does nothing when run by the test harness directly):
 /// `bound|URL|rounds` counts holders in a Redis key and fails on excess;
 /// `hold|URL` takes a permit, says so, and waits to be killed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn child_process_role() {
-    if child::role().is_none() {
+    let Some(spec) = child::role() else {
         return;
-    }
-    let spec = std::env::var(CHILD_ENV).unwrap();
+    };
     let parts: Vec<&str> = spec.split('|').collect();
     match parts[0] {
         "bound" => {
@@ -193,11 +190,7 @@ async fn child_process_role() {
 }
 
 fn child(spec: String) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::from(child::command(
-        "child_process_role",
-        "role",
-        &[(CHILD_ENV, spec)],
-    ));
+    let mut cmd = tokio::process::Command::from(child::command("child_process_role", &spec, &[]));
     cmd.kill_on_drop(true);
     cmd
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use lockyard::redis::{RedisOptions, Redlock, RedlockOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
 use lockyard_testkit::bounded;
-use lockyard_testkit::redis::RedisServer;
+use lockyard_testkit::redis::{RedisServer, redlock_options};
 
 fn servers(n: usize) -> Vec<RedisServer> {
     (0..n).map(|_| RedisServer::start()).collect()
@@ -21,14 +21,7 @@ fn urls(servers: &[RedisServer]) -> Vec<String> {
 }
 
 async fn redlock(servers: &[RedisServer], ttl: Duration) -> Redlock {
-    let opts = RedlockOptions::new()
-        .redis(
-            RedisOptions::default()
-                .ttl(ttl)
-                .connect_timeout(Duration::from_millis(500))
-                .op_timeout(Duration::from_millis(250)),
-        )
-        .retry_delay(Duration::from_millis(20));
+    let opts = redlock_options(ttl);
     bounded(Redlock::connect_with(&urls(servers), opts))
         .await
         .expect("connect")

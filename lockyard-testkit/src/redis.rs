@@ -337,3 +337,16 @@ pub async fn client(url: &str, ttl: Duration) -> lockyard::RedisLocks {
         .await
         .expect("connect to the test redis-server")
 }
+
+/// Redlock options for tests: leases of `ttl`, quick connect and request
+/// timeouts (500 ms, 250 ms) and a short retry delay (20 ms).
+pub fn redlock_options(ttl: Duration) -> lockyard::redis::RedlockOptions {
+    lockyard::redis::RedlockOptions::new()
+        .redis(
+            lockyard::redis::RedisOptions::default()
+                .ttl(ttl)
+                .connect_timeout(Duration::from_millis(500))
+                .op_timeout(Duration::from_millis(250)),
+        )
+        .retry_delay(Duration::from_millis(20))
+}
