@@ -4,7 +4,6 @@
 #![cfg(all(feature = "redis", unix))]
 
 mod cli_support;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cli_support::*;
@@ -12,14 +11,9 @@ use lockyard_testkit::redis::RedisServer;
 
 /// `lockyard exec --redis URL --ttl TTL NAME -- sh -c SCRIPT` in the background.
 fn spawn_exec(env: &Env, url: &str, ttl: &str, script: &str) -> Holder {
-    let child = env
-        .cmd(&[
-            "exec", "--redis", url, "--ttl", ttl, "job", "--", "sh", "-c", script,
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn lockyard");
+    let child = env.spawn(&[
+        "exec", "--redis", url, "--ttl", ttl, "job", "--", "sh", "-c", script,
+    ]);
     Holder { child }
 }
 
@@ -299,25 +293,20 @@ fn on_suspect_signals_command_when_renewals_fail() {
     let (got, ready, go) = (env.path("got"), env.path("ready"), env.path("go"));
     let script = trap_script(&["USR1"], &got, &ready, &go);
     let mut holder = Holder {
-        child: env
-            .cmd(&[
-                "exec",
-                "--redis",
-                &proxy.url(),
-                "--ttl",
-                "6s",
-                "--on-suspect",
-                "usr1",
-                "job",
-                "--",
-                "sh",
-                "-c",
-                &script,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn lockyard"),
+        child: env.spawn(&[
+            "exec",
+            "--redis",
+            &proxy.url(),
+            "--ttl",
+            "6s",
+            "--on-suspect",
+            "usr1",
+            "job",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ]),
     };
     assert!(eventually_blocking(PATIENCE, || ready.exists()));
     assert!(!got.exists(), "signalled while renewals got through");

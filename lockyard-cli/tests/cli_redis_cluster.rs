@@ -5,7 +5,6 @@
 #![cfg(all(feature = "redis", unix))]
 
 mod cli_support;
-use std::process::Stdio;
 
 use cli_support::*;
 use lockyard_testkit::cluster::RedisCluster;
@@ -44,23 +43,18 @@ fn exec_excludes_across_processes_on_every_master() {
             );
             // Inner loop under one lock would not contend enough: each
             // process takes the lock three times.
-            let child = env
-                .cmd(&[
-                    "exec",
-                    "--redis",
-                    &urls[p % 2],
-                    "--timeout",
-                    "60s",
-                    name,
-                    "--",
-                    "sh",
-                    "-c",
-                    &script,
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn lockyard");
+            let child = env.spawn(&[
+                "exec",
+                "--redis",
+                &urls[p % 2],
+                "--timeout",
+                "60s",
+                name,
+                "--",
+                "sh",
+                "-c",
+                &script,
+            ]);
             children.push(child);
         }
     }

@@ -59,6 +59,16 @@ impl Env {
 
     /// Starts `lockyard exec [EXTRA...] NAME -- sh -c 'touch READY; exec sleep 30'`
     /// and waits until COMMAND runs, i.e. the lock is held.
+    /// Starts `lockyard ARGS` in the background: stdout discarded, stderr
+    /// piped (read it once the child has exited).
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn lockyard")
+    }
+
     pub fn hold(&self, name: &str, extra: &[&str]) -> Holder {
         let ready = self.path(&format!("ready-{name}-{}", unique()));
         let script = format!("touch '{}'; exec sleep 30", ready.display());
