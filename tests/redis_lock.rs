@@ -186,26 +186,9 @@ async fn mutual_exclusion_across_processes() {
     std::fs::write(dir.path().join("counter"), "0").unwrap();
     std::fs::write(dir.path().join("fences"), "").unwrap();
     let (procs, rounds) = (4, 25);
-    let mut children = Vec::new();
-    for _ in 0..procs {
-        children.push(
-            tokio::process::Command::from(child::command(
-                "child_process_worker",
-                &format!("{}|{rounds}|{}", server.url(), dir.path().display()),
-                &[],
-            ))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap(),
-        );
-    }
-    for mut c in children {
-        let status = tokio::time::timeout(Duration::from_secs(60), c.wait())
-            .await
-            .expect("child finished in time")
-            .unwrap();
-        assert!(status.success());
-    }
+    let role = format!("{}|{rounds}|{}", server.url(), dir.path().display());
+    let roles = vec![role; procs as usize];
+    child::run_all("child_process_worker", &roles, Duration::from_secs(60)).await;
     let count: u64 = std::fs::read_to_string(dir.path().join("counter"))
         .unwrap()
         .trim()

@@ -233,3 +233,27 @@ impl Drop for Child {
         }
     }
 }
+
+/// Runs this test binary's test `entry` once per role in `roles`, all at
+/// once, and waits (bounded by `limit`) until every one has exited
+/// successfully.
+///
+/// # Panics
+///
+/// If one cannot be started, fails, or is still running after `limit` (the
+/// rest are killed).
+pub async fn run_all(entry: &str, roles: &[String], limit: Duration) {
+    let mut children = Vec::new();
+    for role in roles {
+        let mut cmd = tokio::process::Command::from(command(entry, role, &[]));
+        cmd.kill_on_drop(true);
+        children.push(cmd.spawn().expect("spawn the child"));
+    }
+    let all = async {
+        for (role, mut child) in roles.iter().zip(children) {
+            let status = child.wait().await.expect("wait for the child");
+            assert!(status.success(), "child {role:?} failed: {status}");
+        }
+    };
+    crate::wait::bounded_for(limit, all).await;
+}
