@@ -440,7 +440,8 @@ async fn a_grant_no_replica_confirms_is_undone_and_unavailable() {
     tokio::time::timeout(LIMIT, async {
         // One server without replicas: WAIT 1 can never be satisfied.
         let server = RedisServer::start();
-        let o = opts(Duration::from_secs(5)).wait_for_replicas(1, Duration::from_millis(50));
+        // A WAIT long enough for a loaded machine's live replica to answer.
+        let o = opts(Duration::from_secs(5)).wait_for_replicas(1, Duration::from_millis(500));
         let waits = RedisLocks::connect_with(&server.url(), o).await.unwrap();
         let e = waits.try_acquire("unreplicated").await.unwrap_err();
         assert!(e.is_unavailable(), "{e:?}");
@@ -458,14 +459,10 @@ async fn a_grant_no_replica_confirms_is_undone_and_unavailable() {
         });
         let synced = async {
             loop {
-                // Acknowledged, not only connected: until the replica's
-                // first ACK (up to a second after its link is up) the
-                // master holds back its stream, so a WAIT then times out.
-                if server.replica_acked()
-                    && replica
-                        .command(&["INFO", "replication"])
-                        .contains("master_link_status:up")
-                {
+                // Streaming, not only connected: a replica shown online
+                // with its link up can still be held back, and a WAIT
+                // then times out.
+                if server.replicates_to(&replica) {
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;

@@ -506,13 +506,14 @@ async fn an_extend_no_replica_confirms_lengthens_nothing() {
         vec!["--replicaof".into(), "127.0.0.1".into(), port.to_string()]
     });
     eventually("the replica is online and acknowledging", || {
-        std::future::ready(server.replica_acked())
+        std::future::ready(server.replicates_to(&replica))
     })
     .await;
-    let ttl = Duration::from_secs(2);
+    let ttl = Duration::from_secs(4);
+    // A WAIT long enough for a loaded machine's live replica to answer.
     let opts = RedisOptions::default()
         .ttl(ttl)
-        .wait_for_replicas(1, Duration::from_millis(100));
+        .wait_for_replicas(1, Duration::from_millis(500));
     let locks = RedisLocks::connect_with(&server.url(), opts).await.unwrap();
     let g = locks
         .acquire("extend-unreplicated", Duration::from_secs(1))

@@ -67,27 +67,6 @@ fn opts(ttl: Duration) -> RedisOptions {
         .connect_timeout(Duration::from_secs(1))
 }
 
-/// Whether `info` (a master's `INFO replication`) shows its replica online
-/// and acknowledging every write (as in `tests/redis_cluster.rs`).
-fn acked_all(info: &str) -> bool {
-    let field = |line: &str, name: &str| -> Option<i64> {
-        line.split(',')
-            .find_map(|kv| kv.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    let master = info
-        .lines()
-        .find_map(|l| l.strip_prefix("master_repl_offset:"))
-        .and_then(|v| v.trim().parse::<i64>().ok());
-    let replica = info.lines().find(|l| l.starts_with("slave0:"));
-    match (master, replica) {
-        (Some(master), Some(line)) => {
-            line.contains("state=online") && field(line, "offset=").is_some_and(|o| o >= master)
-        }
-        _ => false,
-    }
-}
-
 fn redlock_servers(n: usize) -> Vec<RedisServer> {
     (0..n).map(|_| RedisServer::start()).collect()
 }
@@ -262,11 +241,7 @@ async fn an_unreplicated_renewal_landing_after_an_extend_still_bounds_the_lease(
         vec!["--replicaof".into(), "127.0.0.1".into(), port.to_string()]
     });
     let synced = async {
-        while !(acked_all(&master.command(&["INFO", "replication"]))
-            && replica
-                .command(&["INFO", "replication"])
-                .contains("master_link_status:up"))
-        {
+        while !master.replicates_to(&replica) {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
@@ -276,9 +251,10 @@ async fn an_unreplicated_renewal_landing_after_an_extend_still_bounds_the_lease(
         &proxy.url(),
         opts(ttl)
             // Longer than the renewal is held back plus its WAIT, so that
-            // its reply is taken (not timed out).
-            .op_timeout(Duration::from_millis(1400))
-            .wait_for_replicas(1, Duration::from_millis(100)),
+            // its reply is taken (not timed out). The WAIT allows a loaded
+            // machine's live replica time to answer the grant's.
+            .op_timeout(Duration::from_millis(1450))
+            .wait_for_replicas(1, Duration::from_millis(500)),
     )
     .await;
     let other = client(&master.url(), opts(ttl)).await;
@@ -297,9 +273,9 @@ async fn an_unreplicated_renewal_landing_after_an_extend_still_bounds_the_lease(
     // The replica dies: the held renewal's WAIT will not be confirmed.
     replica.stop();
     // The renewal lands (matched + 0.8 s) and its reply comes back (+ the
-    // WAIT's 100 ms); then nothing of the holder reaches the server any
+    // WAIT's 500 ms); then nothing of the holder reaches the server any
     // more (the next renewal is due 0.75 s after that reply).
-    tokio::time::sleep_until(matched + Duration::from_millis(1200)).await;
+    tokio::time::sleep_until(matched + Duration::from_millis(1400)).await;
     proxy.drop_requests(true);
     let pttl: i64 = master
         .command(&["PTTL", &lock_key(name)])

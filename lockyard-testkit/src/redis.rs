@@ -176,24 +176,39 @@ impl RedisServer {
         read_value(&mut r, line)
     }
 
-    /// Whether this server (a master) has a replica online that has
-    /// acknowledged everything written so far: until a replica's first ACK
-    /// (up to a second after its link is up) a master holds back its
-    /// stream and a `WAIT` times out, though `connected_slaves` is 1.
-    pub fn replica_acked(&self) -> bool {
-        let info = self.command(&["INFO", "replication"]);
-        let master = info
-            .lines()
-            .find_map(|l| l.strip_prefix("master_repl_offset:"))
-            .and_then(|v| v.trim().parse::<i64>().ok());
-        let Some(line) = info.lines().find(|l| l.starts_with("slave0:")) else {
+    /// Whether this server (a master) streams its writes to `replica` now:
+    /// writes a probe key, then waits (up to 300 ms) for the replica to have
+    /// read up to the master's offset after it. A replica can show as
+    /// connected, even `state=online` with its link up, while the master
+    /// still holds its stream back (seen: a `WAIT` then timed out with the
+    /// replica stuck at the offset of its full sync); only data arriving
+    /// proves it flows. Poll it until it says so.
+    pub fn replicates_to(&self, replica: &RedisServer) -> bool {
+        let offset = |text: &str, field: &str| -> Option<i64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().parse().ok())
+        };
+        self.command(&["INCR", "lockyard-testkit:replication-probe"]);
+        let Some(target) = offset(
+            &self.command(&["INFO", "replication"]),
+            "master_repl_offset:",
+        ) else {
             return false;
         };
-        let acked = line
-            .split(',')
-            .find_map(|kv| kv.strip_prefix("offset="))
-            .and_then(|v| v.trim().parse::<i64>().ok());
-        line.contains("state=online") && matches!((master, acked), (Some(m), Some(a)) if a >= m)
+        let end = Instant::now() + Duration::from_millis(300);
+        loop {
+            let info = replica.command(&["INFO", "replication"]);
+            if info.contains("master_link_status:up")
+                && offset(&info, "slave_repl_offset:").is_some_and(|o| o >= target)
+            {
+                return true;
+            }
+            if Instant::now() > end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Whether the server answers `PING` now.
