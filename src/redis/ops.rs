@@ -33,19 +33,9 @@ pub(crate) async fn invoke<T: FromRedisValue>(
     keys: &[&str],
     args: &[&str],
 ) -> Result<T, LockError> {
-    let call = client.retry_once(resource, op, |mut conn| async move {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(*k);
-        }
-        for a in args {
-            inv.arg(*a);
-        }
-        inv.invoke_async::<T>(&mut conn).await
-    });
-    tokio::time::timeout(client.options().request_timeout(), call)
+    invoke_replicated(client, resource, op, script, keys, args, None)
         .await
-        .unwrap_or_else(|_| Err(timed_out(resource, op)))
+        .map(|(reply, _)| reply)
 }
 
 /// As [`invoke`], then, with `replicas = Some((n, wait))`, `WAIT n wait` on
@@ -67,14 +57,9 @@ pub(crate) async fn invoke_replicated<T: FromRedisValue>(
 ) -> Result<(T, bool), LockError> {
     let key = keys.first().copied().unwrap_or("");
     let call = client.retry_once(resource, op, |mut conn| async move {
-        let mut inv = script.prepare_invoke();
-        for k in keys {
-            inv.key(*k);
-        }
-        for a in args {
-            inv.arg(*a);
-        }
-        let reply = inv.invoke_async::<T>(&mut conn).await?;
+        let reply = prepared(script, keys, args)
+            .invoke_async::<T>(&mut conn)
+            .await?;
         let Some((n, wait)) = replicas else {
             return Ok((reply, true));
         };
@@ -101,6 +86,14 @@ pub(crate) async fn invoke_on<T: FromRedisValue>(
     keys: &[&str],
     args: &[&str],
 ) -> Result<T, LockError> {
+    prepared(script, keys, args)
+        .invoke_async::<T>(conn)
+        .await
+        .map_err(|e| map_redis(e, resource, op))
+}
+
+/// `script` with its `keys` and `args`, ready to send.
+fn prepared<'a>(script: &'a Script, keys: &[&str], args: &[&str]) -> redis::ScriptInvocation<'a> {
     let mut inv = script.prepare_invoke();
     for k in keys {
         inv.key(*k);
@@ -108,9 +101,7 @@ pub(crate) async fn invoke_on<T: FromRedisValue>(
     for a in args {
         inv.arg(*a);
     }
-    inv.invoke_async::<T>(conn)
-        .await
-        .map_err(|e| map_redis(e, resource, op))
+    inv
 }
 
 /// Milliseconds as the scripts take them.
