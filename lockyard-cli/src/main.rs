@@ -18,7 +18,7 @@
 //! status.rs   cleanup.rs                    the other subcommands
 //! lockdir.rs                                which lock directory
 //! supervisor.rs                             COMMAND's tree: spawn, supervise, stop
-//! signals.rs   sentinel.rs   terminal.rs    what it is built from
+//! signals.rs   group_keeper.rs   terminal.rs   what it is built from
 //! waiting.rs                                waiting for a lock, the conflict line
 //! output.rs   args.rs → duration.rs   exit.rs
 //! ```
@@ -35,9 +35,9 @@ mod exec;
 #[cfg(feature = "redis")]
 mod exec_redis;
 mod exit;
+mod group_keeper;
 mod lockdir;
 mod output;
-mod sentinel;
 mod signals;
 mod status;
 mod supervisor;
@@ -56,9 +56,9 @@ use crate::waiting::Ctx;
 fn main() -> ExitCode {
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|a| a == sentinel::SENTINEL_ARG)
+        .is_some_and(|a| a == group_keeper::KEEPER_ARG)
     {
-        return sentinel::sentinel_main();
+        return group_keeper::keeper_main();
     }
     let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,

@@ -2,13 +2,13 @@
 //!
 //! # The rules (Unix)
 //!
-//! 1. **COMMAND's tree is one process group, led by a sentinel.** Before
-//!    COMMAND, lockyard starts itself again as a *sentinel* (`lockyard
-//!    __sentinel`) in a new process group, and COMMAND joins that group.
-//!    The sentinel ignores every signal but SIGKILL and blocks reading a pipe
+//! 1. **COMMAND's tree is one process group, led by a group keeper.** Before
+//!    COMMAND, lockyard starts itself again as a *group keeper* (`lockyard
+//!    __group-keeper`) in a new process group, and COMMAND joins that group.
+//!    The keeper ignores every signal but SIGKILL and blocks reading a pipe
 //!    whose only writer is lockyard; when lockyard dies, even by SIGKILL,
-//!    the read returns and the sentinel SIGKILLs its whole group. While the
-//!    sentinel lives the group's id cannot be reused, so signalling the
+//!    the read returns and the keeper SIGKILLs its whole group. While the
+//!    keeper lives the group's id cannot be reused, so signalling the
 //!    group never reaches a stranger.
 //! 2. **lockyard is a child subreaper** (Linux): a descendant orphaned by its
 //!    parent is re-parented to lockyard, not to init, so lockyard sees every
@@ -133,7 +133,7 @@ mod unix {
     use super::{End, GRACE, signal_exit};
     use crate::exit::{self, CliError};
     use crate::signals::{Signals, stop_self};
-    use crate::{sentinel, terminal};
+    use crate::{group_keeper, terminal};
 
     /// Completes when `lost` becomes suspect (after it is held again first,
     /// if `rearm`); never without `--on-suspect`.
@@ -166,23 +166,23 @@ mod unix {
         }
     }
 
-    /// COMMAND, its group and its sentinel, while lockyard supervises them.
+    /// COMMAND, its group and its keeper, while lockyard supervises them.
     #[derive(Debug)]
     pub(crate) struct Child {
         command: Pid,
-        /// COMMAND's process group: the sentinel's pid.
+        /// COMMAND's process group: the keeper's pid.
         group: Pid,
-        /// `None` once the sentinel was reaped (then the group is not
+        /// `None` once the keeper was reaped (then the group is not
         /// signalled any more: its id could be reused).
-        sentinel: Option<Pid>,
-        /// Held until the end: the sentinel acts when its last writer closes.
-        _sentinel_pipe: PipeWriter,
+        keeper: Option<Pid>,
+        /// Held until the end: the keeper acts when its last writer closes.
+        _keeper_pipe: PipeWriter,
         /// Our controlling terminal, if we handed it to COMMAND's group.
         terminal: Option<File>,
         status: Option<WaitStatus>,
     }
 
-    /// Starts the sentinel and COMMAND (rule 1), with inherited stdio and
+    /// Starts the keeper and COMMAND (rule 1), with inherited stdio and
     /// environment, where `envs` sets (`Some`) or removes (`None`)
     /// variables.
     ///
@@ -202,9 +202,9 @@ mod unix {
         rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
             .map_err(|e| os_err("cannot become a child subreaper", e.into()))?;
         let (reader, writer) = io::pipe().map_err(|e| os_err("cannot create a pipe", e))?;
-        let sentinel =
-            sentinel::spawn(reader).map_err(|e| os_err("cannot start the sentinel", e))?;
-        let group = sentinel;
+        let keeper =
+            group_keeper::spawn(reader).map_err(|e| os_err("cannot start the keeper", e))?;
+        let group = keeper;
         let terminal = terminal::hand_to(group);
 
         let mut cmd = Command::new(program);
@@ -229,8 +229,8 @@ mod unix {
             Ok(child) => child,
             Err(e) => {
                 terminal::restore(terminal.as_ref(), group);
-                send(sentinel, libc::SIGKILL);
-                let _ = rustix::process::waitpid(Some(sentinel), WaitOptions::empty());
+                send(keeper, libc::SIGKILL);
+                let _ = rustix::process::waitpid(Some(keeper), WaitOptions::empty());
                 return Err(spawn_error(&program.to_string_lossy(), &e));
             }
         };
@@ -241,8 +241,8 @@ mod unix {
         Ok(Child {
             command,
             group,
-            sentinel: Some(sentinel),
-            _sentinel_pipe: writer,
+            keeper: Some(keeper),
+            _keeper_pipe: writer,
             terminal,
             status: None,
         })
@@ -340,7 +340,7 @@ mod unix {
         }
 
         /// Reaps every child that changed state: COMMAND (exit or stop),
-        /// the sentinel, orphaned descendants.
+        /// the keeper, orphaned descendants.
         fn reap(&mut self) {
             let opts = WaitOptions::NOHANG | WaitOptions::UNTRACED | WaitOptions::CONTINUED;
             while let Ok(Some((pid, status))) = rustix::process::wait(opts) {
@@ -350,9 +350,9 @@ mod unix {
                     } else if let Some(sig) = status.stopping_signal() {
                         self.on_command_stopped(sig);
                     }
-                } else if Some(pid) == self.sentinel && (status.exited() || status.signaled()) {
-                    tracing::warn!("the sentinel of COMMAND's process group died: {status:?}");
-                    self.sentinel = None;
+                } else if Some(pid) == self.keeper && (status.exited() || status.signaled()) {
+                    tracing::warn!("the keeper of COMMAND's process group died: {status:?}");
+                    self.keeper = None;
                 }
             }
         }
@@ -395,16 +395,16 @@ mod unix {
             self.signal_group(sig);
         }
 
-        /// Sends `sig` to COMMAND's group while its sentinel (which keeps
+        /// Sends `sig` to COMMAND's group while its keeper (which keeps
         /// the group id from being reused) is unreaped.
         fn signal_group(&self, sig: i32) {
-            if let (Some(_), Some(sig)) = (self.sentinel, Sig::from_named_raw(sig)) {
+            if let (Some(_), Some(sig)) = (self.keeper, Sig::from_named_raw(sig)) {
                 let _ = rustix::process::kill_process_group(self.group, sig);
             }
         }
 
         /// Rule 3: SIGTERM to every remaining descendant, SIGKILL after
-        /// [`GRACE`]; then the sentinel goes and the terminal comes back.
+        /// [`GRACE`]; then the keeper goes and the terminal comes back.
         async fn stop_tree(&mut self, signals: &mut Signals) {
             let deadline = Instant::now() + GRACE;
             let mut termed = HashSet::new();
@@ -444,13 +444,13 @@ mod unix {
             self.release_group();
         }
 
-        /// Gives the terminal back and ends the sentinel (with SIGKILL, so
+        /// Gives the terminal back and ends the keeper (with SIGKILL, so
         /// it does not kill the group).
         fn release_group(&mut self) {
             terminal::restore(self.terminal.as_ref(), self.group);
-            if let Some(sentinel) = self.sentinel.take() {
-                send(sentinel, libc::SIGKILL);
-                let _ = rustix::process::waitpid(Some(sentinel), WaitOptions::empty());
+            if let Some(keeper) = self.keeper.take() {
+                send(keeper, libc::SIGKILL);
+                let _ = rustix::process::waitpid(Some(keeper), WaitOptions::empty());
             }
         }
 
@@ -476,7 +476,7 @@ mod unix {
             }
         }
 
-        /// lockyard's live children other than the sentinel: with lockyard a
+        /// lockyard's live children other than the keeper: with lockyard a
         /// subreaper, every descendant of COMMAND is one of them or below
         /// one of them.
         fn descendants(&self) -> Vec<Pid> {
@@ -491,8 +491,7 @@ mod unix {
                 let state = fields.next()?;
                 let ppid: i32 = fields.next()?.parse().ok()?;
                 let pid = Pid::from_raw(pid)?;
-                (ppid == me.as_raw_pid() && state != "Z" && Some(pid) != self.sentinel)
-                    .then_some(pid)
+                (ppid == me.as_raw_pid() && state != "Z" && Some(pid) != self.keeper).then_some(pid)
             })
             .collect()
         }

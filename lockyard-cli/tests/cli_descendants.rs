@@ -35,6 +35,40 @@ impl Drop for Reap {
 }
 
 #[test]
+fn commands_group_is_led_by_the_group_keeper_which_runs_only_under_exec() {
+    let env = Env::new();
+    let pidfile = env.path("pids");
+    let script = format!("echo $$ >> '{p}'; exec sleep 30", p = pidfile.display());
+    let mut h = Holder {
+        child: env.spawn(&["exec", "job", "--", "sh", "-c", &script]),
+    };
+    let command = pids(&pidfile, 1)[0];
+    let _reap = Reap(vec![command]);
+    // Field 5 of /proc/PID/stat (after the parenthesised name) is the group.
+    let stat = read(std::path::Path::new(&format!("/proc/{command}/stat")));
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let group: u32 = after_name
+        .split_whitespace()
+        .nth(2)
+        .and_then(|g| g.parse().ok())
+        .expect("a process group in /proc/PID/stat");
+    assert_ne!(group, command, "COMMAND must not lead its own group");
+    let cmdline = std::fs::read(format!("/proc/{group}/cmdline")).expect("the group leader");
+    let args: Vec<&[u8]> = cmdline.split(|&b| b == 0).collect();
+    assert_eq!(args.get(1), Some(&&b"__group-keeper"[..]), "{cmdline:?}");
+    h.kill();
+
+    // Started by hand (not a group leader reading a pipe), it refuses.
+    let out = env.run(&["__group-keeper"]);
+    assert_clean_failure(&out, 64);
+    assert!(
+        stderr(&out).contains("internal to `lockyard exec`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
 fn background_grandchildren_are_stopped_when_command_exits() {
     let env = Env::new();
     let pidfile = env.path("pids");

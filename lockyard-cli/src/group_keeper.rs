@@ -1,9 +1,10 @@
-//! The sentinel (rule 1 of `supervisor.rs`): lockyard run
-//! again as `lockyard __sentinel`, the leader of COMMAND's process group,
-//! which SIGKILLs that group when lockyard dies.
+//! The group keeper (rule 1 of `supervisor.rs`): lockyard run again as
+//! `lockyard __group-keeper`, the leader of COMMAND's process group, which
+//! SIGKILLs that group when lockyard dies. (Not to be confused with Redis
+//! Sentinel, the only "sentinel" in lockyard.)
 
-/// The hidden first argument that makes lockyard a sentinel.
-pub(crate) const SENTINEL_ARG: &str = "__sentinel";
+/// The hidden first argument that makes lockyard a group keeper.
+pub(crate) const KEEPER_ARG: &str = "__group-keeper";
 
 #[cfg(unix)]
 pub(crate) use unix::*;
@@ -17,11 +18,11 @@ mod unix {
 
     use rustix::process::{Pid, Signal as Sig};
 
-    use super::SENTINEL_ARG;
+    use super::KEEPER_ARG;
     use crate::exit;
     use crate::signals::HANDLED;
 
-    /// Starts `lockyard __sentinel` as the leader of a new process group,
+    /// Starts `lockyard __group-keeper` as the leader of a new process group,
     /// reading `reader`.
     pub(crate) fn spawn(reader: io::PipeReader) -> io::Result<Pid> {
         #[cfg(target_os = "linux")]
@@ -29,7 +30,7 @@ mod unix {
         #[cfg(not(target_os = "linux"))]
         let exe = std::env::current_exe()?;
         let child = Command::new(exe)
-            .arg(SENTINEL_ARG)
+            .arg(KEEPER_ARG)
             .stdin(Stdio::from(reader))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -38,16 +39,16 @@ mod unix {
         Ok(Pid::from_child(&child))
     }
 
-    /// The sentinel's life (rule 1): wait for lockyard's end, then SIGKILL
+    /// The keeper's life (rule 1): wait for lockyard's end, then SIGKILL
     /// the process group. Refuses to run unless it leads its own group and
     /// reads a pipe, as lockyard starts it.
-    pub(crate) fn sentinel_main() -> ExitCode {
+    pub(crate) fn keeper_main() -> ExitCode {
         let leader = rustix::process::getpgrp() == rustix::process::getpid();
         let stdin_is_pipe = std::fs::metadata("/dev/stdin")
             .map(|m| m.file_type().is_fifo())
             .unwrap_or(false);
         if !leader || !stdin_is_pipe {
-            eprintln!("lockyard: {SENTINEL_ARG} is internal to `lockyard exec`");
+            eprintln!("lockyard: {KEEPER_ARG} is internal to `lockyard exec`");
             return ExitCode::from(exit::USAGE);
         }
         for sig in HANDLED
@@ -74,8 +75,8 @@ mod unix {
     }
 }
 
-/// Outside Unix there is no sentinel.
+/// Outside Unix there is no keeper.
 #[cfg(not(unix))]
-pub(crate) fn sentinel_main() -> std::process::ExitCode {
+pub(crate) fn keeper_main() -> std::process::ExitCode {
     std::process::ExitCode::from(crate::exit::USAGE)
 }
