@@ -5,15 +5,41 @@
 # `redis-cli --cluster create`) on free loopback ports. The TLS tests need
 # nothing more: Debian's redis-server and redis-cli are built with TLS, and
 # the tests make their CA and certificates themselves (rcgen, no openssl).
+# The Sentinel tests run `redis-server <config> --sentinel`: Debian's
+# redis-server can; where it cannot, the redis-sentinel package is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+apt_install() {
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null
+}
+
 if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
   echo "redis-server or redis-cli not found; installing them (Debian packages redis-server, redis-tools)"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
+  apt_install redis-server redis-tools
+fi
+
+# Whether redis-server runs as a sentinel: a config with a sentinel
+# directive and no port parses, then exits for want of a listener.
+sentinel_works() {
+  local dir ok=1
+  dir="$(mktemp -d)"
+  printf 'port 0\nsentinel monitor probe 127.0.0.1 1 1\n' >"$dir/sentinel.conf"
+  local out
+  out="$(timeout 10 redis-server "$dir/sentinel.conf" --sentinel 2>&1 || true)"
+  if grep -q "not listen anywhere" <<<"$out"; then
+    ok=0
+  fi
+  rm -rf "$dir"
+  return $ok
+}
+if ! sentinel_works; then
+  echo "redis-server does not run as a sentinel; installing redis-sentinel (Debian)"
+  apt_install redis-sentinel
+  sentinel_works || { echo "redis-server --sentinel still does not work" >&2; exit 1; }
 fi
 
 echo "== cargo test (all features)"

@@ -1,7 +1,8 @@
 //! What lockyard's tests, benches, examples and the CLI's tests share.
 //!
-//! - [`redis`], [`cluster`]: private `redis-server`s and Redis Clusters on
-//!   free loopback ports (never the machine's own 6379), killed on drop;
+//! - [`redis`], [`cluster`], [`sentinel`]: private `redis-server`s, Redis
+//!   Clusters and Sentinel-managed primaries with replicas on free loopback
+//!   ports (never the machine's own 6379), killed on drop;
 //! - [`proxy`]: the loopback fault proxy (hold a request, hold replies,
 //!   delay, drop one direction, cut);
 //! - [`child`]: one child-process harness (this test binary re-executed in
@@ -25,6 +26,7 @@ pub mod conformance;
 pub mod floor;
 pub mod proxy;
 pub mod redis;
+pub mod sentinel;
 pub mod tls;
 pub mod wait;
 

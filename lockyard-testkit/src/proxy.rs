@@ -182,6 +182,15 @@ impl FaultProxy {
     }
 }
 
+impl std::fmt::Debug for FaultProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultProxy")
+            .field("port", &self.port)
+            .field("accepted", &self.accepted())
+            .finish_non_exhaustive()
+    }
+}
+
 impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.cut();

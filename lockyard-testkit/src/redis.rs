@@ -132,29 +132,7 @@ impl RedisServer {
     /// On a TLS server, the reply as `redis-cli` prints it (simple strings
     /// and errors without their `+`/`-`, but `OK` is given as `+OK`).
     pub fn command(&self, args: &[&str]) -> String {
-        if let Some(tls) = &self.tls {
-            return cli_command(self.port, tls, args);
-        }
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to test redis");
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut req = format!("*{}\r\n", args.len());
-        for a in args {
-            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-        }
-        s.write_all(req.as_bytes()).unwrap();
-        let mut r = BufReader::new(s);
-        let line = read_line(&mut r);
-        if let Some(n) = line.strip_prefix('*') {
-            let n: usize = n.parse().unwrap_or(0);
-            let items: Vec<String> = (0..n)
-                .map(|_| {
-                    let l = read_line(&mut r);
-                    read_value(&mut r, l)
-                })
-                .collect();
-            return items.join("\n");
-        }
-        read_value(&mut r, line)
+        command_on(self.port, self.tls.as_ref(), args)
     }
 
     /// Sends `READONLY` and then `args` on one connection (a Cluster
@@ -268,6 +246,34 @@ impl Drop for RedisServer {
     }
 }
 
+/// One command to the server on `port` (through `redis-cli --tls` for a TLS
+/// one), its reply rendered as [`RedisServer::command`] says.
+pub(crate) fn command_on(port: u16, tls: Option<&ServerTls>, args: &[&str]) -> String {
+    if let Some(tls) = tls {
+        return cli_command(port, tls, args);
+    }
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to test redis");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(req.as_bytes()).unwrap();
+    let mut r = BufReader::new(s);
+    let line = read_line(&mut r);
+    if let Some(n) = line.strip_prefix('*') {
+        let n: usize = n.parse().unwrap_or(0);
+        let items: Vec<String> = (0..n)
+            .map(|_| {
+                let l = read_line(&mut r);
+                read_value(&mut r, l)
+            })
+            .collect();
+        return items.join("\n");
+    }
+    read_value(&mut r, line)
+}
+
 /// One command through `redis-cli --tls`, bounded by `timeout(1)`.
 fn cli_command(port: u16, tls: &ServerTls, args: &[&str]) -> String {
     let out = Command::new("timeout")
@@ -312,7 +318,7 @@ fn read_value(r: &mut impl BufRead, line: String) -> String {
     line
 }
 
-fn ping(port: u16) -> bool {
+pub(crate) fn ping(port: u16) -> bool {
     let addr = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
     let Ok(mut s) = TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)) else {
         return false;
