@@ -22,9 +22,9 @@
 
 use redis::Value;
 
-use super::conn::Conn;
-use super::keys::key;
-use super::scripts;
+use super::conn::link::Conn;
+use super::protocol::keys::key;
+use super::protocol::scripts;
 use crate::error::LockError;
 
 /// What the check needs to know about the client.
@@ -146,7 +146,7 @@ pub(crate) async fn check(
     let replies: Vec<Value> = pipe
         .query_async(conn)
         .await
-        .map_err(|e| super::errors::map_redis(e, what, "check ACL permissions"))?;
+        .map_err(|e| super::conn::errors::map_redis(e, what, "check ACL permissions"))?;
     if let Some(Value::ServerError(e)) = replies.first()
         && refused_dryrun(e.code(), e.details().unwrap_or(""))
     {

@@ -13,20 +13,20 @@ use tokio_util::sync::CancellationToken;
 
 use super::RedisLockGuard;
 use super::acl;
-use super::cluster::{Cluster, is_cluster_node};
+use super::conn::cluster::{Cluster, is_cluster_node};
+use super::conn::errors::{map_redis, tls_error};
+use super::conn::pool::{Connections, Manager, PoolConn, TlsFailure};
+use super::conn::tls::{TlsMaterial, diagnose};
+use super::conn::wakeups::{Source, Wakeups};
+use super::context::queue::LocalQueues;
 use super::context::{Inner, RedisLocks};
-use super::errors::{map_redis, tls_error};
-use super::keys::{self, validate_name};
+use super::kinds::listing::RedisLockInfo;
+use super::kinds::lock::RedisLock;
 use super::lease::Watchdog;
-use super::listing::RedisLockInfo;
-use super::local::LocalQueues;
-use super::lock::RedisLock;
 use super::options::RedisOptions;
-use super::pool::{Connections, Manager, PoolConn, TlsFailure};
-use super::scripts;
-use super::tls::{TlsMaterial, diagnose};
-use super::token::parse_holder;
-use super::wakeups::{Source, Wakeups};
+use super::protocol::keys::{self, validate_name};
+use super::protocol::scripts;
+use super::protocol::token::parse_holder;
 use crate::error::{LockError, TlsProblem};
 use crate::options::AcquireOptions;
 use crate::owner::Owner;
@@ -594,7 +594,7 @@ impl RedisLocks {
         for (name, kind) in found {
             // On a Cluster, the connection to that name's master.
             let mut conn = self.conn(&name, "list").await?;
-            out.extend(super::listing::info(self, &mut conn, &name, kind).await?);
+            out.extend(super::kinds::listing::info(self, &mut conn, &name, kind).await?);
         }
         Ok(out)
     }
@@ -603,7 +603,7 @@ impl RedisLocks {
     /// (name, kind) of each lock or semaphore key to `found`.
     async fn scan_into(
         &self,
-        conn: &mut super::pool::Conn,
+        conn: &mut super::conn::pool::Conn,
         pattern: &str,
         what: &str,
         found: &mut Vec<(String, &'static str)>,
@@ -622,7 +622,7 @@ impl RedisLocks {
                 .map_err(|e| map_redis(e, what, "list"))?;
             for key in batch {
                 if let Some((name, suffix)) = keys::parse_key(prefix, &key) {
-                    let Some(kind) = super::listing::kind_of(suffix) else {
+                    let Some(kind) = super::kinds::listing::kind_of(suffix) else {
                         continue;
                     };
                     found.push((name.to_owned(), kind));
@@ -740,14 +740,14 @@ async fn first_connection_within(
     Err(match (known, err) {
         (Some(tls), _) => tls,
         (None, Some(e)) => map_redis(e, what, "connect"),
-        (None, None) => super::errors::timed_out(what, "connect"),
+        (None, None) => super::conn::errors::timed_out(what, "connect"),
     })
 }
 
 /// Checks with `ACL DRYRUN` that the client's user may run every command
 /// lockyard needs (see [`super::acl`]).
 async fn check_permissions(
-    conn: &mut super::pool::Conn,
+    conn: &mut super::conn::pool::Conn,
     info: &redis::ConnectionInfo,
     opts: &RedisOptions,
     cluster: bool,

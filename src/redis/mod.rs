@@ -146,41 +146,45 @@
 //! [`LockError::Tls`]: crate::LockError::Tls
 //! [`LockError::NotPermitted`]: crate::LockError::NotPermitted
 
-mod acl;
-mod client;
-mod cluster;
+// The stack, bottom first (scripts/check-layers.py checks that every arrow
+// points down):
+//   conn/      the wire: TLS, error mapping, the connection shapes (one
+//              server's pool, a Cluster), pub/sub release wake-ups
+//   protocol/  what is said on it: keys of a name, owner tokens, scripts
+//   options    the client's options
+//   lease/     the lease rules' Redis side: the watchdog's batched renewals
+//   context/   one client's shared state, its in-process queues, and the
+//              one way a script is invoked (retries, replicas)
+//   acquire/   the acquisition loop and the hold it produces
+//   kinds/     lock, RW lock, semaphore, listing: thin, over acquire/
+//   redlock/   a quorum of independent servers
+//   acl        the connect-time ACL check
+//   client     the facade: RedisLocks' methods
 mod conn;
-mod context;
-mod errors;
-mod guard;
-mod keys;
-mod lease;
-mod local;
-mod lock;
+mod protocol;
+
 mod options;
-mod pool;
-mod resource;
-mod scripts;
-mod tls;
-mod token;
-mod wakeups;
+
+mod lease;
+
+mod context;
+
+mod acquire;
+
+mod kinds;
+
+mod redlock;
+
+mod acl;
+
+mod client;
 
 pub use client::RedisStats;
 pub use context::RedisLocks;
-pub use guard::RedisLockGuard;
-pub use listing::RedisLockInfo;
-pub use lock::RedisLock;
+pub use kinds::guard::RedisLockGuard;
+pub use kinds::listing::RedisLockInfo;
+pub use kinds::lock::RedisLock;
+pub use kinds::rwlock::{RedisReadGuard, RedisRwLock, RedisWriteGuard};
+pub use kinds::semaphore::{RedisPermitGuard, RedisSemaphore};
 pub use options::{RedisOptions, RedisTls};
-
-// ---- redis extras: semaphore, RW lock, Redlock ----
-mod held;
-mod listing;
-mod ops;
-mod redlock;
-mod rwlock;
-mod semaphore;
-mod waiting;
-
 pub use redlock::{Redlock, RedlockGuard, RedlockLock, RedlockOptions};
-pub use rwlock::{RedisReadGuard, RedisRwLock, RedisWriteGuard};
-pub use semaphore::{RedisPermitGuard, RedisSemaphore};

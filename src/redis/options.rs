@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use super::tls::RedisTls;
+pub use super::conn::tls::RedisTls;
 use crate::error::LockError;
 
 /// Configuration of a [`RedisLocks`](super::RedisLocks) client.

@@ -47,9 +47,9 @@ use crate::error::LockError;
 use crate::lease::validity::{RequestId, Validity};
 use crate::lost::LeaseDeadline;
 use crate::lost::Lost;
-use crate::redis::cluster::{Cluster, Node, is_redirect, redirect_target};
-use crate::redis::conn::Conn;
-use crate::redis::pool::Connections;
+use crate::redis::conn::cluster::{Cluster, Node, is_redirect, redirect_target};
+use crate::redis::conn::link::Conn;
+use crate::redis::conn::pool::Connections;
 use crate::stats::{Backend, Counter};
 
 /// Most renewal commands per pipeline.
@@ -911,7 +911,7 @@ async fn send(
     let mut values: Vec<Value> = pipe
         .query_async(&mut conn)
         .await
-        .map_err(|e| crate::redis::errors::map_redis(e, "(watchdog)", "renew"))?;
+        .map_err(|e| crate::redis::conn::errors::map_redis(e, "(watchdog)", "renew"))?;
     let mut replicated = true;
     if let Some((replicas, _)) = shared.replicas {
         let confirmed = confirmed(values.pop().as_ref());
@@ -943,7 +943,7 @@ async fn send(
         let script = batch[i].script;
         if !loaded.iter().any(|s| std::ptr::eq(*s, script)) {
             script.load_async(&mut conn).await.map_err(|e| {
-                crate::redis::errors::map_redis(e, "(watchdog)", "load renewal script")
+                crate::redis::conn::errors::map_redis(e, "(watchdog)", "load renewal script")
             })?;
             loaded.push(script);
         }
@@ -957,7 +957,7 @@ async fn send(
     let again: Vec<Value> = retry
         .query_async(&mut conn)
         .await
-        .map_err(|e| crate::redis::errors::map_redis(e, "(watchdog)", "renew"))?;
+        .map_err(|e| crate::redis::conn::errors::map_redis(e, "(watchdog)", "renew"))?;
     for (&i, v) in missing.iter().zip(again) {
         values[i] = v;
     }

@@ -10,19 +10,19 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::context::RedisLocks;
-use super::held::Hold;
-use super::keys::{ResourceKeys, validate_name};
-use super::lease::Expired;
-use super::ops::{self, invoke};
-use super::scripts;
-use super::token;
-use super::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lease::lease_guard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::redis::acquire::held::Hold;
+use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
+use crate::redis::context::RedisLocks;
+use crate::redis::context::ops::{self, invoke};
+use crate::redis::lease::Expired;
+use crate::redis::protocol::keys::{ResourceKeys, validate_name};
+use crate::redis::protocol::scripts;
+use crate::redis::protocol::token;
 use crate::stats::{self, Acquisition, Backend};
 
 /// A distributed counting semaphore on Redis: at most `permits` holders at
@@ -36,7 +36,7 @@ use crate::stats::{self, Acquisition, Backend};
 /// permit: a semaphore has no exclusive mode (use [`RedisRwLock`] for
 /// readers/writer).
 ///
-/// [`RedisRwLock`]: super::RedisRwLock
+/// [`RedisRwLock`]: crate::redis::RedisRwLock
 ///
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
@@ -89,7 +89,7 @@ use crate::stats::{self, Acquisition, Backend};
 ///   watch [`lost`](RedisPermitGuard::lost) and use the fencing token where
 ///   the protected resource can check it.
 /// - There is deliberately no semaphore over several independent servers
-///   ([`Redlock`](super::Redlock)): counting permits needs one source of
+///   ([`Redlock`](crate::redis::Redlock)): counting permits needs one source of
 ///   truth.
 #[derive(Clone)]
 pub struct RedisSemaphore {
@@ -376,7 +376,8 @@ impl RedisSemaphore {
     ///
     /// Cancel safe: it only reads.
     pub async fn owners(&self) -> Result<Vec<crate::Owner>, LockError> {
-        super::listing::owners(&self.inner.client, &self.inner.name, "semaphore").await
+        crate::redis::kinds::listing::owners(&self.inner.client, &self.inner.name, "semaphore")
+            .await
     }
 
     async fn acquire_until(

@@ -12,7 +12,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
-use super::errors::breaks_connection;
+use crate::redis::conn::errors::breaks_connection;
 
 /// A multiplexed connection that flags itself broken when a request on it
 /// fails with an I/O error. Use it with any `redis` API (`Script`,

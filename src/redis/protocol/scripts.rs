@@ -6,7 +6,7 @@
 //! restart or `SCRIPT FLUSH`). Pipelines do not get that fallback, so the
 //! watchdog reloads by itself when a pipelined `EVALSHA` answers `NOSCRIPT`.
 //!
-//! The key layout each script expects is built in [`super::keys`].
+//! The key layout each script expects is built in [`crate::redis::protocol::keys`].
 //!
 //! # Scripts a migrating Cluster slot can serve
 //!

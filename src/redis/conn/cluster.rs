@@ -47,10 +47,10 @@ use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Value};
 
-use super::conn::Conn;
-use super::errors::{map_redis, protocol, timed_out};
-use super::tls::TlsMaterial;
 use crate::error::LockError;
+use crate::redis::conn::errors::{map_redis, protocol, timed_out};
+use crate::redis::conn::link::Conn;
+use crate::redis::conn::tls::TlsMaterial;
 
 /// The number of hash slots of a Redis Cluster.
 const SLOTS: u16 = 16384;

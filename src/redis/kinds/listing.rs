@@ -5,15 +5,15 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::context::RedisLocks;
-use super::errors::{map_redis, protocol};
-use super::keys::{self, ResourceKeys};
-use super::ops::invoke_on;
-use super::pool::Conn;
-use super::scripts::COUNT_LIVE;
-use super::token::parse_holder;
 use crate::error::LockError;
 use crate::owner::Owner;
+use crate::redis::conn::errors::{map_redis, protocol};
+use crate::redis::conn::pool::Conn;
+use crate::redis::context::RedisLocks;
+use crate::redis::context::ops::invoke_on;
+use crate::redis::protocol::keys::{self, ResourceKeys};
+use crate::redis::protocol::scripts::COUNT_LIVE;
+use crate::redis::protocol::token::parse_holder;
 
 /// What a [`RedisLocks::list`] entry describes.
 ///
@@ -156,7 +156,7 @@ pub(crate) async fn owners(
     };
     let info = tokio::time::timeout(op_timeout * 2, look)
         .await
-        .unwrap_or_else(|_| Err(super::errors::timed_out(name, "read owners")))?;
+        .unwrap_or_else(|_| Err(crate::redis::conn::errors::timed_out(name, "read owners")))?;
     Ok(info.map(|i| i.owners).unwrap_or_default())
 }
 

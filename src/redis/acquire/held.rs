@@ -1,7 +1,7 @@
 //! The inside of a held semaphore permit or RW lock: what the public guards
-//! ([`RedisPermitGuard`](super::RedisPermitGuard),
-//! [`RedisReadGuard`](super::RedisReadGuard),
-//! [`RedisWriteGuard`](super::RedisWriteGuard)) share.
+//! ([`RedisPermitGuard`](crate::redis::RedisPermitGuard),
+//! [`RedisReadGuard`](crate::redis::RedisReadGuard),
+//! [`RedisWriteGuard`](crate::redis::RedisWriteGuard)) share.
 //!
 //! It owns the watchdog lease (dropping it stops renewal) and the release
 //! operation, and runs that operation exactly once: now in
@@ -12,14 +12,14 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::context::{RedisLocks, bad_reply};
-use super::lease::{Expired, LeaseHandle, Renewal};
-use super::ops;
-use super::waiting::ScriptCall;
 use crate::error::LockError;
 use crate::lease::LeaseHold;
 use crate::lost::Lost;
 use crate::options::Mode;
+use crate::redis::acquire::waiting::ScriptCall;
+use crate::redis::context::ops;
+use crate::redis::context::{RedisLocks, bad_reply};
+use crate::redis::lease::{Expired, LeaseHandle, Renewal};
 use crate::stats::Held;
 
 /// A held permit or lock.

@@ -13,19 +13,19 @@ use futures::future::join_all;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::context::RedisLocks;
-use super::keys::validate_name;
-use super::lease::grant_end;
-use super::ops::PlainLock;
-use super::options::RedisOptions;
-use super::pool::Conn;
-use super::token;
 use crate::error::LockError;
 use crate::guard::{LockGuard, RawGuard};
 use crate::lock::Lock;
 use crate::lost::Lost;
 use crate::lost::{LeaseDeadline, LeaseState};
 use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::redis::conn::pool::Conn;
+use crate::redis::context::RedisLocks;
+use crate::redis::context::ops::PlainLock;
+use crate::redis::lease::grant_end;
+use crate::redis::options::RedisOptions;
+use crate::redis::protocol::keys::validate_name;
+use crate::redis::protocol::token;
 use crate::stats::{self, Acquisition, Backend, Held};
 
 /// Options of a [`Redlock`]: the per-server client options and the
@@ -171,11 +171,11 @@ impl RedlockOptions {
 ///   get a majority. Run the servers with `appendfsync always`, or keep a
 ///   restarted server out for one TTL ("delayed restart").
 /// - **No semaphores or RW locks.** Counting holders needs one source of
-///   truth; lockyard offers [`RedisSemaphore`](super::RedisSemaphore) and
-///   [`RedisRwLock`](super::RedisRwLock) on one server (or one Cluster) only.
+///   truth; lockyard offers [`RedisSemaphore`](crate::redis::RedisSemaphore) and
+///   [`RedisRwLock`](crate::redis::RedisRwLock) on one server (or one Cluster) only.
 ///
 /// If one Redis server (with a replica and failover) or a Redis Cluster is
-/// enough for you, use a plain [`RedisLock`](super::RedisLock): it is
+/// enough for you, use a plain [`RedisLock`](crate::redis::RedisLock): it is
 /// simpler, faster, and its fencing tokens do increase strictly while the
 /// server keeps its data. What replication can and cannot promise there:
 /// replication is asynchronous, so a master that fails right after a grant

@@ -28,7 +28,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::tls::TlsMaterial;
+use crate::redis::conn::tls::TlsMaterial;
 
 /// The subscription state of one channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,10 +410,11 @@ async fn run_sharded(
             return;
         }
         let (push_tx, mut pushes) = mpsc::unbounded_channel::<redis::PushInfo>();
-        let client = super::cluster::client_builder(&seeds, &tls, op_timeout, connect_timeout)
-            .use_protocol(redis::ProtocolVersion::RESP3)
-            .push_sender(push_tx)
-            .build();
+        let client =
+            crate::redis::conn::cluster::client_builder(&seeds, &tls, op_timeout, connect_timeout)
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(push_tx)
+                .build();
         let connected = match client {
             Ok(client) => tokio::select! {
                 () = shutdown.cancelled() => return,

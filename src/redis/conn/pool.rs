@@ -23,11 +23,11 @@ use std::time::Duration;
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
-use super::cluster::Cluster;
-pub(crate) use super::conn::Conn;
-use super::errors::map_pool;
-use super::tls::problem_of;
 use crate::error::LockError;
+use crate::redis::conn::cluster::Cluster;
+use crate::redis::conn::errors::map_pool;
+pub(crate) use crate::redis::conn::link::Conn;
+use crate::redis::conn::tls::problem_of;
 
 /// The `bb8` pool type of a client.
 pub(crate) type Pool = bb8::Pool<Manager>;
@@ -157,7 +157,7 @@ pub(crate) struct Connections {
 }
 
 /// One server (pooled connections) or a Cluster (one routed connection;
-/// see [`super::cluster`]).
+/// see [`crate::redis::conn::cluster`]).
 // One per client, never moved after connect: the variants' sizes do not
 // matter.
 #[allow(clippy::large_enum_variant)]

@@ -1,8 +1,8 @@
 //! [`RedisLockGuard`]: a held Redis lock.
 
-use super::held::Hold;
 use crate::lease::lease_guard;
 use crate::options::Mode;
+use crate::redis::acquire::held::Hold;
 
 /// A held Redis lock, exclusive or shared.
 ///
@@ -15,7 +15,7 @@ use crate::options::Mode;
 ///
 /// [`lost`](Self::lost) completes when the holder can no longer be sure it
 /// holds the lock: no renewal confirmed within its validity (see the lease
-/// rules in the [module docs](super)), or a renewal found the key gone or
+/// rules in the [module docs](crate::redis)), or a renewal found the key gone or
 /// held by someone else. Once lost, a guard stays lost: `extend` and
 /// `release` report it.
 ///

@@ -178,7 +178,7 @@ fn kind_refusal(err: &RedisError, resource: &str) -> Option<LockError> {
 
 /// A TLS failure in `err`, as [`LockError::Tls`] naming `server`.
 pub(crate) fn tls_error(err: &RedisError, server: &str) -> Option<LockError> {
-    let problem = super::tls::problem_of(err)?;
+    let problem = crate::redis::conn::tls::problem_of(err)?;
     Some(LockError::Tls {
         server: server.to_owned(),
         problem,

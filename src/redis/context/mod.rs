@@ -9,6 +9,9 @@
 //! (`local`); every primitive uses it; it imports no primitive and not the
 //! facade (`client.rs`).
 
+pub(in crate::redis) mod ops;
+pub(in crate::redis) mod queue;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,14 +21,14 @@ use redis::{Script, Value};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::errors::{is_slot_moving, map_redis, protocol, timed_out};
-use super::keys::ResourceKeys;
-use super::lease::{Expired, Lease, LeaseHandle, Watchdog};
-use super::local::LocalQueues;
-use super::options::RedisOptions;
-use super::pool::{Conn, Connections};
-use super::wakeups::{Subscription, Wakeups};
 use crate::error::LockError;
+use crate::redis::conn::errors::{is_slot_moving, map_redis, protocol, timed_out};
+use crate::redis::conn::pool::{Conn, Connections};
+use crate::redis::conn::wakeups::{Subscription, Wakeups};
+use crate::redis::context::queue::LocalQueues;
+use crate::redis::lease::{Expired, Lease, LeaseHandle, Watchdog};
+use crate::redis::options::RedisOptions;
+use crate::redis::protocol::keys::ResourceKeys;
 
 /// A client for distributed locks on one Redis server or a Redis Cluster
 /// (see [`connect`](Self::connect)).
@@ -91,7 +94,7 @@ impl RedisLocks {
     /// flight (so a service that returns from `main` right after leaves no
     /// lock held until its TTL), then stops the watchdog and the pub/sub
     /// task. A guard still alive then can no longer be renewed: its
-    /// [`lost`](super::RedisLockGuard::lost) signal fires, and releasing it
+    /// [`lost`](crate::redis::RedisLockGuard::lost) signal fires, and releasing it
     /// still works. Later acquisitions through this client (or its clones)
     /// fail with [`LockError::Closed`].
     ///

@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use redis::{FromRedisValue, Script};
 
-use super::context::{RedisLocks, ttl_ms};
-use super::errors::{map_redis, timed_out};
-use super::keys::ResourceKeys;
-use super::pool::Conn;
-use super::scripts;
 use crate::error::LockError;
+use crate::redis::conn::errors::{map_redis, timed_out};
+use crate::redis::conn::pool::Conn;
+use crate::redis::context::{RedisLocks, ttl_ms};
+use crate::redis::protocol::keys::ResourceKeys;
+use crate::redis::protocol::scripts;
 
 /// Runs `script` on a pooled connection, bounded by the client's
 /// `op_timeout`; errors are mapped for `resource`/`op`. If the connection
@@ -156,7 +156,9 @@ impl<'a> PlainLock<'a> {
                 _ => {}
             }
         }
-        Err(super::context::bad_reply(self.name, "acquire", &reply))
+        Err(crate::redis::context::bad_reply(
+            self.name, "acquire", &reply,
+        ))
     }
 
     /// Compare-and-`PEXPIRE`: `true` when still ours.

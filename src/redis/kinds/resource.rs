@@ -19,10 +19,10 @@
 //!   there is no exclusive holder and no writer intent.
 //! - Every grant `INCR`s the resource's fencing counter; every release
 //!   publishes on the release channel; a busy answer says when the blocking
-//!   lease ends, so waiters never poll blindly ([`super::waiting`]).
+//!   lease ends, so waiters never poll blindly ([`crate::redis::acquire::waiting`]).
 //!
-//! [`RedisLock`]: super::RedisLock
-//! [`RedisRwLock`]: super::RedisRwLock
+//! [`RedisLock`]: crate::redis::RedisLock
+//! [`RedisRwLock`]: crate::redis::RedisRwLock
 //! [`LockError::WrongKind`]: crate::LockError::WrongKind
 
 use std::sync::Arc;
@@ -30,16 +30,16 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::context::RedisLocks;
-use super::held::Hold;
-use super::keys::{ResourceKeys, validate_name};
-use super::lease::Expired;
-use super::ops::{self, invoke};
-use super::scripts;
-use super::token;
-use super::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::error::LockError;
 use crate::options::{Deadline, Mode};
+use crate::redis::acquire::held::Hold;
+use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
+use crate::redis::context::RedisLocks;
+use crate::redis::context::ops::{self, invoke};
+use crate::redis::lease::Expired;
+use crate::redis::protocol::keys::{ResourceKeys, validate_name};
+use crate::redis::protocol::scripts;
+use crate::redis::protocol::token;
 use crate::stats::{self, Acquisition, Backend};
 
 /// The exclusive script's busy reason: readers hold it and our intent is set.

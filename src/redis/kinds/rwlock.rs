@@ -9,14 +9,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::context::RedisLocks;
-use super::held::Hold;
-use super::resource::Resource;
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lease::lease_guard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::redis::acquire::held::Hold;
+use crate::redis::context::RedisLocks;
+use crate::redis::kinds::resource::Resource;
 
 /// A distributed readers/writer lock on Redis: many readers or one writer,
 /// across every process using the same name, prefix and server; a waiting
@@ -305,7 +305,7 @@ impl RedisRwLock {
     ///
     /// Cancel safe: it only reads.
     pub async fn owners(&self) -> Result<Vec<crate::Owner>, LockError> {
-        super::listing::owners(&self.res.client, &self.res.name, "lock").await
+        crate::redis::kinds::listing::owners(&self.res.client, &self.res.name, "lock").await
     }
 
     async fn read_until(

@@ -1,6 +1,6 @@
 //! Acquiring a Redis semaphore permit or RW lock without blind polling,
-//! shared by [`RedisSemaphore`](super::RedisSemaphore) and
-//! [`RedisRwLock`](super::RedisRwLock).
+//! shared by [`RedisSemaphore`](crate::redis::RedisSemaphore) and
+//! [`RedisRwLock`](crate::redis::RedisRwLock).
 //!
 //! Two levels, as for the exclusive lock: tasks of one process queue in the
 //! client's fair in-process FIFO for the resource ([`local_turn`]), and only
@@ -29,18 +29,18 @@ use std::time::Duration;
 use redis::{Script, Value};
 use tokio::time::Instant;
 
-use super::cluster::slot_of;
-use super::context::{RedisLocks, bad_reply};
-use super::errors::{is_slot_moving, map_redis, name_slot, timed_out};
-use super::lease::{Expired, retry_after_late_grant};
-use super::local::LocalTurn;
-use super::ops::invoke_on;
-use super::pool::Conn;
-use super::token::parse_holder;
-use super::wakeups::Subscription;
 use crate::error::LockError;
 use crate::options::Deadline;
 use crate::owner::Owner;
+use crate::redis::conn::cluster::slot_of;
+use crate::redis::conn::errors::{is_slot_moving, map_redis, name_slot, timed_out};
+use crate::redis::conn::pool::Conn;
+use crate::redis::conn::wakeups::Subscription;
+use crate::redis::context::ops::invoke_on;
+use crate::redis::context::queue::LocalTurn;
+use crate::redis::context::{RedisLocks, bad_reply};
+use crate::redis::lease::{Expired, retry_after_late_grant};
+use crate::redis::protocol::token::parse_holder;
 use crate::stats::Acquisition;
 
 /// Without any message, re-check Redis at least this often (a safety net for
@@ -227,7 +227,7 @@ impl Pending {
     /// `WAIT`s until `replicas` replicas confirm the grant just made on this
     /// connection; if they do not in `wait`, undoes the grant and fails with
     /// [`LockError::Unavailable`] (see
-    /// [`RedisOptions::wait_for_replicas`](super::RedisOptions::wait_for_replicas)).
+    /// [`RedisOptions::wait_for_replicas`](crate::redis::RedisOptions::wait_for_replicas)).
     async fn confirm_replicated(
         &mut self,
         call: &ScriptCall,

@@ -10,21 +10,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::context::RedisLocks;
-use super::guard::RedisLockGuard;
-use super::resource::Resource;
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::owner::Owner;
+use crate::redis::context::RedisLocks;
+use crate::redis::kinds::guard::RedisLockGuard;
+use crate::redis::kinds::resource::Resource;
 
 /// A handle to one named lock on Redis; see [`RedisLocks::lock`]. Cheap to
 /// clone; holds nothing by itself.
 ///
 /// Exclusive holds exclude every other hold of the name; shared holds
 /// ([`Mode::Shared`]) exclude only exclusive ones. The same name's
-/// [`RedisRwLock`](super::RedisRwLock) is the same lock: its writer is an
+/// [`RedisRwLock`](crate::redis::RedisRwLock) is the same lock: its writer is an
 /// exclusive hold and its readers are shared holds. A name in use as a
 /// semaphore is refused with [`LockError::WrongKind`].
 ///

@@ -1,6 +1,6 @@
 //! TLS to Redis (`rediss://`, feature `tls`): what a client trusts and
 //! presents ([`RedisTls`], set through
-//! [`RedisOptions`](super::RedisOptions)), the material loaded from it at
+//! [`RedisOptions`](crate::redis::RedisOptions)), the material loaded from it at
 //! connect time ([`TlsMaterial`]), and the diagnosis of a connection that
 //! failed into a [`TlsProblem`].
 //!
@@ -53,7 +53,7 @@ impl fmt::Debug for Pem {
 
 /// The TLS settings of a client: a custom CA to trust instead of the
 /// platform's roots, and a client certificate for mutual TLS. Set them with
-/// [`RedisOptions::tls_ca`](super::RedisOptions::tls_ca) and its siblings;
+/// [`RedisOptions::tls_ca`](crate::redis::RedisOptions::tls_ca) and its siblings;
 /// they apply to `rediss://` and `rediss+cluster://` URLs (feature `tls`).
 ///
 /// Its `Debug` output never shows a private key:
