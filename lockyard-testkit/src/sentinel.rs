@@ -95,8 +95,13 @@ impl RedisSentinel {
             servers.push(replica);
         }
         let primary_port = servers[0].port();
+        // A sentinel "fixes" a replica that replicates through another
+        // address than the primary's (the proxy) after `failover-timeout`;
+        // otherwise keep it short: a failed election is retried only after
+        // twice that.
+        let failover_timeout_ms = if proxied { 60_000 } else { 5_000 };
         let sentinels = (0..3)
-            .map(|_| SentinelNode::start(primary_port, tls.as_ref()))
+            .map(|_| SentinelNode::start(primary_port, tls.as_ref(), failover_timeout_ms))
             .collect();
         let topology = Self {
             servers,
@@ -356,7 +361,7 @@ fn online_replicas(node: &RedisServer) -> usize {
 }
 
 impl SentinelNode {
-    fn start(primary: u16, tls: Option<&ServerTls>) -> Self {
+    fn start(primary: u16, tls: Option<&ServerTls>, failover_timeout_ms: u32) -> Self {
         let mut last_err = String::new();
         for _ in 0..10 {
             let port = free_port();
@@ -370,7 +375,7 @@ impl SentinelNode {
                 dir,
                 tls: tls.cloned(),
             };
-            match node.spawn(primary) {
+            match node.spawn(primary, failover_timeout_ms) {
                 Ok(()) => return node,
                 Err(e) => last_err = e,
             }
@@ -378,7 +383,7 @@ impl SentinelNode {
         panic!("could not start a sentinel: {last_err}");
     }
 
-    fn spawn(&mut self, primary: u16) -> Result<(), String> {
+    fn spawn(&mut self, primary: u16, failover_timeout_ms: u32) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
         let mut conf = vec![
             "bind 127.0.0.1".to_owned(),
@@ -400,9 +405,7 @@ impl SentinelNode {
         conf.extend([
             format!("sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2"),
             format!("sentinel down-after-milliseconds {MASTER_NAME} {DOWN_AFTER_MS}"),
-            // Long: a sentinel also "fixes" a replica that replicates through
-            // another address (the stallable topology's proxy) after it.
-            format!("sentinel failover-timeout {MASTER_NAME} 60000"),
+            format!("sentinel failover-timeout {MASTER_NAME} {failover_timeout_ms}"),
             format!("sentinel parallel-syncs {MASTER_NAME} 4"),
         ]);
         let path = self.dir.join("sentinel.conf");

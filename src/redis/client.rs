@@ -16,6 +16,7 @@ use super::acl;
 use super::conn::cluster::{Cluster, is_cluster_node};
 use super::conn::errors::{map_redis, tls_error};
 use super::conn::pool::{Connections, Manager, PoolConn, TlsFailure};
+use super::conn::sentinel::{SentinelUrl, Sentinels, Target, check_primary};
 use super::conn::tls::{TlsMaterial, diagnose};
 use super::conn::wakeups::{Source, Wakeups};
 use super::context::queue::LocalQueues;
@@ -185,6 +186,9 @@ impl RedisLocks {
         if let Some(seeds) = cluster_seeds(url)? {
             return Self::build_cluster(seeds, tls, what, opts).await;
         }
+        if let Some(sentinel) = SentinelUrl::parse(url, &what)? {
+            return Self::build_sentinel(sentinel, tls, what, opts, eager).await;
+        }
         let bad_url = |e: redis::RedisError| LockError::InvalidArgument {
             what: "redis URL",
             reason: format!("{what}: {e}"),
@@ -228,7 +232,7 @@ impl RedisLocks {
             .test_on_check_out(false)
             .connection_timeout(opts.connect_timeout)
             .build_unchecked(Manager::new(
-                client.clone(),
+                Target::Fixed(client.clone()),
                 opts.connect_timeout,
                 opts.request_timeout(),
                 epoch.clone(),
@@ -244,7 +248,88 @@ impl RedisLocks {
         if let Some(first) = first {
             conns.seed(first).await;
         }
-        Ok(Self::assemble(opts, conns, Source::Node(client), what))
+        Ok(Self::assemble(
+            opts,
+            conns,
+            Source::Node(Target::Fixed(client)),
+            what,
+        ))
+    }
+
+    /// Connects to the primary the sentinels of `url` name (see
+    /// `conn/sentinel.rs`): as [`build`](Self::build) does for one server,
+    /// with every connection opened through discovery, and a task per
+    /// sentinel following failovers.
+    async fn build_sentinel(
+        url: SentinelUrl,
+        tls: TlsMaterial,
+        what: String,
+        opts: RedisOptions,
+        eager: bool,
+    ) -> Result<Self, LockError> {
+        let sentinels = Arc::new(Sentinels::new(
+            url,
+            tls.clone(),
+            opts.connect_timeout,
+            opts.request_timeout(),
+            what.clone(),
+        ));
+        let epoch = Arc::new(AtomicU64::new(0));
+        let first = if eager {
+            let info = sentinels
+                .primary()
+                .await
+                .map_err(|e| map_redis(e, &what, "connect"))?;
+            let client = tls
+                .client(info.clone())
+                .map_err(|e| map_redis(e, &what, "connect"))?;
+            let mut first = first_connection(&client, &info, &tls, &opts, &what).await?;
+            check_primary(&mut first)
+                .await
+                .map_err(|e| map_redis(e, &what, "connect"))?;
+            let first = PoolConn::new(first, epoch.clone());
+            let mut conn = first.conn();
+            check_permissions(&mut conn, &info, &opts, false, &what).await?;
+            let user = acl::user_of(&info);
+            for script in scripts::all() {
+                script.load_async(&mut conn).await.map_err(|e| {
+                    acl::refused_at_connect(
+                        map_redis(e, &what, "load scripts"),
+                        user,
+                        "SCRIPT LOAD",
+                    )
+                })?;
+            }
+            Some(first)
+        } else {
+            None
+        };
+        let target = Target::Sentinel(sentinels.clone());
+        let tls_failure = TlsFailure::default();
+        let pool = bb8::Pool::builder()
+            .max_size(opts.pool_size + 1)
+            .test_on_check_out(false)
+            .connection_timeout(opts.connect_timeout)
+            .build_unchecked(Manager::new(
+                target.clone(),
+                opts.connect_timeout,
+                opts.request_timeout(),
+                epoch.clone(),
+                tls_failure.clone(),
+            ));
+        let conns = Arc::new(Connections::new(
+            pool,
+            opts.pool_size as usize,
+            epoch.clone(),
+            what.clone(),
+            tls_failure,
+        ));
+        if let Some(first) = first {
+            conns.seed(first).await;
+        }
+        let locks = Self::assemble(opts, conns, Source::Node(target), what);
+        sentinels.watch(epoch, locks.inner.shutdown.clone());
+        Ok(locks)
     }
 
     /// Connects to a Cluster through `seeds`, checks the user's permissions
@@ -311,6 +396,7 @@ impl RedisLocks {
     /// Starts the background tasks of a client on `conns`.
     fn assemble(opts: RedisOptions, conns: Arc<Connections>, source: Source, what: String) -> Self {
         let shutdown = CancellationToken::new();
+        let follows_failovers = matches!(&source, Source::Node(t) if t.sentinels().is_some());
         let wakeups = Wakeups::start(
             source,
             opts.request_timeout(),
@@ -331,6 +417,7 @@ impl RedisLocks {
                 watchdog,
                 local: Arc::new(LocalQueues::default()),
                 url: what,
+                follows_failovers,
                 shutdown,
                 background: tokio_util::task::TaskTracker::new(),
                 keys: std::sync::Mutex::default(),

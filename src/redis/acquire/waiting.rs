@@ -192,6 +192,43 @@ impl Pending {
         })
     }
 
+    /// As [`new`](Self::new) for an acquisition that waits until
+    /// `deadline`: a Sentinel client whose primary cannot be reached (a
+    /// failover in progress) tries again, 10 ms doubling to 200 ms apart,
+    /// until it can or the deadline passes.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: nothing was sent yet.
+    pub(crate) async fn new_within(
+        client: &RedisLocks,
+        resource: &str,
+        undo: Vec<ScriptCall>,
+        ttl: Duration,
+        deadline: &Deadline,
+    ) -> Result<Self, LockError> {
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match Self::new(client, resource, undo.clone(), ttl).await {
+                Err(e)
+                    if e.is_unavailable()
+                        && client.inner.follows_failovers
+                        && !deadline.expired() =>
+                {
+                    tracing::debug!(resource, error = %e, "primary unreachable (a failover?); waiting on");
+                    let nap = deadline.remaining().map_or(pause, |left| left.min(pause));
+                    tokio::time::sleep(nap).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Runs one attempt (armed while in flight), bounded by the client's
     /// `op_timeout`. Returns the answer and when it was sent.
     pub(crate) async fn attempt(
@@ -199,6 +236,15 @@ impl Pending {
         call: &ScriptCall,
         op: &'static str,
     ) -> Result<(Attempt, Instant), LockError> {
+        if self.client.inner.follows_failovers && self.conn.is_stale() {
+            // A Sentinel failover since this acquisition's connection was
+            // opened: it may lead to the old primary, which takes writes
+            // until the sentinels demote it. Earlier attempts left nothing
+            // there that matters (a busy answer takes nothing; a claim
+            // expires), and the new primary is where the undo must go.
+            tracing::debug!(resource = %self.resource, op, "moving to a fresh connection after a failover");
+            self.conn = self.client.conn(&self.resource, op).await?;
+        }
         self.armed = true;
         let mut sent_at = Instant::now();
         let mut reply = self.run_bounded(call, op).await;
@@ -456,6 +502,23 @@ pub(crate) async fn wait_until_granted<T>(
             // A Cluster slot changing hands (TRYAGAIN while its keys
             // migrate, CLUSTERDOWN during a failover): nothing was taken;
             // wait on, within the deadline, for the new owner.
+            // A Sentinel client's primary unreachable: most likely a
+            // failover in progress (the old primary killed, or demoted and
+            // its connections closed). Nothing was granted; wait on, within
+            // the deadline, for the new primary.
+            Err(e)
+                if e.is_unavailable()
+                    && w.client.inner.follows_failovers
+                    && !deadline.expired() =>
+            {
+                tracing::debug!(resource = %w.resource, error = %e, "primary unreachable (a failover?); waiting on");
+                let pause = deadline
+                    .remaining()
+                    .map_or(moving_backoff, |left| left.min(moving_backoff));
+                tokio::time::sleep(pause).await;
+                moving_backoff = (moving_backoff * 2).min(Duration::from_millis(200));
+                continue;
+            }
             Err(e) if is_slot_moving(&e) && !deadline.expired() => {
                 tracing::debug!(resource = %w.resource, error = %e, "slot changing hands; retrying");
                 let pause = deadline

@@ -22,6 +22,8 @@ pub(crate) struct Conn {
     conn: Link,
     broken: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
+    /// The epoch when it was handed out (see [`is_stale`](Self::is_stale)).
+    born: u64,
 }
 
 /// What a [`Conn`] sends on.
@@ -94,6 +96,7 @@ impl Conn {
         Self {
             conn: Link::Node(conn),
             broken,
+            born: epoch.load(Ordering::Acquire),
             epoch,
         }
     }
@@ -108,6 +111,7 @@ impl Conn {
         Self {
             conn: Link::Node(conn),
             broken: Arc::new(AtomicBool::new(false)),
+            born: epoch.load(Ordering::Acquire),
             epoch,
         }
     }
@@ -117,6 +121,7 @@ impl Conn {
         Self {
             conn: Link::Cluster(conn),
             broken: Arc::new(AtomicBool::new(false)),
+            born: epoch.load(Ordering::Acquire),
             epoch,
         }
     }
@@ -141,7 +146,16 @@ impl Conn {
             })),
             broken: direct.broken.clone(),
             epoch: direct.epoch.clone(),
+            born: direct.born,
         })
+    }
+
+    /// Whether connections were found broken (or the server demoted, or a
+    /// Sentinel failover reported) since this one was handed out: a
+    /// Sentinel client's waiter then moves to a fresh connection, since
+    /// this one may lead to a primary that is one no more.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.epoch.load(Ordering::Acquire) != self.born
     }
 
     /// Whether a request on this connection failed with an I/O error.
@@ -161,7 +175,9 @@ impl Conn {
         let Err(e) = r else {
             return;
         };
-        if breaks_connection(e) && !matches!(self.conn, Link::Cluster(_)) {
+        if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
+            self.note_demoted();
+        } else if breaks_connection(e) && !matches!(self.conn, Link::Cluster(_)) {
             if !self.broken.swap(true, Ordering::AcqRel) {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
             }
@@ -172,6 +188,32 @@ impl Conn {
 }
 
 impl Conn {
+    /// Records a `READONLY` answer from one server: it was the primary and
+    /// is a replica now (a Sentinel failover demoted it). The connection is
+    /// flagged broken and the epoch bumped, so every connection is opened
+    /// again, through discovery, to the new primary. (A Cluster follows its
+    /// own redirections.)
+    fn note_demoted(&self) {
+        if matches!(self.conn, Link::Node(_)) && !self.broken.swap(true, Ordering::AcqRel) {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+
+    /// As [`note`](Self::note) for a pipeline's replies, where a `READONLY`
+    /// comes back as one reply among others.
+    fn note_replies(&self, r: &RedisResult<Vec<Value>>) {
+        match r {
+            Ok(values)
+                if values
+                    .iter()
+                    .any(|v| matches!(v, Value::ServerError(e) if e.code() == "READONLY")) =>
+            {
+                self.note_demoted();
+            }
+            r => self.note(r),
+        }
+    }
+
     /// `WAIT replicas timeout` for this connection's writes so far, on the
     /// server that holds `key` (on a Cluster, routed to its slot's master:
     /// `WAIT` has no key of its own). The reply is how many replicas
@@ -279,7 +321,7 @@ impl ConnectionLike for Conn {
                     r
                 }
             };
-            self.note(&r);
+            self.note_replies(&r);
             r
         })
     }

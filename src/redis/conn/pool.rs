@@ -27,6 +27,7 @@ use crate::error::LockError;
 use crate::redis::conn::cluster::Cluster;
 use crate::redis::conn::errors::map_pool;
 pub(crate) use crate::redis::conn::link::Conn;
+use crate::redis::conn::sentinel::{Target, check_primary};
 use crate::redis::conn::tls::problem_of;
 
 /// The `bb8` pool type of a client.
@@ -34,7 +35,8 @@ pub(crate) type Pool = bb8::Pool<Manager>;
 
 /// Opens the multiplexed connections of a client's pool.
 pub(crate) struct Manager {
-    client: redis::Client,
+    /// Where to connect: one address, or the primary the sentinels name.
+    target: Target,
     config: AsyncConnectionConfig,
     epoch: Arc<AtomicU64>,
     /// The last connect's TLS failure, if it failed so: `bb8` retries a
@@ -47,18 +49,19 @@ pub(crate) struct Manager {
 pub(crate) type TlsFailure = Arc<Mutex<Option<redis::RedisError>>>;
 
 impl Manager {
-    /// `client` carries the address, credentials and TLS material; `epoch`
+    /// `target` carries the address (or the sentinels), credentials and TLS
+    /// material; `epoch`
     /// is the client-wide count of broken connections (see
     /// [`Connections`]).
     pub(crate) fn new(
-        client: redis::Client,
+        target: Target,
         connect_timeout: Duration,
         op_timeout: Duration,
         epoch: Arc<AtomicU64>,
         tls_failure: TlsFailure,
     ) -> Self {
         Self {
-            client,
+            target,
             config: AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(connect_timeout))
                 .set_response_timeout(Some(op_timeout)),
@@ -105,10 +108,17 @@ impl bb8::ManageConnection for Manager {
     type Error = redis::RedisError;
 
     async fn connect(&self) -> Result<PoolConn, redis::RedisError> {
-        let conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await;
+        let conn = async {
+            let client = self.target.client().await?;
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?;
+            if self.target.sentinels().is_some() {
+                check_primary(&mut conn).await?;
+            }
+            Ok(conn)
+        }
+        .await;
         let mut failure = self
             .tls_failure
             .lock()

@@ -28,6 +28,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::redis::conn::sentinel::Target;
 use crate::redis::conn::tls::TlsMaterial;
 
 /// The subscription state of one channel.
@@ -79,9 +80,10 @@ impl Shared {
 
 /// Where release messages come from.
 pub(crate) enum Source {
-    /// One server: classic `SUBSCRIBE` on one pub/sub connection (the
-    /// release scripts `PUBLISH`).
-    Node(redis::Client),
+    /// One server (or the primary the sentinels name): classic `SUBSCRIBE`
+    /// on one pub/sub connection (the release scripts `PUBLISH`). After a
+    /// Sentinel failover it reconnects, to the new primary.
+    Node(Target),
     /// A Cluster, from these seeds: sharded `SSUBSCRIBE` (the release
     /// scripts `SPUBLISH`), so a message stays on its slot's shard instead
     /// of being broadcast to every node.
@@ -263,6 +265,16 @@ impl Drop for Subscription {
     }
 }
 
+/// Returns when the sentinels report a failover; never without sentinels.
+async fn failed_over(switches: Option<&mut watch::Receiver<u64>>) {
+    if let Some(s) = switches
+        && s.changed().await.is_ok()
+    {
+        return;
+    }
+    std::future::pending().await
+}
+
 /// How often an idle pub/sub connection is checked with `PING`.
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
@@ -277,20 +289,25 @@ fn health_checks() -> tokio::time::Interval {
 /// The pub/sub task: connect, subscribe what is wanted, dispatch messages,
 /// reconnect on loss.
 async fn run(
-    client: redis::Client,
+    target: Target,
     shared: Arc<Shared>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     op_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut switches = target.sentinels().map(|s| s.switches());
     loop {
         if !until_wanted(&shared, &mut commands, &shutdown).await {
             return;
         }
+        if let Some(s) = switches.as_mut() {
+            s.borrow_and_update();
+        }
+        let connect = async { target.client().await?.get_async_pubsub().await };
         let connected = tokio::select! {
             () = shutdown.cancelled() => return,
-            r = tokio::time::timeout(op_timeout, client.get_async_pubsub()) => r,
+            r = tokio::time::timeout(op_timeout, connect) => r,
         };
         let pubsub = match connected {
             Ok(Ok(p)) => p,
@@ -335,6 +352,9 @@ async fn run(
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
+                // A Sentinel failover: the releases are published on the
+                // new primary now.
+                () = failed_over(switches.as_mut()) => break,
                 _ = health.tick() => {
                     let pong = tokio::time::timeout(op_timeout, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {

@@ -71,6 +71,10 @@ pub(crate) struct Inner {
     pub(crate) local: Arc<LocalQueues>,
     /// The URL with any password replaced, for `Debug`.
     pub(crate) url: String,
+    /// Whether the server is the primary a set of sentinels names: an
+    /// unreachable server may then be a failover in progress, which
+    /// waiters wait through.
+    pub(crate) follows_failovers: bool,
     pub(crate) shutdown: CancellationToken,
     /// Background releases (of dropped guards, cancelled acquisitions), so
     /// that [`RedisLocks::shutdown`] can wait for them.

@@ -107,7 +107,7 @@ impl Resource {
         let ttl = self.client.options().lease_for(lease)?;
         let turn =
             waiting::local_turn(&self.client, &self.name, &self.name, deadline, attempt).await?;
-        let (value, mut pending) = self.begin(mode, ttl).await?;
+        let (value, mut pending) = self.begin(mode, ttl, Some(deadline)).await?;
         let (what, call, max_nap) = match mode {
             Mode::Shared => ("shared lock", self.shared_call(&value, ttl), ttl),
             // Refresh the intent well before it expires.
@@ -177,7 +177,7 @@ impl Resource {
     async fn try_once(&self, mode: Mode, lease: Option<Duration>) -> Result<Hold, LockError> {
         self.client.check_open(&self.name)?;
         let ttl = self.client.options().lease_for(lease)?;
-        let (value, mut pending) = self.begin(mode, ttl).await?;
+        let (value, mut pending) = self.begin(mode, ttl, None).await?;
         let (what, call) = match mode {
             Mode::Shared => ("shared lock", self.shared_call(&value, ttl)),
             _ => ("exclusive lock", self.exclusive_call(&value, false, ttl)),
@@ -224,10 +224,20 @@ impl Resource {
 
     /// A fresh owner value and the acquisition it belongs to (its
     /// connection, and the release that undoes it if it is abandoned).
-    async fn begin(&self, mode: Mode, ttl: Duration) -> Result<(String, Pending), LockError> {
+    /// (Waiting until `deadline` for a connection, if given: see
+    /// [`Pending::new_within`].)
+    async fn begin(
+        &self,
+        mode: Mode,
+        ttl: Duration,
+        deadline: Option<&Deadline>,
+    ) -> Result<(String, Pending), LockError> {
         let value = token::fresh_value(&self.name, mode)?;
         let undo = self.undo_calls(mode, &value);
-        let pending = Pending::new(&self.client, &self.name, undo, ttl).await?;
+        let pending = match deadline {
+            Some(d) => Pending::new_within(&self.client, &self.name, undo, ttl, d).await?,
+            None => Pending::new(&self.client, &self.name, undo, ttl).await?,
+        };
         Ok((value, pending))
     }
 

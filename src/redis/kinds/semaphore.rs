@@ -403,8 +403,8 @@ impl RedisSemaphore {
         let ttl = i.client.options().lease_for(lease)?;
         let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline, attempt).await?;
         let token = token::fresh_value(&i.name, mode)?;
-        let mut pending =
-            Pending::new(&i.client, &i.name, vec![self.release_call(&token)], ttl).await?;
+        let undo = vec![self.release_call(&token)];
+        let mut pending = Pending::new_within(&i.client, &i.name, undo, ttl, deadline).await?;
         let wait = WaitFor {
             client: &i.client,
             resource: &i.name,

@@ -934,7 +934,10 @@ async fn send(
         .filter(|(_, v)| is_noscript(v))
         .map(|(i, _)| i)
         .collect();
-    if missing.is_empty() || !replicated {
+    // Loaded even when the replicas did not confirm: a primary new after a
+    // Sentinel failover has no scripts, and its replicas may take a while
+    // to attach; the renewals count once both are there.
+    if missing.is_empty() {
         return Ok((values, replicated));
     }
     conn.note_server_restart();
