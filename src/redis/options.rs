@@ -58,6 +58,11 @@ pub struct RedisOptions {
     /// certificate. Empty by default: the platform's roots, no client
     /// certificate. See [`tls_ca`](Self::tls_ca).
     pub tls: RedisTls,
+    /// Consul's lock-delay: after a holder *lost* its lease (it stopped
+    /// renewing and the lease ran out, as opposed to a release), nobody is
+    /// granted that name for this long (default `None`: no delay). See
+    /// [`lock_delay`](Self::lock_delay).
+    pub lock_delay: Option<Duration>,
 }
 
 impl Default for RedisOptions {
@@ -72,6 +77,7 @@ impl Default for RedisOptions {
             op_timeout: None,
             wait_for_replicas: None,
             tls: RedisTls::default(),
+            lock_delay: None,
         }
     }
 }
@@ -220,6 +226,46 @@ impl RedisOptions {
     pub fn wait_for_replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.wait_for_replicas = Some((replicas, timeout));
         self
+    }
+
+    /// Sets a lock-delay (Consul's): when a holder's lease runs out without a
+    /// release (the holder crashed, stalled or was cut off), nobody is
+    /// granted that name for `delay` more, so that a holder which lost the
+    /// lock without knowing it yet has that long to notice (its
+    /// [`lost`](super::RedisLockGuard::lost) signal fires at the lease's end)
+    /// before a second holder starts. A release frees the name at once.
+    ///
+    /// How: every grant, renewal and extend sets the key's expiry on the
+    /// server to *TTL + delay*, while the holder's own validity still counts
+    /// the TTL alone. A holder that keeps renewing never notices the
+    /// difference; one that stops is lost at its lease's end, and its key
+    /// lives `delay` longer; a release deletes the key as always. It costs
+    /// nothing on the fast path: no extra command, key or script step,
+    /// only a larger number in the same request. Waiters wake at the key's
+    /// expiry, delay included. While the delay runs, `is_locked` is `true`
+    /// and `owner` names the lost holder. It applies to the locks,
+    /// read/write locks and semaphores of this client, and to each server
+    /// of a Redlock built with these options.
+    ///
+    /// Every client writing a name should use the same delay: the delay is
+    /// set by the holder's client.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let opts = lockyard::redis::RedisOptions::default()
+    ///     .ttl(Duration::from_secs(10))
+    ///     .lock_delay(Duration::from_secs(15));
+    /// assert_eq!(opts.lock_delay, Some(Duration::from_secs(15)));
+    /// ```
+    pub fn lock_delay(mut self, delay: Duration) -> Self {
+        self.lock_delay = Some(delay);
+        self
+    }
+
+    /// The TTL a grant, renewal or extend of a lease of `ttl` sets on the
+    /// server: `ttl` plus the [`lock_delay`](Self::lock_delay).
+    pub(crate) fn server_ttl(&self, ttl: Duration) -> Duration {
+        ttl + self.lock_delay.unwrap_or_default()
     }
 
     /// Trusts the CA certificates in the PEM file at `path` (read at
@@ -417,6 +463,18 @@ impl RedisOptions {
                 ),
             );
         }
+        if let Some(delay) = self.lock_delay
+            && (delay < Duration::from_millis(1)
+                || (self.ttl + delay).as_millis() > u128::from(u32::MAX))
+        {
+            return bad(
+                "lock delay",
+                format!(
+                    "{delay:?} must be at least 1 ms, and the TTL plus the delay at most {} ms",
+                    u32::MAX
+                ),
+            );
+        }
         self.check_lease(self.ttl)?;
         let op_timeout = self.request_timeout();
         if self.connect_timeout.is_zero() || op_timeout.is_zero() {
@@ -508,6 +566,8 @@ mod tests {
             RedisOptions::default().drift(Duration::from_secs(20)),
             RedisOptions::default().pool_size(0),
             RedisOptions::default().op_timeout(Duration::ZERO),
+            RedisOptions::default().lock_delay(Duration::ZERO),
+            RedisOptions::default().lock_delay(Duration::from_secs(50 * 86_400)),
         ] {
             assert!(o.validate().unwrap_err().is_invalid_input(), "{o:?}");
         }

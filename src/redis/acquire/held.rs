@@ -99,7 +99,7 @@ impl Hold {
                 resource: self.resource.clone(),
             });
         };
-        let ms = ops::ms(ttl);
+        let ms = ops::ms(self.client.options().server_ttl(ttl));
         let keys: Vec<&str> = self.renew.keys.iter().map(String::as_str).collect();
         let mut args: Vec<&str> = self.renew.args.iter().map(String::as_str).collect();
         args.push(&ms);

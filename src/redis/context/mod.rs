@@ -283,6 +283,7 @@ impl RedisLocks {
             interval: self.inner.opts.renew_interval_for(ttl),
             drift: self.inner.opts.drift_for(ttl),
             ttl,
+            lock_delay: self.inner.opts.lock_delay.unwrap_or_default(),
             acquired_at,
         }
     }

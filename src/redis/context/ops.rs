@@ -137,7 +137,7 @@ impl<'a> PlainLock<'a> {
         conn: &mut Conn,
         ttl: Duration,
     ) -> Result<Option<u64>, LockError> {
-        let ttl = ms(ttl);
+        let ttl = ms(self.server.options().server_ttl(ttl));
         let (keys, args) = ([&*self.keys.lock, &*self.keys.fence], [self.value, &*ttl]);
         let call =
             invoke_on::<redis::Value>(conn, self.name, "acquire", &scripts::ACQUIRE, &keys, &args);
@@ -169,7 +169,7 @@ impl<'a> PlainLock<'a> {
             "extend",
             &scripts::EXTEND,
             &[&self.keys.lock],
-            &[self.value, &ms(ttl)],
+            &[self.value, &ms(self.server.options().server_ttl(ttl))],
         )
         .await?;
         Ok(n == 1)

@@ -275,6 +275,11 @@ impl Resource {
         )
     }
 
+    /// The TTL a grant sets on the server (the lease and the lock-delay).
+    fn server_ttl(&self, ttl: Duration) -> Duration {
+        self.client.options().server_ttl(ttl)
+    }
+
     fn exclusive_call(&self, value: &str, queue: bool, ttl: Duration) -> ScriptCall {
         let k = &self.keys;
         let intent = if queue {
@@ -285,7 +290,7 @@ impl Resource {
         ScriptCall {
             script: &scripts::EXCLUSIVE_ACQUIRE,
             keys: k.sets.exclusive_acquire.clone(),
-            args: vec![value.to_owned(), ops::ms(ttl), intent],
+            args: vec![value.to_owned(), ops::ms(self.server_ttl(ttl)), intent],
         }
     }
 
@@ -294,7 +299,7 @@ impl Resource {
         ScriptCall {
             script: &scripts::READ,
             keys: k.sets.shared_acquire.clone(),
-            args: vec![value.to_owned(), ops::ms(ttl)],
+            args: vec![value.to_owned(), ops::ms(self.server_ttl(ttl))],
         }
     }
 

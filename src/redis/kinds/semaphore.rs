@@ -433,7 +433,11 @@ impl RedisSemaphore {
         ScriptCall {
             script: &scripts::SEMAPHORE_ACQUIRE,
             keys: i.keys.sets.sem_acquire.clone(),
-            args: vec![token.to_owned(), ops::ms(ttl), i.permits.to_string()],
+            args: vec![
+                token.to_owned(),
+                ops::ms(i.client.options().server_ttl(ttl)),
+                i.permits.to_string(),
+            ],
         }
     }
 

@@ -77,6 +77,10 @@ pub(crate) struct Lease {
     pub(crate) args: Vec<String>,
     /// The lease length.
     pub(crate) ttl: Duration,
+    /// How much longer than `ttl` the server keeps the key (the client's
+    /// lock-delay: see `RedisOptions::lock_delay`); validity counts `ttl`
+    /// only.
+    pub(crate) lock_delay: Duration,
     /// How often to renew (see `RedisOptions::renew_interval_for`).
     pub(crate) interval: Duration,
     /// Clock-drift margin (see `RedisOptions::drift_for`).
@@ -776,7 +780,7 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
                 for a in &lease.args {
                     inv.arg(a);
                 }
-                inv.arg(u64::try_from(lease.ttl.as_millis()).unwrap_or(u64::MAX));
+                inv.arg(lease.server_ttl_ms());
                 let reply = inv.invoke_async::<Value>(&mut conn).await;
                 let mut replicated = true;
                 if let (Ok(_), Some((replicas, wait))) = (&reply, shared.replicas) {
@@ -989,7 +993,14 @@ fn push_renewal(pipe: &mut redis::Pipeline, lease: &Lease) {
         .arg(lease.keys.len())
         .arg(&*lease.keys)
         .arg(&lease.args)
-        .arg(u64::try_from(lease.ttl.as_millis()).unwrap_or(u64::MAX));
+        .arg(lease.server_ttl_ms());
+}
+
+impl Lease {
+    /// The TTL a renewal sets on the server: the lease and its lock-delay.
+    fn server_ttl_ms(&self) -> u64 {
+        u64::try_from((self.ttl + self.lock_delay).as_millis()).unwrap_or(u64::MAX)
+    }
 }
 
 fn is_noscript(v: &Value) -> bool {
