@@ -122,9 +122,11 @@ pub(crate) struct RedisArg {
     /// lease while COMMAND runs (exit 75 if it is lost anyway), `status`
     /// lists the locks held there. A Redis Cluster node's URL is detected
     /// and the whole cluster used; `redis+cluster://HOST:PORT,HOST:PORT/`
-    /// names several seed nodes. Several URLs (repeated, or separated by
-    /// commas; independent servers, 3 or 5) mean Redlock. Set
-    /// LOCKYARD_REDIS empty to use files.
+    /// names several seed nodes; `redis+sentinel://HOST:PORT,HOST:PORT/NAME`
+    /// the sentinels of a Sentinel-managed primary and its master NAME
+    /// (rediss+ for TLS). Several URLs (repeated, or separated by commas;
+    /// independent servers, 3 or 5) mean Redlock. Set LOCKYARD_REDIS empty
+    /// to use files.
     #[arg(
         id = "redis",
         long = "redis",
@@ -178,16 +180,23 @@ impl RedisArg {
     }
 
     /// Drops empty URLs (an empty LOCKYARD_REDIS means files), and joins
-    /// the seeds of a `redis+cluster://h1:p1,h2:p2/` URL back together (the
-    /// comma that separates Redlock servers also separates Cluster seeds: a
+    /// the seeds of a `redis+cluster://h1:p1,h2:p2/` URL and the sentinels
+    /// of a `redis+sentinel://h1:p1,h2:p2/name` URL back together (the
+    /// comma that separates Redlock servers also separates those hosts: a
     /// piece without a scheme continues the URL before it).
     pub(crate) fn normalize(&mut self) {
         let mut urls: Vec<String> = Vec::new();
         for url in self.urls.drain(..).filter(|url| !url.is_empty()) {
             match urls.last_mut() {
                 Some(prev)
-                    if (prev.starts_with("redis+cluster://")
-                        || prev.starts_with("rediss+cluster://"))
+                    if [
+                        "redis+cluster://",
+                        "rediss+cluster://",
+                        "redis+sentinel://",
+                        "rediss+sentinel://",
+                    ]
+                    .iter()
+                    .any(|scheme| prev.starts_with(scheme))
                         && !url.contains("://") =>
                 {
                     prev.push(',');
@@ -422,6 +431,24 @@ mod tests {
                 "redis+cluster://a:1,b:2,redis://c:3"
             ]),
             ["redis+cluster://a:1,b:2", "redis://c:3"]
+        );
+        assert_eq!(
+            parse(&[
+                "lockyard",
+                "status",
+                "--redis",
+                "redis+sentinel://a:1,b:2,c:3/main"
+            ]),
+            ["redis+sentinel://a:1,b:2,c:3/main"]
+        );
+        assert_eq!(
+            parse(&[
+                "lockyard",
+                "status",
+                "--redis",
+                "rediss+sentinel://a:1,b:2/main,redis://c:3"
+            ]),
+            ["rediss+sentinel://a:1,b:2/main", "redis://c:3"]
         );
     }
 

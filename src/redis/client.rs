@@ -276,10 +276,24 @@ impl RedisLocks {
         ));
         let epoch = Arc::new(AtomicU64::new(0));
         let first = if eager {
-            let info = sentinels
-                .primary()
-                .await
-                .map_err(|e| map_redis(e, &what, "connect"))?;
+            // Within the connect timeout, wait through a failover's
+            // promotion (no primary to hand out) or sentinels that do not
+            // answer yet.
+            let deadline = Instant::now() + opts.connect_timeout;
+            let pause = Duration::from_millis(50);
+            let info = loop {
+                match sentinels.primary().await {
+                    Ok(info) => break info,
+                    Err(e)
+                        if e.kind() == redis::ErrorKind::Io
+                            && Instant::now() + pause < deadline =>
+                    {
+                        tracing::debug!(error = %e, "no primary yet; asking the sentinels again");
+                        tokio::time::sleep(pause).await;
+                    }
+                    Err(e) => return Err(map_redis(e, &what, "connect")),
+                }
+            };
             let client = tls
                 .client(info.clone())
                 .map_err(|e| map_redis(e, &what, "connect"))?;
