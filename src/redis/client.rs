@@ -64,7 +64,12 @@ impl RedisLocks {
     /// at once as `redis+cluster://[user:password@]host1:port1,host2:port2/`
     /// (any of them reachable suffices). On a Cluster every name works on
     /// every slot: requests follow `MOVED`/`ASK`, release wakeups use
-    /// sharded pub/sub, and the watchdog batches renewals per master.
+    /// sharded pub/sub, and the watchdog batches renewals per master. A
+    /// Sentinel-managed primary is
+    /// `redis+sentinel://[user:password@]h1:26379,h2:26379/<master name>[/db]`
+    /// (`rediss+sentinel://` for TLS): the primary is found through the
+    /// sentinels and followed through failovers (see the README's "Redis
+    /// Cluster and replicas" for what that promises).
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
@@ -73,7 +78,8 @@ impl RedisLocks {
     ///
     /// let one = RedisLocks::connect("redis://:secret@127.0.0.1:6380/2").await?; // db 2
     /// let cluster = RedisLocks::connect("redis+cluster://10.0.0.1:7000,10.0.0.2:7000/").await?;
-    /// # drop((one, cluster));
+    /// let sentinel = RedisLocks::connect("redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/main").await?;
+    /// # drop((one, cluster, sentinel));
     /// # Ok(())
     /// # }
     /// ```
@@ -81,8 +87,10 @@ impl RedisLocks {
     /// # Errors
     ///
     /// [`LockError::InvalidArgument`] for a malformed URL,
-    /// [`LockError::Unavailable`] when the server cannot be reached,
-    /// [`LockError::Backend`] when it refuses us (authentication, ACL).
+    /// [`LockError::Unavailable`] when the server cannot be reached (or no
+    /// sentinel answers, or they name no primary within the connect
+    /// timeout), [`LockError::Backend`] when it refuses us (authentication,
+    /// ACL) or the sentinels do not monitor the master name.
     ///
     /// # Cancel safety
     ///
