@@ -379,3 +379,49 @@ async fn bad_sentinel_urls_are_typed_errors() {
         .await
         .unwrap();
 }
+
+/// `rediss+sentinel://`: the sentinels and the servers speak TLS only
+/// (replication too), the client trusts the test CA; a lock is held
+/// through a graceful failover.
+#[cfg(feature = "tls")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_sentinel_finds_and_follows_the_primary() {
+    use lockyard_testkit::tls::{ServerTls, TlsFiles};
+    let files = TlsFiles::generate();
+    let tls = ServerTls::new(&files);
+    let s = Arc::new(
+        tokio::task::spawn_blocking(move || RedisSentinel::start_tls(1, &tls))
+            .await
+            .unwrap(),
+    );
+    assert!(s.url().starts_with("rediss+sentinel://"), "{}", s.url());
+    let opts = options(Duration::from_secs(6)).tls_ca(files.ca());
+    let a = RedisLocks::connect_with(&s.url(), opts.clone())
+        .await
+        .unwrap();
+    let b = RedisLocks::connect_with(&s.url(), opts).await.unwrap();
+    let g = bounded(a.acquire("job", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    failover(&s).await;
+    let e = bounded(b.try_acquire("job")).await.unwrap_err();
+    assert!(e.is_would_block(), "{e}");
+    assert!(!g.is_lost());
+    g.release().await.unwrap();
+    bounded(b.acquire("job", Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    // The plain scheme to a TLS sentinel is refused, not hung.
+    let plain = s.url().replacen("rediss+", "redis+", 1);
+    let e = bounded(RedisLocks::connect_with(
+        &plain,
+        options(Duration::from_secs(3)),
+    ))
+    .await
+    .unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+    // `s` goes before `files`, which its servers read.
+}
