@@ -47,7 +47,10 @@
 //! - **One Redis server is one point of failure.** If it restarts without
 //!   persistence, every lock is gone (holders see `lost` at the next renewal)
 //!   and fencing counters start again from 1. With replication, a fail-over
-//!   can lose a lock that was not yet replicated. If that matters, use AOF
+//!   can lose a lock that was not yet replicated (a Sentinel-managed primary,
+//!   `redis+sentinel://`, is followed through failovers: the README's "Redis
+//!   Cluster and replicas" says what that promises, with and without
+//!   [`RedisOptions::wait_for_replicas`]). If that matters, use AOF
 //!   with `appendfsync always`, or Redlock over independent servers (which
 //!   has its own caveats; see its docs), or a consensus system.
 //! - **Liveness**: a crashed holder's lock comes back after its TTL.

@@ -266,6 +266,10 @@ impl Sentinels {
 
     /// One sentinel's view, within the ask limit; `None` when it does not
     /// know the name.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: only questions are sent, on a connection of its own.
     async fn ask(&self, sentinel: ConnectionInfo) -> RedisResult<Option<View>> {
         let ask = async {
             let client = self.tls.client(sentinel)?;
@@ -313,6 +317,10 @@ impl Sentinels {
     }
 
     /// One sentinel's event stream, reconnected with backoff for ever.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe (dropped at shutdown): the pub/sub connection closes.
     async fn follow(&self, sentinel: ConnectionInfo, epoch: Arc<AtomicU64>) {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -330,24 +338,57 @@ impl Sentinels {
                     continue;
                 }
             };
-            backoff = Duration::from_millis(100);
-            let mut messages = pubsub.into_on_message();
-            while let Some(msg) = messages.next().await {
-                let payload: String = msg.get_payload().unwrap_or_default();
-                if names_master(msg.get_channel_name(), &payload, &self.url.name) {
-                    tracing::info!(
-                        master = %self.url.name,
-                        event = msg.get_channel_name(),
-                        %payload,
-                        "Sentinel failover: reconnecting to the new primary"
-                    );
-                    epoch.fetch_add(1, Ordering::AcqRel);
-                    self.switches.send_modify(|n| *n += 1);
+            let connected_at = tokio::time::Instant::now();
+            let (mut sink, mut messages) = pubsub.split();
+            // A sentinel gone without closing the connection (a host down,
+            // a silent network) delivers nothing and reports nothing:
+            // PING it every second.
+            let mut health =
+                tokio::time::interval_at(tokio::time::Instant::now() + HEALTH_EVERY, HEALTH_EVERY);
+            loop {
+                tokio::select! {
+                    msg = messages.next() => {
+                        let Some(msg) = msg else { break };
+                        self.on_event(&msg, &epoch);
+                    }
+                    _ = health.tick() => {
+                        let pong = tokio::time::timeout(self.ask_limit, sink.ping::<Value>()).await;
+                        if !matches!(pong, Ok(Ok(_))) {
+                            break;
+                        }
+                    }
                 }
             }
+            // The connection dropped or stopped answering: back off, so a
+            // sentinel that closes every connection at once is not asked
+            // in a tight loop; a subscription that lasted resets it.
+            if connected_at.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// An event from a sentinel: if it is about our master name, every
+    /// connection is opened again through discovery.
+    fn on_event(&self, msg: &redis::Msg, epoch: &AtomicU64) {
+        let payload: String = msg.get_payload().unwrap_or_default();
+        if names_master(msg.get_channel_name(), &payload, &self.url.name) {
+            tracing::info!(
+                master = %self.url.name,
+                event = msg.get_channel_name(),
+                %payload,
+                "Sentinel failover: reconnecting to the new primary"
+            );
+            epoch.fetch_add(1, Ordering::AcqRel);
+            self.switches.send_modify(|n| *n += 1);
         }
     }
 }
+
+/// How often an event connection to a sentinel is checked with `PING`.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// The events that say a failover is taking the primary role away:
 /// `+selected-slave` (the leading sentinel picked the replica it is about
