@@ -18,13 +18,13 @@ use crate::lost::Lost;
 use crate::options::Mode;
 use crate::redis::acquire::waiting::ScriptCall;
 use crate::redis::context::ops;
-use crate::redis::context::{RedisLocks, bad_reply};
+use crate::redis::context::{Context, bad_reply};
 use crate::redis::lease::{Expired, LeaseHandle, Renewal};
 use crate::stats::Held;
 
 /// A held permit or lock.
 pub(crate) struct Hold {
-    client: RedisLocks,
+    client: Context,
     resource: String,
     mode: Mode,
     fencing: u64,
@@ -52,7 +52,7 @@ impl Hold {
     /// caller undoes it instead.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        client: &RedisLocks,
+        client: &Context,
         resource: &str,
         mode: Mode,
         fencing: u64,

@@ -19,8 +19,8 @@ use crate::lock::Lock;
 use crate::lost::Lost;
 use crate::lost::{LeaseDeadline, LeaseState};
 use crate::options::{AcquireOptions, Deadline, Mode};
+use crate::redis::RedisLocks;
 use crate::redis::conn::pool::Conn;
-use crate::redis::context::RedisLocks;
 use crate::redis::context::ops::PlainLock;
 use crate::redis::lease::grant_end;
 use crate::redis::options::RedisOptions;
@@ -809,9 +809,9 @@ impl Redlock {
         let answers = join_all(i.servers.iter().enumerate().map(|(n, server)| async move {
             match tokio::time::timeout(per_server, async {
                 let client = i.client(server).await?;
-                let mut conn = client.conn(name, "acquire").await?;
+                let mut conn = client.ctx.conn(name, "acquire").await?;
                 conns.lock().unwrap_or_else(|e| e.into_inner())[n] = Some(conn.clone());
-                PlainLock::new(client, name, token)
+                PlainLock::new(&client.ctx, name, token)
                     .acquire_on(&mut conn, i.ttl)
                     .await
             })
@@ -894,7 +894,7 @@ async fn release_all(inner: &RedlockInner, name: &str, token: &str, conns: Vec<O
     join_all(inner.servers.iter().zip(conns).map(|(server, conn)| {
         tokio::time::timeout(per_server, async move {
             let client = inner.client(server).await?;
-            let lock = PlainLock::new(client, name, token);
+            let lock = PlainLock::new(&client.ctx, name, token);
             match conn {
                 Some(mut conn) => lock.release_on(&mut conn).await,
                 None => lock.release().await,
@@ -1326,7 +1326,7 @@ impl RedlockGuard {
         let answers = join_all(i.servers.iter().map(|server| async move {
             match tokio::time::timeout(per_server, async {
                 let client = i.client(server).await?;
-                PlainLock::new(client, name, token).release().await
+                PlainLock::new(&client.ctx, name, token).release().await
             })
             .await
             {
@@ -1409,7 +1409,7 @@ async fn renew(
                 }
                 match tokio::time::timeout(per_server, async move {
                     let client = inner.client(server).await?;
-                    PlainLock::new(client, name, token).extend(ttl).await
+                    PlainLock::new(&client.ctx, name, token).extend(ttl).await
                 })
                     .await
                 {
