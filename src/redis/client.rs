@@ -43,7 +43,7 @@ use std::time::Duration;
 /// println!("{} leases renewed in {} round trips", s.renewals, s.renewal_round_trips);
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisStats {
     /// Leases the watchdog renews now (locks held through this client).

@@ -8,6 +8,7 @@
 //! [`Hold::release`], or in a background task from `Drop`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -19,7 +20,7 @@ use crate::options::Mode;
 use crate::redis::acquire::waiting::ScriptCall;
 use crate::redis::context::ops;
 use crate::redis::context::{Context, bad_reply};
-use crate::redis::lease::{Expired, LeaseHandle, Renewal};
+use crate::redis::lease::{Expired, Lease, LeaseHandle, Observer, Renewal};
 use crate::stats::Held;
 
 /// A held permit or lock.
@@ -62,17 +63,62 @@ impl Hold {
         release: ScriptCall,
     ) -> Result<Self, Expired> {
         // The watchdog appends the TTL as the renewal script's last argument.
-        let lease = client.register_lease(client.lease(
+        let lease = client.lease(
             resource,
             renew.script,
             renew.keys.clone(),
             renew.args.clone(),
             ttl,
             sent_at,
-        ))?;
+        );
+        Self::registered(client, lease, mode, fencing, renew, release)
+    }
+
+    /// Takes over one server's grant of a lock held on several (Redlock's
+    /// members): as [`new`](Self::new), with the lock's `drift`, and the
+    /// lease reported to `observer` as `member` on every change.
+    ///
+    /// # Errors
+    ///
+    /// [`Expired`] if the grant's validity had passed (invariant 1).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn member(
+        client: &Context,
+        resource: &str,
+        fencing: u64,
+        sent_at: Instant,
+        ttl: Duration,
+        drift: Duration,
+        renew: ScriptCall,
+        release: ScriptCall,
+        observer: (Arc<dyn Observer>, usize),
+    ) -> Result<Self, Expired> {
+        let mut lease = client.lease(
+            resource,
+            renew.script,
+            renew.keys.clone(),
+            renew.args.clone(),
+            ttl,
+            sent_at,
+        );
+        lease.drift = drift;
+        lease.observer = Some(observer);
+        Self::registered(client, lease, Mode::Exclusive, fencing, renew, release)
+    }
+
+    fn registered(
+        client: &Context,
+        lease: Lease,
+        mode: Mode,
+        fencing: u64,
+        renew: ScriptCall,
+        release: ScriptCall,
+    ) -> Result<Self, Expired> {
+        let resource = lease.resource.clone();
+        let lease = client.register_lease(lease)?;
         Ok(Self {
             client: client.clone(),
-            resource: resource.to_owned(),
+            resource,
             mode,
             fencing,
             lost: lease.lost(),

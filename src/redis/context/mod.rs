@@ -192,6 +192,7 @@ impl Context {
             drift: self.inner.opts.drift_for(ttl),
             ttl,
             acquired_at,
+            observer: None,
         }
     }
 

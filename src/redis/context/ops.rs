@@ -110,7 +110,7 @@ pub(crate) fn ms(d: Duration) -> String {
 }
 
 /// One Redlock participant's view of a plain exclusive lock: the core's
-/// acquire / extend / release scripts on one server, with the same owner
+/// acquire and release scripts on one server (its lease is a Hold, renewed by the watchdog), with the same owner
 /// value on every server.
 pub(crate) struct PlainLock<'a> {
     pub(crate) server: &'a Context,
@@ -159,20 +159,6 @@ impl<'a> PlainLock<'a> {
         Err(crate::redis::context::bad_reply(
             self.name, "acquire", &reply,
         ))
-    }
-
-    /// Compare-and-`PEXPIRE`: `true` when still ours.
-    pub(crate) async fn extend(&self, ttl: Duration) -> Result<bool, LockError> {
-        let n: i64 = invoke(
-            self.server,
-            self.name,
-            "extend",
-            &scripts::EXTEND,
-            &[&self.keys.lock],
-            &[self.value, &ms(ttl)],
-        )
-        .await?;
-        Ok(n == 1)
     }
 
     /// As [`release`](Self::release), on `conn` (after whatever was sent on
