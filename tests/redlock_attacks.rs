@@ -269,6 +269,30 @@ async fn members_dying_one_by_one_lose_the_lock_exactly_at_the_majority() {
     bounded(rival.release()).await.unwrap();
 }
 
+/// Two of three servers crash and restart empty after a TTL (the delayed
+/// restart the Redlock docs ask for): the rival's majority on the
+/// restarted servers finds the holder lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_restarted_after_a_ttl_find_the_holder_lost() {
+    let mut s = servers(3);
+    let u = urls(&s);
+    let ttl = Duration::from_millis(600);
+    let (a, b) = (redlock(&u, ttl).await, redlock(&u, ttl).await);
+    let g = acquire(&a, "restarted").await;
+    s[0].stop();
+    s[1].stop();
+    tokio::time::sleep(ttl * 3 / 2).await;
+    s[0].restart();
+    s[1].restart();
+    let rival = rival_granted(&b, "restarted").await;
+    assert!(
+        g.is_lost(),
+        "a rival holds a majority and the holder says held"
+    );
+    fired("lost after the crash", g.lost()).await;
+    bounded(rival.release()).await.unwrap();
+}
+
 /// Requests or replies slowed on some servers in turn (replies late but
 /// within the op timeout; requests applied late; requests applied after
 /// the client gave up on them): at every look, the holder's deadline is
@@ -459,6 +483,32 @@ async fn extend_with_one_slow_server_counts_the_majority() {
     assert!(g.validity() <= Duration::from_secs(6));
     assert_deadline_within_the_servers(&g, &s, "ext-slow", "after the extend");
     p[2].delay_replies(Duration::ZERO);
+    bounded(g.release()).await.unwrap();
+}
+
+/// An extend to a shorter TTL shortens the validity at once (and the
+/// servers' keys): the deadline stays within the keys, and renewals go on
+/// with the shorter TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extend_to_a_shorter_ttl_shortens_the_validity() {
+    let s = servers(3);
+    let r = redlock(&urls(&s), Duration::from_secs(4)).await;
+    let g = acquire(&r, "ext-short").await;
+    bounded(outage_retried(|| g.extend(Duration::from_millis(900))))
+        .await
+        .unwrap();
+    assert!(
+        g.validity() <= Duration::from_millis(900),
+        "{:?}",
+        g.validity()
+    );
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        assert_deadline_within_the_servers(&g, &s, "ext-short", "after a shorter extend");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!g.is_lost());
+    assert!(g.validity() <= Duration::from_millis(900));
     bounded(g.release()).await.unwrap();
 }
 
