@@ -516,10 +516,6 @@ async fn extend_to_a_shorter_ttl_shortens_the_validity() {
 /// every validity, the extended one included: an extend must not leave the
 /// lock believed valid for more than `ttl − drift`.
 #[tokio::test]
-#[ignore = "library bug: Hold::extend (src/redis/acquire/held.rs) scores a member's extend with the \
-            per-server client's drift_for(ttl), and LeaseHandle::extend \
-            (src/redis/lease/watchdog.rs) then stores that drift in the lease, so after an extend \
-            the Redlock drift allowance is dropped from the validity and every later renewal"]
 async fn extend_keeps_the_redlock_drift_allowance() {
     let s = servers(3);
     let ttl = Duration::from_secs(2);
@@ -817,11 +813,6 @@ async fn shutting_down_clients_under_live_guards() {
 /// would hold leases in watchdogs that no longer run, never renewed and
 /// never reported, so its `lost` future would never fire.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "library bug: Redlock's attempt (src/redis/redlock/mod.rs, Redlock::attempt) calls \
-            client.ctx.conn() and PlainLock::acquire_on directly, never Context::check_open, and \
-            Watchdog::register (src/redis/lease/watchdog.rs) accepts leases after shutdown: a \
-            Redlock over shut-down clients grants guards whose leases nobody renews and whose \
-            lost future never fires"]
 async fn acquiring_over_shut_down_clients_is_refused() {
     let s = servers(3);
     let ttl = Duration::from_millis(900);
@@ -1000,9 +991,6 @@ async fn stats_count_the_guard_once_and_its_leases_per_server() {
 /// (`InvalidArgument`, as the guard surface documents), not reported as
 /// an outage of every server.
 #[tokio::test]
-#[ignore = "library bug: RedlockHold::extend (src/redis/redlock/guard.rs) counts each member's \
-            InvalidArgument (from Hold::extend's check_lease) as a server failure and returns \
-            NoQuorum carrying three InvalidArgument errors; extend's docs promise InvalidArgument"]
 async fn extend_with_a_refused_ttl_is_invalid_argument() {
     let s = servers(3);
     let r = redlock(&urls(&s), Duration::from_secs(2)).await;
@@ -1052,10 +1040,6 @@ async fn release_counts_only_keys_that_were_ours() {
 /// after its `SET`s were applied, then every client shut down, then the
 /// runtime gone (as `main` returning).
 #[test]
-#[ignore = "library bug: a cancelled Redlock acquisition's Cleanup (and a dropped guard's release \
-            on servers that did not grant it) runs in spawn_release_all \
-            (src/redis/redlock/mod.rs), a bare rt.spawn that no client's shutdown waits for, and \
-            Redlock has no shutdown of its own: the keys are left until their TTL"]
 fn shutdown_waits_for_a_cancelled_redlock_acquisition_s_cleanup() {
     let s = servers(3);
     let p = proxies(&s);

@@ -137,6 +137,16 @@ impl Hold {
     /// Sets the lease to `ttl` from now if still held; the watchdog renews
     /// with `ttl` from then on.
     pub(crate) async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
+        self.extend_with(ttl, None).await
+    }
+
+    /// As [`extend`](Self::extend), with a clock-drift allowance of its own
+    /// (a Redlock member keeps the Redlock's) instead of the client's.
+    pub(crate) async fn extend_with(
+        &self,
+        ttl: Duration,
+        drift: Option<Duration>,
+    ) -> Result<(), LockError> {
         // The lease rules of an acquisition (a TTL the op timeout leaves
         // room in) apply to an extend too.
         self.client.options().check_lease(ttl)?;
@@ -172,7 +182,12 @@ impl Hold {
         };
         let opts = self.client.options();
         lease
-            .extend(ttl, opts.renew_interval_for(ttl), opts.drift_for(ttl), send)
+            .extend(
+                ttl,
+                opts.renew_interval_for(ttl),
+                drift.unwrap_or_else(|| opts.drift_for(ttl)),
+                send,
+            )
             .await
     }
 

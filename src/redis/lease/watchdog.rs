@@ -301,6 +301,22 @@ impl Watchdog {
         entry.reschedule();
         let wake = entry.next_wake();
         let mut st = self.shared.lock();
+        // Looked at under the lock the task drains the entries with after a
+        // shutdown: a lease registered later would be renewed by nobody and
+        // declared lost by nobody, so it is lost from the start.
+        if self.shared.shutdown.is_cancelled() {
+            drop(st);
+            warn_lost(&entry.lease.resource, "the client was shut down");
+            entry.declare_lost();
+            return Ok(LeaseHandle {
+                watchdog: self.clone(),
+                id: u64::MAX,
+                resource,
+                lost,
+                end,
+                _stop: stop.drop_guard(),
+            });
+        }
         let id = st.next_id;
         st.next_id += 1;
         st.entries.insert(id, entry);

@@ -234,9 +234,19 @@ impl LeaseHold for RedlockHold {
                 resource: self.name.clone(),
             });
         }
+        // A TTL the servers' clients refuse is the caller's error, not a
+        // failure of each server.
+        self.inner.redis.check_lease(ttl)?;
+        let drift = self.inner.drift_for(ttl);
+        if drift >= ttl {
+            return Err(LockError::InvalidArgument {
+                what: "ttl",
+                reason: format!("drift {drift:?} leaves no validity out of a TTL of {ttl:?}"),
+            });
+        }
         let per_server = per_server_timeout(self.inner.ttl.min(ttl));
         let answers = join_all(self.members.iter().flatten().map(|hold| async move {
-            match tokio::time::timeout(per_server, hold.extend(ttl)).await {
+            match tokio::time::timeout(per_server, hold.extend_with(ttl, Some(drift))).await {
                 Ok(answer) => answer,
                 Err(_) => Err(server_timeout(&self.name, "extend", per_server)),
             }

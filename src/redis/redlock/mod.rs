@@ -231,6 +231,8 @@ struct RedlockInner {
     quorum: usize,
     ttl: Duration,
     drift: Duration,
+    /// The drift the options set (`None`: [`default_drift`] of each TTL).
+    drift_setting: Option<Duration>,
     retry_delay: Duration,
 }
 
@@ -274,6 +276,12 @@ impl RedlockInner {
     /// How many servers there are.
     fn total(&self) -> usize {
         self.servers.len()
+    }
+
+    /// The clock-drift allowance for a lease of `ttl`: the options' drift,
+    /// or the description's default for that TTL.
+    fn drift_for(&self, ttl: Duration) -> Duration {
+        self.drift_setting.unwrap_or_else(|| default_drift(ttl))
     }
 }
 
@@ -459,6 +467,7 @@ impl Redlock {
                 quorum: total / 2 + 1,
                 ttl,
                 drift,
+                drift_setting: options.drift,
                 retry_delay: options.retry_delay,
             }),
         })
@@ -859,6 +868,8 @@ impl Redlock {
         let answers = join_all(i.servers.iter().enumerate().map(|(n, server)| async move {
             match tokio::time::timeout(per_server, async {
                 let client = i.client(server).await?;
+                // A client shut down renews nothing: its server is out.
+                client.ctx.check_open(name)?;
                 let mut conn = client.ctx.conn(name, "acquire").await?;
                 conns.lock().unwrap_or_else(|e| e.into_inner())[n] = Some(conn.clone());
                 PlainLock::new(&client.ctx, name, token)
@@ -996,22 +1007,32 @@ impl Drop for Cleanup {
     }
 }
 
-/// Background release on every server; without a runtime the keys expire by
-/// their TTL.
+/// Background release on every connected server, each through its client's
+/// background releases (so that [`RedisLocks::shutdown`] waits for it), on
+/// the attempt's connection where there is one; without a runtime the keys
+/// expire by their TTL.
 fn spawn_release_all(
     inner: Arc<RedlockInner>,
     name: String,
     token: String,
     conns: Vec<Option<Conn>>,
 ) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(async move { release_all(&inner, &name, &token, conns).await });
-        }
-        Err(_) => tracing::debug!(
-            resource = %name,
-            "no tokio runtime to release a Redlock; it expires by its TTL"
-        ),
+    let mut conns = conns.into_iter();
+    for server in &inner.servers {
+        let conn = conns.next().flatten();
+        // A server never connected was sent nothing.
+        let Some(client) = server.client.get() else {
+            continue;
+        };
+        let keys = client.ctx.resource_keys(&name);
+        client.ctx.spawn_release(
+            name.clone(),
+            crate::redis::protocol::scripts::RELEASE.get(client.is_cluster()),
+            Arc::from(vec![keys.lock.clone()]),
+            vec![token.clone(), keys.channel.clone()],
+            conn,
+            (),
+        );
     }
 }
 
