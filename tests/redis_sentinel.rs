@@ -16,12 +16,13 @@ use lockyard_testkit::sentinel::{FAILOVER_LIMIT, MASTER_NAME, RedisSentinel};
 use lockyard_testkit::{bounded, bounded_for, child, conformance_tests, eventually};
 use tokio::time::Instant;
 
-/// Quick timeouts, so that a dead primary is noticed fast.
+/// Quick timeouts, so that a dead primary is noticed fast (but room for a
+/// loaded 2-core machine).
 fn options(ttl: Duration) -> RedisOptions {
     RedisOptions::default()
         .ttl(ttl)
-        .connect_timeout(Duration::from_secs(1))
-        .op_timeout(Duration::from_millis(300))
+        .connect_timeout(Duration::from_secs(2))
+        .op_timeout(Duration::from_millis(600))
 }
 
 async fn start(replicas: usize) -> RedisSentinel {

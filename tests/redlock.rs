@@ -236,6 +236,70 @@ async fn renewal_and_loss() {
     assert!(matches!(err, LockError::NotHeld { .. }), "{err}");
 }
 
+/// Redlock stands on the lease core: each granting server's lease rides
+/// that server's watchdog batches, so 1,000 guards renew in a few round
+/// trips per period, not one per guard per server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewals_ride_the_servers_watchdog_batches() {
+    let s = servers(3);
+    let r = redlock(&s, Duration::from_millis(1500)).await;
+    let mut guards = Vec::new();
+    for chunk in 0..10 {
+        let r = &r;
+        let batch = futures::future::join_all((0..100).map(|i| async move {
+            r.acquire(&format!("b{chunk}-{i}"), Duration::from_secs(5))
+                .await
+        }));
+        for g in bounded(batch).await {
+            guards.push(g.expect("acquire"));
+        }
+    }
+    let before = r.stats();
+    assert_eq!(before.held, 3000, "one lease per guard per server");
+    // Two renewal periods (TTL / 3 each).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let after = r.stats();
+    let (renewals, trips) = (
+        after.renewals - before.renewals,
+        after.renewal_round_trips - before.renewal_round_trips,
+    );
+    assert!(
+        renewals >= 3000,
+        "every lease renewed: {after:?} after {before:?}"
+    );
+    assert!(
+        renewals >= 50 * trips,
+        "{renewals} renewals in {trips} round trips: fewer than 50 a trip"
+    );
+    assert!(guards.iter().all(|g| !g.is_lost()));
+    assert_eq!(after.lost, 0);
+    drop(guards);
+}
+
+/// One server of three failing its renewals is not suspect (a majority
+/// still renews); two are, until the validity runs out. An extend moves the
+/// majority's validity.
+#[tokio::test]
+async fn suspect_needs_a_failing_majority_and_extend_moves_the_validity() {
+    let mut s = servers(3);
+    let ttl = Duration::from_millis(600);
+    let r = redlock(&s, ttl).await;
+    let g = bounded(r.acquire("sus", Duration::from_secs(2)))
+        .await
+        .unwrap();
+    bounded(g.extend(Duration::from_secs(5))).await.unwrap();
+    assert!(g.validity() > Duration::from_secs(3), "{:?}", g.validity());
+    s[0].stop();
+    // Renewals every TTL / 3 from now on, one of three failing each time.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(g.state(), lockyard::LeaseState::Held);
+    s[1].stop();
+    bounded(g.suspect()).await;
+    assert_eq!(g.state(), lockyard::LeaseState::Suspect);
+    bounded(g.lost()).await;
+    assert_eq!(g.state(), lockyard::LeaseState::Lost);
+}
+
 #[tokio::test]
 async fn lost_fires_when_a_majority_becomes_unreachable() {
     let mut s = servers(3);

@@ -19,8 +19,15 @@ pub(crate) trait LeaseHold {
     /// Exclusive or shared.
     fn mode(&self) -> Mode;
 
-    /// The fencing token issued with the grant.
+    /// The fencing token issued with the grant (a fenced backend's; the
+    /// public `fencing_token` is emitted for fenced guards only).
     fn fencing_token(&self) -> u64;
+
+    /// The fencing token as the contract reports it: `None` for a backend
+    /// whose tokens are not fencing tokens (Redlock).
+    fn fencing(&self) -> Option<u64> {
+        Some(self.fencing_token())
+    }
 
     /// The lost signal (token and deadline).
     fn lost(&self) -> Lost;
@@ -44,22 +51,12 @@ pub(crate) trait LeaseHold {
 ///
 /// `$guard` must be a struct whose field `held` implements [`LeaseHold`];
 /// `$module` is the public module that exports it (for the doc examples),
-/// `$what` names what it holds ("lock", "semaphore").
+/// `$what` names what it holds ("lock", "semaphore"). A trailing `unfenced`
+/// leaves out the public `fencing_token` (and the contract's is `None`),
+/// for a backend that cannot issue fencing tokens (Redlock).
 macro_rules! lease_guard {
     ($guard:ident, $module:literal, $what:literal) => {
         impl $guard {
-            #[doc = concat!("The name of the ", $what, ".")]
-            ///
-            #[doc = "```no_run"]
-            #[doc = concat!("# async fn demo(guard: lockyard::", $module, "::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
-            /// tracing::info!(resource = guard.resource(), "holding");
-            /// # Ok(())
-            /// # }
-            /// ```
-            pub fn resource(&self) -> &str {
-                $crate::lease::LeaseHold::resource(&self.held)
-            }
-
             /// The fencing token: strictly increases across successive
             /// holders of this resource (the counter is shared by the
             /// semaphore, RW lock and lock of one name on one server).
@@ -75,6 +72,26 @@ macro_rules! lease_guard {
             /// ```
             pub fn fencing_token(&self) -> u64 {
                 $crate::lease::LeaseHold::fencing_token(&self.held)
+            }
+        }
+
+        $crate::lease::lease_guard!(@surface $guard, $module, $what);
+    };
+    ($guard:ident, $module:literal, $what:literal, unfenced) => {
+        $crate::lease::lease_guard!(@surface $guard, $module, $what);
+    };
+    (@surface $guard:ident, $module:literal, $what:literal) => {
+        impl $guard {
+            #[doc = concat!("The name of the ", $what, ".")]
+            ///
+            #[doc = "```no_run"]
+            #[doc = concat!("# async fn demo(guard: lockyard::", $module, "::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
+            /// tracing::info!(resource = guard.resource(), "holding");
+            /// # Ok(())
+            /// # }
+            /// ```
+            pub fn resource(&self) -> &str {
+                $crate::lease::LeaseHold::resource(&self.held)
             }
 
             /// Completes when the hold is lost: renewal found it gone or
@@ -98,8 +115,8 @@ macro_rules! lease_guard {
             /// lease's deadline is compared with the clock now, so this never
             /// says held after the deadline, however late the watchdog runs
             /// (after a pause of the process, say). A pause *between* this
-            /// check and the write it guards is what the
-            /// [`fencing_token`](Self::fencing_token) is for.
+            /// check and the write it guards is what fencing tokens are for
+            /// (on a backend that has them).
             ///
             #[doc = "```no_run"]
             #[doc = concat!("# async fn demo(guard: lockyard::", $module, "::", stringify!($guard), ") -> Result<(), lockyard::LockError> {")]
@@ -260,7 +277,7 @@ macro_rules! lease_guard {
                 f.debug_struct(stringify!($guard))
                     .field("resource", &$crate::lease::LeaseHold::resource(&self.held))
                     .field("mode", &$crate::lease::LeaseHold::mode(&self.held))
-                    .field("fencing_token", &$crate::lease::LeaseHold::fencing_token(&self.held))
+                    .field("fencing_token", &$crate::lease::LeaseHold::fencing(&self.held))
                     .field("lost", &$crate::lease::LeaseHold::is_lost(&self.held))
                     .finish()
             }
@@ -277,7 +294,7 @@ macro_rules! lease_guard {
             }
 
             fn fencing_token(&self) -> Option<u64> {
-                Some($crate::lease::LeaseHold::fencing_token(&self.held))
+                $crate::lease::LeaseHold::fencing(&self.held)
             }
 
             fn lost(&self) -> $crate::Lost {

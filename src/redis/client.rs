@@ -1,8 +1,10 @@
 //! [`RedisLocks`]'s public face: connecting, the plain lock's methods,
-//! looking (owner, list) and stats. The facade: nothing in `redis/` imports
+//! looking (owner, list) and stats, the RW lock's and semaphore's handles.
+//! The facade: only Redlock, the layer above (a quorum of clients), imports
 //! it. The client's state and the operations primitives share live below,
-//! in `context.rs`.
+//! in `context/` (as [`Context`], which every primitive holds).
 
+use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
@@ -20,14 +22,15 @@ use super::conn::sentinel::{SentinelUrl, Sentinels, Target, check_primary};
 use super::conn::tls::{TlsMaterial, diagnose};
 use super::conn::wakeups::{Source, Wakeups};
 use super::context::queue::LocalQueues;
-use super::context::{Inner, RedisLocks};
+use super::context::{Context, Inner};
 use super::kinds::listing::RedisLockInfo;
 use super::kinds::lock::RedisLock;
+use super::kinds::rwlock::RedisRwLock;
+use super::kinds::semaphore::RedisSemaphore;
 use super::lease::Watchdog;
 use super::options::RedisOptions;
-use super::protocol::keys::{self, validate_name};
+use super::protocol::keys;
 use super::protocol::scripts;
-use super::protocol::token::parse_holder;
 use crate::error::{LockError, TlsProblem};
 use crate::options::AcquireOptions;
 use crate::owner::Owner;
@@ -41,7 +44,7 @@ use std::time::Duration;
 /// println!("{} leases renewed in {} round trips", s.renewals, s.renewal_round_trips);
 /// # }
 /// ```
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RedisStats {
     /// Leases the watchdog renews now (locks held through this client).
@@ -54,7 +57,168 @@ pub struct RedisStats {
     pub lost: u64,
 }
 
+/// A client for distributed locks on one Redis server or a Redis Cluster
+/// (see [`connect`](Self::connect)).
+///
+/// Cloning is cheap and shares everything: the connection pool, the one
+/// pub/sub connection that carries release wakeups, and the one watchdog task
+/// that renews every lock held through this client. The background tasks stop
+/// when the last clone and the last guard are dropped.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), lockyard::LockError> {
+/// use std::time::Duration;
+/// use lockyard::redis::RedisLocks;
+///
+/// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+/// let guard = locks.acquire("nightly-report", Duration::from_secs(10)).await?;
+/// println!("fencing token {}", guard.fencing_token());
+/// guard.release().await?;
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisLocks {
+    pub(crate) ctx: Context,
+}
+
+impl fmt::Debug for RedisLocks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.ctx.fmt(f)
+    }
+}
+
 impl RedisLocks {
+    /// Finishes the background work of this client and stops it: waits for
+    /// the releases of dropped guards and cancelled acquisitions still in
+    /// flight (so a service that returns from `main` right after leaves no
+    /// lock held until its TTL), then stops the watchdog and the pub/sub
+    /// task. A guard still alive then can no longer be renewed: its
+    /// [`lost`](crate::redis::RedisLockGuard::lost) signal fires, and releasing it
+    /// still works. Later acquisitions through this client (or its clones)
+    /// fail with [`LockError::Closed`].
+    ///
+    /// The wait is bounded by `connect_timeout + op_timeout` (a release that
+    /// cannot reach Redis in that time leaves its lock to expire by its
+    /// TTL); the number of releases given up on is returned.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:6380/").await?;
+    /// let guard = locks.acquire("job", std::time::Duration::from_secs(5)).await?;
+    /// drop(guard); // released in the background...
+    /// locks.shutdown().await; // ...and that release is done now.
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel safe: dropping the future stops the wait; the background
+    /// releases go on, and the client is stopped either way.
+    pub async fn shutdown(&self) -> usize {
+        self.ctx.shutdown().await
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// assert!(!locks.is_shut_down());
+    /// assert_eq!(locks.shutdown().await, 0); // nothing was left to release
+    /// assert!(locks.clone().is_shut_down()); // clones share the client
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_shut_down(&self) -> bool {
+        self.ctx.is_shut_down()
+    }
+
+    /// Whether this client talks to a Redis Cluster (see
+    /// [`connect`](Self::connect)).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// // A lazy client is always one server's.
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
+    /// assert!(!locks.is_cluster());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn is_cluster(&self) -> bool {
+        self.ctx.is_cluster()
+    }
+
+    /// The options the client was built with.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisLocks, RedisOptions};
+    ///
+    /// let opts = RedisOptions::default().key_prefix("billing:");
+    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", opts)?;
+    /// assert_eq!(locks.options().key_prefix, "billing:");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn options(&self) -> &RedisOptions {
+        self.ctx.options()
+    }
+
+    /// A handle to the readers/writer lock `name`.
+    ///
+    /// Fails with [`LockError::InvalidName`] for a name the client refuses.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:7777").await?;
+    /// let rw = locks.rwlock("catalog")?;
+    /// assert_eq!(rw.name(), "catalog");
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for a name the client refuses.
+    pub fn rwlock(&self, name: &str) -> Result<RedisRwLock, LockError> {
+        RedisRwLock::new(&self.ctx, name)
+    }
+
+    /// A handle to the semaphore `name` with `permits` permits.
+    ///
+    /// Every process must use the same `permits` for one name. Fails with
+    /// [`LockError::InvalidArgument`] for zero permits and
+    /// [`LockError::InvalidName`] for a name the client refuses.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:7777").await?;
+    /// let sem = locks.semaphore("downloads", 3)?;
+    /// assert_eq!(sem.permits(), 3);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for a name the client refuses; [`LockError::InvalidArgument`] for zero permits.
+    pub fn semaphore(&self, name: &str, permits: u32) -> Result<RedisSemaphore, LockError> {
+        RedisSemaphore::new(&self.ctx, name, permits)
+    }
+
     /// Connects with default [`RedisOptions`].
     ///
     /// `url` is one server (`redis://[user:password@]host:port/[db]`) or a
@@ -350,7 +514,7 @@ impl RedisLocks {
             conns.seed(first).await;
         }
         let locks = Self::assemble(opts, conns, Source::Node(target), what);
-        sentinels.watch(epoch, locks.inner.shutdown.clone());
+        sentinels.watch(epoch, locks.ctx.inner.shutdown.clone());
         Ok(locks)
     }
 
@@ -432,18 +596,20 @@ impl RedisLocks {
             shutdown.clone(),
         );
         Self {
-            inner: Arc::new(Inner {
-                opts,
-                conns,
-                wakeups,
-                watchdog,
-                local: Arc::new(LocalQueues::default()),
-                url: what,
-                follows_failovers,
-                shutdown,
-                background: tokio_util::task::TaskTracker::new(),
-                keys: std::sync::Mutex::default(),
-            }),
+            ctx: Context {
+                inner: Arc::new(Inner {
+                    opts,
+                    conns,
+                    wakeups,
+                    watchdog,
+                    local: Arc::new(LocalQueues::default()),
+                    url: what,
+                    follows_failovers,
+                    shutdown,
+                    background: tokio_util::task::TaskTracker::new(),
+                    keys: std::sync::Mutex::default(),
+                }),
+            },
         }
     }
 
@@ -469,7 +635,7 @@ impl RedisLocks {
     /// [`LockError::InvalidName`] for an empty name, one over 512 bytes, or
     /// one containing `{`, `}` or control characters.
     pub fn lock(&self, name: &str) -> Result<RedisLock, LockError> {
-        RedisLock::new(self, name)
+        RedisLock::new(&self.ctx, name)
     }
 
     /// Acquires the lock `name`, waiting at most `timeout`.
@@ -641,26 +807,7 @@ impl RedisLocks {
     ///
     /// Cancel safe: it only looks.
     pub async fn owner(&self, name: &str) -> Result<Option<Owner>, LockError> {
-        validate_name(name)?;
-        let key = self.resource_keys(name).lock.clone();
-        let value: Option<Vec<u8>> = self
-            .retry_once(name, "read owner", |mut conn| {
-                let key = &key;
-                async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
-            })
-            .await?;
-        let Some(value) = value else {
-            return Ok(None);
-        };
-        let owner = parse_holder(&value);
-        if owner.is_none() {
-            tracing::debug!(
-                resource = name,
-                value = %String::from_utf8_lossy(&value[..value.len().min(64)]),
-                "the lock's value was not written by lockyard; owner unknown"
-            );
-        }
-        Ok(owner)
+        super::kinds::listing::owner(&self.ctx, name).await
     }
 
     /// Lists the locks under this client's key prefix (with `SCAN`, so it is
@@ -688,12 +835,12 @@ impl RedisLocks {
     ///
     /// Cancel safe: it only looks.
     pub async fn list(&self) -> Result<Vec<RedisLockInfo>, LockError> {
-        let prefix = &self.inner.opts.key_prefix;
+        let prefix = &self.ctx.inner.opts.key_prefix;
         let what = format!("{prefix}*");
         let pattern = keys::scan_pattern(prefix);
         let mut found = Vec::new();
         // One server, or every master of a Cluster (each scanned whole).
-        for mut target in self.inner.conns.scan_targets(&what).await? {
+        for mut target in self.ctx.inner.conns.scan_targets(&what).await? {
             self.scan_into(&mut target, &pattern, &what, &mut found)
                 .await?;
         }
@@ -702,8 +849,8 @@ impl RedisLocks {
         let mut out = Vec::with_capacity(found.len());
         for (name, kind) in found {
             // On a Cluster, the connection to that name's master.
-            let mut conn = self.conn(&name, "list").await?;
-            out.extend(super::kinds::listing::info(self, &mut conn, &name, kind).await?);
+            let mut conn = self.ctx.conn(&name, "list").await?;
+            out.extend(super::kinds::listing::info(&self.ctx, &mut conn, &name, kind).await?);
         }
         Ok(out)
     }
@@ -717,7 +864,7 @@ impl RedisLocks {
         what: &str,
         found: &mut Vec<(String, &'static str)>,
     ) -> Result<(), LockError> {
-        let prefix = &self.inner.opts.key_prefix;
+        let prefix = &self.ctx.inner.opts.key_prefix;
         let mut cursor: u64 = 0;
         loop {
             let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -759,10 +906,10 @@ impl RedisLocks {
     /// # }
     /// ```
     pub fn stats(&self) -> RedisStats {
-        let c = self.inner.watchdog.counters();
+        let c = self.ctx.inner.watchdog.counters();
         use std::sync::atomic::Ordering::Relaxed;
         RedisStats {
-            held: self.inner.watchdog.len(),
+            held: self.ctx.inner.watchdog.len(),
             renewal_round_trips: c.round_trips.load(Relaxed),
             renewals: c.renewals.load(Relaxed),
             lost: c.lost.load(Relaxed),

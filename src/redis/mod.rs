@@ -182,8 +182,8 @@ mod acl;
 
 mod client;
 
+pub use client::RedisLocks;
 pub use client::RedisStats;
-pub use context::RedisLocks;
 pub use kinds::guard::RedisLockGuard;
 pub use kinds::listing::RedisLockInfo;
 pub use kinds::lock::RedisLock;

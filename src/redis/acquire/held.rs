@@ -8,6 +8,7 @@
 //! [`Hold::release`], or in a background task from `Drop`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -18,13 +19,13 @@ use crate::lost::Lost;
 use crate::options::Mode;
 use crate::redis::acquire::waiting::ScriptCall;
 use crate::redis::context::ops;
-use crate::redis::context::{RedisLocks, bad_reply};
-use crate::redis::lease::{Expired, LeaseHandle, Renewal};
+use crate::redis::context::{Context, bad_reply};
+use crate::redis::lease::{Expired, Lease, LeaseHandle, Observer, Renewal};
 use crate::stats::Held;
 
 /// A held permit or lock.
 pub(crate) struct Hold {
-    client: RedisLocks,
+    client: Context,
     resource: String,
     mode: Mode,
     fencing: u64,
@@ -52,7 +53,7 @@ impl Hold {
     /// caller undoes it instead.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        client: &RedisLocks,
+        client: &Context,
         resource: &str,
         mode: Mode,
         fencing: u64,
@@ -62,17 +63,62 @@ impl Hold {
         release: ScriptCall,
     ) -> Result<Self, Expired> {
         // The watchdog appends the TTL as the renewal script's last argument.
-        let lease = client.register_lease(client.lease(
+        let lease = client.lease(
             resource,
             renew.script,
             renew.keys.clone(),
             renew.args.clone(),
             ttl,
             sent_at,
-        ))?;
+        );
+        Self::registered(client, lease, mode, fencing, renew, release)
+    }
+
+    /// Takes over one server's grant of a lock held on several (Redlock's
+    /// members): as [`new`](Self::new), with the lock's `drift`, and the
+    /// lease reported to `observer` as `member` on every change.
+    ///
+    /// # Errors
+    ///
+    /// [`Expired`] if the grant's validity had passed (invariant 1).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn member(
+        client: &Context,
+        resource: &str,
+        fencing: u64,
+        sent_at: Instant,
+        ttl: Duration,
+        drift: Duration,
+        renew: ScriptCall,
+        release: ScriptCall,
+        observer: (Arc<dyn Observer>, usize),
+    ) -> Result<Self, Expired> {
+        let mut lease = client.lease(
+            resource,
+            renew.script,
+            renew.keys.clone(),
+            renew.args.clone(),
+            ttl,
+            sent_at,
+        );
+        lease.drift = drift;
+        lease.observer = Some(observer);
+        Self::registered(client, lease, Mode::Exclusive, fencing, renew, release)
+    }
+
+    fn registered(
+        client: &Context,
+        lease: Lease,
+        mode: Mode,
+        fencing: u64,
+        renew: ScriptCall,
+        release: ScriptCall,
+    ) -> Result<Self, Expired> {
+        let resource = lease.resource.clone();
+        let lease = client.register_lease(lease)?;
         Ok(Self {
             client: client.clone(),
-            resource: resource.to_owned(),
+            resource,
             mode,
             fencing,
             lost: lease.lost(),
@@ -91,6 +137,16 @@ impl Hold {
     /// Sets the lease to `ttl` from now if still held; the watchdog renews
     /// with `ttl` from then on.
     pub(crate) async fn extend(&self, ttl: Duration) -> Result<(), LockError> {
+        self.extend_with(ttl, None).await
+    }
+
+    /// As [`extend`](Self::extend), with a clock-drift allowance of its own
+    /// (a Redlock member keeps the Redlock's) instead of the client's.
+    pub(crate) async fn extend_with(
+        &self,
+        ttl: Duration,
+        drift: Option<Duration>,
+    ) -> Result<(), LockError> {
         // The lease rules of an acquisition (a TTL the op timeout leaves
         // room in) apply to an extend too.
         self.client.options().check_lease(ttl)?;
@@ -126,7 +182,12 @@ impl Hold {
         };
         let opts = self.client.options();
         lease
-            .extend(ttl, opts.renew_interval_for(ttl), opts.drift_for(ttl), send)
+            .extend(
+                ttl,
+                opts.renew_interval_for(ttl),
+                drift.unwrap_or_else(|| opts.drift_for(ttl)),
+                send,
+            )
             .await
     }
 

@@ -38,7 +38,7 @@ use crate::redis::conn::pool::Conn;
 use crate::redis::conn::wakeups::Subscription;
 use crate::redis::context::ops::invoke_on;
 use crate::redis::context::queue::LocalTurn;
-use crate::redis::context::{RedisLocks, bad_reply};
+use crate::redis::context::{Context, bad_reply};
 use crate::redis::lease::{Expired, retry_after_late_grant};
 use crate::redis::protocol::token::parse_holder;
 use crate::stats::Acquisition;
@@ -155,7 +155,7 @@ impl fmt::Debug for ScriptCall {
 /// One acquisition in progress: the connection its attempts use, and the
 /// releases that undo them, run in the background if dropped while armed.
 pub(crate) struct Pending {
-    client: RedisLocks,
+    client: Context,
     resource: String,
     conn: Conn,
     /// Each a compare-and-delete with the acquisition's value, run in order.
@@ -174,7 +174,7 @@ impl Pending {
     /// Checks out the connection of an acquisition with a lease of `ttl`;
     /// `undo` are the releases that undo it.
     pub(crate) async fn new(
-        client: &RedisLocks,
+        client: &Context,
         resource: &str,
         undo: Vec<ScriptCall>,
         ttl: Duration,
@@ -205,7 +205,7 @@ impl Pending {
     ///
     /// Cancel safe: nothing was sent yet.
     pub(crate) async fn new_within(
-        client: &RedisLocks,
+        client: &Context,
         resource: &str,
         undo: Vec<ScriptCall>,
         ttl: Duration,
@@ -350,7 +350,7 @@ impl Pending {
 
     /// Undoes now, on the acquisition's connection (so after every attempt
     /// sent on it: invariant 5), each release retried while the slot changes
-    /// hands (see [`RedisLocks::run_release`]), bounded by `op_timeout`
+    /// hands (see [`RedisLocks::run_release`](crate::redis::RedisLocks::run_release)), bounded by `op_timeout`
     /// each; a failure is logged (the claim then expires by its TTL).
     pub(crate) async fn undo_now(&mut self) {
         self.armed = false;
@@ -408,7 +408,7 @@ impl fmt::Debug for Pending {
 /// What to wait for, for logs and wake-ups.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct WaitFor<'a> {
-    pub(crate) client: &'a RedisLocks,
+    pub(crate) client: &'a Context,
     pub(crate) resource: &'a str,
     /// The release channel to listen on.
     pub(crate) channel: &'a str,
@@ -658,7 +658,7 @@ impl fmt::Display for Who<'_> {
 ///
 /// Cancel safe: a dropped waiter leaves the queue.
 pub(crate) async fn local_turn(
-    client: &RedisLocks,
+    client: &Context,
     queue: &str,
     resource: &str,
     deadline: &Deadline,

@@ -1,12 +1,12 @@
-//! The shared state of a [`RedisLocks`] client and the crate-internal
+//! The shared state of a [`RedisLocks`](crate::redis::RedisLocks) client and the crate-internal
 //! operations every primitive builds on: connections, the retry-once rule,
 //! lease registration, wakeup subscriptions and background releases.
 //!
 //! # Layering
 //!
 //! The bottom of the client: it uses the connection layer (`pool`,
-//! `wakeups`), the lease core (`lease`) and the in-process queues
-//! (`local`); every primitive uses it; it imports no primitive and not the
+//! `wakeups`), the lease core (`lease`) and its own in-process queues
+//! (`queue`); every primitive uses it; it imports no primitive and not the
 //! facade (`client.rs`).
 
 pub(in crate::redis) mod ops;
@@ -30,33 +30,14 @@ use crate::redis::lease::{Expired, Lease, LeaseHandle, Watchdog};
 use crate::redis::options::RedisOptions;
 use crate::redis::protocol::keys::ResourceKeys;
 
-/// A client for distributed locks on one Redis server or a Redis Cluster
-/// (see [`connect`](Self::connect)).
-///
-/// Cloning is cheap and shares everything: the connection pool, the one
-/// pub/sub connection that carries release wakeups, and the one watchdog task
-/// that renews every lock held through this client. The background tasks stop
-/// when the last clone and the last guard are dropped.
-///
-/// ```no_run
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), lockyard::LockError> {
-/// use std::time::Duration;
-/// use lockyard::redis::RedisLocks;
-///
-/// let locks = RedisLocks::connect("redis://127.0.0.1:6380/").await?;
-/// let guard = locks.acquire("nightly-report", Duration::from_secs(10)).await?;
-/// println!("fencing token {}", guard.fencing_token());
-/// guard.release().await?;
-/// # Ok(())
-/// # }
-/// ```
+/// One client's shared state, cloned into every handle, hold and waiter
+/// (the facade [`RedisLocks`](crate::redis::RedisLocks) wraps one).
 #[derive(Clone)]
-pub struct RedisLocks {
+pub(crate) struct Context {
     pub(crate) inner: Arc<Inner>,
 }
 
-/// The shared state behind a [`RedisLocks`] (crate-internal; the
+/// The shared state behind a [`RedisLocks`](crate::redis::RedisLocks) (crate-internal; the
 /// semaphore, RW lock and Redlock build on it).
 pub(crate) struct Inner {
     /// The options the client was built with (validated).
@@ -77,7 +58,7 @@ pub(crate) struct Inner {
     pub(crate) follows_failovers: bool,
     pub(crate) shutdown: CancellationToken,
     /// Background releases (of dropped guards, cancelled acquisitions), so
-    /// that [`RedisLocks::shutdown`] can wait for them.
+    /// that [`RedisLocks::shutdown`](crate::redis::RedisLocks::shutdown) can wait for them.
     pub(crate) background: TaskTracker,
     /// The keys of recently used resource names, built once per name (an
     /// acquisition by name then allocates no key). Cleared when it grows
@@ -92,36 +73,8 @@ impl Drop for Inner {
     }
 }
 
-impl RedisLocks {
-    /// Finishes the background work of this client and stops it: waits for
-    /// the releases of dropped guards and cancelled acquisitions still in
-    /// flight (so a service that returns from `main` right after leaves no
-    /// lock held until its TTL), then stops the watchdog and the pub/sub
-    /// task. A guard still alive then can no longer be renewed: its
-    /// [`lost`](crate::redis::RedisLockGuard::lost) signal fires, and releasing it
-    /// still works. Later acquisitions through this client (or its clones)
-    /// fail with [`LockError::Closed`].
-    ///
-    /// The wait is bounded by `connect_timeout + op_timeout` (a release that
-    /// cannot reach Redis in that time leaves its lock to expire by its
-    /// TTL); the number of releases given up on is returned.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:6380/").await?;
-    /// let guard = locks.acquire("job", std::time::Duration::from_secs(5)).await?;
-    /// drop(guard); // released in the background...
-    /// locks.shutdown().await; // ...and that release is done now.
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Cancel safety
-    ///
-    /// Cancel safe: dropping the future stops the wait; the background
-    /// releases go on, and the client is stopped either way.
-    pub async fn shutdown(&self) -> usize {
+impl Context {
+    pub(crate) async fn shutdown(&self) -> usize {
         let i = &self.inner;
         i.background.close();
         let limit = i.opts.connect_timeout + i.opts.request_timeout();
@@ -140,21 +93,7 @@ impl RedisLocks {
         0
     }
 
-    /// Whether [`shutdown`](Self::shutdown) was called.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// use lockyard::redis::{RedisLocks, RedisOptions};
-    ///
-    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
-    /// assert!(!locks.is_shut_down());
-    /// assert_eq!(locks.shutdown().await, 0); // nothing was left to release
-    /// assert!(locks.clone().is_shut_down()); // clones share the client
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn is_shut_down(&self) -> bool {
+    pub(crate) fn is_shut_down(&self) -> bool {
         self.inner.shutdown.is_cancelled()
     }
 
@@ -168,38 +107,11 @@ impl RedisLocks {
         Ok(())
     }
 
-    /// Whether this client talks to a Redis Cluster (see
-    /// [`connect`](Self::connect)).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// use lockyard::redis::{RedisLocks, RedisOptions};
-    ///
-    /// // A lazy client is always one server's.
-    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", RedisOptions::default())?;
-    /// assert!(!locks.is_cluster());
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn is_cluster(&self) -> bool {
+    pub(crate) fn is_cluster(&self) -> bool {
         self.inner.conns.as_cluster().is_some()
     }
 
-    /// The options the client was built with.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// use lockyard::redis::{RedisLocks, RedisOptions};
-    ///
-    /// let opts = RedisOptions::default().key_prefix("billing:");
-    /// let locks = RedisLocks::connect_lazy("redis://127.0.0.1:6380/", opts)?;
-    /// assert_eq!(locks.options().key_prefix, "billing:");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn options(&self) -> &RedisOptions {
+    pub(crate) fn options(&self) -> &RedisOptions {
         &self.inner.opts
     }
 
@@ -285,6 +197,7 @@ impl RedisLocks {
             ttl,
             lock_delay: self.inner.opts.lock_delay.unwrap_or_default(),
             acquired_at,
+            observer: None,
         }
     }
 
@@ -412,7 +325,7 @@ pub(crate) fn bad_reply(name: &str, op: &'static str, reply: &Value) -> LockErro
 const KEY_CACHE: usize = 4096;
 
 /// Cancels the client's background tasks when dropped (so a cancelled
-/// [`RedisLocks::shutdown`] still stops them).
+/// [`RedisLocks::shutdown`](crate::redis::RedisLocks::shutdown) still stops them).
 struct StopOnDrop<'a>(&'a CancellationToken);
 
 impl Drop for StopOnDrop<'_> {
@@ -421,9 +334,9 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-impl fmt::Debug for RedisLocks {
+impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisLocks")
+        f.debug_struct("Context")
             .field("url", &self.inner.url)
             .field("key_prefix", &self.inner.opts.key_prefix)
             .field("ttl", &self.inner.opts.ttl)

@@ -10,7 +10,7 @@ use redis::{FromRedisValue, Script};
 use crate::error::LockError;
 use crate::redis::conn::errors::{map_redis, timed_out};
 use crate::redis::conn::pool::Conn;
-use crate::redis::context::{RedisLocks, ttl_ms};
+use crate::redis::context::{Context, ttl_ms};
 use crate::redis::protocol::keys::ResourceKeys;
 use crate::redis::protocol::scripts;
 
@@ -18,7 +18,7 @@ use crate::redis::protocol::scripts;
 /// `op_timeout`; errors are mapped for `resource`/`op`. If the connection
 /// turns out to be broken (the server restarted while it sat idle), runs it
 /// once more on a fresh one, as the plain lock's operations do
-/// ([`RedisLocks::retry_once`]): only for scripts that are safe to repeat
+/// ([`RedisLocks::retry_once`](crate::redis::RedisLocks::retry_once)): only for scripts that are safe to repeat
 /// (reads, compare-and-delete, compare-and-expire).
 ///
 /// # Cancel safety
@@ -26,7 +26,7 @@ use crate::redis::protocol::scripts;
 /// If the future is dropped after the request was written, the script may
 /// still run on the server.
 pub(crate) async fn invoke<T: FromRedisValue>(
-    client: &RedisLocks,
+    client: &Context,
     resource: &str,
     op: &'static str,
     script: &Script,
@@ -47,7 +47,7 @@ pub(crate) async fn invoke<T: FromRedisValue>(
 ///
 /// As [`invoke`]: a dropped future's script may still run.
 pub(crate) async fn invoke_replicated<T: FromRedisValue>(
-    client: &RedisLocks,
+    client: &Context,
     resource: &str,
     op: &'static str,
     script: &Script,
@@ -110,17 +110,17 @@ pub(crate) fn ms(d: Duration) -> String {
 }
 
 /// One Redlock participant's view of a plain exclusive lock: the core's
-/// acquire / extend / release scripts on one server, with the same owner
+/// acquire and release scripts on one server (its lease is a Hold, renewed by the watchdog), with the same owner
 /// value on every server.
 pub(crate) struct PlainLock<'a> {
-    pub(crate) server: &'a RedisLocks,
+    pub(crate) server: &'a Context,
     pub(crate) name: &'a str,
     pub(crate) keys: ResourceKeys,
     pub(crate) value: &'a str,
 }
 
 impl<'a> PlainLock<'a> {
-    pub(crate) fn new(server: &'a RedisLocks, name: &'a str, value: &'a str) -> Self {
+    pub(crate) fn new(server: &'a Context, name: &'a str, value: &'a str) -> Self {
         Self {
             keys: ResourceKeys::new(&server.options().key_prefix, name),
             server,
@@ -159,20 +159,6 @@ impl<'a> PlainLock<'a> {
         Err(crate::redis::context::bad_reply(
             self.name, "acquire", &reply,
         ))
-    }
-
-    /// Compare-and-`PEXPIRE`: `true` when still ours.
-    pub(crate) async fn extend(&self, ttl: Duration) -> Result<bool, LockError> {
-        let n: i64 = invoke(
-            self.server,
-            self.name,
-            "extend",
-            &scripts::EXTEND,
-            &[&self.keys.lock],
-            &[self.value, &ms(self.server.options().server_ttl(ttl))],
-        )
-        .await?;
-        Ok(n == 1)
     }
 
     /// As [`release`](Self::release), on `conn` (after whatever was sent on

@@ -1,4 +1,4 @@
-//! What [`RedisLocks::list`] reports about each lock and semaphore, and who
+//! What [`RedisLocks::list`](crate::redis::RedisLocks::list) reports about each lock and semaphore, and who
 //! holds them.
 
 use std::time::Duration;
@@ -9,13 +9,13 @@ use crate::error::LockError;
 use crate::owner::Owner;
 use crate::redis::conn::errors::{map_redis, protocol};
 use crate::redis::conn::pool::Conn;
-use crate::redis::context::RedisLocks;
+use crate::redis::context::Context;
 use crate::redis::context::ops::invoke_on;
 use crate::redis::protocol::keys::{self, ResourceKeys};
 use crate::redis::protocol::scripts::COUNT_LIVE;
 use crate::redis::protocol::token::parse_holder;
 
-/// What a [`RedisLocks::list`] entry describes.
+/// What a [`RedisLocks::list`](crate::redis::RedisLocks::list) entry describes.
 ///
 /// ```
 /// # fn show(info: &lockyard::redis::RedisLockInfo) {
@@ -66,7 +66,7 @@ pub(crate) fn kind_of(suffix: &str) -> Option<&'static str> {
 /// The entry for the lock (`kind` `"lock"`: exclusive or shared holds) or
 /// semaphore `name`, or `None` if nobody holds it any more.
 pub(crate) async fn info(
-    client: &RedisLocks,
+    client: &Context,
     conn: &mut Conn,
     name: &str,
     kind: &'static str,
@@ -145,7 +145,7 @@ pub(crate) async fn info(
 /// longest-held first; holders whose value lockyard did not write are left
 /// out).
 pub(crate) async fn owners(
-    client: &RedisLocks,
+    client: &Context,
     name: &str,
     kind: &'static str,
 ) -> Result<Vec<Owner>, LockError> {
@@ -224,6 +224,31 @@ fn live_members<'a>(
         .into_iter()
         .filter(move |(_, expiry)| *expiry > now_ms)
         .map(|(m, _)| m))
+}
+
+/// The holder of `name`'s exclusive lock (see
+/// [`RedisLocks::owner`](crate::redis::RedisLocks::owner)).
+pub(crate) async fn owner(ctx: &Context, name: &str) -> Result<Option<Owner>, LockError> {
+    keys::validate_name(name)?;
+    let key = ctx.resource_keys(name).lock.clone();
+    let value: Option<Vec<u8>> = ctx
+        .retry_once(name, "read owner", |mut conn| {
+            let key = &key;
+            async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
+        })
+        .await?;
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let owner = parse_holder(&value);
+    if owner.is_none() {
+        tracing::debug!(
+            resource = name,
+            value = %String::from_utf8_lossy(&value[..value.len().min(64)]),
+            "the lock's value was not written by lockyard; owner unknown"
+        );
+    }
+    Ok(owner)
 }
 
 #[cfg(test)]

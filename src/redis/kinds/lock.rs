@@ -15,11 +15,11 @@ use crate::guard::LockGuard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::owner::Owner;
-use crate::redis::context::RedisLocks;
+use crate::redis::context::Context;
 use crate::redis::kinds::guard::RedisLockGuard;
 use crate::redis::kinds::resource::Resource;
 
-/// A handle to one named lock on Redis; see [`RedisLocks::lock`]. Cheap to
+/// A handle to one named lock on Redis; see [`RedisLocks::lock`](crate::redis::RedisLocks::lock). Cheap to
 /// clone; holds nothing by itself.
 ///
 /// Exclusive holds exclude every other hold of the name; shared holds
@@ -49,7 +49,7 @@ pub struct RedisLock {
 }
 
 impl RedisLock {
-    pub(crate) fn new(client: &RedisLocks, name: &str) -> Result<Self, LockError> {
+    pub(crate) fn new(client: &Context, name: &str) -> Result<Self, LockError> {
         Ok(Self {
             res: Arc::new(Resource::new(client, name)?),
         })
@@ -74,7 +74,7 @@ impl RedisLock {
     }
 
     /// Acquires the lock exclusively, waiting at most `timeout`; see
-    /// [`RedisLocks::acquire`].
+    /// [`RedisLocks::acquire`](crate::redis::RedisLocks::acquire).
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
@@ -94,11 +94,11 @@ impl RedisLock {
     ///
     /// # Errors
     ///
-    /// As [`RedisLocks::acquire`].
+    /// As [`RedisLocks::acquire`](crate::redis::RedisLocks::acquire).
     ///
     /// # Cancel safety
     ///
-    /// As [`RedisLocks::acquire`].
+    /// As [`RedisLocks::acquire`](crate::redis::RedisLocks::acquire).
     pub async fn acquire(&self, timeout: Duration) -> Result<RedisLockGuard, LockError> {
         self.acquire_with(&AcquireOptions::exclusive().timeout(timeout))
             .await
@@ -126,11 +126,11 @@ impl RedisLock {
     ///
     /// # Errors
     ///
-    /// As [`RedisLocks::acquire`].
+    /// As [`RedisLocks::acquire`](crate::redis::RedisLocks::acquire).
     ///
     /// # Cancel safety
     ///
-    /// As [`RedisLocks::acquire`].
+    /// As [`RedisLocks::acquire`](crate::redis::RedisLocks::acquire).
     pub async fn acquire_with(
         &self,
         options: &AcquireOptions,
@@ -144,7 +144,7 @@ impl RedisLock {
     }
 
     /// Acquires the lock exclusively if it is free now; see
-    /// [`RedisLocks::try_acquire`].
+    /// [`RedisLocks::try_acquire`](crate::redis::RedisLocks::try_acquire).
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
@@ -164,11 +164,11 @@ impl RedisLock {
     ///
     /// # Errors
     ///
-    /// As [`RedisLocks::try_acquire`].
+    /// As [`RedisLocks::try_acquire`](crate::redis::RedisLocks::try_acquire).
     ///
     /// # Cancel safety
     ///
-    /// As [`RedisLocks::acquire`].
+    /// As [`RedisLocks::acquire`](crate::redis::RedisLocks::acquire).
     pub async fn try_acquire(&self) -> Result<RedisLockGuard, LockError> {
         self.try_acquire_mode(Mode::Exclusive).await
     }
@@ -192,11 +192,11 @@ impl RedisLock {
     ///
     /// # Errors
     ///
-    /// As [`RedisLocks::try_acquire`].
+    /// As [`RedisLocks::try_acquire`](crate::redis::RedisLocks::try_acquire).
     ///
     /// # Cancel safety
     ///
-    /// As [`RedisLocks::acquire`].
+    /// As [`RedisLocks::acquire`](crate::redis::RedisLocks::acquire).
     pub async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisLockGuard, LockError> {
         let held = self.res.try_hold(mode, None).await?;
         Ok(RedisLockGuard { held })
@@ -232,7 +232,7 @@ impl RedisLock {
         self.res.is_locked().await
     }
 
-    /// Who holds the lock exclusively now; see [`RedisLocks::owner`].
+    /// Who holds the lock exclusively now; see [`RedisLocks::owner`](crate::redis::RedisLocks::owner).
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
@@ -252,13 +252,13 @@ impl RedisLock {
     ///
     /// # Errors
     ///
-    /// As [`RedisLocks::owner`].
+    /// As [`RedisLocks::owner`](crate::redis::RedisLocks::owner).
     ///
     /// # Cancel safety
     ///
     /// Cancel safe: it only looks.
     pub async fn owner(&self) -> Result<Option<Owner>, LockError> {
-        self.res.client.owner(&self.res.name).await
+        crate::redis::kinds::listing::owner(&self.res.client, &self.res.name).await
     }
 }
 
@@ -282,14 +282,14 @@ impl Lock for RedisLock {
 
     /// # Cancel safety
     ///
-    /// As [`RedisLocks::acquire`].
+    /// As [`RedisLocks::acquire`](crate::redis::RedisLocks::acquire).
     async fn lock(&self, options: &AcquireOptions) -> Result<LockGuard, LockError> {
         Ok(self.acquire_with(options).await?.into())
     }
 
     /// # Cancel safety
     ///
-    /// As [`RedisLocks::acquire`].
+    /// As [`RedisLocks::acquire`](crate::redis::RedisLocks::acquire).
     async fn try_lock(&self, mode: Mode) -> Result<LockGuard, LockError> {
         Ok(self.try_acquire_mode(mode).await?.into())
     }

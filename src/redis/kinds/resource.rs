@@ -34,7 +34,7 @@ use crate::error::LockError;
 use crate::options::{Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
-use crate::redis::context::RedisLocks;
+use crate::redis::context::Context;
 use crate::redis::context::ops::{self, invoke};
 use crate::redis::lease::Expired;
 use crate::redis::protocol::keys::{ResourceKeys, validate_name};
@@ -47,7 +47,7 @@ const REASON_INTENT_SET: i64 = 3;
 
 /// One resource name on one client.
 pub(crate) struct Resource {
-    pub(crate) client: RedisLocks,
+    pub(crate) client: Context,
     pub(crate) name: String,
     pub(crate) keys: Arc<ResourceKeys>,
 }
@@ -58,7 +58,7 @@ impl Resource {
     /// # Errors
     ///
     /// [`LockError::InvalidName`] for a name the client refuses.
-    pub(crate) fn new(client: &RedisLocks, name: &str) -> Result<Self, LockError> {
+    pub(crate) fn new(client: &Context, name: &str) -> Result<Self, LockError> {
         validate_name(name)?;
         Ok(Self {
             keys: client.resource_keys(name),

@@ -15,14 +15,14 @@ use crate::lease::lease_guard;
 use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::redis::acquire::held::Hold;
-use crate::redis::context::RedisLocks;
+use crate::redis::context::Context;
 use crate::redis::kinds::resource::Resource;
 
 /// A distributed readers/writer lock on Redis: many readers or one writer,
 /// across every process using the same name, prefix and server; a waiting
 /// writer is not starved by a stream of readers.
 ///
-/// Get one from [`RedisLocks::rwlock`]. Cloning is cheap; clones (and other
+/// Get one from [`RedisLocks::rwlock`](crate::redis::RedisLocks::rwlock). Cloning is cheap; clones (and other
 /// handles to the same name on the same client) share one in-process queue.
 /// As a [`Lock`], [`Mode::Shared`] is a read lock and [`Mode::Exclusive`]
 /// the write lock.
@@ -48,7 +48,7 @@ use crate::redis::kinds::resource::Resource;
 ///
 /// # How it works
 ///
-/// It is the same lock as [`RedisLocks::lock`] of the same name: the writer
+/// It is the same lock as [`RedisLocks::lock`](crate::redis::RedisLocks::lock) of the same name: the writer
 /// is an exclusive hold, the readers are shared holds (see the `resource`
 /// module for the keys and the algorithm). A reader gets in when there is
 /// neither an exclusive holder nor a writer intent. A writer gets in when
@@ -80,27 +80,11 @@ pub struct RedisRwLock {
     res: Arc<Resource>,
 }
 
-impl RedisLocks {
-    /// A handle to the readers/writer lock `name`.
-    ///
-    /// Fails with [`LockError::InvalidName`] for a name the client refuses.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:7777").await?;
-    /// let rw = locks.rwlock("catalog")?;
-    /// assert_eq!(rw.name(), "catalog");
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`LockError::InvalidName`] for a name the client refuses.
-    pub fn rwlock(&self, name: &str) -> Result<RedisRwLock, LockError> {
+impl RedisRwLock {
+    /// See [`RedisLocks::rwlock`](crate::redis::RedisLocks).
+    pub(crate) fn new(client: &Context, name: &str) -> Result<Self, LockError> {
         Ok(RedisRwLock {
-            res: Arc::new(Resource::new(self, name)?),
+            res: Arc::new(Resource::new(client, name)?),
         })
     }
 }

@@ -17,7 +17,7 @@ use crate::lock::Lock;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
-use crate::redis::context::RedisLocks;
+use crate::redis::context::Context;
 use crate::redis::context::ops::{self, invoke};
 use crate::redis::lease::Expired;
 use crate::redis::protocol::keys::{ResourceKeys, validate_name};
@@ -28,7 +28,7 @@ use crate::stats::{self, Acquisition, Backend};
 /// A distributed counting semaphore on Redis: at most `permits` holders at
 /// a time across every process using the same name, prefix and server.
 ///
-/// Get one from [`RedisLocks::semaphore`]. Cloning is cheap and clones share
+/// Get one from [`RedisLocks::semaphore`](crate::redis::RedisLocks::semaphore). Cloning is cheap and clones share
 /// the in-process wait queue (so do separate handles to the same name on
 /// the same client).
 ///
@@ -97,33 +97,15 @@ pub struct RedisSemaphore {
 }
 
 struct SemaphoreInner {
-    client: RedisLocks,
+    client: Context,
     name: String,
     permits: u32,
     keys: Arc<ResourceKeys>,
 }
 
-impl RedisLocks {
-    /// A handle to the semaphore `name` with `permits` permits.
-    ///
-    /// Every process must use the same `permits` for one name. Fails with
-    /// [`LockError::InvalidArgument`] for zero permits and
-    /// [`LockError::InvalidName`] for a name the client refuses.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// let locks = lockyard::redis::RedisLocks::connect("redis://127.0.0.1:7777").await?;
-    /// let sem = locks.semaphore("downloads", 3)?;
-    /// assert_eq!(sem.permits(), 3);
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`LockError::InvalidName`] for a name the client refuses; [`LockError::InvalidArgument`] for zero permits.
-    pub fn semaphore(&self, name: &str, permits: u32) -> Result<RedisSemaphore, LockError> {
+impl RedisSemaphore {
+    /// See [`RedisLocks::semaphore`](crate::redis::RedisLocks).
+    pub(crate) fn new(client: &Context, name: &str, permits: u32) -> Result<Self, LockError> {
         validate_name(name)?;
         if permits == 0 {
             return Err(LockError::InvalidArgument {
@@ -133,10 +115,10 @@ impl RedisLocks {
         }
         Ok(RedisSemaphore {
             inner: Arc::new(SemaphoreInner {
-                client: self.clone(),
+                client: client.clone(),
                 name: name.to_owned(),
                 permits,
-                keys: self.resource_keys(name),
+                keys: client.resource_keys(name),
             }),
         })
     }

@@ -26,7 +26,7 @@ use crate::error::LockError;
 mod watchdog;
 
 pub(crate) use crate::lease::grant_end;
-pub(crate) use watchdog::{Expired, Lease, LeaseHandle, Renewal, Watchdog};
+pub(crate) use watchdog::{Expired, Lease, LeaseHandle, Observer, Renewal, Watchdog};
 
 /// What an acquisition does after a grant came back too late to be sure of
 /// (invariant 1; the grant was undone): try again at once, unless an earlier

@@ -88,6 +88,22 @@ pub(crate) struct Lease {
     /// When the request that acquired the lease was sent: validity is
     /// counted from here.
     pub(crate) acquired_at: Instant,
+    /// Told of every change to this lease's deadline, suspect flag or
+    /// loss, as member `.1` (a Redlock guard's quorum); `None` for a lease
+    /// that is a guard's whole hold.
+    pub(crate) observer: Option<(Arc<dyn Observer>, usize)>,
+}
+
+/// Told of every change to a lease's deadline, suspect flag or loss: what
+/// a guard over several leases (Redlock's quorum, one lease per server)
+/// needs to keep its own deadline without a task of its own.
+///
+/// Called with the watchdog's lock held: it must be quick and must not
+/// call back into a watchdog.
+pub(crate) trait Observer: Send + Sync + fmt::Debug {
+    /// Lease `member` is now certainly valid until `end` (`None`: lost
+    /// for good), and `suspect` when its last renewal failed.
+    fn changed(&self, member: usize, end: Option<Instant>, suspect: bool);
 }
 
 /// A grant that was no longer certainly valid when it was registered
@@ -135,6 +151,28 @@ impl Entry {
     /// every change to it). A deadline already passed stays put.
     fn publish(&mut self) {
         self.end.set(self.validity.deadline());
+        self.observe();
+    }
+
+    /// Marks the lease suspect (a renewal failed) or not.
+    fn set_suspect(&self, suspect: bool) {
+        self.end.set_suspect(suspect);
+        self.observe();
+    }
+
+    /// Fires the lost signal (the entry is out of the watchdog's map).
+    fn declare_lost(&self) {
+        self.lost.cancel();
+        if let Some((observer, member)) = &self.lease.observer {
+            observer.changed(*member, None, true);
+        }
+    }
+
+    /// Tells the observer, if any, the published deadline and suspect flag.
+    fn observe(&self) {
+        if let Some((observer, member)) = &self.lease.observer {
+            observer.changed(*member, Some(self.end.at()), self.end.is_suspect());
+        }
     }
 
     fn next_wake(&self) -> Instant {
@@ -267,6 +305,22 @@ impl Watchdog {
         entry.reschedule();
         let wake = entry.next_wake();
         let mut st = self.shared.lock();
+        // Looked at under the lock the task drains the entries with after a
+        // shutdown: a lease registered later would be renewed by nobody and
+        // declared lost by nobody, so it is lost from the start.
+        if self.shared.shutdown.is_cancelled() {
+            drop(st);
+            warn_lost(&entry.lease.resource, "the client was shut down");
+            entry.declare_lost();
+            return Ok(LeaseHandle {
+                watchdog: self.clone(),
+                id: u64::MAX,
+                resource,
+                lost,
+                end,
+                _stop: stop.drop_guard(),
+            });
+        }
         let id = st.next_id;
         st.next_id += 1;
         st.entries.insert(id, entry);
@@ -452,6 +506,7 @@ impl LeaseHandle {
                 .counters
                 .lost
                 .fetch_add(1, Ordering::Relaxed);
+            e.declare_lost();
         }
         self.lost.cancel();
     }
@@ -543,7 +598,7 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                 if let (Some(e), Some(why)) = (st.entries.remove(&id), why) {
                     warn_lost(&e.lease.resource, why);
                     shared.counters.lost.fetch_add(1, Ordering::Relaxed);
-                    e.lost.cancel();
+                    e.declare_lost();
                 }
             }
             st.wake_at = next;
@@ -572,7 +627,7 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                     if !e.stop.is_cancelled() {
                         warn_lost(&e.lease.resource, "the client was shut down");
                         shared.counters.lost.fetch_add(1, Ordering::Relaxed);
-                        e.lost.cancel();
+                        e.declare_lost();
                     }
                 }
                 return;
@@ -631,7 +686,7 @@ async fn renew(
                 // process was paused) leaves it passed; the task then
                 // declares the lease lost (invariant 3).
                 e.publish();
-                e.end.set_suspect(false);
+                e.set_suspect(false);
                 e.reschedule();
                 e.retrying = false;
             }
@@ -642,7 +697,7 @@ async fn renew(
                         "renewal found the lock gone or held by another owner",
                     );
                     shared.counters.lost.fetch_add(1, Ordering::Relaxed);
-                    e.lost.cancel();
+                    e.declare_lost();
                 }
             }
             Outcome::Unconfirmed => {
@@ -650,14 +705,14 @@ async fn renew(
                 // failover could undo it, so the anchor stays where it was.
                 e.validity.unknown(*req);
                 e.publish();
-                e.end.set_suspect(true);
+                e.set_suspect(true);
                 e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
                 e.retrying = true;
             }
             Outcome::Refused => {
                 e.validity.refused(*req);
                 e.publish();
-                e.end.set_suspect(true);
+                e.set_suspect(true);
                 e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
                 e.retrying = true;
             }
@@ -665,7 +720,7 @@ async fn renew(
                 // No answer: it may still be applied later.
                 e.validity.unknown(*req);
                 e.publish();
-                e.end.set_suspect(true);
+                e.set_suspect(true);
                 e.due = now + (e.lease.interval / 4).max(MIN_RETRY);
                 e.retrying = true;
             }

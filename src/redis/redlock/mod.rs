@@ -11,22 +11,25 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::future::join_all;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::LockError;
-use crate::guard::{LockGuard, RawGuard};
+use crate::guard::LockGuard;
 use crate::lock::Lock;
-use crate::lost::Lost;
-use crate::lost::{LeaseDeadline, LeaseState};
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::redis::conn::pool::Conn;
-use crate::redis::context::RedisLocks;
 use crate::redis::context::ops::PlainLock;
 use crate::redis::lease::grant_end;
 use crate::redis::options::RedisOptions;
 use crate::redis::protocol::keys::validate_name;
 use crate::redis::protocol::token;
-use crate::stats::{self, Acquisition, Backend, Held};
+use crate::redis::{RedisLocks, RedisStats};
+use crate::stats::{self, Acquisition, Backend};
+
+mod guard;
+mod quorum;
+
+pub use guard::RedlockGuard;
+use guard::RedlockHold;
 
 /// Options of a [`Redlock`]: the per-server client options and the
 /// algorithm's knobs.
@@ -202,12 +205,17 @@ impl RedlockOptions {
 /// out of reach, it stops at once with [`LockError::NoQuorum`], which
 /// carries the servers' errors.
 ///
-/// While the guard lives, a task extends the lock on the granting servers
-/// every `ttl/3`; each time a majority confirms, the validity restarts from
-/// the moment the extension was sent. [`lost`] fires when the validity runs
-/// out without a confirmed majority, or at once when too many servers say
-/// the token is no longer theirs. Release (and drop, in the background)
-/// deletes the key on every server.
+/// The guard stands on the lease core: each granting server's grant is a
+/// lease of that server's client, like any lock's, renewed in its
+/// watchdog's batches (one round trip per server per period for all the
+/// guards of a process) under the one validity rule (counted from each
+/// request's send time). The guard's validity is the majority's: the
+/// latest moment until which at least `N/2 + 1` of the leases are
+/// certainly valid. [`lost`] fires when that passes, or at once when too
+/// many servers say the token is no longer theirs; the state is suspect
+/// while fewer than a majority's renewals go through. No task per guard:
+/// the watchdogs report every change to the guard's quorum. Release (and
+/// drop, in the background) deletes the key on every server.
 ///
 /// [`lost`]: RedlockGuard::lost
 /// [`best_effort_fencing_token`]: RedlockGuard::best_effort_fencing_token
@@ -223,6 +231,8 @@ struct RedlockInner {
     quorum: usize,
     ttl: Duration,
     drift: Duration,
+    /// The drift the options set (`None`: [`default_drift`] of each TTL).
+    drift_setting: Option<Duration>,
     retry_delay: Duration,
 }
 
@@ -266,6 +276,12 @@ impl RedlockInner {
     /// How many servers there are.
     fn total(&self) -> usize {
         self.servers.len()
+    }
+
+    /// The clock-drift allowance for a lease of `ttl`: the options' drift,
+    /// or the description's default for that TTL.
+    fn drift_for(&self, ttl: Duration) -> Duration {
+        self.drift_setting.unwrap_or_else(|| default_drift(ttl))
     }
 }
 
@@ -451,6 +467,7 @@ impl Redlock {
                 quorum: total / 2 + 1,
                 ttl,
                 drift,
+                drift_setting: options.drift,
                 retry_delay: options.retry_delay,
             }),
         })
@@ -494,6 +511,36 @@ impl Redlock {
     /// ```
     pub fn servers(&self) -> usize {
         self.inner.total()
+    }
+
+    /// The watchdog counters of every connected server's client, summed: a
+    /// Redlock guard holds one lease on each granting server, renewed in
+    /// that server's watchdog batches with every other lease of the
+    /// client, so a thousand guards cost a round trip per server per
+    /// renewal period, not a thousand.
+    ///
+    /// ```no_run
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), lockyard::LockError> {
+    /// use lockyard::redis::{RedisOptions, Redlock};
+    ///
+    /// let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
+    /// let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
+    /// let s = redlock.stats();
+    /// println!("{} renewals in {} round trips", s.renewals, s.renewal_round_trips);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stats(&self) -> RedisStats {
+        let mut sum = RedisStats::default();
+        for s in self.inner.servers.iter().filter_map(|s| s.client.get()) {
+            let one = s.stats();
+            sum.held += one.held;
+            sum.renewal_round_trips += one.renewal_round_trips;
+            sum.renewals += one.renewals;
+            sum.lost += one.lost;
+        }
+        sum
     }
 
     /// A [`Lock`] handle to `name` (exclusive only:
@@ -709,7 +756,7 @@ impl Redlock {
         // Every Redlock acquisition is counted here.
         let attempt = stats::site(Backend::Redlock, name).begin();
         let result = self.rounds_until(name, deadline, try_once, &attempt).await;
-        attempt.record(result, |g, held| g.stats = Some(held))
+        attempt.record(result, |g, held| g.held.stats = Some(held))
     }
 
     async fn rounds_until(
@@ -732,8 +779,20 @@ impl Redlock {
             let granted = outcome.grants.iter().flatten().count();
             let validity = outcome.validity(i.ttl, i.drift);
             if granted >= i.quorum && !validity.is_zero() {
-                cleanup.disarm();
-                return Ok(RedlockGuard::new(self, name, token, outcome));
+                let grants = outcome
+                    .grants
+                    .iter()
+                    .zip(&i.servers)
+                    .map(|(grant, server)| Some((server.client.get()?.ctx.clone(), (*grant)?)))
+                    .collect();
+                if let Some(held) =
+                    RedlockHold::new(&self.inner, name, &token, grants, outcome.started)
+                {
+                    cleanup.disarm();
+                    return Ok(RedlockGuard { held });
+                }
+                // A majority's validity ran out while the holds were being
+                // registered: undone below, as a refused attempt.
             }
             // Release everywhere now, including servers whose reply was
             // lost, before deciding what to tell the caller. The cleanup
@@ -809,9 +868,11 @@ impl Redlock {
         let answers = join_all(i.servers.iter().enumerate().map(|(n, server)| async move {
             match tokio::time::timeout(per_server, async {
                 let client = i.client(server).await?;
-                let mut conn = client.conn(name, "acquire").await?;
+                // A client shut down renews nothing: its server is out.
+                client.ctx.check_open(name)?;
+                let mut conn = client.ctx.conn(name, "acquire").await?;
                 conns.lock().unwrap_or_else(|e| e.into_inner())[n] = Some(conn.clone());
-                PlainLock::new(client, name, token)
+                PlainLock::new(&client.ctx, name, token)
                     .acquire_on(&mut conn, i.ttl)
                     .await
             })
@@ -894,7 +955,7 @@ async fn release_all(inner: &RedlockInner, name: &str, token: &str, conns: Vec<O
     join_all(inner.servers.iter().zip(conns).map(|(server, conn)| {
         tokio::time::timeout(per_server, async move {
             let client = inner.client(server).await?;
-            let lock = PlainLock::new(client, name, token);
+            let lock = PlainLock::new(&client.ctx, name, token);
             match conn {
                 Some(mut conn) => lock.release_on(&mut conn).await,
                 None => lock.release().await,
@@ -946,22 +1007,32 @@ impl Drop for Cleanup {
     }
 }
 
-/// Background release on every server; without a runtime the keys expire by
-/// their TTL.
+/// Background release on every connected server, each through its client's
+/// background releases (so that [`RedisLocks::shutdown`] waits for it), on
+/// the attempt's connection where there is one; without a runtime the keys
+/// expire by their TTL.
 fn spawn_release_all(
     inner: Arc<RedlockInner>,
     name: String,
     token: String,
     conns: Vec<Option<Conn>>,
 ) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(async move { release_all(&inner, &name, &token, conns).await });
-        }
-        Err(_) => tracing::debug!(
-            resource = %name,
-            "no tokio runtime to release a Redlock; it expires by its TTL"
-        ),
+    let mut conns = conns.into_iter();
+    for server in &inner.servers {
+        let conn = conns.next().flatten();
+        // A server never connected was sent nothing.
+        let Some(client) = server.client.get() else {
+            continue;
+        };
+        let keys = client.ctx.resource_keys(&name);
+        client.ctx.spawn_release(
+            name.clone(),
+            crate::redis::protocol::scripts::RELEASE.get(client.is_cluster()),
+            Arc::from(vec![keys.lock.clone()]),
+            vec![token.clone(), keys.channel.clone()],
+            conn,
+            (),
+        );
     }
 }
 
@@ -1026,494 +1097,6 @@ impl Lock for RedlockLock {
 
     async fn is_locked(&self) -> Result<bool, LockError> {
         self.redlock.is_locked(&self.name).await
-    }
-}
-
-/// A lock held on a majority of a [`Redlock`]'s servers. Extended in the
-/// background while it lives; released on every server when dropped (in a
-/// background task) or by [`release`](Self::release).
-///
-/// ```no_run
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> Result<(), lockyard::LockError> {
-/// # use lockyard::redis::{RedisOptions, Redlock};
-/// # let redlock = Redlock::connect(&["redis://127.0.0.1:7001"], RedisOptions::default()).await?;
-/// let guard = redlock.try_acquire("compaction").await?;
-/// println!("valid for at least {:?}", guard.validity());
-/// guard.release().await?;
-/// # Ok(())
-/// # }
-/// ```
-#[must_use = "if unused the lock will immediately unlock"]
-#[clippy::has_significant_drop]
-pub struct RedlockGuard {
-    inner: Arc<RedlockInner>,
-    name: String,
-    token: String,
-    fencing: u64,
-    valid_until: LeaseDeadline,
-    lost: CancellationToken,
-    /// Stops the renewal task when dropped.
-    renewal: Option<DropGuard>,
-    released: bool,
-    /// Counts the hold in the stats registry (set once acquired).
-    stats: Option<Held>,
-}
-
-impl RedlockGuard {
-    fn new(redlock: &Redlock, name: &str, token: String, outcome: Outcome) -> Self {
-        let inner = redlock.inner.clone();
-        let granted: Vec<bool> = outcome.grants.iter().map(Option::is_some).collect();
-        let fencing = outcome.grants.iter().flatten().copied().max().unwrap_or(0);
-        // From the attempt's send time, not from now (invariant 1): the
-        // time since the validity was checked must not lengthen it.
-        let valid_until = LeaseDeadline::new(grant_end(outcome.started, inner.ttl, inner.drift));
-        let lost = CancellationToken::new();
-        let stop = CancellationToken::new();
-        tokio::spawn(renew(
-            inner.clone(),
-            name.to_owned(),
-            token.clone(),
-            granted,
-            valid_until.clone(),
-            lost.clone(),
-            stop.clone(),
-        ));
-        Self {
-            inner,
-            name: name.to_owned(),
-            token,
-            fencing,
-            valid_until,
-            lost,
-            renewal: Some(stop.drop_guard()),
-            released: false,
-            stats: None,
-        }
-    }
-
-    /// The resource name.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// # use lockyard::redis::{RedisOptions, Redlock};
-    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
-    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
-    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
-    /// assert_eq!(guard.resource(), "compaction");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn resource(&self) -> &str {
-        &self.name
-    }
-
-    /// The highest of the granting servers' fencing counters.
-    ///
-    /// **Best effort only: it can go backwards** between successive holders
-    /// (their majorities need not share the server with the highest
-    /// counter), and a server restarted without persistence restarts its
-    /// counter. Do not use it to reject stale writers; see the
-    /// [`Redlock`] docs.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// # use lockyard::redis::{RedisOptions, Redlock};
-    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
-    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
-    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
-    /// // Fine for logs and metrics; not for rejecting stale writers.
-    /// tracing::info!(fence = guard.best_effort_fencing_token(), "compaction started");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn best_effort_fencing_token(&self) -> u64 {
-        self.fencing
-    }
-
-    /// How long the lock is still certainly held if no further extension
-    /// succeeds (zero once it is not).
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// # use lockyard::redis::{RedisOptions, Redlock};
-    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
-    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
-    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
-    /// let step = std::time::Duration::from_secs(2);
-    /// if guard.validity() < step {
-    ///     guard.release().await?; // too little time left to start another step
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn validity(&self) -> Duration {
-        self.valid_until.remaining()
-    }
-
-    /// Completes when the lock is lost: no majority confirmed an extension
-    /// within the validity, or too many servers say the key is no longer
-    /// ours.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// # use lockyard::redis::{RedisOptions, Redlock};
-    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
-    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
-    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
-    /// tokio::select! {
-    ///     () = guard.lost() => tracing::warn!("lost the compaction lock: stopping"),
-    ///     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => { /* the work */ }
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn lost(&self) -> Lost {
-        Lost::with_deadline(self.lost.clone(), self.valid_until.clone())
-    }
-
-    /// Whether the lock is lost, as of the moment of asking: the validity
-    /// is compared with the clock now, so this never says held after it
-    /// ran out, however late the renewal task runs (after a pause of the
-    /// process, say). Redlock has no fencing token to cover a pause between
-    /// this check and the write it guards (see the type's docs).
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// # use lockyard::redis::{RedisOptions, Redlock};
-    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
-    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
-    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
-    /// for segment in 0..100 {
-    ///     if guard.is_lost() {
-    ///         break; // another node may hold it now
-    ///     }
-    ///     # let _ = segment;
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn is_lost(&self) -> bool {
-        self.lost.is_cancelled() || self.valid_until.has_passed()
-    }
-
-    /// Held, suspect (the last extension round found no majority, the
-    /// validity not run out yet) or lost, as of now.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// # use lockyard::redis::{RedisOptions, Redlock};
-    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
-    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
-    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
-    /// assert_eq!(guard.state(), lockyard::LeaseState::Held);
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn state(&self) -> LeaseState {
-        self.lost().state()
-    }
-
-    /// Completes when the lock becomes suspect (an extension round found no
-    /// majority; the next may, before the validity runs out) or lost.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// # use lockyard::redis::{RedisOptions, Redlock};
-    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
-    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
-    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
-    /// tokio::select! {
-    ///     () = guard.suspect() => tracing::warn!("servers failing: checkpointing"),
-    ///     () = tokio::time::sleep(std::time::Duration::from_secs(60)) => { /* the work */ }
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropping it changes nothing; the lock stays held.
-    pub fn suspect(&self) -> impl std::future::Future<Output = ()> + Send + use<> {
-        self.lost().suspect()
-    }
-
-    /// Runs `fut` while the lock is held; if it is lost first, `fut` is
-    /// dropped and [`LockError::Lost`] returned.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// # use lockyard::redis::{RedisOptions, Redlock};
-    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
-    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
-    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
-    /// let merged = guard.run_until_lost(async { /* merge segments */ 12 }).await?;
-    /// assert_eq!(merged, 12);
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`LockError::Lost`] if the lock is lost before `fut` completes (`fut` is then dropped).
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropping the returned future drops `fut`; the lock stays held.
-    pub async fn run_until_lost<F: std::future::Future>(
-        &self,
-        fut: F,
-    ) -> Result<F::Output, LockError> {
-        tokio::select! {
-            biased;
-            () = self.lost() => Err(LockError::Lost { resource: self.name.clone() }),
-            out = fut => Ok(out),
-        }
-    }
-
-    /// Releases on every server now. `Ok` when a majority confirmed the
-    /// key was ours and is gone; [`LockError::NoQuorum`] (with the errors)
-    /// when too few servers answered; [`LockError::NotHeld`] when they
-    /// answered but too few still had our key (it had expired).
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// # use lockyard::redis::{RedisOptions, Redlock};
-    /// # let urls = ["redis://10.0.0.1:6379/", "redis://10.0.0.2:6379/", "redis://10.0.0.3:6379/"];
-    /// # let redlock = Redlock::connect(&urls, RedisOptions::default()).await?;
-    /// let guard = redlock.acquire("compaction", std::time::Duration::from_secs(5)).await?;
-    /// match guard.release().await {
-    ///     Err(e) if matches!(e, lockyard::LockError::NotHeld { .. }) => tracing::warn!("it had expired"),
-    ///     other => other?,
-    /// }
-    /// # Ok(())
-    /// # }
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// [`LockError::Lost`] if the validity had run out (the keys are deleted
-    /// all the same); [`LockError::NotHeld`] if no majority confirmed it
-    /// still held our token; [`LockError::NoQuorum`] when too many servers
-    /// failed to answer.
-    ///
-    /// # Cancel safety
-    ///
-    /// If the future is dropped before it completes, the release is retried
-    /// on every server in the background; its outcome is not reported.
-    pub async fn release(mut self) -> Result<(), LockError> {
-        self.release_now().await
-    }
-
-    async fn release_now(&mut self) -> Result<(), LockError> {
-        self.renewal = None;
-        // Read once renewal has stopped: a lock lost (or past its validity)
-        // stays lost, and its release never reports success (invariant 3).
-        let lost = self.is_lost();
-        let inner = self.inner.clone();
-        let i = &*inner;
-        let per_server = per_server_timeout(i.ttl);
-        let (name, token) = (&self.name, &self.token);
-        let answers = join_all(i.servers.iter().map(|server| async move {
-            match tokio::time::timeout(per_server, async {
-                let client = i.client(server).await?;
-                PlainLock::new(client, name, token).release().await
-            })
-            .await
-            {
-                Ok(answer) => answer,
-                Err(_) => Err(server_timeout(name, "release", per_server)),
-            }
-        }))
-        .await;
-        self.released = true;
-        let mut confirmed = 0;
-        let mut errors = Vec::new();
-        for answer in answers {
-            match answer {
-                Ok(true) => confirmed += 1,
-                Ok(false) => {}
-                Err(e) => errors.push(e),
-            }
-        }
-        let total = i.total();
-        let answered = total - errors.len();
-        if confirmed >= i.quorum && lost {
-            // The keys were still ours and are gone, but the validity had
-            // run out first: someone could have held it meanwhile.
-            Err(LockError::Lost {
-                resource: self.name.clone(),
-            })
-        } else if confirmed >= i.quorum {
-            Ok(())
-        } else if answered >= i.quorum {
-            Err(LockError::NotHeld {
-                resource: self.name.clone(),
-            })
-        } else {
-            Err(LockError::NoQuorum {
-                resource: self.name.clone(),
-                granted: confirmed,
-                needed: i.quorum,
-                total,
-                errors,
-            })
-        }
-    }
-}
-
-/// Extends the lock on the granting servers every `ttl/3` until stopped or
-/// lost.
-async fn renew(
-    inner: Arc<RedlockInner>,
-    name: String,
-    token: String,
-    mut granted: Vec<bool>,
-    valid_until: LeaseDeadline,
-    lost: CancellationToken,
-    stop: CancellationToken,
-) {
-    let period = inner.ttl / 3;
-    let per_server = per_server_timeout(inner.ttl);
-    let mark_lost = |why: &str| {
-        tracing::warn!(resource = %name, "Redlock lost: {why}");
-        lost.cancel();
-    };
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(period) => {}
-            () = tokio::time::sleep_until(valid_until.at()) => {
-                return mark_lost("no majority confirmed an extension within the validity");
-            }
-        }
-        // Both timers may be due at once after a pause: the validity first.
-        if valid_until.has_passed() {
-            return mark_lost("no majority confirmed an extension within the validity");
-        }
-        let started = Instant::now();
-        let extend = join_all(inner.servers.iter().zip(&granted).map(|(server, &held)| {
-            let (inner, name, token, ttl) = (&inner, &name, &token, inner.ttl);
-            async move {
-                if !held {
-                    return None;
-                }
-                match tokio::time::timeout(per_server, async move {
-                    let client = inner.client(server).await?;
-                    PlainLock::new(client, name, token).extend(ttl).await
-                })
-                    .await
-                {
-                    Ok(Ok(still_ours)) => Some(still_ours),
-                    Ok(Err(e)) => {
-                        tracing::debug!(resource = %name, error = %e, "Redlock: a server failed to extend");
-                        None
-                    }
-                    Err(_) => None,
-                }
-            }
-        }));
-        let answers = tokio::select! {
-            () = stop.cancelled() => return,
-            answers = extend => answers,
-        };
-        let mut confirmed = 0;
-        for (answer, held) in answers.iter().zip(granted.iter_mut()) {
-            match answer {
-                Some(true) => confirmed += 1,
-                // The key is gone or someone else's: never ours again.
-                Some(false) => *held = false,
-                None => {}
-            }
-        }
-        if confirmed >= inner.quorum {
-            // Scored from the round's send time (invariant 2; a Redlock
-            // lease is never extended, so every round carries one TTL). A
-            // round confirmed after the validity ran out (the process was
-            // paused) does not bring the lock back (invariant 3).
-            if !valid_until.set(grant_end(started, inner.ttl, inner.drift)) {
-                return mark_lost("no majority confirmed an extension within the validity");
-            }
-            valid_until.set_suspect(false);
-        } else if granted.iter().filter(|&&h| h).count() < inner.quorum {
-            return mark_lost("too many servers no longer hold our key");
-        } else if valid_until.has_passed() {
-            return mark_lost("no majority confirmed an extension within the validity");
-        } else {
-            // Still within the validity, but this round found no majority.
-            valid_until.set_suspect(true);
-        }
-    }
-}
-
-impl Drop for RedlockGuard {
-    fn drop(&mut self) {
-        let lost = self.is_lost();
-        if let Some(stats) = &mut self.stats
-            && lost
-        {
-            stats.lost();
-        }
-        self.renewal = None;
-        if !self.released {
-            spawn_release_all(
-                self.inner.clone(),
-                std::mem::take(&mut self.name),
-                std::mem::take(&mut self.token),
-                vec![None; self.inner.total()],
-            );
-        }
-    }
-}
-
-impl fmt::Debug for RedlockGuard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedlockGuard")
-            .field("resource", &self.name)
-            .field("best_effort_fencing_token", &self.fencing)
-            .field("validity", &self.validity())
-            .field("lost", &self.is_lost())
-            .finish()
-    }
-}
-
-#[async_trait]
-impl RawGuard for RedlockGuard {
-    fn resource(&self) -> &str {
-        &self.name
-    }
-
-    fn mode(&self) -> Mode {
-        Mode::Exclusive
-    }
-
-    /// `None`: Redlock cannot issue a strictly increasing token (see
-    /// [`RedlockGuard::best_effort_fencing_token`]).
-    fn fencing_token(&self) -> Option<u64> {
-        None
-    }
-
-    fn lost(&self) -> Lost {
-        RedlockGuard::lost(self)
-    }
-
-    async fn release(mut self: Box<Self>) -> Result<(), LockError> {
-        self.release_now().await
-    }
-}
-
-impl From<RedlockGuard> for LockGuard {
-    fn from(guard: RedlockGuard) -> Self {
-        LockGuard::new(guard)
     }
 }
 
