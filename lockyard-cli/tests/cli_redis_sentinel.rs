@@ -68,4 +68,7 @@ fn exec_on_sentinel_excludes_across_processes_through_a_graceful_failover() {
         assert!(status.success(), "a loop failed ({status}): {err}");
     }
     assert_eq!(read(), 4 * ROUNDS, "an increment was lost");
+    // `status` finds the new primary too.
+    let out = env.run(&["status", "--redis", &s.url()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
