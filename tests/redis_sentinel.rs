@@ -426,3 +426,36 @@ async fn tls_sentinel_finds_and_follows_the_primary() {
     assert!(e.is_unavailable(), "{e}");
     // `s` goes before `files`, which its servers read.
 }
+
+/// An ACL user that may not run `ROLE` (it is in `@admin`): the URL's
+/// credentials go to the servers, not the sentinels, and the primary check
+/// trusts the sentinels when `ROLE` is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_acl_user_without_role_locks_through_sentinel() {
+    let s = start(1).await;
+    for port in [s.primary_port(), s.replicas()[0].port()] {
+        let reply = s.server(port).command(&[
+            "ACL", "SETUSER", "locker", "on", ">pw", "~*", "&*", "+@all", "-role",
+        ]);
+        assert_eq!(reply, "+OK", "{reply}");
+    }
+    let url = s.url().replacen("://", "://locker:pw@", 1);
+    let locks = RedisLocks::connect_with(&url, options(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    bounded(locks.acquire("job", Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    // A wrong password is the servers' refusal, not a sentinel's.
+    let wrong = s.url().replacen("://", "://locker:nope@", 1);
+    let e = bounded(RedisLocks::connect_with(
+        &wrong,
+        options(Duration::from_secs(3)),
+    ))
+    .await
+    .unwrap_err();
+    assert!(!e.is_unavailable() && !e.is_invalid_input(), "{e}");
+}

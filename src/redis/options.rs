@@ -205,6 +205,9 @@ impl RedisOptions {
     /// reported as [`LockError::Unavailable`]**, not returned as a guard:
     /// the caller has not started its work yet, so failing the acquisition
     /// is the one outcome that cannot end with two holders; it can retry.
+    /// (On a Sentinel client, `redis+sentinel://`, an acquisition that
+    /// waits retries by itself within its deadline, as it waits through a
+    /// failover; the error comes when the deadline passes.)
     /// A renewal they did not confirm counts as not made: the lease's
     /// validity runs on from the last confirmed one, and if none is
     /// confirmed in time the guard's [`lost`](super::RedisLockGuard::lost)

@@ -482,7 +482,15 @@ fn field(v: &Value, name: &str) -> Option<String> {
 ///
 /// Cancel safe: only a question is sent.
 pub(crate) async fn check_primary(conn: &mut redis::aio::MultiplexedConnection) -> RedisResult<()> {
-    let role: Value = redis::cmd("ROLE").query_async(conn).await?;
+    let role: Value = match redis::cmd("ROLE").query_async(conn).await {
+        // An ACL user without `ROLE` (it is in @admin): the sentinels'
+        // word and a later `READONLY` have to do.
+        Err(e) if e.code() == Some("NOPERM") => {
+            tracing::debug!(error = %e, "ROLE not permitted; trusting the sentinels");
+            return Ok(());
+        }
+        r => r?,
+    };
     let first = match &role {
         Value::Array(items) => items.first().and_then(text),
         _ => None,
