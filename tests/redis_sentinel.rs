@@ -55,7 +55,8 @@ fn lock_key(name: &str) -> String {
 /// How many increments each child makes.
 const ROUNDS: u32 = 50;
 
-/// A child: `URL|COUNTER FILE`. Takes the lock `counter` ROUNDS times
+/// A child: `URL|COUNTER FILE|WAIT` (WAIT `1`: with `wait_for_replicas(1,
+/// 200 ms)`). Takes the lock `counter` ROUNDS times
 /// (waiting as long as it takes, through the failover), increments the
 /// number in the file under it (read, pause, write: a second holder at the
 /// same time would lose an increment), and reports every hold as
@@ -66,10 +67,13 @@ async fn child_process_entry() {
     let Some(spec) = child::role() else {
         return;
     };
-    let (url, file) = spec.split_once('|').unwrap();
-    let client = RedisLocks::connect_with(url, options(Duration::from_secs(3)))
-        .await
-        .unwrap();
+    let mut parts = spec.split('|');
+    let (url, file) = (parts.next().unwrap(), parts.next().unwrap());
+    let mut opts = options(Duration::from_secs(3));
+    if parts.next() == Some("1") {
+        opts = opts.wait_for_replicas(1, Duration::from_millis(200));
+    }
+    let client = RedisLocks::connect_with(url, opts).await.unwrap();
     let mut holds = Vec::new();
     let mut done = 0;
     while done < ROUNDS {
@@ -109,12 +113,17 @@ enum Failover {
     Kill,
 }
 
-async fn counter_through(kind: Failover) {
+async fn counter_through(kind: Failover, wait_for_replicas: bool) {
     let s = start(2).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("counter");
     std::fs::write(&file, "0").unwrap();
-    let role = format!("{}|{}", s.url(), file.display());
+    let role = format!(
+        "{}|{}|{}",
+        s.url(),
+        file.display(),
+        u8::from(wait_for_replicas)
+    );
     let mut kids: Vec<child::Child> = (0..4)
         .map(|_| child::spawn("child_process_entry", &role, &[]))
         .collect();
@@ -171,12 +180,17 @@ async fn counter_through(kind: Failover) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_lose_no_increment_through_a_graceful_failover() {
-    counter_through(Failover::Graceful).await;
+    counter_through(Failover::Graceful, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn four_processes_lose_no_increment_when_the_primary_is_killed() {
-    counter_through(Failover::Kill).await;
+    counter_through(Failover::Kill, false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_wait_for_replicas_four_processes_lose_no_increment_when_the_primary_is_killed() {
+    counter_through(Failover::Kill, true).await;
 }
 
 // ---- wait_for_replicas: the lease survives ----
