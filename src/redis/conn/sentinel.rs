@@ -10,33 +10,42 @@
 //!
 //! Every connection to the primary is opened through [`Target::client`]:
 //! every sentinel is asked, concurrently, for the primary's address
-//! (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and its configuration epoch
-//! (`SENTINEL MASTER`), and the address reported with the highest epoch
-//! wins: during a failover the sentinel that leads it hands out the
-//! promoted replica, under the new epoch, before the others learn of it.
-//! The new connection then asks the node itself: a node that answers
-//! `ROLE` as anything but a master is refused (a stale sentinel, a failover
-//! half done), and the pool tries again within its connect timeout.
+//! (`SENTINEL GET-MASTER-ADDR-BY-NAME`) and its configuration epoch and
+//! flags (`SENTINEL MASTER`), and the address reported under the newest
+//! epoch wins: the sentinel that leads a failover hands out the promoted
+//! replica, under the new epoch, before the others learn of it. While that
+//! sentinel has picked a replica but not yet seen it promoted (its flags
+//! say `failover_in_progress` and its address is still the old primary's)
+//! there is no primary to hand out: discovery fails as unavailable, and
+//! waiters wait on. The new connection then asks the node itself: a node
+//! that answers `ROLE` as anything but a master is refused (a stale
+//! sentinel), and the pool tries again within its connect timeout.
 //!
 //! # Following a failover
 //!
-//! [`Sentinels::watch`] keeps one pub/sub connection to each sentinel,
-//! subscribed to `+promoted-slave` (the leading sentinel, the moment the
-//! promotion is confirmed) and `+switch-master` (every sentinel, once it
-//! adopts the new configuration). An event for our master name bumps the
-//! client's connection epoch, so every pooled connection (the watchdog's
-//! too) is opened again through discovery on its next use, and the
-//! release wake-ups reconnect. Independently, a request answered
-//! `READONLY` (the old primary, demoted) or failing with an I/O error (a
-//! killed primary, connections the sentinels closed) flags its connection
-//! broken, with the same effect (see `link.rs`).
+//! The old primary keeps taking writes until the sentinels demote it,
+//! about ten seconds after a graceful failover: a client that went on
+//! writing there would hold locks the new primary never sees. So
+//! [`Sentinels::watch`] keeps one pub/sub connection to each sentinel
+//! (PINGed every second), subscribed to `+selected-slave` (the leading
+//! sentinel picked the replica it is about to promote: sent before the
+//! promotion), `+promoted-slave` and `+switch-master`. An event for our
+//! master name bumps the client's connection epoch, so every pooled
+//! connection (the watchdog's too) is opened again through discovery on
+//! its next use, a waiter moves off the connection its acquisition began
+//! on (see `Conn::is_stale`), and the release wake-ups reconnect.
+//! Independently, a request answered `READONLY` (the old primary, demoted)
+//! or failing with an I/O error (a killed primary, connections the
+//! sentinels closed) flags its connection broken, with the same effect
+//! (see `link.rs`).
 //!
-//! Why not redis-rs's own Sentinel client: it asks the sentinels one after
-//! the other and takes the first answer (a stale sentinel's, during a
-//! failover), has no time bound per sentinel, and hands out a
-//! `redis::Client` built by itself, where every lockyard connection is
-//! built by [`TlsMaterial`] (the custom CA, the client certificate) and
-//! bounded by the client's timeouts.
+//! Why not redis-rs's own Sentinel support (feature `sentinel`): it takes
+//! whichever sentinel answers first, without looking at the configuration
+//! epoch or at a promotion in progress (so during a failover it can name
+//! the old primary), follows no events, and builds its own
+//! `redis::Client`, where every lockyard connection is built from
+//! [`TlsMaterial`] (the custom CA, the client certificate) and bounded by
+//! the client's timeouts.
 
 use std::fmt;
 use std::io;
