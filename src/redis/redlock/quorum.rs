@@ -138,6 +138,7 @@ impl fmt::Debug for Quorum {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
     use std::time::Duration;
 
     use super::*;
@@ -210,6 +211,54 @@ mod tests {
         assert!(q.lost().is_lost());
         q.changed(0, Some(t + Duration::from_secs(60)), false);
         assert!(q.lost().is_lost(), "a passed deadline stays passed");
+    }
+
+    /// Three watchdogs (threads) report at once, each its own member's
+    /// renewals moving its end forward and back, then its loss; a fourth
+    /// thread samples. Once lost, the quorum never reads held again, and
+    /// it ends lost (every member lost) with the signal fired.
+    #[test]
+    fn members_reported_concurrently_never_unlose_the_quorum() {
+        for _ in 0..50 {
+            let t = Instant::now();
+            let q = Arc::new(Quorum::new(
+                "r",
+                vec![at(t, 60_000), at(t, 60_000), at(t, 60_000)],
+                2,
+            ));
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let sampler = {
+                let (q, stop) = (q.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let lost = q.lost();
+                    let mut seen_lost = false;
+                    while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                        let now = lost.is_lost();
+                        assert!(!seen_lost || now, "the quorum read held after lost");
+                        seen_lost |= now;
+                    }
+                })
+            };
+            let members: Vec<_> = (0..3)
+                .map(|m| {
+                    let q = q.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..200u64 {
+                            let end = t + Duration::from_millis(60_000 + (i * 7 + m as u64) % 50);
+                            q.changed(m, Some(end), i % 3 == 0);
+                        }
+                        q.changed(m, None, true);
+                    })
+                })
+                .collect();
+            for m in members {
+                m.join().expect("member thread");
+            }
+            stop.store(true, std::sync::atomic::Ordering::Release);
+            sampler.join().expect("sampler");
+            assert!(q.lost().is_lost());
+            assert!(q.remaining().is_zero());
+        }
     }
 
     #[test]

@@ -1,0 +1,62 @@
+//! Runs `n` sequential uncontended acquire+release pairs on Redis, by
+//! lockyard or by the fenced floor (one script `SET NX PX` + `INCR`, one
+//! compare-and-delete + `PUBLISH`, on one multiplexed connection), on a
+//! current-thread runtime, for counting the *client's* instructions under
+//! callgrind (which, unlike wall time, a loaded machine does not move):
+//!
+//! ```text
+//! redis-server --port 7399 --save "" --daemonize yes
+//! cargo build --release --example redis_instructions --features redis
+//! for who in floor lockyard; do
+//!   for n in 1000 3000; do
+//!     valgrind --tool=callgrind --callgrind-out-file=/dev/null \
+//!       target/release/examples/redis_instructions redis://127.0.0.1:7399/ $who $n 2>&1 | grep refs
+//!   done
+//! done
+//! ```
+//!
+//! (instructions at 3000 − instructions at 1000) / 2000 is the client's
+//! cost of one acquire+release (connecting and warming up cancel out).
+
+use std::time::Duration;
+
+use lockyard::redis::{RedisLocks, RedisOptions};
+use lockyard_testkit::floor::{Floor, TOKEN};
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let url = args
+        .next()
+        .unwrap_or_else(|| "redis://127.0.0.1:7399/".to_owned());
+    let who = args.next().unwrap_or_else(|| "lockyard".to_owned());
+    let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let ttl = Duration::from_secs(30);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        match who.as_str() {
+            "floor" => {
+                let mut floor = Floor::connect_fenced(&url, ttl).await;
+                let key = format!("instr:floor:{}", std::process::id());
+                for _ in 0..n {
+                    floor.acquire_release(&key, TOKEN).await;
+                }
+            }
+            "lockyard" => {
+                let locks = RedisLocks::connect_with(&url, RedisOptions::default().ttl(ttl))
+                    .await
+                    .expect("connect");
+                let name = format!("instr:lockyard:{}", std::process::id());
+                let lock = locks.lock(&name).expect("name");
+                for _ in 0..n {
+                    let guard = lock.try_acquire().await.expect("free");
+                    guard.release().await.expect("release");
+                }
+                locks.shutdown().await;
+            }
+            other => panic!("floor or lockyard, not {other}"),
+        }
+    });
+}
