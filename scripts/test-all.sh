@@ -5,6 +5,7 @@
 # `redis-cli --cluster create`) on free loopback ports. The TLS tests need
 # nothing more: Debian's redis-server and redis-cli are built with TLS, and
 # the tests make their CA and certificates themselves (rcgen, no openssl).
+# Installs postgresql (Debian) when initdb is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,17 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server redis-tools >/dev/null
+fi
+
+# The Postgres tests start private servers with initdb and pg_ctl (run as
+# the postgres user under root) on free loopback ports; never the machine's
+# own server.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "initdb not found; installing it (Debian package postgresql)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq postgresql >/dev/null
 fi
 
 echo "== cargo test (all features)"
