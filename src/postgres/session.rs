@@ -1,0 +1,102 @@
+//! One Postgres connection ([`Session`]): the client, the task driving
+//! it, its cancel token and its backend's pid.
+//!
+//! A session holds at most one advisory lock at a time (see the connection
+//! model in the [module docs](super)); [`Session::scrub`] makes a session
+//! whose last request's outcome is unknown fit for reuse, or says it is not.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::{CancelToken, Client, Config, NoTls};
+use tokio_util::sync::CancellationToken;
+
+use super::errors::{map_pg, timed_out};
+use crate::error::LockError;
+
+/// One connection to the server.
+pub(crate) struct Session {
+    /// Shared with the hold's keepalive task.
+    pub(crate) client: Arc<Client>,
+    cancel: CancelToken,
+    /// Fired when the connection's task ends (closed by either side).
+    pub(crate) closed: CancellationToken,
+    /// The backend process serving this connection.
+    pub(crate) pid: i32,
+}
+
+impl Session {
+    /// Opens a connection, bounded by `limit`, and asks its backend's pid.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the half-open connection.
+    pub(crate) async fn open(config: &Config, limit: Duration) -> Result<Self, LockError> {
+        const OP: &str = "connect to";
+        let connect = async {
+            let (client, conn) = config.connect(NoTls).await?;
+            let closed = CancellationToken::new();
+            let fired = closed.clone();
+            tokio::spawn(async move {
+                let _ = conn.await;
+                fired.cancel();
+            });
+            let pid: i32 = client
+                .query_typed_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .try_get(0)?;
+            Ok::<_, tokio_postgres::Error>(Session {
+                cancel: client.cancel_token(),
+                client: Arc::new(client),
+                closed,
+                pid,
+            })
+        };
+        match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(e)) => Err(map_pg("", OP, e)),
+            Err(_) => Err(timed_out("", OP, limit)),
+        }
+    }
+
+    /// Whether the connection is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled() || self.client.is_closed()
+    }
+
+    /// Asks the server to cancel what this session's backend runs now (a
+    /// blocked `pg_advisory_lock`), over a connection of its own, bounded
+    /// by `limit`. When it returns, the backend has been signalled.
+    pub(crate) async fn cancel_running(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.cancel.cancel_query(NoTls)).await;
+    }
+
+    /// After a request whose outcome is unknown (a dropped acquisition, a
+    /// timed-out one): ends any transaction, releases every advisory lock
+    /// of the session, and checks that it holds none. `Some(self)` only if
+    /// all of that was confirmed within `limit`.
+    ///
+    /// A cancel sent before this may still be delivered while it runs; it
+    /// then fails one of these requests, and the session is not reused.
+    pub(crate) async fn scrub(self, limit: Duration) -> Option<Self> {
+        let check = async {
+            self.client
+                .batch_execute("ROLLBACK; SELECT pg_advisory_unlock_all()")
+                .await?;
+            let held: i64 = self
+                .client
+                .query_typed_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                     AND pid = pg_backend_pid()",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            Ok::<_, tokio_postgres::Error>(held == 0)
+        };
+        match tokio::time::timeout(limit, check).await {
+            Ok(Ok(true)) => Some(self),
+            _ => None,
+        }
+    }
+}
