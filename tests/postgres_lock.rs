@@ -88,3 +88,23 @@ async fn list_names_the_holders_and_their_backends() {
     a.shutdown().await;
     assert_eq!(server.advisory_locks_granted().await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fence_table_dropped_under_a_running_client_is_made_again() {
+    let server = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let a = client(&server).await;
+    a.try_acquire("job").await.unwrap().release().await.unwrap();
+    server
+        .admin()
+        .await
+        .batch_execute("DROP TABLE public.lockyard_fence")
+        .await
+        .unwrap();
+    let g = bounded(a.acquire("job", Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert_eq!(g.fencing_token(), Some(1), "counted again from a new table");
+    g.release().await.unwrap();
+    let g = a.try_acquire("job").await.unwrap();
+    assert_eq!(g.fencing_token(), Some(2));
+}

@@ -99,7 +99,9 @@ impl PgServer {
     }
 
     /// Stops the server abruptly (`pg_ctl stop -m immediate`: every backend
-    /// is killed, as in a crash).
+    /// is killed, as in a crash). Committed data survives (commits are
+    /// synchronous; only the fsync to disk is skipped, which matters for a
+    /// machine crash, not a server crash).
     pub fn stop(&mut self) {
         if self.running {
             let _ = self.pg_ctl(&["stop", "-m", "immediate", "-t", "20"]);
@@ -170,7 +172,7 @@ impl PgServer {
     fn spawn(&mut self) -> Result<(), String> {
         let options = format!(
             "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
-             -c fsync=off -c synchronous_commit=off -c full_page_writes=off \
+             -c fsync=off -c full_page_writes=off \
              -c max_connections=200 -c shared_buffers=16MB",
             self.port,
             self.dir.display()

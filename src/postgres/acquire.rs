@@ -23,7 +23,7 @@ use std::time::Duration;
 use tokio_postgres::types::Type;
 
 use super::context::PgLocks;
-use super::errors::{bad_reply, is_deadlock, is_lock_timeout, map_pg, timed_out};
+use super::errors::{bad_reply, is_deadlock, is_lock_timeout, is_missing_table, map_pg, timed_out};
 use super::hold::{Hold, key_params, params};
 use super::keys::PgKey;
 use super::session::Session;
@@ -98,6 +98,22 @@ pub(crate) async fn try_hold(
     key: PgKey,
     mode: Mode,
 ) -> Result<Hold, LockError> {
+    match try_hold_once(client, resource, key, mode).await {
+        // The fence table was dropped under us: make it again, once.
+        Err(e) if is_missing_table(&e) => {
+            client.forget_fence_table();
+            try_hold_once(client, resource, key, mode).await
+        }
+        other => other,
+    }
+}
+
+async fn try_hold_once(
+    client: &PgLocks,
+    resource: &str,
+    key: PgKey,
+    mode: Mode,
+) -> Result<Hold, LockError> {
     let mut attempt = begin(client, resource).await?;
     match try_once(&mut attempt, resource, key, mode).await? {
         Some(fence) => attempt.into_hold(resource, key, mode, fence),
@@ -114,6 +130,24 @@ pub(crate) async fn try_hold(
 ///
 /// See invariant 1.
 pub(crate) async fn wait_hold(
+    client: &PgLocks,
+    resource: &str,
+    key: PgKey,
+    mode: Mode,
+    deadline: &Deadline,
+    stats: &Acquisition,
+) -> Result<Hold, LockError> {
+    match wait_hold_once(client, resource, key, mode, deadline, stats).await {
+        // The fence table was dropped under us: make it again, once.
+        Err(e) if is_missing_table(&e) => {
+            client.forget_fence_table();
+            wait_hold_once(client, resource, key, mode, deadline, stats).await
+        }
+        other => other,
+    }
+}
+
+async fn wait_hold_once(
     client: &PgLocks,
     resource: &str,
     key: PgKey,

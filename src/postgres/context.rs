@@ -11,9 +11,9 @@
 //!    unknown), is owned by exactly one hold or one clean-up task.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::OnceCell;
 use tokio_postgres::Config;
 use tokio_util::task::TaskTracker;
 
@@ -37,8 +37,8 @@ pub(crate) struct Inner {
     /// The server, for messages (host and port, no password).
     pub(crate) server: String,
     idle: Mutex<Vec<Session>>,
-    /// The fence table exists (checked or created once per client).
-    fence_ready: OnceCell<()>,
+    /// The fence table was seen or made (and not since found missing).
+    fence_ready: AtomicBool,
     /// Releases and clean-ups running in the background.
     pub(crate) tasks: TaskTracker,
 }
@@ -51,7 +51,7 @@ impl PgLocks {
                 options,
                 server,
                 idle: Mutex::new(Vec::new()),
-                fence_ready: OnceCell::new(),
+                fence_ready: AtomicBool::new(false),
                 tasks: TaskTracker::new(),
             }),
         }
@@ -119,59 +119,66 @@ impl PgLocks {
         session: &Session,
         resource: &str,
     ) -> Result<(), LockError> {
-        self.inner
-            .fence_ready
-            .get_or_try_init(|| async {
-                let table = self.inner.options.fence_table();
-                let limit = self.inner.options.op_timeout;
-                let typed = [(
-                    &table as &(dyn tokio_postgres::types::ToSql + Sync),
-                    tokio_postgres::types::Type::TEXT,
-                )];
-                let look = session
-                    .client
-                    .query_typed_one("SELECT to_regclass($1) IS NOT NULL", &typed);
-                let exists: bool = match tokio::time::timeout(limit, look).await {
-                    Ok(Ok(row)) => row
-                        .try_get(0)
-                        .map_err(|e| map_pg(resource, "look for the fence table", e))?,
-                    Ok(Err(e)) => return Err(map_pg(resource, "look for the fence table", e)),
-                    Err(_) => return Err(timed_out(resource, "look for the fence table", limit)),
-                };
-                if exists {
-                    return Ok(());
-                }
-                let create = format!(
-                    "CREATE TABLE IF NOT EXISTS {table} (key text PRIMARY KEY, name text NOT NULL, \
+        // Racing clients may both look and create: CREATE TABLE IF NOT
+        // EXISTS and the unique-violation arm below make that harmless.
+        if self.inner.fence_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.make_fence_table(session, resource).await?;
+        self.inner.fence_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// The fence table was found missing (dropped, or a database restored
+    /// without it): the next acquisition looks again and makes it.
+    pub(crate) fn forget_fence_table(&self) {
+        self.inner.fence_ready.store(false, Ordering::Release);
+    }
+
+    async fn make_fence_table(&self, session: &Session, resource: &str) -> Result<(), LockError> {
+        let table = self.inner.options.fence_table();
+        let limit = self.inner.options.op_timeout;
+        let typed = [(
+            &table as &(dyn tokio_postgres::types::ToSql + Sync),
+            tokio_postgres::types::Type::TEXT,
+        )];
+        let look = session
+            .client
+            .query_typed_one("SELECT to_regclass($1) IS NOT NULL", &typed);
+        let exists: bool = match tokio::time::timeout(limit, look).await {
+            Ok(Ok(row)) => row
+                .try_get(0)
+                .map_err(|e| map_pg(resource, "look for the fence table", e))?,
+            Ok(Err(e)) => return Err(map_pg(resource, "look for the fence table", e)),
+            Err(_) => return Err(timed_out(resource, "look for the fence table", limit)),
+        };
+        if exists {
+            return Ok(());
+        }
+        let create = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (key text PRIMARY KEY, name text NOT NULL, \
                      token bigint NOT NULL)"
-                );
-                match tokio::time::timeout(limit, session.client.batch_execute(&create)).await {
-                    Ok(Ok(())) => Ok(()),
-                    Ok(Err(e))
-                        if e.code()
-                            == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-                            || e.code()
-                                == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) =>
-                    {
-                        Err(LockError::Backend {
-                            resource: resource.to_owned(),
-                            op: "create the fence table (the role may not: create it as the \
-                                 docs of PgOptions::fencing show, or turn fencing off)",
-                            source: Box::new(e),
-                        })
-                    }
-                    // Created meanwhile by another client: fine.
-                    Ok(Err(e))
-                        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) =>
-                    {
-                        Ok(())
-                    }
-                    Ok(Err(e)) => Err(map_pg(resource, "create the fence table", e)),
-                    Err(_) => Err(timed_out(resource, "create the fence table", limit)),
-                }
-            })
-            .await
-            .map(|_| ())
+        );
+        match tokio::time::timeout(limit, session.client.batch_execute(&create)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e))
+                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
+                    || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) =>
+            {
+                Err(LockError::Backend {
+                    resource: resource.to_owned(),
+                    op: "create the fence table (the role may not: create it as the \
+                                 postgres module docs show, or turn fencing off)",
+                    source: Box::new(e),
+                })
+            }
+            // Created meanwhile by another client: fine.
+            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                Ok(())
+            }
+            Ok(Err(e)) => Err(map_pg(resource, "create the fence table", e)),
+            Err(_) => Err(timed_out(resource, "create the fence table", limit)),
+        }
     }
 
     /// Closes every idle connection.

@@ -60,3 +60,15 @@ pub(crate) fn is_lock_timeout(e: &tokio_postgres::Error) -> bool {
 pub(crate) fn is_deadlock(e: &tokio_postgres::Error) -> bool {
     e.code() == Some(&SqlState::T_R_DEADLOCK_DETECTED)
 }
+
+/// Whether `e` is the server saying a table does not exist (42P01): the
+/// fence table was dropped under a running client.
+pub(crate) fn is_missing_table(e: &LockError) -> bool {
+    let source = match e {
+        LockError::Backend { source, .. } => source,
+        _ => return false,
+    };
+    source
+        .downcast_ref::<tokio_postgres::Error>()
+        .is_some_and(|e| e.code() == Some(&SqlState::UNDEFINED_TABLE))
+}
