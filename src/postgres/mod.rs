@@ -79,6 +79,12 @@
 //!   `lock_timeout` error (55P03) is reported as a timeout only after
 //!   `pg_locks` shows the lock was not granted as it fired (a session lock
 //!   survives the rollback); a deadlock (40P01) is an error.
+//! - **Deadlocks between holds are yours to avoid.** Each hold and each
+//!   wait is a session of its own, and a waiting session holds nothing, so
+//!   the server's deadlock detector never sees a cycle through a task that
+//!   holds one lock and waits for another: such a wait ends at its timeout.
+//!   Take several locks in one fixed order (the manager's `acquire_all`
+//!   sorts them) or with timeouts.
 //! - **Cancel safety**: see [`PgLocks::acquire`].
 //!
 //! # Not supported yet
