@@ -108,3 +108,114 @@ async fn a_fence_table_dropped_under_a_running_client_is_made_again() {
     let g = a.try_acquire("job").await.unwrap();
     assert_eq!(g.fencing_token(), Some(2));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_semaphore_admits_at_most_its_permits() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let server = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let a = client(&server).await;
+    let sem = a.semaphore("exports", 3).unwrap();
+    let p1 = sem.try_acquire().await.unwrap();
+    let p2 = sem.try_acquire().await.unwrap();
+    let p3 = sem.try_acquire().await.unwrap();
+    let keys: std::collections::HashSet<_> = [&p1, &p2, &p3].iter().map(|p| p.key()).collect();
+    assert_eq!(keys.len(), 3, "one key per permit");
+    assert!(sem.try_acquire().await.unwrap_err().is_would_block());
+    assert_eq!(sem.holders().await.unwrap(), 3);
+    let e = bounded(sem.acquire(Duration::from_millis(100)))
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    let waiter = tokio::spawn({
+        let sem = sem.clone();
+        async move { sem.acquire(Duration::from_secs(15)).await }
+    });
+    drop((p1, p2, p3));
+    bounded(waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+
+    // Six workers, each taking a permit eight times: never more than three
+    // inside at once, on another client as well.
+    let b = client(&server).await;
+    let inside = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for w in 0..6 {
+        let sem = if w % 2 == 0 { &a } else { &b }
+            .semaphore("exports", 3)
+            .unwrap();
+        let (inside, most) = (inside.clone(), most.clone());
+        workers.push(tokio::spawn(async move {
+            for _ in 0..8 {
+                let p = sem.acquire(Duration::from_secs(15)).await.unwrap();
+                let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                inside.fetch_sub(1, Ordering::SeqCst);
+                p.release().await.unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        bounded(w).await.unwrap();
+    }
+    let most = most.load(Ordering::SeqCst);
+    assert!((1..=3).contains(&most), "{most} holders at once");
+    assert!(a.semaphore("exports", 0).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rw_lock_readers_share_and_a_waiting_writer_holds_new_readers_back() {
+    let server = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let rw = a.rwlock("catalog").unwrap();
+    let r1 = rw.try_read().await.unwrap();
+    let r2 = b
+        .rwlock("catalog")
+        .unwrap()
+        .read(Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(r2.mode(), Mode::Shared);
+    assert!(rw.try_write().await.unwrap_err().is_would_block());
+    // The lock of the same name is the same lock.
+    assert!(a.try_acquire("catalog").await.unwrap_err().is_would_block());
+    let writer = tokio::spawn({
+        let rw = b.rwlock("catalog").unwrap();
+        async move { rw.write(Duration::from_secs(15)).await }
+    });
+    let admin = server.admin().await;
+    bounded(async {
+        loop {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let e = rw.try_read().await.unwrap_err();
+    assert!(
+        e.is_would_block(),
+        "a new reader overtook the waiting writer: {e}"
+    );
+    drop((r1, r2));
+    let w = bounded(writer).await.unwrap().unwrap();
+    assert_eq!(w.mode(), Mode::Exclusive);
+    w.release().await.unwrap();
+    rw.try_read().await.unwrap().release().await.unwrap();
+}

@@ -95,14 +95,14 @@ impl Drop for Attempt {
 pub(crate) async fn try_hold(
     client: &PgLocks,
     resource: &str,
-    key: PgKey,
+    target: Target<'_>,
     mode: Mode,
 ) -> Result<Hold, LockError> {
-    match try_hold_once(client, resource, key, mode).await {
+    match try_hold_once(client, resource, target, mode).await {
         // The fence table was dropped under us: make it again, once.
         Err(e) if is_missing_table(&e) => {
             client.forget_fence_table();
-            try_hold_once(client, resource, key, mode).await
+            try_hold_once(client, resource, target, mode).await
         }
         other => other,
     }
@@ -111,12 +111,12 @@ pub(crate) async fn try_hold(
 async fn try_hold_once(
     client: &PgLocks,
     resource: &str,
-    key: PgKey,
+    target: Target<'_>,
     mode: Mode,
 ) -> Result<Hold, LockError> {
     let mut attempt = begin(client, resource).await?;
-    match try_once(&mut attempt, resource, key, mode).await? {
-        Some(fence) => attempt.into_hold(resource, key, mode, fence),
+    match try_target(&mut attempt, resource, target, mode).await? {
+        Some((key, fence)) => attempt.into_hold(resource, key, mode, fence),
         None => Err(LockError::WouldBlock {
             resource: resource.to_owned(),
             holder: None,
@@ -132,16 +132,16 @@ async fn try_hold_once(
 pub(crate) async fn wait_hold(
     client: &PgLocks,
     resource: &str,
-    key: PgKey,
+    target: Target<'_>,
     mode: Mode,
     deadline: &Deadline,
     stats: &Acquisition,
 ) -> Result<Hold, LockError> {
-    match wait_hold_once(client, resource, key, mode, deadline, stats).await {
+    match wait_hold_once(client, resource, target, mode, deadline, stats).await {
         // The fence table was dropped under us: make it again, once.
         Err(e) if is_missing_table(&e) => {
             client.forget_fence_table();
-            wait_hold_once(client, resource, key, mode, deadline, stats).await
+            wait_hold_once(client, resource, target, mode, deadline, stats).await
         }
         other => other,
     }
@@ -150,16 +150,29 @@ pub(crate) async fn wait_hold(
 async fn wait_hold_once(
     client: &PgLocks,
     resource: &str,
-    key: PgKey,
+    target: Target<'_>,
     mode: Mode,
     deadline: &Deadline,
     stats: &Acquisition,
 ) -> Result<Hold, LockError> {
     let mut attempt = begin(client, resource).await?;
-    if let Some(fence) = try_once(&mut attempt, resource, key, mode).await? {
+    if let Some((key, fence)) = try_target(&mut attempt, resource, target, mode).await? {
         return attempt.into_hold(resource, key, mode, fence);
     }
     stats.contended();
+    // A semaphore waits on one permit, picked at random (see PgSemaphore).
+    let key = match target {
+        Target::Lock(key) => key,
+        Target::Permits(keys) => {
+            let pick = getrandom::u64().unwrap_or(0) % (keys.len().max(1) as u64);
+            let k = usize::try_from(pick)
+                .ok()
+                .and_then(|i| keys.get(i))
+                .copied()
+                .ok_or_else(|| bad_reply(resource, "acquire", "a semaphore without permits"))?;
+            PgKey::Single(k)
+        }
+    };
     let timeout = || LockError::Timeout {
         resource: resource.to_owned(),
         waited: deadline.elapsed(),
@@ -218,6 +231,64 @@ async fn wait_hold_once(
     attempt.in_flight = InFlight::Request;
     let fence = fence_after_wait(client, attempt.session()?, resource, key).await?;
     attempt.into_hold(resource, key, mode, fence)
+}
+
+/// What an acquisition takes: one lock's key, or any one of a semaphore's
+/// permit keys (exclusive `bigint` keys).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Target<'a> {
+    Lock(PgKey),
+    Permits(&'a [i64]),
+}
+
+/// One try at `target`: the key taken and its fence, if granted.
+async fn try_target(
+    attempt: &mut Attempt,
+    resource: &str,
+    target: Target<'_>,
+    mode: Mode,
+) -> Result<Option<(PgKey, Option<u64>)>, LockError> {
+    match target {
+        Target::Lock(key) => Ok(try_once(attempt, resource, key, mode)
+            .await?
+            .map(|fence| (key, fence))),
+        Target::Permits(keys) => try_any(attempt, resource, keys).await,
+    }
+}
+
+/// Tries the permit keys in turn (`pg_try_advisory_lock`, stopping at the
+/// first granted: a `LIMIT 1` over the keys in order), then takes a fence.
+async fn try_any(
+    attempt: &mut Attempt,
+    resource: &str,
+    keys: &[i64],
+) -> Result<Option<(PgKey, Option<u64>)>, LockError> {
+    const OP: &str = "try the semaphore";
+    let limit = attempt.client.options().op_timeout;
+    let keys = keys.to_vec();
+    attempt.in_flight = InFlight::Request;
+    let session = attempt.session()?;
+    let typed = [(
+        &keys as &(dyn tokio_postgres::types::ToSql + Sync),
+        Type::INT8_ARRAY,
+    )];
+    let look = session.client.query_typed(
+        "SELECT k FROM unnest($1::int8[]) AS u(k) WHERE pg_try_advisory_lock(k) LIMIT 1",
+        &typed,
+    );
+    let rows = match tokio::time::timeout(limit, look).await {
+        Ok(Ok(rows)) => rows,
+        Ok(Err(e)) => return Err(map_pg(resource, OP, e)),
+        Err(_) => return Err(timed_out(resource, OP, limit)),
+    };
+    let Some(row) = rows.first() else {
+        attempt.in_flight = InFlight::Nothing;
+        return Ok(None);
+    };
+    let key = PgKey::Single(row.try_get(0).map_err(|e| map_pg(resource, OP, e))?);
+    let client = attempt.client.clone();
+    let fence = fence_after_wait(&client, attempt.session()?, resource, key).await?;
+    Ok(Some((key, fence)))
 }
 
 /// A session for `resource`, with the fence table ready when fencing is on.

@@ -23,6 +23,7 @@
 
 use std::fmt;
 
+// One `Digest` trait (the `digest` crate's) serves SHA-1 and SHA-256.
 use sha1::Digest as _;
 
 use crate::error::LockError;
@@ -177,6 +178,26 @@ impl PgKeyMode {
             }
         }
     }
+}
+
+/// The permit keys of the semaphore `name`: for permit `i` (0-based), the
+/// first 8 bytes, big-endian, of the SHA-256 of
+/// `lockyard-semaphore-v1 NUL name NUL i` (`i` in decimal), whatever the
+/// key mode. A semaphore's keys never equal a lock's but by a 2⁻⁶⁴ chance.
+pub(crate) fn permit_keys(name: &str, permits: u32) -> Vec<i64> {
+    (0..permits)
+        .map(|i| {
+            let mut hash = sha2::Sha256::new();
+            hash.update(b"lockyard-semaphore-v1\0");
+            hash.update(name.as_bytes());
+            hash.update(b"\0");
+            hash.update(i.to_string().as_bytes());
+            let digest = hash.finalize();
+            let mut first = [0u8; 8];
+            first.copy_from_slice(&digest[..8]);
+            i64::from_be_bytes(first)
+        })
+        .collect()
 }
 
 /// DistributedLock's ASCII encoding: up to 9 characters of 7 bits, then a

@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio_postgres::types::Type;
 
-use super::acquire::{try_hold, wait_hold};
+use super::acquire::{Target, try_hold, wait_hold};
 use super::context::PgLocks;
 use super::errors::{map_pg, timed_out};
 use super::guard::PgLockGuard;
@@ -129,21 +129,26 @@ impl PgLock {
         let attempt = stats::site(Backend::Postgres, &self.name).begin();
         let result = if deadline.remaining() == Some(Duration::ZERO) {
             // lock_timeout has no "zero": a zero wait is a try.
-            try_hold(&self.client, &self.name, self.key, options.mode)
-                .await
-                .map_err(|e| match e {
-                    LockError::WouldBlock { resource, holder } => LockError::Timeout {
-                        resource,
-                        waited: deadline.elapsed(),
-                        holder,
-                    },
-                    other => other,
-                })
+            try_hold(
+                &self.client,
+                &self.name,
+                Target::Lock(self.key),
+                options.mode,
+            )
+            .await
+            .map_err(|e| match e {
+                LockError::WouldBlock { resource, holder } => LockError::Timeout {
+                    resource,
+                    waited: deadline.elapsed(),
+                    holder,
+                },
+                other => other,
+            })
         } else {
             wait_hold(
                 &self.client,
                 &self.name,
-                self.key,
+                Target::Lock(self.key),
                 options.mode,
                 &deadline,
                 &attempt,
@@ -199,7 +204,7 @@ impl PgLock {
     /// As [`PgLocks::acquire`].
     pub async fn try_acquire_mode(&self, mode: Mode) -> Result<PgLockGuard, LockError> {
         let attempt = stats::site(Backend::Postgres, &self.name).begin();
-        let result = try_hold(&self.client, &self.name, self.key, mode).await;
+        let result = try_hold(&self.client, &self.name, Target::Lock(self.key), mode).await;
         let held = attempt.record(result, Hold::count)?;
         Ok(PgLockGuard { held })
     }

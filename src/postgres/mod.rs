@@ -87,12 +87,16 @@
 //!   sorts them) or with timeouts.
 //! - **Cancel safety**: see [`PgLocks::acquire`].
 //!
+//! - **Semaphores** ([`PgLocks::semaphore`]) are `permits` advisory keys
+//!   derived from the name, tried in turn; **RW locks**
+//!   ([`PgLocks::rwlock`]) are the shared and exclusive holds of the
+//!   name's key. Their modules say how fair each is.
+//!
 //! # Not supported yet
 //!
 //! TLS (`sslmode=require` is refused with
 //! [`LockError::InvalidArgument`](crate::LockError::InvalidArgument)),
-//! semaphores and RW lock handles, transaction-scoped locks on a caller's
-//! own transaction.
+//! transaction-scoped locks on a caller's own transaction.
 
 mod acquire;
 mod client;
@@ -104,6 +108,8 @@ mod keys;
 mod listing;
 mod lock;
 mod options;
+mod rwlock;
+mod semaphore;
 mod session;
 
 pub use context::PgLocks;
@@ -112,3 +118,5 @@ pub use keys::{PgKey, PgKeyMode};
 pub use listing::PgLockInfo;
 pub use lock::PgLock;
 pub use options::PgOptions;
+pub use rwlock::PgRwLock;
+pub use semaphore::PgSemaphore;
