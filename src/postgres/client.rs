@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_postgres::Config;
 use tokio_postgres::config::{Host, SslMode};
 
-use super::context::PgLocks;
+use super::context::{PgLocks, with_resource};
 use super::guard::PgLockGuard;
 use super::keys::PgKey;
 use super::listing::{self, PgLockInfo};
@@ -98,7 +98,9 @@ impl PgLocks {
             config.application_name("lockyard");
         }
         let server = server_of(&config);
-        let first = Session::open(&config, options.connect_timeout).await?;
+        let first = Session::open(&config, options.connect_timeout)
+            .await
+            .map_err(|e| with_resource(e, &server))?;
         let client = PgLocks::from_parts(config, options, server);
         client.put_back(first);
         Ok(client)

@@ -198,7 +198,7 @@ impl PgLocks {
 }
 
 /// `e` (from opening a connection) with the resource it was for.
-fn with_resource(e: LockError, resource: &str) -> LockError {
+pub(crate) fn with_resource(e: LockError, resource: &str) -> LockError {
     match e {
         LockError::Unavailable { op, source, .. } => LockError::Unavailable {
             resource: resource.to_owned(),
