@@ -230,6 +230,8 @@ mod postgres {
         send(locks.list());
         send(locks.shutdown());
         send(lock.acquire(std::time::Duration::ZERO));
-        send(lockyard::postgres::PgLocks::connect("postgres://127.0.0.1:1/"));
+        send(lockyard::postgres::PgLocks::connect(
+            "postgres://127.0.0.1:1/",
+        ));
     }
 }

@@ -345,8 +345,7 @@ async fn try_once(
     let limit = attempt.client.options().op_timeout;
     attempt.in_flight = InFlight::Request;
     let session = attempt.session()?;
-    let row = match tokio::time::timeout(limit, session.client.query_typed_one(&sql, &typed)).await
-    {
+    let row = match tokio::time::timeout(limit, session.query_one(&sql, &typed)).await {
         Ok(Ok(row)) => row,
         Ok(Err(e)) => return Err(map_pg(resource, "try the lock", e)),
         Err(_) => return Err(timed_out(resource, "try the lock", limit)),
@@ -399,7 +398,7 @@ async fn fence_after_wait(
         ),
         (&name, Type::TEXT),
     ];
-    let write = session.client.query_typed_one(&sql, &typed);
+    let write = session.query_one(&sql, &typed);
     let row = match tokio::time::timeout(limit, write).await {
         Ok(Ok(row)) => row,
         Ok(Err(e)) => return Err(map_pg(resource, "take a fencing token", e)),

@@ -125,7 +125,7 @@ impl Hold {
         let unlock = unlock_sql(self.key, self.mode);
         let (a, b) = key_params(self.key);
         let params = params(&a, &b);
-        let sent = tokio::time::timeout(limit, session.client.query_typed_one(&unlock, &params));
+        let sent = tokio::time::timeout(limit, session.query_one(&unlock, &params));
         let result = sent.await;
         let session = self.session.take();
         let lost = self.lost.is_lost();
@@ -242,8 +242,7 @@ impl Drop for Hold {
             let unlock = unlock_sql(key, mode);
             let (a, b) = key_params(key);
             let params = params(&a, &b);
-            let done =
-                tokio::time::timeout(limit, session.client.query_typed_one(&unlock, &params)).await;
+            let done = tokio::time::timeout(limit, session.query_one(&unlock, &params)).await;
             if keep && matches!(done, Ok(Ok(ref row)) if row.try_get::<_, bool>(0).unwrap_or(false))
             {
                 client.put_back(session);

@@ -5,10 +5,12 @@
 //! model in the [module docs](super)); [`Session::scrub`] makes a session
 //! whose last request's outcome is unknown fit for reuse, or says it is not.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio_postgres::{CancelToken, Client, Config, NoTls};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{CancelToken, Client, Config, NoTls, Row, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::errors::{map_pg, timed_out};
@@ -23,7 +25,14 @@ pub(crate) struct Session {
     pub(crate) closed: CancellationToken,
     /// The backend process serving this connection.
     pub(crate) pid: i32,
+    /// Statements prepared on this connection, by their text: a request
+    /// sent again is one round trip with no parsing on the server.
+    statements: Mutex<HashMap<String, Statement>>,
 }
+
+/// How many prepared statements a session keeps (a lock, a shared lock,
+/// their unlocks, the fence write and the semaphore's try: a handful).
+const STATEMENTS: usize = 32;
 
 impl Session {
     /// Opens a connection, bounded by `limit`, and asks its backend's pid.
@@ -50,6 +59,7 @@ impl Session {
                 client: Arc::new(client),
                 closed,
                 pid,
+                statements: Mutex::new(HashMap::new()),
             })
         };
         match tokio::time::timeout(limit, connect).await {
@@ -57,6 +67,42 @@ impl Session {
             Ok(Err(e)) => Err(map_pg("", OP, e)),
             Err(_) => Err(timed_out("", OP, limit)),
         }
+    }
+
+    /// Runs `sql` with `params` (each with its type), expecting one row,
+    /// as a statement prepared on this connection once and reused.
+    ///
+    /// # Cancel safety
+    ///
+    /// As tokio-postgres's: a dropped request may still run on the server.
+    pub(crate) async fn query_one(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let cached = self.cache().get(sql).cloned();
+        let statement = match cached {
+            Some(s) => s,
+            None => {
+                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                let s = self.client.prepare_typed(sql, &types).await?;
+                let mut cache = self.cache();
+                if cache.len() >= STATEMENTS {
+                    cache.clear();
+                }
+                cache.insert(sql.to_owned(), s.clone());
+                s
+            }
+        };
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(p, _)| *p).collect();
+        self.client.query_one(&statement, &values).await
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+        // Insert and clear only: a panic cannot leave the map inconsistent.
+        self.statements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Whether the connection is gone.
