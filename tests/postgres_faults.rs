@@ -1,6 +1,7 @@
 //! Attacks on the Postgres backend: the holder's backend terminated, the
 //! server restarted mid-hold, a storm of cancelled acquisitions, a waiter
-//! that must be woken by the server (not by polling), and bad input.
+//! that must be woken by the server (not by polling), a frozen backend
+//! only the keepalive probe can notice, and bad input.
 
 use std::time::Duration;
 
@@ -304,4 +305,66 @@ async fn a_role_that_may_not_create_the_fence_table_is_told_so() {
     let g = locks.try_acquire("job").await.unwrap();
     assert_eq!(g.fencing_token(), Some(1));
     g.release().await.unwrap();
+}
+
+/// A stopped process, continued on drop (also when the test fails, so the
+/// server can be stopped).
+struct Frozen(rustix::process::Pid);
+
+impl Frozen {
+    fn new(pid: rustix::process::Pid) -> Self {
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        Frozen(pid)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(self.0, rustix::process::Signal::CONT);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_backend_stops_answering_is_told_lost_by_the_probe() {
+    let server = server().await;
+    let a = client(&server).await;
+    let guard = a.try_acquire("frozen").await.unwrap();
+    let backend = rustix::process::Pid::from_raw(guard.backend_pid()).unwrap();
+    // The backend freezes with its connection open: only the keepalive
+    // probe (every 200 ms here) can tell.
+    let frozen = Frozen::new(backend);
+    bounded(guard.lost()).await;
+    drop(frozen);
+    assert!(guard.is_lost());
+    let e = guard.release().await.unwrap_err();
+    assert!(e.is_lost(), "{e}");
+    // The frozen session was not put back: a new acquisition works.
+    let again = bounded(a.acquire("frozen", Duration::from_secs(10)))
+        .await
+        .unwrap();
+    assert_ne!(again.backend_pid(), backend.as_raw_nonzero().get());
+    again.release().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_longer_than_many_keepalive_intervals_is_not_cut_short() {
+    let server = server().await;
+    let opts = PgOptions::default().keepalive(Duration::from_millis(50));
+    let a = PgLocks::connect_with(&server.url(), opts.clone())
+        .await
+        .unwrap();
+    let b = PgLocks::connect_with(&server.url(), opts).await.unwrap();
+    let guard = a.try_acquire("long").await.unwrap();
+    let waiter = tokio::spawn(async move {
+        let g = b.acquire("long", Duration::from_secs(15)).await;
+        (g, b)
+    });
+    // Ten probe intervals pass while the waiter waits on the server.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!guard.is_lost());
+    guard.release().await.unwrap();
+    let (got, _b) = bounded(waiter).await.unwrap();
+    let got = got.unwrap();
+    assert!(!got.is_lost());
+    got.release().await.unwrap();
 }

@@ -315,37 +315,21 @@ async fn try_once(
     key: PgKey,
     mode: Mode,
 ) -> Result<Option<Option<u64>>, LockError> {
-    let suffix = if mode == Mode::Shared { "_shared" } else { "" };
-    let args = match key {
-        PgKey::Single(_) => "$1",
-        PgKey::Pair(..) => "$1, $2",
-    };
     let fencing = attempt.client.options().fencing;
     let (a, b) = key_params(key);
     let mut typed = params(&a, &b);
     let key_text = key.to_string();
     let name = resource.to_owned();
-    let sql = if fencing {
-        let n = typed.len();
+    if fencing {
         typed.push((&key_text, Type::TEXT));
         typed.push((&name, Type::TEXT));
-        let table = attempt.client.options().fence_table();
-        format!(
-            "WITH g AS (SELECT pg_try_advisory_lock{suffix}({args}) AS ok), \
-             f AS (INSERT INTO {table} AS t (key, name, token) SELECT ${}, ${}, 1 FROM g WHERE g.ok \
-                   ON CONFLICT (key) DO UPDATE SET token = t.token + 1, name = EXCLUDED.name \
-                   RETURNING t.token) \
-             SELECT g.ok, (SELECT token FROM f) FROM g",
-            n + 1,
-            n + 2
-        )
-    } else {
-        format!("SELECT pg_try_advisory_lock{suffix}({args}), NULL::int8")
-    };
+    }
+    let client = attempt.client.clone();
+    let sql = client.inner.sql.try_lock(mode, key);
     let limit = attempt.client.options().op_timeout;
     attempt.in_flight = InFlight::Request;
     let session = attempt.session()?;
-    let row = match tokio::time::timeout(limit, session.query_one(&sql, &typed)).await {
+    let row = match tokio::time::timeout(limit, session.query_one(sql, &typed)).await {
         Ok(Ok(row)) => row,
         Ok(Err(e)) => return Err(map_pg(resource, "try the lock", e)),
         Err(_) => return Err(timed_out(resource, "try the lock", limit)),
@@ -383,11 +367,7 @@ async fn fence_after_wait(
     if !client.options().fencing {
         return Ok(None);
     }
-    let table = client.options().fence_table();
-    let sql = format!(
-        "INSERT INTO {table} AS t (key, name, token) VALUES ($1, $2, 1) \
-         ON CONFLICT (key) DO UPDATE SET token = t.token + 1, name = EXCLUDED.name RETURNING t.token"
-    );
+    let sql = &client.inner.sql.fence;
     let key_text = key.to_string();
     let name = resource.to_owned();
     let limit = client.options().op_timeout;
@@ -398,7 +378,7 @@ async fn fence_after_wait(
         ),
         (&name, Type::TEXT),
     ];
-    let write = session.query_one(&sql, &typed);
+    let write = session.query_one(sql, &typed);
     let row = match tokio::time::timeout(limit, write).await {
         Ok(Ok(row)) => row,
         Ok(Err(e)) => return Err(map_pg(resource, "take a fencing token", e)),

@@ -98,7 +98,7 @@ impl PgLocks {
             config.application_name("lockyard");
         }
         let server = server_of(&config);
-        let first = Session::open(&config, options.connect_timeout)
+        let first = Session::open(&config, options.connect_timeout, options.keepalive)
             .await
             .map_err(|e| with_resource(e, &server))?;
         let client = PgLocks::from_parts(config, options, server);

@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use super::errors::{map_pg, timed_out};
 use super::options::PgOptions;
 use super::session::Session;
+use super::sql::Statements;
 use crate::error::LockError;
 
 /// A client of one Postgres database for advisory locks. Cheap to clone
@@ -41,12 +42,16 @@ pub(crate) struct Inner {
     fence_ready: AtomicBool,
     /// Releases and clean-ups running in the background.
     pub(crate) tasks: TaskTracker,
+    /// The acquisition statements.
+    pub(crate) sql: Statements,
 }
 
 impl PgLocks {
     pub(crate) fn from_parts(config: Config, options: PgOptions, server: String) -> Self {
+        let table = options.fencing.then(|| options.fence_table());
         Self {
             inner: Arc::new(Inner {
+                sql: Statements::new(table.as_deref()),
                 config,
                 options,
                 server,
@@ -71,7 +76,8 @@ impl PgLocks {
                 None => break,
             }
         }
-        Session::open(&self.inner.config, self.inner.options.connect_timeout)
+        let opts = &self.inner.options;
+        Session::open(&self.inner.config, opts.connect_timeout, opts.keepalive)
             .await
             .map_err(|e| with_resource(e, resource))
     }

@@ -1,14 +1,16 @@
-//! A held advisory lock ([`Hold`]): its session, its keepalive probe and
-//! its release, run exactly once.
+//! A held advisory lock ([`Hold`]): its session and its release, run
+//! exactly once.
 //!
 //! # Invariants
 //!
 //! 1. The session is owned by the hold from the grant until an unlock
 //!    confirmed it (then it goes back to the idle list) or the session is
 //!    dropped (closing the connection, which frees the lock on the server).
-//! 2. The keepalive probe stops before the unlock is sent.
+//! 2. The session's keepalive probe runs while the hold has it, and stops
+//!    before the unlock is sent.
 //! 3. `lost` fires when the connection's task ends or a probe fails or
-//!    goes unanswered for one `keepalive` interval; once fired it stays.
+//!    goes unanswered for one `keepalive` interval (the session's `closed`
+//!    token, of which the lost token is a child); once fired it stays.
 //! 4. The unlock runs at most once to completion: in `release`, or from
 //!    `Drop` in the background. A `release` future dropped mid-flight
 //!    leaves the session in place, so `Drop` unlocks again (an unlock of a
@@ -17,7 +19,6 @@
 use std::fmt;
 
 use tokio_postgres::types::{ToSql, Type};
-use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::context::PgLocks;
 use super::errors::{map_pg, timed_out};
@@ -39,14 +40,12 @@ pub(crate) struct Hold {
     session: Option<Session>,
     pid: i32,
     lost: Lost,
-    /// The probe runs while this is `Some` (invariant 2).
-    keepalive: Option<DropGuard>,
     stats: Option<Held>,
 }
 
 impl Hold {
-    /// Takes over `session`, which holds `key` in `mode`, and starts its
-    /// keepalive probe.
+    /// Takes over `session`, which holds `key` in `mode`, and turns its
+    /// keepalive probe on (invariant 2).
     pub(crate) fn new(
         client: &PgLocks,
         resource: &str,
@@ -56,13 +55,7 @@ impl Hold {
         session: Session,
     ) -> Self {
         let lost_token = session.closed.child_token();
-        let stop = CancellationToken::new();
-        client.spawn(keepalive(
-            session.client.clone(),
-            client.options().keepalive,
-            lost_token.clone(),
-            stop.clone(),
-        ));
+        session.set_holding(true);
         Self {
             client: client.clone(),
             resource: resource.to_owned(),
@@ -72,7 +65,6 @@ impl Hold {
             pid: session.pid,
             session: Some(session),
             lost: Lost::from_token(lost_token),
-            keepalive: Some(stop.drop_guard()),
             stats: None,
         }
     }
@@ -117,10 +109,10 @@ impl Hold {
     /// lock if the server still had it); [`LockError::NotHeld`] if the
     /// server said the session did not hold it.
     pub(crate) async fn release(&mut self) -> Result<(), LockError> {
-        self.keepalive = None;
         let Some(session) = &self.session else {
             return Ok(());
         };
+        session.set_holding(false);
         let limit = self.client.options().op_timeout;
         let unlock = unlock_sql(self.key, self.mode);
         let (a, b) = key_params(self.key);
@@ -194,34 +186,6 @@ pub(crate) fn params<'a>(a: &'a KeyParam, b: &'a KeyParam) -> Vec<(&'a (dyn ToSq
     out
 }
 
-/// Probes the connection every `every` (`SELECT 1`, bounded by `every`)
-/// until `stop`; fires `lost` when a probe fails or times out, or the
-/// connection ends (invariant 3).
-async fn keepalive(
-    client: std::sync::Arc<tokio_postgres::Client>,
-    every: std::time::Duration,
-    lost: CancellationToken,
-    stop: CancellationToken,
-) {
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = lost.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let probe = tokio::time::timeout(every, client.simple_query("SELECT 1"));
-        let ok = tokio::select! {
-            () = stop.cancelled() => return,
-            r = probe => matches!(r, Ok(Ok(_))),
-        };
-        if !ok {
-            tracing::warn!("postgres connection holding a lock failed its keepalive probe: lost");
-            lost.cancel();
-            return;
-        }
-    }
-}
-
 impl Drop for Hold {
     fn drop(&mut self) {
         if let Some(stats) = &mut self.stats
@@ -229,10 +193,10 @@ impl Drop for Hold {
         {
             stats.lost();
         }
-        self.keepalive = None;
         let Some(session) = self.session.take() else {
             return;
         };
+        session.set_holding(false);
         let client = self.client.clone();
         let key = self.key;
         let mode = self.mode;

@@ -111,6 +111,7 @@ mod options;
 mod rwlock;
 mod semaphore;
 mod session;
+mod sql;
 
 pub use context::PgLocks;
 pub use guard::PgLockGuard;

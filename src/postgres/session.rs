@@ -1,12 +1,19 @@
 //! One Postgres connection ([`Session`]): the client, the task driving
-//! it, its cancel token and its backend's pid.
+//! it, its keepalive probe, its cancel token and its backend's pid.
+//!
+//! The probe runs for the session's life but only sends while the session
+//! holds a lock (`holding`): a session waiting for a lock must send nothing,
+//! since a probe would queue behind the wait. A probe that fails or goes
+//! unanswered for one interval marks the session closed (so it is never
+//! reused), which fires the lost signal of the lock it holds.
 //!
 //! A session holds at most one advisory lock at a time (see the connection
 //! model in the [module docs](super)); [`Session::scrub`] makes a session
 //! whose last request's outcome is unknown fit for reuse, or says it is not.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio_postgres::types::{ToSql, Type};
@@ -18,11 +25,14 @@ use crate::error::LockError;
 
 /// One connection to the server.
 pub(crate) struct Session {
-    /// Shared with the hold's keepalive task.
     pub(crate) client: Arc<Client>,
     cancel: CancelToken,
-    /// Fired when the connection's task ends (closed by either side).
+    /// Fired when the connection's task ends (closed by either side) or a
+    /// keepalive probe fails.
     pub(crate) closed: CancellationToken,
+    /// Whether the session holds a lock: the keepalive probe sends only
+    /// then.
+    holding: Arc<AtomicBool>,
     /// The backend process serving this connection.
     pub(crate) pid: i32,
     /// Statements prepared on this connection, by their text: a request
@@ -40,7 +50,11 @@ impl Session {
     /// # Cancel safety
     ///
     /// Dropping the future drops the half-open connection.
-    pub(crate) async fn open(config: &Config, limit: Duration) -> Result<Self, LockError> {
+    pub(crate) async fn open(
+        config: &Config,
+        limit: Duration,
+        keepalive: Duration,
+    ) -> Result<Self, LockError> {
         const OP: &str = "connect to";
         let connect = async {
             let (client, conn) = config.connect(NoTls).await?;
@@ -54,10 +68,19 @@ impl Session {
                 .query_typed_one("SELECT pg_backend_pid()", &[])
                 .await?
                 .try_get(0)?;
+            let client = Arc::new(client);
+            let holding = Arc::new(AtomicBool::new(false));
+            tokio::spawn(probe(
+                Arc::downgrade(&client),
+                keepalive,
+                holding.clone(),
+                closed.clone(),
+            ));
             Ok::<_, tokio_postgres::Error>(Session {
                 cancel: client.cancel_token(),
-                client: Arc::new(client),
+                client,
                 closed,
+                holding,
                 pid,
                 statements: Mutex::new(HashMap::new()),
             })
@@ -105,6 +128,12 @@ impl Session {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Says whether the session holds a lock (the keepalive probe sends
+    /// only while it does).
+    pub(crate) fn set_holding(&self, holding: bool) {
+        self.holding.store(holding, Ordering::Release);
+    }
+
     /// Whether the connection is gone.
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.is_cancelled() || self.client.is_closed()
@@ -143,6 +172,41 @@ impl Session {
         match tokio::time::timeout(limit, check).await {
             Ok(Ok(true)) => Some(self),
             _ => None,
+        }
+    }
+}
+
+/// The keepalive probe of one session: every `every`, while the session
+/// holds a lock, `SELECT 1` bounded by `every`; a failure marks the session
+/// closed. Ends with the session (its client dropped) or the connection.
+async fn probe(
+    client: Weak<Client>,
+    every: Duration,
+    holding: Arc<AtomicBool>,
+    closed: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if !holding.load(Ordering::Acquire) {
+            if client.strong_count() == 0 {
+                return;
+            }
+            continue;
+        }
+        let Some(client) = client.upgrade() else {
+            return;
+        };
+        let answered = matches!(
+            tokio::time::timeout(every, client.simple_query("SELECT 1")).await,
+            Ok(Ok(_))
+        );
+        if !answered && holding.load(Ordering::Acquire) {
+            tracing::warn!("postgres connection holding a lock failed its keepalive probe: lost");
+            closed.cancel();
+            return;
         }
     }
 }
