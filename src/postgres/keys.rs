@@ -93,7 +93,28 @@ impl fmt::Display for PgKey {
     }
 }
 
-/// How names map to keys (see the [module docs](self)).
+/// How names map to keys.
+///
+/// Postgres advisory locks are named by numbers: one `bigint`, or a pair of
+/// `integer`s (two key spaces that never overlap). A name becomes a key by
+/// one of two documented, versioned mappings:
+///
+/// - [`PgKeyMode::Sha256V1`] (the default): the first 8 bytes of the
+///   SHA-256 of the name's UTF-8 bytes, big-endian, as one `bigint`. Any
+///   name works. Two different names share a key (and so a lock) with
+///   probability 2⁻⁶⁴ per pair: among `n` names in use, about n²/2⁶⁵
+///   (a million names: 3·10⁻⁸). A shared key only makes two locks one
+///   (more exclusion, never less).
+/// - [`PgKeyMode::DistributedLock`]: exactly as DistributedLock.Postgres
+///   (.NET) maps a name, so a .NET service and a Rust one share a lock:
+///   ASCII names of up to 9 characters are packed 7 bits a character (a
+///   `0` bit, then `1`s fill the 64 bits) and used as an integer *pair*; a
+///   16-hex-digit name is that `bigint`; `XXXXXXXX,XXXXXXXX` is that pair;
+///   other names are refused unless hashing is allowed, which takes the
+///   first 8 bytes of the name's SHA-1, little-endian, as a `bigint`.
+///
+/// An explicit key ([`PgLocks::lock_key`](super::PgLocks::lock_key)) skips
+/// the mapping.
 ///
 /// ```
 /// use lockyard::postgres::PgKeyMode;

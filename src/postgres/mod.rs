@@ -90,7 +90,7 @@
 //! - **Semaphores** ([`PgLocks::semaphore`]) are `permits` advisory keys
 //!   derived from the name, tried in turn; **RW locks**
 //!   ([`PgLocks::rwlock`]) are the shared and exclusive holds of the
-//!   name's key. Their modules say how fair each is.
+//!   name's key. Their docs say how fair each is.
 //!
 //! # Not supported yet
 //!

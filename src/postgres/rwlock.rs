@@ -19,8 +19,18 @@ use super::lock::PgLock;
 use crate::error::LockError;
 use crate::options::{AcquireOptions, Mode};
 
-/// A readers-writer lock on Postgres; see [`PgLocks::rwlock`] and the
-/// [fairness notes](self).
+/// A readers-writer lock on Postgres; see [`PgLocks::rwlock`].
+///
+/// A thin view of [`PgLock`]: reading is a shared hold
+/// (`pg_advisory_lock_shared`), writing an exclusive one, of the same key,
+/// so the RW lock of a name *is* the lock of that name.
+///
+/// # Fairness
+///
+/// The server's lock queue decides: a request that conflicts with one
+/// already waiting waits behind it, so a waiting writer is not starved by
+/// a stream of new readers (their tries fail, and their waits queue behind
+/// the writer), and waiters are served in order.
 ///
 /// ```no_run
 /// # async fn demo(locks: lockyard::postgres::PgLocks) -> Result<(), lockyard::LockError> {

@@ -43,8 +43,29 @@ use crate::stats::{self, Backend};
 /// The most permits a semaphore may have (each is a key tried in turn).
 const MAX_PERMITS: u32 = 4096;
 
-/// A semaphore on Postgres advisory locks; see [`PgLocks::semaphore`] and
-/// the [design and fairness notes](self).
+/// A semaphore on Postgres advisory locks; see [`PgLocks::semaphore`].
+/// advisory locks.
+///
+/// # Design
+///
+/// Postgres has no counting advisory lock, so a semaphore of `permits` is
+/// `permits` exclusive advisory locks whose keys are derived from the name
+/// (see [`PgSemaphore::permit_keys`]). Taking a permit tries the keys in
+/// order with `pg_try_advisory_lock`, in one statement that stops at the
+/// first one granted. When every permit is taken, the waiter blocks on
+/// *one* permit's key, picked at random, with the server's own wait (as a
+/// lock does), and is woken when that permit's holder releases.
+///
+/// # Fairness
+///
+/// Waiters of one permit are served by the server's lock queue, first come
+/// first served. Across permits there is no queue: a waiter blocked on
+/// permit 2 keeps waiting while permit 0 frees (a newcomer's try takes
+/// that one). With `permits` = 1 it is a lock. Use it where throughput
+/// matters more than order; a waiter still ends at its timeout.
+///
+/// Every user of one semaphore must pass the same `permits`: the count is
+/// not stored, and a client asking for more permits has more keys.
 ///
 /// ```no_run
 /// # async fn demo(locks: lockyard::postgres::PgLocks) -> Result<(), lockyard::LockError> {
