@@ -219,3 +219,26 @@ async fn rw_lock_readers_share_and_a_waiting_writer_holds_new_readers_back() {
     w.release().await.unwrap();
     rw.try_read().await.unwrap().release().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquisitions_refusals_and_losses_are_counted_in_stats() {
+    use lockyard::stats::{self, Backend};
+    let server = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let a = client(&server).await;
+    let name = "stats-postgres-counted";
+    let g = a.try_acquire(name).await.unwrap();
+    assert!(a.try_acquire(name).await.unwrap_err().is_would_block());
+    let s = stats::get(Backend::Postgres, name).unwrap();
+    assert_eq!((s.acquisitions, s.busy, s.held), (1, 1, 1));
+    // A hold lost to a terminated backend counts as lost once dropped.
+    let admin = server.admin().await;
+    admin
+        .query_one("SELECT pg_terminate_backend($1)", &[&g.backend_pid()])
+        .await
+        .unwrap();
+    bounded(g.lost()).await;
+    drop(g);
+    let s = stats::get(Backend::Postgres, name).unwrap();
+    assert_eq!((s.held, s.lost), (0, 1));
+    assert_eq!(Backend::Postgres.as_str(), "postgres");
+}
