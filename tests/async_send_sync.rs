@@ -219,6 +219,7 @@ mod postgres {
         lockyard::postgres::PgKeyMode,
         lockyard::postgres::PgSemaphore,
         lockyard::postgres::PgRwLock,
+        lockyard::postgres::PgXactLock,
     );
 
     /// The futures of the Postgres API are `Send`, so they can be spawned.

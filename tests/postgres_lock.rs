@@ -242,3 +242,73 @@ async fn acquisitions_refusals_and_losses_are_counted_in_stats() {
     assert_eq!((s.held, s.lost), (0, 1));
     assert_eq!(Backend::Postgres.as_str(), "postgres");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_lock_lasts_as_long_as_the_callers_transaction() {
+    let server = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let a = client(&server).await;
+    let other = client(&server).await;
+    let mut db = server.admin().await;
+    let opts = AcquireOptions::exclusive().timeout(Duration::from_millis(100));
+
+    // Held until commit.
+    let tx = db.transaction().await.unwrap();
+    let held = a.lock_in_transaction(&tx, "ledger", &opts).await.unwrap();
+    assert_eq!(held.mode, Mode::Exclusive);
+    let first = held.fencing_token.unwrap();
+    assert!(
+        other
+            .try_acquire("ledger")
+            .await
+            .unwrap_err()
+            .is_would_block()
+    );
+    tx.commit().await.unwrap();
+    let g = other.try_acquire("ledger").await.unwrap();
+    assert!(g.fencing_token().unwrap() > first);
+
+    // A wait that times out rolls back to its savepoint only: the
+    // transaction goes on, with its own lock_timeout.
+    let tx = db.transaction().await.unwrap();
+    let e = bounded(a.lock_in_transaction(&tx, "ledger", &opts))
+        .await
+        .unwrap_err();
+    assert!(e.is_timeout(), "{e}");
+    let e = a
+        .lock_in_transaction(
+            &tx,
+            "ledger",
+            &AcquireOptions::exclusive().timeout(Duration::ZERO),
+        )
+        .await
+        .unwrap_err();
+    assert!(e.is_would_block(), "{e}");
+    let setting: String = tx.query_one("SHOW lock_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(setting, "0");
+    // Woken by the server when the session lock is released.
+    let waiting = async {
+        a.lock_in_transaction(
+            &tx,
+            "ledger",
+            &AcquireOptions::exclusive().timeout(Duration::from_secs(15)),
+        )
+        .await
+    };
+    let release = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        g.release().await.unwrap();
+    };
+    let (got, ()) = bounded(async { tokio::join!(waiting, release) }).await;
+    got.unwrap();
+    let setting: String = tx.query_one("SHOW lock_timeout", &[]).await.unwrap().get(0);
+    assert_eq!(setting, "0", "the wait's lock_timeout was left behind");
+    // Rolled back: released all the same.
+    tx.rollback().await.unwrap();
+    other
+        .try_acquire("ledger")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}

@@ -358,7 +358,7 @@ async fn try_once(
 }
 
 /// The fence write after a wait granted the lock.
-async fn fence_after_wait(
+pub(crate) async fn fence_after_wait(
     client: &PgLocks,
     session: &Session,
     resource: &str,

@@ -87,6 +87,9 @@
 //!   sorts them) or with timeouts.
 //! - **Cancel safety**: see [`PgLocks::acquire`].
 //!
+//! - **Transaction-scoped locks** on the caller's own transaction
+//!   ([`PgLocks::lock_in_transaction`]: `pg_advisory_xact_lock`) end with
+//!   the transaction and cannot leak.
 //! - **Semaphores** ([`PgLocks::semaphore`]) are `permits` advisory keys
 //!   derived from the name, tried in turn; **RW locks**
 //!   ([`PgLocks::rwlock`]) are the shared and exclusive holds of the
@@ -95,8 +98,7 @@
 //! # Not supported yet
 //!
 //! TLS (`sslmode=require` is refused with
-//! [`LockError::InvalidArgument`](crate::LockError::InvalidArgument)),
-//! transaction-scoped locks on a caller's own transaction.
+//! [`LockError::InvalidArgument`](crate::LockError::InvalidArgument)).
 
 mod acquire;
 mod client;
@@ -112,6 +114,7 @@ mod rwlock;
 mod semaphore;
 mod session;
 mod sql;
+mod xact;
 
 pub use context::PgLocks;
 pub use guard::PgLockGuard;
@@ -121,3 +124,4 @@ pub use lock::PgLock;
 pub use options::PgOptions;
 pub use rwlock::PgRwLock;
 pub use semaphore::PgSemaphore;
+pub use xact::PgXactLock;
