@@ -26,6 +26,9 @@ use tokio_postgres::{Client, NoTls};
 fn main() {
     let rounds: usize = env_or("ROUNDS", 15);
     let ops: usize = env_or("OPS", 200);
+    // ONLY=n runs variant n alone (0 floor, 1 lockyard, 2 fenced floor,
+    // 3 fenced lockyard), to profile it; then no ratios are printed.
+    let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
     let server = PgServer::start();
     let url = server.url();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -76,6 +79,9 @@ fn main() {
             // runs first (or right after a given other one).
             for i in 0..4 {
                 let variant = (round + i) % 4;
+                if only.is_some_and(|o| o != variant) {
+                    continue;
+                }
                 let t = Instant::now();
                 for _ in 0..ops {
                     match variant {
@@ -110,6 +116,10 @@ fn main() {
                 }
                 samples[variant].push(per_op(t, ops));
             }
+        }
+        if only.is_some() {
+            println!("per op: {:?} µs", samples.map(median_or_nan));
+            return;
         }
         // The ratio of each round (its variants ran next to each other), then
         // the median over rounds: drift between rounds cancels out.
@@ -161,6 +171,10 @@ fn per_op(start: Instant, ops: usize) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+fn median_or_nan(v: Vec<f64>) -> f64 {
+    if v.is_empty() { f64::NAN } else { median(v) }
 }
 
 fn percentiles(mut v: Vec<f64>) -> (f64, f64) {
