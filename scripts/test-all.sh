@@ -7,6 +7,7 @@
 # the tests make their CA and certificates themselves (rcgen, no openssl).
 # The Sentinel tests run `redis-server <config> --sentinel`: Debian's
 # redis-server can; where it cannot, the redis-sentinel package is installed.
+# Installs postgresql (Debian) when initdb is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,6 +41,14 @@ if ! sentinel_works; then
   echo "redis-server does not run as a sentinel; installing redis-sentinel (Debian)"
   apt_install redis-sentinel
   sentinel_works || { echo "redis-server --sentinel still does not work" >&2; exit 1; }
+fi
+
+# The Postgres tests start private servers with initdb and pg_ctl (run as
+# the postgres user under root) on free loopback ports; never the machine's
+# own server.
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  echo "initdb not found; installing it (Debian package postgresql)"
+  apt_install postgresql
 fi
 
 echo "== cargo test (all features)"

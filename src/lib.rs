@@ -198,6 +198,9 @@ pub use crate::redis::{
     RedlockGuard, RedlockLock, RedlockOptions,
 };
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
 // ---- statistics: every backend records, the manager and exports read ----
 pub mod stats;
 pub use stats::{LockStat, LockStats};

@@ -204,3 +204,35 @@ mod file {
         send(g.release());
     }
 }
+
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+
+    assert_send_sync!(
+        lockyard::postgres::PgLocks,
+        lockyard::postgres::PgOptions,
+        lockyard::postgres::PgLock,
+        lockyard::postgres::PgLockGuard,
+        lockyard::postgres::PgLockInfo,
+        lockyard::postgres::PgKey,
+        lockyard::postgres::PgKeyMode,
+        lockyard::postgres::PgSemaphore,
+        lockyard::postgres::PgRwLock,
+        lockyard::postgres::PgXactLock,
+    );
+
+    /// The futures of the Postgres API are `Send`, so they can be spawned.
+    fn futures_are_send(locks: lockyard::postgres::PgLocks, lock: lockyard::postgres::PgLock) {
+        fn send<F: std::future::Future + Send>(_: F) {}
+        send(locks.acquire("x", std::time::Duration::ZERO));
+        send(locks.try_acquire("x"));
+        send(locks.is_locked("x"));
+        send(locks.list());
+        send(locks.shutdown());
+        send(lock.acquire(std::time::Duration::ZERO));
+        send(lockyard::postgres::PgLocks::connect(
+            "postgres://127.0.0.1:1/",
+        ));
+    }
+}

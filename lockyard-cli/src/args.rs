@@ -17,13 +17,13 @@ Exit codes:
   1        exec: the lock is held (-n, or -w ran out); -E N changes it
   64       usage error (bad option, DUR, name, or combination)
   66       status/cleanup: the lock directory does not exist
-  69       the backend (Redis) is unavailable or refused us (TLS too: an
+  69       the backend (Redis, Postgres) is unavailable or refused us (TLS too: an
            untrusted or expired certificate, a plain server behind rediss://)
   70       internal error
   71       COMMAND could not be started (OS error)
   73       the lock directory or a lock file cannot be created
   74       other I/O error
-  75       exec --redis: the lock was lost while COMMAND ran; COMMAND's tree got
+  75       exec --redis/--postgres: the lock was lost while COMMAND ran; COMMAND's tree got
            SIGTERM, then SIGKILL 5 s later
   76       the backend answered something unexpected
   77       permission denied, an unsafe path (symlinked lock file, foreign
@@ -53,8 +53,9 @@ and Ctrl-Z reach it directly. When COMMAND stops (Ctrl-Z, SIGTSTP), lockyard
 stops too; SIGCONT resumes both. A signal received while waiting for the
 lock ends the wait: exit 128+S. Under systemd, KillMode=mixed sends the stop
 signal to lockyard only; the default control-group mode also signals COMMAND
-directly, which then sees it twice. With --redis, COMMAND finds its fencing
-token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which has none).
+directly, which then sees it twice. With --redis or --postgres, COMMAND
+finds its fencing token in LOCKYARD_FENCING_TOKEN (unset for Redlock, which
+has none).
 
 A NAME with a `/`, or --file PATH, locks that file itself, as flock(1) does:
 lockyard and flock(1) users of the same path exclude each other. As with
@@ -66,6 +67,7 @@ Examples:
   lockyard exec -n /var/lock/backup.lock -c 'rsync -a src/ dst/'   # as flock(1)
   lockyard exec -n -E 0 backup -- rsync -a src/ dst/     # skip if one runs
   lockyard exec -w 30s --redis redis://10.0.0.5/ deploy -- ./deploy.sh
+  lockyard exec -w 30s --postgres postgres://app@db/app deploy -- ./deploy.sh
 
 ",
     exit_codes!()
@@ -209,7 +211,36 @@ impl RedisArg {
     }
 }
 
+/// Which Postgres database, if any: `exec` locks there (session advisory
+/// locks), `status` lists the advisory locks held there.
 #[derive(Debug, Args)]
+pub(crate) struct PostgresArg {
+    /// Use the Postgres database at URL (postgres://USER:PASSWORD@HOST:PORT/DB)
+    /// instead of lock files: `exec` holds a session advisory lock while
+    /// COMMAND runs (exit 75 if the session is lost), `status` lists the
+    /// advisory locks held in that database. Set LOCKYARD_POSTGRES empty to
+    /// use files. Not with --redis.
+    #[arg(
+        id = "postgres",
+        long = "postgres",
+        value_name = "URL",
+        env = "LOCKYARD_POSTGRES",
+        conflicts_with = "redis"
+    )]
+    pub(crate) url: Option<String>,
+}
+
+impl PostgresArg {
+    /// An empty LOCKYARD_POSTGRES means files.
+    pub(crate) fn normalize(&mut self) {
+        if self.url.as_deref() == Some("") {
+            self.url = None;
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("distributed").args(["redis", "postgres"])))]
 pub(crate) struct ExecArgs {
     #[command(flatten)]
     pub(crate) dir: DirArg,
@@ -245,6 +276,9 @@ pub(crate) struct ExecArgs {
     #[command(flatten)]
     pub(crate) redis: RedisArg,
 
+    #[command(flatten)]
+    pub(crate) postgres: PostgresArg,
+
     /// Redis lease time-to-live; renewed about every TTL/3 while COMMAND runs
     /// [default: 30s].
     #[arg(long, value_name = "DUR", value_parser = parse_duration, requires = "redis")]
@@ -257,15 +291,15 @@ pub(crate) struct ExecArgs {
     #[arg(long, value_name = "SIG", requires = "redis", value_parser = parse_signal)]
     pub(crate) on_suspect: Option<i32>,
 
-    /// Redis semaphore NAME: up to N holders run at once.
-    #[arg(long, value_name = "N", requires = "redis", conflicts_with_all = ["shared", "rw"],
+    /// Semaphore NAME (Redis or Postgres): up to N holders run at once.
+    #[arg(long, value_name = "N", requires = "distributed", conflicts_with_all = ["shared", "rw"],
           value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) permits: Option<u32>,
 
-    /// Accepted for compatibility, and changes nothing: on Redis, one name
-    /// is one lock, whose exclusive holder is the RW lock's writer and whose
-    /// shared holders (-s) are its readers.
-    #[arg(long, requires = "redis")]
+    /// Accepted for compatibility, and changes nothing: on Redis and
+    /// Postgres, one name is one lock, whose exclusive holder is the RW
+    /// lock's writer and whose shared holders (-s) are its readers.
+    #[arg(long, requires = "distributed")]
     pub(crate) rw: bool,
 
     /// Lock the file PATH itself, exactly as flock(1) does (no .lock added;
@@ -315,12 +349,18 @@ impl ExecArgs {
             return Err("no COMMAND given (after NAME, or -c SHELL_COMMAND)".into());
         }
         self.redis.normalize();
+        self.postgres.normalize();
+        if !self.redis.urls.is_empty() && self.postgres.url.is_some() {
+            return Err("--redis and --postgres are two backends: give one".into());
+        }
         if self.lock_path().is_none() {
             return Ok(());
         }
-        if !self.redis.urls.is_empty() {
+        if !self.redis.urls.is_empty() || self.postgres.url.is_some() {
             return Err(
-                "a path (--file, or a NAME with `/`) is a file lock: not with --redis".into(),
+                "a path (--file, or a NAME with `/`) is a file lock: not with --redis or \
+                 --postgres"
+                    .into(),
             );
         }
         // Only the flag: $LOCKYARD_DIR is a default for NAMEs, not a choice
@@ -373,6 +413,9 @@ pub(crate) struct StatusArgs {
 
     #[command(flatten)]
     pub(crate) redis: RedisArg,
+
+    #[command(flatten)]
+    pub(crate) postgres: PostgresArg,
 }
 
 #[derive(Debug, Args)]

@@ -1,5 +1,5 @@
 //! `exec`: run COMMAND while holding a lock file; `--redis` goes to
-//! [`exec_redis`](crate::exec_redis).
+//! `exec_redis`, `--postgres` to `exec_postgres`.
 
 use lockyard::{AcquireOptions, Escaped, FileLock, FileLockManager, Mode};
 
@@ -13,11 +13,25 @@ use crate::waiting::{self, Ctx};
 /// `exec`, on files or (`--redis`) on Redis.
 pub(crate) async fn run(ctx: &Ctx, args: &ExecArgs) -> Result<u8, CliError> {
     let mut signals = Signals::install()?;
-    if args.redis.urls.is_empty() {
+    if args.postgres.url.is_some() {
+        postgres(ctx, args, &mut signals).await
+    } else if args.redis.urls.is_empty() {
         files(ctx, args, &mut signals).await
     } else {
         redis(ctx, args, &mut signals).await
     }
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, CliError> {
+    crate::exec_postgres::run(ctx, args, signals).await
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(_: &Ctx, _: &ExecArgs, _: &mut Signals) -> Result<u8, CliError> {
+    Err(CliError::usage(
+        "this lockyard was built without Postgres support (feature `postgres`)",
+    ))
 }
 
 #[cfg(feature = "redis")]

@@ -1,10 +1,10 @@
 //! `lockyard`: run commands under cross-process (file) or distributed
-//! (Redis) locks, list locks, clean up stale lock files.
+//! (Redis, Postgres) locks, list locks, clean up stale lock files.
 //!
 //! ```text
-//! lockyard exec [--dir DIR] [-s | -x] [-n] [-w DUR] [-E N] [-o] [-v] [--redis URL,...]
+//! lockyard exec [--dir DIR] [-s | -x] [-n] [-w DUR] [-E N] [-o] [-v] [--redis URL,... | --postgres URL]
 //!               [--ttl DUR] [--permits N | --rw] NAME (-- COMMAND [ARGS...] | -c LINE)
-//! lockyard status  [--dir DIR] [--json] [--redis URL]
+//! lockyard status  [--dir DIR] [--json] [--redis URL | --postgres URL]
 //! lockyard cleanup [--dir DIR] [--max-age DUR] [--dry-run]
 //! ```
 //!
@@ -14,7 +14,7 @@
 //!
 //! ```text
 //! main.rs                                   parse, runtime, dispatch
-//! exec.rs → exec_redis.rs                   exec (files; --redis)
+//! exec.rs → exec_redis.rs exec_postgres.rs exec (files; --redis; --postgres)
 //! status.rs   cleanup.rs                    the other subcommands
 //! lockdir.rs                                which lock directory
 //! supervisor.rs                             COMMAND's tree: spawn, supervise, stop
@@ -32,6 +32,8 @@ mod args;
 mod cleanup;
 mod duration;
 mod exec;
+#[cfg(feature = "postgres")]
+mod exec_postgres;
 #[cfg(feature = "redis")]
 mod exec_redis;
 mod exit;
@@ -71,7 +73,10 @@ fn main() -> ExitCode {
                 return CliError::usage(e).report();
             }
         }
-        Command::Status(args) => args.redis.normalize(),
+        Command::Status(args) => {
+            args.redis.normalize();
+            args.postgres.normalize();
+        }
         Command::Cleanup(_) => {}
     }
     init_tracing(cli.verbose);

@@ -1,4 +1,5 @@
-//! `status`: the lock files of a directory, or (`--redis`) the locks held on
+//! `status`: the lock files of a directory, (`--postgres`) the advisory
+//! locks of a database, or (`--redis`) the locks held on
 //! a Redis server, as a table or JSON. The table escapes control characters
 //! (a name with a newline cannot forge a row); JSON has its own escaping.
 
@@ -13,6 +14,14 @@ use crate::output::{format_table, print};
 
 /// `status`: lock files, or the one `--redis` server's locks.
 pub(crate) async fn run(args: &StatusArgs) -> Result<u8, CliError> {
+    if let Some(url) = args.postgres.url.as_deref() {
+        if !args.redis.urls.is_empty() {
+            return Err(CliError::usage(
+                "--redis and --postgres are two backends: give one",
+            ));
+        }
+        return postgres(url, args).await;
+    }
     match args.redis.urls.as_slice() {
         [] => files(args).await,
         [url] => redis(url, args).await,
@@ -195,4 +204,50 @@ fn redis_json_row(info: &RedisLockInfo) -> serde_json::Value {
         "ttl_ms": info.ttl.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         "fencing_token": info.fencing_token,
     })
+}
+
+/// `status --postgres`: every advisory lock granted in the database, with
+/// the holder's backend pid and, where lockyard recorded it, the name.
+#[cfg(feature = "postgres")]
+async fn postgres(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
+    let locks = lockyard::postgres::PgLocks::connect(url).await?;
+    let held = locks.list().await?;
+    let text = if args.json {
+        let rows: Vec<serde_json::Value> = held
+            .iter()
+            .map(|info| {
+                serde_json::json!({
+                    "name": info.name,
+                    "held": true,
+                    "mode": info.mode.as_str(),
+                    "pid": info.pid,
+                    "key": info.key.to_string(),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(rows).to_string() + "\n"
+    } else {
+        let mut rows = vec![["NAME", "KEY", "MODE", "PID"].map(str::to_owned)];
+        for info in &held {
+            rows.push([
+                info.name
+                    .as_deref()
+                    .map_or_else(|| "-".to_owned(), |n| escape_for_display(n).into_owned()),
+                info.key.to_string(),
+                info.mode.as_str().to_owned(),
+                info.pid.to_string(),
+            ]);
+        }
+        format_table(&rows)
+    };
+    locks.shutdown().await;
+    print(&text)?;
+    Ok(0)
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(_: &str, _: &StatusArgs) -> Result<u8, CliError> {
+    Err(CliError::usage(
+        "this lockyard was built without Postgres support (feature `postgres`)",
+    ))
 }

@@ -3,6 +3,8 @@
 //! - [`redis`], [`cluster`], [`sentinel`]: private `redis-server`s, Redis
 //!   Clusters and Sentinel-managed primaries with replicas on free loopback
 //!   ports (never the machine's own 6379), killed on drop;
+//! - [`postgres`]: private Postgres servers (`initdb`, `pg_ctl`) on free
+//!   loopback ports (never 5432), run as the `postgres` user under root;
 //! - [`proxy`]: the loopback fault proxy (hold a request, hold replies,
 //!   delay, drop one direction, cut);
 //! - [`child`]: one child-process harness (this test binary re-executed in
@@ -24,6 +26,7 @@ pub mod child;
 pub mod cluster;
 pub mod conformance;
 pub mod floor;
+pub mod postgres;
 pub mod proxy;
 pub mod redis;
 pub mod sentinel;

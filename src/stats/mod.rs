@@ -123,6 +123,8 @@ pub enum Backend {
     Redis,
     /// Redlock over several servers.
     Redlock,
+    /// Postgres advisory locks.
+    Postgres,
     /// Named in-process semaphores and RW locks.
     Local,
     /// A [`Lock`](crate::Lock) implemented outside lockyard, counted by
@@ -131,7 +133,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// The label value: `file`, `redis`, `redlock`, `local` or `custom`.
+    /// The label value: `file`, `redis`, `redlock`, `postgres`, `local` or
+    /// `custom`.
     ///
     /// ```
     /// assert_eq!(lockyard::stats::Backend::Redis.as_str(), "redis");
@@ -141,6 +144,7 @@ impl Backend {
             Backend::File => "file",
             Backend::Redis => "redis",
             Backend::Redlock => "redlock",
+            Backend::Postgres => "postgres",
             Backend::Local => "local",
             Backend::Custom => "custom",
         }

@@ -45,6 +45,7 @@ impl Env {
             .env("LOCKYARD_DIR", self.dir())
             .env_remove("RUST_BACKTRACE")
             .env_remove("LOCKYARD_REDIS")
+            .env_remove("LOCKYARD_POSTGRES")
             .env_remove("LOCKYARD_TLS_CA")
             .env_remove("LOCKYARD_TLS_CERT")
             .env_remove("LOCKYARD_TLS_KEY")

@@ -1,0 +1,127 @@
+//! Distributed locks on Postgres advisory locks (feature `postgres`, off by
+//! default), on `tokio-postgres`.
+//!
+//! ```no_run
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), lockyard::LockError> {
+//! use std::time::Duration;
+//! use lockyard::postgres::{PgLocks, PgOptions};
+//!
+//! let locks = PgLocks::connect_with(
+//!     "postgres://app:secret@db.internal:5432/app",
+//!     PgOptions::default().keepalive(Duration::from_secs(2)),
+//! ).await?;
+//! let guard = locks.acquire("nightly-report", Duration::from_secs(60)).await?;
+//! let token = guard.fencing_token(); // Some(n): pass it to the storage you write to
+//! guard.run_until_lost(async { /* the work */ }).await?;
+//! guard.release().await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # When to use it
+//!
+//! When processes on several machines must take turns and the Postgres
+//! database they share is already part of the system (no Redis to run).
+//! On one machine, prefer the file locks; within one process, the
+//! in-process primitives.
+//!
+//! # What is guaranteed, and what is not
+//!
+//! - **Session advisory locks.** A lock is `pg_advisory_lock(key)` (shared:
+//!   `pg_advisory_lock_shared`) held by one server session; the server
+//!   frees it when the session ends, however it ends. There is no lease to
+//!   tune and nothing expires while the session lives.
+//! - **Connections.** Each held lock pins a connection of its own: a
+//!   connection holding a lock is never used by another acquisition while
+//!   held. Released (the unlock confirmed), it goes back to the client's
+//!   idle list (at most [`PgOptions::max_idle`]); a connection whose state
+//!   is unknown is scrubbed (`pg_advisory_unlock_all`, confirmed in
+//!   `pg_locks`) or closed, never reused holding something. So `n` locks
+//!   held at once take `n` connections: mind `max_connections`.
+//! - **Lost.** [`PgLockGuard::lost`] fires when the connection's task ends
+//!   (the server restarted, the backend was terminated, the socket was
+//!   reset) or a keepalive probe (`SELECT 1` every
+//!   [`PgOptions::keepalive`], 5 s by default) fails or goes unanswered for
+//!   one interval. The server frees a dead session's locks at once, so
+//!   another client can be granted the lock *before* the holder knows: the
+//!   bound is that `lost` fires within about two keepalive intervals of the
+//!   session's death (at once when the connection is closed in the open;
+//!   up to a probe interval plus its timeout when packets just stop).
+//!   Fencing tokens are what covers that window: storage that checks them
+//!   refuses the old holder's late writes.
+//! - **Fencing tokens** come from a small table, `lockyard_fence` in
+//!   [`PgOptions::fence_schema`] (`public` by default): `(key text primary
+//!   key, name text, token bigint)`, one row per key ever locked, bumped
+//!   with `INSERT … ON CONFLICT DO UPDATE SET token = token + 1 RETURNING
+//!   token` in the same statement as the grant. The table is created on
+//!   first use if missing; a role that may not create it gets
+//!   [`LockError::Backend`](crate::LockError::Backend) saying so (create
+//!   it once as an owner with the statement above and grant
+//!   `SELECT, INSERT, UPDATE`, or turn fencing off: then
+//!   [`fencing_token`](PgLockGuard::fencing_token) is `None`).
+//! - **PgBouncer** in transaction (or statement) pooling hands each
+//!   transaction another server session: a session lock taken through it
+//!   is held by a session other clients then use. Connect straight to the
+//!   server, or through session pooling.
+//!
+//! # How it works
+//!
+//! - **Names to keys** ([`PgKeyMode`]): by default the first 8 bytes of the
+//!   name's SHA-256 as one `bigint` (version 1 of the mapping; collision
+//!   odds in [`PgKeyMode`]); or exactly DistributedLock.Postgres's mapping,
+//!   so .NET and Rust services share locks; or an explicit key
+//!   ([`PgLocks::lock_key`]).
+//! - **Waiting is the server's**: a `pg_try_advisory_lock` first (one round
+//!   trip when free, the fence write in the same statement); if held, one
+//!   `pg_advisory_lock` in a transaction under `SET LOCAL lock_timeout`,
+//!   so the server wakes the waiter when the holder unlocks. A
+//!   `lock_timeout` error (55P03) is reported as a timeout only after
+//!   `pg_locks` shows the lock was not granted as it fired (a session lock
+//!   survives the rollback); a deadlock (40P01) is an error.
+//! - **Deadlocks between holds are yours to avoid.** Each hold and each
+//!   wait is a session of its own, and a waiting session holds nothing, so
+//!   the server's deadlock detector never sees a cycle through a task that
+//!   holds one lock and waits for another: such a wait ends at its timeout.
+//!   Take several locks in one fixed order (the manager's `acquire_all`
+//!   sorts them) or with timeouts.
+//! - **Cancel safety**: see [`PgLocks::acquire`].
+//!
+//! - **Transaction-scoped locks** on the caller's own transaction
+//!   ([`PgLocks::lock_in_transaction`]: `pg_advisory_xact_lock`) end with
+//!   the transaction and cannot leak.
+//! - **Semaphores** ([`PgLocks::semaphore`]) are `permits` advisory keys
+//!   derived from the name, tried in turn; **RW locks**
+//!   ([`PgLocks::rwlock`]) are the shared and exclusive holds of the
+//!   name's key. Their docs say how fair each is.
+//!
+//! # Not supported yet
+//!
+//! TLS (`sslmode=require` is refused with
+//! [`LockError::InvalidArgument`](crate::LockError::InvalidArgument)).
+
+mod acquire;
+mod client;
+mod context;
+mod errors;
+mod guard;
+mod hold;
+mod keys;
+mod listing;
+mod lock;
+mod options;
+mod rwlock;
+mod semaphore;
+mod session;
+mod sql;
+mod xact;
+
+pub use context::PgLocks;
+pub use guard::PgLockGuard;
+pub use keys::{PgKey, PgKeyMode};
+pub use listing::PgLockInfo;
+pub use lock::PgLock;
+pub use options::PgOptions;
+pub use rwlock::PgRwLock;
+pub use semaphore::PgSemaphore;
+pub use xact::PgXactLock;

@@ -1,0 +1,212 @@
+//! One Postgres connection ([`Session`]): the client, the task driving
+//! it, its keepalive probe, its cancel token and its backend's pid.
+//!
+//! The probe runs for the session's life but only sends while the session
+//! holds a lock (`holding`): a session waiting for a lock must send nothing,
+//! since a probe would queue behind the wait. A probe that fails or goes
+//! unanswered for one interval marks the session closed (so it is never
+//! reused), which fires the lost signal of the lock it holds.
+//!
+//! A session holds at most one advisory lock at a time (see the connection
+//! model in the [module docs](super)); [`Session::scrub`] makes a session
+//! whose last request's outcome is unknown fit for reuse, or says it is not.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{CancelToken, Client, Config, NoTls, Row, Statement};
+use tokio_util::sync::CancellationToken;
+
+use super::errors::{map_pg, timed_out};
+use crate::error::LockError;
+
+/// One connection to the server.
+pub(crate) struct Session {
+    pub(crate) client: Arc<Client>,
+    cancel: CancelToken,
+    /// Fired when the connection's task ends (closed by either side) or a
+    /// keepalive probe fails.
+    pub(crate) closed: CancellationToken,
+    /// Whether the session holds a lock: the keepalive probe sends only
+    /// then.
+    holding: Arc<AtomicBool>,
+    /// The backend process serving this connection.
+    pub(crate) pid: i32,
+    /// Statements prepared on this connection, by their text: a request
+    /// sent again is one round trip with no parsing on the server.
+    statements: Mutex<HashMap<String, Statement>>,
+}
+
+/// How many prepared statements a session keeps (a lock, a shared lock,
+/// their unlocks, the fence write and the semaphore's try: a handful).
+const STATEMENTS: usize = 32;
+
+impl Session {
+    /// Opens a connection, bounded by `limit`, and asks its backend's pid.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future drops the half-open connection.
+    pub(crate) async fn open(
+        config: &Config,
+        limit: Duration,
+        keepalive: Duration,
+    ) -> Result<Self, LockError> {
+        const OP: &str = "connect to";
+        let connect = async {
+            let (client, conn) = config.connect(NoTls).await?;
+            let closed = CancellationToken::new();
+            let fired = closed.clone();
+            tokio::spawn(async move {
+                let _ = conn.await;
+                fired.cancel();
+            });
+            let pid: i32 = client
+                .query_typed_one("SELECT pg_backend_pid()", &[])
+                .await?
+                .try_get(0)?;
+            let client = Arc::new(client);
+            let holding = Arc::new(AtomicBool::new(false));
+            tokio::spawn(probe(
+                Arc::downgrade(&client),
+                keepalive,
+                holding.clone(),
+                closed.clone(),
+            ));
+            Ok::<_, tokio_postgres::Error>(Session {
+                cancel: client.cancel_token(),
+                client,
+                closed,
+                holding,
+                pid,
+                statements: Mutex::new(HashMap::new()),
+            })
+        };
+        match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(session)) => Ok(session),
+            Ok(Err(e)) => Err(map_pg("", OP, e)),
+            Err(_) => Err(timed_out("", OP, limit)),
+        }
+    }
+
+    /// Runs `sql` with `params` (each with its type), expecting one row,
+    /// as a statement prepared on this connection once and reused.
+    ///
+    /// # Cancel safety
+    ///
+    /// As tokio-postgres's: a dropped request may still run on the server.
+    pub(crate) async fn query_one(
+        &self,
+        sql: &str,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let cached = self.cache().get(sql).cloned();
+        let statement = match cached {
+            Some(s) => s,
+            None => {
+                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                let s = self.client.prepare_typed(sql, &types).await?;
+                let mut cache = self.cache();
+                if cache.len() >= STATEMENTS {
+                    cache.clear();
+                }
+                cache.insert(sql.to_owned(), s.clone());
+                s
+            }
+        };
+        let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(p, _)| *p).collect();
+        self.client.query_one(&statement, &values).await
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
+        // Insert and clear only: a panic cannot leave the map inconsistent.
+        self.statements
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Says whether the session holds a lock (the keepalive probe sends
+    /// only while it does).
+    pub(crate) fn set_holding(&self, holding: bool) {
+        self.holding.store(holding, Ordering::Release);
+    }
+
+    /// Whether the connection is gone.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.is_cancelled() || self.client.is_closed()
+    }
+
+    /// Asks the server to cancel what this session's backend runs now (a
+    /// blocked `pg_advisory_lock`), over a connection of its own, bounded
+    /// by `limit`. When it returns, the backend has been signalled.
+    pub(crate) async fn cancel_running(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, self.cancel.cancel_query(NoTls)).await;
+    }
+
+    /// After a request whose outcome is unknown (a dropped acquisition, a
+    /// timed-out one): ends any transaction, releases every advisory lock
+    /// of the session, and checks that it holds none. `Some(self)` only if
+    /// all of that was confirmed within `limit`.
+    ///
+    /// A cancel sent before this may still be delivered while it runs; it
+    /// then fails one of these requests, and the session is not reused.
+    pub(crate) async fn scrub(self, limit: Duration) -> Option<Self> {
+        let check = async {
+            self.client
+                .batch_execute("ROLLBACK; SELECT pg_advisory_unlock_all()")
+                .await?;
+            let held: i64 = self
+                .client
+                .query_typed_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' \
+                     AND pid = pg_backend_pid()",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            Ok::<_, tokio_postgres::Error>(held == 0)
+        };
+        match tokio::time::timeout(limit, check).await {
+            Ok(Ok(true)) => Some(self),
+            _ => None,
+        }
+    }
+}
+
+/// The keepalive probe of one session: every `every`, while the session
+/// holds a lock, `SELECT 1` bounded by `every`; a failure marks the session
+/// closed. Ends with the session (its client dropped) or the connection.
+async fn probe(
+    client: Weak<Client>,
+    every: Duration,
+    holding: Arc<AtomicBool>,
+    closed: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = closed.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        if !holding.load(Ordering::Acquire) {
+            if client.strong_count() == 0 {
+                return;
+            }
+            continue;
+        }
+        let Some(client) = client.upgrade() else {
+            return;
+        };
+        let answered = matches!(
+            tokio::time::timeout(every, client.simple_query("SELECT 1")).await,
+            Ok(Ok(_))
+        );
+        if !answered && holding.load(Ordering::Acquire) {
+            tracing::warn!("postgres connection holding a lock failed its keepalive probe: lost");
+            closed.cancel();
+            return;
+        }
+    }
+}
