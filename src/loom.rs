@@ -37,10 +37,11 @@
 //! every unlock makes a `futex_wake` system call, while `parking_lot`'s
 //! spins and yields a little longer before it parks, and unlocks with one
 //! compare-and-swap while nobody is parked. With `std`'s, an `RwLock` whose
-//! readers hold it across an `.await` was 7–12 % slower than tokio's on
-//! two workers; with `parking_lot`'s, 2–3 % faster (`cargo bench --bench
-//! local -- interleaved`, the benchmark run as a real-time process, so that
-//! the other load of the machine does not preempt its workers).
+//! readers hold it across an `.await` took 1.07–1.12 times tokio's time on
+//! two workers; with `parking_lot`'s, 0.94–1.00 (`cargo bench --bench
+//! local -- interleaved 200 await:32:2`, the benchmark run as a real-time
+//! process, so that the other load of the machine does not preempt its
+//! workers; before the wait list's banked releases).
 
 #[cfg(not(all(test, lockyard_loom)))]
 mod imp {
