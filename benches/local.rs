@@ -24,6 +24,19 @@
 //! cargo bench --bench local -- interleaved 200 drop:8:2 await:2:2
 //! ```
 //!
+//! On a machine busy with other work, the kernel preempts the workers, and
+//! a contended row measures another regime: one worker runs at a time and
+//! seldom meets the other on the lock (lockyard / tokio read 0.78–0.95 on
+//! the 2-worker rows at a load of 4, where an idle machine gave 0.95–1.10).
+//! Run as a real-time process, each worker keeps its core whatever else
+//! runs, and the 2-worker rows gave the idle machine's ratios (within
+//! ±0.03) at a load of 4 to 13; rows with more workers than cores do not
+//! (real-time threads are not time-sliced):
+//!
+//! ```text
+//! chrt -f 10 target/release/deps/local-* interleaved 200 drop:8:2   # as root
+//! ```
+//!
 //! A row is `WORKLOAD:N:WORKERS`: one write in `N`, on a runtime with
 //! `WORKERS` worker threads. Workload `drop` is 64 tasks whose readers drop
 //! the guard before a little work; `await` is 48 tasks whose readers hold

@@ -13,29 +13,43 @@
 //! An atomic counter holds the permits nobody has been given yet, shifted
 //! left by two: the low bit marks the semaphore closed, the next one
 //! (`QUEUED`) says that the wait list is not empty. Acquiring when the
-//! counter has enough is one compare-and-swap, with no lock; so is
-//! *releasing* while `QUEUED` is clear.
+//! counter has enough is one compare-and-swap, with no lock; so is every
+//! *release* that does not complete the waiter at the front.
 //!
 //! Otherwise the acquirer locks the wait list, takes whatever the counter
-//! still has, and queues itself at the back for the rest, setting `QUEUED`
-//! in the same compare-and-swap. Released permits go to the wait list first:
-//! they are assigned to the waiter at the front (possibly only part of what
-//! it needs), which is woken and unlinked once it has all it asked for.
-//! Permits are added back to the counter only when the queue is empty, in
-//! the same atomic step that clears `QUEUED`. Hence the invariants:
+//! still has (if nobody is queued), and queues itself at the back for the
+//! rest, setting `QUEUED` in the same compare-and-swap. While `QUEUED` is
+//! set, released permits are *banked* in the counter, where no newcomer may
+//! take them; a second atomic, `front_needs`, tells releasers how many the
+//! waiter at the front still needs, and the release that makes the bank
+//! reach it takes the lock and serves the queue: the bank is drained and
+//! assigned in queue order (to the front, possibly only part of what it
+//! needs), and each waiter that has all it asked for is woken and unlinked.
+//! When the queue empties, what is left becomes free, in the same atomic
+//! step that clears `QUEUED`. Hence the invariants:
 //!
 //! 1. **`QUEUED` is set exactly while the queue is not empty**; it changes
 //!    only under the lock.
-//! 2. **While `QUEUED` is set, the counter holds no permits**, so a
-//!    newcomer can never take permits ahead of a waiter, whatever it asks
-//!    for. A large request at the front holds back the small ones behind
-//!    it; that is what keeps an `RwLock` writer from being starved by
-//!    readers.
-//! 3. A lock-free release adds to the counter only while `QUEUED` is clear;
-//!    its compare-and-swap fails if a waiter queues meanwhile (the waiter's
-//!    own compare-and-swap sets the bit), and it then takes the lock and
-//!    serves the queue. So no permit is ever added to the counter while
-//!    somebody waits for it.
+//! 2. **While `QUEUED` is set, the counter's permits are banked for the
+//!    queue**: no newcomer takes them, whatever it asks for, so nobody
+//!    overtakes a waiter. A large request at the front holds back the small
+//!    ones behind it; that is what keeps an `RwLock` writer from being
+//!    starved by readers.
+//! 3. **No banked permit is forgotten.** Every lock holder that changes the
+//!    front (or its need) stores the new need in `front_needs` and *then*
+//!    drains the bank with a read-modify-write of the counter, repeating
+//!    until a drain finds it empty; a releaser banks with a
+//!    read-modify-write and *then* reads `front_needs`. All writes to the
+//!    counter are read-modify-writes, so the two are ordered: either the
+//!    drain sees the banked permits, or the releaser's read-modify-write
+//!    comes later in the counter's order, synchronises with the drain's,
+//!    and reads the need stored before it; if the bank reaches that need,
+//!    the releaser serves the queue. A stale, smaller need only costs a
+//!    releaser a needless look under the lock.
+//!
+//! (An `RwLock`'s readers leaving while a writer waits were the most
+//! frequent locked operation of a read-mostly mix, and both workers of a
+//! runtime took turns on the lock for them; now only the last one locks.)
 //!
 //! The queue is a doubly linked list threaded through a [`Slab`] by index,
 //! so linking, unlinking a cancelled waiter and finding the front are O(1)
@@ -64,7 +78,7 @@
 //! depends on the machine (core count, other load, the mutex's spinning),
 //! which is why the same benchmark was ahead of tokio on one machine and
 //! behind on another. Invariants 3 and 4 take the lock off the two most
-//! frequent paths instead of tuning the mutex.
+//! frequent paths (the mutex is `parking_lot`'s too: see `crate::loom`).
 //!
 //! Instruction counts under contention (callgrind,
 //! `cargo bench --bench local -- instructions`, readers holding the lock
@@ -78,7 +92,21 @@
 //! per acquisition there. Two usual suspects are absent by construction:
 //! no waiter is woken before it has all it asked for, and a release walks
 //! the queue once. Putting the counter and the wait list on separate cache
-//! lines changed nothing measurable, so they stay side by side.
+//! lines changed nothing measurable (measured again with each worker on
+//! its own core), so they stay side by side.
+//!
+//! Instruction counts do not show what two workers running at once pay for
+//! taking turns on the lock. Run as a real-time process (`chrt -f 10`, so
+//! that each worker keeps its core whatever else the machine runs), the
+//! interleaved bench showed it: nearly every acquisition of a contended
+//! mix queues (98 % at one write in 8, for tokio's lock as for this one:
+//! that is what FIFO hand-off costs), and while a writer waited, each
+//! reader leaving took the lock to bring it one permit closer. Banking
+//! those permits without the lock (invariants 2 and 3) took the mixes with
+//! one write in 8 or 32 from 0.93–0.98 of tokio's time to 0.86–0.93
+//! (readers holding across an `.await`: 0.94–0.98 to 0.87–0.93); the
+//! write-heavy mix (one in 2), where a writer's release is what serves the
+//! queue, stayed at 0.96–0.98.
 //!
 //! [`Semaphore`]: super::Semaphore
 //! [`RwLock`]: super::RwLock
@@ -103,13 +131,19 @@ const NIL: usize = usize::MAX;
 /// once.
 pub(crate) struct BatchSemaphore {
     /// `available << PERMIT_SHIFT | QUEUED | CLOSED` (module docs,
-    /// invariants 1–3).
+    /// invariants 1–3); while `QUEUED` is set, `available` is the bank.
     ///
     /// Orderings: a successful acquiring CAS is `Acquire` (it must see every
     /// write made under the permits it takes) and every change that adds
     /// permits is `Release`; the CASes are `AcqRel` because a partial take
-    /// under the lock is followed by writes that later holders must see.
+    /// under the lock is followed by writes that later holders must see,
+    /// and because banking and draining synchronise through them
+    /// (invariant 3).
     permits: AtomicUsize,
+    /// While `QUEUED` is set: how many permits the waiter at the front
+    /// still needs, or more (stale); written under the lock, read by
+    /// releasers after they bank (invariant 3).
+    front_needs: AtomicUsize,
     /// The waiters, and whether the semaphore is closed.
     waiters: Mutex<Waitlist>,
 }
@@ -184,6 +218,7 @@ impl BatchSemaphore {
         debug_assert!(permits <= Self::MAX_PERMITS);
         Self {
             permits: AtomicUsize::new(permits << Self::PERMIT_SHIFT),
+            front_needs: AtomicUsize::new(usize::MAX),
             waiters: Mutex::new(Waitlist {
                 nodes: Slab::new(),
                 head: NIL,
@@ -193,9 +228,13 @@ impl BatchSemaphore {
         }
     }
 
-    /// Permits nobody holds or waits for.
+    /// Permits nobody holds or waits for (banked ones are waited for).
     pub(crate) fn available_permits(&self) -> usize {
-        self.permits.load(Ordering::Acquire) >> Self::PERMIT_SHIFT
+        let curr = self.permits.load(Ordering::Acquire);
+        if curr & Self::QUEUED == Self::QUEUED {
+            return 0;
+        }
+        curr >> Self::PERMIT_SHIFT
     }
 
     /// Whether [`close`](Self::close) was called.
@@ -213,7 +252,8 @@ impl BatchSemaphore {
             if curr & Self::CLOSED == Self::CLOSED {
                 return Err(TryAcquireError::Closed);
             }
-            if curr >> Self::PERMIT_SHIFT < n {
+            // Banked permits are the queue's (invariant 2).
+            if curr >> Self::PERMIT_SHIFT < n || (curr & Self::QUEUED == Self::QUEUED && n > 0) {
                 return Err(TryAcquireError::NoPermits);
             }
             match self.permits.compare_exchange_weak(
@@ -238,8 +278,9 @@ impl BatchSemaphore {
         }
     }
 
-    /// Returns `n` permits: to the waiters first, the rest to the counter.
-    /// Lock-free while nobody waits (invariant 3).
+    /// Returns `n` permits: to the counter, free if nobody waits, else
+    /// banked for the waiters; serves the queue if the bank now covers what
+    /// the front needs (invariant 3). Lock-free otherwise.
     ///
     /// # Panics
     ///
@@ -250,28 +291,39 @@ impl BatchSemaphore {
             return;
         }
         let mut curr = self.permits.load(Ordering::Relaxed);
-        while curr & Self::QUEUED == 0 {
+        loop {
             let next = Self::plus(curr, n);
+            // `AcqRel`: a bank synchronises with the last drain (invariant
+            // 3), so that the need read below is at least as new as it.
             match self.permits.compare_exchange_weak(
                 curr,
                 next,
-                Ordering::Release,
+                Ordering::AcqRel,
                 Ordering::Relaxed,
             ) {
-                Ok(_) => return,
+                Ok(_) if curr & Self::QUEUED == 0 => return,
+                Ok(_) => {
+                    if next >> Self::PERMIT_SHIFT >= self.front_needs.load(Ordering::Relaxed) {
+                        self.add_permits_locked(0, self.waiters.lock());
+                    }
+                    return;
+                }
                 Err(actual) => curr = actual,
             }
         }
-        self.add_permits_locked(n, self.waiters.lock());
     }
 
     /// Removes up to `n` available permits; returns how many were removed.
+    /// Banked permits are not available (invariant 2).
     pub(crate) fn forget_permits(&self, n: usize) -> usize {
         if n == 0 {
             return 0;
         }
         let mut curr = self.permits.load(Ordering::Acquire);
         loop {
+            if curr & Self::QUEUED == Self::QUEUED {
+                return 0;
+            }
             let available = curr >> Self::PERMIT_SHIFT;
             let taken = available.min(n);
             let next = curr - (taken << Self::PERMIT_SHIFT);
@@ -295,7 +347,7 @@ impl BatchSemaphore {
         // under the lock, so that no waiter queues after it.
         self.permits.fetch_or(Self::CLOSED, Ordering::Release);
         // Permits set aside for the waiters dropped here go back to the
-        // counter once the queue is empty.
+        // counter once the queue is empty, where the bank becomes free.
         let mut returned = 0;
         loop {
             let mut wakers = WakeList::new();
@@ -339,56 +391,100 @@ impl BatchSemaphore {
         curr + (n << Self::PERMIT_SHIFT)
     }
 
-    /// Hands `rem` permits to the waiters in queue order, then adds what is
-    /// left to the counter; wakes the served waiters after unlocking.
+    /// Hands `rem` permits and the bank to the waiters in queue order, then
+    /// frees what is left if the queue is empty; wakes the served waiters
+    /// after unlocking. Returns with the front's need stored and the bank
+    /// found empty after it, or with the queue empty (invariant 3).
     fn add_permits_locked<'a>(&'a self, mut rem: usize, mut waiters: MutexGuard<'a, Waitlist>) {
         // The most frequent case under contention: the permits only bring
-        // the waiter at the front closer (readers leaving while a writer
-        // waits for them). Nobody is woken, so no wake list is made.
+        // the waiter at the front closer (a partly served writer whose
+        // readers leave). Nobody is woken, so no wake list is made.
         let head = waiters.head;
         if head != NIL {
-            let node = &mut waiters.nodes[head];
-            if node.remaining > rem {
+            loop {
+                let node = &mut waiters.nodes[head];
+                if node.remaining <= rem {
+                    break;
+                }
                 node.remaining -= rem;
-                return;
+                self.front_needs.store(node.remaining, Ordering::Relaxed);
+                rem = self.drain_bank();
+                if rem == 0 {
+                    return;
+                }
             }
         }
         loop {
             let mut wakers = WakeList::new();
-            while rem > 0 && wakers.can_push() {
+            let done = loop {
+                while wakers.can_push() {
+                    let head = waiters.head;
+                    if head == NIL {
+                        break;
+                    }
+                    let node = &mut waiters.nodes[head];
+                    let assigned = node.remaining.min(rem);
+                    node.remaining -= assigned;
+                    rem -= assigned;
+                    if node.remaining > 0 {
+                        // Partly served: it stays at the front, `rem` is 0.
+                        break;
+                    }
+                    let node = waiters.unlink_and_free(head);
+                    node.ticket.store(SERVED, Ordering::Release);
+                    waiters.retire(node.ticket);
+                    wakers.push(node.waker);
+                }
                 let head = waiters.head;
                 if head == NIL {
-                    break;
+                    // Frees `rem` and the bank, clearing `QUEUED`.
+                    self.settle(rem);
+                    rem = 0;
+                    break true;
                 }
-                let node = &mut waiters.nodes[head];
-                let assigned = node.remaining.min(rem);
-                node.remaining -= assigned;
-                rem -= assigned;
-                if node.remaining > 0 {
-                    // Partly served: it stays at the front, `rem` is 0.
-                    break;
+                if !wakers.can_push() {
+                    // A full batch: wake it, then go on.
+                    break false;
                 }
-                let node = waiters.unlink_and_free(head);
-                node.ticket.store(SERVED, Ordering::Release);
-                waiters.retire(node.ticket);
-                wakers.push(node.waker);
-            }
-            if waiters.head == NIL {
-                self.settle(rem);
-                rem = 0;
-            }
+                self.front_needs
+                    .store(waiters.nodes[head].remaining, Ordering::Relaxed);
+                rem = self.drain_bank();
+                if rem == 0 {
+                    break true;
+                }
+            };
             drop(waiters);
             wakers.wake_all();
-            if rem == 0 {
+            if done {
                 return;
             }
             waiters = self.waiters.lock();
         }
     }
 
+    /// Called with the wait list locked and `QUEUED` set: takes the bank
+    /// with a read-modify-write (even when it is empty: invariant 3) and
+    /// returns how many permits it held.
+    fn drain_bank(&self) -> usize {
+        let mut curr = self.permits.load(Ordering::Relaxed);
+        loop {
+            debug_assert!(curr & Self::QUEUED == Self::QUEUED);
+            let next = curr & !(usize::MAX << Self::PERMIT_SHIFT);
+            match self.permits.compare_exchange_weak(
+                curr,
+                next,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return curr >> Self::PERMIT_SHIFT,
+                Err(actual) => curr = actual,
+            }
+        }
+    }
+
     /// Called with the wait list locked and *empty*: clears `QUEUED` and
-    /// adds `n` permits to the counter, in one atomic step (invariants 1
-    /// and 2).
+    /// adds `n` permits to the counter, in one atomic step, which frees the
+    /// bank too (invariants 1 and 2).
     fn settle(&self, n: usize) {
         let mut curr = self.permits.load(Ordering::Relaxed);
         loop {
@@ -424,8 +520,8 @@ impl BatchSemaphore {
         // Slow path. What can be made without the lock is made first.
         let waker = cx.waker().clone();
         // Lock, then take what the counter has and set `QUEUED` in one CAS:
-        // from then on no release adds to the counter (invariant 3), and
-        // none can get the lock before this waiter is linked.
+        // from then on releases bank their permits, and none can serve the
+        // queue before this waiter is linked and its need stored.
         let mut waiters = self.waiters.lock();
         let mut curr = self.permits.load(Ordering::Acquire);
         let taken = loop {
@@ -433,19 +529,17 @@ impl BatchSemaphore {
                 drop(waiters);
                 return Poll::Ready(Err(AcquireError(())));
             }
+            if curr & Self::QUEUED == Self::QUEUED {
+                // Others already queued: the bank is theirs (invariant 2),
+                // and the front's need does not change. Nothing to write,
+                // which spares the busiest cache line a write per queued
+                // waiter.
+                break 0;
+            }
             let take = (curr >> Self::PERMIT_SHIFT).min(n);
             let mut next = curr - (take << Self::PERMIT_SHIFT);
             if take < n {
                 next |= Self::QUEUED;
-            }
-            if next == curr {
-                // Others already queued: nothing to take and `QUEUED` is
-                // set, so there is nothing to write. The value read under
-                // the lock is still true: with `QUEUED` set the counter is
-                // empty (invariant 2) and only lock holders change it
-                // (invariant 3). Skipping the compare-and-swap spares the
-                // busiest cache line a write per queued waiter.
-                break 0;
             }
             match self.permits.compare_exchange_weak(
                 curr,
@@ -471,8 +565,15 @@ impl BatchSemaphore {
             prev: NIL,
             next: NIL,
         });
-        drop(waiters);
         *queued = Some((key, ticket));
+        if waiters.head == key {
+            // The new front: store its need and drain what was banked since
+            // `QUEUED` was set (invariant 3). If that serves it, its waker
+            // is woken and the next poll reads the ticket.
+            self.add_permits_locked(0, waiters);
+        } else {
+            drop(waiters);
+        }
         Poll::Pending
     }
 
@@ -629,10 +730,11 @@ impl Drop for Acquire<'_> {
                 // Still queued (invariant 5: the entry is ours).
                 let node = waiters.unlink_and_free(key);
                 let assigned = node.needed - node.remaining;
-                if assigned > 0 || waiters.head == NIL {
-                    // Partly served (it was at the front): the share goes
-                    // to the next waiters; or the queue is now empty, and
-                    // `QUEUED` must be cleared.
+                if node.prev == NIL {
+                    // It was the front (only the front is partly served):
+                    // its share and the bank go to the next waiters, whose
+                    // need is stored (invariant 3); or the queue is now
+                    // empty, and `QUEUED` must be cleared.
                     semaphore.add_permits_locked(assigned, waiters);
                 } else {
                     drop(waiters);

@@ -253,3 +253,68 @@ fn owned_downgrade_keeps_writers_out() {
         assert_eq!(*lock.try_read().unwrap(), 2);
     });
 }
+
+/// Readers leaving while a writer queues bank their permits without the
+/// lock, racing with the writer taking the free permits, setting `QUEUED`
+/// and storing its need. Whichever comes last (the release that completes
+/// the bank, or the writer's drain after storing its need) serves it: the
+/// writer gets in, after both readers.
+#[test]
+fn leaving_readers_bank_for_a_queueing_writer() {
+    loom::model(|| {
+        let lock = Arc::new(RwLock::new(0usize));
+        let inside = Arc::new(Inside::default());
+        let first = lock.clone().try_read_owned().unwrap();
+        let second = lock.clone().try_read_owned().unwrap();
+        inside.readers.fetch_add(2, SeqCst);
+        let writer = {
+            let (lock, inside) = (lock.clone(), inside.clone());
+            thread::spawn(move || {
+                let mut guard = block_on(lock.write());
+                inside.write();
+                *guard += 1;
+            })
+        };
+        let leaver = {
+            let inside = inside.clone();
+            thread::spawn(move || {
+                inside.readers.fetch_sub(1, SeqCst);
+                drop(second);
+            })
+        };
+        inside.readers.fetch_sub(1, SeqCst);
+        drop(first);
+        leaver.join().unwrap();
+        writer.join().unwrap();
+        assert_eq!(*lock.try_read().unwrap(), 1);
+    });
+}
+
+/// A queued writer is cancelled while a reader it waits for leaves: the
+/// permits banked for it, and the share it was assigned, go to the reader
+/// queued behind it (or back to the counter), none lost.
+#[test]
+fn cancelled_writer_hands_the_bank_on() {
+    loom::model(|| {
+        let lock = Arc::new(RwLock::new(()));
+        let first = lock.clone().try_read_owned().unwrap();
+        let second = lock.clone().try_read_owned().unwrap();
+        let (queued_tx, queued_rx) = loom::sync::mpsc::channel::<()>();
+        let writer = {
+            let lock = lock.clone();
+            thread::spawn(move || {
+                let mut write = pin!(lock.write());
+                assert!(poll_once(&mut write).is_pending());
+                queued_tx.send(()).unwrap();
+                // Dropped here: cancelled while queued.
+            })
+        };
+        queued_rx.recv().unwrap();
+        let leaver = thread::spawn(move || drop(first));
+        drop(block_on(lock.read()));
+        drop(second);
+        leaver.join().unwrap();
+        writer.join().unwrap();
+        assert!(lock.try_write().is_ok());
+    });
+}
