@@ -36,7 +36,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 /// it is asked.
 ///
 /// Cloning shares it. A backend's renewal task calls [`set`](Self::set) after
-/// each confirmed renewal; the guard's [`Lost`](crate::Lost) reads
+/// each confirmed renewal; the guard's [`Lost`] reads
 /// [`has_passed`](Self::has_passed). Once passed, it stays passed.
 ///
 /// # Clocks and suspend

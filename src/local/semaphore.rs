@@ -154,7 +154,7 @@ impl Semaphore {
     }
 
     /// A semaphore with `permits` permits whose acquisitions are counted
-    /// in the [`stats`](crate::stats) registry (and exported with the
+    /// in the [`stats`] registry (and exported with the
     /// `metrics` feature) under `name`, backend `local`. An anonymous
     /// [`new`](Self::new) semaphore counts nothing and costs nothing extra.
     ///

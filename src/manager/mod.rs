@@ -1,5 +1,5 @@
 //! [`AsyncLockManager`]: named locks of any kind, taken together without
-//! deadlock, reading their [`LockStats`] from the [`stats`](crate::stats)
+//! deadlock, reading their [`LockStats`] from the [`stats`]
 //! registry.
 //!
 //! # Invariants
@@ -9,11 +9,12 @@
 //! - [`AsyncLockManager::acquire_all`] takes locks in ascending byte order of
 //!   their names, one at a time, and holds every lock it took until it either
 //!   returns them all in a [`LockSet`] or gives them all back, newest first.
-//! - Every acquisition is counted once in the [`stats`](crate::stats)
+//! - Every acquisition is counted once in the [`stats`]
 //!   registry, by the backend (lockyard's own, wherever the acquisition is
-//!   made) or, for a [`Backend::Custom`] lock, by the manager. The manager
-//!   only reads the registry; [`LockStat::held`](crate::LockStat::held) falls again when a guard
-//!   is released or dropped.
+//!   made) or, for a [`Backend::Custom`]
+//!   lock, by the manager. The manager only reads the registry;
+//!   [`LockStat::held`](crate::LockStat::held) falls again when a guard is
+//!   released or dropped.
 //! - Guards are the backend's own, type-erased: [`LockGuard::downcast_ref`]
 //!   reaches them (and [`AsyncLockManager::get_as`] the concrete handle).
 //!
@@ -163,7 +164,7 @@ impl AsyncLockManager {
     }
 
     /// Removes a lock from the registry and returns it. Guards already taken
-    /// stay valid; its statistics stay in the [`stats`](crate::stats)
+    /// stay valid; its statistics stay in the [`stats`]
     /// registry.
     ///
     /// ```
@@ -506,7 +507,7 @@ impl AsyncLockManager {
     }
 
     /// A snapshot of every registered lock's statistics: those of the
-    /// backend's [`stats`](crate::stats) entry for the lock, so they count
+    /// backend's [`stats`] entry for the lock, so they count
     /// acquisitions made directly on the backend too.
     ///
     /// ```

@@ -350,7 +350,7 @@ impl Pending {
 
     /// Undoes now, on the acquisition's connection (so after every attempt
     /// sent on it: invariant 5), each release retried while the slot changes
-    /// hands (see [`RedisLocks::run_release`](crate::redis::RedisLocks::run_release)), bounded by `op_timeout`
+    /// hands (see [`Context::run_release`](crate::redis::context::Context::run_release)), bounded by `op_timeout`
     /// each; a failure is logged (the claim then expires by its TTL).
     pub(crate) async fn undo_now(&mut self) {
         self.armed = false;

@@ -18,7 +18,7 @@ use crate::redis::protocol::scripts;
 /// `op_timeout`; errors are mapped for `resource`/`op`. If the connection
 /// turns out to be broken (the server restarted while it sat idle), runs it
 /// once more on a fresh one, as the plain lock's operations do
-/// ([`RedisLocks::retry_once`](crate::redis::RedisLocks::retry_once)): only for scripts that are safe to repeat
+/// ([`Context::retry_once`](crate::redis::context::Context::retry_once)): only for scripts that are safe to repeat
 /// (reads, compare-and-delete, compare-and-expire).
 ///
 /// # Cancel safety

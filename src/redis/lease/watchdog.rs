@@ -69,7 +69,7 @@ const MIN_RETRY: Duration = Duration::from_millis(10);
 pub(crate) struct Lease {
     /// The resource name, for logs.
     pub(crate) resource: String,
-    /// The renewal script (for example [`super::scripts::EXTEND`]).
+    /// The renewal script (for example [`EXTEND`](crate::redis::protocol::scripts::EXTEND)).
     pub(crate) script: &'static Script,
     /// `KEYS` of the renewal script.
     pub(crate) keys: Arc<[String]>,
