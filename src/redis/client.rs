@@ -383,15 +383,7 @@ impl RedisLocks {
                 return Self::build_cluster(vec![info], tls, what, opts).await;
             }
             check_permissions(&mut conn, &info, &opts, false, &what).await?;
-            for script in scripts::all() {
-                script.load_async(&mut conn).await.map_err(|e| {
-                    acl::refused_at_connect(
-                        map_redis(e, &what, "load scripts"),
-                        user,
-                        "SCRIPT LOAD",
-                    )
-                })?;
-            }
+            load_scripts(&mut conn, user, &what).await?;
             Some(first)
         } else {
             None
@@ -476,16 +468,7 @@ impl RedisLocks {
             let first = PoolConn::new(first, epoch.clone());
             let mut conn = first.conn();
             check_permissions(&mut conn, &info, &opts, false, &what).await?;
-            let user = acl::user_of(&info);
-            for script in scripts::all() {
-                script.load_async(&mut conn).await.map_err(|e| {
-                    acl::refused_at_connect(
-                        map_redis(e, &what, "load scripts"),
-                        user,
-                        "SCRIPT LOAD",
-                    )
-                })?;
-            }
+            load_scripts(&mut conn, acl::user_of(&info), &what).await?;
             Some(first)
         } else {
             None
@@ -565,11 +548,7 @@ impl RedisLocks {
         // `SCRIPT LOAD` goes to every node; a node that joins later gets
         // them on its first `NOSCRIPT`.
         let user = seeds.first().map_or("default", acl::user_of);
-        for script in scripts::all() {
-            script.load_async(&mut conn).await.map_err(|e| {
-                acl::refused_at_connect(map_redis(e, &what, "load scripts"), user, "SCRIPT LOAD")
-            })?;
-        }
+        load_scripts(&mut conn, user, &what).await?;
         let conns = Arc::new(Connections::cluster(cluster));
         Ok(Self::assemble(
             opts,
@@ -998,6 +977,22 @@ async fn first_connection_within(
         (None, Some(e)) => map_redis(e, what, "connect"),
         (None, None) => super::conn::errors::timed_out(what, "connect"),
     })
+}
+
+/// Loads every script on `conn` at connect (`SCRIPT LOAD`), so that the
+/// first acquisition sends no script body; a refusal names `user`'s missing
+/// right.
+async fn load_scripts(
+    conn: &mut super::conn::pool::Conn,
+    user: &str,
+    what: &str,
+) -> Result<(), LockError> {
+    for script in scripts::all() {
+        script.load_async(conn).await.map_err(|e| {
+            acl::refused_at_connect(map_redis(e, what, "load scripts"), user, "SCRIPT LOAD")
+        })?;
+    }
+    Ok(())
 }
 
 /// Checks with `ACL DRYRUN` that the client's user may run every command
