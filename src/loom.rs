@@ -50,6 +50,9 @@ mod imp {
         pub(crate) use std::sync::Arc;
 
         pub(crate) mod atomic {
+            /// A lease's model clock (`lost.rs`) in unit tests.
+            #[cfg(test)]
+            pub(crate) use std::sync::atomic::AtomicU64;
             pub(crate) use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         }
 
@@ -84,7 +87,7 @@ mod imp {
         pub(crate) use ::loom::sync::{Arc, MutexGuard};
 
         pub(crate) mod atomic {
-            pub(crate) use ::loom::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+            pub(crate) use ::loom::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
         }
 
         /// `loom::sync::Mutex` whose `lock` ignores poisoning.

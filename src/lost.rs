@@ -23,13 +23,15 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+use crate::loom::sync::{Mutex, MutexGuard};
 
 /// The end of a lease as this process knows it: a deadline that renewals
 /// move and every "still held?" check compares with the clock at the moment
@@ -119,11 +121,8 @@ pub enum LeaseState {
 
 #[derive(Clone, Copy)]
 struct State {
-    /// On the monotonic clock timers use.
-    at: Instant,
-    /// On `CLOCK_BOOTTIME` (time since boot, suspend included), where the
-    /// platform has it.
-    boot: Option<Duration>,
+    /// The end, on both clocks.
+    end: Moment,
     /// Seen passed: for good (invariant 1).
     passed: bool,
     /// The last renewal failed (see [`LeaseState::Suspect`]).
@@ -134,10 +133,72 @@ struct State {
 }
 
 impl State {
-    fn passed_by(&self, now: Instant, boot_now: Option<Duration>) -> bool {
-        self.passed
-            || now >= self.at
-            || matches!((self.boot, boot_now), (Some(end), Some(now)) if now >= end)
+    fn passed_by(&self, now: Moment) -> bool {
+        self.passed || self.end.passed_by(now)
+    }
+}
+
+/// A moment on both of a lease's clocks, read together: tokio's monotonic
+/// [`Instant`] (which timers run on) and `CLOCK_BOOTTIME` (time since boot,
+/// suspend included), where the platform has it.
+///
+/// A lease's end must be carried on both from the moment its request was
+/// sent: converted from the monotonic clock later, after a suspend, it
+/// would be placed too late on the boot clock by the suspend's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Moment {
+    pub(crate) at: Instant,
+    pub(crate) boot: Option<Duration>,
+}
+
+impl Moment {
+    /// Now, on both clocks.
+    pub(crate) fn now() -> Self {
+        clocks()
+    }
+
+    /// `d` later on both clocks.
+    pub(crate) fn after(self, d: Duration) -> Self {
+        Self {
+            at: self.at + d,
+            boot: self.boot.map(|b| b + d),
+        }
+    }
+
+    /// The later of the two on each clock (a clock one of them lacks is
+    /// not known).
+    pub(crate) fn later(self, other: Self) -> Self {
+        Self {
+            at: self.at.max(other.at),
+            boot: self.boot.zip(other.boot).map(|(a, b)| a.max(b)),
+        }
+    }
+
+    /// The earlier of the two on each clock (a bound one of them lacks is
+    /// the other's).
+    pub(crate) fn earlier(self, other: Self) -> Self {
+        Self {
+            at: self.at.min(other.at),
+            boot: match (self.boot, other.boot) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+        }
+    }
+
+    /// Whether `now` is at or past this moment on either clock.
+    pub(crate) fn passed_by(self, now: Moment) -> bool {
+        now.at >= self.at || matches!((self.boot, now.boot), (Some(end), Some(now)) if now >= end)
+    }
+
+    /// `at` on both clocks, converted now: right unless the machine was
+    /// suspended between the moment `at` was measured from and now.
+    fn converted(at: Instant) -> Self {
+        let now = clocks();
+        Self {
+            at,
+            boot: now.boot.map(|b| b + at.saturating_duration_since(now.at)),
+        }
     }
 }
 
@@ -154,14 +215,16 @@ impl LeaseDeadline {
     /// assert!(!deadline.has_passed());
     /// ```
     pub fn new(at: Instant) -> Self {
-        let now = Instant::now();
-        let boot = boot_deadline(now, at);
+        Self::ending(Moment::converted(at))
+    }
+
+    /// A lease that ends at `end`, on both clocks.
+    pub(crate) fn ending(end: Moment) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
-                    at,
-                    boot,
-                    passed: now >= at,
+                    end,
+                    passed: end.passed_by(clocks()),
                     suspect: false,
                     spells: 0,
                 }),
@@ -220,6 +283,12 @@ impl LeaseDeadline {
     /// it has already passed: a passed lease stays passed. Returns whether it
     /// moved.
     ///
+    /// `at` is placed on `CLOCK_BOOTTIME` as of now: if the machine was
+    /// suspended since the moment `at` was measured from (a renewal's
+    /// send), that end lands too late there by the suspend's length. The
+    /// crate's own backends carry their deadlines on both clocks from the
+    /// send instead.
+    ///
     /// ```
     /// use std::time::Duration;
     /// use tokio::time::Instant;
@@ -231,16 +300,19 @@ impl LeaseDeadline {
     /// assert_eq!(deadline.at(), later);
     /// ```
     pub fn set(&self, at: Instant) -> bool {
-        let now = Instant::now();
-        let boot_now = boot_time();
+        self.set_end(Moment::converted(at))
+    }
+
+    /// [`set`](Self::set) with the end on both clocks.
+    pub(crate) fn set_end(&self, end: Moment) -> bool {
+        let now = clocks();
         let mut st = self.lock();
-        if st.passed_by(now, boot_now) {
+        if st.passed_by(now) {
             st.passed = true;
             return false;
         }
-        st.at = at;
-        st.boot = boot_now.map(|b| b + at.saturating_duration_since(now));
-        st.passed = now >= at;
+        st.end = end;
+        st.passed = end.passed_by(now);
         true
     }
 
@@ -259,7 +331,7 @@ impl LeaseDeadline {
         if st.passed {
             return true;
         }
-        if st.passed_by(Instant::now(), boot_time()) {
+        if st.passed_by(clocks()) {
             st.passed = true;
         }
         st.passed
@@ -278,7 +350,12 @@ impl LeaseDeadline {
     /// assert_eq!(LeaseDeadline::new(at).at(), at);
     /// ```
     pub fn at(&self) -> Instant {
-        self.lock().at
+        self.lock().end.at
+    }
+
+    /// The deadline on both clocks.
+    pub(crate) fn end(&self) -> Moment {
+        self.lock().end
     }
 
     /// How long until the deadline (zero once passed).
@@ -295,14 +372,11 @@ impl LeaseDeadline {
         if self.has_passed() {
             return Duration::ZERO;
         }
-        self.at().saturating_duration_since(Instant::now())
+        self.at().saturating_duration_since(clocks().at)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.inner
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock()
     }
 }
 
@@ -310,16 +384,112 @@ impl fmt::Debug for LeaseDeadline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let st = *self.lock();
         f.debug_struct("LeaseDeadline")
-            .field("at", &st.at)
+            .field("at", &st.end.at)
             .field("passed", &st.passed)
             .field("suspect", &st.suspect)
             .finish()
     }
 }
 
-/// `at` on `CLOCK_BOOTTIME`, given that it is `now` on the monotonic clock.
-fn boot_deadline(now: Instant, at: Instant) -> Option<Duration> {
-    boot_time().map(|b| b + at.saturating_duration_since(now))
+/// Both clocks, now.
+#[cfg(not(test))]
+fn clocks() -> Moment {
+    Moment {
+        at: Instant::now(),
+        boot: boot_time(),
+    }
+}
+
+/// Both clocks, now: a test's [`model_clock`] where one is installed.
+#[cfg(test)]
+fn clocks() -> Moment {
+    model_clock::now().unwrap_or_else(|| Moment {
+        at: Instant::now(),
+        boot: boot_time(),
+    })
+}
+
+/// A clock a test moves by hand, on this thread (loom runs a model's
+/// threads on one): time passing on both clocks, or a suspend that only
+/// the boot clock sees. Its readings are loom atomics in a loom model, so
+/// loom orders them against the lease's other steps.
+#[cfg(test)]
+pub(crate) mod model_clock {
+    use std::cell::RefCell;
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use std::sync::Arc;
+
+    use super::Moment;
+    use crate::loom::sync::atomic::{AtomicU64, Ordering};
+
+    struct Clock {
+        base: Instant,
+        /// Milliseconds on the monotonic clock, and those the machine slept.
+        mono: AtomicU64,
+        slept: AtomicU64,
+    }
+
+    thread_local! {
+        static CLOCK: RefCell<Option<Arc<Clock>>> = const { RefCell::new(None) };
+    }
+
+    /// The installed clock; removed when dropped.
+    pub(crate) struct Installed(Arc<Clock>);
+
+    /// Installs a clock at 0 ms on both clocks for this thread.
+    pub(crate) fn install() -> Installed {
+        let clock = Arc::new(Clock {
+            base: Instant::now(),
+            mono: AtomicU64::new(0),
+            slept: AtomicU64::new(0),
+        });
+        CLOCK.with(|c| *c.borrow_mut() = Some(clock.clone()));
+        Installed(clock)
+    }
+
+    impl Installed {
+        /// `ms` pass on both clocks.
+        pub(crate) fn advance(&self, ms: u64) {
+            self.0.mono.fetch_add(ms, Ordering::SeqCst);
+        }
+
+        /// The machine sleeps `ms`: only the boot clock moves.
+        pub(crate) fn suspend(&self, ms: u64) {
+            self.0.slept.fetch_add(ms, Ordering::SeqCst);
+        }
+
+        /// `ms` on the monotonic clock.
+        pub(crate) fn at(&self, ms: u64) -> Instant {
+            self.0.base + Duration::from_millis(ms)
+        }
+
+        /// Real time (what a server's TTL counts) in ms: the boot clock.
+        pub(crate) fn real_ms(&self) -> u64 {
+            self.0.mono.load(Ordering::SeqCst) + self.0.slept.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            CLOCK.with(|c| *c.borrow_mut() = None);
+        }
+    }
+
+    pub(super) fn now() -> Option<Moment> {
+        CLOCK.with(|c| {
+            let c = c.borrow();
+            let clock = c.as_ref()?;
+            let mono = clock.mono.load(Ordering::SeqCst);
+            let slept = clock.slept.load(Ordering::SeqCst);
+            Some(Moment {
+                at: clock.base + Duration::from_millis(mono),
+                boot: Some(Duration::from_millis(mono + slept)),
+            })
+        })
+    }
 }
 
 /// Time since boot, suspend included (`CLOCK_BOOTTIME`).
@@ -597,7 +767,7 @@ mod tests {
         if boot_time().is_none() {
             return;
         }
-        d.lock().boot = Some(Duration::ZERO);
+        d.lock().end.boot = Some(Duration::ZERO);
         assert!(d.has_passed());
         assert!(!d.set(Instant::now() + Duration::from_secs(60)));
         assert!(d.has_passed());

@@ -42,6 +42,8 @@
 //!
 //! [`LockError::Lost`]: crate::LockError::Lost
 
+#[cfg(test)]
+mod model;
 pub(crate) mod surface;
 pub(crate) mod validity;
 

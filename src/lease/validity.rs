@@ -24,17 +24,24 @@
 //! any time after), which is how a renewal with a short TTL landing after an
 //! extend to a long one can never leave the holder believing the long one.
 //!
+//! Send times, and so the deadline, are [`Moment`]s: kept on the boot
+//! clock as well as the monotonic one from the send on, so that a suspend
+//! between a request's send and its reply cannot place the lease's end
+//! later on the boot clock than the server's TTL runs.
+//!
 //! Pure bookkeeping: no clock is read here, callers pass the times.
 
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::lost::Moment;
+
 /// A request on a lease, as far as validity is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Request {
     id: u64,
-    sent_at: Instant,
+    sent_at: Moment,
     /// TTL minus drift margin: how long after its application it counts.
     counts_for: Duration,
     /// When its confirming reply arrived; `None` while unanswered (or for
@@ -49,7 +56,7 @@ pub(crate) struct Validity {
     /// Candidates besides the anchor.
     others: Vec<Request>,
     next_id: u64,
-    deadline: Instant,
+    deadline: Moment,
 }
 
 /// One request begun with [`Validity::begin`].
@@ -58,8 +65,8 @@ pub(crate) struct RequestId(u64);
 
 /// When a grant sent at `sent_at` with `ttl` stops being certainly ours
 /// (invariant 1): `sent_at + ttl − drift`.
-pub(crate) fn grant_end(sent_at: Instant, ttl: Duration, drift: Duration) -> Instant {
-    sent_at + ttl.saturating_sub(drift)
+pub(crate) fn grant_end(sent_at: Moment, ttl: Duration, drift: Duration) -> Moment {
+    sent_at.after(ttl.saturating_sub(drift))
 }
 
 impl Validity {
@@ -67,7 +74,7 @@ impl Validity {
     /// request was written) carrying `ttl`, whose answer was in by
     /// `replied`.
     pub(crate) fn granted(
-        sent_at: Instant,
+        sent_at: Moment,
         replied: Instant,
         ttl: Duration,
         drift: Duration,
@@ -87,18 +94,19 @@ impl Validity {
     }
 
     /// Until when the lease is certainly ours.
-    pub(crate) fn deadline(&self) -> Instant {
+    pub(crate) fn deadline(&self) -> Moment {
         self.deadline
     }
 
-    /// The send time of the latest confirmed renewal (or the grant).
+    /// The send time of the latest confirmed renewal (or the grant), on the
+    /// monotonic clock.
     pub(crate) fn anchor(&self) -> Instant {
-        self.anchor.sent_at
+        self.anchor.sent_at.at
     }
 
     /// A renewal or extend carrying `ttl` is about to be sent: from now on
     /// it may be applied at any time, so it counts at once.
-    pub(crate) fn begin(&mut self, sent_at: Instant, ttl: Duration, drift: Duration) -> RequestId {
+    pub(crate) fn begin(&mut self, sent_at: Moment, ttl: Duration, drift: Duration) -> RequestId {
         let id = self.next_id;
         self.next_id += 1;
         self.others.push(Request {
@@ -117,16 +125,18 @@ impl Validity {
             return;
         };
         self.others[i].replied = Some(now);
-        if self.others[i].sent_at > self.anchor.sent_at {
+        if self.others[i].sent_at.at > self.anchor.sent_at.at {
             let new_anchor = self.others.swap_remove(i);
             let old = std::mem::replace(&mut self.anchor, new_anchor);
             self.others.push(old);
         }
-        let anchor = self.anchor.sent_at;
+        let anchor = self.anchor.sent_at.at;
         // Answered before the anchor was sent: applied before it, so it can
-        // no longer be the last one applied.
+        // no longer be the last one applied. Answered at the very instant
+        // the anchor was sent (a clock that did not tick), it may have been
+        // applied after it: it keeps counting.
         self.others
-            .retain(|r| r.replied.is_none_or(|at| at > anchor));
+            .retain(|r| r.replied.is_none_or(|at| at >= anchor));
         self.recompute();
     }
 
@@ -151,7 +161,7 @@ impl Validity {
             r.id != this.id
                 && r.replied.is_none()
                 && r.counts_for == this.counts_for
-                && r.sent_at <= this.sent_at
+                && r.sent_at.at <= this.sent_at.at
         }) {
             self.others.swap_remove(i);
         }
@@ -166,12 +176,12 @@ impl Validity {
 
     fn recompute(&mut self) {
         let anchor = self.anchor.sent_at;
-        let bound = |r: &Request| r.sent_at.max(anchor) + r.counts_for;
+        let bound = |r: &Request| r.sent_at.later(anchor).after(r.counts_for);
         self.deadline = self
             .others
             .iter()
             .map(bound)
-            .fold(bound(&self.anchor), Instant::min);
+            .fold(bound(&self.anchor), Moment::earlier);
     }
 }
 
@@ -182,21 +192,26 @@ mod tests {
     const S: Duration = Duration::from_secs(1);
     const NO_DRIFT: Duration = Duration::ZERO;
 
+    /// `at` on the monotonic clock alone.
+    fn m(at: Instant) -> Moment {
+        Moment { at, boot: None }
+    }
+
     #[test]
     fn a_grant_counts_from_its_send_time_less_drift() {
         let t0 = Instant::now();
-        let v = Validity::granted(t0, t0, 3 * S, Duration::from_millis(40));
-        assert_eq!(v.deadline(), t0 + 3 * S - Duration::from_millis(40));
+        let v = Validity::granted(m(t0), t0, 3 * S, Duration::from_millis(40));
+        assert_eq!(v.deadline().at, t0 + 3 * S - Duration::from_millis(40));
     }
 
     #[test]
     fn a_renewal_is_scored_from_its_own_send_time() {
         let t0 = Instant::now();
-        let mut v = Validity::granted(t0, t0, 3 * S, NO_DRIFT);
-        let r = v.begin(t0 + S, 3 * S, NO_DRIFT);
-        assert_eq!(v.deadline(), t0 + 3 * S);
+        let mut v = Validity::granted(m(t0), t0, 3 * S, NO_DRIFT);
+        let r = v.begin(m(t0 + S), 3 * S, NO_DRIFT);
+        assert_eq!(v.deadline().at, t0 + 3 * S);
         v.confirmed(r, t0 + S + Duration::from_millis(900));
-        assert_eq!(v.deadline(), t0 + 4 * S);
+        assert_eq!(v.deadline().at, t0 + 4 * S);
         // The grant was answered before the renewal was sent: settled.
         assert_eq!(v.candidates(), 0);
     }
@@ -207,33 +222,33 @@ mod tests {
         // and confirmed at 1.06 s; the renewal's reply comes at 2 s.
         let t0 = Instant::now();
         let ms = Duration::from_millis;
-        let mut v = Validity::granted(t0, t0, 3 * S, NO_DRIFT);
-        let renewal = v.begin(t0 + ms(1000), 3 * S, NO_DRIFT);
-        let extend = v.begin(t0 + ms(1050), 9 * S, NO_DRIFT);
+        let mut v = Validity::granted(m(t0), t0, 3 * S, NO_DRIFT);
+        let renewal = v.begin(m(t0 + ms(1000)), 3 * S, NO_DRIFT);
+        let extend = v.begin(m(t0 + ms(1050)), 9 * S, NO_DRIFT);
         v.confirmed(extend, t0 + ms(1060));
         // The renewal may land after the extend: 3 s from the extend's send.
-        assert_eq!(v.deadline(), t0 + ms(1050) + 3 * S);
+        assert_eq!(v.deadline().at, t0 + ms(1050) + 3 * S);
         v.confirmed(renewal, t0 + ms(2000));
-        assert_eq!(v.deadline(), t0 + ms(1050) + 3 * S);
+        assert_eq!(v.deadline().at, t0 + ms(1050) + 3 * S);
         // A 9 s renewal sent after both answers settles it.
-        let next = v.begin(t0 + ms(2100), 9 * S, NO_DRIFT);
+        let next = v.begin(m(t0 + ms(2100)), 9 * S, NO_DRIFT);
         v.confirmed(next, t0 + ms(2110));
-        assert_eq!(v.deadline(), t0 + ms(2100) + 9 * S);
+        assert_eq!(v.deadline().at, t0 + ms(2100) + 9 * S);
         assert_eq!(v.candidates(), 0);
     }
 
     #[test]
     fn a_request_of_unknown_outcome_keeps_counting() {
         let t0 = Instant::now();
-        let mut v = Validity::granted(t0, t0, 3 * S, NO_DRIFT);
-        let lost_in_flight = v.begin(t0 + S, 3 * S, NO_DRIFT);
+        let mut v = Validity::granted(m(t0), t0, 3 * S, NO_DRIFT);
+        let lost_in_flight = v.begin(m(t0 + S), 3 * S, NO_DRIFT);
         v.unknown(lost_in_flight);
-        let extend = v.begin(t0 + 2 * S, 9 * S, NO_DRIFT);
+        let extend = v.begin(m(t0 + 2 * S), 9 * S, NO_DRIFT);
         v.confirmed(extend, t0 + 2 * S);
-        assert_eq!(v.deadline(), t0 + 2 * S + 3 * S);
+        assert_eq!(v.deadline().at, t0 + 2 * S + 3 * S);
         // Repeated timeouts with the same TTL do not pile up.
         for i in 0..10 {
-            let r = v.begin(t0 + 3 * S + i * S, 3 * S, NO_DRIFT);
+            let r = v.begin(m(t0 + 3 * S + i * S), 3 * S, NO_DRIFT);
             v.unknown(r);
         }
         assert_eq!(v.candidates(), 1);
@@ -242,22 +257,22 @@ mod tests {
     #[test]
     fn a_refused_request_no_longer_counts() {
         let t0 = Instant::now();
-        let mut v = Validity::granted(t0, t0, 9 * S, NO_DRIFT);
-        let r = v.begin(t0 + S, 3 * S, NO_DRIFT);
-        assert_eq!(v.deadline(), t0 + 4 * S);
+        let mut v = Validity::granted(m(t0), t0, 9 * S, NO_DRIFT);
+        let r = v.begin(m(t0 + S), 3 * S, NO_DRIFT);
+        assert_eq!(v.deadline().at, t0 + 4 * S);
         v.refused(r);
-        assert_eq!(v.deadline(), t0 + 9 * S);
+        assert_eq!(v.deadline().at, t0 + 9 * S);
     }
 
     #[test]
     fn an_older_confirmation_never_moves_the_anchor_back() {
         let t0 = Instant::now();
-        let mut v = Validity::granted(t0, t0, 3 * S, NO_DRIFT);
-        let a = v.begin(t0 + S, 3 * S, NO_DRIFT);
-        let b = v.begin(t0 + 2 * S, 3 * S, NO_DRIFT);
+        let mut v = Validity::granted(m(t0), t0, 3 * S, NO_DRIFT);
+        let a = v.begin(m(t0 + S), 3 * S, NO_DRIFT);
+        let b = v.begin(m(t0 + 2 * S), 3 * S, NO_DRIFT);
         v.confirmed(b, t0 + 2 * S);
         v.confirmed(a, t0 + 3 * S);
         assert_eq!(v.anchor(), t0 + 2 * S);
-        assert_eq!(v.deadline(), t0 + 5 * S);
+        assert_eq!(v.deadline().at, t0 + 5 * S);
     }
 }

@@ -11,7 +11,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::lost::Moment;
 
 use crate::error::LockError;
 use crate::lease::LeaseHold;
@@ -57,7 +57,7 @@ impl Hold {
         resource: &str,
         mode: Mode,
         fencing: u64,
-        sent_at: Instant,
+        sent_at: Moment,
         ttl: Duration,
         renew: ScriptCall,
         release: ScriptCall,
@@ -86,7 +86,7 @@ impl Hold {
         client: &Context,
         resource: &str,
         fencing: u64,
-        sent_at: Instant,
+        sent_at: Moment,
         ttl: Duration,
         drift: Duration,
         renew: ScriptCall,

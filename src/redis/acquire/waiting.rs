@@ -27,7 +27,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::{Script, Value};
-use tokio::time::Instant;
+
+use crate::lost::Moment;
 
 use crate::error::LockError;
 use crate::options::Deadline;
@@ -235,7 +236,7 @@ impl Pending {
         &mut self,
         call: &ScriptCall,
         op: &'static str,
-    ) -> Result<(Attempt, Instant), LockError> {
+    ) -> Result<(Attempt, Moment), LockError> {
         if self.client.inner.follows_failovers && self.conn.is_stale() {
             // A Sentinel failover since this acquisition's connection was
             // opened: it may lead to the old primary, which takes writes
@@ -246,7 +247,7 @@ impl Pending {
             self.conn = self.client.conn(&self.resource, op).await?;
         }
         self.armed = true;
-        let mut sent_at = Instant::now();
+        let mut sent_at = Moment::now();
         let mut reply = self.run_bounded(call, op).await;
         if reply.is_err() && self.conn.is_broken() {
             // The connection broke (a restarted server, say): once more on
@@ -255,7 +256,7 @@ impl Pending {
             tracing::debug!(resource = %self.resource, op, "connection broke; retrying once on a fresh one");
             self.always_undo = true;
             self.conn = self.client.conn(&self.resource, op).await?;
-            sent_at = Instant::now();
+            sent_at = Moment::now();
             reply = self.run_bounded(call, op).await;
         }
         let reply = reply?;
@@ -441,7 +442,7 @@ pub(crate) async fn try_once<T>(
     pending: &mut Pending,
     call: &ScriptCall,
     op: &'static str,
-    mut grant: impl FnMut(u64, Instant) -> Result<T, Expired>,
+    mut grant: impl FnMut(u64, Moment) -> Result<T, Expired>,
 ) -> Result<T, LockError> {
     let mut late = 0;
     loop {
@@ -482,7 +483,7 @@ pub(crate) async fn wait_until_granted<T>(
     pending: &mut Pending,
     call: &ScriptCall,
     claims: impl Fn(i64) -> bool,
-    mut grant: impl FnMut(u64, Instant) -> Result<T, Expired>,
+    mut grant: impl FnMut(u64, Moment) -> Result<T, Expired>,
 ) -> Result<T, LockError> {
     let mut late = 0;
     let mut sub: Option<Subscription> = None;

@@ -185,7 +185,7 @@ impl Context {
         keys: Arc<[String]>,
         args: Vec<String>,
         ttl: Duration,
-        acquired_at: tokio::time::Instant,
+        acquired_at: crate::lost::Moment,
     ) -> Lease {
         Lease {
             resource: resource.to_owned(),

@@ -28,7 +28,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
+use crate::lost::Moment;
 
 use crate::error::LockError;
 use crate::options::{Deadline, Mode};
@@ -248,7 +248,7 @@ impl Resource {
         mode: Mode,
         value: &str,
         fencing: u64,
-        sent_at: Instant,
+        sent_at: Moment,
         ttl: Duration,
     ) -> Result<Hold, Expired> {
         let renew = match mode {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::time::Instant;
+
+use crate::lost::Moment;
 
 use crate::error::LockError;
 use crate::guard::LockGuard;
@@ -436,7 +437,7 @@ impl RedisSemaphore {
         &self,
         token: &str,
         fencing: u64,
-        sent_at: Instant,
+        sent_at: Moment,
         mode: Mode,
         ttl: Duration,
     ) -> Result<RedisPermitGuard, Expired> {

@@ -45,8 +45,8 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::LockError;
 use crate::lease::validity::{RequestId, Validity};
-use crate::lost::LeaseDeadline;
 use crate::lost::Lost;
+use crate::lost::{LeaseDeadline, Moment};
 use crate::redis::conn::cluster::{Cluster, Node, is_redirect, redirect_target};
 use crate::redis::conn::link::Conn;
 use crate::redis::conn::pool::Connections;
@@ -87,7 +87,7 @@ pub(crate) struct Lease {
     pub(crate) drift: Duration,
     /// When the request that acquired the lease was sent: validity is
     /// counted from here.
-    pub(crate) acquired_at: Instant,
+    pub(crate) acquired_at: Moment,
     /// Told of every change to this lease's deadline, suspect flag or
     /// loss, as member `.1` (a Redlock guard's quorum); `None` for a lease
     /// that is a guard's whole hold.
@@ -103,7 +103,7 @@ pub(crate) struct Lease {
 pub(crate) trait Observer: Send + Sync + fmt::Debug {
     /// Lease `member` is now certainly valid until `end` (`None`: lost
     /// for good), and `suspect` when its last renewal failed.
-    fn changed(&self, member: usize, end: Option<Instant>, suspect: bool);
+    fn changed(&self, member: usize, end: Option<Moment>, suspect: bool);
 }
 
 /// A grant that was no longer certainly valid when it was registered
@@ -150,7 +150,7 @@ impl Entry {
     /// Publishes `validity`'s deadline to the guard's checks (call after
     /// every change to it). A deadline already passed stays put.
     fn publish(&mut self) {
-        self.end.set(self.validity.deadline());
+        self.end.set_end(self.validity.deadline());
         self.observe();
     }
 
@@ -171,7 +171,7 @@ impl Entry {
     /// Tells the observer, if any, the published deadline and suspect flag.
     fn observe(&self) {
         if let Some((observer, member)) = &self.lease.observer {
-            observer.changed(*member, Some(self.end.at()), self.end.is_suspect());
+            observer.changed(*member, Some(self.end.end()), self.end.is_suspect());
         }
     }
 
@@ -281,9 +281,10 @@ impl Watchdog {
     /// has already passed is refused ([`Expired`], invariant 1): the caller
     /// undoes it instead of returning a guard that may be someone else's.
     pub(crate) fn register(&self, lease: Lease) -> Result<LeaseHandle, Expired> {
-        let now = Instant::now();
+        let clocks = Moment::now();
+        let now = clocks.at;
         let validity = Validity::granted(lease.acquired_at, now, lease.ttl, lease.drift);
-        if validity.deadline() <= now {
+        if validity.deadline().passed_by(clocks) {
             return Err(Expired);
         }
         let lost = CancellationToken::new();
@@ -291,7 +292,7 @@ impl Watchdog {
         // dropping it then touches no lock shared with other leases.
         let stop = lost.child_token();
         let resource = lease.resource.clone();
-        let end = LeaseDeadline::new(validity.deadline());
+        let end = LeaseDeadline::ending(validity.deadline());
         let mut entry = Entry {
             lease,
             due: now,
@@ -421,7 +422,7 @@ impl LeaseHandle {
             let Some(e) = st.entries.get_mut(&self.id) else {
                 return Err(self.lost_error());
             };
-            let req = e.validity.begin(Instant::now(), ttl, drift);
+            let req = e.validity.begin(Moment::now(), ttl, drift);
             e.publish();
             req
         };
@@ -559,7 +560,8 @@ fn warn_lost(resource: &str, why: &str) {
 /// The watchdog task.
 async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) {
     loop {
-        let now = Instant::now();
+        let clocks = Moment::now();
+        let now = clocks.at;
         let mut batch: Vec<(u64, Lease, RequestId)> = Vec::new();
         let next = {
             let mut st = shared.lock();
@@ -587,7 +589,7 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                 if !e.in_flight && e.due <= now + early {
                     e.in_flight = true;
                     // Counts from before it is sent (invariant 2).
-                    let req = e.validity.begin(now, e.lease.ttl, e.lease.drift);
+                    let req = e.validity.begin(clocks, e.lease.ttl, e.lease.drift);
                     e.publish();
                     batch.push((id, e.lease.clone(), req));
                 }

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokio::time::Instant;
 
 use super::quorum::{Member, Quorum};
 use super::{RedlockInner, per_server_timeout, server_timeout};
 use crate::error::LockError;
 use crate::lease::{LeaseHold, lease_guard};
-use crate::lost::Lost;
+use crate::lost::{Lost, Moment};
 use crate::options::Mode;
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::ScriptCall;
@@ -131,7 +130,7 @@ impl RedlockHold {
         name: &str,
         value: &str,
         grants: Vec<Option<(Context, u64)>>,
-        sent_at: Instant,
+        sent_at: Moment,
     ) -> Option<Self> {
         let end = crate::lease::grant_end(sent_at, inner.ttl, inner.drift);
         let initial = grants

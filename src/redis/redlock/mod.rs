@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use tokio::time::Instant;
 
+use crate::lost::Moment;
+
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lock::Lock;
@@ -292,7 +294,7 @@ struct Outcome {
     /// Errors of the servers that failed (not merely busy).
     errors: Vec<LockError>,
     /// When the attempt was sent.
-    started: Instant,
+    started: Moment,
 }
 
 impl Redlock {
@@ -863,7 +865,7 @@ impl Redlock {
     /// after the request even if this future is dropped mid-flight.
     async fn attempt(&self, name: &str, token: &str, conns: &AttemptConns) -> Outcome {
         let i = &self.inner;
-        let started = Instant::now();
+        let started = Moment::now();
         let per_server = per_server_timeout(i.ttl);
         let answers = join_all(i.servers.iter().enumerate().map(|(n, server)| async move {
             match tokio::time::timeout(per_server, async {
@@ -906,7 +908,9 @@ impl Outcome {
     /// What is left of the grant's validity (`ttl − elapsed − drift`, the
     /// lease core's rule, invariant 1), zero when nothing is.
     fn validity(&self, ttl: Duration, drift: Duration) -> Duration {
-        grant_end(self.started, ttl, drift).saturating_duration_since(Instant::now())
+        grant_end(self.started, ttl, drift)
+            .at
+            .saturating_duration_since(Instant::now())
     }
 }
 
@@ -1126,7 +1130,10 @@ mod tests {
         let outcome = Outcome {
             grants: vec![Some(1)],
             errors: vec![],
-            started: Instant::now() - Duration::from_millis(300),
+            started: Moment {
+                at: Instant::now() - Duration::from_millis(300),
+                boot: None,
+            },
         };
         let v = outcome.validity(Duration::from_secs(1), Duration::from_millis(12));
         assert!(v <= Duration::from_millis(688), "{v:?}");

@@ -14,17 +14,19 @@
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::lost::{LeaseDeadline, Lost};
+use crate::lost::{LeaseDeadline, Lost, Moment};
 use crate::redis::lease::Observer;
 
 /// One server's lease as the quorum last heard of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Member {
     /// Certainly valid until then; `None`: lost, or never granted.
-    pub(super) end: Option<Instant>,
+    pub(super) end: Option<Moment>,
     /// Its last renewal failed.
     pub(super) suspect: bool,
 }
@@ -38,20 +40,33 @@ impl Member {
 
 /// The `needed`-th latest deadline among `members`: until then at least
 /// `needed` of them are valid. `None` when fewer than `needed` are left.
-pub(super) fn quorum_end(members: &[Member], needed: usize) -> Option<Instant> {
-    let mut ends: Vec<Instant> = members.iter().filter_map(|m| m.end).collect();
+///
+/// Taken on each clock apart: the `needed`-th latest end on the monotonic
+/// clock and the `needed`-th latest on the boot clock each bound the time
+/// `needed` members certainly hold.
+pub(super) fn quorum_end(members: &[Member], needed: usize) -> Option<Moment> {
+    let ends: Vec<Moment> = members.iter().filter_map(|m| m.end).collect();
     if needed == 0 || ends.len() < needed {
         return None;
     }
-    ends.sort_unstable_by(|a, b| b.cmp(a));
-    Some(ends[needed - 1])
+    let mut at: Vec<Instant> = ends.iter().map(|e| e.at).collect();
+    at.sort_unstable_by(|a, b| b.cmp(a));
+    let boot: Option<Vec<Duration>> = ends.iter().map(|e| e.boot).collect();
+    let boot = boot.map(|mut b| {
+        b.sort_unstable_by(|x, y| y.cmp(x));
+        b[needed - 1]
+    });
+    Some(Moment {
+        at: at[needed - 1],
+        boot,
+    })
 }
 
 /// Fewer than `needed` members are valid and not suspect (at `now`).
 pub(super) fn quorum_suspect(members: &[Member], needed: usize, now: Instant) -> bool {
     members
         .iter()
-        .filter(|m| !m.suspect && m.end.is_some_and(|end| end > now))
+        .filter(|m| !m.suspect && m.end.is_some_and(|end| end.at > now))
         .count()
         < needed
 }
@@ -77,7 +92,7 @@ impl Quorum {
         Self {
             resource: resource.to_owned(),
             needed,
-            end: LeaseDeadline::new(end.unwrap_or_else(Instant::now)),
+            end: LeaseDeadline::ending(end.unwrap_or_else(Moment::now)),
             members: Mutex::new(members),
             lost,
         }
@@ -106,7 +121,7 @@ impl Quorum {
 }
 
 impl Observer for Quorum {
-    fn changed(&self, member: usize, end: Option<Instant>, suspect: bool) {
+    fn changed(&self, member: usize, end: Option<Moment>, suspect: bool) {
         let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(slot) = members.get_mut(member) else {
             return;
@@ -116,7 +131,7 @@ impl Observer for Quorum {
             None => self.declare_lost("too few servers still hold the lock for a majority"),
             Some(at) => {
                 // A deadline already passed stays passed (invariant 3).
-                if !self.end.set(at) {
+                if !self.end.set_end(at) {
                     self.declare_lost("no majority confirmed a renewal within the validity");
                 }
                 self.end
@@ -143,9 +158,16 @@ mod tests {
 
     use super::*;
 
+    fn mono(at: Instant) -> Moment {
+        Moment { at, boot: None }
+    }
+
     fn at(base: Instant, ms: u64) -> Member {
         Member {
-            end: Some(base + Duration::from_millis(ms)),
+            end: Some(Moment {
+                at: base + Duration::from_millis(ms),
+                boot: None,
+            }),
             suspect: false,
         }
     }
@@ -160,9 +182,18 @@ mod tests {
             at(t, 500),
             at(t, 200),
         ];
-        assert_eq!(quorum_end(&m, 3), Some(t + Duration::from_millis(200)));
-        assert_eq!(quorum_end(&m, 1), Some(t + Duration::from_millis(500)));
-        assert_eq!(quorum_end(&m, 4), Some(t + Duration::from_millis(100)));
+        assert_eq!(
+            quorum_end(&m, 3).map(|e| e.at),
+            Some(t + Duration::from_millis(200))
+        );
+        assert_eq!(
+            quorum_end(&m, 1).map(|e| e.at),
+            Some(t + Duration::from_millis(500))
+        );
+        assert_eq!(
+            quorum_end(&m, 4).map(|e| e.at),
+            Some(t + Duration::from_millis(100))
+        );
         assert_eq!(quorum_end(&m, 5), None);
         assert_eq!(quorum_end(&m, 0), None);
     }
@@ -190,14 +221,14 @@ mod tests {
         q.changed(0, None, true);
         assert!(!lost.is_lost(), "two of three still hold it");
         assert_eq!(lost.state(), crate::LeaseState::Held);
-        q.changed(1, Some(t + Duration::from_secs(10)), true);
+        q.changed(1, Some(mono(t + Duration::from_secs(10))), true);
         assert_eq!(lost.state(), crate::LeaseState::Suspect);
-        q.changed(1, Some(t + Duration::from_secs(20)), false);
+        q.changed(1, Some(mono(t + Duration::from_secs(20))), false);
         assert_eq!(lost.state(), crate::LeaseState::Held);
         q.changed(2, None, true);
         assert!(lost.is_lost());
         // Lost for good, whatever comes after.
-        q.changed(2, Some(t + Duration::from_secs(30)), false);
+        q.changed(2, Some(mono(t + Duration::from_secs(30))), false);
         assert!(lost.is_lost());
     }
 
@@ -206,10 +237,10 @@ mod tests {
         let t = Instant::now();
         let q = Quorum::new("r", vec![at(t, 60_000), at(t, 60_000), at(t, 60_000)], 2);
         // Two members' ends pulled into the past: the quorum's end passed.
-        q.changed(0, Some(t), false);
-        q.changed(1, Some(t), false);
+        q.changed(0, Some(mono(t)), false);
+        q.changed(1, Some(mono(t)), false);
         assert!(q.lost().is_lost());
-        q.changed(0, Some(t + Duration::from_secs(60)), false);
+        q.changed(0, Some(mono(t + Duration::from_secs(60))), false);
         assert!(q.lost().is_lost(), "a passed deadline stays passed");
     }
 
@@ -245,7 +276,14 @@ mod tests {
                     std::thread::spawn(move || {
                         for i in 0..200u64 {
                             let end = t + Duration::from_millis(60_000 + (i * 7 + m as u64) % 50);
-                            q.changed(m, Some(end), i % 3 == 0);
+                            q.changed(
+                                m,
+                                Some(Moment {
+                                    at: end,
+                                    boot: None,
+                                }),
+                                i % 3 == 0,
+                            );
                         }
                         q.changed(m, None, true);
                     })
