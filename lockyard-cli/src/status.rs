@@ -123,7 +123,7 @@ fn table(locks: &[FileLockInfo]) -> String {
 
 #[cfg(feature = "redis")]
 async fn redis(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
-    let opts = args.redis.options(lockyard::redis::RedisOptions::new());
+    let opts = args.tls.redis_options(lockyard::redis::RedisOptions::new());
     let locks = RedisLocks::connect_with(url, opts).await?;
     let held = locks.list().await?;
     let text = if args.json {
@@ -210,7 +210,8 @@ fn redis_json_row(info: &RedisLockInfo) -> serde_json::Value {
 /// the holder's backend pid and, where lockyard recorded it, the name.
 #[cfg(feature = "postgres")]
 async fn postgres(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
-    let locks = lockyard::postgres::PgLocks::connect(url).await?;
+    let opts = args.tls.postgres_options(lockyard::postgres::PgOptions::default());
+    let locks = lockyard::postgres::PgLocks::connect_with(url, opts).await?;
     let held = locks.list().await?;
     let text = if args.json {
         let rows: Vec<serde_json::Value> = held

@@ -3,7 +3,7 @@
 //! `--tls-ca` or `LOCKYARD_TLS_CA`, mutual TLS from `--tls-cert` and
 //! `--tls-key`, and a wrong CA or a plain URL to a TLS port fails fast with
 //! a clear error (exit 69).
-#![cfg(all(feature = "tls", unix))]
+#![cfg(all(feature = "redis", feature = "tls", unix))]
 
 mod cli_support;
 use std::process::Stdio;
