@@ -150,10 +150,9 @@ async fn mutual_tls_needs_the_client_certificate() {
         .release()
         .await
         .unwrap();
-    let from_bytes = PgOptions::default().tls_ca(files.ca()).tls_client_cert_pem(
-        std::fs::read(&cert).unwrap(),
-        std::fs::read(&key).unwrap(),
-    );
+    let from_bytes = PgOptions::default()
+        .tls_ca(files.ca())
+        .tls_client_cert_pem(std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
     connect(&url, from_bytes).await.unwrap();
 
     let without = tls_failure(&url, PgOptions::default().tls_ca(files.ca())).await;
@@ -229,9 +228,12 @@ async fn require_to_a_server_without_tls_is_typed_and_prefer_goes_plain() {
         let problem = tls_failure(&with_sslmode(&server, query), PgOptions::default()).await;
         assert_eq!(problem, TlsProblem::ServerIsPlain, "{query}");
     }
-    let locks = connect(&with_sslmode(&server, "sslmode=prefer"), PgOptions::default())
-        .await
-        .unwrap();
+    let locks = connect(
+        &with_sslmode(&server, "sslmode=prefer"),
+        PgOptions::default(),
+    )
+    .await
+    .unwrap();
     bounded(locks.try_acquire("plain"))
         .await
         .unwrap()

@@ -85,7 +85,8 @@ impl Backend {
         } else {
             Mode::Exclusive
         };
-        let client = PgLocks::connect_with(url, args.tls.postgres_options(PgOptions::default())).await?;
+        let client =
+            PgLocks::connect_with(url, args.tls.postgres_options(PgOptions::default())).await?;
         let (lock, keys): (Box<dyn Lock>, Vec<PgKey>) = match args.permits {
             Some(permits) => {
                 let sem = client.semaphore(name, permits)?;

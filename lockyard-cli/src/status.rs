@@ -210,7 +210,9 @@ fn redis_json_row(info: &RedisLockInfo) -> serde_json::Value {
 /// the holder's backend pid and, where lockyard recorded it, the name.
 #[cfg(feature = "postgres")]
 async fn postgres(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
-    let opts = args.tls.postgres_options(lockyard::postgres::PgOptions::default());
+    let opts = args
+        .tls
+        .postgres_options(lockyard::postgres::PgOptions::default());
     let locks = lockyard::postgres::PgLocks::connect_with(url, opts).await?;
     let held = locks.list().await?;
     let text = if args.json {

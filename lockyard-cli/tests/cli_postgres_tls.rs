@@ -111,9 +111,22 @@ fn mutual_tls_takes_the_client_certificate_from_the_flags() {
         "true",
     ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let out = env.run(&["exec", "--postgres", &url, "--tls-ca", &ca, "job", "--", "true"]);
+    let out = env.run(&[
+        "exec",
+        "--postgres",
+        &url,
+        "--tls-ca",
+        &ca,
+        "job",
+        "--",
+        "true",
+    ]);
     assert_clean_failure(&out, 69);
-    assert!(stderr(&out).contains("client certificate"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("client certificate"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -133,13 +146,29 @@ fn a_wrong_ca_exits_69_fast_and_says_so() {
         "--",
         "true",
     ]);
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     assert_clean_failure(&out, 69);
     let err = stderr(&out);
-    assert!(err.contains("not signed by a CA this client trusts"), "{err}");
+    assert!(
+        err.contains("not signed by a CA this client trusts"),
+        "{err}"
+    );
     assert!(!err.contains(PASSWORD), "{err}");
     // A CA with sslmode=disable is a usage error, not silently unused.
     let plain = format!("{}?sslmode=disable", server.url());
-    let out = env.run(&["exec", "--postgres", &plain, "--tls-ca", &other, "job", "--", "true"]);
+    let out = env.run(&[
+        "exec",
+        "--postgres",
+        &plain,
+        "--tls-ca",
+        &other,
+        "job",
+        "--",
+        "true",
+    ]);
     assert_clean_failure(&out, 64);
 }

@@ -94,8 +94,8 @@ impl PgLocks {
             opts.connect_timeout,
             opts.keepalive,
         )
-            .await
-            .map_err(|e| with_resource(e, resource))
+        .await
+        .map_err(|e| with_resource(e, resource))
     }
 
     /// Takes back a session that holds no lock (invariant 1).

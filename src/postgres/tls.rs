@@ -515,8 +515,8 @@ mod end_point {
         fn the_hash_follows_the_signature_algorithm() {
             // SEQUENCE { SEQUENCE {} (tbs), SEQUENCE { OID ecdsa-with-SHA384 }, BIT STRING }
             let cert = [
-                0x30, 0x10, 0x30, 0x00, 0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d,
-                0x04, 0x03, 0x03, 0x03, 0x00,
+                0x30, 0x10, 0x30, 0x00, 0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04,
+                0x03, 0x03, 0x03, 0x00,
             ];
             assert_eq!(hash(&cert).map(|h| h.len()), Some(48));
             let mut ed25519 = cert;
@@ -539,7 +539,10 @@ mod tests {
         assert_eq!(rest, "postgres://u:p@h:1/db?application_name=x");
         assert_eq!(mode, Some(SslChoice::VerifyFull));
         let (rest, mode) = take_sslmode("postgresql://h/db?sslmode=verify-ca").unwrap();
-        assert_eq!((rest.as_str(), mode), ("postgresql://h/db", Some(SslChoice::VerifyCa)));
+        assert_eq!(
+            (rest.as_str(), mode),
+            ("postgresql://h/db", Some(SslChoice::VerifyCa))
+        );
         let (rest, mode) =
             take_sslmode("host=h password='a b\\' sslmode=x' sslmode = require user=u").unwrap();
         assert_eq!(rest, "host=h password='a b\\' sslmode=x' user=u");
