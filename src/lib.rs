@@ -149,7 +149,12 @@ mod lost;
 mod options;
 mod owner;
 mod text;
-// TLS material shared by the Redis and Postgres backends.
+// TLS material shared by the Redis and Postgres backends (unused by a
+// build with neither).
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres")),
+    allow(dead_code, unused_macros)
+)]
 mod tls;
 
 pub use error::{BoxError, LockError, TlsProblem};

@@ -16,7 +16,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::error::{LockError, TlsProblem};
+use crate::error::LockError;
+#[cfg(feature = "tls")]
+use crate::error::TlsProblem;
 
 /// Where a PEM comes from: a file read at connect time, or bytes given.
 #[derive(Clone, PartialEq, Eq)]
@@ -102,20 +104,74 @@ impl TlsSettings {
         self.ca.is_some() || self.client.is_some()
     }
 
-    pub(crate) fn set_ca_file(&mut self, path: PathBuf) {
-        self.ca = Some(Pem::File(path));
+    /// Trusts the CA certificates in the PEM file at `path` (read at
+    /// connect time) instead of the platform's roots.
+    ///
+    /// ```
+    /// let tls = lockyard::TlsSettings::default().ca("/etc/ssl/private-ca.pem");
+    /// assert!(tls.has_ca());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// None here: the backend's connect reports an unreadable or malformed
+    /// file as [`LockError::InvalidArgument`].
+    pub fn ca(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca = Some(Pem::File(path.into()));
+        self
     }
 
-    pub(crate) fn set_ca_pem(&mut self, pem: Vec<u8>) {
-        self.ca = Some(Pem::Bytes(pem));
+    /// As [`ca`](Self::ca), with the CA certificates as PEM bytes (from a
+    /// secret store, say) rather than a file.
+    ///
+    /// ```
+    /// let pem = b"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n";
+    /// let tls = lockyard::TlsSettings::default().ca_pem(pem.to_vec());
+    /// assert!(tls.has_ca());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// None here: the backend's connect reports malformed PEM as
+    /// [`LockError::InvalidArgument`].
+    pub fn ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(Pem::Bytes(pem.into()));
+        self
     }
 
-    pub(crate) fn set_client_files(&mut self, cert: PathBuf, key: PathBuf) {
-        self.client = Some((Pem::File(cert), Pem::File(key)));
+    /// Presents the client certificate (chain) in the PEM file `cert`, with
+    /// its private key in `key` (read at connect time), to a server that
+    /// requires mutual TLS.
+    ///
+    /// ```
+    /// let tls = lockyard::TlsSettings::default().client_cert("client.pem", "client.key");
+    /// assert!(tls.has_client_cert());
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// None here: the backend's connect reports unreadable or malformed
+    /// files as [`LockError::InvalidArgument`].
+    pub fn client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        self.client = Some((Pem::File(cert.into()), Pem::File(key.into())));
+        self
     }
 
-    pub(crate) fn set_client_pem(&mut self, cert: Vec<u8>, key: Vec<u8>) {
-        self.client = Some((Pem::Bytes(cert), Pem::Bytes(key)));
+    /// As [`client_cert`](Self::client_cert), from PEM bytes. The key never
+    /// appears in `Debug` output.
+    ///
+    /// ```
+    /// let tls = lockyard::TlsSettings::default().client_cert_pem("CERT", "KEY");
+    /// assert!(!format!("{tls:?}").contains("KEY\""));
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// None here: the backend's connect reports malformed PEM as
+    /// [`LockError::InvalidArgument`].
+    pub fn client_cert_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.client = Some((Pem::Bytes(cert.into()), Pem::Bytes(key.into())));
+        self
     }
 
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
@@ -164,6 +220,98 @@ impl fmt::Debug for TlsSettings {
     }
 }
 
+/// The `tls_*` builder methods of a backend's options type (which has a
+/// `tls: TlsSettings` field), written once: `$options` is the type's path
+/// under `lockyard::`, `$new` how its docs make one, `$about` what the CA
+/// is used for with that backend.
+macro_rules! tls_option_methods {
+    ($options:literal, $new:literal, $about:literal) => {
+        /// Trusts the CA certificates in the PEM file at `path` (read at
+        /// connect time) instead of the platform's roots,
+        #[doc = $about]
+        ///
+        /// ```
+        #[doc = concat!("let opts = lockyard::", $options, $new, ".tls_ca(\"/etc/ssl/private-ca.pem\");")]
+        /// assert!(opts.tls.has_ca());
+        /// ```
+        ///
+        /// # Errors
+        ///
+        /// None here: connecting reports an unreadable or malformed file as
+        /// [`LockError::InvalidArgument`](crate::LockError::InvalidArgument).
+        pub fn tls_ca(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+            self.tls = std::mem::take(&mut self.tls).ca(path);
+            self
+        }
+
+        /// As [`tls_ca`](Self::tls_ca), with the CA certificates as PEM
+        /// bytes (from a secret store, say) rather than a file.
+        ///
+        /// ```
+        /// let pem = b"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n";
+        #[doc = concat!("let opts = lockyard::", $options, $new, ".tls_ca_pem(pem.to_vec());")]
+        /// assert!(opts.tls.has_ca());
+        /// ```
+        ///
+        /// # Errors
+        ///
+        /// None here: connecting reports malformed PEM as
+        /// [`LockError::InvalidArgument`](crate::LockError::InvalidArgument).
+        pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+            self.tls = std::mem::take(&mut self.tls).ca_pem(pem);
+            self
+        }
+
+        /// Presents the client certificate (chain) in the PEM file `cert`,
+        /// with its private key in `key`, to a server that requires mutual
+        /// TLS. Read at connect time; needs the feature `tls`.
+        ///
+        /// ```
+        #[doc = concat!("let opts = lockyard::", $options, $new)]
+        ///     .tls_ca("/etc/ssl/private-ca.pem")
+        ///     .tls_client_cert("/etc/ssl/client.pem", "/etc/ssl/client.key");
+        /// assert!(opts.tls.has_client_cert());
+        /// ```
+        ///
+        /// # Errors
+        ///
+        /// None here: connecting reports unreadable or malformed files as
+        /// [`LockError::InvalidArgument`](crate::LockError::InvalidArgument).
+        pub fn tls_client_cert(
+            mut self,
+            cert: impl Into<std::path::PathBuf>,
+            key: impl Into<std::path::PathBuf>,
+        ) -> Self {
+            self.tls = std::mem::take(&mut self.tls).client_cert(cert, key);
+            self
+        }
+
+        /// As [`tls_client_cert`](Self::tls_client_cert), from PEM bytes.
+        /// The key never appears in `Debug` output.
+        ///
+        /// ```
+        #[doc = concat!("let opts = lockyard::", $options, $new, ".tls_client_cert_pem(\"CERT\", \"KEY\");")]
+        /// assert!(opts.tls.has_client_cert());
+        /// assert!(!format!("{opts:?}").contains("KEY\""));
+        /// ```
+        ///
+        /// # Errors
+        ///
+        /// None here: connecting reports malformed PEM as
+        /// [`LockError::InvalidArgument`](crate::LockError::InvalidArgument).
+        pub fn tls_client_cert_pem(
+            mut self,
+            cert: impl Into<Vec<u8>>,
+            key: impl Into<Vec<u8>>,
+        ) -> Self {
+            self.tls = std::mem::take(&mut self.tls).client_cert_pem(cert, key);
+            self
+        }
+    };
+}
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) use tls_option_methods;
+
 /// The PEM bytes of [`TlsSettings`], read and checked.
 #[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) struct TlsPems {
@@ -199,7 +347,6 @@ fn check_pem(bytes: &[u8], what: &'static str, label: &str) -> Result<(), LockEr
 /// neither would make rustls panic on its first TLS client. Install ours
 /// (ring) unless the application already chose one.
 #[cfg(feature = "tls")]
-#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
 pub(crate) fn ensure_crypto_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // Another thread may have installed one meanwhile: then that one
@@ -355,7 +502,6 @@ impl rustls::client::danger::ServerCertVerifier for ChainOnly {
 /// An `io::Error` hides its inner error from `source()`, so each one met is
 /// opened with `get_ref`.
 #[cfg(feature = "tls")]
-#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(dead_code))]
 pub(crate) fn problem_in(err: &(dyn std::error::Error + 'static)) -> Option<TlsProblem> {
     let mut next = Some(err);
     while let Some(e) = next {
@@ -419,8 +565,7 @@ mod tests {
 
     #[test]
     fn files_without_the_right_pem_block_are_refused() {
-        let mut tls = TlsSettings::default();
-        tls.set_ca_pem(b"not a certificate".to_vec());
+        let tls = TlsSettings::default().ca_pem("not a certificate");
         let err = tls.load().err().map(|e| e.to_string()).unwrap_or_default();
         assert!(err.contains("CERTIFICATE"), "{err}");
     }

@@ -34,6 +34,19 @@ async fn connect(url: &str, opts: PgOptions) -> Result<PgLocks, LockError> {
     .await
 }
 
+/// Two clients of `url`, trusting the CA file `ca`.
+async fn two_clients(url: &str, ca: &std::path::Path) -> (PgLocks, PgLocks) {
+    let a = connect(url, PgOptions::default().tls_ca(ca)).await.unwrap();
+    let b = connect(url, PgOptions::default().tls_ca(ca)).await.unwrap();
+    (a, b)
+}
+
+/// Takes `name` at once and releases it: the connection works.
+async fn take_and_release(locks: &PgLocks, name: &str) {
+    let guard = bounded(locks.try_acquire(name)).await.unwrap();
+    guard.release().await.unwrap();
+}
+
 /// How many of lockyard's sessions are (`true`) or are not encrypted.
 async fn lockyard_sessions(server: &PgServer, ssl: bool) -> i64 {
     let admin = server.admin().await;
@@ -73,12 +86,7 @@ async fn verify_full_with_a_ca_file_locks_and_excludes_over_tls() {
     let files = TlsFiles::generate();
     let server = start(ServerTls::new(&files)).await;
     let url = with_sslmode(&server, "sslmode=verify-full");
-    let a = connect(&url, PgOptions::default().tls_ca(files.ca()))
-        .await
-        .unwrap();
-    let b = connect(&url, PgOptions::default().tls_ca(files.ca()))
-        .await
-        .unwrap();
+    let (a, b) = two_clients(&url, &files.ca()).await;
     let guard = bounded(a.acquire("job", Duration::from_secs(5)))
         .await
         .unwrap();
@@ -87,12 +95,7 @@ async fn verify_full_with_a_ca_file_locks_and_excludes_over_tls() {
     assert!(lockyard_sessions(&server, true).await >= 2);
     assert_eq!(lockyard_sessions(&server, false).await, 0);
     guard.release().await.unwrap();
-    bounded(b.acquire("job", Duration::from_secs(5)))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    take_and_release(&b, "job").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,12 +120,7 @@ async fn views(name: &str) -> (Keep, Arc<dyn Lock>, Arc<dyn Lock>) {
     let files = TlsFiles::generate();
     let server = start(ServerTls::new(&files)).await;
     let url = with_sslmode(&server, "sslmode=verify-full");
-    let a = connect(&url, PgOptions::default().tls_ca(files.ca()))
-        .await
-        .unwrap();
-    let b = connect(&url, PgOptions::default().tls_ca(files.ca()))
-        .await
-        .unwrap();
+    let (a, b) = two_clients(&url, &files.ca()).await;
     let la: Arc<dyn Lock> = Arc::new(a.lock(name).unwrap());
     let lb: Arc<dyn Lock> = Arc::new(b.lock(name).unwrap());
     (Box::new((files, server, a, b)), la, lb)
@@ -144,12 +142,7 @@ async fn mutual_tls_needs_the_client_certificate() {
     )
     .await
     .unwrap();
-    bounded(locks.try_acquire("mutual"))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    take_and_release(&locks, "mutual").await;
     let from_bytes = PgOptions::default()
         .tls_ca(files.ca())
         .tls_client_cert_pem(std::fs::read(&cert).unwrap(), std::fs::read(&key).unwrap());
@@ -212,12 +205,7 @@ async fn a_certificate_for_another_host_passes_verify_ca_only() {
     let locks = connect(&url, PgOptions::default().tls_ca(files.ca()))
         .await
         .unwrap();
-    bounded(locks.try_acquire("any-name"))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    take_and_release(&locks, "any-name").await;
     assert!(lockyard_sessions(&server, true).await >= 1);
 }
 
@@ -234,12 +222,7 @@ async fn require_to_a_server_without_tls_is_typed_and_prefer_goes_plain() {
     )
     .await
     .unwrap();
-    bounded(locks.try_acquire("plain"))
-        .await
-        .unwrap()
-        .release()
-        .await
-        .unwrap();
+    take_and_release(&locks, "plain").await;
     assert_eq!(lockyard_sessions(&server, true).await, 0);
 }
 

@@ -174,34 +174,17 @@ pub(crate) struct TlsArg {
 }
 
 impl TlsArg {
-    /// `opts` with the TLS files given (read when the client connects).
-    #[cfg(feature = "redis")]
-    pub(crate) fn redis_options(
-        &self,
-        mut opts: lockyard::redis::RedisOptions,
-    ) -> lockyard::redis::RedisOptions {
+    /// The TLS files given (read when the client connects), for a
+    /// backend's options' `tls`.
+    pub(crate) fn settings(&self) -> lockyard::TlsSettings {
+        let mut tls = lockyard::TlsSettings::default();
         if let Some(ca) = &self.tls_ca {
-            opts = opts.tls_ca(ca);
+            tls = tls.ca(ca);
         }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            opts = opts.tls_client_cert(cert, key);
+            tls = tls.client_cert(cert, key);
         }
-        opts
-    }
-
-    /// `opts` with the TLS files given (read when the client connects).
-    #[cfg(feature = "postgres")]
-    pub(crate) fn postgres_options(
-        &self,
-        mut opts: lockyard::postgres::PgOptions,
-    ) -> lockyard::postgres::PgOptions {
-        if let Some(ca) = &self.tls_ca {
-            opts = opts.tls_ca(ca);
-        }
-        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            opts = opts.tls_client_cert(cert, key);
-        }
-        opts
+        tls
     }
 }
 

@@ -123,7 +123,8 @@ fn table(locks: &[FileLockInfo]) -> String {
 
 #[cfg(feature = "redis")]
 async fn redis(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
-    let opts = args.tls.redis_options(lockyard::redis::RedisOptions::new());
+    let mut opts = lockyard::redis::RedisOptions::new();
+    opts.tls = args.tls.settings();
     let locks = RedisLocks::connect_with(url, opts).await?;
     let held = locks.list().await?;
     let text = if args.json {
@@ -210,9 +211,8 @@ fn redis_json_row(info: &RedisLockInfo) -> serde_json::Value {
 /// the holder's backend pid and, where lockyard recorded it, the name.
 #[cfg(feature = "postgres")]
 async fn postgres(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
-    let opts = args
-        .tls
-        .postgres_options(lockyard::postgres::PgOptions::default());
+    let mut opts = lockyard::postgres::PgOptions::default();
+    opts.tls = args.tls.settings();
     let locks = lockyard::postgres::PgLocks::connect_with(url, opts).await?;
     let held = locks.list().await?;
     let text = if args.json {

@@ -1,7 +1,6 @@
 //! [`PgOptions`]: how a [`PgLocks`](super::PgLocks) client connects,
 //! watches its holds, maps names and issues fencing tokens.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::keys::PgKeyMode;
@@ -144,103 +143,17 @@ impl PgOptions {
         self
     }
 
-    /// Trusts the CA certificates in the PEM file at `path` instead of the
-    /// platform's roots, for the server's certificate. Read at connect time.
-    ///
-    /// Used whenever a connection is encrypted, as the URL's `sslmode`
-    /// says: `prefer` (or none) uses TLS when the server offers it,
-    /// `require` and `verify-full` always, and all three check the chain
-    /// and the host name; `verify-ca` checks the chain only and needs this
-    /// CA. Certificates are always checked: there is no mode that skips it
-    /// (so `require` is stricter than libpq's). See the
-    /// [module docs](super#tls).
-    ///
-    /// Needs the feature `tls`; with `sslmode=disable` a CA is refused
-    /// rather than silently unused.
-    ///
-    /// ```
-    /// use lockyard::postgres::PgOptions;
-    ///
-    /// let opts = PgOptions::default().tls_ca("/etc/postgres/ca.pem");
-    /// assert!(opts.tls.has_ca());
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// None here; [`PgLocks::connect_with`](super::PgLocks::connect_with)
-    /// reports an unreadable or malformed file as
-    /// [`LockError::InvalidArgument`].
-    pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
-        self.tls.set_ca_file(path.into());
-        self
-    }
-
-    /// As [`tls_ca`](Self::tls_ca), with the CA certificates as PEM bytes.
-    ///
-    /// ```
-    /// use lockyard::postgres::PgOptions;
-    ///
-    /// let pem = b"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n";
-    /// let opts = PgOptions::default().tls_ca_pem(pem.to_vec());
-    /// assert!(opts.tls.has_ca());
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// None here; malformed PEM is reported at connect, as
-    /// [`LockError::InvalidArgument`].
-    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls.set_ca_pem(pem.into());
-        self
-    }
-
-    /// Presents the client certificate (chain) in the PEM file `cert`, with
-    /// its private key in `key`, to a server that asks for one (mutual
-    /// TLS: `ssl_ca_file` set and `clientcert=verify-ca`/`verify-full` or
-    /// `cert` authentication in `pg_hba.conf`). Read at connect time; needs
-    /// the feature `tls`.
-    ///
-    /// ```
-    /// use lockyard::postgres::PgOptions;
-    ///
-    /// let opts = PgOptions::default()
-    ///     .tls_ca("/etc/postgres/ca.pem")
-    ///     .tls_client_cert("/etc/postgres/client.pem", "/etc/postgres/client.key");
-    /// assert!(opts.tls.has_client_cert());
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// None here; unreadable or malformed files are reported at connect,
-    /// as [`LockError::InvalidArgument`].
-    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        self.tls.set_client_files(cert.into(), key.into());
-        self
-    }
-
-    /// As [`tls_client_cert`](Self::tls_client_cert), from PEM bytes. The
-    /// key never appears in `Debug` output.
-    ///
-    /// ```
-    /// use lockyard::postgres::PgOptions;
-    ///
-    /// let opts = PgOptions::default().tls_client_cert_pem(b"CERT".to_vec(), b"KEY".to_vec());
-    /// assert!(opts.tls.has_client_cert());
-    /// assert!(!format!("{opts:?}").contains("KEY"));
-    /// ```
-    ///
-    /// # Errors
-    ///
-    /// None here; malformed PEM is reported at connect, as
-    /// [`LockError::InvalidArgument`].
-    pub fn tls_client_cert_pem(
-        mut self,
-        cert: impl Into<Vec<u8>>,
-        key: impl Into<Vec<u8>>,
-    ) -> Self {
-        self.tls.set_client_pem(cert.into(), key.into());
-        self
-    }
+    crate::tls::tls_option_methods!(
+        "postgres::PgOptions",
+        "::default()",
+        "for the server's certificate whenever a connection is encrypted, as the URL's \
+         `sslmode` says: `prefer` (or none) when the server offers TLS, `require` and \
+         `verify-full` always, all three checking the chain and the host name; \
+         `verify-ca` checks the chain only and needs this CA. Certificates are always \
+         checked: no mode skips it (so `require` is stricter than libpq's); see the \
+         [module docs](super#tls). Needs the feature `tls`; with `sslmode=disable` a CA \
+         is refused rather than silently unused."
+    );
 
     /// Checks the options.
     pub(crate) fn validate(&self) -> Result<(), LockError> {

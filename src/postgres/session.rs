@@ -47,6 +47,8 @@ pub(crate) struct Session {
 /// their unlocks, the fence write and the semaphore's try: a handful).
 const STATEMENTS: usize = 32;
 
+// Without the feature `tls` the connector is `NoTls`, which is `Copy`.
+#[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
 impl Session {
     /// Opens a connection through `tls`, bounded by `limit`, and asks its
     /// backend's pid. A failure that TLS explains is [`LockError::Tls`]

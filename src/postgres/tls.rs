@@ -4,7 +4,7 @@
 //! TLS.
 //!
 //! What each `sslmode` checks is the [module docs'](super#tls) table;
-//! [`connector`] is where it is decided.
+//! [`connector()`] is where it is decided.
 //!
 //! # Layering
 //!

@@ -183,6 +183,8 @@ impl CancelOnDrop {
     }
 }
 
+// Without the feature `tls` the connector is `NoTls`, which is `Copy`.
+#[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some((token, client)) = self.0.take() {

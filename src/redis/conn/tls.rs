@@ -265,9 +265,9 @@ mod tests {
 
     #[test]
     fn tls_settings_on_a_plain_url_are_refused() {
-        let mut tls = RedisTls::default();
+        let tls = RedisTls::default();
         assert!(load(&tls, "redis://h:1/", "redis://h:1/").is_ok());
-        tls.set_ca_pem(b"x".to_vec());
+        let tls = tls.ca_pem("x");
         let err = load(&tls, "redis://h:1/", "redis://h:1/").unwrap_err();
         assert!(err.to_string().contains("rediss://"), "{err}");
         assert!(load(&tls, "rediss://h:1/#insecure", "x").is_err());
