@@ -223,7 +223,8 @@ pub enum LockError {
     },
     /// A TLS connection to the backend could not be set up; `problem` says
     /// why (an untrusted or expired certificate, a plain server behind a
-    /// `rediss://` URL, a TLS-only port behind a `redis://` one, …).
+    /// `rediss://` URL or `sslmode=require`, a TLS-only port behind a
+    /// `redis://` one, …).
     /// Retrying will not fix it: the configuration must change.
     #[error("TLS to {server}: {problem}", server = Escaped(server))]
     Tls {
@@ -498,14 +499,17 @@ pub enum TlsProblem {
     /// a client certificate (mutual TLS) and none, or one it does not
     /// trust, was given.
     ClientCertificateRefused,
-    /// The URL says `rediss://`, but the server answered in plain text: it
-    /// does not speak TLS on that port (use `redis://`).
+    /// The URL asks for TLS (`rediss://`, `sslmode=require`), but the
+    /// server does not speak it on that port: a Redis answered in plain
+    /// text, a Postgres answered the TLS request with "no" (`ssl = off`).
     ServerIsPlain,
-    /// The URL says `redis://`, but the server speaks TLS only on that port
-    /// (use `rediss://`).
+    /// The URL asks for no TLS (`redis://`, `sslmode=disable`), but the
+    /// server requires it: a TLS-only Redis port, a Postgres whose
+    /// `pg_hba.conf` admits only `hostssl` connections.
     ServerRequiresTls,
-    /// The URL says `rediss://`, or TLS files were given, but this build has
-    /// no TLS: enable lockyard's feature `tls`.
+    /// The URL asks for TLS (`rediss://`, an `sslmode` that needs it), or
+    /// TLS files were given, but this build has no TLS: enable lockyard's
+    /// feature `tls`.
     NotEnabled,
     /// Any other handshake failure; the source says what.
     Handshake,
@@ -528,11 +532,12 @@ impl fmt::Display for TlsProblem {
                  (mutual TLS: give a certificate and key)"
             }
             TlsProblem::ServerIsPlain => {
-                "the server answered in plain text: it does not speak TLS on this port \
-                 (use redis://, not rediss://)"
+                "the server does not speak TLS on this port (for Redis use redis://, not \
+                 rediss://; for Postgres the server has ssl = off)"
             }
             TlsProblem::ServerRequiresTls => {
-                "the server speaks TLS only on this port (use rediss://, not redis://)"
+                "the server requires TLS on this port (for Redis use rediss://, not redis://; \
+                 for Postgres an sslmode other than disable)"
             }
             TlsProblem::NotEnabled => {
                 "this build of lockyard has no TLS (enable its feature `tls`)"

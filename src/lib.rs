@@ -100,9 +100,14 @@
 //!
 //! - `redis` (default): distributed locks on Redis ([`RedisLocks`],
 //!   [`Redlock`]).
-//! - `tls`: `rediss://` to Redis (one server, Cluster, Redlock) over rustls,
-//!   with a custom CA and client certificates (`RedisOptions::tls_ca`,
-//!   `tls_client_cert`); what managed Redis services require.
+//! - `postgres`: distributed locks on Postgres advisory locks
+//!   (`postgres::PgLocks`).
+//! - `tls`: TLS over rustls for the backends that are on: `rediss://` to
+//!   Redis (one server, Cluster, Redlock) and `sslmode` to Postgres, with a
+//!   custom CA and client certificates ([`TlsSettings`], set through
+//!   `RedisOptions::tls_ca` / `PgOptions::tls_ca` and `tls_client_cert`);
+//!   what managed Redis and Postgres services require. It turns on neither
+//!   backend by itself.
 //! - `serde`: `Serialize` for the statistics, [`Owner`], [`Mode`] and the
 //!   listings ([`FileLockInfo`], `RedisLockInfo`); `Deserialize` for the
 //!   statistics, [`Owner`] and [`Mode`].
@@ -144,6 +149,13 @@ mod lost;
 mod options;
 mod owner;
 mod text;
+// TLS material shared by the Redis and Postgres backends (unused by a
+// build with neither).
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres")),
+    allow(dead_code, unused_macros)
+)]
+mod tls;
 
 pub use error::{BoxError, LockError, TlsProblem};
 pub use guard::{LockGuard, RawGuard};
@@ -152,6 +164,7 @@ pub use lost::{LeaseDeadline, LeaseState, Lost};
 pub use options::{AcquireOptions, Mode};
 pub use owner::{Liveness, Owner, OwnerParseError, host_name};
 pub use text::{Escaped, escape_for_display};
+pub use tls::TlsSettings;
 
 // ---- in-process primitives (issue 3) ----
 pub mod local;

@@ -27,6 +27,8 @@ assert_send_sync!(
     lockyard::AcquireOptions,
     lockyard::Mode,
     lockyard::Owner,
+    lockyard::TlsSettings,
+    lockyard::TlsProblem,
 );
 
 #[cfg(feature = "redis")]

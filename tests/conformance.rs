@@ -71,7 +71,7 @@ conformance_tests!(redis_cluster, redis_cluster_views);
 
 /// The same lock through two clients of a private TLS-only redis-server
 /// (`rediss://`, the test's own CA).
-#[cfg(feature = "tls")]
+#[cfg(all(feature = "redis", feature = "tls"))]
 async fn redis_tls_views(name: &str) -> (Keep, Arc<dyn Lock>, Arc<dyn Lock>) {
     use lockyard::redis::{RedisLocks, RedisOptions};
     use lockyard_testkit::tls::{ServerTls, TlsFiles};
@@ -90,5 +90,5 @@ async fn redis_tls_views(name: &str) -> (Keep, Arc<dyn Lock>, Arc<dyn Lock>) {
     (Box::new((server, files)), a, b)
 }
 
-#[cfg(feature = "tls")]
+#[cfg(all(feature = "redis", feature = "tls"))]
 conformance_tests!(redis_tls, redis_tls_views);

@@ -399,7 +399,7 @@ async fn bad_sentinel_urls_are_typed_errors() {
 /// `rediss+sentinel://`: the sentinels and the servers speak TLS only
 /// (replication too), the client trusts the test CA; a lock is held
 /// through a graceful failover.
-#[cfg(feature = "tls")]
+#[cfg(all(feature = "redis", feature = "tls"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_sentinel_finds_and_follows_the_primary() {
     use lockyard_testkit::tls::{ServerTls, TlsFiles};

@@ -4,7 +4,7 @@
 //! certificate, one for another host, a plain URL to a TLS port, a TLS URL
 //! to a plain port, a missing client certificate), each a typed error
 //! within the connect timeout.
-#![cfg(feature = "tls")]
+#![cfg(all(feature = "redis", feature = "tls"))]
 
 use std::time::{Duration, Instant};
 

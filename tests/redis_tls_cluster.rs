@@ -3,7 +3,7 @@
 //! URL (detected as a Cluster node) and through a `rediss+cluster://` seed
 //! list; names on every master's slots lock, exclude and wake waiters
 //! (sharded pub/sub over TLS); the wrong CA fails as on one server.
-#![cfg(feature = "tls")]
+#![cfg(all(feature = "redis", feature = "tls"))]
 
 use std::time::{Duration, Instant};
 

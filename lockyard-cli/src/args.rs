@@ -18,7 +18,8 @@ Exit codes:
   64       usage error (bad option, DUR, name, or combination)
   66       status/cleanup: the lock directory does not exist
   69       the backend (Redis, Postgres) is unavailable or refused us (TLS too: an
-           untrusted or expired certificate, a plain server behind rediss://)
+           untrusted or expired certificate, a plain server behind rediss:// or
+           sslmode=require)
   70       internal error
   71       COMMAND could not be started (OS error)
   73       the lock directory or a lock file cannot be created
@@ -137,16 +138,23 @@ pub(crate) struct RedisArg {
         value_delimiter = ','
     )]
     pub(crate) urls: Vec<String>,
+}
 
-    /// Trust the CA certificates in FILE (PEM) for rediss:// URLs, instead
-    /// of the system's roots: the CA of a private or managed Redis. The
-    /// server's certificate and name are always checked; there is no flag
-    /// to skip that.
+/// The TLS files, for whichever backend is used: `rediss://` Redis URLs,
+/// Postgres URLs whose `sslmode` asks for TLS.
+#[derive(Debug, Args)]
+pub(crate) struct TlsArg {
+    /// Trust the CA certificates in FILE (PEM) instead of the system's roots,
+    /// for rediss:// URLs and Postgres TLS (sslmode=prefer, the default,
+    /// require, verify-ca, verify-full): the CA of a private or managed
+    /// server. The server's certificate is always checked (with Postgres
+    /// also its name, except with sslmode=verify-ca, which needs this CA);
+    /// there is no flag to skip that.
     #[arg(long, value_name = "FILE", env = "LOCKYARD_TLS_CA")]
     pub(crate) tls_ca: Option<PathBuf>,
 
-    /// Present the client certificate in FILE (PEM) to a rediss:// server
-    /// that requires one (mutual TLS); needs --tls-key.
+    /// Present the client certificate in FILE (PEM) to a server that
+    /// requires one (mutual TLS); needs --tls-key.
     #[arg(
         long,
         value_name = "FILE",
@@ -165,22 +173,22 @@ pub(crate) struct RedisArg {
     pub(crate) tls_key: Option<PathBuf>,
 }
 
-impl RedisArg {
-    /// `opts` with the TLS files given (read when the client connects).
-    #[cfg(feature = "redis")]
-    pub(crate) fn options(
-        &self,
-        mut opts: lockyard::redis::RedisOptions,
-    ) -> lockyard::redis::RedisOptions {
+impl TlsArg {
+    /// The TLS files given (read when the client connects), for a
+    /// backend's options' `tls`.
+    pub(crate) fn settings(&self) -> lockyard::TlsSettings {
+        let mut tls = lockyard::TlsSettings::default();
         if let Some(ca) = &self.tls_ca {
-            opts = opts.tls_ca(ca);
+            tls = tls.ca(ca);
         }
         if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
-            opts = opts.tls_client_cert(cert, key);
+            tls = tls.client_cert(cert, key);
         }
-        opts
+        tls
     }
+}
 
+impl RedisArg {
     /// Drops empty URLs (an empty LOCKYARD_REDIS means files), and joins
     /// the seeds of a `redis+cluster://h1:p1,h2:p2/` URL and the sentinels
     /// of a `redis+sentinel://h1:p1,h2:p2/name` URL back together (the
@@ -218,8 +226,10 @@ pub(crate) struct PostgresArg {
     /// Use the Postgres database at URL (postgres://USER:PASSWORD@HOST:PORT/DB)
     /// instead of lock files: `exec` holds a session advisory lock while
     /// COMMAND runs (exit 75 if the session is lost), `status` lists the
-    /// advisory locks held in that database. Set LOCKYARD_POSTGRES empty to
-    /// use files. Not with --redis.
+    /// advisory locks held in that database. TLS as the URL's sslmode says
+    /// (?sslmode=verify-full; prefer when none: TLS when the server offers
+    /// it, its certificate checked), with --tls-ca and --tls-cert. Set
+    /// LOCKYARD_POSTGRES empty to use files. Not with --redis.
     #[arg(
         id = "postgres",
         long = "postgres",
@@ -278,6 +288,9 @@ pub(crate) struct ExecArgs {
 
     #[command(flatten)]
     pub(crate) postgres: PostgresArg,
+
+    #[command(flatten)]
+    pub(crate) tls: TlsArg,
 
     /// Redis lease time-to-live; renewed about every TTL/3 while COMMAND runs
     /// [default: 30s].
@@ -416,6 +429,9 @@ pub(crate) struct StatusArgs {
 
     #[command(flatten)]
     pub(crate) postgres: PostgresArg,
+
+    #[command(flatten)]
+    pub(crate) tls: TlsArg,
 }
 
 #[derive(Debug, Args)]

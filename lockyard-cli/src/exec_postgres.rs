@@ -85,7 +85,9 @@ impl Backend {
         } else {
             Mode::Exclusive
         };
-        let client = PgLocks::connect_with(url, PgOptions::default()).await?;
+        let mut opts = PgOptions::default();
+        opts.tls = args.tls.settings();
+        let client = PgLocks::connect_with(url, opts).await?;
         let (lock, keys): (Box<dyn Lock>, Vec<PgKey>) = match args.permits {
             Some(permits) => {
                 let sem = client.semaphore(name, permits)?;

@@ -28,9 +28,8 @@ const FENCING_ENV: &str = "LOCKYARD_FENCING_TOKEN";
 
 pub(crate) async fn run(ctx: &Ctx, args: &ExecArgs, signals: &mut Signals) -> Result<u8, CliError> {
     let name = args.lock_name();
-    let opts = args
-        .redis
-        .options(RedisOptions::new().ttl(args.ttl.unwrap_or(DEFAULT_TTL)));
+    let mut opts = RedisOptions::new().ttl(args.ttl.unwrap_or(DEFAULT_TTL));
+    opts.tls = args.tls.settings();
     let timeout = ctx.timeout(args);
     // The client (and lock handle) live until the guard is released: the
     // client owns the watchdog that renews the lease.

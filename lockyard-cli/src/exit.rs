@@ -11,8 +11,9 @@ pub(crate) const CONFLICT: u8 = 1;
 pub(crate) const USAGE: u8 = 64;
 /// EX_NOINPUT: the lock directory given to `status`/`cleanup` does not exist.
 pub(crate) const NO_INPUT: u8 = 66;
-/// EX_UNAVAILABLE: the backend (Redis) is down or refused us (TLS
-/// included: an untrusted certificate, a plain server behind rediss://).
+/// EX_UNAVAILABLE: the backend (Redis, Postgres) is down or refused us
+/// (TLS included: an untrusted certificate, a plain server behind
+/// rediss:// or sslmode=require).
 pub(crate) const UNAVAILABLE: u8 = 69;
 /// EX_SOFTWARE: an internal error.
 pub(crate) const SOFTWARE: u8 = 70;

@@ -123,7 +123,8 @@ fn table(locks: &[FileLockInfo]) -> String {
 
 #[cfg(feature = "redis")]
 async fn redis(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
-    let opts = args.redis.options(lockyard::redis::RedisOptions::new());
+    let mut opts = lockyard::redis::RedisOptions::new();
+    opts.tls = args.tls.settings();
     let locks = RedisLocks::connect_with(url, opts).await?;
     let held = locks.list().await?;
     let text = if args.json {
@@ -210,7 +211,9 @@ fn redis_json_row(info: &RedisLockInfo) -> serde_json::Value {
 /// the holder's backend pid and, where lockyard recorded it, the name.
 #[cfg(feature = "postgres")]
 async fn postgres(url: &str, args: &StatusArgs) -> Result<u8, CliError> {
-    let locks = lockyard::postgres::PgLocks::connect(url).await?;
+    let mut opts = lockyard::postgres::PgOptions::default();
+    opts.tls = args.tls.settings();
+    let locks = lockyard::postgres::PgLocks::connect_with(url, opts).await?;
     let held = locks.list().await?;
     let text = if args.json {
         let rows: Vec<serde_json::Value> = held

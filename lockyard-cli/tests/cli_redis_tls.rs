@@ -3,10 +3,9 @@
 //! `--tls-ca` or `LOCKYARD_TLS_CA`, mutual TLS from `--tls-cert` and
 //! `--tls-key`, and a wrong CA or a plain URL to a TLS port fails fast with
 //! a clear error (exit 69).
-#![cfg(all(feature = "tls", unix))]
+#![cfg(all(feature = "redis", feature = "tls", unix))]
 
 mod cli_support;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use cli_support::*;
@@ -19,51 +18,7 @@ fn exec_over_tls_excludes_across_processes() {
     let server = RedisServer::start_tls(&ServerTls::new(&files));
     let url = server.url();
     let ca = files.ca().display().to_string();
-    let env = Env::new();
-    let (ready, go) = (env.path("ready"), env.path("go"));
-    // The holder runs until the test lets it go.
-    let script = format!(
-        "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done",
-        ready.display(),
-        go.display()
-    );
-    let mut holder = Holder {
-        child: env
-            .cmd(&[
-                "exec", "--redis", &url, "--tls-ca", &ca, "job", "--", "sh", "-c", &script,
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn lockyard"),
-    };
-    assert!(eventually_blocking(PATIENCE, || ready.exists()));
-
-    // Another process, the CA from the flag: the lock is held, by whom.
-    let out = env.run(&[
-        "exec", "-n", "--redis", &url, "--tls-ca", &ca, "job", "--", "true",
-    ]);
-    assert_clean_failure(&out, 1);
-    assert!(
-        stderr(&out).contains(&format!("held by pid {}", holder.pid())),
-        "{}",
-        stderr(&out)
-    );
-    // `status` over TLS lists it.
-    let out = env.run(&["status", "--redis", &url, "--tls-ca", &ca]);
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    assert!(stdout(&out).contains("job"), "{}", stdout(&out));
-
-    // A third, the CA from LOCKYARD_TLS_CA, waits and gets it once the
-    // holder is let go.
-    let mut waiter = env.cmd(&["exec", "-w", "15s", "--redis", &url, "job", "--", "true"]);
-    waiter.env("LOCKYARD_TLS_CA", &ca);
-    let waiter = std::thread::spawn(move || output(waiter));
-    std::thread::sleep(Duration::from_millis(200));
-    touch(&go);
-    assert_eq!(holder.wait().code(), Some(0));
-    let out = waiter.join().expect("waiter thread");
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    exec_over_tls_excludes("--redis", &url, &ca, |pid| format!("held by pid {pid}"));
 }
 
 #[test]

@@ -14,6 +14,15 @@
 //!
 //! The superuser is `postgres` with the password [`PASSWORD`]: connections
 //! over TCP must give it (scram-sha-256), so a wrong password is refused.
+//! [`PgServer::admin`] connects through the Unix socket (trusted), so it
+//! works whatever TCP demands.
+//!
+//! [`PgServer::start_tls`] starts one with `ssl = on` and the certificate
+//! of a [`ServerTls`] (copied into the server's directory, the key made
+//! the server user's with mode 0600, as Postgres insists); a mutual one
+//! also has the CA as `ssl_ca_file` and a `pg_hba.conf` that admits only
+//! `hostssl` connections with a client certificate the CA signed
+//! (`clientcert=verify-ca`).
 
 use std::net::{Ipv4Addr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
@@ -21,6 +30,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::redis::free_port;
+use crate::tls::ServerTls;
 
 /// The superuser's password.
 pub const PASSWORD: &str = "lockyard-test";
@@ -36,6 +46,8 @@ pub struct PgServer {
     dir: PathBuf,
     bin: PathBuf,
     running: bool,
+    /// The TLS set-up, if any.
+    tls: Option<ServerTls>,
 }
 
 impl PgServer {
@@ -45,6 +57,22 @@ impl PgServer {
     ///
     /// If Postgres is not installed or will not start.
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts a server that speaks TLS (`ssl = on`) with `tls`'s
+    /// certificate; a [`ServerTls::mutual`] one accepts only `hostssl`
+    /// connections presenting a client certificate its CA signed. TCP
+    /// clients without TLS are still admitted by a non-mutual one.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start), or if the files cannot be copied.
+    pub fn start_tls(tls: &ServerTls) -> Self {
+        Self::start_with(Some(tls.clone()))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> Self {
         let bin = bin_dir();
         let template = template(&bin);
         let mut last_err = String::new();
@@ -65,12 +93,19 @@ impl PgServer {
                 .status()
                 .expect("run cp");
             assert!(copied.success(), "copy the template cluster");
+            if let Some(tls) = &tls {
+                install_tls(&dir, tls);
+            }
             give_to_postgres(&dir);
+            if tls.is_some() {
+                set_mode(&dir.join("server.key"), 0o600);
+            }
             let mut server = PgServer {
                 port,
                 dir,
                 bin: bin.clone(),
                 running: false,
+                tls: tls.clone(),
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -136,14 +171,19 @@ impl PgServer {
         TcpStream::connect_timeout(&addr.into(), Duration::from_millis(200)).is_ok()
     }
 
-    /// A superuser connection for a test's own queries (its connection task
-    /// is spawned on the current runtime).
+    /// A superuser connection for a test's own queries, through the Unix
+    /// socket (its connection task is spawned on the current runtime).
     ///
     /// # Panics
     ///
     /// If it cannot connect.
     pub async fn admin(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
+        let (client, conn) = tokio_postgres::Config::new()
+            .host_path(&self.dir)
+            .port(self.port)
+            .user("postgres")
+            .dbname("postgres")
+            .connect(tokio_postgres::NoTls)
             .await
             .expect("connect to the test postgres");
         tokio::spawn(async move {
@@ -170,13 +210,24 @@ impl PgServer {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let options = format!(
+        let mut options = format!(
             "-c port={} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} \
              -c fsync=off -c full_page_writes=off \
              -c max_connections=200 -c shared_buffers=16MB",
             self.port,
             self.dir.display()
         );
+        if let Some(tls) = &self.tls {
+            let dir = self.dir.display();
+            options.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={dir}/server.crt -c ssl_key_file={dir}/server.key"
+            ));
+            if tls.mutual {
+                options.push_str(&format!(
+                    " -c ssl_ca_file={dir}/ca.crt -c hba_file={dir}/pg_hba.conf"
+                ));
+            }
+        }
         let log = self.dir.join("log");
         let log = log.to_string_lossy().into_owned();
         let out = self.pg_ctl(&["start", "-w", "-t", "30", "-l", &log, "-o", &options])?;
@@ -325,6 +376,32 @@ fn as_postgres(program: &Path, args: &[String]) -> Command {
         cmd.args(args);
         cmd
     }
+}
+
+/// Copies `tls`'s certificate, key and CA into `dir` (where the server
+/// user may read them) and, for a mutual server, writes its `pg_hba.conf`.
+fn install_tls(dir: &Path, tls: &ServerTls) {
+    let copy = |from: &Path, to: &str| {
+        std::fs::copy(from, dir.join(to)).expect("copy a TLS file for postgres");
+    };
+    copy(&tls.cert.0, "server.crt");
+    copy(&tls.cert.1, "server.key");
+    copy(&tls.ca, "ca.crt");
+    if tls.mutual {
+        std::fs::write(
+            dir.join("pg_hba.conf"),
+            "local all all trust\n\
+             hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca\n",
+        )
+        .expect("write pg_hba.conf");
+    }
+}
+
+/// `chmod mode path`.
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .expect("chmod the server's key");
 }
 
 /// Makes `dir` (and what is in it) the `postgres` user's when this process

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tokio_postgres::Config;
-use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::config::Host;
 
 use super::context::{PgLocks, with_resource};
 use super::guard::PgLockGuard;
@@ -14,6 +14,7 @@ use super::listing::{self, PgLockInfo};
 use super::lock::PgLock;
 use super::options::PgOptions;
 use super::session::Session;
+use super::tls::{connector, take_sslmode};
 use crate::error::LockError;
 use crate::options::AcquireOptions;
 
@@ -22,7 +23,9 @@ impl PgLocks {
     ///
     /// `url` is a libpq-style URL or key-value string
     /// (`postgres://user:password@host:port/database`,
-    /// `host=… user=… dbname=…`), as tokio-postgres parses it.
+    /// `host=… user=… dbname=…`), as tokio-postgres parses it, with
+    /// libpq's five `sslmode`s (feature `tls`; without one, `prefer`):
+    /// the [module docs](super#tls) say what each checks.
     ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
@@ -37,11 +40,18 @@ impl PgLocks {
     ///
     /// # Errors
     ///
-    /// [`LockError::InvalidArgument`] for a malformed URL or one asking for
-    /// TLS (`sslmode=require`: not supported by this backend yet);
-    /// [`LockError::Unavailable`] when the server cannot be reached within
-    /// `connect_timeout`; [`LockError::Backend`] when it refuses us (a
-    /// wrong password, an unknown database or role).
+    /// - [`LockError::InvalidArgument`] for a malformed URL, an unknown
+    ///   `sslmode`, or TLS files that cannot be read or parsed.
+    /// - [`LockError::Tls`] when TLS cannot be set up, with a
+    ///   [`TlsProblem`](crate::TlsProblem) saying why: the server's
+    ///   certificate is untrusted, expired or for another host; the server
+    ///   has no TLS and the URL requires it; it wants a client certificate;
+    ///   it requires TLS and the URL says `disable`; this build has no
+    ///   feature `tls`.
+    /// - [`LockError::Unavailable`] when the server cannot be reached within
+    ///   `connect_timeout`.
+    /// - [`LockError::Backend`] when it refuses us (a wrong password, an
+    ///   unknown database or role).
     ///
     /// # Cancel safety
     ///
@@ -77,31 +87,31 @@ impl PgLocks {
     /// Cancel safe.
     pub async fn connect_with(url: &str, options: PgOptions) -> Result<Self, LockError> {
         options.validate()?;
+        // tokio-postgres knows three sslmodes; take libpq's five out first.
+        let (url, sslmode) = take_sslmode(url)?;
         let mut config: Config = url.parse().map_err(|e| LockError::InvalidArgument {
             what: "postgres URL",
             reason: format!("{e}"),
         })?;
-        if config.get_ssl_mode() == SslMode::Require {
-            return Err(LockError::InvalidArgument {
-                what: "postgres URL",
-                reason: "sslmode=require: TLS is not supported by lockyard's Postgres backend yet"
-                    .to_owned(),
-            });
-        }
-        // Prefer would try TLS first and fall back: without TLS support,
-        // ask for none.
-        config.ssl_mode(SslMode::Disable);
+        let server = server_of(&config);
+        let (ssl_mode, tls) = connector(sslmode, &options.tls, &server)?;
+        config.ssl_mode(ssl_mode);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(options.connect_timeout);
         }
         if config.get_application_name().is_none() {
             config.application_name("lockyard");
         }
-        let server = server_of(&config);
-        let first = Session::open(&config, options.connect_timeout, options.keepalive)
-            .await
-            .map_err(|e| with_resource(e, &server))?;
-        let client = PgLocks::from_parts(config, options, server);
+        let first = Session::open(
+            &config,
+            &tls,
+            &server,
+            options.connect_timeout,
+            options.keepalive,
+        )
+        .await
+        .map_err(|e| with_resource(e, &server))?;
+        let client = PgLocks::from_parts(config, tls, options, server);
         client.put_back(first);
         Ok(client)
     }

@@ -21,6 +21,7 @@ use super::errors::{map_pg, timed_out};
 use super::options::PgOptions;
 use super::session::Session;
 use super::sql::Statements;
+use super::tls::PgConnector;
 use crate::error::LockError;
 
 /// A client of one Postgres database for advisory locks. Cheap to clone
@@ -34,6 +35,8 @@ pub struct PgLocks {
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    /// What connections (and cancel requests) go through.
+    pub(crate) tls: PgConnector,
     pub(crate) options: PgOptions,
     /// The server, for messages (host and port, no password).
     pub(crate) server: String,
@@ -47,12 +50,18 @@ pub(crate) struct Inner {
 }
 
 impl PgLocks {
-    pub(crate) fn from_parts(config: Config, options: PgOptions, server: String) -> Self {
+    pub(crate) fn from_parts(
+        config: Config,
+        tls: PgConnector,
+        options: PgOptions,
+        server: String,
+    ) -> Self {
         let table = options.fencing.then(|| options.fence_table());
         Self {
             inner: Arc::new(Inner {
                 sql: Statements::new(table.as_deref()),
                 config,
+                tls,
                 options,
                 server,
                 idle: Mutex::new(Vec::new()),
@@ -77,9 +86,16 @@ impl PgLocks {
             }
         }
         let opts = &self.inner.options;
-        Session::open(&self.inner.config, opts.connect_timeout, opts.keepalive)
-            .await
-            .map_err(|e| with_resource(e, resource))
+        let inner = &self.inner;
+        Session::open(
+            &inner.config,
+            &inner.tls,
+            &inner.server,
+            opts.connect_timeout,
+            opts.keepalive,
+        )
+        .await
+        .map_err(|e| with_resource(e, resource))
     }
 
     /// Takes back a session that holds no lock (invariant 1).

@@ -95,10 +95,32 @@
 //!   ([`PgLocks::rwlock`]) are the shared and exclusive holds of the
 //!   name's key. Their docs say how fair each is.
 //!
-//! # Not supported yet
+//! # TLS
 //!
-//! TLS (`sslmode=require` is refused with
-//! [`LockError::InvalidArgument`](crate::LockError::InvalidArgument)).
+//! With the feature `tls`, the URL's `sslmode` is honoured over rustls
+//! (ring), trusting the platform's roots or the CA given with
+//! [`PgOptions::tls_ca`], and presenting the client certificate given with
+//! [`PgOptions::tls_client_cert`] (mutual TLS). lockyard has no unverified
+//! TLS: an encrypted connection always checks the server's chain and dates.
+//!
+//! | `sslmode` | TLS | certificate checks |
+//! |---|---|---|
+//! | `disable` | never | – |
+//! | `prefer` (or none) | when the server offers it; plain text when it answers it has none | chain and host name |
+//! | `require` | always: a server without TLS is an error | chain and host name (libpq checks nothing) |
+//! | `verify-ca` | always | chain only; needs [`PgOptions::tls_ca`] |
+//! | `verify-full` | always | chain and host name |
+//!
+//! A certificate that fails a check is an error in every mode, `prefer`
+//! included (never a fall back to plain text), reported within
+//! `connect_timeout` as [`LockError::Tls`](crate::LockError::Tls) with a
+//! [`TlsProblem`](crate::TlsProblem): untrusted, expired, for another
+//! host, a client certificate refused or missing, a server without TLS
+//! (`require`) or one that requires it (`disable`). SCRAM authentication
+//! over TLS binds the channel (`tls-server-end-point`), so
+//! `channel_binding=require` works. Without the feature, `prefer` is
+//! plain text and the other TLS modes are refused
+//! ([`TlsProblem::NotEnabled`](crate::TlsProblem::NotEnabled)).
 
 mod acquire;
 mod client;
@@ -114,6 +136,7 @@ mod rwlock;
 mod semaphore;
 mod session;
 mod sql;
+mod tls;
 mod xact;
 
 pub use context::PgLocks;

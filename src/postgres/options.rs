@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use super::keys::PgKeyMode;
 use crate::error::LockError;
+use crate::tls::TlsSettings;
 
 /// Options of a [`PgLocks`](super::PgLocks) client.
 ///
@@ -43,6 +44,9 @@ pub struct PgOptions {
     /// How many idle connections the client keeps for later acquisitions.
     /// Default 8.
     pub max_idle: usize,
+    /// TLS (feature `tls`): a custom CA, a client certificate. Used as the
+    /// URL's `sslmode` says (see [`tls_ca`](Self::tls_ca)).
+    pub tls: TlsSettings,
 }
 
 impl Default for PgOptions {
@@ -55,6 +59,7 @@ impl Default for PgOptions {
             fencing: true,
             fence_schema: "public".to_owned(),
             max_idle: 8,
+            tls: TlsSettings::default(),
         }
     }
 }
@@ -137,6 +142,18 @@ impl PgOptions {
         self.max_idle = connections;
         self
     }
+
+    crate::tls::tls_option_methods!(
+        "postgres::PgOptions",
+        "::default()",
+        "for the server's certificate whenever a connection is encrypted, as the URL's \
+         `sslmode` says: `prefer` (or none) when the server offers TLS, `require` and \
+         `verify-full` always, all three checking the chain and the host name; \
+         `verify-ca` checks the chain only and needs this CA. Certificates are always \
+         checked: no mode skips it (so `require` is stricter than libpq's); see the \
+         [module docs](super#tls). Needs the feature `tls`; with `sslmode=disable` a CA \
+         is refused rather than silently unused."
+    );
 
     /// Checks the options.
     pub(crate) fn validate(&self) -> Result<(), LockError> {

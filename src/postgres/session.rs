@@ -17,16 +17,19 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{CancelToken, Client, Config, NoTls, Row, Statement};
+use tokio_postgres::{CancelToken, Client, Config, Row, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::errors::{map_pg, timed_out};
+use super::tls::{PgConnector, problem_of};
 use crate::error::LockError;
 
 /// One connection to the server.
 pub(crate) struct Session {
     pub(crate) client: Arc<Client>,
     cancel: CancelToken,
+    /// What the cancel request connects through (TLS as the session).
+    tls: PgConnector,
     /// Fired when the connection's task ends (closed by either side) or a
     /// keepalive probe fails.
     pub(crate) closed: CancellationToken,
@@ -44,20 +47,26 @@ pub(crate) struct Session {
 /// their unlocks, the fence write and the semaphore's try: a handful).
 const STATEMENTS: usize = 32;
 
+// Without the feature `tls` the connector is `NoTls`, which is `Copy`.
+#[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
 impl Session {
-    /// Opens a connection, bounded by `limit`, and asks its backend's pid.
+    /// Opens a connection through `tls`, bounded by `limit`, and asks its
+    /// backend's pid. A failure that TLS explains is [`LockError::Tls`]
+    /// naming `server`.
     ///
     /// # Cancel safety
     ///
     /// Dropping the future drops the half-open connection.
     pub(crate) async fn open(
         config: &Config,
+        tls: &PgConnector,
+        server: &str,
         limit: Duration,
         keepalive: Duration,
     ) -> Result<Self, LockError> {
         const OP: &str = "connect to";
         let connect = async {
-            let (client, conn) = config.connect(NoTls).await?;
+            let (client, conn) = config.connect(tls.clone()).await?;
             let closed = CancellationToken::new();
             let fired = closed.clone();
             tokio::spawn(async move {
@@ -78,6 +87,7 @@ impl Session {
             ));
             Ok::<_, tokio_postgres::Error>(Session {
                 cancel: client.cancel_token(),
+                tls: tls.clone(),
                 client,
                 closed,
                 holding,
@@ -87,7 +97,14 @@ impl Session {
         };
         match tokio::time::timeout(limit, connect).await {
             Ok(Ok(session)) => Ok(session),
-            Ok(Err(e)) => Err(map_pg("", OP, e)),
+            Ok(Err(e)) => match problem_of(&e) {
+                Some(problem) => Err(LockError::Tls {
+                    server: server.to_owned(),
+                    problem,
+                    source: Some(Box::new(e)),
+                }),
+                None => Err(map_pg("", OP, e)),
+            },
             Err(_) => Err(timed_out("", OP, limit)),
         }
     }
@@ -143,7 +160,7 @@ impl Session {
     /// blocked `pg_advisory_lock`), over a connection of its own, bounded
     /// by `limit`. When it returns, the backend has been signalled.
     pub(crate) async fn cancel_running(&self, limit: Duration) {
-        let _ = tokio::time::timeout(limit, self.cancel.cancel_query(NoTls)).await;
+        let _ = tokio::time::timeout(limit, self.cancel.cancel_query(self.tls.clone())).await;
     }
 
     /// After a request whose outcome is unknown (a dropped acquisition, a

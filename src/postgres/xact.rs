@@ -183,13 +183,17 @@ impl CancelOnDrop {
     }
 }
 
+// Without the feature `tls` the connector is `NoTls`, which is `Copy`.
+#[cfg_attr(not(feature = "tls"), allow(clippy::clone_on_copy))]
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         if let Some((token, client)) = self.0.take() {
             let limit = client.options().op_timeout;
+            // The caller's client may use TLS: cancel through ours, set up
+            // for the same server as a rule (a client without TLS ignores it).
+            let tls = client.inner.tls.clone();
             client.spawn(async move {
-                let _ =
-                    tokio::time::timeout(limit, token.cancel_query(tokio_postgres::NoTls)).await;
+                let _ = tokio::time::timeout(limit, token.cancel_query(tls)).await;
             });
         }
     }

@@ -19,7 +19,7 @@ use super::conn::cluster::{Cluster, is_cluster_node};
 use super::conn::errors::{map_redis, tls_error};
 use super::conn::pool::{Connections, Manager, PoolConn, TlsFailure};
 use super::conn::sentinel::{SentinelUrl, Sentinels, Target, check_primary};
-use super::conn::tls::{TlsMaterial, diagnose};
+use super::conn::tls::{TlsMaterial, diagnose, load as load_tls};
 use super::conn::wakeups::{Source, Wakeups};
 use super::context::queue::LocalQueues;
 use super::context::{Context, Inner};
@@ -354,7 +354,7 @@ impl RedisLocks {
     async fn build(url: &str, opts: RedisOptions, eager: bool) -> Result<Self, LockError> {
         opts.validate()?;
         let what = redact(url);
-        let tls = opts.tls.load(url, &what)?;
+        let tls = load_tls(&opts.tls, url, &what)?;
         if let Some(seeds) = cluster_seeds(url)? {
             return Self::build_cluster(seeds, tls, what, opts).await;
         }

@@ -1,6 +1,5 @@
 //! [`RedisOptions`]: the knobs of a [`RedisLocks`](super::RedisLocks) client.
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 pub use super::conn::tls::RedisTls;
@@ -271,80 +270,15 @@ impl RedisOptions {
         ttl + self.lock_delay.unwrap_or_default()
     }
 
-    /// Trusts the CA certificates in the PEM file at `path` (read at
-    /// connect time) instead of the platform's roots, for `rediss://` and
-    /// `rediss+cluster://` URLs: the CA of a private or managed Redis.
-    /// Needs the feature `tls`; a plain `redis://` URL with a CA set is
-    /// refused, so a configuration meant for TLS never runs without it.
-    ///
-    /// The server's certificate is always checked against the CA, its dates
-    /// and the URL's host name; lockyard has no switch to skip that.
-    ///
-    /// ```no_run
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), lockyard::LockError> {
-    /// use lockyard::redis::{RedisLocks, RedisOptions};
-    ///
-    /// let opts = RedisOptions::new().tls_ca("/etc/redis/ca.pem");
-    /// let locks = RedisLocks::connect_with("rediss://:secret@redis.internal:6380/", opts).await?;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn tls_ca(mut self, path: impl Into<PathBuf>) -> Self {
-        self.tls.set_ca_file(path.into());
-        self
-    }
-
-    /// As [`tls_ca`](Self::tls_ca), with the CA certificates as PEM bytes
-    /// (from a secret store, say) rather than a file.
-    ///
-    /// ```
-    /// use lockyard::redis::RedisOptions;
-    ///
-    /// let pem = b"-----BEGIN CERTIFICATE-----\n...\n-----END CERTIFICATE-----\n";
-    /// let opts = RedisOptions::new().tls_ca_pem(pem.to_vec());
-    /// assert!(opts.tls.has_ca());
-    /// ```
-    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
-        self.tls.set_ca_pem(pem.into());
-        self
-    }
-
-    /// Presents the client certificate (chain) in the PEM file `cert`, with
-    /// the private key in `key`, for servers that require mutual TLS
-    /// (`tls-auth-clients yes`). Read at connect time; needs the feature
-    /// `tls`.
-    ///
-    /// ```
-    /// use lockyard::redis::RedisOptions;
-    ///
-    /// let opts = RedisOptions::new()
-    ///     .tls_ca("/etc/redis/ca.pem")
-    ///     .tls_client_cert("/etc/redis/client.pem", "/etc/redis/client.key");
-    /// assert!(opts.tls.has_client_cert());
-    /// ```
-    pub fn tls_client_cert(mut self, cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
-        self.tls.set_client_files(cert.into(), key.into());
-        self
-    }
-
-    /// As [`tls_client_cert`](Self::tls_client_cert), from PEM bytes. The
-    /// key never appears in `Debug` output.
-    ///
-    /// ```
-    /// use lockyard::redis::RedisOptions;
-    ///
-    /// let opts = RedisOptions::new().tls_client_cert_pem(b"CERT".to_vec(), b"KEY".to_vec());
-    /// assert!(opts.tls.has_client_cert());
-    /// ```
-    pub fn tls_client_cert_pem(
-        mut self,
-        cert: impl Into<Vec<u8>>,
-        key: impl Into<Vec<u8>>,
-    ) -> Self {
-        self.tls.set_client_pem(cert.into(), key.into());
-        self
-    }
+    crate::tls::tls_option_methods!(
+        "redis::RedisOptions",
+        "::new()",
+        "for `rediss://` and `rediss+cluster://` URLs: the CA of a private or managed \
+         Redis. Needs the feature `tls`; a plain `redis://` URL with a CA set is refused, \
+         so a configuration meant for TLS never runs without it. The server's certificate \
+         is always checked against the CA, its dates and the URL's host name; lockyard \
+         has no switch to skip that."
+    );
 
     /// The per-request timeout in force: the one set, or the default for
     /// this TTL (see [`op_timeout`](Self::op_timeout)).

@@ -58,8 +58,6 @@ impl Env {
         output(self.cmd(args))
     }
 
-    /// Starts `lockyard exec [EXTRA...] NAME -- sh -c 'touch READY; exec sleep 30'`
-    /// and waits until COMMAND runs, i.e. the lock is held.
     /// Starts `lockyard ARGS` in the background: stdout discarded, stderr
     /// piped (read it once the child has exited).
     pub fn spawn(&self, args: &[&str]) -> Child {
@@ -70,12 +68,35 @@ impl Env {
             .expect("spawn lockyard")
     }
 
+    /// Starts `lockyard exec [EXTRA...] NAME -- sh -c …` whose COMMAND runs
+    /// until the file returned is created, and waits until COMMAND runs,
+    /// i.e. the lock is held.
+    #[allow(dead_code)]
+    pub fn hold_until_go(&self, name: &str, extra: &[&str]) -> (Holder, PathBuf) {
+        let ready = self.path(&format!("ready-{name}-{}", unique()));
+        let go = self.path(&format!("go-{name}-{}", unique()));
+        let script = format!(
+            "touch '{}'; while [ ! -e '{}' ]; do sleep 0.02; done",
+            ready.display(),
+            go.display()
+        );
+        (self.hold_with(name, extra, &script, &ready), go)
+    }
+
+    /// Starts `lockyard exec [EXTRA...] NAME -- sh -c 'touch READY; exec sleep 30'`
+    /// and waits until COMMAND runs, i.e. the lock is held.
     pub fn hold(&self, name: &str, extra: &[&str]) -> Holder {
         let ready = self.path(&format!("ready-{name}-{}", unique()));
         let script = format!("touch '{}'; exec sleep 30", ready.display());
+        self.hold_with(name, extra, &script, &ready)
+    }
+
+    /// `lockyard exec [EXTRA...] NAME -- sh -c SCRIPT`, once SCRIPT made
+    /// `ready`.
+    fn hold_with(&self, name: &str, extra: &[&str], script: &str, ready: &Path) -> Holder {
         let mut args = vec!["exec"];
         args.extend_from_slice(extra);
-        args.extend_from_slice(&[name, "--", "sh", "-c", &script]);
+        args.extend_from_slice(&[name, "--", "sh", "-c", script]);
         let child = self
             .cmd(&args)
             .stdout(Stdio::null())
@@ -89,6 +110,36 @@ impl Env {
         }
         holder
     }
+}
+
+/// The TLS exclusion every backend's CLI test runs: `lockyard exec
+/// BACKEND URL --tls-ca CA` holds `job`; another process, the CA from the
+/// flag, is refused (its message containing `held_by(holder's pid)`);
+/// `status` lists it over TLS; a third, the CA from `LOCKYARD_TLS_CA`,
+/// waits and gets it once the holder is let go.
+#[allow(dead_code)]
+pub fn exec_over_tls_excludes(backend: &str, url: &str, ca: &str, held_by: fn(u32) -> String) {
+    let env = Env::new();
+    let (mut holder, go) = env.hold_until_go("job", &[backend, url, "--tls-ca", ca]);
+
+    let out = env.run(&[
+        "exec", "-n", backend, url, "--tls-ca", ca, "job", "--", "true",
+    ]);
+    assert_clean_failure(&out, 1);
+    let expected = held_by(holder.pid());
+    assert!(stderr(&out).contains(&expected), "{}", stderr(&out));
+    let out = env.run(&["status", backend, url, "--tls-ca", ca]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).contains("job"), "{}", stdout(&out));
+
+    let mut waiter = env.cmd(&["exec", "-w", "15s", backend, url, "job", "--", "true"]);
+    waiter.env("LOCKYARD_TLS_CA", ca);
+    let waiter = std::thread::spawn(move || output(waiter));
+    std::thread::sleep(Duration::from_millis(200));
+    touch(&go);
+    assert_eq!(holder.wait().code(), Some(0));
+    let out = waiter.join().expect("waiter thread");
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 /// Makes `cmd` start with every signal at its default disposition, however

@@ -1,8 +1,9 @@
-//! TLS to Redis (`rediss://`, feature `tls`): what a client trusts and
-//! presents ([`RedisTls`], set through
-//! [`RedisOptions`](crate::redis::RedisOptions)), the material loaded from it at
-//! connect time ([`TlsMaterial`]), and the diagnosis of a connection that
-//! failed into a [`TlsProblem`].
+//! TLS to Redis (`rediss://`, feature `tls`): the URL's scheme checked
+//! against the settings ([`RedisTls`], the shared [`TlsSettings`] set
+//! through [`RedisOptions`](crate::redis::RedisOptions)), the material
+//! handed to redis-rs at connect time ([`TlsMaterial`]), and the diagnosis
+//! of a connection that failed into a [`TlsProblem`] (the rustls error,
+//! classified by [`crate::tls`], or a probe of the port).
 //!
 //! Certificates are always checked: the server's chain against the
 //! platform's roots or the CA given, and its name against the URL's host.
@@ -11,259 +12,99 @@
 //!
 //! # Layering
 //!
-//! Uses the contract's error types and redis-rs only; `errors`, `cluster`,
-//! `pool` and `client` use it.
+//! Uses the contract's error types, the shared [`crate::tls`] and redis-rs
+//! only; `errors`, `cluster`, `pool` and `client` use it.
 
 use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crate::error::{LockError, TlsProblem};
+use crate::tls::TlsSettings;
 
-/// Where a PEM comes from: a file read at connect time, or bytes given.
-#[derive(Clone, PartialEq, Eq)]
-enum Pem {
-    File(PathBuf),
-    Bytes(Vec<u8>),
-}
+/// The TLS settings of a Redis client: [`TlsSettings`], under the name the
+/// Redis options have always used. Set them with
+/// [`RedisOptions::tls_ca`](crate::redis::RedisOptions::tls_ca) and its
+/// siblings; they apply to `rediss://` and `rediss+cluster://` URLs
+/// (feature `tls`).
+pub type RedisTls = TlsSettings;
 
-impl Pem {
-    #[cfg(feature = "tls")]
-    fn load(&self, what: &'static str) -> Result<Vec<u8>, LockError> {
-        match self {
-            Pem::Bytes(b) => Ok(b.clone()),
-            Pem::File(path) => std::fs::read(path).map_err(|e| LockError::InvalidArgument {
-                what,
-                reason: format!("cannot read {}: {e}", crate::text::Escaped(path.display())),
-            }),
-        }
-    }
-}
-
-impl fmt::Debug for Pem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Pem::File(p) => p.fmt(f),
-            Pem::Bytes(b) => write!(f, "<{} bytes of PEM>", b.len()),
-        }
-    }
-}
-
-/// The TLS settings of a client: a custom CA to trust instead of the
-/// platform's roots, and a client certificate for mutual TLS. Set them with
-/// [`RedisOptions::tls_ca`](crate::redis::RedisOptions::tls_ca) and its siblings;
-/// they apply to `rediss://` and `rediss+cluster://` URLs (feature `tls`).
+/// Reads `tls`'s files and checks the URL's scheme against the settings.
 ///
-/// Its `Debug` output never shows a private key:
+/// # Errors
 ///
-/// ```
-/// use lockyard::redis::RedisOptions;
-///
-/// let opts = RedisOptions::new().tls_client_cert_pem("CERT", "-----BEGIN PRIVATE KEY----- secret");
-/// assert!(opts.tls.has_client_cert());
-/// assert!(!format!("{opts:?}").contains("secret"));
-/// ```
-#[derive(Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct RedisTls {
-    ca: Option<Pem>,
-    /// (certificate chain, private key).
-    client: Option<(Pem, Pem)>,
-}
-
-impl RedisTls {
-    /// Whether a custom CA was given (otherwise the platform's roots are
-    /// trusted).
-    ///
-    /// ```
-    /// use lockyard::redis::RedisOptions;
-    ///
-    /// assert!(!RedisOptions::new().tls.has_ca());
-    /// assert!(RedisOptions::new().tls_ca("/etc/redis/ca.pem").tls.has_ca());
-    /// ```
-    pub fn has_ca(&self) -> bool {
-        self.ca.is_some()
-    }
-
-    /// Whether a client certificate (mutual TLS) was given.
-    ///
-    /// ```
-    /// use lockyard::redis::RedisOptions;
-    ///
-    /// let opts = RedisOptions::new().tls_client_cert("client.pem", "client.key");
-    /// assert!(opts.tls.has_client_cert());
-    /// ```
-    pub fn has_client_cert(&self) -> bool {
-        self.client.is_some()
-    }
-
-    fn is_set(&self) -> bool {
-        self.ca.is_some() || self.client.is_some()
-    }
-
-    pub(crate) fn set_ca_file(&mut self, path: PathBuf) {
-        self.ca = Some(Pem::File(path));
-    }
-
-    pub(crate) fn set_ca_pem(&mut self, pem: Vec<u8>) {
-        self.ca = Some(Pem::Bytes(pem));
-    }
-
-    pub(crate) fn set_client_files(&mut self, cert: PathBuf, key: PathBuf) {
-        self.client = Some((Pem::File(cert), Pem::File(key)));
-    }
-
-    pub(crate) fn set_client_pem(&mut self, cert: Vec<u8>, key: Vec<u8>) {
-        self.client = Some((Pem::Bytes(cert), Pem::Bytes(key)));
-    }
-
-    /// Reads the files and checks the URL's scheme against the settings.
-    ///
-    /// # Errors
-    ///
-    /// [`LockError::InvalidArgument`] for unreadable or malformed files,
-    /// TLS settings on a plain URL, or an `#insecure` URL;
-    /// [`LockError::Tls`] ([`TlsProblem::NotEnabled`]) for a `rediss://`
-    /// URL without the feature `tls`.
-    pub(crate) fn load(&self, url: &str, what: &str) -> Result<TlsMaterial, LockError> {
-        let scheme = url.split_once("://").map_or("", |(s, _)| s);
-        let tls_url = scheme.starts_with("rediss");
-        if !tls_url {
-            if self.is_set() {
-                return Err(LockError::InvalidArgument {
-                    what: "redis URL",
-                    reason: format!(
-                        "{what}: a CA or client certificate was given for a plain URL; \
-                         use rediss:// (or rediss+cluster://) to connect with TLS"
-                    ),
-                });
-            }
-            return Ok(TlsMaterial::default());
-        }
-        if url.contains('#') {
+/// [`LockError::InvalidArgument`] for unreadable or malformed files,
+/// TLS settings on a plain URL, or an `#insecure` URL;
+/// [`LockError::Tls`] ([`TlsProblem::NotEnabled`]) for a `rediss://`
+/// URL without the feature `tls`.
+pub(crate) fn load(tls: &TlsSettings, url: &str, what: &str) -> Result<TlsMaterial, LockError> {
+    let scheme = url.split_once("://").map_or("", |(s, _)| s);
+    let tls_url = scheme.starts_with("rediss");
+    if !tls_url {
+        if tls.is_set() {
             return Err(LockError::InvalidArgument {
                 what: "redis URL",
                 reason: format!(
-                    "{what}: lockyard always checks the server's certificate and name; \
-                     give the server's CA instead of an #insecure URL"
+                    "{what}: a CA or client certificate was given for a plain URL; \
+                     use rediss:// (or rediss+cluster://) to connect with TLS"
                 ),
             });
         }
-        self.load_tls(what)
+        return Ok(TlsMaterial::default());
     }
-
-    #[cfg(not(feature = "tls"))]
-    fn load_tls(&self, what: &str) -> Result<TlsMaterial, LockError> {
-        Err(LockError::Tls {
-            server: what.to_owned(),
-            problem: TlsProblem::NotEnabled,
-            source: None,
-        })
+    if url.contains('#') {
+        return Err(LockError::InvalidArgument {
+            what: "redis URL",
+            reason: format!(
+                "{what}: lockyard always checks the server's certificate and name; \
+                 give the server's CA instead of an #insecure URL"
+            ),
+        });
     }
+    load_tls(tls, what)
+}
 
-    #[cfg(feature = "tls")]
-    fn load_tls(&self, _what: &str) -> Result<TlsMaterial, LockError> {
-        ensure_crypto_provider();
-        if !self.is_set() {
-            return Ok(TlsMaterial {
-                tls: true,
-                certs: None,
-            });
-        }
-        let root_cert = match &self.ca {
-            Some(pem) => {
-                let bytes = pem.load("TLS CA")?;
-                check_pem(&bytes, "TLS CA", "CERTIFICATE")?;
-                Some(bytes)
-            }
-            None => None,
-        };
-        let client_tls = match &self.client {
-            Some((cert, key)) => {
-                let client_cert = cert.load("TLS client certificate")?;
-                check_pem(&client_cert, "TLS client certificate", "CERTIFICATE")?;
-                let client_key = key.load("TLS client key")?;
-                check_pem(&client_key, "TLS client key", "PRIVATE KEY")?;
-                Some(redis::ClientTlsConfig {
-                    client_cert,
-                    client_key,
-                })
-            }
-            None => None,
-        };
-        let certs = redis::TlsCertificates {
-            client_tls,
-            root_cert,
-        };
-        // Parse them now (redis-rs does when a client is built), so that a
-        // malformed file is reported as such, before any connect.
-        if let Err(e) = redis::Client::build_with_tls("rediss://localhost/", certs.clone()) {
-            return Err(LockError::InvalidArgument {
-                what: "TLS files",
-                reason: e.to_string(),
-            });
-        }
-        Ok(TlsMaterial {
+#[cfg(not(feature = "tls"))]
+fn load_tls(_: &TlsSettings, what: &str) -> Result<TlsMaterial, LockError> {
+    Err(LockError::Tls {
+        server: what.to_owned(),
+        problem: TlsProblem::NotEnabled,
+        source: None,
+    })
+}
+
+#[cfg(feature = "tls")]
+fn load_tls(tls: &TlsSettings, _what: &str) -> Result<TlsMaterial, LockError> {
+    crate::tls::ensure_crypto_provider();
+    if !tls.is_set() {
+        return Ok(TlsMaterial {
             tls: true,
-            certs: Some(std::sync::Arc::new(certs)),
-        })
+            certs: None,
+        });
     }
-}
-
-impl fmt::Debug for RedisTls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut d = f.debug_struct("RedisTls");
-        d.field("ca", &self.ca);
-        match &self.client {
-            Some((cert, Pem::File(key))) => d.field("client_cert", cert).field("client_key", key),
-            Some((cert, Pem::Bytes(_))) => d
-                .field("client_cert", cert)
-                .field("client_key", &"<redacted>"),
-            None => d.field("client_cert", &None::<()>),
-        };
-        d.finish()
+    let pems = tls.load()?;
+    let certs = redis::TlsCertificates {
+        client_tls: pems
+            .client
+            .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                client_cert,
+                client_key,
+            }),
+        root_cert: pems.ca,
+    };
+    // Parse them now (redis-rs does when a client is built), so that a
+    // malformed file is reported as such, before any connect.
+    if let Err(e) = redis::Client::build_with_tls("rediss://localhost/", certs.clone()) {
+        return Err(LockError::InvalidArgument {
+            what: "TLS files",
+            reason: e.to_string(),
+        });
     }
-}
-
-/// Whether `bytes` hold at least one PEM block whose label ends in `label`
-/// (`CERTIFICATE`; `PRIVATE KEY` also matches `RSA PRIVATE KEY`).
-#[cfg(feature = "tls")]
-fn check_pem(bytes: &[u8], what: &'static str, label: &str) -> Result<(), LockError> {
-    let text = String::from_utf8_lossy(bytes);
-    let found = text.lines().any(|l| {
-        l.trim()
-            .strip_prefix("-----BEGIN ")
-            .and_then(|rest| rest.strip_suffix("-----"))
-            .is_some_and(|l| l.ends_with(label))
-    });
-    if found {
-        Ok(())
-    } else {
-        Err(LockError::InvalidArgument {
-            what,
-            reason: format!("no PEM block `{label}` found"),
-        })
-    }
-}
-
-/// rustls needs one process-wide crypto provider; an application that
-/// compiles in two (ring and aws-lc-rs, through other crates) and installs
-/// neither would make rustls panic on its first TLS client. Install ours
-/// (ring) unless the application already chose one.
-#[cfg(feature = "tls")]
-fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Another thread may have installed one meanwhile: then that one
-        // stays, which is as good. ring rather than aws-lc-rs for its
-        // build cost (no C toolchain beyond cc); rustls marks it
-        // deprecated because it lacks post-quantum key exchange, which
-        // Redis servers do not offer either.
-        #[allow(deprecated)]
-        let provider = rustls::crypto::ring::default_provider();
-        let _ = provider.install_default();
-    }
+    Ok(TlsMaterial {
+        tls: true,
+        certs: Some(std::sync::Arc::new(certs)),
+    })
 }
 
 /// The TLS material of one client, loaded at connect time: whether its URL
@@ -341,43 +182,12 @@ pub(crate) fn problem_of(err: &redis::RedisError) -> Option<TlsProblem> {
         type Inner = std::sync::Arc<dyn std::error::Error + Send + Sync>;
         let inner = err.source()?.downcast_ref::<Inner>()?;
         let inner: &(dyn std::error::Error + 'static) = &**inner;
-        let rustls_err = match inner.downcast_ref::<std::io::Error>() {
-            Some(io) => io.get_ref()?.downcast_ref::<rustls::Error>()?,
-            None => inner.downcast_ref::<rustls::Error>()?,
-        };
-        Some(classify(rustls_err))
+        crate::tls::problem_in(inner)
     }
     #[cfg(not(feature = "tls"))]
     {
         let _ = err;
         None
-    }
-}
-
-#[cfg(feature = "tls")]
-fn classify(e: &rustls::Error) -> TlsProblem {
-    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
-    match e {
-        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. })
-        | E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
-            TlsProblem::ExpiredCertificate
-        }
-        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
-            TlsProblem::WrongHostName
-        }
-        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => {
-            TlsProblem::UntrustedCertificate
-        }
-        E::AlertReceived(
-            A::CertificateRequired
-            | A::BadCertificate
-            | A::UnknownCA
-            | A::CertificateUnknown
-            | A::AccessDenied
-            | A::DecryptError,
-        ) => TlsProblem::ClientCertificateRefused,
-        E::InvalidMessage(_) => TlsProblem::ServerIsPlain,
-        _ => TlsProblem::Handshake,
     }
 }
 
@@ -455,11 +265,11 @@ mod tests {
 
     #[test]
     fn tls_settings_on_a_plain_url_are_refused() {
-        let mut tls = RedisTls::default();
-        assert!(tls.load("redis://h:1/", "redis://h:1/").is_ok());
-        tls.set_ca_pem(b"x".to_vec());
-        let err = tls.load("redis://h:1/", "redis://h:1/").unwrap_err();
+        let tls = RedisTls::default();
+        assert!(load(&tls, "redis://h:1/", "redis://h:1/").is_ok());
+        let tls = tls.ca_pem("x");
+        let err = load(&tls, "redis://h:1/", "redis://h:1/").unwrap_err();
         assert!(err.to_string().contains("rediss://"), "{err}");
-        assert!(tls.load("rediss://h:1/#insecure", "x").is_err());
+        assert!(load(&tls, "rediss://h:1/#insecure", "x").is_err());
     }
 }

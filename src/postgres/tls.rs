@@ -1,0 +1,553 @@
+//! TLS to Postgres: the URL's `sslmode` (libpq's five values, two of which
+//! tokio-postgres does not know), the rustls connector tokio-postgres
+//! connects through (feature `tls`), and what a failed connect says about
+//! TLS.
+//!
+//! What each `sslmode` checks is the [module docs'](super#tls) table;
+//! [`connector()`] is where it is decided.
+//!
+//! # Layering
+//!
+//! Uses the shared [`crate::tls`] and the contract's errors; `session`,
+//! `context`, `client` and `xact` use it.
+
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+
+use crate::error::{LockError, TlsProblem};
+use crate::tls::TlsSettings;
+
+/// The connector tokio-postgres connects (and cancels) through.
+#[cfg(feature = "tls")]
+pub(crate) type PgConnector = connector::RustlsConnector;
+/// The connector tokio-postgres connects (and cancels) through: no TLS in
+/// this build.
+#[cfg(not(feature = "tls"))]
+pub(crate) type PgConnector = tokio_postgres::NoTls;
+
+/// libpq's `sslmode` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SslChoice {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslChoice {
+    fn parse(value: &str) -> Result<Self, LockError> {
+        Ok(match value {
+            "disable" => Self::Disable,
+            "prefer" => Self::Prefer,
+            "require" => Self::Require,
+            "verify-ca" => Self::VerifyCa,
+            "verify-full" => Self::VerifyFull,
+            other => {
+                return Err(LockError::InvalidArgument {
+                    what: "postgres URL",
+                    reason: format!(
+                        "sslmode={}: lockyard knows disable, prefer, require, verify-ca and \
+                         verify-full",
+                        crate::text::Escaped(other)
+                    ),
+                });
+            }
+        })
+    }
+
+    /// What tokio-postgres is told: it knows `disable`, `prefer` and
+    /// `require`; the checks beyond are the connector's.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    fn ssl_mode(self) -> SslMode {
+        match self {
+            Self::Disable => SslMode::Disable,
+            Self::Prefer => SslMode::Prefer,
+            Self::Require | Self::VerifyCa | Self::VerifyFull => SslMode::Require,
+        }
+    }
+}
+
+/// `url` with its `sslmode` taken out, and the value it had (`None`: not
+/// given). Both spellings tokio-postgres parses are read: a URL's query
+/// (`postgres://…?sslmode=verify-full&…`) and a key-value string
+/// (`host=… sslmode=verify-full`).
+///
+/// # Errors
+///
+/// [`LockError::InvalidArgument`] for a value libpq does not know.
+pub(crate) fn take_sslmode(url: &str) -> Result<(String, Option<SslChoice>), LockError> {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let (rest, found) = if is_url {
+        take_from_query(url)
+    } else {
+        take_from_key_values(url)
+    };
+    let choice = found.map(|v| SslChoice::parse(&v)).transpose()?;
+    Ok((rest, choice))
+}
+
+fn take_from_query(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_owned(), None);
+    };
+    let mut found = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| match pair.split_once('=') {
+            Some(("sslmode", value)) => {
+                found = Some(value.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    if kept.is_empty() {
+        (base.to_owned(), found)
+    } else {
+        (format!("{base}?{}", kept.join("&")), found)
+    }
+}
+
+/// Walks `key = value` pairs as libpq writes them (values unquoted, or in
+/// single quotes with backslash escapes) and drops `sslmode`.
+fn take_from_key_values(s: &str) -> (String, Option<String>) {
+    let mut out = String::with_capacity(s.len());
+    let mut found = None;
+    let mut chars = s.char_indices().peekable();
+    while let Some(&(start, c)) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut key = String::new();
+        while let Some(&(_, c)) = chars.peek() {
+            if c == '=' || c.is_whitespace() {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        while chars.peek().is_some_and(|(_, c)| c.is_whitespace()) {
+            chars.next();
+        }
+        if chars.peek().is_some_and(|&(_, c)| c == '=') {
+            chars.next();
+        }
+        while chars.peek().is_some_and(|(_, c)| c.is_whitespace()) {
+            chars.next();
+        }
+        let mut value = String::new();
+        if chars.peek().is_some_and(|&(_, c)| c == '\'') {
+            chars.next();
+            while let Some((_, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, e)) = chars.next() {
+                            value.push(e);
+                        }
+                    }
+                    '\'' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&(_, c)) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        let end = chars.peek().map_or(s.len(), |&(i, _)| i);
+        if key == "sslmode" {
+            found = Some(value);
+        } else {
+            if !out.is_empty() {
+                out.push(' ');
+            }
+            out.push_str(&s[start..end]);
+        }
+    }
+    (out, found)
+}
+
+/// The mode tokio-postgres is told and the connector for `choice` (none
+/// given: `prefer`) with `settings`.
+///
+/// # Errors
+///
+/// - [`LockError::InvalidArgument`] for TLS files with `sslmode=disable`,
+///   `verify-ca` without a custom CA, or files that cannot be read or
+///   parsed.
+/// - [`LockError::Tls`] ([`TlsProblem::NotEnabled`]) for a mode that needs
+///   TLS, or TLS files, in a build without the feature `tls`.
+pub(crate) fn connector(
+    choice: Option<SslChoice>,
+    settings: &TlsSettings,
+    server: &str,
+) -> Result<(SslMode, PgConnector), LockError> {
+    let choice = choice.unwrap_or(SslChoice::Prefer);
+    if choice == SslChoice::Disable {
+        if settings.is_set() {
+            return Err(LockError::InvalidArgument {
+                what: "postgres URL",
+                reason: "a CA or client certificate was given with sslmode=disable; use \
+                         sslmode=verify-full to connect with TLS"
+                    .to_owned(),
+            });
+        }
+        return Ok((SslMode::Disable, disabled()));
+    }
+    if choice == SslChoice::VerifyCa && !settings.has_ca() {
+        return Err(LockError::InvalidArgument {
+            what: "postgres URL",
+            reason: "sslmode=verify-ca skips the host name check, which is only safe with a \
+                     private CA: give one (PgOptions::tls_ca, --tls-ca), or use verify-full"
+                .to_owned(),
+        });
+    }
+    build(choice, settings, server)
+}
+
+#[cfg(not(feature = "tls"))]
+fn disabled() -> PgConnector {
+    tokio_postgres::NoTls
+}
+
+#[cfg(feature = "tls")]
+fn disabled() -> PgConnector {
+    connector::RustlsConnector::none()
+}
+
+#[cfg(not(feature = "tls"))]
+fn build(
+    choice: SslChoice,
+    settings: &TlsSettings,
+    server: &str,
+) -> Result<(SslMode, PgConnector), LockError> {
+    // Without TLS, `prefer` is plain text, as libpq built without SSL.
+    if choice == SslChoice::Prefer && !settings.is_set() {
+        return Ok((SslMode::Disable, tokio_postgres::NoTls));
+    }
+    Err(LockError::Tls {
+        server: server.to_owned(),
+        problem: TlsProblem::NotEnabled,
+        source: None,
+    })
+}
+
+#[cfg(feature = "tls")]
+fn build(
+    choice: SslChoice,
+    settings: &TlsSettings,
+    _server: &str,
+) -> Result<(SslMode, PgConnector), LockError> {
+    use crate::tls::NameCheck;
+    let names = if choice == SslChoice::VerifyCa {
+        NameCheck::ChainOnly
+    } else {
+        NameCheck::HostName
+    };
+    let config = crate::tls::client_config(&settings.load()?, names)?;
+    Ok((
+        choice.ssl_mode(),
+        connector::RustlsConnector::new(std::sync::Arc::new(config)),
+    ))
+}
+
+/// What `e`, from opening a connection, says about TLS, if anything: a
+/// handshake that failed (the rustls error classified), a server that
+/// answered the TLS request with "no", a server that wants a client
+/// certificate or TLS itself (its `pg_hba.conf` refusal).
+pub(crate) fn problem_of(e: &tokio_postgres::Error) -> Option<TlsProblem> {
+    #[cfg(feature = "tls")]
+    if let Some(problem) = crate::tls::problem_in(e) {
+        return Some(problem);
+    }
+    if let Some(db) = e.as_db_error() {
+        if db.code() != &SqlState::INVALID_AUTHORIZATION_SPECIFICATION {
+            return None;
+        }
+        let message = db.message();
+        if message.contains("certificate") {
+            return Some(TlsProblem::ClientCertificateRefused);
+        }
+        if message.contains("no encryption") {
+            return Some(TlsProblem::ServerRequiresTls);
+        }
+        return None;
+    }
+    // tokio-postgres says "error performing TLS handshake" for every TLS
+    // failure, with the reason as its source.
+    if !e.to_string().starts_with("error performing TLS handshake") {
+        return None;
+    }
+    let reason = std::error::Error::source(e).map(ToString::to_string);
+    Some(match reason.as_deref() {
+        Some("server does not support TLS") => TlsProblem::ServerIsPlain,
+        _ => TlsProblem::Handshake,
+    })
+}
+
+#[cfg(feature = "tls")]
+mod connector {
+    //! A `MakeTlsConnect` for tokio-postgres over tokio-rustls, with
+    //! `tls-server-end-point` channel binding (SCRAM-SHA-256-PLUS) and the
+    //! URL's host as SNI and checked name.
+    //!
+    //! Our own rather than the `tokio-postgres-rustls` crate: that crate
+    //! depends on tokio-postgres, which the feature `tls` would then build
+    //! for Redis-only users too (Cargo cannot enable a dependency only when
+    //! two features are both on), and this is all of it.
+
+    use std::future::Future;
+    use std::io;
+    use std::pin::Pin;
+    use std::sync::Arc;
+    use std::task::{Context, Poll};
+
+    use rustls::pki_types::ServerName;
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+    use tokio_postgres::Socket;
+    use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
+
+    /// Connects through rustls with one client configuration (`None`:
+    /// never asked to, `sslmode=disable`).
+    #[derive(Clone)]
+    pub(crate) struct RustlsConnector(Option<Arc<rustls::ClientConfig>>);
+
+    impl RustlsConnector {
+        pub(crate) fn new(config: Arc<rustls::ClientConfig>) -> Self {
+            Self(Some(config))
+        }
+
+        pub(crate) fn none() -> Self {
+            Self(None)
+        }
+    }
+
+    impl std::fmt::Debug for RustlsConnector {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_tuple("RustlsConnector")
+                .field(&self.0.is_some())
+                .finish()
+        }
+    }
+
+    impl MakeTlsConnect<Socket> for RustlsConnector {
+        type Stream = RustlsStream;
+        type TlsConnect = RustlsConnect;
+        type Error = io::Error;
+
+        fn make_tls_connect(&mut self, host: &str) -> Result<RustlsConnect, io::Error> {
+            // A bad name is reported by the handshake, not here: a Unix
+            // socket's empty host must not fail a connection that never
+            // asks for TLS.
+            Ok(RustlsConnect {
+                config: self.0.clone(),
+                host: host.to_owned(),
+            })
+        }
+    }
+
+    /// One handshake, to `host`.
+    pub(crate) struct RustlsConnect {
+        config: Option<Arc<rustls::ClientConfig>>,
+        host: String,
+    }
+
+    type Handshake = Pin<Box<dyn Future<Output = io::Result<RustlsStream>> + Send>>;
+
+    impl TlsConnect<Socket> for RustlsConnect {
+        type Stream = RustlsStream;
+        type Error = io::Error;
+        type Future = Handshake;
+
+        fn connect(self, stream: Socket) -> Handshake {
+            Box::pin(async move {
+                let config = self
+                    .config
+                    .ok_or_else(|| io::Error::other("TLS was not set up for this client"))?;
+                let name = ServerName::try_from(self.host)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, stream)
+                    .await?;
+                Ok(RustlsStream(Box::new(tls)))
+            })
+        }
+    }
+
+    /// A TLS connection to the server.
+    pub(crate) struct RustlsStream(Box<tokio_rustls::client::TlsStream<Socket>>);
+
+    impl TlsStream for RustlsStream {
+        fn channel_binding(&self) -> ChannelBinding {
+            let (_, session) = self.0.get_ref();
+            match session
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|cert| super::end_point::hash(cert.as_ref()))
+            {
+                Some(hash) => ChannelBinding::tls_server_end_point(hash),
+                None => ChannelBinding::none(),
+            }
+        }
+    }
+
+    impl AsyncRead for RustlsStream {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut *self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for RustlsStream {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Pin::new(&mut *self.0).poll_write(cx, buf)
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut *self.0).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut *self.0).poll_shutdown(cx)
+        }
+    }
+}
+
+#[cfg(feature = "tls")]
+mod end_point {
+    //! `tls-server-end-point` channel binding (RFC 5929): the hash of the
+    //! server's certificate, with the hash function of its signature
+    //! algorithm (SHA-256 for MD5 and SHA-1).
+
+    use sha2::Digest;
+
+    /// The binding data of the DER certificate `cert`; `None` for a
+    /// signature algorithm without one hash function (Ed25519, RSA-PSS),
+    /// which then goes without channel binding.
+    pub(super) fn hash(cert: &[u8]) -> Option<Vec<u8>> {
+        // OIDs' contents: 1.2.840.113549.1.1.{4,5,11,12,13} (RSA with MD5,
+        // SHA-1, SHA-256, -384, -512) and 1.2.840.10045.4.{1,3.2,3.3,3.4}
+        // (ECDSA with SHA-1, SHA-256, -384, -512).
+        const RSA: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01];
+        const ECDSA: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04];
+        let oid = signature_oid(cert)?;
+        let bits = match oid {
+            [rsa @ .., n] if rsa == RSA => match n {
+                0x04 | 0x05 | 0x0b => 256,
+                0x0c => 384,
+                0x0d => 512,
+                _ => return None,
+            },
+            [ec @ .., 0x01] if ec == ECDSA => 256,
+            [ec @ .., 0x03, n] if ec == ECDSA => match n {
+                0x02 => 256,
+                0x03 => 384,
+                0x04 => 512,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        Some(match bits {
+            256 => sha2::Sha256::digest(cert).to_vec(),
+            384 => sha2::Sha384::digest(cert).to_vec(),
+            _ => sha2::Sha512::digest(cert).to_vec(),
+        })
+    }
+
+    /// `Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm
+    /// SEQUENCE { algorithm OID, … }, signature }`: the algorithm's OID.
+    fn signature_oid(cert: &[u8]) -> Option<&[u8]> {
+        let (0x30, body, _) = item(cert)? else {
+            return None;
+        };
+        let (0x30, _tbs, rest) = item(body)? else {
+            return None;
+        };
+        let (0x30, algorithm, _) = item(rest)? else {
+            return None;
+        };
+        match item(algorithm)? {
+            (0x06, oid, _) => Some(oid),
+            _ => None,
+        }
+    }
+
+    /// One DER item: (tag, contents, what follows).
+    fn item(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+        let (&tag, rest) = input.split_first()?;
+        let (&first, rest) = rest.split_first()?;
+        let (len, rest) = if first < 0x80 {
+            (usize::from(first), rest)
+        } else {
+            let n = usize::from(first & 0x7f);
+            if n == 0 || n > 4 || rest.len() < n {
+                return None;
+            }
+            let len = rest[..n]
+                .iter()
+                .fold(0usize, |acc, b| acc << 8 | usize::from(*b));
+            (len, &rest[n..])
+        };
+        if rest.len() < len {
+            return None;
+        }
+        Some((tag, &rest[..len], &rest[len..]))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn the_hash_follows_the_signature_algorithm() {
+            // SEQUENCE { SEQUENCE {} (tbs), SEQUENCE { OID ecdsa-with-SHA384 }, BIT STRING }
+            let cert = [
+                0x30, 0x10, 0x30, 0x00, 0x30, 0x0a, 0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04,
+                0x03, 0x03, 0x03, 0x00,
+            ];
+            assert_eq!(hash(&cert).map(|h| h.len()), Some(48));
+            let mut ed25519 = cert;
+            // Another algorithm's OID, or a truncated certificate: no hash.
+            ed25519[15] = 0x09;
+            assert_eq!(hash(&ed25519), None);
+            assert_eq!(hash(&cert[..10]), None);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sslmode_is_taken_from_a_url_and_from_key_values() {
+        let (rest, mode) =
+            take_sslmode("postgres://u:p@h:1/db?application_name=x&sslmode=verify-full").unwrap();
+        assert_eq!(rest, "postgres://u:p@h:1/db?application_name=x");
+        assert_eq!(mode, Some(SslChoice::VerifyFull));
+        let (rest, mode) = take_sslmode("postgresql://h/db?sslmode=verify-ca").unwrap();
+        assert_eq!(
+            (rest.as_str(), mode),
+            ("postgresql://h/db", Some(SslChoice::VerifyCa))
+        );
+        let (rest, mode) =
+            take_sslmode("host=h password='a b\\' sslmode=x' sslmode = require user=u").unwrap();
+        assert_eq!(rest, "host=h password='a b\\' sslmode=x' user=u");
+        assert_eq!(mode, Some(SslChoice::Require));
+        assert_eq!(take_sslmode("host=h").unwrap().1, None);
+        assert!(take_sslmode("postgres://h/?sslmode=allow").is_err());
+    }
+}
