@@ -10,6 +10,7 @@ use lockyard::redis::{RedisLocks, RedisOptions};
 use lockyard::{AcquireOptions, Lock, LockError, Mode};
 use lockyard_testkit::bounded;
 use lockyard_testkit::child;
+use lockyard_testkit::counter::SharedCounter;
 use lockyard_testkit::redis::{RedisServer, client};
 
 #[tokio::test]
@@ -152,7 +153,7 @@ async fn child_process_worker() {
     let mut parts = spec.splitn(3, '|');
     let url = parts.next().unwrap();
     let rounds: u32 = parts.next().unwrap().parse().unwrap();
-    let dir = std::path::PathBuf::from(parts.next().unwrap());
+    let counter = SharedCounter::at(parts.next().unwrap());
     let locks = RedisLocks::connect_with(url, RedisOptions::default().ttl(Duration::from_secs(5)))
         .await
         .unwrap();
@@ -160,21 +161,7 @@ async fn child_process_worker() {
         let g = bounded(locks.acquire("xproc", Duration::from_secs(15)))
             .await
             .unwrap();
-        let path = dir.join("counter");
-        let v: u64 = std::fs::read_to_string(&path)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        tokio::time::sleep(Duration::from_micros(200)).await;
-        std::fs::write(&path, (v + 1).to_string()).unwrap();
-        use std::io::Write;
-        let mut log = std::fs::OpenOptions::new()
-            .append(true)
-            .open(dir.join("fences"))
-            .unwrap();
-        writeln!(log, "{}", g.fencing_token()).unwrap();
-        drop(log);
+        counter.increment(Some(g.fencing_token())).await;
         g.release().await.unwrap();
     }
 }
@@ -182,29 +169,12 @@ async fn child_process_worker() {
 #[tokio::test]
 async fn mutual_exclusion_across_processes() {
     let server = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("counter"), "0").unwrap();
-    std::fs::write(dir.path().join("fences"), "").unwrap();
+    let counter = SharedCounter::new();
     let (procs, rounds) = (4, 25);
-    let role = format!("{}|{rounds}|{}", server.url(), dir.path().display());
+    let role = format!("{}|{rounds}|{}", server.url(), counter.dir().display());
     let roles = vec![role; procs as usize];
     child::run_all("child_process_worker", &roles, Duration::from_secs(60)).await;
-    let count: u64 = std::fs::read_to_string(dir.path().join("counter"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert_eq!(count, procs * rounds, "lost updates");
-    let fences: Vec<u64> = std::fs::read_to_string(dir.path().join("fences"))
-        .unwrap()
-        .lines()
-        .map(|l| l.parse().unwrap())
-        .collect();
-    assert_eq!(fences.len() as u64, procs * rounds);
-    assert!(
-        fences.windows(2).all(|w| w[0] < w[1]),
-        "fencing tokens must strictly increase across processes: {fences:?}"
-    );
+    counter.assert_complete(procs * rounds);
 }
 
 /// With a 30 s lease, a waiter can only get the lock quickly if the release

@@ -9,6 +9,8 @@
 //!   delay, drop one direction, cut);
 //! - [`child`]: one child-process harness (this test binary re-executed in
 //!   a role, lines over pipes, `CLOCK_MONOTONIC` timestamps);
+//! - [`counter`]: a counter in plain files that workers in several
+//!   processes increment under a lock, logging fencing tokens;
 //! - [`wait`]: [`bounded`] with one documented limit, [`bounded_for`] for
 //!   the waits that need another, and [`eventually`];
 //! - [`conformance`]: the guard contract every backend passes, run with
@@ -25,6 +27,7 @@
 pub mod child;
 pub mod cluster;
 pub mod conformance;
+pub mod counter;
 pub mod floor;
 pub mod postgres;
 pub mod proxy;

@@ -203,7 +203,7 @@ impl RedisServer {
             Some(tls) => tls.server_args(self.port),
             None => vec!["--port".into(), self.port.to_string()],
         };
-        let mut child = Command::new("redis-server")
+        let child = Command::new("redis-server")
             .args(&listen)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -217,25 +217,42 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("spawn redis-server (is it installed?): {e}"))?;
-        let deadline = Instant::now() + STARTUP;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "redis-server exited early ({status}); port {} taken?",
-                    self.port
-                ));
-            }
-            if self.is_up() {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("redis-server did not answer PING in time".into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
+        self.child = Some(answering(
+            child,
+            "redis-server",
+            self.port,
+            STARTUP,
+            || self.is_up(),
+        )?);
+        Ok(())
+    }
+}
+
+/// Waits until a just-spawned server `what` on `port` answers (`is_up`),
+/// within `limit`; kills it if it does not, and says why.
+pub(crate) fn answering(
+    mut child: Child,
+    what: &str,
+    port: u16,
+    limit: Duration,
+    is_up: impl Fn() -> bool,
+) -> Result<Child, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{what} exited early ({status}); port {port} taken?"
+            ));
         }
+        if is_up() {
+            return Ok(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{what} did not answer PING in time"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

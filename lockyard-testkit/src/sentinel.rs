@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::proxy::FaultProxy;
-use crate::redis::{RedisServer, command_on, free_port, ping};
+use crate::redis::{RedisServer, answering, command_on, free_port, ping};
 use crate::tls::ServerTls;
 
 /// The name the sentinels monitor the primary by.
@@ -410,7 +410,7 @@ impl SentinelNode {
         ]);
         let path = self.dir.join("sentinel.conf");
         std::fs::write(&path, conf.join("\n") + "\n").map_err(|e| e.to_string())?;
-        let mut child = Command::new("redis-server")
+        let child = Command::new("redis-server")
             .arg(&path)
             .arg("--sentinel")
             .stdin(Stdio::null())
@@ -418,25 +418,14 @@ impl SentinelNode {
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("spawn redis-server --sentinel (is it installed?): {e}"))?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "sentinel exited early ({status}); port {} taken?",
-                    self.port
-                ));
-            }
-            if self.is_up() {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("the sentinel did not answer PING in time".into());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        self.child = Some(answering(
+            child,
+            "the sentinel",
+            self.port,
+            Duration::from_secs(10),
+            || self.is_up(),
+        )?);
+        Ok(())
     }
 
     fn is_up(&self) -> bool {
