@@ -519,7 +519,9 @@ impl fmt::Display for TlsProblem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             TlsProblem::UntrustedCertificate => {
-                "the server's certificate is not signed by a CA this client trusts (wrong CA file?)"
+                "the server's certificate is not signed by a CA this client trusts (give the CA that \
+                 signed it: tls_ca, --tls-ca or LOCKYARD_TLS_CA; a self-signed server \
+                 certificate is its own CA)"
             }
             TlsProblem::ExpiredCertificate => {
                 "the server's certificate has expired (or is not valid yet)"
