@@ -99,6 +99,13 @@ impl Model {
         }
     }
 
+    /// A whole renewal or extend: sent, applied, answered.
+    pub(super) fn request(&self, ttl: u64) {
+        let r = self.begin(ttl);
+        let applied = self.apply(&r);
+        self.reply(r, applied);
+    }
+
     /// The holder asks whether it still holds the lease, as `is_lost` does;
     /// asserts that *held* is true on the server at that moment. Returns
     /// whether it was told lost.
@@ -150,6 +157,18 @@ mod tests {
         assert!(m.check(), "the server's lease ended at 4 ms");
     }
 
+    /// A renewal that reaches the server after its lease ended finds the
+    /// key gone: lost, and lost it stays.
+    #[test]
+    fn a_renewal_after_the_end_is_lost() {
+        let m = Model::granted(2);
+        m.advance(1);
+        m.suspend(1);
+        assert!(m.check(), "the boot clock is past the grant's 2 ms");
+        m.request(4);
+        assert!(m.check());
+    }
+
     /// A short extend applied after a long renewal bounds the lease.
     #[test]
     fn a_short_extend_landing_last_bounds_the_lease() {
@@ -181,22 +200,11 @@ mod loom_models {
     fn loom_lease_lost_extend_renewal_ordering() {
         loom::model(|| {
             let m = Arc::new(Model::granted(4));
-            let renewer = {
+            // The watchdog's renewal, and a shorter extend from the guard.
+            let [renewer, extender] = [4, 2].map(|ttl| {
                 let m = m.clone();
-                loom::thread::spawn(move || {
-                    let r = m.begin(4);
-                    let applied = m.apply(&r);
-                    m.reply(r, applied);
-                })
-            };
-            let extender = {
-                let m = m.clone();
-                loom::thread::spawn(move || {
-                    let r = m.begin(2);
-                    let applied = m.apply(&r);
-                    m.reply(r, applied);
-                })
-            };
+                loom::thread::spawn(move || m.request(ttl))
+            });
             let clock = {
                 let m = m.clone();
                 loom::thread::spawn(move || {
