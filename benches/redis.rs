@@ -78,7 +78,13 @@ const WAITER_ROLE: &str = "redis-bench-waiter";
 const URL_VAR: &str = "LOCKYARD_BENCH_REDIS_URL";
 
 /// The contenders, in the order of [`Contenders`].
-const NAMES: [&str; 5] = ["lockyard", "own floor", "fenced floor", "plain floor", "rslock"];
+const NAMES: [&str; 5] = [
+    "lockyard",
+    "own floor",
+    "fenced floor",
+    "plain floor",
+    "rslock",
+];
 const LOCKYARD: usize = 0;
 const OWN: usize = 1;
 const FENCED: usize = 2;
@@ -94,7 +100,7 @@ fn main() {
         return waiter();
     }
     let load_before = load_average();
-    let cpus = allowed_cpus();
+    let cpus = allowed_cpus_at_start();
     let pinning = cpus.contains(&SERVER_CPU) && cpus.contains(&CLIENT_CPU);
     let server = RedisServer::start();
     let pinned_server = pinning.then(|| RedisServer::start_on_cpu(SERVER_CPU));
@@ -291,14 +297,14 @@ fn run_row(rt: &Runtime, all: &Contenders, tasks: usize, server: Option<u32>) ->
         rounds
     });
     if server.is_some() {
-        pin_process(None, &allowed_cpus_of_machine()).expect("unpin the client");
+        pin_process(None, &allowed_cpus_at_start()).expect("unpin the client");
     }
     rounds
 }
 
-/// Every CPU of the machine the process was allowed at start (the
-/// pinning narrows it; this widens it back).
-fn allowed_cpus_of_machine() -> Vec<usize> {
+/// The CPUs this process was allowed at start (first called before any
+/// pinning): what a pinned row widens the client back to.
+fn allowed_cpus_at_start() -> Vec<usize> {
     static AT_START: std::sync::OnceLock<Vec<usize>> = std::sync::OnceLock::new();
     AT_START.get_or_init(allowed_cpus).clone()
 }
@@ -516,7 +522,9 @@ fn verdict(ok: bool) -> &'static str {
 }
 
 fn print_bars(seq: &Rounds, tasks_rows: &[(usize, Option<Rounds>, Rounds)], handoff: &Handoffs) {
-    println!("bars (medians of per-round ratios [IQR]; the pinned figure is the record, unpinned beside):");
+    println!(
+        "bars (medians of per-round ratios [IQR]; the pinned figure is the record, unpinned beside):"
+    );
     let median = |v: Vec<f64>| quartiles(&mut v.clone())[1];
     // (label, contender, at least (throughput) or at most (time), bar)
     let throughput_bar = |what: &str, tasks: usize, num: usize, den: usize, bar: f64| {
@@ -585,9 +593,7 @@ fn callgrind_bar(url: &str) {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
     let example = target.join("release/examples/redis_instructions");
-    let how = format!(
-        "cargo build --release --example redis_instructions && LOCKYARD_BENCH_CALLGRIND=1 cargo bench --bench redis (or by hand: the example's docs)"
-    );
+    let how = "cargo build --release --example redis_instructions && LOCKYARD_BENCH_CALLGRIND=1 cargo bench --bench redis (or by hand: the example's docs)";
     let asked = std::env::var("LOCKYARD_BENCH_CALLGRIND").is_ok_and(|v| v == "1");
     let valgrind = Command::new("valgrind").arg("--version").output().is_ok();
     if !asked || !valgrind || !example.exists() {
@@ -626,11 +632,12 @@ fn callgrind_bar(url: &str) {
     };
     // Connecting and warming up cancel out in the difference.
     let per_op = |who: &str| (refs(who, 3000) - refs(who, 1000)) / 2000.0;
-    let (floor, ours) = (per_op("floor"), per_op("lockyard"));
+    let (floor, own, ours) = (per_op("floor"), per_op("own"), per_op("lockyard"));
     println!(
-        "  callgrind: client instructions per acquire+release: fenced floor {floor:.0}, lockyard {ours:.0}, ratio {:.3} (bar <= {BAR}) {}",
+        "  callgrind: client instructions per acquire+release: fenced floor {floor:.0}, own floor {own:.0}, lockyard {ours:.0}; lockyard / fenced floor {:.3} (bar <= {BAR}) {}, lockyard / own floor {:.3}",
         ours / floor,
-        verdict(ours / floor <= BAR)
+        verdict(ours / floor <= BAR),
+        ours / own
     );
 }
 
