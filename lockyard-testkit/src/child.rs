@@ -97,7 +97,10 @@ pub fn spawn_role(role: &str, envs: &[(&str, String)]) -> Child {
 pub fn spawn_as(uid: u32, entry: &str, role: &str, envs: &[(&str, String)]) -> Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(current_exe());
-    cmd.uid(uid).gid(uid).current_dir("/").args(test_args(entry));
+    cmd.uid(uid)
+        .gid(uid)
+        .current_dir("/")
+        .args(test_args(entry));
     spawn_cmd(cmd, role, envs)
 }
 

@@ -142,7 +142,9 @@ impl Floor {
         }
         let derived: Arc<[String]> = match &*self.protocol {
             Protocol::Plain { .. } => Arc::new([]),
-            Protocol::Fenced { .. } => Arc::new([format!("{key}:fence"), format!("{key}:released")]),
+            Protocol::Fenced { .. } => {
+                Arc::new([format!("{key}:fence"), format!("{key}:released")])
+            }
             // As `protocol/keys.rs` lays them out: `{prefix}{<name>}:<suffix>`,
             // then the owner value.
             Protocol::Own { prefix, meta, .. } => {
