@@ -20,7 +20,8 @@
 
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, Criterion, Throughput};
 use lockyard::redis::{RedisLocks, RedisOptions, RedisSemaphore, Redlock, RedlockOptions};
 use lockyard_testkit::floor::{Floor, TOKEN, median_ns};
 use lockyard_testkit::redis::RedisServer;
@@ -78,73 +79,47 @@ fn uncontended(
     redlock: &Redlock,
 ) {
     let mut g = c.benchmark_group("redis_extras_uncontended");
-    g.bench_function("floor", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let mut f = floor.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    f.acquire_release("bench:floor:seq", TOKEN).await;
-                }
-                start.elapsed()
-            }
-        })
+    let floor = floor.clone();
+    timed(&mut g, rt, "floor", || {
+        let mut f = floor.clone();
+        async move { f.acquire_release("bench:floor:seq", TOKEN).await }
     });
     let sem = locks.semaphore("bench-sem", 4).unwrap();
-    g.bench_function("semaphore", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let sem = sem.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let p = sem.acquire(TTL).await.unwrap();
-                    p.release().await.unwrap();
-                }
-                start.elapsed()
-            }
-        })
+    timed(&mut g, rt, "semaphore", || async {
+        sem.acquire(TTL).await.unwrap().release().await.unwrap();
     });
     let rw = locks.rwlock("bench-rw").unwrap();
-    g.bench_function("rw_read", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let rw = rw.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let r = rw.read(TTL).await.unwrap();
-                    r.release().await.unwrap();
-                }
-                start.elapsed()
-            }
-        })
+    timed(&mut g, rt, "rw_read", || async {
+        rw.read(TTL).await.unwrap().release().await.unwrap();
     });
-    g.bench_function("rw_write", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let rw = rw.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let w = rw.write(TTL).await.unwrap();
-                    w.release().await.unwrap();
-                }
-                start.elapsed()
-            }
-        })
+    timed(&mut g, rt, "rw_write", || async {
+        rw.write(TTL).await.unwrap().release().await.unwrap();
     });
-    g.bench_function("redlock_3", |b| {
-        b.to_async(rt).iter_custom(|iters| {
-            let redlock = redlock.clone();
-            async move {
-                let start = Instant::now();
-                for _ in 0..iters {
-                    let l = redlock.acquire("bench-redlock", TTL).await.unwrap();
-                    l.release().await.unwrap();
-                }
-                start.elapsed()
-            }
-        })
+    timed(&mut g, rt, "redlock_3", || async {
+        let l = redlock.acquire("bench-redlock", TTL).await.unwrap();
+        l.release().await.unwrap();
     });
     g.finish();
+}
+
+/// One criterion bench in `g`: `op` run `iters` times in a row, timed.
+fn timed<F, Fut>(g: &mut BenchmarkGroup<'_, WallTime>, rt: &Runtime, label: &str, op: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    g.bench_function(label, |b| {
+        b.to_async(rt).iter_custom(|iters| {
+            let op = &op;
+            async move {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    op().await;
+                }
+                start.elapsed()
+            }
+        })
+    });
 }
 
 fn throughput(c: &mut Criterion, rt: &Runtime, floor: &Floor, locks: &RedisLocks) {

@@ -1,8 +1,12 @@
 //! Runs `n` sequential uncontended acquire+release pairs on Redis, by
-//! lockyard or by the fenced floor (one script `SET NX PX` + `INCR`, one
-//! compare-and-delete + `PUBLISH`, on one multiplexed connection), on a
-//! current-thread runtime, for counting the *client's* instructions under
-//! callgrind (which, unlike wall time, a loaded machine does not move):
+//! lockyard or by a floor of `lockyard_testkit::floor` (`floor`: the fenced
+//! floor, one script `SET NX PX` + `INCR`, one compare-and-delete +
+//! `PUBLISH`; `own`: lockyard's own scripts, keys and owner value by hand;
+//! `plain`: `SET NX PX` + compare-and-delete; each on one multiplexed
+//! connection), on a current-thread runtime, for counting the *client's*
+//! instructions under callgrind (which, unlike wall time, a loaded machine
+//! does not move). `LOCKYARD_BENCH_CALLGRIND=1 cargo bench --bench redis`
+//! runs it (after the build below) against the bench's server; by hand:
 //!
 //! ```text
 //! redis-server --port 7399 --save "" --daemonize yes
@@ -37,8 +41,12 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         match who.as_str() {
-            "floor" => {
-                let mut floor = Floor::connect_fenced(&url, ttl).await;
+            "floor" | "own" | "plain" => {
+                let mut floor = match who.as_str() {
+                    "floor" => Floor::connect_fenced(&url, ttl).await,
+                    "own" => Floor::connect_own(&url, ttl).await,
+                    _ => Floor::connect(&url, ttl).await,
+                };
                 let key = format!("instr:floor:{}", std::process::id());
                 for _ in 0..n {
                     floor.acquire_release(&key, TOKEN).await;
@@ -56,7 +64,7 @@ fn main() {
                 }
                 locks.shutdown().await;
             }
-            other => panic!("floor or lockyard, not {other}"),
+            other => panic!("floor, own, plain or lockyard, not {other}"),
         }
     });
 }

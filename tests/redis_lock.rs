@@ -416,3 +416,23 @@ async fn thousands_of_leases_take_several_pipelines() {
     assert!(stats.renewals >= 4500, "{stats:?}");
     drop(guards);
 }
+
+/// The benches' own-protocol floor (`lockyard_testkit::floor`) writes the
+/// keys lockyard reads: its grants count on the name's fencing counter, and
+/// lockyard's next grant follows them.
+#[tokio::test]
+async fn the_benches_own_protocol_floor_uses_lockyards_keys() {
+    use lockyard_testkit::floor::{Floor, TOKEN};
+    let server = RedisServer::start();
+    let ttl = Duration::from_secs(10);
+    let mut floor = Floor::connect_own(&server.url(), ttl).await;
+    for _ in 0..3 {
+        bounded(floor.acquire_release("floor-keys", TOKEN)).await;
+    }
+    let locks = client(&server.url(), ttl).await;
+    let g = bounded(locks.acquire("floor-keys", Duration::from_secs(1)))
+        .await
+        .unwrap();
+    assert_eq!(g.fencing_token(), 4, "the floor's 3 grants, then ours");
+    bounded(g.release()).await.unwrap();
+}

@@ -8,6 +8,10 @@
 //! [`say`] (a stdout line), the parent reads with [`Child::wait_line`] and
 //! gives orders with [`Child::send`]. [`monotonic_ns`] stamps events on
 //! `CLOCK_MONOTONIC`, one clock for every process of the machine.
+//!
+//! A binary with a `main` of its own (a bench with `harness = false`)
+//! starts itself with [`spawn_role`] instead, and its `main` asks [`role`]
+//! first.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -70,7 +74,19 @@ pub struct Child {
 ///
 /// If the binary cannot be started.
 pub fn spawn(entry: &str, role: &str, envs: &[(&str, String)]) -> Child {
-    spawn_cmd(Command::new(current_exe()), entry, role, envs)
+    let mut cmd = Command::new(current_exe());
+    cmd.args(test_args(entry));
+    spawn_cmd(cmd, role, envs)
+}
+
+/// Starts this binary (one with a `main` of its own, not the test
+/// harness) as a child in `role`, with `envs` set and no arguments.
+///
+/// # Panics
+///
+/// If the binary cannot be started.
+pub fn spawn_role(role: &str, envs: &[(&str, String)]) -> Child {
+    spawn_cmd(Command::new(current_exe()), role, envs)
 }
 
 /// As [`spawn`], as the user `uid` (the caller must be root), in `/`.
@@ -81,8 +97,11 @@ pub fn spawn(entry: &str, role: &str, envs: &[(&str, String)]) -> Child {
 pub fn spawn_as(uid: u32, entry: &str, role: &str, envs: &[(&str, String)]) -> Child {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(current_exe());
-    cmd.uid(uid).gid(uid).current_dir("/");
-    spawn_cmd(cmd, entry, role, envs)
+    cmd.uid(uid)
+        .gid(uid)
+        .current_dir("/")
+        .args(test_args(entry));
+    spawn_cmd(cmd, role, envs)
 }
 
 /// The command that starts this test binary running only the test `entry`,
@@ -90,8 +109,7 @@ pub fn spawn_as(uid: u32, entry: &str, role: &str, envs: &[(&str, String)]) -> C
 /// children itself (with `tokio::process::Command::from`, say).
 pub fn command(entry: &str, role: &str, envs: &[(&str, String)]) -> Command {
     let mut cmd = Command::new(current_exe());
-    cmd.args([entry, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role);
+    cmd.args(test_args(entry)).env(ROLE, role);
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -102,9 +120,13 @@ fn current_exe() -> std::path::PathBuf {
     std::env::current_exe().expect("the test binary's path")
 }
 
-fn spawn_cmd(mut cmd: Command, entry: &str, role: &str, envs: &[(&str, String)]) -> Child {
-    cmd.args([entry, "--exact", "--nocapture", "--test-threads=1"])
-        .env(ROLE, role)
+/// The test harness's arguments that run only the test `entry`.
+fn test_args(entry: &str) -> [&str; 4] {
+    [entry, "--exact", "--nocapture", "--test-threads=1"]
+}
+
+fn spawn_cmd(mut cmd: Command, role: &str, envs: &[(&str, String)]) -> Child {
+    cmd.env(ROLE, role)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

@@ -15,7 +15,10 @@
 //!   the waits that need another, and [`eventually`];
 //! - [`conformance`]: the guard contract every backend passes, run with
 //!   [`conformance_tests!`] and a factory of `Arc<dyn Lock>` views;
-//! - [`floor`]: the hand-written Redis lock the benches measure against;
+//! - [`floor`]: the hand-written Redis locks the benches measure against
+//!   (plain, fenced, lockyard's own protocol) and the raw hand-off;
+//! - [`bench`]: what interleaved bench rounds share (quartiles, the load,
+//!   CPU pinning);
 //! - [`tls`]: a CA and certificates (valid, expired, client, another CA)
 //!   for TLS-only servers ([`redis::RedisServer::start_tls`]) and Clusters
 //!   ([`cluster::RedisCluster::start_tls`]).
@@ -24,6 +27,7 @@
 //! own unit tests (in `src/`) cannot use it: they would see a second copy
 //! of the `lockyard` crate.
 
+pub mod bench;
 pub mod child;
 pub mod cluster;
 pub mod conformance;

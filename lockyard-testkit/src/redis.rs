@@ -6,6 +6,8 @@
 //! [`stop`](RedisServer::stop) / [`restart`](RedisServer::restart) on the
 //! same port, [`pause`](RedisServer::pause) (`CLIENT PAUSE`), and raw
 //! commands with [`command`](RedisServer::command) (e.g. `DEBUG SLEEP`).
+//! [`start_on_cpu`](RedisServer::start_on_cpu) runs it under `taskset -c`,
+//! for benches that keep the server and the client on CPUs of their own.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
@@ -28,6 +30,8 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// TLS only, on `port` (see [`start_tls`](Self::start_tls)).
     tls: Option<ServerTls>,
+    /// The one CPU it runs on (`taskset -c`), kept for restarts.
+    cpu: Option<usize>,
 }
 
 impl RedisServer {
@@ -56,6 +60,20 @@ impl RedisServer {
         tls: Option<ServerTls>,
         extra: impl Fn(u16, &std::path::Path) -> Vec<String>,
     ) -> Self {
+        Self::launch(tls, None, extra)
+    }
+
+    /// Starts a plain server pinned to the CPU `cpu` (started under
+    /// `taskset -c <cpu>`, so every thread it makes stays there).
+    pub fn start_on_cpu(cpu: usize) -> Self {
+        Self::launch(None, Some(cpu), |_, _| Vec::new())
+    }
+
+    fn launch(
+        tls: Option<ServerTls>,
+        cpu: Option<usize>,
+        extra: impl Fn(u16, &std::path::Path) -> Vec<String>,
+    ) -> Self {
         let mut last_err = String::new();
         for _ in 0..10 {
             let port = free_port();
@@ -66,6 +84,7 @@ impl RedisServer {
                 extra: extra(port, &dir),
                 dir,
                 tls: tls.clone(),
+                cpu,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -93,6 +112,11 @@ impl RedisServer {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The server's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Kills the server (abruptly: SIGKILL, as a crash).
@@ -203,7 +227,16 @@ impl RedisServer {
             Some(tls) => tls.server_args(self.port),
             None => vec!["--port".into(), self.port.to_string()],
         };
-        let child = Command::new("redis-server")
+        // taskset sets the affinity and execs redis-server: same pid.
+        let mut cmd = match self.cpu {
+            Some(cpu) => {
+                let mut cmd = Command::new("taskset");
+                cmd.args(["-c", &cpu.to_string(), "redis-server"]);
+                cmd
+            }
+            None => Command::new("redis-server"),
+        };
+        let child = cmd
             .args(&listen)
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
