@@ -315,7 +315,7 @@ fn make_template(bin: &Path) -> PathBuf {
 }
 
 /// `program args`, as the `postgres` user when this process is root.
-fn as_postgres(program: &Path, args: &[String]) -> Command {
+pub(crate) fn as_postgres(program: &Path, args: &[String]) -> Command {
     if rustix::process::getuid().is_root() {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(program).args(args);
@@ -329,7 +329,7 @@ fn as_postgres(program: &Path, args: &[String]) -> Command {
 
 /// Makes `dir` (and what is in it) the `postgres` user's when this process
 /// is root.
-fn give_to_postgres(dir: &Path) {
+pub(crate) fn give_to_postgres(dir: &Path) {
     if !rustix::process::getuid().is_root() {
         return;
     }

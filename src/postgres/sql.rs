@@ -10,8 +10,13 @@ use crate::options::Mode;
 pub(crate) struct Statements {
     /// The try, by [`index`]: `pg_try_advisory_lock[_shared]` with the key
     /// as `$1` (or `$1, $2`), and with fencing the fence write in the same
-    /// statement (the key's text and the name after the key); it returns
-    /// `(granted, token)`.
+    /// statement (the key's text and the name after the key); the session's
+    /// backend pid is the last parameter. It returns `(granted, token,
+    /// pid)`: the lock is tried only on the session's own backend (`CASE`
+    /// evaluates only the branch it takes), else `granted` is NULL and
+    /// `pid` names the backend that ran it (see [`Session::pid`]).
+    ///
+    /// [`Session::pid`]: super::session::Session::pid
     tries: [String; 4],
     /// The fence write after a wait: `$1` the key's text, `$2` the name.
     pub(crate) fence: String,
@@ -34,18 +39,23 @@ impl Statements {
                     PgKey::Single(_) => ("$1", 1),
                     PgKey::Pair(..) => ("$1, $2", 2),
                 };
+                let pid = if table.is_some() { n + 3 } else { n + 1 };
+                let try_here = format!(
+                    "CASE WHEN pg_backend_pid() = ${pid} \
+                     THEN pg_try_advisory_lock{suffix}({args}) END"
+                );
                 tries[index(mode, key)] = match table {
                     Some(table) => format!(
-                        "WITH g AS (SELECT pg_try_advisory_lock{suffix}({args}) AS ok), \
+                        "WITH g AS (SELECT {try_here} AS ok), \
                          f AS (INSERT INTO {table} AS t (key, name, token) \
                                SELECT ${}, ${}, 1 FROM g WHERE g.ok \
                                ON CONFLICT (key) DO UPDATE SET token = t.token + 1, \
                                name = EXCLUDED.name RETURNING t.token) \
-                         SELECT g.ok, (SELECT token FROM f) FROM g",
+                         SELECT g.ok, (SELECT token FROM f), pg_backend_pid() FROM g",
                         n + 1,
                         n + 2
                     ),
-                    None => format!("SELECT pg_try_advisory_lock{suffix}({args}), NULL::int8"),
+                    None => format!("SELECT {try_here}, NULL::int8, pg_backend_pid()"),
                 };
             }
         }
