@@ -34,7 +34,8 @@ use std::time::{Duration, Instant};
 use lockyard::postgres::{PgLocks, PgOptions};
 use lockyard_testkit::child;
 use lockyard_testkit::postgres::PgServer;
-use tokio_postgres::{Client, NoTls};
+use lockyard_testkit::postgres::client as raw_client;
+use tokio_postgres::Client;
 
 /// The role of the child process that waits in the cross-process hand-off.
 const WAITER: &str = "postgres-handoff-waiter";
@@ -56,11 +57,7 @@ fn main() {
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
     let server = PgServer::start();
     let url = server.url();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let raw = raw_client(&url).await;
         let plain = PgLocks::connect_with(&url, PgOptions::default().fencing(false))
@@ -259,11 +256,7 @@ async fn cross_process_handoff(url: &str, rounds: usize, per_round: usize) -> [V
 /// `CLOCK_MONOTONIC` where the wait returns, says so, and releases.
 fn waiter_process() {
     let url = std::env::var(URL_VAR).expect("the server's URL");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let raw = raw_client(&url).await;
         let lock = raw.prepare("SELECT pg_advisory_lock($1)").await.unwrap();
@@ -302,12 +295,13 @@ fn env_or(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn raw_client(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
+/// The runtime of the bench and of its child process.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn per_op(start: Instant, ops: usize) -> f64 {

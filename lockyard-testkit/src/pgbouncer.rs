@@ -153,13 +153,7 @@ impl PgBouncer {
     ///
     /// If it cannot connect.
     pub async fn client(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect through pgbouncer");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        crate::postgres::client(&self.url()).await
     }
 }
 

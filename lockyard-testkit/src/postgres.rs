@@ -143,13 +143,7 @@ impl PgServer {
     ///
     /// If it cannot connect.
     pub async fn admin(&self) -> tokio_postgres::Client {
-        let (client, conn) = tokio_postgres::connect(&self.url(), tokio_postgres::NoTls)
-            .await
-            .expect("connect to the test postgres");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        client
+        client(&self.url()).await
     }
 
     /// How many advisory locks are granted now (any key, any session).
@@ -216,6 +210,22 @@ impl Drop for PgServer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A plain tokio-postgres client of `url` (no TLS), its connection task
+/// spawned on the current runtime: for a test's or a bench's own queries.
+///
+/// # Panics
+///
+/// If it cannot connect.
+pub async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
 }
 
 /// The directory holding `initdb` and `pg_ctl`: the one of `initdb` on
