@@ -194,18 +194,10 @@ async fn wait_hold_once(
         Some(left) if left.is_zero() => return Err(timeout()),
         Some(left) => left.as_millis().clamp(1, i32::MAX as u128),
     };
-    let suffix = if mode == Mode::Shared { "_shared" } else { "" };
-    // The key is integers only: inlined, it makes the wait one simple query
-    // (one round trip). statement_timeout off: the deadline is lock_timeout's.
     // Only on the session's own backend (invariant 4); the pid it ran on
-    // comes back either way.
+    // comes back either way, and with fencing the token too.
     let session_pid = attempt.session()?.pid;
-    let wait = format!(
-        "BEGIN; SET LOCAL lock_timeout = {ms}; SET LOCAL statement_timeout = 0; \
-         SELECT pg_backend_pid(), CASE WHEN pg_backend_pid() = {session_pid} \
-         THEN pg_advisory_lock{suffix}({}) END; COMMIT",
-        key.sql_args()
-    );
+    let (wait, fenced_inline) = client.inner.sql.wait(mode, key, session_pid, ms, resource);
     let op_timeout = client.options().op_timeout;
     attempt.in_flight = InFlight::Wait;
     let session = attempt.session()?;
@@ -219,13 +211,23 @@ async fn wait_hold_once(
     };
     match result {
         Ok(replies) => {
-            let ran_on = replies.iter().find_map(|m| match m {
+            let mut rows = replies.iter().filter_map(|m| match m {
                 tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
                 _ => None,
             });
+            let ran_on = rows.next();
+            let token = rows.next();
+            attempt.in_flight = InFlight::Request;
             if ran_on != Some(session_pid.to_string().as_str()) {
-                attempt.in_flight = InFlight::Request;
                 return Err(pooled(resource));
+            }
+            if fenced_inline {
+                // No token: the fence write ran on another backend.
+                let token = token.ok_or_else(|| pooled(resource))?;
+                let fence = token.parse::<u64>().map_err(|_| {
+                    bad_reply(resource, "take a fencing token", format!("token {token:?}"))
+                })?;
+                return attempt.into_hold(resource, key, mode, Some(fence));
             }
         }
         Err(e) if is_lock_timeout(&e) => {

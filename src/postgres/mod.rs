@@ -95,7 +95,9 @@
 //! - **Waiting is the server's**: a `pg_try_advisory_lock` first (one round
 //!   trip when free, the fence write in the same statement); if held, one
 //!   `pg_advisory_lock` in a transaction under `SET LOCAL lock_timeout`,
-//!   so the server wakes the waiter when the holder unlocks. A
+//!   so the server wakes the waiter when the holder unlocks, and the fence
+//!   write after its `COMMIT` in the same simple query (one round trip;
+//!   the server skips it if the wait fails). A
 //!   `lock_timeout` error (55P03) is reported as a timeout only after
 //!   `pg_locks` shows the lock was not granted as it fired (a session lock
 //!   survives the rollback); a deadlock (40P01) is an error.
