@@ -199,3 +199,20 @@ lockyard_testkit::conformance_tests!(
     session_pooled_views,
     cancel_unsafe = pgbouncer_crashes_on_cancel
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statement_pooling_is_refused_when_a_wait_is_needed() {
+    let (server, bouncer) = servers(PoolMode::Statement, 2).await;
+    // Held straight on the server: through the pooler, the try fails and
+    // the wait's transaction is refused by PgBouncer itself.
+    let direct = bounded(PgLocks::connect(&server.url()))
+        .await
+        .expect("connect");
+    let held = bounded(direct.try_acquire("jobs")).await.expect("granted");
+    let locks = bounded(PgLocks::connect(&bouncer.url()))
+        .await
+        .expect("connect");
+    let result = bounded(locks.acquire("jobs", Duration::from_secs(2))).await;
+    assert_refused_as_pooled(result, "a wait through statement pooling");
+    bounded(held.release()).await.expect("release");
+}

@@ -72,7 +72,8 @@
 //!   nothing and fails with [`LockError::Unsupported`](crate::LockError::Unsupported)
 //!   naming PgBouncer and what to do, as does a prepared statement that
 //!   vanished or collided (SQLSTATE 26000, 42P05), which only a pooler
-//!   causes. While a lock is held, a keepalive probe answered by another
+//!   causes, and PgBouncer refusing the wait's transaction in statement
+//!   pooling (08P01). While a lock is held, a keepalive probe answered by another
 //!   backend fires `lost`. A direct connection keeps one backend for life,
 //!   so it never sees either. The limit: a pooler that happens to run
 //!   every statement on the connection's first backend (a client alone on
