@@ -15,15 +15,41 @@
 //! - hand-off p50/p90 between two clients (two connections, as two
 //!   processes would have), from the holder's unlock to the waiter holding
 //!   the lock, lockyard against a raw blocking `pg_advisory_lock` hand-off
-//!   (bar: ≤ 2×).
+//!   (bar: ≤ 2×);
+//! - the same between two processes: the waiter runs in a child process
+//!   (this bench binary re-executed in a role, with the kit's child
+//!   harness), blocked in the server (the parent sees its `granted = false`
+//!   row in `pg_locks` before it releases); the holder stamps
+//!   `CLOCK_MONOTONIC` just before sending its unlock, the waiter where its
+//!   acquisition returns. Raw `pg_advisory_lock`, lockyard with fencing on
+//!   (the default: the fence write follows the grant) and off, in rounds
+//!   whose order rotates; p50/p90 and the p50 ratio (bar: ≤ 2×).
+//!
+//! The fenced floor sends the very statement lockyard sends, the
+//! backend-pid check included (it refuses a pooler that moved the session);
+//! the plain floor is the bare `pg_try_advisory_lock`.
 
 use std::time::{Duration, Instant};
 
 use lockyard::postgres::{PgLocks, PgOptions};
+use lockyard_testkit::child;
 use lockyard_testkit::postgres::PgServer;
-use tokio_postgres::{Client, NoTls};
+use lockyard_testkit::postgres::client as raw_client;
+use tokio_postgres::Client;
+
+/// The role of the child process that waits in the cross-process hand-off.
+const WAITER: &str = "postgres-handoff-waiter";
+/// The environment variable that gives the waiter the server's URL.
+const URL_VAR: &str = "LOCKYARD_BENCH_PG_URL";
+/// The raw hand-off's key and lockyard's lock name, between processes.
+const XP_KEY: i64 = 0x4a4e;
+const XP_NAME: &str = "handoff-across-processes";
 
 fn main() {
+    if child::role().as_deref() == Some(WAITER) {
+        waiter_process();
+        return;
+    }
     let rounds: usize = env_or("ROUNDS", 15);
     let ops: usize = env_or("OPS", 200);
     // ONLY=n runs variant n alone (0 floor, 1 lockyard, 2 fenced floor,
@@ -31,11 +57,7 @@ fn main() {
     let only: Option<usize> = std::env::var("ONLY").ok().and_then(|v| v.parse().ok());
     let server = PgServer::start();
     let url = server.url();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let raw = raw_client(&url).await;
         let plain = PgLocks::connect_with(&url, PgOptions::default().fencing(false))
@@ -45,6 +67,11 @@ fn main() {
             .await
             .unwrap();
         // Makes the fence table before the floor uses it.
+        let pid: i32 = raw
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
         fenced
             .try_acquire("bench")
             .await
@@ -60,12 +87,13 @@ fn main() {
         let unlock = raw.prepare("SELECT pg_advisory_unlock($1)").await.unwrap();
         let fenced_try = raw
             .prepare(
-                "WITH g AS (SELECT pg_try_advisory_lock($1) AS ok), \
+                "WITH g AS (SELECT CASE WHEN pg_backend_pid() = $4 \
+                                   THEN pg_try_advisory_lock($1) END AS ok), \
                  f AS (INSERT INTO public.lockyard_fence AS t (key, name, token) \
                        SELECT $2, $3, 1 FROM g WHERE g.ok \
                        ON CONFLICT (key) DO UPDATE SET token = t.token + 1, name = EXCLUDED.name \
                        RETURNING t.token) \
-                 SELECT g.ok, (SELECT token FROM f) FROM g",
+                 SELECT g.ok, (SELECT token FROM f), pg_backend_pid() FROM g",
             )
             .await
             .unwrap();
@@ -99,7 +127,7 @@ fn main() {
                             .unwrap(),
                         2 => {
                             let row = raw
-                                .query_one(&fenced_try, &[&key, &key_text, &name])
+                                .query_one(&fenced_try, &[&key, &key_text, &name, &pid])
                                 .await
                                 .unwrap();
                             assert!(row.get::<_, bool>(0));
@@ -146,6 +174,117 @@ fn main() {
             "  lockyard:             p50 {ly_p50:.0} µs, p90 {ly_p90:.0} µs: p50 {:.2}× (bar ≤ 2×)",
             ly_p50 / raw_p50
         );
+
+        let per_round = 4;
+        let [raw, on, off] = cross_process_handoff(&url, rounds, per_round).await;
+        let n = rounds * per_round;
+        println!(
+            "hand-off between two processes ({n} each; waiter in a child process, blocked in \
+             the server; CLOCK_MONOTONIC from the holder's unlock to the waiter's grant):"
+        );
+        let (raw_p50, raw_p90) = percentiles(raw);
+        println!("  raw pg_advisory_lock:   p50 {raw_p50:.0} µs, p90 {raw_p90:.0} µs");
+        for (label, v) in [
+            ("lockyard, fencing on: ", on),
+            ("lockyard, fencing off:", off),
+        ] {
+            let (p50, p90) = percentiles(v);
+            println!(
+                "  {label} p50 {p50:.0} µs, p90 {p90:.0} µs: p50 {:.2}× (bar ≤ 2×)",
+                p50 / raw_p50
+            );
+        }
+    });
+}
+
+/// What the waiter process is told to do, one round at a time.
+const ORDERS: [&str; 3] = ["raw", "fenced", "plain"];
+
+/// Hand-offs from this process (the holder) to a child process (the
+/// waiter): per round, `per_round` of each variant, the variants in a
+/// rotating order. Samples in µs, by [`ORDERS`].
+async fn cross_process_handoff(url: &str, rounds: usize, per_round: usize) -> [Vec<f64>; 3] {
+    let mut waiter = child::spawn("", WAITER, &[(URL_VAR, url.to_owned())]);
+    let startup = Duration::from_secs(30);
+    waiter.wait_line("ready", startup);
+    let holder = raw_client(url).await;
+    let lock = holder.prepare("SELECT pg_advisory_lock($1)").await.unwrap();
+    let unlock = holder
+        .prepare("SELECT pg_advisory_unlock($1)")
+        .await
+        .unwrap();
+    let locks = PgLocks::connect(url).await.unwrap();
+    let admin = raw_client(url).await;
+    let limit = Duration::from_secs(10);
+    let mut out: [Vec<f64>; 3] = Default::default();
+    for round in 0..rounds {
+        for i in 0..3 {
+            let variant = (round + i) % 3;
+            for _ in 0..per_round {
+                let guard = if variant == 0 {
+                    holder.query_one(&lock, &[&XP_KEY]).await.unwrap();
+                    None
+                } else {
+                    Some(locks.try_acquire(XP_NAME).await.unwrap())
+                };
+                waiter.send(ORDERS[variant]);
+                wait_until_blocked(&admin).await;
+                let released = child::monotonic_ns();
+                match guard {
+                    None => {
+                        let _: bool = holder.query_one(&unlock, &[&XP_KEY]).await.unwrap().get(0);
+                    }
+                    Some(g) => g.release().await.unwrap(),
+                }
+                let got: u64 = waiter
+                    .wait_line("got ", limit)
+                    .trim_start_matches("got ")
+                    .trim()
+                    .parse()
+                    .expect("the waiter's stamp");
+                waiter.wait_line("released", limit);
+                out[variant].push(got.saturating_sub(released) as f64 / 1e3);
+            }
+        }
+    }
+    waiter.send("quit");
+    waiter.wait_success(limit);
+    out
+}
+
+/// The child process: waits for the lock each time it is told to, stamps
+/// `CLOCK_MONOTONIC` where the wait returns, says so, and releases.
+fn waiter_process() {
+    let url = std::env::var(URL_VAR).expect("the server's URL");
+    let rt = runtime();
+    rt.block_on(async {
+        let raw = raw_client(&url).await;
+        let lock = raw.prepare("SELECT pg_advisory_lock($1)").await.unwrap();
+        let unlock = raw.prepare("SELECT pg_advisory_unlock($1)").await.unwrap();
+        let fenced = PgLocks::connect(&url).await.unwrap();
+        let plain = PgLocks::connect_with(&url, PgOptions::default().fencing(false))
+            .await
+            .unwrap();
+        let timeout = Duration::from_secs(10);
+        let mut orders = child::orders();
+        child::say("ready");
+        while let Some(order) = orders.recv().await {
+            match order.as_str() {
+                "raw" => {
+                    raw.query_one(&lock, &[&XP_KEY]).await.unwrap();
+                    child::say(&format!("got {}", child::monotonic_ns()));
+                    let _: bool = raw.query_one(&unlock, &[&XP_KEY]).await.unwrap().get(0);
+                }
+                "fenced" | "plain" => {
+                    let locks = if order == "fenced" { &fenced } else { &plain };
+                    let g = locks.acquire(XP_NAME, timeout).await.unwrap();
+                    child::say(&format!("got {}", child::monotonic_ns()));
+                    g.release().await.unwrap();
+                }
+                _ => break,
+            }
+            child::say("released");
+        }
     });
 }
 
@@ -156,12 +295,13 @@ fn env_or(var: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn raw_client(url: &str) -> Client {
-    let (client, conn) = tokio_postgres::connect(url, NoTls).await.unwrap();
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    client
+/// The runtime of the bench and of its child process.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn per_op(start: Instant, ops: usize) -> f64 {

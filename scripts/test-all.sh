@@ -7,7 +7,7 @@
 # the tests make their CA and certificates themselves (rcgen, no openssl).
 # The Sentinel tests run `redis-server <config> --sentinel`: Debian's
 # redis-server can; where it cannot, the redis-sentinel package is installed.
-# Installs postgresql (Debian) when initdb is missing.
+# Installs postgresql (Debian) when initdb is missing, pgbouncer when it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,6 +49,12 @@ fi
 if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   echo "initdb not found; installing it (Debian package postgresql)"
   apt_install postgresql
+fi
+# tests/postgres_pgbouncer.rs runs a private PgBouncer (as the postgres user
+# under root) in front of a private server.
+if ! command -v pgbouncer >/dev/null 2>&1 && [ ! -x /usr/sbin/pgbouncer ]; then
+  echo "pgbouncer not found; installing it (Debian package pgbouncer)"
+  apt_install pgbouncer
 fi
 
 echo "== cargo test (all features)"

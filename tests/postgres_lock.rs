@@ -312,3 +312,42 @@ async fn a_transaction_lock_lasts_as_long_as_the_callers_transaction() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_granted_after_a_wait_takes_the_next_fencing_token_in_the_same_round_trip() {
+    let server = tokio::task::spawn_blocking(PgServer::start).await.unwrap();
+    let a = client(&server).await;
+    let b = client(&server).await;
+    let admin = bounded(server.admin()).await;
+    // The name is written into the wait's query text: quotes, backslashes
+    // and dollar tags must stay inside it.
+    for name in ["plain", "it's a \\ $ly$ name $lyx$ '); DROP TABLE x; --$"] {
+        let held = bounded(a.try_acquire(name)).await.unwrap();
+        let first = held.fencing_token().expect("fencing is on");
+        let (b2, n) = (b.clone(), name.to_owned());
+        let waiter = tokio::spawn(async move { b2.acquire(&n, Duration::from_secs(10)).await });
+        lockyard_testkit::eventually("the waiter blocks in the server", || async {
+            let row = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted",
+                    &[],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0) == 1
+        })
+        .await;
+        bounded(held.release()).await.unwrap();
+        let granted = bounded(waiter).await.unwrap().unwrap();
+        assert_eq!(granted.fencing_token(), Some(first + 1), "{name:?}");
+        let recorded: String = bounded(admin.query_one(
+            "SELECT name FROM public.lockyard_fence WHERE key = $1",
+            &[&granted.key().to_string()],
+        ))
+        .await
+        .unwrap()
+        .get(0);
+        assert_eq!(recorded, name);
+        bounded(granted.release()).await.unwrap();
+    }
+}

@@ -173,9 +173,16 @@ pub async fn dropped_guard_releases(a: Arc<dyn Lock>, b: Arc<dyn Lock>) {
 /// `$backend`, each on fresh views from `$views` (an
 /// `async fn(&str) -> (Keep, Arc<dyn Lock>, Arc<dyn Lock>)` in scope where
 /// the macro is used).
+///
+/// With `cancel_unsafe = f`, `f()` (an `Option<String>`) says why the
+/// cancellation storm must not run here (a server or proxy known to crash
+/// on cancel requests); the check then says so and passes.
 #[macro_export]
 macro_rules! conformance_tests {
     ($backend:ident, $views:expr) => {
+        $crate::conformance_tests!($backend, $views, cancel_unsafe = || None::<String>);
+    };
+    ($backend:ident, $views:expr, cancel_unsafe = $cancel_unsafe:expr) => {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
@@ -200,6 +207,10 @@ macro_rules! conformance_tests {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn cancel_at_random_moments_leaks_nothing() {
+                if let Some(why) = ($cancel_unsafe)() {
+                    eprintln!("cancellation storm skipped: {why}");
+                    return;
+                }
                 let (_keep, a, b) = ($views)("cancel").await;
                 $crate::conformance::cancel_at_random_moments_leaks_nothing(a, b).await;
             }

@@ -5,6 +5,7 @@
 //!   ports (never the machine's own 6379), killed on drop;
 //! - [`postgres`]: private Postgres servers (`initdb`, `pg_ctl`) on free
 //!   loopback ports (never 5432), run as the `postgres` user under root;
+//! - [`pgbouncer`]: a private PgBouncer in front of one, in a pool mode;
 //! - [`proxy`]: the loopback fault proxy (hold a request, hold replies,
 //!   delay, drop one direction, cut);
 //! - [`child`]: one child-process harness (this test binary re-executed in
@@ -33,6 +34,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod counter;
 pub mod floor;
+pub mod pgbouncer;
 pub mod postgres;
 pub mod proxy;
 pub mod redis;

@@ -269,6 +269,22 @@ impl Drop for PgServer {
     }
 }
 
+/// A plain tokio-postgres client of `url` (no TLS), its connection task
+/// spawned on the current runtime: for a test's or a bench's own queries.
+///
+/// # Panics
+///
+/// If it cannot connect.
+pub async fn client(url: &str) -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap_or_else(|e| panic!("connect to {url}: {e}"));
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    client
+}
+
 /// The directory holding `initdb` and `pg_ctl`: the one of `initdb` on
 /// `PATH`, else the newest `/usr/lib/postgresql/*/bin`.
 fn bin_dir() -> PathBuf {
@@ -366,7 +382,7 @@ fn make_template(bin: &Path) -> PathBuf {
 }
 
 /// `program args`, as the `postgres` user when this process is root.
-fn as_postgres(program: &Path, args: &[String]) -> Command {
+pub(crate) fn as_postgres(program: &Path, args: &[String]) -> Command {
     if rustix::process::getuid().is_root() {
         let mut cmd = Command::new("runuser");
         cmd.args(["-u", "postgres", "--"]).arg(program).args(args);
@@ -406,7 +422,7 @@ fn set_mode(path: &Path, mode: u32) {
 
 /// Makes `dir` (and what is in it) the `postgres` user's when this process
 /// is root.
-fn give_to_postgres(dir: &Path) {
+pub(crate) fn give_to_postgres(dir: &Path) {
     if !rustix::process::getuid().is_root() {
         return;
     }

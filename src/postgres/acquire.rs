@@ -17,13 +17,23 @@
 //!    session was not granted the lock: the server can grant it just as
 //!    the timeout fires, and a session lock survives the rollback.
 //! 3. A deadlock the server found (40P01) is an error, never a timeout.
+//! 4. A lock is only ever taken by the session's own backend: every
+//!    statement that may take one checks `pg_backend_pid()` against the
+//!    pid the session learned when it connected, in the same statement and
+//!    before the lock function runs (`CASE` evaluates only the branch it
+//!    takes). A statement run by another backend takes nothing and is
+//!    reported as [`pooled`]: only a pooler in transaction or statement
+//!    pooling moves a connection's statements to other backends, so a
+//!    direct connection never sees it.
 
 use std::time::Duration;
 
 use tokio_postgres::types::Type;
 
 use super::context::PgLocks;
-use super::errors::{bad_reply, is_deadlock, is_lock_timeout, is_missing_table, map_pg, timed_out};
+use super::errors::{
+    bad_reply, is_deadlock, is_lock_timeout, is_missing_table, map_pg, pooled, timed_out,
+};
 use super::hold::{Hold, key_params, params};
 use super::keys::PgKey;
 use super::session::Session;
@@ -184,18 +194,14 @@ async fn wait_hold_once(
         Some(left) if left.is_zero() => return Err(timeout()),
         Some(left) => left.as_millis().clamp(1, i32::MAX as u128),
     };
-    let suffix = if mode == Mode::Shared { "_shared" } else { "" };
-    // The key is integers only: inlined, it makes the wait one simple query
-    // (one round trip). statement_timeout off: the deadline is lock_timeout's.
-    let wait = format!(
-        "BEGIN; SET LOCAL lock_timeout = {ms}; SET LOCAL statement_timeout = 0; \
-         SELECT pg_advisory_lock{suffix}({}); COMMIT",
-        key.sql_args()
-    );
+    // Only on the session's own backend (invariant 4); the pid it ran on
+    // comes back either way, and with fencing the token too.
+    let session_pid = attempt.session()?.pid;
+    let (wait, fenced_inline) = client.inner.sql.wait(mode, key, session_pid, ms, resource);
     let op_timeout = client.options().op_timeout;
     attempt.in_flight = InFlight::Wait;
     let session = attempt.session()?;
-    let sent = session.client.batch_execute(&wait);
+    let sent = session.client.simple_query(&wait);
     let result = match deadline.remaining() {
         Some(left) => match tokio::time::timeout(left + op_timeout, sent).await {
             Ok(r) => r,
@@ -204,7 +210,26 @@ async fn wait_hold_once(
         None => sent.await,
     };
     match result {
-        Ok(()) => {}
+        Ok(replies) => {
+            let mut rows = replies.iter().filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0),
+                _ => None,
+            });
+            let ran_on = rows.next();
+            let token = rows.next();
+            attempt.in_flight = InFlight::Request;
+            if ran_on != Some(session_pid.to_string().as_str()) {
+                return Err(pooled(resource));
+            }
+            if fenced_inline {
+                // No token: the fence write ran on another backend.
+                let token = token.ok_or_else(|| pooled(resource))?;
+                let fence = token.parse::<u64>().map_err(|_| {
+                    bad_reply(resource, "take a fencing token", format!("token {token:?}"))
+                })?;
+                return attempt.into_hold(resource, key, mode, Some(fence));
+            }
+        }
         Err(e) if is_lock_timeout(&e) => {
             attempt.in_flight = InFlight::Request;
             match granted_after_timeout(attempt.session()?, resource, key, op_timeout).await? {
@@ -268,24 +293,35 @@ async fn try_any(
     let keys = keys.to_vec();
     attempt.in_flight = InFlight::Request;
     let session = attempt.session()?;
-    let typed = [(
-        &keys as &(dyn tokio_postgres::types::ToSql + Sync),
-        Type::INT8_ARRAY,
-    )];
-    let look = session.client.query_typed(
-        "SELECT k FROM unnest($1::int8[]) AS u(k) WHERE pg_try_advisory_lock(k) LIMIT 1",
+    let typed = [
+        (
+            &keys as &(dyn tokio_postgres::types::ToSql + Sync),
+            Type::INT8_ARRAY,
+        ),
+        (&session.pid, Type::INT4),
+    ];
+    // Only on the session's own backend (invariant 4).
+    let look = session.client.query_typed_one(
+        "SELECT pg_backend_pid(), (SELECT k FROM unnest($1::int8[]) AS u(k) \
+         WHERE CASE WHEN pg_backend_pid() = $2 THEN pg_try_advisory_lock(k) ELSE false END \
+         LIMIT 1)",
         &typed,
     );
-    let rows = match tokio::time::timeout(limit, look).await {
-        Ok(Ok(rows)) => rows,
+    let row = match tokio::time::timeout(limit, look).await {
+        Ok(Ok(row)) => row,
         Ok(Err(e)) => return Err(map_pg(resource, OP, e)),
         Err(_) => return Err(timed_out(resource, OP, limit)),
     };
-    let Some(row) = rows.first() else {
+    let ran_on: i32 = row.try_get(0).map_err(|e| map_pg(resource, OP, e))?;
+    if ran_on != session.pid {
+        return Err(pooled(resource));
+    }
+    let taken: Option<i64> = row.try_get(1).map_err(|e| map_pg(resource, OP, e))?;
+    let Some(taken) = taken else {
         attempt.in_flight = InFlight::Nothing;
         return Ok(None);
     };
-    let key = PgKey::Single(row.try_get(0).map_err(|e| map_pg(resource, OP, e))?);
+    let key = PgKey::Single(taken);
     let client = attempt.client.clone();
     let fence = fence_after_wait(&client, attempt.session()?, resource, key).await?;
     Ok(Some((key, fence)))
@@ -329,15 +365,23 @@ async fn try_once(
     let limit = attempt.client.options().op_timeout;
     attempt.in_flight = InFlight::Request;
     let session = attempt.session()?;
+    // Only on the session's own backend (invariant 4).
+    typed.push((&session.pid, Type::INT4));
     let row = match tokio::time::timeout(limit, session.query_one(sql, &typed)).await {
         Ok(Ok(row)) => row,
         Ok(Err(e)) => return Err(map_pg(resource, "try the lock", e)),
         Err(_) => return Err(timed_out(resource, "try the lock", limit)),
     };
-    let granted: bool = row
+    let ran_on: i32 = row
+        .try_get(2)
+        .map_err(|e| map_pg(resource, "try the lock", e))?;
+    if ran_on != session.pid {
+        return Err(pooled(resource));
+    }
+    let granted: Option<bool> = row
         .try_get(0)
         .map_err(|e| map_pg(resource, "try the lock", e))?;
-    if !granted {
+    if granted != Some(true) {
         attempt.in_flight = InFlight::Nothing;
         return Ok(None);
     }

@@ -27,6 +27,14 @@ impl PgLocks {
     /// libpq's five `sslmode`s (feature `tls`; without one, `prefer`):
     /// the [module docs](super#tls) say what each checks.
     ///
+    /// Point it at the server itself, or at a pooler in **session**
+    /// pooling. PgBouncer in transaction or statement pooling cannot hold
+    /// session locks (each transaction may run on another server session);
+    /// an acquisition that finds its statement run by another backend than
+    /// the connection's takes nothing and fails with
+    /// [`LockError::Unsupported`] (see the [module docs](super) for what is
+    /// detected and when).
+    ///
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), lockyard::LockError> {
@@ -175,6 +183,9 @@ impl PgLocks {
     /// - [`LockError::Unavailable`] if the server cannot be reached, or a
     ///   request other than the wait took longer than `op_timeout`.
     /// - [`LockError::InvalidName`] for a name the key mode refuses.
+    /// - [`LockError::Unsupported`] if a pooler in transaction or statement
+    ///   pooling ran the request on another server session than the
+    ///   connection's (nothing is taken); see [`connect`](Self::connect).
     ///
     /// # Cancel safety
     ///

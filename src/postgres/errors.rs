@@ -1,5 +1,6 @@
 //! tokio-postgres errors as [`LockError`]s: outage ([`LockError::Unavailable`])
-//! kept apart from refusal ([`LockError::Backend`]).
+//! kept apart from refusal ([`LockError::Backend`]), and a pooler that
+//! cannot hold session locks ([`LockError::Unsupported`], [`pooled`]).
 
 use tokio_postgres::error::SqlState;
 
@@ -11,6 +12,20 @@ use crate::error::LockError;
 /// other server error (authentication, permissions, a deadlock) is
 /// [`LockError::Backend`].
 pub(crate) fn map_pg(resource: &str, op: &'static str, e: tokio_postgres::Error) -> LockError {
+    // A prepared statement of this connection missing (26000), or one of
+    // another client's already there (42P05): only a pooler handing our
+    // statements to other server sessions does that.
+    // PgBouncer itself refusing what its pool mode cannot do ("transaction
+    // blocks not allowed in statement pooling mode", 08P01).
+    let pooler_refused = e.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::PROTOCOL_VIOLATION && db.message().contains("pooling mode")
+    });
+    if pooler_refused
+        || e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
+        || e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT)
+    {
+        return pooled(resource);
+    }
     let outage = match e.code() {
         None => true,
         Some(code) => {
@@ -30,6 +45,21 @@ pub(crate) fn map_pg(resource: &str, op: &'static str, e: tokio_postgres::Error)
             op,
             source: Box::new(e),
         }
+    }
+}
+
+/// What a session lock cannot be taken through.
+pub(crate) const POOLED: &str = "a session advisory lock through a connection pooler in \
+     transaction or statement pooling (PgBouncer `pool_mode = transaction` or `statement`: each \
+     transaction may run on another server session, which keeps the lock after we move on; \
+     connect to Postgres directly, or through session pooling)";
+
+/// A statement of one of our sessions ran on another server backend than
+/// the session's own: a pooler in transaction or statement pooling.
+pub(crate) fn pooled(resource: &str) -> LockError {
+    LockError::Unsupported {
+        resource: resource.to_owned(),
+        what: POOLED,
     }
 }
 

@@ -62,8 +62,29 @@
 //!   [`fencing_token`](PgLockGuard::fencing_token) is `None`).
 //! - **PgBouncer** in transaction (or statement) pooling hands each
 //!   transaction another server session: a session lock taken through it
-//!   is held by a session other clients then use. Connect straight to the
-//!   server, or through session pooling.
+//!   is held by a server session other clients then use (advisory locks are
+//!   reentrant, so they are granted it too). Connect straight to the
+//!   server, or through session pooling (which passes the conformance
+//!   suite). What is detected: each connection learns its backend's pid
+//!   when it opens, and every statement that takes a lock runs only if
+//!   `pg_backend_pid()` is still that one (checked in the same statement,
+//!   before the lock function); a statement run by another backend takes
+//!   nothing and fails with [`LockError::Unsupported`](crate::LockError::Unsupported)
+//!   naming PgBouncer and what to do, as does a prepared statement that
+//!   vanished or collided (SQLSTATE 26000, 42P05), which only a pooler
+//!   causes, and PgBouncer refusing the wait's transaction in statement
+//!   pooling (08P01). While a lock is held, a keepalive probe answered by another
+//!   backend fires `lost`. A direct connection keeps one backend for life,
+//!   so it never sees either. The limit: a pooler that happens to run
+//!   every statement on the connection's first backend (a client alone on
+//!   the pool) cannot be told apart from a direct connection until the
+//!   backend moves; the probe notices that within one keepalive interval
+//!   of the next probe, not at once.
+//! - **PgBouncer before 1.19.1** (1.18.0 is Debian 12's) crashes when a
+//!   client cancels a query through it the way tokio-postgres does (half
+//!   closing the cancel connection; pgbouncer/pgbouncer#846). lockyard
+//!   sends such a cancel when an acquisition is dropped while the server
+//!   waits for the lock: behind session pooling, use 1.19.1 or later.
 //!
 //! # How it works
 //!
@@ -75,7 +96,9 @@
 //! - **Waiting is the server's**: a `pg_try_advisory_lock` first (one round
 //!   trip when free, the fence write in the same statement); if held, one
 //!   `pg_advisory_lock` in a transaction under `SET LOCAL lock_timeout`,
-//!   so the server wakes the waiter when the holder unlocks. A
+//!   so the server wakes the waiter when the holder unlocks, and the fence
+//!   write after its `COMMIT` in the same simple query (one round trip;
+//!   the server skips it if the wait fails). A
 //!   `lock_timeout` error (55P03) is reported as a timeout only after
 //!   `pg_locks` shows the lock was not granted as it fired (a session lock
 //!   survives the rollback); a deadlock (40P01) is an error.

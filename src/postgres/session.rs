@@ -5,7 +5,10 @@
 //! holds a lock (`holding`): a session waiting for a lock must send nothing,
 //! since a probe would queue behind the wait. A probe that fails or goes
 //! unanswered for one interval marks the session closed (so it is never
-//! reused), which fires the lost signal of the lock it holds.
+//! reused), which fires the lost signal of the lock it holds. So does a
+//! probe answered by another backend than the session's: a pooler in
+//! transaction pooling moved the connection, and the backend holding the
+//! lock now serves someone else.
 //!
 //! A session holds at most one advisory lock at a time (see the connection
 //! model in the [module docs](super)); [`Session::scrub`] makes a session
@@ -17,7 +20,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{CancelToken, Client, Config, Row, Statement};
+use tokio_postgres::{CancelToken, Client, Config, Row, SimpleQueryMessage, Statement};
 use tokio_util::sync::CancellationToken;
 
 use super::errors::{map_pg, timed_out};
@@ -81,6 +84,7 @@ impl Session {
             let holding = Arc::new(AtomicBool::new(false));
             tokio::spawn(probe(
                 Arc::downgrade(&client),
+                pid,
                 keepalive,
                 holding.clone(),
                 closed.clone(),
@@ -194,10 +198,12 @@ impl Session {
 }
 
 /// The keepalive probe of one session: every `every`, while the session
-/// holds a lock, `SELECT 1` bounded by `every`; a failure marks the session
-/// closed. Ends with the session (its client dropped) or the connection.
+/// holds a lock, `SELECT pg_backend_pid()` bounded by `every`; a failure,
+/// or an answer from another backend than `pid`, marks the session closed.
+/// Ends with the session (its client dropped) or the connection.
 async fn probe(
     client: Weak<Client>,
+    pid: i32,
     every: Duration,
     holding: Arc<AtomicBool>,
     closed: CancellationToken,
@@ -216,12 +222,24 @@ async fn probe(
         let Some(client) = client.upgrade() else {
             return;
         };
-        let answered = matches!(
-            tokio::time::timeout(every, client.simple_query("SELECT 1")).await,
-            Ok(Ok(_))
-        );
-        if !answered && holding.load(Ordering::Acquire) {
-            tracing::warn!("postgres connection holding a lock failed its keepalive probe: lost");
+        let answer = tokio::time::timeout(every, client.simple_query("SELECT pg_backend_pid()"));
+        let ran_on = match answer.await {
+            Ok(Ok(replies)) => replies.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(row) => row.get(0).and_then(|p| p.parse::<i32>().ok()),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if ran_on != Some(pid) && holding.load(Ordering::Acquire) {
+            match ran_on {
+                Some(other) => tracing::warn!(
+                    "postgres connection holding a lock (backend {pid}) had its keepalive probe \
+                     answered by backend {other}: a pooler in transaction pooling; lost"
+                ),
+                None => tracing::warn!(
+                    "postgres connection holding a lock failed its keepalive probe: lost"
+                ),
+            }
             closed.cancel();
             return;
         }
