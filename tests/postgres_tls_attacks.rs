@@ -324,6 +324,25 @@ async fn a_percent_encoded_sslmode_key_is_not_downgraded_to_prefer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_url_after_leading_whitespace_keeps_its_sslmode() {
+    // Found by the fuzz target pg_url: with leading whitespace the string
+    // is key-value to both parsers, whose one key is `postgres://…?sslmode`;
+    // rebuilt without the whitespace it became a URL with sslmode=require,
+    // which the default `prefer` overrode.
+    let fake = Fake::start(Answer::Refuse).await;
+    for lead in [" ", "\t", "\u{c}"] {
+        let url = format!("{lead}{}", fake.url("sslmode=require"));
+        let err = must_fail(&url, opts()).await;
+        assert!(
+            matches!(err, LockError::InvalidArgument { .. })
+                || tls_problem(&err) == Some(TlsProblem::ServerIsPlain),
+            "{url:?}: {err:?}"
+        );
+    }
+    assert_never_plain(&fake, "a URL after whitespace").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_question_mark_in_the_password_does_not_hide_sslmode() {
     // tokio-postgres takes the credentials up to the first `@`, so the
     // query starts at the `?` after the host: sslmode=require is its.

@@ -255,6 +255,11 @@ fn take_from_key_values(s: &str) -> (String, Vec<String>) {
             out.push_str(&s[start..end]);
         }
     }
+    // A key-value string whose first key now looks like a URL (its leading
+    // whitespace or an sslmode before it dropped) would be read as one.
+    if out.starts_with("postgres://") || out.starts_with("postgresql://") {
+        out.insert(0, ' ');
+    }
     (out, found)
 }
 
@@ -672,6 +677,19 @@ mod tests {
             "host=h password=a sslmode=prefer",
         ] {
             check_url(url);
+        }
+    }
+
+    #[test]
+    fn a_key_value_string_stays_one_when_its_sslmode_is_taken() {
+        for kv in [
+            " postgres://h/db?sslmode=require",
+            "sslmode=verify-full postgres://h/db?sslmode=disable",
+            "\u{c}\u{c}postgres://postgres://@h/db?ire&sslmode=dil@h/d\u{c}%\0\u{c}\0c\u{4}l:n?%6do",
+        ] {
+            check_url(kv);
+            let (rest, _) = take_sslmode(kv).unwrap();
+            assert!(rest.starts_with(' '), "{rest:?}");
         }
     }
 
