@@ -461,11 +461,6 @@ pub(crate) mod model_clock {
             self.0.slept.fetch_add(ms, Ordering::SeqCst);
         }
 
-        /// `ms` on the monotonic clock.
-        pub(crate) fn at(&self, ms: u64) -> Instant {
-            self.0.base + Duration::from_millis(ms)
-        }
-
         /// Real time (what a server's TTL counts) in ms: the boot clock.
         pub(crate) fn real_ms(&self) -> u64 {
             self.0.mono.load(Ordering::SeqCst) + self.0.slept.load(Ordering::SeqCst)
