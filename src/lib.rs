@@ -196,6 +196,14 @@ pub mod __fuzz {
             assert_eq!(again.as_ref(), Ok(&owner), "round trip changed {text:?}");
         }
     }
+
+    /// Takes `sslmode` out of the UTF-8 (lossy) of `data` as a Postgres
+    /// URL or key-value string: what is left must set no `sslmode` that
+    /// tokio-postgres reads and lockyard missed.
+    #[cfg(feature = "postgres")]
+    pub fn pg_url(data: &[u8]) {
+        crate::postgres::fuzz::check_url(&String::from_utf8_lossy(data));
+    }
 }
 
 // ---- redis (issue 4) ----

@@ -33,6 +33,12 @@ fn owner_parse_corpus() {
     replay("owner_parse", lockyard::__fuzz::owner_parse);
 }
 
+#[cfg(feature = "postgres")]
+#[test]
+fn pg_url_corpus() {
+    replay("pg_url", lockyard::__fuzz::pg_url);
+}
+
 /// A few thousand pseudo-random inputs derived from the seeds (bit flips,
 /// truncations, splices), standing in for a short fuzzing run.
 #[test]
@@ -42,6 +48,8 @@ fn mutated_seeds() {
     for (target, check) in [
         ("name_mapping", lockyard::__fuzz::name_mapping as fn(&[u8])),
         ("owner_parse", lockyard::__fuzz::owner_parse),
+        #[cfg(feature = "postgres")]
+        ("pg_url", lockyard::__fuzz::pg_url),
     ] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("fuzz/corpus")

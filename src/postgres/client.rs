@@ -14,7 +14,7 @@ use super::listing::{self, PgLockInfo};
 use super::lock::PgLock;
 use super::options::PgOptions;
 use super::session::Session;
-use super::tls::{connector, take_sslmode};
+use super::tls::{connector, parse_url};
 use crate::error::LockError;
 use crate::options::AcquireOptions;
 
@@ -95,12 +95,9 @@ impl PgLocks {
     /// Cancel safe.
     pub async fn connect_with(url: &str, options: PgOptions) -> Result<Self, LockError> {
         options.validate()?;
-        // tokio-postgres knows three sslmodes; take libpq's five out first.
-        let (url, sslmode) = take_sslmode(url)?;
-        let mut config: Config = url.parse().map_err(|e| LockError::InvalidArgument {
-            what: "postgres URL",
-            reason: format!("{e}"),
-        })?;
+        // tokio-postgres knows three sslmodes; libpq's five are taken out
+        // first.
+        let (mut config, sslmode) = parse_url(url)?;
         let server = server_of(&config);
         let (ssl_mode, tls) = connector(sslmode, &options.tls, &server)?;
         config.ssl_mode(ssl_mode);

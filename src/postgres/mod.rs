@@ -141,7 +141,9 @@
 //! host, a client certificate refused or missing, a server without TLS
 //! (`require`) or one that requires it (`disable`). SCRAM authentication
 //! over TLS binds the channel (`tls-server-end-point`), so
-//! `channel_binding=require` works. Without the feature, `prefer` is
+//! `channel_binding=require` works. An `sslmode` given twice, or spelled
+//! so that tokio-postgres would read it and lockyard not, is refused.
+//! Without the feature, `prefer` is
 //! plain text and the other TLS modes are refused
 //! ([`TlsProblem::NotEnabled`](crate::TlsProblem::NotEnabled)).
 
@@ -161,6 +163,11 @@ mod session;
 mod sql;
 mod tls;
 mod xact;
+
+#[doc(hidden)]
+pub(crate) mod fuzz {
+    pub(crate) use super::tls::check_url;
+}
 
 pub use context::PgLocks;
 pub use guard::PgLockGuard;

@@ -44,12 +44,20 @@ impl SslChoice {
             "verify-ca" => Self::VerifyCa,
             "verify-full" => Self::VerifyFull,
             other => {
+                // Shown only if it looks like a mode: a mistyped string may
+                // have swallowed the next parameter (`sslmode= password=…`).
+                let looks_like_a_mode = other.len() <= 16
+                    && other.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+                let shown = if looks_like_a_mode {
+                    format!("sslmode={other}")
+                } else {
+                    "sslmode (its value not shown)".to_owned()
+                };
                 return Err(LockError::InvalidArgument {
                     what: "postgres URL",
                     reason: format!(
-                        "sslmode={}: lockyard knows disable, prefer, require, verify-ca and \
-                         verify-full",
-                        crate::text::Escaped(other)
+                        "{shown}: lockyard knows disable, prefer, require, verify-ca and \
+                         verify-full"
                     ),
                 });
             }
@@ -83,20 +91,67 @@ pub(crate) fn take_sslmode(url: &str) -> Result<(String, Option<SslChoice>), Loc
     } else {
         take_from_key_values(url)
     };
-    let choice = found.map(|v| SslChoice::parse(&v)).transpose()?;
+    let choice = match found.as_slice() {
+        [] => None,
+        [one] => Some(SslChoice::parse(one)?),
+        _ => {
+            // libpq lets the last one win; a URL that both asks for a
+            // verified connection and turns TLS off is more likely a
+            // mistake (a default appended) than a wish.
+            return Err(LockError::InvalidArgument {
+                what: "postgres URL",
+                reason: "sslmode is given more than once; give it once".to_owned(),
+            });
+        }
+    };
     Ok((rest, choice))
 }
 
-fn take_from_query(url: &str) -> (String, Option<String>) {
-    let Some((base, query)) = url.split_once('?') else {
-        return (url.to_owned(), None);
+/// `url` parsed by tokio-postgres with its `sslmode` taken out first, and
+/// that `sslmode`.
+///
+/// # Errors
+///
+/// [`LockError::InvalidArgument`] for a URL tokio-postgres cannot parse,
+/// an `sslmode` [`take_sslmode`] refuses, or one tokio-postgres read but
+/// [`take_sslmode`] did not see (a spelling the two read differently):
+/// it would otherwise be overridden by the default, `prefer`.
+pub(crate) fn parse_url(
+    url: &str,
+) -> Result<(tokio_postgres::Config, Option<SslChoice>), LockError> {
+    let (url, sslmode) = take_sslmode(url)?;
+    let config: tokio_postgres::Config = url.parse().map_err(|e| LockError::InvalidArgument {
+        what: "postgres URL",
+        reason: format!("{e}"),
+    })?;
+    if config.get_ssl_mode() != SslMode::Prefer {
+        return Err(LockError::InvalidArgument {
+            what: "postgres URL",
+            reason: "sslmode is spelled in a way lockyard does not read (percent-encoded, or \
+                     in a URL whose user name or password has an unencoded `?` or `@`): \
+                     write it as `sslmode=…`"
+                .to_owned(),
+        });
+    }
+    Ok((config, sslmode))
+}
+
+/// The query's `sslmode` values, the query being where tokio-postgres
+/// finds it: after the credentials (which end at the first `@`, whatever
+/// follows), at the next `?`; keys are percent-decoded, as it does.
+fn take_from_query(url: &str) -> (String, Vec<String>) {
+    let after_credentials = url.find('@').map_or(0, |at| at + 1);
+    let Some(mark) = url[after_credentials..].find('?') else {
+        return (url.to_owned(), Vec::new());
     };
-    let mut found = None;
+    let (base, query) = url.split_at(after_credentials + mark);
+    let query = &query[1..];
+    let mut found = Vec::new();
     let kept: Vec<&str> = query
         .split('&')
         .filter(|pair| match pair.split_once('=') {
-            Some(("sslmode", value)) => {
-                found = Some(value.to_owned());
+            Some((key, value)) if percent_decoded(key) == "sslmode" => {
+                found.push(percent_decoded(value));
                 false
             }
             _ => true,
@@ -109,11 +164,35 @@ fn take_from_query(url: &str) -> (String, Option<String>) {
     }
 }
 
-/// Walks `key = value` pairs as libpq writes them (values unquoted, or in
-/// single quotes with backslash escapes) and drops `sslmode`.
-fn take_from_key_values(s: &str) -> (String, Option<String>) {
+/// `s` with its `%XX` escapes decoded (lossily, as UTF-8).
+fn percent_decoded(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        if bytes[i] == b'%'
+            && let (Some(hi), Some(lo)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            )
+        {
+            // Two hex digits: at most 0xff.
+            out.push((hi * 16 + lo) as u8);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Walks `key = value` pairs as libpq writes them (backslash escapes in
+/// values unquoted or in single quotes) and drops `sslmode`.
+fn take_from_key_values(s: &str) -> (String, Vec<String>) {
     let mut out = String::with_capacity(s.len());
-    let mut found = None;
+    let mut found = Vec::new();
     let mut chars = s.char_indices().peekable();
     while let Some(&(start, c)) = chars.peek() {
         if c.is_whitespace() {
@@ -156,19 +235,30 @@ fn take_from_key_values(s: &str) -> (String, Option<String>) {
                 if c.is_whitespace() {
                     break;
                 }
-                value.push(c);
                 chars.next();
+                if c == '\\' {
+                    if let Some((_, e)) = chars.next() {
+                        value.push(e);
+                    }
+                } else {
+                    value.push(c);
+                }
             }
         }
         let end = chars.peek().map_or(s.len(), |&(i, _)| i);
         if key == "sslmode" {
-            found = Some(value);
+            found.push(value);
         } else {
             if !out.is_empty() {
                 out.push(' ');
             }
             out.push_str(&s[start..end]);
         }
+    }
+    // A key-value string whose first key now looks like a URL (its leading
+    // whitespace or an sslmode before it dropped) would be read as one.
+    if out.starts_with("postgres://") || out.starts_with("postgresql://") {
+        out.insert(0, ' ');
     }
     (out, found)
 }
@@ -528,9 +618,88 @@ mod end_point {
     }
 }
 
+/// The fuzz target `pg_url`'s property: taking `sslmode` out of `url`
+/// never panics, and leaves nothing in which tokio-postgres still finds an
+/// `sslmode` (lockyard would override it with `prefer`) or another
+/// `sslmode` to take.
+///
+/// # Panics
+///
+/// When the property is broken.
+pub(crate) fn check_url(url: &str) {
+    let _ = parse_url(url);
+    let Ok((rest, _)) = take_sslmode(url) else {
+        return;
+    };
+    if let Ok(config) = rest.parse::<tokio_postgres::Config>() {
+        assert_eq!(
+            config.get_ssl_mode(),
+            SslMode::Prefer,
+            "{url:?} left {rest:?}, where tokio-postgres still reads an sslmode"
+        );
+    }
+    let again = take_sslmode(&rest).map(|(_, mode)| mode);
+    assert!(
+        matches!(again, Ok(None)),
+        "{url:?} left {rest:?}, which has an sslmode again: {again:?}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sslmode_is_found_where_tokio_postgres_finds_it() {
+        // A `?` in the password: the query starts after the host.
+        let (rest, mode) = take_sslmode("postgres://u:a?b@h/db?sslmode=require").unwrap();
+        assert_eq!(
+            (rest.as_str(), mode),
+            ("postgres://u:a?b@h/db", Some(SslChoice::Require))
+        );
+        // Percent-encoded keys and values.
+        let (_, mode) = take_sslmode("postgres://h/db?ssl%6dode=%72equire").unwrap();
+        assert_eq!(mode, Some(SslChoice::Require));
+        // An escaped space in an unquoted key-value: one value.
+        let (rest, mode) = take_sslmode("password=a\\ sslmode=disable user=u").unwrap();
+        assert_eq!(
+            (rest.as_str(), mode),
+            ("password=a\\ sslmode=disable user=u", None)
+        );
+        // Twice: refused.
+        assert!(take_sslmode("postgres://h/?sslmode=require&sslmode=disable").is_err());
+        assert!(take_sslmode("sslmode=require sslmode=require").is_err());
+        // Whatever tokio-postgres would still read is refused.
+        let (_, mode) = parse_url("postgres://h/db?ssl%6dode=require&application_name=x").unwrap();
+        assert_eq!(mode, Some(SslChoice::Require));
+        for url in [
+            "postgres://h/db?a=1&ssl%2564ode=disable",
+            "host=h password=a sslmode=prefer",
+        ] {
+            check_url(url);
+        }
+    }
+
+    #[test]
+    fn a_key_value_string_stays_one_when_its_sslmode_is_taken() {
+        for kv in [
+            " postgres://h/db?sslmode=require",
+            "sslmode=verify-full postgres://h/db?sslmode=disable",
+            "\u{c}\u{c}postgres://postgres://@h/db?ire&sslmode=dil@h/d\u{c}%\0\u{c}\0c\u{4}l:n?%6do",
+        ] {
+            check_url(kv);
+            let (rest, _) = take_sslmode(kv).unwrap();
+            assert!(rest.starts_with(' '), "{rest:?}");
+        }
+    }
+
+    #[test]
+    fn an_unknown_sslmode_is_shown_only_if_it_looks_like_one() {
+        let err = take_sslmode("postgres://h/?sslmode=allow").unwrap_err();
+        assert!(err.to_string().contains("sslmode=allow"), "{err}");
+        let err = take_sslmode("host=h sslmode= password=hunter2").unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+    }
 
     #[test]
     fn sslmode_is_taken_from_a_url_and_from_key_values() {
