@@ -153,11 +153,13 @@ pub(crate) struct Moment {
 
 impl Moment {
     /// Now, on both clocks.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn now() -> Self {
         clocks()
     }
 
     /// `d` later on both clocks.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn after(self, d: Duration) -> Self {
         Self {
             at: self.at + d,
@@ -167,6 +169,7 @@ impl Moment {
 
     /// The later of the two on each clock (a clock one of them lacks is
     /// not known).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn later(self, other: Self) -> Self {
         Self {
             at: self.at.max(other.at),
@@ -176,6 +179,7 @@ impl Moment {
 
     /// The earlier of the two on each clock (a bound one of them lacks is
     /// the other's).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn earlier(self, other: Self) -> Self {
         Self {
             at: self.at.min(other.at),
@@ -354,6 +358,7 @@ impl LeaseDeadline {
     }
 
     /// The deadline on both clocks.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn end(&self) -> Moment {
         self.lock().end
     }
