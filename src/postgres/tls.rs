@@ -133,6 +133,21 @@ pub(crate) fn parse_url(
                 .to_owned(),
         });
     }
+    // The credentials end at the first `@` (tokio-postgres and libpq read
+    // it so): in `postgres://u:pa@ss@h/db` the host is `ss@h`, which every
+    // error naming the server would show. A host name never holds `@`.
+    let at_in_host = config
+        .get_hosts()
+        .iter()
+        .any(|h| matches!(h, tokio_postgres::config::Host::Tcp(name) if name.contains('@')));
+    if at_in_host {
+        return Err(LockError::InvalidArgument {
+            what: "postgres URL",
+            reason: "its host holds `@`: a user name or password with `@` must be \
+                     percent-encoded (`%40`)"
+                .to_owned(),
+        });
+    }
     Ok((config, sslmode))
 }
 
@@ -648,6 +663,17 @@ pub(crate) fn check_url(url: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unencoded_at_in_the_password_is_refused_without_showing_it() {
+        let err = parse_url("postgres://u:pa@ss@127.0.0.1:5/db").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("%40"), "{text}");
+        assert!(!text.contains("ss@") && !text.contains("pa@"), "{text}");
+        // Percent-encoded, it is a password like any other.
+        let (config, _) = parse_url("postgres://u:pa%40ss@127.0.0.1:5/db").unwrap();
+        assert_eq!(config.get_password(), Some(&b"pa@ss"[..]));
+    }
 
     #[test]
     fn sslmode_is_found_where_tokio_postgres_finds_it() {
