@@ -11,11 +11,9 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::lost::Moment;
-
 use crate::error::LockError;
 use crate::lease::LeaseHold;
-use crate::lost::Lost;
+use crate::lost::{Lost, Moment};
 use crate::options::Mode;
 use crate::redis::acquire::waiting::ScriptCall;
 use crate::redis::context::ops;

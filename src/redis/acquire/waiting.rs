@@ -28,9 +28,8 @@ use std::time::Duration;
 
 use redis::{Script, Value};
 
-use crate::lost::Moment;
-
 use crate::error::LockError;
+use crate::lost::Moment;
 use crate::options::Deadline;
 use crate::owner::Owner;
 use crate::redis::conn::cluster::slot_of;

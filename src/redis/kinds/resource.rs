@@ -28,9 +28,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::lost::Moment;
-
 use crate::error::LockError;
+use crate::lost::Moment;
 use crate::options::{Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};

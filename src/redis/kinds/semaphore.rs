@@ -9,12 +9,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::lost::Moment;
-
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lease::lease_guard;
 use crate::lock::Lock;
+use crate::lost::Moment;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};

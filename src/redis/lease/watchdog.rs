@@ -45,8 +45,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::error::LockError;
 use crate::lease::validity::{RequestId, Validity};
-use crate::lost::Lost;
-use crate::lost::{LeaseDeadline, Moment};
+use crate::lost::{LeaseDeadline, Lost, Moment};
 use crate::redis::conn::cluster::{Cluster, Node, is_redirect, redirect_target};
 use crate::redis::conn::link::Conn;
 use crate::redis::conn::pool::Connections;

@@ -12,11 +12,10 @@ use async_trait::async_trait;
 use futures::future::join_all;
 use tokio::time::Instant;
 
-use crate::lost::Moment;
-
 use crate::error::LockError;
 use crate::guard::LockGuard;
 use crate::lock::Lock;
+use crate::lost::Moment;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::redis::conn::pool::Conn;
 use crate::redis::context::ops::PlainLock;

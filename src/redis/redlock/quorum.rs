@@ -13,7 +13,6 @@
 
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
-
 use std::time::Duration;
 
 use tokio::time::Instant;
