@@ -159,6 +159,36 @@ impl RedisServer {
         command_on(self.port, self.tls.as_ref(), args)
     }
 
+    /// Sends `commands` in order on one connection (a `WAIT` among them
+    /// counts the writes before it) and returns their replies, each as
+    /// [`command`](Self::command) renders it (flat replies only).
+    ///
+    /// On a TLS server, `redis-cli --tls` reads them from its input: its
+    /// output lines, one per flat reply, as it prints them.
+    pub fn commands(&self, commands: &[&[&str]]) -> Vec<String> {
+        if let Some(tls) = &self.tls {
+            let input: String = commands.iter().map(|c| c.join(" ") + "\n").collect();
+            return cli_lines(self.port, tls, &input);
+        }
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect to test redis");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut req = String::new();
+        for args in commands {
+            req.push_str(&format!("*{}\r\n", args.len()));
+            for a in *args {
+                req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+            }
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut r = BufReader::new(s);
+        (0..commands.len())
+            .map(|_| {
+                let line = read_line(&mut r);
+                read_value(&mut r, line)
+            })
+            .collect()
+    }
+
     /// Sends `READONLY` and then `args` on one connection (a Cluster
     /// replica answers reads only after `READONLY`); returns the reply to
     /// `args` as [`command`](Self::command) does (flat replies only).
@@ -178,39 +208,32 @@ impl RedisServer {
         read_value(&mut r, line)
     }
 
-    /// Whether this server (a master) streams its writes to `replica` now:
-    /// writes a probe key, then waits (up to 300 ms) for the replica to have
-    /// read up to the master's offset after it. A replica can show as
-    /// connected, even `state=online` with its link up, while the master
-    /// still holds its stream back (seen: a `WAIT` then timed out with the
-    /// replica stuck at the offset of its full sync); only data arriving
-    /// proves it flows. Poll it until it says so.
+    /// Whether this server (a master) streams its writes to `replica` now,
+    /// so that a `WAIT` counts it: the replica has loaded the master's
+    /// snapshot (its link is up), and then a write made on the master is
+    /// confirmed by `WAIT 1` within 300 ms. Poll it until it says so.
+    ///
+    /// Neither the replica's view nor the master's `INFO` tells: a master
+    /// holds a replica's stream back until the replica's first
+    /// acknowledgement after the snapshot, and sets aside one that arrives
+    /// before it reaped the snapshot's child (it reaps on its cron tick);
+    /// the stream then waits for the replica's next (once a second), while
+    /// the replica shows its link up at the snapshot's offset and the
+    /// master shows it `state=online`. Seen in CI: a `WAIT` right after
+    /// then timed out. Only a write made after the replica loaded the
+    /// snapshot, and confirmed, proves the stream flows.
     pub fn replicates_to(&self, replica: &RedisServer) -> bool {
-        let offset = |text: &str, field: &str| -> Option<i64> {
-            text.lines()
-                .find_map(|l| l.strip_prefix(field))
-                .and_then(|v| v.trim().parse().ok())
-        };
-        self.command(&["INCR", "lockyard-testkit:replication-probe"]);
-        let Some(target) = offset(
-            &self.command(&["INFO", "replication"]),
-            "master_repl_offset:",
-        ) else {
+        let loaded = replica.command(&["INFO", "replication"]);
+        if !loaded.contains("master_link_status:up") {
             return false;
-        };
-        let end = Instant::now() + Duration::from_millis(300);
-        loop {
-            let info = replica.command(&["INFO", "replication"]);
-            if info.contains("master_link_status:up")
-                && offset(&info, "slave_repl_offset:").is_some_and(|o| o >= target)
-            {
-                return true;
-            }
-            if Instant::now() > end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(10));
         }
+        let replies = self.commands(&[
+            &["INCR", "lockyard-testkit:replication-probe"],
+            &["WAIT", "1", "300"],
+        ]);
+        replies
+            .last()
+            .is_some_and(|n| n.trim_start_matches(':').trim() == "1")
     }
 
     /// Whether the server answers `PING` now.
@@ -345,6 +368,37 @@ fn cli_command(port: u16, tls: &ServerTls, args: &[&str]) -> String {
             if text == "OK" { "+OK".to_owned() } else { text }
         }
         Err(e) => format!("-ERR redis-cli: {e}"),
+    }
+}
+
+/// Commands read by `redis-cli --tls` from `input`, one per line, bounded
+/// by `timeout(1)`: its output lines.
+fn cli_lines(port: u16, tls: &ServerTls, input: &str) -> Vec<String> {
+    let child = Command::new("timeout")
+        .args([
+            "10",
+            "redis-cli",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .args(tls.cli_args())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn();
+    let out = child.and_then(|mut child| {
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes())?;
+        }
+        child.wait_with_output()
+    });
+    match out {
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        Err(e) => vec![format!("-ERR redis-cli: {e}")],
     }
 }
 
