@@ -389,29 +389,8 @@ impl RedisLocks {
             None
         };
 
-        // `pool_size` connections for operations, one for the watchdog.
-        let tls_failure = TlsFailure::default();
-        let pool = bb8::Pool::builder()
-            .max_size(opts.pool_size + 1)
-            .test_on_check_out(false)
-            .connection_timeout(opts.connect_timeout)
-            .build_unchecked(Manager::new(
-                Target::Fixed(client.clone()),
-                opts.connect_timeout,
-                opts.request_timeout(),
-                epoch.clone(),
-                tls_failure.clone(),
-            ));
-        let conns = Arc::new(Connections::new(
-            pool,
-            opts.pool_size as usize,
-            epoch,
-            what.clone(),
-            tls_failure,
-        ));
-        if let Some(first) = first {
-            conns.seed(first).await;
-        }
+        let conns =
+            node_connections(Target::Fixed(client.clone()), &opts, epoch, &what, first).await;
         Ok(Self::assemble(
             opts,
             conns,
@@ -474,28 +453,7 @@ impl RedisLocks {
             None
         };
         let target = Target::Sentinel(sentinels.clone());
-        let tls_failure = TlsFailure::default();
-        let pool = bb8::Pool::builder()
-            .max_size(opts.pool_size + 1)
-            .test_on_check_out(false)
-            .connection_timeout(opts.connect_timeout)
-            .build_unchecked(Manager::new(
-                target.clone(),
-                opts.connect_timeout,
-                opts.request_timeout(),
-                epoch.clone(),
-                tls_failure.clone(),
-            ));
-        let conns = Arc::new(Connections::new(
-            pool,
-            opts.pool_size as usize,
-            epoch.clone(),
-            what.clone(),
-            tls_failure,
-        ));
-        if let Some(first) = first {
-            conns.seed(first).await;
-        }
+        let conns = node_connections(target.clone(), &opts, epoch.clone(), &what, first).await;
         let locks = Self::assemble(opts, conns, Source::Node(target), what);
         sentinels.watch(epoch, locks.ctx.inner.shutdown.clone());
         Ok(locks)
@@ -894,6 +852,42 @@ impl RedisLocks {
             lost: c.lost.load(Relaxed),
         }
     }
+}
+
+/// The connections of a client on one server (`target`: fixed, or the
+/// primary the sentinels name): `pool_size` for operations and one for the
+/// watchdog, seeded with `first` (the connection that checked the user's
+/// permissions and loaded the scripts) when there is one.
+async fn node_connections(
+    target: Target,
+    opts: &RedisOptions,
+    epoch: Arc<AtomicU64>,
+    what: &str,
+    first: Option<PoolConn>,
+) -> Arc<Connections> {
+    let tls_failure = TlsFailure::default();
+    let pool = bb8::Pool::builder()
+        .max_size(opts.pool_size + 1)
+        .test_on_check_out(false)
+        .connection_timeout(opts.connect_timeout)
+        .build_unchecked(Manager::new(
+            target,
+            opts.connect_timeout,
+            opts.request_timeout(),
+            epoch.clone(),
+            tls_failure.clone(),
+        ));
+    let conns = Arc::new(Connections::new(
+        pool,
+        opts.pool_size as usize,
+        epoch,
+        what.to_owned(),
+        tls_failure,
+    ));
+    if let Some(first) = first {
+        conns.seed(first).await;
+    }
+    conns
 }
 
 /// How much of the connect timeout is kept for finding out why a first

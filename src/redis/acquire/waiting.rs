@@ -220,9 +220,7 @@ impl Pending {
                         && !deadline.expired() =>
                 {
                     tracing::debug!(resource, error = %e, "primary unreachable (a failover?); waiting on");
-                    let nap = deadline.remaining().map_or(pause, |left| left.min(pause));
-                    tokio::time::sleep(nap).await;
-                    pause = (pause * 2).min(Duration::from_millis(200));
+                    back_off(&mut pause, deadline).await;
                 }
                 r => return r,
             }
@@ -512,20 +510,12 @@ pub(crate) async fn wait_until_granted<T>(
                     && !deadline.expired() =>
             {
                 tracing::debug!(resource = %w.resource, error = %e, "primary unreachable (a failover?); waiting on");
-                let pause = deadline
-                    .remaining()
-                    .map_or(moving_backoff, |left| left.min(moving_backoff));
-                tokio::time::sleep(pause).await;
-                moving_backoff = (moving_backoff * 2).min(Duration::from_millis(200));
+                back_off(&mut moving_backoff, deadline).await;
                 continue;
             }
             Err(e) if is_slot_moving(&e) && !deadline.expired() => {
                 tracing::debug!(resource = %w.resource, error = %e, "slot changing hands; retrying");
-                let pause = deadline
-                    .remaining()
-                    .map_or(moving_backoff, |left| left.min(moving_backoff));
-                tokio::time::sleep(pause).await;
-                moving_backoff = (moving_backoff * 2).min(Duration::from_millis(200));
+                back_off(&mut moving_backoff, deadline).await;
                 continue;
             }
             Err(e) => return Err(pending.name_slot(e, call)),
@@ -683,6 +673,19 @@ pub(crate) async fn local_turn(
             Err(timeout(resource, deadline, holder))
         }
     }
+}
+
+/// Sleeps `pause` (no longer than `deadline` leaves), then doubles it, up
+/// to 200 ms: the wait between tries while a failover or a slot migration
+/// runs, when nothing was granted.
+///
+/// # Cancel safety
+///
+/// Cancel safe: only a sleep (`pause` is doubled after it).
+async fn back_off(pause: &mut Duration, deadline: &Deadline) {
+    let nap = deadline.remaining().map_or(*pause, |left| left.min(*pause));
+    tokio::time::sleep(nap).await;
+    *pause = (*pause * 2).min(Duration::from_millis(200));
 }
 
 #[cfg(test)]
