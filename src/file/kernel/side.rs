@@ -635,9 +635,19 @@ mod loom_models {
         });
     }
 
+    /// The two models below run four threads, one of them polling: at
+    /// three preemptions (CI's bound) each explored for 11 minutes on a
+    /// 2-core machine, half of CI's loom step; at two, 33 seconds. They run
+    /// at `LOOM_MAX_PREEMPTIONS` when it is lower than two, else at two.
+    fn model_four_threads(f: impl Fn() + Send + Sync + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(builder.preemption_bound.map_or(2, |b| b.min(2)));
+        builder.check(f);
+    }
+
     #[test]
     fn loom_a_wanter_gets_the_lock_while_another_leaves() {
-        loom::model(|| {
+        model_four_threads(|| {
             let name = Name::held_by_another_process();
             let release = name.release_elsewhere();
             let other = name.join_and_leave(Mode::Exclusive);
@@ -651,7 +661,7 @@ mod loom_models {
 
     #[test]
     fn loom_a_shared_wanter_left_behind_by_an_exclusive_one_gets_the_lock() {
-        loom::model(|| {
+        model_four_threads(|| {
             let name = Name::held_by_another_process();
             let release = name.release_elsewhere();
             let other = name.join_and_leave(Mode::Exclusive);
