@@ -32,7 +32,7 @@
 //! removes the lease at once, and a renewal reply that arrives later is
 //! ignored.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -56,6 +56,9 @@ pub(crate) const MAX_BATCH: usize = 4096;
 
 /// Shortest delay before retrying a failed renewal.
 const MIN_RETRY: Duration = Duration::from_millis(10);
+
+/// Shortest sleep of a task with no lease to renew.
+const MIN_IDLE: Duration = Duration::from_millis(10);
 
 /// What the watchdog needs to renew one lease.
 ///
@@ -215,9 +218,12 @@ impl Default for Counters {
 }
 
 struct State {
-    entries: HashMap<u64, Entry>,
+    /// By id, which only grows: a new lease goes last, and no key is
+    /// hashed (SipHash on every registration and drop was a visible part
+    /// of an uncontended acquire+release).
+    entries: BTreeMap<u64, Entry>,
     next_id: u64,
-    /// When the task will wake next (`None`: not sleeping on a timer).
+    /// When the task will wake next (`None`: before its first pass).
     wake_at: Option<Instant>,
 }
 
@@ -228,6 +234,11 @@ struct Shared {
     counters: Counters,
     /// `WAIT` for this many replicas, this long, after each pipeline.
     replicas: Option<(u32, Duration)>,
+    /// How long the task sleeps with no lease to renew (see [`run`]).
+    idle: Duration,
+    /// The task's passes, for the tests.
+    #[cfg(test)]
+    passes: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -251,16 +262,20 @@ impl fmt::Debug for Watchdog {
 }
 
 impl Watchdog {
-    /// Starts the task; it stops when `shutdown` is cancelled.
+    /// Starts the task; it stops when `shutdown` is cancelled. `first_due`
+    /// is how long after its acquisition a lease of the client's TTL is
+    /// first renewed: an idle task sleeps that long, so that registering
+    /// such a lease does not wake it (see [`run`]).
     pub(crate) fn start(
         pool: Arc<Connections>,
         op_timeout: Duration,
         replicas: Option<(u32, Duration)>,
+        first_due: Duration,
         shutdown: CancellationToken,
     ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                entries: HashMap::new(),
+                entries: BTreeMap::new(),
                 next_id: 0,
                 wake_at: None,
             }),
@@ -268,6 +283,9 @@ impl Watchdog {
             shutdown,
             counters: Counters::default(),
             replicas,
+            idle: first_due.max(MIN_IDLE),
+            #[cfg(test)]
+            passes: std::sync::atomic::AtomicU64::new(0),
         });
         tokio::spawn(run(shared.clone(), pool, op_timeout));
         Self { shared }
@@ -347,6 +365,12 @@ impl Watchdog {
     /// Number of leases being renewed.
     pub(crate) fn len(&self) -> usize {
         self.shared.lock().entries.len()
+    }
+
+    /// The task's passes so far.
+    #[cfg(test)]
+    pub(crate) fn passes(&self) -> u64 {
+        self.shared.passes.load(Ordering::Relaxed)
     }
 }
 
@@ -557,8 +581,18 @@ fn warn_lost(resource: &str, why: &str) {
 }
 
 /// The watchdog task.
+///
+/// With no lease to renew it sleeps `idle` (the first renewal of a lease of
+/// the client's TTL), not until notified: a lease registered meanwhile is
+/// due no sooner than the task wakes, so registering it does not wake the
+/// task. (Sleeping until notified, every acquire+release of a sequential
+/// loop woke it once: the release emptied the map before the task ran.) A
+/// lease due sooner (a shorter lease, or one acquired before the task
+/// went idle) still wakes it.
 async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) {
     loop {
+        #[cfg(test)]
+        shared.passes.fetch_add(1, Ordering::Relaxed);
         let clocks = Moment::now();
         let now = clocks.at;
         let mut batch: Vec<(u64, Lease, RequestId)> = Vec::new();
@@ -602,7 +636,8 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                     e.declare_lost();
                 }
             }
-            st.wake_at = next;
+            let next = next.unwrap_or(now + shared.idle);
+            st.wake_at = Some(next);
             next
         };
         for chunk in batch.chunks(MAX_BATCH) {
@@ -613,18 +648,13 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                 op_timeout,
             ));
         }
-        let sleep = async {
-            match next {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
+        let sleep = tokio::time::sleep_until(next);
         tokio::select! {
             () = shared.shutdown.cancelled() => {
                 // A lease that can no longer be renewed is lost: its
                 // holder is told now (invariant 3), not left to find out.
-                let entries: Vec<Entry> = shared.lock().entries.drain().map(|(_, e)| e).collect();
-                for e in entries {
+                let entries = std::mem::take(&mut shared.lock().entries);
+                for e in entries.into_values() {
                     if !e.stop.is_cancelled() {
                         warn_lost(&e.lease.resource, "the client was shut down");
                         shared.counters.lost.fetch_add(1, Ordering::Relaxed);
