@@ -347,18 +347,24 @@ pub(crate) fn command_on(port: u16, tls: Option<&ServerTls>, args: &[&str]) -> S
     read_value(&mut r, line)
 }
 
-/// One command through `redis-cli --tls`, bounded by `timeout(1)`.
+/// `redis-cli --tls` for the server on `port`, bounded by `timeout(1)`.
+fn redis_cli(port: u16, tls: &ServerTls) -> Command {
+    let mut cmd = Command::new("timeout");
+    cmd.args([
+        "10",
+        "redis-cli",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ])
+    .args(tls.cli_args());
+    cmd
+}
+
+/// One command through `redis-cli --tls`.
 fn cli_command(port: u16, tls: &ServerTls, args: &[&str]) -> String {
-    let out = Command::new("timeout")
-        .args([
-            "10",
-            "redis-cli",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .args(tls.cli_args())
+    let out = redis_cli(port, tls)
         .args(args)
         .stdin(Stdio::null())
         .output();
@@ -371,19 +377,10 @@ fn cli_command(port: u16, tls: &ServerTls, args: &[&str]) -> String {
     }
 }
 
-/// Commands read by `redis-cli --tls` from `input`, one per line, bounded
-/// by `timeout(1)`: its output lines.
+/// Commands read by `redis-cli --tls` from `input`, one per line: its
+/// output lines.
 fn cli_lines(port: u16, tls: &ServerTls, input: &str) -> Vec<String> {
-    let child = Command::new("timeout")
-        .args([
-            "10",
-            "redis-cli",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .args(tls.cli_args())
+    let child = redis_cli(port, tls)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn();

@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use lockyard_testkit::redis::RedisServer;
+use lockyard_testkit::tls::{ServerTls, TlsFiles};
 
 #[test]
 fn a_write_right_after_replicates_to_is_confirmed_by_wait() {
@@ -64,5 +65,26 @@ impl Drop for StopOnDrop {
         for h in self.1.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+#[test]
+fn commands_run_in_order_on_one_connection_over_tls_too() {
+    let files = TlsFiles::generate();
+    for server in [
+        RedisServer::start(),
+        RedisServer::start_tls(&ServerTls::new(&files)),
+    ] {
+        let tls = server.url().starts_with("rediss://");
+        let replies = server.commands(&[
+            &["SET", "written", "now"],
+            &["GET", "written"],
+            // Counts the writes before it on this connection: none is
+            // confirmed (no replica), and the answer says so at once.
+            &["WAIT", "0", "100"],
+        ]);
+        let ok = if tls { "OK" } else { "+OK" };
+        let zero = if tls { "0" } else { ":0" };
+        assert_eq!(replies, [ok, "now", zero], "tls: {tls}");
     }
 }
