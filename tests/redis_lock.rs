@@ -105,6 +105,43 @@ async fn lock_trait_and_bad_input() {
     assert!(e.is_invalid_input(), "{e}");
 }
 
+/// A server that forgot lockyard's scripts (`SCRIPT FLUSH`, as after a
+/// restart) answers `EVALSHA` with `NOSCRIPT`: every path (the acquire, the
+/// release, a dropped guard's background release, an extend, the
+/// watchdog's renewals) loads the script and sends the call again.
+#[tokio::test]
+async fn every_call_survives_a_script_flush() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_millis(600);
+    let locks = client(&server.url(), ttl).await;
+    let flush = || assert_eq!(server.command(&["SCRIPT", "FLUSH"]), "+OK");
+
+    flush();
+    let g = bounded(locks.acquire("flushed", Duration::from_secs(1)))
+        .await
+        .unwrap();
+    flush();
+    bounded(g.extend(ttl)).await.unwrap();
+    flush();
+    // Past several renewals: the watchdog's pipelined renewals reload too.
+    tokio::time::sleep(ttl * 2).await;
+    assert!(!g.is_lost());
+    assert!(locks.is_locked("flushed").await.unwrap());
+    flush();
+    bounded(g.release()).await.unwrap();
+    assert!(!locks.is_locked("flushed").await.unwrap());
+
+    let g = bounded(locks.try_acquire("flushed")).await.unwrap();
+    flush();
+    drop(g);
+    bounded(async {
+        while locks.is_locked("flushed").await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
 /// A counter updated with a deliberate read-yield-write race: only mutual
 /// exclusion keeps every update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -1104,10 +1104,10 @@ mod tests {
             // The acquire's round trip.
             tokio::task::yield_now().await;
             let lease = Lease {
-                resource: format!("r{i}"),
+                resource: format!("r{i}").into(),
                 script: &scripts::EXTEND,
                 keys: Arc::from(vec![format!("lockyard:{{r{i}}}:lock")]),
-                args: vec!["value".to_owned()],
+                args: Arc::new(["value".into()]),
                 ttl: opts.ttl,
                 lock_delay: Duration::ZERO,
                 interval: opts.renew_interval_for(opts.ttl),

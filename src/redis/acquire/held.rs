@@ -24,7 +24,7 @@ use crate::stats::Held;
 /// A held permit or lock.
 pub(crate) struct Hold {
     client: Context,
-    resource: String,
+    resource: Arc<str>,
     mode: Mode,
     fencing: u64,
     /// The lease's lost signal (its token and its deadline), kept after
@@ -150,12 +150,12 @@ impl Hold {
         self.client.options().check_lease(ttl)?;
         let Some(lease) = &self.lease else {
             return Err(LockError::NotHeld {
-                resource: self.resource.clone(),
+                resource: self.resource.to_string(),
             });
         };
         let ms = ops::ms(self.client.options().server_ttl(ttl));
         let keys: Vec<&str> = self.renew.keys.iter().map(String::as_str).collect();
-        let mut args: Vec<&str> = self.renew.args.iter().map(String::as_str).collect();
+        let mut args: Vec<&str> = self.renew.args.iter().map(AsRef::as_ref).collect();
         args.push(&ms);
         // With `wait_for_replicas`, the extend is confirmed by WAIT as the
         // watchdog's renewals are: applied but not replicated, it bounds the
@@ -244,7 +244,7 @@ impl Hold {
             (true, Some(lost)) => Err(lost),
             (true, None) => Ok(()),
             (false, _) => Err(LockError::NotHeld {
-                resource: self.resource.clone(),
+                resource: self.resource.to_string(),
             }),
         }
     }

@@ -40,6 +40,7 @@ use crate::redis::context::ops::invoke_on;
 use crate::redis::context::queue::LocalTurn;
 use crate::redis::context::{Context, bad_reply};
 use crate::redis::lease::{Expired, retry_after_late_grant};
+use crate::redis::protocol::Args;
 use crate::redis::protocol::token::parse_holder;
 use crate::stats::Acquisition;
 
@@ -127,7 +128,7 @@ pub(crate) struct ScriptCall {
     pub(crate) script: &'static Script,
     /// Shared with every other call on the resource (see `KeySets`).
     pub(crate) keys: Arc<[String]>,
-    pub(crate) args: Vec<String>,
+    pub(crate) args: Args,
 }
 
 impl ScriptCall {
@@ -138,9 +139,7 @@ impl ScriptCall {
         resource: &str,
         op: &'static str,
     ) -> Result<Value, LockError> {
-        let keys: Vec<&str> = self.keys.iter().map(String::as_str).collect();
-        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
-        invoke_on(conn, resource, op, self.script, &keys, &args).await
+        invoke_on(conn, resource, op, self.script, &self.keys, &self.args).await
     }
 }
 
@@ -156,7 +155,7 @@ impl fmt::Debug for ScriptCall {
 /// releases that undo them, run in the background if dropped while armed.
 pub(crate) struct Pending {
     client: Context,
-    resource: String,
+    resource: Arc<str>,
     conn: Conn,
     /// Each a compare-and-delete with the acquisition's value, run in order.
     undo: Vec<ScriptCall>,
@@ -183,7 +182,7 @@ impl Pending {
         let conn = client.conn(resource, "acquire").await?;
         Ok(Self {
             client: client.clone(),
-            resource: resource.to_owned(),
+            resource: resource.into(),
             conn,
             undo,
             armed: false,
@@ -300,7 +299,7 @@ impl Pending {
             tracing::debug!(resource = %self.resource, confirmed, replicas, ?wait, "the replicas did not confirm the grant in time; undone");
             self.undo_now().await;
             return Err(LockError::Unavailable {
-                resource: self.resource.clone(),
+                resource: self.resource.to_string(),
                 op,
                 source: format!(
                     "{confirmed} of {replicas} replicas confirmed the grant within {wait:?}; \

@@ -250,6 +250,24 @@ impl Connections {
         }
     }
 
+    /// A healthy connection at hand without waiting, if there is one (one
+    /// server's slots; `None` on a Cluster, whose connections are found by
+    /// slot).
+    pub(crate) fn ready(&self) -> Option<Conn> {
+        match &self.shape {
+            Shape::Node { slots, next, .. } => {
+                let i = next.fetch_add(1, Ordering::Relaxed) % slots.len();
+                self.usable(
+                    &slots[i]
+                        .current
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner),
+                )
+            }
+            Shape::Cluster(_) => None,
+        }
+    }
+
     /// A connection for an operation on `resource` (errors mapped for
     /// `op`).
     pub(crate) async fn get(&self, resource: &str, op: &'static str) -> Result<Conn, LockError> {

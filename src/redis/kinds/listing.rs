@@ -76,7 +76,7 @@ pub(crate) async fn info(
         "semaphore" => (k.sem, None),
         _ => (k.readers, Some(k.lock)),
     };
-    let live: i64 = invoke_on(conn, name, "list", &COUNT_LIVE, &[&set], &[]).await?;
+    let live: i64 = invoke_on(conn, name, "list", &COUNT_LIVE, &[&set], &[] as &[&str]).await?;
     let mut pipe = redis::pipe();
     // A key holding another program's data fails only its own command.
     pipe.ignore_errors();

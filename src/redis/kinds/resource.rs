@@ -49,6 +49,7 @@ pub(crate) struct Resource {
     pub(crate) client: Context,
     pub(crate) name: String,
     pub(crate) keys: Arc<ResourceKeys>,
+    ttl_args: TtlArgs,
 }
 
 impl Resource {
@@ -61,6 +62,7 @@ impl Resource {
         validate_name(name)?;
         Ok(Self {
             keys: client.resource_keys(name),
+            ttl_args: TtlArgs::new(client),
             client: client.clone(),
             name: name.to_owned(),
         })
@@ -230,7 +232,7 @@ impl Resource {
         mode: Mode,
         ttl: Duration,
         deadline: Option<&Deadline>,
-    ) -> Result<(String, Pending), LockError> {
+    ) -> Result<(Arc<str>, Pending), LockError> {
         let value = token::fresh_value(&self.name, mode)?;
         let undo = self.undo_calls(mode, &value);
         let pending = match deadline {
@@ -245,22 +247,19 @@ impl Resource {
     fn take(
         &self,
         mode: Mode,
-        value: &str,
+        value: &Arc<str>,
         fencing: u64,
         sent_at: Moment,
         ttl: Duration,
     ) -> Result<Hold, Expired> {
-        let renew = match mode {
-            Mode::Shared => ScriptCall {
-                script: &scripts::RENEW_MEMBER,
-                keys: self.keys.sets.shared_renew.clone(),
-                args: vec![value.to_owned()],
-            },
-            _ => ScriptCall {
-                script: &scripts::EXTEND,
-                keys: self.keys.sets.exclusive_renew.clone(),
-                args: vec![value.to_owned()],
-            },
+        let (script, keys) = match mode {
+            Mode::Shared => (&*scripts::RENEW_MEMBER, &self.keys.sets.shared_renew),
+            _ => (&*scripts::EXTEND, &self.keys.sets.exclusive_renew),
+        };
+        let renew = ScriptCall {
+            script,
+            keys: keys.clone(),
+            args: Arc::new([value.clone()]),
         };
         Hold::new(
             &self.client,
@@ -274,48 +273,48 @@ impl Resource {
         )
     }
 
-    /// The TTL a grant sets on the server (the lease and the lock-delay).
-    fn server_ttl(&self, ttl: Duration) -> Duration {
-        self.client.options().server_ttl(ttl)
+    /// The lease argument of an acquire script for `ttl` (the lease and the
+    /// lock-delay, in ms), built once for the client's own TTL.
+    fn ttl_arg(&self, ttl: Duration) -> Arc<str> {
+        if ttl == self.ttl_args.ttl {
+            return self.ttl_args.server_ms.clone();
+        }
+        ops::ms(self.client.options().server_ttl(ttl)).into()
     }
 
-    fn exclusive_call(&self, value: &str, queue: bool, ttl: Duration) -> ScriptCall {
-        let k = &self.keys;
-        let intent = if queue {
-            ops::ms(intent_ttl(ttl))
-        } else {
-            "0".to_owned()
+    fn exclusive_call(&self, value: &Arc<str>, queue: bool, ttl: Duration) -> ScriptCall {
+        let intent = match queue {
+            false => self.ttl_args.no_intent.clone(),
+            true if ttl == self.ttl_args.ttl => self.ttl_args.intent_ms.clone(),
+            true => ops::ms(intent_ttl(ttl)).into(),
         };
         ScriptCall {
             script: &scripts::EXCLUSIVE_ACQUIRE,
-            keys: k.sets.exclusive_acquire.clone(),
-            args: vec![value.to_owned(), ops::ms(self.server_ttl(ttl)), intent],
+            keys: self.keys.sets.exclusive_acquire.clone(),
+            args: Arc::new([value.clone(), self.ttl_arg(ttl), intent]),
         }
     }
 
-    fn shared_call(&self, value: &str, ttl: Duration) -> ScriptCall {
-        let k = &self.keys;
+    fn shared_call(&self, value: &Arc<str>, ttl: Duration) -> ScriptCall {
         ScriptCall {
             script: &scripts::READ,
-            keys: k.sets.shared_acquire.clone(),
-            args: vec![value.to_owned(), ops::ms(self.server_ttl(ttl))],
+            keys: self.keys.sets.shared_acquire.clone(),
+            args: Arc::new([value.clone(), self.ttl_arg(ttl)]),
         }
     }
 
-    fn release_call(&self, mode: Mode, value: &str) -> ScriptCall {
+    /// The release of a hold in `mode` (also the undo of its attempts).
+    fn release_call(&self, mode: Mode, value: &Arc<str>) -> ScriptCall {
         let k = &self.keys;
-        let args = vec![value.to_owned(), k.channel.clone()];
-        match mode {
-            Mode::Shared => ScriptCall {
-                script: scripts::READ_RELEASE.get(self.client.is_cluster()),
-                keys: k.sets.shared_release.clone(),
-                args,
-            },
-            _ => ScriptCall {
-                script: scripts::RELEASE.get(self.client.is_cluster()),
-                keys: k.sets.exclusive_release.clone(),
-                args,
-            },
+        let cluster = self.client.is_cluster();
+        let (script, keys) = match mode {
+            Mode::Shared => (scripts::READ_RELEASE.get(cluster), &k.sets.shared_release),
+            _ => (scripts::RELEASE.get(cluster), &k.sets.exclusive_release),
+        };
+        ScriptCall {
+            script,
+            keys: keys.clone(),
+            args: Arc::new([value.clone(), k.channel.clone()]),
         }
     }
 
@@ -323,16 +322,42 @@ impl Resource {
     /// also the intent a busy attempt may have set. One key per call, so
     /// that a Cluster node serves each while the slot migrates (see
     /// `scripts.rs`); they need not be atomic, each compares our value.
-    fn undo_calls(&self, mode: Mode, value: &str) -> Vec<ScriptCall> {
-        let mut calls = vec![self.release_call(mode, value)];
-        if mode != Mode::Shared {
-            calls.push(ScriptCall {
-                script: scripts::RELEASE.get(self.client.is_cluster()),
-                keys: self.keys.sets.intent_release.clone(),
-                args: vec![value.to_owned(), self.keys.channel.clone()],
-            });
+    /// The two calls share their arguments.
+    fn undo_calls(&self, mode: Mode, value: &Arc<str>) -> Vec<ScriptCall> {
+        let release = self.release_call(mode, value);
+        if mode == Mode::Shared {
+            return vec![release];
         }
-        calls
+        let intent = ScriptCall {
+            script: release.script,
+            keys: self.keys.sets.intent_release.clone(),
+            args: release.args.clone(),
+        };
+        vec![release, intent]
+    }
+}
+
+/// The arguments of an acquisition with the client's own TTL, built once
+/// per resource handle rather than formatted on every call.
+struct TtlArgs {
+    ttl: Duration,
+    /// The server's TTL for it in ms (the lease and the lock-delay).
+    server_ms: Arc<str>,
+    /// A waiting writer's intent TTL for it in ms.
+    intent_ms: Arc<str>,
+    /// `0`: a non-blocking attempt sets no intent.
+    no_intent: Arc<str>,
+}
+
+impl TtlArgs {
+    fn new(client: &Context) -> Self {
+        let ttl = client.options().ttl;
+        Self {
+            ttl,
+            server_ms: ops::ms(client.options().server_ttl(ttl)).into(),
+            intent_ms: ops::ms(intent_ttl(ttl)).into(),
+            no_intent: "0".into(),
+        }
     }
 }
 

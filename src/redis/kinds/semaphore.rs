@@ -410,31 +410,31 @@ impl RedisSemaphore {
         Ok(guard)
     }
 
-    fn acquire_call(&self, token: &str, ttl: Duration) -> ScriptCall {
+    fn acquire_call(&self, token: &Arc<str>, ttl: Duration) -> ScriptCall {
         let i = &self.inner;
         ScriptCall {
             script: &scripts::SEMAPHORE_ACQUIRE,
             keys: i.keys.sets.sem_acquire.clone(),
-            args: vec![
-                token.to_owned(),
-                ops::ms(i.client.options().server_ttl(ttl)),
-                i.permits.to_string(),
-            ],
+            args: Arc::new([
+                token.clone(),
+                ops::ms(i.client.options().server_ttl(ttl)).into(),
+                i.permits.to_string().into(),
+            ]),
         }
     }
 
-    fn release_call(&self, token: &str) -> ScriptCall {
+    fn release_call(&self, token: &Arc<str>) -> ScriptCall {
         let i = &self.inner;
         ScriptCall {
             script: scripts::SEMAPHORE_RELEASE.get(i.client.is_cluster()),
             keys: i.keys.sets.sem_release.clone(),
-            args: vec![token.to_owned(), i.keys.channel.clone()],
+            args: Arc::new([token.clone(), i.keys.channel.clone()]),
         }
     }
 
     fn guard(
         &self,
-        token: &str,
+        token: &Arc<str>,
         fencing: u64,
         sent_at: Moment,
         mode: Mode,
@@ -452,7 +452,7 @@ impl RedisSemaphore {
                 ScriptCall {
                     script: &scripts::RENEW_MEMBER,
                     keys: i.keys.sets.sem_renew.clone(),
-                    args: vec![token.to_owned()],
+                    args: Arc::new([token.clone()]),
                 },
                 self.release_call(token),
             )?,

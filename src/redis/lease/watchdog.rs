@@ -49,6 +49,7 @@ use crate::lost::{LeaseDeadline, Lost, Moment};
 use crate::redis::conn::cluster::{Cluster, Node, is_redirect, redirect_target};
 use crate::redis::conn::link::Conn;
 use crate::redis::conn::pool::Connections;
+use crate::redis::protocol::Args;
 use crate::stats::{Backend, Counter};
 
 /// Most renewal commands per pipeline.
@@ -70,13 +71,14 @@ const MIN_IDLE: Duration = Duration::from_millis(10);
 #[derive(Debug, Clone)]
 pub(crate) struct Lease {
     /// The resource name, for logs.
-    pub(crate) resource: String,
+    pub(crate) resource: Arc<str>,
     /// The renewal script (for example [`EXTEND`](crate::redis::protocol::scripts::EXTEND)).
     pub(crate) script: &'static Script,
     /// `KEYS` of the renewal script.
     pub(crate) keys: Arc<[String]>,
-    /// `ARGV` of the renewal script, before the TTL the watchdog appends.
-    pub(crate) args: Vec<String>,
+    /// `ARGV` of the renewal script, before the TTL the watchdog appends
+    /// (shared with the guard's own calls: see [`Args`]).
+    pub(crate) args: Args,
     /// The lease length.
     pub(crate) ttl: Duration,
     /// How much longer than `ttl` the server keeps the key (the client's
@@ -378,7 +380,7 @@ impl Watchdog {
 pub(crate) struct LeaseHandle {
     watchdog: Watchdog,
     id: u64,
-    resource: String,
+    resource: Arc<str>,
     lost: CancellationToken,
     /// The lease's deadline, read by every check at the moment it is asked.
     end: LeaseDeadline,
@@ -402,7 +404,7 @@ impl LeaseHandle {
     /// The error for an operation that needs the lease after it was lost.
     pub(crate) fn lost_error(&self) -> LockError {
         LockError::Lost {
-            resource: self.resource.clone(),
+            resource: self.resource.to_string(),
         }
     }
 
@@ -483,7 +485,7 @@ impl LeaseHandle {
                 drop(st);
                 self.fire_lost("extend found the lock gone or held by another owner");
                 return Err(LockError::NotHeld {
-                    resource: self.resource.clone(),
+                    resource: self.resource.to_string(),
                 });
             }
             (Ok(Renewal::Unconfirmed), entry, req) => {
@@ -494,7 +496,7 @@ impl LeaseHandle {
                     en.publish();
                 }
                 Err(LockError::Unavailable {
-                    resource: self.resource.clone(),
+                    resource: self.resource.to_string(),
                     op: "extend",
                     source: "the replicas did not confirm the extend in time; the lease was not \
                              lengthened"
@@ -863,8 +865,8 @@ async fn renew_all(shared: &Shared, pool: &Connections, batch: &[&Lease]) -> Vec
                 for k in lease.keys.iter() {
                     inv.key(k);
                 }
-                for a in &lease.args {
-                    inv.arg(a);
+                for a in lease.args.iter() {
+                    inv.arg(&**a);
                 }
                 inv.arg(lease.server_ttl_ms());
                 let reply = inv.invoke_async::<Value>(&mut conn).await;
@@ -1077,9 +1079,11 @@ fn push_renewal(pipe: &mut redis::Pipeline, lease: &Lease) {
     pipe.cmd("EVALSHA")
         .arg(lease.script.get_hash())
         .arg(lease.keys.len())
-        .arg(&*lease.keys)
-        .arg(&lease.args)
-        .arg(lease.server_ttl_ms());
+        .arg(&*lease.keys);
+    for a in lease.args.iter() {
+        pipe.arg(&**a);
+    }
+    pipe.arg(lease.server_ttl_ms());
 }
 
 impl Lease {

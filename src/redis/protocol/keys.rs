@@ -89,7 +89,8 @@ pub(crate) struct ResourceKeys {
     pub(crate) readers: String,
     pub(crate) sem: String,
     pub(crate) fence: String,
-    pub(crate) channel: String,
+    /// Shared as an argument of every release call (see [`Args`](super::Args)).
+    pub(crate) channel: Arc<str>,
     /// The `KEYS` of every script call on this resource (the intent and
     /// permit-count keys appear only there).
     pub(crate) sets: KeySets,
@@ -155,7 +156,7 @@ impl ResourceKeys {
             readers,
             sem,
             fence,
-            channel,
+            channel: channel.into(),
             sets,
         }
     }

@@ -144,6 +144,7 @@ impl RedlockHold {
             })
             .collect();
         let quorum = Arc::new(Quorum::new(name, initial, inner.quorum));
+        let value: Arc<str> = value.into();
         let fencing = grants.iter().flatten().map(|(_, f)| *f).max().unwrap_or(0);
         let mut members = Vec::with_capacity(grants.len());
         for (n, grant) in grants.into_iter().enumerate() {
@@ -156,12 +157,12 @@ impl RedlockHold {
             let renew = ScriptCall {
                 script: &scripts::EXTEND,
                 keys: lock_key.clone(),
-                args: vec![value.to_owned()],
+                args: Arc::new([value.clone()]),
             };
             let release = ScriptCall {
                 script: scripts::RELEASE.get(client.is_cluster()),
                 keys: lock_key,
-                args: vec![value.to_owned(), keys.channel.clone()],
+                args: Arc::new([value.clone(), keys.channel.clone()]),
             };
             let observer: Arc<dyn Observer> = quorum.clone();
             let hold = Hold::member(
@@ -187,7 +188,7 @@ impl RedlockHold {
         let hold = Self {
             inner: inner.clone(),
             name: name.to_owned(),
-            value: value.to_owned(),
+            value: value.to_string(),
             fencing,
             members,
             quorum,

@@ -1021,6 +1021,8 @@ fn spawn_release_all(
     conns: Vec<Option<Conn>>,
 ) {
     let mut conns = conns.into_iter();
+    let token: Arc<str> = token.into();
+    let name: Arc<str> = name.into();
     for server in &inner.servers {
         let conn = conns.next().flatten();
         // A server never connected was sent nothing.
@@ -1032,7 +1034,7 @@ fn spawn_release_all(
             name.clone(),
             crate::redis::protocol::scripts::RELEASE.get(client.is_cluster()),
             Arc::from(vec![keys.lock.clone()]),
-            vec![token.clone(), keys.channel.clone()],
+            Arc::new([token.clone(), keys.channel.clone()]),
             conn,
             (),
         );
