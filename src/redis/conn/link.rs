@@ -268,6 +268,25 @@ impl fmt::Debug for Conn {
     }
 }
 
+impl Conn {
+    /// Sends one command, as [`ConnectionLike::req_packed_command`] does,
+    /// but on one server's connection (the common case) without boxing
+    /// the request's future a second time (the trait's future is boxed,
+    /// and so is the one it awaits inside `redis`).
+    ///
+    /// # Cancel safety
+    ///
+    /// If dropped after the command was written, it may still run.
+    pub(crate) async fn send(&mut self, cmd: &Cmd) -> RedisResult<Value> {
+        if let Link::Node(c) = &mut self.conn {
+            let r = c.send_packed_command(cmd).await;
+            self.note(&r);
+            return r;
+        }
+        self.req_packed_command(cmd).await
+    }
+}
+
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {

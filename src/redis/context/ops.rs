@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use redis::{FromRedisValue, Script};
+use redis::{FromRedisValue, Script, Value};
 
 use crate::error::LockError;
 use crate::redis::conn::errors::{map_redis, timed_out};
@@ -129,13 +129,14 @@ pub(crate) async fn eval<T: FromRedisValue>(
     script: &Script,
     cmd: &redis::Cmd,
 ) -> redis::RedisResult<T> {
-    match cmd.query_async(conn).await {
+    let reply = match conn.send(cmd).await.and_then(Value::extract_error) {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
             script.load_async(conn).await?;
-            cmd.query_async(conn).await
+            conn.send(cmd).await?.extract_error()?
         }
-        r => r,
-    }
+        r => r?,
+    };
+    Ok(redis::from_redis_value(reply)?)
 }
 
 /// Milliseconds as the scripts take them.

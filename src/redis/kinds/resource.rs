@@ -25,7 +25,7 @@
 //! [`RedisRwLock`]: crate::redis::RedisRwLock
 //! [`LockError::WrongKind`]: crate::LockError::WrongKind
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::error::LockError;
@@ -39,7 +39,7 @@ use crate::redis::lease::Expired;
 use crate::redis::protocol::keys::{ResourceKeys, validate_name};
 use crate::redis::protocol::scripts;
 use crate::redis::protocol::token;
-use crate::stats::{self, Acquisition, Backend};
+use crate::stats::{self, Acquisition, Backend, Site};
 
 /// The exclusive script's busy reason: readers hold it and our intent is set.
 const REASON_INTENT_SET: i64 = 3;
@@ -50,6 +50,10 @@ pub(crate) struct Resource {
     pub(crate) name: String,
     pub(crate) keys: Arc<ResourceKeys>,
     ttl_args: TtlArgs,
+    /// The stats entry every acquisition of the name counts into, looked
+    /// up by the first (by name, a hash per lookup) and kept: registry
+    /// entries are never removed.
+    site: OnceLock<Site>,
 }
 
 impl Resource {
@@ -63,9 +67,15 @@ impl Resource {
         Ok(Self {
             keys: client.resource_keys(name),
             ttl_args: TtlArgs::new(client),
+            site: OnceLock::new(),
             client: client.clone(),
             name: name.to_owned(),
         })
+    }
+
+    fn site(&self) -> &Site {
+        self.site
+            .get_or_init(|| stats::site(Backend::Redis, &self.name))
     }
 
     /// Takes a hold in `mode` with a lease of `lease` (default: the
@@ -92,7 +102,7 @@ impl Resource {
         lease: Option<Duration>,
     ) -> Result<Hold, LockError> {
         // Every wait for a lock or RW lock is counted here.
-        let attempt = stats::site(Backend::Redis, &self.name).begin();
+        let attempt = self.site().begin();
         let result = self.wait_for_hold(mode, deadline, lease, &attempt).await;
         attempt.record(result, Hold::count)
     }
@@ -170,7 +180,7 @@ impl Resource {
         lease: Option<Duration>,
     ) -> Result<Hold, LockError> {
         // Every try of a lock or RW lock is counted here.
-        let attempt = stats::site(Backend::Redis, &self.name).begin();
+        let attempt = self.site().begin();
         let result = self.try_once(mode, lease).await;
         attempt.record(result, Hold::count)
     }
