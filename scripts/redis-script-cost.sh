@@ -11,10 +11,9 @@
 # Rows:
 #   floor acquire        SET NX PX + INCR fence (the fenced floor's script)
 #   exclusive_acquire    lockyard's (src/redis/protocol/scripts/)
-#   acquire, no EXISTS   the same with its one-name-one-lock EXISTS of the
-#                        readers/intent/semaphore keys removed: what a
-#                        protocol that keeps those out of the free-name
-#                        path would cost (measured, not shipped)
+#   first generation     the script before the marks (commit 894b0b2: SET NX
+#                        PX, EXISTS of the readers/intent/semaphore keys,
+#                        INCR in a pcall), read from git
 # (Releases are not here: redis-benchmark cannot release what it acquired,
 # and a release of a key not held measures only the compare.)
 set -euo pipefail
@@ -40,9 +39,7 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
 end
 return {0}
 LUA
-sed "s/if redis.call('EXISTS', KEYS\[2\], KEYS\[3\], KEYS\[4\]) == 0 then/if true then/" \
-  "$scripts/exclusive_acquire.lua" >"$dir/no_exists.lua"
-grep -q "if true then" "$dir/no_exists.lua" || { echo "exclusive_acquire.lua changed: update the no-EXISTS variant" >&2; exit 1; }
+git show 894b0b2:src/redis/protocol/scripts/exclusive_acquire.lua >"$dir/first_generation.lua"
 
 value="$(python3 -c "print('t'*32 + chr(10) + 'x'*108, end='')")"
 sha() { redis-cli -p "$port" SCRIPT LOAD "$(cat "$1")"; }
@@ -57,10 +54,10 @@ count() { # label, then the redis-benchmark command's arguments
   total="$(grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}')"
   printf '%-22s %8d instructions per call\n' "$label" $((total / N))
 }
-acquire_keys=(5 "k:{__rand_int__}:lock" k:readers k:intent k:sem k:fence "$value" 30000 0)
+acquire_keys=(5 "k:{__rand_int__}:lock" k:readers k:intent k:sem k:fence "$value" 30000 0 0)
 for round in 1 2; do
   echo "round $round"
   count "floor acquire" EVALSHA "$(sha "$dir/floor_acquire.lua")" "${acquire_keys[@]}"
   count "exclusive_acquire" EVALSHA "$(sha "$scripts/exclusive_acquire.lua")" "${acquire_keys[@]}"
-  count "acquire, no EXISTS" EVALSHA "$(sha "$dir/no_exists.lua")" "${acquire_keys[@]}"
+  count "first generation" EVALSHA "$(sha "$dir/first_generation.lua")" "${acquire_keys[@]}"
 done

@@ -228,7 +228,8 @@ async fn a_crashed_readers_lease_runs_out() {
     let a = client(&server.url(), Duration::from_secs(10)).await;
     let rw = a.rwlock("crash").unwrap();
     // A reader that crashed right after its last renewal: a member of the
-    // readers set that nobody renews, ending 500 ms from now (server clock).
+    // readers set that nobody renews, ending 500 ms from now (server clock),
+    // and its mark on the lock key.
     let time = server.command(&[
         "EVAL",
         "local t = redis.call('TIME') return t[1] * 1000 + math.floor(t[2] / 1000)",
@@ -242,6 +243,15 @@ async fn a_crashed_readers_lease_runs_out() {
         "dead-reader",
     ]);
     assert_eq!(reply, ":1");
+    // And the mark a reader leaves on the lock key for as long.
+    let reply = server.command(&[
+        "SET",
+        "lockyard:{crash}:lock",
+        "lockyard:readers",
+        "PX",
+        "500",
+    ]);
+    assert_eq!(reply, "+OK");
     assert!(rw.try_write().await.unwrap_err().is_would_block());
     let asked = Instant::now();
     let w = bounded(rw.write(Duration::from_secs(10))).await.unwrap();
@@ -351,4 +361,41 @@ async fn cancellation_at_random_moments_leaks_nothing() {
     }
     let w = bounded(other.try_write()).await.unwrap();
     w.release().await.unwrap();
+}
+
+/// A writer that queued behind readers (its intent kept new readers out)
+/// withdraws the intent with its grant, wherever the grant happens: once it
+/// has released, a reader gets in at once instead of waiting for the intent
+/// to expire. (The free-name path is SET NX alone; an intent left there
+/// would block readers for the intent's whole TTL.)
+#[tokio::test]
+async fn a_queued_writers_intent_goes_with_its_grant() {
+    let server = RedisServer::start();
+    let ttl = Duration::from_secs(10);
+    let a = client(&server.url(), ttl).await;
+    let b = client(&server.url(), ttl).await;
+    let reader = bounded(a.rwlock("queued").unwrap().read(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    let rw = b.rwlock("queued").unwrap();
+    let writer = tokio::spawn(async move { rw.write(Duration::from_secs(5)).await });
+    // The writer has met the reader and set its intent.
+    bounded(async {
+        while server.command(&["EXISTS", "lockyard:{queued}:intent"]) != ":1" {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    bounded(reader.release()).await.unwrap();
+    let w = bounded(writer).await.unwrap().unwrap();
+    assert_eq!(
+        server.command(&["EXISTS", "lockyard:{queued}:intent"]),
+        ":0",
+        "the granted writer's intent is gone"
+    );
+    bounded(w.release()).await.unwrap();
+    let r = bounded(a.rwlock("queued").unwrap().try_read())
+        .await
+        .unwrap();
+    bounded(r.release()).await.unwrap();
 }

@@ -213,6 +213,7 @@ impl Floor {
                     .arg(value)
                     .arg(ttl)
                     .arg(ttl)
+                    .arg("0")
                     .invoke_async(conn)
                     .await
                     .unwrap();

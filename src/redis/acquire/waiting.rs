@@ -419,6 +419,10 @@ pub(crate) struct WaitFor<'a> {
     pub(crate) turn: Option<&'a LocalTurn>,
     /// Counted as contended at the first busy answer.
     pub(crate) stats: &'a Acquisition,
+    /// The call to make instead of the first once an answer left a claim
+    /// (a writer's intent, which this one withdraws when it is granted);
+    /// `None`: the same call.
+    pub(crate) after_claim: Option<&'a ScriptCall>,
 }
 
 /// Runs `call` once; a grant goes to `grant` (the fencing token and when
@@ -494,6 +498,10 @@ pub(crate) async fn wait_until_granted<T>(
         if let Some(s) = sub.as_mut() {
             s.mark_seen();
         }
+        let call = match w.after_claim {
+            Some(after) if claimed => after,
+            _ => call,
+        };
         let (attempt, sent_at) = match pending.attempt(call, w.what).await {
             Ok(a) => a,
             // A Cluster slot changing hands (TRYAGAIN while its keys

@@ -118,7 +118,10 @@ pub(crate) async fn info(
     let members = members.unwrap_or(Value::Array(Vec::new()));
     let fence = fence.ok().flatten();
     let writer_value = writer_value.ok().flatten();
-    let writer_held = writer.is_some() && writer_ttl != -2;
+    // The readers' or a semaphore's mark holds the lock key without being
+    // an exclusive hold.
+    let writer_held =
+        writer.is_some() && writer_ttl != -2 && !writer_value.as_deref().is_some_and(keys::is_mark);
     let holders = usize::try_from(live).unwrap_or(0) + usize::from(writer_held);
     if holders == 0 {
         return Ok(None);
@@ -237,7 +240,8 @@ pub(crate) async fn owner(ctx: &Context, name: &str) -> Result<Option<Owner>, Lo
             async move { redis::cmd("GET").arg(key).query_async(&mut conn).await }
         })
         .await?;
-    let Some(value) = value else {
+    // No exclusive holder: free, or held shared, or a semaphore's.
+    let Some(value) = value.filter(|v| !keys::is_mark(v)) else {
         return Ok(None);
     };
     let owner = parse_holder(&value);

@@ -36,7 +36,7 @@ use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::redis::context::Context;
 use crate::redis::context::ops::{self, invoke};
 use crate::redis::lease::Expired;
-use crate::redis::protocol::keys::{ResourceKeys, validate_name};
+use crate::redis::protocol::keys::{self, ResourceKeys, validate_name};
 use crate::redis::protocol::scripts;
 use crate::redis::protocol::token;
 use crate::stats::{self, Acquisition, Backend, Site};
@@ -119,12 +119,14 @@ impl Resource {
         let turn =
             waiting::local_turn(&self.client, &self.name, &self.name, deadline, attempt).await?;
         let (value, mut pending) = self.begin(mode, ttl, Some(deadline)).await?;
-        let (what, call, max_nap) = match mode {
-            Mode::Shared => ("shared lock", self.shared_call(&value, ttl), ttl),
-            // Refresh the intent well before it expires.
+        let (what, call, after_claim, max_nap) = match mode {
+            Mode::Shared => ("shared lock", self.shared_call(&value, ttl), None, ttl),
+            // Refresh the intent well before it expires; once set, withdraw
+            // it with the grant.
             _ => (
                 "exclusive lock",
-                self.exclusive_call(&value, true, ttl),
+                self.exclusive_call(&value, Queue::Intent, ttl),
+                Some(self.exclusive_call(&value, Queue::IntentSet, ttl)),
                 intent_ttl(ttl) / 3,
             ),
         };
@@ -136,6 +138,7 @@ impl Resource {
             max_nap,
             turn: Some(&turn),
             stats: attempt,
+            after_claim: after_claim.as_ref(),
         };
         let result = waiting::wait_until_granted(
             wait,
@@ -191,7 +194,10 @@ impl Resource {
         let (value, mut pending) = self.begin(mode, ttl, None).await?;
         let (what, call) = match mode {
             Mode::Shared => ("shared lock", self.shared_call(&value, ttl)),
-            _ => ("exclusive lock", self.exclusive_call(&value, false, ttl)),
+            _ => (
+                "exclusive lock",
+                self.exclusive_call(&value, Queue::No, ttl),
+            ),
         };
         let hold = waiting::try_once(&mut pending, &call, what, |fencing, sent_at| {
             self.take(mode, &value, fencing, sent_at, ttl)
@@ -211,26 +217,33 @@ impl Resource {
     ///
     /// Cancel safe: it only reads.
     pub(crate) async fn is_locked(&self) -> Result<bool, LockError> {
-        let readers: i64 = invoke(
-            &self.client,
-            &self.name,
-            "count readers",
-            &scripts::COUNT_LIVE,
-            &[&self.keys.readers],
-            &[],
-        )
-        .await?;
-        if readers > 0 {
-            return Ok(true);
-        }
+        // The lock key says it in one read, but for readers whose mark
+        // outlives them (they crashed): then count the live ones.
         let key = &self.keys.lock;
-        let n: i64 = self
+        let value: Option<Vec<u8>> = self
             .client
             .retry_once(&self.name, "check", |mut conn| async move {
-                redis::cmd("EXISTS").arg(key).query_async(&mut conn).await
+                redis::cmd("GET").arg(key).query_async(&mut conn).await
             })
             .await?;
-        Ok(n > 0)
+        match value.as_deref() {
+            None => Ok(false),
+            // A semaphore of the name: no lock is held.
+            Some(v) if v == keys::SEMAPHORE_MARK.as_bytes() => Ok(false),
+            Some(v) if v == keys::READERS_MARK.as_bytes() => {
+                let readers: i64 = invoke(
+                    &self.client,
+                    &self.name,
+                    "count readers",
+                    &scripts::COUNT_LIVE,
+                    &[&self.keys.readers],
+                    &[],
+                )
+                .await?;
+                Ok(readers > 0)
+            }
+            Some(_) => Ok(true),
+        }
     }
 
     /// A fresh owner value and the acquisition it belongs to (its
@@ -292,16 +305,21 @@ impl Resource {
         ops::ms(self.client.options().server_ttl(ttl)).into()
     }
 
-    fn exclusive_call(&self, value: &Arc<str>, queue: bool, ttl: Duration) -> ScriptCall {
+    fn exclusive_call(&self, value: &Arc<str>, queue: Queue, ttl: Duration) -> ScriptCall {
+        let a = &self.ttl_args;
         let intent = match queue {
-            false => self.ttl_args.no_intent.clone(),
-            true if ttl == self.ttl_args.ttl => self.ttl_args.intent_ms.clone(),
-            true => ops::ms(intent_ttl(ttl)).into(),
+            Queue::No => a.zero.clone(),
+            _ if ttl == a.ttl => a.intent_ms.clone(),
+            _ => ops::ms(intent_ttl(ttl)).into(),
+        };
+        let set = match queue {
+            Queue::IntentSet => a.one.clone(),
+            _ => a.zero.clone(),
         };
         ScriptCall {
             script: &scripts::EXCLUSIVE_ACQUIRE,
             keys: self.keys.sets.exclusive_acquire.clone(),
-            args: Arc::new([value.clone(), self.ttl_arg(ttl), intent]),
+            args: Arc::new([value.clone(), self.ttl_arg(ttl), intent, set]),
         }
     }
 
@@ -347,6 +365,19 @@ impl Resource {
     }
 }
 
+/// How an exclusive attempt queues behind readers
+/// (`exclusive_acquire.lua`'s `ARGV[3]` and `ARGV[4]`).
+#[derive(Clone, Copy)]
+enum Queue {
+    /// A non-blocking attempt: it sets no intent.
+    No,
+    /// A blocking attempt sets its intent when readers hold the name.
+    Intent,
+    /// As `Intent`, after an answer said our intent is set: a grant
+    /// withdraws it.
+    IntentSet,
+}
+
 /// The arguments of an acquisition with the client's own TTL, built once
 /// per resource handle rather than formatted on every call.
 struct TtlArgs {
@@ -355,8 +386,10 @@ struct TtlArgs {
     server_ms: Arc<str>,
     /// A waiting writer's intent TTL for it in ms.
     intent_ms: Arc<str>,
-    /// `0`: a non-blocking attempt sets no intent.
-    no_intent: Arc<str>,
+    /// `0`: a non-blocking attempt sets no intent; no intent is set yet.
+    zero: Arc<str>,
+    /// `1`: an intent of ours is set.
+    one: Arc<str>,
 }
 
 impl TtlArgs {
@@ -366,7 +399,8 @@ impl TtlArgs {
             ttl,
             server_ms: ops::ms(client.options().server_ttl(ttl)).into(),
             intent_ms: ops::ms(intent_ttl(ttl)).into(),
-            no_intent: "0".into(),
+            zero: "0".into(),
+            one: "1".into(),
         }
     }
 }

@@ -395,6 +395,7 @@ impl RedisSemaphore {
             max_nap: ttl,
             turn: Some(&turn),
             stats: attempt,
+            after_claim: None,
         };
         let guard = waiting::wait_until_granted(
             wait,

@@ -73,7 +73,9 @@ pub(crate) fn scan_pattern(prefix: &str) -> String {
 ///
 /// | key                       | holds                                     |
 /// |---------------------------|-------------------------------------------|
-/// | `{prefix}{<name>}:lock`    | the exclusive holder's owner value, `PX`  |
+/// | `{prefix}{<name>}:lock`    | the exclusive holder's owner value, or a  |
+/// |                           | mark of shared holders or of a semaphore  |
+/// |                           | ([`READERS_MARK`], [`SEMAPHORE_MARK`]), `PX`|
 /// | `{prefix}{<name>}:readers` | ZSET: shared holders, scored by expiry ms |
 /// | `{prefix}{<name>}:intent`  | the first waiting writer's value, `PX`    |
 /// | `{prefix}{<name>}:sem`     | ZSET: semaphore holders, scored by expiry |
@@ -110,16 +112,31 @@ pub(crate) struct KeySets {
     pub(crate) exclusive_renew: Arc<[String]>,
     /// `rwlock_read.lua`: readers, lock, intent, fence, sem.
     pub(crate) shared_acquire: Arc<[String]>,
-    /// `rwlock_read_release.lua`: readers.
+    /// `rwlock_read_release.lua`: readers, lock (the readers' mark).
     pub(crate) shared_release: Arc<[String]>,
-    /// `semaphore_renew.lua` for a reader: readers.
+    /// `semaphore_renew.lua` for a reader: readers, lock (the mark).
     pub(crate) shared_renew: Arc<[String]>,
     /// `semaphore_acquire.lua`: sem, fence, permits, lock, readers.
     pub(crate) sem_acquire: Arc<[String]>,
-    /// `semaphore_release.lua`: sem, permits.
+    /// `semaphore_release.lua`: sem, permits, lock (the semaphore's mark).
     pub(crate) sem_release: Arc<[String]>,
-    /// `semaphore_renew.lua` for a permit: sem, permits.
+    /// `semaphore_renew.lua` for a permit: sem, lock (the mark), permits.
     pub(crate) sem_renew: Arc<[String]>,
+}
+
+/// The lock key's value while readers hold the name (with a `PX` at least
+/// as long as every read hold), so that a writer's `SET NX` alone says
+/// whether the name is free. No owner value can equal it (an owner value
+/// starts with a hex token and a newline).
+pub(crate) const READERS_MARK: &str = "lockyard:readers";
+/// The lock key's value while a semaphore of the name has holders (as
+/// [`READERS_MARK`]).
+pub(crate) const SEMAPHORE_MARK: &str = "lockyard:semaphore";
+
+/// Whether a lock key's value is a mark of shared holders or a semaphore,
+/// not an exclusive holder's value.
+pub(crate) fn is_mark(value: &[u8]) -> bool {
+    value == READERS_MARK.as_bytes() || value == SEMAPHORE_MARK.as_bytes()
 }
 
 /// The suffix of the lock key.
@@ -145,11 +162,11 @@ impl ResourceKeys {
             intent_release: set(&[&intent]),
             exclusive_renew: set(&[&lock]),
             shared_acquire: set(&[&readers, &lock, &intent, &fence, &sem]),
-            shared_release: set(&[&readers]),
-            shared_renew: set(&[&readers]),
+            shared_release: set(&[&readers, &lock]),
+            shared_renew: set(&[&readers, &lock]),
             sem_acquire: set(&[&sem, &fence, &permits, &lock, &readers]),
-            sem_release: set(&[&sem, &permits]),
-            sem_renew: set(&[&sem, &permits]),
+            sem_release: set(&[&sem, &permits, &lock]),
+            sem_renew: set(&[&sem, &lock, &permits]),
         };
         Self {
             lock,

@@ -170,6 +170,46 @@ mod tests {
     }
 
     #[test]
+    fn the_scripts_marks_are_the_clients() {
+        use crate::redis::protocol::keys::{READERS_MARK, SEMAPHORE_MARK};
+        let quoted = |mark: &str| format!("'{mark}'");
+        let marks_in = |file: &str| {
+            let source = sources()
+                .into_iter()
+                .find(|s| s.contains(file))
+                .unwrap_or_else(|| panic!("{file} not found"));
+            (
+                source.contains(&quoted(READERS_MARK)),
+                source.contains(&quoted(SEMAPHORE_MARK)),
+            )
+        };
+        // Every script that reads or writes a mark spells it as the client
+        // does (the listing and `is_locked` compare with these).
+        for (header, readers, semaphore) in [
+            ("-- Take a resource exclusively", true, true),
+            ("-- Take a shared (read) hold.", true, true),
+            ("-- Give a read lock back", true, false),
+            ("-- Renew a held permit", true, true),
+            ("-- Take one permit of a semaphore.", false, true),
+            ("-- Give a permit back", false, true),
+        ] {
+            assert_eq!(marks_in(header), (readers, semaphore), "{header}");
+        }
+        for source in sources() {
+            for mark in source
+                .match_indices("'lockyard:")
+                .map(|(at, _)| &source[at..])
+            {
+                let mark = &mark[1..mark[1..].find('\'').map_or(mark.len(), |end| end + 1)];
+                assert!(
+                    [READERS_MARK, SEMAPHORE_MARK].contains(&mark),
+                    "unknown mark {mark:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn called_commands_are_read_from_every_script() {
         let called = called_commands();
         for cmd in [

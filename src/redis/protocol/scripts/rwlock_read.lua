@@ -2,10 +2,14 @@
 --
 -- KEYS[1] the readers ZSET (member = reader value, score = expiry ms, server
 --         clock)
--- KEYS[2] the lock key (the exclusive holder's value, PX)
+-- KEYS[2] the lock key: the exclusive holder's value, or the mark
+--         'lockyard:readers' while readers hold (set here, PX at least the
+--         longest read hold, so that a writer's SET NX alone sees them),
+--         or 'lockyard:semaphore' (the name is a semaphore)
 -- KEYS[3] the waiting writer's intent key (its value, PX)
 -- KEYS[4] the fencing counter
--- KEYS[5] the semaphore ZSET of the same name (must not exist)
+-- KEYS[5] the semaphore ZSET of the same name (named for the Cluster slot
+--         check; the mark in KEYS[2] says it is in use)
 -- ARGV[1] owner value (random token, newline, owner metadata), ARGV[2] ttl ms
 --
 -- Returns {1, fencing_token} on success,
@@ -18,11 +22,11 @@ local function left(key)
   if ms < 0 then return 1000 end
   return ms
 end
-if redis.call('EXISTS', KEYS[5]) == 1 then
+local w = redis.call('GET', KEYS[2])
+if w == 'lockyard:semaphore' then
   return redis.error_reply('WRONGKIND semaphore')
 end
-local w = redis.call('GET', KEYS[2])
-if w then
+if w and w ~= 'lockyard:readers' then
   return {0, left(KEYS[2]), 1, 1, w}
 end
 local i = redis.call('GET', KEYS[3])
@@ -36,5 +40,8 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 if redis.call('PTTL', KEYS[1]) < ttl then
   redis.call('PEXPIRE', KEYS[1], ttl)
+end
+if redis.call('PTTL', KEYS[2]) < ttl then
+  redis.call('SET', KEYS[2], 'lockyard:readers', 'PX', ttl)
 end
 return {1, redis.call('INCR', KEYS[4])}

@@ -1,12 +1,13 @@
 -- Give a read lock back; wake waiting writers when the last reader leaves.
 --
--- KEYS[1] readers ZSET; ARGV[1] owner value; ARGV[2] the release channel
+-- KEYS[1] readers ZSET; KEYS[2] the lock key (the readers' mark, removed
+-- with the last reader); ARGV[1] owner value; ARGV[2] the release channel
 --
 -- Returns 1 when the read lock was held, 0 when it was not.
 --
--- Every read comes before the one write that may delete the ZSET, which is
--- never touched after it: on a Cluster node whose slot migrates, a key the
--- node no longer has fails the script (see release.lua).
+-- Every read comes before the writes that may delete the ZSET and the mark,
+-- which are never touched after them: on a Cluster node whose slot
+-- migrates, a key the node no longer has fails the script (see release.lua).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -19,11 +20,16 @@ if score then
   end
 end
 if others == 0 then
-  -- Nobody else reads: the ZSET goes, with any expired members.
+  -- Nobody else reads: the ZSET goes, with any expired members, and so
+  -- does the mark (never a writer's value: no writer holds while we do).
+  local mark = redis.call('GET', KEYS[2]) == 'lockyard:readers'
   redis.call('DEL', KEYS[1])
+  if mark then
+    redis.call('DEL', KEYS[2])
+  end
   redis.call('PUBLISH', ARGV[2], 'rw')
 else
-  -- Live readers remain, so the ZSET does too.
+  -- Live readers remain, so the ZSET does too, and their mark.
   redis.call('ZREM', KEYS[1], ARGV[1])
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 end

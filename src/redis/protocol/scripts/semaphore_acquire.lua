@@ -4,8 +4,12 @@
 --         clock)
 -- KEYS[2] fencing counter
 -- KEYS[3] the stored permit count (lives as long as the ZSET)
--- KEYS[4] the lock key and KEYS[5] the readers ZSET of the same name
---         (neither may exist: one name is one kind of lock)
+-- KEYS[4] the lock key of the same name: free, or holding the mark
+--         'lockyard:semaphore' (set here, PX at least the longest permit,
+--         so that a writer's SET NX alone sees the permits); a lock's value
+--         or the readers' mark means the name is a lock (one name is one
+--         kind of lock)
+-- KEYS[5] the readers ZSET (named for the Cluster slot check)
 -- ARGV[1] owner value (random token, newline, owner metadata), ARGV[2] ttl
 -- ms, ARGV[3] permits
 --
@@ -15,7 +19,8 @@
 --         an error reply WRONGKIND when the name is in use as a lock,
 --         PERMITS <stored> <asked> when the semaphore is in use with another
 --         permit count.
-if redis.call('EXISTS', KEYS[4], KEYS[5]) > 0 then
+local w = redis.call('GET', KEYS[4])
+if w and w ~= 'lockyard:semaphore' then
   return redis.error_reply('WRONGKIND lock')
 end
 local stored = redis.call('GET', KEYS[3])
@@ -37,6 +42,9 @@ if holders < permits or redis.call('ZSCORE', KEYS[1], ARGV[1]) then
     redis.call('PEXPIRE', KEYS[1], ttl)
   end
   redis.call('SET', KEYS[3], ARGV[3], 'PX', redis.call('PTTL', KEYS[1]))
+  if redis.call('PTTL', KEYS[4]) < ttl then
+    redis.call('SET', KEYS[4], 'lockyard:semaphore', 'PX', ttl)
+  end
   return {1, redis.call('INCR', KEYS[2])}
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
