@@ -536,6 +536,7 @@ impl RedisLocks {
         Self {
             ctx: Context {
                 inner: Arc::new(Inner {
+                    timing: crate::redis::context::Timing::of(&opts),
                     opts,
                     conns,
                     wakeups,

@@ -230,7 +230,7 @@ impl Hold {
         // script compares tokens, so a second release is harmless).
         // Retried while a Cluster slot changes hands, within op_timeout, so
         // that `Ok` means the key is gone.
-        let limit = self.client.options().request_timeout();
+        let limit = self.client.request_timeout();
         let call = (op.script, &op.keys[..], &op.args[..]);
         let result = (self.client)
             .run_release(&self.resource, "release", call, None, limit)

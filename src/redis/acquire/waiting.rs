@@ -187,7 +187,7 @@ impl Pending {
             undo,
             armed: false,
             always_undo: false,
-            op_timeout: client.options().request_timeout_for(ttl),
+            op_timeout: client.request_timeout_for(ttl),
         })
     }
 
@@ -319,7 +319,7 @@ impl Pending {
         call: &ScriptCall,
         op: &'static str,
     ) -> Result<Value, LockError> {
-        if self.op_timeout >= self.client.options().request_timeout() {
+        if self.op_timeout >= self.client.request_timeout() {
             return call.run_on(&mut self.conn, &self.resource, op).await;
         }
         tokio::time::timeout(

@@ -43,6 +43,9 @@ pub(crate) struct Context {
 pub(crate) struct Inner {
     /// The options the client was built with (validated).
     pub(crate) opts: RedisOptions,
+    /// What the options say of a lease of the client's TTL, worked out
+    /// once (see [`Timing`]).
+    pub(crate) timing: Timing,
     /// The connections (see [`Connections`]).
     pub(crate) conns: Arc<Connections>,
     /// Release wakeups over the shared pub/sub connection.
@@ -114,6 +117,36 @@ impl Context {
 
     pub(crate) fn options(&self) -> &RedisOptions {
         &self.inner.opts
+    }
+
+    /// The lease of one acquisition (`lease`, or the client's TTL); see
+    /// [`RedisOptions::lease_for`].
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidArgument`] for a lease the options refuse.
+    pub(crate) fn lease_for(&self, lease: Option<Duration>) -> Result<Duration, LockError> {
+        match lease {
+            // Checked when the client was built.
+            None => Ok(self.inner.timing.ttl),
+            Some(ttl) if ttl == self.inner.timing.ttl => Ok(ttl),
+            Some(_) => self.inner.opts.lease_for(lease),
+        }
+    }
+
+    /// The client's per-request timeout.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.timing.request_timeout
+    }
+
+    /// The per-request timeout of an acquisition with a lease of `ttl`.
+    pub(crate) fn request_timeout_for(&self, ttl: Duration) -> Duration {
+        let t = &self.inner.timing;
+        if ttl == t.ttl {
+            t.request_timeout
+        } else {
+            self.inner.opts.request_timeout_for(ttl)
+        }
     }
 
     /// The keys of resource `name` (validated by the caller), from the
@@ -193,8 +226,8 @@ impl Context {
             script,
             keys,
             args,
-            interval: self.inner.opts.renew_interval_for(ttl),
-            drift: self.inner.opts.drift_for(ttl),
+            interval: self.inner.timing.interval_for(&self.inner.opts, ttl),
+            drift: self.inner.timing.drift_for(&self.inner.opts, ttl),
             ttl,
             lock_delay: self.inner.opts.lock_delay.unwrap_or_default(),
             acquired_at,
@@ -248,7 +281,7 @@ impl Context {
         // then bounds the one request: no timer of ours to arm and drop
         // (callgrind: a timer's registration, polls and removal were ~10%
         // of the client's instructions per acquire+release).
-        if limit >= self.inner.opts.request_timeout()
+        if limit >= self.request_timeout()
             && let Some(mut c) = conn.take().or_else(|| self.inner.conns.ready())
         {
             let e = match ops::eval::<Value>(&mut c, script, &cmd).await {
@@ -318,6 +351,48 @@ impl Context {
             drop(keep);
         });
         rt.spawn(task);
+    }
+}
+
+/// What the options say of a lease of the client's TTL (the common case),
+/// worked out once: these were a few hundred instructions per
+/// acquire+release, each computed several times (callgrind).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timing {
+    /// The client's TTL.
+    pub(crate) ttl: Duration,
+    /// `RedisOptions::request_timeout`.
+    pub(crate) request_timeout: Duration,
+    /// `RedisOptions::renew_interval_for(ttl)`.
+    interval: Duration,
+    /// `RedisOptions::drift_for(ttl)`.
+    drift: Duration,
+}
+
+impl Timing {
+    pub(crate) fn of(opts: &RedisOptions) -> Self {
+        Self {
+            ttl: opts.ttl,
+            request_timeout: opts.request_timeout(),
+            interval: opts.renew_interval_for(opts.ttl),
+            drift: opts.drift_for(opts.ttl),
+        }
+    }
+
+    fn interval_for(&self, opts: &RedisOptions, ttl: Duration) -> Duration {
+        if ttl == self.ttl {
+            self.interval
+        } else {
+            opts.renew_interval_for(ttl)
+        }
+    }
+
+    fn drift_for(&self, opts: &RedisOptions, ttl: Duration) -> Duration {
+        if ttl == self.ttl {
+            self.drift
+        } else {
+            opts.drift_for(ttl)
+        }
     }
 }
 

@@ -115,7 +115,7 @@ impl Resource {
         attempt: &Acquisition,
     ) -> Result<Hold, LockError> {
         self.client.check_open(&self.name)?;
-        let ttl = self.client.options().lease_for(lease)?;
+        let ttl = self.client.lease_for(lease)?;
         let turn =
             waiting::local_turn(&self.client, &self.name, &self.name, deadline, attempt).await?;
         let (value, mut pending) = self.begin(mode, ttl, Some(deadline)).await?;
@@ -190,7 +190,7 @@ impl Resource {
 
     async fn try_once(&self, mode: Mode, lease: Option<Duration>) -> Result<Hold, LockError> {
         self.client.check_open(&self.name)?;
-        let ttl = self.client.options().lease_for(lease)?;
+        let ttl = self.client.lease_for(lease)?;
         let (value, mut pending) = self.begin(mode, ttl, None).await?;
         let (what, call) = match mode {
             Mode::Shared => ("shared lock", self.shared_call(&value, ttl)),

@@ -17,7 +17,17 @@ use crate::owner::Owner;
 ///
 /// [`LockError::Backend`] if the OS random source fails.
 pub(crate) fn fresh_value(resource: &str, mode: Mode) -> Result<Arc<str>, LockError> {
-    Ok(owner_value(&new_token(resource)?, mode).into())
+    // Written in a buffer kept per thread, then copied once into the value
+    // every call shares.
+    thread_local! {
+        static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    let token = new_token(resource)?;
+    Ok(BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        write_owner_value(buf, &token, mode);
+        Arc::from(buf.as_str())
+    }))
 }
 
 /// Parses the owner metadata stored after the token line; `None` for a value
@@ -78,7 +88,16 @@ pub(crate) fn new_token(name: &str) -> Result<String, LockError> {
 
 /// The stored owner value: `token\n` + owner metadata (so waiters can say
 /// who holds the lock), in [`Owner::to_text`]'s format.
+#[cfg(test)]
 pub(crate) fn owner_value(token: &str, mode: Mode) -> String {
+    let mut v = String::new();
+    write_owner_value(&mut v, token, mode);
+    v
+}
+
+/// Writes the owner value of `token` held in `mode` into `v`: the token, a
+/// newline, and this process's owner record ([`Owner::to_text`]'s format).
+fn write_owner_value(v: &mut String, token: &str, mode: Mode) {
     // The lines before `since=` (header, pid, start, host) never change in
     // a process: format them once.
     static PREFIX: OnceLock<String> = OnceLock::new();
@@ -89,14 +108,14 @@ pub(crate) fn owner_value(token: &str, mode: Mode) -> String {
             None => text,
         }
     });
-    let mut v = String::with_capacity(token.len() + prefix.len() + 64);
     v.push_str(token);
     v.push('\n');
     v.push_str(prefix);
     v.push_str("since=");
-    push_rfc3339_nanos(&mut v, SystemTime::now());
-    let _ = write!(v, "\nmode={mode}\n");
-    v
+    push_rfc3339_nanos(v, SystemTime::now());
+    v.push_str("\nmode=");
+    v.push_str(mode.as_str());
+    v.push('\n');
 }
 
 /// Appends `t` as `humantime::format_rfc3339_nanos` writes it
@@ -124,7 +143,13 @@ fn push_rfc3339_nanos(out: &mut String, t: SystemTime) {
         }
         out.push_str(text);
     });
-    let _ = write!(out, ".{:09}Z", since_epoch.subsec_nanos());
+    out.push('.');
+    let nanos = since_epoch.subsec_nanos();
+    for shift in (0..9).rev() {
+        let digit = nanos / 10u32.pow(shift) % 10;
+        out.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
+    }
+    out.push('Z');
 }
 
 #[cfg(test)]
