@@ -35,7 +35,7 @@ redis-cli -p "$port" ping >/dev/null
 scripts=src/redis/protocol/scripts
 cat >"$dir/floor_acquire.lua" <<'LUA'
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, redis.call('INCR', KEYS[5])}
+  return {1, redis.call('INCR', KEYS[2])}
 end
 return {0}
 LUA
@@ -54,10 +54,13 @@ count() { # label, then the redis-benchmark command's arguments
   total="$(grep -E '^(summary|totals):' "$out" | head -1 | awk '{print $2}')"
   printf '%-22s %8d instructions per call\n' "$label" $((total / N))
 }
-acquire_keys=(5 "k:{__rand_int__}:lock" k:readers k:intent k:sem k:fence "$value" 30000 0 0)
+# Each script's KEYS and ARGV as it takes them (the same lock key and value).
+floor_keys=(2 "k:{__rand_int__}:lock" k:fence "$value" 30000)
+acquire_keys=(4 "k:{__rand_int__}:lock" k:readers k:intent k:fence "$value" 30000 0)
+first_keys=(5 "k:{__rand_int__}:lock" k:readers k:intent k:sem k:fence "$value" 30000 0)
 for round in 1 2; do
   echo "round $round"
-  count "floor acquire" EVALSHA "$(sha "$dir/floor_acquire.lua")" "${acquire_keys[@]}"
+  count "floor acquire" EVALSHA "$(sha "$dir/floor_acquire.lua")" "${floor_keys[@]}"
   count "exclusive_acquire" EVALSHA "$(sha "$scripts/exclusive_acquire.lua")" "${acquire_keys[@]}"
-  count "first generation" EVALSHA "$(sha "$dir/first_generation.lua")" "${acquire_keys[@]}"
+  count "first generation" EVALSHA "$(sha "$dir/first_generation.lua")" "${first_keys[@]}"
 done

@@ -148,7 +148,7 @@ impl Floor {
             // As `protocol/keys.rs` lays them out: `{prefix}{<name>}:<suffix>`,
             // then the owner value.
             Protocol::Own { prefix, meta, .. } => {
-                ["lock", "readers", "intent", "sem", "fence", "released"]
+                ["lock", "readers", "intent", "fence", "released"]
                     .map(|suffix| format!("{prefix}{{{key}}}:{suffix}"))
                     .into_iter()
                     .chain([format!("{token}\n{meta}")])
@@ -198,26 +198,24 @@ impl Floor {
             Protocol::Own {
                 acquire, release, ..
             } => {
-                let [lock, readers, intent, sem, fence, channel, value] = &derived[..] else {
-                    unreachable!("seven derived strings")
+                let [lock, readers, intent, fence, channel, value] = &derived[..] else {
+                    unreachable!("six derived strings")
                 };
                 // KEYS and ARGV in `exclusive_acquire.lua`'s order; an
                 // `acquire` (not a `try_acquire`) queues a waiting writer's
                 // intent for a TTL.
-                let (granted, fence): (i64, i64) = acquire
+                let fence: i64 = acquire
                     .key(lock)
                     .key(readers)
                     .key(intent)
-                    .key(sem)
                     .key(fence)
                     .arg(value)
                     .arg(ttl)
                     .arg(ttl)
-                    .arg("0")
                     .invoke_async(conn)
                     .await
                     .unwrap();
-                assert!(granted == 1 && fence > 0, "{key} held");
+                assert!(fence > 0, "{key} held");
                 let n: i64 = release
                     .key(lock)
                     .arg(value)

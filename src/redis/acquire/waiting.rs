@@ -74,7 +74,9 @@ pub(crate) enum Attempt {
 }
 
 impl Attempt {
-    /// Parses `{1, fencing}` or `{0, ms[, reason[, holders[, holder value]]]}`.
+    /// Parses `{1, fencing}` or a bare fencing token (a positive integer:
+    /// the exclusive acquire's grant), or
+    /// `{0, ms[, reason[, holders[, holder value]]]}`.
     pub(crate) fn parse(
         value: &Value,
         resource: &str,
@@ -85,8 +87,14 @@ impl Attempt {
             op,
             detail,
         };
-        let Value::Array(items) = value else {
-            return Err(protocol(format!("expected an array, got {value:?}")));
+        let items = match value {
+            Value::Array(items) => items,
+            Value::Int(fencing) if *fencing > 0 => {
+                return Ok(Attempt::Granted {
+                    fencing: fencing.unsigned_abs(),
+                });
+            }
+            _ => return Err(protocol(format!("expected an array, got {value:?}"))),
         };
         let int = |i: usize| -> Result<i64, LockError> {
             match items.get(i) {
@@ -710,6 +718,10 @@ mod tests {
             Attempt::Granted { fencing: 7 }
         );
         assert_eq!(
+            Attempt::parse(&Value::Int(9), "r", "acquire").unwrap(),
+            Attempt::Granted { fencing: 9 }
+        );
+        assert_eq!(
             Attempt::parse(&arr(&[0, 250, 3, 2]), "r", "acquire").unwrap(),
             Attempt::Busy {
                 retry_in: Duration::from_millis(250),
@@ -741,7 +753,9 @@ mod tests {
     fn garbage_is_a_protocol_error() {
         for bad in [
             Value::Nil,
-            Value::Int(1),
+            // A bare token is a grant only when positive.
+            Value::Int(0),
+            Value::Int(-3),
             arr(&[]),
             arr(&[2, 1]),
             arr(&[1, -1]),

@@ -309,17 +309,15 @@ impl Resource {
         let a = &self.ttl_args;
         let intent = match queue {
             Queue::No => a.zero.clone(),
-            _ if ttl == a.ttl => a.intent_ms.clone(),
-            _ => ops::ms(intent_ttl(ttl)).into(),
-        };
-        let set = match queue {
-            Queue::IntentSet => a.one.clone(),
-            _ => a.zero.clone(),
+            Queue::Intent if ttl == a.ttl => a.intent_ms.clone(),
+            Queue::IntentSet if ttl == a.ttl => a.intent_set_ms.clone(),
+            Queue::Intent => ops::ms(intent_ttl(ttl)).into(),
+            Queue::IntentSet => format!("-{}", ops::ms(intent_ttl(ttl))).into(),
         };
         ScriptCall {
             script: &scripts::EXCLUSIVE_ACQUIRE,
             keys: self.keys.sets.exclusive_acquire.clone(),
-            args: Arc::new([value.clone(), self.ttl_arg(ttl), intent, set]),
+            args: Arc::new([value.clone(), self.ttl_arg(ttl), intent]),
         }
     }
 
@@ -366,7 +364,7 @@ impl Resource {
 }
 
 /// How an exclusive attempt queues behind readers
-/// (`exclusive_acquire.lua`'s `ARGV[3]` and `ARGV[4]`).
+/// (`exclusive_acquire.lua`'s `ARGV[3]`).
 #[derive(Clone, Copy)]
 enum Queue {
     /// A non-blocking attempt: it sets no intent.
@@ -386,10 +384,10 @@ struct TtlArgs {
     server_ms: Arc<str>,
     /// A waiting writer's intent TTL for it in ms.
     intent_ms: Arc<str>,
-    /// `0`: a non-blocking attempt sets no intent; no intent is set yet.
+    /// The same, negative: an intent of ours may be set.
+    intent_set_ms: Arc<str>,
+    /// `0`: a non-blocking attempt sets no intent.
     zero: Arc<str>,
-    /// `1`: an intent of ours is set.
-    one: Arc<str>,
 }
 
 impl TtlArgs {
@@ -399,8 +397,8 @@ impl TtlArgs {
             ttl,
             server_ms: ops::ms(client.options().server_ttl(ttl)).into(),
             intent_ms: ops::ms(intent_ttl(ttl)).into(),
+            intent_set_ms: format!("-{}", ops::ms(intent_ttl(ttl))).into(),
             zero: "0".into(),
-            one: "1".into(),
         }
     }
 }

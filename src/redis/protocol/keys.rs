@@ -102,7 +102,7 @@ pub(crate) struct ResourceKeys {
 /// its `.lua` file documents.
 #[derive(Debug, Clone)]
 pub(crate) struct KeySets {
-    /// `exclusive_acquire.lua`: lock, readers, intent, sem, fence.
+    /// `exclusive_acquire.lua`: lock, readers, intent, fence.
     pub(crate) exclusive_acquire: Arc<[String]>,
     /// `release.lua` for an exclusive hold: lock.
     pub(crate) exclusive_release: Arc<[String]>,
@@ -110,13 +110,13 @@ pub(crate) struct KeySets {
     pub(crate) intent_release: Arc<[String]>,
     /// `extend.lua` (the exclusive renewal): lock.
     pub(crate) exclusive_renew: Arc<[String]>,
-    /// `rwlock_read.lua`: readers, lock, intent, fence, sem.
+    /// `rwlock_read.lua`: readers, lock, intent, fence.
     pub(crate) shared_acquire: Arc<[String]>,
     /// `rwlock_read_release.lua`: readers, lock (the readers' mark).
     pub(crate) shared_release: Arc<[String]>,
     /// `semaphore_renew.lua` for a reader: readers, lock (the mark).
     pub(crate) shared_renew: Arc<[String]>,
-    /// `semaphore_acquire.lua`: sem, fence, permits, lock, readers.
+    /// `semaphore_acquire.lua`: sem, fence, permits, lock.
     pub(crate) sem_acquire: Arc<[String]>,
     /// `semaphore_release.lua`: sem, permits, lock (the semaphore's mark).
     pub(crate) sem_release: Arc<[String]>,
@@ -157,14 +157,14 @@ impl ResourceKeys {
         let set =
             |keys: &[&String]| -> Arc<[String]> { keys.iter().map(|k| (*k).clone()).collect() };
         let sets = KeySets {
-            exclusive_acquire: set(&[&lock, &readers, &intent, &sem, &fence]),
+            exclusive_acquire: set(&[&lock, &readers, &intent, &fence]),
             exclusive_release: set(&[&lock]),
             intent_release: set(&[&intent]),
             exclusive_renew: set(&[&lock]),
-            shared_acquire: set(&[&readers, &lock, &intent, &fence, &sem]),
+            shared_acquire: set(&[&readers, &lock, &intent, &fence]),
             shared_release: set(&[&readers, &lock]),
             shared_renew: set(&[&readers, &lock]),
-            sem_acquire: set(&[&sem, &fence, &permits, &lock, &readers]),
+            sem_acquire: set(&[&sem, &fence, &permits, &lock]),
             sem_release: set(&[&sem, &permits, &lock]),
             sem_renew: set(&[&sem, &lock, &permits]),
         };

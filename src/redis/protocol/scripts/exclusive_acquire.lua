@@ -6,16 +6,14 @@
 --         holders ('lockyard:semaphore'), PX at least as long as theirs
 -- KEYS[2] the readers ZSET (member = reader value, score = expiry ms)
 -- KEYS[3] the waiting writer's intent key (its value, PX)
--- KEYS[4] the semaphore ZSET of the same name (named for the Cluster slot
---         check; the mark in KEYS[1] says it is in use)
--- KEYS[5] the fencing counter (never expires)
+-- KEYS[4] the fencing counter (never expires)
 -- ARGV[1] the owner value: a random token, a newline, owner metadata
 -- ARGV[2] the lease in milliseconds
--- ARGV[3] intent lease in ms, or 0 not to queue (a non-blocking attempt)
--- ARGV[4] '1' when an earlier attempt of this acquisition set our intent
---         (it is withdrawn when we take the lock), else '0'
+-- ARGV[3] the intent's lease in ms: 0 not to queue (a non-blocking
+--         attempt); negative when an earlier attempt of this acquisition
+--         set our intent (it is withdrawn when we take the lock)
 --
--- Returns {1, fence} when acquired;
+-- Returns the fencing token (an integer, at least 1) when acquired;
 --         {0, ms_to_wait, reason, holders, blocker's value} when not:
 --           reason 1 = another exclusive holder, 2 = another writer waits
 --           first, 3 = readers hold it (our intent is now set, unless
@@ -24,23 +22,26 @@
 --         WRONGTYPE when a key holds something lockyard did not write.
 --
 -- The free name costs what the fenced floor costs: INCR + SET NX PX, two
--- calls and no pcall. Readers and semaphores mark the lock key while they
+-- calls and no pcall, and its answer is the token alone (no array). Readers and semaphores mark the lock key while they
 -- hold, so SET NX alone says the name is free of every kind of hold (no
 -- EXISTS of the other keys), and the counter is incremented first, so that
 -- a counter holding garbage fails the script before anything is taken (no
 -- pcall and undo). A busy attempt spends a token: tokens stay unique and
 -- increasing, only not consecutive. Measured with scripts/redis-script-cost.sh
--- (callgrind on redis-server, 20,000 calls on free names, instructions per
--- call including the server's network and parsing work, two rounds): this
--- script 46.98-46.99 k, the fenced floor's SET NX PX + INCR 47.28-47.35 k
--- (0.99x), the first generation (SET NX PX, EXISTS of the readers, intent
--- and semaphore keys, INCR in a pcall) 52.75-52.92 k (1.12x).
-local fence = redis.call('INCR', KEYS[5])
+-- (callgrind on redis-server, 20,000 calls on free names, each script with
+-- its own KEYS and ARGV, instructions per call including the server's
+-- network and parsing work, two rounds): this script 40.04 k, the fenced
+-- floor's SET NX PX + INCR on its two keys 41.30-41.32 k (0.97x), the first
+-- generation (five keys; SET NX PX, EXISTS of the readers, intent and
+-- semaphore keys, INCR in a pcall) 52.40-52.50 k (1.27x). Every key named
+-- costs the server too: the floor's script given five keys cost 47.3 k.
+local fence = redis.call('INCR', KEYS[4])
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  if ARGV[4] == '1' and redis.call('GET', KEYS[3]) == ARGV[1] then
+  -- 45 is '-': an intent of ours may be set.
+  if string.byte(ARGV[3]) == 45 and redis.call('GET', KEYS[3]) == ARGV[1] then
     redis.call('DEL', KEYS[3])
   end
-  return {1, fence}
+  return fence
 end
 local function left(key)
   local ms = redis.call('PTTL', key)
@@ -69,8 +70,9 @@ if w == 'lockyard:readers' then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
   local readers = redis.call('ZCARD', KEYS[2])
   if readers > 0 then
-    if tonumber(ARGV[3]) > 0 then
-      redis.call('SET', KEYS[3], ARGV[1], 'PX', ARGV[3])
+    local intent = math.abs(tonumber(ARGV[3]))
+    if intent > 0 then
+      redis.call('SET', KEYS[3], ARGV[1], 'PX', intent)
     end
     local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
     return {0, math.max(tonumber(first[2]) - now, 0), 3, readers, first[1]}
@@ -82,4 +84,4 @@ if i == ARGV[1] then
 end
 -- Our own value (a retry whose answer was lost), or readers all gone.
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return {1, fence}
+return fence

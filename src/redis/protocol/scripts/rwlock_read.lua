@@ -8,8 +8,6 @@
 --         or 'lockyard:semaphore' (the name is a semaphore)
 -- KEYS[3] the waiting writer's intent key (its value, PX)
 -- KEYS[4] the fencing counter
--- KEYS[5] the semaphore ZSET of the same name (named for the Cluster slot
---         check; the mark in KEYS[2] says it is in use)
 -- ARGV[1] owner value (random token, newline, owner metadata), ARGV[2] ttl ms
 --
 -- Returns {1, fencing_token} on success,

@@ -9,7 +9,6 @@
 --         so that a writer's SET NX alone sees the permits); a lock's value
 --         or the readers' mark means the name is a lock (one name is one
 --         kind of lock)
--- KEYS[5] the readers ZSET (named for the Cluster slot check)
 -- ARGV[1] owner value (random token, newline, owner metadata), ARGV[2] ttl
 -- ms, ARGV[3] permits
 --
