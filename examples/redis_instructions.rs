@@ -1,5 +1,6 @@
 //! Runs `n` sequential uncontended acquire+release pairs on Redis, by
-//! lockyard or by a floor of `lockyard_testkit::floor` (`floor`: the fenced
+//! lockyard (`lockyard`: `try_acquire`; `lockyard-acquire`: `acquire` with
+//! a timeout) or by a floor of `lockyard_testkit::floor` (`floor`: the fenced
 //! floor, one script `SET NX PX` + `INCR`, one compare-and-delete +
 //! `PUBLISH`; `own`: lockyard's own scripts, keys and owner value by hand;
 //! `plain`: `SET NX PX` + compare-and-delete; each on one multiplexed
@@ -52,19 +53,24 @@ fn main() {
                     floor.acquire_release(&key, TOKEN).await;
                 }
             }
-            "lockyard" => {
+            "lockyard" | "lockyard-acquire" => {
+                let blocking = who == "lockyard-acquire";
                 let locks = RedisLocks::connect_with(&url, RedisOptions::default().ttl(ttl))
                     .await
                     .expect("connect");
                 let name = format!("instr:lockyard:{}", std::process::id());
                 let lock = locks.lock(&name).expect("name");
                 for _ in 0..n {
-                    let guard = lock.try_acquire().await.expect("free");
-                    guard.release().await.expect("release");
+                    let guard = if blocking {
+                        lock.acquire(Duration::from_secs(5)).await
+                    } else {
+                        lock.try_acquire().await
+                    };
+                    guard.expect("free").release().await.expect("release");
                 }
                 locks.shutdown().await;
             }
-            other => panic!("floor, own, plain or lockyard, not {other}"),
+            other => panic!("floor, own, plain, lockyard or lockyard-acquire, not {other}"),
         }
     });
 }

@@ -616,6 +616,13 @@ pub(crate) async fn wait_until_granted<T>(
     }
 }
 
+/// Whether [`wait_until_granted`] rides out `e` (retrying within its
+/// deadline) rather than failing with it: a Cluster slot changing hands,
+/// or a Sentinel client's primary unreachable (a failover).
+pub(crate) fn waits_out(client: &Context, e: &LockError) -> bool {
+    is_slot_moving(e) || (e.is_unavailable() && client.inner.follows_failovers)
+}
+
 /// The error for a deadline that passed while the resource was busy.
 pub(crate) fn timeout(resource: &str, deadline: &Deadline, holder: Option<Owner>) -> LockError {
     LockError::Timeout {

@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -27,6 +28,9 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct LocalQueues {
     map: Mutex<HashMap<String, Arc<Entry>>>,
+    /// References alive over every name (changed under the map's lock):
+    /// zero says no name has a queue without locking or hashing.
+    refs: AtomicUsize,
 }
 
 impl fmt::Debug for LocalQueues {
@@ -42,10 +46,17 @@ impl LocalQueues {
         self.map.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Whether a task of this client holds the turn of `name` or waits for
+    /// it: an acquisition that finds none tries Redis before it queues.
+    pub(crate) fn has_queue(&self, name: &str) -> bool {
+        self.refs.load(Ordering::Acquire) > 0 && self.lock().contains_key(name)
+    }
+
     /// A reference to `name`'s queue, created if needed.
     pub(crate) fn get(self: &Arc<Self>, name: &str) -> QueueRef {
-        let entry = self
-            .lock()
+        let mut map = self.lock();
+        self.refs.fetch_add(1, Ordering::AcqRel);
+        let entry = map
             .entry(name.to_owned())
             .or_insert_with(|| {
                 Arc::new(Entry {
@@ -54,6 +65,7 @@ impl LocalQueues {
                 })
             })
             .clone();
+        drop(map);
         QueueRef {
             queues: self.clone(),
             name: name.to_owned(),
@@ -124,6 +136,7 @@ impl Drop for QueueRef {
             return;
         };
         let mut map = self.queues.lock();
+        self.queues.refs.fetch_sub(1, Ordering::AcqRel);
         // Only the map and `entry` left: nobody holds or waits.
         if Arc::strong_count(&entry) == 2 {
             map.remove(&self.name);
@@ -199,6 +212,12 @@ mod tests {
         );
         drop(held);
         assert_eq!(q.len(), 0);
+        assert!(!q.has_queue("a") && !q.has_queue("b"));
+        let held = q.get("a").turn().await;
+        assert!(q.has_queue("a") && !q.has_queue("b"));
+        drop(held);
+        assert!(!q.has_queue("a"));
+        assert_eq!(q.refs.load(Ordering::Acquire), 0);
     }
 
     #[test]

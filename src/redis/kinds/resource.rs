@@ -116,15 +116,60 @@ impl Resource {
     ) -> Result<Hold, LockError> {
         self.client.check_open(&self.name)?;
         let ttl = self.client.lease_for(lease)?;
-        let turn =
-            waiting::local_turn(&self.client, &self.name, &self.name, deadline, attempt).await?;
+        let what = match mode {
+            Mode::Shared => "shared lock",
+            _ => "exclusive lock",
+        };
+        // Behind another task of this process, wait for the turn first;
+        // else one attempt before any queue entry (the queue is for
+        // waiters): an uncontended acquisition is that one attempt.
+        let local = &self.client.inner.local;
+        let mut turn = None;
+        if local.has_queue(&self.name) {
+            turn = Some(
+                waiting::local_turn(&self.client, &self.name, &self.name, deadline, attempt)
+                    .await?,
+            );
+        }
         let (value, mut pending) = self.begin(mode, ttl, Some(deadline)).await?;
-        let (what, call, after_claim, max_nap) = match mode {
-            Mode::Shared => ("shared lock", self.shared_call(&value, ttl), None, ttl),
+        if turn.is_none() {
+            let first = match mode {
+                Mode::Shared => self.shared_call(&value, ttl),
+                // No intent yet: a busy answer takes nothing.
+                _ => self.exclusive_call(&value, Queue::No, ttl),
+            };
+            let grant = |fencing, sent_at| self.take(mode, &value, fencing, sent_at, ttl);
+            match waiting::try_once(&mut pending, &first, what, grant).await {
+                Ok(hold) => {
+                    pending.done();
+                    return Ok(hold);
+                }
+                // Busy, or a failover or slot move the wait rides out:
+                // queue, then wait on Redis as below (its first attempt
+                // comes at once).
+                Err(e) if e.is_would_block() || waiting::waits_out(&self.client, &e) => {
+                    if e.is_would_block() {
+                        attempt.contended();
+                    }
+                    turn = Some(
+                        waiting::local_turn(
+                            &self.client,
+                            &self.name,
+                            &self.name,
+                            deadline,
+                            attempt,
+                        )
+                        .await?,
+                    );
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let (call, after_claim, max_nap) = match mode {
+            Mode::Shared => (self.shared_call(&value, ttl), None, ttl),
             // Refresh the intent well before it expires; once set, withdraw
             // it with the grant.
             _ => (
-                "exclusive lock",
                 self.exclusive_call(&value, Queue::Intent, ttl),
                 Some(self.exclusive_call(&value, Queue::IntentSet, ttl)),
                 intent_ttl(ttl) / 3,
@@ -136,7 +181,7 @@ impl Resource {
             channel: &self.keys.channel,
             what,
             max_nap,
-            turn: Some(&turn),
+            turn: turn.as_ref(),
             stats: attempt,
             after_claim: after_claim.as_ref(),
         };
