@@ -52,7 +52,7 @@ impl Hold {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         client: &Context,
-        resource: &str,
+        resource: &Arc<str>,
         mode: Mode,
         fencing: u64,
         sent_at: Moment,
@@ -82,7 +82,7 @@ impl Hold {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn member(
         client: &Context,
-        resource: &str,
+        resource: &Arc<str>,
         fencing: u64,
         sent_at: Moment,
         ttl: Duration,

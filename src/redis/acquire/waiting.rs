@@ -182,7 +182,7 @@ impl Pending {
     /// `undo` are the releases that undo it.
     pub(crate) async fn new(
         client: &Context,
-        resource: &str,
+        resource: &Arc<str>,
         undo: Vec<ScriptCall>,
         ttl: Duration,
     ) -> Result<Self, LockError> {
@@ -190,7 +190,7 @@ impl Pending {
         let conn = client.conn(resource, "acquire").await?;
         Ok(Self {
             client: client.clone(),
-            resource: resource.into(),
+            resource: resource.clone(),
             conn,
             undo,
             armed: false,
@@ -213,7 +213,7 @@ impl Pending {
     /// Cancel safe: nothing was sent yet.
     pub(crate) async fn new_within(
         client: &Context,
-        resource: &str,
+        resource: &Arc<str>,
         undo: Vec<ScriptCall>,
         ttl: Duration,
         deadline: &Deadline,
@@ -226,7 +226,7 @@ impl Pending {
                         && client.inner.follows_failovers
                         && !deadline.expired() =>
                 {
-                    tracing::debug!(resource, error = %e, "primary unreachable (a failover?); waiting on");
+                    tracing::debug!(resource = &**resource, error = %e, "primary unreachable (a failover?); waiting on");
                     back_off(&mut pause, deadline).await;
                 }
                 r => return r,

@@ -214,7 +214,7 @@ impl Context {
     /// A [`Lease`] for `ttl` with the client's interval and drift.
     pub(crate) fn lease(
         &self,
-        resource: &str,
+        resource: &Arc<str>,
         script: &'static Script,
         keys: Arc<[String]>,
         args: Args,
@@ -222,7 +222,7 @@ impl Context {
         acquired_at: crate::lost::Moment,
     ) -> Lease {
         Lease {
-            resource: resource.into(),
+            resource: resource.clone(),
             script,
             keys,
             args,

@@ -47,7 +47,8 @@ const REASON_INTENT_SET: i64 = 3;
 /// One resource name on one client.
 pub(crate) struct Resource {
     pub(crate) client: Context,
-    pub(crate) name: String,
+    /// Shared with the acquisitions' and holds' own records of it.
+    pub(crate) name: Arc<str>,
     pub(crate) keys: Arc<ResourceKeys>,
     ttl_args: TtlArgs,
     /// The stats entry every acquisition of the name counts into, looked
@@ -69,7 +70,7 @@ impl Resource {
             ttl_args: TtlArgs::new(client),
             site: OnceLock::new(),
             client: client.clone(),
-            name: name.to_owned(),
+            name: name.into(),
         })
     }
 
@@ -234,7 +235,7 @@ impl Resource {
     }
 
     async fn try_once(&self, mode: Mode, lease: Option<Duration>) -> Result<Hold, LockError> {
-        self.client.check_open(&self.name)?;
+        // (`Pending::new` refuses a client that was shut down.)
         let ttl = self.client.lease_for(lease)?;
         let (value, mut pending) = self.begin(mode, ttl, None).await?;
         let (what, call) = match mode {
@@ -324,10 +325,13 @@ impl Resource {
             Mode::Shared => (&*scripts::RENEW_MEMBER, &self.keys.sets.shared_renew),
             _ => (&*scripts::EXTEND, &self.keys.sets.exclusive_renew),
         };
+        let release = self.release_call(mode, value);
+        // The release's arguments: the renewal scripts read the value first
+        // and the TTL the watchdog appends last.
         let renew = ScriptCall {
             script,
             keys: keys.clone(),
-            args: Arc::new([value.clone()]),
+            args: release.args.clone(),
         };
         Hold::new(
             &self.client,
@@ -337,7 +341,7 @@ impl Resource {
             sent_at,
             ttl,
             renew,
-            self.release_call(mode, value),
+            release,
         )
     }
 

@@ -98,7 +98,7 @@ pub struct RedisSemaphore {
 
 struct SemaphoreInner {
     client: Context,
-    name: String,
+    name: Arc<str>,
     permits: u32,
     keys: Arc<ResourceKeys>,
 }
@@ -116,7 +116,7 @@ impl RedisSemaphore {
         Ok(RedisSemaphore {
             inner: Arc::new(SemaphoreInner {
                 client: client.clone(),
-                name: name.to_owned(),
+                name: name.into(),
                 permits,
                 keys: client.resource_keys(name),
             }),
@@ -328,7 +328,7 @@ impl RedisSemaphore {
         )
         .await?;
         u32::try_from(n).map_err(|_| LockError::Protocol {
-            resource: i.name.clone(),
+            resource: i.name.to_string(),
             op: "count permits",
             detail: format!("count {n} out of range"),
         })
@@ -442,20 +442,16 @@ impl RedisSemaphore {
         ttl: Duration,
     ) -> Result<RedisPermitGuard, Expired> {
         let i = &self.inner;
+        let release = self.release_call(token);
+        // The release's arguments (see `semaphore_renew.lua`).
+        let renew = ScriptCall {
+            script: &scripts::RENEW_MEMBER,
+            keys: i.keys.sets.sem_renew.clone(),
+            args: release.args.clone(),
+        };
         Ok(RedisPermitGuard {
             held: Hold::new(
-                &i.client,
-                &i.name,
-                mode,
-                fencing,
-                sent_at,
-                ttl,
-                ScriptCall {
-                    script: &scripts::RENEW_MEMBER,
-                    keys: i.keys.sets.sem_renew.clone(),
-                    args: Arc::new([token.clone()]),
-                },
-                self.release_call(token),
+                &i.client, &i.name, mode, fencing, sent_at, ttl, renew, release,
             )?,
         })
     }

@@ -22,12 +22,12 @@ pub(crate) fn fresh_value(resource: &str, mode: Mode) -> Result<Arc<str>, LockEr
     thread_local! {
         static BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
-    let token = new_token(resource)?;
-    Ok(BUF.with_borrow_mut(|buf| {
+    BUF.with_borrow_mut(|buf| {
         buf.clear();
-        write_owner_value(buf, &token, mode);
-        Arc::from(buf.as_str())
-    }))
+        push_token(buf, resource)?;
+        push_record(buf, mode);
+        Ok(Arc::from(buf.as_str()))
+    })
 }
 
 /// Parses the owner metadata stored after the token line; `None` for a value
@@ -45,7 +45,15 @@ pub(crate) fn parse_holder(value: &[u8]) -> Option<Owner> {
 /// token). Each byte is used once. The buffer records the pid that filled
 /// it and is refilled in a forked child, so parent and child never share
 /// tokens.
+#[cfg(test)]
 pub(crate) fn new_token(name: &str) -> Result<String, LockError> {
+    let mut s = String::new();
+    push_token(&mut s, name)?;
+    Ok(s)
+}
+
+/// Appends a fresh [`new_token`] to `out`.
+fn push_token(out: &mut String, name: &str) -> Result<(), LockError> {
     const TOKEN: usize = 16;
     const BATCH: usize = 32 * TOKEN;
     struct Pool {
@@ -78,26 +86,28 @@ pub(crate) fn new_token(name: &str) -> Result<String, LockError> {
         source: Box::new(std::io::Error::other(e.to_string())),
     })?;
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(2 * TOKEN);
-    for b in buf {
-        s.push(char::from(HEX[usize::from(b >> 4)]));
-        s.push(char::from(HEX[usize::from(b & 15)]));
+    let mut hex = [0u8; 2 * TOKEN];
+    for (pair, b) in hex.chunks_exact_mut(2).zip(buf) {
+        pair[0] = HEX[usize::from(b >> 4)];
+        pair[1] = HEX[usize::from(b & 15)];
     }
-    Ok(s)
+    // Hex digits only: always UTF-8.
+    out.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+    Ok(())
 }
 
 /// The stored owner value: `token\n` + owner metadata (so waiters can say
 /// who holds the lock), in [`Owner::to_text`]'s format.
 #[cfg(test)]
 pub(crate) fn owner_value(token: &str, mode: Mode) -> String {
-    let mut v = String::new();
-    write_owner_value(&mut v, token, mode);
+    let mut v = token.to_owned();
+    push_record(&mut v, mode);
     v
 }
 
-/// Writes the owner value of `token` held in `mode` into `v`: the token, a
-/// newline, and this process's owner record ([`Owner::to_text`]'s format).
-fn write_owner_value(v: &mut String, token: &str, mode: Mode) {
+/// Appends what follows the token in an owner value: a newline and the
+/// owner record.
+fn push_record(v: &mut String, mode: Mode) {
     // The lines before `since=` (header, pid, start, host) never change in
     // a process: format them once.
     static PREFIX: OnceLock<String> = OnceLock::new();
@@ -108,7 +118,6 @@ fn write_owner_value(v: &mut String, token: &str, mode: Mode) {
             None => text,
         }
     });
-    v.push_str(token);
     v.push('\n');
     v.push_str(prefix);
     v.push_str("since=");
@@ -144,11 +153,14 @@ fn push_rfc3339_nanos(out: &mut String, t: SystemTime) {
         out.push_str(text);
     });
     out.push('.');
-    let nanos = since_epoch.subsec_nanos();
-    for shift in (0..9).rev() {
-        let digit = nanos / 10u32.pow(shift) % 10;
-        out.push(char::from(b'0' + u8::try_from(digit).unwrap_or(0)));
+    let mut nanos = since_epoch.subsec_nanos();
+    let mut digits = [b'0'; 9];
+    for d in digits.iter_mut().rev() {
+        // `nanos % 10` < 10: the cast keeps it.
+        *d = b'0' + (nanos % 10) as u8;
+        nanos /= 10;
     }
+    out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
     out.push('Z');
 }
 

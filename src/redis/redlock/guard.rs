@@ -145,6 +145,7 @@ impl RedlockHold {
             .collect();
         let quorum = Arc::new(Quorum::new(name, initial, inner.quorum));
         let value: Arc<str> = value.into();
+        let shared_name: Arc<str> = name.into();
         let fencing = grants.iter().flatten().map(|(_, f)| *f).max().unwrap_or(0);
         let mut members = Vec::with_capacity(grants.len());
         for (n, grant) in grants.into_iter().enumerate() {
@@ -154,20 +155,21 @@ impl RedlockHold {
             };
             let keys = client.resource_keys(name);
             let lock_key: Arc<[String]> = Arc::from(vec![keys.lock.clone()]);
-            let renew = ScriptCall {
-                script: &scripts::EXTEND,
-                keys: lock_key.clone(),
-                args: Arc::new([value.clone()]),
-            };
             let release = ScriptCall {
                 script: scripts::RELEASE.get(client.is_cluster()),
-                keys: lock_key,
+                keys: lock_key.clone(),
                 args: Arc::new([value.clone(), keys.channel.clone()]),
+            };
+            // The release's arguments (see `extend.lua`).
+            let renew = ScriptCall {
+                script: &scripts::EXTEND,
+                keys: lock_key,
+                args: release.args.clone(),
             };
             let observer: Arc<dyn Observer> = quorum.clone();
             let hold = Hold::member(
                 &client,
-                name,
+                &shared_name,
                 fence,
                 sent_at,
                 inner.ttl,

@@ -2,12 +2,14 @@
 --
 -- KEYS[1]  the lock key
 -- ARGV[1]  our owner value
--- ARGV[2]  the new lease in milliseconds (the watchdog passes the lease's
---          TTL as the last argument of every renewal script)
+-- ARGV[#ARGV] (the last) the new lease in milliseconds: the watchdog
+--          appends the lease's TTL to a renewal's arguments, which are the
+--          release's (value, channel), shared with it rather than built
+--          again for every hold
 --
 -- Returns 1 when extended, 0 when the key is gone or held by someone else.
 if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  redis.call('PEXPIRE', KEYS[1], ARGV[#ARGV])
   return 1
 end
 return 0

@@ -4,13 +4,14 @@
 -- the holders' kind ('lockyard:semaphore', or 'lockyard:readers'), kept at
 -- least as long as every hold; KEYS[3] (semaphores only) the stored permit
 -- count, kept alive as long as the ZSET
--- ARGV[1] owner value, ARGV[2] ttl ms
+-- ARGV[1] owner value; the last ARGV the ttl in ms (see extend.lua: the
+-- arguments before it are the release's)
 --
 -- Returns 1 when renewed, 0 when the permit is gone or already expired
 -- (someone may have taken it over: the holder has lost it).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
+local ttl = tonumber(ARGV[#ARGV])
 local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if not expiry or tonumber(expiry) <= now then
   return 0
