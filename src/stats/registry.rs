@@ -285,14 +285,16 @@ impl Acquisition {
             add(e, &e.contended, Metric::Contended);
         }
         add(e, &e.acquisitions, Metric::Acquisitions);
-        let waited = self.started.elapsed();
+        // One reading of the clock ends the wait and starts the hold.
+        let now = Instant::now();
+        let waited = now.saturating_duration_since(self.started);
         e.wait.record(waited);
         #[cfg(feature = "metrics")]
         e.keys.wait(waited);
         gauge(e, &e.held, true, true);
         Held {
             site: self.site.clone(),
-            since: Instant::now(),
+            since: now,
             lost: false,
         }
     }

@@ -188,7 +188,17 @@ impl Pending {
     ) -> Result<Self, LockError> {
         client.check_open(resource)?;
         let conn = client.conn(resource, "acquire").await?;
-        Ok(Self {
+        Ok(Self::on(client, resource, conn, undo, ttl))
+    }
+
+    fn on(
+        client: &Context,
+        resource: &Arc<str>,
+        conn: Conn,
+        undo: Vec<ScriptCall>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
             client: client.clone(),
             resource: resource.clone(),
             conn,
@@ -196,7 +206,7 @@ impl Pending {
             armed: false,
             always_undo: false,
             op_timeout: client.request_timeout_for(ttl),
-        })
+        }
     }
 
     /// As [`new`](Self::new) for an acquisition that waits until
@@ -220,7 +230,9 @@ impl Pending {
     ) -> Result<Self, LockError> {
         let mut pause = Duration::from_millis(10);
         loop {
-            match Self::new(client, resource, undo.clone(), ttl).await {
+            client.check_open(resource)?;
+            match client.conn(resource, "acquire").await {
+                Ok(conn) => return Ok(Self::on(client, resource, conn, undo, ttl)),
                 Err(e)
                     if e.is_unavailable()
                         && client.inner.follows_failovers
@@ -229,7 +241,7 @@ impl Pending {
                     tracing::debug!(resource = &**resource, error = %e, "primary unreachable (a failover?); waiting on");
                     back_off(&mut pause, deadline).await;
                 }
-                r => return r,
+                Err(e) => return Err(e),
             }
         }
     }

@@ -115,7 +115,6 @@ impl Resource {
         lease: Option<Duration>,
         attempt: &Acquisition,
     ) -> Result<Hold, LockError> {
-        self.client.check_open(&self.name)?;
         let ttl = self.client.lease_for(lease)?;
         let what = match mode {
             Mode::Shared => "shared lock",
@@ -127,19 +126,21 @@ impl Resource {
         let local = &self.client.inner.local;
         let mut turn = None;
         if local.has_queue(&self.name) {
+            // Refused before waiting there (`Pending` refuses it too).
+            self.client.check_open(&self.name)?;
             turn = Some(
                 waiting::local_turn(&self.client, &self.name, &self.name, deadline, attempt)
                     .await?,
             );
         }
-        let (value, mut pending) = self.begin(mode, ttl, Some(deadline)).await?;
+        let (claim, mut pending) = self.begin(mode, ttl, Some(deadline)).await?;
         if turn.is_none() {
             let first = match mode {
-                Mode::Shared => self.shared_call(&value, ttl),
+                Mode::Shared => self.shared_call(&claim.value, ttl),
                 // No intent yet: a busy answer takes nothing.
-                _ => self.exclusive_call(&value, Queue::No, ttl),
+                _ => self.exclusive_call(&claim.value, Queue::No, ttl),
             };
-            let grant = |fencing, sent_at| self.take(mode, &value, fencing, sent_at, ttl);
+            let grant = |fencing, sent_at| self.take(mode, &claim, fencing, sent_at, ttl);
             match waiting::try_once(&mut pending, &first, what, grant).await {
                 Ok(hold) => {
                     pending.done();
@@ -167,12 +168,12 @@ impl Resource {
             }
         }
         let (call, after_claim, max_nap) = match mode {
-            Mode::Shared => (self.shared_call(&value, ttl), None, ttl),
+            Mode::Shared => (self.shared_call(&claim.value, ttl), None, ttl),
             // Refresh the intent well before it expires; once set, withdraw
             // it with the grant.
             _ => (
-                self.exclusive_call(&value, Queue::Intent, ttl),
-                Some(self.exclusive_call(&value, Queue::IntentSet, ttl)),
+                self.exclusive_call(&claim.value, Queue::Intent, ttl),
+                Some(self.exclusive_call(&claim.value, Queue::IntentSet, ttl)),
                 intent_ttl(ttl) / 3,
             ),
         };
@@ -192,7 +193,7 @@ impl Resource {
             &mut pending,
             &call,
             |reason| mode != Mode::Shared && reason == REASON_INTENT_SET,
-            |fencing, sent_at| self.take(mode, &value, fencing, sent_at, ttl),
+            |fencing, sent_at| self.take(mode, &claim, fencing, sent_at, ttl),
         )
         .await;
         match result {
@@ -237,16 +238,16 @@ impl Resource {
     async fn try_once(&self, mode: Mode, lease: Option<Duration>) -> Result<Hold, LockError> {
         // (`Pending::new` refuses a client that was shut down.)
         let ttl = self.client.lease_for(lease)?;
-        let (value, mut pending) = self.begin(mode, ttl, None).await?;
+        let (claim, mut pending) = self.begin(mode, ttl, None).await?;
         let (what, call) = match mode {
-            Mode::Shared => ("shared lock", self.shared_call(&value, ttl)),
+            Mode::Shared => ("shared lock", self.shared_call(&claim.value, ttl)),
             _ => (
                 "exclusive lock",
-                self.exclusive_call(&value, Queue::No, ttl),
+                self.exclusive_call(&claim.value, Queue::No, ttl),
             ),
         };
         let hold = waiting::try_once(&mut pending, &call, what, |fencing, sent_at| {
-            self.take(mode, &value, fencing, sent_at, ttl)
+            self.take(mode, &claim, fencing, sent_at, ttl)
         })
         .await?;
         pending.done();
@@ -301,14 +302,15 @@ impl Resource {
         mode: Mode,
         ttl: Duration,
         deadline: Option<&Deadline>,
-    ) -> Result<(Arc<str>, Pending), LockError> {
+    ) -> Result<(Claim, Pending), LockError> {
         let value = token::fresh_value(&self.name, mode)?;
-        let undo = self.undo_calls(mode, &value);
+        let release = self.release_call(mode, &value);
+        let undo = self.undo_calls(mode, &release);
         let pending = match deadline {
             Some(d) => Pending::new_within(&self.client, &self.name, undo, ttl, d).await?,
             None => Pending::new(&self.client, &self.name, undo, ttl).await?,
         };
-        Ok((value, pending))
+        Ok((Claim { value, release }, pending))
     }
 
     /// A granted attempt becomes a hold (or is refused as expired:
@@ -316,7 +318,7 @@ impl Resource {
     fn take(
         &self,
         mode: Mode,
-        value: &Arc<str>,
+        claim: &Claim,
         fencing: u64,
         sent_at: Moment,
         ttl: Duration,
@@ -325,7 +327,7 @@ impl Resource {
             Mode::Shared => (&*scripts::RENEW_MEMBER, &self.keys.sets.shared_renew),
             _ => (&*scripts::EXTEND, &self.keys.sets.exclusive_renew),
         };
-        let release = self.release_call(mode, value);
+        let release = claim.release.clone();
         // The release's arguments: the renewal scripts read the value first
         // and the TTL the watchdog appends last.
         let renew = ScriptCall {
@@ -398,18 +400,24 @@ impl Resource {
     /// that a Cluster node serves each while the slot migrates (see
     /// `scripts.rs`); they need not be atomic, each compares our value.
     /// The two calls share their arguments.
-    fn undo_calls(&self, mode: Mode, value: &Arc<str>) -> Vec<ScriptCall> {
-        let release = self.release_call(mode, value);
+    fn undo_calls(&self, mode: Mode, release: &ScriptCall) -> Vec<ScriptCall> {
         if mode == Mode::Shared {
-            return vec![release];
+            return vec![release.clone()];
         }
         let intent = ScriptCall {
             script: release.script,
             keys: self.keys.sets.intent_release.clone(),
             args: release.args.clone(),
         };
-        vec![release, intent]
+        vec![release.clone(), intent]
     }
+}
+
+/// One acquisition's owner value and the release of its hold (shared by
+/// its undo, and by the hold and its renewal once granted).
+struct Claim {
+    value: Arc<str>,
+    release: ScriptCall,
 }
 
 /// How an exclusive attempt queues behind readers
