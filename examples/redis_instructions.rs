@@ -35,6 +35,9 @@ fn main() {
         .unwrap_or_else(|| "redis://127.0.0.1:7399/".to_owned());
     let who = args.next().unwrap_or_else(|| "lockyard".to_owned());
     let n: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(1000);
+    // Concurrent tasks, each on its own name, sharing the `n` pairs (as the
+    // bench's 64-task rows, on one thread).
+    let tasks: u64 = args.next().and_then(|t| t.parse().ok()).unwrap_or(1);
     let ttl = Duration::from_secs(30);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -48,6 +51,14 @@ fn main() {
                     "own" => Floor::connect_own(&url, ttl).await,
                     _ => Floor::connect(&url, ttl).await,
                 };
+                if tasks > 1 {
+                    fn key(t: usize) -> String {
+                        format!("instr:floor:{}:{t}", std::process::id())
+                    }
+                    let per = usize::try_from(n / tasks).expect("ops");
+                    floor.tasks_round(tasks as usize, per, key).await;
+                    return;
+                }
                 let key = format!("instr:floor:{}", std::process::id());
                 for _ in 0..n {
                     floor.acquire_release(&key, TOKEN).await;
@@ -58,15 +69,26 @@ fn main() {
                 let locks = RedisLocks::connect_with(&url, RedisOptions::default().ttl(ttl))
                     .await
                     .expect("connect");
-                let name = format!("instr:lockyard:{}", std::process::id());
-                let lock = locks.lock(&name).expect("name");
-                for _ in 0..n {
-                    let guard = if blocking {
-                        lock.acquire(Duration::from_secs(5)).await
-                    } else {
-                        lock.try_acquire().await
-                    };
-                    guard.expect("free").release().await.expect("release");
+                let run = |t: u64, ops: u64| {
+                    let lock = locks
+                        .lock(&format!("instr:lockyard:{}:{t}", std::process::id()))
+                        .expect("name");
+                    async move {
+                        for _ in 0..ops {
+                            let guard = if blocking {
+                                lock.acquire(Duration::from_secs(5)).await
+                            } else {
+                                lock.try_acquire().await
+                            };
+                            guard.expect("free").release().await.expect("release");
+                        }
+                    }
+                };
+                let handles: Vec<_> = (0..tasks)
+                    .map(|t| tokio::spawn(run(t, n / tasks)))
+                    .collect();
+                for h in handles {
+                    h.await.expect("task");
                 }
                 locks.shutdown().await;
             }

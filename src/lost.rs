@@ -224,11 +224,17 @@ impl LeaseDeadline {
 
     /// A lease that ends at `end`, on both clocks.
     pub(crate) fn ending(end: Moment) -> Self {
+        Self::ending_as_of(end, clocks())
+    }
+
+    /// As [`ending`](Self::ending), with the clocks read at `now` (just
+    /// before) rather than again.
+    pub(crate) fn ending_as_of(end: Moment, now: Moment) -> Self {
         Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
                     end,
-                    passed: end.passed_by(clocks()),
+                    passed: end.passed_by(now),
                     suspect: false,
                     spells: 0,
                 }),

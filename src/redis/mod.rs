@@ -69,7 +69,11 @@
 //! - **One name is one lock.** Every key of a resource is
 //!   `{prefix}{<name>}:<suffix>`, the name being the `{hash tag}` (one Redis
 //!   Cluster slot): `:lock` (the exclusive holder's owner value: the plain
-//!   lock, and the RW lock's writer), `:readers` (shared holders), `:intent`
+//!   lock, and the RW lock's writer; while readers or a semaphore's holders
+//!   hold the name, their mark, `lockyard:readers` or `lockyard:semaphore`,
+//!   with a `PX` at least their longest hold, so that a free name's
+//!   exclusive acquire is `INCR` + `SET NX PX` alone), `:readers` (shared
+//!   holders), `:intent`
 //!   (a waiting writer), `:sem` and `:permits` (a semaphore and its stored
 //!   permit count), `:fence` (the fencing counter, never expires: one small
 //!   key per resource ever locked) and the release channel `:released`. The

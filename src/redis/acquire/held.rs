@@ -222,6 +222,13 @@ impl Hold {
             .lease
             .take()
             .and_then(|l| l.is_lost().then(|| l.lost_error()));
+        // The hold ends for the stats here, lost or not, as read just now
+        // (`Drop` then has nothing to read again).
+        if let Some(mut stats) = self.stats.take()
+            && lost.is_some()
+        {
+            stats.lost();
+        }
         let Some(op) = self.release.as_ref() else {
             return Ok(());
         };

@@ -10,14 +10,20 @@
 //!
 //! # How it works
 //!
-//! - Exclusive: `SET NX PX` on `:lock` when nobody reads, nobody waits to
-//!   write first and no semaphore uses the name. When only readers stand in
-//!   the way, a blocking attempt sets its *intent* (`:intent`, refreshed on
+//! - Exclusive: `INCR` of the fencing counter and `SET NX PX` on `:lock`:
+//!   readers and a semaphore's holders mark `:lock` while they hold, so a
+//!   free `:lock` is a free name. When only readers stand in the way (their
+//!   mark), a blocking attempt sets its *intent* (`:intent`, refreshed on
 //!   every attempt), which keeps new readers out, so the readers drain and
-//!   the writer goes next: a stream of readers cannot starve it.
-//! - Shared: a member of the `:readers` ZSET scored by its expiry, when
-//!   there is no exclusive holder and no writer intent.
-//! - Every grant `INCR`s the resource's fencing counter; every release
+//!   the writer goes next: a stream of readers cannot starve it. The writer
+//!   withdraws its intent with its grant.
+//! - Shared: a member of the `:readers` ZSET scored by its expiry, and the
+//!   readers' mark on `:lock`, when there is no exclusive holder and no
+//!   writer intent.
+//! - An uncontended acquisition is one script call: a task of this process
+//!   queues in-process only behind another, or after a busy first attempt.
+//! - Every grant `INCR`s the resource's fencing counter (a busy exclusive
+//!   attempt spends one too: tokens increase, with gaps); every release
 //!   publishes on the release channel; a busy answer says when the blocking
 //!   lease ends, so waiters never poll blindly ([`crate::redis::acquire::waiting`]).
 //!

@@ -372,7 +372,7 @@ impl Watchdog {
         // client's instructions per acquire+release, callgrind).
         let lost = CancellationToken::new();
         let resource = lease.resource.clone();
-        let end = LeaseDeadline::ending(validity.deadline());
+        let end = LeaseDeadline::ending_as_of(validity.deadline(), clocks);
         let mut entry = Entry {
             lease,
             due: now,
