@@ -88,6 +88,10 @@ pub(crate) fn is_slot_moving(e: &LockError) -> bool {
     let LockError::Unavailable { source, .. } = e else {
         return false;
     };
+    // Named by `name_slot` already.
+    if source.is::<SlotChanging>() {
+        return true;
+    }
     source.downcast_ref::<RedisError>().is_some_and(|r| {
         matches!(
             r.kind(),
@@ -107,6 +111,11 @@ pub(crate) fn is_slot_moving(e: &LockError) -> bool {
 /// Other errors are returned as they are.
 pub(crate) fn name_slot(e: LockError, slot: u16) -> LockError {
     if !is_slot_moving(&e) {
+        return e;
+    }
+    if let LockError::Unavailable { source, .. } = &e
+        && source.is::<SlotChanging>()
+    {
         return e;
     }
     let LockError::Unavailable {
@@ -261,5 +270,36 @@ mod tests {
             LockError::Protocol { .. }
         ));
         assert!(map_pool(bb8::RunError::TimedOut, "r", "acquire", "redis://h:1/").is_unavailable());
+    }
+
+    /// A slot error named once (a first attempt's, say) is still one the
+    /// wait rides out, and naming it again changes nothing. (The first
+    /// attempt of an uncontended acquire names it; the wait that follows
+    /// decided from the named error, and gave up at once on a migrating
+    /// slot: `tests/redis_cluster.rs`'s first-use-while-migrating test.)
+    #[test]
+    fn a_named_slot_error_is_still_a_moving_slot() {
+        let tryagain = RedisError::from((
+            ErrorKind::Server(ServerErrorKind::TryAgain),
+            "multiple keys request during rehashing of slot",
+        ));
+        let e = map_redis(tryagain, "r", "acquire");
+        assert!(is_slot_moving(&e));
+        let named = name_slot(e, 7);
+        assert!(is_slot_moving(&named), "{named}");
+        let text = |e: &LockError| {
+            let mut out = e.to_string();
+            let mut cur = std::error::Error::source(e);
+            while let Some(s) = cur {
+                out.push_str(": ");
+                out.push_str(&s.to_string());
+                cur = s.source();
+            }
+            out
+        };
+        let once = text(&named);
+        assert!(once.contains("hash slot 7 is migrating"), "{once}");
+        let twice = text(&name_slot(named, 7));
+        assert_eq!(once, twice);
     }
 }

@@ -281,18 +281,12 @@ impl Context {
         // then bounds the one request: no timer of ours to arm and drop
         // (callgrind: a timer's registration, polls and removal were ~10%
         // of the client's instructions per acquire+release).
+        let what = (script, &cmd, resource, op);
         if limit >= self.request_timeout()
             && let Some(mut c) = conn.take().or_else(|| self.inner.conns.ready())
+            && let Some(v) = release_on(&mut c, what, &mut retry).await?
         {
-            let e = match ops::eval::<Value>(&mut c, script, &cmd).await {
-                Ok(v) => return Ok(v),
-                Err(e) => map_redis(e, resource, op),
-            };
-            match retry.after(&e, &c, resource, op) {
-                Some(nap) if nap.is_zero() => {}
-                Some(nap) => tokio::time::sleep(nap).await,
-                None => return Err(e),
-            }
+            return Ok(v);
         }
         let attempts = async {
             loop {
@@ -300,14 +294,8 @@ impl Context {
                     Some(c) => c,
                     None => self.conn(resource, op).await?,
                 };
-                let e = match ops::eval::<Value>(&mut c, script, &cmd).await {
-                    Ok(v) => return Ok(v),
-                    Err(e) => map_redis(e, resource, op),
-                };
-                match retry.after(&e, &c, resource, op) {
-                    Some(nap) if nap.is_zero() => {}
-                    Some(nap) => tokio::time::sleep(nap).await,
-                    None => return Err(e),
+                if let Some(v) = release_on(&mut c, what, &mut retry).await? {
+                    return Ok(v);
                 }
             }
         };
@@ -393,6 +381,29 @@ impl Timing {
         } else {
             opts.drift_for(ttl)
         }
+    }
+}
+
+/// Sends a release (`cmd`, an `EVALSHA` of `script`) on `c`: `Some` answer,
+/// or `None` to send it again (after the pause `retry` says), or the error
+/// to give up with.
+async fn release_on(
+    c: &mut Conn,
+    (script, cmd, resource, op): (&Script, &redis::Cmd, &str, &'static str),
+    retry: &mut ReleaseRetry,
+) -> Result<Option<Value>, LockError> {
+    let e = match ops::eval::<Value>(c, script, cmd).await {
+        Ok(v) => return Ok(Some(v)),
+        Err(e) => map_redis(e, resource, op),
+    };
+    match retry.after(&e, c, resource, op) {
+        Some(nap) => {
+            if !nap.is_zero() {
+                tokio::time::sleep(nap).await;
+            }
+            Ok(None)
+        }
+        None => Err(e),
     }
 }
 

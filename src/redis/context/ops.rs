@@ -139,6 +139,21 @@ pub(crate) async fn eval<T: FromRedisValue>(
     Ok(redis::from_redis_value(reply)?)
 }
 
+/// How many members of the ZSET of holders `set` are unexpired
+/// (`count_live.lua`).
+///
+/// # Cancel safety
+///
+/// Cancel safe: it only reads.
+pub(crate) async fn count_live(
+    client: &Context,
+    resource: &str,
+    op: &'static str,
+    set: &str,
+) -> Result<i64, LockError> {
+    invoke(client, resource, op, &scripts::COUNT_LIVE, &[set], &[]).await
+}
+
 /// Milliseconds as the scripts take them.
 pub(crate) fn ms(d: Duration) -> String {
     ttl_ms(d).to_string()

@@ -40,7 +40,7 @@ use crate::options::{Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::redis::context::Context;
-use crate::redis::context::ops::{self, invoke};
+use crate::redis::context::ops;
 use crate::redis::lease::Expired;
 use crate::redis::protocol::keys::{self, ResourceKeys, validate_name};
 use crate::redis::protocol::scripts;
@@ -284,13 +284,11 @@ impl Resource {
             // A semaphore of the name: no lock is held.
             Some(v) if v == keys::SEMAPHORE_MARK.as_bytes() => Ok(false),
             Some(v) if v == keys::READERS_MARK.as_bytes() => {
-                let readers: i64 = invoke(
+                let readers = ops::count_live(
                     &self.client,
                     &self.name,
                     "count readers",
-                    &scripts::COUNT_LIVE,
-                    &[&self.keys.readers],
-                    &[],
+                    &self.keys.readers,
                 )
                 .await?;
                 Ok(readers > 0)

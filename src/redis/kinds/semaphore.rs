@@ -18,7 +18,7 @@ use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::redis::context::Context;
-use crate::redis::context::ops::{self, invoke};
+use crate::redis::context::ops;
 use crate::redis::lease::Expired;
 use crate::redis::protocol::keys::{ResourceKeys, validate_name};
 use crate::redis::protocol::scripts;
@@ -318,15 +318,7 @@ impl RedisSemaphore {
     /// Cancel safe: it only reads.
     pub async fn holders(&self) -> Result<u32, LockError> {
         let i = &self.inner;
-        let n: i64 = invoke(
-            &i.client,
-            &i.name,
-            "count permits",
-            &scripts::COUNT_LIVE,
-            &[&i.keys.sem],
-            &[],
-        )
-        .await?;
+        let n = ops::count_live(&i.client, &i.name, "count permits", &i.keys.sem).await?;
         u32::try_from(n).map_err(|_| LockError::Protocol {
             resource: i.name.to_string(),
             op: "count permits",
