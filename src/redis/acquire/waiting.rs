@@ -167,6 +167,9 @@ pub(crate) struct Pending {
     conn: Conn,
     /// Each a compare-and-delete with the acquisition's value, run in order.
     undo: Vec<ScriptCall>,
+    /// The first of `undo` that [`undo_now`](Self::undo_now) has not seen
+    /// answered: dropped midway, `Drop` sends it and the rest.
+    undo_from: usize,
     armed: bool,
     /// An attempt's outcome was lost with a broken connection: keep the undo
     /// armed whatever later answers say (it compares our value, so it never
@@ -203,6 +206,7 @@ impl Pending {
             resource: resource.clone(),
             conn,
             undo,
+            undo_from: 0,
             armed: false,
             always_undo: false,
             op_timeout: client.request_timeout_for(ttl),
@@ -369,9 +373,15 @@ impl Pending {
     /// sent on it: invariant 5), each release retried while the slot changes
     /// hands (see [`Context::run_release`](crate::redis::context::Context::run_release)), bounded by `op_timeout`
     /// each; a failure is logged (the claim then expires by its TTL).
+    ///
+    /// # Cancel safety
+    ///
+    /// Armed until every call is answered: dropped midway, what was not
+    /// answered yet (the call in flight included: each compares our value)
+    /// is sent in the background by `Drop`.
     pub(crate) async fn undo_now(&mut self) {
-        self.armed = false;
-        for undo in &self.undo {
+        self.armed = true;
+        while let Some(undo) = self.undo.get(self.undo_from) {
             let call = (undo.script, &undo.keys[..], &undo.args[..]);
             let conn = Some(self.conn.clone());
             let undone = self
@@ -381,7 +391,11 @@ impl Pending {
             if let Err(e) = undone {
                 tracing::debug!(resource = %self.resource, error = %e, "undo failed; the claim expires by its TTL");
             }
+            self.undo_from += 1;
         }
+        // All answered; a later attempt (after a late grant) may claim again.
+        self.undo_from = 0;
+        self.armed = self.always_undo;
     }
 
     /// The acquisition succeeded: a guard takes over.
@@ -400,7 +414,7 @@ impl Drop for Pending {
         }
         // One background task per release, each first sent on the
         // attempt's connection, in order (invariant 5).
-        for undo in self.undo.drain(..) {
+        for undo in self.undo.drain(self.undo_from..) {
             self.client.spawn_release(
                 self.resource.clone(),
                 undo.script,
