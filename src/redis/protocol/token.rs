@@ -38,13 +38,7 @@ pub(crate) fn parse_holder(value: &[u8]) -> Option<Owner> {
     Owner::parse(meta).ok()
 }
 
-/// A random owner token: 128 bits from the OS CSPRNG, hex.
-///
-/// The bytes come from `getrandom`, fetched 32 tokens at a time into a
-/// thread-local buffer (one system call per 32 tokens instead of one per
-/// token). Each byte is used once. The buffer records the pid that filled
-/// it and is refilled in a forked child, so parent and child never share
-/// tokens.
+/// A fresh owner token as a string of its own.
 #[cfg(test)]
 pub(crate) fn new_token(name: &str) -> Result<String, LockError> {
     let mut s = String::new();
@@ -52,7 +46,14 @@ pub(crate) fn new_token(name: &str) -> Result<String, LockError> {
     Ok(s)
 }
 
-/// Appends a fresh [`new_token`] to `out`.
+/// Appends a random owner token to `out`: 128 bits from the OS CSPRNG, as
+/// 32 hex digits.
+///
+/// The bytes come from `getrandom`, fetched 32 tokens at a time into a
+/// thread-local buffer (one system call per 32 tokens instead of one per
+/// token). Each byte is used once. The buffer records the pid that filled
+/// it and is refilled in a forked child, so parent and child never share
+/// tokens.
 fn push_token(out: &mut String, name: &str) -> Result<(), LockError> {
     const TOKEN: usize = 16;
     const BATCH: usize = 32 * TOKEN;
