@@ -494,6 +494,47 @@ pub(crate) async fn try_once<T>(
     }
 }
 
+/// The first attempt of an acquisition that may wait: `Some` hold when
+/// granted; `None` when the wait goes on ([`wait_until_granted`], whose
+/// first attempt comes at once): busy (the attempt took nothing), a grant
+/// too late to register (undone), or an error the wait rides out
+/// ([`waits_out`]).
+///
+/// # Errors
+///
+/// Connection and protocol errors of the attempt that the wait would not
+/// ride out.
+///
+/// # Cancel safety
+///
+/// Dropping the future leaves `pending` (owned by the caller) to undo what
+/// an in-flight attempt may take.
+pub(crate) async fn first_attempt<T>(
+    pending: &mut Pending,
+    call: &ScriptCall,
+    op: &'static str,
+    stats: &Acquisition,
+    grant: impl FnOnce(u64, Moment) -> Result<T, Expired>,
+) -> Result<Option<T>, LockError> {
+    match pending.attempt(call, op).await {
+        Ok((Attempt::Granted { fencing }, sent_at)) => match grant(fencing, sent_at) {
+            Ok(t) => Ok(Some(t)),
+            Err(Expired) => {
+                pending.undo_now().await;
+                let mut late = 0;
+                retry_after_late_grant(&mut late, true, &pending.resource, op)?;
+                Ok(None)
+            }
+        },
+        Ok(_busy) => {
+            stats.contended();
+            Ok(None)
+        }
+        Err(e) if waits_out(&pending.client, &e) => Ok(None),
+        Err(e) => Err(pending.name_slot(e, call)),
+    }
+}
+
 /// Runs `call` until granted or `deadline` passes; a grant goes to `grant`
 /// (the fencing token and when the granting attempt was sent), which
 /// registers its lease. A grant that was too late to register (invariant

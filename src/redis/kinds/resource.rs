@@ -147,31 +147,19 @@ impl Resource {
                 _ => self.exclusive_call(&claim.value, Queue::No, ttl),
             };
             let grant = |fencing, sent_at| self.take(mode, &claim, fencing, sent_at, ttl);
-            match waiting::try_once(&mut pending, &first, what, grant).await {
-                Ok(hold) => {
-                    pending.done();
-                    return Ok(hold);
-                }
-                // Busy, or a failover or slot move the wait rides out:
-                // queue, then wait on Redis as below (its first attempt
-                // comes at once).
-                Err(e) if e.is_would_block() || waiting::waits_out(&self.client, &e) => {
-                    if e.is_would_block() {
-                        attempt.contended();
-                    }
-                    turn = Some(
-                        waiting::local_turn(
-                            &self.client,
-                            &self.name,
-                            &self.name,
-                            deadline,
-                            attempt,
-                        )
-                        .await?,
-                    );
-                }
-                Err(e) => return Err(e),
+            if let Some(hold) =
+                waiting::first_attempt(&mut pending, &first, what, attempt, grant).await?
+            {
+                pending.done();
+                return Ok(hold);
             }
+            // Busy (or a grant too late, undone, or a failover or slot move
+            // the wait rides out): queue, then wait on Redis as below (its
+            // first attempt comes at once).
+            turn = Some(
+                waiting::local_turn(&self.client, &self.name, &self.name, deadline, attempt)
+                    .await?,
+            );
         }
         let (call, after_claim, max_nap) = match mode {
             Mode::Shared => (self.shared_call(&claim.value, ttl), None, ttl),
