@@ -49,6 +49,24 @@ async fn client_via(url: &str, ttl: Duration) -> RedisLocks {
     RedisLocks::connect_with(url, opts).await.unwrap()
 }
 
+/// A private server, a client of it behind a proxy with leases of 500 ms
+/// (cut off once the test calls `proxy.drop_requests(true)`: a holder that
+/// crashes) and a live client with leases of 10 s.
+async fn crashed_and_live() -> (RedisServer, FaultProxy, RedisLocks, RedisLocks) {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.port());
+    let crashed = client_via(&proxy.url(), Duration::from_millis(500)).await;
+    let live = client(&server.url(), Duration::from_secs(10)).await;
+    (server, proxy, crashed, live)
+}
+
+/// `name`'s keys and its lock key's PTTL, for a failure message.
+async fn lock_state(server: &RedisServer, name: &str) -> String {
+    let keys = keys_of(server, name).await;
+    let pttl = server.command(&["PTTL", &format!("lockyard:{{{name}}}:lock")]);
+    format!("keys {keys:?}, lock PTTL {pttl}")
+}
+
 /// A RESP bulk string: one argument on the wire.
 fn bulk(arg: &str) -> Vec<u8> {
     format!("${}\r\n{arg}\r\n", arg.len()).into_bytes()
@@ -634,10 +652,7 @@ async fn a_crashed_writers_intent_blocks_readers_only_for_its_ttl() {
 /// must not outlive the last reader's lease.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_readers_mark_does_not_outlive_its_readers() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.port());
-    let crashed = client_via(&proxy.url(), Duration::from_millis(500)).await;
-    let live = client(&server.url(), Duration::from_secs(10)).await;
+    let (server, proxy, crashed, live) = crashed_and_live().await;
     let c = bounded(crashed.rwlock("rmark").unwrap().try_read())
         .await
         .unwrap();
@@ -662,10 +677,9 @@ async fn a_readers_mark_does_not_outlive_its_readers() {
     );
     let sem = live.semaphore("rmark", 1).unwrap();
     let got = sem.try_acquire().await;
-    let keys = keys_of(&server, "rmark").await;
-    let pttl = server.command(&["PTTL", "lockyard:{rmark}:lock"]);
+    let state = lock_state(&server, "rmark").await;
     let p = got.unwrap_or_else(|e| {
-        panic!("no reader holds any more, yet a semaphore is refused: {e} (keys {keys:?}, lock PTTL {pttl})")
+        panic!("no reader holds any more, yet a semaphore is refused: {e} ({state})")
     });
     p.release().await.unwrap();
     drop(c);
@@ -676,10 +690,7 @@ async fn a_readers_mark_does_not_outlive_its_readers() {
 /// has ended nobody holds the name, so a reader and a writer must get in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_semaphores_mark_does_not_outlive_its_holders() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.port());
-    let crashed = client_via(&proxy.url(), Duration::from_millis(500)).await;
-    let live = client(&server.url(), Duration::from_secs(10)).await;
+    let (server, proxy, crashed, live) = crashed_and_live().await;
     let c = bounded(crashed.semaphore("smark", 2).unwrap().try_acquire())
         .await
         .unwrap();
@@ -700,10 +711,9 @@ async fn a_semaphores_mark_does_not_outlive_its_holders() {
         "listed with no live holder: {listed:?}"
     );
     let got = rw.try_write().await;
-    let keys = keys_of(&server, "smark").await;
-    let pttl = server.command(&["PTTL", "lockyard:{smark}:lock"]);
+    let state = lock_state(&server, "smark").await;
     let w = got.unwrap_or_else(|e| {
-        panic!("no permit is held any more, yet a writer is refused: {e} (keys {keys:?}, lock PTTL {pttl})")
+        panic!("no permit is held any more, yet a writer is refused: {e} ({state})")
     });
     w.release().await.unwrap();
     drop(c);
@@ -715,10 +725,7 @@ async fn a_semaphores_mark_does_not_outlive_its_holders() {
 /// get in at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_live_permits_release_after_a_crashed_holder_expired_frees_the_name() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.port());
-    let crashed = client_via(&proxy.url(), Duration::from_millis(500)).await;
-    let live = client(&server.url(), Duration::from_secs(10)).await;
+    let (server, proxy, crashed, live) = crashed_and_live().await;
     let c = bounded(crashed.semaphore("slast", 2).unwrap().try_acquire())
         .await
         .unwrap();
@@ -736,10 +743,9 @@ async fn the_last_live_permits_release_after_a_crashed_holder_expired_frees_the_
     l.release().await.unwrap();
     let rw = live.rwlock("slast").unwrap();
     let got = rw.try_write().await;
-    let keys = keys_of(&server, "slast").await;
-    let pttl = server.command(&["PTTL", "lockyard:{slast}:lock"]);
+    let state = lock_state(&server, "slast").await;
     let w = got.unwrap_or_else(|e| {
-        panic!("every permit was released or expired, yet a writer is refused: {e} (keys {keys:?}, lock PTTL {pttl})")
+        panic!("every permit was released or expired, yet a writer is refused: {e} ({state})")
     });
     w.release().await.unwrap();
     drop(c);
@@ -748,10 +754,7 @@ async fn the_last_live_permits_release_after_a_crashed_holder_expired_frees_the_
 /// The same for readers (whose release counts the live readers).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_last_live_readers_release_after_a_crashed_reader_expired_frees_the_name() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.port());
-    let crashed = client_via(&proxy.url(), Duration::from_millis(500)).await;
-    let live = client(&server.url(), Duration::from_secs(10)).await;
+    let (server, proxy, crashed, live) = crashed_and_live().await;
     let c = bounded(crashed.rwlock("rlast").unwrap().try_read())
         .await
         .unwrap();

@@ -586,17 +586,8 @@ pub(crate) async fn wait_until_granted<T>(
             // failover in progress (the old primary killed, or demoted and
             // its connections closed). Nothing was granted; wait on, within
             // the deadline, for the new primary.
-            Err(e)
-                if e.is_unavailable()
-                    && w.client.inner.follows_failovers
-                    && !deadline.expired() =>
-            {
-                tracing::debug!(resource = %w.resource, error = %e, "primary unreachable (a failover?); waiting on");
-                back_off(&mut moving_backoff, deadline).await;
-                continue;
-            }
-            Err(e) if is_slot_moving(&e) && !deadline.expired() => {
-                tracing::debug!(resource = %w.resource, error = %e, "slot changing hands; retrying");
+            Err(e) if waits_out(w.client, &e) && !deadline.expired() => {
+                tracing::debug!(resource = %w.resource, error = %e, "a failover or a slot changing hands; waiting on");
                 back_off(&mut moving_backoff, deadline).await;
                 continue;
             }

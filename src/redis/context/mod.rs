@@ -12,6 +12,7 @@
 pub(in crate::redis) mod ops;
 pub(in crate::redis) mod queue;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -28,8 +29,8 @@ use crate::redis::conn::wakeups::{Subscription, Wakeups};
 use crate::redis::context::queue::LocalQueues;
 use crate::redis::lease::{Expired, Lease, LeaseHandle, Watchdog};
 use crate::redis::options::RedisOptions;
-use crate::redis::protocol::Args;
 use crate::redis::protocol::keys::ResourceKeys;
+use crate::redis::protocol::{Args, LeaseArgs};
 
 /// One client's shared state, cloned into every handle, hold and waiter
 /// (the facade [`RedisLocks`](crate::redis::RedisLocks) wraps one).
@@ -131,6 +132,17 @@ impl Context {
             None => Ok(self.inner.timing.ttl),
             Some(ttl) if ttl == self.inner.timing.ttl => Ok(ttl),
             Some(_) => self.inner.opts.lease_for(lease),
+        }
+    }
+
+    /// The acquire scripts' arguments for a lease of `ttl`: the client's,
+    /// built once, for its own TTL.
+    pub(crate) fn lease_args(&self, ttl: Duration) -> Cow<'_, LeaseArgs> {
+        let args = &self.inner.timing.args;
+        if ttl == args.ttl {
+            Cow::Borrowed(args)
+        } else {
+            Cow::Owned(LeaseArgs::new(ttl, self.inner.opts.server_ttl(ttl)))
         }
     }
 
@@ -345,7 +357,7 @@ impl Context {
 /// What the options say of a lease of the client's TTL (the common case),
 /// worked out once: these were a few hundred instructions per
 /// acquire+release, each computed several times (callgrind).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub(crate) struct Timing {
     /// The client's TTL.
     pub(crate) ttl: Duration,
@@ -355,6 +367,8 @@ pub(crate) struct Timing {
     interval: Duration,
     /// `RedisOptions::drift_for(ttl)`.
     drift: Duration,
+    /// The acquire scripts' arguments for it.
+    pub(crate) args: LeaseArgs,
 }
 
 impl Timing {
@@ -364,6 +378,7 @@ impl Timing {
             request_timeout: opts.request_timeout(),
             interval: opts.renew_interval_for(opts.ttl),
             drift: opts.drift_for(opts.ttl),
+            args: LeaseArgs::new(opts.ttl, opts.server_ttl(opts.ttl)),
         }
     }
 
@@ -439,11 +454,6 @@ impl ReleaseRetry {
         self.pause = (self.pause * 2).min(Duration::from_millis(200));
         Some(nap)
     }
-}
-
-/// A TTL as the whole milliseconds scripts take (validated ≤ `u32::MAX`).
-pub(crate) fn ttl_ms(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 /// A reply of the wrong shape.

@@ -10,7 +10,7 @@ use redis::{FromRedisValue, Script, Value};
 use crate::error::LockError;
 use crate::redis::conn::errors::{map_redis, timed_out};
 use crate::redis::conn::pool::Conn;
-use crate::redis::context::{Context, ttl_ms};
+use crate::redis::context::Context;
 use crate::redis::protocol::keys::ResourceKeys;
 use crate::redis::protocol::scripts;
 
@@ -154,10 +154,7 @@ pub(crate) async fn count_live(
     invoke(client, resource, op, &scripts::COUNT_LIVE, &[set], &[]).await
 }
 
-/// Milliseconds as the scripts take them.
-pub(crate) fn ms(d: Duration) -> String {
-    ttl_ms(d).to_string()
-}
+pub(crate) use crate::redis::protocol::ms;
 
 /// One Redlock participant's view of a plain exclusive lock: the core's
 /// acquire and release scripts on one server (its lease is a Hold, renewed by the watchdog), with the same owner

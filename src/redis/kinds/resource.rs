@@ -43,8 +43,8 @@ use crate::redis::context::Context;
 use crate::redis::context::ops;
 use crate::redis::lease::Expired;
 use crate::redis::protocol::keys::{self, ResourceKeys, validate_name};
-use crate::redis::protocol::scripts;
 use crate::redis::protocol::token;
+use crate::redis::protocol::{intent_ttl, scripts};
 use crate::stats::{self, Acquisition, Backend, Site};
 
 /// The exclusive script's busy reason: readers hold it and our intent is set.
@@ -56,7 +56,6 @@ pub(crate) struct Resource {
     /// Shared with the acquisitions' and holds' own records of it.
     pub(crate) name: Arc<str>,
     pub(crate) keys: Arc<ResourceKeys>,
-    ttl_args: TtlArgs,
     /// The stats entry every acquisition of the name counts into, looked
     /// up by the first (by name, a hash per lookup) and kept: registry
     /// entries are never removed.
@@ -73,7 +72,6 @@ impl Resource {
         validate_name(name)?;
         Ok(Self {
             keys: client.resource_keys(name),
-            ttl_args: TtlArgs::new(client),
             site: OnceLock::new(),
             client: client.clone(),
             name: name.into(),
@@ -339,28 +337,17 @@ impl Resource {
         )
     }
 
-    /// The lease argument of an acquire script for `ttl` (the lease and the
-    /// lock-delay, in ms), built once for the client's own TTL.
-    fn ttl_arg(&self, ttl: Duration) -> Arc<str> {
-        if ttl == self.ttl_args.ttl {
-            return self.ttl_args.server_ms.clone();
-        }
-        ops::ms(self.client.options().server_ttl(ttl)).into()
-    }
-
     fn exclusive_call(&self, value: &Arc<str>, queue: Queue, ttl: Duration) -> ScriptCall {
-        let a = &self.ttl_args;
+        let a = self.client.lease_args(ttl);
         let intent = match queue {
-            Queue::No => a.zero.clone(),
-            Queue::Intent if ttl == a.ttl => a.intent_ms.clone(),
-            Queue::IntentSet if ttl == a.ttl => a.intent_set_ms.clone(),
-            Queue::Intent => ops::ms(intent_ttl(ttl)).into(),
-            Queue::IntentSet => format!("-{}", ops::ms(intent_ttl(ttl))).into(),
+            Queue::No => &a.zero,
+            Queue::Intent => &a.intent_ms,
+            Queue::IntentSet => &a.intent_set_ms,
         };
         ScriptCall {
             script: &scripts::EXCLUSIVE_ACQUIRE,
             keys: self.keys.sets.exclusive_acquire.clone(),
-            args: Arc::new([value.clone(), self.ttl_arg(ttl), intent]),
+            args: Arc::new([value.clone(), a.server_ms.clone(), intent.clone()]),
         }
     }
 
@@ -368,7 +355,7 @@ impl Resource {
         ScriptCall {
             script: &scripts::READ,
             keys: self.keys.sets.shared_acquire.clone(),
-            args: Arc::new([value.clone(), self.ttl_arg(ttl)]),
+            args: Arc::new([value.clone(), self.client.lease_args(ttl).server_ms.clone()]),
         }
     }
 
@@ -423,38 +410,4 @@ enum Queue {
     /// As `Intent`, after an answer said our intent is set: a grant
     /// withdraws it.
     IntentSet,
-}
-
-/// The arguments of an acquisition with the client's own TTL, built once
-/// per resource handle rather than formatted on every call.
-struct TtlArgs {
-    ttl: Duration,
-    /// The server's TTL for it in ms (the lease and the lock-delay).
-    server_ms: Arc<str>,
-    /// A waiting writer's intent TTL for it in ms.
-    intent_ms: Arc<str>,
-    /// The same, negative: an intent of ours may be set.
-    intent_set_ms: Arc<str>,
-    /// `0`: a non-blocking attempt sets no intent.
-    zero: Arc<str>,
-}
-
-impl TtlArgs {
-    fn new(client: &Context) -> Self {
-        let ttl = client.options().ttl;
-        Self {
-            ttl,
-            server_ms: ops::ms(client.options().server_ttl(ttl)).into(),
-            intent_ms: ops::ms(intent_ttl(ttl)).into(),
-            intent_set_ms: format!("-{}", ops::ms(intent_ttl(ttl))).into(),
-            zero: "0".into(),
-        }
-    }
-}
-
-/// How long a waiting writer's intent lives without a refresh: the lock TTL,
-/// so a crashed waiting writer blocks readers no longer than a crashed
-/// holder would.
-fn intent_ttl(ttl: Duration) -> Duration {
-    ttl.max(Duration::from_millis(3))
 }

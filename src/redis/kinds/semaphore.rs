@@ -410,7 +410,7 @@ impl RedisSemaphore {
             keys: i.keys.sets.sem_acquire.clone(),
             args: Arc::new([
                 token.clone(),
-                ops::ms(i.client.options().server_ttl(ttl)).into(),
+                i.client.lease_args(ttl).server_ms.clone(),
                 i.permits.to_string().into(),
             ]),
         }
