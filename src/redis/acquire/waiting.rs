@@ -286,7 +286,8 @@ impl Pending {
         if matches!(attempt, Attempt::Granted { .. })
             && let Some((replicas, wait)) = self.client.options().wait_for_replicas
         {
-            self.confirm_replicated(call, replicas, wait).await?;
+            // Boxed: `WAIT` and its undo stay out of every attempt's future.
+            Box::pin(self.confirm_replicated(call, replicas, wait)).await?;
         }
         Ok((attempt, sent_at))
     }
@@ -380,6 +381,12 @@ impl Pending {
     /// answered yet (the call in flight included: each compares our value)
     /// is sent in the background by `Drop`.
     pub(crate) async fn undo_now(&mut self) {
+        // Boxed: a release's future (~3 KB) stays out of the futures of
+        // every acquisition, which undo only now and then.
+        Box::pin(self.undo_all()).await;
+    }
+
+    async fn undo_all(&mut self) {
         self.armed = true;
         while let Some(undo) = self.undo.get(self.undo_from) {
             let call = (undo.script, &undo.keys[..], &undo.args[..]);
@@ -764,7 +771,8 @@ pub(crate) async fn local_turn(
 /// Cancel safe: only a sleep (`pause` is doubled after it).
 async fn back_off(pause: &mut Duration, deadline: &Deadline) {
     let nap = deadline.remaining().map_or(*pause, |left| left.min(*pause));
-    tokio::time::sleep(nap).await;
+    // Boxed: the rare pause stays out of the futures that may take it.
+    Box::pin(tokio::time::sleep(nap)).await;
     *pause = (*pause * 2).min(Duration::from_millis(200));
 }
 

@@ -276,9 +276,18 @@ impl Connections {
                 pool, slots, next, ..
             } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % slots.len();
-                self.slot_conn(pool, &slots[i], resource, op).await
+                let cell = &slots[i];
+                if let Some(conn) =
+                    self.usable(&cell.current.lock().unwrap_or_else(PoisonError::into_inner))
+                {
+                    return Ok(conn);
+                }
+                // Boxed, as the Cluster's lookup: a refill's future (~2.6 KB)
+                // would otherwise sit in the future of every acquisition
+                // that takes a connection (see `kinds/resource.rs`).
+                Box::pin(self.slot_conn(pool, cell, resource, op)).await
             }
-            Shape::Cluster(c) => Ok(c.conn_for(resource).await),
+            Shape::Cluster(c) => Ok(Box::pin(c.conn_for(resource)).await),
         }
     }
 

@@ -311,7 +311,9 @@ impl Context {
                 }
             }
         };
-        tokio::time::timeout_at(deadline, attempts)
+        // Boxed: the rare path (a retry, a fresh connection, a timer) would
+        // otherwise make every release's future as large as itself.
+        Box::pin(tokio::time::timeout_at(deadline, attempts))
             .await
             .unwrap_or_else(|_| Err(timed_out(resource, op)))
     }
@@ -414,7 +416,8 @@ async fn release_on(
     match retry.after(&e, c, resource, op) {
         Some(nap) => {
             if !nap.is_zero() {
-                tokio::time::sleep(nap).await;
+                // Boxed: a retry's timer stays out of every release's future.
+                Box::pin(tokio::time::sleep(nap)).await;
             }
             Ok(None)
         }

@@ -131,8 +131,12 @@ pub(crate) async fn eval<T: FromRedisValue>(
 ) -> redis::RedisResult<T> {
     let reply = match conn.send(cmd).await.and_then(Value::extract_error) {
         Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-            script.load_async(conn).await?;
-            conn.send(cmd).await?.extract_error()?
+            // Boxed: the rare reload stays out of every call's future.
+            Box::pin(async {
+                script.load_async(conn).await?;
+                conn.send(cmd).await?.extract_error()
+            })
+            .await?
         }
         r => r?,
     };
