@@ -9,8 +9,13 @@
 //! redis-server --port 7399 --save "" --daemonize yes
 //! cargo build --release --example redis_throughput --features redis
 //! taskset -c 0 redis-server ...; taskset -c 1 target/release/examples/redis_throughput \
-//!   redis://127.0.0.1:7399/ 64 1 5
+//!   redis://127.0.0.1:7399/ 64 1 5 [lockyard|own|both] [current]
 //! ```
+//!
+//! `current` runs both on a current-thread runtime instead: what tokio's
+//! default runtime amounts to in a process confined to one CPU (its worker
+//! count is the CPUs the process may use), where the bench's pinned rows
+//! run two workers on the one CPU they pin the client to.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -29,12 +34,19 @@ fn main() {
     let rounds: usize = args.next().and_then(|r| r.parse().ok()).unwrap_or(5);
     // `lockyard` or `own` to run only that one.
     let only = args.next().unwrap_or_default();
+    let current = args.next().is_some_and(|f| f == "current");
     let slice = Duration::from_secs_f64(secs);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = if current {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
     rt.block_on(async {
         let ttl = Duration::from_secs(30);
         let locks = RedisLocks::connect_with(&url, RedisOptions::default().ttl(ttl))
