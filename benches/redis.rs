@@ -30,7 +30,10 @@
 //! releasing its own name (ops/s; ratio lockyard / contender), each pinned
 //! (redis-server on CPU 0, this process on CPU 1) and unpinned; sequential
 //! acquire + release by one task (time: each slice's median operation, which
-//! a preemption does not move; ratio lockyard / contender). Then
+//! a preemption does not move; ratio lockyard / contender). Beside the
+//! record, the pinned 64-task row again on a current-thread runtime (the
+//! record's runtime has two workers, which pinning puts on one CPU; tokio's
+//! default runtime gives a process confined to one CPU one worker). Then
 //! the contended hand-off between two processes: a waiter child process
 //! (this bench re-executed in a role) blocked in `acquire` (its
 //! subscription confirmed with `PUBSUB NUMSUB`), the holder stamping
@@ -133,8 +136,7 @@ fn main() {
     let seq = run_row(&rt, &free, 1, None);
     print_row(
         "sequential acquire+release, 1 task (each slice's median operation)",
-        &seq,
-        None,
+        &[("", &seq)],
         true,
     );
     let mut tasks_rows = Vec::new();
@@ -144,18 +146,46 @@ fn main() {
             run_row(&rt, p, tasks, pid)
         });
         let free_rounds = run_row(&rt, &free, tasks, None);
-        print_row(
-            &format!("{tasks} tasks, each its own name"),
-            &free_rounds,
-            pinned_rounds.as_ref(),
-            false,
-        );
+        let mut rows = Vec::new();
+        if let Some(p) = &pinned_rounds {
+            rows.push(("pinned", p));
+        }
+        rows.push(("unpinned", &free_rounds));
+        print_row(&format!("{tasks} tasks, each its own name"), &rows, false);
         tasks_rows.push((tasks, pinned_rounds, free_rounds));
     }
+    // Beside the record: the pinned 64-task row on a current-thread runtime
+    // (the record's runtime has two workers, which the pinned rows put on
+    // one CPU; tokio's default runtime in a process confined to one CPU has
+    // one). Its own connections: a connection's driver task runs on the
+    // runtime that opened it.
+    let current = pinned_server.as_ref().map(|s| {
+        let ct = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let all = ct.block_on(Contender::connect_all(&s.url()));
+        let rounds = run_row(&ct, &all, 64, s.pid());
+        print_row(
+            "64 tasks, each its own name, on a current-thread runtime (beside the record)",
+            &[("pinned", &rounds)],
+            false,
+        );
+        rounds
+    });
     let handoff = run_handoffs(&rt, &url);
     handoff.print();
     println!();
     print_bars(&seq, &tasks_rows, &handoff);
+    if let Some(rounds) = &current {
+        let ratio = |den: usize| median_iqr(&per_round(rounds, |r| r[LOCKYARD] / r[den]), 3);
+        println!(
+            "  beside:   pinned, current-thread runtime, 64 tasks: lockyard / own floor {}, lockyard / fenced floor {}, lockyard / rslock {}",
+            ratio(OWN),
+            ratio(FENCED),
+            ratio(RSLOCK)
+        );
+    }
     callgrind_bar(&url);
     #[cfg(feature = "tls")]
     report_tls_overhead(&rt);
@@ -352,15 +382,14 @@ fn lockyard_over(rounds: &Rounds, i: usize, time: bool) -> Vec<f64> {
 
 /// A row's figures: per contender ops/s (or with `time`, µs per
 /// operation) and the ratio lockyard / it, pinned (if run) and unpinned.
-fn print_row(title: &str, free: &Rounds, pinned: Option<&Rounds>, time: bool) {
+fn print_row(title: &str, rows: &[(&str, &Rounds)], time: bool) {
     println!("\n{title}");
     let what = if time {
         "µs per acquire+release     lockyard time / it"
     } else {
         "ops/s                      lockyard / it (throughput)"
     };
-    for (label, rounds) in [("pinned", pinned), ("unpinned", Some(free))] {
-        let Some(rounds) = rounds else { continue };
+    for &(label, rounds) in rows {
         if time {
             println!("  {what}");
         } else {
