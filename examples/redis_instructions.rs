@@ -64,18 +64,23 @@ fn main() {
                     floor.acquire_release(&key, TOKEN).await;
                 }
             }
-            "lockyard" | "lockyard-acquire" => {
-                let blocking = who == "lockyard-acquire";
+            "lockyard" | "lockyard-acquire" | "lockyard-named" => {
+                let blocking = who != "lockyard";
+                // `lockyard-named`: `RedisLocks::acquire(name, ..)` per call,
+                // as the bench's contender, which makes a handle each time.
+                let named = who == "lockyard-named";
                 let locks = RedisLocks::connect_with(&url, RedisOptions::default().ttl(ttl))
                     .await
                     .expect("connect");
                 let run = |t: u64, ops: u64| {
-                    let lock = locks
-                        .lock(&format!("instr:lockyard:{}:{t}", std::process::id()))
-                        .expect("name");
+                    let name = format!("instr:lockyard:{}:{t}", std::process::id());
+                    let lock = locks.lock(&name).expect("name");
+                    let locks = locks.clone();
                     async move {
                         for _ in 0..ops {
-                            let guard = if blocking {
+                            let guard = if named {
+                                locks.acquire(&name, Duration::from_secs(5)).await
+                            } else if blocking {
                                 lock.acquire(Duration::from_secs(5)).await
                             } else {
                                 lock.try_acquire().await
@@ -92,7 +97,9 @@ fn main() {
                 }
                 locks.shutdown().await;
             }
-            other => panic!("floor, own, plain, lockyard or lockyard-acquire, not {other}"),
+            other => panic!(
+                "floor, own, plain, lockyard, lockyard-acquire or lockyard-named, not {other}"
+            ),
         }
     });
 }

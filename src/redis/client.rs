@@ -546,7 +546,7 @@ impl RedisLocks {
                     follows_failovers,
                     shutdown,
                     background: tokio_util::task::TaskTracker::new(),
-                    keys: std::sync::Mutex::default(),
+                    names: std::sync::Mutex::default(),
                 }),
             },
         }

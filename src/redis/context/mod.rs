@@ -15,7 +15,7 @@ pub(in crate::redis) mod queue;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use redis::{Script, Value};
@@ -29,8 +29,9 @@ use crate::redis::conn::wakeups::{Subscription, Wakeups};
 use crate::redis::context::queue::LocalQueues;
 use crate::redis::lease::{Expired, Lease, LeaseHandle, Watchdog};
 use crate::redis::options::RedisOptions;
-use crate::redis::protocol::keys::ResourceKeys;
+use crate::redis::protocol::keys::{ResourceKeys, validate_name};
 use crate::redis::protocol::{Args, LeaseArgs};
+use crate::stats::{self, Backend, Site};
 
 /// One client's shared state, cloned into every handle, hold and waiter
 /// (the facade [`RedisLocks`](crate::redis::RedisLocks) wraps one).
@@ -65,10 +66,32 @@ pub(crate) struct Inner {
     /// Background releases (of dropped guards, cancelled acquisitions), so
     /// that [`RedisLocks::shutdown`](crate::redis::RedisLocks::shutdown) can wait for them.
     pub(crate) background: TaskTracker,
-    /// The keys of recently used resource names, built once per name (an
-    /// acquisition by name then allocates no key). Cleared when it grows
-    /// past [`KEY_CACHE`] names.
-    pub(crate) keys: Mutex<HashMap<String, Arc<ResourceKeys>>>,
+    /// Recently used resource names, each validated and its keys built once
+    /// (see [`Named`]). Cleared when it grows past [`KEY_CACHE`] names.
+    pub(crate) names: Mutex<HashMap<String, Arc<Named>>>,
+}
+
+/// A resource name this client used, as its handles share it: validated,
+/// its keys built, the name itself shared, and the stats entry its
+/// acquisitions count into looked up once. `RedisLocks::acquire(name, ..)`
+/// makes a handle per call: without this, every call validated the name,
+/// copied it, and looked its stats entry up by hash in the registry
+/// (~2k client instructions of ~26k per acquire + release, callgrind,
+/// `examples/redis_instructions.rs lockyard-named` against `lockyard-acquire`).
+pub(crate) struct Named {
+    pub(crate) name: Arc<str>,
+    pub(crate) keys: Arc<ResourceKeys>,
+    /// The stats entry, looked up at the first acquisition (a handle that
+    /// never acquires makes no entry: registry entries are never removed).
+    site: OnceLock<Site>,
+}
+
+impl Named {
+    /// The Redis backend's stats entry of the name.
+    pub(crate) fn site(&self) -> &Site {
+        self.site
+            .get_or_init(|| stats::site(Backend::Redis, &self.name))
+    }
 }
 
 impl Drop for Inner {
@@ -161,23 +184,42 @@ impl Context {
         }
     }
 
-    /// The keys of resource `name` (validated by the caller), from the
-    /// client's cache.
-    pub(crate) fn resource_keys(&self, name: &str) -> Arc<ResourceKeys> {
+    /// The resource `name`, from the client's cache (a name found there was
+    /// validated when it was added).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::InvalidName`] for a name the client refuses.
+    pub(crate) fn named(&self, name: &str) -> Result<Arc<Named>, LockError> {
         let mut cache = self
             .inner
-            .keys
+            .names
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(keys) = cache.get(name) {
-            return keys.clone();
+        if let Some(named) = cache.get(name) {
+            return Ok(named.clone());
         }
+        validate_name(name)?;
         if cache.len() >= KEY_CACHE {
             cache.clear();
         }
-        let keys = Arc::new(ResourceKeys::new(&self.inner.opts.key_prefix, name));
-        cache.insert(name.to_owned(), keys.clone());
-        keys
+        let named = Arc::new(Named {
+            name: name.into(),
+            keys: Arc::new(ResourceKeys::new(&self.inner.opts.key_prefix, name)),
+            site: OnceLock::new(),
+        });
+        cache.insert(name.to_owned(), named.clone());
+        Ok(named)
+    }
+
+    /// The keys of resource `name` (validated by the caller), from the
+    /// client's cache.
+    pub(crate) fn resource_keys(&self, name: &str) -> Arc<ResourceKeys> {
+        match self.named(name) {
+            Ok(named) => named.keys.clone(),
+            // The caller validated it: not reached, but never cached.
+            Err(_) => Arc::new(ResourceKeys::new(&self.inner.opts.key_prefix, name)),
+        }
     }
 
     /// A multiplexed connection from the pool, errors mapped for

@@ -5,7 +5,6 @@
 //! one lock).
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -45,13 +44,13 @@ use crate::redis::kinds::resource::Resource;
 /// ```
 #[derive(Clone)]
 pub struct RedisLock {
-    res: Arc<Resource>,
+    res: Resource,
 }
 
 impl RedisLock {
     pub(crate) fn new(client: &Context, name: &str) -> Result<Self, LockError> {
         Ok(Self {
-            res: Arc::new(Resource::new(client, name)?),
+            res: Resource::new(client, name)?,
         })
     }
 
@@ -70,7 +69,7 @@ impl RedisLock {
     /// # }
     /// ```
     pub fn name(&self) -> &str {
-        &self.res.name
+        &self.res.named.name
     }
 
     /// Acquires the lock exclusively, waiting at most `timeout`; see
@@ -258,14 +257,14 @@ impl RedisLock {
     ///
     /// Cancel safe: it only looks.
     pub async fn owner(&self) -> Result<Option<Owner>, LockError> {
-        crate::redis::kinds::listing::owner(&self.res.client, &self.res.name).await
+        crate::redis::kinds::listing::owner(&self.res.client, &self.res.named.name).await
     }
 }
 
 impl fmt::Debug for RedisLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLock")
-            .field("name", &self.res.name)
+            .field("name", &self.res.named.name)
             .finish_non_exhaustive()
     }
 }
@@ -273,7 +272,7 @@ impl fmt::Debug for RedisLock {
 #[async_trait]
 impl Lock for RedisLock {
     fn name(&self) -> &str {
-        &self.res.name
+        &self.res.named.name
     }
 
     fn backend(&self) -> crate::stats::Backend {

@@ -31,7 +31,7 @@
 //! [`RedisRwLock`]: crate::redis::RedisRwLock
 //! [`LockError::WrongKind`]: crate::LockError::WrongKind
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::error::LockError;
@@ -39,48 +39,43 @@ use crate::lost::Moment;
 use crate::options::{Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
-use crate::redis::context::Context;
 use crate::redis::context::ops;
+use crate::redis::context::{Context, Named};
 use crate::redis::lease::Expired;
-use crate::redis::protocol::keys::{self, ResourceKeys, validate_name};
+use crate::redis::protocol::keys;
 use crate::redis::protocol::token;
 use crate::redis::protocol::{intent_ttl, scripts};
-use crate::stats::{self, Acquisition, Backend, Site};
+use crate::stats::{Acquisition, Site};
 
 /// The exclusive script's busy reason: readers hold it and our intent is set.
 const REASON_INTENT_SET: i64 = 3;
 
-/// One resource name on one client.
+/// One resource name on one client (clone-cheap: two pointers).
+#[derive(Clone)]
 pub(crate) struct Resource {
     pub(crate) client: Context,
-    /// Shared with the acquisitions' and holds' own records of it.
-    pub(crate) name: Arc<str>,
-    pub(crate) keys: Arc<ResourceKeys>,
-    /// The stats entry every acquisition of the name counts into, looked
-    /// up by the first (by name, a hash per lookup) and kept: registry
-    /// entries are never removed.
-    site: OnceLock<Site>,
+    /// The name (shared with the acquisitions' and holds' own records of
+    /// it), its keys and stats entry: the client's, shared by every handle
+    /// of the name.
+    pub(crate) named: Arc<Named>,
 }
 
 impl Resource {
-    /// The resource `name` (validated here).
+    /// The resource `name` (validated by the client the first time it
+    /// sees the name).
     ///
     /// # Errors
     ///
     /// [`LockError::InvalidName`] for a name the client refuses.
     pub(crate) fn new(client: &Context, name: &str) -> Result<Self, LockError> {
-        validate_name(name)?;
         Ok(Self {
-            keys: client.resource_keys(name),
-            site: OnceLock::new(),
+            named: client.named(name)?,
             client: client.clone(),
-            name: name.into(),
         })
     }
 
     fn site(&self) -> &Site {
-        self.site
-            .get_or_init(|| stats::site(Backend::Redis, &self.name))
+        self.named.site()
     }
 
     /// Takes a hold in `mode` with a lease of `lease` (default: the
@@ -129,14 +124,14 @@ impl Resource {
         // waiters): an uncontended acquisition is that one attempt.
         let local = &self.client.inner.local;
         let mut turn = None;
-        if local.has_queue(&self.name) {
+        if local.has_queue(&self.named.name) {
             // Refused before waiting there (`Pending` refuses it too).
-            self.client.check_open(&self.name)?;
+            self.client.check_open(&self.named.name)?;
             turn = Some(
                 Box::pin(waiting::local_turn(
                     &self.client,
-                    &self.name,
-                    &self.name,
+                    &self.named.name,
+                    &self.named.name,
                     deadline,
                     attempt,
                 ))
@@ -163,8 +158,8 @@ impl Resource {
             turn = Some(
                 Box::pin(waiting::local_turn(
                     &self.client,
-                    &self.name,
-                    &self.name,
+                    &self.named.name,
+                    &self.named.name,
                     deadline,
                     attempt,
                 ))
@@ -183,8 +178,8 @@ impl Resource {
         };
         let wait = WaitFor {
             client: &self.client,
-            resource: &self.name,
-            channel: &self.keys.channel,
+            resource: &self.named.name,
+            channel: &self.named.keys.channel,
             what,
             max_nap,
             turn: turn.as_ref(),
@@ -277,10 +272,10 @@ impl Resource {
     pub(crate) async fn is_locked(&self) -> Result<bool, LockError> {
         // The lock key says it in one read, but for readers whose mark
         // outlives them (they crashed): then count the live ones.
-        let key = &self.keys.lock;
+        let key = &self.named.keys.lock;
         let value: Option<Vec<u8>> = self
             .client
-            .retry_once(&self.name, "check", |mut conn| async move {
+            .retry_once(&self.named.name, "check", |mut conn| async move {
                 redis::cmd("GET").arg(key).query_async(&mut conn).await
             })
             .await?;
@@ -291,9 +286,9 @@ impl Resource {
             Some(v) if v == keys::READERS_MARK.as_bytes() => {
                 let readers = ops::count_live(
                     &self.client,
-                    &self.name,
+                    &self.named.name,
                     "count readers",
-                    &self.keys.readers,
+                    &self.named.keys.readers,
                 )
                 .await?;
                 Ok(readers > 0)
@@ -312,12 +307,12 @@ impl Resource {
         ttl: Duration,
         deadline: Option<&Deadline>,
     ) -> Result<(Claim, Pending), LockError> {
-        let value = token::fresh_value(&self.name, mode)?;
+        let value = token::fresh_value(&self.named.name, mode)?;
         let release = self.release_call(mode, &value);
         let undo = self.undo_calls(mode, &release);
         let pending = match deadline {
-            Some(d) => Pending::new_within(&self.client, &self.name, undo, ttl, d).await?,
-            None => Pending::new(&self.client, &self.name, undo, ttl).await?,
+            Some(d) => Pending::new_within(&self.client, &self.named.name, undo, ttl, d).await?,
+            None => Pending::new(&self.client, &self.named.name, undo, ttl).await?,
         };
         Ok((Claim { value, release }, pending))
     }
@@ -333,8 +328,8 @@ impl Resource {
         ttl: Duration,
     ) -> Result<Hold, Expired> {
         let (script, keys) = match mode {
-            Mode::Shared => (&*scripts::RENEW_MEMBER, &self.keys.sets.shared_renew),
-            _ => (&*scripts::EXTEND, &self.keys.sets.exclusive_renew),
+            Mode::Shared => (&*scripts::RENEW_MEMBER, &self.named.keys.sets.shared_renew),
+            _ => (&*scripts::EXTEND, &self.named.keys.sets.exclusive_renew),
         };
         let release = claim.release.clone();
         // The release's arguments: the renewal scripts read the value first
@@ -346,7 +341,7 @@ impl Resource {
         };
         Hold::new(
             &self.client,
-            &self.name,
+            &self.named.name,
             mode,
             fencing,
             sent_at,
@@ -365,7 +360,7 @@ impl Resource {
         };
         ScriptCall {
             script: &scripts::EXCLUSIVE_ACQUIRE,
-            keys: self.keys.sets.exclusive_acquire.clone(),
+            keys: self.named.keys.sets.exclusive_acquire.clone(),
             args: Arc::new([value.clone(), a.server_ms.clone(), intent.clone()]),
         }
     }
@@ -373,14 +368,14 @@ impl Resource {
     fn shared_call(&self, value: &Arc<str>, ttl: Duration) -> ScriptCall {
         ScriptCall {
             script: &scripts::READ,
-            keys: self.keys.sets.shared_acquire.clone(),
+            keys: self.named.keys.sets.shared_acquire.clone(),
             args: Arc::new([value.clone(), self.client.lease_args(ttl).server_ms.clone()]),
         }
     }
 
     /// The release of a hold in `mode` (also the undo of its attempts).
     fn release_call(&self, mode: Mode, value: &Arc<str>) -> ScriptCall {
-        let k = &self.keys;
+        let k = &self.named.keys;
         let cluster = self.client.is_cluster();
         let (script, keys) = match mode {
             Mode::Shared => (scripts::READ_RELEASE.get(cluster), &k.sets.shared_release),
@@ -404,7 +399,7 @@ impl Resource {
         }
         let intent = ScriptCall {
             script: release.script,
-            keys: self.keys.sets.intent_release.clone(),
+            keys: self.named.keys.sets.intent_release.clone(),
             args: release.args.clone(),
         };
         vec![release.clone(), intent]

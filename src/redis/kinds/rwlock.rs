@@ -4,7 +4,6 @@
 //! The type's docs say how it works and what it promises.
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -77,14 +76,14 @@ use crate::redis::kinds::resource::Resource;
 ///   holder: watch [`lost`](RedisWriteGuard::lost) and use fencing tokens.
 #[derive(Clone)]
 pub struct RedisRwLock {
-    res: Arc<Resource>,
+    res: Resource,
 }
 
 impl RedisRwLock {
     /// See [`RedisLocks::rwlock`](crate::redis::RedisLocks).
     pub(crate) fn new(client: &Context, name: &str) -> Result<Self, LockError> {
         Ok(RedisRwLock {
-            res: Arc::new(Resource::new(client, name)?),
+            res: Resource::new(client, name)?,
         })
     }
 }
@@ -103,7 +102,7 @@ impl RedisRwLock {
     /// # }
     /// ```
     pub fn name(&self) -> &str {
-        &self.res.name
+        &self.res.named.name
     }
 
     /// Takes a read lock, waiting up to `timeout` ([`LockError::Timeout`]).
@@ -289,7 +288,7 @@ impl RedisRwLock {
     ///
     /// Cancel safe: it only reads.
     pub async fn owners(&self) -> Result<Vec<crate::Owner>, LockError> {
-        crate::redis::kinds::listing::owners(&self.res.client, &self.res.name, "lock").await
+        crate::redis::kinds::listing::owners(&self.res.client, &self.res.named.name, "lock").await
     }
 
     async fn read_until(
@@ -314,7 +313,7 @@ impl RedisRwLock {
 impl fmt::Debug for RedisRwLock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisRwLock")
-            .field("name", &self.res.name)
+            .field("name", &self.res.named.name)
             .finish_non_exhaustive()
     }
 }
@@ -322,7 +321,7 @@ impl fmt::Debug for RedisRwLock {
 #[async_trait]
 impl Lock for RedisRwLock {
     fn name(&self) -> &str {
-        &self.res.name
+        &self.res.named.name
     }
 
     fn backend(&self) -> crate::stats::Backend {

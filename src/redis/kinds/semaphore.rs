@@ -17,13 +17,12 @@ use crate::lost::Moment;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
-use crate::redis::context::Context;
 use crate::redis::context::ops;
+use crate::redis::context::{Context, Named};
 use crate::redis::lease::Expired;
-use crate::redis::protocol::keys::{ResourceKeys, validate_name};
 use crate::redis::protocol::scripts;
 use crate::redis::protocol::token;
-use crate::stats::{self, Acquisition, Backend};
+use crate::stats::Acquisition;
 
 /// A distributed counting semaphore on Redis: at most `permits` holders at
 /// a time across every process using the same name, prefix and server.
@@ -98,15 +97,16 @@ pub struct RedisSemaphore {
 
 struct SemaphoreInner {
     client: Context,
-    name: Arc<str>,
+    /// The name, its keys and stats entry: the client's, shared by every
+    /// handle of the name.
+    named: Arc<Named>,
     permits: u32,
-    keys: Arc<ResourceKeys>,
 }
 
 impl RedisSemaphore {
     /// See [`RedisLocks::semaphore`](crate::redis::RedisLocks).
     pub(crate) fn new(client: &Context, name: &str, permits: u32) -> Result<Self, LockError> {
-        validate_name(name)?;
+        let named = client.named(name)?;
         if permits == 0 {
             return Err(LockError::InvalidArgument {
                 what: "permits",
@@ -116,9 +116,8 @@ impl RedisSemaphore {
         Ok(RedisSemaphore {
             inner: Arc::new(SemaphoreInner {
                 client: client.clone(),
-                name: name.into(),
+                named,
                 permits,
-                keys: client.resource_keys(name),
             }),
         })
     }
@@ -139,7 +138,7 @@ impl RedisSemaphore {
     /// # }
     /// ```
     pub fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.named.name
     }
 
     /// How many permits it has.
@@ -269,7 +268,7 @@ impl RedisSemaphore {
 
     async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
         // Every try of a permit is counted here.
-        let attempt = stats::site(Backend::Redis, &self.inner.name).begin();
+        let attempt = self.inner.named.site().begin();
         let result = self.try_once(mode).await;
         attempt.record(result, |g, held| g.held.count(held))
     }
@@ -277,9 +276,14 @@ impl RedisSemaphore {
     async fn try_once(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
         let ttl = i.client.options().lease_for(None)?;
-        let token = token::fresh_value(&i.name, mode)?;
-        let mut pending =
-            Pending::new(&i.client, &i.name, vec![self.release_call(&token)], ttl).await?;
+        let token = token::fresh_value(&i.named.name, mode)?;
+        let mut pending = Pending::new(
+            &i.client,
+            &i.named.name,
+            vec![self.release_call(&token)],
+            ttl,
+        )
+        .await?;
         let guard = waiting::try_once(
             &mut pending,
             &self.acquire_call(&token, ttl),
@@ -318,9 +322,10 @@ impl RedisSemaphore {
     /// Cancel safe: it only reads.
     pub async fn holders(&self) -> Result<u32, LockError> {
         let i = &self.inner;
-        let n = ops::count_live(&i.client, &i.name, "count permits", &i.keys.sem).await?;
+        let n =
+            ops::count_live(&i.client, &i.named.name, "count permits", &i.named.keys.sem).await?;
         u32::try_from(n).map_err(|_| LockError::Protocol {
-            resource: i.name.to_string(),
+            resource: i.named.name.to_string(),
             op: "count permits",
             detail: format!("count {n} out of range"),
         })
@@ -350,8 +355,12 @@ impl RedisSemaphore {
     ///
     /// Cancel safe: it only reads.
     pub async fn owners(&self) -> Result<Vec<crate::Owner>, LockError> {
-        crate::redis::kinds::listing::owners(&self.inner.client, &self.inner.name, "semaphore")
-            .await
+        crate::redis::kinds::listing::owners(
+            &self.inner.client,
+            &self.inner.named.name,
+            "semaphore",
+        )
+        .await
     }
 
     async fn acquire_until(
@@ -361,7 +370,7 @@ impl RedisSemaphore {
         lease: Option<Duration>,
     ) -> Result<RedisPermitGuard, LockError> {
         // Every wait for a permit is counted here.
-        let attempt = stats::site(Backend::Redis, &self.inner.name).begin();
+        let attempt = self.inner.named.site().begin();
         let result = self.wait_until(deadline, mode, lease, &attempt).await;
         attempt.record(result, |g, held| g.held.count(held))
     }
@@ -375,14 +384,16 @@ impl RedisSemaphore {
     ) -> Result<RedisPermitGuard, LockError> {
         let i = &self.inner;
         let ttl = i.client.options().lease_for(lease)?;
-        let turn = waiting::local_turn(&i.client, &i.name, &i.name, deadline, attempt).await?;
-        let token = token::fresh_value(&i.name, mode)?;
+        let turn =
+            waiting::local_turn(&i.client, &i.named.name, &i.named.name, deadline, attempt).await?;
+        let token = token::fresh_value(&i.named.name, mode)?;
         let undo = vec![self.release_call(&token)];
-        let mut pending = Pending::new_within(&i.client, &i.name, undo, ttl, deadline).await?;
+        let mut pending =
+            Pending::new_within(&i.client, &i.named.name, undo, ttl, deadline).await?;
         let wait = WaitFor {
             client: &i.client,
-            resource: &i.name,
-            channel: &i.keys.channel,
+            resource: &i.named.name,
+            channel: &i.named.keys.channel,
             what: "semaphore permit",
             max_nap: ttl,
             turn: Some(&turn),
@@ -407,7 +418,7 @@ impl RedisSemaphore {
         let i = &self.inner;
         ScriptCall {
             script: &scripts::SEMAPHORE_ACQUIRE,
-            keys: i.keys.sets.sem_acquire.clone(),
+            keys: i.named.keys.sets.sem_acquire.clone(),
             args: Arc::new([
                 token.clone(),
                 i.client.lease_args(ttl).server_ms.clone(),
@@ -420,8 +431,8 @@ impl RedisSemaphore {
         let i = &self.inner;
         ScriptCall {
             script: scripts::SEMAPHORE_RELEASE.get(i.client.is_cluster()),
-            keys: i.keys.sets.sem_release.clone(),
-            args: Arc::new([token.clone(), i.keys.channel.clone()]),
+            keys: i.named.keys.sets.sem_release.clone(),
+            args: Arc::new([token.clone(), i.named.keys.channel.clone()]),
         }
     }
 
@@ -438,12 +449,19 @@ impl RedisSemaphore {
         // The release's arguments (see `semaphore_renew.lua`).
         let renew = ScriptCall {
             script: &scripts::RENEW_MEMBER,
-            keys: i.keys.sets.sem_renew.clone(),
+            keys: i.named.keys.sets.sem_renew.clone(),
             args: release.args.clone(),
         };
         Ok(RedisPermitGuard {
             held: Hold::new(
-                &i.client, &i.name, mode, fencing, sent_at, ttl, renew, release,
+                &i.client,
+                &i.named.name,
+                mode,
+                fencing,
+                sent_at,
+                ttl,
+                renew,
+                release,
             )?,
         })
     }
@@ -452,9 +470,9 @@ impl RedisSemaphore {
 impl fmt::Debug for RedisSemaphore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisSemaphore")
-            .field("name", &self.inner.name)
+            .field("name", &self.inner.named.name)
             .field("permits", &self.inner.permits)
-            .field("key", &self.inner.keys.sem)
+            .field("key", &self.inner.named.keys.sem)
             .finish()
     }
 }
@@ -462,7 +480,7 @@ impl fmt::Debug for RedisSemaphore {
 #[async_trait]
 impl Lock for RedisSemaphore {
     fn name(&self) -> &str {
-        &self.inner.name
+        &self.inner.named.name
     }
 
     fn backend(&self) -> crate::stats::Backend {
