@@ -40,6 +40,7 @@ use crate::options::{Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
 use crate::redis::context::ops;
+use crate::redis::context::queue::LocalTurn;
 use crate::redis::context::{Context, Named};
 use crate::redis::lease::Expired;
 use crate::redis::protocol::keys;
@@ -127,16 +128,7 @@ impl Resource {
         if local.has_queue(&self.named.name) {
             // Refused before waiting there (`Pending` refuses it too).
             self.client.check_open(&self.named.name)?;
-            turn = Some(
-                Box::pin(waiting::local_turn(
-                    &self.client,
-                    &self.named.name,
-                    &self.named.name,
-                    deadline,
-                    attempt,
-                ))
-                .await?,
-            );
+            turn = Some(self.local_turn(deadline, attempt).await?);
         }
         let (claim, mut pending) = self.begin(mode, ttl, Some(deadline)).await?;
         if turn.is_none() {
@@ -155,16 +147,7 @@ impl Resource {
             // Busy (or a grant too late, undone, or a failover or slot move
             // the wait rides out): queue, then wait on Redis as below (its
             // first attempt comes at once).
-            turn = Some(
-                Box::pin(waiting::local_turn(
-                    &self.client,
-                    &self.named.name,
-                    &self.named.name,
-                    deadline,
-                    attempt,
-                ))
-                .await?,
-            );
+            turn = Some(self.local_turn(deadline, attempt).await?);
         }
         let (call, after_claim, max_nap) = match mode {
             Mode::Shared => (self.shared_call(&claim.value, ttl), None, ttl),
@@ -186,13 +169,13 @@ impl Resource {
             stats: attempt,
             after_claim: after_claim.as_ref(),
         };
-        // Boxed, as the turn above: the wait stays out of the future of
-        // every acquisition, which mostly never waits. With the other cold
-        // paths boxed (a pool refill, an undo, `WAIT`, a NOSCRIPT reload),
-        // `RedisLock::acquire`'s future went from 5.8 KB to 3.0 KB and a
-        // guard's `release` from 4.1 KB to 2.7 KB (`-Zprint-type-sizes`),
-        // for ~1% fewer client instructions; the 64-task throughput did not
-        // move measurably.
+        // Boxed, as the turn (`local_turn`): the wait stays out of the
+        // future of every acquisition, which mostly never waits. With the
+        // other cold paths boxed (a pool refill, an undo, `WAIT`, a
+        // NOSCRIPT reload), `RedisLock::acquire`'s future went from 5.8 KB
+        // to 3.0 KB and a guard's `release` from 4.1 KB to 2.7 KB
+        // (`-Zprint-type-sizes`), for ~1% fewer client instructions; the
+        // 64-task throughput did not move measurably.
         let result = Box::pin(waiting::wait_until_granted(
             wait,
             deadline,
@@ -217,6 +200,25 @@ impl Resource {
                 Err(e)
             }
         }
+    }
+
+    /// This task's turn in the process's queue of the name, boxed: the
+    /// wait stays out of the future of every acquisition, which mostly
+    /// never waits.
+    async fn local_turn(
+        &self,
+        deadline: &Deadline,
+        attempt: &Acquisition,
+    ) -> Result<LocalTurn, LockError> {
+        let name = &self.named.name;
+        Box::pin(waiting::local_turn(
+            &self.client,
+            name,
+            name,
+            deadline,
+            attempt,
+        ))
+        .await
     }
 
     /// Takes a hold in `mode` if it is free now (leaving no writer intent
