@@ -3,7 +3,7 @@
 //!
 //! One name is one lock (the lease core's invariant 6): the plain lock's
 //! exclusive mode *is* the RW lock's writer and its shared mode the RW
-//! lock's readers, on the same keys ([`ResourceKeys`]), so that
+//! lock's readers, on the same keys ([`ResourceKeys`](crate::redis::protocol::keys::ResourceKeys)), so that
 //! `lock("x")` and `rwlock("x")` exclude each other exactly as exclusive
 //! and shared file locks on one name do. The scripts refuse a name in use
 //! as a semaphore ([`LockError::WrongKind`]).
