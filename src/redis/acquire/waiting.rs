@@ -159,14 +159,53 @@ impl fmt::Debug for ScriptCall {
     }
 }
 
+/// What undoes an acquisition, in order: the release of its hold, then (a
+/// writer's) the same release of its intent key. Each compares the
+/// acquisition's value. The intent's call is made only when an undo runs:
+/// building both calls in a `Vec` for every acquisition, which almost never
+/// undoes, was an allocation and four reference counts each time.
+pub(crate) struct Undo {
+    release: ScriptCall,
+    /// The intent key, released with `release`'s script and arguments.
+    intent: Option<Arc<[String]>>,
+}
+
+impl Undo {
+    /// Undone by `release` alone.
+    pub(crate) fn release(release: ScriptCall) -> Self {
+        Self {
+            release,
+            intent: None,
+        }
+    }
+
+    /// Undone by `release`, then by its script and arguments on `intent`.
+    pub(crate) fn with_intent(release: ScriptCall, intent: Arc<[String]>) -> Self {
+        Self {
+            release,
+            intent: Some(intent),
+        }
+    }
+
+    /// The `i`th call: its script, keys and arguments.
+    fn call(&self, i: usize) -> Option<(&'static Script, &Arc<[String]>, &Args)> {
+        let r = &self.release;
+        match (i, &self.intent) {
+            (0, _) => Some((r.script, &r.keys, &r.args)),
+            (1, Some(intent)) => Some((r.script, intent, &r.args)),
+            _ => None,
+        }
+    }
+}
+
 /// One acquisition in progress: the connection its attempts use, and the
 /// releases that undo them, run in the background if dropped while armed.
 pub(crate) struct Pending {
     client: Context,
     resource: Arc<str>,
     conn: Conn,
-    /// Each a compare-and-delete with the acquisition's value, run in order.
-    undo: Vec<ScriptCall>,
+    /// Compare-and-deletes with the acquisition's value, run in order.
+    undo: Undo,
     /// The first of `undo` that [`undo_now`](Self::undo_now) has not seen
     /// answered: dropped midway, `Drop` sends it and the rest.
     undo_from: usize,
@@ -186,7 +225,7 @@ impl Pending {
     pub(crate) async fn new(
         client: &Context,
         resource: &Arc<str>,
-        undo: Vec<ScriptCall>,
+        undo: Undo,
         ttl: Duration,
     ) -> Result<Self, LockError> {
         client.check_open(resource)?;
@@ -194,13 +233,7 @@ impl Pending {
         Ok(Self::on(client, resource, conn, undo, ttl))
     }
 
-    fn on(
-        client: &Context,
-        resource: &Arc<str>,
-        conn: Conn,
-        undo: Vec<ScriptCall>,
-        ttl: Duration,
-    ) -> Self {
+    fn on(client: &Context, resource: &Arc<str>, conn: Conn, undo: Undo, ttl: Duration) -> Self {
         Self {
             client: client.clone(),
             resource: resource.clone(),
@@ -228,7 +261,7 @@ impl Pending {
     pub(crate) async fn new_within(
         client: &Context,
         resource: &Arc<str>,
-        undo: Vec<ScriptCall>,
+        undo: Undo,
         ttl: Duration,
         deadline: &Deadline,
     ) -> Result<Self, LockError> {
@@ -388,8 +421,8 @@ impl Pending {
 
     async fn undo_all(&mut self) {
         self.armed = true;
-        while let Some(undo) = self.undo.get(self.undo_from) {
-            let call = (undo.script, &undo.keys[..], &undo.args[..]);
+        while let Some((script, keys, args)) = self.undo.call(self.undo_from) {
+            let call = (script, &keys[..], &args[..]);
             let conn = Some(self.conn.clone());
             let undone = self
                 .client
@@ -416,20 +449,20 @@ impl Drop for Pending {
         if !self.armed {
             return;
         }
-        if !self.undo.is_empty() {
-            tracing::debug!(resource = %self.resource, "undoing an abandoned acquisition");
-        }
+        tracing::debug!(resource = %self.resource, "undoing an abandoned acquisition");
         // One background task per release, each first sent on the
         // attempt's connection, in order (invariant 5).
-        for undo in self.undo.drain(self.undo_from..) {
+        let mut i = self.undo_from;
+        while let Some((script, keys, args)) = self.undo.call(i) {
             self.client.spawn_release(
                 self.resource.clone(),
-                undo.script,
-                undo.keys,
-                undo.args,
+                script,
+                keys.clone(),
+                args.clone(),
                 Some(self.conn.clone()),
                 (),
             );
+            i += 1;
         }
     }
 }

@@ -38,7 +38,7 @@ use crate::error::LockError;
 use crate::lost::Moment;
 use crate::options::{Deadline, Mode};
 use crate::redis::acquire::held::Hold;
-use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
+use crate::redis::acquire::waiting::{self, Pending, ScriptCall, Undo, WaitFor};
 use crate::redis::context::ops;
 use crate::redis::context::queue::LocalTurn;
 use crate::redis::context::{Context, Named};
@@ -395,16 +395,11 @@ impl Resource {
     /// that a Cluster node serves each while the slot migrates (see
     /// `scripts.rs`); they need not be atomic, each compares our value.
     /// The two calls share their arguments.
-    fn undo_calls(&self, mode: Mode, release: &ScriptCall) -> Vec<ScriptCall> {
-        if mode == Mode::Shared {
-            return vec![release.clone()];
+    fn undo_calls(&self, mode: Mode, release: &ScriptCall) -> Undo {
+        match mode {
+            Mode::Shared => Undo::release(release.clone()),
+            _ => Undo::with_intent(release.clone(), self.named.keys.sets.intent_release.clone()),
         }
-        let intent = ScriptCall {
-            script: release.script,
-            keys: self.named.keys.sets.intent_release.clone(),
-            args: release.args.clone(),
-        };
-        vec![release.clone(), intent]
     }
 }
 

@@ -16,7 +16,7 @@ use crate::lock::Lock;
 use crate::lost::Moment;
 use crate::options::{AcquireOptions, Deadline, Mode};
 use crate::redis::acquire::held::Hold;
-use crate::redis::acquire::waiting::{self, Pending, ScriptCall, WaitFor};
+use crate::redis::acquire::waiting::{self, Pending, ScriptCall, Undo, WaitFor};
 use crate::redis::context::ops;
 use crate::redis::context::{Context, Named};
 use crate::redis::lease::Expired;
@@ -280,7 +280,7 @@ impl RedisSemaphore {
         let mut pending = Pending::new(
             &i.client,
             &i.named.name,
-            vec![self.release_call(&token)],
+            Undo::release(self.release_call(&token)),
             ttl,
         )
         .await?;
@@ -387,7 +387,7 @@ impl RedisSemaphore {
         let turn =
             waiting::local_turn(&i.client, &i.named.name, &i.named.name, deadline, attempt).await?;
         let token = token::fresh_value(&i.named.name, mode)?;
-        let undo = vec![self.release_call(&token)];
+        let undo = Undo::release(self.release_call(&token));
         let mut pending =
             Pending::new_within(&i.client, &i.named.name, undo, ttl, deadline).await?;
         let wait = WaitFor {
