@@ -190,6 +190,12 @@ impl Entry {
 pub(crate) struct Site(Arc<Entry>);
 
 impl Site {
+    /// Whether this is a backend's overflow entry ([`OTHER`]), where names
+    /// past the name limit are counted.
+    pub(crate) fn is_overflow(&self) -> bool {
+        &*self.0.name == OTHER
+    }
+
     /// Starts counting one acquisition.
     pub(crate) fn begin(&self) -> Acquisition {
         Acquisition {

@@ -83,14 +83,23 @@ pub(crate) struct Named {
     pub(crate) keys: Arc<ResourceKeys>,
     /// The stats entry, looked up at the first acquisition (a handle that
     /// never acquires makes no entry: registry entries are never removed).
+    /// Kept only once it is the name's own: the overflow entry a name
+    /// past the stats name limit counts into is looked up again each time,
+    /// so that the name gets its own once the limit is raised.
     site: OnceLock<Site>,
 }
 
 impl Named {
     /// The Redis backend's stats entry of the name.
-    pub(crate) fn site(&self) -> &Site {
-        self.site
-            .get_or_init(|| stats::site(Backend::Redis, &self.name))
+    pub(crate) fn site(&self) -> Site {
+        if let Some(site) = self.site.get() {
+            return site.clone();
+        }
+        let site = stats::site(Backend::Redis, &self.name);
+        if !site.is_overflow() {
+            let _ = self.site.set(site.clone());
+        }
+        site
     }
 }
 

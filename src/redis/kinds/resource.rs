@@ -75,7 +75,7 @@ impl Resource {
         })
     }
 
-    fn site(&self) -> &Site {
+    fn site(&self) -> Site {
         self.named.site()
     }
 
