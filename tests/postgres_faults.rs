@@ -368,3 +368,50 @@ async fn a_wait_longer_than_many_keepalive_intervals_is_not_cut_short() {
     assert!(!got.is_lost());
     got.release().await.unwrap();
 }
+
+/// Clients that take their first fenced lock at the same moment on a
+/// database without the fence table all get it: their racing `CREATE TABLE
+/// IF NOT EXISTS` may fail with a duplicate relation (42P07, the table or
+/// its primary key's index) or a duplicate row in the catalog (23505), and
+/// both mean another client made the table. (Seen once in CI as a first
+/// acquisition failing with "relation \"lockyard_fence\" already exists":
+/// tests/postgres_multiprocess.rs.) Each round a fresh schema, so that the
+/// table is missing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_racing_to_make_the_fence_table_all_get_their_lock() {
+    const ROUNDS: usize = 12;
+    const CLIENTS: usize = 8;
+    let server = server().await;
+    let admin = server.admin().await;
+    for round in 0..ROUNDS {
+        let schema = format!("race{round}");
+        admin
+            .batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .unwrap();
+        let mut clients = Vec::new();
+        for _ in 0..CLIENTS {
+            let opts = options().fence_schema(schema.as_str());
+            clients.push(PgLocks::connect_with(&server.url(), opts).await.unwrap());
+        }
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(CLIENTS));
+        let tasks: Vec<_> = clients
+            .into_iter()
+            .enumerate()
+            .map(|(i, locks)| {
+                let start = start.clone();
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let g = locks.try_acquire(&format!("race-{i}")).await?;
+                    g.release().await?;
+                    locks.shutdown().await;
+                    Ok::<(), LockError>(())
+                })
+            })
+            .collect();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let r = bounded(t).await.unwrap();
+            assert!(r.is_ok(), "round {round}, client {i}: {r:?}");
+        }
+    }
+}

@@ -13,8 +13,10 @@
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio_postgres::Config;
+use tokio_postgres::error::SqlState;
 use tokio_util::task::TaskTracker;
 
 use super::errors::{map_pg, timed_out};
@@ -141,8 +143,8 @@ impl PgLocks {
         session: &Session,
         resource: &str,
     ) -> Result<(), LockError> {
-        // Racing clients may both look and create: CREATE TABLE IF NOT
-        // EXISTS and the unique-violation arm below make that harmless.
+        // Racing clients may both look and create: the duplicate arm of
+        // `make_fence_table` makes that harmless.
         if self.inner.fence_ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -160,21 +162,7 @@ impl PgLocks {
     async fn make_fence_table(&self, session: &Session, resource: &str) -> Result<(), LockError> {
         let table = self.inner.options.fence_table();
         let limit = self.inner.options.op_timeout;
-        let typed = [(
-            &table as &(dyn tokio_postgres::types::ToSql + Sync),
-            tokio_postgres::types::Type::TEXT,
-        )];
-        let look = session
-            .client
-            .query_typed_one("SELECT to_regclass($1) IS NOT NULL", &typed);
-        let exists: bool = match tokio::time::timeout(limit, look).await {
-            Ok(Ok(row)) => row
-                .try_get(0)
-                .map_err(|e| map_pg(resource, "look for the fence table", e))?,
-            Ok(Err(e)) => return Err(map_pg(resource, "look for the fence table", e)),
-            Err(_) => return Err(timed_out(resource, "look for the fence table", limit)),
-        };
-        if exists {
+        if fence_table_exists(session, &table, resource, limit).await? {
             return Ok(());
         }
         let create = format!(
@@ -184,8 +172,8 @@ impl PgLocks {
         match tokio::time::timeout(limit, session.client.batch_execute(&create)).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e))
-                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE)
-                    || e.code() == Some(&tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME) =>
+                if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE)
+                    || e.code() == Some(&SqlState::INVALID_SCHEMA_NAME) =>
             {
                 Err(LockError::Backend {
                     resource: resource.to_owned(),
@@ -194,9 +182,26 @@ impl PgLocks {
                     source: Box::new(e),
                 })
             }
-            // Created meanwhile by another client: fine.
-            Ok(Err(e)) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
-                Ok(())
+            // Racing creators: `IF NOT EXISTS` does not make two at once
+            // safe. The loser fails on whichever catalog entry it meets
+            // made first: the table or its key's index (42P07), its row
+            // type (42710), a catalog row (23505). The table is then there
+            // (made by the other client): looked up again to be sure.
+            // (tests/postgres_faults.rs, clients_racing_to_make_the_fence_table_all_get_their_lock.)
+            Ok(Err(e))
+                if [
+                    SqlState::DUPLICATE_TABLE,
+                    SqlState::DUPLICATE_OBJECT,
+                    SqlState::UNIQUE_VIOLATION,
+                ]
+                .iter()
+                .any(|c| e.code() == Some(c)) =>
+            {
+                if fence_table_exists(session, &table, resource, limit).await? {
+                    Ok(())
+                } else {
+                    Err(map_pg(resource, "create the fence table", e))
+                }
             }
             Ok(Err(e)) => Err(map_pg(resource, "create the fence table", e)),
             Err(_) => Err(timed_out(resource, "create the fence table", limit)),
@@ -242,5 +247,28 @@ impl fmt::Debug for PgLocks {
             .field("server", &self.inner.server)
             .field("options", &self.inner.options)
             .finish_non_exhaustive()
+    }
+}
+
+/// Whether `table` (quoted) exists, as `session` sees it.
+async fn fence_table_exists(
+    session: &Session,
+    table: &str,
+    resource: &str,
+    limit: Duration,
+) -> Result<bool, LockError> {
+    let typed = [(
+        &table as &(dyn tokio_postgres::types::ToSql + Sync),
+        tokio_postgres::types::Type::TEXT,
+    )];
+    let look = session
+        .client
+        .query_typed_one("SELECT to_regclass($1) IS NOT NULL", &typed);
+    match tokio::time::timeout(limit, look).await {
+        Ok(Ok(row)) => row
+            .try_get(0)
+            .map_err(|e| map_pg(resource, "look for the fence table", e)),
+        Ok(Err(e)) => Err(map_pg(resource, "look for the fence table", e)),
+        Err(_) => Err(timed_out(resource, "look for the fence table", limit)),
     }
 }
