@@ -15,12 +15,7 @@ pub(crate) fn map_pg(resource: &str, op: &'static str, e: tokio_postgres::Error)
     // A prepared statement of this connection missing (26000), or one of
     // another client's already there (42P05): only a pooler handing our
     // statements to other server sessions does that.
-    // PgBouncer itself refusing what its pool mode cannot do ("transaction
-    // blocks not allowed in statement pooling mode", 08P01).
-    let pooler_refused = e.as_db_error().is_some_and(|db| {
-        db.code() == &SqlState::PROTOCOL_VIOLATION && db.message().contains("pooling mode")
-    });
-    if pooler_refused
+    if is_pooler_refusal(&e)
         || e.code() == Some(&SqlState::INVALID_SQL_STATEMENT_NAME)
         || e.code() == Some(&SqlState::DUPLICATE_PSTATEMENT)
     {
@@ -46,6 +41,14 @@ pub(crate) fn map_pg(resource: &str, op: &'static str, e: tokio_postgres::Error)
             source: Box::new(e),
         }
     }
+}
+
+/// Whether `e` is PgBouncer itself refusing what its pool mode cannot do
+/// ("transaction blocks not allowed in statement pooling mode", 08P01).
+pub(crate) fn is_pooler_refusal(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        db.code() == &SqlState::PROTOCOL_VIOLATION && db.message().contains("pooling mode")
+    })
 }
 
 /// What a session lock cannot be taken through.

@@ -19,11 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use futures::StreamExt;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{CancelToken, Client, Config, Row, SimpleQueryMessage, Statement};
 use tokio_util::sync::CancellationToken;
 
-use super::errors::{map_pg, timed_out};
+use super::errors::{is_pooler_refusal, map_pg, timed_out};
 use super::tls::{PgConnector, problem_of};
 use crate::error::LockError;
 
@@ -140,6 +141,46 @@ impl Session {
         };
         let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(p, _)| *p).collect();
         self.client.query_one(&statement, &values).await
+    }
+
+    /// Runs `sql` (statements separated by semicolons) with the simple
+    /// query protocol and returns its messages, as
+    /// [`Client::simple_query`], except that when it fails it reads on to
+    /// the end of the reply: a pooler's refusal that follows the server's
+    /// own error in the same reply is the error returned.
+    ///
+    /// PgBouncer in statement pooling lets a wait's transaction run, then
+    /// closes the connection it left open: the client gets the server's
+    /// `lock_timeout` error, then, when PgBouncer forwarded that one, its
+    /// FATAL "transaction blocks not allowed" (08P01). Stopping at the
+    /// first would take the refusal for a timeout and the closed
+    /// connection after it for an outage.
+    ///
+    /// # Cancel safety
+    ///
+    /// As tokio-postgres's: a dropped request may still run on the server.
+    pub(crate) async fn simple_query(
+        &self,
+        sql: &str,
+    ) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
+        let mut stream = std::pin::pin!(self.client.simple_query_raw(sql).await?);
+        let mut messages = Vec::new();
+        let first = loop {
+            match stream.next().await {
+                Some(Ok(m)) => messages.push(m),
+                Some(Err(e)) => break e,
+                None => return Ok(messages),
+            }
+        };
+        // The reply goes on to the server's ReadyForQuery (the end), or
+        // to what the pooler sent after it; each message is read once.
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) if is_pooler_refusal(&e) => return Err(e),
+                Some(Err(_)) | None => return Err(first),
+            }
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Statement>> {
