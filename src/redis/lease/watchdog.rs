@@ -232,10 +232,24 @@ struct State {
 /// with SipHash). A slot is found by its index and checked by the
 /// lease's id, which only grows: an answer for a lease dropped since
 /// (its slot reused) finds nothing.
-#[derive(Default)]
-struct Entries {
-    slab: slab::Slab<(u64, Entry)>,
+///
+/// A slab keeps its slots when entries leave, and the task's pass walks
+/// every slot: after a burst of many leases, most of them ended, the pass
+/// [`shrink`](Entries::shrink)s it.
+struct Entries<E = Entry> {
+    slab: slab::Slab<(u64, E)>,
 }
+
+impl<E> Default for Entries<E> {
+    fn default() -> Self {
+        Self {
+            slab: slab::Slab::new(),
+        }
+    }
+}
+
+/// Below this many slots the slab is left as it is.
+const KEEP_SLOTS: usize = 1024;
 
 /// Where a lease's entry is: its slot and its id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,29 +266,29 @@ impl Key {
     };
 }
 
-impl Entries {
-    fn insert(&mut self, id: u64, entry: Entry) -> Key {
+impl<E> Entries<E> {
+    fn insert(&mut self, id: u64, entry: E) -> Key {
         Key {
             index: self.slab.insert((id, entry)),
             id,
         }
     }
 
-    fn get_mut(&mut self, key: Key) -> Option<&mut Entry> {
+    fn get_mut(&mut self, key: Key) -> Option<&mut E> {
         match self.slab.get_mut(key.index) {
             Some((id, e)) if *id == key.id => Some(e),
             _ => None,
         }
     }
 
-    fn remove(&mut self, key: Key) -> Option<Entry> {
+    fn remove(&mut self, key: Key) -> Option<E> {
         match self.slab.get(key.index) {
             Some((id, _)) if *id == key.id => Some(self.slab.remove(key.index).1),
             _ => None,
         }
     }
 
-    fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut Entry)> {
+    fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut E)> {
         self.slab
             .iter_mut()
             .map(|(index, (id, e))| (Key { index, id: *id }, e))
@@ -284,8 +298,24 @@ impl Entries {
         self.slab.len()
     }
 
-    fn into_all(self) -> impl Iterator<Item = Entry> {
+    fn into_all(self) -> impl Iterator<Item = E> {
         self.slab.into_iter().map(|(_, (_, e))| e)
+    }
+
+    /// Gives back the slots of ended leases once fewer than a quarter are
+    /// in use, as far as the last one in use allows (entries do not move:
+    /// their handles know them by slot). O(slots), as the pass that calls
+    /// it.
+    fn shrink(&mut self) {
+        let slots = self.slab.capacity();
+        if slots > KEEP_SLOTS && self.slab.len() < slots / 4 {
+            self.slab.shrink_to_fit();
+        }
+    }
+
+    #[cfg(test)]
+    fn slots(&self) -> usize {
+        self.slab.capacity()
     }
 }
 
@@ -694,6 +724,7 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                     e.declare_lost();
                 }
             }
+            st.entries.shrink();
             let next = next.unwrap_or(now + shared.idle);
             st.wake_at = Some(next);
             next
@@ -1156,6 +1187,41 @@ fn is_noscript(v: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_slots_of_a_burst_are_given_back_once_it_ends() {
+        let mut entries: Entries<u32> = Entries::default();
+        let keys: Vec<Key> = (0..10_000).map(|i| entries.insert(i, i as u32)).collect();
+        assert!(entries.slots() >= 10_000);
+        // One lease of the burst outlives it, in the middle of the slab.
+        let kept = keys[4_000];
+        for &k in &keys {
+            if k != kept {
+                assert!(entries.remove(k).is_some());
+            }
+        }
+        entries.shrink();
+        assert!(entries.slots() <= 4_001, "{} slots", entries.slots());
+        // The kept entry is still found by its key; the others' keys find
+        // nothing, also once their slots are reused.
+        assert_eq!(entries.get_mut(kept), Some(&mut 4_000));
+        let fresh = entries.insert(20_000, 7);
+        assert_eq!(entries.get_mut(keys[0]), None);
+        assert_eq!(entries.remove(keys[fresh.index]), None);
+        assert_eq!(entries.remove(kept), Some(4_000));
+        entries.shrink();
+        entries.remove(fresh);
+        entries.shrink();
+        assert!(entries.slots() <= KEEP_SLOTS, "{} slots", entries.slots());
+        // A small slab is left alone.
+        let few: Vec<Key> = (0..100).map(|i| entries.insert(30_000 + i, 0)).collect();
+        let before = entries.slots();
+        for k in few {
+            entries.remove(k);
+        }
+        entries.shrink();
+        assert_eq!(entries.slots(), before);
+    }
 
     #[test]
     fn outcomes() {
