@@ -72,26 +72,38 @@ fn main() {
                 let locks = RedisLocks::connect_with(&url, RedisOptions::default().ttl(ttl))
                     .await
                     .expect("connect");
+                // One task body per way of acquiring, each its own future:
+                // a body with all three would lay their code out together,
+                // and the instruction cache would see more than one way's.
                 let run = |t: u64, ops: u64| {
                     let name = format!("instr:lockyard:{}:{t}", std::process::id());
                     let lock = locks.lock(&name).expect("name");
                     let locks = locks.clone();
-                    async move {
-                        for _ in 0..ops {
-                            let guard = if named {
-                                locks.acquire(&name, Duration::from_secs(5)).await
-                            } else if blocking {
-                                lock.acquire(Duration::from_secs(5)).await
-                            } else {
-                                lock.try_acquire().await
-                            };
-                            guard.expect("free").release().await.expect("release");
-                        }
+                    let wait = Duration::from_secs(5);
+                    if named {
+                        tokio::spawn(async move {
+                            for _ in 0..ops {
+                                let guard = locks.acquire(&name, wait).await.expect("free");
+                                guard.release().await.expect("release");
+                            }
+                        })
+                    } else if blocking {
+                        tokio::spawn(async move {
+                            for _ in 0..ops {
+                                let guard = lock.acquire(wait).await.expect("free");
+                                guard.release().await.expect("release");
+                            }
+                        })
+                    } else {
+                        tokio::spawn(async move {
+                            for _ in 0..ops {
+                                let guard = lock.try_acquire().await.expect("free");
+                                guard.release().await.expect("release");
+                            }
+                        })
                     }
                 };
-                let handles: Vec<_> = (0..tasks)
-                    .map(|t| tokio::spawn(run(t, n / tasks)))
-                    .collect();
+                let handles: Vec<_> = (0..tasks).map(|t| run(t, n / tasks)).collect();
                 for h in handles {
                     h.await.expect("task");
                 }
