@@ -65,5 +65,5 @@ cargo test --workspace --all-features --doc
 if grep -q lockyard_loom src/loom.rs 2>/dev/null; then
   echo "== loom models (LOOM_MAX_PREEMPTIONS=${LOOM_MAX_PREEMPTIONS:=3})"
   LOOM_MAX_PREEMPTIONS=$LOOM_MAX_PREEMPTIONS RUSTFLAGS="--cfg lockyard_loom" \
-    CARGO_TARGET_DIR=target/loom cargo test --release --lib -- loom
+    CARGO_TARGET_DIR=target/loom cargo test --profile loom --lib -- loom
 fi

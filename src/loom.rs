@@ -2,7 +2,7 @@
 //!
 //! The synchronisation that loom checks imports its atomics and mutexes
 //! from here, so that
-//! `RUSTFLAGS="--cfg lockyard_loom" cargo test --release --lib -- loom`
+//! `RUSTFLAGS="--cfg lockyard_loom" cargo test --profile loom --lib -- loom`
 //! model-checks it with [loom](https://docs.rs/loom): the in-process
 //! semaphore core (`local/batch.rs`), the file backend's kernel-waiter
 //! hand-shake (`file/kernel/interrupt.rs`, `ThreadCtl`: a cancel is never lost

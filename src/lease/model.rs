@@ -8,7 +8,7 @@
 //!
 //! The plain test replays the schedule that a suspend of the machine during
 //! a renewal's round trip makes; the loom model
-//! (`RUSTFLAGS="--cfg lockyard_loom" cargo test --release --lib -- loom`)
+//! (`RUSTFLAGS="--cfg lockyard_loom" cargo test --profile loom --lib -- loom`)
 //! tries every interleaving of a renewal, an extend, the clocks (time
 //! passing, a suspend) and the holder's checks.
 

@@ -1,5 +1,5 @@
 //! Loom models of the in-process primitives (run with
-//! `RUSTFLAGS="--cfg lockyard_loom" cargo test --release --lib -- loom`).
+//! `RUSTFLAGS="--cfg lockyard_loom" cargo test --profile loom --lib -- loom`).
 
 mod loom_rwlock;
 mod loom_semaphore;
