@@ -201,7 +201,7 @@ async fn wait_hold_once(
     let op_timeout = client.options().op_timeout;
     attempt.in_flight = InFlight::Wait;
     let session = attempt.session()?;
-    let sent = session.simple_query(&wait);
+    let sent = session.simple_query(&wait, op_timeout);
     let result = match deadline.remaining() {
         Some(left) => match tokio::time::timeout(left + op_timeout, sent).await {
             Ok(r) => r,

@@ -146,8 +146,11 @@ impl Session {
     /// Runs `sql` (statements separated by semicolons) with the simple
     /// query protocol and returns its messages, as
     /// [`Client::simple_query`], except that when it fails it reads on to
-    /// the end of the reply: a pooler's refusal that follows the server's
-    /// own error in the same reply is the error returned.
+    /// the end of the reply, for at most `drain`: a pooler's refusal that
+    /// follows the server's own error in the same reply is the error
+    /// returned. A reply whose rest does not come within `drain` (a stalled
+    /// network) ends with the server's error: the read after it never
+    /// makes a request wait longer than `drain` beyond its answer.
     ///
     /// PgBouncer in statement pooling lets a wait's transaction run, then
     /// closes the connection it left open: the client gets the server's
@@ -162,6 +165,7 @@ impl Session {
     pub(crate) async fn simple_query(
         &self,
         sql: &str,
+        drain: Duration,
     ) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
         let mut stream = std::pin::pin!(self.client.simple_query_raw(sql).await?);
         let mut messages = Vec::new();
@@ -174,12 +178,18 @@ impl Session {
         };
         // The reply goes on to the server's ReadyForQuery (the end), or
         // to what the pooler sent after it; each message is read once.
-        loop {
-            match stream.next().await {
-                Some(Ok(_)) => {}
-                Some(Err(e)) if is_pooler_refusal(&e) => return Err(e),
-                Some(Err(_)) | None => return Err(first),
+        let rest = async {
+            loop {
+                match stream.next().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) if is_pooler_refusal(&e) => return Some(e),
+                    Some(Err(_)) | None => return None,
+                }
             }
+        };
+        match tokio::time::timeout(drain, rest).await {
+            Ok(Some(refusal)) => Err(refusal),
+            Ok(None) | Err(_) => Err(first),
         }
     }
 
