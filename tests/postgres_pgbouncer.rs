@@ -6,25 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use lockyard::Lock;
 use lockyard::postgres::{PgLocks, PgOptions};
-use lockyard::{Lock, LockError};
 use lockyard_testkit::bounded;
 use lockyard_testkit::conformance::Keep;
-use lockyard_testkit::pgbouncer::{PgBouncer, PoolMode};
-use lockyard_testkit::postgres::PgServer;
+use lockyard_testkit::pgbouncer::{PgBouncer, PoolMode, assert_refused_as_pooled, start_pair};
 use tokio_postgres::Client;
-
-/// A private server and a PgBouncer in `mode` with `pool_size` server
-/// connections in front of it.
-async fn servers(mode: PoolMode, pool_size: usize) -> (PgServer, PgBouncer) {
-    tokio::task::spawn_blocking(move || {
-        let server = PgServer::start();
-        let bouncer = PgBouncer::start_sized(&server, mode, pool_size);
-        (server, bouncer)
-    })
-    .await
-    .expect("start postgres and pgbouncer")
-}
 
 /// Opens a transaction on a client through the pooler, which pins one
 /// server backend to it until it ends; returns that backend's pid.
@@ -57,22 +44,9 @@ async fn pin_backend(bouncer: &PgBouncer, target: i32) -> Client {
     keep
 }
 
-fn assert_refused_as_pooled(result: Result<impl std::fmt::Debug, LockError>, what: &str) {
-    match result {
-        Err(e @ LockError::Unsupported { .. }) => {
-            let text = e.to_string();
-            assert!(
-                text.contains("PgBouncer") && text.contains("session pooling"),
-                "{what}: {text}"
-            );
-        }
-        other => panic!("{what}: expected the pooler to be refused, got {other:?}"),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_pooling_that_moves_the_session_is_refused_and_takes_nothing() {
-    let (server, bouncer) = servers(PoolMode::Transaction, 2).await;
+    let (server, bouncer) = start_pair(PoolMode::Transaction, 2).await;
     // One backend of the pool is in another client's transaction: lockyard
     // clients that connect now learn the other one.
     let first = bounded(bouncer.client()).await;
@@ -133,7 +107,7 @@ async fn transaction_pooling_that_moves_the_session_is_refused_and_takes_nothing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hold_whose_backend_the_pooler_gives_away_is_lost() {
-    let (server, bouncer) = servers(PoolMode::Transaction, 2).await;
+    let (server, bouncer) = start_pair(PoolMode::Transaction, 2).await;
     let opts = PgOptions::default()
         .keepalive(Duration::from_millis(100))
         .fencing(false);
@@ -168,7 +142,7 @@ async fn a_hold_whose_backend_the_pooler_gives_away_is_lost() {
 
 /// Two clients through one PgBouncer in session pooling.
 async fn session_pooled_views(name: &str) -> (Keep, Arc<dyn Lock>, Arc<dyn Lock>) {
-    let (server, bouncer) = servers(PoolMode::Session, 40).await;
+    let (server, bouncer) = start_pair(PoolMode::Session, 40).await;
     let a = bounded(PgLocks::connect(&bouncer.url()))
         .await
         .expect("connect");
@@ -202,7 +176,7 @@ lockyard_testkit::conformance_tests!(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_pooling_is_refused_when_a_wait_is_needed() {
-    let (server, bouncer) = servers(PoolMode::Statement, 2).await;
+    let (server, bouncer) = start_pair(PoolMode::Statement, 2).await;
     // Held straight on the server: through the pooler, the try fails and
     // the wait's transaction is refused by PgBouncer itself.
     let direct = bounded(PgLocks::connect(&server.url()))

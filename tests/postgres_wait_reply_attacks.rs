@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use lockyard::postgres::{PgKey, PgLocks, PgOptions};
 use lockyard::{AcquireOptions, LockError};
-use lockyard_testkit::pgbouncer::{PgBouncer, PoolMode};
+use lockyard_testkit::pgbouncer::{PoolMode, assert_refused_as_pooled, start_pair};
 use lockyard_testkit::postgres::PgServer;
 use lockyard_testkit::{bounded, eventually};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -226,16 +226,6 @@ async fn server() -> PgServer {
         .expect("start postgres")
 }
 
-async fn servers(mode: PoolMode, pool_size: usize) -> (PgServer, PgBouncer) {
-    tokio::task::spawn_blocking(move || {
-        let server = PgServer::start();
-        let bouncer = PgBouncer::start_sized(&server, mode, pool_size);
-        (server, bouncer)
-    })
-    .await
-    .expect("start postgres and pgbouncer")
-}
-
 const OP: Duration = Duration::from_millis(700);
 
 fn opts() -> PgOptions {
@@ -294,19 +284,6 @@ async fn nothing_locked_but(server: &PgServer, expected: i64, what: &str) {
         row.get::<_, i64>(0) == expected
     })
     .await;
-}
-
-fn assert_refused_as_pooled(result: Result<impl std::fmt::Debug, LockError>, what: &str) {
-    match result {
-        Err(e @ LockError::Unsupported { .. }) => {
-            let text = e.to_string();
-            assert!(
-                text.contains("PgBouncer") && text.contains("session pooling"),
-                "{what}: {text}"
-            );
-        }
-        other => panic!("{what}: expected the pooler to be refused, got {other:?}"),
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -639,7 +616,7 @@ async fn waits_dropped_while_reading_the_rest_of_the_reply_leak_nothing() {
 /// Unavailable); nothing stays locked afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn statement_pooling_refuses_every_kind_of_wait() {
-    let (server, bouncer) = servers(PoolMode::Statement, 2).await;
+    let (server, bouncer) = start_pair(PoolMode::Statement, 2).await;
     let direct = connect(&server.url(), opts()).await;
     let held = bounded(direct.try_acquire("jobs")).await.expect("granted");
     let sem = direct.semaphore("permits", 1).expect("semaphore");
@@ -676,7 +653,7 @@ async fn statement_pooling_refuses_every_kind_of_wait() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transaction_and_session_pooling_waits_are_unchanged() {
     for mode in [PoolMode::Transaction, PoolMode::Session] {
-        let (server, bouncer) = servers(mode, 1).await;
+        let (server, bouncer) = start_pair(mode, 1).await;
         let direct = connect(&server.url(), opts()).await;
         let locks = connect(&bouncer.url(), opts()).await;
         for round in 0..3 {

@@ -267,3 +267,35 @@ fn binary() -> PathBuf {
         ),
     }
 }
+
+/// A private Postgres and a PgBouncer in `mode` with `pool_size` server
+/// connections in front of it, started on a blocking thread (starting
+/// them waits for their ports).
+pub async fn start_pair(mode: PoolMode, pool_size: usize) -> (PgServer, PgBouncer) {
+    tokio::task::spawn_blocking(move || {
+        let server = PgServer::start();
+        let bouncer = PgBouncer::start_sized(&server, mode, pool_size);
+        (server, bouncer)
+    })
+    .await
+    .expect("start postgres and pgbouncer")
+}
+
+/// Asserts that `result` is lockyard's refusal of a pooler that cannot
+/// hold session locks: [`lockyard::LockError::Unsupported`], naming
+/// PgBouncer and session pooling; `what` names the attempt in the panic.
+pub fn assert_refused_as_pooled<T: std::fmt::Debug>(
+    result: Result<T, lockyard::LockError>,
+    what: &str,
+) {
+    match result {
+        Err(e @ lockyard::LockError::Unsupported { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("PgBouncer") && text.contains("session pooling"),
+                "{what}: {text}"
+            );
+        }
+        other => panic!("{what}: expected the pooler to be refused, got {other:?}"),
+    }
+}
