@@ -160,12 +160,23 @@ async fn serve(client: TcpStream, target: u16, after: Arc<Mutex<After>>, fired: 
     let down = async move {
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 16384];
+        let mut first = true;
         loop {
             let n = match sr.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => n,
             };
             buf.extend_from_slice(&chunk[..n]);
+            // The server's answer to an SSLRequest (lockyard built with
+            // `tls` asks first, sslmode=prefer) is one unframed byte: 'N',
+            // this server having no TLS. Framed, it made the proxy read
+            // garbage lengths and hang every connection.
+            if std::mem::take(&mut first) && buf.first() == Some(&b'N') {
+                if cw.write_all(&buf[..1]).await.is_err() {
+                    return;
+                }
+                buf.drain(..1);
+            }
             while buf.len() >= 5 {
                 let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
                 if buf.len() < len {
