@@ -486,11 +486,7 @@ async fn require_over_a_unix_socket_fails_rather_than_going_plain() {
     let files = TlsFiles::generate();
     let server = start(ServerTls::new(&files)).await;
     // The kit's socket directory (see `PgServer`).
-    let dir = std::env::temp_dir().join(format!(
-        "lockyard-test-pg-{}-{}",
-        std::process::id(),
-        server.port()
-    ));
+    let dir = server.socket_dir().to_owned();
     assert!(dir.is_dir(), "{}", dir.display());
     for mode in ["require", "verify-full"] {
         let kv = format!(

@@ -43,3 +43,19 @@ pub mod tls;
 pub mod wait;
 
 pub use wait::{LIMIT, bounded, bounded_for, eventually, eventually_blocking, eventually_within};
+
+/// A fresh scratch directory's path for one start of a private `kind`
+/// server on `port`, in the temporary directory: unique within the
+/// process, not only by port. Two threads can be handed the same free
+/// port (it is free until one of them binds it); with the port alone in
+/// the name, the second start's clean-up of "its" directory, or the drop
+/// of the start that lost the port, would delete the first server's data
+/// under it.
+pub(crate) fn scratch_dir(kind: &str, port: u16) -> std::path::PathBuf {
+    static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = STARTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!(
+        "lockyard-test-{kind}-{}-{n}-{port}",
+        std::process::id()
+    ))
+}

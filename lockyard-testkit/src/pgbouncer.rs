@@ -76,10 +76,7 @@ impl PgBouncer {
             if port == 5432 || port == 6432 {
                 continue;
             }
-            let dir = std::env::temp_dir().join(format!(
-                "lockyard-test-pgbouncer-{}-{port}",
-                std::process::id()
-            ));
+            let dir = crate::scratch_dir("pgbouncer", port);
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create PgBouncer's directory");
             let config = dir.join("pgbouncer.ini");

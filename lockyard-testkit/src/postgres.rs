@@ -81,8 +81,7 @@ impl PgServer {
             if port == 5432 {
                 continue;
             }
-            let dir = std::env::temp_dir()
-                .join(format!("lockyard-test-pg-{}-{port}", std::process::id()));
+            let dir = crate::scratch_dir("pg", port);
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir).expect("create the server's directory");
             let data = dir.join("data");
@@ -131,6 +130,11 @@ impl PgServer {
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The directory of its Unix socket (and of its data and log).
+    pub fn socket_dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Stops the server abruptly (`pg_ctl stop -m immediate`: every backend

@@ -77,7 +77,7 @@ impl RedisServer {
         let mut last_err = String::new();
         for _ in 0..10 {
             let port = free_port();
-            let dir = scratch_dir(port);
+            let dir = crate::scratch_dir("redis", port);
             let mut server = RedisServer {
                 port,
                 child: None,
@@ -441,10 +441,6 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
-}
-
-fn scratch_dir(port: u16) -> PathBuf {
-    std::env::temp_dir().join(format!("lockyard-test-redis-{}-{port}", std::process::id()))
 }
 
 /// A client of the server at `url` with leases of `ttl` (the other options

@@ -365,10 +365,7 @@ impl SentinelNode {
         let mut last_err = String::new();
         for _ in 0..10 {
             let port = free_port();
-            let dir = std::env::temp_dir().join(format!(
-                "lockyard-test-sentinel-{}-{port}",
-                std::process::id()
-            ));
+            let dir = crate::scratch_dir("sentinel", port);
             let mut node = Self {
                 port,
                 child: None,
