@@ -31,7 +31,7 @@ use crate::redis::lease::{Expired, Lease, LeaseHandle, Watchdog};
 use crate::redis::options::RedisOptions;
 use crate::redis::protocol::keys::{ResourceKeys, validate_name};
 use crate::redis::protocol::{Args, LeaseArgs};
-use crate::stats::{self, Backend, Site};
+use crate::stats::{self, Acquisition, Backend, Site};
 
 /// One client's shared state, cloned into every handle, hold and waiter
 /// (the facade [`RedisLocks`](crate::redis::RedisLocks) wraps one).
@@ -90,16 +90,18 @@ pub(crate) struct Named {
 }
 
 impl Named {
-    /// The Redis backend's stats entry of the name.
-    pub(crate) fn site(&self) -> Site {
+    /// Starts counting one acquisition of the name, in the Redis backend's
+    /// stats entry of it.
+    pub(crate) fn begin(&self) -> Acquisition {
         if let Some(site) = self.site.get() {
-            return site.clone();
+            return site.begin();
         }
         let site = stats::site(Backend::Redis, &self.name);
+        let attempt = site.begin();
         if !site.is_overflow() {
-            let _ = self.site.set(site.clone());
+            let _ = self.site.set(site);
         }
-        site
+        attempt
     }
 }
 

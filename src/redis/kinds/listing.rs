@@ -232,8 +232,8 @@ fn live_members<'a>(
 /// The holder of `name`'s exclusive lock (see
 /// [`RedisLocks::owner`](crate::redis::RedisLocks::owner)).
 pub(crate) async fn owner(ctx: &Context, name: &str) -> Result<Option<Owner>, LockError> {
-    keys::validate_name(name)?;
-    let key = ctx.resource_keys(name).lock.clone();
+    // Validated by the client's name cache.
+    let key = ctx.named(name)?.keys.lock.clone();
     let value: Option<Vec<u8>> = ctx
         .retry_once(name, "read owner", |mut conn| {
             let key = &key;

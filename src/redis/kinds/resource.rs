@@ -46,7 +46,7 @@ use crate::redis::lease::Expired;
 use crate::redis::protocol::keys;
 use crate::redis::protocol::token;
 use crate::redis::protocol::{intent_ttl, scripts};
-use crate::stats::{Acquisition, Site};
+use crate::stats::Acquisition;
 
 /// The exclusive script's busy reason: readers hold it and our intent is set.
 const REASON_INTENT_SET: i64 = 3;
@@ -75,10 +75,6 @@ impl Resource {
         })
     }
 
-    fn site(&self) -> Site {
-        self.named.site()
-    }
-
     /// Takes a hold in `mode` with a lease of `lease` (default: the
     /// client's TTL), waiting until `deadline`.
     ///
@@ -103,7 +99,7 @@ impl Resource {
         lease: Option<Duration>,
     ) -> Result<Hold, LockError> {
         // Every wait for a lock or RW lock is counted here.
-        let attempt = self.site().begin();
+        let attempt = self.named.begin();
         let result = self.wait_for_hold(mode, deadline, lease, &attempt).await;
         attempt.record(result, Hold::count)
     }
@@ -238,7 +234,7 @@ impl Resource {
         lease: Option<Duration>,
     ) -> Result<Hold, LockError> {
         // Every try of a lock or RW lock is counted here.
-        let attempt = self.site().begin();
+        let attempt = self.named.begin();
         let result = self.try_once(mode, lease).await;
         attempt.record(result, Hold::count)
     }

@@ -268,7 +268,7 @@ impl RedisSemaphore {
 
     async fn try_acquire_mode(&self, mode: Mode) -> Result<RedisPermitGuard, LockError> {
         // Every try of a permit is counted here.
-        let attempt = self.inner.named.site().begin();
+        let attempt = self.inner.named.begin();
         let result = self.try_once(mode).await;
         attempt.record(result, |g, held| g.held.count(held))
     }
@@ -370,7 +370,7 @@ impl RedisSemaphore {
         lease: Option<Duration>,
     ) -> Result<RedisPermitGuard, LockError> {
         // Every wait for a permit is counted here.
-        let attempt = self.inner.named.site().begin();
+        let attempt = self.inner.named.begin();
         let result = self.wait_until(deadline, mode, lease, &attempt).await;
         attempt.record(result, |g, held| g.held.count(held))
     }
