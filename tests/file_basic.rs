@@ -240,35 +240,3 @@ async fn two_managers_on_one_dir_contend() {
         .unwrap();
     assert_eq!(pid, std::process::id());
 }
-
-#[cfg(unix)]
-#[tokio::test]
-async fn default_dir_is_one_per_user_whatever_the_session_environment() {
-    let before = FileLockManager::default_dir();
-    // SAFETY: this test binary's other tests do not read these variables.
-    unsafe {
-        std::env::set_var("XDG_RUNTIME_DIR", "/nonexistent/run/user/1000");
-        std::env::set_var("TMPDIR", "/nonexistent/tmp");
-    }
-    let with_session = FileLockManager::default_dir();
-    // SAFETY: as above.
-    unsafe {
-        std::env::remove_var("XDG_RUNTIME_DIR");
-        std::env::remove_var("TMPDIR");
-    }
-    let without = FileLockManager::default_dir();
-    assert_eq!(before, with_session);
-    assert_eq!(before, without);
-    let uid = std::fs::metadata("/proc/self").map(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.uid()
-    });
-    if let Ok(uid) = uid {
-        assert!(before.ends_with(format!("lockyard-{uid}")), "{before:?}");
-    }
-    // It is usable: created private, and it locks.
-    let m = FileLockManager::new(&before).unwrap();
-    let name = format!("default-dir-test-{}", std::process::id());
-    drop(m.acquire(&name, Duration::from_secs(5)).await.unwrap());
-    std::fs::remove_file(m.path_for(&name).unwrap()).unwrap();
-}
