@@ -662,29 +662,38 @@ fn callgrind_bar(url: &str) {
         );
         return;
     }
-    let refs = |who: &str, n: u64| -> f64 {
+    // One count from callgrind's summary (`I   refs:`, `I1  misses:`) of
+    // `n` acquire+release pairs by `who` on `tasks` tasks, with `extra`
+    // valgrind arguments.
+    let count = |who: &str, n: u64, tasks: u64, extra: &[&str], what: &str| -> f64 {
         let out = Command::new("valgrind")
             .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
+            .args(extra)
             .arg(&example)
-            .args([url, who, &n.to_string()])
+            .args([url, who, &n.to_string(), &tasks.to_string()])
             .output()
             .expect("run valgrind");
         let text = String::from_utf8_lossy(&out.stderr);
         let line = text
             .lines()
-            .find(|l| l.contains("refs:"))
-            .unwrap_or_else(|| panic!("no `refs:` in callgrind's output:\n{text}"));
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no `{what}` in callgrind's output:\n{text}"));
         let digits: String = line
-            .split("refs:")
+            .split(what)
             .nth(1)
+            .unwrap_or("")
+            .split('(')
+            .next()
             .unwrap_or("")
             .chars()
             .filter(char::is_ascii_digit)
             .collect();
-        digits.parse().expect("instruction count")
+        digits.parse().expect("a count")
     };
     // Connecting and warming up cancel out in the difference.
-    let per_op = |who: &str| (refs(who, 3000) - refs(who, 1000)) / 2000.0;
+    let per_op = |who: &str| {
+        (count(who, 3000, 1, &[], "refs:") - count(who, 1000, 1, &[], "refs:")) / 2000.0
+    };
     let (floor, own, ours) = (per_op("floor"), per_op("own"), per_op("lockyard"));
     let blocking = per_op("lockyard-acquire");
     println!(
@@ -698,6 +707,25 @@ fn callgrind_bar(url: &str) {
         blocking / floor,
         blocking / own
     );
+    // Where the client's time goes beyond its instructions: instruction
+    // cache misses, the 64-task row's load on one thread (each task its own
+    // name, as the bench's contender makes its handles), with a simulated
+    // L1i of 32 KB (a common size) and of 64 KB. The client's CPU time per
+    // operation above the floor's is close to the extra misses times an L2
+    // hit (~14 cycles); see the README's Redis performance notes.
+    let misses = |who: &str, kb: u64| {
+        let cache = format!("--I1={},8,64", kb * 1024);
+        let extra = ["--cache-sim=yes", cache.as_str()];
+        (count(who, 3072, 64, &extra, "I1  misses:") - count(who, 1024, 64, &extra, "I1  misses:"))
+            / 2048.0
+    };
+    for kb in [32, 64] {
+        let (own, ours) = (misses("own", kb), misses("lockyard-named", kb));
+        println!(
+            "  callgrind: I1 misses per acquire+release, 64 tasks, {kb} KB L1i simulated: own floor {own:.0}, lockyard {ours:.0} ({:.2}x)",
+            ours / own.max(1.0)
+        );
+    }
 }
 
 /// Uncontended acquire + release over TLS and over TCP, each against its

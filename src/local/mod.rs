@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! LOOM_MAX_PREEMPTIONS=3 RUSTFLAGS="--cfg lockyard_loom" \
-//!     CARGO_TARGET_DIR=target/loom cargo test --release --lib -- loom
+//!     CARGO_TARGET_DIR=target/loom cargo test --profile loom --lib -- loom --test-threads=1
 //! ```
 //!
 //! [`NamedSemaphore`] and [`NamedRwLock`] put them behind the crate's
