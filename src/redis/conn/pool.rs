@@ -258,10 +258,11 @@ impl Connections {
     }
 
     /// The next slot's connection if it is healthy, else that slot's index
-    /// (`None` on a Cluster). Not inlined: every acquisition and release
-    /// runs this one copy (fewer distinct instructions per lock cycle).
+    /// (`Err(0)` on a Cluster, which has no slots here). Not inlined: every
+    /// acquisition and release runs this one copy (fewer distinct
+    /// instructions per lock cycle).
     #[inline(never)]
-    fn next_ready(&self) -> Result<Conn, Option<usize>> {
+    fn next_ready(&self) -> Result<Conn, usize> {
         match &self.shape {
             Shape::Node { slots, next, .. } => {
                 let i = next.fetch_add(1, Ordering::Relaxed) % slots.len();
@@ -271,29 +272,25 @@ impl Connections {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner),
                 )
-                .ok_or(Some(i))
+                .ok_or(i)
             }
-            Shape::Cluster(_) => Err(None),
+            Shape::Cluster(_) => Err(0),
         }
     }
 
     /// A connection for an operation on `resource` (errors mapped for
     /// `op`).
     pub(crate) async fn get(&self, resource: &str, op: &'static str) -> Result<Conn, LockError> {
-        let i = match self.next_ready() {
-            Ok(conn) => return Ok(conn),
-            Err(i) => i,
-        };
-        match (&self.shape, i) {
-            // Boxed, as the Cluster's lookup: a refill's future (~2.6 KB)
-            // would otherwise sit in the future of every acquisition
-            // that takes a connection (see `kinds/resource.rs`).
-            (Shape::Node { pool, slots, .. }, Some(i)) => {
-                Box::pin(self.slot_conn(pool, &slots[i], resource, op)).await
-            }
-            (Shape::Cluster(c), _) => Ok(Box::pin(c.conn_for(resource)).await),
-            // `next_ready` gives one server's slot.
-            (Shape::Node { .. }, None) => unreachable!("a slot index for one server"),
+        match &self.shape {
+            Shape::Node { pool, slots, .. } => match self.next_ready() {
+                Ok(conn) => Ok(conn),
+                // Boxed, as the Cluster's lookup: a refill's future (~2.6
+                // KB) would otherwise sit in the future of every
+                // acquisition that takes a connection (see
+                // `kinds/resource.rs`).
+                Err(i) => Box::pin(self.slot_conn(pool, &slots[i], resource, op)).await,
+            },
+            Shape::Cluster(c) => Ok(Box::pin(c.conn_for(resource)).await),
         }
     }
 
