@@ -29,7 +29,9 @@ pub(crate) fn fresh_value(resource: &str, mode: Mode) -> Result<Arc<str>, LockEr
     let secs = since.as_secs();
     THREAD.with_borrow_mut(|t| {
         let mut token = [0u8; TOKEN];
-        t.pool.take(&mut token).map_err(|e| rng_error(resource, &e))?;
+        t.pool
+            .take(&mut token)
+            .map_err(|e| rng_error(resource, &e))?;
         if t.secs != secs || t.mode != Some(mode) {
             t.rebuild(secs, mode);
         }
@@ -335,7 +337,10 @@ mod tests {
             push_record(&mut expected, mode);
             let since = |r: &str| {
                 let at = r.find("since=").unwrap();
-                (r[..at].to_owned(), r[at..].split_once('\n').unwrap().1.to_owned())
+                (
+                    r[..at].to_owned(),
+                    r[at..].split_once('\n').unwrap().1.to_owned(),
+                )
             };
             assert_eq!(since(&format!("\n{record}")), since(&expected));
             let o = parse_holder(v.as_bytes()).unwrap();
