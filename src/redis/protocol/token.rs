@@ -277,13 +277,7 @@ fn push_rfc3339_nanos(out: &mut String, t: SystemTime) {
         out.push_str(text);
     });
     out.push('.');
-    let mut nanos = since_epoch.subsec_nanos();
-    let mut digits = [b'0'; 9];
-    for d in digits.iter_mut().rev() {
-        // `nanos % 10` < 10: the cast keeps it.
-        *d = b'0' + (nanos % 10) as u8;
-        nanos /= 10;
-    }
+    let digits = nanos_digits(since_epoch.subsec_nanos());
     out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
     out.push('Z');
 }
