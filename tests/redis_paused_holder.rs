@@ -36,11 +36,15 @@ fn options() -> RedisOptions {
 /// One sample of a check: when it was taken and whether it said lost.
 type Samples = Arc<Mutex<Vec<(u64, bool)>>>;
 
-/// Holds `guard` while a task and a thread sample `is_lost()` every 2 ms
-/// and a `run_until_lost` future records when it runs, until the parent's
-/// `check STOP CONT` line; answers `result BEFORE TASK THREAD LATE`.
+/// Holds `guard` (whose acquire call began at `began`) while a task and a
+/// thread sample `is_lost()` every 2 ms and a `run_until_lost` future
+/// records when it runs, until the parent's `check STOP CONT` line; answers
+/// `result BEFORE TASK THREAD LATE ACQUIRE_MS FIRST_LOST_MS`: the last two
+/// say how long before `held` the acquire call began and when after `held`
+/// a check first said lost (`-`: never), for a failure to explain itself.
 async fn hold_and_report(
     guard: LockGuard,
+    began: u64,
     lines: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
 ) {
     let guard = Arc::new(guard);
@@ -85,6 +89,7 @@ async fn hold_and_report(
                 .await
         })
     };
+    let held_at = monotonic_ns();
     println!("held");
 
     let line = lines.recv().await.expect("a check line");
@@ -129,11 +134,24 @@ async fn hold_and_report(
         .iter()
         .filter(|(at, _)| *at > resumed)
         .count();
+    let ms = |from: u64, to: u64| format!("{:.1}", to.saturating_sub(from) as f64 / 1e6);
+    let first_lost = [&task_samples, &thread_samples]
+        .iter()
+        .filter_map(|s| {
+            s.lock()
+                .unwrap()
+                .iter()
+                .find(|(_, lost)| *lost)
+                .map(|&(at, _)| at)
+        })
+        .min()
+        .map_or_else(|| "-".to_owned(), |at| ms(held_at, at));
     println!(
-        "result {} {} {} {late_runs}",
+        "result {} {} {} {late_runs} {} {first_lost}",
         last_before(&task_samples),
         first_after(&task_samples),
         first_after(&thread_samples),
+        ms(began, held_at),
     );
     drop(guard);
 }
@@ -145,6 +163,12 @@ async fn child_process_entry() {
     let Some(spec) = child::role() else {
         return;
     };
+    // The watchdog's warnings (why a lease was lost) and debug lines (a
+    // renewal that failed) go to the test's output with the parent's.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter("lockyard=debug")
+        .try_init();
     let mut it = spec.split('|');
     let kind = it.next().unwrap().to_owned();
     let rounds: u32 = it.next().unwrap().parse().unwrap();
@@ -152,48 +176,53 @@ async fn child_process_entry() {
     let mut lines = child::orders();
     let timeout = Duration::from_secs(5);
     if kind == "redlock" {
-        let redlock = outage_retried(|| Redlock::connect(&urls, options())).await;
+        let (redlock, _) = outage_retried(|| Redlock::connect(&urls, options())).await;
         for round in 0..rounds {
             let name = format!("p{round}");
-            let g = outage_retried(|| redlock.acquire(&name, timeout)).await;
-            hold_and_report(g.into(), &mut lines).await;
+            let (g, began) = outage_retried(|| redlock.acquire(&name, timeout)).await;
+            hold_and_report(g.into(), began, &mut lines).await;
         }
         return;
     }
-    let client = outage_retried(|| RedisLocks::connect_with(&urls[0], options())).await;
+    let (client, _) = outage_retried(|| RedisLocks::connect_with(&urls[0], options())).await;
     for round in 0..rounds {
         let name = format!("p{round}");
-        let g: LockGuard = match kind.as_str() {
-            "lock" => outage_retried(|| client.acquire(&name, timeout))
-                .await
-                .into(),
+        let (g, began): (LockGuard, u64) = match kind.as_str() {
+            "lock" => {
+                let (g, began) = outage_retried(|| client.acquire(&name, timeout)).await;
+                (g.into(), began)
+            }
             "semaphore" => {
                 let sem = client.semaphore(&name, 2).unwrap();
-                outage_retried(|| sem.acquire(timeout)).await.into()
+                let (g, began) = outage_retried(|| sem.acquire(timeout)).await;
+                (g.into(), began)
             }
             "read" => {
                 let rw = client.rwlock(&name).unwrap();
-                outage_retried(|| rw.read(timeout)).await.into()
+                let (g, began) = outage_retried(|| rw.read(timeout)).await;
+                (g.into(), began)
             }
             other => panic!("unknown kind {other}"),
         };
-        hold_and_report(g, &mut lines).await;
+        hold_and_report(g, began, &mut lines).await;
     }
 }
 
 /// Runs `op` until it does not fail for an outage (an answer later than
 /// the child's 60 ms op timeout, a Redlock server's 30 ms), at most 50
-/// times: on a loaded 2-core machine a setup step can miss those timeouts
+/// times, and returns its result with when the attempt that succeeded
+/// began (`monotonic_ns`): on a loaded 2-core machine a setup step can miss those timeouts
 /// (seen: every Redlock server "timed out" for one acquisition, and "load
 /// scripts timed out" at connect), and what this test checks comes after.
-async fn outage_retried<T, F, Fut>(mut op: F) -> T
+async fn outage_retried<T, F, Fut>(mut op: F) -> (T, u64)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, LockError>>,
 {
     for attempt in 1.. {
+        let began = monotonic_ns();
         match op().await {
-            Ok(v) => return v,
+            Ok(v) => return (v, began),
             Err(e)
                 if attempt < 50
                     && (e.is_unavailable() || matches!(e, LockError::NoQuorum { .. })) =>
@@ -233,6 +262,8 @@ fn pause_rounds(kind: &str, rounds: u32, urls: &[String]) {
         let result = holder.wait_line("result", ANSWER);
         let fields: Vec<&str> = result.split_whitespace().collect();
         let (before, task, thread, late) = (fields[1], fields[2], fields[3], fields[4]);
+        // (fields[5], fields[6]: the acquire's duration and the first lost
+        // check, in ms around `held`, shown in the messages below.)
         assert_eq!(
             before, "held",
             "round {round}: the lease was not held before the pause: {result}"
@@ -244,7 +275,7 @@ fn pause_rounds(kind: &str, rounds: u32, urls: &[String]) {
         if task != "lost" || thread != "lost" || late > 1 {
             failures.push(format!(
                 "round {round}: first task check {task}, first thread check {thread}, \
-                 work ran {late} times after the resume"
+                 work ran {late} times after the resume ({result})"
             ));
         }
     }
