@@ -33,8 +33,35 @@ fn options() -> RedisOptions {
         .op_timeout(Duration::from_millis(60))
 }
 
-/// One sample of a check: when it was taken and whether it said lost.
-type Samples = Arc<Mutex<Vec<(u64, bool)>>>;
+/// A check's samples: when each began and ended, and whether it said
+/// lost.
+type Samples = Arc<Mutex<Vec<Sample>>>;
+
+#[derive(Clone, Copy)]
+struct Sample {
+    began: u64,
+    ended: u64,
+    lost: bool,
+}
+
+impl Sample {
+    /// Takes one sample of `check`, stamped on both sides: a stop can land
+    /// between the stamp and the check, and a sample stamped before the
+    /// stop whose check ran after the resume is neither before nor after.
+    fn of(check: impl FnOnce() -> bool) -> Self {
+        let began = monotonic_ns();
+        let lost = check();
+        Self {
+            began,
+            ended: monotonic_ns(),
+            lost,
+        }
+    }
+
+    fn word(self) -> &'static str {
+        if self.lost { "lost" } else { "held" }
+    }
+}
 
 /// Holds `guard` (whose acquire call began at `began`) while a task and a
 /// thread sample `is_lost()` every 2 ms and a `run_until_lost` future
@@ -50,7 +77,7 @@ async fn hold_and_report(
     let guard = Arc::new(guard);
     let task_samples: Samples = Arc::default();
     let thread_samples: Samples = Arc::default();
-    let work_ran: Samples = Arc::default();
+    let work_ran: Arc<Mutex<Vec<u64>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let sampler = {
@@ -59,9 +86,8 @@ async fn hold_and_report(
             let mut tick = tokio::time::interval(EVERY);
             loop {
                 tick.tick().await;
-                let at = monotonic_ns();
-                let lost = guard.is_lost();
-                samples.lock().unwrap().push((at, lost));
+                let sample = Sample::of(|| guard.is_lost());
+                samples.lock().unwrap().push(sample);
             }
         })
     };
@@ -69,9 +95,8 @@ async fn hold_and_report(
         let (lost, samples, stop) = (guard.lost(), thread_samples.clone(), stop.clone());
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let at = monotonic_ns();
-                let is_lost = lost.is_lost();
-                samples.lock().unwrap().push((at, is_lost));
+                let sample = Sample::of(|| lost.is_lost());
+                samples.lock().unwrap().push(sample);
                 std::thread::sleep(EVERY);
             }
         })
@@ -82,7 +107,7 @@ async fn hold_and_report(
             guard
                 .run_until_lost(async {
                     loop {
-                        ran.lock().unwrap().push((monotonic_ns(), false));
+                        ran.lock().unwrap().push(monotonic_ns());
                         tokio::time::sleep(EVERY).await;
                     }
                 })
@@ -111,39 +136,32 @@ async fn hold_and_report(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     thread.join().unwrap();
 
+    // Wholly before the stop, wholly after the resume.
     let last_before = |s: &Samples| {
         s.lock()
             .unwrap()
             .iter()
             .rev()
-            .find(|(at, _)| *at < stopped)
-            .map(|&(_, lost)| if lost { "lost" } else { "held" })
-            .unwrap_or("none")
+            .find(|x| x.ended < stopped)
+            .map_or("none", |x| x.word())
     };
     let first_after = |s: &Samples| {
         s.lock()
             .unwrap()
             .iter()
-            .find(|(at, _)| *at > resumed)
-            .map(|&(_, lost)| if lost { "lost" } else { "held" })
-            .unwrap_or("none")
+            .find(|x| x.began > resumed)
+            .map_or("none", |x| x.word())
     };
     let late_runs = work_ran
         .lock()
         .unwrap()
         .iter()
-        .filter(|(at, _)| *at > resumed)
+        .filter(|&&at| at > resumed)
         .count();
     let ms = |from: u64, to: u64| format!("{:.1}", to.saturating_sub(from) as f64 / 1e6);
     let first_lost = [&task_samples, &thread_samples]
         .iter()
-        .filter_map(|s| {
-            s.lock()
-                .unwrap()
-                .iter()
-                .find(|(_, lost)| *lost)
-                .map(|&(at, _)| at)
-        })
+        .filter_map(|s| s.lock().unwrap().iter().find(|x| x.lost).map(|x| x.ended))
         .min()
         .map_or_else(|| "-".to_owned(), |at| ms(held_at, at));
     println!(
