@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::error::LockError;
 use crate::lease::LeaseHold;
-use crate::lost::{Lost, Moment};
+use crate::lost::{LeaseDeadline, Lost, Moment};
 use crate::options::Mode;
 use crate::redis::acquire::waiting::ScriptCall;
 use crate::redis::context::ops;
@@ -27,9 +27,9 @@ pub(crate) struct Hold {
     resource: Arc<str>,
     mode: Mode,
     fencing: u64,
-    /// The lease's lost signal (its token and its deadline), kept after
+    /// The lease's deadline and lost state (its lost signal), kept after
     /// the lease handle is dropped.
-    lost: Lost,
+    end: LeaseDeadline,
     /// Renewal runs while this is `Some`.
     lease: Option<LeaseHandle>,
     /// The renewal call, without the TTL the watchdog appends (for
@@ -119,7 +119,7 @@ impl Hold {
             resource,
             mode,
             fencing,
-            lost: lease.lost(),
+            end: lease.deadline().clone(),
             lease: Some(lease),
             renew,
             release: Some(release),
@@ -202,13 +202,13 @@ impl Hold {
     }
 
     pub(crate) fn lost(&self) -> Lost {
-        self.lost.clone()
+        Lost::with_deadline(self.end.token(), self.end.clone())
     }
 
     /// Lost as of now: the watchdog said so, or the lease's deadline has
     /// passed by the clock (however late the watchdog runs).
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.is_lost()
+        self.end.is_lost()
     }
 
     /// Stops renewal and releases now.
@@ -260,7 +260,7 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         if let Some(stats) = &mut self.stats
-            && self.lost.is_lost()
+            && self.end.is_lost()
         {
             stats.lost();
         }

@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::LockError;
 use crate::lease::validity::{RequestId, Validity};
-use crate::lost::{LeaseDeadline, Lost, Moment};
+use crate::lost::{LeaseDeadline, Moment};
 use crate::redis::conn::cluster::{Cluster, Node, is_redirect, redirect_target};
 use crate::redis::conn::link::Conn;
 use crate::redis::conn::pool::Connections;
@@ -139,7 +139,6 @@ struct Entry {
     in_flight: bool,
     /// The last attempt failed: retry when due, without renewing early.
     retrying: bool,
-    lost: CancellationToken,
 }
 
 impl Entry {
@@ -164,7 +163,7 @@ impl Entry {
 
     /// Fires the lost signal (the entry is out of the watchdog's map).
     fn declare_lost(&self) {
-        self.lost.cancel();
+        self.end.fire();
         if let Some((observer, member)) = &self.lease.observer {
             observer.changed(*member, None, true);
         }
@@ -396,11 +395,12 @@ impl Watchdog {
         if validity.deadline().passed_by(clocks) {
             return Err(Expired);
         }
-        // The lease's one token. A dropped handle removes its entry under
-        // the lock (an answer in flight then finds no entry), so no second
-        // token is needed to say "stopped" (a child token was ~5% of the
-        // client's instructions per acquire+release, callgrind).
-        let lost = CancellationToken::new();
+        // The lease's lost signal is its deadline's (`LeaseDeadline::fire`,
+        // and a token made only when a `Lost` is asked for). A dropped
+        // handle removes its entry under the lock (an answer in flight then
+        // finds no entry), so nothing else is needed to say "stopped" (a
+        // child token was ~5% of the client's instructions per
+        // acquire+release, callgrind).
         let resource = lease.resource.clone();
         let end = LeaseDeadline::ending_as_of(validity.deadline(), clocks);
         let mut entry = Entry {
@@ -410,7 +410,6 @@ impl Watchdog {
             end: end.clone(),
             in_flight: false,
             retrying: false,
-            lost: lost.clone(),
         };
         entry.reschedule();
         let wake = entry.next_wake();
@@ -426,7 +425,6 @@ impl Watchdog {
                 watchdog: self.clone(),
                 id: Key::NONE,
                 resource,
-                lost,
                 end,
             });
         }
@@ -442,7 +440,6 @@ impl Watchdog {
             watchdog: self.clone(),
             id,
             resource,
-            lost,
             end,
         })
     }
@@ -469,23 +466,24 @@ pub(crate) struct LeaseHandle {
     watchdog: Watchdog,
     id: Key,
     resource: Arc<str>,
-    lost: CancellationToken,
-    /// The lease's deadline, read by every check at the moment it is asked.
+    /// The lease's deadline, read by every check at the moment it is
+    /// asked, and its lost signal (see [`LeaseDeadline::fire`]).
     end: LeaseDeadline,
 }
 
 impl LeaseHandle {
-    /// The lost signal: the token the watchdog cancels, and the deadline
-    /// every check compares with the clock.
-    pub(crate) fn lost(&self) -> Lost {
-        Lost::with_deadline(self.lost.clone(), self.end.clone())
+    /// The lease's deadline and lost state, which outlive the handle: its
+    /// lost signal is `Lost::with_deadline(d.token(), d.clone())` (see
+    /// [`LeaseDeadline::token`]).
+    pub(crate) fn deadline(&self) -> &LeaseDeadline {
+        &self.end
     }
 
     /// Whether the lease is lost: the watchdog said so, or its deadline has
     /// passed by the clock now, however late the watchdog's timer runs
     /// (invariant 3: once true, for good).
     pub(crate) fn is_lost(&self) -> bool {
-        self.lost.is_cancelled() || self.end.has_passed()
+        self.end.is_lost()
     }
 
     /// The error for an operation that needs the lease after it was lost.
@@ -621,7 +619,7 @@ impl LeaseHandle {
                 .fetch_add(1, Ordering::Relaxed);
             e.declare_lost();
         }
-        self.lost.cancel();
+        self.end.fire();
     }
 }
 
@@ -648,7 +646,7 @@ impl fmt::Debug for LeaseHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeaseHandle")
             .field("id", &self.id)
-            .field("lost", &self.lost.is_cancelled())
+            .field("lost", &self.end.is_fired())
             .finish()
     }
 }
@@ -689,7 +687,7 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
             let mut next: Option<Instant> = None;
             let mut dead = Vec::new();
             for (id, e) in st.entries.iter_mut() {
-                if e.lost.is_cancelled() {
+                if e.end.is_fired() {
                     dead.push((id, None));
                     continue;
                 }
@@ -744,7 +742,7 @@ async fn run(shared: Arc<Shared>, pool: Arc<Connections>, op_timeout: Duration) 
                 // holder is told now (invariant 3), not left to find out.
                 let entries = std::mem::take(&mut shared.lock().entries);
                 for e in entries.into_all() {
-                    if !e.lost.is_cancelled() {
+                    if !e.end.is_fired() {
                         warn_lost(&e.lease.resource, "the client was shut down");
                         shared.counters.lost.fetch_add(1, Ordering::Relaxed);
                         e.declare_lost();
@@ -794,7 +792,7 @@ async fn renew(
             continue;
         };
         e.in_flight = false;
-        if e.lost.is_cancelled() {
+        if e.end.is_fired() {
             continue;
         }
         match outcomes.get(i).unwrap_or(&Outcome::Failed) {
