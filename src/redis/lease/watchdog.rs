@@ -19,18 +19,19 @@
 //! may have been applied in either order are assumed applied in the worse
 //! one (invariants 1 and 2). The task wakes at the earliest deadline,
 //! independently of renewals in flight (they run in their own tasks, so a
-//! hung or paused server cannot delay the signal), and cancels the lease's
-//! `lost` token with a `tracing::warn!` (invariant 3). A renewal script that
+//! hung or paused server cannot delay the signal), and fires the lease's
+//! lost signal ([`LeaseDeadline::fire`]: the token of every `Lost` made
+//! from it, made only when one is asked for) with a `tracing::warn!`
+//! (invariant 3). A renewal script that
 //! answers `0` (the key is gone or holds another owner) fires the signal at
 //! once. A lost lease is no longer renewed, and its handle refuses to
 //! extend.
 //!
 //! # Stopping
 //!
-//! A [`LeaseHandle`] owns a child of the lease's lost token (so a lost
-//! lease stops renewing too) through a `DropGuard`: dropping the handle (the guard is dropped or released)
-//! removes the lease at once, and a renewal reply that arrives later is
-//! ignored.
+//! Dropping a [`LeaseHandle`] (the guard is dropped or released) removes
+//! the lease's entry at once, under the lock a renewal reply takes: a reply
+//! that arrives later finds no entry and is ignored.
 
 use std::fmt;
 use std::sync::atomic::Ordering;
