@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
+use crate::loom::sync::atomic::{AtomicBool, Ordering};
 use crate::loom::sync::{Mutex, MutexGuard};
 
 /// The end of a lease as this process knows it: a deadline that renewals
@@ -77,6 +78,11 @@ pub struct LeaseDeadline {
 
 struct Inner {
     state: Mutex<State>,
+    /// Declared lost by the task that renews the lease (see
+    /// [`LeaseDeadline::fire`]): for good. Set under `state`'s lock, with
+    /// the token cancelled in the same section; read without it by the
+    /// renewing task's passes over its leases.
+    fired: AtomicBool,
     /// Woken when the lease becomes suspect.
     suspected: Notify,
 }
@@ -122,9 +128,6 @@ pub enum LeaseState {
 struct State {
     /// The end, on both clocks.
     end: Moment,
-    /// Declared lost by the task that renews the lease (see
-    /// [`LeaseDeadline::fire`]): for good.
-    fired: bool,
     /// The lost token handed to the lease's [`Lost`] signals, made at the
     /// first one asked for (see [`LeaseDeadline::token`]): most leases are
     /// never awaited, and a token made and dropped per lease was ~3% of an
@@ -243,11 +246,11 @@ impl LeaseDeadline {
                 state: Mutex::new(State {
                     end,
                     passed: end.passed_by(now),
-                    fired: false,
                     token: None,
                     suspect: false,
                     spells: 0,
                 }),
+                fired: AtomicBool::new(false),
                 suspected: Notify::new(),
             }),
         }
@@ -406,12 +409,11 @@ impl LeaseDeadline {
     /// cancelled.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn fire(&self) {
-        let token = {
-            let mut st = self.lock();
-            st.fired = true;
-            st.token.clone()
-        };
-        if let Some(token) = token {
+        // The token is cancelled under the lock that says "fired": a `Lost`
+        // made from it can never read "held" after `is_lost` read "lost".
+        let st = self.lock();
+        self.inner.fired.store(true, Ordering::Release);
+        if let Some(token) = &st.token {
             token.cancel();
         }
     }
@@ -419,7 +421,7 @@ impl LeaseDeadline {
     /// Whether [`fire`](Self::fire) was called.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn is_fired(&self) -> bool {
-        self.lock().fired
+        self.inner.fired.load(Ordering::Acquire)
     }
 
     /// Whether the lease is lost: fired, or its deadline has passed by the
@@ -427,7 +429,7 @@ impl LeaseDeadline {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn is_lost(&self) -> bool {
         let mut st = self.lock();
-        if st.fired || st.passed {
+        if self.is_fired() || st.passed {
             return true;
         }
         if st.passed_by(clocks()) {
@@ -443,7 +445,7 @@ impl LeaseDeadline {
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn token(&self) -> CancellationToken {
         let mut st = self.lock();
-        let fired = st.fired;
+        let fired = self.is_fired();
         st.token
             .get_or_insert_with(|| {
                 let token = CancellationToken::new();
@@ -880,6 +882,44 @@ mod tests {
         token.cancel();
         assert!(copy.is_lost());
         tokio::time::timeout(Duration::from_secs(5), lost)
+            .await
+            .unwrap();
+    }
+
+    /// The token is made only when a `Lost` asks; a fire reaches the
+    /// tokens made before it and every one made after it, and a `Lost` of
+    /// the deadline never reads "held" once the deadline read "lost".
+    #[tokio::test]
+    async fn a_fire_reaches_every_lost_made_before_or_after_it() {
+        let d = LeaseDeadline::new(Instant::now() + Duration::from_secs(60));
+        assert!(d.lock().token.is_none());
+        let before = Lost::with_deadline(d.token(), d.clone());
+        assert!(!before.is_lost() && !d.is_lost() && !d.is_fired());
+        let fired = {
+            let d = d.clone();
+            std::thread::spawn(move || d.fire())
+        };
+        // Racing the fire on another thread: "lost" is for good.
+        let mut seen_lost = false;
+        for _ in 0..100_000 {
+            let lost = d.is_lost();
+            let after = Lost::with_deadline(d.token(), d.clone());
+            if seen_lost || lost {
+                assert!(after.is_lost() && before.is_lost());
+            }
+            seen_lost |= lost;
+            if seen_lost && fired.is_finished() {
+                break;
+            }
+        }
+        fired.join().unwrap();
+        assert!(d.is_fired() && d.is_lost());
+        let after = Lost::with_deadline(d.token(), d.clone());
+        assert!(after.is_lost());
+        tokio::time::timeout(Duration::from_secs(5), before)
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(5), after)
             .await
             .unwrap();
     }
