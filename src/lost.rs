@@ -79,9 +79,10 @@ pub struct LeaseDeadline {
 struct Inner {
     state: Mutex<State>,
     /// Declared lost by the task that renews the lease (see
-    /// [`LeaseDeadline::fire`]): for good. Set under `state`'s lock, with
-    /// the token cancelled in the same section; read without it by the
-    /// renewing task's passes over its leases.
+    /// [`LeaseDeadline::fire`]): for good. Set under `state`'s lock (where
+    /// a token is made already cancelled once it is set), read by every
+    /// check of a `Lost`, and without the lock by the renewing task's
+    /// passes over its leases.
     fired: AtomicBool,
     /// Woken when the lease becomes suspect.
     suspected: Notify,
@@ -409,24 +410,28 @@ impl LeaseDeadline {
     /// cancelled.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn fire(&self) {
-        // The token is cancelled under the lock that says "fired": a `Lost`
-        // made from it can never read "held" after `is_lost` read "lost".
-        let st = self.lock();
-        self.inner.fired.store(true, Ordering::Release);
-        if let Some(token) = &st.token {
+        let token = {
+            let st = self.lock();
+            self.inner.fired.store(true, Ordering::Release);
+            st.token.clone()
+        };
+        // Cancelled after the lock is let go: cancelling wakes the token's
+        // waiters, and nothing that a wake-up runs may find this lock held.
+        // Until then no `Lost` of the deadline reads "held": every check
+        // reads "fired" too (`is_lost`).
+        if let Some(token) = token {
             token.cancel();
         }
     }
 
     /// Whether [`fire`](Self::fire) was called.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn is_fired(&self) -> bool {
         self.inner.fired.load(Ordering::Acquire)
     }
 
     /// Whether the lease is lost: fired, or its deadline has passed by the
-    /// clocks now (for good, once true).
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    /// clocks now (for good, once true). What every [`Lost`] of the
+    /// deadline reads.
     pub(crate) fn is_lost(&self) -> bool {
         let mut st = self.lock();
         if self.is_fired() || st.passed {
@@ -720,10 +725,7 @@ impl Lost {
         self.token
             .as_ref()
             .is_some_and(CancellationToken::is_cancelled)
-            || self
-                .deadline
-                .as_ref()
-                .is_some_and(LeaseDeadline::has_passed)
+            || self.deadline.as_ref().is_some_and(LeaseDeadline::is_lost)
     }
 
     /// Held, suspect or lost, as of now (see [`LeaseState`]).
@@ -820,13 +822,10 @@ impl Future for Lost {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let mut this = self.project();
-        // Past the deadline it is lost, however late the task that cancels
-        // the token runs (a process resumed after a pause polls this first).
-        if this
-            .deadline
-            .as_ref()
-            .is_some_and(LeaseDeadline::has_passed)
-        {
+        // Past the deadline (or fired) it is lost, however late the task
+        // that cancels the token runs (a process resumed after a pause polls
+        // this first).
+        if this.deadline.as_ref().is_some_and(LeaseDeadline::is_lost) {
             return Poll::Ready(());
         }
         if this.wait.is_none()
@@ -884,6 +883,48 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), lost)
             .await
             .unwrap();
+    }
+
+    /// A wake-up that checks the lease at once, before it returns (a waker
+    /// may run code, and a task polled in place would ask `is_lost`), finds
+    /// the deadline's lock free: `fire` cancels the token after letting it
+    /// go, and the check says lost.
+    #[test]
+    fn a_wake_up_that_checks_at_once_does_not_deadlock_the_fire() {
+        struct CheckOnWake {
+            deadline: LeaseDeadline,
+            saw: std::sync::mpsc::Sender<bool>,
+        }
+        impl std::task::Wake for CheckOnWake {
+            fn wake(self: Arc<Self>) {
+                self.wake_by_ref();
+            }
+            fn wake_by_ref(self: &Arc<Self>) {
+                let _ = self.saw.send(self.deadline.is_lost());
+            }
+        }
+        let d = LeaseDeadline::new(Instant::now() + Duration::from_secs(60));
+        let (saw, seen) = std::sync::mpsc::channel();
+        let waker = std::task::Waker::from(Arc::new(CheckOnWake {
+            deadline: d.clone(),
+            saw,
+        }));
+        let mut waiting = Box::pin(Lost::with_deadline(d.token(), d.clone()));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(waiting.as_mut().poll(&mut cx).is_pending());
+        let fire = {
+            let d = d.clone();
+            std::thread::spawn(move || d.fire())
+        };
+        // Bounded: a fire that deadlocked never sends.
+        assert_eq!(seen.recv_timeout(Duration::from_secs(10)), Ok(true));
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while !fire.is_finished() {
+            assert!(std::time::Instant::now() < until, "the fire did not return");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        fire.join().unwrap();
+        assert!(waiting.as_mut().poll(&mut cx).is_ready());
     }
 
     /// The token is made only when a `Lost` asks; a fire reaches the
