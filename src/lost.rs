@@ -433,14 +433,7 @@ impl LeaseDeadline {
     /// clocks now (for good, once true). What every [`Lost`] of the
     /// deadline reads.
     pub(crate) fn is_lost(&self) -> bool {
-        let mut st = self.lock();
-        if self.is_fired() || st.passed {
-            return true;
-        }
-        if st.passed_by(clocks()) {
-            st.passed = true;
-        }
-        st.passed
+        self.is_fired() || self.has_passed()
     }
 
     /// The lease's lost token, made at the first call (cancelled already

@@ -229,9 +229,10 @@ async fn child_process_entry() {
 /// Runs `op` until it does not fail for an outage (an answer later than
 /// the child's 60 ms op timeout, a Redlock server's 30 ms), at most 50
 /// times, and returns its result with when the attempt that succeeded
-/// began (`monotonic_ns`): on a loaded 2-core machine a setup step can miss those timeouts
-/// (seen: every Redlock server "timed out" for one acquisition, and "load
-/// scripts timed out" at connect), and what this test checks comes after.
+/// began (`monotonic_ns`): on a loaded 2-core machine a setup step can
+/// miss those timeouts (seen: every Redlock server "timed out" for one
+/// acquisition, and "load scripts timed out" at connect), and what this
+/// test checks comes after.
 async fn outage_retried<T, F, Fut>(mut op: F) -> (T, u64)
 where
     F: FnMut() -> Fut,
