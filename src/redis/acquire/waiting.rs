@@ -36,7 +36,7 @@ use crate::redis::conn::cluster::slot_of;
 use crate::redis::conn::errors::{is_slot_moving, map_redis, name_slot, timed_out};
 use crate::redis::conn::pool::Conn;
 use crate::redis::conn::wakeups::Subscription;
-use crate::redis::context::ops::invoke_on;
+use crate::redis::context::ops::{eval, invoke_on};
 use crate::redis::context::queue::LocalTurn;
 use crate::redis::context::{Context, bad_reply};
 use crate::redis::lease::{Expired, retry_after_late_grant};
@@ -233,7 +233,14 @@ impl Pending {
         Ok(Self::on(client, resource, conn, undo, ttl))
     }
 
-    fn on(client: &Context, resource: &Arc<str>, conn: Conn, undo: Undo, ttl: Duration) -> Self {
+    /// As [`new`](Self::new), on `conn` (a connection at hand).
+    pub(crate) fn on(
+        client: &Context,
+        resource: &Arc<str>,
+        conn: Conn,
+        undo: Undo,
+        ttl: Duration,
+    ) -> Self {
         Self {
             client: client.clone(),
             resource: resource.clone(),
@@ -323,6 +330,48 @@ impl Pending {
             Box::pin(self.confirm_replicated(call, replicas, wait)).await?;
         }
         Ok((attempt, sent_at))
+    }
+
+    /// The first attempt of an acquisition that nothing unusual applies to
+    /// (one server; no failover followed, no replicas waited for; the
+    /// client's own lease, whose op timeout is the connection's response
+    /// timeout): `cmd`, an [`evalsha`](crate::redis::context::ops::evalsha)
+    /// of `script`, sent once on the acquisition's connection, armed while
+    /// in flight, and nothing else of [`attempt`](Self::attempt)'s general
+    /// path. Returns the answer and when it was sent; `None` if the
+    /// connection broke on the way (the outcome is unknown: the undo stays
+    /// armed, and the caller goes the general way, which starts on a fresh
+    /// connection).
+    ///
+    /// # Errors
+    ///
+    /// Redis errors of the call (the undo stays armed: the outcome is
+    /// unknown); [`LockError::Protocol`] for a reply of the wrong shape.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the future leaves `self` armed: its `Drop` undoes what the
+    /// call may take.
+    pub(crate) async fn first_at_hand(
+        &mut self,
+        script: &Script,
+        cmd: &redis::Cmd,
+        op: &'static str,
+    ) -> Result<Option<(Attempt, Moment)>, LockError> {
+        self.armed = true;
+        let sent_at = Moment::now();
+        let reply = match eval::<Value>(&mut self.conn, script, cmd).await {
+            Ok(reply) => reply,
+            Err(_) if self.conn.is_broken() => {
+                self.always_undo = true;
+                return Ok(None);
+            }
+            Err(e) => return Err(map_redis(e, &self.resource, op)),
+        };
+        let attempt = Attempt::parse(&reply, &self.resource, op)?;
+        // A busy answer took nothing (no intent is set on a first attempt).
+        self.armed = matches!(attempt, Attempt::Granted { .. });
+        Ok(Some((attempt, sent_at)))
     }
 
     /// `WAIT`s until `replicas` replicas confirm the grant just made on this

@@ -34,15 +34,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use redis::{Cmd, Script};
+
 use crate::error::LockError;
 use crate::lost::Moment;
 use crate::options::{Deadline, Mode};
 use crate::redis::acquire::held::Hold;
-use crate::redis::acquire::waiting::{self, Pending, ScriptCall, Undo, WaitFor};
+use crate::redis::acquire::waiting::{self, Attempt, Pending, ScriptCall, Undo, WaitFor};
 use crate::redis::context::ops;
 use crate::redis::context::queue::LocalTurn;
 use crate::redis::context::{Context, Named};
-use crate::redis::lease::Expired;
+use crate::redis::lease::{Expired, retry_after_late_grant};
 use crate::redis::protocol::keys;
 use crate::redis::protocol::token;
 use crate::redis::protocol::{intent_ttl, scripts};
@@ -100,16 +102,119 @@ impl Resource {
     ) -> Result<Hold, LockError> {
         // Every wait for a lock or RW lock is counted here.
         let attempt = self.named.begin();
-        let result = self.wait_for_hold(mode, deadline, lease, &attempt).await;
+        let busy = match self.first_at_hand(mode, lease).await {
+            Ok(AtHand::Held(hold)) => return attempt.record(Ok(hold), Hold::count),
+            Ok(AtHand::Busy(_)) => {
+                attempt.contended();
+                true
+            }
+            Ok(AtHand::General) => false,
+            Err(e) => return attempt.record(Err(e), Hold::count),
+        };
+        // Boxed: the general path (the wait, a failover, a lease of its own)
+        // stays out of the future of the uncontended acquisition.
+        let result = Box::pin(self.wait_for_hold(mode, deadline, lease, &attempt, busy)).await;
         attempt.record(result, Hold::count)
     }
 
+    /// The first attempt, when it can be an uncontended acquisition's one
+    /// script call and nothing else: the client's own lease, one server
+    /// with a connection at hand, no failover followed, no replicas waited
+    /// for, and no task of this process queued for the name. The call is
+    /// built straight into the command (no [`ScriptCall`] of its own), and
+    /// sent once ([`Pending::first_at_hand`]).
+    ///
+    /// [`AtHand::General`] when any of that does not hold, when the
+    /// connection broke on the way (the undo of whatever the call took runs
+    /// in the background), or when a grant came too late (undone): the
+    /// general path then starts afresh. [`AtHand::Busy`]: the name is held
+    /// (nothing was taken).
+    ///
+    /// # Errors
+    ///
+    /// [`LockError::Closed`] after shutdown; [`LockError::WrongKind`]; Redis
+    /// errors of the call.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`hold`](Self::hold): dropped, the acquisition's undo runs in the
+    /// background.
+    async fn first_at_hand(
+        &self,
+        mode: Mode,
+        lease: Option<Duration>,
+    ) -> Result<AtHand, LockError> {
+        let client = &self.client;
+        let inner = &client.inner;
+        let ttl = inner.timing.ttl;
+        if lease.is_some_and(|l| l != ttl)
+            || inner.follows_failovers
+            || inner.opts.wait_for_replicas.is_some()
+            || inner.local.has_queue(&self.named.name)
+        {
+            return Ok(AtHand::General);
+        }
+        client.check_open(&self.named.name)?;
+        let Some(conn) = inner.conns.ready() else {
+            return Ok(AtHand::General);
+        };
+        let value = token::fresh_value(&self.named.name, mode)?;
+        let release = self.release_call(mode, &value);
+        let undo = self.undo_calls(mode, &release);
+        let mut pending = Pending::on(client, &self.named.name, conn, undo, ttl);
+        let (what, script, cmd) = self.first_command(mode, &value);
+        let Some((answer, sent_at)) = pending.first_at_hand(script, &cmd, what).await? else {
+            // Dropped armed: the undo runs in the background.
+            return Ok(AtHand::General);
+        };
+        let Attempt::Granted { fencing } = answer else {
+            return Ok(AtHand::Busy(answer));
+        };
+        let claim = Claim { value, release };
+        match self.take(mode, &claim, fencing, sent_at, ttl) {
+            Ok(hold) => {
+                pending.done();
+                Ok(AtHand::Held(hold))
+            }
+            Err(Expired) => {
+                pending.undo_now().await;
+                let mut late = 0;
+                retry_after_late_grant(&mut late, true, &self.named.name, what)?;
+                Ok(AtHand::General)
+            }
+        }
+    }
+
+    /// The first attempt's command in `mode` with the client's own lease:
+    /// what it is for logs, its script, and the `EVALSHA`.
+    fn first_command(&self, mode: Mode, value: &str) -> (&'static str, &'static Script, Cmd) {
+        let sets = &self.named.keys.sets;
+        let a = &self.client.inner.timing.args;
+        match mode {
+            Mode::Shared => {
+                let script = &*scripts::READ;
+                let cmd = ops::evalsha(script, &sets.shared_acquire, &[value, &*a.server_ms]);
+                ("shared lock", script, cmd)
+            }
+            _ => {
+                // No intent: a busy answer takes nothing.
+                let script = &*scripts::EXCLUSIVE_ACQUIRE;
+                let args = [value, &*a.server_ms, &*a.zero];
+                let cmd = ops::evalsha(script, &sets.exclusive_acquire, &args);
+                ("exclusive lock", script, cmd)
+            }
+        }
+    }
+
+    /// The general path of [`hold`](Self::hold); `busy`: a first attempt
+    /// was made and found the name held (the wait starts with the queue).
     async fn wait_for_hold(
         &self,
         mode: Mode,
         deadline: &Deadline,
         lease: Option<Duration>,
         attempt: &Acquisition,
+        busy: bool,
     ) -> Result<Hold, LockError> {
         let ttl = self.client.lease_for(lease)?;
         let what = match mode {
@@ -127,7 +232,7 @@ impl Resource {
             turn = Some(self.local_turn(deadline, attempt).await?);
         }
         let (claim, mut pending) = self.begin(mode, ttl, Some(deadline)).await?;
-        if turn.is_none() {
+        if turn.is_none() && !busy {
             let first = match mode {
                 Mode::Shared => self.shared_call(&claim.value, ttl),
                 // No intent yet: a busy answer takes nothing.
@@ -140,6 +245,8 @@ impl Resource {
                 pending.done();
                 return Ok(hold);
             }
+        }
+        if turn.is_none() {
             // Busy (or a grant too late, undone, or a failover or slot move
             // the wait rides out): queue, then wait on Redis as below (its
             // first attempt comes at once).
@@ -235,7 +342,13 @@ impl Resource {
     ) -> Result<Hold, LockError> {
         // Every try of a lock or RW lock is counted here.
         let attempt = self.named.begin();
-        let result = self.try_once(mode, lease).await;
+        let result = match self.first_at_hand(mode, lease).await {
+            Ok(AtHand::Held(hold)) => Ok(hold),
+            Ok(AtHand::Busy(busy)) => Err(waiting::would_block(&self.named.name, busy)),
+            // Boxed, as `hold`'s general path.
+            Ok(AtHand::General) => Box::pin(self.try_once(mode, lease)).await,
+            Err(e) => Err(e),
+        };
         attempt.record(result, Hold::count)
     }
 
@@ -404,6 +517,17 @@ impl Resource {
 struct Claim {
     value: Arc<str>,
     release: ScriptCall,
+}
+
+/// What [`Resource::first_at_hand`] came to.
+enum AtHand {
+    /// Granted: the hold.
+    Held(Hold),
+    /// The name is held (the answer, naming the holder when it can).
+    Busy(Attempt),
+    /// Not tried, or the outcome was not one of these: take the general
+    /// path.
+    General,
 }
 
 /// How an exclusive attempt queues behind readers
