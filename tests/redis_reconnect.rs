@@ -71,3 +71,51 @@ async fn redlock_reconnects_on_its_first_request() {
     let err = bounded(g.release()).await.unwrap_err();
     assert!(matches!(err, LockError::NotHeld { .. }), "{err}");
 }
+
+/// The plain lock: an uncontended acquisition's first attempt goes on a
+/// connection at hand, and the hold keeps that connection for its release.
+/// When that connection died, the acquisition starts again on a fresh one,
+/// and the release (now, or in the background from `Drop`) reconnects.
+#[tokio::test]
+async fn the_lock_reconnects_on_its_first_attempt_and_on_its_release() {
+    let mut server = RedisServer::start();
+    let a = RedisLocks::connect_with(&server.url(), opts())
+        .await
+        .expect("connect");
+    let g = bounded(a.acquire("l", TTL)).await.unwrap();
+    bounded(g.release()).await.unwrap();
+
+    // The first attempt's connection died (the server restarted empty).
+    server.restart();
+    let g = bounded(a.acquire("l", TTL)).await.unwrap();
+    assert!(bounded(a.is_locked("l")).await.unwrap());
+    server.restart();
+    let t = bounded(a.try_acquire("t")).await.unwrap();
+    // Held across a restart: the release finds the lock gone.
+    server.restart();
+    let err = bounded(t.release()).await.unwrap_err();
+    assert!(matches!(err, LockError::NotHeld { .. }), "{err}");
+    drop(g);
+
+    // The hold's connection killed, the data kept: the release goes again
+    // on a fresh connection and frees the lock.
+    let kill = || server.command(&["CLIENT", "KILL", "TYPE", "normal"]);
+    let g = bounded(a.acquire("k", TTL)).await.unwrap();
+    kill();
+    bounded(g.release())
+        .await
+        .expect("released after a reconnect");
+    assert!(!bounded(a.is_locked("k")).await.unwrap());
+    // The same from `Drop`, in the background.
+    let g = bounded(a.acquire("k", TTL)).await.unwrap();
+    kill();
+    drop(g);
+    let start = std::time::Instant::now();
+    while bounded(a.is_locked("k")).await.unwrap() {
+        assert!(start.elapsed() < Duration::from_secs(5), "still held");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And the name is free for the next acquisition at once.
+    let g = bounded(a.try_acquire("k")).await.unwrap();
+    bounded(g.release()).await.unwrap();
+}

@@ -16,6 +16,7 @@ use crate::lease::LeaseHold;
 use crate::lost::{LeaseDeadline, Lost, Moment};
 use crate::options::Mode;
 use crate::redis::acquire::waiting::ScriptCall;
+use crate::redis::conn::pool::Conn;
 use crate::redis::context::ops;
 use crate::redis::context::{Context, bad_reply};
 use crate::redis::lease::{Expired, Lease, LeaseHandle, Observer, Renewal};
@@ -39,6 +40,9 @@ pub(crate) struct Hold {
     release: Option<ScriptCall>,
     /// Counts the hold in the stats registry (set once acquired).
     stats: Option<Held>,
+    /// The connection the grant came on, kept for the release (see
+    /// [`on`](Self::on)).
+    conn: Option<Conn>,
 }
 
 impl Hold {
@@ -124,7 +128,17 @@ impl Hold {
             renew,
             release: Some(release),
             stats: None,
+            conn: None,
         })
+    }
+
+    /// Releases on `conn`, the connection the grant came on, while it stays
+    /// healthy: the release then needs no connection of the pool's, and
+    /// runs after everything the acquisition sent (requests on one
+    /// connection run in order).
+    pub(crate) fn on(mut self, conn: Conn) -> Self {
+        self.conn = Some(conn);
+        self
     }
 
     /// Counts this hold in the stats registry until it ends.
@@ -239,8 +253,9 @@ impl Hold {
         // that `Ok` means the key is gone.
         let limit = self.client.request_timeout();
         let call = (op.script, &op.keys[..], &op.args[..]);
+        let conn = self.conn.take().filter(Conn::is_healthy);
         let result = (self.client)
-            .run_release(&self.resource, "release", call, None, limit)
+            .run_release(&self.resource, "release", call, conn, limit)
             .await;
         self.release = None;
         let held = match result? {
@@ -266,8 +281,9 @@ impl Drop for Hold {
         }
         self.lease = None;
         if let Some(op) = self.release.take() {
-            self.client
-                .spawn_release(self.resource.clone(), op.script, op.keys, op.args, None, ());
+            let conn = self.conn.take().filter(Conn::is_healthy);
+            let resource = self.resource.clone();
+            (self.client).spawn_release(resource, op.script, op.keys, op.args, conn, ());
         }
     }
 }

@@ -159,6 +159,38 @@ impl fmt::Debug for ScriptCall {
     }
 }
 
+/// Sends `cmd`, an [`evalsha`](crate::redis::context::ops::evalsha) of
+/// `script`, once on `conn` and parses the answer: the first attempt of an
+/// acquisition that nothing unusual applies to (`Resource::first_at_hand`),
+/// without [`Pending::attempt`]'s general path. Returns the answer and when
+/// it was sent; `None` if the connection broke on the way (the outcome is
+/// unknown).
+///
+/// # Errors
+///
+/// Redis errors of the call; [`LockError::Protocol`] for a reply of the
+/// wrong shape.
+///
+/// # Cancel safety
+///
+/// If dropped after the command was written, it may still run: the caller
+/// keeps its undo armed meanwhile.
+pub(crate) async fn attempt_on(
+    conn: &mut Conn,
+    script: &Script,
+    cmd: &redis::Cmd,
+    resource: &str,
+    op: &'static str,
+) -> Result<Option<(Attempt, Moment)>, LockError> {
+    let sent_at = Moment::now();
+    let reply = match eval::<Value>(conn, script, cmd).await {
+        Ok(reply) => reply,
+        Err(_) if conn.is_broken() => return Ok(None),
+        Err(e) => return Err(map_redis(e, resource, op)),
+    };
+    Ok(Some((Attempt::parse(&reply, resource, op)?, sent_at)))
+}
+
 /// What undoes an acquisition, in order: the release of its hold, then (a
 /// writer's) the same release of its intent key. Each compares the
 /// acquisition's value. The intent's call is made only when an undo runs:
@@ -184,6 +216,31 @@ impl Undo {
         Self {
             release,
             intent: Some(intent),
+        }
+    }
+
+    /// Runs the calls from the `i`th on in the background: one task per
+    /// release, each first sent on `conn`, the connection of the attempts
+    /// it undoes (so after them: invariant 5).
+    pub(crate) fn spawn_from(
+        &self,
+        mut i: usize,
+        client: &Context,
+        resource: &Arc<str>,
+        conn: &Conn,
+    ) {
+        tracing::debug!(resource = &**resource, "undoing an abandoned acquisition");
+        while let Some((script, keys, args)) = self.call(i) {
+            let conn = Some(conn.clone());
+            (client).spawn_release(
+                resource.clone(),
+                script,
+                keys.clone(),
+                args.clone(),
+                conn,
+                (),
+            );
+            i += 1;
         }
     }
 
@@ -233,14 +290,7 @@ impl Pending {
         Ok(Self::on(client, resource, conn, undo, ttl))
     }
 
-    /// As [`new`](Self::new), on `conn` (a connection at hand).
-    pub(crate) fn on(
-        client: &Context,
-        resource: &Arc<str>,
-        conn: Conn,
-        undo: Undo,
-        ttl: Duration,
-    ) -> Self {
+    fn on(client: &Context, resource: &Arc<str>, conn: Conn, undo: Undo, ttl: Duration) -> Self {
         Self {
             client: client.clone(),
             resource: resource.clone(),
@@ -330,48 +380,6 @@ impl Pending {
             Box::pin(self.confirm_replicated(call, replicas, wait)).await?;
         }
         Ok((attempt, sent_at))
-    }
-
-    /// The first attempt of an acquisition that nothing unusual applies to
-    /// (one server; no failover followed, no replicas waited for; the
-    /// client's own lease, whose op timeout is the connection's response
-    /// timeout): `cmd`, an [`evalsha`](crate::redis::context::ops::evalsha)
-    /// of `script`, sent once on the acquisition's connection, armed while
-    /// in flight, and nothing else of [`attempt`](Self::attempt)'s general
-    /// path. Returns the answer and when it was sent; `None` if the
-    /// connection broke on the way (the outcome is unknown: the undo stays
-    /// armed, and the caller goes the general way, which starts on a fresh
-    /// connection).
-    ///
-    /// # Errors
-    ///
-    /// Redis errors of the call (the undo stays armed: the outcome is
-    /// unknown); [`LockError::Protocol`] for a reply of the wrong shape.
-    ///
-    /// # Cancel safety
-    ///
-    /// Dropping the future leaves `self` armed: its `Drop` undoes what the
-    /// call may take.
-    pub(crate) async fn first_at_hand(
-        &mut self,
-        script: &Script,
-        cmd: &redis::Cmd,
-        op: &'static str,
-    ) -> Result<Option<(Attempt, Moment)>, LockError> {
-        self.armed = true;
-        let sent_at = Moment::now();
-        let reply = match eval::<Value>(&mut self.conn, script, cmd).await {
-            Ok(reply) => reply,
-            Err(_) if self.conn.is_broken() => {
-                self.always_undo = true;
-                return Ok(None);
-            }
-            Err(e) => return Err(map_redis(e, &self.resource, op)),
-        };
-        let attempt = Attempt::parse(&reply, &self.resource, op)?;
-        // A busy answer took nothing (no intent is set on a first attempt).
-        self.armed = matches!(attempt, Attempt::Granted { .. });
-        Ok(Some((attempt, sent_at)))
     }
 
     /// `WAIT`s until `replicas` replicas confirm the grant just made on this
@@ -498,21 +506,8 @@ impl Drop for Pending {
         if !self.armed {
             return;
         }
-        tracing::debug!(resource = %self.resource, "undoing an abandoned acquisition");
-        // One background task per release, each first sent on the
-        // attempt's connection, in order (invariant 5).
-        let mut i = self.undo_from;
-        while let Some((script, keys, args)) = self.undo.call(i) {
-            self.client.spawn_release(
-                self.resource.clone(),
-                script,
-                keys.clone(),
-                args.clone(),
-                Some(self.conn.clone()),
-                (),
-            );
-            i += 1;
-        }
+        self.undo
+            .spawn_from(self.undo_from, &self.client, &self.resource, &self.conn);
     }
 }
 

@@ -158,6 +158,13 @@ impl Conn {
         self.epoch.load(Ordering::Acquire) != self.born
     }
 
+    /// Whether it is still one to send on: not broken, and no failover or
+    /// server restart noticed since it was handed out (else take a fresh
+    /// one from the pool).
+    pub(crate) fn is_healthy(&self) -> bool {
+        !self.is_broken() && !self.is_stale()
+    }
+
     /// Whether a request on this connection failed with an I/O error.
     pub(crate) fn is_broken(&self) -> bool {
         self.broken.load(Ordering::Relaxed)

@@ -41,6 +41,7 @@ use crate::lost::Moment;
 use crate::options::{Deadline, Mode};
 use crate::redis::acquire::held::Hold;
 use crate::redis::acquire::waiting::{self, Attempt, Pending, ScriptCall, Undo, WaitFor};
+use crate::redis::conn::pool::Conn;
 use crate::redis::context::ops;
 use crate::redis::context::queue::LocalTurn;
 use crate::redis::context::{Context, Named};
@@ -121,14 +122,15 @@ impl Resource {
     /// script call and nothing else: the client's own lease, one server
     /// with a connection at hand, no failover followed, no replicas waited
     /// for, and no task of this process queued for the name. The call is
-    /// built straight into the command (no [`ScriptCall`] of its own), and
-    /// sent once ([`Pending::first_at_hand`]).
+    /// built straight into the command, sent once
+    /// ([`waiting::attempt_on`]), and undone from [`Armed`] if it may have
+    /// taken something the acquisition does not keep; the hold keeps the
+    /// connection for its release.
     ///
     /// [`AtHand::General`] when any of that does not hold, when the
-    /// connection broke on the way (the undo of whatever the call took runs
-    /// in the background), or when a grant came too late (undone): the
-    /// general path then starts afresh. [`AtHand::Busy`]: the name is held
-    /// (nothing was taken).
+    /// connection broke on the way, or when a grant came too late (both
+    /// undone in the background): the general path then starts afresh.
+    /// [`AtHand::Busy`]: the name is held (nothing was taken).
     ///
     /// # Errors
     ///
@@ -138,7 +140,7 @@ impl Resource {
     /// # Cancel safety
     ///
     /// As [`hold`](Self::hold): dropped, the acquisition's undo runs in the
-    /// background.
+    /// background, on the attempt's connection.
     async fn first_at_hand(
         &self,
         mode: Mode,
@@ -155,34 +157,39 @@ impl Resource {
             return Ok(AtHand::General);
         }
         client.check_open(&self.named.name)?;
-        let Some(conn) = inner.conns.ready() else {
+        let Some(mut conn) = inner.conns.ready() else {
             return Ok(AtHand::General);
         };
         let value = token::fresh_value(&self.named.name, mode)?;
-        let release = self.release_call(mode, &value);
-        let undo = self.undo_calls(mode, &release);
-        let mut pending = Pending::on(client, &self.named.name, conn, undo, ttl);
         let (what, script, cmd) = self.first_command(mode, &value);
-        let Some((answer, sent_at)) = pending.first_at_hand(script, &cmd, what).await? else {
-            // Dropped armed: the undo runs in the background.
+        let mut armed = Armed {
+            res: self,
+            mode,
+            value: &value,
+            conn: &mut conn,
+            armed: true,
+        };
+        let attempt = waiting::attempt_on(armed.conn, script, &cmd, &self.named.name, what);
+        // Broken on the way: the undo runs from `armed`'s drop.
+        let Some((answer, sent_at)) = attempt.await? else {
             return Ok(AtHand::General);
         };
         let Attempt::Granted { fencing } = answer else {
+            // A busy answer took nothing (a first attempt sets no intent).
+            armed.armed = false;
             return Ok(AtHand::Busy(answer));
         };
-        let claim = Claim { value, release };
-        match self.take(mode, &claim, fencing, sent_at, ttl) {
-            Ok(hold) => {
-                pending.done();
-                Ok(AtHand::Held(hold))
-            }
-            Err(Expired) => {
-                pending.undo_now().await;
-                let mut late = 0;
-                retry_after_late_grant(&mut late, true, &self.named.name, what)?;
-                Ok(AtHand::General)
-            }
-        }
+        let claim = Claim {
+            release: self.release_call(mode, &value),
+            value: value.clone(),
+        };
+        let Ok(hold) = self.take(mode, &claim, fencing, sent_at, ttl) else {
+            retry_after_late_grant(&mut 0, true, &self.named.name, what)?;
+            return Ok(AtHand::General);
+        };
+        armed.armed = false;
+        drop(armed);
+        Ok(AtHand::Held(hold.on(conn)))
     }
 
     /// The first attempt's command in `mode` with the client's own lease:
@@ -510,6 +517,16 @@ impl Resource {
             _ => Undo::with_intent(release.clone(), self.named.keys.sets.intent_release.clone()),
         }
     }
+
+    /// Undoes an attempt in `mode` with `value` in the background, on
+    /// `conn` (so after the attempt: invariant 5): the hold's release, then
+    /// a writer's intent ([`Undo::spawn_from`]), as [`Pending`]'s drop does.
+    #[cold]
+    #[inline(never)]
+    fn undo_in_background(&self, mode: Mode, value: &Arc<str>, conn: &Conn) {
+        let undo = self.undo_calls(mode, &self.release_call(mode, value));
+        undo.spawn_from(0, &self.client, &self.named.name, conn);
+    }
 }
 
 /// One acquisition's owner value and the release of its hold (shared by
@@ -517,6 +534,29 @@ impl Resource {
 struct Claim {
     value: Arc<str>,
     release: ScriptCall,
+}
+
+/// The undo of a first attempt at hand while it may hold what the
+/// acquisition will not keep: dropped armed (the future dropped, an error,
+/// a broken connection, a late grant), it releases the attempt's value in
+/// the background, on the attempt's connection, so after the attempt
+/// (invariant 5). Borrows everything: building the undo's calls is left to
+/// the rare drop that needs them.
+struct Armed<'a> {
+    res: &'a Resource,
+    mode: Mode,
+    value: &'a Arc<str>,
+    conn: &'a mut Conn,
+    armed: bool,
+}
+
+impl Drop for Armed<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.res
+                .undo_in_background(self.mode, self.value, self.conn);
+        }
+    }
 }
 
 /// What [`Resource::first_at_hand`] came to.
