@@ -128,3 +128,33 @@ async fn a_lazy_client_boots_while_redis_is_down() {
     .unwrap();
     assert!(e.is_invalid_input(), "{e}");
 }
+
+/// An acquisition in flight when the client shuts down: its grant, answered
+/// after the watchdog stopped, is lost from the start (nobody would renew
+/// it or say it ran out), not a guard that reads held for its TTL.
+#[tokio::test]
+async fn a_grant_answered_after_shutdown_is_lost_at_once() {
+    let server = RedisServer::start();
+    let locks = RedisLocks::connect_with(&server.url(), opts())
+        .await
+        .unwrap();
+    // The connection is open and the scripts loaded.
+    let warm = locks.acquire("warm", Duration::from_secs(1)).await.unwrap();
+    warm.release().await.unwrap();
+    server.pause(Duration::from_millis(600));
+    let l = locks.clone();
+    let acquiring = tokio::spawn(async move { l.acquire("late", Duration::from_secs(5)).await });
+    // Sent, and unanswered while the server is paused.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(5), locks.shutdown()).await;
+    assert_eq!(stopped, Ok(0));
+    let g = tokio::time::timeout(Duration::from_secs(5), acquiring)
+        .await
+        .expect("answered once the pause ends")
+        .unwrap()
+        .expect("granted");
+    assert!(g.is_lost(), "a lease nobody renews reads held");
+    tokio::time::timeout(Duration::from_secs(1), g.lost())
+        .await
+        .expect("lost at once");
+}

@@ -105,10 +105,19 @@ impl Named {
     }
 }
 
+impl Inner {
+    /// Closes the client: its watchdog first (every acquisition's
+    /// `check_open` and every lease's registration read its flag), then the
+    /// token that stops the watchdog and pub/sub tasks.
+    fn close(&self) {
+        self.watchdog.close();
+        self.shutdown.cancel();
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
-        // Stops the watchdog and pub/sub tasks.
-        self.shutdown.cancel();
+        self.close();
     }
 }
 
@@ -117,7 +126,7 @@ impl Context {
         let i = &self.inner;
         i.background.close();
         let limit = i.opts.connect_timeout + i.opts.request_timeout();
-        let _stop = StopOnDrop(&i.shutdown);
+        let _stop = StopOnDrop(i);
         if tokio::time::timeout(limit, i.background.wait())
             .await
             .is_err()
@@ -132,8 +141,11 @@ impl Context {
         0
     }
 
+    /// Whether [`shutdown`](Self::shutdown) closed the client: one atomic
+    /// load (the token's `is_cancelled` takes a lock; this is read by every
+    /// acquisition).
     pub(crate) fn is_shut_down(&self) -> bool {
-        self.inner.shutdown.is_cancelled()
+        self.inner.watchdog.is_closed()
     }
 
     /// [`LockError::Closed`] after [`shutdown`](Self::shutdown).
@@ -522,11 +534,11 @@ const KEY_CACHE: usize = 4096;
 
 /// Cancels the client's background tasks when dropped (so a cancelled
 /// [`RedisLocks::shutdown`](crate::redis::RedisLocks::shutdown) still stops them).
-struct StopOnDrop<'a>(&'a CancellationToken);
+struct StopOnDrop<'a>(&'a Inner);
 
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
-        self.0.cancel();
+        self.0.close();
     }
 }
 

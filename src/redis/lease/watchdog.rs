@@ -34,7 +34,7 @@
 //! that arrives later finds no entry and is ignored.
 
 use std::fmt;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -323,6 +323,8 @@ struct Shared {
     state: Mutex<State>,
     notify: Notify,
     shutdown: CancellationToken,
+    /// Set by [`Watchdog::close`], before `shutdown` is cancelled.
+    closed: AtomicBool,
     counters: Counters,
     /// `WAIT` for this many replicas, this long, after each pipeline.
     replicas: Option<(u32, Duration)>,
@@ -373,6 +375,7 @@ impl Watchdog {
             }),
             notify: Notify::new(),
             shutdown,
+            closed: AtomicBool::new(false),
             counters: Counters::default(),
             replicas,
             idle: first_due.max(MIN_IDLE),
@@ -417,8 +420,11 @@ impl Watchdog {
         let mut st = self.shared.lock();
         // Looked at under the lock the task drains the entries with after a
         // shutdown: a lease registered later would be renewed by nobody and
-        // declared lost by nobody, so it is lost from the start.
-        if self.shared.shutdown.is_cancelled() {
+        // declared lost by nobody, so it is lost from the start. (`closed`
+        // is set before the token is cancelled, and the task drains only
+        // once it sees the token cancelled: a registration that finds it
+        // unset is drained.)
+        if self.is_closed() {
             drop(st);
             warn_lost(&entry.lease.resource, "the client was shut down");
             entry.declare_lost();
@@ -443,6 +449,18 @@ impl Watchdog {
             resource,
             end,
         })
+    }
+
+    /// Closes it (the client is shutting down), before its token is
+    /// cancelled: a lease registered from now on is lost from the start.
+    pub(crate) fn close(&self) {
+        self.shared.closed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`close`](Self::close) was called: one atomic load, where
+    /// the token's `is_cancelled` takes a lock.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::SeqCst)
     }
 
     /// The client's renewal counters.
