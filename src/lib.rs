@@ -148,6 +148,8 @@ mod lock;
 mod lost;
 mod options;
 mod owner;
+// This process's id and owner record, right again in a forked child.
+mod process;
 mod text;
 // TLS material shared by the Redis and Postgres backends (unused by a
 // build with neither).

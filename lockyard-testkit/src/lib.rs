@@ -10,6 +10,8 @@
 //!   delay, drop one direction, cut);
 //! - [`child`]: one child-process harness (this test binary re-executed in
 //!   a role, lines over pipes, `CLOCK_MONOTONIC` timestamps);
+//! - [`fork`]: forked children (the C library's `fork`, so atfork
+//!   handlers run), for what crosses `fork()`;
 //! - [`counter`]: a counter in plain files that workers in several
 //!   processes increment under a lock, logging fencing tokens;
 //! - [`wait`]: [`bounded`] with one documented limit, [`bounded_for`] for
@@ -34,6 +36,7 @@ pub mod cluster;
 pub mod conformance;
 pub mod counter;
 pub mod floor;
+pub mod fork;
 pub mod pgbouncer;
 pub mod postgres;
 pub mod proxy;

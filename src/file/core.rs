@@ -130,7 +130,7 @@ impl Slots {
     /// The slot of the lock file `file`.
     pub(crate) fn get(&self, file: String) -> Arc<Slot> {
         let mut slots = self.map.lock().unwrap_or_else(|p| p.into_inner());
-        let pid = super::process::id();
+        let pid = crate::process::id();
         if slots.pid != pid {
             // Forked (or first use): the parent's slots are not ours.
             let inherited = std::mem::take(&mut slots.map);
@@ -279,7 +279,7 @@ async fn take(
     };
     // The waiter thread wrote the record of a lock it handed over.
     let owner = owner.unwrap_or_else(|| {
-        let owner = super::process::owner(mode);
+        let owner = crate::process::owner(mode);
         held.record(&owner, name, mode);
         owner
     });

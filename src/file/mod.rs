@@ -129,7 +129,6 @@ mod kernel;
 mod lock;
 mod manager;
 mod options;
-mod process;
 
 pub use disk::scan::{CleanupOptions, FileLockInfo};
 pub use guard::FileLockGuard;

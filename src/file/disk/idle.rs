@@ -35,7 +35,7 @@ static CACHE: Mutex<Cache> = Mutex::new(Cache {
 
 fn cache() -> MutexGuard<'static, Cache> {
     let mut c = CACHE.lock().unwrap_or_else(|p| p.into_inner());
-    let pid = crate::file::process::id();
+    let pid = crate::process::id();
     if c.pid != pid {
         // First use, or a forked child: the parent's descriptors are not
         // ours to reuse. Closing them here leaves the parent's locks alone.

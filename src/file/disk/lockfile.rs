@@ -116,7 +116,7 @@ impl LockFile {
             path,
             writable,
             id: st.id,
-            born: crate::file::process::id(),
+            born: crate::process::id(),
             len: AtomicU64::new(st.len),
             ours: AtomicBool::new(false),
         }))
@@ -125,7 +125,7 @@ impl LockFile {
     /// Whether this process opened the descriptor (not a forked child that
     /// inherited it).
     pub(crate) fn opened_by_this_process(&self) -> bool {
-        self.born == crate::file::process::id()
+        self.born == crate::process::id()
     }
 
     /// Tries to take the kernel lock without blocking: `Ok(false)` when

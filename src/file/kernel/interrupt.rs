@@ -298,7 +298,7 @@ struct Interrupter {
 fn interrupter() -> &'static Interrupter {
     static IT: Mutex<Option<(u32, &'static Interrupter)>> = Mutex::new(None);
     let mut it = lock(&IT);
-    let pid = crate::file::process::id();
+    let pid = crate::process::id();
     match *it {
         Some((owner, found)) if owner == pid => found,
         _ => {

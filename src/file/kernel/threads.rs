@@ -50,7 +50,7 @@ fn lock(p: &KernelThreads) -> MutexGuard<'_, State> {
 pub(crate) fn execute(job: Job) -> io::Result<()> {
     let p = threads();
     let mut st = lock(p);
-    let pid = crate::file::process::id();
+    let pid = crate::process::id();
     if st.pid != pid {
         // First use, or a forked child: the parked threads counted here are
         // the parent's (threads do not survive fork). Their jobs too.

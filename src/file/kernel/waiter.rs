@@ -118,7 +118,7 @@ pub(crate) fn run(side: Arc<KernelSide>, ctl: Arc<ThreadCtl>, mut mode: Mode, fi
 /// the woken task returns at once.
 fn hand_over(held: Arc<KernelLock>, wanters: Vec<Wanter>) {
     let Some(first) = wanters.first() else { return };
-    let mut owner = Some(crate::file::process::owner(first.mode));
+    let mut owner = Some(crate::process::owner(first.mode));
     if let Some(o) = &owner {
         held.record(o, &first.name, first.mode);
     }

@@ -3,7 +3,7 @@
 //! what). Every compare in the scripts is on the whole value.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::SystemTime;
 
 use crate::error::LockError;
@@ -27,13 +27,15 @@ pub(crate) fn fresh_value(resource: &str, mode: Mode) -> Result<Arc<str>, LockEr
         return slow_value(resource, mode);
     };
     let secs = since.as_secs();
+    // Cached (no system call), and right again in a forked child.
+    let pid = crate::process::id();
     THREAD.with_borrow_mut(|t| {
         let mut token = [0u8; TOKEN];
         t.pool
-            .take(&mut token)
+            .take(&mut token, pid)
             .map_err(|e| rng_error(resource, &e))?;
-        if t.secs != secs || t.mode != Some(mode) {
-            t.rebuild(secs, mode);
+        if t.secs != secs || t.mode != Some(mode) || t.pid != pid {
+            t.rebuild(secs, mode, pid);
         }
         let mut hex = [0u8; 2 * TOKEN];
         hex_into(&mut hex, &token);
@@ -67,9 +69,10 @@ struct Thread {
     pool: Pool,
     /// The value as written, before it is copied into its `Arc`.
     buf: String,
-    /// The second and mode `head` and `tail` were written for.
+    /// The second, mode and process `head` and `tail` were written for.
     secs: u64,
     mode: Option<Mode>,
+    pid: u32,
     /// What follows the token, up to the nanoseconds of `since=`.
     head: String,
     /// What follows the nanoseconds.
@@ -83,6 +86,7 @@ thread_local! {
             buf: String::new(),
             secs: u64::MAX,
             mode: None,
+            pid: 0,
             head: String::new(),
             tail: String::new(),
         })
@@ -91,11 +95,11 @@ thread_local! {
 
 impl Thread {
     /// Writes `head` and `tail` for values made in second `secs` (since the
-    /// epoch) held in `mode`: what [`push_record`] writes, but for the
-    /// nanoseconds.
+    /// epoch) held in `mode` by process `pid`: what [`push_record`] writes,
+    /// but for the nanoseconds.
     #[cold]
     #[inline(never)]
-    fn rebuild(&mut self, secs: u64, mode: Mode) {
+    fn rebuild(&mut self, secs: u64, mode: Mode, pid: u32) {
         let mut record = String::new();
         push_record_at(
             &mut record,
@@ -110,6 +114,7 @@ impl Thread {
         self.tail.push_str(&record[dot + 10..]);
         self.secs = secs;
         self.mode = Some(mode);
+        self.pid = pid;
     }
 }
 
@@ -126,9 +131,9 @@ struct Pool {
 const BATCH: usize = 32 * TOKEN;
 
 impl Pool {
-    /// The next token's bytes into `out`.
-    fn take(&mut self, out: &mut [u8; TOKEN]) -> Result<(), getrandom::Error> {
-        let pid = std::process::id();
+    /// The next token's bytes into `out`, in process `pid` (this one's,
+    /// from [`crate::process::id`]: `getpid` is a system call).
+    fn take(&mut self, out: &mut [u8; TOKEN], pid: u32) -> Result<(), getrandom::Error> {
         if self.used + TOKEN > BATCH || self.pid != pid {
             self.refill(pid)?;
         }
@@ -206,7 +211,7 @@ pub(crate) fn new_token(name: &str) -> Result<String, LockError> {
 fn push_token(out: &mut String, name: &str) -> Result<(), LockError> {
     let mut buf = [0u8; TOKEN];
     THREAD
-        .with_borrow_mut(|t| t.pool.take(&mut buf))
+        .with_borrow_mut(|t| t.pool.take(&mut buf, crate::process::id()))
         .map_err(|e| rng_error(name, &e))?;
     let mut hex = [0u8; 2 * TOKEN];
     hex_into(&mut hex, &buf);
@@ -233,17 +238,19 @@ fn push_record(v: &mut String, mode: Mode) {
 /// [`push_record`] with `since=` at `now`.
 fn push_record_at(v: &mut String, mode: Mode, now: SystemTime) {
     // The lines before `since=` (header, pid, start, host) never change in
-    // a process: format them once.
-    static PREFIX: OnceLock<String> = OnceLock::new();
-    let prefix = PREFIX.get_or_init(|| {
-        let text = Owner::current(mode).to_text();
-        match text.find("\nsince=") {
-            Some(i) => text[..=i].to_owned(),
-            None => text,
-        }
-    });
+    // a process: format them once per process (a forked child's are its
+    // own: its pid and start time).
+    static PREFIX: Mutex<(u32, String)> = Mutex::new((0, String::new()));
+    let pid = crate::process::id();
+    let mut prefix = PREFIX.lock().unwrap_or_else(PoisonError::into_inner);
+    if prefix.0 != pid {
+        let text = crate::process::owner(mode).to_text();
+        let end = text.find("\nsince=").map_or(text.len(), |i| i + 1);
+        *prefix = (pid, text[..end].to_owned());
+    }
     v.push('\n');
-    v.push_str(prefix);
+    v.push_str(&prefix.1);
+    drop(prefix);
     v.push_str("since=");
     push_rfc3339_nanos(v, now);
     v.push_str("\nmode=");

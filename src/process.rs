@@ -1,13 +1,17 @@
 //! This process's id, cached, and right again in a forked child; this
-//! process as a lock owner.
+//! process as a lock owner. Shared by the backends that must not carry a
+//! parent's state into a forked child: the file backend (its fork safety
+//! checks the pid on every acquisition and release; see the `file` module
+//! docs on `fork()`) and Redis (its owner values' random bytes and record,
+//! made on every acquisition).
 //!
-//! Fork safety checks the pid on every acquisition and release (see the
-//! module docs on `fork()`), and `getpid` is a system call (glibc stopped
-//! caching it). So the pid is cached here and the cache is cleared in a
-//! forked child by a `pthread_atfork` handler, which runs in the child of
-//! every `fork()` made through the C library (`fork`, `nix::unistd::fork`,
-//! …). A child made by a raw `clone` system call bypasses such handlers; if
-//! registering the handler fails, every call asks the kernel.
+//! `getpid` is a system call (glibc stopped caching it): once per
+//! acquisition it was a large part of a Redis acquisition's client time.
+//! So the pid is cached here and the cache is cleared in a forked child by
+//! a `pthread_atfork` handler, which runs in the child of every `fork()`
+//! made through the C library (`fork`, `nix::unistd::fork`, …). A child
+//! made by a raw `clone` system call bypasses such handlers; if registering
+//! the handler fails, every call asks the kernel.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, Once};
