@@ -351,11 +351,17 @@ impl LeaseDeadline {
     /// assert!(deadline.has_passed());
     /// ```
     pub fn has_passed(&self) -> bool {
+        self.has_passed_at(clocks())
+    }
+
+    /// As [`has_passed`](Self::has_passed), by the clocks read at `now`
+    /// (a caller that reads them anyway).
+    pub(crate) fn has_passed_at(&self, now: Moment) -> bool {
         let mut st = self.lock();
         if st.passed {
             return true;
         }
-        if st.passed_by(clocks()) {
+        if st.passed_by(now) {
             st.passed = true;
         }
         st.passed
@@ -434,6 +440,12 @@ impl LeaseDeadline {
     /// deadline reads.
     pub(crate) fn is_lost(&self) -> bool {
         self.is_fired() || self.has_passed()
+    }
+
+    /// As [`is_lost`](Self::is_lost), by the clocks read at `now`.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn is_lost_at(&self, now: Moment) -> bool {
+        self.is_fired() || self.has_passed_at(now)
     }
 
     /// The lease's lost token, made at the first call (cancelled already

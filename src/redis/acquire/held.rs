@@ -232,10 +232,13 @@ impl Hold {
     pub(crate) async fn release(&mut self) -> Result<(), LockError> {
         // Stop renewing before the release is sent (invariant 4); a lost
         // hold stays lost (invariant 3).
+        // One reading of the clocks: the lease's end, and the release's
+        // time limit.
+        let now = Moment::now();
         let lost = self
             .lease
             .take()
-            .and_then(|l| l.is_lost().then(|| l.lost_error()));
+            .and_then(|l| l.is_lost_at(now).then(|| l.lost_error()));
         // The hold ends for the stats here, lost or not, as read just now
         // (`Drop` then has nothing to read again).
         if let Some(mut stats) = self.stats.take()
@@ -255,7 +258,7 @@ impl Hold {
         let call = (op.script, &op.keys[..], &op.args[..]);
         let conn = self.conn.take().filter(Conn::is_healthy);
         let result = (self.client)
-            .run_release(&self.resource, "release", call, conn, limit)
+            .run_release_from(&self.resource, "release", call, conn, (now.at, limit))
             .await;
         self.release = None;
         let held = match result? {

@@ -344,8 +344,30 @@ impl Context {
         conn: Option<Conn>,
         limit: Duration,
     ) -> Result<Value, LockError> {
+        let now = tokio::time::Instant::now();
+        (self.run_release_from(resource, op, call, conn, (now, limit))).await
+    }
+
+    /// As [`run_release`](Self::run_release), within `limit` of `started`
+    /// (a caller's reading of the clock just now).
+    ///
+    /// # Errors
+    ///
+    /// As [`run_release`](Self::run_release).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run_release`](Self::run_release).
+    pub(crate) async fn run_release_from(
+        &self,
+        resource: &str,
+        op: &'static str,
+        call: (&Script, &[String], &[Arc<str>]),
+        conn: Option<Conn>,
+        (started, limit): (tokio::time::Instant, Duration),
+    ) -> Result<Value, LockError> {
         let (script, keys, args) = call;
-        let deadline = tokio::time::Instant::now() + limit;
+        let deadline = started + limit;
         let cmd = ops::evalsha(script, keys, args);
         let mut conn = conn;
         let mut retry = ReleaseRetry {

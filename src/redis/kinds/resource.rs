@@ -179,11 +179,8 @@ impl Resource {
             armed.armed = false;
             return Ok(AtHand::Busy(answer));
         };
-        let claim = Claim {
-            release: self.release_call(mode, &value),
-            value: value.clone(),
-        };
-        let Ok(hold) = self.take(mode, &claim, fencing, sent_at, ttl) else {
+        let release = self.release_call(mode, &value);
+        let Ok(hold) = self.take(mode, release, fencing, sent_at, ttl) else {
             retry_after_late_grant(&mut 0, true, &self.named.name, what)?;
             return Ok(AtHand::General);
         };
@@ -245,7 +242,8 @@ impl Resource {
                 // No intent yet: a busy answer takes nothing.
                 _ => self.exclusive_call(&claim.value, Queue::No, ttl),
             };
-            let grant = |fencing, sent_at| self.take(mode, &claim, fencing, sent_at, ttl);
+            let grant =
+                |fencing, sent_at| self.take(mode, claim.release.clone(), fencing, sent_at, ttl);
             if let Some(hold) =
                 waiting::first_attempt(&mut pending, &first, what, attempt, grant).await?
             {
@@ -292,7 +290,7 @@ impl Resource {
             &mut pending,
             &call,
             |reason| mode != Mode::Shared && reason == REASON_INTENT_SET,
-            |fencing, sent_at| self.take(mode, &claim, fencing, sent_at, ttl),
+            |fencing, sent_at| self.take(mode, claim.release.clone(), fencing, sent_at, ttl),
         ))
         .await;
         match result {
@@ -371,7 +369,7 @@ impl Resource {
             ),
         };
         let hold = waiting::try_once(&mut pending, &call, what, |fencing, sent_at| {
-            self.take(mode, &claim, fencing, sent_at, ttl)
+            self.take(mode, claim.release.clone(), fencing, sent_at, ttl)
         })
         .await?;
         pending.done();
@@ -437,10 +435,12 @@ impl Resource {
 
     /// A granted attempt becomes a hold (or is refused as expired:
     /// invariant 1).
+    /// (`release`: the hold's release, moved in; the general path's claim
+    /// keeps its own for the attempts after a late grant.)
     fn take(
         &self,
         mode: Mode,
-        claim: &Claim,
+        release: ScriptCall,
         fencing: u64,
         sent_at: Moment,
         ttl: Duration,
@@ -449,7 +449,6 @@ impl Resource {
             Mode::Shared => (&*scripts::RENEW_MEMBER, &self.named.keys.sets.shared_renew),
             _ => (&*scripts::EXTEND, &self.named.keys.sets.exclusive_renew),
         };
-        let release = claim.release.clone();
         // The release's arguments: the renewal scripts read the value first
         // and the TTL the watchdog appends last.
         let renew = ScriptCall {

@@ -505,6 +505,11 @@ impl LeaseHandle {
         self.end.is_lost()
     }
 
+    /// As [`is_lost`](Self::is_lost), by the clocks read at `now`.
+    pub(crate) fn is_lost_at(&self, now: Moment) -> bool {
+        self.end.is_lost_at(now)
+    }
+
     /// The error for an operation that needs the lease after it was lost.
     pub(crate) fn lost_error(&self) -> LockError {
         LockError::Lost {
