@@ -64,7 +64,12 @@ impl AtomicHistogram {
         let n = nanos(d);
         self.counts[bucket_of(n)].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(n, Ordering::Relaxed);
-        self.max_nanos.fetch_max(n, Ordering::Relaxed);
+        // `fetch_max` is a compare-and-swap loop whether or not the maximum
+        // moves; most records do not move it, and a plain load says so (a
+        // maximum only grows, so one seen at least `n` stays so).
+        if n > self.max_nanos.load(Ordering::Relaxed) {
+            self.max_nanos.fetch_max(n, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn snapshot(&self) -> DurationHistogram {
@@ -309,6 +314,31 @@ mod tests {
         assert_eq!(bucket_of(1_000), 0);
         assert_eq!(bucket_of(1_001), 1);
         assert_eq!(bucket_of(u64::MAX), FINITE);
+    }
+
+    #[test]
+    fn the_maximum_is_the_largest_sample_whatever_the_order_and_threads() {
+        let live = AtomicHistogram::default();
+        live.record(Duration::from_millis(5));
+        live.record(Duration::from_millis(3));
+        assert_eq!(live.snapshot().max(), Some(Duration::from_millis(5)));
+        live.record(Duration::from_millis(8));
+        assert_eq!(live.snapshot().max(), Some(Duration::from_millis(8)));
+        std::thread::scope(|s| {
+            for t in 0..4u64 {
+                let live = &live;
+                s.spawn(move || {
+                    // Each thread's samples interleave with the others':
+                    // rising, falling, rising again.
+                    for i in (0..2_000u64).chain((0..2_000).rev()) {
+                        live.record(Duration::from_micros(10_000 + i * 4 + t));
+                    }
+                });
+            }
+        });
+        let snap = live.snapshot();
+        assert_eq!(snap.max(), Some(Duration::from_micros(10_000 + 1_999 * 4 + 3)));
+        assert_eq!(snap.count(), 3 + 4 * 4_000);
     }
 
     #[test]
