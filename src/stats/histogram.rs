@@ -337,7 +337,10 @@ mod tests {
             }
         });
         let snap = live.snapshot();
-        assert_eq!(snap.max(), Some(Duration::from_micros(10_000 + 1_999 * 4 + 3)));
+        assert_eq!(
+            snap.max(),
+            Some(Duration::from_micros(10_000 + 1_999 * 4 + 3))
+        );
         assert_eq!(snap.count(), 3 + 4 * 4_000);
     }
 
