@@ -13,8 +13,8 @@
 //! made by a raw `clone` system call bypasses such handlers; if registering
 //! the handler fails, every call asks the kernel.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, Once};
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU8, AtomicU32, Ordering};
 use std::time::SystemTime;
 
 use crate::options::Mode;
@@ -22,8 +22,14 @@ use crate::owner::Owner;
 
 /// The cached pid; 0 when unknown (first use, or just forked).
 static PID: AtomicU32 = AtomicU32::new(0);
-/// Whether the atfork handler is registered (so that the cache is safe).
-static CACHEABLE: AtomicBool = AtomicBool::new(false);
+
+/// The atfork handler's registration: [`UNREGISTERED`], [`REGISTERING`],
+/// [`REGISTERED`] (the cache is safe) or [`FAILED`].
+static HANDLER: AtomicU8 = AtomicU8::new(UNREGISTERED);
+const UNREGISTERED: u8 = 0;
+const REGISTERING: u8 = 1;
+const REGISTERED: u8 = 2;
+const FAILED: u8 = 3;
 
 #[cfg(unix)]
 extern "C" fn forget_in_child() {
@@ -32,23 +38,36 @@ extern "C" fn forget_in_child() {
 }
 
 /// This process's id.
+///
+/// Takes no lock and waits on no `Once`: a child forked while another
+/// thread of the parent held one would inherit it held, with nobody left to
+/// let it go, and wait for ever on its first acquisition. A thread that
+/// finds the registration under way (or a child forked meanwhile) asks the
+/// kernel instead of the cache.
 pub(crate) fn id() -> u32 {
     let pid = PID.load(Ordering::Relaxed);
     if pid != 0 {
         return pid;
     }
-    static REGISTER: Once = Once::new();
-    REGISTER.call_once(|| {
+    if HANDLER
+        .compare_exchange(
+            UNREGISTERED,
+            REGISTERING,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        )
+        .is_ok()
+    {
         #[cfg(unix)]
         // SAFETY: registers a child handler that only stores to an atomic;
         // no prepare or parent handler.
         let ok = unsafe { libc::pthread_atfork(None, None, Some(forget_in_child)) } == 0;
         #[cfg(not(unix))]
         let ok = true; // no fork()
-        CACHEABLE.store(ok, Ordering::Release);
-    });
+        HANDLER.store(if ok { REGISTERED } else { FAILED }, Ordering::Release);
+    }
     let pid = std::process::id();
-    if CACHEABLE.load(Ordering::Acquire) {
+    if HANDLER.load(Ordering::Acquire) == REGISTERED {
         PID.store(pid, Ordering::Relaxed);
     }
     pid
@@ -56,26 +75,51 @@ pub(crate) fn id() -> u32 {
 
 /// This process as the owner of a lock taken now in `mode`: what
 /// [`Owner::current`] says, without its system calls on every acquisition
-/// (the pid, start time and host are looked up once per process, again in
-/// a forked child).
+/// (the pid, start time and host are looked up once per thread, again in a
+/// forked child).
 ///
 /// The start time is this process's own: `Owner::current` keeps the one it
 /// first read for the rest of the process, so in a forked child it gives
 /// the parent's, which makes the child's record read as a dead owner's.
+///
+/// The template is kept per thread, so that this takes no lock: a
+/// process-wide one, held by another thread of the parent at a `fork()`,
+/// stayed held in the child, whose first acquisition then waited for ever
+/// (tests/redis_fast_path_attacks.rs).
 pub(crate) fn owner(mode: Mode) -> Owner {
-    static TEMPLATE: Mutex<Option<Owner>> = Mutex::new(None);
+    thread_local! {
+        static TEMPLATE: RefCell<Option<Owner>> = const { RefCell::new(None) };
+    }
     let pid = id();
-    let mut template = TEMPLATE.lock().unwrap_or_else(|p| p.into_inner());
-    let template = match &*template {
-        Some(o) if o.pid == pid => o,
-        _ => template.insert(Owner {
-            start_time: crate::owner::process_start_time(pid),
-            ..Owner::current(mode)
-        }),
+    let made = |t: &mut Option<Owner>| {
+        let template = match t {
+            Some(o) if o.pid == pid => o,
+            _ => t.insert(template_of(pid)),
+        };
+        Owner {
+            since: SystemTime::now(),
+            mode,
+            ..template.clone()
+        }
     };
+    // Without the thread's template (a thread being torn down), one made
+    // for this call.
+    TEMPLATE
+        .try_with(|t| match t.try_borrow_mut() {
+            Ok(mut t) => made(&mut t),
+            Err(_) => made(&mut None),
+        })
+        .unwrap_or_else(|_| made(&mut None))
+}
+
+/// The parts of this process's owner record that do not change while it
+/// runs (`since` and `mode` are filled in per lock).
+fn template_of(pid: u32) -> Owner {
     Owner {
-        since: SystemTime::now(),
-        mode,
-        ..template.clone()
+        pid,
+        start_time: crate::owner::process_start_time(pid),
+        host: crate::owner::host_name().to_owned(),
+        since: SystemTime::UNIX_EPOCH,
+        mode: Mode::Exclusive,
     }
 }

@@ -460,6 +460,24 @@ impl Pending {
         self.armed = armed || self.always_undo;
     }
 
+    /// Undoes `undo` now on `conn`, the connection of the attempt it
+    /// undoes, as [`undo_now`](Self::undo_now) does: for an acquisition
+    /// that has no `Pending` of its own (the uncontended first attempt).
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`undo_now`](Self::undo_now): what was not answered yet is sent in
+    /// the background.
+    pub(crate) async fn undo_on(
+        client: &Context,
+        resource: &Arc<str>,
+        conn: Conn,
+        undo: Undo,
+        ttl: Duration,
+    ) {
+        Self::on(client, resource, conn, undo, ttl).undo_now().await;
+    }
+
     /// Undoes now, on the acquisition's connection (so after every attempt
     /// sent on it: invariant 5), each release retried while the slot changes
     /// hands (see [`Context::run_release`](crate::redis::context::Context::run_release)), bounded by `op_timeout`

@@ -128,8 +128,9 @@ impl Resource {
     /// connection for its release.
     ///
     /// [`AtHand::General`] when any of that does not hold, when the
-    /// connection broke on the way, or when a grant came too late (both
-    /// undone in the background): the general path then starts afresh.
+    /// connection broke on the way (the attempt is undone in the
+    /// background), or when a grant came too late (undone first): the
+    /// general path then starts afresh.
     /// [`AtHand::Busy`]: the name is held (nothing was taken).
     ///
     /// # Errors
@@ -181,6 +182,13 @@ impl Resource {
         };
         let release = self.release_call(mode, &value);
         let Ok(hold) = self.take(mode, release, fencing, sent_at, ttl) else {
+            // Too late to keep (invariant 1): undone before the general
+            // path tries again, which would otherwise find the name still
+            // held by this very grant (a `try_acquire` would say busy).
+            armed.armed = false;
+            drop(armed);
+            let undo = self.undo_calls(mode, &self.release_call(mode, &value));
+            Pending::undo_on(client, &self.named.name, conn, undo, ttl).await;
             retry_after_late_grant(&mut 0, true, &self.named.name, what)?;
             return Ok(AtHand::General);
         };
@@ -537,7 +545,7 @@ struct Claim {
 
 /// The undo of a first attempt at hand while it may hold what the
 /// acquisition will not keep: dropped armed (the future dropped, an error,
-/// a broken connection, a late grant), it releases the attempt's value in
+/// a broken connection), it releases the attempt's value in
 /// the background, on the attempt's connection, so after the attempt
 /// (invariant 5). Borrows everything: building the undo's calls is left to
 /// the rare drop that needs them.

@@ -3,7 +3,7 @@
 //! what). Every compare in the scripts is on the whole value.
 
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::error::LockError;
@@ -237,20 +237,14 @@ fn push_record(v: &mut String, mode: Mode) {
 
 /// [`push_record`] with `since=` at `now`.
 fn push_record_at(v: &mut String, mode: Mode, now: SystemTime) {
-    // The lines before `since=` (header, pid, start, host) never change in
-    // a process: format them once per process (a forked child's are its
-    // own: its pid and start time).
-    static PREFIX: Mutex<(u32, String)> = Mutex::new((0, String::new()));
-    let pid = crate::process::id();
-    let mut prefix = PREFIX.lock().unwrap_or_else(PoisonError::into_inner);
-    if prefix.0 != pid {
-        let text = crate::process::owner(mode).to_text();
-        let end = text.find("\nsince=").map_or(text.len(), |i| i + 1);
-        *prefix = (pid, text[..end].to_owned());
-    }
+    // The lines before `since=` (header, pid, start, host): from this
+    // process's owner template (per thread, no lock: see
+    // `crate::process::owner`; right again in a forked child). Once per
+    // second per thread (`Thread::rebuild`), and on the slow paths.
+    let text = crate::process::owner(mode).to_text();
+    let end = text.find("\nsince=").map_or(text.len(), |i| i + 1);
     v.push('\n');
-    v.push_str(&prefix.1);
-    drop(prefix);
+    v.push_str(&text[..end]);
     v.push_str("since=");
     push_rfc3339_nanos(v, now);
     v.push_str("\nmode=");
