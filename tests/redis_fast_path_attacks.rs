@@ -66,6 +66,17 @@ async fn take(
     }
 }
 
+/// Takes and releases `name` once: the connections are open and the
+/// scripts loaded before an attack.
+async fn warm(locks: &RedisLocks, kind: Kind, name: &str) {
+    bounded(take(locks, kind, name))
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+}
+
 /// Polls `fut` `n` times (yielding to the runtime in between) and drops it
 /// unless it finished first.
 async fn poll_n_then_drop<F: std::future::Future>(fut: F, n: usize) -> Option<F::Output> {
@@ -98,13 +109,7 @@ async fn cancelled_first_attempts_never_leave_the_name_held() {
     let b = connect(&server, opts()).await;
     for kind in KINDS {
         let name = format!("cancel-{kind:?}");
-        // Warm: connections open, scripts loaded.
-        bounded(take(&a, kind, &name))
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
+        warm(&a, kind, &name).await;
         let mut cancelled = 0;
         for step in 0..24u64 {
             let out = if step % 2 == 0 {
@@ -151,12 +156,7 @@ async fn a_first_attempt_dropped_while_paused_is_undone() {
     let b = connect(&server, opts()).await;
     for kind in KINDS {
         let n = format!("paused-{kind:?}");
-        bounded(take(&a, kind, &n))
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
+        warm(&a, kind, &n).await;
     }
     for round in 0..2 {
         server.pause(Duration::from_millis(300));
@@ -198,12 +198,7 @@ async fn a_first_attempt_that_times_out_is_undone() {
     let b = connect(&server, opts()).await;
     for kind in KINDS {
         let n = format!("slow-{kind:?}");
-        bounded(take(&a, kind, &n))
-            .await
-            .unwrap()
-            .release()
-            .await
-            .unwrap();
+        warm(&a, kind, &n).await;
     }
     server.pause(Duration::from_millis(500));
     let mut set = tokio::task::JoinSet::new();

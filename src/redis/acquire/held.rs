@@ -286,7 +286,8 @@ impl Drop for Hold {
         if let Some(op) = self.release.take() {
             let conn = self.conn.take().filter(Conn::is_healthy);
             let resource = self.resource.clone();
-            (self.client).spawn_release(resource, op.script, op.keys, op.args, conn, ());
+            self.client
+                .spawn_release(resource, op.script, op.keys, op.args, conn, ());
         }
     }
 }

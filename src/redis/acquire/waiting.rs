@@ -232,7 +232,7 @@ impl Undo {
         tracing::debug!(resource = &**resource, "undoing an abandoned acquisition");
         while let Some((script, keys, args)) = self.call(i) {
             let conn = Some(conn.clone());
-            (client).spawn_release(
+            client.spawn_release(
                 resource.clone(),
                 script,
                 keys.clone(),

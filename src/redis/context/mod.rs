@@ -345,7 +345,8 @@ impl Context {
         limit: Duration,
     ) -> Result<Value, LockError> {
         let now = tokio::time::Instant::now();
-        (self.run_release_from(resource, op, call, conn, (now, limit))).await
+        self.run_release_from(resource, op, call, conn, (now, limit))
+            .await
     }
 
     /// As [`run_release`](Self::run_release), within `limit` of `started`

@@ -187,7 +187,7 @@ impl Resource {
             // held by this very grant (a `try_acquire` would say busy).
             armed.armed = false;
             drop(armed);
-            let undo = self.undo_calls(mode, &self.release_call(mode, &value));
+            let undo = self.undo_of(mode, &value);
             Pending::undo_on(client, &self.named.name, conn, undo, ttl).await;
             retry_after_late_grant(&mut 0, true, &self.named.name, what)?;
             return Ok(AtHand::General);
@@ -525,13 +525,20 @@ impl Resource {
         }
     }
 
+    /// What undoes an attempt in `mode` with `value` that has no claim of
+    /// its own (the first attempt at hand): its release, then a writer's
+    /// intent. Built only when an undo runs.
+    fn undo_of(&self, mode: Mode, value: &Arc<str>) -> Undo {
+        self.undo_calls(mode, &self.release_call(mode, value))
+    }
+
     /// Undoes an attempt in `mode` with `value` in the background, on
     /// `conn` (so after the attempt: invariant 5): the hold's release, then
     /// a writer's intent ([`Undo::spawn_from`]), as [`Pending`]'s drop does.
     #[cold]
     #[inline(never)]
     fn undo_in_background(&self, mode: Mode, value: &Arc<str>, conn: &Conn) {
-        let undo = self.undo_calls(mode, &self.release_call(mode, value));
+        let undo = self.undo_of(mode, value);
         undo.spawn_from(0, &self.client, &self.named.name, conn);
     }
 }
