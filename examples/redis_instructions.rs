@@ -3,6 +3,8 @@
 //! a timeout) or by a floor of `lockyard_testkit::floor` (`floor`: the fenced
 //! floor, one script `SET NX PX` + `INCR`, one compare-and-delete +
 //! `PUBLISH`; `own`: lockyard's own scripts, keys and owner value by hand;
+//! `own-untimed`: the same on a connection with no response timeout, so no
+//! timer per request;
 //! `plain`: `SET NX PX` + compare-and-delete; each on one multiplexed
 //! connection), on a current-thread runtime, for counting the *client's*
 //! instructions under callgrind (which, unlike wall time, a loaded machine
@@ -45,10 +47,11 @@ fn main() {
         .expect("runtime");
     rt.block_on(async {
         match who.as_str() {
-            "floor" | "own" | "plain" => {
+            "floor" | "own" | "own-untimed" | "plain" => {
                 let mut floor = match who.as_str() {
                     "floor" => Floor::connect_fenced(&url, ttl).await,
                     "own" => Floor::connect_own(&url, ttl).await,
+                    "own-untimed" => Floor::connect_own_untimed(&url, ttl).await,
                     _ => Floor::connect(&url, ttl).await,
                 };
                 if tasks > 1 {
@@ -110,7 +113,7 @@ fn main() {
                 locks.shutdown().await;
             }
             other => panic!(
-                "floor, own, plain, lockyard, lockyard-acquire or lockyard-named, not {other}"
+                "floor, own, own-untimed, plain, lockyard, lockyard-acquire or lockyard-named, not {other}"
             ),
         }
     });

@@ -107,13 +107,18 @@ impl Floor {
     /// owner value as lockyard writes it (token, newline, owner record).
     /// A `key` given to this floor is a resource name.
     pub async fn connect_own(url: &str, ttl: Duration) -> Self {
-        let protocol = Protocol::Own {
-            acquire: redis::Script::new(OWN_ACQUIRE),
-            release: redis::Script::new(OWN_RELEASE),
-            prefix: lockyard::redis::RedisOptions::default().key_prefix,
-            meta: Owner::current(Mode::Exclusive).to_text(),
-        };
-        Self::open(url, ttl, protocol).await
+        Self::open(url, ttl, own()).await
+    }
+
+    /// lockyard's own protocol by hand, as [`connect_own`](Self::connect_own),
+    /// on a connection with no response timeout: redis-rs arms a timer for
+    /// every request of a connection that has one (its default: 500 ms),
+    /// as lockyard's connections have (the client's request timeout). What
+    /// that timer costs a client is own / this.
+    pub async fn connect_own_untimed(url: &str, ttl: Duration) -> Self {
+        let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+        let client = redis::Client::open(url).unwrap();
+        Self::with_config(client, ttl, own(), &config).await
     }
 
     async fn open(url: &str, ttl: Duration, protocol: Protocol) -> Self {
@@ -121,7 +126,19 @@ impl Floor {
     }
 
     async fn with_client(client: redis::Client, ttl: Duration, protocol: Protocol) -> Self {
-        let conn = client.get_multiplexed_async_connection().await.unwrap();
+        Self::with_config(client, ttl, protocol, &redis::AsyncConnectionConfig::new()).await
+    }
+
+    async fn with_config(
+        client: redis::Client,
+        ttl: Duration,
+        protocol: Protocol,
+        config: &redis::AsyncConnectionConfig,
+    ) -> Self {
+        let conn = client
+            .get_multiplexed_async_connection_with_config(config)
+            .await
+            .unwrap();
         Self {
             conn,
             ttl,
@@ -275,6 +292,15 @@ impl Floor {
             .await
             .unwrap();
         n
+    }
+}
+
+fn own() -> Protocol {
+    Protocol::Own {
+        acquire: redis::Script::new(OWN_ACQUIRE),
+        release: redis::Script::new(OWN_RELEASE),
+        prefix: lockyard::redis::RedisOptions::default().key_prefix,
+        meta: Owner::current(Mode::Exclusive).to_text(),
     }
 }
 

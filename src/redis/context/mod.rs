@@ -68,7 +68,7 @@ pub(crate) struct Inner {
     pub(crate) background: TaskTracker,
     /// Recently used resource names, each validated and its keys built once
     /// (see [`Named`]). Cleared when it grows past [`KEY_CACHE`] names.
-    pub(crate) names: Mutex<HashMap<String, Arc<Named>>>,
+    pub(crate) names: Mutex<HashMap<String, Arc<Named>, foldhash::fast::RandomState>>,
 }
 
 /// A resource name this client used, as its handles share it: validated,
