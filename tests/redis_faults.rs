@@ -285,3 +285,48 @@ async fn waiters_survive_pubsub_loss() {
     let g2 = bounded(w).await.unwrap().unwrap();
     drop(g2);
 }
+
+/// A request to a server that stops answering fails within its bound: the
+/// request timeout, and at most a quarter more (the connection's stall
+/// detector looks every eighth of it; no timer per request), never before
+/// the request timeout. The stalled connection is replaced: once the server
+/// answers again, the client works at once.
+#[tokio::test]
+async fn a_request_to_a_server_that_stops_answering_fails_within_its_bound() {
+    let server = RedisServer::start();
+    let request = Duration::from_millis(400);
+    let locks = RedisLocks::connect_with(
+        &server.url(),
+        opts(Duration::from_secs(5)).op_timeout(request),
+    )
+    .await
+    .unwrap();
+    // Warm: the pool's connection is open and used.
+    locks
+        .try_acquire("warm")
+        .await
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    for round in 0..3 {
+        let pause = Duration::from_millis(2500);
+        server.pause(pause);
+        let started = Instant::now();
+        let e = bounded(locks.is_locked("stall")).await.unwrap_err();
+        let took = started.elapsed();
+        assert!(e.is_unavailable(), "round {round}: {e}");
+        assert!(took >= request, "round {round}: failed after {took:?}");
+        // A quarter more, and scheduling slack for a loaded machine (still
+        // well before the pause ends, when the request would succeed).
+        assert!(
+            took < request * 5 / 4 + Duration::from_secs(1),
+            "round {round}: failed after {took:?}"
+        );
+        // The server answers again: a fresh connection serves at once.
+        tokio::time::sleep(pause.saturating_sub(took) + Duration::from_millis(100)).await;
+        let g = bounded(locks.try_acquire("after")).await.unwrap();
+        g.release().await.unwrap();
+        assert!(!locks.is_locked("stall").await.unwrap());
+    }
+}
