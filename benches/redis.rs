@@ -696,6 +696,7 @@ fn callgrind_bar(url: &str) {
     };
     let (floor, own, ours) = (per_op("floor"), per_op("own"), per_op("lockyard"));
     let blocking = per_op("lockyard-acquire");
+    let untimed = per_op("own-untimed");
     println!(
         "  callgrind: client instructions per acquire+release: fenced floor {floor:.0}, own floor {own:.0}, lockyard {ours:.0}; lockyard / fenced floor {:.3} (bar <= {BAR}) {}, lockyard / own floor {:.3}",
         ours / floor,
@@ -706,6 +707,10 @@ fn callgrind_bar(url: &str) {
         "  callgrind: the same with a blocking acquire (a deadline, the in-process queue's check): lockyard {blocking:.0}, / fenced floor {:.3}, / own floor {:.3}",
         blocking / floor,
         blocking / own
+    );
+    println!(
+        "  callgrind: the own floor without redis-rs's timer per request (lockyard bounds requests per connection instead): {untimed:.0}; lockyard / it {:.3}",
+        ours / untimed
     );
     // Where the client's time goes beyond its instructions: instruction
     // cache misses, the 64-task row's load on one thread (each task its own
