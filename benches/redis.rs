@@ -709,7 +709,7 @@ fn callgrind_bar(url: &str) {
         blocking / own
     );
     println!(
-        "  callgrind: the own floor without redis-rs's timer per request (lockyard bounds requests per connection instead): {untimed:.0}; lockyard / it {:.3}",
+        "  callgrind: the own floor without redis-rs's timer per request (what that timer costs any client): {untimed:.0}; lockyard / it {:.3}",
         ours / untimed
     );
     // Where the client's time goes beyond its instructions: instruction

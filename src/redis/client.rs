@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -16,9 +17,8 @@ use super::RedisLockGuard;
 use super::acl;
 use super::conn::cluster::{Cluster, is_cluster_node};
 use super::conn::errors::{map_redis, tls_error};
-use super::conn::pool::{Connections, Manager, PoolConn, TlsFailure, connection_config};
+use super::conn::pool::{Connections, Manager, PoolConn, TlsFailure};
 use super::conn::sentinel::{SentinelUrl, Sentinels, Target, check_primary};
-use super::conn::stall::{self, Health, Watched};
 use super::conn::tls::{TlsMaterial, diagnose, load as load_tls};
 use super::conn::wakeups::{Source, Wakeups};
 use super::context::queue::LocalQueues;
@@ -369,13 +369,11 @@ impl RedisLocks {
         let client = tls.client(info.clone()).map_err(bad_url)?;
 
         let epoch = Arc::new(AtomicU64::new(0));
-        let watched = Watched::start(opts.request_timeout());
         let first = if eager {
             // One connection now, so that a server that is down or refuses
             // us is reported with its real cause rather than a pool timeout.
-            let (first, health) =
-                first_connection(&client, &info, &tls, &opts, &what, &watched).await?;
-            let first = PoolConn::new(first, health, epoch.clone());
+            let first = first_connection(&client, &info, &tls, &opts, &what).await?;
+            let first = PoolConn::new(first, epoch.clone());
             let mut conn = first.conn();
             let user = acl::user_of(&info);
             if is_cluster_node(&mut conn, &what)
@@ -391,8 +389,8 @@ impl RedisLocks {
             None
         };
 
-        let target = Target::Fixed(client.clone());
-        let conns = node_connections(target, &opts, epoch, &what, first, watched).await;
+        let conns =
+            node_connections(Target::Fixed(client.clone()), &opts, epoch, &what, first).await;
         Ok(Self::assemble(
             opts,
             conns,
@@ -420,7 +418,6 @@ impl RedisLocks {
             what.clone(),
         ));
         let epoch = Arc::new(AtomicU64::new(0));
-        let watched = Watched::start(opts.request_timeout());
         let first = if eager {
             // Within the connect timeout, wait through a failover's
             // promotion (no primary to hand out) or sentinels that do not
@@ -443,12 +440,11 @@ impl RedisLocks {
             let client = tls
                 .client(info.clone())
                 .map_err(|e| map_redis(e, &what, "connect"))?;
-            let (mut first, health) =
-                first_connection(&client, &info, &tls, &opts, &what, &watched).await?;
+            let mut first = first_connection(&client, &info, &tls, &opts, &what).await?;
             check_primary(&mut first)
                 .await
                 .map_err(|e| map_redis(e, &what, "connect"))?;
-            let first = PoolConn::new(first, health, epoch.clone());
+            let first = PoolConn::new(first, epoch.clone());
             let mut conn = first.conn();
             check_permissions(&mut conn, &info, &opts, false, &what).await?;
             load_scripts(&mut conn, acl::user_of(&info), &what).await?;
@@ -457,8 +453,7 @@ impl RedisLocks {
             None
         };
         let target = Target::Sentinel(sentinels.clone());
-        let conns =
-            node_connections(target.clone(), &opts, epoch.clone(), &what, first, watched).await;
+        let conns = node_connections(target.clone(), &opts, epoch.clone(), &what, first).await;
         let locks = Self::assemble(opts, conns, Source::Node(target), what);
         sentinels.watch(epoch, locks.ctx.inner.shutdown.clone());
         Ok(locks)
@@ -493,11 +488,9 @@ impl RedisLocks {
                 };
                 return Err(match tls.client(seed.clone()) {
                     Ok(client) => {
-                        // A diagnosis only: an unwatched connection, dropped.
-                        let first = first_connection_within(
-                            &client, seed, &tls, &opts, &what, reserve, None,
-                        );
-                        match first.await {
+                        match first_connection_within(&client, seed, &tls, &opts, &what, reserve)
+                            .await
+                        {
                             Err(tls @ LockError::Tls { .. }) => tls,
                             _ => e,
                         }
@@ -882,7 +875,6 @@ async fn node_connections(
     epoch: Arc<AtomicU64>,
     what: &str,
     first: Option<PoolConn>,
-    watched: Arc<Watched>,
 ) -> Arc<Connections> {
     let tls_failure = TlsFailure::default();
     let pool = bb8::Pool::builder()
@@ -892,7 +884,7 @@ async fn node_connections(
         .build_unchecked(Manager::new(
             target,
             opts.connect_timeout,
-            watched,
+            opts.request_timeout(),
             epoch.clone(),
             tls_failure.clone(),
         ));
@@ -926,10 +918,8 @@ async fn first_connection(
     tls: &TlsMaterial,
     opts: &RedisOptions,
     what: &str,
-    watched: &Arc<Watched>,
-) -> Result<(MultiplexedConnection, Arc<Health>), LockError> {
-    let budget = opts.connect_timeout;
-    first_connection_within(client, info, tls, opts, what, budget, Some(watched)).await
+) -> Result<MultiplexedConnection, LockError> {
+    first_connection_within(client, info, tls, opts, what, opts.connect_timeout).await
 }
 
 async fn first_connection_within(
@@ -939,12 +929,17 @@ async fn first_connection_within(
     opts: &RedisOptions,
     what: &str,
     budget: Duration,
-    watched: Option<&Arc<Watched>>,
-) -> Result<(MultiplexedConnection, Arc<Health>), LockError> {
+) -> Result<MultiplexedConnection, LockError> {
     let started = Instant::now();
     let attempt = budget - diagnosis_reserve(budget);
-    let config = connection_config(attempt, opts.request_timeout().min(attempt));
-    let err = match tokio::time::timeout(attempt, stall::open(client, &config, None, watched)).await
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(attempt))
+        .set_response_timeout(Some(opts.request_timeout().min(attempt)));
+    let err = match tokio::time::timeout(
+        attempt,
+        client.get_multiplexed_async_connection_with_config(&config),
+    )
+    .await
     {
         Ok(Ok(conn)) => return Ok(conn),
         Ok(Err(e)) => Some(e),
@@ -1092,9 +1087,7 @@ mod tests {
         let opts = RedisOptions::default();
         let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
         let epoch = Arc::new(AtomicU64::new(0));
-        let watched = Watched::start(opts.request_timeout());
-        let target = Target::Fixed(client);
-        let conns = node_connections(target, &opts, epoch, "test", None, watched).await;
+        let conns = node_connections(Target::Fixed(client), &opts, epoch, "test", None).await;
         let shutdown = CancellationToken::new();
         let watchdog = Watchdog::start(
             conns,

@@ -47,13 +47,6 @@ pub struct RedisOptions {
     /// grant whose answer takes longer than its lease's validity is never
     /// returned as held, so a timeout that allowed such answers would only
     /// turn slowness into failed acquisitions.
-    ///
-    /// On a plain-TCP connection to one server (or to the primary the
-    /// sentinels name) the bound is kept per connection, not by a timer per
-    /// request: a request to a server that stops answering fails between
-    /// this timeout and a quarter more after it was sent, and the stalled
-    /// connection is replaced. Over TLS and on a Cluster each request has
-    /// its own timer.
     pub op_timeout: Option<Duration>,
     /// `(replicas, timeout)`: after every grant and every renewal, wait with
     /// `WAIT` until that many replicas of the server (on a Cluster, of the

@@ -13,7 +13,6 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::redis::conn::errors::breaks_connection;
-use crate::redis::conn::stall::Health;
 
 /// A multiplexed connection that flags itself broken when a request on it
 /// fails with an I/O error. Use it with any `redis` API (`Script`,
@@ -21,9 +20,7 @@ use crate::redis::conn::stall::Health;
 #[derive(Clone)]
 pub(crate) struct Conn {
     conn: Link,
-    /// Broken or not, and what the stall detector reads of a watched one
-    /// (see `stall`): shared with its pool entry.
-    health: Arc<Health>,
+    broken: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
     /// The epoch when it was handed out (see [`is_stale`](Self::is_stale)).
     born: u64,
@@ -90,15 +87,15 @@ fn is_script_load(cmd: &Cmd) -> bool {
 }
 
 impl Conn {
-    /// A pooled connection sharing its pool entry's health.
+    /// A pooled connection sharing its pool entry's `broken` flag.
     pub(crate) fn pooled(
         conn: MultiplexedConnection,
-        health: Arc<Health>,
+        broken: Arc<AtomicBool>,
         epoch: Arc<AtomicU64>,
     ) -> Self {
         Self {
             conn: Link::Node(conn),
-            health,
+            broken,
             born: epoch.load(Ordering::Acquire),
             epoch,
         }
@@ -106,14 +103,14 @@ impl Conn {
 
     /// Flags it broken (its pool entry is then discarded).
     pub(crate) fn mark_broken(&self) {
-        self.health.broken.store(true, Ordering::Release);
+        self.broken.store(true, Ordering::Release);
     }
 
     /// A connection to one server outside the pool (a Cluster node's).
     pub(crate) fn node(conn: MultiplexedConnection, epoch: Arc<AtomicU64>) -> Self {
         Self {
             conn: Link::Node(conn),
-            health: Health::unwatched(),
+            broken: Arc::new(AtomicBool::new(false)),
             born: epoch.load(Ordering::Acquire),
             epoch,
         }
@@ -123,7 +120,7 @@ impl Conn {
     pub(crate) fn cluster(conn: ClusterConnection, epoch: Arc<AtomicU64>) -> Self {
         Self {
             conn: Link::Cluster(conn),
-            health: Health::unwatched(),
+            broken: Arc::new(AtomicBool::new(false)),
             born: epoch.load(Ordering::Acquire),
             epoch,
         }
@@ -147,7 +144,7 @@ impl Conn {
                 stale,
                 rerouted: Arc::new(AtomicBool::new(false)),
             })),
-            health: direct.health.clone(),
+            broken: direct.broken.clone(),
             epoch: direct.epoch.clone(),
             born: direct.born,
         })
@@ -165,18 +162,12 @@ impl Conn {
     /// server restart noticed since it was handed out (else take a fresh
     /// one from the pool).
     pub(crate) fn is_healthy(&self) -> bool {
-        !self.health.is_dead() && !self.is_stale()
-    }
-
-    /// Whether it is no connection to send on any more: broken, or stalled
-    /// (see `stall`; a stalled request timed out, it did not break).
-    pub(crate) fn is_dead(&self) -> bool {
-        self.health.is_dead()
+        !self.is_broken() && !self.is_stale()
     }
 
     /// Whether a request on this connection failed with an I/O error.
     pub(crate) fn is_broken(&self) -> bool {
-        self.health.broken.load(Ordering::Relaxed)
+        self.broken.load(Ordering::Relaxed)
     }
 
     /// Records that the server forgot our scripts (`NOSCRIPT`): it most
@@ -194,7 +185,7 @@ impl Conn {
         if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
             self.note_demoted();
         } else if breaks_connection(e) && !matches!(self.conn, Link::Cluster(_)) {
-            if !self.health.broken.swap(true, Ordering::AcqRel) {
+            if !self.broken.swap(true, Ordering::AcqRel) {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
             }
         } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
@@ -210,7 +201,7 @@ impl Conn {
     /// again, through discovery, to the new primary. (A Cluster follows its
     /// own redirections.)
     fn note_demoted(&self) {
-        if matches!(self.conn, Link::Node(_)) && !self.health.broken.swap(true, Ordering::AcqRel) {
+        if matches!(self.conn, Link::Node(_)) && !self.broken.swap(true, Ordering::AcqRel) {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -247,10 +238,7 @@ impl Conn {
                 .max(1),
         );
         let reply = match &mut self.conn {
-            Link::Node(c) => {
-                let _waiting = self.health.waiting();
-                self.health.outcome(c.req_packed_command(&cmd).await)
-            }
+            Link::Node(c) => c.req_packed_command(&cmd).await,
             Link::Slot(s) if !s.rerouted.load(Ordering::Acquire) => {
                 s.direct.req_packed_command(&cmd).await
             }
@@ -282,7 +270,7 @@ impl Conn {
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conn")
-            .field("broken", &self.health.broken.load(Ordering::Relaxed))
+            .field("broken", &self.broken.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -298,9 +286,7 @@ impl Conn {
     /// If dropped after the command was written, it may still run.
     pub(crate) async fn send(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         if let Link::Node(c) = &mut self.conn {
-            let waiting = self.health.waiting();
-            let r = self.health.outcome(c.send_packed_command(cmd).await);
-            drop(waiting);
+            let r = c.send_packed_command(cmd).await;
             self.note(&r);
             return r;
         }
@@ -312,10 +298,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let r = match &mut self.conn {
-                Link::Node(c) => {
-                    let _waiting = self.health.waiting();
-                    self.health.outcome(c.req_packed_command(cmd).await)
-                }
+                Link::Node(c) => c.req_packed_command(cmd).await,
                 Link::Cluster(c) => c.req_packed_command(cmd).await,
                 // On every node, by the routed connection: the script is
                 // then there wherever the redirected EVALSHA goes again.
@@ -345,11 +328,7 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let r = match &mut self.conn {
-                Link::Node(c) => {
-                    let _waiting = self.health.waiting();
-                    let r = c.req_packed_commands(pipeline, offset, count).await;
-                    self.health.outcome(r)
-                }
+                Link::Node(c) => c.req_packed_commands(pipeline, offset, count).await,
                 Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
                 // Never resent whole: the commands answered without a
                 // redirection ran. The replies come back as they are, a

@@ -11,6 +11,5 @@ pub(super) mod errors;
 pub(super) mod link;
 pub(super) mod pool;
 pub(super) mod sentinel;
-pub(super) mod stall;
 pub(super) mod tls;
 pub(super) mod wakeups;

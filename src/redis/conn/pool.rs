@@ -6,10 +6,8 @@
 //! crate's own `bb8` support: both hand out the same
 //! `MultiplexedConnection`, but ours (1) connects with a `redis::Client`
 //! built with TLS material (a custom CA, a client certificate:
-//! `Client::build_with_tls`), where `bb8-redis` takes only a URL, (2) opens
-//! plain-TCP connections itself, bounded per connection instead of by a
-//! timer per request (see `stall`; the others get redis-rs's per-request
-//! timeout), and (3)
+//! `Client::build_with_tls`), where `bb8-redis` takes only a URL, (2) sets
+//! the connect and per-request timeouts on each new connection, and (3)
 //! tells the pool a connection is broken. No manager can see that a
 //! multiplexed connection died, and testing every checkout with a `PING`
 //! would double the cost of a lock. So [`Conn`] watches the results of the
@@ -18,7 +16,7 @@
 //! checks out a fresh one.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -30,7 +28,6 @@ use crate::redis::conn::cluster::Cluster;
 use crate::redis::conn::errors::map_pool;
 pub(crate) use crate::redis::conn::link::Conn;
 use crate::redis::conn::sentinel::{Target, check_primary};
-use crate::redis::conn::stall::{self, Health, Watched};
 use crate::redis::conn::tls::problem_of;
 
 /// The `bb8` pool type of a client.
@@ -41,10 +38,6 @@ pub(crate) struct Manager {
     /// Where to connect: one address, or the primary the sentinels name.
     target: Target,
     config: AsyncConnectionConfig,
-    connect_timeout: Duration,
-    /// Watches the connections opened without redis-rs's timer per
-    /// request (see `stall`).
-    watched: Arc<Watched>,
     epoch: Arc<AtomicU64>,
     /// The last connect's TLS failure, if it failed so: `bb8` retries a
     /// failed connect until its timeout and then reports only that it
@@ -63,15 +56,15 @@ impl Manager {
     pub(crate) fn new(
         target: Target,
         connect_timeout: Duration,
-        watched: Arc<Watched>,
+        op_timeout: Duration,
         epoch: Arc<AtomicU64>,
         tls_failure: TlsFailure,
     ) -> Self {
         Self {
             target,
-            config: connection_config(connect_timeout, watched.timeout()),
-            connect_timeout,
-            watched,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(connect_timeout))
+                .set_response_timeout(Some(op_timeout)),
             epoch,
             tls_failure,
         }
@@ -84,46 +77,29 @@ impl fmt::Debug for Manager {
     }
 }
 
-/// The config of a client's connections: a connect timeout, and
-/// `request_timeout` for the requests of those redis-rs bounds (see
-/// `stall::open`).
-pub(crate) fn connection_config(
-    connect_timeout: Duration,
-    request_timeout: Duration,
-) -> AsyncConnectionConfig {
-    AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(connect_timeout))
-        .set_response_timeout(Some(request_timeout))
-}
-
-/// A pooled multiplexed connection plus its health (broken, stalled).
+/// A pooled multiplexed connection plus its "broken" flag.
 pub(crate) struct PoolConn {
     conn: MultiplexedConnection,
-    health: Arc<Health>,
+    broken: Arc<AtomicBool>,
     epoch: Arc<AtomicU64>,
     /// The epoch when it was opened.
     born: u64,
 }
 
 impl PoolConn {
-    /// Wraps a connection opened outside the pool (see `Pool::add`), with
-    /// the health [`stall::open`] gave it.
-    pub(crate) fn new(
-        conn: MultiplexedConnection,
-        health: Arc<Health>,
-        epoch: Arc<AtomicU64>,
-    ) -> Self {
+    /// Wraps a connection opened outside the pool (see `Pool::add`).
+    pub(crate) fn new(conn: MultiplexedConnection, epoch: Arc<AtomicU64>) -> Self {
         Self {
             conn,
-            health,
+            broken: Arc::new(AtomicBool::new(false)),
             born: epoch.load(Ordering::Acquire),
             epoch,
         }
     }
 
-    /// A handle sharing this connection and its health.
+    /// A handle sharing this connection and its broken flag.
     pub(crate) fn conn(&self) -> Conn {
-        Conn::pooled(self.conn.clone(), self.health.clone(), self.epoch.clone())
+        Conn::pooled(self.conn.clone(), self.broken.clone(), self.epoch.clone())
     }
 }
 
@@ -134,13 +110,13 @@ impl bb8::ManageConnection for Manager {
     async fn connect(&self) -> Result<PoolConn, redis::RedisError> {
         let conn = async {
             let client = self.target.client().await?;
-            let watched = Some(&self.watched);
-            let (mut conn, health) =
-                stall::open(&client, &self.config, Some(self.connect_timeout), watched).await?;
+            let mut conn = client
+                .get_multiplexed_async_connection_with_config(&self.config)
+                .await?;
             if self.target.sentinels().is_some() {
                 check_primary(&mut conn).await?;
             }
-            Ok((conn, health))
+            Ok(conn)
         }
         .await;
         let mut failure = self
@@ -148,9 +124,9 @@ impl bb8::ManageConnection for Manager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match conn {
-            Ok((conn, health)) => {
+            Ok(conn) => {
                 *failure = None;
-                Ok(PoolConn::new(conn, health, self.epoch.clone()))
+                Ok(PoolConn::new(conn, self.epoch.clone()))
             }
             Err(e) => {
                 *failure = problem_of(&e).is_some().then(|| e.clone());
@@ -160,18 +136,11 @@ impl bb8::ManageConnection for Manager {
     }
 
     async fn is_valid(&self, conn: &mut PoolConn) -> Result<(), redis::RedisError> {
-        // Bounded here: a watched connection has no timer per request.
-        let ping = redis::cmd("PING");
-        tokio::time::timeout(
-            self.watched.timeout(),
-            ping.query_async::<()>(&mut conn.conn),
-        )
-        .await
-        .unwrap_or_else(|_| Err(std::io::Error::from(std::io::ErrorKind::TimedOut).into()))
+        redis::cmd("PING").query_async::<()>(&mut conn.conn).await
     }
 
     fn has_broken(&self, conn: &mut PoolConn) -> bool {
-        conn.health.is_dead()
+        conn.broken.load(Ordering::Relaxed)
     }
 }
 
@@ -273,7 +242,7 @@ impl Connections {
     fn usable(&self, slot: &Option<Slot>) -> Option<Conn> {
         match slot {
             Some(held)
-                if !held.conn.is_dead() && held.epoch == self.epoch.load(Ordering::Acquire) =>
+                if !held.conn.is_broken() && held.epoch == self.epoch.load(Ordering::Acquire) =>
             {
                 Some(held.conn.clone())
             }
@@ -397,13 +366,13 @@ impl Connections {
                 map_pool(e, resource, op, &self.server)
             })?;
             attempts -= 1;
-            let fresh =
-                pooled.born >= self.epoch.load(Ordering::Acquire) && !pooled.health.is_dead();
+            let fresh = pooled.born >= self.epoch.load(Ordering::Acquire)
+                && !pooled.broken.load(Ordering::Acquire);
             if fresh || attempts == 0 {
                 break pooled;
             }
             // An idle connection from before a failure: discard it.
-            pooled.health.broken.store(true, Ordering::Release);
+            pooled.broken.store(true, Ordering::Release);
         };
         let epoch = self.epoch.load(Ordering::Acquire);
         let conn = pooled.conn();
