@@ -287,10 +287,10 @@ async fn waiters_survive_pubsub_loss() {
 }
 
 /// A request to a server that stops answering fails within its bound (the
-/// request timeout; the test allows a quarter more, the bound a
-/// per-connection stall detector would keep: see the note on commit
-/// 5e701f3, reverted), never before the request timeout; once the server
-/// answers again, the client works at once.
+/// request timeout and at most an eighth more: the client's ticker looks
+/// every eighth of it, `conn/ticks.rs`; the test allows a quarter), never
+/// before the request timeout; once the server answers again, the client
+/// works at once.
 #[tokio::test]
 async fn a_request_to_a_server_that_stops_answering_fails_within_its_bound() {
     let server = RedisServer::start();

@@ -4,7 +4,8 @@
 //! waiting and read nothing for a whole request timeout). Three of them
 //! failed on it (a reply that arrived but was not polled yet counted as
 //! waiting, and a server trickling bytes kept a request alive for ever), and
-//! it was reverted; they pass with the timer per request, and pin what any
+//! it was reverted. They pass with redis-rs's timer per request and with
+//! the ticker that replaced it (`src/redis/conn/ticks.rs`), and pin what any
 //! cheaper bound must keep: every request bounded by the request timeout
 //! (not early, not never), no healthy connection killed, nothing leaked, the
 //! client recovering after a stall.

@@ -8,7 +8,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,8 +16,9 @@ use super::RedisLockGuard;
 use super::acl;
 use super::conn::cluster::{Cluster, is_cluster_node};
 use super::conn::errors::{map_redis, tls_error};
-use super::conn::pool::{Connections, Manager, PoolConn, TlsFailure};
+use super::conn::pool::{Connections, Manager, PoolConn, TlsFailure, connection_config};
 use super::conn::sentinel::{SentinelUrl, Sentinels, Target, check_primary};
+use super::conn::ticks::{self, Health, Ticker};
 use super::conn::tls::{TlsMaterial, diagnose, load as load_tls};
 use super::conn::wakeups::{Source, Wakeups};
 use super::context::queue::LocalQueues;
@@ -369,11 +369,13 @@ impl RedisLocks {
         let client = tls.client(info.clone()).map_err(bad_url)?;
 
         let epoch = Arc::new(AtomicU64::new(0));
+        let ticker = Ticker::start(opts.request_timeout());
         let first = if eager {
             // One connection now, so that a server that is down or refuses
             // us is reported with its real cause rather than a pool timeout.
-            let first = first_connection(&client, &info, &tls, &opts, &what).await?;
-            let first = PoolConn::new(first, epoch.clone());
+            let (first, health) =
+                first_connection(&client, &info, &tls, &opts, &what, &ticker).await?;
+            let first = PoolConn::new(first, health, epoch.clone());
             let mut conn = first.conn();
             let user = acl::user_of(&info);
             if is_cluster_node(&mut conn, &what)
@@ -389,8 +391,8 @@ impl RedisLocks {
             None
         };
 
-        let conns =
-            node_connections(Target::Fixed(client.clone()), &opts, epoch, &what, first).await;
+        let target = Target::Fixed(client.clone());
+        let conns = node_connections(target, &opts, epoch, &what, first, ticker).await;
         Ok(Self::assemble(
             opts,
             conns,
@@ -418,6 +420,7 @@ impl RedisLocks {
             what.clone(),
         ));
         let epoch = Arc::new(AtomicU64::new(0));
+        let ticker = Ticker::start(opts.request_timeout());
         let first = if eager {
             // Within the connect timeout, wait through a failover's
             // promotion (no primary to hand out) or sentinels that do not
@@ -440,11 +443,12 @@ impl RedisLocks {
             let client = tls
                 .client(info.clone())
                 .map_err(|e| map_redis(e, &what, "connect"))?;
-            let mut first = first_connection(&client, &info, &tls, &opts, &what).await?;
-            check_primary(&mut first)
+            let (mut first, health) =
+                first_connection(&client, &info, &tls, &opts, &what, &ticker).await?;
+            ticks::within(&ticker, check_primary(&mut first))
                 .await
                 .map_err(|e| map_redis(e, &what, "connect"))?;
-            let first = PoolConn::new(first, epoch.clone());
+            let first = PoolConn::new(first, health, epoch.clone());
             let mut conn = first.conn();
             check_permissions(&mut conn, &info, &opts, false, &what).await?;
             load_scripts(&mut conn, acl::user_of(&info), &what).await?;
@@ -453,7 +457,8 @@ impl RedisLocks {
             None
         };
         let target = Target::Sentinel(sentinels.clone());
-        let conns = node_connections(target.clone(), &opts, epoch.clone(), &what, first).await;
+        let conns =
+            node_connections(target.clone(), &opts, epoch.clone(), &what, first, ticker).await;
         let locks = Self::assemble(opts, conns, Source::Node(target), what);
         sentinels.watch(epoch, locks.ctx.inner.shutdown.clone());
         Ok(locks)
@@ -488,9 +493,11 @@ impl RedisLocks {
                 };
                 return Err(match tls.client(seed.clone()) {
                     Ok(client) => {
-                        match first_connection_within(&client, seed, &tls, &opts, &what, reserve)
-                            .await
-                        {
+                        // A diagnosis only: an untimed connection, dropped.
+                        let first = first_connection_within(
+                            &client, seed, &tls, &opts, &what, reserve, None,
+                        );
+                        match first.await {
                             Err(tls @ LockError::Tls { .. }) => tls,
                             _ => e,
                         }
@@ -875,6 +882,7 @@ async fn node_connections(
     epoch: Arc<AtomicU64>,
     what: &str,
     first: Option<PoolConn>,
+    ticker: Arc<Ticker>,
 ) -> Arc<Connections> {
     let tls_failure = TlsFailure::default();
     let pool = bb8::Pool::builder()
@@ -884,7 +892,7 @@ async fn node_connections(
         .build_unchecked(Manager::new(
             target,
             opts.connect_timeout,
-            opts.request_timeout(),
+            ticker,
             epoch.clone(),
             tls_failure.clone(),
         ));
@@ -918,8 +926,10 @@ async fn first_connection(
     tls: &TlsMaterial,
     opts: &RedisOptions,
     what: &str,
-) -> Result<MultiplexedConnection, LockError> {
-    first_connection_within(client, info, tls, opts, what, opts.connect_timeout).await
+    ticker: &Arc<Ticker>,
+) -> Result<(MultiplexedConnection, Arc<Health>), LockError> {
+    let budget = opts.connect_timeout;
+    first_connection_within(client, info, tls, opts, what, budget, Some(ticker)).await
 }
 
 async fn first_connection_within(
@@ -929,18 +939,12 @@ async fn first_connection_within(
     opts: &RedisOptions,
     what: &str,
     budget: Duration,
-) -> Result<MultiplexedConnection, LockError> {
+    ticker: Option<&Arc<Ticker>>,
+) -> Result<(MultiplexedConnection, Arc<Health>), LockError> {
     let started = Instant::now();
     let attempt = budget - diagnosis_reserve(budget);
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(attempt))
-        .set_response_timeout(Some(opts.request_timeout().min(attempt)));
-    let err = match tokio::time::timeout(
-        attempt,
-        client.get_multiplexed_async_connection_with_config(&config),
-    )
-    .await
-    {
+    let config = connection_config(attempt, opts.request_timeout().min(attempt));
+    let err = match tokio::time::timeout(attempt, ticks::open(client, &config, ticker)).await {
         Ok(Ok(conn)) => return Ok(conn),
         Ok(Err(e)) => Some(e),
         Err(_) => None,
@@ -1087,7 +1091,9 @@ mod tests {
         let opts = RedisOptions::default();
         let client = redis::Client::open("redis://127.0.0.1:1/").unwrap();
         let epoch = Arc::new(AtomicU64::new(0));
-        let conns = node_connections(Target::Fixed(client), &opts, epoch, "test", None).await;
+        let ticker = Ticker::start(opts.request_timeout());
+        let target = Target::Fixed(client);
+        let conns = node_connections(target, &opts, epoch, "test", None, ticker).await;
         let shutdown = CancellationToken::new();
         let watchdog = Watchdog::start(
             conns,

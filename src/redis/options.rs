@@ -47,6 +47,12 @@ pub struct RedisOptions {
     /// grant whose answer takes longer than its lease's validity is never
     /// returned as held, so a timeout that allowed such answers would only
     /// turn slowness into failed acquisitions.
+    ///
+    /// On one server's connections (and the primary the sentinels name) the
+    /// timeout is kept by one ticker per client, not by a timer per
+    /// request: a request that gets no answer fails between this timeout and
+    /// an eighth more after it was sent. A Cluster's requests each have
+    /// redis-rs's timer.
     pub op_timeout: Option<Duration>,
     /// `(replicas, timeout)`: after every grant and every renewal, wait with
     /// `WAIT` until that many replicas of the server (on a Cluster, of the

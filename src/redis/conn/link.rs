@@ -13,6 +13,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
 use crate::redis::conn::errors::breaks_connection;
+use crate::redis::conn::ticks::Health;
 
 /// A multiplexed connection that flags itself broken when a request on it
 /// fails with an I/O error. Use it with any `redis` API (`Script`,
@@ -20,7 +21,9 @@ use crate::redis::conn::errors::breaks_connection;
 #[derive(Clone)]
 pub(crate) struct Conn {
     conn: Link,
-    broken: Arc<AtomicBool>,
+    /// Broken or not, and the ticker that bounds its requests (see
+    /// `ticks`): shared with its pool entry.
+    health: Arc<Health>,
     epoch: Arc<AtomicU64>,
     /// The epoch when it was handed out (see [`is_stale`](Self::is_stale)).
     born: u64,
@@ -87,15 +90,15 @@ fn is_script_load(cmd: &Cmd) -> bool {
 }
 
 impl Conn {
-    /// A pooled connection sharing its pool entry's `broken` flag.
+    /// A pooled connection sharing its pool entry's health.
     pub(crate) fn pooled(
         conn: MultiplexedConnection,
-        broken: Arc<AtomicBool>,
+        health: Arc<Health>,
         epoch: Arc<AtomicU64>,
     ) -> Self {
         Self {
             conn: Link::Node(conn),
-            broken,
+            health,
             born: epoch.load(Ordering::Acquire),
             epoch,
         }
@@ -103,14 +106,14 @@ impl Conn {
 
     /// Flags it broken (its pool entry is then discarded).
     pub(crate) fn mark_broken(&self) {
-        self.broken.store(true, Ordering::Release);
+        self.health.broken.store(true, Ordering::Release);
     }
 
     /// A connection to one server outside the pool (a Cluster node's).
     pub(crate) fn node(conn: MultiplexedConnection, epoch: Arc<AtomicU64>) -> Self {
         Self {
             conn: Link::Node(conn),
-            broken: Arc::new(AtomicBool::new(false)),
+            health: Health::untimed(),
             born: epoch.load(Ordering::Acquire),
             epoch,
         }
@@ -120,7 +123,7 @@ impl Conn {
     pub(crate) fn cluster(conn: ClusterConnection, epoch: Arc<AtomicU64>) -> Self {
         Self {
             conn: Link::Cluster(conn),
-            broken: Arc::new(AtomicBool::new(false)),
+            health: Health::untimed(),
             born: epoch.load(Ordering::Acquire),
             epoch,
         }
@@ -144,7 +147,7 @@ impl Conn {
                 stale,
                 rerouted: Arc::new(AtomicBool::new(false)),
             })),
-            broken: direct.broken.clone(),
+            health: direct.health.clone(),
             epoch: direct.epoch.clone(),
             born: direct.born,
         })
@@ -167,7 +170,7 @@ impl Conn {
 
     /// Whether a request on this connection failed with an I/O error.
     pub(crate) fn is_broken(&self) -> bool {
-        self.broken.load(Ordering::Relaxed)
+        self.health.is_broken()
     }
 
     /// Records that the server forgot our scripts (`NOSCRIPT`): it most
@@ -185,7 +188,7 @@ impl Conn {
         if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly) {
             self.note_demoted();
         } else if breaks_connection(e) && !matches!(self.conn, Link::Cluster(_)) {
-            if !self.broken.swap(true, Ordering::AcqRel) {
+            if !self.health.broken.swap(true, Ordering::AcqRel) {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
             }
         } else if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) {
@@ -201,7 +204,7 @@ impl Conn {
     /// again, through discovery, to the new primary. (A Cluster follows its
     /// own redirections.)
     fn note_demoted(&self) {
-        if matches!(self.conn, Link::Node(_)) && !self.broken.swap(true, Ordering::AcqRel) {
+        if matches!(self.conn, Link::Node(_)) && !self.health.broken.swap(true, Ordering::AcqRel) {
             self.epoch.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -238,7 +241,7 @@ impl Conn {
                 .max(1),
         );
         let reply = match &mut self.conn {
-            Link::Node(c) => c.req_packed_command(&cmd).await,
+            Link::Node(c) => self.health.bound(c.req_packed_command(&cmd)).await,
             Link::Slot(s) if !s.rerouted.load(Ordering::Acquire) => {
                 s.direct.req_packed_command(&cmd).await
             }
@@ -270,7 +273,7 @@ impl Conn {
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conn")
-            .field("broken", &self.broken.load(Ordering::Relaxed))
+            .field("broken", &self.health.broken.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
@@ -286,7 +289,7 @@ impl Conn {
     /// If dropped after the command was written, it may still run.
     pub(crate) async fn send(&mut self, cmd: &Cmd) -> RedisResult<Value> {
         if let Link::Node(c) = &mut self.conn {
-            let r = c.send_packed_command(cmd).await;
+            let r = self.health.bound(c.send_packed_command(cmd)).await;
             self.note(&r);
             return r;
         }
@@ -298,7 +301,7 @@ impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         Box::pin(async move {
             let r = match &mut self.conn {
-                Link::Node(c) => c.req_packed_command(cmd).await,
+                Link::Node(c) => self.health.bound(c.req_packed_command(cmd)).await,
                 Link::Cluster(c) => c.req_packed_command(cmd).await,
                 // On every node, by the routed connection: the script is
                 // then there wherever the redirected EVALSHA goes again.
@@ -328,7 +331,10 @@ impl ConnectionLike for Conn {
     ) -> RedisFuture<'a, Vec<Value>> {
         Box::pin(async move {
             let r = match &mut self.conn {
-                Link::Node(c) => c.req_packed_commands(pipeline, offset, count).await,
+                Link::Node(c) => {
+                    let r = c.req_packed_commands(pipeline, offset, count);
+                    self.health.bound(r).await
+                }
                 Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count).await,
                 // Never resent whole: the commands answered without a
                 // redirection ran. The replies come back as they are, a

@@ -11,5 +11,6 @@ pub(super) mod errors;
 pub(super) mod link;
 pub(super) mod pool;
 pub(super) mod sentinel;
+pub(super) mod ticks;
 pub(super) mod tls;
 pub(super) mod wakeups;

@@ -7,7 +7,9 @@
 //! `MultiplexedConnection`, but ours (1) connects with a `redis::Client`
 //! built with TLS material (a custom CA, a client certificate:
 //! `Client::build_with_tls`), where `bb8-redis` takes only a URL, (2) sets
-//! the connect and per-request timeouts on each new connection, and (3)
+//! the connect timeout and bounds the requests of each new connection by
+//! the client's ticker instead of redis-rs's timer per request (see
+//! `ticks`), and (3)
 //! tells the pool a connection is broken. No manager can see that a
 //! multiplexed connection died, and testing every checkout with a `PING`
 //! would double the cost of a lock. So [`Conn`] watches the results of the
@@ -16,7 +18,7 @@
 //! checks out a fresh one.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -28,6 +30,7 @@ use crate::redis::conn::cluster::Cluster;
 use crate::redis::conn::errors::map_pool;
 pub(crate) use crate::redis::conn::link::Conn;
 use crate::redis::conn::sentinel::{Target, check_primary};
+use crate::redis::conn::ticks::{self, Health, Ticker};
 use crate::redis::conn::tls::problem_of;
 
 /// The `bb8` pool type of a client.
@@ -38,6 +41,8 @@ pub(crate) struct Manager {
     /// Where to connect: one address, or the primary the sentinels name.
     target: Target,
     config: AsyncConnectionConfig,
+    /// Bounds the requests of its connections (see `ticks`).
+    ticker: Arc<Ticker>,
     epoch: Arc<AtomicU64>,
     /// The last connect's TLS failure, if it failed so: `bb8` retries a
     /// failed connect until its timeout and then reports only that it
@@ -56,15 +61,14 @@ impl Manager {
     pub(crate) fn new(
         target: Target,
         connect_timeout: Duration,
-        op_timeout: Duration,
+        ticker: Arc<Ticker>,
         epoch: Arc<AtomicU64>,
         tls_failure: TlsFailure,
     ) -> Self {
         Self {
             target,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(connect_timeout))
-                .set_response_timeout(Some(op_timeout)),
+            config: connection_config(connect_timeout, ticker.timeout()),
+            ticker,
             epoch,
             tls_failure,
         }
@@ -77,29 +81,46 @@ impl fmt::Debug for Manager {
     }
 }
 
-/// A pooled multiplexed connection plus its "broken" flag.
+/// The config of a client's connections: a connect timeout, and
+/// `request_timeout` for the requests of those redis-rs bounds (see
+/// `ticks::open`).
+pub(crate) fn connection_config(
+    connect_timeout: Duration,
+    request_timeout: Duration,
+) -> AsyncConnectionConfig {
+    AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(connect_timeout))
+        .set_response_timeout(Some(request_timeout))
+}
+
+/// A pooled multiplexed connection plus its health (broken; its ticker).
 pub(crate) struct PoolConn {
     conn: MultiplexedConnection,
-    broken: Arc<AtomicBool>,
+    health: Arc<Health>,
     epoch: Arc<AtomicU64>,
     /// The epoch when it was opened.
     born: u64,
 }
 
 impl PoolConn {
-    /// Wraps a connection opened outside the pool (see `Pool::add`).
-    pub(crate) fn new(conn: MultiplexedConnection, epoch: Arc<AtomicU64>) -> Self {
+    /// Wraps a connection opened outside the pool (see `Pool::add`), with
+    /// the health [`ticks::open`] gave it.
+    pub(crate) fn new(
+        conn: MultiplexedConnection,
+        health: Arc<Health>,
+        epoch: Arc<AtomicU64>,
+    ) -> Self {
         Self {
             conn,
-            broken: Arc::new(AtomicBool::new(false)),
+            health,
             born: epoch.load(Ordering::Acquire),
             epoch,
         }
     }
 
-    /// A handle sharing this connection and its broken flag.
+    /// A handle sharing this connection and its health.
     pub(crate) fn conn(&self) -> Conn {
-        Conn::pooled(self.conn.clone(), self.broken.clone(), self.epoch.clone())
+        Conn::pooled(self.conn.clone(), self.health.clone(), self.epoch.clone())
     }
 }
 
@@ -110,13 +131,11 @@ impl bb8::ManageConnection for Manager {
     async fn connect(&self) -> Result<PoolConn, redis::RedisError> {
         let conn = async {
             let client = self.target.client().await?;
-            let mut conn = client
-                .get_multiplexed_async_connection_with_config(&self.config)
-                .await?;
+            let (mut conn, health) = ticks::open(&client, &self.config, Some(&self.ticker)).await?;
             if self.target.sentinels().is_some() {
-                check_primary(&mut conn).await?;
+                ticks::within(&self.ticker, check_primary(&mut conn)).await?;
             }
-            Ok(conn)
+            Ok((conn, health))
         }
         .await;
         let mut failure = self
@@ -124,9 +143,9 @@ impl bb8::ManageConnection for Manager {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         match conn {
-            Ok(conn) => {
+            Ok((conn, health)) => {
                 *failure = None;
-                Ok(PoolConn::new(conn, self.epoch.clone()))
+                Ok(PoolConn::new(conn, health, self.epoch.clone()))
             }
             Err(e) => {
                 *failure = problem_of(&e).is_some().then(|| e.clone());
@@ -136,11 +155,13 @@ impl bb8::ManageConnection for Manager {
     }
 
     async fn is_valid(&self, conn: &mut PoolConn) -> Result<(), redis::RedisError> {
-        redis::cmd("PING").query_async::<()>(&mut conn.conn).await
+        // Bounded here: the connection has no timer per request.
+        let ping = redis::cmd("PING");
+        ticks::within(&self.ticker, ping.query_async::<()>(&mut conn.conn)).await
     }
 
     fn has_broken(&self, conn: &mut PoolConn) -> bool {
-        conn.broken.load(Ordering::Relaxed)
+        conn.health.is_broken()
     }
 }
 
@@ -366,13 +387,13 @@ impl Connections {
                 map_pool(e, resource, op, &self.server)
             })?;
             attempts -= 1;
-            let fresh = pooled.born >= self.epoch.load(Ordering::Acquire)
-                && !pooled.broken.load(Ordering::Acquire);
+            let fresh =
+                pooled.born >= self.epoch.load(Ordering::Acquire) && !pooled.health.is_broken();
             if fresh || attempts == 0 {
                 break pooled;
             }
             // An idle connection from before a failure: discard it.
-            pooled.broken.store(true, Ordering::Release);
+            pooled.health.broken.store(true, Ordering::Release);
         };
         let epoch = self.epoch.load(Ordering::Acquire);
         let conn = pooled.conn();
