@@ -117,37 +117,58 @@ where
         // The answer first: once in, it wins, however late it is polled.
         if let Poll::Ready(r) = this.request.poll(cx) {
             if let (Some(ticker), Some(slot)) = (*this.ticker, this.slot.take()) {
-                ticker.entries().remove(slot);
+                // (The entry, its waker with it, dropped after the lock.)
+                let _entry = ticker.entries().remove(slot);
             }
             return Poll::Ready(r);
         }
         let Some(ticker) = *this.ticker else {
             return Poll::Pending;
         };
-        let mut entries = ticker.entries();
-        match *this.slot {
-            None => {
-                *this.slot = Some(entries.insert(Entry {
-                    deadline: Instant::now() + ticker.timeout,
-                    waker: cx.waker().clone(),
-                    expired: false,
-                }));
-            }
-            Some(slot) => match entries.get_mut(slot) {
-                Some(e) if e.expired => {
-                    entries.remove(slot);
+        // Wakers replaced or given back are dropped after the lock: a
+        // waker's drop may run code that takes it again.
+        let mut old = None;
+        let expired = {
+            let mut entries = ticker.entries();
+            match this.slot.map(|slot| (slot, entries.get_mut(slot))) {
+                Some((slot, Some(e))) if e.expired => {
+                    old = Some(entries.remove(slot));
                     *this.slot = None;
-                    return Poll::Ready(Err(timed_out()));
+                    true
                 }
-                Some(e) => {
+                Some((_, Some(e))) => {
                     if !e.waker.will_wake(cx.waker()) {
-                        e.waker = cx.waker().clone();
+                        old = Some(Entry {
+                            deadline: e.deadline,
+                            waker: std::mem::replace(&mut e.waker, cx.waker().clone()),
+                            expired: false,
+                        });
                     }
+                    false
                 }
-                // Not reached: only this request removes its slot.
-                None => *this.slot = None,
-            },
+                // Its first poll (or a slot gone, not reached: only this
+                // request removes its slot): a deadline from now. None for
+                // a timeout too long to add to the clock: no bound, as
+                // tokio's timer saturates.
+                _ => {
+                    *this.slot = Instant::now().checked_add(ticker.timeout).map(|deadline| {
+                        entries.insert(Entry {
+                            deadline,
+                            waker: cx.waker().clone(),
+                            expired: false,
+                        })
+                    });
+                    false
+                }
+            }
+        };
+        drop(old);
+        if expired {
+            return Poll::Ready(Err(timed_out()));
         }
+        // The task looking at the deadlines runs (again, if its runtime
+        // is gone or a waker's panic ended it).
+        ticker.ensure_running();
         Poll::Pending
     }
 }
@@ -157,7 +178,7 @@ impl<F> PinnedDrop for Bounded<'_, F> {
     fn drop(self: Pin<&mut Self>) {
         let this = self.project();
         if let (Some(ticker), Some(slot)) = (*this.ticker, this.slot.take()) {
-            ticker.entries().remove(slot);
+            let _entry = ticker.entries().remove(slot);
         }
     }
 }
@@ -181,6 +202,11 @@ struct Entry {
 pub(crate) struct Ticker {
     entries: Mutex<slab::Slab<Entry>>,
     timeout: Duration,
+    /// Whether its task runs: cleared when the task ends (its runtime shut
+    /// down, or a waker panicked), so that the next request starts it
+    /// again on its own runtime.
+    running: AtomicBool,
+    me: Weak<Ticker>,
 }
 
 impl fmt::Debug for Ticker {
@@ -195,13 +221,36 @@ impl Ticker {
     /// Starts the task (on the current runtime) for requests bounded by
     /// `timeout`.
     pub(crate) fn start(timeout: Duration) -> Arc<Self> {
-        let ticker = Arc::new(Self {
+        let ticker = Arc::new_cyclic(|me| Self {
             entries: Mutex::new(slab::Slab::new()),
             timeout,
+            running: AtomicBool::new(false),
+            me: me.clone(),
         });
-        let tick = (timeout / 8).max(MIN_TICK);
-        tokio::spawn(run(Arc::downgrade(&ticker), tick));
+        ticker.ensure_running();
         ticker
+    }
+
+    /// Starts its task on the current runtime unless it runs (nothing
+    /// outside a runtime).
+    fn ensure_running(&self) {
+        if self.running.load(Ordering::Acquire) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self
+            .running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // The guard is moved into the task at once: dropped with it
+            // even if it never runs (a runtime shutting down).
+            let guard = Running(self.me.clone());
+            let tick = (self.timeout / 8).max(MIN_TICK);
+            runtime.spawn(run(guard, tick));
+        }
     }
 
     /// The request timeout it bounds requests with.
@@ -214,19 +263,26 @@ impl Ticker {
     }
 
     /// One look: marks and wakes every request whose deadline passed by
-    /// `now`.
+    /// `now` (woken after the lock: a wake may run code that takes it; and
+    /// one by one, so that a waker's panic wakes the others all the same).
     fn look(&self, now: Instant) {
-        let mut entries = self.entries();
-        for (_, e) in entries.iter_mut() {
-            if !e.expired && e.deadline <= now {
-                e.expired = true;
-                e.waker.wake_by_ref();
+        let mut due = Vec::new();
+        {
+            let mut entries = self.entries();
+            for (_, e) in entries.iter_mut() {
+                if !e.expired && e.deadline <= now {
+                    e.expired = true;
+                    due.push(e.waker.clone());
+                }
+            }
+            // A burst of requests leaves a large slab behind: give it back
+            // once it is mostly empty.
+            if entries.capacity() > KEEP_SLOTS && entries.len() < entries.capacity() / 4 {
+                entries.shrink_to_fit();
             }
         }
-        // A burst of requests leaves a large slab behind: give it back once
-        // it is mostly empty.
-        if entries.capacity() > KEEP_SLOTS && entries.len() < entries.capacity() / 4 {
-            entries.shrink_to_fit();
+        for waker in due {
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| waker.wake()));
         }
     }
 }
@@ -237,10 +293,21 @@ const MIN_TICK: Duration = Duration::from_millis(1);
 /// Below this many slots the slab is left as it is.
 const KEEP_SLOTS: usize = 1024;
 
-async fn run(ticker: Weak<Ticker>, tick: Duration) {
+/// Marks its ticker's task as not running once dropped.
+struct Running(Weak<Ticker>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(ticker) = self.0.upgrade() {
+            ticker.running.store(false, Ordering::Release);
+        }
+    }
+}
+
+async fn run(running: Running, tick: Duration) {
     loop {
         tokio::time::sleep(tick).await;
-        let Some(ticker) = ticker.upgrade() else {
+        let Some(ticker) = running.0.upgrade() else {
             return;
         };
         ticker.look(Instant::now());
@@ -359,5 +426,205 @@ mod tests {
         assert!(futures::poll!(request.as_mut()).is_pending());
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert!(futures::poll!(request.as_mut()).is_pending());
+    }
+
+    // Attacks from the review of 9692417 (the first three failed on it).
+
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Guarantee 4: a request timeout of `Duration::MAX` (a user's "no
+    /// timeout") must not panic; redis-rs's timer (`tokio::time::timeout`)
+    /// saturated. `Instant::now() + ticker.timeout` in `Bounded::poll`
+    /// overflows.
+    #[tokio::test]
+    async fn attack_huge_timeout_does_not_panic() {
+        let ticker = Ticker::start(Duration::MAX);
+        let health = Health::ticked(&ticker);
+        let r = std::panic::AssertUnwindSafe(async {
+            let mut request = Box::pin(health.bound(Never(Arc::default())));
+            futures::poll!(request.as_mut()).is_pending()
+        });
+        let r = futures::FutureExt::catch_unwind(r).await;
+        assert!(
+            r.is_ok(),
+            "Bounded::poll panicked with a Duration::MAX timeout"
+        );
+    }
+
+    /// Guarantee 2: the waker changes between polls (the future moved to
+    /// another task): the ticker wakes the latest waker.
+    #[tokio::test(start_paused = true)]
+    async fn attack_latest_waker_is_woken() {
+        let timeout = Duration::from_millis(400);
+        let ticker = Ticker::start(timeout);
+        let health = Health::ticked(&ticker);
+        let mut request = Box::pin(health.bound(Never(Arc::default())));
+        let a = Arc::new(Count(AtomicUsize::new(0)));
+        let b = Arc::new(Count(AtomicUsize::new(0)));
+        let wa = Waker::from(a.clone());
+        let wb = Waker::from(b.clone());
+        assert!(
+            request
+                .as_mut()
+                .poll(&mut Context::from_waker(&wa))
+                .is_pending()
+        );
+        assert!(
+            request
+                .as_mut()
+                .poll(&mut Context::from_waker(&wb))
+                .is_pending()
+        );
+        tokio::time::sleep(timeout * 9 / 8 + Duration::from_millis(2)).await;
+        assert_eq!(b.0.load(Ordering::SeqCst), 1, "latest waker not woken");
+        let r = request.as_mut().poll(&mut Context::from_waker(&wb));
+        assert!(matches!(r, Poll::Ready(Err(ref e)) if e.is_timeout()));
+        assert_eq!(ticker.entries().len(), 0);
+    }
+
+    /// Guarantee 2/3: slots reused after removal: requests dropped, others
+    /// take their slots, each still times out on its own deadline and the
+    /// slab ends empty.
+    #[tokio::test(start_paused = true)]
+    async fn attack_slot_reuse_keeps_each_deadline() {
+        let timeout = Duration::from_millis(400);
+        let ticker = Ticker::start(timeout);
+        let health = Health::ticked(&ticker);
+        let mut v: Vec<_> = (0..64)
+            .map(|_| Box::pin(health.bound(Never(Arc::default()))))
+            .collect();
+        for r in &mut v {
+            assert!(futures::poll!(r.as_mut()).is_pending());
+        }
+        tokio::time::sleep(timeout / 2).await;
+        // Drop every other one; new ones take their slots.
+        let mut i = 0;
+        v.retain(|_| {
+            i += 1;
+            i % 2 == 0
+        });
+        let mut late: Vec<_> = (0..32)
+            .map(|_| Box::pin(health.bound(Never(Arc::default()))))
+            .collect();
+        for r in &mut late {
+            assert!(futures::poll!(r.as_mut()).is_pending());
+        }
+        let started = Instant::now();
+        for r in v {
+            assert!(r.await.is_err_and(|e| e.is_timeout()));
+        }
+        assert!(started.elapsed() <= timeout / 2 + timeout / 8 + Duration::from_millis(2));
+        // The late ones are not expired early.
+        for r in &mut late {
+            assert!(
+                futures::poll!(r.as_mut()).is_pending(),
+                "a reused slot expired early"
+            );
+        }
+        for r in late {
+            assert!(r.await.is_err_and(|e| e.is_timeout()));
+        }
+        assert_eq!(ticker.entries().len(), 0);
+    }
+
+    /// Guarantee 2: the client's ticker was started on a runtime that has
+    /// since shut down; a request polled on another runtime never times out
+    /// (redis-rs's timer ran on the polling runtime).
+    #[test]
+    fn attack_ticker_runtime_gone() {
+        let rt_a = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let ticker = rt_a.block_on(async { Ticker::start(Duration::from_millis(100)) });
+        drop(rt_a);
+        let rt_b = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let health = Health::ticked(&ticker);
+        let r = rt_b.block_on(async {
+            tokio::time::timeout(Duration::from_secs(1), health.bound(Never(Arc::default()))).await
+        });
+        assert!(
+            r.is_ok(),
+            "the request hung: no ticker once its runtime is gone"
+        );
+    }
+
+    /// Guarantee 2: one waker that panics on wake (a user's bug) kills the
+    /// ticker task: every later request then never times out.
+    #[tokio::test]
+    async fn attack_panicking_waker_kills_ticker() {
+        struct Panics;
+        impl Wake for Panics {
+            fn wake(self: Arc<Self>) {
+                panic!("waker panics");
+            }
+        }
+        let timeout = Duration::from_millis(80);
+        let ticker = Ticker::start(timeout);
+        let health = Health::ticked(&ticker);
+        let mut bad = Box::pin(health.bound(Never(Arc::default())));
+        let w = Waker::from(Arc::new(Panics));
+        assert!(bad.as_mut().poll(&mut Context::from_waker(&w)).is_pending());
+        tokio::time::sleep(timeout * 2).await;
+        drop(bad);
+        let r = tokio::time::timeout(timeout * 5, health.bound(Never(Arc::default()))).await;
+        assert!(r.is_ok(), "a later request hung: the ticker task died");
+    }
+
+    /// Guarantee 4: the ticker wakes under its lock; a waker whose wake runs
+    /// code inline that touches the ticker (drops another bounded request)
+    /// self-deadlocks on the std Mutex.
+    #[test]
+    fn attack_inline_wake_deadlocks() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let timeout = Duration::from_millis(80);
+                let ticker = Ticker::start(timeout);
+                let health: &'static Arc<Health> = Box::leak(Box::new(Health::ticked(&ticker)));
+                type Slot = Mutex<Option<Pin<Box<dyn Future<Output = RedisResult<u8>> + Send>>>>;
+                struct DropOther(Slot);
+                impl Wake for DropOther {
+                    fn wake(self: Arc<Self>) {
+                        self.wake_by_ref()
+                    }
+                    fn wake_by_ref(self: &Arc<Self>) {
+                        drop(self.0.lock().unwrap().take());
+                    }
+                }
+                let mut other: Pin<Box<dyn Future<Output = RedisResult<u8>> + Send>> =
+                    Box::pin(health.bound(Never(Arc::default())));
+                assert!(futures::poll!(other.as_mut()).is_pending());
+                let w = Arc::new(DropOther(Mutex::new(Some(other))));
+                let mut me = Box::pin(health.bound(Never(Arc::default())));
+                let waker = Waker::from(w.clone());
+                assert!(
+                    me.as_mut()
+                        .poll(&mut Context::from_waker(&waker))
+                        .is_pending()
+                );
+                tokio::time::sleep(timeout * 3).await;
+                let _ = tx.send(());
+            });
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_secs(3)).is_ok(),
+            "deadlocked: woken under the ticker's lock"
+        );
     }
 }
