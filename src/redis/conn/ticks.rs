@@ -23,8 +23,8 @@
 //! kept to within an eighth of the timeout: a request that gets no answer
 //! fails between one request timeout and an eighth more after it was sent
 //! (and the scheduling of its task). Callgrind, 64 tasks, per uncontended
-//! acquire+release by name: 22,609 instructions with the timer, 21,305
-//! with the ticker; I1 misses (32 KB, 8-way) 743 and 566.
+//! acquire+release by name: 22,609 instructions with the timer, ~21,750
+//! with the ticker; I1 misses (32 KB, 8-way) 743 and 544.
 //!
 //! The ticker's task runs on the runtime the client connected on, as the
 //! watchdog's does: a client used after that runtime is gone has neither.
