@@ -26,8 +26,10 @@
 //! acquire+release by name: 22,609 instructions with the timer, ~21,750
 //! with the ticker; I1 misses (32 KB, 8-way) 743 and 544.
 //!
-//! The ticker's task runs on the runtime the client connected on, as the
-//! watchdog's does: a client used after that runtime is gone has neither.
+//! The ticker's task starts on the runtime the client connected on. If it
+//! ends (that runtime shut down, or a waker panicked), the next request
+//! that waits starts it again on its own runtime; a request already
+//! waiting then is bounded from that restart on.
 //!
 //! (A first attempt, 5e701f3, bounded requests per connection by the bytes
 //! it read; a review broke it: an answered request not polled yet counted as
